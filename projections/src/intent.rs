@@ -1,0 +1,408 @@
+//! The state of one deployment intent, folded from its stream.
+//!
+//! The aggregate keeps this state to check its rules, and the intent read model serves it, so the
+//! lifecycle is written down once. The fold is total: every event type has an arm, and a new event
+//! type does not build until this fold handles it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::event::{
+    ApprovalBasis, ChangeType, ConnectorType, DeploymentEvent, Gate, GateResult, Ring, SiteClass,
+    Status, ThresholdLabel,
+};
+
+/// The latest rollout report for the current ring.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutReport {
+    pub target_devices: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub incidents: u64,
+    pub success_rate: f64,
+}
+
+/// The latest promotion attempt and every gate's verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromotionAttempt {
+    pub from_ring: Ring,
+    pub to_ring: Ring,
+    pub passed: bool,
+    pub gates: Vec<GateResult>,
+    pub evaluated_at: DateTime<Utc>,
+}
+
+impl PromotionAttempt {
+    /// The gates that blocked this attempt.
+    pub fn blocked_by(&self) -> Vec<Gate> {
+        self.gates
+            .iter()
+            .filter(|g| !g.passed)
+            .map(|g| g.gate)
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntentState {
+    pub id: Uuid,
+    /// The correlation id of the request that created the intent.
+    pub correlation_id: String,
+    pub app_name: String,
+    pub version: String,
+    pub connector_type: ConnectorType,
+    pub change_type: ChangeType,
+    pub site_class: SiteClass,
+    pub privileged_tooling: bool,
+    pub critical_infrastructure: bool,
+    pub rollback_validated: bool,
+    pub status: Status,
+    pub start_ring: Ring,
+    pub current_ring: Ring,
+    pub target_ring: Ring,
+    pub risk_score: u32,
+    pub risk_model_version: String,
+    pub risk_threshold: ThresholdLabel,
+    pub requires_cab: bool,
+    /// A CAB approver (not the policy) has approved this intent.
+    pub cab_approved: bool,
+    /// An emergency change cleared for its start ring that still needs retrospective approval.
+    pub retro_approval_pending: bool,
+    pub requested_by: String,
+    pub approved_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Number of events in the stream (the version an `If-Match` names).
+    pub stream_version: u64,
+    /// When the intent entered its current ring (was first cleared to deploy there).
+    pub ring_entered_at: Option<DateTime<Utc>>,
+    /// The current ring's first rollout report.
+    pub ring_first_deployed_at: Option<DateTime<Utc>>,
+    /// The current ring's first compliant rollout report.
+    pub ring_compliant_at: Option<DateTime<Utc>>,
+    /// The intent's first rollout report in any ring (starts the retrospective-approval window).
+    pub first_deployed_at: Option<DateTime<Utc>>,
+    pub latest_report: Option<RolloutReport>,
+    pub last_promotion: Option<PromotionAttempt>,
+}
+
+impl IntentState {
+    /// Folds one event into the state. A stream must start with `DeploymentCreated`; an event
+    /// that cannot apply (anything before creation, a second creation) leaves the state as it is.
+    pub fn fold(state: Option<IntentState>, event: &DeploymentEvent) -> Option<IntentState> {
+        let mut state = match (state, event) {
+            (None, DeploymentEvent::DeploymentCreated(e)) => {
+                return Some(IntentState {
+                    id: e.meta.deployment_id,
+                    correlation_id: e.meta.correlation_id.clone(),
+                    app_name: e.app_name.clone(),
+                    version: e.version.clone(),
+                    connector_type: e.connector_type,
+                    change_type: e.change_type,
+                    site_class: e.site_class,
+                    privileged_tooling: e.privileged_tooling,
+                    critical_infrastructure: e.critical_infrastructure,
+                    rollback_validated: e.rollback_validated,
+                    status: Status::AwaitingCab,
+                    start_ring: e.start_ring,
+                    current_ring: e.start_ring,
+                    target_ring: e.target_ring,
+                    risk_score: e.risk.score,
+                    risk_model_version: e.risk.model_version.clone(),
+                    risk_threshold: e.risk.threshold,
+                    requires_cab: e.risk.requires_cab,
+                    cab_approved: false,
+                    retro_approval_pending: false,
+                    requested_by: e.meta.actor.subject.clone(),
+                    approved_by: None,
+                    created_at: e.meta.occurred_at,
+                    updated_at: e.meta.occurred_at,
+                    stream_version: 1,
+                    ring_entered_at: None,
+                    ring_first_deployed_at: None,
+                    ring_compliant_at: None,
+                    first_deployed_at: None,
+                    latest_report: None,
+                    last_promotion: None,
+                })
+            }
+            (None, _) => return None,
+            (Some(s), DeploymentEvent::DeploymentCreated(_)) => return Some(s),
+            (Some(s), _) => s,
+        };
+        let at = event.meta().occurred_at;
+        match event {
+            DeploymentEvent::DeploymentCreated(_) => {}
+            DeploymentEvent::DeploymentApproved(e) => {
+                state.approved_by = Some(e.approver.clone());
+                match e.basis {
+                    ApprovalBasis::Policy | ApprovalBasis::Cab => {
+                        state.cab_approved = e.basis == ApprovalBasis::Cab;
+                        state.status = Status::Approved;
+                        state.ring_entered_at = Some(at);
+                    }
+                    ApprovalBasis::EmergencyProvisional => {
+                        state.retro_approval_pending = true;
+                        state.status = Status::Approved;
+                        state.ring_entered_at = Some(at);
+                    }
+                    ApprovalBasis::CabRetrospective => {
+                        state.cab_approved = true;
+                        state.retro_approval_pending = false;
+                    }
+                }
+            }
+            DeploymentEvent::DeploymentRejected(_) => state.status = Status::Rejected,
+            DeploymentEvent::DeploymentDeployed(e) => {
+                state.status = Status::Deployed;
+                state.ring_first_deployed_at.get_or_insert(at);
+                state.first_deployed_at.get_or_insert(at);
+                if e.first_compliant {
+                    state.ring_compliant_at = Some(at);
+                }
+                state.latest_report = Some(RolloutReport {
+                    target_devices: e.target_devices,
+                    succeeded: e.succeeded,
+                    failed: e.failed,
+                    incidents: e.incidents,
+                    success_rate: e.success_rate,
+                });
+            }
+            DeploymentEvent::PromotionGateEvaluated(e) => {
+                state.last_promotion = Some(PromotionAttempt {
+                    from_ring: e.from_ring,
+                    to_ring: e.to_ring,
+                    passed: e.passed,
+                    gates: e.gates.clone(),
+                    evaluated_at: at,
+                });
+            }
+            DeploymentEvent::RingPromoted(e) => {
+                state.current_ring = e.to_ring;
+                state.status = Status::Approved;
+                state.ring_entered_at = Some(at);
+                state.ring_first_deployed_at = None;
+                state.ring_compliant_at = None;
+                state.latest_report = None;
+            }
+            DeploymentEvent::DeploymentCompleted(_) => state.status = Status::Completed,
+            DeploymentEvent::DeploymentRolledBack(_) => state.status = Status::RolledBack,
+        }
+        state.updated_at = at;
+        state.stream_version += 1;
+        Some(state)
+    }
+
+    /// Folds a whole stream, in order.
+    pub fn replay<'a>(events: impl IntoIterator<Item = &'a DeploymentEvent>) -> Option<IntentState> {
+        events.into_iter().fold(None, IntentState::fold)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::*;
+    use chrono::TimeZone;
+
+    fn meta(n: u32, hours: i64, subject: &str, role: Role) -> EventMeta {
+        EventMeta {
+            event_id: Uuid::from_u128(n as u128),
+            deployment_id: Uuid::from_u128(42),
+            correlation_id: format!("corr-{n}"),
+            actor: Actor {
+                subject: subject.into(),
+                role,
+            },
+            occurred_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+                + chrono::Duration::hours(hours),
+            schema_version: SCHEMA_VERSION,
+        }
+    }
+
+    fn created(requires_cab: bool) -> DeploymentEvent {
+        DeploymentEvent::DeploymentCreated(Created {
+            meta: meta(1, 0, "alice", Role::Requester),
+            app_name: "7zip".into(),
+            version: "24.08".into(),
+            connector_type: ConnectorType::Intune,
+            start_ring: Ring::Lab,
+            target_ring: Ring::Canary,
+            change_type: ChangeType::Normal,
+            site_class: SiteClass::Online,
+            privileged_tooling: false,
+            critical_infrastructure: false,
+            rollback_validated: true,
+            artifact_sha256: None,
+            justification: None,
+            risk: RiskAssessment {
+                model_version: "risk_model_v1.0".into(),
+                score: if requires_cab { 70 } else { 20 },
+                threshold: if requires_cab {
+                    ThresholdLabel::CabRequired
+                } else {
+                    ThresholdLabel::AutomatedAllowed
+                },
+                requires_cab,
+                factors: vec![],
+            },
+        })
+    }
+
+    fn approved(n: u32, hours: i64, basis: ApprovalBasis, approver: &str) -> DeploymentEvent {
+        DeploymentEvent::DeploymentApproved(Approved {
+            meta: meta(n, hours, approver, Role::CabApprover),
+            approver: approver.into(),
+            basis,
+            ring: Ring::Lab,
+            comment: None,
+            retro_deadline_met: None,
+        })
+    }
+
+    fn deployed(n: u32, hours: i64, ring: Ring, succeeded: u64, first_compliant: bool) -> DeploymentEvent {
+        DeploymentEvent::DeploymentDeployed(Deployed {
+            meta: meta(n, hours, "ops", Role::Deployer),
+            ring,
+            target_devices: 10,
+            succeeded,
+            failed: 10 - succeeded,
+            incidents: 0,
+            success_rate: succeeded as f64 / 10.0,
+            compliance_threshold: 0.95,
+            first_compliant,
+        })
+    }
+
+    #[test]
+    fn a_created_intent_that_needs_cab_awaits_it() {
+        let s = IntentState::replay(&[created(true)]).unwrap();
+        assert_eq!(s.status, Status::AwaitingCab);
+        assert_eq!(s.current_ring, Ring::Lab);
+        assert_eq!(s.requested_by, "alice");
+        assert_eq!(s.stream_version, 1);
+        assert_eq!(s.ring_entered_at, None);
+    }
+
+    #[test]
+    fn cab_approval_clears_the_start_ring_and_marks_entry() {
+        let s = IntentState::replay(&[created(true), approved(2, 3, ApprovalBasis::Cab, "carol")])
+            .unwrap();
+        assert_eq!(s.status, Status::Approved);
+        assert!(s.cab_approved);
+        assert_eq!(s.approved_by.as_deref(), Some("carol"));
+        assert_eq!(s.ring_entered_at, Some(s.created_at + chrono::Duration::hours(3)));
+        assert_eq!(s.stream_version, 2);
+    }
+
+    #[test]
+    fn emergency_clearance_waits_for_retrospective_approval() {
+        let events = [
+            created(true),
+            approved(2, 0, ApprovalBasis::EmergencyProvisional, "policy:emergency_change"),
+            deployed(3, 1, Ring::Lab, 10, true),
+        ];
+        let s = IntentState::replay(&events).unwrap();
+        assert!(s.retro_approval_pending);
+        assert!(!s.cab_approved);
+        let mut all = events.to_vec();
+        all.push(approved(4, 5, ApprovalBasis::CabRetrospective, "carol"));
+        let s = IntentState::replay(&all).unwrap();
+        assert!(!s.retro_approval_pending);
+        assert!(s.cab_approved);
+        assert_eq!(s.status, Status::Deployed, "retro approval does not change the state");
+    }
+
+    #[test]
+    fn rollout_reports_track_first_deployment_and_compliance() {
+        let s = IntentState::replay(&[
+            created(false),
+            approved(2, 0, ApprovalBasis::Policy, "policy:risk_model_v1.0"),
+            deployed(3, 2, Ring::Lab, 5, false),
+            deployed(4, 3, Ring::Lab, 10, true),
+        ])
+        .unwrap();
+        assert_eq!(s.status, Status::Deployed);
+        let t0 = s.created_at;
+        assert_eq!(s.ring_first_deployed_at, Some(t0 + chrono::Duration::hours(2)));
+        assert_eq!(s.ring_compliant_at, Some(t0 + chrono::Duration::hours(3)));
+        assert_eq!(s.latest_report.as_ref().unwrap().succeeded, 10);
+    }
+
+    #[test]
+    fn promotion_enters_the_next_ring_with_fresh_ring_timings() {
+        let s = IntentState::replay(&[
+            created(false),
+            approved(2, 0, ApprovalBasis::Policy, "policy:risk_model_v1.0"),
+            deployed(3, 2, Ring::Lab, 10, true),
+            DeploymentEvent::PromotionGateEvaluated(GateEvaluated {
+                meta: meta(4, 30, "ops", Role::Deployer),
+                from_ring: Ring::Lab,
+                to_ring: Ring::Canary,
+                gates: vec![],
+                passed: true,
+            }),
+            DeploymentEvent::RingPromoted(Promoted {
+                meta: meta(5, 30, "ops", Role::Deployer),
+                from_ring: Ring::Lab,
+                to_ring: Ring::Canary,
+            }),
+        ])
+        .unwrap();
+        assert_eq!(s.current_ring, Ring::Canary);
+        assert_eq!(s.status, Status::Approved);
+        assert_eq!(s.ring_entered_at, Some(s.created_at + chrono::Duration::hours(30)));
+        assert_eq!(s.ring_first_deployed_at, None);
+        assert_eq!(s.latest_report, None);
+        assert!(s.last_promotion.unwrap().passed);
+        assert_eq!(s.first_deployed_at, Some(s.created_at + chrono::Duration::hours(2)));
+    }
+
+    #[test]
+    fn terminal_events_set_terminal_states() {
+        let base = [created(true)];
+        let rejected = DeploymentEvent::DeploymentRejected(Rejected {
+            meta: meta(2, 1, "carol", Role::CabApprover),
+            ring: Ring::Lab,
+            reason: "no".into(),
+        });
+        let rolled = DeploymentEvent::DeploymentRolledBack(RolledBack {
+            meta: meta(2, 1, "ops", Role::Deployer),
+            ring: Ring::Lab,
+            from_status: Status::AwaitingCab,
+            reason: "bad".into(),
+        });
+        let completed = DeploymentEvent::DeploymentCompleted(Completed {
+            meta: meta(2, 1, "ops", Role::Deployer),
+            ring: Ring::Lab,
+        });
+        for (event, status) in [
+            (rejected, Status::Rejected),
+            (rolled, Status::RolledBack),
+            (completed, Status::Completed),
+        ] {
+            let s = IntentState::replay(base.iter().chain([&event])).unwrap();
+            assert_eq!(s.status, status);
+            assert!(s.status.is_terminal());
+        }
+    }
+
+    #[test]
+    fn events_before_creation_or_a_second_creation_change_nothing() {
+        assert_eq!(IntentState::replay(&[approved(1, 0, ApprovalBasis::Cab, "c")]), None);
+        let once = IntentState::replay(&[created(true)]);
+        let twice = IntentState::replay(&[created(true), created(false)]);
+        assert_eq!(once, twice);
+    }
+
+    #[test]
+    fn events_round_trip_through_json_with_stable_type_names() {
+        let e = created(true);
+        let json = serde_json::to_value(&e).unwrap();
+        assert!(json.get("DeploymentCreated").is_some());
+        assert_eq!(e.type_name(), "DeploymentCreated");
+        let back: DeploymentEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(back, e);
+    }
+}

@@ -1,0 +1,12 @@
+//! The read side of EUCORA: the event schema every reader shares, and pure folds over it.
+//!
+//! Nothing in this crate performs I/O, reads a clock or draws a random number: every time a fold
+//! uses comes from an event's `occurred_at`, so folding the same stream always yields the same state.
+//! The write side (`eucora`'s aggregate) applies events through [`intent::IntentState::fold`] too,
+//! so the rules and the views read one state machine.
+//!
+//! - [`event`]: the versioned event payloads and the value types they carry.
+//! - [`intent`]: the per-intent state fold (lifecycle, ring timings, gate results).
+
+pub mod event;
+pub mod intent;

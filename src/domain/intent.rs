@@ -1,0 +1,502 @@
+//! The `DeploymentIntent` aggregate: turns commands into events under DOMAIN.md's rules.
+//!
+//! `handle` checks every rule and writes events; `apply` folds them through the same
+//! [`IntentState::fold`] the read side uses, so there is one lifecycle state machine.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use eucora_projections::event::*;
+use eucora_projections::intent::IntentState;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::policy::Policy;
+use super::risk::{self, RiskFactors};
+use super::{DomainError, DomainServices};
+
+/// The approver recorded when the risk model's policy approves an intent.
+pub const POLICY_APPROVER: &str = "policy:risk_model_v1.0";
+/// The approver recorded when an emergency change is cleared for its start ring.
+pub const EMERGENCY_APPROVER: &str = "policy:emergency_change";
+
+const MAX_TEXT: usize = 4096;
+
+/// A command, with who sent it and the stream version it expects (from `If-Match`).
+#[derive(Debug, Clone)]
+pub struct Command {
+    pub actor: Actor,
+    pub correlation_id: String,
+    pub expected_version: Option<u64>,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Create(Box<CreateIntent>),
+    Approve { comment: Option<String> },
+    Reject { reason: String },
+    Deploy(RolloutInput),
+    Promote,
+    Rollback { reason: String },
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Create(_) => "create",
+            Action::Approve { .. } => "approve",
+            Action::Reject { .. } => "reject",
+            Action::Deploy(_) => "deploy",
+            Action::Promote => "promote",
+            Action::Rollback { .. } => "rollback",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateIntent {
+    pub app_name: String,
+    pub version: String,
+    pub connector_type: ConnectorType,
+    pub start_ring: Ring,
+    pub target_ring: Ring,
+    pub change_type: ChangeType,
+    pub site_class: SiteClass,
+    pub privileged_tooling: bool,
+    pub critical_infrastructure: bool,
+    pub rollback_validated: bool,
+    pub artifact_sha256: Option<String>,
+    pub risk_factors: RiskFactors,
+    pub justification: Option<String>,
+}
+
+/// A rollout result for the current ring (cumulative counts).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutInput {
+    pub ring: Ring,
+    pub target_devices: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub incidents: u64,
+}
+
+/// The stored form of an event: the shared schema, with cqrs-es's type name and version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct IntentEvent(pub DeploymentEvent);
+
+impl DomainEvent for IntentEvent {
+    fn event_type(&self) -> String {
+        self.0.type_name().to_string()
+    }
+
+    fn event_version(&self) -> String {
+        SCHEMA_VERSION.to_string()
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct DeploymentIntent {
+    state: Option<IntentState>,
+}
+
+impl DeploymentIntent {
+    pub fn state(&self) -> Option<&IntentState> {
+        self.state.as_ref()
+    }
+
+    /// The events a command produces against the current state, or why it is refused.
+    pub fn decide(
+        &self,
+        id: Uuid,
+        command: Command,
+        services: &DomainServices,
+    ) -> Result<Vec<DeploymentEvent>, DomainError> {
+        let now = services.clock.now();
+        let mut out = Events {
+            id,
+            now,
+            command: &command,
+            services,
+            events: Vec::new(),
+        };
+        let version = self.state.as_ref().map_or(0, |s| s.stream_version);
+        if let Some(expected) = command.expected_version {
+            if expected != version {
+                return Err(DomainError::VersionMismatch {
+                    expected,
+                    actual: version,
+                });
+            }
+        }
+        let state = match (&self.state, &command.action) {
+            (None, Action::Create(create)) => {
+                create_intent(&mut out, create)?;
+                return Ok(out.events);
+            }
+            (Some(_), Action::Create(_)) => return Err(DomainError::AlreadyExists),
+            (None, _) => return Err(DomainError::NotFound),
+            (Some(state), _) => state,
+        };
+        let refuse = || DomainError::NotAllowedInState {
+            command: command.action.name(),
+            status: state.status,
+        };
+        if state.status.is_terminal() {
+            return Err(refuse());
+        }
+        match &command.action {
+            Action::Create(_) => unreachable!("handled above"),
+            Action::Approve { comment } => {
+                check_text("comment", comment.as_deref(), false)?;
+                let basis = if state.status == Status::AwaitingCab {
+                    ApprovalBasis::Cab
+                } else if state.retro_approval_pending {
+                    ApprovalBasis::CabRetrospective
+                } else {
+                    return Err(refuse());
+                };
+                if command.actor.subject == state.requested_by {
+                    return Err(DomainError::SegregationOfDuties);
+                }
+                let retro_deadline_met = (basis == ApprovalBasis::CabRetrospective).then(|| {
+                    state.first_deployed_at.is_none_or(|first| {
+                        now - first <= services.policy.emergency_retro_window
+                    })
+                });
+                out.push(|meta| {
+                    DeploymentEvent::DeploymentApproved(Approved {
+                        meta,
+                        approver: command.actor.subject.clone(),
+                        basis,
+                        ring: state.current_ring,
+                        comment: comment.clone(),
+                        retro_deadline_met,
+                    })
+                });
+            }
+            Action::Reject { reason } => {
+                check_text("reason", Some(reason), true)?;
+                if state.status != Status::AwaitingCab {
+                    return Err(refuse());
+                }
+                if command.actor.subject == state.requested_by {
+                    return Err(DomainError::SegregationOfDuties);
+                }
+                out.push(|meta| {
+                    DeploymentEvent::DeploymentRejected(Rejected {
+                        meta,
+                        ring: state.current_ring,
+                        reason: reason.clone(),
+                    })
+                });
+            }
+            Action::Deploy(report) => {
+                if !matches!(state.status, Status::Approved | Status::Deployed) {
+                    return Err(refuse());
+                }
+                deploy(&mut out, state, report)?;
+            }
+            Action::Promote => {
+                if state.status != Status::Deployed {
+                    return Err(refuse());
+                }
+                promote(&mut out, state)?;
+            }
+            Action::Rollback { reason } => {
+                check_text("reason", Some(reason), true)?;
+                if command.actor.role == Role::Requester && command.actor.subject != state.requested_by
+                {
+                    return Err(DomainError::NotOwnIntent);
+                }
+                out.push(|meta| {
+                    DeploymentEvent::DeploymentRolledBack(RolledBack {
+                        meta,
+                        ring: state.current_ring,
+                        from_status: state.status,
+                        reason: reason.clone(),
+                    })
+                });
+            }
+        }
+        Ok(out.events)
+    }
+}
+
+/// Collects a command's events, stamping each with the envelope.
+struct Events<'a> {
+    id: Uuid,
+    now: DateTime<Utc>,
+    command: &'a Command,
+    services: &'a DomainServices,
+    events: Vec<DeploymentEvent>,
+}
+
+impl Events<'_> {
+    fn push(&mut self, build: impl FnOnce(EventMeta) -> DeploymentEvent) {
+        let meta = EventMeta {
+            event_id: self.services.ids.event_id(self.now),
+            deployment_id: self.id,
+            correlation_id: self.command.correlation_id.clone(),
+            actor: self.command.actor.clone(),
+            occurred_at: self.now,
+            schema_version: SCHEMA_VERSION,
+        };
+        self.events.push(build(meta));
+    }
+
+    fn policy(&self) -> &Policy {
+        &self.services.policy
+    }
+}
+
+fn check_text(field: &str, value: Option<&str>, required: bool) -> Result<(), DomainError> {
+    match value {
+        None if required => Err(DomainError::invalid(field, "is required")),
+        Some(v) if required && v.trim().is_empty() => {
+            Err(DomainError::invalid(field, "must not be empty"))
+        }
+        Some(v) if v.len() > MAX_TEXT => Err(DomainError::invalid(
+            field,
+            format!("must be at most {MAX_TEXT} bytes"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Names and versions: 1 to 128 printable characters, no control characters, not blank.
+fn check_label(field: &str, value: &str) -> Result<(), DomainError> {
+    if value.trim().is_empty() || value.len() > 128 || value.chars().any(char::is_control) {
+        return Err(DomainError::invalid(
+            field,
+            "must be 1 to 128 printable characters",
+        ));
+    }
+    Ok(())
+}
+
+fn create_intent(out: &mut Events, c: &CreateIntent) -> Result<(), DomainError> {
+    check_label("app_name", &c.app_name)?;
+    check_label("version", &c.version)?;
+    check_text("justification", c.justification.as_deref(), false)?;
+    if let Some(sha) = &c.artifact_sha256 {
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(DomainError::invalid(
+                "artifact_sha256",
+                "must be 64 hexadecimal characters",
+            ));
+        }
+    }
+    if c.start_ring > c.target_ring {
+        return Err(DomainError::invalid(
+            "start_ring",
+            format!(
+                "{} is past the target ring {}",
+                c.start_ring.as_str(),
+                c.target_ring.as_str()
+            ),
+        ));
+    }
+    let risk = risk::assess(
+        &c.risk_factors,
+        c.target_ring,
+        c.critical_infrastructure,
+        c.privileged_tooling,
+    )?;
+    let requires_cab = risk.requires_cab;
+    out.push(|meta| {
+        DeploymentEvent::DeploymentCreated(Created {
+            meta,
+            app_name: c.app_name.clone(),
+            version: c.version.clone(),
+            connector_type: c.connector_type,
+            start_ring: c.start_ring,
+            target_ring: c.target_ring,
+            change_type: c.change_type,
+            site_class: c.site_class,
+            privileged_tooling: c.privileged_tooling,
+            critical_infrastructure: c.critical_infrastructure,
+            rollback_validated: c.rollback_validated,
+            artifact_sha256: c.artifact_sha256.as_ref().map(|s| s.to_ascii_lowercase()),
+            justification: c.justification.clone(),
+            risk,
+        })
+    });
+    let clearance = match (requires_cab, c.change_type) {
+        (false, _) => Some((POLICY_APPROVER, ApprovalBasis::Policy)),
+        (true, ChangeType::Emergency) => Some((EMERGENCY_APPROVER, ApprovalBasis::EmergencyProvisional)),
+        (true, _) => None,
+    };
+    if let Some((approver, basis)) = clearance {
+        out.push(|meta| {
+            DeploymentEvent::DeploymentApproved(Approved {
+                meta,
+                approver: approver.to_string(),
+                basis,
+                ring: c.start_ring,
+                comment: None,
+                retro_deadline_met: None,
+            })
+        });
+    }
+    Ok(())
+}
+
+fn deploy(out: &mut Events, state: &IntentState, r: &RolloutInput) -> Result<(), DomainError> {
+    if r.ring != state.current_ring {
+        return Err(DomainError::RingMismatch {
+            reported: r.ring,
+            current: state.current_ring,
+        });
+    }
+    if r.target_devices == 0 {
+        return Err(DomainError::invalid("target_devices", "must be at least 1"));
+    }
+    if r.succeeded.saturating_add(r.failed) > r.target_devices {
+        return Err(DomainError::invalid(
+            "succeeded",
+            "succeeded + failed must not exceed target_devices",
+        ));
+    }
+    let threshold = out.policy().ring(state.current_ring).success_rate;
+    let success_rate = r.succeeded as f64 / r.target_devices as f64;
+    let first_compliant = state.ring_compliant_at.is_none() && success_rate >= threshold;
+    out.push(|meta| {
+        DeploymentEvent::DeploymentDeployed(Deployed {
+            meta,
+            ring: r.ring,
+            target_devices: r.target_devices,
+            succeeded: r.succeeded,
+            failed: r.failed,
+            incidents: r.incidents,
+            success_rate,
+            compliance_threshold: threshold,
+            first_compliant,
+        })
+    });
+    if first_compliant && state.current_ring == state.target_ring {
+        out.push(|meta| {
+            DeploymentEvent::DeploymentCompleted(Completed {
+                meta,
+                ring: state.current_ring,
+            })
+        });
+    }
+    Ok(())
+}
+
+fn gate(gate: Gate, unit: &str, bound: &str, threshold: f64, measured: Option<f64>) -> GateResult {
+    let passed = match (bound, measured) {
+        (_, None) => false,
+        ("min", Some(m)) => m >= threshold,
+        (_, Some(m)) => m <= threshold,
+    };
+    GateResult {
+        gate,
+        unit: unit.to_string(),
+        bound: bound.to_string(),
+        threshold,
+        measured,
+        passed,
+    }
+}
+
+fn seconds(d: chrono::Duration) -> f64 {
+    d.num_milliseconds() as f64 / 1000.0
+}
+
+fn promote(out: &mut Events, state: &IntentState) -> Result<(), DomainError> {
+    let from = state.current_ring;
+    let to = match from.next() {
+        Some(next) if from < state.target_ring => next,
+        _ => return Err(DomainError::AtTargetRing(from)),
+    };
+    let policy = out.policy().ring(from).clone();
+    let report = state.latest_report.as_ref();
+    let mut gates = vec![
+        gate(
+            Gate::SuccessRate,
+            "ratio",
+            "min",
+            policy.success_rate,
+            report.map(|r| r.success_rate),
+        ),
+        gate(
+            Gate::TimeToCompliance,
+            "seconds",
+            "max",
+            seconds(policy.time_to_compliance(state.site_class)),
+            state
+                .ring_compliant_at
+                .zip(state.ring_entered_at)
+                .map(|(compliant, entered)| seconds(compliant - entered)),
+        ),
+        gate(
+            Gate::Incidents,
+            "count",
+            "max",
+            policy.max_incidents as f64,
+            report.map(|r| r.incidents as f64),
+        ),
+        gate(
+            Gate::BakeTime,
+            "seconds",
+            "min",
+            seconds(policy.min_bake_time),
+            state.ring_first_deployed_at.map(|first| seconds(out.now - first)),
+        ),
+    ];
+    if from == Ring::Lab {
+        let validated = if state.rollback_validated { 1.0 } else { 0.0 };
+        gates.push(gate(Gate::RollbackPlan, "bool", "min", 1.0, Some(validated)));
+    }
+    if state.requires_cab {
+        let approved = if state.cab_approved { 1.0 } else { 0.0 };
+        gates.push(gate(Gate::CabApproval, "bool", "min", 1.0, Some(approved)));
+    }
+    let passed = gates.iter().all(|g| g.passed);
+    out.push(|meta| {
+        DeploymentEvent::PromotionGateEvaluated(GateEvaluated {
+            meta,
+            from_ring: from,
+            to_ring: to,
+            gates,
+            passed,
+        })
+    });
+    if passed {
+        out.push(|meta| {
+            DeploymentEvent::RingPromoted(Promoted {
+                meta,
+                from_ring: from,
+                to_ring: to,
+            })
+        });
+    }
+    Ok(())
+}
+
+impl Aggregate for DeploymentIntent {
+    const TYPE: &'static str = "deployment";
+    type Command = (Uuid, Command);
+    type Event = IntentEvent;
+    type Error = DomainError;
+    type Services = DomainServices;
+
+    async fn handle(
+        &mut self,
+        (id, command): Self::Command,
+        services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(id, command, services)? {
+            sink.write(IntentEvent(event), self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        self.state = IntentState::fold(self.state.take(), &event.0);
+    }
+}

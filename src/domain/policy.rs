@@ -1,0 +1,245 @@
+//! Promotion gate thresholds: DOMAIN.md's table as defaults, overridable by an operator's TOML file.
+//!
+//! ```toml
+//! emergency_retro_window = "48h"
+//!
+//! [rings.CANARY]
+//! success_rate = 0.98
+//! max_incidents = 0
+//! min_bake_time = "48h"
+//! time_to_compliance = { online = "24h", intermittent = "72h", air_gapped = "7d" }
+//! ```
+//! Every key is optional; what a file leaves out keeps its default. Durations are a whole number
+//! followed by `s`, `m`, `h`, `d` or `w`.
+
+use std::collections::BTreeMap;
+
+use chrono::Duration;
+use eucora_projections::event::{Ring, SiteClass};
+use serde::Deserialize;
+
+/// One ring's gate thresholds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RingPolicy {
+    /// `succeeded / target_devices` that makes the ring compliant.
+    pub success_rate: f64,
+    pub max_incidents: u64,
+    pub min_bake_time: Duration,
+    pub time_to_compliance_online: Duration,
+    pub time_to_compliance_intermittent: Duration,
+    pub time_to_compliance_air_gapped: Duration,
+}
+
+impl RingPolicy {
+    pub fn time_to_compliance(&self, site: SiteClass) -> Duration {
+        match site {
+            SiteClass::Online => self.time_to_compliance_online,
+            SiteClass::Intermittent => self.time_to_compliance_intermittent,
+            SiteClass::AirGapped => self.time_to_compliance_air_gapped,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    rings: [RingPolicy; 5],
+    /// How long after its first deployment an emergency change may be approved retrospectively.
+    pub emergency_retro_window: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        let ring = |rate, incidents, bake, online, intermittent, air_gapped| RingPolicy {
+            success_rate: rate,
+            max_incidents: incidents,
+            min_bake_time: Duration::hours(bake),
+            time_to_compliance_online: Duration::hours(online),
+            time_to_compliance_intermittent: Duration::hours(intermittent),
+            time_to_compliance_air_gapped: Duration::hours(air_gapped),
+        };
+        Policy {
+            rings: [
+                ring(0.95, 1, 24, 4, 8, 24),
+                ring(0.98, 0, 48, 24, 72, 168),
+                ring(0.97, 0, 72, 24, 72, 168),
+                ring(0.99, 0, 168, 24, 72, 168),
+                ring(0.99, 0, 0, 24, 72, 168),
+            ],
+            emergency_retro_window: Duration::hours(48),
+        }
+    }
+}
+
+/// Why a policy file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("policy file is not valid: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("policy file is not valid: {0}")]
+    Invalid(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    emergency_retro_window: Option<String>,
+    #[serde(default)]
+    rings: BTreeMap<String, RingOverride>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RingOverride {
+    success_rate: Option<f64>,
+    max_incidents: Option<u64>,
+    min_bake_time: Option<String>,
+    time_to_compliance: Option<SiteOverride>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SiteOverride {
+    online: Option<String>,
+    intermittent: Option<String>,
+    air_gapped: Option<String>,
+}
+
+impl Policy {
+    pub fn ring(&self, ring: Ring) -> &RingPolicy {
+        &self.rings[ring.index()]
+    }
+
+    /// Reads a policy file, applying it over the defaults.
+    pub fn load(path: &str) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_string(),
+            source,
+        })?;
+        Policy::from_toml(&text)
+    }
+
+    /// Parses policy TOML, applying it over the defaults.
+    pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
+        let file: PolicyFile = toml::from_str(text)?;
+        let mut policy = Policy::default();
+        if let Some(w) = file.emergency_retro_window {
+            policy.emergency_retro_window = parse_duration("emergency_retro_window", &w)?;
+        }
+        for (name, o) in file.rings {
+            let ring = Ring::parse(&name).ok_or_else(|| {
+                PolicyError::Invalid(format!(
+                    "unknown ring {name:?} (expected LAB, CANARY, PILOT, DEPARTMENT or GLOBAL)"
+                ))
+            })?;
+            let p = &mut policy.rings[ring.index()];
+            if let Some(rate) = o.success_rate {
+                if !(rate > 0.0 && rate <= 1.0) {
+                    return Err(PolicyError::Invalid(format!(
+                        "rings.{name}.success_rate must be in (0, 1], got {rate}"
+                    )));
+                }
+                p.success_rate = rate;
+            }
+            if let Some(n) = o.max_incidents {
+                p.max_incidents = n;
+            }
+            if let Some(d) = o.min_bake_time {
+                p.min_bake_time = parse_duration(&format!("rings.{name}.min_bake_time"), &d)?;
+            }
+            if let Some(t) = o.time_to_compliance {
+                let key = |site: &str| format!("rings.{name}.time_to_compliance.{site}");
+                if let Some(d) = t.online {
+                    p.time_to_compliance_online = parse_duration(&key("online"), &d)?;
+                }
+                if let Some(d) = t.intermittent {
+                    p.time_to_compliance_intermittent = parse_duration(&key("intermittent"), &d)?;
+                }
+                if let Some(d) = t.air_gapped {
+                    p.time_to_compliance_air_gapped = parse_duration(&key("air_gapped"), &d)?;
+                }
+            }
+        }
+        Ok(policy)
+    }
+}
+
+/// Parses `90s`, `15m`, `4h`, `7d` or `2w`.
+fn parse_duration(key: &str, text: &str) -> Result<Duration, PolicyError> {
+    let bad = || {
+        PolicyError::Invalid(format!(
+            "{key}: {text:?} is not a duration like \"30m\", \"24h\" or \"7d\""
+        ))
+    };
+    let text = text.trim();
+    let split = text.len().checked_sub(1).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let n: i64 = number.parse().map_err(|_| bad())?;
+    if n < 0 {
+        return Err(bad());
+    }
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(seconds)
+        .and_then(Duration::try_seconds)
+        .ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_domain_table() {
+        let p = Policy::default();
+        assert_eq!(p.ring(Ring::Lab).success_rate, 0.95);
+        assert_eq!(p.ring(Ring::Lab).max_incidents, 1);
+        assert_eq!(p.ring(Ring::Lab).time_to_compliance(SiteClass::Intermittent), Duration::hours(8));
+        assert_eq!(p.ring(Ring::Department).min_bake_time, Duration::days(7));
+        assert_eq!(p.ring(Ring::Canary).time_to_compliance(SiteClass::AirGapped), Duration::days(7));
+        assert_eq!(p.emergency_retro_window, Duration::hours(48));
+    }
+
+    #[test]
+    fn a_file_overrides_only_what_it_names() {
+        let p = Policy::from_toml(
+            r#"
+            emergency_retro_window = "72h"
+            [rings.LAB]
+            min_bake_time = "0s"
+            time_to_compliance = { online = "30m" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(p.ring(Ring::Lab).min_bake_time, Duration::zero());
+        assert_eq!(p.ring(Ring::Lab).time_to_compliance_online, Duration::minutes(30));
+        assert_eq!(p.ring(Ring::Lab).time_to_compliance_intermittent, Duration::hours(8));
+        assert_eq!(p.ring(Ring::Lab).success_rate, 0.95);
+        assert_eq!(p.emergency_retro_window, Duration::hours(72));
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_key_named() {
+        let cases = [
+            ("[rings.MOON]\nsuccess_rate = 0.5", "unknown ring"),
+            ("[rings.LAB]\nsuccess_rate = 1.5", "rings.LAB.success_rate"),
+            ("[rings.LAB]\nmin_bake_time = \"soon\"", "rings.LAB.min_bake_time"),
+            ("[rings.LAB]\nbake = \"1h\"", "unknown field"),
+            ("emergency_retro_window = \"-1h\"", "emergency_retro_window"),
+        ];
+        for (text, expected) in cases {
+            let err = Policy::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text:?} gave {err}");
+        }
+    }
+}

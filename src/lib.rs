@@ -1,0 +1,9 @@
+//! EUCORA, an event-sourced deployment control plane.
+//!
+//! - [`domain`]: commands, the `DeploymentIntent` aggregate, the risk model and gate policy.
+//! - [`store`]: the event store on SQLite or PostgreSQL behind cqrs-es, principals, idempotency.
+//! - [`http`]: the axum API, its errors (problem+json) and its OpenAPI document.
+//! - [`app`]: wiring: builds the store, the command bus and the server from a [`config::Config`].
+//! - [`config`]: the command line and `EUCORA_*` environment.
+
+pub mod domain;
