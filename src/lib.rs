@@ -6,4 +6,8 @@
 //! - [`app`]: wiring: builds the store, the command bus and the server from a [`config::Config`].
 //! - [`config`]: the command line and `EUCORA_*` environment.
 
+pub mod app;
+pub mod config;
 pub mod domain;
+pub mod http;
+pub mod store;

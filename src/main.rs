@@ -1,1 +1,165 @@
-fn main(){}
+//! The `eucora` command line: `serve`, `migrate`, `token create`, `events`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use eucora::app::Application;
+use eucora::config::{Cli, CliCommand, DbArgs, LogFormat, TokenCommand};
+use eucora::domain::SystemClock;
+use eucora::http::extract::sha256_hex;
+use eucora::store::Store;
+use eucora_projections::event::Role;
+use rand::RngCore;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let format = match &cli.command {
+        CliCommand::Serve(args) => args.log_format,
+        _ => LogFormat::Text,
+    };
+    init_logging(format);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("eucora: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr, so stdout carries only what a command prints (a token, a stream).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EUCORA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn open(db: &DbArgs) -> Result<Store, String> {
+    let store = Store::connect(&db.database_url, db.db_pool_size)
+        .await
+        .map_err(|e| format!("cannot open {}: {e}", redact(&db.database_url)))?;
+    store.migrate().await.map_err(|e| e.to_string())?;
+    Ok(store)
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        CliCommand::Serve(args) => {
+            let app = Application::build(&args, Arc::new(SystemClock))
+                .await
+                .map_err(|e| e.to_string())?;
+            let addr = app.local_addr().map_err(|e| e.to_string())?;
+            println!("eucora listening on http://{addr}");
+            tracing::info!(%addr, database = %redact(&args.db.database_url), "serving");
+            app.run(shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!("stopped");
+            Ok(())
+        }
+        CliCommand::Migrate(db) => {
+            open(&db).await?;
+            eprintln!("migrations applied to {}", redact(&db.database_url));
+            Ok(())
+        }
+        CliCommand::Token(TokenCommand::Create(args)) => {
+            let role = Role::parse(&args.role).ok_or_else(|| {
+                format!(
+                    "unknown role {:?}: use requester, cab_approver, deployer, auditor or admin",
+                    args.role
+                )
+            })?;
+            let subject = args.subject.trim();
+            if subject.is_empty() || subject.len() > 128 || subject.chars().any(char::is_control) {
+                return Err("--subject must be 1 to 128 printable characters".into());
+            }
+            let store = open(&args.db).await?;
+            let mut secret = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut secret);
+            let token = format!("eucora_{}", hex::encode(secret));
+            store
+                .create_principal(subject, role, &sha256_hex(token.as_bytes()))
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{token}");
+            Ok(())
+        }
+        CliCommand::Events(args) => {
+            let store = open(&args.db).await?;
+            let events = store
+                .intent_events(args.deployment)
+                .await
+                .map_err(|e| e.to_string())?;
+            if events.is_empty() {
+                return Err(format!("no deployment intent {}", args.deployment));
+            }
+            for stored in &events {
+                let e = &stored.event;
+                let m = e.meta();
+                if args.json {
+                    let line = serde_json::json!({
+                        "position": stored.position,
+                        "sequence": stored.sequence,
+                        "event_type": e.type_name(),
+                        "event": e,
+                    });
+                    println!("{line}");
+                } else {
+                    println!(
+                        "#{:<3} {}  {:<22} by {} ({})  correlation {}",
+                        stored.sequence,
+                        m.occurred_at
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        e.type_name(),
+                        m.actor.subject,
+                        m.actor.role.as_str(),
+                        m.correlation_id
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received; draining requests");
+}

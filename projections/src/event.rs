@@ -184,7 +184,10 @@ impl Status {
     ];
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Completed | Status::Rejected | Status::RolledBack)
+        matches!(
+            self,
+            Status::Completed | Status::Rejected | Status::RolledBack
+        )
     }
 
     pub fn as_str(self) -> &'static str {

@@ -195,7 +195,9 @@ impl IntentState {
     }
 
     /// Folds a whole stream, in order.
-    pub fn replay<'a>(events: impl IntoIterator<Item = &'a DeploymentEvent>) -> Option<IntentState> {
+    pub fn replay<'a>(
+        events: impl IntoIterator<Item = &'a DeploymentEvent>,
+    ) -> Option<IntentState> {
         events.into_iter().fold(None, IntentState::fold)
     }
 }
@@ -261,7 +263,13 @@ mod tests {
         })
     }
 
-    fn deployed(n: u32, hours: i64, ring: Ring, succeeded: u64, first_compliant: bool) -> DeploymentEvent {
+    fn deployed(
+        n: u32,
+        hours: i64,
+        ring: Ring,
+        succeeded: u64,
+        first_compliant: bool,
+    ) -> DeploymentEvent {
         DeploymentEvent::DeploymentDeployed(Deployed {
             meta: meta(n, hours, "ops", Role::Deployer),
             ring,
@@ -292,7 +300,10 @@ mod tests {
         assert_eq!(s.status, Status::Approved);
         assert!(s.cab_approved);
         assert_eq!(s.approved_by.as_deref(), Some("carol"));
-        assert_eq!(s.ring_entered_at, Some(s.created_at + chrono::Duration::hours(3)));
+        assert_eq!(
+            s.ring_entered_at,
+            Some(s.created_at + chrono::Duration::hours(3))
+        );
         assert_eq!(s.stream_version, 2);
     }
 
@@ -300,7 +311,12 @@ mod tests {
     fn emergency_clearance_waits_for_retrospective_approval() {
         let events = [
             created(true),
-            approved(2, 0, ApprovalBasis::EmergencyProvisional, "policy:emergency_change"),
+            approved(
+                2,
+                0,
+                ApprovalBasis::EmergencyProvisional,
+                "policy:emergency_change",
+            ),
             deployed(3, 1, Ring::Lab, 10, true),
         ];
         let s = IntentState::replay(&events).unwrap();
@@ -311,7 +327,11 @@ mod tests {
         let s = IntentState::replay(&all).unwrap();
         assert!(!s.retro_approval_pending);
         assert!(s.cab_approved);
-        assert_eq!(s.status, Status::Deployed, "retro approval does not change the state");
+        assert_eq!(
+            s.status,
+            Status::Deployed,
+            "retro approval does not change the state"
+        );
     }
 
     #[test]
@@ -325,7 +345,10 @@ mod tests {
         .unwrap();
         assert_eq!(s.status, Status::Deployed);
         let t0 = s.created_at;
-        assert_eq!(s.ring_first_deployed_at, Some(t0 + chrono::Duration::hours(2)));
+        assert_eq!(
+            s.ring_first_deployed_at,
+            Some(t0 + chrono::Duration::hours(2))
+        );
         assert_eq!(s.ring_compliant_at, Some(t0 + chrono::Duration::hours(3)));
         assert_eq!(s.latest_report.as_ref().unwrap().succeeded, 10);
     }
@@ -352,11 +375,17 @@ mod tests {
         .unwrap();
         assert_eq!(s.current_ring, Ring::Canary);
         assert_eq!(s.status, Status::Approved);
-        assert_eq!(s.ring_entered_at, Some(s.created_at + chrono::Duration::hours(30)));
+        assert_eq!(
+            s.ring_entered_at,
+            Some(s.created_at + chrono::Duration::hours(30))
+        );
         assert_eq!(s.ring_first_deployed_at, None);
         assert_eq!(s.latest_report, None);
         assert!(s.last_promotion.unwrap().passed);
-        assert_eq!(s.first_deployed_at, Some(s.created_at + chrono::Duration::hours(2)));
+        assert_eq!(
+            s.first_deployed_at,
+            Some(s.created_at + chrono::Duration::hours(2))
+        );
     }
 
     #[test]
@@ -390,7 +419,10 @@ mod tests {
 
     #[test]
     fn events_before_creation_or_a_second_creation_change_nothing() {
-        assert_eq!(IntentState::replay(&[approved(1, 0, ApprovalBasis::Cab, "c")]), None);
+        assert_eq!(
+            IntentState::replay(&[approved(1, 0, ApprovalBasis::Cab, "c")]),
+            None
+        );
         let once = IntentState::replay(&[created(true)]);
         let twice = IntentState::replay(&[created(true), created(false)]);
         assert_eq!(once, twice);

@@ -161,9 +161,9 @@ impl DeploymentIntent {
                     return Err(DomainError::SegregationOfDuties);
                 }
                 let retro_deadline_met = (basis == ApprovalBasis::CabRetrospective).then(|| {
-                    state.first_deployed_at.is_none_or(|first| {
-                        now - first <= services.policy.emergency_retro_window
-                    })
+                    state
+                        .first_deployed_at
+                        .is_none_or(|first| now - first <= services.policy.emergency_retro_window)
                 });
                 out.push(|meta| {
                     DeploymentEvent::DeploymentApproved(Approved {
@@ -206,7 +206,8 @@ impl DeploymentIntent {
             }
             Action::Rollback { reason } => {
                 check_text("reason", Some(reason), true)?;
-                if command.actor.role == Role::Requester && command.actor.subject != state.requested_by
+                if command.actor.role == Role::Requester
+                    && command.actor.subject != state.requested_by
                 {
                     return Err(DomainError::NotOwnIntent);
                 }
@@ -325,7 +326,9 @@ fn create_intent(out: &mut Events, c: &CreateIntent) -> Result<(), DomainError> 
     });
     let clearance = match (requires_cab, c.change_type) {
         (false, _) => Some((POLICY_APPROVER, ApprovalBasis::Policy)),
-        (true, ChangeType::Emergency) => Some((EMERGENCY_APPROVER, ApprovalBasis::EmergencyProvisional)),
+        (true, ChangeType::Emergency) => {
+            Some((EMERGENCY_APPROVER, ApprovalBasis::EmergencyProvisional))
+        }
         (true, _) => None,
     };
     if let Some((approver, basis)) = clearance {
@@ -444,12 +447,20 @@ fn promote(out: &mut Events, state: &IntentState) -> Result<(), DomainError> {
             "seconds",
             "min",
             seconds(policy.min_bake_time),
-            state.ring_first_deployed_at.map(|first| seconds(out.now - first)),
+            state
+                .ring_first_deployed_at
+                .map(|first| seconds(out.now - first)),
         ),
     ];
     if from == Ring::Lab {
         let validated = if state.rollback_validated { 1.0 } else { 0.0 };
-        gates.push(gate(Gate::RollbackPlan, "bool", "min", 1.0, Some(validated)));
+        gates.push(gate(
+            Gate::RollbackPlan,
+            "bool",
+            "min",
+            1.0,
+            Some(validated),
+        ));
     }
     if state.requires_cab {
         let approved = if state.cab_approved { 1.0 } else { 0.0 };

@@ -204,9 +204,17 @@ mod tests {
         let p = Policy::default();
         assert_eq!(p.ring(Ring::Lab).success_rate, 0.95);
         assert_eq!(p.ring(Ring::Lab).max_incidents, 1);
-        assert_eq!(p.ring(Ring::Lab).time_to_compliance(SiteClass::Intermittent), Duration::hours(8));
+        assert_eq!(
+            p.ring(Ring::Lab)
+                .time_to_compliance(SiteClass::Intermittent),
+            Duration::hours(8)
+        );
         assert_eq!(p.ring(Ring::Department).min_bake_time, Duration::days(7));
-        assert_eq!(p.ring(Ring::Canary).time_to_compliance(SiteClass::AirGapped), Duration::days(7));
+        assert_eq!(
+            p.ring(Ring::Canary)
+                .time_to_compliance(SiteClass::AirGapped),
+            Duration::days(7)
+        );
         assert_eq!(p.emergency_retro_window, Duration::hours(48));
     }
 
@@ -222,8 +230,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.ring(Ring::Lab).min_bake_time, Duration::zero());
-        assert_eq!(p.ring(Ring::Lab).time_to_compliance_online, Duration::minutes(30));
-        assert_eq!(p.ring(Ring::Lab).time_to_compliance_intermittent, Duration::hours(8));
+        assert_eq!(
+            p.ring(Ring::Lab).time_to_compliance_online,
+            Duration::minutes(30)
+        );
+        assert_eq!(
+            p.ring(Ring::Lab).time_to_compliance_intermittent,
+            Duration::hours(8)
+        );
         assert_eq!(p.ring(Ring::Lab).success_rate, 0.95);
         assert_eq!(p.emergency_retro_window, Duration::hours(72));
     }
@@ -233,7 +247,10 @@ mod tests {
         let cases = [
             ("[rings.MOON]\nsuccess_rate = 0.5", "unknown ring"),
             ("[rings.LAB]\nsuccess_rate = 1.5", "rings.LAB.success_rate"),
-            ("[rings.LAB]\nmin_bake_time = \"soon\"", "rings.LAB.min_bake_time"),
+            (
+                "[rings.LAB]\nmin_bake_time = \"soon\"",
+                "rings.LAB.min_bake_time",
+            ),
             ("[rings.LAB]\nbake = \"1h\"", "unknown field"),
             ("emergency_retro_window = \"-1h\"", "emergency_retro_window"),
         ];

@@ -54,7 +54,11 @@ pub fn assess(
         ("exploitability", factors.exploitability, 10.0),
         ("data_access", factors.data_access, 10.0),
         ("sbom_vulnerability", factors.sbom_vulnerability, 15.0),
-        ("operational_complexity", factors.operational_complexity, 10.0),
+        (
+            "operational_complexity",
+            factors.operational_complexity,
+            10.0,
+        ),
         ("history", factors.history, 10.0),
     ];
     for (name, value, _) in given {
@@ -129,8 +133,15 @@ mod tests {
         assert!(!a.requires_cab);
         assert_eq!(a.factors.len(), 8);
         assert_eq!(a.model_version, "risk_model_v1.0");
-        let blast = a.factors.iter().find(|f| f.factor == "blast_radius").unwrap();
-        assert_eq!((blast.value, blast.weight, blast.contribution), (0.1, 10.0, 1.0));
+        let blast = a
+            .factors
+            .iter()
+            .find(|f| f.factor == "blast_radius")
+            .unwrap();
+        assert_eq!(
+            (blast.value, blast.weight, blast.contribution),
+            (0.1, 10.0, 1.0)
+        );
     }
 
     #[test]
@@ -170,7 +181,10 @@ mod tests {
         let mut f = uniform(0.1);
         f.history = 1.5;
         let err = assess(&f, Ring::Lab, false, false).unwrap_err();
-        assert_eq!(err, DomainError::invalid("risk_factors.history", "must be a number from 0 to 1"));
+        assert_eq!(
+            err,
+            DomainError::invalid("risk_factors.history", "must be a number from 0 to 1")
+        );
         f.history = f64::NAN;
         assert!(assess(&f, Ring::Lab, false, false).is_err());
     }

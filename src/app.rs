@@ -1,0 +1,259 @@
+//! Wiring and the service's two faces: [`Commands`] (the write side, through cqrs-es) and
+//! [`IntentReader`] (what reads are served from).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{AggregateError, CqrsFramework};
+use eucora_projections::event::{Ring, Status};
+use eucora_projections::intent::IntentState;
+use uuid::Uuid;
+
+use crate::domain::{Command, DeploymentIntent, DomainError, DomainServices};
+use crate::store::{is_unavailable, EventRepo, Store, StoreError};
+
+pub type Cqrs = CqrsFramework<DeploymentIntent, PersistedEventStore<EventRepo, DeploymentIntent>>;
+
+/// How often a command that lost an optimistic-concurrency race is checked again.
+const MAX_ATTEMPTS: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error("the intent kept changing under this command; it was not applied")]
+    Contention,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("unexpected event store failure: {0}")]
+    Internal(String),
+}
+
+/// The write side: runs commands through cqrs-es, retrying lost races against the new state.
+pub struct Commands {
+    cqrs: Cqrs,
+}
+
+impl Commands {
+    pub fn new(store: &Store, services: DomainServices) -> Self {
+        let event_store = PersistedEventStore::new_event_store(store.event_repo());
+        Commands {
+            cqrs: CqrsFramework::new(event_store, vec![], services),
+        }
+    }
+
+    /// Applies `command` to intent `id`. A command that loses a race is decided again against
+    /// the new state, up to a bound; each attempt either appends all its events or none.
+    pub async fn execute(&self, id: Uuid, command: Command) -> Result<(), CommandError> {
+        let key = id.to_string();
+        for _ in 0..MAX_ATTEMPTS {
+            match self.cqrs.execute(&key, (id, command.clone())).await {
+                Ok(()) => return Ok(()),
+                Err(AggregateError::AggregateConflict) => continue,
+                Err(AggregateError::UserError(e)) => return Err(e.into()),
+                Err(AggregateError::DatabaseConnectionError(e)) => {
+                    return Err(CommandError::Store(unavailable(e)))
+                }
+                Err(AggregateError::UnexpectedError(e)) => {
+                    if let Some(sqlx) = e.downcast_ref::<sqlx::Error>() {
+                        if is_unavailable(sqlx) {
+                            return Err(CommandError::Store(unavailable(e)));
+                        }
+                    }
+                    return Err(CommandError::Internal(e.to_string()));
+                }
+                Err(AggregateError::DeserializationError(e)) => {
+                    return Err(CommandError::Internal(e.to_string()))
+                }
+            }
+        }
+        Err(CommandError::Contention)
+    }
+}
+
+fn unavailable(e: Box<dyn std::error::Error + Send + Sync>) -> StoreError {
+    StoreError::Unavailable(sqlx::Error::Io(std::io::Error::other(e.to_string())))
+}
+
+/// Filters of `GET /api/v1/deployments`.
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    pub status: Option<Status>,
+    pub ring: Option<Ring>,
+    pub app_name: Option<String>,
+}
+
+impl ListFilter {
+    pub fn matches(&self, s: &IntentState) -> bool {
+        self.status.is_none_or(|v| v == s.status)
+            && self.ring.is_none_or(|v| v == s.current_ring)
+            && self.app_name.as_ref().is_none_or(|v| *v == s.app_name)
+    }
+}
+
+/// One page of intents, in creation order, and where the next page starts.
+#[derive(Debug)]
+pub struct Page {
+    pub items: Vec<IntentState>,
+    pub next_cursor: Option<i64>,
+}
+
+/// Where reads are served from. Today the stream of each intent is folded on request; the
+/// checkpointed read model replaces this implementation without touching the HTTP layer.
+#[async_trait]
+pub trait IntentReader: Send + Sync {
+    async fn get(&self, id: Uuid) -> Result<Option<IntentState>, StoreError>;
+    async fn list(&self, filter: &ListFilter, after: i64, limit: usize)
+        -> Result<Page, StoreError>;
+}
+
+/// Reads by folding each intent's stream through [`IntentState::fold`].
+pub struct StreamReads {
+    store: Store,
+}
+
+impl StreamReads {
+    pub fn new(store: Store) -> Self {
+        StreamReads { store }
+    }
+}
+
+#[async_trait]
+impl IntentReader for StreamReads {
+    async fn get(&self, id: Uuid) -> Result<Option<IntentState>, StoreError> {
+        let events = self.store.intent_events(id).await?;
+        Ok(IntentState::replay(events.iter().map(|e| &e.event)))
+    }
+
+    async fn list(
+        &self,
+        filter: &ListFilter,
+        after: i64,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        const BATCH: i64 = 200;
+        let mut items = Vec::new();
+        let mut cursor = after;
+        loop {
+            let batch = self.store.intents_created_after(cursor, BATCH).await?;
+            let exhausted = (batch.len() as i64) < BATCH;
+            for (position, id) in batch {
+                cursor = position;
+                if let Some(state) = self.get(id).await? {
+                    if filter.matches(&state) {
+                        items.push(state);
+                        if items.len() == limit {
+                            return Ok(Page {
+                                items,
+                                next_cursor: Some(cursor),
+                            });
+                        }
+                    }
+                }
+            }
+            if exhausted {
+                return Ok(Page {
+                    items,
+                    next_cursor: None,
+                });
+            }
+        }
+    }
+}
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub commands: Arc<Commands>,
+    pub reads: Arc<dyn IntentReader>,
+}
+
+/// A bound, ready-to-run server: `main` and the tests build it the same way, and port 0 works.
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown_timeout: std::time::Duration,
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Policy(#[from] crate::domain::policy::PolicyError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl Application {
+    /// Opens and migrates the store, loads the policy and binds the listener.
+    pub async fn build(
+        args: &crate::config::ServeArgs,
+        clock: Arc<dyn crate::domain::Clock>,
+    ) -> Result<Application, StartError> {
+        let policy = match &args.policy {
+            Some(path) => crate::domain::Policy::load(&path.to_string_lossy())?,
+            None => crate::domain::Policy::default(),
+        };
+        let store = Store::connect(&args.db.database_url, args.db.db_pool_size).await?;
+        store.migrate().await?;
+        let state = AppState {
+            commands: Arc::new(Commands::new(&store, DomainServices::new(clock, policy))),
+            reads: Arc::new(StreamReads::new(store.clone())),
+            store,
+        };
+        let limits = crate::http::Limits {
+            body_bytes: args.body_limit,
+            request_timeout: std::time::Duration::from_secs(args.request_timeout),
+        };
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: args.listen,
+                source,
+            })?;
+        Ok(Application {
+            listener,
+            router: crate::http::router(state, limits),
+            shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
+        })
+    }
+
+    /// The address actually bound (the real port when asked for port 0).
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then lets requests in flight finish within the timeout.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let grace = self.shutdown_timeout;
+        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = tx.send(());
+        });
+        let drain_deadline = async move {
+            if rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            result = server => result,
+            _ = drain_deadline => {
+                tracing::warn!("requests still in flight after the shutdown timeout; stopping");
+                Ok(())
+            }
+        }
+    }
+}

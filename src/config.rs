@@ -1,0 +1,107 @@
+//! The command line. Every flag can also be set by its `EUCORA_*` environment variable; no
+//! setting is required to start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use uuid::Uuid;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "eucora",
+    version,
+    about = "EUCORA: an event-sourced deployment control plane"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Migrate the database, then serve the HTTP API until SIGTERM or Ctrl-C.
+    Serve(ServeArgs),
+    /// Apply the database migrations and exit.
+    Migrate(DbArgs),
+    /// Manage principals' bearer tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Print one deployment intent's history.
+    Events(EventsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// Where events are kept: a SQLite file (`sqlite://eucora.db`, created on first start) or a
+    /// PostgreSQL URL (`postgres://user@host/db`).
+    #[arg(
+        long,
+        env = "EUCORA_DATABASE_URL",
+        default_value = "sqlite://eucora.db"
+    )]
+    pub database_url: String,
+    /// Most database connections to hold open (SQLite readers are capped at 8; it has one writer).
+    #[arg(long, env = "EUCORA_DB_POOL_SIZE", default_value_t = 32)]
+    pub db_pool_size: u32,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Address to listen on; port 0 picks a free port (the address is printed on stdout).
+    #[arg(long, env = "EUCORA_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+    /// TOML file overriding the promotion gate thresholds (see docs/operations.md).
+    #[arg(long, env = "EUCORA_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[arg(long, env = "EUCORA_BODY_LIMIT", default_value_t = 64 * 1024)]
+    pub body_limit: usize,
+    /// Seconds a request may run before it is answered with 503.
+    #[arg(long, env = "EUCORA_REQUEST_TIMEOUT", default_value_t = 30)]
+    pub request_timeout: u64,
+    /// Seconds to let requests in flight finish after SIGTERM.
+    #[arg(long, env = "EUCORA_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    pub shutdown_timeout: u64,
+    /// Log format on stderr.
+    #[arg(long, env = "EUCORA_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a principal and print its bearer token, alone, on stdout. Only its hash is stored.
+    Create(TokenCreateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Who the principal is (a person or a connector), as recorded on its events.
+    #[arg(long)]
+    pub subject: String,
+    /// requester, cab_approver, deployer, auditor or admin.
+    #[arg(long)]
+    pub role: String,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The deployment intent's id.
+    #[arg(long)]
+    pub deployment: Uuid,
+    /// Print the stream as JSON instead of one line per event.
+    #[arg(long)]
+    pub json: bool,
+}

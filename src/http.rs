@@ -1,0 +1,99 @@
+//! All HTTP: the router, its middleware (correlation id, body limit, timeout), health probes,
+//! and the OpenAPI document generated from the handlers' own annotations.
+
+pub mod correlation;
+pub mod deployments;
+pub mod error;
+pub mod extract;
+
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::app::AppState;
+use error::ApiError;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "EUCORA control plane", description = "Event-sourced deployment intents: \
+        create, CAB approval, rollout reports, gated ring promotion and rollback."),
+    modifiers(&BearerAuth),
+    tags((name = "deployments", description = "Deployment intents and their streams"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Limits a request may not exceed.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+/// The whole API, with its OpenAPI document.
+pub fn router(state: AppState, limits: Limits) -> Router {
+    let (api, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1/deployments", deployments::router())
+        .split_for_parts();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    let doc = doc.to_json().unwrap_or_else(|_| "{}".into());
+    let timeout = limits.request_timeout;
+    api.route(
+        "/api/v1/openapi.json",
+        get(move || async move { ([("content-type", "application/json")], doc) }),
+    )
+    .route("/health/live", get(live))
+    .route("/health/ready", get(ready))
+    .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+    .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+    .layer(DefaultBodyLimit::max(limits.body_bytes))
+    .layer(middleware::from_fn(move |req: Request, next: Next| {
+        time_limit(timeout, req, next)
+    }))
+    .layer(middleware::from_fn(correlation::middleware))
+    .with_state(state)
+}
+
+/// Answers 503 problem+json when a request runs past the limit. The command in flight either
+/// committed or did not; a retry with the same `Idempotency-Key` tells which.
+async fn time_limit(limit: Duration, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Unavailable(format!(
+            "the request did not finish within {} ms",
+            limit.as_millis()
+        ))
+        .into_response(),
+    }
+}
+
+async fn live() -> impl IntoResponse {
+    Json(json!({ "status": "live" }))
+}
+
+/// Ready when the store answers.
+async fn ready(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    state.store.ping().await?;
+    Ok(Json(
+        json!({ "status": "ready", "backend": state.store.backend().as_str() }),
+    ))
+}

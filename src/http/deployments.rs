@@ -1,0 +1,663 @@
+//! `/api/v1/deployments`: the intent endpoints of API.md.
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use eucora_projections::event::{
+    ChangeType, ConnectorType, DeploymentEvent, Ring, Role, SiteClass, Status,
+};
+use eucora_projections::intent::{IntentState, PromotionAttempt};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::correlation;
+use super::error::ApiError;
+use super::extract::{idempotency_key, if_match, ApiJson, Principal};
+use crate::app::{AppState, ListFilter};
+use crate::domain::{Action, Command, CreateIntent, RiskFactors, RolloutInput};
+use crate::store::Reservation;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(get_one))
+        .routes(routes!(events))
+        .routes(routes!(approve))
+        .routes(routes!(reject))
+        .routes(routes!(deploy))
+        .routes(routes!(promote))
+        .routes(routes!(rollback))
+}
+
+/// Body of `POST /api/v1/deployments`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    #[schema(example = "7-Zip")]
+    pub app_name: String,
+    #[schema(example = "24.08")]
+    pub version: String,
+    /// `intune`, `jamf`, `sccm`, `landscape` or `ansible`.
+    #[schema(value_type = String, example = "intune")]
+    pub connector_type: ConnectorType,
+    /// `LAB` (default), `CANARY`, `PILOT`, `DEPARTMENT` or `GLOBAL`.
+    #[schema(value_type = Option<String>)]
+    pub start_ring: Option<Ring>,
+    /// Highest ring to roll out to; default `GLOBAL`.
+    #[schema(value_type = Option<String>)]
+    pub target_ring: Option<Ring>,
+    /// `standard`, `normal` (default) or `emergency`.
+    #[schema(value_type = Option<String>)]
+    pub change_type: Option<ChangeType>,
+    /// `online` (default), `intermittent` or `air_gapped`.
+    #[schema(value_type = Option<String>)]
+    pub site_class: Option<SiteClass>,
+    /// AV, EDR or admin tools: always needs CAB approval.
+    #[serde(default)]
+    pub privileged_tooling: bool,
+    #[serde(default)]
+    pub critical_infrastructure: bool,
+    /// The rollback plan was validated (required before leaving LAB).
+    #[serde(default)]
+    pub rollback_validated: bool,
+    pub artifact_sha256: Option<String>,
+    pub risk_factors: RiskFactors,
+    pub justification: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveRequest {
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonRequest {
+    pub reason: String,
+}
+
+/// A rollout result for the intent's current ring; counts are cumulative.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    #[schema(value_type = String, example = "LAB")]
+    pub ring: Ring,
+    pub target_devices: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    #[serde(default)]
+    pub incidents: u64,
+}
+
+/// A deployment intent as it now stands.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IntentResponse {
+    pub id: Uuid,
+    pub correlation_id: String,
+    pub app_name: String,
+    pub version: String,
+    #[schema(value_type = String)]
+    pub connector_type: ConnectorType,
+    #[schema(value_type = String)]
+    pub change_type: ChangeType,
+    #[schema(value_type = String)]
+    pub site_class: SiteClass,
+    /// `awaiting_cab`, `approved`, `deployed`, `completed`, `rejected` or `rolled_back`.
+    #[schema(value_type = String)]
+    pub status: Status,
+    #[schema(value_type = String)]
+    pub current_ring: Ring,
+    #[schema(value_type = String)]
+    pub target_ring: Ring,
+    pub risk_score: u32,
+    pub risk_model_version: String,
+    pub requires_cab: bool,
+    pub retro_approval_pending: bool,
+    pub requested_by: String,
+    pub approved_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub stream_version: u64,
+    /// The latest promotion attempt with every gate's threshold, measured value and verdict.
+    #[schema(value_type = Option<Object>)]
+    pub last_promotion: Option<PromotionAttempt>,
+}
+
+impl From<&IntentState> for IntentResponse {
+    fn from(s: &IntentState) -> Self {
+        IntentResponse {
+            id: s.id,
+            correlation_id: s.correlation_id.clone(),
+            app_name: s.app_name.clone(),
+            version: s.version.clone(),
+            connector_type: s.connector_type,
+            change_type: s.change_type,
+            site_class: s.site_class,
+            status: s.status,
+            current_ring: s.current_ring,
+            target_ring: s.target_ring,
+            risk_score: s.risk_score,
+            risk_model_version: s.risk_model_version.clone(),
+            requires_cab: s.requires_cab,
+            retro_approval_pending: s.retro_approval_pending,
+            requested_by: s.requested_by.clone(),
+            approved_by: s.approved_by.clone(),
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            stream_version: s.stream_version,
+            last_promotion: s.last_promotion.clone(),
+        }
+    }
+}
+
+fn intent_response(status: StatusCode, s: &IntentState) -> Response {
+    let mut response = (status, Json(IntentResponse::from(s))).into_response();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", s.stream_version)) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::BadRequest(format!("{id:?} is not a UUID")))
+}
+
+/// The largest response a replayed `Idempotency-Key` may carry.
+const MAX_STORED_RESPONSE: usize = 1 << 20;
+
+/// Runs a write once per `Idempotency-Key`: a repeat with the same request gets the stored
+/// response and appends nothing; the same key with a different request gets 422. A write that
+/// fails appended nothing, so its key is released for a retry.
+async fn once(
+    state: &AppState,
+    command: &Command,
+    headers: &HeaderMap,
+    digest: &str,
+    run: impl std::future::Future<Output = Result<Response, ApiError>>,
+) -> Result<Response, ApiError> {
+    let subject = &command.actor.subject;
+    let Some(key) = idempotency_key(headers)? else {
+        return run.await;
+    };
+    match state
+        .store
+        .reserve_idempotency_key(subject, &key, digest)
+        .await?
+    {
+        Reservation::Reserved => {}
+        Reservation::Replay { status, body } => return replay(status, &body),
+        Reservation::Mismatch => {
+            return Err(ApiError::Unprocessable(
+                "this Idempotency-Key was used with a different request".into(),
+            ))
+        }
+        Reservation::InFlight => {
+            return Err(ApiError::Conflict {
+                detail: "a request with this Idempotency-Key is still in progress; retry later"
+                    .into(),
+                extra: None,
+            })
+        }
+    }
+    let response = match run.await {
+        Ok(response) => response,
+        Err(e) => {
+            state.store.release_idempotency_key(subject, &key).await?;
+            return Err(e);
+        }
+    };
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_STORED_RESPONSE)
+        .await
+        .map_err(|e| ApiError::Internal(format!("buffering response: {e}")))?;
+    let kept: serde_json::Map<String, Value> =
+        [header::CONTENT_TYPE, header::ETAG, header::LOCATION]
+            .iter()
+            .filter_map(|h| {
+                let v = parts.headers.get(h)?.to_str().ok()?;
+                Some((h.as_str().to_string(), Value::from(v)))
+            })
+            .collect();
+    let stored = json!({ "headers": kept, "body": String::from_utf8_lossy(&bytes) });
+    state
+        .store
+        .complete_idempotency_key(subject, &key, parts.status.as_u16(), &stored.to_string())
+        .await?;
+    Ok(Response::from_parts(parts, Body::from(bytes)))
+}
+
+fn replay(status: u16, stored: &str) -> Result<Response, ApiError> {
+    let stored: Value = serde_json::from_str(stored)
+        .map_err(|e| ApiError::Internal(format!("stored idempotent response: {e}")))?;
+    let status = StatusCode::from_u16(status)
+        .map_err(|e| ApiError::Internal(format!("stored idempotent status: {e}")))?;
+    let body = stored["body"].as_str().unwrap_or_default().to_string();
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    if let Some(kept) = stored["headers"].as_object() {
+        for (name, value) in kept {
+            if let (Ok(name), Some(Ok(value))) = (
+                header::HeaderName::from_bytes(name.as_bytes()),
+                value.as_str().map(HeaderValue::from_str),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+    }
+    headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    Ok(response)
+}
+
+/// Runs one command on an existing intent and answers with the intent as it now stands.
+async fn command(
+    state: AppState,
+    principal: Principal,
+    roles: &[Role],
+    headers: HeaderMap,
+    id: String,
+    digest: String,
+    action: Action,
+) -> Result<Response, ApiError> {
+    principal.require(roles)?;
+    let id = parse_id(&id)?;
+    let is_promotion = matches!(action, Action::Promote);
+    let command = Command {
+        actor: principal.0,
+        correlation_id: correlation::current(),
+        expected_version: if_match(&headers)?,
+        action,
+    };
+    let run = async {
+        state.commands.execute(id, command.clone()).await?;
+        let intent = state
+            .reads
+            .get(id)
+            .await?
+            .ok_or_else(|| ApiError::Internal(format!("intent {id} vanished after a write")))?;
+        match &intent.last_promotion {
+            Some(attempt) if is_promotion && !attempt.passed => {
+                let blocked: Vec<&str> = attempt.blocked_by().iter().map(|g| g.as_str()).collect();
+                Ok(ApiError::Conflict {
+                    detail: format!(
+                        "promotion from {} to {} blocked by: {}",
+                        attempt.from_ring.as_str(),
+                        attempt.to_ring.as_str(),
+                        blocked.join(", ")
+                    ),
+                    extra: Some(json!({
+                        "promotion": attempt,
+                        "intent": IntentResponse::from(&intent),
+                    })),
+                }
+                .into_response())
+            }
+            _ => Ok(intent_response(StatusCode::OK, &intent)),
+        }
+    };
+    once(&state, &command, &headers, &digest, run).await
+}
+
+/// Create a deployment intent.
+///
+/// Scores its risk, records the full assessment, and approves it by policy when the risk allows.
+#[utoipa::path(post, path = "", tag = "deployments", request_body = CreateRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "retry safely")),
+    responses(
+        (status = 201, description = "created", body = IntentResponse),
+        (status = 400, description = "malformed request"), (status = 401), (status = 403),
+        (status = 413), (status = 415),
+        (status = 422, description = "invalid, or an SBOM with a Critical finding")),
+    security(("bearer" = [])))]
+async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: ApiJson<CreateRequest>,
+) -> Result<Response, ApiError> {
+    principal.require(&[Role::Requester])?;
+    let r = body.value;
+    let id = Uuid::now_v7();
+    let command = Command {
+        actor: principal.0,
+        correlation_id: correlation::current(),
+        expected_version: None,
+        action: Action::Create(Box::new(CreateIntent {
+            app_name: r.app_name,
+            version: r.version,
+            connector_type: r.connector_type,
+            start_ring: r.start_ring.unwrap_or(Ring::Lab),
+            target_ring: r.target_ring.unwrap_or(Ring::Global),
+            change_type: r.change_type.unwrap_or(ChangeType::Normal),
+            site_class: r.site_class.unwrap_or(SiteClass::Online),
+            privileged_tooling: r.privileged_tooling,
+            critical_infrastructure: r.critical_infrastructure,
+            rollback_validated: r.rollback_validated,
+            artifact_sha256: r.artifact_sha256,
+            risk_factors: r.risk_factors,
+            justification: r.justification,
+        })),
+    };
+    let run = async {
+        state.commands.execute(id, command.clone()).await?;
+        let intent = state
+            .reads
+            .get(id)
+            .await?
+            .ok_or_else(|| ApiError::Internal(format!("intent {id} vanished after a write")))?;
+        let mut response = intent_response(StatusCode::CREATED, &intent);
+        if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/deployments/{id}")) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        Ok(response)
+    };
+    once(&state, &command, &headers, &body.digest, run).await
+}
+
+/// Query of `GET /api/v1/deployments`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only intents in this state.
+    status: Option<String>,
+    /// Only intents whose current ring is this one.
+    ring: Option<String>,
+    app_name: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IntentPage {
+    pub items: Vec<IntentResponse>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// List deployment intents in creation order.
+#[utoipa::path(get, path = "", tag = "deployments", params(ListParams),
+    responses((status = 200, body = IntentPage), (status = 400), (status = 401)),
+    security(("bearer" = [])))]
+async fn list(
+    State(state): State<AppState>,
+    _principal: Principal,
+    query: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let filter = ListFilter {
+        status: q
+            .status
+            .map(|s| {
+                Status::parse(&s)
+                    .ok_or_else(|| ApiError::BadRequest(format!("unknown status {s:?}")))
+            })
+            .transpose()?,
+        ring: q
+            .ring
+            .map(|r| {
+                Ring::parse(&r).ok_or_else(|| ApiError::BadRequest(format!("unknown ring {r:?}")))
+            })
+            .transpose()?,
+        app_name: q.app_name,
+    };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::BadRequest("limit must be from 1 to 500".into()));
+    }
+    let after =
+        match q.cursor {
+            None => 0,
+            Some(c) => c.parse::<i64>().ok().filter(|p| *p >= 0).ok_or_else(|| {
+                ApiError::BadRequest(format!("{c:?} is not a cursor from this API"))
+            })?,
+        };
+    let page = state.reads.list(&filter, after, limit).await?;
+    Ok(Json(IntentPage {
+        items: page.items.iter().map(IntentResponse::from).collect(),
+        next_cursor: page.next_cursor.map(|p| p.to_string()),
+    })
+    .into_response())
+}
+
+/// One deployment intent as it now stands.
+#[utoipa::path(get, path = "/{id}", tag = "deployments",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = IntentResponse), (status = 400), (status = 401), (status = 404)),
+    security(("bearer" = [])))]
+async fn get_one(
+    State(state): State<AppState>,
+    _principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let intent = state
+        .reads
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no deployment intent {id}")))?;
+    Ok(intent_response(StatusCode::OK, &intent))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventsParams {
+    /// RFC 3339 time: only events up to it, and the state as it stood then.
+    as_of: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamEvent {
+    /// Place in the global stream.
+    pub position: i64,
+    /// Place in this intent's stream, from 1.
+    pub sequence: i64,
+    pub event_type: String,
+    /// The stored payload, envelope included.
+    #[schema(value_type = Object)]
+    pub event: DeploymentEvent,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IntentHistory {
+    pub deployment_id: Uuid,
+    pub as_of: Option<DateTime<Utc>>,
+    pub events: Vec<StreamEvent>,
+    /// The intent as the listed events leave it.
+    pub state: Option<IntentResponse>,
+}
+
+/// One intent's stream, in order, with global positions; `as_of` replays the state at a time.
+#[utoipa::path(get, path = "/{id}/events", tag = "deployments",
+    params(("id" = Uuid, Path), EventsParams),
+    responses((status = 200, body = IntentHistory), (status = 400), (status = 401), (status = 404)),
+    security(("bearer" = [])))]
+async fn events(
+    State(state): State<AppState>,
+    _principal: Principal,
+    Path(id): Path<String>,
+    query: Result<Query<EventsParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let stored = state.store.intent_events(id).await?;
+    if stored.is_empty() {
+        return Err(ApiError::NotFound(format!("no deployment intent {id}")));
+    }
+    let events: Vec<StreamEvent> = stored
+        .into_iter()
+        .filter(|e| q.as_of.is_none_or(|t| e.event.meta().occurred_at <= t))
+        .map(|e| StreamEvent {
+            position: e.position,
+            sequence: e.sequence,
+            event_type: e.event.type_name().to_string(),
+            event: e.event,
+        })
+        .collect();
+    let intent = IntentState::replay(events.iter().map(|e| &e.event));
+    Ok(Json(IntentHistory {
+        deployment_id: id,
+        as_of: q.as_of,
+        state: intent.as_ref().map(IntentResponse::from),
+        events,
+    })
+    .into_response())
+}
+
+/// CAB approval (or retrospective approval of an emergency change).
+#[utoipa::path(post, path = "/{id}/approve", tag = "deployments", request_body = ApproveRequest,
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = IntentResponse), (status = 403, description = "role, or segregation of duties"),
+        (status = 404), (status = 409), (status = 412)),
+    security(("bearer" = [])))]
+async fn approve(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: ApiJson<ApproveRequest>,
+) -> Result<Response, ApiError> {
+    let action = Action::Approve {
+        comment: body.value.comment,
+    };
+    command(
+        state,
+        principal,
+        &[Role::CabApprover],
+        headers,
+        id,
+        body.digest,
+        action,
+    )
+    .await
+}
+
+/// CAB rejection; terminal.
+#[utoipa::path(post, path = "/{id}/reject", tag = "deployments", request_body = ReasonRequest,
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = IntentResponse), (status = 403), (status = 404), (status = 409), (status = 412), (status = 422)),
+    security(("bearer" = [])))]
+async fn reject(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: ApiJson<ReasonRequest>,
+) -> Result<Response, ApiError> {
+    let action = Action::Reject {
+        reason: body.value.reason,
+    };
+    command(
+        state,
+        principal,
+        &[Role::CabApprover],
+        headers,
+        id,
+        body.digest,
+        action,
+    )
+    .await
+}
+
+/// Report a rollout result for the current ring.
+#[utoipa::path(post, path = "/{id}/deploy", tag = "deployments", request_body = DeployRequest,
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = IntentResponse), (status = 403), (status = 404), (status = 409), (status = 412), (status = 422)),
+    security(("bearer" = [])))]
+async fn deploy(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: ApiJson<DeployRequest>,
+) -> Result<Response, ApiError> {
+    let r = body.value;
+    let action = Action::Deploy(RolloutInput {
+        ring: r.ring,
+        target_devices: r.target_devices,
+        succeeded: r.succeeded,
+        failed: r.failed,
+        incidents: r.incidents,
+    });
+    command(
+        state,
+        principal,
+        &[Role::Deployer],
+        headers,
+        id,
+        body.digest,
+        action,
+    )
+    .await
+}
+
+/// Evaluate every promotion gate; promote to the next ring when all pass.
+///
+/// The evaluation is recorded either way. 409 carries the same gate results when a gate blocks.
+#[utoipa::path(post, path = "/{id}/promote", tag = "deployments",
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, description = "promoted", body = IntentResponse),
+        (status = 409, description = "a gate blocked (with `promotion`), or not allowed in this state"),
+        (status = 403), (status = 404), (status = 412)),
+    security(("bearer" = [])))]
+async fn promote(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: ApiJson<serde_json::Map<String, Value>>,
+) -> Result<Response, ApiError> {
+    if !body.value.is_empty() {
+        return Err(ApiError::Unprocessable(
+            "promote takes no body fields".into(),
+        ));
+    }
+    command(
+        state,
+        principal,
+        &[Role::Deployer],
+        headers,
+        id,
+        body.digest,
+        Action::Promote,
+    )
+    .await
+}
+
+/// Roll back, with a reason. A requester may roll back only its own intents.
+#[utoipa::path(post, path = "/{id}/rollback", tag = "deployments", request_body = ReasonRequest,
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = IntentResponse), (status = 403), (status = 404), (status = 409), (status = 412), (status = 422)),
+    security(("bearer" = [])))]
+async fn rollback(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: ApiJson<ReasonRequest>,
+) -> Result<Response, ApiError> {
+    let action = Action::Rollback {
+        reason: body.value.reason,
+    };
+    command(
+        state,
+        principal,
+        &[Role::Deployer, Role::Requester],
+        headers,
+        id,
+        body.digest,
+        action,
+    )
+    .await
+}

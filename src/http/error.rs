@@ -1,0 +1,212 @@
+//! The HTTP layer's one error type. Only this module maps errors to status codes and RFC 9457
+//! problem+json; a 500 logs its detail and returns none of it.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use super::correlation;
+use crate::app::CommandError;
+use crate::domain::DomainError;
+use crate::store::StoreError;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the request cannot be read (malformed JSON, bad UUID, bad cursor or header).
+    BadRequest(String),
+    /// 401: no bearer token, or one that names no principal.
+    Unauthorized,
+    /// 403: the principal's role may not do this, or a domain rule forbids this principal.
+    Forbidden(String),
+    /// 404
+    NotFound(String),
+    /// 405
+    MethodNotAllowed,
+    /// 409: not allowed in the intent's current state; `extra` adds members (gate results).
+    Conflict {
+        detail: String,
+        extra: Option<Value>,
+    },
+    /// 412: `If-Match` names an older stream version.
+    PreconditionFailed(String),
+    /// 413: body over the configured limit.
+    PayloadTooLarge,
+    /// 415: a body that is not `application/json`.
+    UnsupportedMediaType,
+    /// 422: well-formed but invalid (unknown field, wrong type, out-of-range value, rule broken).
+    Unprocessable(String),
+    /// 503 with `Retry-After`: the store did not answer, or the request ran out of time.
+    Unavailable(String),
+    /// 500: logged with its detail, answered without it.
+    Internal(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        use ApiError::*;
+        match self {
+            BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Authentication required",
+            ),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            Conflict { .. } => (
+                StatusCode::CONFLICT,
+                "conflict",
+                "Conflict with the intent's state",
+            ),
+            PreconditionFailed(_) => (
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                "Stream version does not match If-Match",
+            ),
+            PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Request body too large",
+            ),
+            UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            Unprocessable(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "The request is not valid",
+            ),
+            Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service temporarily unavailable",
+            ),
+            Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal server error",
+            ),
+        }
+    }
+
+    fn detail(&self) -> String {
+        use ApiError::*;
+        match self {
+            BadRequest(d)
+            | Forbidden(d)
+            | NotFound(d)
+            | PreconditionFailed(d)
+            | Unprocessable(d)
+            | Unavailable(d) => d.clone(),
+            Conflict { detail, .. } => detail.clone(),
+            Unauthorized => "send Authorization: Bearer <token>, from `eucora token create`".into(),
+            MethodNotAllowed => "this path does not accept that method".into(),
+            PayloadTooLarge => "the request body exceeds the configured limit".into(),
+            UnsupportedMediaType => "send the body as Content-Type: application/json".into(),
+            Internal(_) => {
+                "the error was logged; quote the correlation id when reporting it".into()
+            }
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, slug, title) = self.parts();
+        let correlation_id = correlation::current();
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%correlation_id, %detail, "request failed");
+        }
+        let mut body = json!({
+            "type": format!("urn:eucora:problem:{slug}"),
+            "title": title,
+            "status": status.as_u16(),
+            "detail": self.detail(),
+            "correlation_id": correlation_id,
+        });
+        if let ApiError::Conflict {
+            extra: Some(Value::Object(extra)),
+            ..
+        } = &self
+        {
+            for (k, v) in extra {
+                body[k] = v.clone();
+            }
+        }
+        let mut response = (status, body.to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        match self {
+            ApiError::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        let detail = e.to_string();
+        match e {
+            DomainError::NotFound => ApiError::NotFound(detail),
+            DomainError::InvalidInput { .. } | DomainError::CriticalVulnerability => {
+                ApiError::Unprocessable(detail)
+            }
+            DomainError::AlreadyExists
+            | DomainError::NotAllowedInState { .. }
+            | DomainError::RingMismatch { .. }
+            | DomainError::AtTargetRing(_) => ApiError::Conflict {
+                detail,
+                extra: None,
+            },
+            DomainError::SegregationOfDuties | DomainError::NotOwnIntent => {
+                ApiError::Forbidden(detail)
+            }
+            DomainError::VersionMismatch { .. } => ApiError::PreconditionFailed(detail),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(e) => {
+                tracing::warn!(error = %e, "store unavailable");
+                ApiError::Unavailable("the event store is not answering; retry shortly".into())
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::Domain(d) => d.into(),
+            CommandError::Contention => ApiError::Conflict {
+                detail: e.to_string(),
+                extra: None,
+            },
+            CommandError::Store(s) => s.into(),
+            CommandError::Internal(detail) => ApiError::Internal(detail),
+        }
+    }
+}

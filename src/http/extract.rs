@@ -1,0 +1,138 @@
+//! Request extractors that answer in problem+json: the JSON body, the principal, and the headers
+//! that shape a write (`If-Match`, `Idempotency-Key`).
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use eucora_projections::event::{Actor, Role};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use super::error::ApiError;
+use crate::app::AppState;
+
+/// Hex SHA-256 of some bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A JSON body with unknown fields refused. An empty body reads as `{}`, so that bodies whose
+/// fields are all optional may be left out. Keeps a digest of the request for idempotency.
+pub struct ApiJson<T> {
+    pub value: T,
+    /// SHA-256 over the method, the path and the body.
+    pub digest: String,
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| {
+                let v = v.trim();
+                v.eq_ignore_ascii_case("application/json") || v.ends_with("+json")
+            });
+        let prefix = format!("{} {}\n", req.method(), req.uri().path());
+        let has_content_type = req.headers().contains_key(header::CONTENT_TYPE);
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e: BytesRejection| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::BadRequest(e.body_text())
+                }
+            })?;
+        if !bytes.is_empty() && !is_json || bytes.is_empty() && has_content_type && !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let body: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
+        let value = serde_json::from_slice(body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => ApiError::Unprocessable(e.to_string()),
+            _ => ApiError::BadRequest(format!("the body is not valid JSON: {e}")),
+        })?;
+        let mut hashed = prefix.into_bytes();
+        hashed.extend_from_slice(body);
+        Ok(ApiJson {
+            value,
+            digest: sha256_hex(&hashed),
+        })
+    }
+}
+
+/// The authenticated caller. Missing or unknown tokens get 401 before the handler runs.
+#[derive(Debug, Clone)]
+pub struct Principal(pub Actor);
+
+impl Principal {
+    /// 403 unless the principal holds one of `roles`; `admin` may call every endpoint.
+    pub fn require(&self, roles: &[Role]) -> Result<&Actor, ApiError> {
+        if self.0.role == Role::Admin || roles.contains(&self.0.role) {
+            Ok(&self.0)
+        } else {
+            let allowed: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+            Err(ApiError::Forbidden(format!(
+                "role {} may not do this (allowed: {}, admin)",
+                self.0.role.as_str(),
+                allowed.join(", ")
+            )))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::Unauthorized)?;
+        state
+            .store
+            .principal_by_token_hash(&sha256_hex(token.as_bytes()))
+            .await?
+            .map(Principal)
+            .ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// The stream version named by `If-Match` (`"3"`, `W/"3"` or `3`); `*` or no header means any.
+pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let bad = || ApiError::BadRequest("If-Match must be an ETag from this API, like \"3\"".into());
+    let text = value.to_str().map_err(|_| bad())?.trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    text.parse().map(Some).map_err(|_| bad())
+}
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into())
+        })?;
+    Ok(Some(key.to_string()))
+}

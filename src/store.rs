@@ -1,0 +1,616 @@
+//! Everything EUCORA keeps, on SQLite (the embedded default) or PostgreSQL: the event store behind
+//! cqrs-es, principals, and idempotency records. All SQL lives in this module, in named functions.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::Utc;
+use cqrs_es::persist::{
+    PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
+};
+use cqrs_es::Aggregate;
+use eucora_projections::event::{Actor, DeploymentEvent, Role};
+use postgres_es::PostgresEventRepository;
+use serde_json::Value;
+use sqlite_es::SqliteEventRepository;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, Row, SqlitePool};
+use uuid::Uuid;
+
+use crate::domain::DeploymentIntent;
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database is unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the event at position {position} cannot be read: {reason}")]
+    Corrupt { position: i64, reason: String },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if is_unavailable(&e) {
+            StoreError::Unavailable(e)
+        } else {
+            StoreError::Database(e)
+        }
+    }
+}
+
+/// Errors that mean "the database did not answer", as opposed to "the database said no".
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed
+    ) || matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+}
+
+/// One event as stored, with its place in the global stream.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub position: i64,
+    pub sequence: i64,
+    pub event: DeploymentEvent,
+}
+
+/// What an `Idempotency-Key` reservation found.
+#[derive(Debug, PartialEq)]
+pub enum Reservation {
+    /// The key is new and now held by this request.
+    Reserved,
+    /// The key was answered before, for the same request: replay this response.
+    Replay { status: u16, body: String },
+    /// The key was used for a different request.
+    Mismatch,
+    /// The first request with this key has not been answered yet.
+    InFlight,
+}
+
+#[derive(Clone)]
+enum Db {
+    /// SQLite has one writer at a time: writes go through a one-connection pool, so they queue
+    /// in-process instead of spinning on SQLITE_BUSY; reads use their own pool under WAL.
+    Sqlite {
+        writer: SqlitePool,
+        reader: SqlitePool,
+    },
+    Postgres(PgPool),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+}
+
+/// The events table both cqrs-es repositories read and write, behind one type.
+pub enum EventRepo {
+    Sqlite(SqliteEventRepository),
+    Postgres(PostgresEventRepository),
+}
+
+/// SQLite reports a lost optimistic-concurrency race on our UNIQUE constraint as 2067
+/// (SQLITE_CONSTRAINT_UNIQUE); sqlite-es only knows the primary-key code.
+fn map_sqlite_conflict(e: PersistenceError) -> PersistenceError {
+    if let PersistenceError::UnknownError(inner) = &e {
+        if let Some(sqlx::Error::Database(d)) = inner.downcast_ref::<sqlx::Error>() {
+            if d.code().as_deref() == Some("2067") {
+                return PersistenceError::OptimisticLockError;
+            }
+        }
+    }
+    e
+}
+
+impl PersistedEventRepository for EventRepo {
+    async fn get_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        match self {
+            EventRepo::Sqlite(r) => r.get_events::<A>(aggregate_id).await,
+            EventRepo::Postgres(r) => r.get_events::<A>(aggregate_id).await,
+        }
+    }
+
+    async fn get_last_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        last_sequence: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        match self {
+            EventRepo::Sqlite(r) => r.get_last_events::<A>(aggregate_id, last_sequence).await,
+            EventRepo::Postgres(r) => r.get_last_events::<A>(aggregate_id, last_sequence).await,
+        }
+    }
+
+    async fn get_snapshot<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+        match self {
+            EventRepo::Sqlite(r) => r.get_snapshot::<A>(aggregate_id).await,
+            EventRepo::Postgres(r) => r.get_snapshot::<A>(aggregate_id).await,
+        }
+    }
+
+    async fn persist<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+        snapshot_update: Option<(String, Value, usize)>,
+    ) -> Result<(), PersistenceError> {
+        match self {
+            EventRepo::Sqlite(r) => r
+                .persist::<A>(events, snapshot_update)
+                .await
+                .map_err(map_sqlite_conflict),
+            EventRepo::Postgres(r) => r.persist::<A>(events, snapshot_update).await,
+        }
+    }
+
+    async fn stream_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<ReplayStream, PersistenceError> {
+        match self {
+            EventRepo::Sqlite(r) => r.stream_events::<A>(aggregate_id).await,
+            EventRepo::Postgres(r) => r.stream_events::<A>(aggregate_id).await,
+        }
+    }
+
+    async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
+        match self {
+            EventRepo::Sqlite(r) => r.stream_all_events::<A>().await,
+            EventRepo::Postgres(r) => r.stream_all_events::<A>().await,
+        }
+    }
+}
+
+/// The database named by a URL: `postgres://…` or `postgresql://…` for PostgreSQL, anything else
+/// (`sqlite://path`, `sqlite:path` or a plain path) for a SQLite file, created on first start.
+pub fn backend_of(url: &str) -> Backend {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Backend::Postgres
+    } else {
+        Backend::Sqlite
+    }
+}
+
+fn sqlite_path(url: &str) -> &str {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    path.split('?').next().unwrap_or(path)
+}
+
+impl Store {
+    /// Opens the database named by `url` (see [`backend_of`]).
+    pub async fn connect(url: &str, pool_size: u32) -> Result<Store, StoreError> {
+        let db = match backend_of(url) {
+            Backend::Postgres => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(pool_size.max(1))
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect(url)
+                    .await?;
+                Db::Postgres(pool)
+            }
+            Backend::Sqlite => {
+                let options = SqliteConnectOptions::from_str("sqlite:")
+                    .map_err(StoreError::Database)?
+                    .filename(sqlite_path(url))
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true);
+                let writer = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(options.clone())
+                    .await?;
+                let reader = SqlitePoolOptions::new()
+                    .max_connections(pool_size.clamp(1, 8))
+                    .connect_with(options.read_only(true))
+                    .await?;
+                Db::Sqlite { writer, reader }
+            }
+        };
+        Ok(Store { db })
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.db {
+            Db::Sqlite { .. } => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Applies this build's migrations (`migrations/<backend>`); safe to run again.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match &self.db {
+            Db::Sqlite { writer, .. } => sqlx::migrate!("./migrations/sqlite").run(writer).await?,
+            Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// The cqrs-es repository over the events table.
+    pub fn event_repo(&self) -> EventRepo {
+        match &self.db {
+            Db::Sqlite { writer, .. } => {
+                EventRepo::Sqlite(SqliteEventRepository::new(writer.clone()))
+            }
+            Db::Postgres(pool) => EventRepo::Postgres(PostgresEventRepository::new(pool.clone())),
+        }
+    }
+
+    /// Answers when the database does.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match &self.db {
+            Db::Sqlite { reader, .. } => {
+                sqlx::query("SELECT 1").execute(reader).await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many events the store holds.
+    pub async fn event_count(&self) -> Result<i64, StoreError> {
+        let sql = "SELECT COUNT(*) FROM events";
+        Ok(match &self.db {
+            Db::Sqlite { reader, .. } => sqlx::query_scalar(sql).fetch_one(reader).await?,
+            Db::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
+        })
+    }
+
+    /// One intent's stream, in order, with global positions.
+    pub async fn intent_events(&self, id: Uuid) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = match &self.db {
+            Db::Sqlite { reader, .. } => sqlx::query(
+                "SELECT position, sequence, payload FROM events
+                      WHERE aggregate_type = ?1 AND aggregate_id = ?2 ORDER BY sequence",
+            )
+            .bind(DeploymentIntent::TYPE)
+            .bind(id.to_string())
+            .fetch_all(reader)
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect::<Vec<(i64, i64, String)>>(),
+            Db::Postgres(pool) => sqlx::query(
+                "SELECT position, sequence, payload::text FROM events
+                  WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
+            )
+            .bind(DeploymentIntent::TYPE)
+            .bind(id.to_string())
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect(),
+        };
+        rows.into_iter()
+            .map(|(position, sequence, payload)| {
+                let event = serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt {
+                    position,
+                    reason: e.to_string(),
+                })?;
+                Ok(StoredEvent {
+                    position,
+                    sequence,
+                    event,
+                })
+            })
+            .collect()
+    }
+
+    /// Intents in creation order after the creation event at `after`: (position, id).
+    pub async fn intents_created_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Uuid)>, StoreError> {
+        let rows: Vec<(i64, String)> = match &self.db {
+            Db::Sqlite { reader, .. } => {
+                sqlx::query_as(
+                    "SELECT position, aggregate_id FROM events
+                      WHERE aggregate_type = ?1 AND sequence = 1 AND position > ?2
+                      ORDER BY position LIMIT ?3",
+                )
+                .bind(DeploymentIntent::TYPE)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(reader)
+                .await?
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT position, aggregate_id FROM events
+                      WHERE aggregate_type = $1 AND sequence = 1 AND position > $2
+                      ORDER BY position LIMIT $3",
+                )
+                .bind(DeploymentIntent::TYPE)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        rows.into_iter()
+            .map(|(position, id)| {
+                let id = Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt {
+                    position,
+                    reason: format!("aggregate id {id:?}: {e}"),
+                })?;
+                Ok((position, id))
+            })
+            .collect()
+    }
+
+    /// Records a principal known by the SHA-256 of its token.
+    pub async fn create_principal(
+        &self,
+        subject: &str,
+        role: Role,
+        token_hash: &str,
+    ) -> Result<Uuid, StoreError> {
+        let id = Uuid::now_v7();
+        match &self.db {
+            Db::Sqlite { writer, .. } => {
+                sqlx::query(
+                    "INSERT INTO principals (id, subject, role, token_hash, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .bind(id.to_string())
+                .bind(subject)
+                .bind(role.as_str())
+                .bind(token_hash)
+                .bind(Utc::now().to_rfc3339())
+                .execute(writer)
+                .await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query(
+                    "INSERT INTO principals (id, subject, role, token_hash, created_at)
+                     VALUES ($1, $2, $3, $4, now())",
+                )
+                .bind(id)
+                .bind(subject)
+                .bind(role.as_str())
+                .bind(token_hash)
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(id)
+    }
+
+    /// The principal whose token hashes to `token_hash`.
+    pub async fn principal_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<Actor>, StoreError> {
+        let row: Option<(String, String)> = match &self.db {
+            Db::Sqlite { reader, .. } => {
+                sqlx::query_as("SELECT subject, role FROM principals WHERE token_hash = ?1")
+                    .bind(token_hash)
+                    .fetch_optional(reader)
+                    .await?
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_as("SELECT subject, role FROM principals WHERE token_hash = $1")
+                    .bind(token_hash)
+                    .fetch_optional(pool)
+                    .await?
+            }
+        };
+        Ok(row.and_then(|(subject, role)| Role::parse(&role).map(|role| Actor { subject, role })))
+    }
+
+    /// Holds `key` for this subject's request, or says what an earlier request with it found.
+    pub async fn reserve_idempotency_key(
+        &self,
+        subject: &str,
+        key: &str,
+        request_hash: &str,
+    ) -> Result<Reservation, StoreError> {
+        let (inserted, existing): (u64, Option<(String, Option<i32>, Option<String>)>) =
+            match &self.db {
+                Db::Sqlite { writer, .. } => {
+                    let done = sqlx::query(
+                        "INSERT INTO idempotency_keys (subject, key, request_hash, created_at)
+                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(subject)
+                    .bind(key)
+                    .bind(request_hash)
+                    .bind(Utc::now().to_rfc3339())
+                    .execute(writer)
+                    .await?;
+                    let existing = sqlx::query_as(
+                        "SELECT request_hash, status, response FROM idempotency_keys
+                          WHERE subject = ?1 AND key = ?2",
+                    )
+                    .bind(subject)
+                    .bind(key)
+                    .fetch_optional(writer)
+                    .await?;
+                    (done.rows_affected(), existing)
+                }
+                Db::Postgres(pool) => {
+                    let done = sqlx::query(
+                        "INSERT INTO idempotency_keys (subject, key, request_hash, created_at)
+                         VALUES ($1, $2, $3, now()) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(subject)
+                    .bind(key)
+                    .bind(request_hash)
+                    .execute(pool)
+                    .await?;
+                    let existing = sqlx::query_as(
+                        "SELECT request_hash, status, response FROM idempotency_keys
+                          WHERE subject = $1 AND key = $2",
+                    )
+                    .bind(subject)
+                    .bind(key)
+                    .fetch_optional(pool)
+                    .await?;
+                    (done.rows_affected(), existing)
+                }
+            };
+        if inserted == 1 {
+            return Ok(Reservation::Reserved);
+        }
+        Ok(match existing {
+            None => Reservation::InFlight,
+            Some((hash, _, _)) if hash != request_hash => Reservation::Mismatch,
+            Some((_, Some(status), Some(body))) => Reservation::Replay {
+                status: status as u16,
+                body,
+            },
+            Some(_) => Reservation::InFlight,
+        })
+    }
+
+    /// Stores the answer to a reserved key, for replay.
+    pub async fn complete_idempotency_key(
+        &self,
+        subject: &str,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        match &self.db {
+            Db::Sqlite { writer, .. } => {
+                sqlx::query(
+                    "UPDATE idempotency_keys SET status = ?1, response = ?2
+                      WHERE subject = ?3 AND key = ?4",
+                )
+                .bind(status as i32)
+                .bind(body)
+                .bind(subject)
+                .bind(key)
+                .execute(writer)
+                .await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query(
+                    "UPDATE idempotency_keys SET status = $1, response = $2
+                      WHERE subject = $3 AND key = $4",
+                )
+                .bind(status as i32)
+                .bind(body)
+                .bind(subject)
+                .bind(key)
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees a reserved key whose request failed without appending, so a retry can run.
+    pub async fn release_idempotency_key(
+        &self,
+        subject: &str,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        match &self.db {
+            Db::Sqlite { writer, .. } => {
+                sqlx::query(
+                    "DELETE FROM idempotency_keys
+                      WHERE subject = ?1 AND key = ?2 AND status IS NULL",
+                )
+                .bind(subject)
+                .bind(key)
+                .execute(writer)
+                .await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query(
+                    "DELETE FROM idempotency_keys
+                      WHERE subject = $1 AND key = $2 AND status IS NULL",
+                )
+                .bind(subject)
+                .bind(key)
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Benchmark reference: creates an empty table for raw single-row inserts.
+    pub async fn bench_reset_raw_table(&self) -> Result<(), StoreError> {
+        let (drop, create) = match self.backend() {
+            Backend::Sqlite => (
+                "DROP TABLE IF EXISTS bench_raw",
+                "CREATE TABLE bench_raw (id INTEGER PRIMARY KEY AUTOINCREMENT, payload TEXT NOT NULL)",
+            ),
+            Backend::Postgres => (
+                "DROP TABLE IF EXISTS bench_raw",
+                "CREATE TABLE bench_raw (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, payload json NOT NULL)",
+            ),
+        };
+        match &self.db {
+            Db::Sqlite { writer, .. } => {
+                sqlx::query(drop).execute(writer).await?;
+                sqlx::query(create).execute(writer).await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query(drop).execute(pool).await?;
+                sqlx::query(create).execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Benchmark reference: one durable single-row INSERT, in its own transaction.
+    pub async fn bench_insert_raw(&self, payload: &str) -> Result<(), StoreError> {
+        match &self.db {
+            Db::Sqlite { writer, .. } => {
+                sqlx::query("INSERT INTO bench_raw (payload) VALUES (?1)")
+                    .bind(payload)
+                    .execute(writer)
+                    .await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query("INSERT INTO bench_raw (payload) VALUES ($1::json)")
+                    .bind(payload)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
