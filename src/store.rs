@@ -92,6 +92,9 @@ pub enum Reservation {
     InFlight,
 }
 
+/// A stored idempotency record: request hash, response status and body (once answered).
+type IdempotencyRow = (String, Option<i32>, Option<String>);
+
 #[derive(Clone)]
 enum Db {
     /// SQLite has one writer at a time: writes go through a one-connection pool, so they queue
@@ -444,50 +447,49 @@ impl Store {
         key: &str,
         request_hash: &str,
     ) -> Result<Reservation, StoreError> {
-        let (inserted, existing): (u64, Option<(String, Option<i32>, Option<String>)>) =
-            match &self.db {
-                Db::Sqlite { writer, .. } => {
-                    let done = sqlx::query(
-                        "INSERT INTO idempotency_keys (subject, key, request_hash, created_at)
+        let (inserted, existing): (u64, Option<IdempotencyRow>) = match &self.db {
+            Db::Sqlite { writer, .. } => {
+                let done = sqlx::query(
+                    "INSERT INTO idempotency_keys (subject, key, request_hash, created_at)
                          VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(subject)
-                    .bind(key)
-                    .bind(request_hash)
-                    .bind(Utc::now().to_rfc3339())
-                    .execute(writer)
-                    .await?;
-                    let existing = sqlx::query_as(
-                        "SELECT request_hash, status, response FROM idempotency_keys
+                )
+                .bind(subject)
+                .bind(key)
+                .bind(request_hash)
+                .bind(Utc::now().to_rfc3339())
+                .execute(writer)
+                .await?;
+                let existing = sqlx::query_as(
+                    "SELECT request_hash, status, response FROM idempotency_keys
                           WHERE subject = ?1 AND key = ?2",
-                    )
-                    .bind(subject)
-                    .bind(key)
-                    .fetch_optional(writer)
-                    .await?;
-                    (done.rows_affected(), existing)
-                }
-                Db::Postgres(pool) => {
-                    let done = sqlx::query(
-                        "INSERT INTO idempotency_keys (subject, key, request_hash, created_at)
+                )
+                .bind(subject)
+                .bind(key)
+                .fetch_optional(writer)
+                .await?;
+                (done.rows_affected(), existing)
+            }
+            Db::Postgres(pool) => {
+                let done = sqlx::query(
+                    "INSERT INTO idempotency_keys (subject, key, request_hash, created_at)
                          VALUES ($1, $2, $3, now()) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(subject)
-                    .bind(key)
-                    .bind(request_hash)
-                    .execute(pool)
-                    .await?;
-                    let existing = sqlx::query_as(
-                        "SELECT request_hash, status, response FROM idempotency_keys
+                )
+                .bind(subject)
+                .bind(key)
+                .bind(request_hash)
+                .execute(pool)
+                .await?;
+                let existing = sqlx::query_as(
+                    "SELECT request_hash, status, response FROM idempotency_keys
                           WHERE subject = $1 AND key = $2",
-                    )
-                    .bind(subject)
-                    .bind(key)
-                    .fetch_optional(pool)
-                    .await?;
-                    (done.rows_affected(), existing)
-                }
-            };
+                )
+                .bind(subject)
+                .bind(key)
+                .fetch_optional(pool)
+                .await?;
+                (done.rows_affected(), existing)
+            }
+        };
         if inserted == 1 {
             return Ok(Reservation::Reserved);
         }
