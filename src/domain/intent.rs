@@ -488,6 +488,9 @@ fn promote(out: &mut Events, state: &IntentState) -> Result<(), DomainError> {
     Ok(())
 }
 
+#[cfg(test)]
+mod tests;
+
 impl Aggregate for DeploymentIntent {
     const TYPE: &'static str = "deployment";
     type Command = (Uuid, Command);
