@@ -1,0 +1,12 @@
+//! Integration tests: the store contract and the real `eucora` binary over HTTP, each test
+//! generated once per backend (SQLite and PostgreSQL) from one body.
+
+mod helpers;
+
+mod access;
+mod bad_input;
+mod cli;
+mod concurrency;
+mod idempotency;
+mod lifecycle;
+mod store_contract;

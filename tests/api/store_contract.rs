@@ -1,0 +1,321 @@
+//! The store contract: what both backends must do the same way.
+
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
+use eucora::app::{CommandError, Commands, IntentReader, StreamReads};
+use eucora::domain::{
+    Action, Command, CreateIntent, DeploymentIntent, DomainServices, FakeClock, Policy,
+    RiskFactors, RolloutInput,
+};
+use eucora::store::Reservation;
+use eucora_projections::event::*;
+use serde_json::json;
+use sqlx::Connection;
+use uuid::Uuid;
+
+use crate::helpers::{Backend, TestDb};
+
+crate::on_both_backends!(
+    appended_events_come_back_in_order_with_rising_global_positions,
+    a_second_write_of_the_same_stream_version_is_a_conflict_not_a_duplicate,
+    the_store_refuses_to_update_or_delete_events,
+    migrations_can_run_again,
+    idempotency_keys_are_reserved_replayed_and_released,
+    tokens_are_looked_up_by_hash_only,
+    concurrent_reports_on_one_intent_lose_and_duplicate_nothing,
+);
+
+fn commands(store: &eucora::store::Store) -> Commands {
+    let clock = Arc::new(FakeClock::new(
+        Utc.with_ymd_and_hms(2026, 5, 1, 8, 0, 0).unwrap(),
+    ));
+    Commands::new(store, DomainServices::new(clock, Policy::default()))
+}
+
+fn cmd(subject: &str, role: Role, action: Action) -> Command {
+    Command {
+        actor: Actor {
+            subject: subject.into(),
+            role,
+        },
+        correlation_id: "contract".into(),
+        expected_version: None,
+        action,
+    }
+}
+
+fn create(app: &str) -> Action {
+    let v = 0.2;
+    Action::Create(Box::new(CreateIntent {
+        app_name: app.into(),
+        version: "1".into(),
+        connector_type: ConnectorType::Jamf,
+        start_ring: Ring::Lab,
+        target_ring: Ring::Pilot,
+        change_type: ChangeType::Normal,
+        site_class: SiteClass::Online,
+        privileged_tooling: false,
+        critical_infrastructure: false,
+        rollback_validated: true,
+        artifact_sha256: None,
+        risk_factors: RiskFactors {
+            privilege_impact: v,
+            supply_chain_trust: v,
+            exploitability: v,
+            data_access: v,
+            sbom_vulnerability: v,
+            operational_complexity: v,
+            history: v,
+        },
+        justification: None,
+    }))
+}
+
+fn report(succeeded: u64) -> Action {
+    Action::Deploy(RolloutInput {
+        ring: Ring::Lab,
+        target_devices: 100,
+        succeeded,
+        failed: 100 - succeeded,
+        incidents: 0,
+    })
+}
+
+async fn appended_events_come_back_in_order_with_rising_global_positions(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let commands = commands(&store);
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    commands
+        .execute(a, cmd("alice", Role::Requester, create("a")))
+        .await
+        .unwrap();
+    commands
+        .execute(b, cmd("alice", Role::Requester, create("b")))
+        .await
+        .unwrap();
+    commands
+        .execute(a, cmd("ops", Role::Deployer, report(99)))
+        .await
+        .unwrap();
+
+    let stream = store.intent_events(a).await.unwrap();
+    let types: Vec<&str> = stream.iter().map(|e| e.event.type_name()).collect();
+    assert_eq!(
+        types,
+        [
+            "DeploymentCreated",
+            "DeploymentApproved",
+            "DeploymentDeployed"
+        ]
+    );
+    assert_eq!(
+        stream.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert!(stream.windows(2).all(|w| w[0].position < w[1].position));
+    let other = store.intent_events(b).await.unwrap();
+    assert!(other[0].position > stream[1].position && other[1].position < stream[2].position);
+    assert_eq!(store.event_count().await.unwrap(), 5);
+
+    let reads = StreamReads::new(store.clone());
+    let state = reads.get(a).await.unwrap().unwrap();
+    assert_eq!((state.status, state.stream_version), (Status::Deployed, 3));
+    assert!(reads.get(Uuid::now_v7()).await.unwrap().is_none());
+}
+
+async fn a_second_write_of_the_same_stream_version_is_a_conflict_not_a_duplicate(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let repo = store.event_repo();
+    let event = |n: u64| {
+        SerializedEvent::new(
+            "x".into(),
+            1,
+            "deployment".into(),
+            "Probe".into(),
+            "1".into(),
+            json!({ "n": n }),
+            json!({}),
+        )
+    };
+    repo.persist::<DeploymentIntent>(&[event(1)], None)
+        .await
+        .unwrap();
+    let second = repo.persist::<DeploymentIntent>(&[event(2)], None).await;
+    assert!(
+        matches!(second, Err(PersistenceError::OptimisticLockError)),
+        "{second:?}"
+    );
+    assert_eq!(store.event_count().await.unwrap(), 1);
+}
+
+async fn the_store_refuses_to_update_or_delete_events(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    commands(&store)
+        .execute(Uuid::now_v7(), cmd("alice", Role::Requester, create("a")))
+        .await
+        .unwrap();
+    let statements = [
+        "UPDATE events SET event_type = 'Forged'",
+        "DELETE FROM events",
+    ];
+    for sql in statements {
+        let refused = match backend {
+            Backend::Sqlite => {
+                let path = db.url.trim_start_matches("sqlite://");
+                let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{path}"))
+                    .await
+                    .unwrap();
+                sqlx::query(sql).execute(&mut conn).await.unwrap_err()
+            }
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+                sqlx::query(sql).execute(&mut conn).await.unwrap_err()
+            }
+        };
+        assert!(
+            refused.to_string().contains("append-only"),
+            "{sql}: {refused}"
+        );
+    }
+    if backend == Backend::Postgres {
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let refused = sqlx::query("TRUNCATE events")
+            .execute(&mut conn)
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("append-only"));
+    }
+    assert_eq!(store.event_count().await.unwrap(), 2);
+}
+
+async fn migrations_can_run_again(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    store.migrate().await.unwrap();
+    assert_eq!(store.event_count().await.unwrap(), 0);
+}
+
+async fn idempotency_keys_are_reserved_replayed_and_released(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let reserve = |key: &'static str, hash: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .reserve_idempotency_key("alice", key, hash)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(reserve("k1", "h1").await, Reservation::Reserved);
+    assert_eq!(reserve("k1", "h1").await, Reservation::InFlight);
+    assert_eq!(reserve("k1", "h2").await, Reservation::Mismatch);
+    store
+        .complete_idempotency_key("alice", "k1", 201, "{\"ok\":1}")
+        .await
+        .unwrap();
+    assert_eq!(
+        reserve("k1", "h1").await,
+        Reservation::Replay {
+            status: 201,
+            body: "{\"ok\":1}".into()
+        }
+    );
+    // Keys belong to a subject: another subject's same key is its own.
+    assert_eq!(
+        store
+            .reserve_idempotency_key("bob", "k1", "h9")
+            .await
+            .unwrap(),
+        Reservation::Reserved
+    );
+    // A failed request releases its key; an answered one keeps it.
+    assert_eq!(reserve("k2", "h1").await, Reservation::Reserved);
+    store.release_idempotency_key("alice", "k2").await.unwrap();
+    assert_eq!(reserve("k2", "h1").await, Reservation::Reserved);
+    store.release_idempotency_key("alice", "k1").await.unwrap();
+    assert!(matches!(
+        reserve("k1", "h1").await,
+        Reservation::Replay { .. }
+    ));
+}
+
+async fn tokens_are_looked_up_by_hash_only(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    store
+        .create_principal("carol", Role::CabApprover, "ab12")
+        .await
+        .unwrap();
+    let found = store
+        .principal_by_token_hash("ab12")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (found.subject.as_str(), found.role),
+        ("carol", Role::CabApprover)
+    );
+    assert!(store
+        .principal_by_token_hash("AB12")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+async fn concurrent_reports_on_one_intent_lose_and_duplicate_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let commands = Arc::new(commands(&store));
+    let id = Uuid::now_v7();
+    commands
+        .execute(id, cmd("alice", Role::Requester, create("race")))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|n| {
+            let commands = commands.clone();
+            tokio::spawn(async move {
+                commands
+                    .execute(id, cmd("ops", Role::Deployer, report(80 + n)))
+                    .await
+            })
+        })
+        .collect();
+    let mut applied = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => applied += 1,
+            Err(CommandError::Contention) => {}
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert!(applied >= 1);
+    let stream = store.intent_events(id).await.unwrap();
+    assert_eq!(
+        stream.len(),
+        2 + applied,
+        "one event per applied report, none lost or doubled"
+    );
+    let sequences: Vec<i64> = stream.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, (1..=stream.len() as i64).collect::<Vec<_>>());
+    let mut reported: Vec<u64> = stream
+        .iter()
+        .filter_map(|e| match &e.event {
+            DeploymentEvent::DeploymentDeployed(d) => Some(d.succeeded),
+            _ => None,
+        })
+        .collect();
+    reported.sort();
+    reported.dedup();
+    assert_eq!(
+        reported.len(),
+        applied,
+        "every applied report is stored exactly once"
+    );
+}
