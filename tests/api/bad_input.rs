@@ -1,1 +1,355 @@
-//! placeholder
+//! Bad input gets a clear 4xx problem+json and appends nothing.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::{intent_body, Backend, Crew, TestApp};
+
+crate::on_both_backends!(every_bad_request_gets_a_4xx_problem_and_appends_nothing);
+
+async fn every_bad_request_gets_a_4xx_problem_and_appends_nothing(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let crew = Crew::new(&app);
+    let id = app
+        .create(&crew.requester, intent_body("Git", 0.2, "GLOBAL"))
+        .await
+        .id();
+    let deploy = format!("/api/v1/deployments/{id}/deploy");
+    let create = "/api/v1/deployments".to_string();
+    let mut critical = intent_body("Git", 0.2, "GLOBAL");
+    critical["risk_factors"]["sbom_vulnerability"] = json!(1.0);
+    let mut out_of_range = intent_body("Git", 0.2, "GLOBAL");
+    out_of_range["risk_factors"]["history"] = json!(1.5);
+    let mut unknown_field = intent_body("Git", 0.2, "GLOBAL");
+    unknown_field["owner"] = json!("mallory");
+    let mut unknown_ring = intent_body("Git", 0.2, "GLOBAL");
+    unknown_ring["target_ring"] = json!("MOON");
+    let mut inverted = intent_body("Git", 0.2, "CANARY");
+    inverted["start_ring"] = json!("PILOT");
+    let oversize = json!({ "app_name": "x".repeat(70 * 1024) }).to_string();
+    let d = &crew.deployer;
+    let r = &crew.requester;
+
+    // (what, method, path, token, headers, body, expected status)
+    type Case<'a> = (
+        &'a str,
+        Method,
+        String,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        Option<String>,
+        u16,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "malformed JSON",
+            Method::POST,
+            create.clone(),
+            r,
+            vec![],
+            Some("{\"app_name\":".into()),
+            400,
+        ),
+        (
+            "not UTF-8",
+            Method::POST,
+            create.clone(),
+            r,
+            vec![],
+            Some(String::from_utf8_lossy(&[0xff, 0xfe]).into()),
+            400,
+        ),
+        (
+            "unknown field",
+            Method::POST,
+            create.clone(),
+            r,
+            vec![],
+            Some(unknown_field.to_string()),
+            422,
+        ),
+        (
+            "missing fields",
+            Method::POST,
+            create.clone(),
+            r,
+            vec![],
+            Some("{}".into()),
+            422,
+        ),
+        (
+            "array body",
+            Method::POST,
+            create.clone(),
+            r,
+            vec![],
+            Some("[]".into()),
+            422,
+        ),
+        (
+            "factor out of range",
+            Method::POST,
+            create.clone(),
+            r,
+            vec![],
+            Some(out_of_range.to_string()),
+            422,
+        ),
+        (
+            "critical SBOM",
+            Method::POST,
+            create.clone(),
+            r,
+            vec![],
+            Some(critical.to_string()),
+            422,
+        ),
+        (
+            "unknown ring",
+            Method::POST,
+            create.clone(),
+            r,
+            vec![],
+            Some(unknown_ring.to_string()),
+            422,
+        ),
+        (
+            "start past target",
+            Method::POST,
+            create.clone(),
+            r,
+            vec![],
+            Some(inverted.to_string()),
+            422,
+        ),
+        (
+            "oversize body",
+            Method::POST,
+            create.clone(),
+            r,
+            vec![],
+            Some(oversize),
+            413,
+        ),
+        (
+            "wrong type",
+            Method::POST,
+            deploy.clone(),
+            d,
+            vec![],
+            Some(
+                json!({"ring": "LAB", "target_devices": "ten", "succeeded": 1, "failed": 0})
+                    .to_string(),
+            ),
+            422,
+        ),
+        (
+            "negative count",
+            Method::POST,
+            deploy.clone(),
+            d,
+            vec![],
+            Some(
+                json!({"ring": "LAB", "target_devices": 10, "succeeded": -1, "failed": 0})
+                    .to_string(),
+            ),
+            422,
+        ),
+        (
+            "huge number",
+            Method::POST,
+            deploy.clone(),
+            d,
+            vec![],
+            Some("{\"ring\":\"LAB\",\"target_devices\":1e400,\"succeeded\":1,\"failed\":0}".into()),
+            400,
+        ),
+        (
+            "more devices than targeted",
+            Method::POST,
+            deploy.clone(),
+            d,
+            vec![],
+            Some(
+                json!({"ring": "LAB", "target_devices": 10, "succeeded": 9, "failed": 2})
+                    .to_string(),
+            ),
+            422,
+        ),
+        (
+            "other ring's report",
+            Method::POST,
+            deploy.clone(),
+            d,
+            vec![],
+            Some(
+                json!({"ring": "PILOT", "target_devices": 10, "succeeded": 10, "failed": 0})
+                    .to_string(),
+            ),
+            409,
+        ),
+        (
+            "illegal transition",
+            Method::POST,
+            format!("/api/v1/deployments/{id}/promote"),
+            d,
+            vec![],
+            Some("{}".into()),
+            409,
+        ),
+        (
+            "missing reason",
+            Method::POST,
+            format!("/api/v1/deployments/{id}/rollback"),
+            d,
+            vec![],
+            Some("{}".into()),
+            422,
+        ),
+        (
+            "blank reason",
+            Method::POST,
+            format!("/api/v1/deployments/{id}/rollback"),
+            d,
+            vec![],
+            Some("{\"reason\":\"  \"}".into()),
+            422,
+        ),
+        (
+            "bad UUID",
+            Method::POST,
+            "/api/v1/deployments/not-a-uuid/promote".into(),
+            d,
+            vec![],
+            Some("{}".into()),
+            400,
+        ),
+        (
+            "unknown intent",
+            Method::POST,
+            format!("/api/v1/deployments/{}/promote", uuid::Uuid::now_v7()),
+            d,
+            vec![],
+            Some("{}".into()),
+            404,
+        ),
+        (
+            "bad If-Match",
+            Method::POST,
+            deploy.clone(),
+            d,
+            vec![("if-match", "yesterday")],
+            Some(
+                json!({"ring": "LAB", "target_devices": 10, "succeeded": 10, "failed": 0})
+                    .to_string(),
+            ),
+            400,
+        ),
+        (
+            "bad Idempotency-Key",
+            Method::POST,
+            deploy.clone(),
+            d,
+            vec![("idempotency-key", "")],
+            Some(
+                json!({"ring": "LAB", "target_devices": 10, "succeeded": 10, "failed": 0})
+                    .to_string(),
+            ),
+            400,
+        ),
+        (
+            "bad cursor",
+            Method::GET,
+            "/api/v1/deployments?cursor=abc".into(),
+            r,
+            vec![],
+            None,
+            400,
+        ),
+        (
+            "limit out of range",
+            Method::GET,
+            "/api/v1/deployments?limit=501".into(),
+            r,
+            vec![],
+            None,
+            400,
+        ),
+        (
+            "unknown filter value",
+            Method::GET,
+            "/api/v1/deployments?status=paused".into(),
+            r,
+            vec![],
+            None,
+            400,
+        ),
+        (
+            "unknown query parameter",
+            Method::GET,
+            "/api/v1/deployments?colour=red".into(),
+            r,
+            vec![],
+            None,
+            400,
+        ),
+        (
+            "bad as_of",
+            Method::GET,
+            format!("/api/v1/deployments/{id}/events?as_of=monday"),
+            r,
+            vec![],
+            None,
+            400,
+        ),
+        (
+            "unknown route",
+            Method::GET,
+            "/api/v1/nothing".into(),
+            r,
+            vec![],
+            None,
+            404,
+        ),
+        (
+            "wrong method",
+            Method::DELETE,
+            format!("/api/v1/deployments/{id}"),
+            r,
+            vec![],
+            None,
+            405,
+        ),
+    ];
+    let before = app.event_count().await;
+    for (what, method, path, token, headers, body, expected) in cases {
+        let reply = app.send(method, &path, Some(token), &headers, body).await;
+        assert_eq!(reply.status.as_u16(), expected, "{what}: {reply:#?}");
+        reply.assert_problem(expected);
+        assert_eq!(app.event_count().await, before, "{what} appended an event");
+    }
+
+    let text = app
+        .send(
+            Method::POST,
+            &create,
+            Some(r),
+            &[("content-type", "text/plain")],
+            None,
+        )
+        .await;
+    text.assert_problem(415);
+    // A request the server cannot read still gets its correlation id back.
+    let junk_id = app
+        .send(
+            Method::GET,
+            "/api/v1/deployments/x",
+            Some(r),
+            &[("x-correlation-id", "bad id with spaces")],
+            None,
+        )
+        .await;
+    junk_id.assert_problem(400);
+    assert_ne!(junk_id.headers["x-correlation-id"], "bad id with spaces");
+    assert_eq!(app.event_count().await, before);
+}

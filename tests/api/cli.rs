@@ -1,1 +1,124 @@
-//! placeholder
+//! The command line as an operator uses it.
+
+use crate::helpers::{eucora, intent_body, Backend, Crew, TestApp, TestDb};
+
+crate::on_both_backends!(
+    token_create_prints_only_the_token_and_stores_only_its_hash,
+    events_prints_an_intents_history_for_people_and_as_json,
+);
+
+async fn token_create_prints_only_the_token_and_stores_only_its_hash(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (ok, out, _) = eucora(&[
+        "token",
+        "create",
+        "--database-url",
+        &db.url,
+        "--subject",
+        "ops",
+        "--role",
+        "deployer",
+    ]);
+    assert!(ok);
+    let token = out.trim_end_matches('\n');
+    assert!(
+        !token.contains('\n') && token.starts_with("eucora_") && token.len() > 40,
+        "{out:?}"
+    );
+    let store = db.store().await;
+    let hash = eucora::http::extract::sha256_hex(token.as_bytes());
+    let principal = store.principal_by_token_hash(&hash).await.unwrap().unwrap();
+    assert_eq!(principal.subject, "ops");
+    assert!(
+        store
+            .principal_by_token_hash(token)
+            .await
+            .unwrap()
+            .is_none(),
+        "the token itself is not stored"
+    );
+
+    let (ok, out, err) = eucora(&[
+        "token",
+        "create",
+        "--database-url",
+        &db.url,
+        "--subject",
+        "x",
+        "--role",
+        "root",
+    ]);
+    assert!(!ok && out.is_empty());
+    assert!(err.contains("unknown role"), "{err}");
+}
+
+async fn events_prints_an_intents_history_for_people_and_as_json(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let crew = Crew::new(&app);
+    let id = app
+        .create(&crew.requester, intent_body("Putty", 0.2, "GLOBAL"))
+        .await
+        .id();
+    let (ok, out, err) = eucora(&["events", "--database-url", &app.db.url, "--deployment", &id]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines[0].contains("DeploymentCreated") && lines[0].contains("alice (requester)"),
+        "{out}"
+    );
+    assert!(lines[1].contains("DeploymentApproved"));
+
+    let (ok, out, _) = eucora(&[
+        "events",
+        "--database-url",
+        &app.db.url,
+        "--deployment",
+        &id,
+        "--json",
+    ]);
+    assert!(ok);
+    let parsed: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(parsed[1]["event_type"], "DeploymentApproved");
+    assert_eq!(
+        parsed[1]["event"]["DeploymentApproved"]["approver"],
+        "policy:risk_model_v1.0"
+    );
+
+    let missing = uuid::Uuid::now_v7().to_string();
+    let (ok, _, err) = eucora(&[
+        "events",
+        "--database-url",
+        &app.db.url,
+        "--deployment",
+        &missing,
+    ]);
+    assert!(!ok && err.contains("no deployment intent"));
+}
+
+#[test]
+fn help_explains_every_flag_and_its_environment_variable() {
+    let (ok, out, _) = eucora(&["serve", "--help"]);
+    assert!(ok);
+    for flag in [
+        "--database-url",
+        "--listen",
+        "--policy",
+        "--body-limit",
+        "--request-timeout",
+        "--log-format",
+    ] {
+        assert!(out.contains(flag), "{flag} missing from serve --help");
+    }
+    for var in ["EUCORA_DATABASE_URL", "EUCORA_LISTEN", "EUCORA_POLICY"] {
+        assert!(out.contains(var), "{var} missing from serve --help");
+    }
+    let (ok, out, _) = eucora(&["--help"]);
+    assert!(ok);
+    for sub in ["serve", "migrate", "token", "events"] {
+        assert!(out.contains(sub));
+    }
+}

@@ -1,1 +1,101 @@
-//! placeholder
+//! `Idempotency-Key`: a retry gets the original answer and appends nothing.
+
+use reqwest::Method;
+
+use crate::helpers::{intent_body, Backend, Crew, TestApp};
+
+crate::on_both_backends!(
+    a_retried_create_returns_the_original_response_and_creates_one_intent,
+    a_key_reused_for_another_request_is_refused,
+    a_failed_request_frees_its_key_for_a_corrected_retry,
+    a_retried_blocked_promotion_is_not_evaluated_twice,
+);
+
+async fn post_with_key(
+    app: &TestApp,
+    token: &str,
+    path: &str,
+    key: &str,
+    body: String,
+) -> crate::helpers::Reply {
+    app.send(
+        Method::POST,
+        path,
+        Some(token),
+        &[("idempotency-key", key)],
+        Some(body),
+    )
+    .await
+}
+
+async fn a_retried_create_returns_the_original_response_and_creates_one_intent(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let crew = Crew::new(&app);
+    let body = intent_body("Notepad++", 0.2, "GLOBAL").to_string();
+    let first = post_with_key(
+        &app,
+        &crew.requester,
+        "/api/v1/deployments",
+        "req-1",
+        body.clone(),
+    )
+    .await;
+    assert_eq!(first.status, 201);
+    let retry = post_with_key(&app, &crew.requester, "/api/v1/deployments", "req-1", body).await;
+    assert_eq!(retry.status, 201);
+    assert_eq!(retry.body, first.body);
+    assert_eq!(retry.headers["location"], first.headers["location"]);
+    assert_eq!(retry.headers["etag"], first.headers["etag"]);
+    assert_eq!(retry.headers["idempotent-replayed"], "true");
+    assert_eq!(app.event_count().await, 2);
+    let list = app.get("/api/v1/deployments", &crew.auditor).await;
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
+}
+
+async fn a_key_reused_for_another_request_is_refused(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let crew = Crew::new(&app);
+    let a = intent_body("A", 0.2, "GLOBAL").to_string();
+    let b = intent_body("B", 0.2, "GLOBAL").to_string();
+    post_with_key(&app, &crew.requester, "/api/v1/deployments", "k", a).await;
+    let reused = post_with_key(&app, &crew.requester, "/api/v1/deployments", "k", b).await;
+    reused.assert_problem(422);
+    assert_eq!(app.event_count().await, 2);
+}
+
+async fn a_failed_request_frees_its_key_for_a_corrected_retry(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let crew = Crew::new(&app);
+    let mut bad = intent_body("C", 0.2, "GLOBAL");
+    bad["risk_factors"]["history"] = serde_json::json!(2.0);
+    let failed = post_with_key(
+        &app,
+        &crew.requester,
+        "/api/v1/deployments",
+        "k",
+        bad.to_string(),
+    )
+    .await;
+    failed.assert_problem(422);
+    let good = intent_body("C", 0.2, "GLOBAL").to_string();
+    let fixed = post_with_key(&app, &crew.requester, "/api/v1/deployments", "k", good).await;
+    assert_eq!(fixed.status, 201, "{fixed:#?}");
+}
+
+async fn a_retried_blocked_promotion_is_not_evaluated_twice(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let crew = Crew::new(&app);
+    let id = app
+        .create(&crew.requester, intent_body("D", 0.2, "GLOBAL"))
+        .await
+        .id();
+    app.deploy(&crew.deployer, &id, "LAB", 10, 5).await;
+    let path = format!("/api/v1/deployments/{id}/promote");
+    let first = post_with_key(&app, &crew.deployer, &path, "p1", "{}".into()).await;
+    first.assert_problem(409);
+    let count = app.event_count().await;
+    let retry = post_with_key(&app, &crew.deployer, &path, "p1", "{}".into()).await;
+    assert_eq!(retry.status, 409);
+    assert_eq!(retry.body["promotion"], first.body["promotion"]);
+    assert_eq!(app.event_count().await, count);
+}
