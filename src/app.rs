@@ -4,16 +4,19 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{AggregateError, CqrsFramework};
+use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
+use eucora_projections::event::Actor;
 use eucora_projections::event::{Ring, Status};
 use eucora_projections::intent::IntentState;
 use uuid::Uuid;
 
 use crate::domain::{Command, DeploymentIntent, DomainError, DomainServices};
 use crate::store::{is_unavailable, EventRepo, Store, StoreError};
-
-pub type Cqrs = CqrsFramework<DeploymentIntent, PersistedEventStore<EventRepo, DeploymentIntent>>;
 
 /// How often a command that lost an optimistic-concurrency race is checked again.
 const MAX_ATTEMPTS: usize = 10;
@@ -30,42 +33,65 @@ pub enum CommandError {
     Internal(String),
 }
 
-/// The write side: runs commands through cqrs-es, retrying lost races against the new state.
+impl From<AggregateError<DomainError>> for CommandError {
+    fn from(e: AggregateError<DomainError>) -> Self {
+        match e {
+            AggregateError::UserError(e) => e.into(),
+            AggregateError::AggregateConflict => CommandError::Contention,
+            AggregateError::DatabaseConnectionError(e) => CommandError::Store(unavailable(e)),
+            AggregateError::UnexpectedError(e) => match e.downcast_ref::<sqlx::Error>() {
+                Some(sqlx) if is_unavailable(sqlx) => CommandError::Store(unavailable(e)),
+                _ => CommandError::Internal(e.to_string()),
+            },
+            AggregateError::DeserializationError(e) => CommandError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// The write side: cqrs-es's event store loads the aggregate, the aggregate handles the
+/// command, and the store commits its events under optimistic concurrency.
+///
+/// This is `CqrsFramework::execute` without its in-process query dispatch (the projection
+/// runner reads the global stream instead), and it keeps the aggregate it just advanced, so
+/// a write answers with exactly the state it produced without reading the stream again.
 pub struct Commands {
-    cqrs: Cqrs,
+    events: PersistedEventStore<EventRepo, DeploymentIntent>,
+    services: DomainServices,
 }
 
 impl Commands {
     pub fn new(store: &Store, services: DomainServices) -> Self {
-        let event_store = PersistedEventStore::new_event_store(store.event_repo());
         Commands {
-            cqrs: CqrsFramework::new(event_store, vec![], services),
+            events: PersistedEventStore::new_event_store(store.event_repo()),
+            services,
         }
     }
 
-    /// Applies `command` to intent `id`. A command that loses a race is decided again against
-    /// the new state, up to a bound; each attempt either appends all its events or none.
-    pub async fn execute(&self, id: Uuid, command: Command) -> Result<(), CommandError> {
+    /// Applies `command` to intent `id` and returns the intent as the command left it. A
+    /// command that loses a race is decided again against the new state, up to a bound; each
+    /// attempt appends all its events or none.
+    pub async fn execute(&self, id: Uuid, command: Command) -> Result<IntentState, CommandError> {
         let key = id.to_string();
         for _ in 0..MAX_ATTEMPTS {
-            match self.cqrs.execute(&key, (id, command.clone())).await {
-                Ok(()) => return Ok(()),
+            let mut context = self.events.load_aggregate(&key).await?;
+            let sink = EventSink::default();
+            context
+                .aggregate()
+                .handle((id, command.clone()), &self.services, &sink)
+                .await?;
+            let state = context.aggregate().state().cloned();
+            match self
+                .events
+                .commit(sink.collect().await, context, HashMap::new())
+                .await
+            {
+                Ok(_) => {
+                    return state.ok_or_else(|| {
+                        CommandError::Internal("a command left no intent state".into())
+                    })
+                }
                 Err(AggregateError::AggregateConflict) => continue,
-                Err(AggregateError::UserError(e)) => return Err(e.into()),
-                Err(AggregateError::DatabaseConnectionError(e)) => {
-                    return Err(CommandError::Store(unavailable(e)))
-                }
-                Err(AggregateError::UnexpectedError(e)) => {
-                    if let Some(sqlx) = e.downcast_ref::<sqlx::Error>() {
-                        if is_unavailable(sqlx) {
-                            return Err(CommandError::Store(unavailable(e)));
-                        }
-                    }
-                    return Err(CommandError::Internal(e.to_string()));
-                }
-                Err(AggregateError::DeserializationError(e)) => {
-                    return Err(CommandError::Internal(e.to_string()))
-                }
+                Err(e) => return Err(e.into()),
             }
         }
         Err(CommandError::Contention)
@@ -162,12 +188,54 @@ impl IntentReader for StreamReads {
     }
 }
 
+/// Principals by token hash. A hit is kept for [`Principals::TTL`], so most requests skip a
+/// database round trip; misses are not kept, so a new token works at once.
+pub struct Principals {
+    store: Store,
+    cache: std::sync::Mutex<HashMap<String, (Actor, Instant)>>,
+}
+
+impl Principals {
+    pub const TTL: Duration = Duration::from_secs(30);
+    const MAX_CACHED: usize = 10_000;
+
+    pub fn new(store: Store) -> Self {
+        Principals {
+            store,
+            cache: Default::default(),
+        }
+    }
+
+    pub async fn by_token_hash(&self, hash: &str) -> Result<Option<Actor>, StoreError> {
+        {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((actor, at)) = cache.get(hash) {
+                if at.elapsed() < Self::TTL {
+                    return Ok(Some(actor.clone()));
+                }
+            }
+        }
+        let found = self.store.principal_by_token_hash(hash).await?;
+        if let Some(actor) = &found {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.len() >= Self::MAX_CACHED {
+                cache.retain(|_, (_, at)| at.elapsed() < Self::TTL);
+            }
+            if cache.len() < Self::MAX_CACHED {
+                cache.insert(hash.to_string(), (actor.clone(), Instant::now()));
+            }
+        }
+        Ok(found)
+    }
+}
+
 /// What every request handler shares.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
     pub commands: Arc<Commands>,
     pub reads: Arc<dyn IntentReader>,
+    pub principals: Arc<Principals>,
 }
 
 /// A bound, ready-to-run server: `main` and the tests build it the same way, and port 0 works.
@@ -206,6 +274,7 @@ impl Application {
         let state = AppState {
             commands: Arc::new(Commands::new(&store, DomainServices::new(clock, policy))),
             reads: Arc::new(StreamReads::new(store.clone())),
+            principals: Arc::new(Principals::new(store.clone())),
             store,
         };
         let limits = crate::http::Limits {

@@ -277,12 +277,7 @@ async fn command(
         action,
     };
     let run = async {
-        state.commands.execute(id, command.clone()).await?;
-        let intent = state
-            .reads
-            .get(id)
-            .await?
-            .ok_or_else(|| ApiError::Internal(format!("intent {id} vanished after a write")))?;
+        let intent = state.commands.execute(id, command.clone()).await?;
         match &intent.last_promotion {
             Some(attempt) if is_promotion && !attempt.passed => {
                 let blocked: Vec<&str> = attempt.blocked_by().iter().map(|g| g.as_str()).collect();
@@ -347,12 +342,7 @@ async fn create(
         })),
     };
     let run = async {
-        state.commands.execute(id, command.clone()).await?;
-        let intent = state
-            .reads
-            .get(id)
-            .await?
-            .ok_or_else(|| ApiError::Internal(format!("intent {id} vanished after a write")))?;
+        let intent = state.commands.execute(id, command.clone()).await?;
         let mut response = intent_response(StatusCode::CREATED, &intent);
         if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/deployments/{id}")) {
             response.headers_mut().insert(header::LOCATION, location);

@@ -100,8 +100,8 @@ impl FromRequestParts<AppState> for Principal {
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::Unauthorized)?;
         state
-            .store
-            .principal_by_token_hash(&sha256_hex(token.as_bytes()))
+            .principals
+            .by_token_hash(&sha256_hex(token.as_bytes()))
             .await?
             .map(Principal)
             .ok_or(ApiError::Unauthorized)

@@ -208,7 +208,6 @@ impl Reply {
 pub struct TestApp {
     pub base: String,
     pub db: TestDb,
-    pub backend: Backend,
     child: Child,
     client: reqwest::Client,
 }
@@ -251,7 +250,6 @@ impl TestApp {
         TestApp {
             base,
             db,
-            backend,
             child,
             client: reqwest::Client::new(),
         }

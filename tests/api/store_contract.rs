@@ -290,7 +290,7 @@ async fn concurrent_reports_on_one_intent_lose_and_duplicate_nothing(backend: Ba
     let mut applied = 0;
     for t in tasks {
         match t.await.unwrap() {
-            Ok(()) => applied += 1,
+            Ok(_) => applied += 1,
             Err(CommandError::Contention) => {}
             Err(other) => panic!("unexpected {other}"),
         }
