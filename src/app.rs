@@ -16,7 +16,7 @@ use eucora_projections::intent::IntentState;
 use uuid::Uuid;
 
 use crate::domain::{Command, DeploymentIntent, DomainError, DomainServices};
-use crate::store::{is_unavailable, EventRepo, Store, StoreError};
+use crate::store::{is_unavailable, EventRepo, Store, StoreError, StreamCache};
 
 /// How often a command that lost an optimistic-concurrency race is checked again.
 const MAX_ATTEMPTS: usize = 10;
@@ -56,13 +56,16 @@ impl From<AggregateError<DomainError>> for CommandError {
 /// a write answers with exactly the state it produced without reading the stream again.
 pub struct Commands {
     events: PersistedEventStore<EventRepo, DeploymentIntent>,
+    cache: Arc<StreamCache>,
     services: DomainServices,
 }
 
 impl Commands {
     pub fn new(store: &Store, services: DomainServices) -> Self {
+        let repo = store.event_repo();
         Commands {
-            events: PersistedEventStore::new_event_store(store.event_repo()),
+            cache: repo.cache(),
+            events: PersistedEventStore::new_event_store(repo),
             services,
         }
     }
@@ -73,12 +76,21 @@ impl Commands {
     pub async fn execute(&self, id: Uuid, command: Command) -> Result<IntentState, CommandError> {
         let key = id.to_string();
         for _ in 0..MAX_ATTEMPTS {
+            let from_cache = self.cache.contains(&key);
             let mut context = self.events.load_aggregate(&key).await?;
             let sink = EventSink::default();
-            context
+            let decided = context
                 .aggregate()
                 .handle((id, command.clone()), &self.services, &sink)
-                .await?;
+                .await;
+            if let Err(refusal) = decided {
+                // A refusal decided on a cached stream is checked again on the stored one.
+                if from_cache {
+                    self.cache.invalidate(&key);
+                    continue;
+                }
+                return Err(refusal.into());
+            }
             let state = context.aggregate().state().cloned();
             match self
                 .events

@@ -1,7 +1,9 @@
 //! Everything EUCORA keeps, on SQLite (the embedded default) or PostgreSQL: the event store behind
 //! cqrs-es, principals, and idempotency records. All SQL lives in this module, in named functions.
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -111,10 +113,77 @@ pub struct Store {
     db: Db,
 }
 
-/// The events table both cqrs-es repositories read and write, behind one type.
-pub enum EventRepo {
+/// The events table both cqrs-es repositories read and write, behind one type, with a
+/// write-through cache of the streams this process has loaded or written.
+pub struct EventRepo {
+    inner: Repo,
+    cache: Arc<StreamCache>,
+}
+
+enum Repo {
     Sqlite(SqliteEventRepository),
     Postgres(PostgresEventRepository),
+}
+
+/// Streams by aggregate id, as this process last loaded or wrote them.
+///
+/// It saves the load before each command. The database stays the arbiter: a stream written by
+/// another process makes a command from a stale entry lose its optimistic-concurrency race,
+/// which drops the entry, and `Commands` re-checks a refusal decided on a cached stream against
+/// the database before answering with it.
+#[derive(Default)]
+pub struct StreamCache {
+    streams: Mutex<HashMap<String, Vec<SerializedEvent>>>,
+}
+
+impl StreamCache {
+    const MAX_STREAMS: usize = 10_000;
+
+    fn get(&self, id: &str) -> Option<Vec<SerializedEvent>> {
+        self.lock().get(id).cloned()
+    }
+
+    fn put(&self, id: &str, events: Vec<SerializedEvent>) {
+        let mut streams = self.lock();
+        if streams.len() >= Self::MAX_STREAMS {
+            streams.clear();
+        }
+        streams.insert(id.to_string(), events);
+    }
+
+    /// Adds committed events, or forgets the stream if they do not follow what is cached.
+    fn append(&self, events: &[SerializedEvent]) {
+        let Some(first) = events.first() else { return };
+        let mut streams = self.lock();
+        match streams.get_mut(&first.aggregate_id) {
+            Some(cached) if cached.len() + 1 == first.sequence => cached.extend_from_slice(events),
+            Some(_) => {
+                streams.remove(&first.aggregate_id);
+            }
+            None => {}
+        }
+    }
+
+    /// Whether a load of this stream would be served from the cache.
+    pub fn contains(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
+    }
+
+    /// Forgets a stream, so that the next load reads the database.
+    pub fn invalidate(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<SerializedEvent>>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl EventRepo {
+    /// The cache this repository reads through, for the command runner's re-checks.
+    pub fn cache(&self) -> Arc<StreamCache> {
+        self.cache.clone()
+    }
 }
 
 /// SQLite reports a lost optimistic-concurrency race on our UNIQUE constraint as 2067
@@ -135,10 +204,17 @@ impl PersistedEventRepository for EventRepo {
         &self,
         aggregate_id: &str,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        match self {
-            EventRepo::Sqlite(r) => r.get_events::<A>(aggregate_id).await,
-            EventRepo::Postgres(r) => r.get_events::<A>(aggregate_id).await,
+        if let Some(events) = self.cache.get(aggregate_id) {
+            return Ok(events);
         }
+        let events = match &self.inner {
+            Repo::Sqlite(r) => r.get_events::<A>(aggregate_id).await,
+            Repo::Postgres(r) => r.get_events::<A>(aggregate_id).await,
+        }?;
+        if !events.is_empty() {
+            self.cache.put(aggregate_id, events.clone());
+        }
+        Ok(events)
     }
 
     async fn get_last_events<A: Aggregate>(
@@ -146,9 +222,9 @@ impl PersistedEventRepository for EventRepo {
         aggregate_id: &str,
         last_sequence: usize,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        match self {
-            EventRepo::Sqlite(r) => r.get_last_events::<A>(aggregate_id, last_sequence).await,
-            EventRepo::Postgres(r) => r.get_last_events::<A>(aggregate_id, last_sequence).await,
+        match &self.inner {
+            Repo::Sqlite(r) => r.get_last_events::<A>(aggregate_id, last_sequence).await,
+            Repo::Postgres(r) => r.get_last_events::<A>(aggregate_id, last_sequence).await,
         }
     }
 
@@ -156,9 +232,9 @@ impl PersistedEventRepository for EventRepo {
         &self,
         aggregate_id: &str,
     ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
-        match self {
-            EventRepo::Sqlite(r) => r.get_snapshot::<A>(aggregate_id).await,
-            EventRepo::Postgres(r) => r.get_snapshot::<A>(aggregate_id).await,
+        match &self.inner {
+            Repo::Sqlite(r) => r.get_snapshot::<A>(aggregate_id).await,
+            Repo::Postgres(r) => r.get_snapshot::<A>(aggregate_id).await,
         }
     }
 
@@ -167,29 +243,38 @@ impl PersistedEventRepository for EventRepo {
         events: &[SerializedEvent],
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        match self {
-            EventRepo::Sqlite(r) => r
+        let result = match &self.inner {
+            Repo::Sqlite(r) => r
                 .persist::<A>(events, snapshot_update)
                 .await
                 .map_err(map_sqlite_conflict),
-            EventRepo::Postgres(r) => r.persist::<A>(events, snapshot_update).await,
+            Repo::Postgres(r) => r.persist::<A>(events, snapshot_update).await,
+        };
+        match &result {
+            Ok(()) => self.cache.append(events),
+            Err(_) => {
+                if let Some(first) = events.first() {
+                    self.cache.invalidate(&first.aggregate_id);
+                }
+            }
         }
+        result
     }
 
     async fn stream_events<A: Aggregate>(
         &self,
         aggregate_id: &str,
     ) -> Result<ReplayStream, PersistenceError> {
-        match self {
-            EventRepo::Sqlite(r) => r.stream_events::<A>(aggregate_id).await,
-            EventRepo::Postgres(r) => r.stream_events::<A>(aggregate_id).await,
+        match &self.inner {
+            Repo::Sqlite(r) => r.stream_events::<A>(aggregate_id).await,
+            Repo::Postgres(r) => r.stream_events::<A>(aggregate_id).await,
         }
     }
 
     async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
-        match self {
-            EventRepo::Sqlite(r) => r.stream_all_events::<A>().await,
-            EventRepo::Postgres(r) => r.stream_all_events::<A>().await,
+        match &self.inner {
+            Repo::Sqlite(r) => r.stream_all_events::<A>().await,
+            Repo::Postgres(r) => r.stream_all_events::<A>().await,
         }
     }
 }
@@ -264,13 +349,15 @@ impl Store {
         Ok(())
     }
 
-    /// The cqrs-es repository over the events table.
+    /// A cqrs-es repository over the events table, with a stream cache of its own.
     pub fn event_repo(&self) -> EventRepo {
-        match &self.db {
-            Db::Sqlite { writer, .. } => {
-                EventRepo::Sqlite(SqliteEventRepository::new(writer.clone()))
-            }
-            Db::Postgres(pool) => EventRepo::Postgres(PostgresEventRepository::new(pool.clone())),
+        let inner = match &self.db {
+            Db::Sqlite { writer, .. } => Repo::Sqlite(SqliteEventRepository::new(writer.clone())),
+            Db::Postgres(pool) => Repo::Postgres(PostgresEventRepository::new(pool.clone())),
+        };
+        EventRepo {
+            inner,
+            cache: Arc::default(),
         }
     }
 

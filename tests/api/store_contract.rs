@@ -25,6 +25,7 @@ crate::on_both_backends!(
     idempotency_keys_are_reserved_replayed_and_released,
     tokens_are_looked_up_by_hash_only,
     concurrent_reports_on_one_intent_lose_and_duplicate_nothing,
+    two_command_runners_on_one_store_never_act_on_a_stale_stream,
 );
 
 fn commands(store: &eucora::store::Store) -> Commands {
@@ -318,4 +319,56 @@ async fn concurrent_reports_on_one_intent_lose_and_duplicate_nothing(backend: Ba
         applied,
         "every applied report is stored exactly once"
     );
+}
+
+async fn two_command_runners_on_one_store_never_act_on_a_stale_stream(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    // Two runners, as two server processes would have: each with its own stream cache.
+    let (a, b) = (commands(&store), commands(&store));
+    let id = Uuid::now_v7();
+    let mut risky = create("stale");
+    if let Action::Create(c) = &mut risky {
+        c.privileged_tooling = true;
+    }
+    a.execute(id, cmd("alice", Role::Requester, risky))
+        .await
+        .unwrap();
+    b.execute(
+        id,
+        cmd(
+            "carol",
+            Role::CabApprover,
+            Action::Approve { comment: None },
+        ),
+    )
+    .await
+    .unwrap();
+    // A still holds the stream as created (awaiting CAB); it must not refuse the deploy.
+    let after_a = a
+        .execute(id, cmd("ops", Role::Deployer, report(90)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (after_a.status, after_a.stream_version),
+        (Status::Deployed, 3)
+    );
+    // B holds version 2; its write loses the race, reloads, and lands as version 4.
+    let after_b = b
+        .execute(id, cmd("ops", Role::Deployer, report(91)))
+        .await
+        .unwrap();
+    assert_eq!(after_b.stream_version, 4);
+    // If-Match against the stored version works from a stale cache too.
+    let mut expecting = cmd("ops", Role::Deployer, report(92));
+    expecting.expected_version = Some(4);
+    assert_eq!(a.execute(id, expecting).await.unwrap().stream_version, 5);
+    let sequences: Vec<i64> = store
+        .intent_events(id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.sequence)
+        .collect();
+    assert_eq!(sequences, [1, 2, 3, 4, 5]);
 }
