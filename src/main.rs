@@ -65,15 +65,14 @@ fn redact(url: &str) -> String {
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         CliCommand::Serve(args) => {
+            let shutdown = shutdown_signal()?;
             let app = Application::build(&args, Arc::new(SystemClock))
                 .await
                 .map_err(|e| e.to_string())?;
             let addr = app.local_addr().map_err(|e| e.to_string())?;
             println!("eucora listening on http://{addr}");
             tracing::info!(%addr, database = %redact(&args.db.database_url), "serving");
-            app.run(shutdown_signal())
-                .await
-                .map_err(|e| e.to_string())?;
+            app.run(shutdown).await.map_err(|e| e.to_string())?;
             tracing::info!("stopped");
             Ok(())
         }
@@ -142,24 +141,21 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when the
+/// future is first polled, so a signal that arrives right after start-up is not missed.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = terminate.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
-    }
-    tracing::info!("shutdown signal received; draining requests");
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown signal received; draining requests");
+    })
 }

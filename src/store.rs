@@ -122,7 +122,47 @@ pub struct EventRepo {
 
 enum Repo {
     Sqlite(SqliteEventRepository),
-    Postgres(PostgresEventRepository),
+    /// postgres-es loads streams; appends are [`append_postgres`].
+    Postgres(PostgresEventRepository, PgPool),
+}
+
+/// Appends a command's events to PostgreSQL in one multi-row INSERT: atomic on its own, so one
+/// round trip instead of postgres-es's BEGIN, an INSERT per event, and COMMIT. The primary key
+/// (aggregate_type, aggregate_id, sequence) still decides a race: the loser gets 23505.
+async fn append_postgres<A: Aggregate>(
+    pool: &PgPool,
+    events: &[SerializedEvent],
+) -> Result<(), PersistenceError> {
+    let column = |f: fn(&SerializedEvent) -> String| events.iter().map(f).collect::<Vec<_>>();
+    let sequences: Vec<i64> = events.iter().map(|e| e.sequence as i64).collect();
+    sqlx::query(
+        "INSERT INTO events
+             (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         SELECT $1, id, seq, type, version, payload::json, metadata::json
+           FROM UNNEST($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[])
+             AS e(id, seq, type, version, payload, metadata)",
+    )
+    .bind(A::TYPE)
+    .bind(column(|e| e.aggregate_id.clone()))
+    .bind(sequences)
+    .bind(column(|e| e.event_type.clone()))
+    .bind(column(|e| e.event_version.clone()))
+    .bind(column(|e| e.payload.to_string()))
+    .bind(column(|e| e.metadata.to_string()))
+    .execute(pool)
+    .await
+    .map_err(|e| {
+        let conflict =
+            matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"));
+        if conflict {
+            PersistenceError::OptimisticLockError
+        } else if is_unavailable(&e) {
+            PersistenceError::ConnectionError(Box::new(e))
+        } else {
+            PersistenceError::UnknownError(Box::new(e))
+        }
+    })?;
+    Ok(())
 }
 
 /// Streams by aggregate id, as this process last loaded or wrote them.
@@ -209,7 +249,7 @@ impl PersistedEventRepository for EventRepo {
         }
         let events = match &self.inner {
             Repo::Sqlite(r) => r.get_events::<A>(aggregate_id).await,
-            Repo::Postgres(r) => r.get_events::<A>(aggregate_id).await,
+            Repo::Postgres(r, _) => r.get_events::<A>(aggregate_id).await,
         }?;
         if !events.is_empty() {
             self.cache.put(aggregate_id, events.clone());
@@ -224,7 +264,7 @@ impl PersistedEventRepository for EventRepo {
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
         match &self.inner {
             Repo::Sqlite(r) => r.get_last_events::<A>(aggregate_id, last_sequence).await,
-            Repo::Postgres(r) => r.get_last_events::<A>(aggregate_id, last_sequence).await,
+            Repo::Postgres(r, _) => r.get_last_events::<A>(aggregate_id, last_sequence).await,
         }
     }
 
@@ -234,7 +274,7 @@ impl PersistedEventRepository for EventRepo {
     ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
         match &self.inner {
             Repo::Sqlite(r) => r.get_snapshot::<A>(aggregate_id).await,
-            Repo::Postgres(r) => r.get_snapshot::<A>(aggregate_id).await,
+            Repo::Postgres(r, _) => r.get_snapshot::<A>(aggregate_id).await,
         }
     }
 
@@ -248,7 +288,10 @@ impl PersistedEventRepository for EventRepo {
                 .persist::<A>(events, snapshot_update)
                 .await
                 .map_err(map_sqlite_conflict),
-            Repo::Postgres(r) => r.persist::<A>(events, snapshot_update).await,
+            Repo::Postgres(_, pool) if snapshot_update.is_none() => {
+                append_postgres::<A>(pool, events).await
+            }
+            Repo::Postgres(r, _) => r.persist::<A>(events, snapshot_update).await,
         };
         match &result {
             Ok(()) => self.cache.append(events),
@@ -267,14 +310,14 @@ impl PersistedEventRepository for EventRepo {
     ) -> Result<ReplayStream, PersistenceError> {
         match &self.inner {
             Repo::Sqlite(r) => r.stream_events::<A>(aggregate_id).await,
-            Repo::Postgres(r) => r.stream_events::<A>(aggregate_id).await,
+            Repo::Postgres(r, _) => r.stream_events::<A>(aggregate_id).await,
         }
     }
 
     async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
         match &self.inner {
             Repo::Sqlite(r) => r.stream_all_events::<A>().await,
-            Repo::Postgres(r) => r.stream_all_events::<A>().await,
+            Repo::Postgres(r, _) => r.stream_all_events::<A>().await,
         }
     }
 }
@@ -304,6 +347,7 @@ impl Store {
             Backend::Postgres => {
                 let pool = PgPoolOptions::new()
                     .max_connections(pool_size.max(1))
+                    .test_before_acquire(false)
                     .acquire_timeout(Duration::from_secs(5))
                     .connect(url)
                     .await?;
@@ -320,11 +364,13 @@ impl Store {
                     .foreign_keys(true);
                 let writer = SqlitePoolOptions::new()
                     .max_connections(1)
+                    .test_before_acquire(false)
                     .acquire_timeout(Duration::from_secs(30))
                     .connect_with(options.clone())
                     .await?;
                 let reader = SqlitePoolOptions::new()
                     .max_connections(pool_size.clamp(1, 8))
+                    .test_before_acquire(false)
                     .connect_with(options.read_only(true))
                     .await?;
                 Db::Sqlite { writer, reader }
@@ -353,7 +399,9 @@ impl Store {
     pub fn event_repo(&self) -> EventRepo {
         let inner = match &self.db {
             Db::Sqlite { writer, .. } => Repo::Sqlite(SqliteEventRepository::new(writer.clone())),
-            Db::Postgres(pool) => Repo::Postgres(PostgresEventRepository::new(pool.clone())),
+            Db::Postgres(pool) => {
+                Repo::Postgres(PostgresEventRepository::new(pool.clone()), pool.clone())
+            }
         };
         EventRepo {
             inner,
