@@ -66,7 +66,8 @@ pub struct ServeArgs {
     #[arg(long, env = "EUCORA_BODY_LIMIT", default_value_t = 64 * 1024)]
     pub body_limit: usize,
     /// Seconds a request may run before it is answered with 503.
-    #[arg(long, env = "EUCORA_REQUEST_TIMEOUT", default_value_t = 30)]
+    #[arg(long, env = "EUCORA_REQUEST_TIMEOUT", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout: u64,
     /// Seconds to let requests in flight finish after SIGTERM.
     #[arg(long, env = "EUCORA_SHUTDOWN_TIMEOUT", default_value_t = 30)]

@@ -12,6 +12,7 @@ crate::on_both_backends!(
     a_write_against_an_older_version_gets_412,
     health_probes_and_the_openapi_document_answer_without_a_token,
     sigterm_lets_the_server_stop_cleanly,
+    a_request_that_runs_past_the_timeout_gets_503,
 );
 
 async fn an_intent_walks_from_cab_approval_to_completion_in_its_target_ring(backend: Backend) {
@@ -335,4 +336,32 @@ async fn sigterm_lets_the_server_stop_cleanly(backend: Backend) {
         .wait_exit(std::time::Duration::from_secs(20))
         .expect("server still running 20 s after SIGTERM");
     assert!(exit.success(), "exit status {exit:?}");
+}
+
+async fn a_request_that_runs_past_the_timeout_gets_503(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_with(backend, &["--request-timeout", "1"]).await;
+    let crew = Crew::new(&app);
+    // A client that announces a body and then stalls, past the one-second limit.
+    let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /api/v1/deployments HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{",
+        crew.requester
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_string(&mut answer),
+    );
+    let _ = read.await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("application/problem+json") && answer.contains("retry-after"),
+        "{answer}"
+    );
+    assert_eq!(app.event_count().await, 0);
 }
