@@ -4,6 +4,7 @@
 pub mod correlation;
 pub mod deployments;
 pub mod error;
+pub mod events;
 pub mod extract;
 
 use std::time::Duration;
@@ -26,7 +27,10 @@ use error::ApiError;
     info(title = "EUCORA control plane", description = "Event-sourced deployment intents: \
         create, CAB approval, rollout reports, gated ring promotion and rollback."),
     modifiers(&BearerAuth),
-    tags((name = "deployments", description = "Deployment intents and their streams"))
+    tags(
+        (name = "deployments", description = "Deployment intents and their streams"),
+        (name = "events", description = "The global event stream, for audit")
+    )
 )]
 struct ApiDoc;
 
@@ -53,6 +57,7 @@ pub struct Limits {
 pub fn router(state: AppState, limits: Limits) -> Router {
     let (api, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1/deployments", deployments::router())
+        .nest("/api/v1/events", events::router())
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     let doc = doc.to_json().unwrap_or_else(|_| "{}".into());

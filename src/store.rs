@@ -81,6 +81,18 @@ pub struct StoredEvent {
     pub event: DeploymentEvent,
 }
 
+/// One event in the global stream, in the order every reader sees it.
+#[derive(Debug, Clone)]
+pub struct GlobalEvent {
+    pub position: i64,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    /// The payload exactly as stored.
+    pub payload: String,
+    pub event: DeploymentEvent,
+}
+
 /// What an `Idempotency-Key` reservation found.
 #[derive(Debug, PartialEq)]
 pub enum Reservation {
@@ -470,6 +482,85 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// The global stream after the event at `after` (0: from the start), at most `limit` events.
+    ///
+    /// Every committed event comes exactly once, in an order that never changes once read.
+    /// SQLite: position order, which is commit order (one writer). PostgreSQL: positions are taken
+    /// at insert, not commit, so only events of transactions older than every transaction still
+    /// running (`pg_snapshot_xmin`) are read, ordered by (writing transaction, position). A later
+    /// commit therefore always sorts after everything already read. Writers take no lock.
+    pub async fn read_global(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<GlobalEvent>, StoreError> {
+        let rows: Vec<(i64, String, i64, String, String)> = match &self.db {
+            Db::Sqlite { reader, .. } => {
+                sqlx::query_as(
+                    "SELECT position, aggregate_id, sequence, event_type, payload FROM events
+                      WHERE position > ?1 ORDER BY position LIMIT ?2",
+                )
+                .bind(after)
+                .bind(limit)
+                .fetch_all(reader)
+                .await?
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_as(
+                    "WITH start AS (
+                         SELECT coalesce((SELECT xact_id FROM events WHERE position = $1), '0'::xid8) AS xact
+                     )
+                     SELECT position, aggregate_id, sequence, event_type, payload::text
+                       FROM events, start
+                      WHERE events.xact_id < pg_snapshot_xmin(pg_current_snapshot())
+                        AND (events.xact_id, events.position) > (start.xact, $1)
+                      ORDER BY events.xact_id, events.position
+                      LIMIT $2",
+                )
+                .bind(after)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        rows.into_iter()
+            .map(|(position, aggregate_id, sequence, event_type, payload)| {
+                let event = serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt {
+                    position,
+                    reason: e.to_string(),
+                })?;
+                Ok(GlobalEvent {
+                    position,
+                    aggregate_id,
+                    sequence,
+                    event_type,
+                    payload,
+                    event,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether an event with this global position exists.
+    pub async fn has_position(&self, position: i64) -> Result<bool, StoreError> {
+        let sql_sqlite = "SELECT EXISTS (SELECT 1 FROM events WHERE position = ?1)";
+        let sql_pg = "SELECT EXISTS (SELECT 1 FROM events WHERE position = $1)";
+        Ok(match &self.db {
+            Db::Sqlite { reader, .. } => {
+                sqlx::query_scalar(sql_sqlite)
+                    .bind(position)
+                    .fetch_one(reader)
+                    .await?
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_scalar(sql_pg)
+                    .bind(position)
+                    .fetch_one(pool)
+                    .await?
+            }
+        })
     }
 
     /// Intents in creation order after the creation event at `after`: (position, id).

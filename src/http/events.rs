@@ -1,0 +1,93 @@
+//! `GET /api/v1/events`: the global stream, for audit replay and downstream consumers.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use eucora_projections::event::{DeploymentEvent, Role};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::ApiError;
+use super::extract::Principal;
+use crate::app::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(global_stream))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct GlobalParams {
+    /// The position of the last event already read; 0 or absent reads from the start.
+    after: Option<i64>,
+    /// At most this many events, 1 to 1000 (default 100).
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GlobalEventOut {
+    /// The event's global position: pass the last one read as `after`.
+    pub position: i64,
+    pub deployment_id: String,
+    /// Place in its intent's stream, from 1.
+    pub sequence: i64,
+    pub event_type: String,
+    /// The stored payload, envelope included.
+    #[schema(value_type = Object)]
+    pub event: DeploymentEvent,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GlobalPage {
+    pub events: Vec<GlobalEventOut>,
+    /// `after` for the next page; absent when this page reached the head of the stream.
+    pub next_after: Option<i64>,
+}
+
+/// The global stream in commit order: every committed event once, in an order that never changes.
+///
+/// On PostgreSQL, positions are unique but not sorted in this order (a position is taken at insert,
+/// the order is fixed at commit): page with `after` = the last position read, never by arithmetic.
+#[utoipa::path(get, path = "", tag = "events", params(GlobalParams),
+    responses((status = 200, body = GlobalPage), (status = 400), (status = 401), (status = 403)),
+    security(("bearer" = [])))]
+async fn global_stream(
+    State(state): State<AppState>,
+    principal: Principal,
+    query: Result<Query<GlobalParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    principal.require(&[Role::Auditor])?;
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest("limit must be from 1 to 1000".into()));
+    }
+    let after = q.after.unwrap_or(0);
+    if after < 0 || (after > 0 && !state.store.has_position(after).await?) {
+        return Err(ApiError::BadRequest(format!(
+            "after={after} is not the position of a stored event"
+        )));
+    }
+    let events = state.store.read_global(after, limit).await?;
+    let next_after = (events.len() as i64 == limit)
+        .then(|| events.last().map(|e| e.position))
+        .flatten();
+    Ok(Json(GlobalPage {
+        next_after,
+        events: events
+            .into_iter()
+            .map(|e| GlobalEventOut {
+                position: e.position,
+                deployment_id: e.aggregate_id,
+                sequence: e.sequence,
+                event_type: e.event_type,
+                event: e.event,
+            })
+            .collect(),
+    })
+    .into_response())
+}
