@@ -162,7 +162,7 @@ pub struct RiskAssessment {
 }
 
 /// The lifecycle states of DOMAIN.md. `Completed`, `Rejected` and `RolledBack` are terminal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     AwaitingCab,

@@ -206,86 +206,12 @@ impl IntentState {
 mod tests {
     use super::*;
     use crate::event::*;
-    use chrono::TimeZone;
-
-    fn meta(n: u32, hours: i64, subject: &str, role: Role) -> EventMeta {
-        EventMeta {
-            event_id: Uuid::from_u128(n as u128),
-            deployment_id: Uuid::from_u128(42),
-            correlation_id: format!("corr-{n}"),
-            actor: Actor {
-                subject: subject.into(),
-                role,
-            },
-            occurred_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
-                + chrono::Duration::hours(hours),
-            schema_version: SCHEMA_VERSION,
-        }
-    }
-
-    fn created(requires_cab: bool) -> DeploymentEvent {
-        DeploymentEvent::DeploymentCreated(Created {
-            meta: meta(1, 0, "alice", Role::Requester),
-            app_name: "7zip".into(),
-            version: "24.08".into(),
-            connector_type: ConnectorType::Intune,
-            start_ring: Ring::Lab,
-            target_ring: Ring::Canary,
-            change_type: ChangeType::Normal,
-            site_class: SiteClass::Online,
-            privileged_tooling: false,
-            critical_infrastructure: false,
-            rollback_validated: true,
-            artifact_sha256: None,
-            justification: None,
-            risk: RiskAssessment {
-                model_version: "risk_model_v1.0".into(),
-                score: if requires_cab { 70 } else { 20 },
-                threshold: if requires_cab {
-                    ThresholdLabel::CabRequired
-                } else {
-                    ThresholdLabel::AutomatedAllowed
-                },
-                requires_cab,
-                factors: vec![],
-            },
-        })
-    }
-
-    fn approved(n: u32, hours: i64, basis: ApprovalBasis, approver: &str) -> DeploymentEvent {
-        DeploymentEvent::DeploymentApproved(Approved {
-            meta: meta(n, hours, approver, Role::CabApprover),
-            approver: approver.into(),
-            basis,
-            ring: Ring::Lab,
-            comment: None,
-            retro_deadline_met: None,
-        })
-    }
-
-    fn deployed(
-        n: u32,
-        hours: i64,
-        ring: Ring,
-        succeeded: u64,
-        first_compliant: bool,
-    ) -> DeploymentEvent {
-        DeploymentEvent::DeploymentDeployed(Deployed {
-            meta: meta(n, hours, "ops", Role::Deployer),
-            ring,
-            target_devices: 10,
-            succeeded,
-            failed: 10 - succeeded,
-            incidents: 0,
-            success_rate: succeeded as f64 / 10.0,
-            compliance_threshold: 0.95,
-            first_compliant,
-        })
-    }
+    use crate::fixtures::Script;
+    use chrono::Duration;
 
     #[test]
     fn a_created_intent_that_needs_cab_awaits_it() {
-        let s = IntentState::replay(&[created(true)]).unwrap();
+        let s = IntentState::replay(&[Script::new(42).created("7zip", true)]).unwrap();
         assert_eq!(s.status, Status::AwaitingCab);
         assert_eq!(s.current_ring, Ring::Lab);
         assert_eq!(s.requested_by, "alice");
@@ -295,36 +221,36 @@ mod tests {
 
     #[test]
     fn cab_approval_clears_the_start_ring_and_marks_entry() {
-        let s = IntentState::replay(&[created(true), approved(2, 3, ApprovalBasis::Cab, "carol")])
-            .unwrap();
+        let mut x = Script::new(42);
+        let s = IntentState::replay(&[
+            x.created("7zip", true),
+            x.approved(3.0, ApprovalBasis::Cab, "carol"),
+        ])
+        .unwrap();
         assert_eq!(s.status, Status::Approved);
         assert!(s.cab_approved);
         assert_eq!(s.approved_by.as_deref(), Some("carol"));
-        assert_eq!(
-            s.ring_entered_at,
-            Some(s.created_at + chrono::Duration::hours(3))
-        );
+        assert_eq!(s.ring_entered_at, Some(s.created_at + Duration::hours(3)));
         assert_eq!(s.stream_version, 2);
     }
 
     #[test]
     fn emergency_clearance_waits_for_retrospective_approval() {
-        let events = [
-            created(true),
-            approved(
-                2,
-                0,
+        let mut x = Script::new(42);
+        let mut events = vec![
+            x.created("7zip", true),
+            x.approved(
+                0.0,
                 ApprovalBasis::EmergencyProvisional,
                 "policy:emergency_change",
             ),
-            deployed(3, 1, Ring::Lab, 10, true),
+            x.deployed(1.0, Ring::Lab, 10, true),
         ];
         let s = IntentState::replay(&events).unwrap();
         assert!(s.retro_approval_pending);
         assert!(!s.cab_approved);
-        let mut all = events.to_vec();
-        all.push(approved(4, 5, ApprovalBasis::CabRetrospective, "carol"));
-        let s = IntentState::replay(&all).unwrap();
+        events.push(x.approved(5.0, ApprovalBasis::CabRetrospective, "carol"));
+        let s = IntentState::replay(&events).unwrap();
         assert!(!s.retro_approval_pending);
         assert!(s.cab_approved);
         assert_eq!(
@@ -336,82 +262,56 @@ mod tests {
 
     #[test]
     fn rollout_reports_track_first_deployment_and_compliance() {
+        let mut x = Script::new(42);
         let s = IntentState::replay(&[
-            created(false),
-            approved(2, 0, ApprovalBasis::Policy, "policy:risk_model_v1.0"),
-            deployed(3, 2, Ring::Lab, 5, false),
-            deployed(4, 3, Ring::Lab, 10, true),
+            x.created("7zip", false),
+            x.approved(0.0, ApprovalBasis::Policy, "policy:risk_model_v1.0"),
+            x.deployed(2.0, Ring::Lab, 5, false),
+            x.deployed(3.0, Ring::Lab, 10, true),
         ])
         .unwrap();
         assert_eq!(s.status, Status::Deployed);
         let t0 = s.created_at;
-        assert_eq!(
-            s.ring_first_deployed_at,
-            Some(t0 + chrono::Duration::hours(2))
-        );
-        assert_eq!(s.ring_compliant_at, Some(t0 + chrono::Duration::hours(3)));
+        assert_eq!(s.ring_first_deployed_at, Some(t0 + Duration::hours(2)));
+        assert_eq!(s.ring_compliant_at, Some(t0 + Duration::hours(3)));
         assert_eq!(s.latest_report.as_ref().unwrap().succeeded, 10);
     }
 
     #[test]
     fn promotion_enters_the_next_ring_with_fresh_ring_timings() {
+        let mut x = Script::new(42);
         let s = IntentState::replay(&[
-            created(false),
-            approved(2, 0, ApprovalBasis::Policy, "policy:risk_model_v1.0"),
-            deployed(3, 2, Ring::Lab, 10, true),
-            DeploymentEvent::PromotionGateEvaluated(GateEvaluated {
-                meta: meta(4, 30, "ops", Role::Deployer),
-                from_ring: Ring::Lab,
-                to_ring: Ring::Canary,
-                gates: vec![],
-                passed: true,
-            }),
-            DeploymentEvent::RingPromoted(Promoted {
-                meta: meta(5, 30, "ops", Role::Deployer),
-                from_ring: Ring::Lab,
-                to_ring: Ring::Canary,
-            }),
+            x.created("7zip", false),
+            x.approved(0.0, ApprovalBasis::Policy, "policy:risk_model_v1.0"),
+            x.deployed(2.0, Ring::Lab, 10, true),
+            x.evaluated(30.0, Ring::Lab, Ring::Canary, &[(Gate::BakeTime, true)]),
+            x.promoted(30.0, Ring::Lab, Ring::Canary),
         ])
         .unwrap();
         assert_eq!(s.current_ring, Ring::Canary);
         assert_eq!(s.status, Status::Approved);
-        assert_eq!(
-            s.ring_entered_at,
-            Some(s.created_at + chrono::Duration::hours(30))
-        );
+        assert_eq!(s.ring_entered_at, Some(s.created_at + Duration::hours(30)));
         assert_eq!(s.ring_first_deployed_at, None);
         assert_eq!(s.latest_report, None);
         assert!(s.last_promotion.unwrap().passed);
-        assert_eq!(
-            s.first_deployed_at,
-            Some(s.created_at + chrono::Duration::hours(2))
-        );
+        assert_eq!(s.first_deployed_at, Some(s.created_at + Duration::hours(2)));
     }
 
     #[test]
     fn terminal_events_set_terminal_states() {
-        let base = [created(true)];
-        let rejected = DeploymentEvent::DeploymentRejected(Rejected {
-            meta: meta(2, 1, "carol", Role::CabApprover),
-            ring: Ring::Lab,
-            reason: "no".into(),
-        });
-        let rolled = DeploymentEvent::DeploymentRolledBack(RolledBack {
-            meta: meta(2, 1, "ops", Role::Deployer),
-            ring: Ring::Lab,
-            from_status: Status::AwaitingCab,
-            reason: "bad".into(),
-        });
-        let completed = DeploymentEvent::DeploymentCompleted(Completed {
-            meta: meta(2, 1, "ops", Role::Deployer),
-            ring: Ring::Lab,
-        });
-        for (event, status) in [
-            (rejected, Status::Rejected),
-            (rolled, Status::RolledBack),
-            (completed, Status::Completed),
+        for (end, status) in [
+            (0, Status::Rejected),
+            (1, Status::RolledBack),
+            (2, Status::Completed),
         ] {
-            let s = IntentState::replay(base.iter().chain([&event])).unwrap();
+            let mut x = Script::new(42);
+            let created = x.created("7zip", true);
+            let last = match end {
+                0 => x.rejected(1.0),
+                1 => x.rolled_back(1.0, Ring::Lab, Status::AwaitingCab),
+                _ => x.completed(1.0, Ring::Lab),
+            };
+            let s = IntentState::replay(&[created, last]).unwrap();
             assert_eq!(s.status, status);
             assert!(s.status.is_terminal());
         }
@@ -419,18 +319,18 @@ mod tests {
 
     #[test]
     fn events_before_creation_or_a_second_creation_change_nothing() {
-        assert_eq!(
-            IntentState::replay(&[approved(1, 0, ApprovalBasis::Cab, "c")]),
-            None
-        );
-        let once = IntentState::replay(&[created(true)]);
-        let twice = IntentState::replay(&[created(true), created(false)]);
+        let mut x = Script::new(42);
+        let approval = x.approved(0.0, ApprovalBasis::Cab, "c");
+        assert_eq!(IntentState::replay(&[approval]), None);
+        let (first, second) = (x.created("7zip", true), x.created("7zip", false));
+        let once = IntentState::replay(std::slice::from_ref(&first));
+        let twice = IntentState::replay(&[first, second]);
         assert_eq!(once, twice);
     }
 
     #[test]
     fn events_round_trip_through_json_with_stable_type_names() {
-        let e = created(true);
+        let e = Script::new(42).created("7zip", true);
         let json = serde_json::to_value(&e).unwrap();
         assert!(json.get("DeploymentCreated").is_some());
         assert_eq!(e.type_name(), "DeploymentCreated");

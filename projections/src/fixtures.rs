@@ -1,0 +1,163 @@
+//! Literal events for fold tests: a `Script` writes one intent's events with ascending ids.
+
+use chrono::{Duration, TimeZone, Utc};
+use uuid::Uuid;
+
+use crate::event::*;
+
+/// Writes the events of one intent, `hours` after 2026-01-01T00:00Z.
+pub struct Script {
+    pub id: Uuid,
+    next: u128,
+}
+
+impl Script {
+    pub fn new(id: u128) -> Self {
+        Script {
+            id: Uuid::from_u128(id),
+            next: 0,
+        }
+    }
+
+    pub fn meta(&mut self, hours: f64, subject: &str, role: Role) -> EventMeta {
+        self.next += 1;
+        EventMeta {
+            event_id: Uuid::from_u128(self.id.as_u128() * 1000 + self.next),
+            deployment_id: self.id,
+            correlation_id: format!("corr-{}", self.next),
+            actor: Actor {
+                subject: subject.into(),
+                role,
+            },
+            occurred_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+                + Duration::milliseconds((hours * 3_600_000.0) as i64),
+            schema_version: SCHEMA_VERSION,
+        }
+    }
+
+    /// Created at hour 0 by alice, LAB → CANARY, online; score 70 when it needs CAB, else 20.
+    pub fn created(&mut self, app: &str, requires_cab: bool) -> DeploymentEvent {
+        DeploymentEvent::DeploymentCreated(Created {
+            meta: self.meta(0.0, "alice", Role::Requester),
+            app_name: app.into(),
+            version: "24.08".into(),
+            connector_type: ConnectorType::Intune,
+            start_ring: Ring::Lab,
+            target_ring: Ring::Canary,
+            change_type: ChangeType::Normal,
+            site_class: SiteClass::Online,
+            privileged_tooling: false,
+            critical_infrastructure: false,
+            rollback_validated: true,
+            artifact_sha256: None,
+            justification: None,
+            risk: RiskAssessment {
+                model_version: "risk_model_v1.0".into(),
+                score: if requires_cab { 70 } else { 20 },
+                threshold: if requires_cab {
+                    ThresholdLabel::CabRequired
+                } else {
+                    ThresholdLabel::AutomatedAllowed
+                },
+                requires_cab,
+                factors: vec![],
+            },
+        })
+    }
+
+    pub fn approved(
+        &mut self,
+        hours: f64,
+        basis: ApprovalBasis,
+        approver: &str,
+    ) -> DeploymentEvent {
+        DeploymentEvent::DeploymentApproved(Approved {
+            meta: self.meta(hours, approver, Role::CabApprover),
+            approver: approver.into(),
+            basis,
+            ring: Ring::Lab,
+            comment: None,
+            retro_deadline_met: None,
+        })
+    }
+
+    pub fn rejected(&mut self, hours: f64) -> DeploymentEvent {
+        DeploymentEvent::DeploymentRejected(Rejected {
+            meta: self.meta(hours, "carol", Role::CabApprover),
+            ring: Ring::Lab,
+            reason: "no".into(),
+        })
+    }
+
+    /// A report on 10 devices.
+    pub fn deployed(
+        &mut self,
+        hours: f64,
+        ring: Ring,
+        succeeded: u64,
+        first_compliant: bool,
+    ) -> DeploymentEvent {
+        DeploymentEvent::DeploymentDeployed(Deployed {
+            meta: self.meta(hours, "ops", Role::Deployer),
+            ring,
+            target_devices: 10,
+            succeeded,
+            failed: 10 - succeeded,
+            incidents: 0,
+            success_rate: succeeded as f64 / 10.0,
+            compliance_threshold: 0.95,
+            first_compliant,
+        })
+    }
+
+    /// An evaluation whose gates are `(gate, passed)`.
+    pub fn evaluated(
+        &mut self,
+        hours: f64,
+        from: Ring,
+        to: Ring,
+        gates: &[(Gate, bool)],
+    ) -> DeploymentEvent {
+        DeploymentEvent::PromotionGateEvaluated(GateEvaluated {
+            meta: self.meta(hours, "ops", Role::Deployer),
+            from_ring: from,
+            to_ring: to,
+            gates: gates
+                .iter()
+                .map(|(gate, passed)| GateResult {
+                    gate: *gate,
+                    unit: "bool".into(),
+                    bound: "min".into(),
+                    threshold: 1.0,
+                    measured: Some(if *passed { 1.0 } else { 0.0 }),
+                    passed: *passed,
+                })
+                .collect(),
+            passed: gates.iter().all(|(_, p)| *p),
+        })
+    }
+
+    pub fn promoted(&mut self, hours: f64, from: Ring, to: Ring) -> DeploymentEvent {
+        DeploymentEvent::RingPromoted(Promoted {
+            meta: self.meta(hours, "ops", Role::Deployer),
+            from_ring: from,
+            to_ring: to,
+        })
+    }
+
+    pub fn completed(&mut self, hours: f64, ring: Ring) -> DeploymentEvent {
+        DeploymentEvent::DeploymentCompleted(Completed {
+            meta: self.meta(hours, "ops", Role::Deployer),
+            ring,
+        })
+    }
+
+    pub fn rolled_back(&mut self, hours: f64, ring: Ring, from: Status) -> DeploymentEvent {
+        DeploymentEvent::DeploymentRolledBack(RolledBack {
+            meta: self.meta(hours, "ops", Role::Deployer),
+            ring,
+            from_status: from,
+            reason: "bad".into(),
+        })
+    }
+}

@@ -1,0 +1,788 @@
+//! The domain metrics of METRICS.md as a fold over the event stream, rendered as Prometheus text.
+//!
+//! Everything here is a function of the events in global order: durations come from events'
+//! `occurred_at`, the `app_name` label's bound is decided by order of first appearance, and the
+//! rendering orders every series, so replaying a stream yields the same text byte for byte.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::event::{ApprovalBasis, DeploymentEvent, Ring, SiteClass, Status};
+
+/// Buckets for durations: a minute to two weeks (rollouts last hours to days).
+pub const DURATION_BUCKETS: &[f64] = &[
+    60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 172800.0, 259200.0,
+    604800.0, 1209600.0,
+];
+/// Buckets for risk scores.
+pub const RISK_BUCKETS: &[f64] = &[10.0, 25.0, 50.0, 75.0, 90.0, 100.0];
+/// The `app_name` value that apps past the label limit are counted under.
+pub const OTHER_APP: &str = "other";
+
+const EVENT_TYPES: [&str; 8] = [
+    "DeploymentCreated",
+    "DeploymentApproved",
+    "DeploymentRejected",
+    "DeploymentDeployed",
+    "PromotionGateEvaluated",
+    "RingPromoted",
+    "DeploymentCompleted",
+    "DeploymentRolledBack",
+];
+
+#[derive(Debug, Clone, PartialEq)]
+struct Histogram {
+    buckets: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(buckets: &'static [f64]) -> Self {
+        Histogram {
+            buckets,
+            counts: vec![0; buckets.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, value: f64) {
+        for (bound, count) in self.buckets.iter().zip(self.counts.iter_mut()) {
+            if value <= *bound {
+                *count += 1;
+            }
+        }
+        self.sum += value;
+        self.count += 1;
+    }
+}
+
+/// What the fold remembers of each intent.
+#[derive(Debug, Clone, PartialEq)]
+struct Intent {
+    app: String,
+    requires_cab: bool,
+    site_class: SiteClass,
+    status: Status,
+    ring: Ring,
+    created_at: DateTime<Utc>,
+    ring_entered_at: Option<DateTime<Utc>>,
+    ring_compliant: bool,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The domain metrics, folded from the stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metrics {
+    app_label_limit: usize,
+    labelled_apps: BTreeSet<String>,
+    intents: BTreeMap<Uuid, Intent>,
+    deployments: BTreeMap<Labels, u64>,
+    duration: BTreeMap<Labels, Histogram>,
+    time_to_compliance: BTreeMap<Labels, Histogram>,
+    cab_wait: BTreeMap<Labels, Histogram>,
+    risk: BTreeMap<Labels, Histogram>,
+    promotions: BTreeMap<Labels, u64>,
+    gate_evaluations: BTreeMap<Labels, u64>,
+    attempts: BTreeMap<Ring, (u64, u64)>,
+    rollbacks: BTreeMap<Labels, u64>,
+    events: BTreeMap<&'static str, u64>,
+    position: i64,
+}
+
+fn seconds(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    (to - from).num_milliseconds() as f64 / 1000.0
+}
+
+impl Metrics {
+    /// `app_label_limit`: how many apps keep their own `app_name` label; the first to appear in
+    /// the stream keep it, later ones are counted as `other`.
+    pub fn new(app_label_limit: usize) -> Self {
+        Metrics {
+            app_label_limit,
+            labelled_apps: BTreeSet::new(),
+            intents: BTreeMap::new(),
+            deployments: BTreeMap::new(),
+            duration: BTreeMap::new(),
+            time_to_compliance: BTreeMap::new(),
+            cab_wait: BTreeMap::new(),
+            risk: BTreeMap::new(),
+            promotions: BTreeMap::new(),
+            gate_evaluations: BTreeMap::new(),
+            attempts: BTreeMap::new(),
+            rollbacks: BTreeMap::new(),
+            events: EVENT_TYPES.iter().map(|t| (*t, 0)).collect(),
+            position: 0,
+        }
+    }
+
+    /// The global position of the last event applied.
+    pub fn position(&self) -> i64 {
+        self.position
+    }
+
+    fn app_label(&mut self, app: &str) -> String {
+        if self.labelled_apps.contains(app) {
+            return app.to_string();
+        }
+        if self.labelled_apps.len() < self.app_label_limit {
+            self.labelled_apps.insert(app.to_string());
+            return app.to_string();
+        }
+        OTHER_APP.to_string()
+    }
+
+    fn count_status(&mut self, id: Uuid, status: &str, ring: Ring) {
+        let Some(intent) = self.intents.get(&id) else {
+            return;
+        };
+        let labels = vec![
+            ("status", status.to_string()),
+            ("ring", ring.as_str().to_string()),
+            ("app_name", intent.app.clone()),
+            ("requires_cab", intent.requires_cab.to_string()),
+        ];
+        *self.deployments.entry(labels).or_default() += 1;
+    }
+
+    /// Folds one event at its global position.
+    pub fn apply(&mut self, position: i64, event: &DeploymentEvent) {
+        self.position = position;
+        *self.events.entry(event.type_name()).or_default() += 1;
+        let meta = event.meta();
+        let (id, at) = (meta.deployment_id, meta.occurred_at);
+        match event {
+            DeploymentEvent::DeploymentCreated(e) => {
+                if self.intents.contains_key(&id) {
+                    return;
+                }
+                let app = self.app_label(&e.app_name);
+                self.intents.insert(
+                    id,
+                    Intent {
+                        app,
+                        requires_cab: e.risk.requires_cab,
+                        site_class: e.site_class,
+                        status: Status::AwaitingCab,
+                        ring: e.start_ring,
+                        created_at: at,
+                        ring_entered_at: None,
+                        ring_compliant: false,
+                    },
+                );
+                let requires_cab = vec![("requires_cab", e.risk.requires_cab.to_string())];
+                self.risk
+                    .entry(requires_cab)
+                    .or_insert_with(|| Histogram::new(RISK_BUCKETS))
+                    .observe(e.risk.score as f64);
+                if e.risk.requires_cab {
+                    self.count_status(id, "pending", e.start_ring);
+                }
+            }
+            DeploymentEvent::DeploymentApproved(e) => {
+                let Some(intent) = self.intents.get_mut(&id) else {
+                    return;
+                };
+                let created_at = intent.created_at;
+                let decision = match e.basis {
+                    ApprovalBasis::Policy | ApprovalBasis::EmergencyProvisional => None,
+                    ApprovalBasis::Cab => Some("approved"),
+                    ApprovalBasis::CabRetrospective => Some("retrospective"),
+                };
+                if e.basis != ApprovalBasis::CabRetrospective {
+                    intent.status = Status::Approved;
+                    intent.ring_entered_at = Some(at);
+                    intent.ring_compliant = false;
+                    let ring = intent.ring;
+                    self.count_status(id, "approved", ring);
+                }
+                if let Some(decision) = decision {
+                    self.cab_wait
+                        .entry(vec![("decision", decision.to_string())])
+                        .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
+                        .observe(seconds(created_at, at));
+                }
+            }
+            DeploymentEvent::DeploymentRejected(_) => {
+                let Some(intent) = self.intents.get_mut(&id) else {
+                    return;
+                };
+                intent.status = Status::Rejected;
+                let (ring, created_at) = (intent.ring, intent.created_at);
+                self.count_status(id, "rejected", ring);
+                self.cab_wait
+                    .entry(vec![("decision", "rejected".to_string())])
+                    .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
+                    .observe(seconds(created_at, at));
+            }
+            DeploymentEvent::DeploymentDeployed(e) => {
+                let Some(intent) = self.intents.get_mut(&id) else {
+                    return;
+                };
+                intent.status = Status::Deployed;
+                if e.first_compliant && !intent.ring_compliant {
+                    intent.ring_compliant = true;
+                    let site = intent.site_class;
+                    if let Some(entered) = intent.ring_entered_at {
+                        let took = seconds(entered, at);
+                        self.time_to_compliance
+                            .entry(vec![
+                                ("ring", e.ring.as_str().to_string()),
+                                ("site_class", site.as_str().to_string()),
+                            ])
+                            .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
+                            .observe(took);
+                        self.duration
+                            .entry(vec![
+                                ("ring", e.ring.as_str().to_string()),
+                                ("status", "success".to_string()),
+                            ])
+                            .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
+                            .observe(took);
+                    }
+                    self.count_status(id, "success", e.ring);
+                }
+            }
+            DeploymentEvent::PromotionGateEvaluated(e) => {
+                let verdict = if e.passed { "passed" } else { "blocked" };
+                let labels = vec![
+                    ("from_ring", e.from_ring.as_str().to_string()),
+                    ("to_ring", e.to_ring.as_str().to_string()),
+                    ("status", verdict.to_string()),
+                ];
+                *self.promotions.entry(labels).or_default() += 1;
+                for g in &e.gates {
+                    let labels = vec![
+                        ("ring", e.from_ring.as_str().to_string()),
+                        ("gate", g.gate.as_str().to_string()),
+                        (
+                            "result",
+                            if g.passed { "passed" } else { "failed" }.to_string(),
+                        ),
+                    ];
+                    *self.gate_evaluations.entry(labels).or_default() += 1;
+                }
+                let (passed, evaluated) = self.attempts.entry(e.from_ring).or_default();
+                *evaluated += 1;
+                if e.passed {
+                    *passed += 1;
+                }
+            }
+            DeploymentEvent::RingPromoted(e) => {
+                let Some(intent) = self.intents.get_mut(&id) else {
+                    return;
+                };
+                intent.ring = e.to_ring;
+                intent.status = Status::Approved;
+                intent.ring_entered_at = Some(at);
+                intent.ring_compliant = false;
+                self.count_status(id, "approved", e.to_ring);
+            }
+            DeploymentEvent::DeploymentCompleted(_) => {
+                if let Some(intent) = self.intents.get_mut(&id) {
+                    intent.status = Status::Completed;
+                }
+            }
+            DeploymentEvent::DeploymentRolledBack(e) => {
+                let Some(intent) = self.intents.get_mut(&id) else {
+                    return;
+                };
+                intent.status = Status::RolledBack;
+                let entered = intent.ring_entered_at;
+                *self
+                    .rollbacks
+                    .entry(vec![("ring", e.ring.as_str().to_string())])
+                    .or_default() += 1;
+                if let Some(entered) = entered {
+                    self.duration
+                        .entry(vec![
+                            ("ring", e.ring.as_str().to_string()),
+                            ("status", "failed".to_string()),
+                        ])
+                        .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
+                        .observe(seconds(entered, at));
+                }
+                self.count_status(id, "failed", e.ring);
+            }
+        }
+    }
+
+    /// The exposition text (Prometheus text format 0.0.4) of every domain metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        counter_family(&mut out, "deployment_total", "Intents entering each status: pending (awaiting CAB), approved, rejected, success (ring compliant), failed (rolled back).", &self.deployments);
+        histogram_family(
+            &mut out,
+            "deployment_duration_seconds",
+            "Ring entry to the ring's outcome (success or failed).",
+            &self.duration,
+        );
+        histogram_family(
+            &mut out,
+            "deployment_time_to_compliance_seconds",
+            "Ring entry to the first compliant rollout report in that ring.",
+            &self.time_to_compliance,
+        );
+        histogram_family(
+            &mut out,
+            "cab_approval_wait_seconds",
+            "Creation to the CAB decision.",
+            &self.cab_wait,
+        );
+        histogram_family(
+            &mut out,
+            "risk_score_distribution",
+            "Risk score at creation.",
+            &self.risk,
+        );
+        counter_family(
+            &mut out,
+            "ring_promotion_total",
+            "Promotion attempts by verdict.",
+            &self.promotions,
+        );
+        counter_family(
+            &mut out,
+            "promotion_gate_evaluations_total",
+            "Gate verdicts recorded in PromotionGateEvaluated.",
+            &self.gate_evaluations,
+        );
+
+        header(
+            &mut out,
+            "promotion_gate_success_rate",
+            "Passed / evaluated promotion attempts, per ring.",
+            "gauge",
+        );
+        for (ring, (passed, evaluated)) in &self.attempts {
+            let rate = *passed as f64 / *evaluated as f64;
+            sample(
+                &mut out,
+                "promotion_gate_success_rate",
+                &[("ring", ring.as_str().to_string())],
+                None,
+                &float(rate),
+            );
+        }
+        counter_family(
+            &mut out,
+            "deployment_rollbacks_total",
+            "DeploymentRolledBack events, per ring.",
+            &self.rollbacks,
+        );
+
+        header(
+            &mut out,
+            "deployments_in_state",
+            "Intents currently in each state, per current ring.",
+            "gauge",
+        );
+        let mut in_state: BTreeMap<(Status, Ring), u64> = BTreeMap::new();
+        for intent in self.intents.values() {
+            *in_state.entry((intent.status, intent.ring)).or_default() += 1;
+        }
+        for status in Status::ALL {
+            for ring in Ring::ALL {
+                let n = in_state.get(&(status, ring)).copied().unwrap_or(0);
+                let labels = [
+                    ("state", status.as_str().to_string()),
+                    ("ring", ring.as_str().to_string()),
+                ];
+                sample(
+                    &mut out,
+                    "deployments_in_state",
+                    &labels,
+                    None,
+                    &n.to_string(),
+                );
+            }
+        }
+        header(
+            &mut out,
+            "eucora_events_total",
+            "Events applied, per event type.",
+            "counter",
+        );
+        for (event_type, n) in &self.events {
+            sample(
+                &mut out,
+                "eucora_events_total",
+                &[("event_type", event_type.to_string())],
+                None,
+                &n.to_string(),
+            );
+        }
+        header(
+            &mut out,
+            "eucora_projection_position",
+            "Global position of the last event applied.",
+            "gauge",
+        );
+        sample(
+            &mut out,
+            "eucora_projection_position",
+            &[("projection", "metrics".to_string())],
+            None,
+            &self.position.to_string(),
+        );
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Escapes a label value as the text format requires.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn float(v: f64) -> String {
+    if v == f64::INFINITY {
+        "+Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+fn sample(
+    out: &mut String,
+    name: &str,
+    labels: &[(&str, String)],
+    extra: Option<(&str, &str)>,
+    value: &str,
+) {
+    out.push_str(name);
+    let mut all: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect();
+    if let Some((k, v)) = extra {
+        all.push(format!("{k}=\"{v}\""));
+    }
+    if !all.is_empty() {
+        let _ = write!(out, "{{{}}}", all.join(","));
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+fn counter_family(out: &mut String, name: &str, help: &str, series: &BTreeMap<Labels, u64>) {
+    header(out, name, help, "counter");
+    for (labels, n) in series {
+        sample(out, name, labels, None, &n.to_string());
+    }
+}
+
+fn histogram_family(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    series: &BTreeMap<Labels, Histogram>,
+) {
+    header(out, name, help, "histogram");
+    for (labels, h) in series {
+        let bucket = format!("{name}_bucket");
+        for (bound, count) in h.buckets.iter().zip(&h.counts) {
+            sample(
+                out,
+                &bucket,
+                labels,
+                Some(("le", &float(*bound))),
+                &count.to_string(),
+            );
+        }
+        sample(
+            out,
+            &bucket,
+            labels,
+            Some(("le", "+Inf")),
+            &h.count.to_string(),
+        );
+        sample(out, &format!("{name}_sum"), labels, None, &float(h.sum));
+        sample(
+            out,
+            &format!("{name}_count"),
+            labels,
+            None,
+            &h.count.to_string(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{ApprovalBasis as B, Gate};
+    use crate::fixtures::Script;
+
+    fn fold(limit: usize, events: &[DeploymentEvent]) -> String {
+        let mut m = Metrics::new(limit);
+        for (n, e) in events.iter().enumerate() {
+            m.apply(n as i64 + 1, e);
+        }
+        m.render()
+    }
+
+    fn has(text: &str, line: &str) {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in\n{text}"
+        );
+    }
+
+    /// A CAB-approved intent rolled out LAB → CANARY and completed.
+    fn completed_rollout() -> Vec<DeploymentEvent> {
+        let mut x = Script::new(1);
+        vec![
+            x.created("7zip", true),
+            x.approved(2.0, B::Cab, "carol"),
+            x.deployed(4.0, Ring::Lab, 9, false),
+            x.deployed(5.0, Ring::Lab, 10, true),
+            x.evaluated(
+                30.0,
+                Ring::Lab,
+                Ring::Canary,
+                &[(Gate::SuccessRate, true), (Gate::BakeTime, true)],
+            ),
+            x.promoted(30.0, Ring::Lab, Ring::Canary),
+            x.deployed(40.0, Ring::Canary, 10, true),
+            x.completed(40.0, Ring::Canary),
+        ]
+    }
+
+    #[test]
+    fn a_completed_rollout_counts_each_status_entered_per_ring() {
+        let text = fold(10, &completed_rollout());
+        let series = |status: &str, ring: &str| {
+            format!("deployment_total{{status=\"{status}\",ring=\"{ring}\",app_name=\"7zip\",requires_cab=\"true\"}} 1")
+        };
+        for (status, ring) in [
+            ("pending", "LAB"),
+            ("approved", "LAB"),
+            ("success", "LAB"),
+            ("approved", "CANARY"),
+            ("success", "CANARY"),
+        ] {
+            has(&text, &series(status, ring));
+        }
+        assert!(!text.contains("status=\"failed\""));
+        has(
+            &text,
+            "deployments_in_state{state=\"completed\",ring=\"CANARY\"} 1",
+        );
+        has(
+            &text,
+            "deployments_in_state{state=\"approved\",ring=\"LAB\"} 0",
+        );
+        has(
+            &text,
+            "eucora_events_total{event_type=\"DeploymentDeployed\"} 3",
+        );
+        has(
+            &text,
+            "eucora_projection_position{projection=\"metrics\"} 8",
+        );
+    }
+
+    #[test]
+    fn time_to_compliance_and_duration_run_from_ring_entry_to_first_compliance() {
+        let text = fold(10, &completed_rollout());
+        // LAB: entered at CAB approval (2 h), compliant at 5 h; CANARY: 30 h → 40 h.
+        has(
+            &text,
+            "deployment_time_to_compliance_seconds_sum{ring=\"LAB\",site_class=\"online\"} 10800",
+        );
+        has(&text, "deployment_time_to_compliance_seconds_bucket{ring=\"LAB\",site_class=\"online\",le=\"7200\"} 0");
+        has(&text, "deployment_time_to_compliance_seconds_bucket{ring=\"LAB\",site_class=\"online\",le=\"14400\"} 1");
+        has(&text, "deployment_time_to_compliance_seconds_bucket{ring=\"LAB\",site_class=\"online\",le=\"+Inf\"} 1");
+        has(&text, "deployment_time_to_compliance_seconds_sum{ring=\"CANARY\",site_class=\"online\"} 36000");
+        has(
+            &text,
+            "deployment_duration_seconds_count{ring=\"CANARY\",status=\"success\"} 1",
+        );
+    }
+
+    #[test]
+    fn cab_wait_runs_from_creation_to_the_decision() {
+        let text = fold(10, &completed_rollout());
+        has(
+            &text,
+            "cab_approval_wait_seconds_sum{decision=\"approved\"} 7200",
+        );
+        has(
+            &text,
+            "cab_approval_wait_seconds_bucket{decision=\"approved\",le=\"3600\"} 0",
+        );
+        has(
+            &text,
+            "cab_approval_wait_seconds_bucket{decision=\"approved\",le=\"7200\"} 1",
+        );
+        let mut x = Script::new(2);
+        let text = fold(10, &[x.created("vlc", true), x.rejected(0.5)]);
+        has(
+            &text,
+            "cab_approval_wait_seconds_sum{decision=\"rejected\"} 1800",
+        );
+        has(&text, "deployment_total{status=\"rejected\",ring=\"LAB\",app_name=\"vlc\",requires_cab=\"true\"} 1");
+        has(
+            &text,
+            "deployments_in_state{state=\"rejected\",ring=\"LAB\"} 1",
+        );
+    }
+
+    #[test]
+    fn risk_scores_fall_into_their_buckets_by_cab_requirement() {
+        let (mut a, mut b) = (Script::new(1), Script::new(2));
+        let text = fold(10, &[a.created("a", true), b.created("b", false)]);
+        has(
+            &text,
+            "risk_score_distribution_bucket{requires_cab=\"true\",le=\"50\"} 0",
+        );
+        has(
+            &text,
+            "risk_score_distribution_bucket{requires_cab=\"true\",le=\"75\"} 1",
+        );
+        has(
+            &text,
+            "risk_score_distribution_bucket{requires_cab=\"false\",le=\"25\"} 1",
+        );
+        has(
+            &text,
+            "risk_score_distribution_sum{requires_cab=\"false\"} 20",
+        );
+        assert!(
+            !text.contains("status=\"pending\",ring=\"LAB\",app_name=\"b\""),
+            "policy-approved intents never wait"
+        );
+    }
+
+    #[test]
+    fn promotion_attempts_gates_and_success_rate_are_counted_per_ring() {
+        let mut x = Script::new(1);
+        let text = fold(
+            10,
+            &[
+                x.created("7zip", false),
+                x.approved(0.0, B::Policy, "policy:risk_model_v1.0"),
+                x.deployed(1.0, Ring::Lab, 10, true),
+                x.evaluated(
+                    2.0,
+                    Ring::Lab,
+                    Ring::Canary,
+                    &[(Gate::SuccessRate, true), (Gate::BakeTime, false)],
+                ),
+                x.evaluated(
+                    30.0,
+                    Ring::Lab,
+                    Ring::Canary,
+                    &[(Gate::SuccessRate, true), (Gate::BakeTime, true)],
+                ),
+                x.promoted(30.0, Ring::Lab, Ring::Canary),
+            ],
+        );
+        has(
+            &text,
+            "ring_promotion_total{from_ring=\"LAB\",to_ring=\"CANARY\",status=\"blocked\"} 1",
+        );
+        has(
+            &text,
+            "ring_promotion_total{from_ring=\"LAB\",to_ring=\"CANARY\",status=\"passed\"} 1",
+        );
+        has(
+            &text,
+            "promotion_gate_evaluations_total{ring=\"LAB\",gate=\"bake_time\",result=\"failed\"} 1",
+        );
+        has(
+            &text,
+            "promotion_gate_evaluations_total{ring=\"LAB\",gate=\"bake_time\",result=\"passed\"} 1",
+        );
+        has(&text, "promotion_gate_evaluations_total{ring=\"LAB\",gate=\"success_rate\",result=\"passed\"} 2");
+        has(&text, "promotion_gate_success_rate{ring=\"LAB\"} 0.5");
+        assert!(
+            !text.contains("promotion_gate_success_rate{ring=\"CANARY\"}"),
+            "no attempts, no rate"
+        );
+    }
+
+    #[test]
+    fn a_rollback_counts_as_failed_with_its_ring_duration() {
+        let mut x = Script::new(1);
+        let text = fold(
+            10,
+            &[
+                x.created("7zip", false),
+                x.approved(1.0, B::Policy, "policy:risk_model_v1.0"),
+                x.deployed(2.0, Ring::Lab, 3, false),
+                x.rolled_back(3.5, Ring::Lab, Status::Deployed),
+            ],
+        );
+        has(&text, "deployment_rollbacks_total{ring=\"LAB\"} 1");
+        has(&text, "deployment_total{status=\"failed\",ring=\"LAB\",app_name=\"7zip\",requires_cab=\"false\"} 1");
+        has(
+            &text,
+            "deployment_duration_seconds_sum{ring=\"LAB\",status=\"failed\"} 9000",
+        );
+        has(
+            &text,
+            "deployments_in_state{state=\"rolled_back\",ring=\"LAB\"} 1",
+        );
+    }
+
+    #[test]
+    fn apps_past_the_label_limit_are_counted_as_other_in_stream_order() {
+        let (mut a, mut b, mut c) = (Script::new(1), Script::new(2), Script::new(3));
+        let text = fold(
+            2,
+            &[
+                a.created("zoom", true),
+                b.created("acrobat", true),
+                c.created("slack", true),
+            ],
+        );
+        has(&text, "deployment_total{status=\"pending\",ring=\"LAB\",app_name=\"zoom\",requires_cab=\"true\"} 1");
+        has(&text, "deployment_total{status=\"pending\",ring=\"LAB\",app_name=\"acrobat\",requires_cab=\"true\"} 1");
+        has(&text, "deployment_total{status=\"pending\",ring=\"LAB\",app_name=\"other\",requires_cab=\"true\"} 1");
+        assert!(!text.contains("slack"));
+    }
+
+    #[test]
+    fn user_supplied_label_values_are_escaped() {
+        let text = fold(10, &[Script::new(1).created("a\"b\\c\nd", true)]);
+        has(&text, "deployment_total{status=\"pending\",ring=\"LAB\",app_name=\"a\\\"b\\\\c\\nd\",requires_cab=\"true\"} 1");
+    }
+
+    #[test]
+    fn every_family_is_typed_once_and_rendering_is_repeatable() {
+        let events = completed_rollout();
+        let text = fold(10, &events);
+        assert_eq!(text, fold(10, &events));
+        for family in [
+            "deployment_total counter",
+            "deployment_duration_seconds histogram",
+            "deployment_time_to_compliance_seconds histogram",
+            "cab_approval_wait_seconds histogram",
+            "risk_score_distribution histogram",
+            "ring_promotion_total counter",
+            "promotion_gate_evaluations_total counter",
+            "promotion_gate_success_rate gauge",
+            "deployment_rollbacks_total counter",
+            "deployments_in_state gauge",
+            "eucora_events_total counter",
+            "eucora_projection_position gauge",
+        ] {
+            let line = format!("# TYPE {family}");
+            assert_eq!(text.lines().filter(|l| *l == line).count(), 1, "{family}");
+        }
+    }
+}
