@@ -136,6 +136,7 @@ async fn bench_backend(name: &str, url: &str, seconds: f64) {
         body_limit: 64 * 1024,
         request_timeout: 30,
         shutdown_timeout: 1,
+        metrics_app_label_limit: 200,
         log_format: LogFormat::Text,
     };
     let app = Application::build(&args, Arc::new(SystemClock))

@@ -248,6 +248,7 @@ pub struct AppState {
     pub commands: Arc<Commands>,
     pub reads: Arc<dyn IntentReader>,
     pub principals: Arc<Principals>,
+    pub metrics: Arc<crate::projector::MetricsProjector>,
 }
 
 /// A bound, ready-to-run server: `main` and the tests build it the same way, and port 0 works.
@@ -287,6 +288,10 @@ impl Application {
             commands: Arc::new(Commands::new(&store, DomainServices::new(clock, policy))),
             reads: Arc::new(StreamReads::new(store.clone())),
             principals: Arc::new(Principals::new(store.clone())),
+            metrics: crate::projector::MetricsProjector::new(
+                store.clone(),
+                args.metrics_app_label_limit,
+            ),
             store,
         };
         let limits = crate::http::Limits {
@@ -299,6 +304,7 @@ impl Application {
                 addr: args.listen,
                 source,
             })?;
+        tokio::spawn(state.metrics.clone().run());
         Ok(Application {
             listener,
             router: crate::http::router(state, limits),

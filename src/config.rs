@@ -72,6 +72,10 @@ pub struct ServeArgs {
     /// Seconds to let requests in flight finish after SIGTERM.
     #[arg(long, env = "EUCORA_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// How many apps keep their own `app_name` label in the domain metrics (the first to appear
+    /// in the stream); the rest are counted as `other`.
+    #[arg(long, env = "EUCORA_METRICS_APP_LABEL_LIMIT", default_value_t = 200)]
+    pub metrics_app_label_limit: usize,
     /// Log format on stderr.
     #[arg(long, env = "EUCORA_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -10,6 +10,7 @@ pub mod extract;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -66,6 +67,8 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         "/api/v1/openapi.json",
         get(move || async move { ([("content-type", "application/json")], doc) }),
     )
+    .route("/api/v1/metrics", get(metrics))
+    .route("/metrics", get(metrics))
     .route("/health/live", get(live))
     .route("/health/ready", get(ready))
     .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
@@ -95,9 +98,25 @@ async fn live() -> impl IntoResponse {
     Json(json!({ "status": "live" }))
 }
 
-/// Ready when the store answers.
+/// The Prometheus exposition text; 503 until the projection has caught up, so a scrape never
+/// sees a half-replayed state.
+async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let text = state.metrics.render().ok_or_else(catching_up)?;
+    Ok(([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text))
+}
+
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn catching_up() -> ApiError {
+    ApiError::Unavailable("the projections are catching up with the event store".into())
+}
+
+/// Ready when the store answers and the projections have caught up.
 async fn ready(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     state.store.ping().await?;
+    if !state.metrics.caught_up() {
+        return Err(catching_up());
+    }
     Ok(Json(
         json!({ "status": "ready", "backend": state.store.backend().as_str() }),
     ))

@@ -3,6 +3,7 @@
 //! - [`domain`]: commands, the `DeploymentIntent` aggregate, the risk model and gate policy.
 //! - [`store`]: the event store on SQLite or PostgreSQL behind cqrs-es, principals, idempotency.
 //! - [`http`]: the axum API, its errors (problem+json) and its OpenAPI document.
+//! - [`projector`]: the projection runner that feeds the global stream to the metrics fold.
 //! - [`app`]: wiring: builds the store, the command bus and the server from a [`config::Config`].
 //! - [`config`]: the command line and `EUCORA_*` environment.
 
@@ -10,4 +11,5 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod projector;
 pub mod store;

@@ -278,6 +278,7 @@ async fn command(
     };
     let run = async {
         let intent = state.commands.execute(id, command.clone()).await?;
+        state.metrics.wake();
         match &intent.last_promotion {
             Some(attempt) if is_promotion && !attempt.passed => {
                 let blocked: Vec<&str> = attempt.blocked_by().iter().map(|g| g.as_str()).collect();
@@ -343,6 +344,7 @@ async fn create(
     };
     let run = async {
         let intent = state.commands.execute(id, command.clone()).await?;
+        state.metrics.wake();
         let mut response = intent_response(StatusCode::CREATED, &intent);
         if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/deployments/{id}")) {
             response.headers_mut().insert(header::LOCATION, location);

@@ -207,7 +207,8 @@ impl Reply {
 /// The real binary, serving on an ephemeral port, with its own database.
 pub struct TestApp {
     pub base: String,
-    pub db: TestDb,
+    /// Shared by every server started on the same database; dropped with the last.
+    pub db: std::sync::Arc<TestDb>,
     child: Child,
     client: reqwest::Client,
 }
@@ -218,7 +219,26 @@ impl TestApp {
     }
 
     pub async fn spawn_with(backend: Backend, extra: &[&str]) -> TestApp {
-        let db = TestDb::new(backend).await;
+        TestApp::spawn_on(std::sync::Arc::new(TestDb::new(backend).await), extra).await
+    }
+
+    /// A server on a database the test keeps (to inspect it after the server is gone).
+    pub async fn spawn_on_shared(db: &TestDb) -> TestApp {
+        let borrowed = TestDb {
+            url: db.url.clone(),
+            dir: db.dir.join("server"),
+            pg: None,
+        };
+        std::fs::create_dir_all(&borrowed.dir).unwrap();
+        TestApp::spawn_on(std::sync::Arc::new(borrowed), &[]).await
+    }
+
+    /// Another server process on this one's database, as a second replica.
+    pub async fn replica(&self) -> TestApp {
+        TestApp::spawn_on(self.db.clone(), &[]).await
+    }
+
+    async fn spawn_on(db: std::sync::Arc<TestDb>, extra: &[&str]) -> TestApp {
         let policy = db.dir().join("policy.toml");
         std::fs::write(&policy, NO_BAKE_POLICY).unwrap();
         let mut child = Command::new(binary())
@@ -247,12 +267,27 @@ impl TestApp {
         let base = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("eucora serve did not report its address");
-        TestApp {
+        let app = TestApp {
             base,
             db,
             child,
             client: reqwest::Client::new(),
+        };
+        // Like an orchestrator, wait until the server says it is ready.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while app
+            .send(reqwest::Method::GET, "/health/ready", None, &[], None)
+            .await
+            .status
+            != 200
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "eucora serve never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        app
     }
 
     pub fn pid(&self) -> u32 {

@@ -10,4 +10,5 @@ mod concurrency;
 mod global_stream;
 mod idempotency;
 mod lifecycle;
+mod metrics;
 mod store_contract;

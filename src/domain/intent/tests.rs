@@ -971,6 +971,39 @@ mod properties {
 
     proptest! {
         #[test]
+        fn live_metrics_equal_metrics_replayed_from_the_stored_stream(
+            steps in prop::collection::vec((0usize..3, actors(), actions(), 0i64..60), 1..60)
+        ) {
+            use eucora_projections::metrics::Metrics;
+            // Three intents, commands interleaved, each accepted command's events appended to one
+            // global stream and folded at once, as the runner would; a scrape now and then.
+            let mut worlds = [World::new(), World::new(), World::new()];
+            let ids = [Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3)];
+            let (mut live, mut stored) = (Metrics::new(2), Vec::<String>::new());
+            for (n, (which, by, action, hours)) in steps.into_iter().enumerate() {
+                let world = &mut worlds[which];
+                world.clock.advance(Duration::hours(hours));
+                let (_, cmd) = command(by, action);
+                if let Ok(events) = world.intent.decide(ids[which], cmd, &world.services) {
+                    for e in events {
+                        world.intent.apply(IntentEvent(e.clone()));
+                        stored.push(serde_json::to_string(&IntentEvent(e.clone())).unwrap());
+                        live.apply(stored.len() as i64, &e);
+                    }
+                }
+                if n % 7 == 0 {
+                    let _ = live.render();
+                }
+            }
+            let mut replayed = Metrics::new(2);
+            for (position, text) in stored.iter().enumerate() {
+                let IntentEvent(e) = serde_json::from_str(text).unwrap();
+                replayed.apply(position as i64 + 1, &e);
+            }
+            prop_assert_eq!(live.render(), replayed.render());
+        }
+
+        #[test]
         fn random_command_sequences_never_break_the_domain_invariants(steps in steps()) {
             let mut world = World::new();
             for (by, action, hours) in steps {

@@ -1,0 +1,130 @@
+//! The projection runner: feeds the global stream to the metrics projection, catching up at
+//! start-up and then tailing the store. The fold itself lives in `eucora-projections` and does no
+//! I/O; this module owns the reading, the waiting and the "caught up" flag.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use eucora_projections::metrics::Metrics;
+use tokio::sync::Notify;
+
+use crate::store::{Store, StoreError};
+
+/// Events read per batch.
+const BATCH: i64 = 1000;
+/// The longest wait between polls when the stream is idle; a write in this process wakes it
+/// at once, a write by another process is seen within this time.
+const MAX_IDLE_WAIT: Duration = Duration::from_millis(500);
+
+pub struct MetricsProjector {
+    store: Store,
+    metrics: RwLock<Metrics>,
+    /// Events applied so far.
+    applied: AtomicI64,
+    /// Events in the store when the runner started; reaching them is "caught up".
+    head_at_start: AtomicI64,
+    caught_up: AtomicBool,
+    wake: Notify,
+}
+
+impl MetricsProjector {
+    pub fn new(store: Store, app_label_limit: usize) -> Arc<Self> {
+        Arc::new(MetricsProjector {
+            store,
+            metrics: RwLock::new(Metrics::new(app_label_limit)),
+            applied: AtomicI64::new(0),
+            head_at_start: AtomicI64::new(i64::MAX),
+            caught_up: AtomicBool::new(false),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Whether the projection has reached the store's head as it was at start-up.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// The domain metrics' exposition text, once caught up.
+    pub fn render(&self) -> Option<String> {
+        if !self.caught_up() {
+            return None;
+        }
+        Some(self.read().render())
+    }
+
+    /// Tells the runner that this process appended events.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Metrics> {
+        self.metrics.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the store's head: once the projection has applied that many events it is caught up.
+    pub async fn start(&self) -> Result<(), StoreError> {
+        let head = self.store.event_count().await?;
+        self.head_at_start.store(head, Ordering::Release);
+        Ok(())
+    }
+
+    /// Applies every event readable now; returns how many.
+    pub async fn poll(&self) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let after = self.read().position();
+            let batch = self.store.read_global(after, BATCH).await?;
+            if batch.is_empty() {
+                break;
+            }
+            {
+                let mut metrics = self.metrics.write().unwrap_or_else(|e| e.into_inner());
+                for e in &batch {
+                    metrics.apply(e.position, &e.event);
+                }
+            }
+            total += batch.len();
+            self.applied.fetch_add(batch.len() as i64, Ordering::AcqRel);
+            if (batch.len() as i64) < BATCH {
+                break;
+            }
+        }
+        if !self.caught_up()
+            && self.applied.load(Ordering::Acquire) >= self.head_at_start.load(Ordering::Acquire)
+        {
+            self.caught_up.store(true, Ordering::Release);
+            tracing::info!(
+                events = self.applied.load(Ordering::Acquire),
+                "metrics projection caught up"
+            );
+        }
+        Ok(total)
+    }
+
+    /// Catches up, then tails the store until the process ends. Store errors are logged and
+    /// retried with backoff; the projection never skips an event.
+    pub async fn run(self: Arc<Self>) {
+        let mut wait = Duration::from_millis(10);
+        loop {
+            if self.head_at_start.load(Ordering::Acquire) == i64::MAX {
+                if let Err(e) = self.start().await {
+                    tracing::warn!(error = %e, "cannot count events; retrying");
+                }
+            }
+            match self.poll().await {
+                // More may be readable at once: poll again without waiting.
+                Ok(n) if n > 0 => {
+                    wait = Duration::from_millis(10);
+                    continue;
+                }
+                Ok(_) => wait = (wait * 2).min(MAX_IDLE_WAIT),
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics projection cannot read the store; retrying");
+                    wait = MAX_IDLE_WAIT;
+                }
+            }
+            let _ = tokio::time::timeout(wait, self.wake.notified()).await;
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The domain metrics endpoint: a projection of the stream, the same on every replica, and never
+//! served half-replayed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eucora::app::{AppState, Commands, Principals, StreamReads};
+use eucora::domain::{DomainServices, Policy, SystemClock};
+use eucora::projector::MetricsProjector;
+use reqwest::Method;
+use tower::ServiceExt;
+
+use crate::helpers::{intent_body, Backend, Crew, TestApp, TestDb};
+
+crate::on_both_backends!(
+    the_metrics_endpoints_serve_the_domain_catalogue_of_the_stream,
+    metrics_answer_503_until_the_projection_has_caught_up,
+);
+
+/// Polls a server's metrics until `line` is present (the projection tails within a second).
+async fn metrics_with(app: &TestApp, path: &str, line: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = app.send(Method::GET, path, None, &[], None).await;
+        if reply.status == 200 {
+            let text = reply.body.as_str().unwrap_or_default().to_string();
+            if text.lines().any(|l| l == line) {
+                return text;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never showed `{line}`: {reply:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn the_metrics_endpoints_serve_the_domain_catalogue_of_the_stream(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let crew = Crew::new(&app);
+    let id = app
+        .create(&crew.requester, intent_body("Firefox", 0.8, "CANARY"))
+        .await
+        .id();
+    app.approve(&crew.approver, &id).await;
+    app.deploy(&crew.deployer, &id, "LAB", 10, 10).await;
+    app.promote(&crew.deployer, &id).await;
+    let text = metrics_with(
+        &app,
+        "/api/v1/metrics",
+        "eucora_events_total{event_type=\"RingPromoted\"} 1",
+    )
+    .await;
+    for line in [
+        "deployment_total{status=\"pending\",ring=\"LAB\",app_name=\"Firefox\",requires_cab=\"true\"} 1",
+        "deployment_total{status=\"approved\",ring=\"CANARY\",app_name=\"Firefox\",requires_cab=\"true\"} 1",
+        "deployment_time_to_compliance_seconds_count{ring=\"LAB\",site_class=\"online\"} 1",
+        "ring_promotion_total{from_ring=\"LAB\",to_ring=\"CANARY\",status=\"passed\"} 1",
+        "promotion_gate_success_rate{ring=\"LAB\"} 1",
+        "deployments_in_state{state=\"approved\",ring=\"CANARY\"} 1",
+        "cab_approval_wait_seconds_count{decision=\"approved\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing `{line}`:\n{text}");
+    }
+    let reply = app.send(Method::GET, "/metrics", None, &[], None).await;
+    assert_eq!(
+        reply.headers["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    assert_eq!(
+        reply.body.as_str().unwrap(),
+        text,
+        "both paths serve the same text"
+    );
+}
+
+async fn metrics_answer_503_until_the_projection_has_caught_up(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn_on_shared(&db).await;
+    let crew = Crew::new(&app);
+    for n in 0..3 {
+        app.create(
+            &crew.requester,
+            intent_body(&format!("a{n}"), 0.2, "GLOBAL"),
+        )
+        .await;
+    }
+    drop(app);
+
+    // A projector that has not yet read the six stored events: driven by hand, no timing.
+    let store = db.store().await;
+    let projector = MetricsProjector::new(store.clone(), 10);
+    let services = DomainServices::new(Arc::new(SystemClock), Policy::default());
+    let state = AppState {
+        commands: Arc::new(Commands::new(&store, services)),
+        reads: Arc::new(StreamReads::new(store.clone())),
+        principals: Arc::new(Principals::new(store.clone())),
+        metrics: projector.clone(),
+        store,
+    };
+    let limits = eucora::http::Limits {
+        body_bytes: 65536,
+        request_timeout: Duration::from_secs(5),
+    };
+    let router = eucora::http::router(state, limits);
+    let get = |path: &'static str| {
+        let router = router.clone();
+        async move {
+            let request = axum::http::Request::get(path)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            router.oneshot(request).await.unwrap()
+        }
+    };
+    projector.start().await.unwrap();
+    for path in ["/api/v1/metrics", "/metrics", "/health/ready"] {
+        let response = get(path).await;
+        assert_eq!(response.status(), 503, "{path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        assert!(response.headers().contains_key("retry-after"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !projector.caught_up() {
+        projector.poll().await.unwrap();
+        assert!(Instant::now() < deadline, "never caught up");
+    }
+    assert_eq!(get("/api/v1/metrics").await.status(), 200);
+    assert_eq!(get("/health/ready").await.status(), 200);
+    let text = projector.render().unwrap();
+    assert!(
+        text.contains("eucora_events_total{event_type=\"DeploymentCreated\"} 3"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_postgresql_serve_identical_domain_metrics() {
+    let first = TestApp::spawn(Backend::Postgres).await;
+    let second = first.replica().await;
+    let crew = Crew::new(&first);
+    for n in 0..4 {
+        let risk = if n % 2 == 0 { 0.2 } else { 0.8 };
+        let id = first
+            .create(
+                &crew.requester,
+                intent_body(&format!("app{n}"), risk, "GLOBAL"),
+            )
+            .await
+            .id();
+        if risk > 0.5 {
+            // Decisions through the other replica: both write to one stream.
+            second.approve(&crew.approver, &id).await;
+        }
+        second
+            .deploy(&crew.deployer, &id, "LAB", 100, 90 + n as u64)
+            .await;
+    }
+    let done = "eucora_events_total{event_type=\"DeploymentDeployed\"} 4";
+    let a = metrics_with(&first, "/api/v1/metrics", done).await;
+    let b = metrics_with(&second, "/api/v1/metrics", done).await;
+    assert_eq!(a, b);
+}
