@@ -29,6 +29,21 @@ pub enum CliCommand {
     Token(TokenCommand),
     /// Print one deployment intent's history.
     Events(EventsArgs),
+    /// Rebuild every projection from position 0, verify the stream against its seals, and print
+    /// a digest of the rebuilt domain metrics. Exits non-zero naming the first bad position.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Write the rebuilt domain metrics' exposition text to this file.
+    #[arg(long)]
+    pub metrics_out: Option<PathBuf>,
+    /// As for `serve`: must match the servers' setting for the text to match theirs.
+    #[arg(long, env = "EUCORA_METRICS_APP_LABEL_LIMIT", default_value_t = 200)]
+    pub metrics_app_label_limit: usize,
 }
 
 #[derive(Debug, Clone, Args)]

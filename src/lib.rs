@@ -4,6 +4,7 @@
 //! - [`store`]: the event store on SQLite or PostgreSQL behind cqrs-es, principals, idempotency.
 //! - [`http`]: the axum API, its errors (problem+json) and its OpenAPI document.
 //! - [`projector`]: the projection runner that feeds the global stream to the metrics fold.
+//! - [`replay`]: `eucora replay`, the rebuild from position 0 and the integrity check.
 //! - [`app`]: wiring: builds the store, the command bus and the server from a [`config::Config`].
 //! - [`config`]: the command line and `EUCORA_*` environment.
 
@@ -12,4 +13,5 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod projector;
+pub mod replay;
 pub mod store;

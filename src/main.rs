@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use eucora::app::Application;
-use eucora::config::{Cli, CliCommand, DbArgs, LogFormat, TokenCommand};
+use eucora::config::{Cli, CliCommand, DbArgs, LogFormat, ReplayArgs, TokenCommand};
 use eucora::domain::SystemClock;
 use eucora::http::extract::sha256_hex;
 use eucora::store::Store;
@@ -103,6 +103,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             println!("{token}");
             Ok(())
         }
+        CliCommand::Replay(args) => replay(args).await,
         CliCommand::Events(args) => {
             let store = open(&args.db).await?;
             let events = store
@@ -139,6 +140,39 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+async fn replay(args: ReplayArgs) -> Result<(), String> {
+    use std::io::IsTerminal;
+    let store = open(&args.db).await?;
+    let total = store.event_count().await.map_err(|e| e.to_string())?;
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(total.max(0) as u64).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} replaying [{bar:40}] {pos}/{len} events ({per_sec}, {eta} left)",
+            )
+            .map_err(|e| e.to_string())?
+            .progress_chars("=> "),
+        )
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let report = eucora::replay::replay(&store, args.metrics_app_label_limit, |n| {
+        bar.set_position(n)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    if let Some(path) = &args.metrics_out {
+        std::fs::write(path, &report.metrics)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    println!(
+        "replayed {} events: {} verified against their seals, {} newly sealed",
+        report.events, report.verified, report.sealed
+    );
+    println!("domain metrics sha256:{}", report.digest);
+    Ok(())
 }
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when the

@@ -1,11 +1,13 @@
-//! The projection runner: feeds the global stream to the metrics projection, catching up at
-//! start-up and then tailing the store. The fold itself lives in `eucora-projections` and does no
+//! The projection runner: feeds the global stream to the metrics projection (in memory, rebuilt at
+//! start-up) and to the sealer (persisted: its checkpoint is the last seal), catching up and then
+//! tailing the store. The fold itself lives in `eucora-projections` and does no
 //! I/O; this module owns the reading, the waiting and the "caught up" flag.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use eucora_projections::integrity::Chain;
 use eucora_projections::metrics::Metrics;
 use tokio::sync::Notify;
 
@@ -62,6 +64,34 @@ impl MetricsProjector {
         self.metrics.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Seals every readable event past the last seal; returns how many. Several processes may
+    /// seal at once: they compute the same seals, and an ordinal already sealed is kept.
+    pub async fn seal(&self) -> Result<usize, StoreError> {
+        let last = self.store.last_seal().await?;
+        let (mut chain, mut after) = match &last {
+            Some(seal) => match Chain::resume(seal) {
+                Some(chain) => (chain, seal.position),
+                None => {
+                    return Err(StoreError::Corrupt {
+                        position: seal.position,
+                        reason: format!("seal #{} has a malformed chain hash", seal.ordinal),
+                    })
+                }
+            },
+            None => (Chain::default(), 0),
+        };
+        let mut total = 0;
+        loop {
+            let batch = self.store.read_global(after, BATCH).await?;
+            let Some(last) = batch.last() else { break };
+            after = last.position;
+            let seals: Vec<_> = batch.iter().map(|e| chain.seal(&e.row())).collect();
+            self.store.insert_seals(&seals).await?;
+            total += seals.len();
+        }
+        Ok(total)
+    }
+
     /// Records the store's head: once the projection has applied that many events it is caught up.
     pub async fn start(&self) -> Result<(), StoreError> {
         let head = self.store.event_count().await?;
@@ -78,14 +108,31 @@ impl MetricsProjector {
             if batch.is_empty() {
                 break;
             }
-            {
+            let mut applied = 0;
+            let unreadable = {
                 let mut metrics = self.metrics.write().unwrap_or_else(|e| e.into_inner());
+                let mut unreadable = None;
                 for e in &batch {
-                    metrics.apply(e.position, &e.event);
+                    match &e.event {
+                        Ok(event) => metrics.apply(e.position, event),
+                        // Never skip: stop here, so the projection halts at the bad event.
+                        Err(reason) => {
+                            unreadable = Some(StoreError::Corrupt {
+                                position: e.position,
+                                reason: reason.clone(),
+                            });
+                            break;
+                        }
+                    }
+                    applied += 1;
                 }
+                unreadable
+            };
+            total += applied;
+            self.applied.fetch_add(applied as i64, Ordering::AcqRel);
+            if let Some(corrupt) = unreadable {
+                return Err(corrupt);
             }
-            total += batch.len();
-            self.applied.fetch_add(batch.len() as i64, Ordering::AcqRel);
             if (batch.len() as i64) < BATCH {
                 break;
             }
@@ -111,6 +158,9 @@ impl MetricsProjector {
                 if let Err(e) = self.start().await {
                     tracing::warn!(error = %e, "cannot count events; retrying");
                 }
+            }
+            if let Err(e) = self.seal().await {
+                tracing::warn!(error = %e, "cannot seal the event stream; retrying");
             }
             match self.poll().await {
                 // More may be readable at once: poll again without waiting.

@@ -12,6 +12,7 @@ use cqrs_es::persist::{
 };
 use cqrs_es::Aggregate;
 use eucora_projections::event::{Actor, DeploymentEvent, Role};
+use eucora_projections::integrity::{Seal, StoredRow};
 use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 use sqlite_es::SqliteEventRepository;
@@ -81,17 +82,40 @@ pub struct StoredEvent {
     pub event: DeploymentEvent,
 }
 
-/// One event in the global stream, in the order every reader sees it.
+/// One event in the global stream, in the order every reader sees it, with its row as stored.
 #[derive(Debug, Clone)]
 pub struct GlobalEvent {
     pub position: i64,
+    pub aggregate_type: String,
     pub aggregate_id: String,
     pub sequence: i64,
     pub event_type: String,
+    pub event_version: String,
     /// The payload exactly as stored.
     pub payload: String,
-    pub event: DeploymentEvent,
+    /// The metadata exactly as stored.
+    pub metadata: String,
+    /// The payload parsed, or why it cannot be.
+    pub event: Result<DeploymentEvent, String>,
 }
+
+impl GlobalEvent {
+    /// The stored row, as the integrity chain hashes it.
+    pub fn row(&self) -> StoredRow<'_> {
+        StoredRow {
+            position: self.position,
+            aggregate_type: &self.aggregate_type,
+            aggregate_id: &self.aggregate_id,
+            sequence: self.sequence,
+            event_type: &self.event_type,
+            event_version: &self.event_version,
+            payload: &self.payload,
+            metadata: &self.metadata,
+        }
+    }
+}
+
+type GlobalRow = (i64, String, String, i64, String, String, String, String);
 
 /// What an `Idempotency-Key` reservation found.
 #[derive(Debug, PartialEq)]
@@ -104,6 +128,15 @@ pub enum Reservation {
     Mismatch,
     /// The first request with this key has not been answered yet.
     InFlight,
+}
+
+fn seal((ordinal, position, leaf_hash, chain_hash): (i64, i64, String, String)) -> Seal {
+    Seal {
+        ordinal,
+        position,
+        leaf_hash,
+        chain_hash,
+    }
 }
 
 /// A stored idempotency record: request hash, response status and body (once answered).
@@ -484,7 +517,8 @@ impl Store {
             .collect()
     }
 
-    /// The global stream after the event at `after` (0: from the start), at most `limit` events.
+    /// The global stream after the event at `after` (0: from the very start, whatever positions
+    /// the rows carry), at most `limit` events.
     ///
     /// Every committed event comes exactly once, in an order that never changes once read.
     /// SQLite: position order, which is commit order (one writer). PostgreSQL: positions are taken
@@ -496,11 +530,12 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<GlobalEvent>, StoreError> {
-        let rows: Vec<(i64, String, i64, String, String)> = match &self.db {
+        let rows: Vec<GlobalRow> = match &self.db {
             Db::Sqlite { reader, .. } => {
                 sqlx::query_as(
-                    "SELECT position, aggregate_id, sequence, event_type, payload FROM events
-                      WHERE position > ?1 ORDER BY position LIMIT ?2",
+                    "SELECT position, aggregate_type, aggregate_id, sequence, event_type,
+                            event_version, payload, metadata
+                       FROM events WHERE ?1 = 0 OR position > ?1 ORDER BY position LIMIT ?2",
                 )
                 .bind(after)
                 .bind(limit)
@@ -512,10 +547,11 @@ impl Store {
                     "WITH start AS (
                          SELECT coalesce((SELECT xact_id FROM events WHERE position = $1), '0'::xid8) AS xact
                      )
-                     SELECT position, aggregate_id, sequence, event_type, payload::text
+                     SELECT position, aggregate_type, aggregate_id, sequence, event_type,
+                            event_version, payload::text, metadata::text
                        FROM events, start
                       WHERE events.xact_id < pg_snapshot_xmin(pg_current_snapshot())
-                        AND (events.xact_id, events.position) > (start.xact, $1)
+                        AND ($1 = 0 OR (events.xact_id, events.position) > (start.xact, $1))
                       ORDER BY events.xact_id, events.position
                       LIMIT $2",
                 )
@@ -525,22 +561,115 @@ impl Store {
                 .await?
             }
         };
-        rows.into_iter()
-            .map(|(position, aggregate_id, sequence, event_type, payload)| {
-                let event = serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt {
+        Ok(rows
+            .into_iter()
+            .map(
+                |(
                     position,
-                    reason: e.to_string(),
-                })?;
-                Ok(GlobalEvent {
-                    position,
+                    aggregate_type,
                     aggregate_id,
                     sequence,
                     event_type,
+                    event_version,
                     payload,
-                    event,
-                })
-            })
-            .collect()
+                    metadata,
+                )| {
+                    let event = serde_json::from_str(&payload).map_err(|e| e.to_string());
+                    GlobalEvent {
+                        position,
+                        aggregate_type,
+                        aggregate_id,
+                        sequence,
+                        event_type,
+                        event_version,
+                        payload,
+                        metadata,
+                        event,
+                    }
+                },
+            )
+            .collect())
+    }
+
+    /// The last seal written, if any.
+    pub async fn last_seal(&self) -> Result<Option<Seal>, StoreError> {
+        let sql = "SELECT ordinal, position, leaf_hash, chain_hash FROM event_seals
+                    ORDER BY ordinal DESC LIMIT 1";
+        let row: Option<(i64, i64, String, String)> = match &self.db {
+            Db::Sqlite { reader, .. } => sqlx::query_as(sql).fetch_optional(reader).await?,
+            Db::Postgres(pool) => sqlx::query_as(sql).fetch_optional(pool).await?,
+        };
+        Ok(row.map(seal))
+    }
+
+    /// Seals from `ordinal` on, in order, at most `limit`.
+    pub async fn seals_from(&self, ordinal: i64, limit: i64) -> Result<Vec<Seal>, StoreError> {
+        let rows: Vec<(i64, i64, String, String)> = match &self.db {
+            Db::Sqlite { reader, .. } => {
+                sqlx::query_as(
+                    "SELECT ordinal, position, leaf_hash, chain_hash FROM event_seals
+                      WHERE ordinal >= ?1 ORDER BY ordinal LIMIT ?2",
+                )
+                .bind(ordinal)
+                .bind(limit)
+                .fetch_all(reader)
+                .await?
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT ordinal, position, leaf_hash, chain_hash FROM event_seals
+                      WHERE ordinal >= $1 ORDER BY ordinal LIMIT $2",
+                )
+                .bind(ordinal)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        Ok(rows.into_iter().map(seal).collect())
+    }
+
+    /// Stores seals; an ordinal already sealed (by another process) is left as it is.
+    pub async fn insert_seals(&self, seals: &[Seal]) -> Result<(), StoreError> {
+        if seals.is_empty() {
+            return Ok(());
+        }
+        let ordinals: Vec<i64> = seals.iter().map(|s| s.ordinal).collect();
+        let positions: Vec<i64> = seals.iter().map(|s| s.position).collect();
+        let leaves: Vec<String> = seals.iter().map(|s| s.leaf_hash.clone()).collect();
+        let chains: Vec<String> = seals.iter().map(|s| s.chain_hash.clone()).collect();
+        match &self.db {
+            Db::Sqlite { writer, .. } => {
+                let mut tx = writer.begin().await?;
+                for s in seals {
+                    sqlx::query(
+                        "INSERT INTO event_seals (ordinal, position, leaf_hash, chain_hash)
+                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(s.ordinal)
+                    .bind(s.position)
+                    .bind(&s.leaf_hash)
+                    .bind(&s.chain_hash)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query(
+                    "INSERT INTO event_seals (ordinal, position, leaf_hash, chain_hash)
+                     SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[])
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(ordinals)
+                .bind(positions)
+                .bind(leaves)
+                .bind(chains)
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether an event with this global position exists.

@@ -7,9 +7,11 @@
 //!
 //! - [`event`]: the versioned event payloads and the value types they carry.
 //! - [`intent`]: the per-intent state fold (lifecycle, ring timings, gate results).
+//! - [`integrity`]: the leaf hashes and chain that seal the global stream.
 //! - [`metrics`]: the domain metrics of METRICS.md, rendered as Prometheus text.
 
 pub mod event;
+pub mod integrity;
 pub mod intent;
 pub mod metrics;
 

@@ -4,7 +4,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use eucora_projections::event::{DeploymentEvent, Role};
+use eucora_projections::event::Role;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 use super::error::ApiError;
 use super::extract::Principal;
 use crate::app::AppState;
+use crate::store::StoreError;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(global_stream))
@@ -36,9 +37,9 @@ pub struct GlobalEventOut {
     /// Place in its intent's stream, from 1.
     pub sequence: i64,
     pub event_type: String,
-    /// The stored payload, envelope included.
+    /// The stored payload, envelope included, as stored.
     #[schema(value_type = Object)]
-    pub event: DeploymentEvent,
+    pub event: serde_json::Value,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -76,18 +77,21 @@ async fn global_stream(
     let next_after = (events.len() as i64 == limit)
         .then(|| events.last().map(|e| e.position))
         .flatten();
-    Ok(Json(GlobalPage {
-        next_after,
-        events: events
-            .into_iter()
-            .map(|e| GlobalEventOut {
+    let events = events
+        .into_iter()
+        .map(|e| {
+            let event = serde_json::from_str(&e.payload).map_err(|err| StoreError::Corrupt {
+                position: e.position,
+                reason: err.to_string(),
+            })?;
+            Ok(GlobalEventOut {
                 position: e.position,
                 deployment_id: e.aggregate_id,
                 sequence: e.sequence,
                 event_type: e.event_type,
-                event: e.event,
+                event,
             })
-            .collect(),
-    })
-    .into_response())
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(Json(GlobalPage { next_after, events }).into_response())
 }

@@ -11,4 +11,5 @@ mod global_stream;
 mod idempotency;
 mod lifecycle;
 mod metrics;
+mod replay;
 mod store_contract;

@@ -1,0 +1,244 @@
+//! `eucora replay`: the rebuilt metrics equal the live ones byte for byte, and tampering with the
+//! stored stream is named at its first bad position.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use sha2::Digest;
+use sqlx::Connection;
+
+use crate::helpers::{eucora, intent_body, Backend, Crew, TestApp, TestDb};
+
+crate::on_both_backends!(
+    replay_rebuilds_the_metrics_the_server_serves_byte_for_byte,
+    an_edited_event_is_named_by_replay,
+    a_deleted_event_is_named_by_replay,
+    reordered_events_are_named_by_replay,
+    an_inserted_event_is_named_by_replay,
+    the_projector_seals_what_it_reads_once_and_replay_verifies_it,
+);
+
+/// Some traffic through a real server, then the server stops; returns the global order.
+async fn seeded(backend: Backend) -> (TestDb, Vec<i64>) {
+    let db = TestDb::new(backend).await;
+    {
+        let app = TestApp::spawn_on_shared(&db).await;
+        let crew = Crew::new(&app);
+        for n in 0..3 {
+            let id = app
+                .create(
+                    &crew.requester,
+                    intent_body(&format!("app{n}"), 0.8, "GLOBAL"),
+                )
+                .await
+                .id();
+            app.approve(&crew.approver, &id).await;
+            app.deploy(&crew.deployer, &id, "LAB", 10, 9 + n as u64 % 2)
+                .await;
+        }
+    }
+    let (ok, out, err) = replay(&db, &[]);
+    assert!(ok && out.contains("replayed 9 events"), "{out}{err}");
+    let store = db.store().await;
+    let order = store
+        .read_global(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.position)
+        .collect();
+    (db, order)
+}
+
+fn replay(db: &TestDb, extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec!["replay", "--database-url", &db.url];
+    args.extend_from_slice(extra);
+    eucora(&args)
+}
+
+/// Runs SQL directly against the database with the append-only triggers out of the way.
+async fn tamper(db: &TestDb, backend: Backend, statements: &[String]) {
+    match backend {
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            for s in [
+                "DROP TRIGGER events_refuse_update",
+                "DROP TRIGGER events_refuse_delete",
+            ] {
+                sqlx::query(s).execute(&mut conn).await.unwrap();
+            }
+            for s in statements {
+                sqlx::query(s).execute(&mut conn).await.unwrap();
+            }
+        }
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query("ALTER TABLE events DISABLE TRIGGER USER")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            for s in statements {
+                sqlx::query(s).execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+}
+
+fn assert_names(db: &TestDb, position: i64, kind: &str) {
+    let (ok, out, err) = replay(db, &[]);
+    assert!(!ok, "replay passed a tampered stream: {out}");
+    assert!(
+        err.contains(&format!("integrity check failed at position {position}:"))
+            && err.contains(kind),
+        "expected position {position} ({kind}): {err}"
+    );
+}
+
+async fn replay_rebuilds_the_metrics_the_server_serves_byte_for_byte(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let crew = Crew::new(&app);
+    for n in 0..4 {
+        let id = app
+            .create(
+                &crew.requester,
+                intent_body(&format!("app{n}"), 0.8, "GLOBAL"),
+            )
+            .await
+            .id();
+        app.approve(&crew.approver, &id).await;
+        app.deploy(&crew.deployer, &id, "LAB", 10, 10).await;
+        if n == 3 {
+            app.rollback(&crew.deployer, &id, "crash").await;
+        }
+    }
+    let expected = "eucora_events_total{event_type=\"DeploymentRolledBack\"} 1";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let live = loop {
+        let reply = app
+            .send(Method::GET, "/api/v1/metrics", None, &[], None)
+            .await;
+        let text = reply.body.as_str().unwrap_or_default().to_string();
+        if text.lines().any(|l| l == expected) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "metrics never caught up: {text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let out_file = app.db.dir().join("replayed.prom");
+    let (ok, out, err) = replay(&app.db, &["--metrics-out", out_file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let replayed = std::fs::read_to_string(&out_file).unwrap();
+    assert_eq!(
+        replayed, live,
+        "replayed metrics differ from the live endpoint"
+    );
+    let digest = hex::encode(sha2::Sha256::digest(live.as_bytes()));
+    assert!(
+        out.contains(&format!("domain metrics sha256:{digest}")),
+        "{out}"
+    );
+    assert!(out.contains("replayed 13 events"), "{out}");
+}
+
+async fn an_edited_event_is_named_by_replay(backend: Backend) {
+    let (db, order) = seeded(backend).await;
+    let p = order[3];
+    let sql = match backend {
+        Backend::Sqlite => format!("UPDATE events SET payload = replace(payload, '\"app1\"', '\"evil\"') WHERE position = {p}"),
+        Backend::Postgres => format!("UPDATE events SET payload = replace(payload::text, '\"app1\"', '\"evil\"')::json WHERE position = {p}"),
+    };
+    // Each app wrote Created, Approved, Deployed: order[3] is app1's creation.
+    let store = db.store().await;
+    let target = &store.read_global(0, 100).await.unwrap()[3];
+    assert_eq!(target.event_type, "DeploymentCreated");
+    tamper(&db, backend, &[sql]).await;
+    assert_names(&db, p, "edited");
+}
+
+async fn a_deleted_event_is_named_by_replay(backend: Backend) {
+    let (db, order) = seeded(backend).await;
+    tamper(
+        &db,
+        backend,
+        &[format!("DELETE FROM events WHERE position = {}", order[2])],
+    )
+    .await;
+    assert_names(&db, order[2], "missing");
+    // The last event too: nothing follows it, the seals still remember it.
+    let (db, order) = seeded(backend).await;
+    tamper(
+        &db,
+        backend,
+        &[format!("DELETE FROM events WHERE position = {}", order[8])],
+    )
+    .await;
+    assert_names(&db, order[8], "missing");
+}
+
+async fn reordered_events_are_named_by_replay(backend: Backend) {
+    let (db, order) = seeded(backend).await;
+    let (a, b) = (order[3], order[6]);
+    let sql = match backend {
+        Backend::Sqlite => format!(
+            "UPDATE events SET payload = CASE position WHEN {a} THEN (SELECT payload FROM events WHERE position = {b})
+                                                       ELSE (SELECT payload FROM events WHERE position = {a}) END
+              WHERE position IN ({a}, {b})"
+        ),
+        Backend::Postgres => format!(
+            "UPDATE events SET payload = CASE position WHEN {a} THEN (SELECT payload FROM events WHERE position = {b})
+                                                       ELSE (SELECT payload FROM events WHERE position = {a}) END
+              WHERE position IN ({a}, {b})"
+        ),
+    };
+    tamper(&db, backend, &[sql]).await;
+    assert_names(&db, a, "edited");
+}
+
+async fn an_inserted_event_is_named_by_replay(backend: Backend) {
+    let (db, order) = seeded(backend).await;
+    // A forged copy of the first event, placed before every sealed one.
+    let sql = match backend {
+        Backend::Sqlite => format!(
+            "INSERT INTO events (position, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+             SELECT 0, aggregate_type, 'forged', sequence, event_type, event_version, payload, metadata
+               FROM events WHERE position = {}",
+            order[0]
+        ),
+        Backend::Postgres => format!(
+            "INSERT INTO events (position, xact_id, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+             OVERRIDING SYSTEM VALUE
+             SELECT 0, '3'::xid8, aggregate_type, 'forged', sequence, event_type, event_version, payload, metadata
+               FROM events WHERE position = {}",
+            order[0]
+        ),
+    };
+    tamper(&db, backend, &[sql]).await;
+    assert_names(&db, 0, "inserted");
+}
+
+async fn the_projector_seals_what_it_reads_once_and_replay_verifies_it(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    {
+        let app = TestApp::spawn_on_shared(&db).await;
+        let crew = Crew::new(&app);
+        for n in 0..2 {
+            app.create(
+                &crew.requester,
+                intent_body(&format!("s{n}"), 0.2, "GLOBAL"),
+            )
+            .await;
+        }
+    }
+    let store = db.store().await;
+    let projector = eucora::projector::MetricsProjector::new(store.clone(), 10);
+    let mut sealed = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.last_seal().await.unwrap().map_or(0, |s| s.ordinal) < 4 {
+        sealed += projector.seal().await.unwrap();
+        assert!(Instant::now() < deadline, "never sealed all four events");
+    }
+    assert!(sealed <= 4, "an event was sealed twice");
+    assert_eq!(projector.seal().await.unwrap(), 0, "nothing new to seal");
+    let report = eucora::replay::replay(&store, 10, |_| {}).await.unwrap();
+    assert_eq!((report.events, report.verified, report.sealed), (4, 4, 0));
+}
