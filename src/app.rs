@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::domain::{Command, DeploymentIntent, DomainError, DomainServices};
 use crate::store::{is_unavailable, EventRepo, Store, StoreError, StreamCache};
+use crate::telemetry::Telemetry;
 
 /// How often a command that lost an optimistic-concurrency race is checked again.
 const MAX_ATTEMPTS: usize = 10;
@@ -58,6 +59,7 @@ pub struct Commands {
     events: PersistedEventStore<EventRepo, DeploymentIntent>,
     cache: Arc<StreamCache>,
     services: DomainServices,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Commands {
@@ -67,7 +69,14 @@ impl Commands {
             cache: repo.cache(),
             events: PersistedEventStore::new_event_store(repo),
             services,
+            telemetry: None,
         }
+    }
+
+    /// Records append durations in these process metrics.
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
     }
 
     /// Applies `command` to intent `id` and returns the intent as the command left it. A
@@ -92,11 +101,20 @@ impl Commands {
                 return Err(refusal.into());
             }
             let state = context.aggregate().state().cloned();
-            match self
+            let started = Instant::now();
+            let committed = self
                 .events
                 .commit(sink.collect().await, context, HashMap::new())
-                .await
-            {
+                .await;
+            if let Some(t) = &self.telemetry {
+                let outcome = match &committed {
+                    Ok(_) => "ok",
+                    Err(AggregateError::AggregateConflict) => "conflict",
+                    Err(_) => "error",
+                };
+                t.record_append(outcome, started.elapsed());
+            }
+            match committed {
                 Ok(_) => {
                     return state.ok_or_else(|| {
                         CommandError::Internal("a command left no intent state".into())
@@ -249,6 +267,7 @@ pub struct AppState {
     pub reads: Arc<dyn IntentReader>,
     pub principals: Arc<Principals>,
     pub metrics: Arc<crate::projector::MetricsProjector>,
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// A bound, ready-to-run server: `main` and the tests build it the same way, and port 0 works.
@@ -265,6 +284,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Policy(#[from] crate::domain::policy::PolicyError),
+    #[error("{0}")]
+    Telemetry(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -284,14 +305,19 @@ impl Application {
         };
         let store = Store::connect(&args.db.database_url, args.db.db_pool_size).await?;
         store.migrate().await?;
+        let metrics =
+            crate::projector::MetricsProjector::new(store.clone(), args.metrics_app_label_limit);
+        let telemetry = Arc::new(
+            Telemetry::new(store.backend(), metrics.clone()).map_err(StartError::Telemetry)?,
+        );
+        let commands = Commands::new(&store, DomainServices::new(clock, policy))
+            .with_telemetry(telemetry.clone());
         let state = AppState {
-            commands: Arc::new(Commands::new(&store, DomainServices::new(clock, policy))),
+            commands: Arc::new(commands),
             reads: Arc::new(StreamReads::new(store.clone())),
             principals: Arc::new(Principals::new(store.clone())),
-            metrics: crate::projector::MetricsProjector::new(
-                store.clone(),
-                args.metrics_app_label_limit,
-            ),
+            metrics,
+            telemetry,
             store,
         };
         let limits = crate::http::Limits {

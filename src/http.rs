@@ -9,7 +9,7 @@ pub mod extract;
 
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -74,11 +74,33 @@ pub fn router(state: AppState, limits: Limits) -> Router {
     .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
     .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
     .layer(DefaultBodyLimit::max(limits.body_bytes))
+    .layer(middleware::from_fn_with_state(
+        state.clone(),
+        record_request,
+    ))
     .layer(middleware::from_fn(move |req: Request, next: Next| {
         time_limit(timeout, req, next)
     }))
     .layer(middleware::from_fn(correlation::middleware))
     .with_state(state)
+}
+
+/// Records each request's duration under its route template (never the raw path).
+async fn record_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let response = next.run(req).await;
+    state.telemetry.record_request(
+        &method,
+        route.as_deref(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// Answers 503 problem+json when a request runs past the limit. The command in flight either
@@ -98,10 +120,11 @@ async fn live() -> impl IntoResponse {
     Json(json!({ "status": "live" }))
 }
 
-/// The Prometheus exposition text; 503 until the projection has caught up, so a scrape never
+/// The Prometheus exposition text, domain metrics first, then process metrics; 503 until the projection has caught up, so a scrape never
 /// sees a half-replayed state.
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let text = state.metrics.render().ok_or_else(catching_up)?;
+    let mut text = state.metrics.render().ok_or_else(catching_up)?;
+    text.push_str(&state.telemetry.render());
     Ok(([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text))
 }
 

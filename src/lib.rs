@@ -6,6 +6,7 @@
 //! - [`projector`]: the projection runner that feeds the global stream to the metrics fold.
 //! - [`replay`]: `eucora replay`, the rebuild from position 0 and the integrity check.
 //! - [`app`]: wiring: builds the store, the command bus and the server from a [`config::Config`].
+//! - [`telemetry`]: process metrics through OpenTelemetry and opentelemetry-prometheus.
 //! - [`config`]: the command line and `EUCORA_*` environment.
 
 pub mod app;
@@ -15,3 +16,4 @@ pub mod http;
 pub mod projector;
 pub mod replay;
 pub mod store;
+pub mod telemetry;

@@ -27,8 +27,13 @@ pub struct MetricsProjector {
     /// Events in the store when the runner started; reaching them is "caught up".
     head_at_start: AtomicI64,
     caught_up: AtomicBool,
+    /// Events in the store when last counted (at start, then every `RECOUNT`).
+    head: AtomicI64,
     wake: Notify,
 }
+
+/// How often the runner counts the store's events to report its lag.
+const RECOUNT: Duration = Duration::from_secs(5);
 
 impl MetricsProjector {
     pub fn new(store: Store, app_label_limit: usize) -> Arc<Self> {
@@ -38,6 +43,7 @@ impl MetricsProjector {
             applied: AtomicI64::new(0),
             head_at_start: AtomicI64::new(i64::MAX),
             caught_up: AtomicBool::new(false),
+            head: AtomicI64::new(0),
             wake: Notify::new(),
         })
     }
@@ -53,6 +59,11 @@ impl MetricsProjector {
             return None;
         }
         Some(self.read().render())
+    }
+
+    /// Events stored but not yet applied, as of the last count (at most `RECOUNT` old).
+    pub fn lag(&self) -> i64 {
+        (self.head.load(Ordering::Acquire) - self.applied.load(Ordering::Acquire)).max(0)
     }
 
     /// Tells the runner that this process appended events.
@@ -95,6 +106,7 @@ impl MetricsProjector {
     /// Records the store's head: once the projection has applied that many events it is caught up.
     pub async fn start(&self) -> Result<(), StoreError> {
         let head = self.store.event_count().await?;
+        self.head.store(head, Ordering::Release);
         self.head_at_start.store(head, Ordering::Release);
         Ok(())
     }
@@ -153,10 +165,17 @@ impl MetricsProjector {
     /// retried with backoff; the projection never skips an event.
     pub async fn run(self: Arc<Self>) {
         let mut wait = Duration::from_millis(10);
+        let mut counted = std::time::Instant::now();
         loop {
             if self.head_at_start.load(Ordering::Acquire) == i64::MAX {
                 if let Err(e) = self.start().await {
                     tracing::warn!(error = %e, "cannot count events; retrying");
+                }
+            } else if counted.elapsed() > RECOUNT {
+                counted = std::time::Instant::now();
+                match self.store.event_count().await {
+                    Ok(n) => self.head.store(n, Ordering::Release),
+                    Err(e) => tracing::warn!(error = %e, "cannot count events"),
                 }
             }
             if let Err(e) = self.seal().await {

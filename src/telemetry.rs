@@ -1,0 +1,110 @@
+//! Process metrics through OpenTelemetry, exported with opentelemetry-prometheus: the one place
+//! that builds the meter provider and its instruments. Domain metrics are not here: they are a
+//! projection of the event stream (`eucora_projections::metrics`), rendered by the fold, because
+//! OpenTelemetry has no asynchronous histogram to expose a replayed one without re-recording it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::metrics::{Histogram, MeterProvider};
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use prometheus::{Encoder, TextEncoder};
+
+use crate::projector::MetricsProjector;
+use crate::store::Backend;
+
+/// OpenTelemetry's recommended buckets for HTTP server durations, in seconds.
+const HTTP_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// The process's instruments and the registry they are exported through.
+pub struct Telemetry {
+    registry: prometheus::Registry,
+    // Kept alive: dropping the provider stops collection.
+    _provider: SdkMeterProvider,
+    http_duration: Histogram<f64>,
+    append_duration: Histogram<f64>,
+    backend: &'static str,
+}
+
+impl Telemetry {
+    pub fn new(backend: Backend, projector: Arc<MetricsProjector>) -> Result<Telemetry, String> {
+        let registry = prometheus::Registry::new();
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .without_target_info()
+            .scope_info_enabled(false)
+            .build()
+            .map_err(|e| format!("cannot build the Prometheus exporter: {e}"))?;
+        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+        let meter = provider.meter("eucora");
+        let http_duration = meter
+            .f64_histogram("http.server.request.duration")
+            .with_unit("s")
+            .with_description("Duration of HTTP server requests.")
+            .with_boundaries(HTTP_BUCKETS.to_vec())
+            .build();
+        let append_duration = meter
+            .f64_histogram("eucora.store.append.duration")
+            .with_unit("s")
+            .with_description("Duration of event appends to the store, by outcome.")
+            .with_boundaries(HTTP_BUCKETS.to_vec())
+            .build();
+        let lag_source = projector.clone();
+        meter
+            .i64_observable_gauge("eucora.projection.lag_events")
+            .with_description("Events stored but not yet applied by the projection.")
+            .with_callback(move |gauge| {
+                gauge.observe(lag_source.lag(), &[KeyValue::new("projection", "metrics")]);
+            })
+            .build();
+        let info = [
+            KeyValue::new("version", env!("CARGO_PKG_VERSION")),
+            KeyValue::new("backend", backend.as_str()),
+        ];
+        meter
+            .i64_observable_gauge("eucora.build_info")
+            .with_description("Always 1: the version and store backend of this process.")
+            .with_callback(move |gauge| gauge.observe(1, &info))
+            .build();
+        Ok(Telemetry {
+            registry,
+            _provider: provider,
+            http_duration,
+            append_duration,
+            backend: backend.as_str(),
+        })
+    }
+
+    /// Records one HTTP request; `route` is the matched route template, never the raw path.
+    pub fn record_request(&self, method: &str, route: Option<&str>, status: u16, took: Duration) {
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", method.to_string()),
+            KeyValue::new("http.response.status_code", i64::from(status)),
+        ];
+        if let Some(route) = route {
+            attributes.push(KeyValue::new("http.route", route.to_string()));
+        }
+        self.http_duration.record(took.as_secs_f64(), &attributes);
+    }
+
+    /// Records one append: `outcome` is `ok`, `conflict` or `error`.
+    pub fn record_append(&self, outcome: &'static str, took: Duration) {
+        let attributes = [
+            KeyValue::new("backend", self.backend),
+            KeyValue::new("outcome", outcome),
+        ];
+        self.append_duration.record(took.as_secs_f64(), &attributes);
+    }
+
+    /// The process metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "cannot encode process metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
