@@ -11,11 +11,11 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use eucora_projections::event::Actor;
-use eucora_projections::event::{Ring, Status};
 use eucora_projections::intent::IntentState;
 use uuid::Uuid;
 
 use crate::domain::{Command, DeploymentIntent, DomainError, DomainServices};
+pub use crate::store::ListFilter;
 use crate::store::{is_unavailable, EventRepo, Store, StoreError, StreamCache};
 use crate::telemetry::Telemetry;
 
@@ -132,22 +132,6 @@ fn unavailable(e: Box<dyn std::error::Error + Send + Sync>) -> StoreError {
     StoreError::Unavailable(sqlx::Error::Io(std::io::Error::other(e.to_string())))
 }
 
-/// Filters of `GET /api/v1/deployments`.
-#[derive(Debug, Default, Clone)]
-pub struct ListFilter {
-    pub status: Option<Status>,
-    pub ring: Option<Ring>,
-    pub app_name: Option<String>,
-}
-
-impl ListFilter {
-    pub fn matches(&self, s: &IntentState) -> bool {
-        self.status.is_none_or(|v| v == s.status)
-            && self.ring.is_none_or(|v| v == s.current_ring)
-            && self.app_name.as_ref().is_none_or(|v| *v == s.app_name)
-    }
-}
-
 /// One page of intents, in creation order, and where the next page starts.
 #[derive(Debug)]
 pub struct Page {
@@ -155,8 +139,7 @@ pub struct Page {
     pub next_cursor: Option<i64>,
 }
 
-/// Where reads are served from. Today the stream of each intent is folded on request; the
-/// checkpointed read model replaces this implementation without touching the HTTP layer.
+/// Where reads are served from.
 #[async_trait]
 pub trait IntentReader: Send + Sync {
     async fn get(&self, id: Uuid) -> Result<Option<IntentState>, StoreError>;
@@ -164,19 +147,21 @@ pub trait IntentReader: Send + Sync {
         -> Result<Page, StoreError>;
 }
 
-/// Reads by folding each intent's stream through [`IntentState::fold`].
-pub struct StreamReads {
+/// One intent is folded from its own stream on request: one indexed read, always current, so a
+/// client reads its own writes. Lists come from the persisted read model, which the projection
+/// runner keeps within a second of the store.
+pub struct ReadModel {
     store: Store,
 }
 
-impl StreamReads {
+impl ReadModel {
     pub fn new(store: Store) -> Self {
-        StreamReads { store }
+        ReadModel { store }
     }
 }
 
 #[async_trait]
-impl IntentReader for StreamReads {
+impl IntentReader for ReadModel {
     async fn get(&self, id: Uuid) -> Result<Option<IntentState>, StoreError> {
         let events = self.store.intent_events(id).await?;
         Ok(IntentState::replay(events.iter().map(|e| &e.event)))
@@ -188,33 +173,17 @@ impl IntentReader for StreamReads {
         after: i64,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        const BATCH: i64 = 200;
-        let mut items = Vec::new();
-        let mut cursor = after;
-        loop {
-            let batch = self.store.intents_created_after(cursor, BATCH).await?;
-            let exhausted = (batch.len() as i64) < BATCH;
-            for (position, id) in batch {
-                cursor = position;
-                if let Some(state) = self.get(id).await? {
-                    if filter.matches(&state) {
-                        items.push(state);
-                        if items.len() == limit {
-                            return Ok(Page {
-                                items,
-                                next_cursor: Some(cursor),
-                            });
-                        }
-                    }
-                }
-            }
-            if exhausted {
-                return Ok(Page {
-                    items,
-                    next_cursor: None,
-                });
-            }
-        }
+        // One extra row tells whether another page follows.
+        let mut rows = self
+            .store
+            .list_intents(filter, after, limit as i64 + 1)
+            .await?;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        Ok(Page {
+            next_cursor: more.then(|| rows.last().map(|r| r.seq)).flatten(),
+            items: rows.into_iter().map(|r| r.state).collect(),
+        })
     }
 }
 
@@ -314,7 +283,7 @@ impl Application {
             .with_telemetry(telemetry.clone());
         let state = AppState {
             commands: Arc::new(commands),
-            reads: Arc::new(StreamReads::new(store.clone())),
+            reads: Arc::new(ReadModel::new(store.clone())),
             principals: Arc::new(Principals::new(store.clone())),
             metrics,
             telemetry,

@@ -11,8 +11,12 @@ use eucora_projections::integrity::Chain;
 use eucora_projections::metrics::Metrics;
 use tokio::sync::Notify;
 
-use crate::store::{Store, StoreError};
+use eucora_projections::intent::IntentState;
 
+use crate::store::{Checkpoint, IntentRow, Store, StoreError};
+
+/// The intent read model's name in `projection_checkpoints`.
+pub const INTENTS: &str = "intents";
 /// Events read per batch.
 const BATCH: i64 = 1000;
 /// The longest wait between polls when the stream is idle; a write in this process wakes it
@@ -27,6 +31,8 @@ pub struct MetricsProjector {
     /// Events in the store when the runner started; reaching them is "caught up".
     head_at_start: AtomicI64,
     caught_up: AtomicBool,
+    /// Events the persisted intent read model has applied (its checkpoint's ordinal).
+    intents_applied: AtomicI64,
     /// Events in the store when last counted (at start, then every `RECOUNT`).
     head: AtomicI64,
     wake: Notify,
@@ -44,11 +50,13 @@ impl MetricsProjector {
             head_at_start: AtomicI64::new(i64::MAX),
             caught_up: AtomicBool::new(false),
             head: AtomicI64::new(0),
+            intents_applied: AtomicI64::new(0),
             wake: Notify::new(),
         })
     }
 
-    /// Whether the projection has reached the store's head as it was at start-up.
+    /// Whether the projections (metrics and the intent read model) have reached the store's head
+    /// as it was at start-up.
     pub fn caught_up(&self) -> bool {
         self.caught_up.load(Ordering::Acquire)
     }
@@ -103,6 +111,57 @@ impl MetricsProjector {
         Ok(total)
     }
 
+    /// Brings the persisted intent read model up to date from its checkpoint; returns how many
+    /// events it applied. Rows only move forward, so another process doing the same is harmless.
+    pub async fn project_intents(&self) -> Result<usize, StoreError> {
+        let mut checkpoint = self.store.checkpoint(INTENTS).await?;
+        self.intents_applied
+            .store(checkpoint.ordinal, Ordering::Release);
+        let mut total = 0;
+        loop {
+            let batch = self.store.read_global(checkpoint.position, BATCH).await?;
+            if batch.is_empty() {
+                break;
+            }
+            let ids: Vec<String> = batch.iter().map(|e| e.aggregate_id.clone()).collect();
+            let mut rows = self.store.intent_rows(&ids).await?;
+            let mut changed: Vec<String> = Vec::new();
+            for e in &batch {
+                let event = e.event.as_ref().map_err(|reason| StoreError::Corrupt {
+                    position: e.position,
+                    reason: reason.clone(),
+                })?;
+                checkpoint = Checkpoint {
+                    position: e.position,
+                    ordinal: checkpoint.ordinal + 1,
+                };
+                let current = rows.get(&e.aggregate_id);
+                if current.is_some_and(|r| e.sequence as u64 <= r.state.stream_version) {
+                    continue; // applied already, by this runner before a restart or by another
+                }
+                let seq = current.map_or(checkpoint.ordinal, |r| r.seq);
+                let folded = IntentState::fold(current.map(|r| r.state.clone()), event);
+                if let Some(state) = folded {
+                    rows.insert(e.aggregate_id.clone(), IntentRow { seq, state });
+                    changed.push(e.aggregate_id.clone());
+                }
+            }
+            changed.sort();
+            changed.dedup();
+            let changed: Vec<IntentRow> = changed
+                .iter()
+                .filter_map(|id| rows.get(id).cloned())
+                .collect();
+            self.store
+                .save_intents(INTENTS, &changed, checkpoint)
+                .await?;
+            self.intents_applied
+                .store(checkpoint.ordinal, Ordering::Release);
+            total += batch.len();
+        }
+        Ok(total)
+    }
+
     /// Records the store's head: once the projection has applied that many events it is caught up.
     pub async fn start(&self) -> Result<(), StoreError> {
         let head = self.store.event_count().await?;
@@ -149,8 +208,10 @@ impl MetricsProjector {
                 break;
             }
         }
+        let head = self.head_at_start.load(Ordering::Acquire);
         if !self.caught_up()
-            && self.applied.load(Ordering::Acquire) >= self.head_at_start.load(Ordering::Acquire)
+            && self.applied.load(Ordering::Acquire) >= head
+            && self.intents_applied.load(Ordering::Acquire) >= head
         {
             self.caught_up.store(true, Ordering::Release);
             tracing::info!(
@@ -180,6 +241,9 @@ impl MetricsProjector {
             }
             if let Err(e) = self.seal().await {
                 tracing::warn!(error = %e, "cannot seal the event stream; retrying");
+            }
+            if let Err(e) = self.project_intents().await {
+                tracing::warn!(error = %e, "cannot update the intent read model; retrying");
             }
             match self.poll().await {
                 // More may be readable at once: poll again without waiting.

@@ -1,5 +1,6 @@
-//! `eucora replay`: rebuild the projections from position 0 and verify the stream's integrity
-//! against its seals, naming the first position that disagrees.
+//! `eucora replay`: rebuild the projections from position 0 (the metrics in memory, the intent read
+//! model in the store) and verify the stream's integrity against its seals, naming the first
+//! position that disagrees.
 //!
 //! What the seals detect, for every event already sealed: an edited row (any column), a deleted
 //! event, an event inserted among sealed ones, and events reordered or moved. What they do not
@@ -11,6 +12,7 @@ use eucora_projections::integrity::{Chain, Seal};
 use eucora_projections::metrics::Metrics;
 use sha2::{Digest, Sha256};
 
+use crate::projector::{MetricsProjector, INTENTS};
 use crate::store::{GlobalEvent, Store, StoreError};
 
 const BATCH: i64 = 5000;
@@ -153,6 +155,14 @@ pub async fn replay(
     }
     for part in fresh.chunks(BATCH as usize) {
         store.insert_seals(part).await?;
+    }
+    // The persisted intent read model, rebuilt from position 0 by the runner's own step.
+    store.reset_intent_view(INTENTS).await?;
+    let runner = MetricsProjector::new(store.clone(), app_label_limit);
+    while store.checkpoint(INTENTS).await?.ordinal < events as i64 {
+        if runner.project_intents().await? == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
     let text = metrics.render();
     Ok(ReplayReport {

@@ -11,8 +11,9 @@ use cqrs_es::persist::{
     PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
 };
 use cqrs_es::Aggregate;
-use eucora_projections::event::{Actor, DeploymentEvent, Role};
+use eucora_projections::event::{Actor, DeploymentEvent, Ring, Role, Status};
 use eucora_projections::integrity::{Seal, StoredRow};
+use eucora_projections::intent::IntentState;
 use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 use sqlite_es::SqliteEventRepository;
@@ -117,6 +118,29 @@ impl GlobalEvent {
 
 type GlobalRow = (i64, String, String, i64, String, String, String, String);
 
+/// Filters of the intent list.
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    pub status: Option<Status>,
+    pub ring: Option<Ring>,
+    pub app_name: Option<String>,
+}
+
+/// One row of the intent read model.
+#[derive(Debug, Clone)]
+pub struct IntentRow {
+    /// Ordinal of the intent's creation event in the global order: the list's sort key.
+    pub seq: i64,
+    pub state: IntentState,
+}
+
+/// Where a persisted projection has read up to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub position: i64,
+    pub ordinal: i64,
+}
+
 /// What an `Idempotency-Key` reservation found.
 #[derive(Debug, PartialEq)]
 pub enum Reservation {
@@ -128,6 +152,13 @@ pub enum Reservation {
     Mismatch,
     /// The first request with this key has not been answered yet.
     InFlight,
+}
+
+fn read_state(seq: i64, state: &str) -> Result<IntentState, StoreError> {
+    serde_json::from_str(state).map_err(|e| StoreError::Corrupt {
+        position: seq,
+        reason: format!("intent read model row {seq}: {e}"),
+    })
 }
 
 fn seal((ordinal, position, leaf_hash, chain_hash): (i64, i64, String, String)) -> Seal {
@@ -692,45 +723,229 @@ impl Store {
         })
     }
 
-    /// Intents in creation order after the creation event at `after`: (position, id).
-    pub async fn intents_created_after(
+    /// The checkpoint of a persisted projection (zero before its first batch).
+    pub async fn checkpoint(&self, projection: &str) -> Result<Checkpoint, StoreError> {
+        let row: Option<(i64, i64)> =
+            match &self.db {
+                Db::Sqlite { reader, .. } => sqlx::query_as(
+                    "SELECT position, ordinal FROM projection_checkpoints WHERE projection = ?1",
+                )
+                .bind(projection)
+                .fetch_optional(reader)
+                .await?,
+                Db::Postgres(pool) => sqlx::query_as(
+                    "SELECT position, ordinal FROM projection_checkpoints WHERE projection = $1",
+                )
+                .bind(projection)
+                .fetch_optional(pool)
+                .await?,
+            };
+        Ok(
+            row.map_or_else(Checkpoint::default, |(position, ordinal)| Checkpoint {
+                position,
+                ordinal,
+            }),
+        )
+    }
+
+    /// Empties the intent read model and its checkpoint, for a rebuild from position 0.
+    pub async fn reset_intent_view(&self, projection: &str) -> Result<(), StoreError> {
+        match &self.db {
+            Db::Sqlite { writer, .. } => {
+                let mut tx = writer.begin().await?;
+                sqlx::query("DELETE FROM intent_view")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM projection_checkpoints WHERE projection = ?1")
+                    .bind(projection)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("DELETE FROM intent_view")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM projection_checkpoints WHERE projection = $1")
+                    .bind(projection)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Read-model rows of these intents, by id.
+    pub async fn intent_rows(
         &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, IntentRow>, StoreError> {
+        let mut rows = HashMap::new();
+        if ids.is_empty() {
+            return Ok(rows);
+        }
+        let found: Vec<(String, i64, String)> = match &self.db {
+            Db::Sqlite { reader, .. } => {
+                let list = serde_json::to_string(ids).unwrap_or_default();
+                sqlx::query_as(
+                    "SELECT id, seq, state FROM intent_view WHERE id IN (SELECT value FROM json_each(?1))",
+                )
+                .bind(list)
+                .fetch_all(reader)
+                .await?
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_as("SELECT id, seq, state FROM intent_view WHERE id = ANY($1)")
+                    .bind(ids)
+                    .fetch_all(pool)
+                    .await?
+            }
+        };
+        for (id, seq, state) in found {
+            rows.insert(
+                id,
+                IntentRow {
+                    seq,
+                    state: read_state(seq, &state)?,
+                },
+            );
+        }
+        Ok(rows)
+    }
+
+    /// Stores changed read-model rows and the projection's checkpoint in one transaction. A row
+    /// only moves forward (to a higher stream version) and so does the checkpoint, so runners in
+    /// several processes may apply the same batch.
+    pub async fn save_intents(
+        &self,
+        projection: &str,
+        rows: &[IntentRow],
+        checkpoint: Checkpoint,
+    ) -> Result<(), StoreError> {
+        let encoded: Vec<(&IntentRow, String)> = rows
+            .iter()
+            .map(|r| (r, serde_json::to_string(&r.state).unwrap_or_default()))
+            .collect();
+        match &self.db {
+            Db::Sqlite { writer, .. } => {
+                let mut tx = writer.begin().await?;
+                for (row, state) in &encoded {
+                    sqlx::query(
+                        "INSERT INTO intent_view (id, seq, status, current_ring, app_name, stream_version, state)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT (id) DO UPDATE SET status = excluded.status,
+                             current_ring = excluded.current_ring, stream_version = excluded.stream_version,
+                             state = excluded.state
+                         WHERE excluded.stream_version > intent_view.stream_version",
+                    )
+                    .bind(row.state.id.to_string())
+                    .bind(row.seq)
+                    .bind(row.state.status.as_str())
+                    .bind(row.state.current_ring.as_str())
+                    .bind(&row.state.app_name)
+                    .bind(row.state.stream_version as i64)
+                    .bind(state)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                sqlx::query(
+                    "INSERT INTO projection_checkpoints (projection, position, ordinal) VALUES (?3, ?1, ?2)
+                     ON CONFLICT (projection) DO UPDATE SET position = excluded.position, ordinal = excluded.ordinal
+                     WHERE excluded.ordinal > projection_checkpoints.ordinal",
+                )
+                .bind(checkpoint.position)
+                .bind(checkpoint.ordinal)
+                .bind(projection)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+            }
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                for (row, state) in &encoded {
+                    sqlx::query(
+                        "INSERT INTO intent_view (id, seq, status, current_ring, app_name, stream_version, state)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)
+                         ON CONFLICT (id) DO UPDATE SET status = excluded.status,
+                             current_ring = excluded.current_ring, stream_version = excluded.stream_version,
+                             state = excluded.state
+                         WHERE excluded.stream_version > intent_view.stream_version",
+                    )
+                    .bind(row.state.id.to_string())
+                    .bind(row.seq)
+                    .bind(row.state.status.as_str())
+                    .bind(row.state.current_ring.as_str())
+                    .bind(&row.state.app_name)
+                    .bind(row.state.stream_version as i64)
+                    .bind(state)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                sqlx::query(
+                    "INSERT INTO projection_checkpoints (projection, position, ordinal) VALUES ($3, $1, $2)
+                     ON CONFLICT (projection) DO UPDATE SET position = excluded.position, ordinal = excluded.ordinal
+                     WHERE excluded.ordinal > projection_checkpoints.ordinal",
+                )
+                .bind(checkpoint.position)
+                .bind(checkpoint.ordinal)
+                .bind(projection)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Intents in creation order after `after` (a `seq`), filtered, at most `limit`.
+    pub async fn list_intents(
+        &self,
+        filter: &ListFilter,
         after: i64,
         limit: i64,
-    ) -> Result<Vec<(i64, Uuid)>, StoreError> {
+    ) -> Result<Vec<IntentRow>, StoreError> {
+        let status = filter.status.map(Status::as_str);
+        let ring = filter.ring.map(Ring::as_str);
         let rows: Vec<(i64, String)> = match &self.db {
             Db::Sqlite { reader, .. } => {
                 sqlx::query_as(
-                    "SELECT position, aggregate_id FROM events
-                      WHERE aggregate_type = ?1 AND sequence = 1 AND position > ?2
-                      ORDER BY position LIMIT ?3",
+                    "SELECT seq, state FROM intent_view
+                      WHERE seq > ?1 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR current_ring = ?3)
+                        AND (?4 IS NULL OR app_name = ?4)
+                      ORDER BY seq LIMIT ?5",
                 )
-                .bind(DeploymentIntent::TYPE)
                 .bind(after)
+                .bind(status)
+                .bind(ring)
+                .bind(filter.app_name.as_deref())
                 .bind(limit)
                 .fetch_all(reader)
                 .await?
             }
             Db::Postgres(pool) => {
                 sqlx::query_as(
-                    "SELECT position, aggregate_id FROM events
-                      WHERE aggregate_type = $1 AND sequence = 1 AND position > $2
-                      ORDER BY position LIMIT $3",
+                    "SELECT seq, state FROM intent_view
+                      WHERE seq > $1 AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR current_ring = $3)
+                        AND ($4::text IS NULL OR app_name = $4)
+                      ORDER BY seq LIMIT $5",
                 )
-                .bind(DeploymentIntent::TYPE)
                 .bind(after)
+                .bind(status)
+                .bind(ring)
+                .bind(filter.app_name.as_deref())
                 .bind(limit)
                 .fetch_all(pool)
                 .await?
             }
         };
         rows.into_iter()
-            .map(|(position, id)| {
-                let id = Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt {
-                    position,
-                    reason: format!("aggregate id {id:?}: {e}"),
-                })?;
-                Ok((position, id))
+            .map(|(seq, state)| {
+                Ok(IntentRow {
+                    seq,
+                    state: read_state(seq, &state)?,
+                })
             })
             .collect()
     }

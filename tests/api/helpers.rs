@@ -421,6 +421,25 @@ impl TestApp {
     pub async fn event_count(&self) -> i64 {
         self.db.event_count().await
     }
+
+    /// Lists come from the read model, which follows the store within a second: poll a list
+    /// until it holds `n` items.
+    pub async fn list_until(&self, token: &str, query: &str, n: usize) -> Reply {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let reply = self
+                .get(&format!("/api/v1/deployments{query}"), token)
+                .await;
+            if reply.body["items"].as_array().map_or(0, Vec::len) == n {
+                return reply;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the list never held {n} items: {reply:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for TestApp {

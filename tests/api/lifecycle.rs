@@ -201,6 +201,7 @@ async fn the_list_filters_and_pages_with_a_cursor(backend: Backend) {
             .id(),
         );
     }
+    app.list_until(&crew.auditor, "?limit=500", 5).await;
     let page1 = app.get("/api/v1/deployments?limit=2", &crew.auditor).await;
     let listed: Vec<&str> = page1.body["items"]
         .as_array()

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eucora::app::{AppState, Commands, Principals, StreamReads};
+use eucora::app::{AppState, Commands, Principals, ReadModel};
 use eucora::domain::{DomainServices, Policy, SystemClock};
 use eucora::projector::MetricsProjector;
 use eucora::telemetry::Telemetry;
@@ -126,7 +126,7 @@ async fn metrics_answer_503_until_the_projection_has_caught_up(backend: Backend)
     let telemetry = Arc::new(Telemetry::new(store.backend(), projector.clone()).unwrap());
     let state = AppState {
         commands: Arc::new(Commands::new(&store, services)),
-        reads: Arc::new(StreamReads::new(store.clone())),
+        reads: Arc::new(ReadModel::new(store.clone())),
         principals: Arc::new(Principals::new(store.clone())),
         metrics: projector.clone(),
         telemetry,
@@ -158,6 +158,7 @@ async fn metrics_answer_503_until_the_projection_has_caught_up(backend: Backend)
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     while !projector.caught_up() {
+        projector.project_intents().await.unwrap();
         projector.poll().await.unwrap();
         assert!(Instant::now() < deadline, "never caught up");
     }

@@ -242,4 +242,18 @@ async fn the_projector_seals_what_it_reads_once_and_replay_verifies_it(backend: 
     assert_eq!(projector.seal().await.unwrap(), 0, "nothing new to seal");
     let report = eucora::replay::replay(&store, 10, |_| {}).await.unwrap();
     assert_eq!((report.events, report.verified, report.sealed), (4, 4, 0));
+    // The intent read model was rebuilt from position 0.
+    let listed = store
+        .list_intents(&eucora::app::ListFilter::default(), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(
+        store
+            .checkpoint(eucora::projector::INTENTS)
+            .await
+            .unwrap()
+            .ordinal,
+        4
+    );
 }

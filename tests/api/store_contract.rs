@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
-use eucora::app::{CommandError, Commands, IntentReader, StreamReads};
+use eucora::app::{CommandError, Commands, IntentReader, ReadModel};
 use eucora::domain::{
     Action, Command, CreateIntent, DeploymentIntent, DomainServices, FakeClock, Policy,
     RiskFactors, RolloutInput,
@@ -27,6 +27,7 @@ crate::on_both_backends!(
     concurrent_reports_on_one_intent_lose_and_duplicate_nothing,
     two_command_runners_on_one_store_never_act_on_a_stale_stream,
     the_global_stream_returns_every_event_once_in_a_stable_order,
+    the_intent_read_model_resumes_from_its_checkpoint_and_applies_each_event_once,
 );
 
 fn commands(store: &eucora::store::Store) -> Commands {
@@ -122,7 +123,7 @@ async fn appended_events_come_back_in_order_with_rising_global_positions(backend
     assert!(other[0].position > stream[1].position && other[1].position < stream[2].position);
     assert_eq!(store.event_count().await.unwrap(), 5);
 
-    let reads = StreamReads::new(store.clone());
+    let reads = ReadModel::new(store.clone());
     let state = reads.get(a).await.unwrap().unwrap();
     assert_eq!((state.status, state.stream_version), (Status::Deployed, 3));
     assert!(reads.get(Uuid::now_v7()).await.unwrap().is_none());
@@ -436,5 +437,79 @@ async fn the_global_stream_returns_every_event_once_in_a_stable_order(backend: B
         read_all(&store, 1000, 10).await,
         seen,
         "a second read gives the same order"
+    );
+}
+
+async fn the_intent_read_model_resumes_from_its_checkpoint_and_applies_each_event_once(
+    backend: Backend,
+) {
+    use eucora::app::ListFilter;
+    use eucora::projector::MetricsProjector;
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let commands = commands(&store);
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    commands
+        .execute(a, cmd("alice", Role::Requester, create("a")))
+        .await
+        .unwrap();
+    commands
+        .execute(b, cmd("alice", Role::Requester, create("b")))
+        .await
+        .unwrap();
+
+    let first = MetricsProjector::new(store.clone(), 10);
+    let mut applied = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while applied < 4 {
+        applied += first.project_intents().await.unwrap();
+        assert!(std::time::Instant::now() < deadline);
+    }
+    assert_eq!(
+        first.project_intents().await.unwrap(),
+        0,
+        "resumes from its checkpoint"
+    );
+
+    // A second runner (a restart, or another process) starts from the stored checkpoint.
+    commands
+        .execute(a, cmd("ops", Role::Deployer, report(99)))
+        .await
+        .unwrap();
+    let second = MetricsProjector::new(store.clone(), 10);
+    let mut applied = 0;
+    while applied < 1 {
+        applied += second.project_intents().await.unwrap();
+        assert!(std::time::Instant::now() < deadline);
+    }
+    assert_eq!(applied, 1, "only the new event");
+    assert_eq!(
+        first.project_intents().await.unwrap(),
+        0,
+        "the other runner's work is not redone"
+    );
+
+    let all = store
+        .list_intents(&ListFilter::default(), 0, 10)
+        .await
+        .unwrap();
+    let listed: Vec<(Uuid, Status, u64)> = all
+        .iter()
+        .map(|r| (r.state.id, r.state.status, r.state.stream_version))
+        .collect();
+    assert_eq!(listed, [(a, Status::Deployed, 3), (b, Status::Approved, 2)]);
+    assert!(all[0].seq < all[1].seq);
+    let deployed = ListFilter {
+        status: Some(Status::Deployed),
+        ..ListFilter::default()
+    };
+    assert_eq!(store.list_intents(&deployed, 0, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .list_intents(&ListFilter::default(), all[0].seq, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
     );
 }
