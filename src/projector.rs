@@ -127,9 +127,9 @@ impl MetricsProjector {
             let mut rows = self.store.intent_rows(&ids).await?;
             let mut changed: Vec<String> = Vec::new();
             for e in &batch {
-                let event = e.event.as_ref().map_err(|reason| StoreError::Corrupt {
+                let event = e.parse().map_err(|reason| StoreError::Corrupt {
                     position: e.position,
-                    reason: reason.clone(),
+                    reason,
                 })?;
                 checkpoint = Checkpoint {
                     position: e.position,
@@ -140,7 +140,7 @@ impl MetricsProjector {
                     continue; // applied already, by this runner before a restart or by another
                 }
                 let seq = current.map_or(checkpoint.ordinal, |r| r.seq);
-                let folded = IntentState::fold(current.map(|r| r.state.clone()), event);
+                let folded = IntentState::fold(current.map(|r| r.state.clone()), &event);
                 if let Some(state) = folded {
                     rows.insert(e.aggregate_id.clone(), IntentRow { seq, state });
                     changed.push(e.aggregate_id.clone());
@@ -184,13 +184,13 @@ impl MetricsProjector {
                 let mut metrics = self.metrics.write().unwrap_or_else(|e| e.into_inner());
                 let mut unreadable = None;
                 for e in &batch {
-                    match &e.event {
-                        Ok(event) => metrics.apply(e.position, event),
+                    match e.parse() {
+                        Ok(event) => metrics.apply(e.position, &event),
                         // Never skip: stop here, so the projection halts at the bad event.
                         Err(reason) => {
                             unreadable = Some(StoreError::Corrupt {
                                 position: e.position,
-                                reason: reason.clone(),
+                                reason,
                             });
                             break;
                         }

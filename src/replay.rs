@@ -94,37 +94,80 @@ async fn check(
     Ok(())
 }
 
-/// Replays the whole stream; `progress` is told how many events have been read so far.
-pub async fn replay(
+/// A batch of the global stream with the seals stored for its ordinals.
+type Batch = (Vec<GlobalEvent>, Vec<Seal>);
+
+/// Reads the global stream ahead of the fold, two batches at most: the database reads the next
+/// batch while this process checks and folds the current one. Every event committed before the
+/// replay began is read; on PostgreSQL a transaction still open elsewhere on the server holds back
+/// events committed after it began, so an empty page before that count is a wait, not the end.
+fn prefetch(store: Store, head: u64) -> tokio::sync::mpsc::Receiver<Result<Batch, ReplayError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        let (mut after, mut ordinal, mut read) = (0i64, 1i64, 0u64);
+        let mut progressed = std::time::Instant::now();
+        loop {
+            let batch = match store.read_global(after, BATCH).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            let Some(last) = batch.last() else {
+                if read >= head {
+                    return;
+                }
+                if progressed.elapsed() > STALL {
+                    let _ = tx.send(Err(ReplayError::Stalled { read, head })).await;
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            };
+            progressed = std::time::Instant::now();
+            after = last.position;
+            let seals = match store.seals_from(ordinal, batch.len() as i64).await {
+                Ok(seals) => seals,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            ordinal += batch.len() as i64;
+            read += batch.len() as u64;
+            if tx.send(Ok((batch, seals))).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The stream pass of a replay: every event read in global order, checked against its seal (or
+/// sealed), and folded into the metrics. Writes nothing.
+pub struct StreamPass {
+    pub metrics: Metrics,
+    pub events: u64,
+    pub verified: u64,
+    /// Seals for the events past the last stored seal, to be written.
+    pub fresh: Vec<Seal>,
+}
+
+/// Reads, verifies and folds the whole stream; `progress` is told how many events were read.
+pub async fn stream_pass(
     store: &Store,
     app_label_limit: usize,
     progress: impl Fn(u64),
-) -> Result<ReplayReport, ReplayError> {
+) -> Result<StreamPass, ReplayError> {
     let mut metrics = Metrics::new(app_label_limit);
     let mut chain = Chain::default();
-    let (mut after, mut events, mut verified) = (0i64, 0u64, 0u64);
+    let (mut events, mut verified) = (0u64, 0u64);
     let mut fresh: Vec<Seal> = Vec::new();
-    // Every event committed before the replay began must be read. On PostgreSQL a transaction
-    // still open elsewhere on the server holds back events committed after it began, so an empty
-    // page before that count is a wait, not the end.
     let head = store.event_count().await?.max(0) as u64;
-    let mut progressed = std::time::Instant::now();
-    loop {
-        let batch = store.read_global(after, BATCH).await?;
-        if batch.is_empty() {
-            if events >= head {
-                break;
-            }
-            if progressed.elapsed() > STALL {
-                return Err(ReplayError::Stalled { read: events, head });
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            continue;
-        }
-        progressed = std::time::Instant::now();
-        let stored = store
-            .seals_from(chain.ordinal() + 1, batch.len() as i64)
-            .await?;
+    let mut batches = prefetch(store.clone(), head);
+    while let Some(next) = batches.recv().await {
+        let (batch, stored) = next?;
         for (i, e) in batch.iter().enumerate() {
             let computed = chain.seal(&e.row());
             match stored.get(i) {
@@ -134,12 +177,11 @@ pub async fn replay(
                 }
                 None => fresh.push(computed),
             }
-            let event = e.event.as_ref().map_err(|reason| ReplayError::Integrity {
+            let event = e.parse().map_err(|reason| ReplayError::Integrity {
                 position: e.position,
                 what: format!("the payload is not a readable event: {reason}"),
             })?;
-            metrics.apply(e.position, event);
-            after = e.position;
+            metrics.apply(e.position, &event);
             events += 1;
         }
         progress(events);
@@ -153,6 +195,27 @@ pub async fn replay(
             ),
         });
     }
+    Ok(StreamPass {
+        metrics,
+        events,
+        verified,
+        fresh,
+    })
+}
+
+/// Replays the whole stream: the stream pass, then the new seals and the intent read model
+/// rebuilt from position 0. `progress` is told how many events have been read so far.
+pub async fn replay(
+    store: &Store,
+    app_label_limit: usize,
+    progress: impl Fn(u64),
+) -> Result<ReplayReport, ReplayError> {
+    let StreamPass {
+        metrics,
+        events,
+        verified,
+        fresh,
+    } = stream_pass(store, app_label_limit, progress).await?;
     for part in fresh.chunks(BATCH as usize) {
         store.insert_seals(part).await?;
     }

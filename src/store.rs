@@ -96,11 +96,15 @@ pub struct GlobalEvent {
     pub payload: String,
     /// The metadata exactly as stored.
     pub metadata: String,
-    /// The payload parsed, or why it cannot be.
-    pub event: Result<DeploymentEvent, String>,
 }
 
 impl GlobalEvent {
+    /// The payload parsed, or why it cannot be. Readers that only hash or forward the stored
+    /// bytes (the sealer, the audit endpoint) never pay for it.
+    pub fn parse(&self) -> Result<DeploymentEvent, String> {
+        serde_json::from_str(&self.payload).map_err(|e| e.to_string())
+    }
+
     /// The stored row, as the integrity chain hashes it.
     pub fn row(&self) -> StoredRow<'_> {
         StoredRow {
@@ -605,7 +609,6 @@ impl Store {
                     payload,
                     metadata,
                 )| {
-                    let event = serde_json::from_str(&payload).map_err(|e| e.to_string());
                     GlobalEvent {
                         position,
                         aggregate_type,
@@ -615,7 +618,6 @@ impl Store {
                         event_version,
                         payload,
                         metadata,
-                        event,
                     }
                 },
             )
@@ -1140,6 +1142,40 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Benchmark reference: one plain ordered scan of every event row, in the global stream's
+    /// order, as a single query; returns (rows, bytes of payload and metadata).
+    pub async fn bench_scan_events(&self) -> Result<(u64, u64), StoreError> {
+        use futures_util::TryStreamExt;
+        let (mut rows, mut bytes) = (0u64, 0u64);
+        let mut count = |r: (i64, String, String, i64, String, String, String, String)| {
+            rows += 1;
+            bytes += (r.6.len() + r.7.len()) as u64;
+        };
+        match &self.db {
+            Db::Sqlite { reader, .. } => {
+                let mut stream = sqlx::query_as(
+                    "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version,
+                            payload, metadata FROM events ORDER BY position",
+                )
+                .fetch(reader);
+                while let Some(row) = stream.try_next().await? {
+                    count(row);
+                }
+            }
+            Db::Postgres(pool) => {
+                let mut stream = sqlx::query_as(
+                    "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version,
+                            payload::text, metadata::text FROM events ORDER BY xact_id, position",
+                )
+                .fetch(pool);
+                while let Some(row) = stream.try_next().await? {
+                    count(row);
+                }
+            }
+        }
+        Ok((rows, bytes))
     }
 
     /// Benchmark reference: creates an empty table for raw single-row inserts.

@@ -1,0 +1,425 @@
+//! The read side at scale, each number next to a reference measured in the same run.
+//!
+//! For each backend, a seeded generator writes `EUCORA_BENCH_EVENTS` events (default 1,000,000)
+//! through the real aggregate into a fresh database, then:
+//! - a raw ordered scan of the events table (one query, every column) is the reference;
+//! - the replay's stream pass (read in global order, verify every seal, fold the metrics);
+//! - the whole `eucora replay` (the stream pass, then the intent read model rebuilt);
+//! - PostgreSQL only: the same events through cqrs-es's own `QueryReplay` over postgres-es,
+//!   folding into the same metrics;
+//! - the resident memory of `eucora serve` once it has caught up on them.
+//!
+//! Then the metrics scrape with 1,000 apps × 5 rings: render time and size.
+//!
+//! `cargo bench --bench replay` (PostgreSQL from `EUCORA_BENCH_DATABASE_URL`, else
+//! `EUCORA_TEST_DATABASE_URL`).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{TimeZone, Utc};
+use cqrs_es::persist::{PersistedEventRepository, QueryReplay, SerializedEvent};
+use cqrs_es::{Aggregate, DomainEvent, EventEnvelope, Query};
+use eucora::domain::intent::{Action, Command, CreateIntent, IntentEvent, RolloutInput};
+use eucora::domain::{
+    DeploymentIntent, DomainServices, FakeClock, Policy, RiskFactors, SequentialIds,
+};
+use eucora::store::Store;
+use eucora_projections::event::*;
+use eucora_projections::metrics::Metrics;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sqlx::Connection;
+use uuid::Uuid;
+
+const APPS: usize = 1000;
+
+/// Writes realistic intents through the aggregate: created (CAB-approved when the risk asks),
+/// rolled out ring by ring with a partial then a compliant report, a week's bake, promotion; one
+/// in ten rolled back. Deterministic for a seed.
+struct Generator {
+    rng: StdRng,
+    clock: Arc<FakeClock>,
+    services: DomainServices,
+    next_intent: u128,
+}
+
+impl Generator {
+    fn new(seed: u64) -> Generator {
+        let clock = Arc::new(FakeClock::new(
+            Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+        ));
+        let services = DomainServices {
+            clock: clock.clone(),
+            ids: Arc::new(SequentialIds::default()),
+            policy: Arc::new(Policy::default()),
+        };
+        Generator {
+            rng: StdRng::seed_from_u64(seed),
+            clock,
+            services,
+            next_intent: 0,
+        }
+    }
+
+    fn actor(subject: &str, role: Role) -> Actor {
+        Actor {
+            subject: subject.into(),
+            role,
+        }
+    }
+
+    /// One intent's whole stream.
+    fn intent(&mut self) -> Vec<SerializedEvent> {
+        self.next_intent += 1;
+        let id = Uuid::from_u128(self.next_intent);
+        let mut intent = DeploymentIntent::default();
+        let mut out = Vec::new();
+        let mut run =
+            |g: &mut Generator, intent: &mut DeploymentIntent, actor: Actor, action: Action| {
+                let command = Command {
+                    actor,
+                    correlation_id: format!("bench-{}", g.next_intent),
+                    expected_version: None,
+                    action,
+                };
+                let events = intent.decide(id, command, &g.services).unwrap_or_default();
+                for e in events {
+                    intent.apply(IntentEvent(e.clone()));
+                    let event = IntentEvent(e);
+                    out.push(SerializedEvent::new(
+                        id.to_string(),
+                        out.len() + 1,
+                        DeploymentIntent::TYPE.to_string(),
+                        event.event_type(),
+                        event.event_version(),
+                        serde_json::to_value(&event).unwrap(),
+                        serde_json::json!({}),
+                    ));
+                }
+            };
+        let risk: f64 = self.rng.gen_range(0.05..0.9);
+        let target = Ring::ALL[self.rng.gen_range(1..5)];
+        let app = format!("app-{:04}", self.rng.gen_range(0..APPS));
+        let create = CreateIntent {
+            app_name: app,
+            version: format!(
+                "{}.{}",
+                self.rng.gen_range(1..30),
+                self.rng.gen_range(0..10)
+            ),
+            connector_type: ConnectorType::Intune,
+            start_ring: Ring::Lab,
+            target_ring: target,
+            change_type: ChangeType::Normal,
+            site_class: SiteClass::Online,
+            privileged_tooling: false,
+            critical_infrastructure: false,
+            rollback_validated: true,
+            artifact_sha256: None,
+            risk_factors: RiskFactors {
+                privilege_impact: risk,
+                supply_chain_trust: risk,
+                exploitability: risk,
+                data_access: risk,
+                sbom_vulnerability: risk * 0.5,
+                operational_complexity: risk,
+                history: risk,
+            },
+            justification: None,
+        };
+        run(
+            self,
+            &mut intent,
+            Self::actor("req", Role::Requester),
+            Action::Create(Box::new(create)),
+        );
+        self.clock.advance(chrono::Duration::minutes(30));
+        run(
+            self,
+            &mut intent,
+            Self::actor("cab", Role::CabApprover),
+            Action::Approve { comment: None },
+        );
+        for ring in Ring::ALL.into_iter().take(target.index() + 1) {
+            self.clock.advance(chrono::Duration::minutes(40));
+            let report = |succeeded| {
+                Action::Deploy(RolloutInput {
+                    ring,
+                    target_devices: 100,
+                    succeeded,
+                    failed: 100 - succeeded,
+                    incidents: 0,
+                })
+            };
+            run(
+                self,
+                &mut intent,
+                Self::actor("ops", Role::Deployer),
+                report(60),
+            );
+            self.clock.advance(chrono::Duration::minutes(40));
+            if self.rng.gen_ratio(1, 10) {
+                run(
+                    self,
+                    &mut intent,
+                    Self::actor("ops", Role::Deployer),
+                    Action::Rollback {
+                        reason: "regression".into(),
+                    },
+                );
+                break;
+            }
+            run(
+                self,
+                &mut intent,
+                Self::actor("ops", Role::Deployer),
+                report(100),
+            );
+            self.clock.advance(chrono::Duration::days(8));
+            run(
+                self,
+                &mut intent,
+                Self::actor("ops", Role::Deployer),
+                Action::Promote,
+            );
+        }
+        out
+    }
+}
+
+/// Seeds `n` events (whole intents, so a little over) and returns how many.
+async fn seed(store: &Store, n: u64) -> u64 {
+    let repo = store.event_repo();
+    let mut generator = Generator::new(42);
+    let (mut written, mut batch) = (0u64, Vec::new());
+    while written < n {
+        let stream = generator.intent();
+        written += stream.len() as u64;
+        batch.extend(stream);
+        if batch.len() >= 5000 || written >= n {
+            repo.persist::<DeploymentIntent>(&batch, None)
+                .await
+                .expect("seed");
+            batch.clear();
+        }
+    }
+    written
+}
+
+/// The metrics fold as a cqrs-es query, for `QueryReplay`.
+struct MetricsQuery(Mutex<Metrics>);
+
+#[async_trait]
+impl Query<DeploymentIntent> for MetricsQuery {
+    async fn dispatch(&self, _id: &str, events: &[EventEnvelope<DeploymentIntent>]) {
+        let mut metrics = self.0.lock().unwrap();
+        for e in events {
+            metrics.apply(e.sequence as i64, &e.payload.0);
+        }
+    }
+}
+
+async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let start = Instant::now();
+    let out = f.await;
+    (out, start.elapsed())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Starts the release `eucora serve` on the database, waits until ready, returns its RSS.
+async fn serve_rss(url: &str) -> (u64, Duration) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eucora"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("serve");
+    use std::io::BufRead;
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .trim_start_matches("eucora listening on ")
+        .to_string();
+    let client = reqwest::Client::new();
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = client.get(format!("{base}/health/ready")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let caught_up = start.elapsed();
+    let rss = rss_kib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    (rss, caught_up)
+}
+
+async fn bench_backend(name: &str, url: &str, n: u64) {
+    let store = Store::connect(url, 8).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    let (written, took) = timed(seed(&store, n)).await;
+    println!(
+        "{name}: seeded {written} events in {:.1} s",
+        took.as_secs_f64()
+    );
+
+    let mut scan = Duration::MAX;
+    for _ in 0..2 {
+        let (scanned, took) = timed(store.bench_scan_events()).await;
+        let (rows, _) = scanned.expect("scan");
+        assert_eq!(rows, written);
+        scan = scan.min(took);
+    }
+    let row = |what: &str, took: Duration, reference: Duration| {
+        println!(
+            "| {name:<8} | {what:<44} | {:>7.2} | {:>9.0} | {:>5.2}x |",
+            took.as_secs_f64(),
+            written as f64 / took.as_secs_f64(),
+            reference.as_secs_f64() / took.as_secs_f64()
+        );
+    };
+    row("raw ordered scan (reference)", scan, scan);
+    let (first, took) = timed(eucora::replay::replay(&store, 200, |_| {})).await;
+    let first = first.expect("first replay");
+    row(
+        "eucora replay, first (seals, rebuilds read model)",
+        took,
+        scan,
+    );
+    let (pass, took) = timed(eucora::replay::stream_pass(&store, 200, |_| {})).await;
+    let pass = pass.expect("stream pass");
+    assert_eq!((pass.events, pass.verified), (written, written));
+    assert_eq!(
+        pass.metrics.render(),
+        first.metrics,
+        "the same stream gives the same metrics"
+    );
+    row("replay stream pass: read, verify seals, fold", took, scan);
+    let (second, took) = timed(eucora::replay::replay(&store, 200, |_| {})).await;
+    second.expect("second replay");
+    row("eucora replay, again (verifies, rebuilds)", took, scan);
+
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let query = MetricsQuery(Mutex::new(Metrics::new(200)));
+        let replay = QueryReplay::new(postgres_es::PostgresEventRepository::new(pool), query);
+        let (result, took) = timed(replay.replay_all()).await;
+        result.expect("QueryReplay");
+        row("cqrs-es QueryReplay over postgres-es", took, scan);
+        println!(
+            "| {name:<8} | our stream pass vs QueryReplay: {:.2}x faster |",
+            took.as_secs_f64()
+                / timed(eucora::replay::stream_pass(&store, 200, |_| {}))
+                    .await
+                    .1
+                    .as_secs_f64()
+        );
+    }
+    let (rss, caught_up) = serve_rss(url).await;
+    println!(
+        "| {name:<8} | eucora serve caught up in {:.1} s; RSS {:.0} MB (target < 300 MB) |",
+        caught_up.as_secs_f64(),
+        rss as f64 / 1024.0
+    );
+}
+
+/// 1,000 apps, each with an intent in every ring, rendered as a scrape would.
+fn bench_scrape() {
+    let mut generator = Generator::new(7);
+    let mut metrics = Metrics::new(APPS);
+    let mut position = 0;
+    for app in 0..APPS {
+        for _ in 0..2 {
+            let stream = generator.intent();
+            for e in stream {
+                position += 1;
+                let IntentEvent(event) = serde_json::from_value(e.payload).unwrap();
+                let renamed = match event {
+                    DeploymentEvent::DeploymentCreated(mut c) => {
+                        c.app_name = format!("app-{app:04}");
+                        c.target_ring = Ring::Global;
+                        DeploymentEvent::DeploymentCreated(c)
+                    }
+                    other => other,
+                };
+                metrics.apply(position, &renamed);
+            }
+        }
+    }
+    let text = metrics.render();
+    let mut best = Duration::MAX;
+    for _ in 0..20 {
+        let (_, took) = {
+            let start = Instant::now();
+            let t = metrics.render();
+            (t, start.elapsed())
+        };
+        best = best.min(took);
+    }
+    let series = text.lines().filter(|l| !l.starts_with('#')).count();
+    println!(
+        "| scrape   | {APPS} apps × 5 rings: {series} series, {:.1} KiB, rendered in {:.2} ms (target < 20 ms) |",
+        text.len() as f64 / 1024.0,
+        best.as_secs_f64() * 1000.0
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let n: u64 = std::env::var("EUCORA_BENCH_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    println!("| backend  | what | seconds | events/s | vs raw scan |");
+    println!("|---|---|---:|---:|---:|");
+    bench_scrape();
+    let dir = std::env::temp_dir().join(format!("eucora-replay-bench-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    bench_backend(
+        "sqlite",
+        &format!("sqlite://{}", dir.join("bench.db").display()),
+        n,
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let admin = std::env::var("EUCORA_BENCH_DATABASE_URL")
+        .or_else(|_| std::env::var("EUCORA_TEST_DATABASE_URL"));
+    match admin {
+        Ok(admin) => {
+            let name = format!("eucora_bench_{}", Uuid::new_v4().simple());
+            let mut conn = sqlx::PgConnection::connect(&admin)
+                .await
+                .expect("PostgreSQL");
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let base = admin.split('?').next().unwrap();
+            let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
+            bench_backend("postgres", &url, n).await;
+            let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await;
+        }
+        Err(_) => println!("(PostgreSQL skipped: set EUCORA_BENCH_DATABASE_URL)"),
+    }
+}
