@@ -565,29 +565,52 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<GlobalEvent>, StoreError> {
-        let rows: Vec<GlobalRow> = match &self.db {
-            Db::Sqlite { reader, .. } => {
+        // "From the start" is its own statement: an `after = 0 OR …` condition would keep both
+        // databases from using the index range scan, and every batch would sort the table.
+        let rows: Vec<GlobalRow> = match (&self.db, after) {
+            (Db::Sqlite { reader, .. }, 0) => {
                 sqlx::query_as(
                     "SELECT position, aggregate_type, aggregate_id, sequence, event_type,
                             event_version, payload, metadata
-                       FROM events WHERE ?1 = 0 OR position > ?1 ORDER BY position LIMIT ?2",
+                       FROM events ORDER BY position LIMIT ?1",
+                )
+                .bind(limit)
+                .fetch_all(reader)
+                .await?
+            }
+            (Db::Sqlite { reader, .. }, _) => {
+                sqlx::query_as(
+                    "SELECT position, aggregate_type, aggregate_id, sequence, event_type,
+                            event_version, payload, metadata
+                       FROM events WHERE position > ?1 ORDER BY position LIMIT ?2",
                 )
                 .bind(after)
                 .bind(limit)
                 .fetch_all(reader)
                 .await?
             }
-            Db::Postgres(pool) => {
+            (Db::Postgres(pool), 0) => {
                 sqlx::query_as(
-                    "WITH start AS (
-                         SELECT coalesce((SELECT xact_id FROM events WHERE position = $1), '0'::xid8) AS xact
-                     )
-                     SELECT position, aggregate_type, aggregate_id, sequence, event_type,
+                    "SELECT position, aggregate_type, aggregate_id, sequence, event_type,
                             event_version, payload::text, metadata::text
-                       FROM events, start
-                      WHERE events.xact_id < pg_snapshot_xmin(pg_current_snapshot())
-                        AND ($1 = 0 OR (events.xact_id, events.position) > (start.xact, $1))
-                      ORDER BY events.xact_id, events.position
+                       FROM events
+                      WHERE xact_id < pg_snapshot_xmin(pg_current_snapshot())
+                      ORDER BY xact_id, position
+                      LIMIT $1",
+                )
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+            }
+            (Db::Postgres(pool), _) => {
+                sqlx::query_as(
+                    "SELECT position, aggregate_type, aggregate_id, sequence, event_type,
+                            event_version, payload::text, metadata::text
+                       FROM events
+                      WHERE xact_id < pg_snapshot_xmin(pg_current_snapshot())
+                        AND (xact_id, position) >
+                            ((SELECT xact_id FROM events WHERE position = $1), $1)
+                      ORDER BY xact_id, position
                       LIMIT $2",
                 )
                 .bind(after)
