@@ -8,7 +8,8 @@
 //! or a rewrite of events *and* seals together. Signed checkpoints of (ordinal, chain hash) kept
 //! outside the database close the second gap; events authenticated by the writer close the first.
 
-use eucora_projections::integrity::{Chain, Seal};
+use eucora_projections::event::DeploymentEvent;
+use eucora_projections::integrity::{leaf_hash, Chain, Seal};
 use eucora_projections::metrics::Metrics;
 use sha2::{Digest, Sha256};
 
@@ -94,11 +95,19 @@ async fn check(
     Ok(())
 }
 
-/// A batch of the global stream with the seals stored for its ordinals.
-type Batch = (Vec<GlobalEvent>, Vec<Seal>);
+/// One event read ahead: the row, its leaf hash and its payload parsed.
+struct Ahead {
+    row: GlobalEvent,
+    leaf: [u8; 32],
+    event: Result<DeploymentEvent, String>,
+}
 
-/// Reads the global stream ahead of the fold, two batches at most: the database reads the next
-/// batch while this process checks and folds the current one. Every event committed before the
+/// A batch of the global stream with the seals stored for its ordinals.
+type Batch = (Vec<Ahead>, Vec<Seal>);
+
+/// Reads the global stream ahead of the fold, two batches at most, hashing and parsing each event
+/// (work that does not depend on order): the database and this task prepare the next batch while
+/// the caller chains, checks and folds the current one. Every event committed before the
 /// replay began is read; on PostgreSQL a transaction still open elsewhere on the server holds back
 /// events committed after it began, so an empty page before that count is a wait, not the end.
 fn prefetch(store: Store, head: u64) -> tokio::sync::mpsc::Receiver<Result<Batch, ReplayError>> {
@@ -136,7 +145,15 @@ fn prefetch(store: Store, head: u64) -> tokio::sync::mpsc::Receiver<Result<Batch
             };
             ordinal += batch.len() as i64;
             read += batch.len() as u64;
-            if tx.send(Ok((batch, seals))).await.is_err() {
+            let ahead = batch
+                .into_iter()
+                .map(|row| Ahead {
+                    leaf: leaf_hash(&row.row()),
+                    event: row.parse(),
+                    row,
+                })
+                .collect();
+            if tx.send(Ok((ahead, seals))).await.is_err() {
                 return;
             }
         }
@@ -168,8 +185,9 @@ pub async fn stream_pass(
     let mut batches = prefetch(store.clone(), head);
     while let Some(next) = batches.recv().await {
         let (batch, stored) = next?;
-        for (i, e) in batch.iter().enumerate() {
-            let computed = chain.seal(&e.row());
+        for (i, ahead) in batch.iter().enumerate() {
+            let e = &ahead.row;
+            let computed = chain.extend(e.position, ahead.leaf);
             match stored.get(i) {
                 Some(seal) => {
                     check(store, e, &computed, seal).await?;
@@ -177,11 +195,14 @@ pub async fn stream_pass(
                 }
                 None => fresh.push(computed),
             }
-            let event = e.parse().map_err(|reason| ReplayError::Integrity {
-                position: e.position,
-                what: format!("the payload is not a readable event: {reason}"),
-            })?;
-            metrics.apply(e.position, &event);
+            let event = ahead
+                .event
+                .as_ref()
+                .map_err(|reason| ReplayError::Integrity {
+                    position: e.position,
+                    what: format!("the payload is not a readable event: {reason}"),
+                })?;
+            metrics.apply(e.position, event);
             events += 1;
         }
         progress(events);

@@ -72,7 +72,12 @@ impl Chain {
 
     /// Extends the chain by one event and returns its seal.
     pub fn seal(&mut self, row: &StoredRow) -> Seal {
-        let leaf = leaf_hash(row);
+        self.extend(row.position, leaf_hash(row))
+    }
+
+    /// Extends the chain by a leaf computed elsewhere (leaves are independent of each other, so
+    /// they may be hashed ahead, in parallel with the chain).
+    pub fn extend(&mut self, position: i64, leaf: [u8; 32]) -> Seal {
         let mut h = Sha256::new();
         h.update(self.head);
         h.update(leaf);
@@ -80,7 +85,7 @@ impl Chain {
         self.ordinal += 1;
         Seal {
             ordinal: self.ordinal,
-            position: row.position,
+            position,
             leaf_hash: hex::encode(leaf),
             chain_hash: hex::encode(self.head),
         }
