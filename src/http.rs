@@ -74,13 +74,14 @@ pub fn router(state: AppState, limits: Limits) -> Router {
     .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
     .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
     .layer(DefaultBodyLimit::max(limits.body_bytes))
+    .layer(middleware::from_fn(move |req: Request, next: Next| {
+        time_limit(timeout, req, next)
+    }))
+    // Outside the time limit, so that a request answered 503 for running too long is counted.
     .layer(middleware::from_fn_with_state(
         state.clone(),
         record_request,
     ))
-    .layer(middleware::from_fn(move |req: Request, next: Next| {
-        time_limit(timeout, req, next)
-    }))
     .layer(middleware::from_fn(correlation::middleware))
     .with_state(state)
 }

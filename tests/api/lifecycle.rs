@@ -360,6 +360,14 @@ async fn a_request_that_runs_past_the_timeout_gets_503(backend: Backend) {
     );
     let _ = read.await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    // The timed-out request is counted under its route, as a 503.
+    let metrics = app
+        .send(reqwest::Method::GET, "/api/v1/metrics", None, &[], None)
+        .await;
+    let text = metrics.body.as_str().unwrap_or_default();
+    let counted = "http_server_request_duration_seconds_count{http_request_method=\"POST\",\
+                   http_response_status_code=\"503\",http_route=\"/api/v1/deployments\"} 1";
+    assert!(text.contains(counted), "{text}");
     assert!(
         answer.contains("application/problem+json") && answer.contains("retry-after"),
         "{answer}"
