@@ -19,7 +19,7 @@ use serde_json::Value;
 use sqlite_es::SqliteEventRepository;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, Row, SqlitePool};
+use sqlx::{PgPool, SqlitePool};
 use uuid::Uuid;
 
 use crate::domain::DeploymentIntent;
@@ -172,6 +172,27 @@ fn seal((ordinal, position, leaf_hash, chain_hash): (i64, i64, String, String)) 
         leaf_hash,
         chain_hash,
     }
+}
+
+/// Runs one expression on whichever pool reads this store (SQLite's readers, or PostgreSQL's
+/// pool). Shared statements use `$1`, `$2`, … in order of first use, which both bind alike.
+macro_rules! on_reader {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            Db::Sqlite { reader: $pool, .. } => $body,
+            Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Like `on_reader!`, on the pool that writes (SQLite's single writer).
+macro_rules! on_writer {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            Db::Sqlite { writer: $pool, .. } => $body,
+            Db::Postgres($pool) => $body,
+        }
+    };
 }
 
 /// A stored idempotency record: request hash, response status and body (once answered).
@@ -491,52 +512,27 @@ impl Store {
 
     /// Answers when the database does.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        match &self.db {
-            Db::Sqlite { reader, .. } => {
-                sqlx::query("SELECT 1").execute(reader).await?;
-            }
-            Db::Postgres(pool) => {
-                sqlx::query("SELECT 1").execute(pool).await?;
-            }
-        }
+        on_reader!(&self.db, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ())?);
         Ok(())
     }
 
     /// How many events the store holds.
     pub async fn event_count(&self) -> Result<i64, StoreError> {
         let sql = "SELECT COUNT(*) FROM events";
-        Ok(match &self.db {
-            Db::Sqlite { reader, .. } => sqlx::query_scalar(sql).fetch_one(reader).await?,
-            Db::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
-        })
+        Ok(on_reader!(&self.db, pool => sqlx::query_scalar(sql).fetch_one(pool).await?))
     }
 
     /// One intent's stream, in order, with global positions.
     pub async fn intent_events(&self, id: Uuid) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows = match &self.db {
-            Db::Sqlite { reader, .. } => sqlx::query(
-                "SELECT position, sequence, payload FROM events
-                      WHERE aggregate_type = ?1 AND aggregate_id = ?2 ORDER BY sequence",
-            )
-            .bind(DeploymentIntent::TYPE)
-            .bind(id.to_string())
-            .fetch_all(reader)
-            .await?
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect::<Vec<(i64, i64, String)>>(),
-            Db::Postgres(pool) => sqlx::query(
-                "SELECT position, sequence, payload::text FROM events
-                  WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
-            )
-            .bind(DeploymentIntent::TYPE)
-            .bind(id.to_string())
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect(),
-        };
+        let sql = "SELECT position, sequence, CAST(payload AS TEXT) FROM events
+                    WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence";
+        let rows: Vec<(i64, i64, String)> = on_reader!(&self.db, pool => {
+            sqlx::query_as(sql)
+                .bind(DeploymentIntent::TYPE)
+                .bind(id.to_string())
+                .fetch_all(pool)
+                .await?
+        });
         rows.into_iter()
             .map(|(position, sequence, payload)| {
                 let event = serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt {
@@ -651,37 +647,18 @@ impl Store {
     pub async fn last_seal(&self) -> Result<Option<Seal>, StoreError> {
         let sql = "SELECT ordinal, position, leaf_hash, chain_hash FROM event_seals
                     ORDER BY ordinal DESC LIMIT 1";
-        let row: Option<(i64, i64, String, String)> = match &self.db {
-            Db::Sqlite { reader, .. } => sqlx::query_as(sql).fetch_optional(reader).await?,
-            Db::Postgres(pool) => sqlx::query_as(sql).fetch_optional(pool).await?,
-        };
+        let row: Option<(i64, i64, String, String)> =
+            on_reader!(&self.db, pool => sqlx::query_as(sql).fetch_optional(pool).await?);
         Ok(row.map(seal))
     }
 
     /// Seals from `ordinal` on, in order, at most `limit`.
     pub async fn seals_from(&self, ordinal: i64, limit: i64) -> Result<Vec<Seal>, StoreError> {
-        let rows: Vec<(i64, i64, String, String)> = match &self.db {
-            Db::Sqlite { reader, .. } => {
-                sqlx::query_as(
-                    "SELECT ordinal, position, leaf_hash, chain_hash FROM event_seals
-                      WHERE ordinal >= ?1 ORDER BY ordinal LIMIT ?2",
-                )
-                .bind(ordinal)
-                .bind(limit)
-                .fetch_all(reader)
-                .await?
-            }
-            Db::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT ordinal, position, leaf_hash, chain_hash FROM event_seals
-                      WHERE ordinal >= $1 ORDER BY ordinal LIMIT $2",
-                )
-                .bind(ordinal)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
-            }
-        };
+        let sql = "SELECT ordinal, position, leaf_hash, chain_hash FROM event_seals
+                    WHERE ordinal >= $1 ORDER BY ordinal LIMIT $2";
+        let rows: Vec<(i64, i64, String, String)> = on_reader!(&self.db, pool => {
+            sqlx::query_as(sql).bind(ordinal).bind(limit).fetch_all(pool).await?
+        });
         Ok(rows.into_iter().map(seal).collect())
     }
 
@@ -730,41 +707,18 @@ impl Store {
 
     /// Whether an event with this global position exists.
     pub async fn has_position(&self, position: i64) -> Result<bool, StoreError> {
-        let sql_sqlite = "SELECT EXISTS (SELECT 1 FROM events WHERE position = ?1)";
-        let sql_pg = "SELECT EXISTS (SELECT 1 FROM events WHERE position = $1)";
-        Ok(match &self.db {
-            Db::Sqlite { reader, .. } => {
-                sqlx::query_scalar(sql_sqlite)
-                    .bind(position)
-                    .fetch_one(reader)
-                    .await?
-            }
-            Db::Postgres(pool) => {
-                sqlx::query_scalar(sql_pg)
-                    .bind(position)
-                    .fetch_one(pool)
-                    .await?
-            }
-        })
+        let sql = "SELECT EXISTS (SELECT 1 FROM events WHERE position = $1)";
+        Ok(
+            on_reader!(&self.db, pool => sqlx::query_scalar(sql).bind(position).fetch_one(pool).await?),
+        )
     }
 
     /// The checkpoint of a persisted projection (zero before its first batch).
     pub async fn checkpoint(&self, projection: &str) -> Result<Checkpoint, StoreError> {
-        let row: Option<(i64, i64)> =
-            match &self.db {
-                Db::Sqlite { reader, .. } => sqlx::query_as(
-                    "SELECT position, ordinal FROM projection_checkpoints WHERE projection = ?1",
-                )
-                .bind(projection)
-                .fetch_optional(reader)
-                .await?,
-                Db::Postgres(pool) => sqlx::query_as(
-                    "SELECT position, ordinal FROM projection_checkpoints WHERE projection = $1",
-                )
-                .bind(projection)
-                .fetch_optional(pool)
-                .await?,
-            };
+        let sql = "SELECT position, ordinal FROM projection_checkpoints WHERE projection = $1";
+        let row: Option<(i64, i64)> = on_reader!(&self.db, pool => {
+            sqlx::query_as(sql).bind(projection).fetch_optional(pool).await?
+        });
         Ok(
             row.map_or_else(Checkpoint::default, |(position, ordinal)| Checkpoint {
                 position,
@@ -775,30 +729,15 @@ impl Store {
 
     /// Empties the intent read model and its checkpoint, for a rebuild from position 0.
     pub async fn reset_intent_view(&self, projection: &str) -> Result<(), StoreError> {
-        match &self.db {
-            Db::Sqlite { writer, .. } => {
-                let mut tx = writer.begin().await?;
-                sqlx::query("DELETE FROM intent_view")
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("DELETE FROM projection_checkpoints WHERE projection = ?1")
-                    .bind(projection)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-            }
-            Db::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                sqlx::query("DELETE FROM intent_view")
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("DELETE FROM projection_checkpoints WHERE projection = $1")
-                    .bind(projection)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-            }
-        }
+        on_writer!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM intent_view").execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM projection_checkpoints WHERE projection = $1")
+                .bind(projection)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?
+        });
         Ok(())
     }
 
@@ -849,78 +788,37 @@ impl Store {
         rows: &[IntentRow],
         checkpoint: Checkpoint,
     ) -> Result<(), StoreError> {
-        let encoded: Vec<(&IntentRow, String)> = rows
-            .iter()
-            .map(|r| (r, serde_json::to_string(&r.state).unwrap_or_default()))
-            .collect();
-        match &self.db {
-            Db::Sqlite { writer, .. } => {
-                let mut tx = writer.begin().await?;
-                for (row, state) in &encoded {
-                    sqlx::query(
-                        "INSERT INTO intent_view (id, seq, status, current_ring, app_name, stream_version, state)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                         ON CONFLICT (id) DO UPDATE SET status = excluded.status,
-                             current_ring = excluded.current_ring, stream_version = excluded.stream_version,
-                             state = excluded.state
-                         WHERE excluded.stream_version > intent_view.stream_version",
-                    )
+        let upsert = "INSERT INTO intent_view (id, seq, status, current_ring, app_name, stream_version, state)
+                      VALUES ($1, $2, $3, $4, $5, $6, $7)
+                      ON CONFLICT (id) DO UPDATE SET status = excluded.status,
+                          current_ring = excluded.current_ring, stream_version = excluded.stream_version,
+                          state = excluded.state
+                      WHERE excluded.stream_version > intent_view.stream_version";
+        let advance = "INSERT INTO projection_checkpoints (projection, position, ordinal) VALUES ($1, $2, $3)
+                       ON CONFLICT (projection) DO UPDATE SET position = excluded.position, ordinal = excluded.ordinal
+                       WHERE excluded.ordinal > projection_checkpoints.ordinal";
+        on_writer!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            for row in rows {
+                sqlx::query(upsert)
                     .bind(row.state.id.to_string())
                     .bind(row.seq)
                     .bind(row.state.status.as_str())
                     .bind(row.state.current_ring.as_str())
                     .bind(&row.state.app_name)
                     .bind(row.state.stream_version as i64)
-                    .bind(state)
+                    .bind(serde_json::to_string(&row.state).unwrap_or_default())
                     .execute(&mut *tx)
                     .await?;
-                }
-                sqlx::query(
-                    "INSERT INTO projection_checkpoints (projection, position, ordinal) VALUES (?3, ?1, ?2)
-                     ON CONFLICT (projection) DO UPDATE SET position = excluded.position, ordinal = excluded.ordinal
-                     WHERE excluded.ordinal > projection_checkpoints.ordinal",
-                )
+            }
+            sqlx::query(advance)
+                .bind(projection)
                 .bind(checkpoint.position)
                 .bind(checkpoint.ordinal)
-                .bind(projection)
                 .execute(&mut *tx)
                 .await?;
-                tx.commit().await?;
-            }
-            Db::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                for (row, state) in &encoded {
-                    sqlx::query(
-                        "INSERT INTO intent_view (id, seq, status, current_ring, app_name, stream_version, state)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7)
-                         ON CONFLICT (id) DO UPDATE SET status = excluded.status,
-                             current_ring = excluded.current_ring, stream_version = excluded.stream_version,
-                             state = excluded.state
-                         WHERE excluded.stream_version > intent_view.stream_version",
-                    )
-                    .bind(row.state.id.to_string())
-                    .bind(row.seq)
-                    .bind(row.state.status.as_str())
-                    .bind(row.state.current_ring.as_str())
-                    .bind(&row.state.app_name)
-                    .bind(row.state.stream_version as i64)
-                    .bind(state)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                sqlx::query(
-                    "INSERT INTO projection_checkpoints (projection, position, ordinal) VALUES ($3, $1, $2)
-                     ON CONFLICT (projection) DO UPDATE SET position = excluded.position, ordinal = excluded.ordinal
-                     WHERE excluded.ordinal > projection_checkpoints.ordinal",
-                )
-                .bind(checkpoint.position)
-                .bind(checkpoint.ordinal)
-                .bind(projection)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-            }
-        }
+            tx.commit().await?
+        });
         Ok(())
     }
 
@@ -931,40 +829,22 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<IntentRow>, StoreError> {
-        let status = filter.status.map(Status::as_str);
-        let ring = filter.ring.map(Ring::as_str);
-        let rows: Vec<(i64, String)> = match &self.db {
-            Db::Sqlite { reader, .. } => {
-                sqlx::query_as(
-                    "SELECT seq, state FROM intent_view
-                      WHERE seq > ?1 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR current_ring = ?3)
-                        AND (?4 IS NULL OR app_name = ?4)
-                      ORDER BY seq LIMIT ?5",
-                )
+        let sql = "SELECT seq, state FROM intent_view
+                    WHERE seq > $1
+                      AND (CAST($2 AS TEXT) IS NULL OR status = $2)
+                      AND (CAST($3 AS TEXT) IS NULL OR current_ring = $3)
+                      AND (CAST($4 AS TEXT) IS NULL OR app_name = $4)
+                    ORDER BY seq LIMIT $5";
+        let rows: Vec<(i64, String)> = on_reader!(&self.db, pool => {
+            sqlx::query_as(sql)
                 .bind(after)
-                .bind(status)
-                .bind(ring)
-                .bind(filter.app_name.as_deref())
-                .bind(limit)
-                .fetch_all(reader)
-                .await?
-            }
-            Db::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT seq, state FROM intent_view
-                      WHERE seq > $1 AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR current_ring = $3)
-                        AND ($4::text IS NULL OR app_name = $4)
-                      ORDER BY seq LIMIT $5",
-                )
-                .bind(after)
-                .bind(status)
-                .bind(ring)
+                .bind(filter.status.map(Status::as_str))
+                .bind(filter.ring.map(Ring::as_str))
                 .bind(filter.app_name.as_deref())
                 .bind(limit)
                 .fetch_all(pool)
                 .await?
-            }
-        };
+        });
         rows.into_iter()
             .map(|(seq, state)| {
                 Ok(IntentRow {
@@ -1018,20 +898,10 @@ impl Store {
         &self,
         token_hash: &str,
     ) -> Result<Option<Actor>, StoreError> {
-        let row: Option<(String, String)> = match &self.db {
-            Db::Sqlite { reader, .. } => {
-                sqlx::query_as("SELECT subject, role FROM principals WHERE token_hash = ?1")
-                    .bind(token_hash)
-                    .fetch_optional(reader)
-                    .await?
-            }
-            Db::Postgres(pool) => {
-                sqlx::query_as("SELECT subject, role FROM principals WHERE token_hash = $1")
-                    .bind(token_hash)
-                    .fetch_optional(pool)
-                    .await?
-            }
-        };
+        let sql = "SELECT subject, role FROM principals WHERE token_hash = $1";
+        let row: Option<(String, String)> = on_reader!(&self.db, pool => {
+            sqlx::query_as(sql).bind(token_hash).fetch_optional(pool).await?
+        });
         Ok(row.and_then(|(subject, role)| Role::parse(&role).map(|role| Actor { subject, role })))
     }
 
@@ -1107,32 +977,18 @@ impl Store {
         status: u16,
         body: &str,
     ) -> Result<(), StoreError> {
-        match &self.db {
-            Db::Sqlite { writer, .. } => {
-                sqlx::query(
-                    "UPDATE idempotency_keys SET status = ?1, response = ?2
-                      WHERE subject = ?3 AND key = ?4",
-                )
-                .bind(status as i32)
-                .bind(body)
-                .bind(subject)
-                .bind(key)
-                .execute(writer)
-                .await?;
-            }
-            Db::Postgres(pool) => {
-                sqlx::query(
-                    "UPDATE idempotency_keys SET status = $1, response = $2
-                      WHERE subject = $3 AND key = $4",
-                )
+        let sql = "UPDATE idempotency_keys SET status = $1, response = $2
+                    WHERE subject = $3 AND key = $4";
+        on_writer!(&self.db, pool => {
+            sqlx::query(sql)
                 .bind(status as i32)
                 .bind(body)
                 .bind(subject)
                 .bind(key)
                 .execute(pool)
-                .await?;
-            }
-        }
+                .await
+                .map(|_| ())?
+        });
         Ok(())
     }
 
@@ -1142,28 +998,10 @@ impl Store {
         subject: &str,
         key: &str,
     ) -> Result<(), StoreError> {
-        match &self.db {
-            Db::Sqlite { writer, .. } => {
-                sqlx::query(
-                    "DELETE FROM idempotency_keys
-                      WHERE subject = ?1 AND key = ?2 AND status IS NULL",
-                )
-                .bind(subject)
-                .bind(key)
-                .execute(writer)
-                .await?;
-            }
-            Db::Postgres(pool) => {
-                sqlx::query(
-                    "DELETE FROM idempotency_keys
-                      WHERE subject = $1 AND key = $2 AND status IS NULL",
-                )
-                .bind(subject)
-                .bind(key)
-                .execute(pool)
-                .await?;
-            }
-        }
+        let sql = "DELETE FROM idempotency_keys WHERE subject = $1 AND key = $2 AND status IS NULL";
+        on_writer!(&self.db, pool => {
+            sqlx::query(sql).bind(subject).bind(key).execute(pool).await.map(|_| ())?
+        });
         Ok(())
     }
 
