@@ -177,14 +177,17 @@ const MAX_STORED_RESPONSE: usize = 1 << 20;
 /// Runs a write once per `Idempotency-Key`: a repeat with the same request gets the stored
 /// response and appends nothing; the same key with a different request gets 422. A write that
 /// fails appended nothing, so its key is released for a retry.
+///
+/// A keyed write runs on its own task: if the client's request is dropped (the time limit, a
+/// disconnect) the write still finishes and stores its answer or frees its key, so a retry with
+/// the same key learns whether it committed instead of finding the key stuck in flight.
 async fn once(
     state: &AppState,
-    command: &Command,
+    subject: &str,
     headers: &HeaderMap,
     digest: &str,
-    run: impl std::future::Future<Output = Result<Response, ApiError>>,
+    run: impl std::future::Future<Output = Result<Response, ApiError>> + Send + 'static,
 ) -> Result<Response, ApiError> {
-    let subject = &command.actor.subject;
     let Some(key) = idempotency_key(headers)? else {
         return run.await;
     };
@@ -208,31 +211,37 @@ async fn once(
             })
         }
     }
-    let response = match run.await {
-        Ok(response) => response,
-        Err(e) => {
-            state.store.release_idempotency_key(subject, &key).await?;
-            return Err(e);
-        }
-    };
-    let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, MAX_STORED_RESPONSE)
+    let store = state.store.clone();
+    let subject = subject.to_string();
+    let write = tokio::spawn(async move {
+        let response = match run.await {
+            Ok(response) => response,
+            Err(e) => {
+                store.release_idempotency_key(&subject, &key).await?;
+                return Err(e);
+            }
+        };
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, MAX_STORED_RESPONSE)
+            .await
+            .map_err(|e| ApiError::Internal(format!("buffering response: {e}")))?;
+        let kept: serde_json::Map<String, Value> =
+            [header::CONTENT_TYPE, header::ETAG, header::LOCATION]
+                .iter()
+                .filter_map(|h| {
+                    let v = parts.headers.get(h)?.to_str().ok()?;
+                    Some((h.as_str().to_string(), Value::from(v)))
+                })
+                .collect();
+        let stored = json!({ "headers": kept, "body": String::from_utf8_lossy(&bytes) });
+        store
+            .complete_idempotency_key(&subject, &key, parts.status.as_u16(), &stored.to_string())
+            .await?;
+        Ok(Response::from_parts(parts, Body::from(bytes)))
+    });
+    write
         .await
-        .map_err(|e| ApiError::Internal(format!("buffering response: {e}")))?;
-    let kept: serde_json::Map<String, Value> =
-        [header::CONTENT_TYPE, header::ETAG, header::LOCATION]
-            .iter()
-            .filter_map(|h| {
-                let v = parts.headers.get(h)?.to_str().ok()?;
-                Some((h.as_str().to_string(), Value::from(v)))
-            })
-            .collect();
-    let stored = json!({ "headers": kept, "body": String::from_utf8_lossy(&bytes) });
-    state
-        .store
-        .complete_idempotency_key(subject, &key, parts.status.as_u16(), &stored.to_string())
-        .await?;
-    Ok(Response::from_parts(parts, Body::from(bytes)))
+        .map_err(|e| ApiError::Internal(format!("the idempotent write task failed: {e}")))?
 }
 
 fn replay(status: u16, stored: &str) -> Result<Response, ApiError> {
@@ -276,30 +285,35 @@ async fn command(
         expected_version: if_match(&headers)?,
         action,
     };
-    let run = async {
-        let intent = state.commands.execute(id, command.clone()).await?;
-        state.metrics.wake();
-        match &intent.last_promotion {
-            Some(attempt) if is_promotion && !attempt.passed => {
-                let blocked: Vec<&str> = attempt.blocked_by().iter().map(|g| g.as_str()).collect();
-                Ok(ApiError::Conflict {
-                    detail: format!(
-                        "promotion from {} to {} blocked by: {}",
-                        attempt.from_ring.as_str(),
-                        attempt.to_ring.as_str(),
-                        blocked.join(", ")
-                    ),
-                    extra: Some(json!({
-                        "promotion": attempt,
-                        "intent": IntentResponse::from(&intent),
-                    })),
+    let subject = command.actor.subject.clone();
+    let run = {
+        let state = state.clone();
+        async move {
+            let intent = state.commands.execute(id, command).await?;
+            state.metrics.wake();
+            match &intent.last_promotion {
+                Some(attempt) if is_promotion && !attempt.passed => {
+                    let blocked: Vec<&str> =
+                        attempt.blocked_by().iter().map(|g| g.as_str()).collect();
+                    Ok(ApiError::Conflict {
+                        detail: format!(
+                            "promotion from {} to {} blocked by: {}",
+                            attempt.from_ring.as_str(),
+                            attempt.to_ring.as_str(),
+                            blocked.join(", ")
+                        ),
+                        extra: Some(json!({
+                            "promotion": attempt,
+                            "intent": IntentResponse::from(&intent),
+                        })),
+                    }
+                    .into_response())
                 }
-                .into_response())
+                _ => Ok(intent_response(StatusCode::OK, &intent)),
             }
-            _ => Ok(intent_response(StatusCode::OK, &intent)),
         }
     };
-    once(&state, &command, &headers, &digest, run).await
+    once(&state, &subject, &headers, &digest, run).await
 }
 
 /// Create a deployment intent.
@@ -342,16 +356,20 @@ async fn create(
             justification: r.justification,
         })),
     };
-    let run = async {
-        let intent = state.commands.execute(id, command.clone()).await?;
-        state.metrics.wake();
-        let mut response = intent_response(StatusCode::CREATED, &intent);
-        if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/deployments/{id}")) {
-            response.headers_mut().insert(header::LOCATION, location);
+    let subject = command.actor.subject.clone();
+    let run = {
+        let state = state.clone();
+        async move {
+            let intent = state.commands.execute(id, command).await?;
+            state.metrics.wake();
+            let mut response = intent_response(StatusCode::CREATED, &intent);
+            if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/deployments/{id}")) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            Ok(response)
         }
-        Ok(response)
     };
-    once(&state, &command, &headers, &body.digest, run).await
+    once(&state, &subject, &headers, &body.digest, run).await
 }
 
 /// Query of `GET /api/v1/deployments`.

@@ -98,3 +98,57 @@ async fn a_retried_blocked_promotion_is_not_evaluated_twice(backend: Backend) {
     assert_eq!(retry.body["promotion"], first.body["promotion"]);
     assert_eq!(app.event_count().await, count);
 }
+
+/// A write cut off by the time limit still finishes and answers its key: here the database holds
+/// the append past the limit, and a retry with the same key gets the one intent it created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_timed_out_write_learns_its_outcome() {
+    use sqlx::Connection;
+    let app = TestApp::spawn_with(Backend::Postgres, &["--request-timeout", "1"]).await;
+    let crew = Crew::new(&app);
+    let mut blocker = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    let mut tx = blocker.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+
+    let body = intent_body("Slow", 0.2, "GLOBAL").to_string();
+    let first = post_with_key(
+        &app,
+        &crew.requester,
+        "/api/v1/deployments",
+        "slow-1",
+        body.clone(),
+    )
+    .await;
+    first.assert_problem(503);
+    tx.commit().await.unwrap();
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let retry = loop {
+        let retry = post_with_key(
+            &app,
+            &crew.requester,
+            "/api/v1/deployments",
+            "slow-1",
+            body.clone(),
+        )
+        .await;
+        if retry.status != 409 {
+            break retry;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key stayed in flight: {retry:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(retry.status, 201, "{retry:#?}");
+    assert_eq!(retry.headers["idempotent-replayed"], "true");
+    assert_eq!(
+        app.event_count().await,
+        2,
+        "one intent: created and approved by policy"
+    );
+}
