@@ -18,6 +18,11 @@ pub fn current() -> String {
     CURRENT.try_with(Clone::clone).unwrap_or_default()
 }
 
+/// Runs `work` (on another task, say) under the current request's correlation id.
+pub fn carry<F: std::future::Future>(work: F) -> impl std::future::Future<Output = F::Output> {
+    CURRENT.scope(current(), work)
+}
+
 /// A caller's id is kept when it is 1 to 128 visible ASCII characters; otherwise one is generated.
 fn accept(value: Option<&HeaderValue>) -> Option<String> {
     let v = value?.to_str().ok()?;

@@ -213,7 +213,7 @@ async fn once(
     }
     let store = state.store.clone();
     let subject = subject.to_string();
-    let write = tokio::spawn(async move {
+    let write = tokio::spawn(correlation::carry(async move {
         let response = match run.await {
             Ok(response) => response,
             Err(e) => {
@@ -238,7 +238,7 @@ async fn once(
             .complete_idempotency_key(&subject, &key, parts.status.as_u16(), &stored.to_string())
             .await?;
         Ok(Response::from_parts(parts, Body::from(bytes)))
-    });
+    }));
     write
         .await
         .map_err(|e| ApiError::Internal(format!("the idempotent write task failed: {e}")))?
