@@ -330,6 +330,20 @@ impl TestApp {
         headers: &[(&str, &str)],
         body: Option<String>,
     ) -> Reply {
+        self.try_send(method, path, token, headers, body)
+            .await
+            .unwrap_or_else(|| panic!("no answer from the server for {path}"))
+    }
+
+    /// Like `send`, but `None` when the server does not answer (it died, say).
+    pub async fn try_send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Option<Reply> {
         let mut req = self.client.request(method, format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -340,16 +354,16 @@ impl TestApp {
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b);
         }
-        let resp = req.send().await.expect("request");
+        let resp = req.send().await.ok()?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let text = resp.text().await.unwrap();
+        let text = resp.text().await.ok()?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Reply {
+        Some(Reply {
             status,
             headers,
             body,
-        }
+        })
     }
 
     pub async fn get(&self, path: &str, token: &str) -> Reply {

@@ -1,0 +1,136 @@
+//! kill -9 under load: every command that was answered 2xx is in the store after a restart, and
+//! the metrics the restarted server serves are the stream's, as a replay computes them.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+
+use crate::helpers::{eucora, intent_body, Backend, Crew, TestApp};
+
+crate::on_both_backends!(acknowledged_commands_survive_kill_9);
+
+async fn acknowledged_commands_survive_kill_9(backend: Backend) {
+    let app = Arc::new(TestApp::spawn(backend).await);
+    let crew = Arc::new(Crew::new(&app));
+    // (intent id, stream version the server acknowledged)
+    let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let count = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let (app, crew, acked, count) =
+                (app.clone(), crew.clone(), acked.clone(), count.clone());
+            tokio::spawn(async move {
+                for n in 0..200 {
+                    let body = intent_body(&format!("c{c}-{n}"), 0.2, "GLOBAL").to_string();
+                    let created = app
+                        .try_send(
+                            Method::POST,
+                            "/api/v1/deployments",
+                            Some(&crew.requester),
+                            &[],
+                            Some(body),
+                        )
+                        .await;
+                    let Some(created) = created.filter(|r| r.status == 201) else {
+                        return;
+                    };
+                    let id = created.id();
+                    acked.lock().unwrap().push((id.clone(), 2));
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let report = serde_json::json!({
+                        "ring": "LAB", "target_devices": 10, "succeeded": 10, "failed": 0
+                    });
+                    let path = format!("/api/v1/deployments/{id}/deploy");
+                    let deployed = app
+                        .try_send(
+                            Method::POST,
+                            &path,
+                            Some(&crew.deployer),
+                            &[],
+                            Some(report.to_string()),
+                        )
+                        .await;
+                    let Some(deployed) = deployed.filter(|r| r.status == 200) else {
+                        return;
+                    };
+                    let version = deployed.body["stream_version"].as_u64().unwrap();
+                    acked.lock().unwrap().push((id, version));
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    // Kill once the load is well under way, with requests in flight.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count.load(Ordering::SeqCst) < 40 {
+        assert!(Instant::now() < deadline, "the load never got going");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &app.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    for c in clients {
+        // A client whose server died in the middle of a request gives up; none may hang.
+        tokio::time::timeout(Duration::from_secs(30), c)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    let restarted = app.replica().await;
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 40);
+    for (id, version) in &acked {
+        let intent = restarted.intent(&crew.auditor, id).await;
+        assert_eq!(
+            intent.status, 200,
+            "acknowledged intent {id} lost: {intent:#?}"
+        );
+        let stored = intent.body["stream_version"].as_u64().unwrap();
+        assert!(
+            stored >= *version,
+            "{id}: acknowledged version {version}, stored {stored}"
+        );
+    }
+
+    // The restarted server's domain metrics are the stream's: a replay computes the same text.
+    let events = restarted.event_count().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let live = loop {
+        let reply = restarted
+            .send(Method::GET, "/api/v1/metrics", None, &[], None)
+            .await;
+        let text = reply.body.as_str().unwrap_or_default().to_string();
+        let applied: i64 = text
+            .lines()
+            .filter(|l| l.starts_with("eucora_events_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+            .sum();
+        if applied == events {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never covered all {events} events"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let out = restarted.db.dir().join("after-crash.prom");
+    let (ok, _, err) = eucora(&[
+        "replay",
+        "--database-url",
+        &restarted.db.url,
+        "--metrics-out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let replayed = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        replayed == crate::metrics::domain_part(&live),
+        "replayed metrics differ after the crash"
+    );
+}
