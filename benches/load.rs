@@ -8,6 +8,8 @@
 //! `cargo bench --bench load` (PostgreSQL from `EUCORA_BENCH_DATABASE_URL`, else
 //! `EUCORA_TEST_DATABASE_URL`; `EUCORA_BENCH_SECONDS` per cell, default 4).
 
+mod scratch;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +21,6 @@ use eucora::http::extract::sha256_hex;
 use eucora::store::Store;
 use eucora_projections::event::Role;
 use serde_json::json;
-use sqlx::Connection;
 
 struct Cell {
     ops: usize,
@@ -237,26 +238,12 @@ async fn main() {
         seconds,
     )
     .await;
-    let admin = std::env::var("EUCORA_BENCH_DATABASE_URL")
-        .or_else(|_| std::env::var("EUCORA_TEST_DATABASE_URL"));
-    match admin {
-        Ok(admin) => {
-            let name = format!("eucora_bench_{}", uuid::Uuid::new_v4().simple());
-            let mut conn = sqlx::PgConnection::connect(&admin)
-                .await
-                .expect("PostgreSQL");
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            let base = admin.split('?').next().unwrap();
-            let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
-            bench_backend("postgres", &url, seconds).await;
-            let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-                .execute(&mut conn)
-                .await;
+    match scratch::Scratch::create().await {
+        Some(db) => {
+            bench_backend("postgres", &db.url, seconds).await;
+            db.drop_database().await;
         }
-        Err(_) => println!("(PostgreSQL skipped: set EUCORA_BENCH_DATABASE_URL)"),
+        None => println!("(PostgreSQL skipped: set EUCORA_BENCH_DATABASE_URL)"),
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

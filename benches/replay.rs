@@ -15,6 +15,8 @@
 //! `cargo bench --bench replay` (PostgreSQL from `EUCORA_BENCH_DATABASE_URL`, else
 //! `EUCORA_TEST_DATABASE_URL`).
 
+mod scratch;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +33,6 @@ use eucora_projections::event::*;
 use eucora_projections::metrics::Metrics;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sqlx::Connection;
 use uuid::Uuid;
 
 const APPS: usize = 1000;
@@ -320,7 +321,7 @@ async fn bench_backend(name: &str, url: &str, n: u64) {
     row("eucora replay, again (verifies, rebuilds)", took, scan);
 
     // The projection runner as `eucora serve` runs it: catch up from position 0, folding metrics.
-    let runner = eucora::projector::MetricsProjector::new(store.clone(), 200);
+    let runner = eucora::projector::Projector::new(store.clone(), 200);
     let (_, ours) = timed(async {
         let mut applied = 0;
         while applied < written as usize {
@@ -408,25 +409,11 @@ async fn main() {
     )
     .await;
     let _ = std::fs::remove_dir_all(&dir);
-    let admin = std::env::var("EUCORA_BENCH_DATABASE_URL")
-        .or_else(|_| std::env::var("EUCORA_TEST_DATABASE_URL"));
-    match admin {
-        Ok(admin) => {
-            let name = format!("eucora_bench_{}", Uuid::new_v4().simple());
-            let mut conn = sqlx::PgConnection::connect(&admin)
-                .await
-                .expect("PostgreSQL");
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            let base = admin.split('?').next().unwrap();
-            let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
-            bench_backend("postgres", &url, n).await;
-            let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-                .execute(&mut conn)
-                .await;
+    match scratch::Scratch::create().await {
+        Some(db) => {
+            bench_backend("postgres", &db.url, n).await;
+            db.drop_database().await;
         }
-        Err(_) => println!("(PostgreSQL skipped: set EUCORA_BENCH_DATABASE_URL)"),
+        None => println!("(PostgreSQL skipped: set EUCORA_BENCH_DATABASE_URL)"),
     }
 }

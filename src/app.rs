@@ -235,7 +235,7 @@ pub struct AppState {
     pub commands: Arc<Commands>,
     pub reads: Arc<dyn IntentReader>,
     pub principals: Arc<Principals>,
-    pub metrics: Arc<crate::projector::MetricsProjector>,
+    pub metrics: Arc<crate::projector::Projector>,
     pub telemetry: Arc<Telemetry>,
 }
 
@@ -274,8 +274,7 @@ impl Application {
         };
         let store = Store::connect(&args.db.database_url, args.db.db_pool_size).await?;
         store.migrate().await?;
-        let metrics =
-            crate::projector::MetricsProjector::new(store.clone(), args.metrics_app_label_limit);
+        let metrics = crate::projector::Projector::new(store.clone(), args.metrics_app_label_limit);
         let telemetry = Arc::new(
             Telemetry::new(store.backend(), metrics.clone()).map_err(StartError::Telemetry)?,
         );

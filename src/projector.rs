@@ -23,7 +23,9 @@ const BATCH: i64 = 1000;
 /// at once, a write by another process is seen within this time.
 const MAX_IDLE_WAIT: Duration = Duration::from_millis(500);
 
-pub struct MetricsProjector {
+/// Runs this process's projections from the global stream: the metrics fold (in memory), the
+/// sealer and the intent read model (persisted, each with its own checkpoint).
+pub struct Projector {
     store: Store,
     metrics: RwLock<Metrics>,
     /// Events applied so far.
@@ -41,9 +43,9 @@ pub struct MetricsProjector {
 /// How often the runner counts the store's events to report its lag.
 const RECOUNT: Duration = Duration::from_secs(5);
 
-impl MetricsProjector {
+impl Projector {
     pub fn new(store: Store, app_label_limit: usize) -> Arc<Self> {
-        Arc::new(MetricsProjector {
+        Arc::new(Projector {
             store,
             metrics: RwLock::new(Metrics::new(app_label_limit)),
             applied: AtomicI64::new(0),

@@ -13,7 +13,7 @@ use eucora_projections::integrity::{leaf_hash, Chain, Seal};
 use eucora_projections::metrics::Metrics;
 use sha2::{Digest, Sha256};
 
-use crate::projector::{MetricsProjector, INTENTS};
+use crate::projector::{Projector, INTENTS};
 use crate::store::{GlobalEvent, Store, StoreError};
 
 const BATCH: i64 = 5000;
@@ -242,7 +242,7 @@ pub async fn replay(
     }
     // The persisted intent read model, rebuilt from position 0 by the runner's own step.
     store.reset_intent_view(INTENTS).await?;
-    let runner = MetricsProjector::new(store.clone(), app_label_limit);
+    let runner = Projector::new(store.clone(), app_label_limit);
     while store.checkpoint(INTENTS).await?.ordinal < events as i64 {
         if runner.project_intents().await? == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;

@@ -912,49 +912,22 @@ impl Store {
         key: &str,
         request_hash: &str,
     ) -> Result<Reservation, StoreError> {
-        let (inserted, existing): (u64, Option<IdempotencyRow>) = match &self.db {
-            Db::Sqlite { writer, .. } => {
-                let done = sqlx::query(
-                    "INSERT INTO idempotency_keys (subject, key, request_hash, created_at)
-                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-                )
+        let reserve = "INSERT INTO idempotency_keys (subject, key, request_hash, created_at)
+                       VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+        let look = "SELECT request_hash, status, response FROM idempotency_keys
+                     WHERE subject = $1 AND key = $2";
+        let now = Utc::now();
+        let (inserted, existing): (u64, Option<IdempotencyRow>) = on_writer!(&self.db, pool => {
+            let done = sqlx::query(reserve)
                 .bind(subject)
                 .bind(key)
                 .bind(request_hash)
-                .bind(Utc::now().to_rfc3339())
-                .execute(writer)
-                .await?;
-                let existing = sqlx::query_as(
-                    "SELECT request_hash, status, response FROM idempotency_keys
-                          WHERE subject = ?1 AND key = ?2",
-                )
-                .bind(subject)
-                .bind(key)
-                .fetch_optional(writer)
-                .await?;
-                (done.rows_affected(), existing)
-            }
-            Db::Postgres(pool) => {
-                let done = sqlx::query(
-                    "INSERT INTO idempotency_keys (subject, key, request_hash, created_at)
-                         VALUES ($1, $2, $3, now()) ON CONFLICT DO NOTHING",
-                )
-                .bind(subject)
-                .bind(key)
-                .bind(request_hash)
+                .bind(now)
                 .execute(pool)
                 .await?;
-                let existing = sqlx::query_as(
-                    "SELECT request_hash, status, response FROM idempotency_keys
-                          WHERE subject = $1 AND key = $2",
-                )
-                .bind(subject)
-                .bind(key)
-                .fetch_optional(pool)
-                .await?;
-                (done.rows_affected(), existing)
-            }
-        };
+            let existing = sqlx::query_as(look).bind(subject).bind(key).fetch_optional(pool).await?;
+            (done.rows_affected(), existing)
+        });
         if inserted == 1 {
             return Ok(Reservation::Reserved);
         }

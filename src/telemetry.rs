@@ -11,7 +11,7 @@ use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::{Encoder, TextEncoder};
 
-use crate::projector::MetricsProjector;
+use crate::projector::Projector;
 use crate::store::Backend;
 
 /// OpenTelemetry's recommended buckets for HTTP server durations, in seconds.
@@ -30,7 +30,7 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    pub fn new(backend: Backend, projector: Arc<MetricsProjector>) -> Result<Telemetry, String> {
+    pub fn new(backend: Backend, projector: Arc<Projector>) -> Result<Telemetry, String> {
         let registry = prometheus::Registry::new();
         let exporter = opentelemetry_prometheus::exporter()
             .with_registry(registry.clone())

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use eucora::app::{AppState, Commands, Principals, ReadModel};
 use eucora::domain::{DomainServices, Policy, SystemClock};
-use eucora::projector::MetricsProjector;
+use eucora::projector::Projector;
 use eucora::telemetry::Telemetry;
 use reqwest::Method;
 use tower::ServiceExt;
@@ -121,7 +121,7 @@ async fn metrics_answer_503_until_the_projection_has_caught_up(backend: Backend)
 
     // A projector that has not yet read the six stored events: driven by hand, no timing.
     let store = db.store().await;
-    let projector = MetricsProjector::new(store.clone(), 10);
+    let projector = Projector::new(store.clone(), 10);
     let services = DomainServices::new(Arc::new(SystemClock), Policy::default());
     let telemetry = Arc::new(Telemetry::new(store.backend(), projector.clone()).unwrap());
     let state = AppState {

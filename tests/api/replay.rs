@@ -231,7 +231,7 @@ async fn the_projector_seals_what_it_reads_once_and_replay_verifies_it(backend: 
         }
     }
     let store = db.store().await;
-    let projector = eucora::projector::MetricsProjector::new(store.clone(), 10);
+    let projector = eucora::projector::Projector::new(store.clone(), 10);
     let mut sealed = 0;
     let deadline = Instant::now() + Duration::from_secs(20);
     while store.last_seal().await.unwrap().map_or(0, |s| s.ordinal) < 4 {

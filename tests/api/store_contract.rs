@@ -444,7 +444,7 @@ async fn the_intent_read_model_resumes_from_its_checkpoint_and_applies_each_even
     backend: Backend,
 ) {
     use eucora::app::ListFilter;
-    use eucora::projector::MetricsProjector;
+    use eucora::projector::Projector;
     let db = TestDb::new(backend).await;
     let store = db.store().await;
     let commands = commands(&store);
@@ -458,7 +458,7 @@ async fn the_intent_read_model_resumes_from_its_checkpoint_and_applies_each_even
         .await
         .unwrap();
 
-    let first = MetricsProjector::new(store.clone(), 10);
+    let first = Projector::new(store.clone(), 10);
     let mut applied = 0;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while applied < 4 {
@@ -476,7 +476,7 @@ async fn the_intent_read_model_resumes_from_its_checkpoint_and_applies_each_even
         .execute(a, cmd("ops", Role::Deployer, report(99)))
         .await
         .unwrap();
-    let second = MetricsProjector::new(store.clone(), 10);
+    let second = Projector::new(store.clone(), 10);
     let mut applied = 0;
     while applied < 1 {
         applied += second.project_intents().await.unwrap();
