@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
-use eucora_projections::event::Actor;
+use eucora_projections::event::{Actor, Role};
 use eucora_projections::intent::IntentState;
 use uuid::Uuid;
 
 use crate::domain::{Command, DeploymentIntent, DomainError, DomainServices};
+use crate::http::extract::sha256_hex;
 pub use crate::store::ListFilter;
 use crate::store::{is_unavailable, EventRepo, Store, StoreError, StreamCache};
 use crate::telemetry::Telemetry;
@@ -226,6 +227,19 @@ impl Principals {
         }
         Ok(found)
     }
+}
+
+/// Creates a principal with a new random bearer token and returns the token. Only its SHA-256 is
+/// stored, so this is the one moment the token can be read.
+pub async fn issue_token(store: &Store, subject: &str, role: Role) -> Result<String, StoreError> {
+    use rand::RngCore;
+    let mut secret = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut secret);
+    let token = format!("eucora_{}", hex::encode(secret));
+    store
+        .create_principal(subject, role, &sha256_hex(token.as_bytes()))
+        .await?;
+    Ok(token)
 }
 
 /// What every request handler shares.

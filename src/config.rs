@@ -32,6 +32,33 @@ pub enum CliCommand {
     /// Rebuild every projection from position 0, verify the stream against its seals, and print
     /// a digest of the rebuilt domain metrics. Exits non-zero naming the first bad position.
     Replay(ReplayArgs),
+    /// Drive seeded, realistic traffic through a running server's API (intents, CAB decisions,
+    /// rollout reports, promotions, rollbacks), so dashboards and alerts have data to show.
+    /// Creates its own principals in the server's database.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// The server's database, where the demo's principals are created.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Base URL of the running server.
+    #[arg(long, env = "EUCORA_DEMO_URL", default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    /// How long to run, in seconds; 0 runs until Ctrl-C.
+    #[arg(long, env = "EUCORA_DEMO_DURATION", default_value_t = 60)]
+    pub duration: u64,
+    /// Seed for every choice the demo makes.
+    #[arg(long, env = "EUCORA_DEMO_SEED", default_value_t = 42)]
+    pub seed: u64,
+    /// Intents in flight at once.
+    #[arg(long, env = "EUCORA_DEMO_CONCURRENCY", default_value_t = 8,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub concurrency: u64,
+    /// Mean pause between two steps of one intent, in milliseconds.
+    #[arg(long, env = "EUCORA_DEMO_PACE_MS", default_value_t = 500)]
+    pub pace_ms: u64,
 }
 
 #[derive(Debug, Args)]

@@ -7,10 +7,12 @@
 //! - [`replay`]: `eucora replay`, the rebuild from position 0 and the integrity check.
 //! - [`app`]: wiring: builds the store, the command bus and the server from a [`config::Config`].
 //! - [`telemetry`]: process metrics through OpenTelemetry and opentelemetry-prometheus.
+//! - [`demo`]: `eucora demo`, seeded traffic through the real API for dashboards and alerts.
 //! - [`config`]: the command line and `EUCORA_*` environment.
 
 pub mod app;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod http;
 pub mod projector;

@@ -1,16 +1,14 @@
-//! The `eucora` command line: `serve`, `migrate`, `token create`, `events`.
+//! The `eucora` command line: `serve`, `migrate`, `token create`, `events`, `replay`, `demo`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use eucora::app::Application;
-use eucora::config::{Cli, CliCommand, DbArgs, LogFormat, ReplayArgs, TokenCommand};
+use eucora::app::{issue_token, Application};
+use eucora::config::{Cli, CliCommand, DbArgs, DemoArgs, LogFormat, ReplayArgs, TokenCommand};
 use eucora::domain::SystemClock;
-use eucora::http::extract::sha256_hex;
 use eucora::store::Store;
 use eucora_projections::event::Role;
-use rand::RngCore;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -93,17 +91,14 @@ async fn run(cli: Cli) -> Result<(), String> {
                 return Err("--subject must be 1 to 128 printable characters".into());
             }
             let store = open(&args.db).await?;
-            let mut secret = [0u8; 32];
-            rand::thread_rng().fill_bytes(&mut secret);
-            let token = format!("eucora_{}", hex::encode(secret));
-            store
-                .create_principal(subject, role, &sha256_hex(token.as_bytes()))
+            let token = issue_token(&store, subject, role)
                 .await
                 .map_err(|e| e.to_string())?;
             println!("{token}");
             Ok(())
         }
         CliCommand::Replay(args) => replay(args).await,
+        CliCommand::Demo(args) => demo(args).await,
         CliCommand::Events(args) => {
             let store = open(&args.db).await?;
             let events = store
@@ -140,6 +135,38 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+async fn demo(args: DemoArgs) -> Result<(), String> {
+    let store = open(&args.db).await?;
+    let crew = eucora::demo::DemoCrew::issue(&store).await?;
+    let plan = eucora::demo::DemoPlan {
+        url: args.url,
+        duration: (args.duration > 0).then(|| std::time::Duration::from_secs(args.duration)),
+        seed: args.seed,
+        concurrency: args.concurrency as usize,
+        pace: std::time::Duration::from_millis(args.pace_ms),
+    };
+    eprintln!(
+        "eucora demo: driving {} with {} intents in flight{}",
+        plan.url,
+        plan.concurrency,
+        match plan.duration {
+            Some(d) => format!(" for {} s", d.as_secs()),
+            None => " until Ctrl-C".into(),
+        }
+    );
+    let run = eucora::demo::run(&plan, &crew);
+    let summary = if plan.duration.is_some() {
+        run.await?
+    } else {
+        tokio::select! {
+            done = run => done?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    };
+    println!("{summary}");
+    Ok(())
 }
 
 async fn replay(args: ReplayArgs) -> Result<(), String> {
