@@ -12,5 +12,6 @@ mod global_stream;
 mod idempotency;
 mod lifecycle;
 mod metrics;
+mod observability;
 mod replay;
 mod store_contract;
