@@ -172,15 +172,17 @@ impl Projector {
         Ok(())
     }
 
-    /// Applies every event readable now; returns how many.
+    /// Applies every event readable now; returns how many. The next batch is read on another
+    /// task while this one is parsed and folded.
     pub async fn poll(&self) -> Result<usize, StoreError> {
         let mut total = 0;
-        loop {
-            let after = self.read().position();
-            let batch = self.store.read_global(after, BATCH).await?;
-            if batch.is_empty() {
-                break;
-            }
+        let after = self.read().position();
+        let mut batch = self.store.read_global(after, BATCH).await?;
+        while let Some(last) = batch.last() {
+            let next = (batch.len() as i64 == BATCH).then(|| {
+                let (store, after) = (self.store.clone(), last.position);
+                tokio::spawn(async move { store.read_global(after, BATCH).await })
+            });
             let mut applied = 0;
             let unreadable = {
                 let mut metrics = self.metrics.write().unwrap_or_else(|e| e.into_inner());
@@ -206,8 +208,9 @@ impl Projector {
             if let Some(corrupt) = unreadable {
                 return Err(corrupt);
             }
-            if (batch.len() as i64) < BATCH {
-                break;
+            match next {
+                Some(next) => batch = joined(next).await?,
+                None => break,
             }
         }
         let head = self.head_at_start.load(Ordering::Acquire);
@@ -261,5 +264,17 @@ impl Projector {
             }
             let _ = tokio::time::timeout(wait, self.wake.notified()).await;
         }
+    }
+}
+
+/// The result of a task the runner spawned: a panic is passed on, and a task cancelled because
+/// the runtime is shutting down reads as the store going away.
+pub(crate) async fn joined<T>(
+    task: tokio::task::JoinHandle<Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match task.await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(StoreError::Unavailable(sqlx::Error::PoolClosed)),
     }
 }

@@ -13,8 +13,12 @@ use eucora_projections::integrity::{leaf_hash, Chain, Seal};
 use eucora_projections::metrics::Metrics;
 use sha2::{Digest, Sha256};
 
-use crate::projector::{Projector, INTENTS};
-use crate::store::{GlobalEvent, Store, StoreError};
+use std::collections::HashMap;
+
+use eucora_projections::intent::IntentState;
+
+use crate::projector::{joined, INTENTS};
+use crate::store::{Checkpoint, GlobalEvent, IntentRow, Store, StoreError};
 
 const BATCH: i64 = 5000;
 /// How long replay waits for committed events that are not yet readable.
@@ -102,16 +106,18 @@ struct Ahead {
     event: Result<DeploymentEvent, String>,
 }
 
-/// A batch of the global stream with the seals stored for its ordinals.
-type Batch = (Vec<Ahead>, Vec<Seal>);
+/// A batch of the global stream with the seals stored for its ordinals, shared by the stages
+/// that fold it.
+type Batch = std::sync::Arc<(Vec<Ahead>, Vec<Seal>)>;
 
-/// Reads the global stream ahead of the fold, two batches at most, hashing and parsing each event
-/// (work that does not depend on order): the database and this task prepare the next batch while
-/// the caller chains, checks and folds the current one. Every event committed before the
-/// replay began is read; on PostgreSQL a transaction still open elsewhere on the server holds back
-/// events committed after it began, so an empty page before that count is a wait, not the end.
+/// Reads the global stream ahead of the folds in two pipelined stages, each holding at most two
+/// batches: a reader task pages through the stream and its seals, and a parser task hashes and
+/// parses each event (work that does not depend on order), so the database, the parser and the
+/// caller's folds all run at once. Every event committed before the replay began is read; on
+/// PostgreSQL a transaction still open elsewhere on the server holds back events committed after
+/// it began, so an empty page before that count is a wait, not the end.
 fn prefetch(store: Store, head: u64) -> tokio::sync::mpsc::Receiver<Result<Batch, ReplayError>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let (raw_tx, mut raw_rx) = tokio::sync::mpsc::channel(2);
     tokio::spawn(async move {
         let (mut after, mut ordinal, mut read) = (0i64, 1i64, 0u64);
         let mut progressed = std::time::Instant::now();
@@ -119,7 +125,7 @@ fn prefetch(store: Store, head: u64) -> tokio::sync::mpsc::Receiver<Result<Batch
             let batch = match store.read_global(after, BATCH).await {
                 Ok(batch) => batch,
                 Err(e) => {
-                    let _ = tx.send(Err(e.into())).await;
+                    let _ = raw_tx.send(Err(e.into())).await;
                     return;
                 }
             };
@@ -128,7 +134,7 @@ fn prefetch(store: Store, head: u64) -> tokio::sync::mpsc::Receiver<Result<Batch
                     return;
                 }
                 if progressed.elapsed() > STALL {
-                    let _ = tx.send(Err(ReplayError::Stalled { read, head })).await;
+                    let _ = raw_tx.send(Err(ReplayError::Stalled { read, head })).await;
                     return;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -139,21 +145,32 @@ fn prefetch(store: Store, head: u64) -> tokio::sync::mpsc::Receiver<Result<Batch
             let seals = match store.seals_from(ordinal, batch.len() as i64).await {
                 Ok(seals) => seals,
                 Err(e) => {
-                    let _ = tx.send(Err(e.into())).await;
+                    let _ = raw_tx.send(Err(e.into())).await;
                     return;
                 }
             };
             ordinal += batch.len() as i64;
             read += batch.len() as u64;
-            let ahead = batch
-                .into_iter()
-                .map(|row| Ahead {
-                    leaf: leaf_hash(&row.row()),
-                    event: row.parse(),
-                    row,
-                })
-                .collect();
-            if tx.send(Ok((ahead, seals))).await.is_err() {
+            if raw_tx.send(Ok((batch, seals))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        while let Some(next) = raw_rx.recv().await {
+            let parsed = next.map(|(batch, seals): (Vec<GlobalEvent>, Vec<Seal>)| {
+                let ahead = batch
+                    .into_iter()
+                    .map(|row| Ahead {
+                        leaf: leaf_hash(&row.row()),
+                        event: row.parse(),
+                        row,
+                    })
+                    .collect();
+                std::sync::Arc::new((ahead, seals))
+            });
+            if tx.send(parsed).await.is_err() {
                 return;
             }
         }
@@ -162,13 +179,42 @@ fn prefetch(store: Store, head: u64) -> tokio::sync::mpsc::Receiver<Result<Batch
 }
 
 /// The stream pass of a replay: every event read in global order, checked against its seal (or
-/// sealed), and folded into the metrics. Writes nothing.
+/// sealed), and folded into the metrics and, on a task of its own, the intent read model.
+/// Writes nothing.
 pub struct StreamPass {
     pub metrics: Metrics,
+    /// The intent read model as the whole stream leaves it, in no particular order.
+    pub intents: Vec<IntentRow>,
     pub events: u64,
     pub verified: u64,
     /// Seals for the events past the last stored seal, to be written.
     pub fresh: Vec<Seal>,
+    /// The position of the last event read.
+    pub last_position: i64,
+}
+
+/// Folds every batch into the intent read model: each intent's state after its last event, with
+/// the ordinal of its creation event as the list's sort key. Unreadable events stop the stream
+/// pass itself, so they are skipped here.
+fn fold_intents(
+    mut batches: tokio::sync::mpsc::Receiver<Batch>,
+) -> tokio::task::JoinHandle<Result<Vec<IntentRow>, StoreError>> {
+    tokio::spawn(async move {
+        let mut rows: HashMap<String, IntentRow> = HashMap::new();
+        let mut ordinal = 0i64;
+        while let Some(batch) = batches.recv().await {
+            for ahead in &batch.0 {
+                ordinal += 1;
+                let Ok(event) = &ahead.event else { continue };
+                let current = rows.remove(&ahead.row.aggregate_id);
+                let seq = current.as_ref().map_or(ordinal, |r| r.seq);
+                if let Some(state) = IntentState::fold(current.map(|r| r.state), event) {
+                    rows.insert(ahead.row.aggregate_id.clone(), IntentRow { seq, state });
+                }
+            }
+        }
+        Ok(rows.into_values().collect())
+    })
 }
 
 /// Reads, verifies and folds the whole stream; `progress` is told how many events were read.
@@ -179,12 +225,16 @@ pub async fn stream_pass(
 ) -> Result<StreamPass, ReplayError> {
     let mut metrics = Metrics::new(app_label_limit);
     let mut chain = Chain::default();
-    let (mut events, mut verified) = (0u64, 0u64);
+    let (mut events, mut verified, mut last_position) = (0u64, 0u64, 0i64);
     let mut fresh: Vec<Seal> = Vec::new();
     let head = store.event_count().await?.max(0) as u64;
     let mut batches = prefetch(store.clone(), head);
+    let (intents_tx, intents_rx) = tokio::sync::mpsc::channel(2);
+    let intents = fold_intents(intents_rx);
     while let Some(next) = batches.recv().await {
-        let (batch, stored) = next?;
+        let shared = next?;
+        let _ = intents_tx.send(shared.clone()).await;
+        let (batch, stored) = &*shared;
         for (i, ahead) in batch.iter().enumerate() {
             let e = &ahead.row;
             let computed = chain.extend(e.position, ahead.leaf);
@@ -204,9 +254,11 @@ pub async fn stream_pass(
                 })?;
             metrics.apply(e.position, event);
             events += 1;
+            last_position = e.position;
         }
         progress(events);
     }
+    drop(intents_tx);
     if let Some(missing) = store.seals_from(chain.ordinal() + 1, 1).await?.first() {
         return Err(ReplayError::Integrity {
             position: missing.position,
@@ -216,11 +268,14 @@ pub async fn stream_pass(
             ),
         });
     }
+    let intents = joined(intents).await?;
     Ok(StreamPass {
         metrics,
+        intents,
         events,
         verified,
         fresh,
+        last_position,
     })
 }
 
@@ -233,20 +288,31 @@ pub async fn replay(
 ) -> Result<ReplayReport, ReplayError> {
     let StreamPass {
         metrics,
+        intents,
         events,
         verified,
         fresh,
+        last_position,
     } = stream_pass(store, app_label_limit, progress).await?;
     for part in fresh.chunks(BATCH as usize) {
         store.insert_seals(part).await?;
     }
-    // The persisted intent read model, rebuilt from position 0 by the runner's own step.
+    // The persisted intent read model, replaced by the one the pass folded. Its checkpoint moves
+    // with the last part, so a runner that starts meanwhile resumes from a consistent place (rows
+    // only move forward, so it may safely re-apply what the parts already hold).
     store.reset_intent_view(INTENTS).await?;
-    let runner = Projector::new(store.clone(), app_label_limit);
-    while store.checkpoint(INTENTS).await?.ordinal < events as i64 {
-        if runner.project_intents().await? == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    let parts = intents.chunks(BATCH as usize);
+    let count = parts.len();
+    for (i, part) in parts.enumerate() {
+        let checkpoint = if i + 1 == count {
+            Checkpoint {
+                position: last_position,
+                ordinal: events as i64,
+            }
+        } else {
+            Checkpoint::default()
+        };
+        store.save_intents(INTENTS, part, checkpoint).await?;
     }
     let text = metrics.render();
     Ok(ReplayReport {

@@ -794,31 +794,56 @@ impl Store {
                           current_ring = excluded.current_ring, stream_version = excluded.stream_version,
                           state = excluded.state
                       WHERE excluded.stream_version > intent_view.stream_version";
-        let advance = "INSERT INTO projection_checkpoints (projection, position, ordinal) VALUES ($1, $2, $3)
-                       ON CONFLICT (projection) DO UPDATE SET position = excluded.position, ordinal = excluded.ordinal
-                       WHERE excluded.ordinal > projection_checkpoints.ordinal";
-        on_writer!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
-            for row in rows {
-                sqlx::query(upsert)
-                    .bind(row.state.id.to_string())
-                    .bind(row.seq)
-                    .bind(row.state.status.as_str())
-                    .bind(row.state.current_ring.as_str())
-                    .bind(&row.state.app_name)
-                    .bind(row.state.stream_version as i64)
-                    .bind(serde_json::to_string(&row.state).unwrap_or_default())
-                    .execute(&mut *tx)
-                    .await?;
+        let state = |row: &IntentRow| serde_json::to_string(&row.state).unwrap_or_default();
+        match &self.db {
+            // In-process: a statement per row costs no round trip.
+            Db::Sqlite { writer, .. } => {
+                let mut tx = writer.begin().await?;
+                for row in rows {
+                    sqlx::query(upsert)
+                        .bind(row.state.id.to_string())
+                        .bind(row.seq)
+                        .bind(row.state.status.as_str())
+                        .bind(row.state.current_ring.as_str())
+                        .bind(&row.state.app_name)
+                        .bind(row.state.stream_version as i64)
+                        .bind(state(row))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                advance_checkpoint(&mut tx, projection, checkpoint).await?;
+                tx.commit().await?;
             }
-            sqlx::query(advance)
-                .bind(projection)
-                .bind(checkpoint.position)
-                .bind(checkpoint.ordinal)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?
-        });
+            // Over the network: every row in one statement.
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                if !rows.is_empty() {
+                    let bulk = upsert.replace(
+                        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        "SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[],
+                                             $5::text[], $6::bigint[], $7::text[])",
+                    );
+                    let column =
+                        |f: fn(&IntentRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
+                    sqlx::query(&bulk)
+                        .bind(column(|r| r.state.id.to_string()))
+                        .bind(rows.iter().map(|r| r.seq).collect::<Vec<_>>())
+                        .bind(column(|r| r.state.status.as_str().to_string()))
+                        .bind(column(|r| r.state.current_ring.as_str().to_string()))
+                        .bind(column(|r| r.state.app_name.clone()))
+                        .bind(
+                            rows.iter()
+                                .map(|r| r.state.stream_version as i64)
+                                .collect::<Vec<_>>(),
+                        )
+                        .bind(rows.iter().map(state).collect::<Vec<_>>())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                advance_checkpoint(&mut tx, projection, checkpoint).await?;
+                tx.commit().await?;
+            }
+        }
         Ok(())
     }
 
@@ -1055,4 +1080,31 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Moves a persisted projection's checkpoint forward (never back), inside the caller's
+/// transaction. One statement for both backends.
+async fn advance_checkpoint<DB>(
+    tx: &mut sqlx::Transaction<'_, DB>,
+    projection: &str,
+    checkpoint: Checkpoint,
+) -> Result<(), StoreError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (projection, position, ordinal) VALUES ($1, $2, $3)
+         ON CONFLICT (projection) DO UPDATE SET position = excluded.position, ordinal = excluded.ordinal
+         WHERE excluded.ordinal > projection_checkpoints.ordinal",
+    )
+    .bind(projection)
+    .bind(checkpoint.position)
+    .bind(checkpoint.ordinal)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

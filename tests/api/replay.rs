@@ -16,6 +16,7 @@ crate::on_both_backends!(
     reordered_events_are_named_by_replay,
     an_inserted_event_is_named_by_replay,
     the_projector_seals_what_it_reads_once_and_replay_verifies_it,
+    replay_rebuilds_the_intent_list_the_runner_builds,
 );
 
 /// Some traffic through a real server, then the server stops; returns the global order.
@@ -255,5 +256,80 @@ async fn the_projector_seals_what_it_reads_once_and_replay_verifies_it(backend: 
             .unwrap()
             .ordinal,
         4
+    );
+}
+
+async fn replay_rebuilds_the_intent_list_the_runner_builds(backend: Backend) {
+    use eucora::projector::{Projector, INTENTS};
+    let db = TestDb::new(backend).await;
+    {
+        let app = TestApp::spawn_on_shared(&db).await;
+        let crew = Crew::new(&app);
+        for n in 0..6 {
+            let risk = if n % 2 == 0 { 0.8 } else { 0.2 };
+            let id = app
+                .create(
+                    &crew.requester,
+                    intent_body(&format!("r{n}"), risk, "GLOBAL"),
+                )
+                .await
+                .id();
+            match n {
+                0 => {}
+                4 => {
+                    app.reject(&crew.approver, &id, "no").await;
+                }
+                _ => {
+                    if risk > 0.5 {
+                        app.approve(&crew.approver, &id).await;
+                    }
+                    app.deploy(&crew.deployer, &id, "LAB", 10, 10).await;
+                    app.promote(&crew.deployer, &id).await;
+                    if n == 3 {
+                        app.rollback(&crew.deployer, &id, "crash").await;
+                    }
+                }
+            }
+        }
+    }
+    let store = db.store().await;
+    let count = db.event_count().await;
+    // What the runner builds from position 0, event by event.
+    store.reset_intent_view(INTENTS).await.unwrap();
+    let runner = Projector::new(store.clone(), 10);
+    while store.checkpoint(INTENTS).await.unwrap().ordinal < count {
+        runner.project_intents().await.unwrap();
+    }
+    let list = || async {
+        store
+            .list_intents(&eucora::app::ListFilter::default(), 0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| (row.seq, row.state))
+            .collect::<Vec<_>>()
+    };
+    let built = list().await;
+    assert_eq!(built.len(), 6);
+
+    let report = eucora::replay::replay(&store, 10, |_| {}).await.unwrap();
+    assert_eq!(report.events as i64, count);
+    assert_eq!(
+        list().await,
+        built,
+        "the replay's read model is the runner's"
+    );
+    let checkpoint = store.checkpoint(INTENTS).await.unwrap();
+    assert_eq!(checkpoint.ordinal, count);
+    assert_eq!(
+        checkpoint.position,
+        db.store()
+            .await
+            .read_global(0, 1000)
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .position
     );
 }
