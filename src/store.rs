@@ -672,21 +672,22 @@ impl Store {
         let leaves: Vec<String> = seals.iter().map(|s| s.leaf_hash.clone()).collect();
         let chains: Vec<String> = seals.iter().map(|s| s.chain_hash.clone()).collect();
         match &self.db {
+            // One statement over a JSON array of rows: a statement per row would cost a round
+            // trip to sqlx's SQLite worker thread each.
             Db::Sqlite { writer, .. } => {
-                let mut tx = writer.begin().await?;
-                for s in seals {
-                    sqlx::query(
-                        "INSERT INTO event_seals (ordinal, position, leaf_hash, chain_hash)
-                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(s.ordinal)
-                    .bind(s.position)
-                    .bind(&s.leaf_hash)
-                    .bind(&s.chain_hash)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
+                let rows: Vec<_> = seals
+                    .iter()
+                    .map(|s| (s.ordinal, s.position, &s.leaf_hash, &s.chain_hash))
+                    .collect();
+                sqlx::query(
+                    "INSERT INTO event_seals (ordinal, position, leaf_hash, chain_hash)
+                     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3
+                       FROM json_each(?1) WHERE true
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(serde_json::to_string(&rows).unwrap_or_default())
+                .execute(writer)
+                .await?;
             }
             Db::Postgres(pool) => {
                 sqlx::query(
@@ -796,25 +797,39 @@ impl Store {
                       WHERE excluded.stream_version > intent_view.stream_version";
         let state = |row: &IntentRow| serde_json::to_string(&row.state).unwrap_or_default();
         match &self.db {
-            // In-process: a statement per row costs no round trip.
+            // Every row in one statement, over a JSON array of rows.
             Db::Sqlite { writer, .. } => {
                 let mut tx = writer.begin().await?;
-                for row in rows {
-                    sqlx::query(upsert)
-                        .bind(row.state.id.to_string())
-                        .bind(row.seq)
-                        .bind(row.state.status.as_str())
-                        .bind(row.state.current_ring.as_str())
-                        .bind(&row.state.app_name)
-                        .bind(row.state.stream_version as i64)
-                        .bind(state(row))
+                if !rows.is_empty() {
+                    let bulk = upsert.replace(
+                        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4,
+                                value ->> 5, value ->> 6
+                           FROM json_each($1) WHERE true",
+                    );
+                    let json: Vec<_> = rows
+                        .iter()
+                        .map(|r| {
+                            (
+                                r.state.id.to_string(),
+                                r.seq,
+                                r.state.status.as_str(),
+                                r.state.current_ring.as_str(),
+                                &r.state.app_name,
+                                r.state.stream_version as i64,
+                                state(r),
+                            )
+                        })
+                        .collect();
+                    sqlx::query(&bulk)
+                        .bind(serde_json::to_string(&json).unwrap_or_default())
                         .execute(&mut *tx)
                         .await?;
                 }
                 advance_checkpoint(&mut tx, projection, checkpoint).await?;
                 tx.commit().await?;
             }
-            // Over the network: every row in one statement.
+            // Every row in one statement, as arrays.
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 if !rows.is_empty() {
