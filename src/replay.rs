@@ -8,14 +8,13 @@
 //! or a rewrite of events *and* seals together. Signed checkpoints of (ordinal, chain hash) kept
 //! outside the database close the second gap; events authenticated by the writer close the first.
 
-use eucora_projections::event::DeploymentEvent;
-use eucora_projections::integrity::{leaf_hash, Chain, Seal};
-use eucora_projections::metrics::Metrics;
-use sha2::{Digest, Sha256};
-
 use std::collections::HashMap;
 
+use eucora_projections::event::DeploymentEvent;
+use eucora_projections::integrity::{leaf_hash, Chain, Seal};
 use eucora_projections::intent::IntentState;
+use eucora_projections::metrics::Metrics;
+use sha2::{Digest, Sha256};
 
 use crate::projector::{joined, INTENTS};
 use crate::store::{Checkpoint, GlobalEvent, IntentRow, Store, StoreError};
