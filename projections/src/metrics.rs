@@ -4,13 +4,14 @@
 //! `occurred_at`, the `app_name` label's bound is decided by order of first appearance, and the
 //! rendering orders every series, so replaying a stream yields the same text byte for byte.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::event::{ApprovalBasis, DeploymentEvent, Ring, SiteClass, Status};
+use crate::event::{ApprovalBasis, DeploymentEvent, Gate, Ring, SiteClass, Status};
 
 /// Buckets for durations: a minute to two weeks (rollouts last hours to days).
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -65,7 +66,8 @@ impl Histogram {
 /// What the fold remembers of each intent.
 #[derive(Debug, Clone, PartialEq)]
 struct Intent {
-    app: String,
+    /// The `app_name` label: the app's name, or `other` past the label limit.
+    app: Arc<str>,
     requires_cab: bool,
     site_class: SiteClass,
     status: Status,
@@ -78,20 +80,31 @@ struct Intent {
 type Labels = Vec<(&'static str, String)>;
 
 /// The domain metrics, folded from the stream.
+///
+/// Series are kept under typed keys, so folding an event allocates nothing but a new intent's
+/// entry; [`Metrics::render`] turns the keys into labels and sorts the series by them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Metrics {
     app_label_limit: usize,
-    labelled_apps: BTreeSet<String>,
-    intents: BTreeMap<Uuid, Intent>,
-    deployments: BTreeMap<Labels, u64>,
-    duration: BTreeMap<Labels, Histogram>,
-    time_to_compliance: BTreeMap<Labels, Histogram>,
-    cab_wait: BTreeMap<Labels, Histogram>,
-    risk: BTreeMap<Labels, Histogram>,
-    promotions: BTreeMap<Labels, u64>,
-    gate_evaluations: BTreeMap<Labels, u64>,
+    /// Apps that keep their own `app_name` label, by name.
+    labelled_apps: HashMap<String, Arc<str>>,
+    other_app: Arc<str>,
+    intents: HashMap<Uuid, Intent>,
+    /// (status, ring, app_name, requires_cab)
+    deployments: HashMap<(&'static str, Ring, Arc<str>, bool), u64>,
+    /// (ring, status)
+    duration: HashMap<(Ring, &'static str), Histogram>,
+    time_to_compliance: HashMap<(Ring, SiteClass), Histogram>,
+    /// decision
+    cab_wait: HashMap<&'static str, Histogram>,
+    /// requires_cab
+    risk: HashMap<bool, Histogram>,
+    /// (from_ring, to_ring, passed)
+    promotions: HashMap<(Ring, Ring, bool), u64>,
+    /// (ring, gate, passed)
+    gate_evaluations: HashMap<(Ring, Gate, bool), u64>,
     attempts: BTreeMap<Ring, (u64, u64)>,
-    rollbacks: BTreeMap<Labels, u64>,
+    rollbacks: HashMap<Ring, u64>,
     events: BTreeMap<&'static str, u64>,
     position: i64,
 }
@@ -106,17 +119,18 @@ impl Metrics {
     pub fn new(app_label_limit: usize) -> Self {
         Metrics {
             app_label_limit,
-            labelled_apps: BTreeSet::new(),
-            intents: BTreeMap::new(),
-            deployments: BTreeMap::new(),
-            duration: BTreeMap::new(),
-            time_to_compliance: BTreeMap::new(),
-            cab_wait: BTreeMap::new(),
-            risk: BTreeMap::new(),
-            promotions: BTreeMap::new(),
-            gate_evaluations: BTreeMap::new(),
+            labelled_apps: HashMap::new(),
+            other_app: Arc::from(OTHER_APP),
+            intents: HashMap::new(),
+            deployments: HashMap::new(),
+            duration: HashMap::new(),
+            time_to_compliance: HashMap::new(),
+            cab_wait: HashMap::new(),
+            risk: HashMap::new(),
+            promotions: HashMap::new(),
+            gate_evaluations: HashMap::new(),
             attempts: BTreeMap::new(),
-            rollbacks: BTreeMap::new(),
+            rollbacks: HashMap::new(),
             events: EVENT_TYPES.iter().map(|t| (*t, 0)).collect(),
             position: 0,
         }
@@ -127,28 +141,24 @@ impl Metrics {
         self.position
     }
 
-    fn app_label(&mut self, app: &str) -> String {
-        if self.labelled_apps.contains(app) {
-            return app.to_string();
+    fn app_label(&mut self, app: &str) -> Arc<str> {
+        if let Some(label) = self.labelled_apps.get(app) {
+            return label.clone();
         }
         if self.labelled_apps.len() < self.app_label_limit {
-            self.labelled_apps.insert(app.to_string());
-            return app.to_string();
+            let label: Arc<str> = Arc::from(app);
+            self.labelled_apps.insert(app.to_string(), label.clone());
+            return label;
         }
-        OTHER_APP.to_string()
+        self.other_app.clone()
     }
 
-    fn count_status(&mut self, id: Uuid, status: &str, ring: Ring) {
+    fn count_status(&mut self, id: Uuid, status: &'static str, ring: Ring) {
         let Some(intent) = self.intents.get(&id) else {
             return;
         };
-        let labels = vec![
-            ("status", status.to_string()),
-            ("ring", ring.as_str().to_string()),
-            ("app_name", intent.app.clone()),
-            ("requires_cab", intent.requires_cab.to_string()),
-        ];
-        *self.deployments.entry(labels).or_default() += 1;
+        let key = (status, ring, intent.app.clone(), intent.requires_cab);
+        *self.deployments.entry(key).or_default() += 1;
     }
 
     /// Folds one event at its global position.
@@ -176,9 +186,8 @@ impl Metrics {
                         ring_compliant: false,
                     },
                 );
-                let requires_cab = vec![("requires_cab", e.risk.requires_cab.to_string())];
                 self.risk
-                    .entry(requires_cab)
+                    .entry(e.risk.requires_cab)
                     .or_insert_with(|| Histogram::new(RISK_BUCKETS))
                     .observe(e.risk.score as f64);
                 if e.risk.requires_cab {
@@ -204,7 +213,7 @@ impl Metrics {
                 }
                 if let Some(decision) = decision {
                     self.cab_wait
-                        .entry(vec![("decision", decision.to_string())])
+                        .entry(decision)
                         .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
                         .observe(seconds(created_at, at));
                 }
@@ -217,7 +226,7 @@ impl Metrics {
                 let (ring, created_at) = (intent.ring, intent.created_at);
                 self.count_status(id, "rejected", ring);
                 self.cab_wait
-                    .entry(vec![("decision", "rejected".to_string())])
+                    .entry("rejected")
                     .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
                     .observe(seconds(created_at, at));
             }
@@ -232,17 +241,11 @@ impl Metrics {
                     if let Some(entered) = intent.ring_entered_at {
                         let took = seconds(entered, at);
                         self.time_to_compliance
-                            .entry(vec![
-                                ("ring", e.ring.as_str().to_string()),
-                                ("site_class", site.as_str().to_string()),
-                            ])
+                            .entry((e.ring, site))
                             .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
                             .observe(took);
                         self.duration
-                            .entry(vec![
-                                ("ring", e.ring.as_str().to_string()),
-                                ("status", "success".to_string()),
-                            ])
+                            .entry((e.ring, "success"))
                             .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
                             .observe(took);
                     }
@@ -250,23 +253,15 @@ impl Metrics {
                 }
             }
             DeploymentEvent::PromotionGateEvaluated(e) => {
-                let verdict = if e.passed { "passed" } else { "blocked" };
-                let labels = vec![
-                    ("from_ring", e.from_ring.as_str().to_string()),
-                    ("to_ring", e.to_ring.as_str().to_string()),
-                    ("status", verdict.to_string()),
-                ];
-                *self.promotions.entry(labels).or_default() += 1;
+                *self
+                    .promotions
+                    .entry((e.from_ring, e.to_ring, e.passed))
+                    .or_default() += 1;
                 for g in &e.gates {
-                    let labels = vec![
-                        ("ring", e.from_ring.as_str().to_string()),
-                        ("gate", g.gate.as_str().to_string()),
-                        (
-                            "result",
-                            if g.passed { "passed" } else { "failed" }.to_string(),
-                        ),
-                    ];
-                    *self.gate_evaluations.entry(labels).or_default() += 1;
+                    *self
+                        .gate_evaluations
+                        .entry((e.from_ring, g.gate, g.passed))
+                        .or_default() += 1;
                 }
                 let (passed, evaluated) = self.attempts.entry(e.from_ring).or_default();
                 *evaluated += 1;
@@ -295,16 +290,10 @@ impl Metrics {
                 };
                 intent.status = Status::RolledBack;
                 let entered = intent.ring_entered_at;
-                *self
-                    .rollbacks
-                    .entry(vec![("ring", e.ring.as_str().to_string())])
-                    .or_default() += 1;
+                *self.rollbacks.entry(e.ring).or_default() += 1;
                 if let Some(entered) = entered {
                     self.duration
-                        .entry(vec![
-                            ("ring", e.ring.as_str().to_string()),
-                            ("status", "failed".to_string()),
-                        ])
+                        .entry((e.ring, "failed"))
                         .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
                         .observe(seconds(entered, at));
                 }
@@ -316,42 +305,71 @@ impl Metrics {
     /// The exposition text (Prometheus text format 0.0.4) of every domain metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        counter_family(&mut out, "deployment_total", "Intents entering each status: pending (awaiting CAB), approved, rejected, success (ring compliant), failed (rolled back).", &self.deployments);
+        let ring = |r: &Ring| r.as_str().to_string();
+        let deployments = sorted(&self.deployments, |(status, r, app, cab)| {
+            vec![
+                ("status", status.to_string()),
+                ("ring", ring(r)),
+                ("app_name", app.to_string()),
+                ("requires_cab", cab.to_string()),
+            ]
+        });
+        counter_family(&mut out, "deployment_total", "Intents entering each status: pending (awaiting CAB), approved, rejected, success (ring compliant), failed (rolled back).", &deployments);
         histogram_family(
             &mut out,
             "deployment_duration_seconds",
             "Ring entry to the ring's outcome (success or failed).",
-            &self.duration,
+            &sorted(&self.duration, |(r, status)| {
+                vec![("ring", ring(r)), ("status", status.to_string())]
+            }),
         );
         histogram_family(
             &mut out,
             "deployment_time_to_compliance_seconds",
             "Ring entry to the first compliant rollout report in that ring.",
-            &self.time_to_compliance,
+            &sorted(&self.time_to_compliance, |(r, site)| {
+                vec![("ring", ring(r)), ("site_class", site.as_str().to_string())]
+            }),
         );
         histogram_family(
             &mut out,
             "cab_approval_wait_seconds",
             "Creation to the CAB decision.",
-            &self.cab_wait,
+            &sorted(&self.cab_wait, |decision| {
+                vec![("decision", decision.to_string())]
+            }),
         );
         histogram_family(
             &mut out,
             "risk_score_distribution",
             "Risk score at creation.",
-            &self.risk,
+            &sorted(&self.risk, |cab| vec![("requires_cab", cab.to_string())]),
         );
         counter_family(
             &mut out,
             "ring_promotion_total",
             "Promotion attempts by verdict.",
-            &self.promotions,
+            &sorted(&self.promotions, |(from, to, passed)| {
+                let verdict = if *passed { "passed" } else { "blocked" };
+                vec![
+                    ("from_ring", ring(from)),
+                    ("to_ring", ring(to)),
+                    ("status", verdict.to_string()),
+                ]
+            }),
         );
         counter_family(
             &mut out,
             "promotion_gate_evaluations_total",
             "Gate verdicts recorded in PromotionGateEvaluated.",
-            &self.gate_evaluations,
+            &sorted(&self.gate_evaluations, |(r, gate, passed)| {
+                let result = if *passed { "passed" } else { "failed" };
+                vec![
+                    ("ring", ring(r)),
+                    ("gate", gate.as_str().to_string()),
+                    ("result", result.to_string()),
+                ]
+            }),
         );
 
         header(
@@ -374,7 +392,7 @@ impl Metrics {
             &mut out,
             "deployment_rollbacks_total",
             "DeploymentRolledBack events, per ring.",
-            &self.rollbacks,
+            &sorted(&self.rollbacks, |r| vec![("ring", ring(r))]),
         );
 
         header(
@@ -477,7 +495,15 @@ fn sample(
     let _ = writeln!(out, " {value}");
 }
 
-fn counter_family(out: &mut String, name: &str, help: &str, series: &BTreeMap<Labels, u64>) {
+/// A family's series ordered by their labels, which is the order they are rendered in.
+fn sorted<K, T>(series: &HashMap<K, T>, labels: impl Fn(&K) -> Labels) -> BTreeMap<Labels, &T> {
+    series
+        .iter()
+        .map(|(key, value)| (labels(key), value))
+        .collect()
+}
+
+fn counter_family(out: &mut String, name: &str, help: &str, series: &BTreeMap<Labels, &u64>) {
     header(out, name, help, "counter");
     for (labels, n) in series {
         sample(out, name, labels, None, &n.to_string());
@@ -488,7 +514,7 @@ fn histogram_family(
     out: &mut String,
     name: &str,
     help: &str,
-    series: &BTreeMap<Labels, Histogram>,
+    series: &BTreeMap<Labels, &Histogram>,
 ) {
     header(out, name, help, "histogram");
     for (labels, h) in series {
