@@ -224,8 +224,13 @@ impl TestApp {
 
     /// A server on a database the test keeps (to inspect it after the server is gone).
     pub async fn spawn_on_shared(db: &TestDb) -> TestApp {
+        TestApp::spawn_on_shared_via(db, &db.url).await
+    }
+
+    /// As [`TestApp::spawn_on_shared`], reaching the database at `url` (a proxy in front of it).
+    pub async fn spawn_on_shared_via(db: &TestDb, url: &str) -> TestApp {
         let borrowed = TestDb {
-            url: db.url.clone(),
+            url: url.to_string(),
             dir: db.dir.join("server"),
             pg: None,
         };

@@ -13,5 +13,6 @@ mod idempotency;
 mod lifecycle;
 mod metrics;
 mod observability;
+mod outage;
 mod replay;
 mod store_contract;
