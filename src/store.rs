@@ -667,10 +667,6 @@ impl Store {
         if seals.is_empty() {
             return Ok(());
         }
-        let ordinals: Vec<i64> = seals.iter().map(|s| s.ordinal).collect();
-        let positions: Vec<i64> = seals.iter().map(|s| s.position).collect();
-        let leaves: Vec<String> = seals.iter().map(|s| s.leaf_hash.clone()).collect();
-        let chains: Vec<String> = seals.iter().map(|s| s.chain_hash.clone()).collect();
         match &self.db {
             // One statement over a JSON array of rows: a statement per row would cost a round
             // trip to sqlx's SQLite worker thread each.
@@ -695,10 +691,20 @@ impl Store {
                      SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[])
                      ON CONFLICT DO NOTHING",
                 )
-                .bind(ordinals)
-                .bind(positions)
-                .bind(leaves)
-                .bind(chains)
+                .bind(seals.iter().map(|s| s.ordinal).collect::<Vec<_>>())
+                .bind(seals.iter().map(|s| s.position).collect::<Vec<_>>())
+                .bind(
+                    seals
+                        .iter()
+                        .map(|s| s.leaf_hash.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    seals
+                        .iter()
+                        .map(|s| s.chain_hash.as_str())
+                        .collect::<Vec<_>>(),
+                )
                 .execute(pool)
                 .await?;
             }
