@@ -46,7 +46,7 @@ pub struct DemoArgs {
     /// Base URL of the running server.
     #[arg(long, env = "EUCORA_DEMO_URL", default_value = "http://127.0.0.1:8000")]
     pub url: String,
-    /// How long to run, in seconds; 0 runs until Ctrl-C.
+    /// How long to run, in seconds; 0 runs until Ctrl-C or SIGTERM (either also ends a timed run).
     #[arg(long, env = "EUCORA_DEMO_DURATION", default_value_t = 60)]
     pub duration: u64,
     /// Seed for every choice the demo makes.

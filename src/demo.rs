@@ -111,6 +111,7 @@ fn ring_size(ring: Ring) -> f64 {
 
 /// The principals a demo acts as. They are created in the store the server uses, as
 /// `eucora token create` would, with subjects that say they belong to the demo.
+#[derive(Clone)]
 pub struct DemoCrew {
     pub requester: String,
     pub approver: String,
@@ -157,9 +158,7 @@ pub async fn run(plan: &DemoPlan, crew: &DemoCrew) -> Result<DemoSummary, String
             api: Api {
                 client: client.clone(),
                 base: plan.url.trim_end_matches('/').to_string(),
-                requester: crew.requester.clone(),
-                approver: crew.approver.clone(),
-                deployer: crew.deployer.clone(),
+                crew: crew.clone(),
             },
             rng: StdRng::seed_from_u64(plan.seed.wrapping_add(index as u64)),
             pace: plan.pace,
@@ -178,9 +177,7 @@ pub async fn run(plan: &DemoPlan, crew: &DemoCrew) -> Result<DemoSummary, String
 struct Api {
     client: reqwest::Client,
     base: String,
-    requester: String,
-    approver: String,
-    deployer: String,
+    crew: DemoCrew,
 }
 
 /// An answer from the server, or `None` when the request itself failed.
@@ -265,9 +262,9 @@ impl Worker {
     /// caller's to read, anything else ends this intent's walk.
     async fn send(&mut self, token: Who, path: &str, body: Value) -> Result<(u16, Value), Stop> {
         let token = match token {
-            Who::Requester => &self.api.requester,
-            Who::Approver => &self.api.approver,
-            Who::Deployer => &self.api.deployer,
+            Who::Requester => &self.api.crew.requester,
+            Who::Approver => &self.api.crew.approver,
+            Who::Deployer => &self.api.crew.deployer,
         };
         match self.api.post(token, path, body).await {
             Some((status, body)) if status < 500 => Ok((status, body)),

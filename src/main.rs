@@ -153,17 +153,13 @@ async fn demo(args: DemoArgs) -> Result<(), String> {
         plan.concurrency,
         match plan.duration {
             Some(d) => format!(" for {} s", d.as_secs()),
-            None => " until Ctrl-C".into(),
+            None => " until Ctrl-C or SIGTERM".into(),
         }
     );
-    let run = eucora::demo::run(&plan, &crew);
-    let summary = if plan.duration.is_some() {
-        run.await?
-    } else {
-        tokio::select! {
-            done = run => done?,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        }
+    let stop = shutdown_signal()?;
+    let summary = tokio::select! {
+        done = eucora::demo::run(&plan, &crew) => done?,
+        () = stop => return Ok(()),
     };
     println!("{summary}");
     Ok(())
@@ -217,6 +213,6 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
         }
         #[cfg(not(unix))]
         let _ = ctrl_c.await;
-        tracing::info!("shutdown signal received; draining requests");
+        tracing::info!("shutdown signal received");
     })
 }

@@ -215,6 +215,6 @@ async fn a_store_outage_answers_503_then_service_resumes_with_no_gap() {
         std::fs::read_to_string(&out).unwrap(),
         "the metrics served after the outage equal a replay of the stream"
     );
-    let listed = app.list_until(&crew.auditor, "?limit=100", 4).await;
-    assert_eq!(listed.body["items"].as_array().unwrap().len(), 4);
+    // The intent list, a persisted projection, caught up too.
+    app.list_until(&crew.auditor, "?limit=100", 4).await;
 }

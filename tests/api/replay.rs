@@ -323,8 +323,7 @@ async fn replay_rebuilds_the_intent_list_the_runner_builds(backend: Backend) {
     assert_eq!(checkpoint.ordinal, count);
     assert_eq!(
         checkpoint.position,
-        db.store()
-            .await
+        store
             .read_global(0, 1000)
             .await
             .unwrap()
