@@ -177,11 +177,11 @@ impl Projector {
     pub async fn poll(&self) -> Result<usize, StoreError> {
         let mut total = 0;
         let after = self.read().position();
-        let mut batch = self.store.read_global(after, BATCH).await?;
+        let mut batch = self.store.read_global_payloads(after, BATCH).await?;
         while let Some(last) = batch.last() {
             let next = (batch.len() as i64 == BATCH).then(|| {
                 let (store, after) = (self.store.clone(), last.position);
-                tokio::spawn(async move { store.read_global(after, BATCH).await })
+                tokio::spawn(async move { store.read_global_payloads(after, BATCH).await })
             });
             let mut applied = 0;
             let unreadable = {

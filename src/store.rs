@@ -98,11 +98,30 @@ pub struct GlobalEvent {
     pub metadata: String,
 }
 
+/// One event of the global stream as a projection that folds payloads reads it.
+#[derive(Debug, Clone)]
+pub struct GlobalPayload {
+    pub position: i64,
+    /// The payload exactly as stored.
+    pub payload: String,
+}
+
+/// A stored payload parsed, or why it cannot be.
+fn parse_payload(payload: &str) -> Result<DeploymentEvent, String> {
+    serde_json::from_str(payload).map_err(|e| e.to_string())
+}
+
+impl GlobalPayload {
+    pub fn parse(&self) -> Result<DeploymentEvent, String> {
+        parse_payload(&self.payload)
+    }
+}
+
 impl GlobalEvent {
     /// The payload parsed, or why it cannot be. Readers that only hash or forward the stored
     /// bytes (the sealer, the audit endpoint) never pay for it.
     pub fn parse(&self) -> Result<DeploymentEvent, String> {
-        serde_json::from_str(&self.payload).map_err(|e| e.to_string())
+        parse_payload(&self.payload)
     }
 
     /// The stored row, as the integrity chain hashes it.
@@ -549,7 +568,7 @@ impl Store {
     }
 
     /// The global stream after the event at `after` (0: from the very start, whatever positions
-    /// the rows carry), at most `limit` events.
+    /// the rows carry), at most `limit` events, each with its row as stored.
     ///
     /// Every committed event comes exactly once, in an order that never changes once read.
     /// SQLite: position order, which is commit order (one writer). PostgreSQL: positions are taken
@@ -561,60 +580,14 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<GlobalEvent>, StoreError> {
-        // "From the start" is its own statement: an `after = 0 OR …` condition would keep both
-        // databases from using the index range scan, and every batch would sort the table.
-        let rows: Vec<GlobalRow> = match (&self.db, after) {
-            (Db::Sqlite { reader, .. }, 0) => {
-                sqlx::query_as(
-                    "SELECT position, aggregate_type, aggregate_id, sequence, event_type,
-                            event_version, payload, metadata
-                       FROM events ORDER BY position LIMIT ?1",
-                )
-                .bind(limit)
-                .fetch_all(reader)
-                .await?
-            }
-            (Db::Sqlite { reader, .. }, _) => {
-                sqlx::query_as(
-                    "SELECT position, aggregate_type, aggregate_id, sequence, event_type,
-                            event_version, payload, metadata
-                       FROM events WHERE position > ?1 ORDER BY position LIMIT ?2",
-                )
-                .bind(after)
-                .bind(limit)
-                .fetch_all(reader)
-                .await?
-            }
-            (Db::Postgres(pool), 0) => {
-                sqlx::query_as(
-                    "SELECT position, aggregate_type, aggregate_id, sequence, event_type,
-                            event_version, payload::text, metadata::text
-                       FROM events
-                      WHERE xact_id < pg_snapshot_xmin(pg_current_snapshot())
-                      ORDER BY xact_id, position
-                      LIMIT $1",
-                )
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
-            }
-            (Db::Postgres(pool), _) => {
-                sqlx::query_as(
-                    "SELECT position, aggregate_type, aggregate_id, sequence, event_type,
-                            event_version, payload::text, metadata::text
-                       FROM events
-                      WHERE xact_id < pg_snapshot_xmin(pg_current_snapshot())
-                        AND (xact_id, position) >
-                            ((SELECT xact_id FROM events WHERE position = $1), $1)
-                      ORDER BY xact_id, position
-                      LIMIT $2",
-                )
-                .bind(after)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
-            }
-        };
+        let rows: Vec<GlobalRow> = self
+            .read_global_columns(
+                "position, aggregate_type, aggregate_id, sequence, event_type, event_version, \
+                 payload, metadata",
+                after,
+                limit,
+            )
+            .await?;
         Ok(rows
             .into_iter()
             .map(
@@ -641,6 +614,76 @@ impl Store {
                 },
             )
             .collect())
+    }
+
+    /// The same stream as [`Store::read_global`], only each event's position and payload: all a
+    /// projection that folds payloads needs, for about two thirds of the reading cost on both ends
+    /// of the connection.
+    pub async fn read_global_payloads(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<GlobalPayload>, StoreError> {
+        let rows: Vec<(i64, String)> = self
+            .read_global_columns("position, payload", after, limit)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(position, payload)| GlobalPayload { position, payload })
+            .collect())
+    }
+
+    /// The global stream's order and paging (see [`Store::read_global`]) over some of the events
+    /// table's columns, named in `columns`; JSON columns are read as their stored text.
+    async fn read_global_columns<R>(
+        &self,
+        columns: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: Send
+            + Unpin
+            + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    {
+        // "From the start" is its own statement: an `after = 0 OR …` condition would keep both
+        // databases from using the index range scan, and every batch would sort the table.
+        Ok(match (&self.db, after) {
+            (Db::Sqlite { reader, .. }, 0) => {
+                let sql = format!("SELECT {columns} FROM events ORDER BY position LIMIT ?1");
+                sqlx::query_as(&sql).bind(limit).fetch_all(reader).await?
+            }
+            (Db::Sqlite { reader, .. }, _) => {
+                let sql = format!(
+                    "SELECT {columns} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
+                );
+                sqlx::query_as(&sql)
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(reader)
+                    .await?
+            }
+            (Db::Postgres(pool), after) => {
+                let columns = columns
+                    .replace("payload", "payload::text")
+                    .replace("metadata", "metadata::text");
+                let since = if after == 0 {
+                    ""
+                } else {
+                    "AND (xact_id, position) > ((SELECT xact_id FROM events WHERE position = $2), $2)"
+                };
+                let sql = format!(
+                    "SELECT {columns} FROM events
+                      WHERE xact_id < pg_snapshot_xmin(pg_current_snapshot()) {since}
+                      ORDER BY xact_id, position
+                      LIMIT $1"
+                );
+                let query = sqlx::query_as(&sql).bind(limit);
+                let query = if after == 0 { query } else { query.bind(after) };
+                query.fetch_all(pool).await?
+            }
+        })
     }
 
     /// The last seal written, if any.
