@@ -5,8 +5,10 @@
 //! What the seals detect, for every event already sealed: an edited row (any column), a deleted
 //! event, an event inserted among sealed ones, and events reordered or moved. What they do not
 //! detect: an event appended after the last seal by someone with write access to the database,
-//! or a rewrite of events *and* seals together. Signed checkpoints of (ordinal, chain hash) kept
-//! outside the database close the second gap; events authenticated by the writer close the first.
+//! a rewrite of events *and* seals together, or a seal row altered between two that are checked
+//! (one per batch) while the events it covers stay intact. Signed checkpoints of (ordinal, chain
+//! hash) kept outside the database close the second gap; events authenticated by the writer close
+//! the first.
 
 use std::collections::HashMap;
 
@@ -105,17 +107,32 @@ struct Ahead {
     event: Result<DeploymentEvent, String>,
 }
 
-/// A batch of the global stream with the seals stored for its ordinals, shared by the stages
-/// that fold it.
-type Batch = std::sync::Arc<(Vec<Ahead>, Vec<Seal>)>;
+/// A batch of the global stream, shared by the stages that fold it, with the stored seal of its
+/// last sealed event (`None` when the batch lies past the last seal, or that seal is gone).
+struct Read {
+    events: Vec<Ahead>,
+    /// The ordinal of the batch's first event.
+    first: i64,
+    /// The ordinal the batch is checked at, and the seal stored for it.
+    checked_at: Option<(i64, Option<Seal>)>,
+}
+
+type Batch = std::sync::Arc<Read>;
 
 /// Reads the global stream ahead of the folds in two pipelined stages, each holding at most two
-/// batches: a reader task pages through the stream and its seals, and a parser task hashes and
-/// parses each event (work that does not depend on order), so the database, the parser and the
-/// caller's folds all run at once. Every event committed before the replay began is read; on
-/// PostgreSQL a transaction still open elsewhere on the server holds back events committed after
-/// it began, so an empty page before that count is a wait, not the end.
-fn prefetch(store: Store, head: u64) -> tokio::sync::mpsc::Receiver<Result<Batch, ReplayError>> {
+/// batches: a reader task pages through the stream, and a parser task hashes and parses each
+/// event (work that does not depend on order), so the database, the parser and the caller's
+/// folds all run at once. Every event committed before the replay began is read; on PostgreSQL a
+/// transaction still open elsewhere on the server holds back events committed after it began, so
+/// an empty page before that count is a wait, not the end.
+///
+/// Of the seals up to `sealed`, only one per batch is read: the chain value commits to every
+/// event before it, so if the last seal of a batch matches, so does every seal in it.
+fn prefetch(
+    store: Store,
+    head: u64,
+    sealed: i64,
+) -> tokio::sync::mpsc::Receiver<Result<Batch, ReplayError>> {
     let (raw_tx, mut raw_rx) = tokio::sync::mpsc::channel(2);
     tokio::spawn(async move {
         let (mut after, mut ordinal, mut read) = (0i64, 1i64, 0u64);
@@ -141,16 +158,22 @@ fn prefetch(store: Store, head: u64) -> tokio::sync::mpsc::Receiver<Result<Batch
             };
             progressed = std::time::Instant::now();
             after = last.position;
-            let seals = match store.seals_from(ordinal, batch.len() as i64).await {
-                Ok(seals) => seals,
-                Err(e) => {
-                    let _ = raw_tx.send(Err(e.into())).await;
-                    return;
-                }
-            };
+            let first = ordinal;
             ordinal += batch.len() as i64;
             read += batch.len() as u64;
-            if raw_tx.send(Ok((batch, seals))).await.is_err() {
+            let checked_at = if first <= sealed {
+                let at = (ordinal - 1).min(sealed);
+                match store.seals_from(at, 1).await {
+                    Ok(seals) => Some((at, seals.into_iter().find(|s| s.ordinal == at))),
+                    Err(e) => {
+                        let _ = raw_tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
+            if raw_tx.send(Ok((batch, first, checked_at))).await.is_err() {
                 return;
             }
         }
@@ -158,8 +181,8 @@ fn prefetch(store: Store, head: u64) -> tokio::sync::mpsc::Receiver<Result<Batch
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     tokio::spawn(async move {
         while let Some(next) = raw_rx.recv().await {
-            let parsed = next.map(|(batch, seals): (Vec<GlobalEvent>, Vec<Seal>)| {
-                let ahead = batch
+            let parsed = next.map(|(batch, first, checked_at): (Vec<GlobalEvent>, _, _)| {
+                let events = batch
                     .into_iter()
                     .map(|row| Ahead {
                         leaf: leaf_hash(&row.row()),
@@ -167,7 +190,11 @@ fn prefetch(store: Store, head: u64) -> tokio::sync::mpsc::Receiver<Result<Batch
                         row,
                     })
                     .collect();
-                std::sync::Arc::new((ahead, seals))
+                std::sync::Arc::new(Read {
+                    events,
+                    first,
+                    checked_at,
+                })
             });
             if tx.send(parsed).await.is_err() {
                 return;
@@ -175,6 +202,31 @@ fn prefetch(store: Store, head: u64) -> tokio::sync::mpsc::Receiver<Result<Batch
         }
     });
     rx
+}
+
+/// Finds and names the first event of a batch that disagrees with its seal, once the batch's
+/// chain did not match the seal at ordinal `at`: `chain` is the chain as it stood before the batch.
+async fn first_disagreement(store: &Store, mut chain: Chain, batch: &Read, at: i64) -> ReplayError {
+    let stored = match store.seals_from(batch.first, at - batch.first + 1).await {
+        Ok(stored) => stored,
+        Err(e) => return e.into(),
+    };
+    for (ahead, expected) in batch.events.iter().zip(batch.first..=at) {
+        let computed = chain.extend(ahead.row.position, ahead.leaf);
+        let Some(seal) = stored.iter().find(|s| s.ordinal == expected) else {
+            return ReplayError::Integrity {
+                position: ahead.row.position,
+                what: format!("seal #{expected} is missing (the seals were altered)"),
+            };
+        };
+        if let Err(e) = check(store, &ahead.row, &computed, seal).await {
+            return e;
+        }
+    }
+    ReplayError::Integrity {
+        position: batch.events[(at - batch.first) as usize].row.position,
+        what: format!("the chain differs at seal #{at} (the seals were altered)"),
+    }
 }
 
 /// The stream pass of a replay: every event read in global order, checked against its seal (or
@@ -202,7 +254,7 @@ fn fold_intents(
         let mut rows: HashMap<String, IntentRow> = HashMap::new();
         let mut ordinal = 0i64;
         while let Some(batch) = batches.recv().await {
-            for ahead in &batch.0 {
+            for ahead in &batch.events {
                 ordinal += 1;
                 let Ok(event) = &ahead.event else { continue };
                 let current = rows.remove(&ahead.row.aggregate_id);
@@ -227,22 +279,27 @@ pub async fn stream_pass(
     let (mut events, mut verified, mut last_position) = (0u64, 0u64, 0i64);
     let mut fresh: Vec<Seal> = Vec::new();
     let head = store.event_count().await?.max(0) as u64;
-    let mut batches = prefetch(store.clone(), head);
+    let sealed = store.last_seal().await?.map_or(0, |s| s.ordinal);
+    let mut batches = prefetch(store.clone(), head, sealed);
     let (intents_tx, intents_rx) = tokio::sync::mpsc::channel(2);
     let intents = fold_intents(intents_rx);
     while let Some(next) = batches.recv().await {
         let shared = next?;
         let _ = intents_tx.send(shared.clone()).await;
-        let (batch, stored) = &*shared;
-        for (i, ahead) in batch.iter().enumerate() {
+        let batch = &*shared;
+        let before = chain.clone();
+        for ahead in &batch.events {
             let e = &ahead.row;
-            let computed = chain.extend(e.position, ahead.leaf);
-            match stored.get(i) {
-                Some(seal) => {
-                    check(store, e, &computed, seal).await?;
-                    verified += 1;
+            if chain.ordinal() < sealed {
+                chain.push(ahead.leaf);
+                verified += 1;
+            } else {
+                fresh.push(chain.extend(e.position, ahead.leaf));
+            }
+            if let Some((at, stored)) = &batch.checked_at {
+                if chain.ordinal() == *at && !stored.as_ref().is_some_and(|s| chain.matches(s)) {
+                    return Err(first_disagreement(store, before, batch, *at).await);
                 }
-                None => fresh.push(computed),
             }
             let event = ahead
                 .event

@@ -77,12 +77,23 @@ impl Chain {
 
     /// Extends the chain by a leaf computed elsewhere (leaves are independent of each other, so
     /// they may be hashed ahead, in parallel with the chain).
-    pub fn extend(&mut self, position: i64, leaf: [u8; 32]) -> Seal {
+    pub fn push(&mut self, leaf: [u8; 32]) {
         let mut h = Sha256::new();
         h.update(self.head);
         h.update(leaf);
         self.head = h.finalize().into();
         self.ordinal += 1;
+    }
+
+    /// Whether the chain, as it stands, is the one `seal` records for the same ordinal.
+    pub fn matches(&self, seal: &Seal) -> bool {
+        seal.ordinal == self.ordinal
+            && hex::decode(&seal.chain_hash).is_ok_and(|stored| stored == self.head)
+    }
+
+    /// [`Chain::push`], returning the new event's seal.
+    pub fn extend(&mut self, position: i64, leaf: [u8; 32]) -> Seal {
+        self.push(leaf);
         Seal {
             ordinal: self.ordinal,
             position,
@@ -133,7 +144,13 @@ mod tests {
         let mut first_only = Chain::default();
         let first = first_only.seal(&a);
         let mut resumed = Chain::resume(&first).unwrap();
+        assert!(resumed.matches(&first));
         assert_eq!(resumed.seal(&b), second);
+        assert!(resumed.matches(&second) && !resumed.matches(&first));
+        let mut altered = second.clone();
+        altered.chain_hash = first.chain_hash.clone();
+        altered.ordinal = 2;
+        assert!(!resumed.matches(&altered));
         assert_eq!((second.ordinal, second.position), (2, 2));
     }
 }
