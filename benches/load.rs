@@ -10,6 +10,10 @@
 
 mod scratch;
 
+/// The allocator `eucora` itself runs with (src/main.rs), so the in-process server is its own.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

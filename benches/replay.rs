@@ -15,6 +15,10 @@
 //! `cargo bench --bench replay` (PostgreSQL from `EUCORA_BENCH_DATABASE_URL`, else
 //! `EUCORA_TEST_DATABASE_URL`).
 
+/// The allocator `eucora` itself runs with (src/main.rs), so the in-process numbers are its own.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod scratch;
 
 use std::sync::{Arc, Mutex};

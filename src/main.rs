@@ -1,5 +1,11 @@
 //! The `eucora` command line: `serve`, `migrate`, `token create`, `events`, `replay`, `demo`.
 
+/// mimalloc rather than the system allocator: replay and catch-up hand millions of short-lived
+/// rows and strings between tasks on different threads, and glibc's malloc spent a fifth of a
+/// replay's CPU time on them (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 use std::sync::Arc;
 
