@@ -200,6 +200,10 @@ async fn replay(args: ReplayArgs) -> Result<(), String> {
         "replayed {} events: {} verified against their seals, {} newly sealed",
         report.events, report.verified, report.sealed
     );
+    println!(
+        "intent read model: {} rows rewritten, {} removed (the rest matched the rebuild)",
+        report.view.rewritten, report.view.removed
+    );
     println!("domain metrics sha256:{}", report.digest);
     Ok(())
 }

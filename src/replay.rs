@@ -19,7 +19,7 @@ use eucora_projections::metrics::Metrics;
 use sha2::{Digest, Sha256};
 
 use crate::projector::{joined, INTENTS};
-use crate::store::{Checkpoint, GlobalEvent, IntentRow, Store, StoreError};
+use crate::store::{Checkpoint, GlobalEvent, IntentRow, Store, StoreError, ViewRepair};
 
 const BATCH: i64 = 5000;
 /// How long replay waits for committed events that are not yet readable.
@@ -46,6 +46,9 @@ pub struct ReplayReport {
     pub verified: u64,
     /// Events past the last seal, sealed by this replay.
     pub sealed: u64,
+    /// Intent read-model rows that were missing or differed from the rebuilt ones, and rows no
+    /// intent has: both zero when the persisted read model was already right.
+    pub view: ViewRepair,
     /// The rebuilt domain metrics' exposition text.
     pub metrics: String,
     /// SHA-256 of `metrics`.
@@ -353,28 +356,24 @@ pub async fn replay(
     for part in fresh.chunks(BATCH as usize) {
         store.insert_seals(part).await?;
     }
-    // The persisted intent read model, replaced by the one the pass folded. Its checkpoint moves
-    // with the last part, so a runner that starts meanwhile resumes from a consistent place (rows
-    // only move forward, so it may safely re-apply what the parts already hold).
-    store.reset_intent_view(INTENTS).await?;
-    let parts = intents.chunks(BATCH as usize);
-    let count = parts.len();
-    for (i, part) in parts.enumerate() {
-        let checkpoint = if i + 1 == count {
+    // The persisted intent read model becomes the one the pass folded, its checkpoint the end of
+    // the pass.
+    let view = store
+        .replace_intent_view(
+            INTENTS,
+            &intents,
             Checkpoint {
                 position: last_position,
                 ordinal: events as i64,
-            }
-        } else {
-            Checkpoint::default()
-        };
-        store.save_intents(INTENTS, part, checkpoint).await?;
-    }
+            },
+        )
+        .await?;
     let text = metrics.render();
     Ok(ReplayReport {
         events,
         verified,
         sealed: fresh.len() as u64,
+        view,
         digest: hex::encode(Sha256::digest(text.as_bytes())),
         metrics: text,
     })

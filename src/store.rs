@@ -139,6 +139,19 @@ impl GlobalEvent {
     }
 }
 
+/// What [`Store::replace_intent_view`] changed: rows written because they were missing or
+/// differed from the rebuilt model, and rows removed because no intent has them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ViewRepair {
+    pub rewritten: u64,
+    pub removed: u64,
+}
+
+/// A read-model row's state as `intent_view.state` holds it.
+fn state_json(row: &IntentRow) -> String {
+    serde_json::to_string(&row.state).unwrap_or_default()
+}
+
 type GlobalRow = (i64, String, String, i64, String, String, String, String);
 
 /// Filters of the intent list.
@@ -791,6 +804,99 @@ impl Store {
         Ok(())
     }
 
+    /// Makes the intent read model exactly `rows`, with `checkpoint`, writing only the rows that
+    /// differ from what is stored: an unchanged read model costs a read, not a rewrite, and what
+    /// did differ is reported. Rows that differ or should not be there are deleted first, then the
+    /// right ones written, then the checkpoint set. A runner that works meanwhile only moves rows
+    /// forward from the checkpoint, so it cannot leave the model wrong.
+    pub async fn replace_intent_view(
+        &self,
+        projection: &str,
+        rows: &[IntentRow],
+        checkpoint: Checkpoint,
+    ) -> Result<ViewRepair, StoreError> {
+        const PAGE: usize = 5000;
+        let index: HashMap<String, usize> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| (row.state.id.to_string(), i))
+            .collect();
+        let mut current = vec![false; rows.len()];
+        let mut unwanted: Vec<String> = Vec::new();
+        let mut after = String::new();
+        loop {
+            let sql = "SELECT id, seq, state FROM intent_view WHERE id > $1 ORDER BY id LIMIT $2";
+            let page: Vec<(String, i64, String)> = on_reader!(&self.db, pool => {
+                sqlx::query_as(sql).bind(&after).bind(PAGE as i64).fetch_all(pool).await?
+            });
+            let Some((last, _, _)) = page.last() else {
+                break;
+            };
+            after = last.clone();
+            for (id, seq, state) in page {
+                match index.get(&id) {
+                    Some(&i) if rows[i].seq == seq && state == state_json(&rows[i]) => {
+                        current[i] = true
+                    }
+                    _ => unwanted.push(id),
+                }
+            }
+        }
+        let stale: Vec<IntentRow> = rows
+            .iter()
+            .zip(&current)
+            .filter(|(_, current)| !**current)
+            .map(|(row, _)| row.clone())
+            .collect();
+        let removed = unwanted
+            .iter()
+            .filter(|id| !index.contains_key(id.as_str()))
+            .count() as u64;
+        for part in unwanted.chunks(PAGE) {
+            on_writer!(&self.db, pool => {
+                let list = serde_json::to_string(part).unwrap_or_default();
+                let sql = match self.backend() {
+                    Backend::Sqlite => {
+                        "DELETE FROM intent_view WHERE id IN (SELECT value FROM json_each($1))"
+                    }
+                    Backend::Postgres => {
+                        "DELETE FROM intent_view WHERE id IN (SELECT json_array_elements_text($1::json))"
+                    }
+                };
+                sqlx::query(sql).bind(list).execute(pool).await?;
+            });
+        }
+        for part in stale.chunks(PAGE) {
+            self.save_intents(projection, part, Checkpoint::default())
+                .await?;
+        }
+        // Exactly here, even back: rows a runner had moved past the rebuilt ones were replaced,
+        // and it must apply those events again.
+        self.set_checkpoint(projection, checkpoint).await?;
+        Ok(ViewRepair {
+            rewritten: stale.len() as u64,
+            removed,
+        })
+    }
+
+    /// Sets a projection's checkpoint, forward or back.
+    async fn set_checkpoint(
+        &self,
+        projection: &str,
+        checkpoint: Checkpoint,
+    ) -> Result<(), StoreError> {
+        on_writer!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM projection_checkpoints WHERE projection = $1")
+                .bind(projection)
+                .execute(&mut *tx)
+                .await?;
+            advance_checkpoint(&mut tx, projection, checkpoint).await?;
+            tx.commit().await?
+        });
+        Ok(())
+    }
+
     /// Read-model rows of these intents, by id.
     pub async fn intent_rows(
         &self,
@@ -844,7 +950,7 @@ impl Store {
                           current_ring = excluded.current_ring, stream_version = excluded.stream_version,
                           state = excluded.state
                       WHERE excluded.stream_version > intent_view.stream_version";
-        let state = |row: &IntentRow| serde_json::to_string(&row.state).unwrap_or_default();
+        let state = state_json;
         match &self.db {
             // Every row in one statement, over a JSON array of rows.
             Db::Sqlite { writer, .. } => {

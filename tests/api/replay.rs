@@ -261,6 +261,7 @@ async fn the_projector_seals_what_it_reads_once_and_replay_verifies_it(backend: 
 
 async fn replay_rebuilds_the_intent_list_the_runner_builds(backend: Backend) {
     use eucora::projector::{Projector, INTENTS};
+    use eucora::store::ViewRepair;
     let db = TestDb::new(backend).await;
     {
         let app = TestApp::spawn_on_shared(&db).await;
@@ -319,6 +320,45 @@ async fn replay_rebuilds_the_intent_list_the_runner_builds(backend: Backend) {
         built,
         "the replay's read model is the runner's"
     );
+    assert_eq!(
+        report.view,
+        ViewRepair::default(),
+        "the runner's read model was already right: nothing rewritten"
+    );
+
+    // A read model that drifted from the stream: a row with another sort key, a row with another
+    // intent's state, a row gone, and a row no intent has. Replay puts back exactly what it built.
+    let id = |n: usize| built[n].1.id.to_string();
+    tamper(
+        &db,
+        backend,
+        &[
+            format!("UPDATE intent_view SET seq = seq + 1000 WHERE id = '{}'", id(1)),
+            format!(
+                "UPDATE intent_view SET state = (SELECT state FROM intent_view WHERE id = '{}') \
+                 WHERE id = '{}'",
+                id(0),
+                id(2)
+            ),
+            format!(
+                "INSERT INTO intent_view (id, seq, status, current_ring, app_name, stream_version, state) \
+                 SELECT 'no-such-intent', 9999, status, current_ring, app_name, stream_version, state \
+                   FROM intent_view WHERE id = '{}'",
+                id(3)
+            ),
+            format!("DELETE FROM intent_view WHERE id = '{}'", id(3)),
+        ],
+    )
+    .await;
+    let report = eucora::replay::replay(&store, 10, |_| {}).await.unwrap();
+    assert_eq!(
+        report.view,
+        ViewRepair {
+            rewritten: 3,
+            removed: 1
+        }
+    );
+    assert_eq!(list().await, built, "the drifted read model is rebuilt");
     let checkpoint = store.checkpoint(INTENTS).await.unwrap();
     assert_eq!(checkpoint.ordinal, count);
     assert_eq!(
