@@ -260,10 +260,13 @@ fn fold_intents(
             for ahead in &batch.events {
                 ordinal += 1;
                 let Ok(event) = &ahead.event else { continue };
-                let current = rows.remove(&ahead.row.aggregate_id);
+                let (id, current) = match rows.remove_entry(&ahead.row.aggregate_id) {
+                    Some((id, row)) => (id, Some(row)),
+                    None => (ahead.row.aggregate_id.clone(), None),
+                };
                 let seq = current.as_ref().map_or(ordinal, |r| r.seq);
                 if let Some(state) = IntentState::fold(current.map(|r| r.state), event) {
-                    rows.insert(ahead.row.aggregate_id.clone(), IntentRow { seq, state });
+                    rows.insert(id, IntentRow { seq, state });
                 }
             }
         }
