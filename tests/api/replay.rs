@@ -379,52 +379,19 @@ async fn replay_rebuilds_the_intent_list_the_runner_builds(backend: Backend) {
 async fn persisted_intents(db: &TestDb, at_least: usize) {
     use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
     use cqrs_es::{Aggregate, DomainEvent};
-    use eucora::domain::intent::{Action, Command, CreateIntent, IntentEvent};
-    use eucora::domain::{
-        DeploymentIntent, DomainServices, FakeClock, Policy, RiskFactors, SequentialIds,
-    };
-    use eucora_projections::event::{Actor, ChangeType, ConnectorType, Ring, Role, SiteClass};
+    use eucora::domain::intent::IntentEvent;
+    use eucora::domain::{DeploymentIntent, DomainServices, FakeClock, Policy};
+    use eucora_projections::event::Role;
 
-    let services = DomainServices {
-        clock: std::sync::Arc::new(FakeClock::new(chrono::Utc::now())),
-        ids: std::sync::Arc::new(SequentialIds::default()),
-        policy: std::sync::Arc::new(Policy::default()),
-    };
+    use crate::store_contract::{cmd, create};
+
+    let clock = std::sync::Arc::new(FakeClock::new(chrono::Utc::now()));
+    let services = DomainServices::new(clock, Policy::default());
     let repo = db.store().await.event_repo();
     let mut written = Vec::new();
     for n in 1u128.. {
         let id = uuid::Uuid::from_u128(n);
-        let command = Command {
-            actor: Actor {
-                subject: "req".into(),
-                role: Role::Requester,
-            },
-            correlation_id: format!("bulk-{n}"),
-            expected_version: None,
-            action: Action::Create(Box::new(CreateIntent {
-                app_name: format!("bulk-{}", n % 50),
-                version: "1.0".into(),
-                connector_type: ConnectorType::Intune,
-                start_ring: Ring::Lab,
-                target_ring: Ring::Global,
-                change_type: ChangeType::Normal,
-                site_class: SiteClass::Online,
-                privileged_tooling: false,
-                critical_infrastructure: false,
-                rollback_validated: true,
-                artifact_sha256: None,
-                risk_factors: RiskFactors {
-                    privilege_impact: 0.1,
-                    supply_chain_trust: 0.1,
-                    exploitability: 0.1,
-                    data_access: 0.1,
-                    sbom_vulnerability: 0.1,
-                    operational_complexity: 0.1,
-                    history: 0.1,
-                },
-                justification: None,
-            })),
-        };
+        let command = cmd("req", Role::Requester, create(&format!("bulk-{}", n % 50)));
         let events = DeploymentIntent::default()
             .decide(id, command, &services)
             .expect("a valid intent");
@@ -482,10 +449,20 @@ async fn tampering_past_the_first_batch_is_named_by_replay(backend: Backend) {
     };
     // A creation from the 7,777th event on, in the second batch, edited.
     let edited = created_from(7776);
-    tamper(&db, backend, &[payload(edited, "\"1.0\"", "\"6.6\"")]).await;
+    tamper(
+        &db,
+        backend,
+        &[payload(edited, "\"version\":\"1\"", "\"version\":\"6\"")],
+    )
+    .await;
     assert_names(&db, edited, "edited");
     // Put back, it verifies again: the chain is checked past it.
-    tamper(&db, backend, &[payload(edited, "\"6.6\"", "\"1.0\"")]).await;
+    tamper(
+        &db,
+        backend,
+        &[payload(edited, "\"version\":\"6\"", "\"version\":\"1\"")],
+    )
+    .await;
     let (ok, out, err) = replay(&db, &[]);
     assert!(
         ok && out.contains(&format!("{} verified", order.len())),

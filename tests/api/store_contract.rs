@@ -37,7 +37,7 @@ fn commands(store: &eucora::store::Store) -> Commands {
     Commands::new(store, DomainServices::new(clock, Policy::default()))
 }
 
-fn cmd(subject: &str, role: Role, action: Action) -> Command {
+pub(crate) fn cmd(subject: &str, role: Role, action: Action) -> Command {
     Command {
         actor: Actor {
             subject: subject.into(),
@@ -49,7 +49,7 @@ fn cmd(subject: &str, role: Role, action: Action) -> Command {
     }
 }
 
-fn create(app: &str) -> Action {
+pub(crate) fn create(app: &str) -> Action {
     let v = 0.2;
     Action::Create(Box::new(CreateIntent {
         app_name: app.into(),
