@@ -227,7 +227,10 @@ async fn first_disagreement(store: &Store, mut chain: Chain, batch: &Read, at: i
         }
     }
     ReplayError::Integrity {
-        position: batch.events[(at - batch.first) as usize].row.position,
+        position: batch
+            .events
+            .get((at - batch.first) as usize)
+            .map_or(0, |a| a.row.position),
         what: format!("the chain differs at seal #{at} (the seals were altered)"),
     }
 }
@@ -307,13 +310,27 @@ pub async fn stream_pass(
                     return Err(first_disagreement(store, before, batch, *at).await);
                 }
             }
-            let event = ahead
-                .event
-                .as_ref()
-                .map_err(|reason| ReplayError::Integrity {
-                    position: e.position,
-                    what: format!("the payload is not a readable event: {reason}"),
-                })?;
+            let event = match &ahead.event {
+                Ok(event) => event,
+                Err(reason) => {
+                    // An edit is named as one, even if it left the payload unreadable: check the
+                    // rest of the batch's chain before blaming the payload itself.
+                    if let Some((at, stored)) = &batch.checked_at {
+                        let mut rest = before.clone();
+                        let sealed_in_batch = (at - batch.first + 1) as usize;
+                        for a in batch.events.iter().take(sealed_in_batch) {
+                            rest.push(a.leaf);
+                        }
+                        if !stored.as_ref().is_some_and(|s| rest.matches(s)) {
+                            return Err(first_disagreement(store, before, batch, *at).await);
+                        }
+                    }
+                    return Err(ReplayError::Integrity {
+                        position: e.position,
+                        what: format!("the payload is not a readable event: {reason}"),
+                    });
+                }
+            };
             metrics.apply(e.position, event);
             events += 1;
             last_position = e.position;

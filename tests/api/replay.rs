@@ -156,6 +156,19 @@ async fn an_edited_event_is_named_by_replay(backend: Backend) {
     assert_eq!(target.event_type, "DeploymentCreated");
     tamper(&db, backend, &[sql]).await;
     assert_names(&db, p, "edited");
+    // Edited into something that is no event at all: still an edit, not an unreadable payload.
+    let (db, order) = seeded(backend).await;
+    let p = order[4];
+    let sql = match backend {
+        Backend::Sqlite => {
+            format!("UPDATE events SET payload = '{{\"not\":\"an event\"}}' WHERE position = {p}")
+        }
+        Backend::Postgres => format!(
+            "UPDATE events SET payload = '{{\"not\":\"an event\"}}'::json WHERE position = {p}"
+        ),
+    };
+    tamper(&db, backend, &[sql]).await;
+    assert_names(&db, p, "edited");
 }
 
 async fn a_deleted_event_is_named_by_replay(backend: Backend) {
