@@ -842,11 +842,11 @@ impl Store {
                 }
             }
         }
-        let stale: Vec<IntentRow> = rows
+        let stale: Vec<&IntentRow> = rows
             .iter()
             .zip(&current)
             .filter(|(_, current)| !**current)
-            .map(|(row, _)| row.clone())
+            .map(|(row, _)| row)
             .collect();
         let removed = unwanted
             .iter()
@@ -867,7 +867,8 @@ impl Store {
             });
         }
         for part in stale.chunks(PAGE) {
-            self.save_intents(projection, part, Checkpoint::default())
+            let part: Vec<IntentRow> = part.iter().map(|&row| row.clone()).collect();
+            self.save_intents(projection, &part, Checkpoint::default())
                 .await?;
         }
         // Exactly here, even back: rows a runner had moved past the rebuilt ones were replaced,
