@@ -34,3 +34,127 @@ impl Scratch {
         let _ = sqlx::query(&sql).execute(&mut self.admin).await;
     }
 }
+
+/// The benchmarks' references, on a pool of their own to the database under test, opened as the
+/// store opens it (SQLite: one writer, WAL, `synchronous = NORMAL`; PostgreSQL: no ping before
+/// each query). Benchmark-only SQL lives here, not in the service.
+pub enum Reference {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+#[allow(dead_code)] // each bench uses some of these
+impl Reference {
+    pub async fn open(url: &str, pool_size: u32) -> Reference {
+        use std::str::FromStr;
+        if url.starts_with("postgres") {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(pool_size)
+                .test_before_acquire(false)
+                .connect(url)
+                .await
+                .expect("connect the reference pool");
+            return Reference::Postgres(pool);
+        }
+        let path = url
+            .trim_start_matches("sqlite://")
+            .trim_start_matches("sqlite:");
+        let options = sqlx::sqlite::SqliteConnectOptions::from_str("sqlite:")
+            .unwrap()
+            .filename(path)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .expect("open the reference pool");
+        Reference::Sqlite(pool)
+    }
+
+    /// One plain ordered scan of every event row, in the global stream's order, as a single
+    /// query; returns (rows, bytes of payload and metadata).
+    pub async fn scan_events(&self) -> (u64, u64) {
+        use futures_util::TryStreamExt;
+        type Row = (i64, String, String, i64, String, String, String, String);
+        let (mut rows, mut bytes) = (0u64, 0u64);
+        let mut count = |r: Row| {
+            rows += 1;
+            bytes += (r.6.len() + r.7.len()) as u64;
+        };
+        match self {
+            Reference::Sqlite(pool) => {
+                let mut stream = sqlx::query_as(
+                    "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version,
+                            payload, metadata FROM events ORDER BY position",
+                )
+                .fetch(pool);
+                while let Some(row) = stream.try_next().await.expect("scan") {
+                    count(row);
+                }
+            }
+            Reference::Postgres(pool) => {
+                let mut stream = sqlx::query_as(
+                    "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version,
+                            payload::text, metadata::text FROM events ORDER BY xact_id, position",
+                )
+                .fetch(pool);
+                while let Some(row) = stream.try_next().await.expect("scan") {
+                    count(row);
+                }
+            }
+        }
+        (rows, bytes)
+    }
+
+    /// An empty table for raw single-row inserts.
+    pub async fn reset_raw_table(&self) {
+        match self {
+            Reference::Sqlite(pool) => {
+                sqlx::query("DROP TABLE IF EXISTS bench_raw")
+                    .execute(pool)
+                    .await
+                    .unwrap();
+                sqlx::query(
+                    "CREATE TABLE bench_raw (id INTEGER PRIMARY KEY AUTOINCREMENT, payload TEXT NOT NULL)",
+                )
+                .execute(pool)
+                .await
+                .unwrap();
+            }
+            Reference::Postgres(pool) => {
+                sqlx::query("DROP TABLE IF EXISTS bench_raw")
+                    .execute(pool)
+                    .await
+                    .unwrap();
+                sqlx::query(
+                    "CREATE TABLE bench_raw (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, payload json NOT NULL)",
+                )
+                .execute(pool)
+                .await
+                .unwrap();
+            }
+        }
+    }
+
+    /// One durable single-row INSERT, in its own transaction.
+    pub async fn insert_raw(&self, payload: &str) -> Result<(), sqlx::Error> {
+        match self {
+            Reference::Sqlite(pool) => {
+                sqlx::query("INSERT INTO bench_raw (payload) VALUES (?1)")
+                    .bind(payload)
+                    .execute(pool)
+                    .await?;
+            }
+            Reference::Postgres(pool) => {
+                sqlx::query("INSERT INTO bench_raw (payload) VALUES ($1::json)")
+                    .bind(payload)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -16,8 +16,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::app::issue_token;
 use crate::domain::Policy;
+use crate::principals::issue_token;
 use crate::store::Store;
 
 /// What a demo run is asked to do.

@@ -6,6 +6,7 @@ pub mod deployments;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod idempotency;
 
 use std::time::Duration;
 
@@ -20,8 +21,16 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::app::AppState;
 use error::ApiError;
+
+use crate::principals::Principals;
+use crate::projection::metrics::MetricsView;
+use crate::projection::RunnerStatus;
+use crate::read::IntentReader;
+use crate::store::Store;
+use crate::telemetry::Telemetry;
+use crate::write::Commands;
+use std::sync::Arc;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -45,6 +54,20 @@ impl Modify for BearerAuth {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }
+}
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub commands: Arc<Commands>,
+    pub reads: Arc<dyn IntentReader>,
+    pub principals: Arc<Principals>,
+    /// The domain metrics, served once the runner caught up.
+    pub metrics: MetricsView,
+    /// The projection runner's progress (readiness).
+    pub runner: Arc<RunnerStatus>,
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// Limits a request may not exceed.
@@ -138,7 +161,7 @@ fn catching_up() -> ApiError {
 /// Ready when the store answers and the projections have caught up.
 async fn ready(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     state.store.ping().await?;
-    if !state.metrics.caught_up() {
+    if !state.runner.caught_up() {
         return Err(catching_up());
     }
     Ok(Json(

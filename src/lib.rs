@@ -1,11 +1,15 @@
 //! EUCORA, an event-sourced deployment control plane.
 //!
 //! - [`domain`]: commands, the `DeploymentIntent` aggregate, the risk model and gate policy.
-//! - [`store`]: the event store on SQLite or PostgreSQL behind cqrs-es, principals, idempotency.
-//! - [`http`]: the axum API, its errors (problem+json) and its OpenAPI document.
-//! - [`projector`]: the projection runner that feeds the global stream to the metrics fold.
-//! - [`replay`]: `eucora replay`, the rebuild from position 0 and the integrity check.
-//! - [`app`]: wiring: builds the store, the command bus and the server from a [`config::Config`].
+//! - [`store`]: everything kept, on SQLite or PostgreSQL, split by concern; all SQL lives there.
+//! - [`write`]: the write side: commands through cqrs-es and the aggregate.
+//! - [`read`]: what the API's reads are served from.
+//! - [`projection`]: the one projection runner and the projections it feeds (metrics, intent read
+//!   model, seals).
+//! - [`replay`]: `eucora replay`: the same runner from position 0, with the integrity check.
+//! - [`principals`]: bearer-token principals and how tokens are issued.
+//! - [`http`]: the axum API, its state, errors (problem+json) and OpenAPI document.
+//! - [`app`]: wiring only: builds all of the above from [`config::ServeArgs`] and runs it.
 //! - [`telemetry`]: process metrics through OpenTelemetry and opentelemetry-prometheus.
 //! - [`demo`]: `eucora demo`, seeded traffic through the real API for dashboards and alerts.
 //! - [`config`]: the command line and `EUCORA_*` environment.
@@ -15,7 +19,10 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod http;
-pub mod projector;
+pub mod principals;
+pub mod projection;
+pub mod read;
 pub mod replay;
 pub mod store;
 pub mod telemetry;
+pub mod write;

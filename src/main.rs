@@ -10,9 +10,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use eucora::app::{issue_token, Application};
+use eucora::app::Application;
 use eucora::config::{Cli, CliCommand, DbArgs, DemoArgs, LogFormat, ReplayArgs, TokenCommand};
 use eucora::domain::SystemClock;
+use eucora::principals::issue_token;
 use eucora::store::Store;
 use eucora_projections::event::Role;
 
@@ -23,26 +24,13 @@ async fn main() -> ExitCode {
         CliCommand::Serve(args) => args.log_format,
         _ => LogFormat::Text,
     };
-    init_logging(format);
+    eucora::telemetry::init_logging(format);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("eucora: {message}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Logs go to stderr, so stdout carries only what a command prints (a token, a stream).
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EUCORA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

@@ -1,5 +1,6 @@
-//! Process metrics through OpenTelemetry, exported with opentelemetry-prometheus: the one place
-//! that builds the meter provider and its instruments. Domain metrics are not here: they are a
+//! Logs and process metrics: the one place that installs the tracing subscriber, and the one that
+//! builds the OpenTelemetry meter provider and its instruments (exported with
+//! opentelemetry-prometheus). Domain metrics are not here: they are a
 //! projection of the event stream (`eucora_projections::metrics`), rendered by the fold, because
 //! OpenTelemetry has no asynchronous histogram to expose a replayed one without re-recording it.
 
@@ -11,8 +12,22 @@ use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::{Encoder, TextEncoder};
 
-use crate::projector::Projector;
+use crate::config::LogFormat;
+use crate::projection::RunnerStatus;
 use crate::store::Backend;
+
+/// Logs go to stderr, so stdout carries only what a command prints (a token, a stream).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EUCORA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
 
 /// OpenTelemetry's recommended buckets for HTTP server durations, in seconds.
 const HTTP_BUCKETS: &[f64] = &[
@@ -30,7 +45,7 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    pub fn new(backend: Backend, projector: Arc<Projector>) -> Result<Telemetry, String> {
+    pub fn new(backend: Backend, runner: Arc<RunnerStatus>) -> Result<Telemetry, String> {
         let registry = prometheus::Registry::new();
         let exporter = opentelemetry_prometheus::exporter()
             .with_registry(registry.clone())
@@ -52,12 +67,13 @@ impl Telemetry {
             .with_description("Duration of event appends to the store, by outcome.")
             .with_boundaries(HTTP_BUCKETS.to_vec())
             .build();
-        let lag_source = projector.clone();
         meter
             .i64_observable_gauge("eucora.projection.lag_events")
-            .with_description("Events stored but not yet applied by the projection.")
+            .with_description("Events stored but not yet applied, per projection.")
             .with_callback(move |gauge| {
-                gauge.observe(lag_source.lag(), &[KeyValue::new("projection", "metrics")]);
+                for (name, lag) in runner.lag() {
+                    gauge.observe(lag, &[KeyValue::new("projection", name)]);
+                }
             })
             .build();
         let info = [

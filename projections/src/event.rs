@@ -1,14 +1,12 @@
 //! The event schema: what every event of a deployment intent's stream records.
 //!
-//! Events are past tense, each with a stable type name (the enum variant) and a schema version
-//! (`EventMeta::schema_version`). Stored events are never edited; a later schema upcasts them.
+//! Events are past tense, each with a stable type name (the enum variant) and a schema version of
+//! its own ([`DeploymentEvent::version`], also in `EventMeta::schema_version`). Stored events are
+//! never edited; [`crate::decode`] upcasts an older version when it is read.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-
-/// The schema version written by this build into every event's envelope.
-pub const SCHEMA_VERSION: u32 = 1;
 
 /// Rollout rings, in promotion order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -264,11 +262,16 @@ pub struct Approved {
     pub retro_deadline_met: Option<bool>,
 }
 
+/// Version 2 added `retrospective` (version 1 events, all made while awaiting CAB, upcast to
+/// `false`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rejected {
     pub meta: EventMeta,
     pub ring: Ring,
     pub reason: String,
+    /// A CAB rejection of an emergency change after it was deployed, rather than a decision on an
+    /// intent awaiting CAB.
+    pub retrospective: bool,
 }
 
 /// A rollout result for one ring; counts are cumulative and reports may repeat.
@@ -386,6 +389,20 @@ impl DeploymentEvent {
         }
     }
 
+    /// This event type's schema version as this build writes and reads it.
+    pub fn version(&self) -> u32 {
+        match self {
+            DeploymentEvent::DeploymentCreated(_) => 1,
+            DeploymentEvent::DeploymentApproved(_) => 1,
+            DeploymentEvent::DeploymentRejected(_) => 2,
+            DeploymentEvent::DeploymentDeployed(_) => 1,
+            DeploymentEvent::PromotionGateEvaluated(_) => 1,
+            DeploymentEvent::RingPromoted(_) => 1,
+            DeploymentEvent::DeploymentCompleted(_) => 1,
+            DeploymentEvent::DeploymentRolledBack(_) => 1,
+        }
+    }
+
     pub fn meta(&self) -> &EventMeta {
         match self {
             DeploymentEvent::DeploymentCreated(e) => &e.meta,
@@ -396,6 +413,19 @@ impl DeploymentEvent {
             DeploymentEvent::RingPromoted(e) => &e.meta,
             DeploymentEvent::DeploymentCompleted(e) => &e.meta,
             DeploymentEvent::DeploymentRolledBack(e) => &e.meta,
+        }
+    }
+
+    pub fn meta_mut(&mut self) -> &mut EventMeta {
+        match self {
+            DeploymentEvent::DeploymentCreated(e) => &mut e.meta,
+            DeploymentEvent::DeploymentApproved(e) => &mut e.meta,
+            DeploymentEvent::DeploymentRejected(e) => &mut e.meta,
+            DeploymentEvent::DeploymentDeployed(e) => &mut e.meta,
+            DeploymentEvent::PromotionGateEvaluated(e) => &mut e.meta,
+            DeploymentEvent::RingPromoted(e) => &mut e.meta,
+            DeploymentEvent::DeploymentCompleted(e) => &mut e.meta,
+            DeploymentEvent::DeploymentRolledBack(e) => &mut e.meta,
         }
     }
 }

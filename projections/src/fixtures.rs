@@ -31,7 +31,7 @@ impl Script {
             },
             occurred_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
                 + Duration::milliseconds((hours * 3_600_000.0) as i64),
-            schema_version: SCHEMA_VERSION,
+            schema_version: 1,
         }
     }
 
@@ -86,6 +86,7 @@ impl Script {
             meta: self.meta(hours, "carol", Role::CabApprover),
             ring: Ring::Lab,
             reason: "no".into(),
+            retrospective: false,
         })
     }
 

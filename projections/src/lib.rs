@@ -6,10 +6,12 @@
 //! so the rules and the views read one state machine.
 //!
 //! - [`event`]: the versioned event payloads and the value types they carry.
+//! - [`decode`]: stored (type, version, payload) to an event, upcasting older versions.
 //! - [`intent`]: the per-intent state fold (lifecycle, ring timings, gate results).
 //! - [`integrity`]: the leaf hashes and chain that seal the global stream.
 //! - [`metrics`]: the domain metrics of METRICS.md, rendered as Prometheus text.
 
+pub mod decode;
 pub mod event;
 pub mod integrity;
 pub mod intent;

@@ -92,7 +92,7 @@ impl DomainEvent for IntentEvent {
     }
 
     fn event_version(&self) -> String {
-        SCHEMA_VERSION.to_string()
+        self.0.version().to_string()
     }
 }
 
@@ -189,6 +189,7 @@ impl DeploymentIntent {
                         meta,
                         ring: state.current_ring,
                         reason: reason.clone(),
+                        retrospective: false,
                     })
                 });
             }
@@ -242,9 +243,11 @@ impl Events<'_> {
             correlation_id: self.command.correlation_id.clone(),
             actor: self.command.actor.clone(),
             occurred_at: self.now,
-            schema_version: SCHEMA_VERSION,
+            schema_version: 0,
         };
-        self.events.push(build(meta));
+        let mut event = build(meta);
+        event.meta_mut().schema_version = event.version();
+        self.events.push(event);
     }
 
     fn policy(&self) -> &Policy {

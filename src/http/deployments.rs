@@ -1,6 +1,5 @@
 //! `/api/v1/deployments`: the intent endpoints of API.md.
 
-use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -18,12 +17,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::correlation;
 use super::error::ApiError;
-use super::extract::{idempotency_key, if_match, ApiJson, Principal};
-use crate::app::{AppState, ListFilter};
+use super::extract::{if_match, ApiJson, Principal};
+use super::{correlation, idempotency};
 use crate::domain::{Action, Command, CreateIntent, RiskFactors, RolloutInput};
-use crate::store::Reservation;
+use crate::http::AppState;
+use crate::read::ListFilter;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -171,118 +170,27 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::BadRequest(format!("{id:?} is not a UUID")))
 }
 
-/// The largest response a replayed `Idempotency-Key` may carry.
-const MAX_STORED_RESPONSE: usize = 1 << 20;
-
-/// Runs a write once per `Idempotency-Key`: a repeat with the same request gets the stored
-/// response and appends nothing; the same key with a different request gets 422. A write that
-/// fails appended nothing, so its key is released for a retry.
-///
-/// A keyed write runs on its own task: if the client's request is dropped (the time limit, a
-/// disconnect) the write still finishes and stores its answer or frees its key, so a retry with
-/// the same key learns whether it committed instead of finding the key stuck in flight.
-async fn once(
-    state: &AppState,
-    subject: &str,
-    headers: &HeaderMap,
-    digest: &str,
-    run: impl std::future::Future<Output = Result<Response, ApiError>> + Send + 'static,
-) -> Result<Response, ApiError> {
-    let Some(key) = idempotency_key(headers)? else {
-        return run.await;
-    };
-    match state
-        .store
-        .reserve_idempotency_key(subject, &key, digest)
-        .await?
-    {
-        Reservation::Reserved => {}
-        Reservation::Replay { status, body } => return replay(status, &body),
-        Reservation::Mismatch => {
-            return Err(ApiError::Unprocessable(
-                "this Idempotency-Key was used with a different request".into(),
-            ))
-        }
-        Reservation::InFlight => {
-            return Err(ApiError::Conflict {
-                detail: "a request with this Idempotency-Key is still in progress; retry later"
-                    .into(),
-                extra: None,
-            })
-        }
-    }
-    let store = state.store.clone();
-    let subject = subject.to_string();
-    let write = tokio::spawn(correlation::carry(async move {
-        let response = match run.await {
-            Ok(response) => response,
-            Err(e) => {
-                store.release_idempotency_key(&subject, &key).await?;
-                return Err(e);
-            }
-        };
-        let (parts, body) = response.into_parts();
-        let bytes = axum::body::to_bytes(body, MAX_STORED_RESPONSE)
-            .await
-            .map_err(|e| ApiError::Internal(format!("buffering response: {e}")))?;
-        let kept: serde_json::Map<String, Value> =
-            [header::CONTENT_TYPE, header::ETAG, header::LOCATION]
-                .iter()
-                .filter_map(|h| {
-                    let v = parts.headers.get(h)?.to_str().ok()?;
-                    Some((h.as_str().to_string(), Value::from(v)))
-                })
-                .collect();
-        let stored = json!({ "headers": kept, "body": String::from_utf8_lossy(&bytes) });
-        store
-            .complete_idempotency_key(&subject, &key, parts.status.as_u16(), &stored.to_string())
-            .await?;
-        Ok(Response::from_parts(parts, Body::from(bytes)))
-    }));
-    write
-        .await
-        .map_err(|e| ApiError::Internal(format!("the idempotent write task failed: {e}")))?
-}
-
-fn replay(status: u16, stored: &str) -> Result<Response, ApiError> {
-    let stored: Value = serde_json::from_str(stored)
-        .map_err(|e| ApiError::Internal(format!("stored idempotent response: {e}")))?;
-    let status = StatusCode::from_u16(status)
-        .map_err(|e| ApiError::Internal(format!("stored idempotent status: {e}")))?;
-    let body = stored["body"].as_str().unwrap_or_default().to_string();
-    let mut response = (status, body).into_response();
-    let headers = response.headers_mut();
-    if let Some(kept) = stored["headers"].as_object() {
-        for (name, value) in kept {
-            if let (Ok(name), Some(Ok(value))) = (
-                header::HeaderName::from_bytes(name.as_bytes()),
-                value.as_str().map(HeaderValue::from_str),
-            ) {
-                headers.insert(name, value);
-            }
-        }
-    }
-    headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
-    Ok(response)
-}
-
-/// Runs one command on an existing intent and answers with the intent as it now stands.
+/// The one command-handling path: checks the role, runs the command once per
+/// `Idempotency-Key`, and answers with the intent as it now stands (201 with `Location` for a
+/// create, 409 with the gate results for a blocked promotion, 200 otherwise).
 async fn command(
     state: AppState,
     principal: Principal,
     roles: &[Role],
-    headers: HeaderMap,
-    id: String,
-    digest: String,
+    headers: &HeaderMap,
+    id: Uuid,
+    digest: &str,
     action: Action,
 ) -> Result<Response, ApiError> {
     principal.require(roles)?;
-    let id = parse_id(&id)?;
-    let is_promotion = matches!(action, Action::Promote);
+    let (is_create, is_promotion) = (
+        matches!(action, Action::Create(_)),
+        matches!(action, Action::Promote),
+    );
     let command = Command {
         actor: principal.0,
         correlation_id: correlation::current(),
-        expected_version: if_match(&headers)?,
+        expected_version: if is_create { None } else { if_match(headers)? },
         action,
     };
     let subject = command.actor.subject.clone();
@@ -290,7 +198,6 @@ async fn command(
         let state = state.clone();
         async move {
             let intent = state.commands.execute(id, command).await?;
-            state.metrics.wake();
             match &intent.last_promotion {
                 Some(attempt) if is_promotion && !attempt.passed => {
                     let blocked: Vec<&str> =
@@ -309,11 +216,35 @@ async fn command(
                     }
                     .into_response())
                 }
+                _ if is_create => {
+                    let mut response = intent_response(StatusCode::CREATED, &intent);
+                    if let Ok(location) =
+                        HeaderValue::from_str(&format!("/api/v1/deployments/{id}"))
+                    {
+                        response.headers_mut().insert(header::LOCATION, location);
+                    }
+                    Ok(response)
+                }
                 _ => Ok(intent_response(StatusCode::OK, &intent)),
             }
         }
     };
-    once(&state, &subject, &headers, &digest, run).await
+    idempotency::once(&state.store, &subject, headers, digest, run).await
+}
+
+/// A command on an existing intent, named by the path's id.
+async fn on_intent(
+    state: AppState,
+    principal: Principal,
+    roles: &[Role],
+    headers: HeaderMap,
+    id: String,
+    digest: String,
+    action: Action,
+) -> Result<Response, ApiError> {
+    principal.require(roles)?;
+    let id = parse_id(&id)?;
+    command(state, principal, roles, &headers, id, &digest, action).await
 }
 
 /// Create a deployment intent.
@@ -333,43 +264,32 @@ async fn create(
     headers: HeaderMap,
     body: ApiJson<CreateRequest>,
 ) -> Result<Response, ApiError> {
-    principal.require(&[Role::Requester])?;
     let r = body.value;
-    let id = Uuid::now_v7();
-    let command = Command {
-        actor: principal.0,
-        correlation_id: correlation::current(),
-        expected_version: None,
-        action: Action::Create(Box::new(CreateIntent {
-            app_name: r.app_name,
-            version: r.version,
-            connector_type: r.connector_type,
-            start_ring: r.start_ring.unwrap_or(Ring::Lab),
-            target_ring: r.target_ring.unwrap_or(Ring::Global),
-            change_type: r.change_type.unwrap_or(ChangeType::Normal),
-            site_class: r.site_class.unwrap_or(SiteClass::Online),
-            privileged_tooling: r.privileged_tooling,
-            critical_infrastructure: r.critical_infrastructure,
-            rollback_validated: r.rollback_validated,
-            artifact_sha256: r.artifact_sha256,
-            risk_factors: r.risk_factors,
-            justification: r.justification,
-        })),
-    };
-    let subject = command.actor.subject.clone();
-    let run = {
-        let state = state.clone();
-        async move {
-            let intent = state.commands.execute(id, command).await?;
-            state.metrics.wake();
-            let mut response = intent_response(StatusCode::CREATED, &intent);
-            if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/deployments/{id}")) {
-                response.headers_mut().insert(header::LOCATION, location);
-            }
-            Ok(response)
-        }
-    };
-    once(&state, &subject, &headers, &body.digest, run).await
+    let action = Action::Create(Box::new(CreateIntent {
+        app_name: r.app_name,
+        version: r.version,
+        connector_type: r.connector_type,
+        start_ring: r.start_ring.unwrap_or(Ring::Lab),
+        target_ring: r.target_ring.unwrap_or(Ring::Global),
+        change_type: r.change_type.unwrap_or(ChangeType::Normal),
+        site_class: r.site_class.unwrap_or(SiteClass::Online),
+        privileged_tooling: r.privileged_tooling,
+        critical_infrastructure: r.critical_infrastructure,
+        rollback_validated: r.rollback_validated,
+        artifact_sha256: r.artifact_sha256,
+        risk_factors: r.risk_factors,
+        justification: r.justification,
+    }));
+    command(
+        state,
+        principal,
+        &[Role::Requester],
+        &headers,
+        Uuid::now_v7(),
+        &body.digest,
+        action,
+    )
+    .await
 }
 
 /// Query of `GET /api/v1/deployments`.
@@ -541,7 +461,7 @@ async fn approve(
     let action = Action::Approve {
         comment: body.value.comment,
     };
-    command(
+    on_intent(
         state,
         principal,
         &[Role::CabApprover],
@@ -568,7 +488,7 @@ async fn reject(
     let action = Action::Reject {
         reason: body.value.reason,
     };
-    command(
+    on_intent(
         state,
         principal,
         &[Role::CabApprover],
@@ -600,7 +520,7 @@ async fn deploy(
         failed: r.failed,
         incidents: r.incidents,
     });
-    command(
+    on_intent(
         state,
         principal,
         &[Role::Deployer],
@@ -633,7 +553,7 @@ async fn promote(
             "promote takes no body fields".into(),
         ));
     }
-    command(
+    on_intent(
         state,
         principal,
         &[Role::Deployer],
@@ -660,7 +580,7 @@ async fn rollback(
     let action = Action::Rollback {
         reason: body.value.reason,
     };
-    command(
+    on_intent(
         state,
         principal,
         &[Role::Deployer, Role::Requester],

@@ -6,9 +6,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::correlation;
-use crate::app::CommandError;
 use crate::domain::DomainError;
 use crate::store::StoreError;
+use crate::write::CommandError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 

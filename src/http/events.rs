@@ -4,7 +4,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use eucora_projections::event::Role;
+use eucora_projections::event::{DeploymentEvent, Role};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -12,8 +12,8 @@ use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::extract::Principal;
-use crate::app::AppState;
-use crate::store::StoreError;
+use crate::http::AppState;
+use crate::store::{Columns, StoreError};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(global_stream))
@@ -37,9 +37,10 @@ pub struct GlobalEventOut {
     /// Place in its intent's stream, from 1.
     pub sequence: i64,
     pub event_type: String,
-    /// The stored payload, envelope included, as stored.
+    /// The event, envelope included, as this version reads it (an older stored version is
+    /// upcast; the stored bytes are never rewritten).
     #[schema(value_type = Object)]
-    pub event: serde_json::Value,
+    pub event: DeploymentEvent,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -73,14 +74,17 @@ async fn global_stream(
             "after={after} is not the position of a stored event"
         )));
     }
-    let events = state.store.read_global(after, limit).await?;
+    let events = state
+        .store
+        .read_global(after, limit, Columns::Decoded)
+        .await?;
     let next_after = (events.len() as i64 == limit)
         .then(|| events.last().map(|e| e.position))
         .flatten();
     let events = events
         .into_iter()
         .map(|e| {
-            let event = serde_json::from_str(&e.payload).map_err(|err| StoreError::Corrupt {
+            let event = e.decode().map_err(|err| StoreError::Corrupt {
                 position: e.position,
                 reason: err.to_string(),
             })?;

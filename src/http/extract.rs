@@ -8,15 +8,10 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use eucora_projections::event::{Actor, Role};
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
-use crate::app::AppState;
-
-/// Hex SHA-256 of some bytes.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+use crate::http::AppState;
+use crate::principals::sha256_hex;
 
 /// A JSON body with unknown fields refused. An empty body reads as `{}`, so that bodies whose
 /// fields are all optional may be left out. Keeps a digest of the request for idempotency.

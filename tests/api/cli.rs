@@ -26,7 +26,7 @@ async fn token_create_prints_only_the_token_and_stores_only_its_hash(backend: Ba
         "{out:?}"
     );
     let store = db.store().await;
-    let hash = eucora::http::extract::sha256_hex(token.as_bytes());
+    let hash = eucora::principals::sha256_hex(token.as_bytes());
     let principal = store.principal_by_token_hash(&hash).await.unwrap().unwrap();
     assert_eq!(principal.subject, "ops");
     assert!(

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eucora::app::Commands;
 use eucora::domain::{Action, Command, DomainServices, Policy, SystemClock};
+use eucora::write::Commands;
 use eucora_projections::event::{Actor, Role};
 use sqlx::Connection;
 use uuid::Uuid;
@@ -60,7 +60,10 @@ async fn sixteen_writers_and_a_running_reader_see_every_event_exactly_once() {
             let deadline = Instant::now() + Duration::from_secs(60);
             while Instant::now() < deadline {
                 let finished = done.load(Ordering::SeqCst);
-                let batch = store.read_global(after, 50).await.unwrap();
+                let batch = store
+                    .read_global(after, 50, eucora::store::Columns::Stored)
+                    .await
+                    .unwrap();
                 if batch.is_empty() {
                     if finished && seen.len() as i64 >= store.event_count().await.unwrap() {
                         break;
@@ -146,7 +149,7 @@ async fn an_event_committed_late_by_a_slow_transaction_is_not_skipped() {
     // While the slow transaction is open, nothing committed after it began is read: reading
     // past it would move the reader beyond an event that is still to come.
     let visible: Vec<i64> = store
-        .read_global(0, 100)
+        .read_global(0, 100, eucora::store::Columns::Stored)
         .await
         .unwrap()
         .iter()

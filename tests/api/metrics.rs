@@ -4,10 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eucora::app::{AppState, Commands, Principals, ReadModel};
+use eucora::app::serve_runner;
 use eucora::domain::{DomainServices, Policy, SystemClock};
-use eucora::projector::Projector;
+use eucora::http::AppState;
+use eucora::principals::Principals;
+use eucora::read::ReadModel;
 use eucora::telemetry::Telemetry;
+use eucora::write::Commands;
 use reqwest::Method;
 use tower::ServiceExt;
 
@@ -119,16 +122,18 @@ async fn metrics_answer_503_until_the_projection_has_caught_up(backend: Backend)
     }
     drop(app);
 
-    // A projector that has not yet read the six stored events: driven by hand, no timing.
+    // A runner that has not yet read the six stored events: driven by hand, no timing.
     let store = db.store().await;
-    let projector = Projector::new(store.clone(), 10);
+    let (mut runner, metrics) = serve_runner(&store, 10);
+    let status = runner.status();
     let services = DomainServices::new(Arc::new(SystemClock), Policy::default());
-    let telemetry = Arc::new(Telemetry::new(store.backend(), projector.clone()).unwrap());
+    let telemetry = Arc::new(Telemetry::new(store.backend(), status.clone()).unwrap());
     let state = AppState {
         commands: Arc::new(Commands::new(&store, services)),
         reads: Arc::new(ReadModel::new(store.clone())),
         principals: Arc::new(Principals::new(store.clone())),
-        metrics: projector.clone(),
+        metrics: metrics.clone(),
+        runner: status.clone(),
         telemetry,
         store,
     };
@@ -146,7 +151,6 @@ async fn metrics_answer_503_until_the_projection_has_caught_up(backend: Backend)
             router.oneshot(request).await.unwrap()
         }
     };
-    projector.start().await.unwrap();
     for path in ["/api/v1/metrics", "/metrics", "/health/ready"] {
         let response = get(path).await;
         assert_eq!(response.status(), 503, "{path}");
@@ -157,14 +161,14 @@ async fn metrics_answer_503_until_the_projection_has_caught_up(backend: Backend)
         assert!(response.headers().contains_key("retry-after"));
     }
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !projector.caught_up() {
-        projector.project_intents().await.unwrap();
-        projector.poll().await.unwrap();
+    while !status.caught_up() {
+        let step = runner.step().await;
+        assert!(step.failures.is_empty(), "{:?}", step.failures);
         assert!(Instant::now() < deadline, "never caught up");
     }
     assert_eq!(get("/api/v1/metrics").await.status(), 200);
     assert_eq!(get("/health/ready").await.status(), 200);
-    let text = projector.render().unwrap();
+    let text = metrics.render().unwrap();
     assert!(
         text.contains("eucora_events_total{event_type=\"DeploymentCreated\"} 3"),
         "{text}"

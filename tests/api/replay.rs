@@ -7,6 +7,10 @@ use reqwest::Method;
 use sha2::Digest;
 use sqlx::Connection;
 
+use eucora::projection::intent_view::{IntentView, INTENTS};
+use eucora::projection::seals::Seals;
+use eucora::projection::Runner;
+
 use crate::helpers::{eucora, intent_body, Backend, Crew, TestApp, TestDb};
 
 crate::on_both_backends!(
@@ -43,7 +47,7 @@ async fn seeded(backend: Backend) -> (TestDb, Vec<i64>) {
     assert!(ok && out.contains("replayed 9 events"), "{out}{err}");
     let store = db.store().await;
     let order = store
-        .read_global(0, 100)
+        .read_global(0, 100, eucora::store::Columns::Stored)
         .await
         .unwrap()
         .iter()
@@ -152,7 +156,10 @@ async fn an_edited_event_is_named_by_replay(backend: Backend) {
     };
     // Each app wrote Created, Approved, Deployed: order[3] is app1's creation.
     let store = db.store().await;
-    let target = &store.read_global(0, 100).await.unwrap()[3];
+    let target = &store
+        .read_global(0, 100, eucora::store::Columns::Stored)
+        .await
+        .unwrap()[3];
     assert_eq!(target.event_type, "DeploymentCreated");
     tamper(&db, backend, &[sql]).await;
     assert_names(&db, p, "edited");
@@ -246,35 +253,27 @@ async fn the_projector_seals_what_it_reads_once_and_replay_verifies_it(backend: 
         }
     }
     let store = db.store().await;
-    let projector = eucora::projector::Projector::new(store.clone(), 10);
+    let mut sealer = Runner::new(store.clone(), 1000).register(Seals::sealing());
     let mut sealed = 0;
     let deadline = Instant::now() + Duration::from_secs(20);
     while store.last_seal().await.unwrap().map_or(0, |s| s.ordinal) < 4 {
-        sealed += projector.seal().await.unwrap();
+        sealed += sealer.catch_up().await.unwrap();
         assert!(Instant::now() < deadline, "never sealed all four events");
     }
     assert!(sealed <= 4, "an event was sealed twice");
-    assert_eq!(projector.seal().await.unwrap(), 0, "nothing new to seal");
+    assert_eq!(sealer.catch_up().await.unwrap(), 0, "nothing new to seal");
     let report = eucora::replay::replay(&store, 10, |_| {}).await.unwrap();
     assert_eq!((report.events, report.verified, report.sealed), (4, 4, 0));
     // The intent read model was rebuilt from position 0.
     let listed = store
-        .list_intents(&eucora::app::ListFilter::default(), 0, 10)
+        .list_intents(&eucora::read::ListFilter::default(), 0, 10)
         .await
         .unwrap();
     assert_eq!(listed.len(), 2);
-    assert_eq!(
-        store
-            .checkpoint(eucora::projector::INTENTS)
-            .await
-            .unwrap()
-            .ordinal,
-        4
-    );
+    assert_eq!(store.checkpoint(INTENTS).await.unwrap().ordinal, 4);
 }
 
 async fn replay_rebuilds_the_intent_list_the_runner_builds(backend: Backend) {
-    use eucora::projector::{Projector, INTENTS};
     use eucora::store::ViewRepair;
     let db = TestDb::new(backend).await;
     {
@@ -311,13 +310,13 @@ async fn replay_rebuilds_the_intent_list_the_runner_builds(backend: Backend) {
     let count = db.event_count().await;
     // What the runner builds from position 0, event by event.
     store.reset_intent_view(INTENTS).await.unwrap();
-    let runner = Projector::new(store.clone(), 10);
+    let mut runner = Runner::new(store.clone(), 10).register(IntentView::persisted());
     while store.checkpoint(INTENTS).await.unwrap().ordinal < count {
-        runner.project_intents().await.unwrap();
+        runner.catch_up().await.unwrap();
     }
     let list = || async {
         store
-            .list_intents(&eucora::app::ListFilter::default(), 0, 100)
+            .list_intents(&eucora::read::ListFilter::default(), 0, 100)
             .await
             .unwrap()
             .into_iter()
@@ -378,7 +377,7 @@ async fn replay_rebuilds_the_intent_list_the_runner_builds(backend: Backend) {
     assert_eq!(
         checkpoint.position,
         store
-            .read_global(0, 1000)
+            .read_global(0, 1000, eucora::store::Columns::Stored)
             .await
             .unwrap()
             .last()
@@ -440,7 +439,10 @@ async fn tampering_past_the_first_batch_is_named_by_replay(backend: Backend) {
     let mut order = Vec::new();
     while order.len() < 12_000 {
         let after = order.last().map_or(0, |(p, _)| *p);
-        let page = store.read_global(after, 5000).await.unwrap();
+        let page = store
+            .read_global(after, 5000, eucora::store::Columns::Stored)
+            .await
+            .unwrap();
         assert!(!page.is_empty());
         order.extend(page.iter().map(|e| (e.position, e.event_type.clone())));
     }

@@ -4,12 +4,13 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
-use eucora::app::{CommandError, Commands, IntentReader, ReadModel};
 use eucora::domain::{
     Action, Command, CreateIntent, DeploymentIntent, DomainServices, FakeClock, Policy,
     RiskFactors, RolloutInput,
 };
+use eucora::read::{IntentReader, ReadModel};
 use eucora::store::Reservation;
+use eucora::write::{CommandError, Commands};
 use eucora_projections::event::*;
 use serde_json::json;
 use sqlx::Connection;
@@ -387,7 +388,10 @@ pub async fn read_all(
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let (mut after, mut seen) = (0, vec![]);
     while seen.len() < expected && std::time::Instant::now() < deadline {
-        let batch = store.read_global(after, page).await.unwrap();
+        let batch = store
+            .read_global(after, page, eucora::store::Columns::Stored)
+            .await
+            .unwrap();
         if batch.is_empty() {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
@@ -443,8 +447,9 @@ async fn the_global_stream_returns_every_event_once_in_a_stable_order(backend: B
 async fn the_intent_read_model_resumes_from_its_checkpoint_and_applies_each_event_once(
     backend: Backend,
 ) {
-    use eucora::app::ListFilter;
-    use eucora::projector::Projector;
+    use eucora::projection::intent_view::IntentView;
+    use eucora::projection::Runner;
+    use eucora::read::ListFilter;
     let db = TestDb::new(backend).await;
     let store = db.store().await;
     let commands = commands(&store);
@@ -458,15 +463,16 @@ async fn the_intent_read_model_resumes_from_its_checkpoint_and_applies_each_even
         .await
         .unwrap();
 
-    let first = Projector::new(store.clone(), 10);
+    let runner = || Runner::new(store.clone(), 1000).register(IntentView::persisted());
+    let mut first = runner();
     let mut applied = 0;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while applied < 4 {
-        applied += first.project_intents().await.unwrap();
+        applied += first.catch_up().await.unwrap();
         assert!(std::time::Instant::now() < deadline);
     }
     assert_eq!(
-        first.project_intents().await.unwrap(),
+        first.catch_up().await.unwrap(),
         0,
         "resumes from its checkpoint"
     );
@@ -476,15 +482,15 @@ async fn the_intent_read_model_resumes_from_its_checkpoint_and_applies_each_even
         .execute(a, cmd("ops", Role::Deployer, report(99)))
         .await
         .unwrap();
-    let second = Projector::new(store.clone(), 10);
+    let mut second = runner();
     let mut applied = 0;
     while applied < 1 {
-        applied += second.project_intents().await.unwrap();
+        applied += second.catch_up().await.unwrap();
         assert!(std::time::Instant::now() < deadline);
     }
     assert_eq!(applied, 1, "only the new event");
     assert_eq!(
-        first.project_intents().await.unwrap(),
+        first.catch_up().await.unwrap(),
         0,
         "the other runner's work is not redone"
     );

@@ -232,7 +232,7 @@ fn every_event_carries_the_envelope_from_the_command_and_clock() {
         assert_eq!(m.correlation_id, "corr-1");
         assert_eq!(m.actor, alice());
         assert_eq!(m.occurred_at, now);
-        assert_eq!(m.schema_version, SCHEMA_VERSION);
+        assert_eq!(m.schema_version, e.version());
     }
 }
 

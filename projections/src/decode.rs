@@ -1,0 +1,244 @@
+//! The one decode point for stored events: (event type, event version, payload) to the domain
+//! event, upcasting an older version of a type to the one this build reads.
+//!
+//! Every reader goes through here: the projection runner, one intent's history, `as_of`, the audit
+//! stream, and the write side's load path (through [`upcast_payload`]). Stored bytes are never
+//! rewritten, so integrity hashes over them stay valid across schema changes.
+//!
+//! To change an event's schema: bump its number in [`DeploymentEvent::version`] and
+//! [`current_version`], and add the step from the old version to [`upcast_step`]. Old events
+//! then read as the new version everywhere.
+
+use serde_json::{Map, Value};
+
+use crate::event::DeploymentEvent;
+
+/// Why a stored event cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// No event type of that name exists.
+    UnknownType(String),
+    /// The version is not a number from 1 to the type's current version.
+    UnknownVersion { event_type: String, version: String },
+    /// The payload is not that version of that type.
+    Malformed { event_type: String, reason: String },
+    /// The payload holds another event type than the row says.
+    TypeMismatch { event_type: String, payload: String },
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::UnknownType(t) => write!(f, "unknown event type {t:?}"),
+            DecodeError::UnknownVersion {
+                event_type,
+                version,
+            } => write!(f, "{event_type} has no version {version:?}"),
+            DecodeError::Malformed { event_type, reason } => {
+                write!(f, "not a valid {event_type}: {reason}")
+            }
+            DecodeError::TypeMismatch {
+                event_type,
+                payload,
+            } => write!(
+                f,
+                "the row says {event_type} but the payload is a {payload}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// The version of `event_type` this build writes and reads, or `None` for an unknown type.
+/// Agrees with [`DeploymentEvent::version`] (a test holds them together).
+pub fn current_version(event_type: &str) -> Option<u32> {
+    Some(match event_type {
+        "DeploymentCreated" => 1,
+        "DeploymentApproved" => 1,
+        "DeploymentRejected" => 2,
+        "DeploymentDeployed" => 1,
+        "PromotionGateEvaluated" => 1,
+        "RingPromoted" => 1,
+        "DeploymentCompleted" => 1,
+        "DeploymentRolledBack" => 1,
+        _ => return None,
+    })
+}
+
+/// The stored version string as a number this build can read for `event_type`.
+fn readable_version(event_type: &str, event_version: &str) -> Result<(u32, u32), DecodeError> {
+    let current =
+        current_version(event_type).ok_or_else(|| DecodeError::UnknownType(event_type.into()))?;
+    let version = event_version
+        .parse::<u32>()
+        .ok()
+        .filter(|v| (1..=current).contains(v))
+        .ok_or_else(|| DecodeError::UnknownVersion {
+            event_type: event_type.into(),
+            version: event_version.into(),
+        })?;
+    Ok((version, current))
+}
+
+/// Decodes one stored event. The current version is parsed straight from the stored text; an
+/// older one is upcast first.
+pub fn decode(
+    event_type: &str,
+    event_version: &str,
+    payload: &str,
+) -> Result<DeploymentEvent, DecodeError> {
+    let (version, current) = readable_version(event_type, event_version)?;
+    let malformed = |e: serde_json::Error| DecodeError::Malformed {
+        event_type: event_type.into(),
+        reason: e.to_string(),
+    };
+    let event: DeploymentEvent = if version == current {
+        serde_json::from_str(payload).map_err(malformed)?
+    } else {
+        let value = serde_json::from_str(payload).map_err(malformed)?;
+        let (value, _) = upcast_payload(event_type, event_version, value)?;
+        serde_json::from_value(value).map_err(malformed)?
+    };
+    if event.type_name() != event_type {
+        return Err(DecodeError::TypeMismatch {
+            event_type: event_type.into(),
+            payload: event.type_name().into(),
+        });
+    }
+    Ok(event)
+}
+
+/// Brings a stored payload (as JSON) up to its type's current version; returns it with that
+/// version. A payload already current is returned as it is.
+pub fn upcast_payload(
+    event_type: &str,
+    event_version: &str,
+    mut payload: Value,
+) -> Result<(Value, u32), DecodeError> {
+    let (mut version, current) = readable_version(event_type, event_version)?;
+    while version < current {
+        let body = payload
+            .get_mut(event_type)
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| DecodeError::Malformed {
+                event_type: event_type.into(),
+                reason: format!("version {version} payload is not an object under {event_type}"),
+            })?;
+        upcast_step(event_type, version, body).map_err(|reason| DecodeError::Malformed {
+            event_type: event_type.into(),
+            reason,
+        })?;
+        version += 1;
+        if let Some(meta) = body.get_mut("meta").and_then(Value::as_object_mut) {
+            meta.insert("schema_version".into(), Value::from(version));
+        }
+    }
+    Ok((payload, version))
+}
+
+/// Turns version `from` of `event_type` into version `from + 1`, in place.
+fn upcast_step(event_type: &str, from: u32, body: &mut Map<String, Value>) -> Result<(), String> {
+    match (event_type, from) {
+        // Version 1 rejections were all decisions on intents awaiting CAB.
+        ("DeploymentRejected", 1) => {
+            body.insert("retrospective".into(), Value::Bool(false));
+            Ok(())
+        }
+        _ => Err(format!("no upcaster from version {from}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{ApprovalBasis, Ring, Status};
+    use crate::fixtures::Script;
+
+    fn stored(event: &DeploymentEvent) -> String {
+        serde_json::to_string(event).unwrap()
+    }
+
+    #[test]
+    fn every_event_type_decodes_at_its_current_version() {
+        let mut s = Script::new(1);
+        let events = [
+            s.created("7-Zip", true),
+            s.approved(1.0, ApprovalBasis::Cab, "carol"),
+            s.rejected(1.0),
+            s.deployed(2.0, Ring::Lab, 10, true),
+            s.promoted(3.0, Ring::Lab, Ring::Canary),
+            s.completed(4.0, Ring::Canary),
+            s.rolled_back(5.0, Ring::Canary, Status::Deployed),
+        ];
+        for mut e in events {
+            // Written as this build writes it: the envelope carries the type's version.
+            e.meta_mut().schema_version = e.version();
+            let e = &e;
+            assert_eq!(current_version(e.type_name()), Some(e.version()));
+            let back = decode(e.type_name(), &e.version().to_string(), &stored(e)).unwrap();
+            assert_eq!(&back, e);
+        }
+    }
+
+    /// A version-1 rejection, as stored before `retrospective` existed.
+    fn rejected_v1() -> (DeploymentEvent, String) {
+        let mut s = Script::new(1);
+        let mut event = s.rejected(1.0);
+        event.meta_mut().schema_version = 1;
+        let mut json: Value = serde_json::to_value(&event).unwrap();
+        json["DeploymentRejected"]
+            .as_object_mut()
+            .unwrap()
+            .remove("retrospective");
+        (event, json.to_string())
+    }
+
+    #[test]
+    fn a_version_1_rejection_reads_as_version_2_not_retrospective() {
+        let (original, payload) = rejected_v1();
+        let event = decode("DeploymentRejected", "1", &payload).unwrap();
+        let DeploymentEvent::DeploymentRejected(r) = &event else {
+            panic!("{event:?}")
+        };
+        assert!(!r.retrospective);
+        assert_eq!(r.meta.schema_version, 2);
+        let DeploymentEvent::DeploymentRejected(before) = &original else {
+            unreachable!()
+        };
+        assert_eq!(
+            (&r.reason, r.ring, &r.meta.event_id),
+            (&before.reason, before.ring, &before.meta.event_id)
+        );
+        // Read as the current version, the old payload lacks the field and is refused.
+        assert!(matches!(
+            decode("DeploymentRejected", "2", &payload),
+            Err(DecodeError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_types_versions_and_mismatched_rows_are_named() {
+        let mut s = Script::new(1);
+        let created = s.created("7-Zip", false);
+        let payload = stored(&created);
+        assert_eq!(
+            decode("DeploymentExploded", "1", &payload),
+            Err(DecodeError::UnknownType("DeploymentExploded".into()))
+        );
+        for version in ["0", "2", "one", ""] {
+            assert!(matches!(
+                decode("DeploymentCreated", version, &payload),
+                Err(DecodeError::UnknownVersion { .. })
+            ));
+        }
+        assert!(matches!(
+            decode("DeploymentCompleted", "1", &payload),
+            Err(DecodeError::TypeMismatch { .. })
+        ));
+        assert!(matches!(
+            decode("DeploymentCreated", "1", "{not json"),
+            Err(DecodeError::Malformed { .. })
+        ));
+    }
+}

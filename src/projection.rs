@@ -1,0 +1,627 @@
+//! The read side's one runner: it reads each batch of the global stream once, decodes it once,
+//! and hands it to every registered [`Projection`], each with its own checkpoint.
+//!
+//! - [`metrics`]: the domain metrics (in memory, rebuilt from position 0 at start-up);
+//! - [`intent_view`]: the intent read model lists are served from (persisted);
+//! - [`seals`]: the integrity seals (persisted; in `eucora replay`, the integrity check).
+//!
+//! Adding a projection is one type implementing [`Projection`] and one `register` call where the
+//! runner is built (`app` for `eucora serve`, `replay` for `eucora replay`).
+//!
+//! Projections whose checkpoints agree share one read ("a lane"). One that is behind (a new
+//! projection over a long history, or one that failed and is retrying) reads its own batches in
+//! the same step, at most [`LAGGARD_BATCHES`] a step, after the leading lane has read everything
+//! new, until it reaches the leader's checkpoint and joins its lane: it catches up without
+//! holding the others back.
+
+pub mod intent_view;
+pub mod metrics;
+pub mod seals;
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use eucora_projections::decode::DecodeError;
+use eucora_projections::event::DeploymentEvent;
+use tokio::sync::Notify;
+
+use crate::store::{Checkpoint, Columns, Store, StoreError, StreamRow};
+
+/// One event handed to the projections: its row, its place in the global order and the event
+/// decoded (once, for every projection).
+#[derive(Debug)]
+pub struct Event {
+    /// Place in the global order, from 1.
+    pub ordinal: i64,
+    pub row: StreamRow,
+    pub event: Result<DeploymentEvent, DecodeError>,
+}
+
+impl Event {
+    /// The checkpoint of a projection that has applied this event.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            position: self.row.position,
+            ordinal: self.ordinal,
+        }
+    }
+}
+
+/// Every event of `events` decoded, or the first that is not: a projection that folds events
+/// checks the whole batch before applying any of it, so a batch is applied whole or not at all.
+pub fn decoded(events: &[Event]) -> Result<Vec<(&Event, &DeploymentEvent)>, ProjectionError> {
+    events
+        .iter()
+        .map(|e| match &e.event {
+            Ok(event) => Ok((e, event)),
+            Err(reason) => Err(ProjectionError::Unreadable {
+                position: e.row.position,
+                reason: reason.to_string(),
+            }),
+        })
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the event at position {position} cannot be read: {reason}")]
+    Unreadable { position: i64, reason: String },
+    #[error("integrity check failed at position {position}: {what}")]
+    Integrity { position: i64, what: String },
+}
+
+/// A consumer of the global stream.
+#[async_trait]
+pub trait Projection: Send + 'static {
+    /// Its name in logs, metrics and `projection_checkpoints`.
+    fn name(&self) -> &'static str;
+
+    /// The columns it reads: [`Columns::Stored`] only for what hashes rows as stored.
+    fn columns(&self) -> Columns {
+        Columns::Decoded
+    }
+
+    /// Whether its checkpoint is kept in the store. A persisted projection is resumed again
+    /// before every step, so it follows what another process (or a replay, which may move it
+    /// back) did meanwhile.
+    fn persisted(&self) -> bool {
+        false
+    }
+
+    /// Where it resumes: a persisted projection reads its checkpoint, one kept in memory starts
+    /// from position 0 (`Checkpoint::default()`).
+    async fn resume(&mut self, store: &Store) -> Result<Checkpoint, ProjectionError>;
+
+    /// Applies the next events after its checkpoint, in order. On an error the checkpoint stays
+    /// where it was, so what it applied must be all of the batch or none of it.
+    async fn apply(&mut self, store: &Store, events: &[Event]) -> Result<(), ProjectionError>;
+
+    /// After a replay reached the end of the stream at `at`: writes what it held back.
+    async fn finish(&mut self, _store: &Store, _at: Checkpoint) -> Result<(), ProjectionError> {
+        Ok(())
+    }
+}
+
+/// Events read per batch by `eucora serve`.
+pub const BATCH: i64 = 1000;
+/// Batches a lane that is behind reads in one step before the leaders read again.
+pub const LAGGARD_BATCHES: usize = 20;
+/// The longest wait between polls when the stream is idle; a commit in this process wakes the
+/// runner at once, a commit by another process is seen within this time.
+const MAX_IDLE_WAIT: Duration = Duration::from_millis(500);
+/// How often the runner counts the store's events to report each projection's lag.
+const RECOUNT: Duration = Duration::from_secs(5);
+
+/// What the rest of the service sees of the runner: whether it caught up, each projection's
+/// progress, and the wake-up the write side rings after a commit.
+pub struct RunnerStatus {
+    wake: Notify,
+    /// Rows read from the store, all projections together.
+    rows_read: AtomicU64,
+    /// Events in the store when the runner started (i64::MAX until counted).
+    head_at_start: AtomicI64,
+    /// Events in the store when last counted.
+    head: AtomicI64,
+    caught_up: AtomicBool,
+    /// Each projection's checkpoint ordinal, in registration order.
+    applied: Mutex<Vec<(&'static str, i64)>>,
+}
+
+impl RunnerStatus {
+    fn new() -> Self {
+        RunnerStatus {
+            wake: Notify::new(),
+            rows_read: AtomicU64::new(0),
+            head_at_start: AtomicI64::new(i64::MAX),
+            head: AtomicI64::new(0),
+            caught_up: AtomicBool::new(false),
+            applied: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Tells the runner that this process committed events.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Whether every projection has reached the store's head as it was at start-up.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Rows read from the store so far: once per event for all projections that share a lane.
+    pub fn rows_read(&self) -> u64 {
+        self.rows_read.load(Ordering::Acquire)
+    }
+
+    /// Events stored but not yet applied, per projection, as of the last count.
+    pub fn lag(&self) -> Vec<(&'static str, i64)> {
+        let head = self.head.load(Ordering::Acquire);
+        self.applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, applied)| (*name, (head - applied).max(0)))
+            .collect()
+    }
+
+    fn set_applied(&self, index: usize, ordinal: i64) {
+        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = applied.get_mut(index) {
+            slot.1 = ordinal;
+        }
+    }
+}
+
+struct Slot {
+    /// Taken out while a batch is applied on a task of its own.
+    projection: Option<Box<dyn Projection>>,
+    name: &'static str,
+    columns: Columns,
+    persisted: bool,
+    /// `None` until resumed.
+    checkpoint: Option<Checkpoint>,
+}
+
+/// How a lane reads: where it stops, and what it does with a projection's error.
+#[derive(Clone, Copy)]
+struct Plan {
+    /// Read up to this ordinal and no further.
+    until: Option<i64>,
+    /// Read at most this many batches.
+    max_batches: usize,
+    /// Every event up to this ordinal must be read: an empty page before it is a wait (replay on
+    /// PostgreSQL, where a transaction open elsewhere holds later commits back), not the end.
+    at_least: i64,
+    /// Replay: the first error ends the run. Serve: the failing projection stays behind and
+    /// retries later; the rest go on.
+    stop_on_error: bool,
+}
+
+/// What one step did.
+#[derive(Debug, Default)]
+pub struct Step {
+    /// Events read.
+    pub read: usize,
+    /// Whether a lane stopped at its batch bound with more to read.
+    pub more: bool,
+    /// Projections that failed, with why; their checkpoints stayed.
+    pub failures: Vec<(&'static str, ProjectionError)>,
+}
+
+/// Why a replay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    #[error(
+        "{read} of {head} stored events became readable: a transaction left open on the database \
+         server holds the rest back, or an event carries a transaction id from the future (tampering)"
+    )]
+    Stalled { read: i64, head: i64 },
+}
+
+impl From<StoreError> for RunError {
+    fn from(e: StoreError) -> Self {
+        RunError::Projection(e.into())
+    }
+}
+
+/// How long a replay waits for committed events that are not yet readable.
+const STALL: Duration = Duration::from_secs(60);
+
+/// The projection runner.
+pub struct Runner {
+    store: Store,
+    slots: Vec<Slot>,
+    batch: i64,
+    status: Arc<RunnerStatus>,
+}
+
+impl Runner {
+    /// A runner reading `batch` events at a time.
+    pub fn new(store: Store, batch: i64) -> Runner {
+        Runner {
+            store,
+            slots: Vec::new(),
+            batch: batch.max(1),
+            status: Arc::new(RunnerStatus::new()),
+        }
+    }
+
+    /// Adds a projection. Within a batch, projections run concurrently; errors are reported in
+    /// registration order.
+    pub fn register(mut self, projection: impl Projection) -> Runner {
+        let name = projection.name();
+        self.slots.push(Slot {
+            name,
+            columns: projection.columns(),
+            persisted: projection.persisted(),
+            projection: Some(Box::new(projection)),
+            checkpoint: None,
+        });
+        self.status
+            .applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name, 0));
+        self
+    }
+
+    pub fn status(&self) -> Arc<RunnerStatus> {
+        self.status.clone()
+    }
+
+    /// Resumes every projection not yet resumed, and counts the store's head once.
+    async fn resume(&mut self) -> Vec<(&'static str, ProjectionError)> {
+        let mut failures = Vec::new();
+        if self.status.head_at_start.load(Ordering::Acquire) == i64::MAX {
+            match self.store.event_count().await {
+                Ok(head) => {
+                    self.status.head.store(head, Ordering::Release);
+                    self.status.head_at_start.store(head, Ordering::Release);
+                }
+                Err(e) => failures.push(("runner", e.into())),
+            }
+        }
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            if slot.checkpoint.is_some() {
+                continue;
+            }
+            let Some(projection) = slot.projection.as_mut() else {
+                continue;
+            };
+            match projection.resume(&self.store).await {
+                Ok(checkpoint) => {
+                    slot.checkpoint = Some(checkpoint);
+                    self.status.set_applied(index, checkpoint.ordinal);
+                }
+                Err(e) => failures.push((slot.name, e)),
+            }
+        }
+        failures
+    }
+
+    /// One step of `eucora serve`: every lane reads what is new, the leading lane first.
+    pub async fn step(&mut self) -> Step {
+        for slot in &mut self.slots {
+            if slot.persisted {
+                slot.checkpoint = None;
+            }
+        }
+        let mut step = Step {
+            failures: self.resume().await,
+            ..Step::default()
+        };
+        let mut checkpoints: Vec<Checkpoint> =
+            self.slots.iter().filter_map(|s| s.checkpoint).collect();
+        checkpoints.sort_by_key(|c| std::cmp::Reverse(c.ordinal));
+        checkpoints.dedup();
+        let leader = checkpoints.first().map_or(0, |c| c.ordinal);
+        for (n, from) in checkpoints.iter().enumerate() {
+            let lane: Vec<usize> = (0..self.slots.len())
+                .filter(|&i| self.slots[i].checkpoint == Some(*from))
+                .collect();
+            let plan = if n == 0 {
+                Plan {
+                    until: None,
+                    max_batches: LAGGARD_BATCHES,
+                    at_least: 0,
+                    stop_on_error: false,
+                }
+            } else {
+                Plan {
+                    until: Some(leader),
+                    max_batches: LAGGARD_BATCHES,
+                    at_least: 0,
+                    stop_on_error: false,
+                }
+            };
+            match self.advance(&lane, *from, plan).await {
+                Ok((read, more, failures)) => {
+                    step.read += read;
+                    step.more |= more;
+                    step.failures.extend(failures);
+                }
+                Err(RunError::Projection(e)) => step.failures.push(("runner", e)),
+                Err(stalled) => step.failures.push((
+                    "runner",
+                    StoreError::Corrupt {
+                        position: 0,
+                        reason: stalled.to_string(),
+                    }
+                    .into(),
+                )),
+            }
+        }
+        let head = self.status.head_at_start.load(Ordering::Acquire);
+        let all_there = self
+            .slots
+            .iter()
+            .all(|s| s.checkpoint.is_some_and(|c| c.ordinal >= head));
+        if all_there && !self.status.caught_up.swap(true, Ordering::AcqRel) {
+            tracing::info!(events = head, "projections caught up");
+        }
+        step
+    }
+
+    /// Runs every step until nothing is left to read now; for tests and benchmarks that drive
+    /// the runner by hand. Returns the events read, or the first failure.
+    pub async fn catch_up(&mut self) -> Result<usize, ProjectionError> {
+        let mut total = 0;
+        loop {
+            let mut step = self.step().await;
+            if let Some((_, e)) = step.failures.drain(..).next() {
+                return Err(e);
+            }
+            total += step.read;
+            if step.read == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Catches up, then tails the store until `shutdown` resolves. A projection that fails is
+    /// logged and retried with backoff; it never skips an event.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut wait = Duration::from_millis(10);
+        let mut counted = Instant::now();
+        loop {
+            // A step is bounded (LAGGARD_BATCHES a lane) and never cancelled half-way, so no
+            // batch is left applied by some projections' tasks after the runner has gone.
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                () = std::future::ready(()) => {}
+            }
+            if counted.elapsed() > RECOUNT {
+                counted = Instant::now();
+                match self.store.event_count().await {
+                    Ok(n) => self.status.head.store(n, Ordering::Release),
+                    Err(e) => tracing::warn!(error = %e, "cannot count events"),
+                }
+            }
+            let step = self.step().await;
+            for (name, e) in &step.failures {
+                tracing::warn!(projection = name, error = %e, "projection cannot advance; retrying");
+            }
+            if step.failures.is_empty() && (step.read > 0 || step.more) {
+                // More may be readable at once: step again without waiting.
+                wait = Duration::from_millis(10);
+                continue;
+            }
+            wait = if step.failures.is_empty() {
+                (wait * 2).min(MAX_IDLE_WAIT)
+            } else {
+                MAX_IDLE_WAIT
+            };
+            tokio::select! {
+                _ = tokio::time::timeout(wait, self.status.wake.notified()) => {}
+                () = &mut shutdown => break,
+            }
+        }
+        tracing::info!("projection runner stopped");
+    }
+
+    /// `eucora replay`: every projection from position 0 through the whole stream (every event
+    /// stored when it began, at least), then each one's `finish`. The first error ends it.
+    /// `progress` is told how many events were read. Returns the end of the stream.
+    pub async fn replay(
+        mut self,
+        progress: impl Fn(u64) + Send + Sync,
+    ) -> Result<Checkpoint, RunError> {
+        if let Some((_, e)) = self.resume().await.into_iter().next() {
+            return Err(e.into());
+        }
+        let head = self.status.head_at_start.load(Ordering::Acquire);
+        let lane: Vec<usize> = (0..self.slots.len()).collect();
+        let mut at = Checkpoint::default();
+        let plan = Plan {
+            until: None,
+            max_batches: usize::MAX,
+            at_least: head,
+            stop_on_error: true,
+        };
+        let progress = &progress;
+        let (_, _, failures) = self
+            .advance_with(&lane, at, plan, &mut |end| {
+                at = end;
+                progress(end.ordinal as u64)
+            })
+            .await?;
+        if let Some((_, e)) = failures.into_iter().next() {
+            return Err(e.into());
+        }
+        for slot in &mut self.slots {
+            if let Some(projection) = slot.projection.as_mut() {
+                projection.finish(&self.store, at).await?;
+            }
+        }
+        Ok(at)
+    }
+
+    async fn advance(
+        &mut self,
+        lane: &[usize],
+        from: Checkpoint,
+        plan: Plan,
+    ) -> Result<(usize, bool, Vec<(&'static str, ProjectionError)>), RunError> {
+        self.advance_with(lane, from, plan, &mut |_| {}).await
+    }
+
+    /// Reads the stream from `from` for the projections of `lane` (whose checkpoints are all
+    /// `from`) and applies each batch to all of them, one task each, while the next batch is
+    /// read and decoded. Returns the events read, whether it stopped at its batch bound, and the
+    /// projections that failed.
+    async fn advance_with(
+        &mut self,
+        lane: &[usize],
+        from: Checkpoint,
+        plan: Plan,
+        after_batch: &mut (dyn FnMut(Checkpoint) + Send),
+    ) -> Result<(usize, bool, Vec<(&'static str, ProjectionError)>), RunError> {
+        let columns = lane
+            .iter()
+            .map(|&i| self.slots[i].columns)
+            .max()
+            .unwrap_or(Columns::Decoded);
+        let mut batches = read_ahead(self.store.clone(), from, plan, self.batch, columns);
+        let mut live: Vec<usize> = lane.to_vec();
+        let mut failures = Vec::new();
+        let (mut read, mut more) = (0usize, false);
+        while let Some(next) = batches.recv().await {
+            let batch = match next {
+                Ok(Ahead::Batch(batch)) => batch,
+                Ok(Ahead::More) => {
+                    more = true;
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            let Some(end) = batch.last().map(Event::checkpoint) else {
+                continue;
+            };
+            read += batch.len();
+            self.status
+                .rows_read
+                .fetch_add(batch.len() as u64, Ordering::AcqRel);
+            let tasks: Vec<_> = live
+                .iter()
+                .map(|&i| {
+                    let projection = self.slots[i].projection.take();
+                    let (store, batch) = (self.store.clone(), batch.clone());
+                    tokio::spawn(async move {
+                        let mut projection = projection?;
+                        let result = projection.apply(&store, &batch).await;
+                        Some((projection, result))
+                    })
+                })
+                .collect();
+            let mut still = Vec::new();
+            for (&i, task) in live.iter().zip(tasks) {
+                let (projection, result) = match task.await {
+                    Ok(Some(done)) => done,
+                    Ok(None) => continue,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => return Err(StoreError::Unavailable(sqlx::Error::PoolClosed).into()),
+                };
+                let slot = &mut self.slots[i];
+                slot.projection = Some(projection);
+                match result {
+                    Ok(()) => {
+                        slot.checkpoint = Some(end);
+                        self.status.set_applied(i, end.ordinal);
+                        still.push(i);
+                    }
+                    Err(e) => failures.push((slot.name, e)),
+                }
+            }
+            live = still;
+            after_batch(end);
+            if live.is_empty() || (plan.stop_on_error && !failures.is_empty()) {
+                break;
+            }
+        }
+        Ok((read, more, failures))
+    }
+}
+
+/// What the read-ahead task sends: a batch, or word that it stopped at its batch bound.
+enum Ahead {
+    Batch(Arc<Vec<Event>>),
+    More,
+}
+
+/// Reads and decodes the stream on a task of its own, at most two batches ahead of the
+/// projections, following `plan`.
+fn read_ahead(
+    store: Store,
+    from: Checkpoint,
+    plan: Plan,
+    batch: i64,
+    columns: Columns,
+) -> tokio::sync::mpsc::Receiver<Result<Ahead, RunError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        let (mut after, mut ordinal) = (from.position, from.ordinal);
+        let mut progressed = Instant::now();
+        let mut batches = 0;
+        loop {
+            if batches == plan.max_batches {
+                let _ = tx.send(Ok(Ahead::More)).await;
+                return;
+            }
+            let limit = match plan.until {
+                Some(until) if until <= ordinal => return,
+                Some(until) => batch.min(until - ordinal),
+                None => batch,
+            };
+            let rows = match store.read_global(after, limit, columns).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            let Some(last) = rows.last() else {
+                if ordinal >= plan.at_least {
+                    return;
+                }
+                if progressed.elapsed() > STALL {
+                    let _ = tx
+                        .send(Err(RunError::Stalled {
+                            read: ordinal,
+                            head: plan.at_least,
+                        }))
+                        .await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            progressed = Instant::now();
+            after = last.position;
+            batches += 1;
+            let events: Vec<Event> = rows
+                .into_iter()
+                .map(|row| {
+                    ordinal += 1;
+                    Event {
+                        ordinal,
+                        event: row.decode(),
+                        row,
+                    }
+                })
+                .collect();
+            if tx.send(Ok(Ahead::Batch(Arc::new(events)))).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}

@@ -1,0 +1,197 @@
+//! The global stream: every committed event once, in an order that never changes once read.
+
+use eucora_projections::decode::{decode, DecodeError};
+use eucora_projections::event::DeploymentEvent;
+use eucora_projections::integrity::StoredRow;
+
+use super::{Db, Store, StoreError};
+
+/// Which columns of the global stream a reader needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Columns {
+    /// Enough to decode each event and know its intent: position, intent id, sequence, type,
+    /// version and payload.
+    Decoded,
+    /// Every column exactly as stored, for hashing: also the aggregate type and the metadata.
+    Stored,
+}
+
+/// The columns only [`Columns::Stored`] reads.
+#[derive(Debug, Clone)]
+pub struct StoredColumns {
+    pub aggregate_type: String,
+    /// The metadata exactly as stored.
+    pub metadata: String,
+}
+
+/// One event of the global stream, in the order every reader sees it.
+#[derive(Debug, Clone)]
+pub struct StreamRow {
+    pub position: i64,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    /// The payload exactly as stored.
+    pub payload: String,
+    /// Present when read with [`Columns::Stored`].
+    pub stored: Option<StoredColumns>,
+}
+
+impl StreamRow {
+    /// The event, through the one decode point (older versions upcast).
+    pub fn decode(&self) -> Result<DeploymentEvent, DecodeError> {
+        decode(&self.event_type, &self.event_version, &self.payload)
+    }
+
+    /// The stored row as the integrity seals hash it, when it was read with every column.
+    pub fn row(&self) -> Option<StoredRow<'_>> {
+        let stored = self.stored.as_ref()?;
+        Some(StoredRow {
+            position: self.position,
+            aggregate_type: &stored.aggregate_type,
+            aggregate_id: &self.aggregate_id,
+            sequence: self.sequence,
+            event_type: &self.event_type,
+            event_version: &self.event_version,
+            payload: &self.payload,
+            metadata: &stored.metadata,
+        })
+    }
+}
+
+type DecodedRow = (i64, String, i64, String, String, String);
+type FullRow = (i64, String, i64, String, String, String, String, String);
+
+impl Store {
+    /// The global stream after the event at `after` (0: from the very start, whatever positions
+    /// the rows carry), at most `limit` events, with the columns asked for.
+    ///
+    /// Every committed event comes exactly once, in an order that never changes once read.
+    /// SQLite: position order, which is commit order (one writer). PostgreSQL: positions are taken
+    /// at insert, not commit, so only events of transactions older than every transaction still
+    /// running (`pg_snapshot_xmin`) are read, ordered by (writing transaction, position). A later
+    /// commit therefore always sorts after everything already read. Writers take no lock.
+    pub async fn read_global(
+        &self,
+        after: i64,
+        limit: i64,
+        columns: Columns,
+    ) -> Result<Vec<StreamRow>, StoreError> {
+        const DECODED: &str =
+            "position, aggregate_id, sequence, event_type, event_version, payload";
+        Ok(match columns {
+            Columns::Decoded => self
+                .read_global_columns::<DecodedRow>(DECODED, after, limit)
+                .await?
+                .into_iter()
+                .map(
+                    |(position, aggregate_id, sequence, event_type, event_version, payload)| {
+                        StreamRow {
+                            position,
+                            aggregate_id,
+                            sequence,
+                            event_type,
+                            event_version,
+                            payload,
+                            stored: None,
+                        }
+                    },
+                )
+                .collect(),
+            Columns::Stored => self
+                .read_global_columns::<FullRow>(
+                    &format!("{DECODED}, aggregate_type, metadata"),
+                    after,
+                    limit,
+                )
+                .await?
+                .into_iter()
+                .map(
+                    |(
+                        position,
+                        aggregate_id,
+                        sequence,
+                        event_type,
+                        event_version,
+                        payload,
+                        aggregate_type,
+                        metadata,
+                    )| StreamRow {
+                        position,
+                        aggregate_id,
+                        sequence,
+                        event_type,
+                        event_version,
+                        payload,
+                        stored: Some(StoredColumns {
+                            aggregate_type,
+                            metadata,
+                        }),
+                    },
+                )
+                .collect(),
+        })
+    }
+
+    /// The global stream's order and paging (see [`Store::read_global`]) over some of the events
+    /// table's columns, named in `columns`; JSON columns are read as their stored text.
+    async fn read_global_columns<R>(
+        &self,
+        columns: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: Send
+            + Unpin
+            + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    {
+        // "From the start" is its own statement: an `after = 0 OR …` condition would keep both
+        // databases from using the index range scan, and every batch would sort the table.
+        Ok(match (&self.db, after) {
+            (Db::Sqlite { reader, .. }, 0) => {
+                let sql = format!("SELECT {columns} FROM events ORDER BY position LIMIT ?1");
+                sqlx::query_as(&sql).bind(limit).fetch_all(reader).await?
+            }
+            (Db::Sqlite { reader, .. }, _) => {
+                let sql = format!(
+                    "SELECT {columns} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
+                );
+                sqlx::query_as(&sql)
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(reader)
+                    .await?
+            }
+            (Db::Postgres(pool), after) => {
+                let columns = columns
+                    .replace("payload", "payload::text")
+                    .replace("metadata", "metadata::text");
+                let since = if after == 0 {
+                    ""
+                } else {
+                    "AND (xact_id, position) > ((SELECT xact_id FROM events WHERE position = $2), $2)"
+                };
+                let sql = format!(
+                    "SELECT {columns} FROM events
+                      WHERE xact_id < pg_snapshot_xmin(pg_current_snapshot()) {since}
+                      ORDER BY xact_id, position
+                      LIMIT $1"
+                );
+                let query = sqlx::query_as(&sql).bind(limit);
+                let query = if after == 0 { query } else { query.bind(after) };
+                query.fetch_all(pool).await?
+            }
+        })
+    }
+
+    /// Whether an event with this global position exists.
+    pub async fn has_position(&self, position: i64) -> Result<bool, StoreError> {
+        let sql = "SELECT EXISTS (SELECT 1 FROM events WHERE position = $1)";
+        Ok(
+            on_reader!(&self.db, pool => sqlx::query_scalar(sql).bind(position).fetch_one(pool).await?),
+        )
+    }
+}

@@ -1,0 +1,142 @@
+//! The write side: commands through cqrs-es's event store and the `DeploymentIntent` aggregate,
+//! committed under optimistic concurrency; after a commit it wakes the projection runner.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
+use eucora_projections::intent::IntentState;
+use uuid::Uuid;
+
+use crate::domain::{Command, DeploymentIntent, DomainError, DomainServices};
+use crate::projection::RunnerStatus;
+use crate::store::{is_unavailable, EventRepo, Store, StoreError, StreamCache};
+use crate::telemetry::Telemetry;
+
+/// How often a command that lost an optimistic-concurrency race is checked again.
+const MAX_ATTEMPTS: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error("the intent kept changing under this command; it was not applied")]
+    Contention,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("unexpected event store failure: {0}")]
+    Internal(String),
+}
+
+impl From<AggregateError<DomainError>> for CommandError {
+    fn from(e: AggregateError<DomainError>) -> Self {
+        match e {
+            AggregateError::UserError(e) => e.into(),
+            AggregateError::AggregateConflict => CommandError::Contention,
+            AggregateError::DatabaseConnectionError(e) => CommandError::Store(unavailable(e)),
+            AggregateError::UnexpectedError(e) => match e.downcast_ref::<sqlx::Error>() {
+                Some(sqlx) if is_unavailable(sqlx) => CommandError::Store(unavailable(e)),
+                _ => CommandError::Internal(e.to_string()),
+            },
+            AggregateError::DeserializationError(e) => CommandError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// The write side: cqrs-es's event store loads the aggregate, the aggregate handles the
+/// command, and the store commits its events under optimistic concurrency.
+///
+/// This is `CqrsFramework::execute` without its in-process query dispatch (the projection
+/// runner reads the global stream instead), and it keeps the aggregate it just advanced, so
+/// a write answers with exactly the state it produced without reading the stream again.
+pub struct Commands {
+    events: PersistedEventStore<EventRepo, DeploymentIntent>,
+    cache: Arc<StreamCache>,
+    services: DomainServices,
+    telemetry: Option<Arc<Telemetry>>,
+    /// Woken after every commit, so the projections see it at once.
+    runner: Option<Arc<RunnerStatus>>,
+}
+
+impl Commands {
+    pub fn new(store: &Store, services: DomainServices) -> Self {
+        let repo = store.event_repo();
+        Commands {
+            cache: repo.cache(),
+            events: PersistedEventStore::new_event_store(repo),
+            services,
+            telemetry: None,
+            runner: None,
+        }
+    }
+
+    /// Records append durations in these process metrics.
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
+    /// Wakes this projection runner after each commit.
+    pub fn waking(mut self, runner: Arc<RunnerStatus>) -> Self {
+        self.runner = Some(runner);
+        self
+    }
+
+    /// Applies `command` to intent `id` and returns the intent as the command left it. A
+    /// command that loses a race is decided again against the new state, up to a bound; each
+    /// attempt appends all its events or none.
+    pub async fn execute(&self, id: Uuid, command: Command) -> Result<IntentState, CommandError> {
+        let key = id.to_string();
+        for _ in 0..MAX_ATTEMPTS {
+            let from_cache = self.cache.contains(&key);
+            let mut context = self.events.load_aggregate(&key).await?;
+            let sink = EventSink::default();
+            let decided = context
+                .aggregate()
+                .handle((id, command.clone()), &self.services, &sink)
+                .await;
+            if let Err(refusal) = decided {
+                // A refusal decided on a cached stream is checked again on the stored one.
+                if from_cache {
+                    self.cache.invalidate(&key);
+                    continue;
+                }
+                return Err(refusal.into());
+            }
+            let state = context.aggregate().state().cloned();
+            let started = Instant::now();
+            let committed = self
+                .events
+                .commit(sink.collect().await, context, HashMap::new())
+                .await;
+            if let Some(t) = &self.telemetry {
+                let outcome = match &committed {
+                    Ok(_) => "ok",
+                    Err(AggregateError::AggregateConflict) => "conflict",
+                    Err(_) => "error",
+                };
+                t.record_append(outcome, started.elapsed());
+            }
+            match committed {
+                Ok(_) => {
+                    if let Some(runner) = &self.runner {
+                        runner.wake();
+                    }
+                    return state.ok_or_else(|| {
+                        CommandError::Internal("a command left no intent state".into())
+                    });
+                }
+                Err(AggregateError::AggregateConflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CommandError::Contention)
+    }
+}
+
+fn unavailable(e: Box<dyn std::error::Error + Send + Sync>) -> StoreError {
+    StoreError::Unavailable(sqlx::Error::Io(std::io::Error::other(e.to_string())))
+}
