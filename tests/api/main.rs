@@ -15,4 +15,6 @@ mod metrics;
 mod observability;
 mod outage;
 mod replay;
+mod runner;
 mod store_contract;
+mod upcasting;

@@ -31,7 +31,7 @@ crate::on_both_backends!(
     the_intent_read_model_resumes_from_its_checkpoint_and_applies_each_event_once,
 );
 
-fn commands(store: &eucora::store::Store) -> Commands {
+pub(crate) fn commands(store: &eucora::store::Store) -> Commands {
     let clock = Arc::new(FakeClock::new(
         Utc.with_ymd_and_hms(2026, 5, 1, 8, 0, 0).unwrap(),
     ));
