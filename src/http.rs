@@ -105,8 +105,26 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         state.clone(),
         record_request,
     ))
+    .layer(middleware::from_fn(bound_headers))
     .layer(middleware::from_fn(correlation::middleware))
     .with_state(state)
+}
+
+/// The longest request header value accepted, and all header names and values together.
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+pub const MAX_HEADERS_BYTES: usize = 32 * 1024;
+
+/// Answers 431 to a request whose headers exceed the limits, before anything reads them.
+async fn bound_headers(req: Request, next: Next) -> Response {
+    let mut total = 0;
+    for (name, value) in req.headers() {
+        let size = name.as_str().len() + value.len();
+        total += size;
+        if value.len() > MAX_HEADER_BYTES || total > MAX_HEADERS_BYTES {
+            return ApiError::HeadersTooLarge.into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Records each request's duration under its route template (never the raw path).

@@ -80,9 +80,10 @@ pub trait Projection: Send + 'static {
     /// Its name in logs, metrics and `projection_checkpoints`.
     fn name(&self) -> &'static str;
 
-    /// The columns it reads: [`Columns::Stored`] only for what hashes rows as stored.
+    /// The columns it reads: as few as it needs, since every column costs both ends of the
+    /// connection on every event ([`Columns::Stored`] only for what hashes rows as stored).
     fn columns(&self) -> Columns {
-        Columns::Decoded
+        Columns::Events
     }
 
     /// Whether its checkpoint is kept in the store. A persisted projection is resumed again
@@ -489,7 +490,7 @@ impl Runner {
             .iter()
             .map(|&i| self.slots[i].columns)
             .max()
-            .unwrap_or(Columns::Decoded);
+            .unwrap_or(Columns::Events);
         let mut batches = read_ahead(self.store.clone(), from, plan, self.batch, columns);
         let mut live: Vec<usize> = lane.to_vec();
         let mut failures = Vec::new();
@@ -557,8 +558,8 @@ enum Ahead {
     More,
 }
 
-/// Reads and decodes the stream on a task of its own, at most two batches ahead of the
-/// projections, following `plan`.
+/// Reads the stream on one task and decodes it on another, each at most two batches ahead, so
+/// the database, the decoding and the projections all run at once; follows `plan`.
 fn read_ahead(
     store: Store,
     from: Checkpoint,
@@ -566,14 +567,14 @@ fn read_ahead(
     batch: i64,
     columns: Columns,
 ) -> tokio::sync::mpsc::Receiver<Result<Ahead, RunError>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let (raw_tx, mut raw_rx) = tokio::sync::mpsc::channel::<Result<Read, RunError>>(2);
     tokio::spawn(async move {
         let (mut after, mut ordinal) = (from.position, from.ordinal);
         let mut progressed = Instant::now();
         let mut batches = 0;
         loop {
             if batches == plan.max_batches {
-                let _ = tx.send(Ok(Ahead::More)).await;
+                let _ = raw_tx.send(Ok(Read::More)).await;
                 return;
             }
             let limit = match plan.until {
@@ -584,7 +585,7 @@ fn read_ahead(
             let rows = match store.read_global(after, limit, columns).await {
                 Ok(rows) => rows,
                 Err(e) => {
-                    let _ = tx.send(Err(e.into())).await;
+                    let _ = raw_tx.send(Err(e.into())).await;
                     return;
                 }
             };
@@ -593,12 +594,11 @@ fn read_ahead(
                     return;
                 }
                 if progressed.elapsed() > STALL {
-                    let _ = tx
-                        .send(Err(RunError::Stalled {
-                            read: ordinal,
-                            head: plan.at_least,
-                        }))
-                        .await;
+                    let stalled = RunError::Stalled {
+                        read: ordinal,
+                        head: plan.at_least,
+                    };
+                    let _ = raw_tx.send(Err(stalled)).await;
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -607,21 +607,40 @@ fn read_ahead(
             progressed = Instant::now();
             after = last.position;
             batches += 1;
-            let events: Vec<Event> = rows
-                .into_iter()
-                .map(|row| {
-                    ordinal += 1;
-                    Event {
-                        ordinal,
-                        event: row.decode(),
-                        row,
-                    }
-                })
-                .collect();
-            if tx.send(Ok(Ahead::Batch(Arc::new(events)))).await.is_err() {
+            let first = ordinal + 1;
+            ordinal += rows.len() as i64;
+            if raw_tx.send(Ok(Read::Rows(first, rows))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        while let Some(read) = raw_rx.recv().await {
+            let ahead = read.map(|read| match read {
+                Read::More => Ahead::More,
+                Read::Rows(first, rows) => Ahead::Batch(Arc::new(
+                    rows.into_iter()
+                        .zip(first..)
+                        .map(|(row, ordinal)| Event {
+                            ordinal,
+                            event: row.decode(),
+                            row,
+                        })
+                        .collect(),
+                )),
+            });
+            if tx.send(ahead).await.is_err() {
                 return;
             }
         }
     });
     rx
+}
+
+/// What the reading task hands the decoding task: rows with the ordinal of the first, or word
+/// that it stopped at its batch bound.
+enum Read {
+    Rows(i64, Vec<StreamRow>),
+    More,
 }

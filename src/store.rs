@@ -18,7 +18,7 @@ use sqlx::{PgPool, SqlitePool};
 
 pub use checkpoints::Checkpoint;
 pub use events::{EventRepo, StoredEvent, StreamCache};
-pub use global::{Columns, StoredColumns, StreamRow};
+pub use global::{Columns, StoredColumns, StreamColumns, StreamRow};
 pub use idempotency::Reservation;
 pub use intent_view::{IntentRow, ListFilter, ViewRepair};
 

@@ -21,6 +21,9 @@ pub const POLICY_APPROVER: &str = "policy:risk_model_v1.0";
 pub const EMERGENCY_APPROVER: &str = "policy:emergency_change";
 
 const MAX_TEXT: usize = 4096;
+/// The most devices a rollout report may count in one ring (and the most incidents): beyond any
+/// real estate, far below where arithmetic on the counts could overflow.
+pub const MAX_DEVICES: u64 = 10_000_000;
 
 /// A command, with who sent it and the stream version it expects (from `If-Match`).
 #[derive(Debug, Clone)]
@@ -356,10 +359,26 @@ fn deploy(out: &mut Events, state: &IntentState, r: &RolloutInput) -> Result<(),
             current: state.current_ring,
         });
     }
-    if r.target_devices == 0 {
-        return Err(DomainError::invalid("target_devices", "must be at least 1"));
+    if !(1..=MAX_DEVICES).contains(&r.target_devices) {
+        return Err(DomainError::invalid(
+            "target_devices",
+            format!("must be from 1 to {MAX_DEVICES}"),
+        ));
     }
-    if r.succeeded.saturating_add(r.failed) > r.target_devices {
+    for (field, count) in [
+        ("succeeded", r.succeeded),
+        ("failed", r.failed),
+        ("incidents", r.incidents),
+    ] {
+        if count > MAX_DEVICES {
+            return Err(DomainError::invalid(
+                field,
+                format!("must be from 0 to {MAX_DEVICES}"),
+            ));
+        }
+    }
+    // Both at most MAX_DEVICES: the sum cannot overflow.
+    if r.succeeded + r.failed > r.target_devices {
         return Err(DomainError::invalid(
             "succeeded",
             "succeeded + failed must not exceed target_devices",

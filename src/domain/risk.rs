@@ -25,6 +25,27 @@ pub struct RiskFactors {
     pub history: f64,
 }
 
+impl RiskFactors {
+    /// Reads the factors from a JSON object only: serde's derived reader would also take an
+    /// array of seven numbers by position, which no client means.
+    pub fn object_only<'de, D: serde::Deserializer<'de>>(d: D) -> Result<RiskFactors, D::Error> {
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = RiskFactors;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of the seven risk factors")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RiskFactors, A::Error> {
+                RiskFactors::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Object)
+    }
+}
+
 /// The blast radius of the highest ring an intent targets, before the critical-infrastructure factor.
 pub fn blast_radius(target: Ring, critical_infrastructure: bool) -> f64 {
     let base = match target {

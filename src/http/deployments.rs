@@ -68,6 +68,8 @@ pub struct CreateRequest {
     #[serde(default)]
     pub rollback_validated: bool,
     pub artifact_sha256: Option<String>,
+    /// Each factor from 0 to 1 (an object; an array is refused).
+    #[serde(deserialize_with = "RiskFactors::object_only")]
     pub risk_factors: RiskFactors,
     pub justification: Option<String>,
 }
@@ -90,10 +92,15 @@ pub struct ReasonRequest {
 pub struct DeployRequest {
     #[schema(value_type = String, example = "LAB")]
     pub ring: Ring,
+    #[schema(minimum = 1, maximum = 10_000_000)]
     pub target_devices: u64,
+    /// `succeeded + failed` may not exceed `target_devices`.
+    #[schema(minimum = 0, maximum = 10_000_000)]
     pub succeeded: u64,
+    #[schema(minimum = 0, maximum = 10_000_000)]
     pub failed: u64,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 10_000_000)]
     pub incidents: u64,
 }
 

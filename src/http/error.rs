@@ -33,6 +33,8 @@ pub enum ApiError {
     PreconditionFailed(String),
     /// 413: body over the configured limit.
     PayloadTooLarge,
+    /// 431: a header, or all of them together, over the limit.
+    HeadersTooLarge,
     /// 415: a body that is not `application/json`.
     UnsupportedMediaType,
     /// 422: well-formed but invalid (unknown field, wrong type, out-of-range value, rule broken).
@@ -75,6 +77,11 @@ impl ApiError {
                 "payload-too-large",
                 "Request body too large",
             ),
+            HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers-too-large",
+                "Request header fields too large",
+            ),
             UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",
@@ -111,6 +118,11 @@ impl ApiError {
             Unauthorized => "send Authorization: Bearer <token>, from `eucora token create`".into(),
             MethodNotAllowed => "this path does not accept that method".into(),
             PayloadTooLarge => "the request body exceeds the configured limit".into(),
+            HeadersTooLarge => format!(
+                "a request header may hold at most {} bytes, and all of them {} bytes",
+                super::MAX_HEADER_BYTES,
+                super::MAX_HEADERS_BYTES
+            ),
             UnsupportedMediaType => "send the body as Content-Type: application/json".into(),
             Internal(_) => {
                 "the error was logged; quote the correlation id when reporting it".into()

@@ -76,7 +76,7 @@ async fn global_stream(
     }
     let events = state
         .store
-        .read_global(after, limit, Columns::Decoded)
+        .read_global(after, limit, Columns::Streams)
         .await?;
     let next_after = (events.len() as i64 == limit)
         .then(|| events.last().map(|e| e.position))
@@ -88,10 +88,11 @@ async fn global_stream(
                 position: e.position,
                 reason: err.to_string(),
             })?;
+            let stream = e.stream()?;
             Ok(GlobalEventOut {
                 position: e.position,
-                deployment_id: e.aggregate_id,
-                sequence: e.sequence,
+                deployment_id: stream.aggregate_id.clone(),
+                sequence: stream.sequence,
                 event_type: e.event_type,
                 event,
             })

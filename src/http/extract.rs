@@ -90,9 +90,7 @@ impl FromRequestParts<AppState> for Principal {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
+            .and_then(bearer_token)
             .ok_or(ApiError::Unauthorized)?;
         state
             .principals
@@ -101,6 +99,22 @@ impl FromRequestParts<AppState> for Principal {
             .map(Principal)
             .ok_or(ApiError::Unauthorized)
     }
+}
+
+/// The token of an `Authorization` value in the Bearer scheme (RFC 6750 section 2.1 and RFC 9110
+/// section 11.4): the scheme name in any case, one or more spaces (not tabs), then a token68.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim_start_matches(' ');
+    let body = token.trim_end_matches('=');
+    let token68 = !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b));
+    token68.then_some(token)
 }
 
 /// The stream version named by `If-Match` (`"3"`, `W/"3"` or `3`); `*` or no header means any.
@@ -130,4 +144,35 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
             ApiError::BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into())
         })?;
     Ok(Some(key.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_separated_by_spaces_only() {
+        for ok in [
+            "Bearer abc",
+            "bearer abc",
+            "BEARER abc",
+            "Bearer   abc",
+            "Bearer a.b-c_d~e+f/g==",
+        ] {
+            assert!(bearer_token(ok).is_some(), "{ok:?}");
+        }
+        assert_eq!(bearer_token("bearer eucora_00ff"), Some("eucora_00ff"));
+        for bad in [
+            "Bearer\tabc",
+            "Bearer \tabc",
+            "Bearerabc",
+            "Bearer ",
+            "Bearer a b",
+            "Bearer ===",
+            "Basic abc",
+            "Bearer abc\t",
+        ] {
+            assert_eq!(bearer_token(bad), None, "{bad:?}");
+        }
+    }
 }

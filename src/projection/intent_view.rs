@@ -11,7 +11,7 @@ use eucora_projections::event::DeploymentEvent;
 use eucora_projections::intent::IntentState;
 
 use super::{decoded, Event, Projection, ProjectionError};
-use crate::store::{Checkpoint, IntentRow, Store, ViewRepair};
+use crate::store::{Checkpoint, Columns, IntentRow, Store, ViewRepair};
 
 /// The intent read model's name in `projection_checkpoints`.
 pub const INTENTS: &str = "intents";
@@ -58,16 +58,17 @@ impl IntentView {
 fn fold(
     rows: &mut HashMap<String, IntentRow>,
     events: &[(&Event, &DeploymentEvent)],
-) -> Vec<String> {
+) -> Result<Vec<String>, ProjectionError> {
     let mut changed = Vec::new();
     for (e, event) in events {
-        let (id, current) = match rows.remove_entry(&e.row.aggregate_id) {
+        let stream = e.row.stream()?;
+        let (id, current) = match rows.remove_entry(&stream.aggregate_id) {
             Some((id, row)) => (id, Some(row)),
-            None => (e.row.aggregate_id.clone(), None),
+            None => (stream.aggregate_id.clone(), None),
         };
         if current
             .as_ref()
-            .is_some_and(|r| e.row.sequence as u64 <= r.state.stream_version)
+            .is_some_and(|r| stream.sequence as u64 <= r.state.stream_version)
         {
             rows.extend(current.map(|row| (id, row)));
             continue;
@@ -82,13 +83,17 @@ fn fold(
     }
     changed.sort();
     changed.dedup();
-    changed
+    Ok(changed)
 }
 
 #[async_trait]
 impl Projection for IntentView {
     fn name(&self) -> &'static str {
         INTENTS
+    }
+
+    fn columns(&self) -> Columns {
+        Columns::Streams
     }
 
     fn persisted(&self) -> bool {
@@ -109,15 +114,15 @@ impl Projection for IntentView {
         };
         match self.mode {
             Mode::Rebuild(_) => {
-                fold(&mut self.rows, &events);
+                fold(&mut self.rows, &events)?;
             }
             Mode::Persisted => {
-                let ids: Vec<String> = events
+                let ids = events
                     .iter()
-                    .map(|(e, _)| e.row.aggregate_id.clone())
-                    .collect();
+                    .map(|(e, _)| Ok(e.row.stream()?.aggregate_id.clone()))
+                    .collect::<Result<Vec<String>, ProjectionError>>()?;
                 self.rows = store.intent_rows(&ids).await?;
-                let changed: Vec<IntentRow> = fold(&mut self.rows, &events)
+                let changed: Vec<IntentRow> = fold(&mut self.rows, &events)?
                     .iter()
                     .filter_map(|id| self.rows.get(id).cloned())
                     .collect();

@@ -194,14 +194,8 @@ impl Projection for Seals {
         };
         let leaves = events
             .iter()
-            .map(|e| match e.row.row() {
-                Some(row) => Ok((e, leaf_hash(&row))),
-                None => Err(StoreError::Corrupt {
-                    position: e.row.position,
-                    reason: "read without its stored columns".into(),
-                }),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|e| Ok((e, leaf_hash(&e.row.row()?))))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         // The seal the batch is checked against: the one of its last already-sealed event.
         let checked_at = if first <= self.sealed_upto {
             let at = (first + events.len() as i64 - 1).min(self.sealed_upto);

@@ -155,12 +155,16 @@ fn upcast(events: Vec<SerializedEvent>) -> Result<Vec<SerializedEvent>, Persiste
         .collect()
 }
 
-/// SQLite reports a lost optimistic-concurrency race on our UNIQUE constraint as 2067
-/// (SQLITE_CONSTRAINT_UNIQUE); sqlite-es only knows the primary-key code.
+/// SQLite reports a lost optimistic-concurrency race through the trigger that refuses an insert
+/// over an existing stream version (migration 0004), or, without it, on our UNIQUE constraint as
+/// 2067 (SQLITE_CONSTRAINT_UNIQUE); sqlite-es only knows the primary-key code.
 fn map_sqlite_conflict(e: PersistenceError) -> PersistenceError {
     if let PersistenceError::UnknownError(inner) = &e {
         if let Some(sqlx::Error::Database(d)) = inner.downcast_ref::<sqlx::Error>() {
-            if d.code().as_deref() == Some("2067") {
+            if d.code().as_deref() == Some("2067")
+                || d.message()
+                    .contains("an event of this stream version exists")
+            {
                 return PersistenceError::OptimisticLockError;
             }
         }

@@ -6,14 +6,22 @@ use eucora_projections::integrity::StoredRow;
 
 use super::{Db, Store, StoreError};
 
-/// Which columns of the global stream a reader needs.
+/// Which columns of the global stream a reader needs; each level reads those of the one before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Columns {
-    /// Enough to decode each event and know its intent: position, intent id, sequence, type,
-    /// version and payload.
-    Decoded,
+    /// Enough to decode each event: position, type, version and payload.
+    Events,
+    /// Also which intent's stream each event belongs to, and where in it.
+    Streams,
     /// Every column exactly as stored, for hashing: also the aggregate type and the metadata.
     Stored,
+}
+
+/// The columns [`Columns::Streams`] adds.
+#[derive(Debug, Clone)]
+pub struct StreamColumns {
+    pub aggregate_id: String,
+    pub sequence: i64,
 }
 
 /// The columns only [`Columns::Stored`] reads.
@@ -28,12 +36,12 @@ pub struct StoredColumns {
 #[derive(Debug, Clone)]
 pub struct StreamRow {
     pub position: i64,
-    pub aggregate_id: String,
-    pub sequence: i64,
     pub event_type: String,
     pub event_version: String,
     /// The payload exactly as stored.
     pub payload: String,
+    /// Present when read with [`Columns::Streams`] or more.
+    pub stream: Option<StreamColumns>,
     /// Present when read with [`Columns::Stored`].
     pub stored: Option<StoredColumns>,
 }
@@ -44,14 +52,28 @@ impl StreamRow {
         decode(&self.event_type, &self.event_version, &self.payload)
     }
 
-    /// The stored row as the integrity seals hash it, when it was read with every column.
-    pub fn row(&self) -> Option<StoredRow<'_>> {
-        let stored = self.stored.as_ref()?;
-        Some(StoredRow {
+    /// Which stream the event belongs to; an error if it was read without those columns.
+    pub fn stream(&self) -> Result<&StreamColumns, StoreError> {
+        self.stream.as_ref().ok_or_else(|| StoreError::Corrupt {
+            position: self.position,
+            reason: "read without its stream columns".into(),
+        })
+    }
+
+    /// The stored row as the integrity seals hash it; an error if it was read without every
+    /// column.
+    pub fn row(&self) -> Result<StoredRow<'_>, StoreError> {
+        let (Some(stream), Some(stored)) = (&self.stream, &self.stored) else {
+            return Err(StoreError::Corrupt {
+                position: self.position,
+                reason: "read without its stored columns".into(),
+            });
+        };
+        Ok(StoredRow {
             position: self.position,
             aggregate_type: &stored.aggregate_type,
-            aggregate_id: &self.aggregate_id,
-            sequence: self.sequence,
+            aggregate_id: &stream.aggregate_id,
+            sequence: stream.sequence,
             event_type: &self.event_type,
             event_version: &self.event_version,
             payload: &self.payload,
@@ -60,8 +82,7 @@ impl StreamRow {
     }
 }
 
-type DecodedRow = (i64, String, i64, String, String, String);
-type FullRow = (i64, String, i64, String, String, String, String, String);
+type EventColumns = (i64, String, String, String);
 
 impl Store {
     /// The global stream after the event at `after` (0: from the very start, whatever positions
@@ -78,56 +99,62 @@ impl Store {
         limit: i64,
         columns: Columns,
     ) -> Result<Vec<StreamRow>, StoreError> {
-        const DECODED: &str =
-            "position, aggregate_id, sequence, event_type, event_version, payload";
+        const EVENTS: &str = "position, event_type, event_version, payload";
+        let row = |(position, event_type, event_version, payload): EventColumns, stream, stored| {
+            StreamRow {
+                position,
+                event_type,
+                event_version,
+                payload,
+                stream,
+                stored,
+            }
+        };
+        // Tuples, not a derived row type: columns are read by index, not looked up by name, on
+        // a path that reads millions of rows; and only the columns asked for, as decoding each
+        // costs both ends of the connection.
         Ok(match columns {
-            Columns::Decoded => self
-                .read_global_columns::<DecodedRow>(DECODED, after, limit)
+            Columns::Events => self
+                .read_global_columns::<EventColumns>(EVENTS, after, limit)
                 .await?
                 .into_iter()
-                .map(
-                    |(position, aggregate_id, sequence, event_type, event_version, payload)| {
-                        StreamRow {
-                            position,
-                            aggregate_id,
-                            sequence,
-                            event_type,
-                            event_version,
-                            payload,
-                            stored: None,
-                        }
-                    },
+                .map(|events| row(events, None, None))
+                .collect(),
+            Columns::Streams => self
+                .read_global_columns::<(i64, String, String, String, String, i64)>(
+                    &format!("{EVENTS}, aggregate_id, sequence"),
+                    after,
+                    limit,
                 )
+                .await?
+                .into_iter()
+                .map(|(p, t, v, payload, aggregate_id, sequence)| {
+                    let stream = StreamColumns {
+                        aggregate_id,
+                        sequence,
+                    };
+                    row((p, t, v, payload), Some(stream), None)
+                })
                 .collect(),
             Columns::Stored => self
-                .read_global_columns::<FullRow>(
-                    &format!("{DECODED}, aggregate_type, metadata"),
+                .read_global_columns::<(i64, String, String, String, String, i64, String, String)>(
+                    &format!("{EVENTS}, aggregate_id, sequence, aggregate_type, metadata"),
                     after,
                     limit,
                 )
                 .await?
                 .into_iter()
                 .map(
-                    |(
-                        position,
-                        aggregate_id,
-                        sequence,
-                        event_type,
-                        event_version,
-                        payload,
-                        aggregate_type,
-                        metadata,
-                    )| StreamRow {
-                        position,
-                        aggregate_id,
-                        sequence,
-                        event_type,
-                        event_version,
-                        payload,
-                        stored: Some(StoredColumns {
+                    |(p, t, v, payload, aggregate_id, sequence, aggregate_type, metadata)| {
+                        let stream = StreamColumns {
+                            aggregate_id,
+                            sequence,
+                        };
+                        let stored = StoredColumns {
                             aggregate_type,
                             metadata,
-                        }),
+                        };
+                        row((p, t, v, payload), Some(stream), Some(stored))
                     },
                 )
                 .collect(),

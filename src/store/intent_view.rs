@@ -16,6 +16,22 @@ pub struct ViewRepair {
     pub removed: u64,
 }
 
+/// A read-model row as `intent_view` stores it: id, seq, status, current ring, app name, stream
+/// version and state.
+type ViewColumns = (String, i64, String, String, String, i64, String);
+
+fn view_columns(row: &IntentRow) -> ViewColumns {
+    (
+        row.state.id.to_string(),
+        row.seq,
+        row.state.status.as_str().to_string(),
+        row.state.current_ring.as_str().to_string(),
+        row.state.app_name.clone(),
+        row.state.stream_version as i64,
+        state_json(row),
+    )
+}
+
 /// A read-model row's state as `intent_view.state` holds it.
 fn state_json(row: &IntentRow) -> String {
     serde_json::to_string(&row.state).unwrap_or_default()
@@ -80,20 +96,21 @@ impl Store {
         let mut unwanted: Vec<String> = Vec::new();
         let mut after = String::new();
         loop {
-            let sql = "SELECT id, seq, state FROM intent_view WHERE id > $1 ORDER BY id LIMIT $2";
-            let page: Vec<(String, i64, String)> = on_reader!(&self.db, pool => {
+            // Every stored column, the filter columns too: a row is kept only if all of it
+            // equals its rebuild.
+            let sql = "SELECT id, seq, status, current_ring, app_name, stream_version, state
+                         FROM intent_view WHERE id > $1 ORDER BY id LIMIT $2";
+            let page: Vec<ViewColumns> = on_reader!(&self.db, pool => {
                 sqlx::query_as(sql).bind(&after).bind(PAGE as i64).fetch_all(pool).await?
             });
-            let Some((last, _, _)) = page.last() else {
+            let Some(last) = page.last() else {
                 break;
             };
-            after = last.clone();
-            for (id, seq, state) in page {
-                match index.get(&id) {
-                    Some(&i) if rows[i].seq == seq && state == state_json(&rows[i]) => {
-                        current[i] = true
-                    }
-                    _ => unwanted.push(id),
+            after = last.0.clone();
+            for stored in page {
+                match index.get(&stored.0) {
+                    Some(&i) if stored == view_columns(&rows[i]) => current[i] = true,
+                    _ => unwanted.push(stored.0),
                 }
             }
         }

@@ -5,7 +5,10 @@ use serde_json::json;
 
 use crate::helpers::{intent_body, Backend, Crew, TestApp};
 
-crate::on_both_backends!(every_bad_request_gets_a_4xx_problem_and_appends_nothing);
+crate::on_both_backends!(
+    every_bad_request_gets_a_4xx_problem_and_appends_nothing,
+    the_bearer_scheme_is_case_insensitive_and_takes_no_tabs,
+);
 
 async fn every_bad_request_gets_a_4xx_problem_and_appends_nothing(backend: Backend) {
     let app = TestApp::spawn(backend).await;
@@ -27,6 +30,18 @@ async fn every_bad_request_gets_a_4xx_problem_and_appends_nothing(backend: Backe
     let mut inverted = intent_body("Git", 0.2, "CANARY");
     inverted["start_ring"] = json!("PILOT");
     let oversize = json!({ "app_name": "x".repeat(70 * 1024) }).to_string();
+    let mut positional = intent_body("Git", 0.2, "GLOBAL");
+    positional["risk_factors"] = json!([0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]);
+    let max = u64::MAX;
+    let saturated = json!({ "ring": "LAB", "target_devices": max, "succeeded": max,
+                            "failed": max, "incidents": max })
+    .to_string();
+    let huge_incidents = json!({ "ring": "LAB", "target_devices": 10, "succeeded": 10,
+                                 "failed": 0, "incidents": 1u64 << 63 })
+    .to_string();
+    let past_u64 =
+        r#"{"ring":"LAB","target_devices":18446744073709551616,"succeeded":1,"failed":0}"#;
+    let filler = "x".repeat(9 * 1024);
     let d = &crew.deployer;
     let r = &crew.requester;
 
@@ -303,6 +318,51 @@ async fn every_bad_request_gets_a_4xx_problem_and_appends_nothing(backend: Backe
             400,
         ),
         (
+            "risk factors as an array",
+            Method::POST,
+            create.clone(),
+            r,
+            vec![],
+            Some(positional.to_string()),
+            422,
+        ),
+        (
+            "every device count at u64::MAX",
+            Method::POST,
+            deploy.clone(),
+            d,
+            vec![],
+            Some(saturated),
+            422,
+        ),
+        (
+            "incidents at 2^63",
+            Method::POST,
+            deploy.clone(),
+            d,
+            vec![],
+            Some(huge_incidents),
+            422,
+        ),
+        (
+            "a count past u64",
+            Method::POST,
+            deploy.clone(),
+            d,
+            vec![],
+            Some(past_u64.into()),
+            422,
+        ),
+        (
+            "a 9 KiB header",
+            Method::GET,
+            create.clone(),
+            r,
+            vec![("x-filler", filler.as_str())],
+            None,
+            431,
+        ),
+        (
             "unknown route",
             Method::GET,
             "/api/v1/nothing".into(),
@@ -352,4 +412,35 @@ async fn every_bad_request_gets_a_4xx_problem_and_appends_nothing(backend: Backe
     junk_id.assert_problem(400);
     assert_ne!(junk_id.headers["x-correlation-id"], "bad id with spaces");
     assert_eq!(app.event_count().await, before);
+
+    // Many headers, each under the limit, over it together.
+    let many: Vec<(String, String)> = (0..40)
+        .map(|n| (format!("x-filler-{n}"), "y".repeat(1000)))
+        .collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    app.send(Method::GET, &create, Some(r), &many, None)
+        .await
+        .assert_problem(431);
+}
+
+async fn the_bearer_scheme_is_case_insensitive_and_takes_no_tabs(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = app.token("audrey", "auditor");
+    let list = "/api/v1/deployments";
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let value = format!("{scheme} {token}");
+        let reply = app
+            .send(Method::GET, list, None, &[("authorization", &value)], None)
+            .await;
+        assert_eq!(reply.status, 200, "{value}: {reply:#?}");
+    }
+    for value in [
+        format!("Bearer\t{token}"),
+        format!("Bearer \t{token}"),
+        format!("Bearer{token}"),
+    ] {
+        app.send(Method::GET, list, None, &[("authorization", &value)], None)
+            .await
+            .assert_problem(401);
+    }
 }

@@ -32,7 +32,8 @@ pub fn domain_part(text: &str) -> &str {
 }
 
 /// Polls a server's metrics until `line` is present (the projection tails within a second).
-async fn metrics_with(app: &TestApp, path: &str, line: &str) -> String {
+/// Polls `path` until it serves `line`; returns the whole text.
+pub(crate) async fn metrics_with(app: &TestApp, path: &str, line: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let reply = app.send(Method::GET, path, None, &[], None).await;

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::Method;
 use sha2::Digest;
 use sqlx::Connection;
 
@@ -118,18 +117,7 @@ async fn replay_rebuilds_the_metrics_the_server_serves_byte_for_byte(backend: Ba
         }
     }
     let expected = "eucora_events_total{event_type=\"DeploymentRolledBack\"} 1";
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let live = loop {
-        let reply = app
-            .send(Method::GET, "/api/v1/metrics", None, &[], None)
-            .await;
-        let text = reply.body.as_str().unwrap_or_default().to_string();
-        if text.lines().any(|l| l == expected) {
-            break text;
-        }
-        assert!(Instant::now() < deadline, "metrics never caught up: {text}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let live = crate::metrics::metrics_with(&app, "/api/v1/metrics", expected).await;
     let out_file = app.db.dir().join("replayed.prom");
     let (ok, out, err) = replay(&app.db, &["--metrics-out", out_file.to_str().unwrap()]);
     assert!(ok, "{err}");
@@ -340,7 +328,7 @@ async fn replay_rebuilds_the_intent_list_the_runner_builds(backend: Backend) {
     );
 
     // A read model that drifted from the stream: a row with another sort key, a row with another
-    // intent's state, a row gone, and a row no intent has. Replay puts back exactly what it built.
+    // intent's state, a row gone, a row no intent has, and a row whose filter columns lie. Replay puts back exactly what it built.
     let id = |n: usize| built[n].1.id.to_string();
     tamper(
         &db,
@@ -360,6 +348,11 @@ async fn replay_rebuilds_the_intent_list_the_runner_builds(backend: Backend) {
                 id(3)
             ),
             format!("DELETE FROM intent_view WHERE id = '{}'", id(3)),
+            // Only the filter columns: the state still says what the stream says.
+            format!(
+                "UPDATE intent_view SET status = 'completed', app_name = 'Forged' WHERE id = '{}'",
+                id(5)
+            ),
         ],
     )
     .await;
@@ -367,7 +360,7 @@ async fn replay_rebuilds_the_intent_list_the_runner_builds(backend: Backend) {
     assert_eq!(
         report.view,
         ViewRepair {
-            rewritten: 3,
+            rewritten: 4,
             removed: 1
         }
     );

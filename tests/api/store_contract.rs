@@ -163,11 +163,62 @@ async fn the_store_refuses_to_update_or_delete_events(backend: Backend) {
         .execute(Uuid::now_v7(), cmd("alice", Role::Requester, create("a")))
         .await
         .unwrap();
-    let statements = [
-        "UPDATE events SET event_type = 'Forged'",
-        "DELETE FROM events",
+    // Seal both events, so the seals can be attacked too.
+    let mut sealer = eucora::projection::Runner::new(store.clone(), 1000)
+        .register(eucora::projection::seals::Seals::sealing());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while store.last_seal().await.unwrap().map_or(0, |s| s.ordinal) < 2 {
+        sealer.catch_up().await.unwrap();
+        assert!(std::time::Instant::now() < deadline, "never sealed");
+    }
+    let columns = "position, aggregate_type, aggregate_id, sequence, event_type, event_version, \
+                   payload, metadata";
+    let first = "(SELECT MIN(position) FROM events)";
+    let mut statements = vec![
+        "UPDATE events SET event_type = 'Forged'".to_string(),
+        "DELETE FROM events".to_string(),
+        "UPDATE event_seals SET chain_hash = 'forged'".to_string(),
+        "DELETE FROM event_seals".to_string(),
     ];
-    for sql in statements {
+    match backend {
+        // A replace deletes the row it meets without firing a DELETE trigger.
+        Backend::Sqlite => statements.extend([
+            format!(
+                "INSERT OR REPLACE INTO events ({columns}) SELECT position, aggregate_type, \
+                 aggregate_id, sequence, 'Forged', event_version, payload, metadata \
+                 FROM events WHERE position = {first}"
+            ),
+            format!(
+                "REPLACE INTO events ({columns}) SELECT position + 1000, aggregate_type, \
+                 aggregate_id, sequence, event_type, event_version, payload, metadata \
+                 FROM events WHERE position = {first}"
+            ),
+            "INSERT OR REPLACE INTO event_seals SELECT ordinal, position, leaf_hash, 'forged' \
+             FROM event_seals WHERE ordinal = 1"
+                .to_string(),
+            "REPLACE INTO event_seals SELECT ordinal + 1000, position, leaf_hash, chain_hash \
+             FROM event_seals WHERE ordinal = 1"
+                .to_string(),
+        ]),
+        // PostgreSQL's upsert updates the row it meets, and the UPDATE trigger fires.
+        Backend::Postgres => statements.extend([
+            format!(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+                 event_version, payload, metadata) SELECT aggregate_type, aggregate_id, \
+                 sequence, event_type, event_version, payload, metadata FROM events \
+                 WHERE position = {first} \
+                 ON CONFLICT (aggregate_type, aggregate_id, sequence) \
+                 DO UPDATE SET event_type = 'Forged'"
+            ),
+            "INSERT INTO event_seals SELECT ordinal, position, leaf_hash, 'forged' \
+             FROM event_seals WHERE ordinal = 1 \
+             ON CONFLICT (ordinal) DO UPDATE SET chain_hash = excluded.chain_hash"
+                .to_string(),
+        ]),
+    }
+    let before = store.seals_from(1, 10).await.unwrap();
+    for sql in &statements {
+        let sql = sql.as_str();
         let refused = match backend {
             Backend::Sqlite => {
                 let path = db.url.trim_start_matches("sqlite://");
@@ -188,13 +239,19 @@ async fn the_store_refuses_to_update_or_delete_events(backend: Backend) {
     }
     if backend == Backend::Postgres {
         let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-        let refused = sqlx::query("TRUNCATE events")
-            .execute(&mut conn)
-            .await
-            .unwrap_err();
-        assert!(refused.to_string().contains("append-only"));
+        for table in ["events", "event_seals"] {
+            let refused = sqlx::query(&format!("TRUNCATE {table}"))
+                .execute(&mut conn)
+                .await
+                .unwrap_err();
+            assert!(refused.to_string().contains("append-only"), "{table}");
+        }
     }
     assert_eq!(store.event_count().await.unwrap(), 2);
+    assert_eq!(store.seals_from(1, 10).await.unwrap(), before);
+    // Sealing the same events again (another process) is still allowed, and changes nothing.
+    store.insert_seals(&before).await.unwrap();
+    assert_eq!(store.seals_from(1, 10).await.unwrap(), before);
 }
 
 async fn migrations_can_run_again(backend: Backend) {
@@ -397,7 +454,8 @@ pub async fn read_all(
         }
         for e in batch {
             after = e.position;
-            seen.push((e.position, e.aggregate_id, e.sequence));
+            let stream = e.stream.unwrap();
+            seen.push((e.position, stream.aggregate_id, stream.sequence));
         }
     }
     seen

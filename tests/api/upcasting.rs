@@ -2,9 +2,6 @@
 //! reader (history, `as_of`, the list, the audit stream, the metrics, the write side and replay),
 //! while their stored bytes and integrity seals stay exactly as they were.
 
-use std::time::{Duration, Instant};
-
-use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::Connection;
 
@@ -86,21 +83,6 @@ async fn store_version_1_rejection(db: &TestDb, id: &str) {
     }
 }
 
-async fn metrics_with(app: &TestApp, line: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let reply = app
-            .send(Method::GET, "/api/v1/metrics", None, &[], None)
-            .await;
-        let text = reply.body.as_str().unwrap_or_default().to_string();
-        if text.lines().any(|l| l == line) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "never served {line:?}: {text}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn assert_read_as_version_2(event: &Value) {
     let rejected = &event["DeploymentRejected"];
     assert_eq!(rejected["retrospective"], false, "{event}");
@@ -149,8 +131,9 @@ async fn version_1_rejections_are_read_as_version_2_everywhere(backend: Backend)
     assert_eq!(stream.status, 200, "{stream:#?}");
     assert_read_as_version_2(&stream.body["events"][1]["event"]);
     // The metrics.
-    let live = metrics_with(
+    let live = crate::metrics::metrics_with(
         &app,
+        "/api/v1/metrics",
         "eucora_events_total{event_type=\"DeploymentRejected\"} 1",
     )
     .await;

@@ -560,6 +560,44 @@ fn impossible_device_counts_are_refused() {
 }
 
 #[test]
+fn device_counts_past_the_bound_are_refused_without_overflow() {
+    let world = World::new().created(low_risk());
+    let field = |action| match world.when(ops(), action) {
+        Err(DomainError::InvalidInput { field, .. }) => field,
+        other => panic!("{other:?}"),
+    };
+    let max = u64::MAX;
+    let saturated = Action::Deploy(RolloutInput {
+        ring: Ring::Lab,
+        target_devices: max,
+        succeeded: max,
+        failed: max,
+        incidents: max,
+    });
+    assert_eq!(field(saturated), "target_devices");
+    let huge_incidents = Action::Deploy(RolloutInput {
+        ring: Ring::Lab,
+        target_devices: 10,
+        succeeded: 10,
+        failed: 0,
+        incidents: 1 << 63,
+    });
+    assert_eq!(field(huge_incidents), "incidents");
+    let past_the_bound = Action::Deploy(RolloutInput {
+        ring: Ring::Lab,
+        target_devices: MAX_DEVICES,
+        succeeded: MAX_DEVICES + 1,
+        failed: 0,
+        incidents: 0,
+    });
+    assert_eq!(field(past_the_bound), "succeeded");
+    let at_the_bound = world
+        .when(ops(), report(Ring::Lab, MAX_DEVICES, MAX_DEVICES, 0))
+        .unwrap();
+    assert_eq!(at_the_bound.len(), 1);
+}
+
+#[test]
 fn the_first_report_reaching_the_threshold_marks_the_ring_compliant() {
     let world = World::new()
         .created(low_risk())
