@@ -176,13 +176,21 @@ fn catching_up() -> ApiError {
     ApiError::Unavailable("the projections are catching up with the event store".into())
 }
 
-/// Ready when the store answers and the projections have caught up.
+/// Ready when the store answers and the projections have caught up. Stored rows that no
+/// projection can read are listed (`unreadable_events`): the service is up, but its history needs
+/// looking at (docs/runbook.md).
 async fn ready(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     state.store.ping().await?;
     if !state.runner.caught_up() {
         return Err(catching_up());
     }
-    Ok(Json(
-        json!({ "status": "ready", "backend": state.store.backend().as_str() }),
-    ))
+    let mut body = json!({ "status": "ready", "backend": state.store.backend().as_str() });
+    let unreadable = state.runner.unreadable();
+    if !unreadable.is_empty() {
+        body["unreadable_events"] = unreadable
+            .into_iter()
+            .map(|(position, reason)| json!({ "position": position, "reason": reason }))
+            .collect();
+    }
+    Ok(Json(body))
 }

@@ -49,18 +49,13 @@ impl Event {
     }
 }
 
-/// Every event of `events` decoded, or the first that is not: a projection that folds events
-/// checks the whole batch before applying any of it, so a batch is applied whole or not at all.
-pub fn decoded(events: &[Event]) -> Result<Vec<(&Event, &DeploymentEvent)>, ProjectionError> {
+/// The events of a batch that decode. A row that does not (a foreign or malformed row written
+/// by hand) is passed over by every projection alike, so none of them halts on it: the runner
+/// names it in its log, its status (readiness) and a metric, and `eucora replay` fails on it.
+pub fn decoded(events: &[Event]) -> Vec<(&Event, &DeploymentEvent)> {
     events
         .iter()
-        .map(|e| match &e.event {
-            Ok(event) => Ok((e, event)),
-            Err(reason) => Err(ProjectionError::Unreadable {
-                position: e.row.position,
-                reason: reason.to_string(),
-            }),
-        })
+        .filter_map(|e| e.event.as_ref().ok().map(|event| (e, event)))
         .collect()
 }
 
@@ -130,6 +125,8 @@ pub struct RunnerStatus {
     caught_up: AtomicBool,
     /// Each projection's checkpoint ordinal, in registration order.
     applied: Mutex<Vec<(&'static str, i64)>>,
+    /// Stored rows no projection can read, by position, with why.
+    unreadable: Mutex<std::collections::BTreeMap<i64, String>>,
 }
 
 impl RunnerStatus {
@@ -141,6 +138,27 @@ impl RunnerStatus {
             head: AtomicI64::new(0),
             caught_up: AtomicBool::new(false),
             applied: Mutex::new(Vec::new()),
+            unreadable: Mutex::default(),
+        }
+    }
+
+    /// Stored rows that every projection passed over, by position, with why: rows that do not
+    /// decode, and (PostgreSQL) rows whose transaction id no snapshot will ever reach.
+    pub fn unreadable(&self) -> Vec<(i64, String)> {
+        self.unreadable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(p, why)| (*p, why.clone()))
+            .collect()
+    }
+
+    /// Records an unreadable row, logging it the first time.
+    fn report_unreadable(&self, position: i64, why: String) {
+        let mut known = self.unreadable.lock().unwrap_or_else(|e| e.into_inner());
+        if let std::collections::btree_map::Entry::Vacant(entry) = known.entry(position) {
+            tracing::error!(position, reason = %why, "a stored event cannot be read; every projection passes over it");
+            entry.insert(why);
         }
     }
 
@@ -149,7 +167,7 @@ impl RunnerStatus {
         self.wake.notify_one();
     }
 
-    /// Whether every projection has reached the store's head as it was at start-up.
+    /// Whether every projection has read to the end of the readable stream since start-up.
     pub fn caught_up(&self) -> bool {
         self.caught_up.load(Ordering::Acquire)
     }
@@ -224,6 +242,12 @@ pub enum RunError {
          server holds the rest back, or an event carries a transaction id from the future (tampering)"
     )]
     Stalled { read: i64, head: i64 },
+    #[error(
+        "the event at position {} carries a transaction id no snapshot will reach, so no reader \
+         will ever return it (a row written by hand, not by a transaction)",
+        .0.first().copied().unwrap_or_default()
+    )]
+    Unreachable(Vec<i64>),
 }
 
 impl From<StoreError> for RunError {
@@ -349,23 +373,30 @@ impl Runner {
                     step.failures.extend(failures);
                 }
                 Err(RunError::Projection(e)) => step.failures.push(("runner", e)),
-                Err(stalled) => step.failures.push((
+                Err(other) => step.failures.push((
                     "runner",
                     StoreError::Corrupt {
                         position: 0,
-                        reason: stalled.to_string(),
+                        reason: other.to_string(),
                     }
                     .into(),
                 )),
             }
         }
-        let head = self.status.head_at_start.load(Ordering::Acquire);
-        let all_there = self
-            .slots
-            .iter()
-            .all(|s| s.checkpoint.is_some_and(|c| c.ordinal >= head));
-        if all_there && !self.status.caught_up.swap(true, Ordering::AcqRel) {
-            tracing::info!(events = head, "projections caught up");
+        // Caught up: every projection in one lane, and that lane read to the end of what is
+        // readable in this step. Counting rows instead would wait for ever on a row no read
+        // returns.
+        let first = self.slots.first().and_then(|s| s.checkpoint);
+        let level = first.is_some() && self.slots.iter().all(|s| s.checkpoint == first);
+        if level
+            && step.failures.is_empty()
+            && !step.more
+            && !self.status.caught_up.swap(true, Ordering::AcqRel)
+        {
+            tracing::info!(
+                events = first.map_or(0, |c| c.ordinal),
+                "projections caught up"
+            );
         }
         step
     }
@@ -405,6 +436,19 @@ impl Runner {
                 match self.store.event_count().await {
                     Ok(n) => self.status.head.store(n, Ordering::Release),
                     Err(e) => tracing::warn!(error = %e, "cannot count events"),
+                }
+                match self.store.unreachable_events(100).await {
+                    Ok(found) => {
+                        for position in found {
+                            self.status.report_unreadable(
+                                position,
+                                "its transaction id lies in the future of every snapshot, so no \
+                                 read returns it (written by hand)"
+                                    .into(),
+                            );
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot look for unreachable events"),
                 }
             }
             let step = self.step().await;
@@ -511,6 +555,18 @@ impl Runner {
             self.status
                 .rows_read
                 .fetch_add(batch.len() as u64, Ordering::AcqRel);
+            let unreadable: Vec<(i64, String)> = batch
+                .iter()
+                .filter_map(|e| {
+                    e.event
+                        .as_ref()
+                        .err()
+                        .map(|why| (e.row.position, why.to_string()))
+                })
+                .collect();
+            for (position, why) in &unreadable {
+                self.status.report_unreadable(*position, why.clone());
+            }
             let tasks: Vec<_> = live
                 .iter()
                 .map(|&i| {
@@ -543,6 +599,12 @@ impl Runner {
                 }
             }
             live = still;
+            // A replay stops at an unreadable row, once the batch's seals said it is no edit.
+            if plan.stop_on_error && failures.is_empty() {
+                if let Some((position, reason)) = unreadable.into_iter().next() {
+                    failures.push(("runner", ProjectionError::Unreadable { position, reason }));
+                }
+            }
             after_batch(end);
             if live.is_empty() || (plan.stop_on_error && !failures.is_empty()) {
                 break;
@@ -569,7 +631,9 @@ fn read_ahead(
 ) -> tokio::sync::mpsc::Receiver<Result<Ahead, RunError>> {
     let (raw_tx, mut raw_rx) = tokio::sync::mpsc::channel::<Result<Read, RunError>>(2);
     tokio::spawn(async move {
-        let (mut after, mut ordinal) = (from.position, from.ordinal);
+        // Position 0 (or below) is a position like any other once an event was read there.
+        let mut after = (from.ordinal > 0).then_some(from.position);
+        let mut ordinal = from.ordinal;
         let mut progressed = Instant::now();
         let mut batches = 0;
         loop {
@@ -593,6 +657,19 @@ fn read_ahead(
                 if ordinal >= plan.at_least {
                     return;
                 }
+                // A row written by hand with a transaction id from the future is never
+                // returned: name it rather than wait for it.
+                match store.unreachable_events(1).await {
+                    Ok(found) if !found.is_empty() => {
+                        let _ = raw_tx.send(Err(RunError::Unreachable(found))).await;
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = raw_tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
                 if progressed.elapsed() > STALL {
                     let stalled = RunError::Stalled {
                         read: ordinal,
@@ -605,7 +682,7 @@ fn read_ahead(
                 continue;
             };
             progressed = Instant::now();
-            after = last.position;
+            after = Some(last.position);
             batches += 1;
             let first = ordinal + 1;
             ordinal += rows.len() as i64;

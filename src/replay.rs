@@ -43,6 +43,12 @@ impl From<RunError> for ReplayError {
                 }
             }
             stalled @ RunError::Stalled { .. } => ReplayError::Stalled(stalled.to_string()),
+            RunError::Unreachable(positions) => ReplayError::Integrity {
+                position: positions.first().copied().unwrap_or_default(),
+                what: "the event carries a transaction id no snapshot will reach, so no reader \
+                       will ever return it (a row written by hand, not by a transaction)"
+                    .into(),
+            },
         }
     }
 }

@@ -70,10 +70,24 @@ impl Telemetry {
         meter
             .i64_observable_gauge("eucora.projection.lag_events")
             .with_description("Events stored but not yet applied, per projection.")
-            .with_callback(move |gauge| {
-                for (name, lag) in runner.lag() {
-                    gauge.observe(lag, &[KeyValue::new("projection", name)]);
+            .with_callback({
+                let runner = runner.clone();
+                move |gauge| {
+                    for (name, lag) in runner.lag() {
+                        gauge.observe(lag, &[KeyValue::new("projection", name)]);
+                    }
                 }
+            })
+            .build();
+        let unreadable_source = runner.clone();
+        meter
+            .u64_observable_gauge("eucora.stream.unreadable_events")
+            .with_description(
+                "Stored events no projection can read (malformed, foreign, or out of every \
+                 snapshot's reach), passed over by every projection.",
+            )
+            .with_callback(move |gauge| {
+                gauge.observe(unreadable_source.unreadable().len() as u64, &[])
             })
             .build();
         let info = [

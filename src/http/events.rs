@@ -76,7 +76,7 @@ async fn global_stream(
     }
     let events = state
         .store
-        .read_global(after, limit, Columns::Streams)
+        .read_global((after > 0).then_some(after), limit, Columns::Streams)
         .await?;
     let next_after = (events.len() as i64 == limit)
         .then(|| events.last().map(|e| e.position))

@@ -62,10 +62,10 @@ fn fold(
     let mut changed = Vec::new();
     for (e, event) in events {
         let stream = e.row.stream()?;
-        let (id, current) = match rows.remove_entry(&stream.aggregate_id) {
-            Some((id, row)) => (id, Some(row)),
-            None => (stream.aggregate_id.clone(), None),
-        };
+        // Rows are keyed by the intent the event names, which is the row's id: a row written by
+        // hand into another stream cannot make two rows of one intent.
+        let id = event.meta().deployment_id.to_string();
+        let current = rows.remove(&id);
         if current
             .as_ref()
             .is_some_and(|r| stream.sequence as u64 <= r.state.stream_version)
@@ -108,7 +108,7 @@ impl Projection for IntentView {
     }
 
     async fn apply(&mut self, store: &Store, events: &[Event]) -> Result<(), ProjectionError> {
-        let events = decoded(events)?;
+        let events = decoded(events);
         let Some(end) = events.last().map(|(e, _)| e.checkpoint()) else {
             return Ok(());
         };
@@ -117,10 +117,10 @@ impl Projection for IntentView {
                 fold(&mut self.rows, &events)?;
             }
             Mode::Persisted => {
-                let ids = events
+                let ids: Vec<String> = events
                     .iter()
-                    .map(|(e, _)| Ok(e.row.stream()?.aggregate_id.clone()))
-                    .collect::<Result<Vec<String>, ProjectionError>>()?;
+                    .map(|(_, event)| event.meta().deployment_id.to_string())
+                    .collect();
                 self.rows = store.intent_rows(&ids).await?;
                 let changed: Vec<IntentRow> = fold(&mut self.rows, &events)?
                     .iter()

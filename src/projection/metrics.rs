@@ -64,7 +64,7 @@ impl Projection for MetricsProjection {
     }
 
     async fn apply(&mut self, _store: &Store, events: &[Event]) -> Result<(), ProjectionError> {
-        let events = decoded(events)?;
+        let events = decoded(events);
         let mut metrics = self.metrics.write().unwrap_or_else(|e| e.into_inner());
         for (e, event) in events {
             metrics.apply(e.row.position, event);

@@ -85,8 +85,9 @@ impl StreamRow {
 type EventColumns = (i64, String, String, String);
 
 impl Store {
-    /// The global stream after the event at `after` (0: from the very start, whatever positions
-    /// the rows carry), at most `limit` events, with the columns asked for.
+    /// The global stream after the event at position `after` (`None`: from the very start,
+    /// whatever positions the rows carry, zero or negative included), at most `limit` events,
+    /// with the columns asked for.
     ///
     /// Every committed event comes exactly once, in an order that never changes once read.
     /// SQLite: position order, which is commit order (one writer). PostgreSQL: positions are taken
@@ -95,7 +96,7 @@ impl Store {
     /// commit therefore always sorts after everything already read. Writers take no lock.
     pub async fn read_global(
         &self,
-        after: i64,
+        after: Option<i64>,
         limit: i64,
         columns: Columns,
     ) -> Result<Vec<StreamRow>, StoreError> {
@@ -166,7 +167,7 @@ impl Store {
     async fn read_global_columns<R>(
         &self,
         columns: &str,
-        after: i64,
+        after: Option<i64>,
         limit: i64,
     ) -> Result<Vec<R>, StoreError>
     where
@@ -178,11 +179,11 @@ impl Store {
         // "From the start" is its own statement: an `after = 0 OR …` condition would keep both
         // databases from using the index range scan, and every batch would sort the table.
         Ok(match (&self.db, after) {
-            (Db::Sqlite { reader, .. }, 0) => {
+            (Db::Sqlite { reader, .. }, None) => {
                 let sql = format!("SELECT {columns} FROM events ORDER BY position LIMIT ?1");
                 sqlx::query_as(&sql).bind(limit).fetch_all(reader).await?
             }
-            (Db::Sqlite { reader, .. }, _) => {
+            (Db::Sqlite { reader, .. }, Some(after)) => {
                 let sql = format!(
                     "SELECT {columns} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
                 );
@@ -196,10 +197,11 @@ impl Store {
                 let columns = columns
                     .replace("payload", "payload::text")
                     .replace("metadata", "metadata::text");
-                let since = if after == 0 {
-                    ""
-                } else {
-                    "AND (xact_id, position) > ((SELECT xact_id FROM events WHERE position = $2), $2)"
+                let since = match after {
+                    None => "",
+                    Some(_) => {
+                        "AND (xact_id, position) > ((SELECT xact_id FROM events WHERE position = $2), $2)"
+                    }
                 };
                 let sql = format!(
                     "SELECT {columns} FROM events
@@ -208,8 +210,30 @@ impl Store {
                       LIMIT $1"
                 );
                 let query = sqlx::query_as(&sql).bind(limit);
-                let query = if after == 0 { query } else { query.bind(after) };
+                let query = match after {
+                    None => query,
+                    Some(after) => query.bind(after),
+                };
                 query.fetch_all(pool).await?
+            }
+        })
+    }
+
+    /// Events that the global stream will never return, named by position: on PostgreSQL, rows
+    /// whose transaction id lies in the future of every snapshot (written by hand, not by a
+    /// transaction), at most `limit`. SQLite has none.
+    pub async fn unreachable_events(&self, limit: i64) -> Result<Vec<i64>, StoreError> {
+        Ok(match &self.db {
+            Db::Sqlite { .. } => Vec::new(),
+            Db::Postgres(pool) => {
+                sqlx::query_scalar(
+                    "SELECT position FROM events
+                      WHERE xact_id >= pg_snapshot_xmax(pg_current_snapshot())
+                      ORDER BY position LIMIT $1",
+                )
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
             }
         })
     }

@@ -61,7 +61,11 @@ async fn sixteen_writers_and_a_running_reader_see_every_event_exactly_once() {
             while Instant::now() < deadline {
                 let finished = done.load(Ordering::SeqCst);
                 let batch = store
-                    .read_global(after, 50, eucora::store::Columns::Stored)
+                    .read_global(
+                        (after > 0).then_some(after),
+                        50,
+                        eucora::store::Columns::Stored,
+                    )
                     .await
                     .unwrap();
                 if batch.is_empty() {
@@ -149,7 +153,7 @@ async fn an_event_committed_late_by_a_slow_transaction_is_not_skipped() {
     // While the slow transaction is open, nothing committed after it began is read: reading
     // past it would move the reader beyond an event that is still to come.
     let visible: Vec<i64> = store
-        .read_global(0, 100, eucora::store::Columns::Stored)
+        .read_global(None, 100, eucora::store::Columns::Stored)
         .await
         .unwrap()
         .iter()

@@ -17,4 +17,5 @@ mod outage;
 mod replay;
 mod runner;
 mod store_contract;
+mod unreadable;
 mod upcasting;

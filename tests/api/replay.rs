@@ -46,7 +46,7 @@ async fn seeded(backend: Backend) -> (TestDb, Vec<i64>) {
     assert!(ok && out.contains("replayed 9 events"), "{out}{err}");
     let store = db.store().await;
     let order = store
-        .read_global(0, 100, eucora::store::Columns::Stored)
+        .read_global(None, 100, eucora::store::Columns::Stored)
         .await
         .unwrap()
         .iter()
@@ -145,7 +145,7 @@ async fn an_edited_event_is_named_by_replay(backend: Backend) {
     // Each app wrote Created, Approved, Deployed: order[3] is app1's creation.
     let store = db.store().await;
     let target = &store
-        .read_global(0, 100, eucora::store::Columns::Stored)
+        .read_global(None, 100, eucora::store::Columns::Stored)
         .await
         .unwrap()[3];
     assert_eq!(target.event_type, "DeploymentCreated");
@@ -370,7 +370,7 @@ async fn replay_rebuilds_the_intent_list_the_runner_builds(backend: Backend) {
     assert_eq!(
         checkpoint.position,
         store
-            .read_global(0, 1000, eucora::store::Columns::Stored)
+            .read_global(None, 1000, eucora::store::Columns::Stored)
             .await
             .unwrap()
             .last()
@@ -433,7 +433,11 @@ async fn tampering_past_the_first_batch_is_named_by_replay(backend: Backend) {
     while order.len() < 12_000 {
         let after = order.last().map_or(0, |(p, _)| *p);
         let page = store
-            .read_global(after, 5000, eucora::store::Columns::Stored)
+            .read_global(
+                (after > 0).then_some(after),
+                5000,
+                eucora::store::Columns::Stored,
+            )
             .await
             .unwrap();
         assert!(!page.is_empty());

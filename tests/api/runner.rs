@@ -65,7 +65,7 @@ async fn readable(store: &Store, count: i64) {
         let (mut after, mut seen) = (0, 0);
         loop {
             let page = store
-                .read_global(after, 1000, Columns::Events)
+                .read_global((after > 0).then_some(after), 1000, Columns::Events)
                 .await
                 .unwrap();
             let Some(last) = page.last() else { break };

@@ -446,7 +446,11 @@ pub async fn read_all(
     let (mut after, mut seen) = (0, vec![]);
     while seen.len() < expected && std::time::Instant::now() < deadline {
         let batch = store
-            .read_global(after, page, eucora::store::Columns::Stored)
+            .read_global(
+                (after > 0).then_some(after),
+                page,
+                eucora::store::Columns::Stored,
+            )
             .await
             .unwrap();
         if batch.is_empty() {
