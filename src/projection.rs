@@ -103,7 +103,7 @@ pub trait Projection: Send + 'static {
 }
 
 /// Events read per batch by `eucora serve`.
-pub const BATCH: i64 = 1000;
+pub const BATCH: i64 = 5000;
 /// Batches a lane that is behind reads in one step before the leaders read again.
 pub const LAGGARD_BATCHES: usize = 20;
 /// The longest wait between polls when the stream is idle; a commit in this process wakes the
