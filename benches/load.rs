@@ -142,6 +142,8 @@ async fn bench_backend(name: &str, url: &str, seconds: f64) {
         policy: None,
         body_limit: 64 * 1024,
         request_timeout: 30,
+        header_read_timeout: 10,
+        max_connections: None,
         shutdown_timeout: 1,
         metrics_app_label_limit: 200,
         log_format: LogFormat::Text,

@@ -15,6 +15,39 @@ use crate::store::{Store, StoreError};
 use crate::telemetry::Telemetry;
 use crate::write::Commands;
 
+/// Connections kept for the health probes beyond `--max-connections`.
+const PROBE_RESERVE: usize = 16;
+/// File descriptors kept back from connections: the database pool (two per connection on
+/// SQLite: the file and its WAL), the migrations, the log, the listener and the probe reserve.
+const FD_RESERVE: usize = 64;
+
+/// The most connections served at once: as asked, but never more than the open-file limit allows
+/// after the reserve, so the database and the probes always get descriptors.
+fn connection_limit(asked: Option<u64>, pool_size: u32) -> usize {
+    let reserve = FD_RESERVE + PROBE_RESERVE + 2 * pool_size as usize;
+    let available = open_file_limit().map(|limit| limit.saturating_sub(reserve).max(1));
+    match (asked.map(|a| a as usize), available) {
+        (Some(asked), Some(available)) if asked > available => {
+            tracing::warn!(
+                asked,
+                available,
+                "--max-connections is more than the open-file limit allows; serving {available}"
+            );
+            available
+        }
+        (Some(asked), _) => asked,
+        (None, Some(available)) => available.min(10_000),
+        (None, None) => 1_000,
+    }
+}
+
+/// The process's soft limit on open files, from `/proc/self/limits` (Linux).
+fn open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
 /// The projection runner of `eucora serve`, with every read-side consumer of the stream
 /// registered, and the view of its metrics that the API serves.
 pub fn serve_runner(store: &Store, app_label_limit: usize) -> (Runner, MetricsView) {
@@ -31,6 +64,7 @@ pub fn serve_runner(store: &Store, app_label_limit: usize) -> (Runner, MetricsVi
 pub struct Application {
     listener: tokio::net::TcpListener,
     router: axum::Router,
+    connections: crate::http::serve::ConnectionLimits,
     /// Started by `run`, and stopped by the same shutdown as the server.
     runner: Runner,
     shutdown_timeout: std::time::Duration,
@@ -78,6 +112,7 @@ impl Application {
             metrics: metrics_view,
             runner: runner.status(),
             telemetry,
+            instance: Arc::from(uuid::Uuid::new_v4().to_string()),
             store,
         };
         let limits = crate::http::Limits {
@@ -90,8 +125,14 @@ impl Application {
                 addr: args.listen,
                 source,
             })?;
+        let connections = crate::http::serve::ConnectionLimits {
+            max_connections: connection_limit(args.max_connections, args.db.db_pool_size),
+            reserve: PROBE_RESERVE,
+            header_read_timeout: std::time::Duration::from_secs(args.header_read_timeout),
+        };
         Ok(Application {
             listener,
+            connections,
             router: crate::http::router(state, limits),
             runner,
             shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
@@ -117,10 +158,11 @@ impl Application {
             let _ = stopped.wait_for(|stop| *stop).await;
         }));
         let mut draining = stop.subscribe();
-        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop.send(true);
-        });
+        let server =
+            crate::http::serve::serve(self.listener, self.router, self.connections, async move {
+                shutdown.await;
+                let _ = stop.send(true);
+            });
         let drain_deadline = async move {
             if draining.wait_for(|stop| *stop).await.is_ok() {
                 tokio::time::sleep(grace).await;
@@ -129,7 +171,7 @@ impl Application {
             }
         };
         let served = tokio::select! {
-            result = server => result,
+            () = server => Ok(()),
             _ = drain_deadline => {
                 tracing::warn!("requests still in flight after the shutdown timeout; stopping");
                 Ok(())

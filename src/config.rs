@@ -111,6 +111,17 @@ pub struct ServeArgs {
     #[arg(long, env = "EUCORA_REQUEST_TIMEOUT", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout: u64,
+    /// Seconds a connection may take to send a request's headers, or stay idle between requests,
+    /// before it is closed.
+    #[arg(long, env = "EUCORA_HEADER_READ_TIMEOUT", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout: u64,
+    /// Connections served at once; past that a new connection is closed at once. Default: what
+    /// the process's open-file limit allows after a reserve for the database and the health
+    /// probes (at most 10,000); a larger value is lowered to that.
+    #[arg(long, env = "EUCORA_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: Option<u64>,
     /// Seconds to let requests in flight finish after SIGTERM.
     #[arg(long, env = "EUCORA_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,

@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod idempotency;
+pub mod serve;
 
 use std::time::Duration;
 
@@ -68,6 +69,8 @@ pub struct AppState {
     /// The projection runner's progress (readiness).
     pub runner: Arc<RunnerStatus>,
     pub telemetry: Arc<Telemetry>,
+    /// This server process, as the holder of `Idempotency-Key` leases.
+    pub instance: Arc<str>,
 }
 
 /// Limits a request may not exceed.
@@ -125,6 +128,19 @@ async fn bound_headers(req: Request, next: Next) -> Response {
         }
     }
     next.run(req).await
+}
+
+/// The router the reserve connections get when every ordinary slot is taken: the health probes
+/// answer, anything else gets 503, so a flood of idle connections cannot blind the orchestrator.
+pub fn probes_only(router: Router) -> Router {
+    router.layer(middleware::from_fn(|req: Request, next: Next| async move {
+        if req.uri().path().starts_with("/health/") {
+            next.run(req).await
+        } else {
+            ApiError::Unavailable("every connection slot is taken; retry shortly".into())
+                .into_response()
+        }
+    }))
 }
 
 /// Records each request's duration under its route template (never the raw path).

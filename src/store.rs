@@ -19,7 +19,7 @@ use sqlx::{PgPool, SqlitePool};
 pub use checkpoints::Checkpoint;
 pub use events::{EventRepo, StoredEvent, StreamCache};
 pub use global::{Columns, StoredColumns, StreamColumns, StreamRow};
-pub use idempotency::Reservation;
+pub use idempotency::{Lease, Reservation};
 pub use intent_view::{IntentRow, ListFilter, ViewRepair};
 
 /// Which database a store runs on.

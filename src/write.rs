@@ -16,6 +16,9 @@ use crate::projection::RunnerStatus;
 use crate::store::{is_unavailable, EventRepo, Store, StoreError, StreamCache};
 use crate::telemetry::Telemetry;
 
+/// The metadata member that holds the digest of the `Idempotency-Key` an event was written under.
+pub const IDEMPOTENCY_METADATA: &str = "idempotency_key";
+
 /// How often a command that lost an optimistic-concurrency race is checked again.
 const MAX_ATTEMPTS: usize = 10;
 
@@ -89,6 +92,22 @@ impl Commands {
     /// command that loses a race is decided again against the new state, up to a bound; each
     /// attempt appends all its events or none.
     pub async fn execute(&self, id: Uuid, command: Command) -> Result<IntentState, CommandError> {
+        self.execute_keyed(id, command, None).await
+    }
+
+    /// [`Commands::execute`], recording in each event's metadata the digest of the
+    /// `Idempotency-Key` it was written under, so that a server taking over the key of one that
+    /// died can tell whether this write committed.
+    pub async fn execute_keyed(
+        &self,
+        id: Uuid,
+        command: Command,
+        key_digest: Option<&str>,
+    ) -> Result<IntentState, CommandError> {
+        let metadata: HashMap<String, String> = key_digest
+            .map(|k| (IDEMPOTENCY_METADATA.to_string(), k.to_string()))
+            .into_iter()
+            .collect();
         let key = id.to_string();
         for _ in 0..MAX_ATTEMPTS {
             let from_cache = self.cache.contains(&key);
@@ -110,7 +129,7 @@ impl Commands {
             let started = Instant::now();
             let committed = self
                 .events
-                .commit(sink.collect().await, context, HashMap::new())
+                .commit(sink.collect().await, context, metadata.clone())
                 .await;
             if let Some(t) = &self.telemetry {
                 let outcome = match &committed {

@@ -201,42 +201,43 @@ async fn command(
         action,
     };
     let subject = command.actor.subject.clone();
-    let run = {
-        let state = state.clone();
-        async move {
-            let intent = state.commands.execute(id, command).await?;
-            match &intent.last_promotion {
-                Some(attempt) if is_promotion && !attempt.passed => {
-                    let blocked: Vec<&str> =
-                        attempt.blocked_by().iter().map(|g| g.as_str()).collect();
-                    Ok(ApiError::Conflict {
-                        detail: format!(
-                            "promotion from {} to {} blocked by: {}",
-                            attempt.from_ring.as_str(),
-                            attempt.to_ring.as_str(),
-                            blocked.join(", ")
-                        ),
-                        extra: Some(json!({
-                            "promotion": attempt,
-                            "intent": IntentResponse::from(&intent),
-                        })),
-                    }
-                    .into_response())
-                }
-                _ if is_create => {
-                    let mut response = intent_response(StatusCode::CREATED, &intent);
-                    if let Ok(location) =
-                        HeaderValue::from_str(&format!("/api/v1/deployments/{id}"))
-                    {
-                        response.headers_mut().insert(header::LOCATION, location);
-                    }
-                    Ok(response)
-                }
-                _ => Ok(intent_response(StatusCode::OK, &intent)),
-            }
-        }
+    let commands = state.commands.clone();
+    let run = move |id: Uuid, key: Option<String>| async move {
+        Ok(commands.execute_keyed(id, command, key.as_deref()).await?)
     };
-    idempotency::once(&state.store, &subject, headers, digest, run).await
+    let answer = move |intent: &IntentState| match &intent.last_promotion {
+        Some(attempt) if is_promotion && !attempt.passed => {
+            let blocked: Vec<&str> = attempt.blocked_by().iter().map(|g| g.as_str()).collect();
+            ApiError::Conflict {
+                detail: format!(
+                    "promotion from {} to {} blocked by: {}",
+                    attempt.from_ring.as_str(),
+                    attempt.to_ring.as_str(),
+                    blocked.join(", ")
+                ),
+                extra: Some(json!({
+                    "promotion": attempt,
+                    "intent": IntentResponse::from(intent),
+                })),
+            }
+            .into_response()
+        }
+        _ if is_create => {
+            let mut response = intent_response(StatusCode::CREATED, intent);
+            let location = format!("/api/v1/deployments/{}", intent.id);
+            if let Ok(location) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
+        }
+        _ => intent_response(StatusCode::OK, intent),
+    };
+    let write = idempotency::Write {
+        intent: id,
+        run,
+        answer,
+    };
+    idempotency::once(&state, &subject, headers, digest, write).await
 }
 
 /// A command on an existing intent, named by the path's id.

@@ -6,13 +6,33 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use super::correlation;
+use eucora_projections::intent::IntentState;
+use uuid::Uuid;
+
 use super::error::ApiError;
 use super::extract::idempotency_key;
-use crate::store::{Reservation, Store};
+use super::{correlation, AppState};
+use crate::principals::sha256_hex;
+use crate::store::{Lease, Reservation};
 
 /// The largest response a replayed `Idempotency-Key` may carry.
 const MAX_STORED_RESPONSE: usize = 1 << 20;
+
+/// How long a reservation holds its key without renewal: a server that died frees its keys this
+/// long after its last renewal, and a retry then takes them over.
+pub const LEASE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often a holder renews the lease while its write runs.
+const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A keyed write: the intent it acts on, how to run it, and how to answer with the state it leaves.
+pub struct Write<R, A> {
+    /// The intent the command acts on (a create's new id).
+    pub intent: Uuid,
+    /// Runs the command on an intent, with the key's digest for the events' metadata.
+    pub run: R,
+    /// The response for the intent as the command left it.
+    pub answer: A,
+}
 
 /// Runs a write once per `Idempotency-Key`: a repeat with the same request gets the stored
 /// response and appends nothing; the same key with a different request gets 422. A write that
@@ -20,19 +40,42 @@ const MAX_STORED_RESPONSE: usize = 1 << 20;
 ///
 /// A keyed write runs on its own task: if the client's request is dropped (the time limit, a
 /// disconnect) the write still finishes and stores its answer or frees its key, so a retry with
-/// the same key learns whether it committed instead of finding the key stuck in flight.
-pub async fn once(
-    store: &Store,
+/// the same key learns whether it committed instead of finding the key stuck in flight. While it
+/// runs, its server renews the key's lease; if the server dies, the lease runs out within
+/// [`LEASE`], and a retry (on any server) takes the key over: if the dead server's write
+/// committed, its events carry the key's digest and the retry answers with the state they left;
+/// otherwise the retry runs the write, on the same intent id.
+pub async fn once<R, F, A>(
+    state: &AppState,
     subject: &str,
     headers: &HeaderMap,
     digest: &str,
-    run: impl std::future::Future<Output = Result<Response, ApiError>> + Send + 'static,
-) -> Result<Response, ApiError> {
+    write: Write<R, A>,
+) -> Result<Response, ApiError>
+where
+    R: FnOnce(Uuid, Option<String>) -> F + Send + 'static,
+    F: std::future::Future<Output = Result<IntentState, ApiError>> + Send + 'static,
+    A: Fn(&IntentState) -> Response + Send + Sync + 'static,
+{
+    let Write {
+        intent,
+        run,
+        answer,
+    } = write;
     let Some(key) = idempotency_key(headers)? else {
-        return run.await;
+        return run(intent, None).await.map(|s| answer(&s));
     };
-    match store.reserve_idempotency_key(subject, &key, digest).await? {
-        Reservation::Reserved => {}
+    let store = state.store.clone();
+    let key_digest = sha256_hex(format!("{subject}\n{key}").as_bytes());
+    let lease = || Lease {
+        holder: state.instance.to_string(),
+        until: (chrono::Utc::now() + LEASE).timestamp_millis(),
+    };
+    let reserved = store
+        .reserve_idempotency_key(subject, &key, digest, &intent.to_string(), &lease())
+        .await?;
+    let intent = match reserved {
+        Reservation::Reserved => intent,
         Reservation::Replay { status, body } => return replay(status, &body),
         Reservation::Mismatch => {
             return Err(ApiError::Unprocessable(
@@ -46,17 +89,65 @@ pub async fn once(
                 extra: None,
             })
         }
-    }
-    let store = store.clone();
+        Reservation::TakenOver { intent_id } => {
+            let intent = intent_id
+                .and_then(|id| Uuid::parse_str(&id).ok())
+                .unwrap_or(intent);
+            tracing::warn!(%key, %intent, "took over an Idempotency-Key whose server stopped renewing it");
+            intent
+        }
+    };
     let subject = subject.to_string();
+    let (holder, renewing) = (state.instance.to_string(), lease);
+    let renewal = renewing();
     let write = tokio::spawn(correlation::carry(async move {
-        let response = match run.await {
-            Ok(response) => response,
-            Err(e) => {
-                store.release_idempotency_key(&subject, &key).await?;
-                return Err(e);
+        // A takeover first looks for what the dead holder committed.
+        let committed = match store
+            .idempotent_write(&intent.to_string(), &key_digest)
+            .await?
+        {
+            Some(version) => {
+                let events = store.intent_events(intent).await?;
+                IntentState::replay(
+                    events
+                        .iter()
+                        .filter(|e| e.sequence <= version)
+                        .map(|e| &e.event),
+                )
+            }
+            None => None,
+        };
+        let state = match committed {
+            Some(state) => state,
+            None => {
+                let running = run(intent, Some(key_digest));
+                tokio::pin!(running);
+                let mut ticker = tokio::time::interval(RENEW_EVERY);
+                ticker.tick().await;
+                let mut renewal = renewal;
+                let outcome = loop {
+                    tokio::select! {
+                        outcome = &mut running => break outcome,
+                        _ = ticker.tick() => {
+                            renewal.until = (chrono::Utc::now() + LEASE).timestamp_millis();
+                            if let Err(e) = store.renew_idempotency_key(&subject, &key, &renewal).await {
+                                tracing::warn!(error = %e, "cannot renew an Idempotency-Key lease");
+                            }
+                        }
+                    }
+                };
+                match outcome {
+                    Ok(state) => state,
+                    Err(e) => {
+                        store
+                            .release_idempotency_key(&subject, &key, &holder)
+                            .await?;
+                        return Err(e);
+                    }
+                }
             }
         };
+        let response = answer(&state);
         let (parts, body) = response.into_parts();
         let bytes = axum::body::to_bytes(body, MAX_STORED_RESPONSE)
             .await

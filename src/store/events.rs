@@ -304,4 +304,31 @@ impl Store {
             })
             .collect()
     }
+
+    /// The stream version of the last event of intent `id` written under the idempotency key
+    /// whose digest is `key_digest` (in the events' metadata), if any committed.
+    pub async fn idempotent_write(
+        &self,
+        id: &str,
+        key_digest: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let sql = match self.backend() {
+            super::Backend::Sqlite => {
+                "SELECT MAX(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2
+                   AND metadata ->> '$.idempotency_key' = $3"
+            }
+            super::Backend::Postgres => {
+                "SELECT MAX(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2
+                   AND metadata ->> 'idempotency_key' = $3"
+            }
+        };
+        Ok(on_reader!(&self.db, pool => {
+            sqlx::query_scalar(sql)
+                .bind(DeploymentIntent::TYPE)
+                .bind(id)
+                .bind(key_digest)
+                .fetch_one(pool)
+                .await?
+        }))
+    }
 }

@@ -9,7 +9,10 @@ use reqwest::Method;
 
 use crate::helpers::{eucora, intent_body, Backend, Crew, TestApp};
 
-crate::on_both_backends!(acknowledged_commands_survive_kill_9);
+crate::on_both_backends!(
+    acknowledged_commands_survive_kill_9,
+    keyed_writes_cut_off_by_kill_9_are_answered_once_after_restart,
+);
 
 async fn acknowledged_commands_survive_kill_9(backend: Backend) {
     let app = Arc::new(TestApp::spawn(backend).await);
@@ -133,4 +136,89 @@ async fn acknowledged_commands_survive_kill_9(backend: Backend) {
         replayed == crate::metrics::domain_part(&live),
         "replayed metrics differ after the crash"
     );
+}
+
+/// Keyed creates under load, kill -9, restart: a retry of every key, answered or not before the
+/// kill, gets 201 within seconds, and each key made exactly one intent.
+async fn keyed_writes_cut_off_by_kill_9_are_answered_once_after_restart(backend: Backend) {
+    let app = Arc::new(TestApp::spawn(backend).await);
+    let crew = Arc::new(Crew::new(&app));
+    // Every key sent, with its body; and how many were answered.
+    let sent: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let (app, crew, sent, answered) =
+                (app.clone(), crew.clone(), sent.clone(), answered.clone());
+            tokio::spawn(async move {
+                for n in 0..500 {
+                    let key = format!("key-{c}-{n}");
+                    let body = intent_body(&format!("k{c}-{n}"), 0.2, "GLOBAL").to_string();
+                    sent.lock().unwrap().push((key.clone(), body.clone()));
+                    let reply = app
+                        .try_send(
+                            Method::POST,
+                            "/api/v1/deployments",
+                            Some(&crew.requester),
+                            &[("idempotency-key", &key)],
+                            Some(body),
+                        )
+                        .await;
+                    if reply.is_none_or(|r| r.status != 201) {
+                        return;
+                    }
+                    answered.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while answered.load(Ordering::SeqCst) < 40 {
+        assert!(Instant::now() < deadline, "the load never got going");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &app.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    for c in clients {
+        tokio::time::timeout(Duration::from_secs(30), c)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    let restarted = app.replica().await;
+    let sent = sent.lock().unwrap().clone();
+    let started = Instant::now();
+    let mut ids = std::collections::HashSet::new();
+    for (key, body) in &sent {
+        let reply = loop {
+            let reply = restarted
+                .send(
+                    Method::POST,
+                    "/api/v1/deployments",
+                    Some(&crew.requester),
+                    &[("idempotency-key", key)],
+                    Some(body.clone()),
+                )
+                .await;
+            if reply.status != 409 {
+                break reply;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{key} stayed in flight after the restart: {reply:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(reply.status, 201, "{key}: {reply:#?}");
+        assert!(
+            ids.insert(reply.id()),
+            "{key} answered with another key's intent"
+        );
+    }
+    // One intent per key: a creation and a policy approval each, nothing twice.
+    assert_eq!(restarted.event_count().await, 2 * sent.len() as i64);
 }

@@ -1,6 +1,9 @@
 //! `Idempotency-Key`: a retry gets the original answer and appends nothing.
 
+use std::time::{Duration, Instant};
+
 use reqwest::Method;
+use sqlx::Connection;
 
 use crate::helpers::{intent_body, Backend, Crew, TestApp};
 
@@ -9,6 +12,7 @@ crate::on_both_backends!(
     a_key_reused_for_another_request_is_refused,
     a_failed_request_frees_its_key_for_a_corrected_retry,
     a_retried_blocked_promotion_is_not_evaluated_twice,
+    a_key_whose_server_died_is_taken_over_within_seconds,
 );
 
 async fn post_with_key(
@@ -151,4 +155,139 @@ async fn a_retry_after_a_timed_out_write_learns_its_outcome() {
         2,
         "one intent: created and approved by policy"
     );
+}
+
+async fn execute(app: &TestApp, sql: &str) {
+    if app.db.url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    }
+}
+
+async fn stored_hash(app: &TestApp, key: &str) -> String {
+    let sql = "SELECT request_hash FROM idempotency_keys WHERE key = $1";
+    if app.db.url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+        sqlx::query_scalar(sql)
+            .bind(key)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+        sqlx::query_scalar(sql)
+            .bind(key)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Retries until the key is no longer in flight; returns the answer and how long it took.
+async fn retry_until_answered(
+    app: &TestApp,
+    token: &str,
+    key: &str,
+    body: &str,
+) -> (crate::helpers::Reply, Duration) {
+    let started = Instant::now();
+    loop {
+        let reply = post_with_key(app, token, "/api/v1/deployments", key, body.into()).await;
+        if reply.status != 409 {
+            return (reply, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the key stayed in flight: {reply:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A server that died holding a key (kill -9 between reserving it and storing the answer) is
+/// simulated by the row it would leave: in flight, held by a process that renews nothing.
+async fn a_key_whose_server_died_is_taken_over_within_seconds(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let crew = Crew::new(&app);
+
+    // The dead server's write had committed: the retry answers with what it wrote.
+    let body = intent_body("Committed", 0.2, "GLOBAL").to_string();
+    let first = post_with_key(
+        &app,
+        &crew.requester,
+        "/api/v1/deployments",
+        "k1",
+        body.clone(),
+    )
+    .await;
+    assert_eq!(first.status, 201);
+    let lease_until = now_ms() + 2_000;
+    execute(
+        &app,
+        &format!(
+            "UPDATE idempotency_keys SET status = NULL, response = NULL, holder = 'dead', \
+             lease_until = {lease_until} WHERE key = 'k1'"
+        ),
+    )
+    .await;
+    let events = app.event_count().await;
+    let early = post_with_key(
+        &app,
+        &crew.requester,
+        "/api/v1/deployments",
+        "k1",
+        body.clone(),
+    )
+    .await;
+    early.assert_problem(409);
+    let (recovered, waited) = retry_until_answered(&app, &crew.requester, "k1", &body).await;
+    assert_eq!(recovered.status, 201, "{recovered:#?}");
+    assert_eq!(recovered.body, first.body, "the original answer");
+    assert_eq!(recovered.headers["location"], first.headers["location"]);
+    assert_eq!(app.event_count().await, events, "nothing written again");
+    assert!(waited < Duration::from_secs(10), "took {waited:?}");
+
+    // The dead server's write had not committed: the retry runs it, on the id it had been given.
+    let body = intent_body("Lost", 0.2, "GLOBAL").to_string();
+    // The request's fingerprint as the server takes it, from a first use of the same request.
+    post_with_key(
+        &app,
+        &crew.requester,
+        "/api/v1/deployments",
+        "probe",
+        body.clone(),
+    )
+    .await;
+    let events = app.event_count().await;
+    let hash = stored_hash(&app, "probe").await;
+    let reserved_id = uuid::Uuid::now_v7();
+    let created_at = match backend {
+        Backend::Sqlite => "'2026-01-01T00:00:00Z'",
+        Backend::Postgres => "now()",
+    };
+    execute(
+        &app,
+        &format!(
+            "INSERT INTO idempotency_keys (subject, key, request_hash, created_at, holder, \
+             lease_until, intent_id) VALUES ('alice', 'k2', '{hash}', {created_at}, 'dead', \
+             {}, '{reserved_id}')",
+            now_ms() - 1
+        ),
+    )
+    .await;
+    let (ran, _) = retry_until_answered(&app, &crew.requester, "k2", &body).await;
+    assert_eq!(ran.status, 201, "{ran:#?}");
+    assert_eq!(ran.id(), reserved_id.to_string());
+    assert_eq!(app.event_count().await, events + 2, "created once");
+    let again = post_with_key(&app, &crew.requester, "/api/v1/deployments", "k2", body).await;
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.body, ran.body);
+    assert_eq!(app.event_count().await, events + 2);
 }

@@ -7,6 +7,7 @@ mod access;
 mod bad_input;
 mod cli;
 mod concurrency;
+mod connections;
 mod crash;
 mod global_stream;
 mod idempotency;

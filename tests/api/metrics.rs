@@ -136,6 +136,7 @@ async fn metrics_answer_503_until_the_projection_has_caught_up(backend: Backend)
         metrics: metrics.clone(),
         runner: status.clone(),
         telemetry,
+        instance: Arc::from("test"),
         store,
     };
     let limits = eucora::http::Limits {

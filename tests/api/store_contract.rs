@@ -262,26 +262,33 @@ async fn migrations_can_run_again(backend: Backend) {
 }
 
 async fn idempotency_keys_are_reserved_replayed_and_released(backend: Backend) {
+    use eucora::store::Lease;
     let db = TestDb::new(backend).await;
     let store = db.store().await;
-    let reserve = |key: &'static str, hash: &'static str| {
+    let now = chrono::Utc::now().timestamp_millis();
+    let alive = Lease {
+        holder: "a".into(),
+        until: now + 60_000,
+    };
+    let reserve = |subject: &'static str, key: &'static str, hash: &'static str, lease: Lease| {
         let store = store.clone();
         async move {
             store
-                .reserve_idempotency_key("alice", key, hash)
+                .reserve_idempotency_key(subject, key, hash, "intent-1", &lease)
                 .await
                 .unwrap()
         }
     };
-    assert_eq!(reserve("k1", "h1").await, Reservation::Reserved);
-    assert_eq!(reserve("k1", "h1").await, Reservation::InFlight);
-    assert_eq!(reserve("k1", "h2").await, Reservation::Mismatch);
+    let alice = |key, hash| reserve("alice", key, hash, alive.clone());
+    assert_eq!(alice("k1", "h1").await, Reservation::Reserved);
+    assert_eq!(alice("k1", "h1").await, Reservation::InFlight);
+    assert_eq!(alice("k1", "h2").await, Reservation::Mismatch);
     store
         .complete_idempotency_key("alice", "k1", 201, "{\"ok\":1}")
         .await
         .unwrap();
     assert_eq!(
-        reserve("k1", "h1").await,
+        alice("k1", "h1").await,
         Reservation::Replay {
             status: 201,
             body: "{\"ok\":1}".into()
@@ -289,21 +296,78 @@ async fn idempotency_keys_are_reserved_replayed_and_released(backend: Backend) {
     );
     // Keys belong to a subject: another subject's same key is its own.
     assert_eq!(
-        store
-            .reserve_idempotency_key("bob", "k1", "h9")
-            .await
-            .unwrap(),
+        reserve("bob", "k1", "h9", alive.clone()).await,
         Reservation::Reserved
     );
-    // A failed request releases its key; an answered one keeps it.
-    assert_eq!(reserve("k2", "h1").await, Reservation::Reserved);
-    store.release_idempotency_key("alice", "k2").await.unwrap();
-    assert_eq!(reserve("k2", "h1").await, Reservation::Reserved);
-    store.release_idempotency_key("alice", "k1").await.unwrap();
+    // A failed request releases its key (its holder only); an answered one keeps it.
+    assert_eq!(alice("k2", "h1").await, Reservation::Reserved);
+    store
+        .release_idempotency_key("alice", "k2", "someone else")
+        .await
+        .unwrap();
+    assert_eq!(alice("k2", "h1").await, Reservation::InFlight);
+    store
+        .release_idempotency_key("alice", "k2", "a")
+        .await
+        .unwrap();
+    assert_eq!(alice("k2", "h1").await, Reservation::Reserved);
+    store
+        .release_idempotency_key("alice", "k1", "a")
+        .await
+        .unwrap();
     assert!(matches!(
-        reserve("k1", "h1").await,
+        alice("k1", "h1").await,
         Reservation::Replay { .. }
     ));
+
+    // A holder that stops renewing loses the key to exactly one taker, with the intent it named.
+    let dying = Lease {
+        holder: "dead".into(),
+        until: now - 1,
+    };
+    assert_eq!(
+        reserve("carol", "k3", "h1", dying).await,
+        Reservation::Reserved
+    );
+    let taker = |holder: &'static str| Lease {
+        holder: holder.into(),
+        until: now + 60_000,
+    };
+    let (first, second) = tokio::join!(
+        reserve("carol", "k3", "h1", taker("b")),
+        reserve("carol", "k3", "h1", taker("c")),
+    );
+    let taken = [&first, &second]
+        .iter()
+        .filter(|r| {
+            ***r == Reservation::TakenOver {
+                intent_id: Some("intent-1".into()),
+            }
+        })
+        .count();
+    assert_eq!(taken, 1, "{first:?} {second:?}");
+    assert!([&first, &second].contains(&&Reservation::InFlight));
+    // A lease that is renewed stays held.
+    let renewing = Lease {
+        holder: "d".into(),
+        until: now - 1,
+    };
+    assert_eq!(
+        reserve("dave", "k4", "h1", renewing.clone()).await,
+        Reservation::Reserved
+    );
+    let renewed = Lease {
+        until: now + 60_000,
+        ..renewing
+    };
+    store
+        .renew_idempotency_key("dave", "k4", &renewed)
+        .await
+        .unwrap();
+    assert_eq!(
+        reserve("dave", "k4", "h1", taker("e")).await,
+        Reservation::InFlight
+    );
 }
 
 async fn tokens_are_looked_up_by_hash_only(backend: Backend) {
