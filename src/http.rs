@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod idempotency;
+pub mod schema;
 pub mod serve;
 
 use std::time::Duration;

@@ -264,9 +264,9 @@ fn check_text(field: &str, value: Option<&str>, required: bool) -> Result<(), Do
         Some(v) if required && v.trim().is_empty() => {
             Err(DomainError::invalid(field, "must not be empty"))
         }
-        Some(v) if v.len() > MAX_TEXT => Err(DomainError::invalid(
+        Some(v) if v.chars().count() > MAX_TEXT => Err(DomainError::invalid(
             field,
-            format!("must be at most {MAX_TEXT} bytes"),
+            format!("must be at most {MAX_TEXT} characters"),
         )),
         _ => Ok(()),
     }
@@ -274,7 +274,9 @@ fn check_text(field: &str, value: Option<&str>, required: bool) -> Result<(), Do
 
 /// Names and versions: 1 to 128 printable characters, no control characters, not blank.
 fn check_label(field: &str, value: &str) -> Result<(), DomainError> {
-    if value.trim().is_empty() || value.len() > 128 || value.chars().any(char::is_control) {
+    // Characters, not bytes: the OpenAPI document's maxLength counts characters.
+    if value.trim().is_empty() || value.chars().count() > 128 || value.chars().any(char::is_control)
+    {
         return Err(DomainError::invalid(
             field,
             "must be 1 to 128 printable characters",

@@ -15,13 +15,20 @@ pub const CAB_THRESHOLD: u32 = 50;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RiskFactors {
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub privilege_impact: f64,
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub supply_chain_trust: f64,
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub exploitability: f64,
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub data_access: f64,
-    /// 1.0 means a Critical vulnerability without exception: creation is refused.
+    /// Below 1: 1.0 means a Critical vulnerability without exception, and creation is refused.
+    #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
     pub sbom_vulnerability: f64,
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub operational_complexity: f64,
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub history: f64,
 }
 

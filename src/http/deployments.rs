@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{if_match, ApiJson, Principal};
+use super::schema::{ChangeTypeName, ConnectorName, RingName, SiteClassName, StatusName};
 use super::{correlation, idempotency};
 use crate::domain::{Action, Command, CreateIntent, RiskFactors, RolloutInput};
 use crate::http::AppState;
@@ -40,24 +41,33 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
-    #[schema(example = "7-Zip")]
+    #[schema(
+        example = "7-Zip",
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub app_name: String,
-    #[schema(example = "24.08")]
+    #[schema(
+        example = "24.08",
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub version: String,
-    /// `intune`, `jamf`, `sccm`, `landscape` or `ansible`.
-    #[schema(value_type = String, example = "intune")]
+    #[schema(value_type = ConnectorName, example = "intune")]
     pub connector_type: ConnectorType,
-    /// `LAB` (default), `CANARY`, `PILOT`, `DEPARTMENT` or `GLOBAL`.
-    #[schema(value_type = Option<String>)]
+    /// Default `LAB`; never past `target_ring` (422).
+    #[schema(value_type = Option<RingName>)]
     pub start_ring: Option<Ring>,
     /// Highest ring to roll out to; default `GLOBAL`.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<RingName>)]
     pub target_ring: Option<Ring>,
-    /// `standard`, `normal` (default) or `emergency`.
-    #[schema(value_type = Option<String>)]
+    /// Default `normal`.
+    #[schema(value_type = Option<ChangeTypeName>)]
     pub change_type: Option<ChangeType>,
-    /// `online` (default), `intermittent` or `air_gapped`.
-    #[schema(value_type = Option<String>)]
+    /// Default `online`.
+    #[schema(value_type = Option<SiteClassName>)]
     pub site_class: Option<SiteClass>,
     /// AV, EDR or admin tools: always needs CAB approval.
     #[serde(default)]
@@ -67,22 +77,27 @@ pub struct CreateRequest {
     /// The rollback plan was validated (required before leaving LAB).
     #[serde(default)]
     pub rollback_validated: bool,
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     pub artifact_sha256: Option<String>,
     /// Each factor from 0 to 1 (an object; an array is refused).
     #[serde(deserialize_with = "RiskFactors::object_only")]
     pub risk_factors: RiskFactors,
+    #[schema(max_length = 4096)]
     pub justification: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApproveRequest {
+    #[schema(max_length = 4096)]
     pub comment: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonRequest {
+    /// Not blank.
+    #[schema(min_length = 1, max_length = 4096, pattern = "\\S")]
     pub reason: String,
 }
 
@@ -90,7 +105,8 @@ pub struct ReasonRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
-    #[schema(value_type = String, example = "LAB")]
+    /// The intent's current ring (409 otherwise).
+    #[schema(value_type = RingName, example = "LAB")]
     pub ring: Ring,
     #[schema(minimum = 1, maximum = 10_000_000)]
     pub target_devices: u64,
@@ -111,18 +127,17 @@ pub struct IntentResponse {
     pub correlation_id: String,
     pub app_name: String,
     pub version: String,
-    #[schema(value_type = String)]
+    #[schema(value_type = ConnectorName)]
     pub connector_type: ConnectorType,
-    #[schema(value_type = String)]
+    #[schema(value_type = ChangeTypeName)]
     pub change_type: ChangeType,
-    #[schema(value_type = String)]
+    #[schema(value_type = SiteClassName)]
     pub site_class: SiteClass,
-    /// `awaiting_cab`, `approved`, `deployed`, `completed`, `rejected` or `rolled_back`.
-    #[schema(value_type = String)]
+    #[schema(value_type = StatusName)]
     pub status: Status,
-    #[schema(value_type = String)]
+    #[schema(value_type = RingName)]
     pub current_ring: Ring,
-    #[schema(value_type = String)]
+    #[schema(value_type = RingName)]
     pub target_ring: Ring,
     pub risk_score: u32,
     pub risk_model_version: String,
@@ -259,12 +274,14 @@ async fn on_intent(
 ///
 /// Scores its risk, records the full assessment, and approves it by policy when the risk allows.
 #[utoipa::path(post, path = "", tag = "deployments", request_body = CreateRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "retry safely")),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, description = "retry safely: 1 to 255 visible ASCII characters", min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7e]{1,255}$")),
     responses(
         (status = 201, description = "created", body = IntentResponse),
         (status = 400, description = "malformed request"), (status = 401), (status = 403),
         (status = 413), (status = 415),
-        (status = 422, description = "invalid, or an SBOM with a Critical finding")),
+        (status = 409, description = "an intent with this id exists (a retried create under another key)"),
+        (status = 422, description = "invalid (start past target), an SBOM with a Critical finding, or the Idempotency-Key was used with another request"),
+        (status = 503, description = "the store did not answer; retry after Retry-After")),
     security(("bearer" = [])))]
 async fn create(
     State(state): State<AppState>,
@@ -306,13 +323,17 @@ async fn create(
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only intents in this state.
+    #[param(value_type = Option<StatusName>)]
     status: Option<String>,
     /// Only intents whose current ring is this one.
+    #[param(value_type = Option<RingName>)]
     ring: Option<String>,
     app_name: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,18}$")]
     cursor: Option<String>,
 }
 
@@ -325,7 +346,7 @@ pub struct IntentPage {
 
 /// List deployment intents in creation order.
 #[utoipa::path(get, path = "", tag = "deployments", params(ListParams),
-    responses((status = 200, body = IntentPage), (status = 400), (status = 401)),
+    responses((status = 200, body = IntentPage), (status = 400), (status = 401), (status = 503)),
     security(("bearer" = [])))]
 async fn list(
     State(state): State<AppState>,
@@ -371,7 +392,7 @@ async fn list(
 /// One deployment intent as it now stands.
 #[utoipa::path(get, path = "/{id}", tag = "deployments",
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = IntentResponse), (status = 400), (status = 401), (status = 404)),
+    responses((status = 200, body = IntentResponse), (status = 400), (status = 401), (status = 404), (status = 503)),
     security(("bearer" = [])))]
 async fn get_one(
     State(state): State<AppState>,
@@ -419,7 +440,7 @@ pub struct IntentHistory {
 /// One intent's stream, in order, with global positions; `as_of` replays the state at a time.
 #[utoipa::path(get, path = "/{id}/events", tag = "deployments",
     params(("id" = Uuid, Path), EventsParams),
-    responses((status = 200, body = IntentHistory), (status = 400), (status = 401), (status = 404)),
+    responses((status = 200, body = IntentHistory), (status = 400), (status = 401), (status = 404), (status = 503)),
     security(("bearer" = [])))]
 async fn events(
     State(state): State<AppState>,
@@ -455,8 +476,8 @@ async fn events(
 
 /// CAB approval (or retrospective approval of an emergency change).
 #[utoipa::path(post, path = "/{id}/approve", tag = "deployments", request_body = ApproveRequest,
-    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, body = IntentResponse), (status = 403, description = "role, or segregation of duties"),
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, nullable = false, description = "apply only at this stream version: an ETag from this API, or *", pattern = "^(\\*|(W/)?\"?[0-9]{1,19}\"?)$"), ("Idempotency-Key" = Option<String>, Header, nullable = false, description = "retry safely: 1 to 255 visible ASCII characters", min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7e]{1,255}$")),
+    responses((status = 200, body = IntentResponse), (status = 403, description = "role, or segregation of duties"), (status = 400, description = "malformed JSON, id or header"), (status = 401), (status = 413), (status = 415), (status = 422, description = "invalid, or the Idempotency-Key was used with another request"), (status = 503, description = "the store did not answer; retry after Retry-After"),
         (status = 404), (status = 409), (status = 412)),
     security(("bearer" = [])))]
 async fn approve(
@@ -483,8 +504,8 @@ async fn approve(
 
 /// CAB rejection; terminal.
 #[utoipa::path(post, path = "/{id}/reject", tag = "deployments", request_body = ReasonRequest,
-    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, body = IntentResponse), (status = 403), (status = 404), (status = 409), (status = 412), (status = 422)),
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, nullable = false, description = "apply only at this stream version: an ETag from this API, or *", pattern = "^(\\*|(W/)?\"?[0-9]{1,19}\"?)$"), ("Idempotency-Key" = Option<String>, Header, nullable = false, description = "retry safely: 1 to 255 visible ASCII characters", min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7e]{1,255}$")),
+    responses((status = 200, body = IntentResponse), (status = 403), (status = 404), (status = 409), (status = 412), (status = 400, description = "malformed JSON, id or header"), (status = 401), (status = 413), (status = 415), (status = 422, description = "invalid, or the Idempotency-Key was used with another request"), (status = 503, description = "the store did not answer; retry after Retry-After")),
     security(("bearer" = [])))]
 async fn reject(
     State(state): State<AppState>,
@@ -510,8 +531,8 @@ async fn reject(
 
 /// Report a rollout result for the current ring.
 #[utoipa::path(post, path = "/{id}/deploy", tag = "deployments", request_body = DeployRequest,
-    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, body = IntentResponse), (status = 403), (status = 404), (status = 409), (status = 412), (status = 422)),
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, nullable = false, description = "apply only at this stream version: an ETag from this API, or *", pattern = "^(\\*|(W/)?\"?[0-9]{1,19}\"?)$"), ("Idempotency-Key" = Option<String>, Header, nullable = false, description = "retry safely: 1 to 255 visible ASCII characters", min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7e]{1,255}$")),
+    responses((status = 200, body = IntentResponse), (status = 403), (status = 404), (status = 409), (status = 412), (status = 400, description = "malformed JSON, id or header"), (status = 401), (status = 413), (status = 415), (status = 422, description = "invalid, or the Idempotency-Key was used with another request"), (status = 503, description = "the store did not answer; retry after Retry-After")),
     security(("bearer" = [])))]
 async fn deploy(
     State(state): State<AppState>,
@@ -544,8 +565,8 @@ async fn deploy(
 ///
 /// The evaluation is recorded either way. 409 carries the same gate results when a gate blocks.
 #[utoipa::path(post, path = "/{id}/promote", tag = "deployments",
-    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, description = "promoted", body = IntentResponse),
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, nullable = false, description = "apply only at this stream version: an ETag from this API, or *", pattern = "^(\\*|(W/)?\"?[0-9]{1,19}\"?)$"), ("Idempotency-Key" = Option<String>, Header, nullable = false, description = "retry safely: 1 to 255 visible ASCII characters", min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7e]{1,255}$")),
+    responses((status = 200, description = "promoted", body = IntentResponse), (status = 400, description = "malformed JSON, id or header"), (status = 401), (status = 413), (status = 415), (status = 422, description = "invalid, or the Idempotency-Key was used with another request"), (status = 503, description = "the store did not answer; retry after Retry-After"),
         (status = 409, description = "a gate blocked (with `promotion`), or not allowed in this state"),
         (status = 403), (status = 404), (status = 412)),
     security(("bearer" = [])))]
@@ -575,8 +596,8 @@ async fn promote(
 
 /// Roll back, with a reason. A requester may roll back only its own intents.
 #[utoipa::path(post, path = "/{id}/rollback", tag = "deployments", request_body = ReasonRequest,
-    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, body = IntentResponse), (status = 403), (status = 404), (status = 409), (status = 412), (status = 422)),
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, nullable = false, description = "apply only at this stream version: an ETag from this API, or *", pattern = "^(\\*|(W/)?\"?[0-9]{1,19}\"?)$"), ("Idempotency-Key" = Option<String>, Header, nullable = false, description = "retry safely: 1 to 255 visible ASCII characters", min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7e]{1,255}$")),
+    responses((status = 200, body = IntentResponse), (status = 403), (status = 404), (status = 409), (status = 412), (status = 400, description = "malformed JSON, id or header"), (status = 401), (status = 413), (status = 415), (status = 422, description = "invalid, or the Idempotency-Key was used with another request"), (status = 503, description = "the store did not answer; retry after Retry-After")),
     security(("bearer" = [])))]
 async fn rollback(
     State(state): State<AppState>,

@@ -24,8 +24,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct GlobalParams {
     /// The position of the last event already read; 0 or absent reads from the start.
+    #[param(minimum = 0)]
     after: Option<i64>,
     /// At most this many events, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -55,7 +57,7 @@ pub struct GlobalPage {
 /// On PostgreSQL, positions are unique but not sorted in this order (a position is taken at insert,
 /// the order is fixed at commit): page with `after` = the last position read, never by arithmetic.
 #[utoipa::path(get, path = "", tag = "events", params(GlobalParams),
-    responses((status = 200, body = GlobalPage), (status = 400), (status = 401), (status = 403)),
+    responses((status = 200, body = GlobalPage), (status = 400), (status = 401), (status = 403), (status = 404, description = "`after` names no stored event"), (status = 503)),
     security(("bearer" = [])))]
 async fn global_stream(
     State(state): State<AppState>,
@@ -69,9 +71,14 @@ async fn global_stream(
         return Err(ApiError::BadRequest("limit must be from 1 to 1000".into()));
     }
     let after = q.after.unwrap_or(0);
-    if after < 0 || (after > 0 && !state.store.has_position(after).await?) {
-        return Err(ApiError::BadRequest(format!(
-            "after={after} is not the position of a stored event"
+    if after < 0 {
+        return Err(ApiError::BadRequest("after must be 0 or more".into()));
+    }
+    // A cursor is a stored event: the stream's order is not the positions' order on PostgreSQL,
+    // so there is no "after" a position no event has.
+    if after > 0 && !state.store.has_position(after).await? {
+        return Err(ApiError::NotFound(format!(
+            "no stored event has position {after}: pass the position of the last event read"
         )));
     }
     let events = state

@@ -220,6 +220,9 @@ async fn auditors_page_through_the_global_stream_over_http() {
     assert!(rest.body["next_after"].is_null());
     app.get("/api/v1/events?after=999999", &crew.auditor)
         .await
+        .assert_problem(404);
+    app.get("/api/v1/events?after=-1", &crew.auditor)
+        .await
         .assert_problem(400);
     app.get("/api/v1/events", &crew.deployer)
         .await

@@ -1,0 +1,137 @@
+//! How the OpenAPI document names the domain's value types. The domain's enums live in the
+//! read-side crate, which knows nothing of OpenAPI; these mirror them for the document only, and
+//! a test holds each mirror to the domain's own names.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// A rollout ring, in promotion order.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[schema(as = Ring)]
+#[allow(dead_code)]
+pub enum RingName {
+    Lab,
+    Canary,
+    Pilot,
+    Department,
+    Global,
+}
+
+/// A deployment intent's lifecycle state.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = Status)]
+#[allow(dead_code)]
+pub enum StatusName {
+    AwaitingCab,
+    Approved,
+    Deployed,
+    Completed,
+    Rejected,
+    RolledBack,
+}
+
+/// The execution plane that installs the intent.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = ConnectorType)]
+#[allow(dead_code)]
+pub enum ConnectorName {
+    Intune,
+    Jamf,
+    Sccm,
+    Landscape,
+    Ansible,
+}
+
+/// The kind of change.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = ChangeType)]
+#[allow(dead_code)]
+pub enum ChangeTypeName {
+    Standard,
+    Normal,
+    Emergency,
+}
+
+/// How the devices are connected.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = SiteClass)]
+#[allow(dead_code)]
+pub enum SiteClassName {
+    Online,
+    Intermittent,
+    AirGapped,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eucora_projections::event::{ChangeType, ConnectorType, Ring, SiteClass, Status};
+
+    fn names<T: Serialize>(values: &[T]) -> Vec<String> {
+        values
+            .iter()
+            .map(|v| {
+                serde_json::to_value(v)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_documented_names_are_the_domains() {
+        use ChangeTypeName as C;
+        use ConnectorName as K;
+        use RingName as R;
+        use SiteClassName as S;
+        use StatusName as T;
+        assert_eq!(
+            names(&[R::Lab, R::Canary, R::Pilot, R::Department, R::Global]),
+            names(&Ring::ALL)
+        );
+        assert_eq!(
+            names(&[
+                T::AwaitingCab,
+                T::Approved,
+                T::Deployed,
+                T::Completed,
+                T::Rejected,
+                T::RolledBack
+            ]),
+            names(&Status::ALL)
+        );
+        assert_eq!(
+            names(&[K::Intune, K::Jamf, K::Sccm, K::Landscape, K::Ansible]),
+            names(&[
+                ConnectorType::Intune,
+                ConnectorType::Jamf,
+                ConnectorType::Sccm,
+                ConnectorType::Landscape,
+                ConnectorType::Ansible
+            ])
+        );
+        assert_eq!(
+            names(&[C::Standard, C::Normal, C::Emergency]),
+            names(&[
+                ChangeType::Standard,
+                ChangeType::Normal,
+                ChangeType::Emergency
+            ])
+        );
+        assert_eq!(
+            names(&[S::Online, S::Intermittent, S::AirGapped]),
+            names(&[
+                SiteClass::Online,
+                SiteClass::Intermittent,
+                SiteClass::AirGapped
+            ])
+        );
+    }
+}
