@@ -104,6 +104,10 @@ pub trait Projection: Send + 'static {
 
 /// Events read per batch by `eucora serve`.
 pub const BATCH: i64 = 5000;
+/// Batches smaller than this are applied to the projections in turn on the runner's task; larger
+/// ones on a task per projection at once (tailing, a step finds a few events, and handing them
+/// to other threads would cost more than applying them).
+const PARALLEL_BATCH: usize = 256;
 /// Batches a lane that is behind reads in one step before the leaders read again.
 pub const LAGGARD_BATCHES: usize = 20;
 /// The longest wait between polls when the stream is idle; a commit in this process wakes the
@@ -553,10 +557,36 @@ impl Runner {
             .map(|&i| self.slots[i].columns)
             .max()
             .unwrap_or(Columns::Events);
-        let mut batches = read_ahead(self.store.clone(), from, plan, self.batch, columns);
         let mut live: Vec<usize> = lane.to_vec();
         let mut failures = Vec::new();
         let (mut read, mut more) = (0usize, false);
+        let mut plan = plan;
+        let mut from = from;
+        // Tailing the store, a step mostly finds a few new events: the first batch is read and
+        // applied on this task, and the read-ahead stages start only if it came back full.
+        if plan.at_least <= from.ordinal && plan.max_batches > 0 {
+            let limit = match plan.until {
+                Some(until) if until <= from.ordinal => return Ok((0, false, failures)),
+                Some(until) => self.batch.min(until - from.ordinal),
+                None => self.batch,
+            };
+            let after = (from.ordinal > 0).then_some(from.position);
+            let rows = self.store.read_global(after, limit, columns).await?;
+            let full = rows.len() as i64 == limit;
+            let batch = Arc::new(decode_rows(from.ordinal + 1, rows));
+            if let Some(end) = batch.last().map(Event::checkpoint) {
+                read += batch.len();
+                self.apply_batch(&mut live, &batch, end, plan, &mut failures)
+                    .await?;
+                after_batch(end);
+                from = end;
+            }
+            if !full || live.is_empty() || (plan.stop_on_error && !failures.is_empty()) {
+                return Ok((read, more, failures));
+            }
+            plan.max_batches -= 1;
+        }
+        let mut batches = read_ahead(self.store.clone(), from, plan, self.batch, columns);
         while let Some(next) = batches.recv().await {
             let batch = match next {
                 Ok(Ahead::Batch(batch)) => batch,
@@ -570,21 +600,50 @@ impl Runner {
                 continue;
             };
             read += batch.len();
-            self.status
-                .rows_read
-                .fetch_add(batch.len() as u64, Ordering::AcqRel);
-            let unreadable: Vec<(i64, String)> = batch
-                .iter()
-                .filter_map(|e| {
-                    e.event
-                        .as_ref()
-                        .err()
-                        .map(|why| (e.row.position, why.to_string()))
-                })
-                .collect();
-            for (position, why) in &unreadable {
-                self.status.report_unreadable(*position, why.clone());
+            self.apply_batch(&mut live, &batch, end, plan, &mut failures)
+                .await?;
+            after_batch(end);
+            if live.is_empty() || (plan.stop_on_error && !failures.is_empty()) {
+                break;
             }
+        }
+        Ok((read, more, failures))
+    }
+
+    /// Applies one batch to the projections of `live`: a small one in turn on this task, a
+    /// large one on a task per projection, at once. Projections that fail leave `live`, their
+    /// checkpoints where they were.
+    async fn apply_batch(
+        &mut self,
+        live: &mut Vec<usize>,
+        batch: &Arc<Vec<Event>>,
+        end: Checkpoint,
+        plan: Plan,
+        failures: &mut Vec<(&'static str, ProjectionError)>,
+    ) -> Result<(), RunError> {
+        self.status
+            .rows_read
+            .fetch_add(batch.len() as u64, Ordering::AcqRel);
+        let unreadable: Vec<(i64, String)> = batch
+            .iter()
+            .filter_map(|e| {
+                e.event
+                    .as_ref()
+                    .err()
+                    .map(|why| (e.row.position, why.to_string()))
+            })
+            .collect();
+        for (position, why) in &unreadable {
+            self.status.report_unreadable(*position, why.clone());
+        }
+        let mut results = Vec::with_capacity(live.len());
+        if batch.len() < PARALLEL_BATCH || live.len() == 1 {
+            for &i in live.iter() {
+                if let Some(projection) = self.slots[i].projection.as_mut() {
+                    results.push((i, projection.apply(&self.store, batch).await));
+                }
+            }
+        } else {
             let tasks: Vec<_> = live
                 .iter()
                 .map(|&i| {
@@ -597,7 +656,6 @@ impl Runner {
                     })
                 })
                 .collect();
-            let mut still = Vec::new();
             for (&i, task) in live.iter().zip(tasks) {
                 let (projection, result) = match task.await {
                     Ok(Some(done)) => done,
@@ -605,31 +663,44 @@ impl Runner {
                     Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                     Err(_) => return Err(StoreError::Unavailable(sqlx::Error::PoolClosed).into()),
                 };
-                let slot = &mut self.slots[i];
-                slot.projection = Some(projection);
-                match result {
-                    Ok(()) => {
-                        slot.checkpoint = Some(end);
-                        self.status.set_applied(i, end.ordinal);
-                        still.push(i);
-                    }
-                    Err(e) => failures.push((slot.name, e)),
-                }
-            }
-            live = still;
-            // A replay stops at an unreadable row, once the batch's seals said it is no edit.
-            if plan.stop_on_error && failures.is_empty() {
-                if let Some((position, reason)) = unreadable.into_iter().next() {
-                    failures.push(("runner", ProjectionError::Unreadable { position, reason }));
-                }
-            }
-            after_batch(end);
-            if live.is_empty() || (plan.stop_on_error && !failures.is_empty()) {
-                break;
+                self.slots[i].projection = Some(projection);
+                results.push((i, result));
             }
         }
-        Ok((read, more, failures))
+        let mut still = Vec::new();
+        for (i, result) in results {
+            let slot = &mut self.slots[i];
+            match result {
+                Ok(()) => {
+                    slot.checkpoint = Some(end);
+                    self.status.set_applied(i, end.ordinal);
+                    still.push(i);
+                }
+                Err(e) => failures.push((slot.name, e)),
+            }
+        }
+        *live = still;
+        // A replay stops at an unreadable row, once the batch's seals said it is no edit.
+        if plan.stop_on_error && failures.is_empty() {
+            if let Some((position, reason)) = unreadable.into_iter().next() {
+                failures.push(("runner", ProjectionError::Unreadable { position, reason }));
+            }
+        }
+        Ok(())
     }
+}
+
+/// Rows read from the stream, decoded once for every projection; `first` is the ordinal of the
+/// first.
+fn decode_rows(first: i64, rows: Vec<StreamRow>) -> Vec<Event> {
+    rows.into_iter()
+        .zip(first..)
+        .map(|(row, ordinal)| Event {
+            ordinal,
+            event: row.decode(),
+            row,
+        })
+        .collect()
 }
 
 /// What the read-ahead task sends: a batch, or word that it stopped at its batch bound.
@@ -714,16 +785,7 @@ fn read_ahead(
         while let Some(read) = raw_rx.recv().await {
             let ahead = read.map(|read| match read {
                 Read::More => Ahead::More,
-                Read::Rows(first, rows) => Ahead::Batch(Arc::new(
-                    rows.into_iter()
-                        .zip(first..)
-                        .map(|(row, ordinal)| Event {
-                            ordinal,
-                            event: row.decode(),
-                            row,
-                        })
-                        .collect(),
-                )),
+                Read::Rows(first, rows) => Ahead::Batch(Arc::new(decode_rows(first, rows))),
             });
             if tx.send(ahead).await.is_err() {
                 return;

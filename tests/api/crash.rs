@@ -14,6 +14,31 @@ crate::on_both_backends!(
     keyed_writes_cut_off_by_kill_9_are_answered_once_after_restart,
 );
 
+/// Once `answered` shows the load well under way, with requests in flight, kills the server with
+/// SIGKILL; then waits for every client to give up (none may hang).
+async fn kill_9_under_load(
+    app: &TestApp,
+    answered: &AtomicUsize,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while answered.load(Ordering::SeqCst) < 40 {
+        assert!(Instant::now() < deadline, "the load never got going");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &app.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    for c in clients {
+        tokio::time::timeout(Duration::from_secs(30), c)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
 async fn acknowledged_commands_survive_kill_9(backend: Backend) {
     let app = Arc::new(TestApp::spawn(backend).await);
     let crew = Arc::new(Crew::new(&app));
@@ -65,24 +90,7 @@ async fn acknowledged_commands_survive_kill_9(backend: Backend) {
             })
         })
         .collect();
-    // Kill once the load is well under way, with requests in flight.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count.load(Ordering::SeqCst) < 40 {
-        assert!(Instant::now() < deadline, "the load never got going");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let killed = std::process::Command::new("kill")
-        .args(["-KILL", &app.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    for c in clients {
-        // A client whose server died in the middle of a request gives up; none may hang.
-        tokio::time::timeout(Duration::from_secs(30), c)
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    kill_9_under_load(&app, &count, clients).await;
 
     let restarted = app.replica().await;
     let acked = acked.lock().unwrap().clone();
@@ -172,22 +180,7 @@ async fn keyed_writes_cut_off_by_kill_9_are_answered_once_after_restart(backend:
             })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while answered.load(Ordering::SeqCst) < 40 {
-        assert!(Instant::now() < deadline, "the load never got going");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let killed = std::process::Command::new("kill")
-        .args(["-KILL", &app.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    for c in clients {
-        tokio::time::timeout(Duration::from_secs(30), c)
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    kill_9_under_load(&app, &answered, clients).await;
 
     let restarted = app.replica().await;
     let sent = sent.lock().unwrap().clone();

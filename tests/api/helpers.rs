@@ -93,6 +93,18 @@ impl TestDb {
         }
     }
 
+    /// Runs one SQL statement on this database over a connection of its own, as someone with a
+    /// database client would, around the service.
+    pub async fn execute(&self, sql: &str) {
+        if self.url.starts_with("postgres") {
+            let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+    }
+
     pub fn dir(&self) -> &PathBuf {
         &self.dir
     }

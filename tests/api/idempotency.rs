@@ -157,16 +157,6 @@ async fn a_retry_after_a_timed_out_write_learns_its_outcome() {
     );
 }
 
-async fn execute(app: &TestApp, sql: &str) {
-    if app.db.url.starts_with("postgres") {
-        let mut conn = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
-        sqlx::query(sql).execute(&mut conn).await.unwrap();
-    } else {
-        let mut conn = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
-        sqlx::query(sql).execute(&mut conn).await.unwrap();
-    }
-}
-
 async fn stored_hash(app: &TestApp, key: &str) -> String {
     let sql = "SELECT request_hash FROM idempotency_keys WHERE key = $1";
     if app.db.url.starts_with("postgres") {
@@ -229,14 +219,12 @@ async fn a_key_whose_server_died_is_taken_over_within_seconds(backend: Backend) 
     .await;
     assert_eq!(first.status, 201);
     let lease_until = now_ms() + 2_000;
-    execute(
-        &app,
-        &format!(
+    app.db
+        .execute(&format!(
             "UPDATE idempotency_keys SET status = NULL, response = NULL, holder = 'dead', \
              lease_until = {lease_until} WHERE key = 'k1'"
-        ),
-    )
-    .await;
+        ))
+        .await;
     let events = app.event_count().await;
     let early = post_with_key(
         &app,
@@ -272,16 +260,14 @@ async fn a_key_whose_server_died_is_taken_over_within_seconds(backend: Backend) 
         Backend::Sqlite => "'2026-01-01T00:00:00Z'",
         Backend::Postgres => "now()",
     };
-    execute(
-        &app,
-        &format!(
+    app.db
+        .execute(&format!(
             "INSERT INTO idempotency_keys (subject, key, request_hash, created_at, holder, \
              lease_until, intent_id) VALUES ('alice', 'k2', '{hash}', {created_at}, 'dead', \
              {}, '{reserved_id}')",
             now_ms() - 1
-        ),
-    )
-    .await;
+        ))
+        .await;
     let (ran, _) = retry_until_answered(&app, &crew.requester, "k2", &body).await;
     assert_eq!(ran.status, 201, "{ran:#?}");
     assert_eq!(ran.id(), reserved_id.to_string());

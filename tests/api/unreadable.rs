@@ -11,16 +11,6 @@ use crate::helpers::{eucora, intent_body, Backend, Crew, TestApp, TestDb};
 
 crate::on_both_backends!(a_malformed_row_at_position_0_is_named_and_wedges_nothing,);
 
-async fn execute(db: &TestDb, sql: &str) {
-    if db.url.starts_with("postgres") {
-        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-        sqlx::query(sql).execute(&mut conn).await.unwrap();
-    } else {
-        let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
-        sqlx::query(sql).execute(&mut conn).await.unwrap();
-    }
-}
-
 /// Polls `/health/ready` until it lists an unreadable event; returns the body.
 async fn ready_naming_unreadable(app: &TestApp) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -60,7 +50,7 @@ async fn a_malformed_row_at_position_0_is_named_and_wedges_nothing(backend: Back
              'forged', 1, 'DeploymentCreated', '1', '{\"not\":\"an event\"}', '{}')"
         }
     };
-    execute(&db, forged).await;
+    db.execute(forged).await;
 
     let app = TestApp::spawn_on_shared(&db).await;
     let crew = Crew::new(&app);
@@ -118,8 +108,7 @@ async fn a_row_from_a_future_transaction_is_named_not_waited_for() {
             .await;
     }
     // A transaction id a million ahead of the server's: no snapshot reaches it.
-    execute(
-        &db,
+    db.execute(
         "INSERT INTO events (xact_id, aggregate_type, aggregate_id, sequence, event_type, \
          event_version, payload, metadata) \
          SELECT (pg_current_xact_id()::text::bigint + 1000000)::text::xid8, aggregate_type, \
