@@ -116,8 +116,6 @@ async fn timed(
 async fn bench_backend(name: &str, url: &str, seconds: f64) {
     let store = Store::connect(url, 8).await.expect("connect");
     store.migrate().await.expect("migrate");
-    // The raw-INSERT reference, on a pool of the same size to the same database.
-    let reference = Arc::new(scratch::Reference::open(url, 8).await);
     let token = |subject: &str, role: Role| {
         let store = store.clone();
         let subject = subject.to_string();
@@ -199,6 +197,9 @@ async fn bench_backend(name: &str, url: &str, seconds: f64) {
             }
         })
         .await;
+        // The raw-INSERT reference: eight connections to the same database (as the pool it used
+        // before it moved out of the service), open only while it runs.
+        let reference = Arc::new(scratch::Reference::open(url, 8).await);
         reference.reset_raw_table().await;
         let (reference2, payload) = (reference.clone(), raw_payload.clone());
         let mut raw = drive(clients, seconds, move |_| {
@@ -213,6 +214,7 @@ async fn bench_backend(name: &str, url: &str, seconds: f64) {
             }
         })
         .await;
+        reference.close().await;
         println!(
             "| {name:<8} | {clients:>3} | {:>9.0} | {:>7.2} | {:>7.2} | {:>9.0} | {:>7.2} | {:>7.2} | {:>5} | {:>5.2}x |",
             cmd.rate(),

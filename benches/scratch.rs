@@ -51,6 +51,7 @@ impl Reference {
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(pool_size)
                 .test_before_acquire(false)
+                .acquire_timeout(std::time::Duration::from_secs(5))
                 .connect(url)
                 .await
                 .expect("connect the reference pool");
@@ -64,10 +65,12 @@ impl Reference {
             .filename(path)
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
             .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
-            .busy_timeout(std::time::Duration::from_secs(10));
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .foreign_keys(true);
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
+            .acquire_timeout(std::time::Duration::from_secs(30))
             .connect_with(options)
             .await
             .expect("open the reference pool");
@@ -107,6 +110,14 @@ impl Reference {
             }
         }
         (rows, bytes)
+    }
+
+    /// Closes every connection of the reference pool.
+    pub async fn close(&self) {
+        match self {
+            Reference::Sqlite(pool) => pool.close().await,
+            Reference::Postgres(pool) => pool.close().await,
+        }
     }
 
     /// An empty table for raw single-row inserts.
