@@ -103,7 +103,7 @@ pub trait Projection: Send + 'static {
 }
 
 /// Events read per batch by `eucora serve`.
-pub const BATCH: i64 = 5000;
+pub const BATCH: i64 = 1000;
 /// Batches smaller than this are applied to the projections in turn on the runner's task; larger
 /// ones on a task per projection at once (tailing, a step finds a few events, and handing them
 /// to other threads would cost more than applying them).
