@@ -11,8 +11,8 @@
 //! Projections whose checkpoints agree share one read ("a lane"). One that is behind (a new
 //! projection over a long history, or one that failed and is retrying) reads its own batches in
 //! the same step, at most [`LAGGARD_BATCHES`] a step, after the leading lane has read everything
-//! new, until it reaches the leader's checkpoint and joins its lane: it catches up without
-//! holding the others back.
+//! new; once it has read to the end of the stream it stands where the leader stands and joins
+//! its lane: it catches up without holding the others back.
 
 pub mod intent_view;
 pub mod metrics;
@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use eucora_projections::decode::DecodeError;
 use eucora_projections::event::DeploymentEvent;
+use eucora_projections::integrity::leaf_hash;
 use tokio::sync::Notify;
 
 use crate::store::{Checkpoint, Columns, Store, StoreError, StreamRow};
@@ -37,6 +38,9 @@ pub struct Event {
     pub ordinal: i64,
     pub row: StreamRow,
     pub event: Result<DeploymentEvent, DecodeError>,
+    /// The integrity leaf hash of the row as stored, when it was read with every column: hashed
+    /// on the decoding stage, in parallel with the projections, once for all of them.
+    pub leaf: Option<[u8; 32]>,
 }
 
 impl Event {
@@ -214,8 +218,6 @@ struct Slot {
 /// How a lane reads: where it stops, and what it does with a projection's error.
 #[derive(Clone, Copy)]
 struct Plan {
-    /// Read up to this ordinal and no further.
-    until: Option<i64>,
     /// Read at most this many batches.
     max_batches: usize,
     /// Every event up to this ordinal must be read: an empty page before it is a wait (replay on
@@ -356,31 +358,32 @@ impl Runner {
             failures: self.resume().await,
             ..Step::default()
         };
-        let mut checkpoints: Vec<Checkpoint> =
-            self.slots.iter().filter_map(|s| s.checkpoint).collect();
-        checkpoints.sort_by_key(|c| std::cmp::Reverse(c.ordinal));
-        checkpoints.dedup();
-        let leader = checkpoints.first().map_or(0, |c| c.ordinal);
-        for (n, from) in checkpoints.iter().enumerate() {
-            let lane: Vec<usize> = (0..self.slots.len())
-                .filter(|&i| self.slots[i].checkpoint == Some(*from))
-                .collect();
-            let plan = if n == 0 {
-                Plan {
-                    until: None,
-                    max_batches: LAGGARD_BATCHES,
-                    at_least: 0,
-                    stop_on_error: false,
+        // Lanes: projections at the same point of the stream, which is a position (ordinals can
+        // disagree once a row was written by hand behind a persisted checkpoint; that row is
+        // then for replay to name, not a reason to read twice). Each lane goes on from its
+        // highest ordinal; the leader is the lane furthest on.
+        let mut lanes: Vec<(Checkpoint, Vec<usize>)> = Vec::new();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let Some(at) = slot.checkpoint else { continue };
+            match lanes.iter_mut().find(|(from, _)| same_point(*from, at)) {
+                Some((from, members)) => {
+                    if at.ordinal > from.ordinal {
+                        *from = at;
+                    }
+                    members.push(i);
                 }
-            } else {
-                Plan {
-                    until: Some(leader),
-                    max_batches: LAGGARD_BATCHES,
-                    at_least: 0,
-                    stop_on_error: false,
-                }
+                None => lanes.push((at, vec![i])),
+            }
+        }
+        lanes.sort_by_key(|(from, _)| std::cmp::Reverse(from.ordinal));
+        for (from, lane) in &lanes {
+            // The leader reads what is new first; a lane behind it then reads its share.
+            let plan = Plan {
+                max_batches: LAGGARD_BATCHES,
+                at_least: 0,
+                stop_on_error: false,
             };
-            match self.advance(&lane, *from, plan).await {
+            match self.advance(lane, *from, plan).await {
                 Ok((read, more, failures)) => {
                     step.read += read;
                     step.more |= more;
@@ -401,18 +404,24 @@ impl Runner {
         // start-up and will return (rows no snapshot reaches are not waited for), and that lane
         // read to the end of what is readable in this step.
         let first = self.slots.first().and_then(|s| s.checkpoint);
-        let level = first.is_some() && self.slots.iter().all(|s| s.checkpoint == first);
+        let level = first.is_some_and(|first| {
+            self.slots
+                .iter()
+                .all(|s| s.checkpoint.is_some_and(|c| same_point(c, first)))
+        });
+        let furthest = self
+            .slots
+            .iter()
+            .filter_map(|s| s.checkpoint.map(|c| c.ordinal))
+            .max();
         let head = self.status.head_at_start.load(Ordering::Acquire);
         if level
-            && first.is_some_and(|c| c.ordinal >= head)
+            && furthest.is_some_and(|ordinal| ordinal >= head)
             && step.failures.is_empty()
             && !step.more
             && !self.status.caught_up.swap(true, Ordering::AcqRel)
         {
-            tracing::info!(
-                events = first.map_or(0, |c| c.ordinal),
-                "projections caught up"
-            );
+            tracing::info!(events = furthest.unwrap_or(0), "projections caught up");
         }
         step
     }
@@ -509,7 +518,6 @@ impl Runner {
         let lane: Vec<usize> = (0..self.slots.len()).collect();
         let mut at = Checkpoint::default();
         let plan = Plan {
-            until: None,
             max_batches: usize::MAX,
             at_least: head,
             stop_on_error: true,
@@ -565,11 +573,7 @@ impl Runner {
         // Tailing the store, a step mostly finds a few new events: the first batch is read and
         // applied on this task, and the read-ahead stages start only if it came back full.
         if plan.at_least <= from.ordinal && plan.max_batches > 0 {
-            let limit = match plan.until {
-                Some(until) if until <= from.ordinal => return Ok((0, false, failures)),
-                Some(until) => self.batch.min(until - from.ordinal),
-                None => self.batch,
-            };
+            let limit = self.batch;
             let after = (from.ordinal > 0).then_some(from.position);
             let rows = self.store.read_global(after, limit, columns).await?;
             let full = rows.len() as i64 == limit;
@@ -690,6 +694,12 @@ impl Runner {
     }
 }
 
+/// Whether two checkpoints stand at the same point of the stream: the same position read last,
+/// or both at the start.
+fn same_point(a: Checkpoint, b: Checkpoint) -> bool {
+    (a.ordinal > 0).then_some(a.position) == (b.ordinal > 0).then_some(b.position)
+}
+
 /// Rows read from the stream, decoded once for every projection; `first` is the ordinal of the
 /// first.
 fn decode_rows(first: i64, rows: Vec<StreamRow>) -> Vec<Event> {
@@ -698,6 +708,7 @@ fn decode_rows(first: i64, rows: Vec<StreamRow>) -> Vec<Event> {
         .map(|(row, ordinal)| Event {
             ordinal,
             event: row.decode(),
+            leaf: row.row().ok().map(|stored| leaf_hash(&stored)),
             row,
         })
         .collect()
@@ -730,11 +741,7 @@ fn read_ahead(
                 let _ = raw_tx.send(Ok(Read::More)).await;
                 return;
             }
-            let limit = match plan.until {
-                Some(until) if until <= ordinal => return,
-                Some(until) => batch.min(until - ordinal),
-                None => batch,
-            };
+            let limit = batch;
             let rows = match store.read_global(after, limit, columns).await {
                 Ok(rows) => rows,
                 Err(e) => {

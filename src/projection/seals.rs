@@ -194,7 +194,10 @@ impl Projection for Seals {
         };
         let leaves = events
             .iter()
-            .map(|e| Ok((e, leaf_hash(&e.row.row()?))))
+            .map(|e| match e.leaf {
+                Some(leaf) => Ok((e, leaf)),
+                None => Ok((e, leaf_hash(&e.row.row()?))),
+            })
             .collect::<Result<Vec<_>, StoreError>>()?;
         // The seal the batch is checked against: the one of its last already-sealed event.
         let checked_at = if first <= self.sealed_upto {

@@ -25,6 +25,7 @@ async fn schemathesis_finds_nothing_the_openapi_document_does_not_say() {
     let base = app.base.clone();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(st)
+            .current_dir(std::env::temp_dir())
             .arg("--config-file")
             .arg(config)
             .args(["run", &format!("{base}/api/v1/openapi.json")])

@@ -36,6 +36,19 @@ async fn a_malformed_row_at_position_0_is_named_and_wedges_nothing(backend: Back
         let crew = Crew::new(&app);
         app.create(&crew.requester, intent_body("before", 0.2, "GLOBAL"))
             .await;
+        // The persisted projections have moved past both events before the forged row arrives
+        // behind them.
+        let store = db.store().await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while store.last_seal().await.unwrap().map_or(0, |s| s.ordinal) < 2
+            || store.checkpoint("intents").await.unwrap().ordinal < 2
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the server never sealed its events"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     // A plain INSERT, triggers on, at position 0, of something that is no event.
     let forged = match backend {
