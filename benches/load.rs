@@ -136,7 +136,7 @@ async fn bench_backend(name: &str, url: &str, seconds: f64) {
             database_url: url.to_string(),
             db_pool_size: 64,
         },
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen: "127.0.0.1:0".into(),
         policy: None,
         body_limit: 64 * 1024,
         request_timeout: 30,

@@ -81,7 +81,7 @@ pub enum StartError {
     Telemetry(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        addr: std::net::SocketAddr,
+        addr: String,
         source: std::io::Error,
     },
 }
@@ -119,10 +119,11 @@ impl Application {
             body_bytes: args.body_limit,
             request_timeout: std::time::Duration::from_secs(args.request_timeout),
         };
-        let listener = tokio::net::TcpListener::bind(args.listen)
+        // A host name is resolved, and its addresses tried in turn.
+        let listener = tokio::net::TcpListener::bind(args.listen.as_str())
             .await
             .map_err(|source| StartError::Bind {
-                addr: args.listen,
+                addr: args.listen.clone(),
                 source,
             })?;
         let connections = crate::http::serve::ConnectionLimits {

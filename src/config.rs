@@ -1,7 +1,6 @@
 //! The command line. Every flag can also be set by its `EUCORA_*` environment variable; no
 //! setting is required to start.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -98,9 +97,10 @@ pub enum LogFormat {
 pub struct ServeArgs {
     #[command(flatten)]
     pub db: DbArgs,
-    /// Address to listen on; port 0 picks a free port (the address is printed on stdout).
+    /// Address to listen on, `HOST:PORT` with a host name or an IP address; port 0 picks a free
+    /// port (the address is printed on stdout).
     #[arg(long, env = "EUCORA_LISTEN", default_value = "127.0.0.1:8000")]
-    pub listen: SocketAddr,
+    pub listen: String,
     /// TOML file overriding the promotion gate thresholds (see docs/operations.md).
     #[arg(long, env = "EUCORA_POLICY")]
     pub policy: Option<PathBuf>,

@@ -3,7 +3,8 @@
 //! `header_read_timeout`, counted from when it opens and again from each response (hyper's
 //! header-read timer, which is also its idle timeout); at most `max_connections` are open at once,
 //! and past that a new connection is closed at once rather than queued; accept errors (out of file
-//! descriptors) are waited out instead of ending the server.
+//! descriptors) are waited out instead of ending the server. A path's trailing slash is ignored
+//! (`/api/v1/metrics/` is `/api/v1/metrics`).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +17,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tower_http::normalize_path::NormalizePath;
 
 /// The connection limits of one server.
 #[derive(Debug, Clone, Copy)]
@@ -116,12 +118,13 @@ pub async fn serve(
             }
             let io = TokioIo::new(stream);
             // Timeouts and resets end connections all the time; nothing to report.
+            // The predecessor's clients and scrape configs use paths with a trailing slash.
             if ordinary {
-                let service = TowerToHyperService::new(router);
+                let service = TowerToHyperService::new(NormalizePath::trim_trailing_slash(router));
                 let connection = builder.serve_connection_with_upgrades(io, service);
                 let _ = watcher.watch(connection.into_owned()).await;
             } else {
-                let service = TowerToHyperService::new(probes);
+                let service = TowerToHyperService::new(NormalizePath::trim_trailing_slash(probes));
                 let connection = reserved.serve_connection_with_upgrades(io, service);
                 let _ = watcher.watch(connection.into_owned()).await;
             }

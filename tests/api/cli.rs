@@ -122,3 +122,74 @@ fn help_explains_every_flag_and_its_environment_variable() {
         assert!(out.contains(sub));
     }
 }
+
+/// `eucora serve` with stderr going to a pipe (as to a log file): the address it listens on, a
+/// host name accepted; the first log lines, without colour codes. The server is killed after.
+fn serve_logs(listen: &str, no_color: Option<&str>) -> (String, String) {
+    use std::io::{BufRead, BufReader};
+    let dir = std::env::temp_dir().join(format!("eucora-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut command = std::process::Command::new(crate::helpers::binary());
+    command
+        .args(["serve", "--listen", listen, "--database-url"])
+        .arg(format!("sqlite://{}", dir.join("e.db").display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(value) = no_color {
+        command.env("NO_COLOR", value);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let mut logs = String::new();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    while !logs.contains("projections caught up") {
+        if stderr.read_line(&mut logs).unwrap() == 0 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    (line, logs)
+}
+
+#[test]
+fn serve_takes_a_host_name_and_writes_no_colour_codes_to_a_log() {
+    let (line, logs) = serve_logs("localhost:0", None);
+    assert!(line.starts_with("eucora listening on http://"), "{line:?}");
+    assert!(logs.contains("serving"), "{logs}");
+    assert!(!logs.contains('\u{1b}'), "colour codes in a log: {logs:?}");
+    let (ip, _) = serve_logs("127.0.0.1:0", Some("1"));
+    assert!(
+        ip.starts_with("eucora listening on http://127.0.0.1:"),
+        "{ip:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_with_a_trailing_slash_are_the_same_paths() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let crew = Crew::new(&app);
+    let metrics = app
+        .send(reqwest::Method::GET, "/api/v1/metrics/", None, &[], None)
+        .await;
+    assert_eq!(metrics.status, 200, "{metrics:#?}");
+    let created = app
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/deployments/",
+            Some(&crew.requester),
+            &[],
+            Some(intent_body("Slash", 0.2, "GLOBAL").to_string()),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{created:#?}");
+    let id = created.id();
+    let one = app
+        .get(&format!("/api/v1/deployments/{id}/"), &crew.auditor)
+        .await;
+    assert_eq!(one.status, 200, "{one:#?}");
+}
