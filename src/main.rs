@@ -27,10 +27,46 @@ async fn main() -> ExitCode {
     eucora::telemetry::init_logging(format);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+        // The reader went away (`eucora events --json | head`): stop, as `cat` would.
+        Err(Failure::OutputClosed) => ExitCode::SUCCESS,
+        Err(Failure::Message(message)) => {
             eprintln!("eucora: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Why a command stopped early.
+enum Failure {
+    /// Said on stderr, and the exit code is 1.
+    Message(String),
+    /// Standard output was closed by its reader.
+    OutputClosed,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure::Message(message)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        Failure::Message(message.to_string())
+    }
+}
+
+/// Writes one line to standard output; a closed pipe ends the command quietly instead of
+/// panicking, as `println!` would.
+fn say(line: std::fmt::Arguments) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(line).and_then(|()| out.write_all(b"\n")) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Failure::OutputClosed),
+        Err(e) => Err(Failure::Message(format!(
+            "cannot write to standard output: {e}"
+        ))),
     }
 }
 
@@ -54,7 +90,7 @@ fn redact(url: &str) -> String {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         CliCommand::Serve(args) => {
             let shutdown = shutdown_signal()?;
@@ -62,7 +98,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             let addr = app.local_addr().map_err(|e| e.to_string())?;
-            println!("eucora listening on http://{addr}");
+            say(format_args!("eucora listening on http://{addr}"))?;
             tracing::info!(%addr, database = %redact(&args.db.database_url), "serving");
             app.run(shutdown).await.map_err(|e| e.to_string())?;
             tracing::info!("stopped");
@@ -88,7 +124,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let token = issue_token(&store, subject, role)
                 .await
                 .map_err(|e| e.to_string())?;
-            println!("{token}");
+            say(format_args!("{token}"))?;
             Ok(())
         }
         CliCommand::Replay(args) => replay(args).await,
@@ -100,7 +136,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             if events.is_empty() {
-                return Err(format!("no deployment intent {}", args.deployment));
+                return Err(format!("no deployment intent {}", args.deployment).into());
             }
             for stored in &events {
                 let e = &stored.event;
@@ -112,9 +148,9 @@ async fn run(cli: Cli) -> Result<(), String> {
                         "event_type": e.type_name(),
                         "event": e,
                     });
-                    println!("{line}");
+                    say(format_args!("{line}"))?;
                 } else {
-                    println!(
+                    say(format_args!(
                         "#{:<3} {}  {:<22} by {} ({})  correlation {}",
                         stored.sequence,
                         m.occurred_at
@@ -123,7 +159,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                         m.actor.subject,
                         m.actor.role.as_str(),
                         m.correlation_id
-                    );
+                    ))?;
                 }
             }
             Ok(())
@@ -131,7 +167,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-async fn demo(args: DemoArgs) -> Result<(), String> {
+async fn demo(args: DemoArgs) -> Result<(), Failure> {
     let store = open(&args.db).await?;
     let crew = eucora::demo::DemoCrew::issue(&store).await?;
     let plan = eucora::demo::DemoPlan {
@@ -155,11 +191,11 @@ async fn demo(args: DemoArgs) -> Result<(), String> {
         done = eucora::demo::run(&plan, &crew) => done?,
         () = stop => return Ok(()),
     };
-    println!("{summary}");
+    say(format_args!("{summary}"))?;
     Ok(())
 }
 
-async fn replay(args: ReplayArgs) -> Result<(), String> {
+async fn replay(args: ReplayArgs) -> Result<(), Failure> {
     use std::io::IsTerminal;
     let store = open(&args.db).await?;
     let total = store.event_count().await.map_err(|e| e.to_string())?;
@@ -184,15 +220,15 @@ async fn replay(args: ReplayArgs) -> Result<(), String> {
         std::fs::write(path, &report.metrics)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    println!(
+    say(format_args!(
         "replayed {} events: {} verified against their seals, {} newly sealed",
         report.events, report.verified, report.sealed
-    );
-    println!(
+    ))?;
+    say(format_args!(
         "intent read model: {} rows rewritten, {} removed (the rest matched the rebuild)",
         report.view.rewritten, report.view.removed
-    );
-    println!("domain metrics sha256:{}", report.digest);
+    ))?;
+    say(format_args!("domain metrics sha256:{}", report.digest))?;
     Ok(())
 }
 

@@ -193,3 +193,34 @@ async fn paths_with_a_trailing_slash_are_the_same_paths() {
         .await;
     assert_eq!(one.status, 200, "{one:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_closes_the_pipe_ends_a_command_quietly() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let id = {
+        let app = TestApp::spawn_on_shared(&db).await;
+        let crew = Crew::new(&app);
+        app.create(&crew.requester, intent_body("Pipe", 0.2, "GLOBAL"))
+            .await
+            .id()
+    };
+    // `eucora events --json | head -0`: the reader is gone before the first line is written.
+    let mut child = std::process::Command::new(crate::helpers::binary())
+        .args([
+            "events",
+            "--json",
+            "--database-url",
+            &db.url,
+            "--deployment",
+            &id,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+}
