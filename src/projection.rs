@@ -249,13 +249,13 @@ pub enum RunError {
          server holds the rest back, or an event carries a transaction id from the future (tampering)"
     )]
     Stalled { read: i64, head: i64 },
-    #[error(
-        "the event at position {} carries a transaction id no snapshot will reach, so no reader \
-         will ever return it (a row written by hand, not by a transaction)",
-        .0.first().copied().unwrap_or_default()
-    )]
-    Unreachable(Vec<i64>),
+    #[error("the event at position {position} {UNREACHABLE}")]
+    Unreachable { position: i64 },
 }
+
+/// Why a row on PostgreSQL is never read: said alike in the log, readiness and replay.
+pub const UNREACHABLE: &str = "carries a transaction id no snapshot will reach, so no reader \
+                               will ever return it (a row written by hand, not by a transaction)";
 
 impl From<StoreError> for RunError {
     fn from(e: StoreError) -> Self {
@@ -465,12 +465,7 @@ impl Runner {
                 match self.store.unreachable_events(100).await {
                     Ok(found) => {
                         for position in found {
-                            self.status.report_unreadable(
-                                position,
-                                "its transaction id lies in the future of every snapshot, so no \
-                                 read returns it (written by hand)"
-                                    .into(),
-                            );
+                            self.status.report_unreadable(position, UNREACHABLE.into());
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot look for unreachable events"),
@@ -510,9 +505,8 @@ impl Runner {
         }
         // A row written by hand with a transaction id from the future is never returned: name
         // it rather than replay a history without it.
-        let unreachable = self.store.unreachable_events(1).await?;
-        if !unreachable.is_empty() {
-            return Err(RunError::Unreachable(unreachable));
+        if let Some(&position) = self.store.unreachable_events(1).await?.first() {
+            return Err(RunError::Unreachable { position });
         }
         let head = self.status.head_at_start.load(Ordering::Acquire);
         let lane: Vec<usize> = (0..self.slots.len()).collect();
@@ -757,7 +751,8 @@ fn read_ahead(
                 // returned: name it rather than wait for it.
                 match store.unreachable_events(1).await {
                     Ok(found) if !found.is_empty() => {
-                        let _ = raw_tx.send(Err(RunError::Unreachable(found))).await;
+                        let unreachable = RunError::Unreachable { position: found[0] };
+                        let _ = raw_tx.send(Err(unreachable)).await;
                         return;
                     }
                     Ok(_) => {}

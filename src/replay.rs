@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::projection::intent_view::IntentView;
 use crate::projection::metrics::MetricsProjection;
 use crate::projection::seals::Seals;
-use crate::projection::{ProjectionError, RunError, Runner};
+use crate::projection::{ProjectionError, RunError, Runner, UNREACHABLE};
 use crate::store::{Store, StoreError, ViewRepair};
 
 /// Events read per batch by a replay.
@@ -43,11 +43,9 @@ impl From<RunError> for ReplayError {
                 }
             }
             stalled @ RunError::Stalled { .. } => ReplayError::Stalled(stalled.to_string()),
-            RunError::Unreachable(positions) => ReplayError::Integrity {
-                position: positions.first().copied().unwrap_or_default(),
-                what: "the event carries a transaction id no snapshot will reach, so no reader \
-                       will ever return it (a row written by hand, not by a transaction)"
-                    .into(),
+            RunError::Unreachable { position } => ReplayError::Integrity {
+                position,
+                what: format!("the event {UNREACHABLE}"),
             },
         }
     }

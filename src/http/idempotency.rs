@@ -67,15 +67,15 @@ where
     };
     let store = state.store.clone();
     let key_digest = sha256_hex(format!("{subject}\n{key}").as_bytes());
-    let lease = || Lease {
+    let mut lease = Lease {
         holder: state.instance.to_string(),
         until: (chrono::Utc::now() + LEASE).timestamp_millis(),
     };
     let reserved = store
-        .reserve_idempotency_key(subject, &key, digest, &intent.to_string(), &lease())
+        .reserve_idempotency_key(subject, &key, digest, &intent.to_string(), &lease)
         .await?;
-    let intent = match reserved {
-        Reservation::Reserved => intent,
+    let (intent, taken_over) = match reserved {
+        Reservation::Reserved => (intent, false),
         Reservation::Replay { status, body } => return replay(status, &body),
         Reservation::Mismatch => {
             return Err(ApiError::Unprocessable(
@@ -94,18 +94,20 @@ where
                 .and_then(|id| Uuid::parse_str(&id).ok())
                 .unwrap_or(intent);
             tracing::warn!(%key, %intent, "took over an Idempotency-Key whose server stopped renewing it");
-            intent
+            (intent, true)
         }
     };
     let subject = subject.to_string();
-    let (holder, renewing) = (state.instance.to_string(), lease);
-    let renewal = renewing();
     let write = tokio::spawn(correlation::carry(async move {
-        // A takeover first looks for what the dead holder committed.
-        let committed = match store
-            .idempotent_write(&intent.to_string(), &key_digest)
-            .await?
-        {
+        // A takeover first looks for what the dead holder committed; a fresh key has nothing.
+        let committed_version = if taken_over {
+            store
+                .idempotent_write(&intent.to_string(), &key_digest)
+                .await?
+        } else {
+            None
+        };
+        let committed = match committed_version {
             Some(version) => {
                 let events = store.intent_events(intent).await?;
                 IntentState::replay(
@@ -124,13 +126,12 @@ where
                 tokio::pin!(running);
                 let mut ticker = tokio::time::interval(RENEW_EVERY);
                 ticker.tick().await;
-                let mut renewal = renewal;
                 let outcome = loop {
                     tokio::select! {
                         outcome = &mut running => break outcome,
                         _ = ticker.tick() => {
-                            renewal.until = (chrono::Utc::now() + LEASE).timestamp_millis();
-                            if let Err(e) = store.renew_idempotency_key(&subject, &key, &renewal).await {
+                            lease.until = (chrono::Utc::now() + LEASE).timestamp_millis();
+                            if let Err(e) = store.renew_idempotency_key(&subject, &key, &lease).await {
                                 tracing::warn!(error = %e, "cannot renew an Idempotency-Key lease");
                             }
                         }
@@ -140,7 +141,7 @@ where
                     Ok(state) => state,
                     Err(e) => {
                         store
-                            .release_idempotency_key(&subject, &key, &holder)
+                            .release_idempotency_key(&subject, &key, &lease.holder)
                             .await?;
                         return Err(e);
                     }

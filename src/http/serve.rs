@@ -7,7 +7,6 @@
 //! (`/api/v1/metrics/` is `/api/v1/metrics`).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,9 +29,6 @@ pub struct ConnectionLimits {
     /// How long a connection may take to send a request's headers, or stay idle between requests.
     pub header_read_timeout: Duration,
 }
-
-/// Connections closed unserved because `max_connections` were open.
-pub static REFUSED: AtomicU64 = AtomicU64::new(0);
 
 /// The most header bytes hyper buffers for one request before refusing it.
 const MAX_BUF: usize = 64 * 1024;
@@ -84,26 +80,18 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let (slot, ordinary) = if let Ok(slot) = slots.clone().try_acquire_owned() {
-            (slot, true)
-        } else if let Ok(slot) = reserve.clone().try_acquire_owned() {
-            (slot, false)
-        } else {
-            REFUSED.fetch_add(1, Ordering::Relaxed);
-            drop(stream);
-            continue;
-        };
-        let first_byte = if ordinary {
-            limits.header_read_timeout
-        } else {
-            RESERVE_HEADER_TIMEOUT
-        };
-        let (builder, reserved, router, probes) = (
-            builder.clone(),
-            reserved.clone(),
-            router.clone(),
-            probes.clone(),
-        );
+        // An ordinary slot, else a probes-only one, else the connection is closed unserved.
+        let (slot, builder, router, first_byte) =
+            if let Ok(slot) = slots.clone().try_acquire_owned() {
+                let timeout = limits.header_read_timeout;
+                (slot, builder.clone(), router.clone(), timeout)
+            } else if let Ok(slot) = reserve.clone().try_acquire_owned() {
+                let timeout = RESERVE_HEADER_TIMEOUT;
+                (slot, reserved.clone(), probes.clone(), timeout)
+            } else {
+                drop(stream);
+                continue;
+            };
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             // Telling HTTP/1 from HTTP/2 waits for the first bytes, before hyper's header timer
@@ -117,17 +105,11 @@ pub async fn serve(
                 return;
             }
             let io = TokioIo::new(stream);
-            // Timeouts and resets end connections all the time; nothing to report.
             // The predecessor's clients and scrape configs use paths with a trailing slash.
-            if ordinary {
-                let service = TowerToHyperService::new(NormalizePath::trim_trailing_slash(router));
-                let connection = builder.serve_connection_with_upgrades(io, service);
-                let _ = watcher.watch(connection.into_owned()).await;
-            } else {
-                let service = TowerToHyperService::new(NormalizePath::trim_trailing_slash(probes));
-                let connection = reserved.serve_connection_with_upgrades(io, service);
-                let _ = watcher.watch(connection.into_owned()).await;
-            }
+            let service = TowerToHyperService::new(NormalizePath::trim_trailing_slash(router));
+            let connection = builder.serve_connection_with_upgrades(io, service);
+            // Timeouts and resets end connections all the time; nothing to report.
+            let _ = watcher.watch(connection.into_owned()).await;
             drop(slot);
         });
     }

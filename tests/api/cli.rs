@@ -125,7 +125,7 @@ fn help_explains_every_flag_and_its_environment_variable() {
 
 /// `eucora serve` with stderr going to a pipe (as to a log file): the address it listens on, a
 /// host name accepted; the first log lines, without colour codes. The server is killed after.
-fn serve_logs(listen: &str, no_color: Option<&str>) -> (String, String) {
+fn serve_logs(listen: &str) -> (String, String) {
     use std::io::{BufRead, BufReader};
     let dir = std::env::temp_dir().join(format!("eucora-cli-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -135,9 +135,6 @@ fn serve_logs(listen: &str, no_color: Option<&str>) -> (String, String) {
         .arg(format!("sqlite://{}", dir.join("e.db").display()))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    if let Some(value) = no_color {
-        command.env("NO_COLOR", value);
-    }
     let mut child = command.spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
@@ -158,11 +155,11 @@ fn serve_logs(listen: &str, no_color: Option<&str>) -> (String, String) {
 
 #[test]
 fn serve_takes_a_host_name_and_writes_no_colour_codes_to_a_log() {
-    let (line, logs) = serve_logs("localhost:0", None);
+    let (line, logs) = serve_logs("localhost:0");
     assert!(line.starts_with("eucora listening on http://"), "{line:?}");
     assert!(logs.contains("serving"), "{logs}");
     assert!(!logs.contains('\u{1b}'), "colour codes in a log: {logs:?}");
-    let (ip, _) = serve_logs("127.0.0.1:0", Some("1"));
+    let (ip, _) = serve_logs("127.0.0.1:0");
     assert!(
         ip.starts_with("eucora listening on http://127.0.0.1:"),
         "{ip:?}"
