@@ -67,6 +67,8 @@ pub struct Application {
     connections: crate::http::serve::ConnectionLimits,
     /// Started by `run`, and stopped by the same shutdown as the server.
     runner: Runner,
+    /// The retrospective-approval deadline watcher's needs, started by `run` as the runner is.
+    deadlines: (Store, Arc<Commands>, Arc<dyn crate::domain::Clock>),
     shutdown_timeout: std::time::Duration,
 }
 
@@ -96,17 +98,27 @@ impl Application {
             Some(path) => crate::domain::Policy::load(&path.to_string_lossy())?,
             None => crate::domain::Policy::default(),
         };
+        // Bound first: an address in use is said in one line, before anything else starts.
+        // A host name is resolved, and its addresses tried in turn.
+        let listener = tokio::net::TcpListener::bind(args.listen.as_str())
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: args.listen.clone(),
+                source,
+            })?;
         let store = Store::connect(&args.db.database_url, args.db.db_pool_size).await?;
         store.migrate().await?;
         let (runner, metrics_view) = serve_runner(&store, args.metrics_app_label_limit);
         let telemetry = Arc::new(
             Telemetry::new(store.backend(), runner.status()).map_err(StartError::Telemetry)?,
         );
-        let commands = Commands::new(&store, DomainServices::new(clock, policy))
+        let commands = Commands::new(&store, DomainServices::new(clock.clone(), policy))
             .with_telemetry(telemetry.clone())
             .waking(runner.status());
+        let commands = Arc::new(commands);
+        let deadlines = (store.clone(), commands.clone(), clock);
         let state = AppState {
-            commands: Arc::new(commands),
+            commands,
             reads: Arc::new(ReadModel::new(store.clone())),
             principals: Arc::new(Principals::new(store.clone())),
             metrics: metrics_view,
@@ -119,13 +131,6 @@ impl Application {
             body_bytes: args.body_limit,
             request_timeout: std::time::Duration::from_secs(args.request_timeout),
         };
-        // A host name is resolved, and its addresses tried in turn.
-        let listener = tokio::net::TcpListener::bind(args.listen.as_str())
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: args.listen.clone(),
-                source,
-            })?;
         let connections = crate::http::serve::ConnectionLimits {
             max_connections: connection_limit(args.max_connections, args.db.db_pool_size),
             reserve: PROBE_RESERVE,
@@ -136,6 +141,7 @@ impl Application {
             connections,
             router: crate::http::router(state, limits),
             runner,
+            deadlines,
             shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
         })
     }
@@ -154,10 +160,17 @@ impl Application {
     ) -> std::io::Result<()> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let grace = self.shutdown_timeout;
-        let runner = tokio::spawn(self.runner.run(async move {
-            let mut stopped = stopped;
+        let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;
-        }));
+        };
+        let (store, commands, clock) = self.deadlines;
+        let deadlines = tokio::spawn(crate::deadlines::watch(
+            store,
+            commands,
+            clock,
+            until_stopped(stopped.clone()),
+        ));
+        let runner = tokio::spawn(self.runner.run(until_stopped(stopped)));
         let mut draining = stop.subscribe();
         let server =
             crate::http::serve::serve(self.listener, self.router, self.connections, async move {
@@ -180,6 +193,7 @@ impl Application {
         };
         // However the server ended, the shutdown sender is gone or has sent, so the runner stops.
         let _ = runner.await;
+        let _ = deadlines.await;
         served
     }
 }

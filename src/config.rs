@@ -33,15 +33,181 @@ pub enum CliCommand {
     Replay(ReplayArgs),
     /// Drive seeded, realistic traffic through a running server's API (intents, CAB decisions,
     /// rollout reports, promotions, rollbacks), so dashboards and alerts have data to show.
-    /// Creates its own principals in the server's database.
+    /// Acts with the tokens given, or creates its own principals in the server's database.
     Demo(DemoArgs),
+    /// Work with deployment intents on a running server (`--server`, `--token`): list, show,
+    /// create, decide, report, promote and roll back. Exit status: 0 done, 3 refused by the
+    /// server (4xx: the problem's detail is printed), 1 failed (unreachable, 5xx), 2 bad usage.
+    #[command(subcommand)]
+    Deployments(DeploymentsCommand),
+}
+
+/// Where a client command sends its requests, and as whom.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Base URL of the EUCORA server.
+    #[arg(
+        long,
+        env = "EUCORA_SERVER",
+        default_value = "http://127.0.0.1:8000",
+        global = true
+    )]
+    pub server: String,
+    /// Bearer token (from `eucora token create`); never printed.
+    #[arg(long, env = "EUCORA_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print the server's JSON instead of a table, for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeploymentsCommand {
+    /// List intents in creation order, with the API's filters.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only intents in this state (awaiting_cab, approved, deployed, completed, rejected,
+        /// rolled_back).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only intents whose current ring is this one.
+        #[arg(long)]
+        ring: Option<String>,
+        #[arg(long)]
+        app_name: Option<String>,
+        /// Only emergency changes awaiting retrospective approval: pending or overdue.
+        #[arg(long)]
+        retro_approval: Option<String>,
+        /// Page size, 1 to 500.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Start after this cursor (printed after a full page).
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Show one intent as it now stands.
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+    },
+    /// One intent's history: who did what, of record, and what each event says.
+    History {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+        /// Only events up to this RFC 3339 time, and the state as it stood then.
+        #[arg(long)]
+        as_of: Option<String>,
+    },
+    /// Request a deployment intent, from flags or a JSON file (`--file`, `-` for stdin).
+    Create(CreateArgs),
+    /// Approve an intent awaiting CAB, or an emergency change retrospectively.
+    Approve {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject an intent awaiting CAB, or an emergency change retrospectively.
+    Reject {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Report cumulative rollout results for the intent's current ring.
+    Report {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+        #[arg(long)]
+        ring: String,
+        #[arg(long)]
+        target_devices: u64,
+        #[arg(long)]
+        succeeded: u64,
+        #[arg(long)]
+        failed: u64,
+        #[arg(long, default_value_t = 0)]
+        incidents: u64,
+    },
+    /// Promote to the next ring; every gate's verdict is printed, and a blocked promotion exits 3.
+    Promote {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+    },
+    /// Roll an intent back.
+    Rollback {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The whole request as JSON (API.md's create body); `-` reads standard input. Flags given
+    /// beside it override its fields.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    #[arg(long)]
+    pub app_name: Option<String>,
+    #[arg(long)]
+    pub version: Option<String>,
+    /// intune, jamf, sccm, landscape or ansible.
+    #[arg(long)]
+    pub connector_type: Option<String>,
+    #[arg(long)]
+    pub start_ring: Option<String>,
+    #[arg(long)]
+    pub target_ring: Option<String>,
+    /// standard, normal or emergency.
+    #[arg(long)]
+    pub change_type: Option<String>,
+    /// online, intermittent or air_gapped.
+    #[arg(long)]
+    pub site_class: Option<String>,
+    #[arg(long)]
+    pub privileged_tooling: bool,
+    #[arg(long)]
+    pub critical_infrastructure: bool,
+    #[arg(long)]
+    pub rollback_validated: bool,
+    #[arg(long)]
+    pub artifact_sha256: Option<String>,
+    #[arg(long)]
+    pub justification: Option<String>,
+    /// A risk factor, `NAME=VALUE` with VALUE from 0 to 1 (privilege_impact, supply_chain_trust,
+    /// exploitability, data_access, sbom_vulnerability, operational_complexity, history);
+    /// repeat for each. Factors not given are 0.
+    #[arg(long = "risk-factor", value_name = "NAME=VALUE")]
+    pub risk_factors: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// The server's database, where the demo's principals are created.
+    /// The server's database, where the demo's principals are created when no tokens are given.
     #[command(flatten)]
     pub db: DbArgs,
+    /// Act with these tokens (from `eucora token create`) instead of creating principals in the
+    /// server's database: all three, for a server whose database is out of reach.
+    #[arg(long, env = "EUCORA_DEMO_REQUESTER_TOKEN", hide_env_values = true)]
+    pub requester_token: Option<String>,
+    /// The CAB approver's token (with `--requester-token`).
+    #[arg(long, env = "EUCORA_DEMO_APPROVER_TOKEN", hide_env_values = true)]
+    pub approver_token: Option<String>,
+    /// The deployer's token (with `--requester-token`).
+    #[arg(long, env = "EUCORA_DEMO_DEPLOYER_TOKEN", hide_env_values = true)]
+    pub deployer_token: Option<String>,
     /// Base URL of the running server.
     #[arg(long, env = "EUCORA_DEMO_URL", default_value = "http://127.0.0.1:8000")]
     pub url: String,

@@ -47,6 +47,8 @@ pub struct DemoSummary {
     pub completed: u64,
     /// Requests that failed for a reason other than a domain refusal (the server down, a 5xx).
     pub errors: u64,
+    /// Why the run had to stop: the server refused one of the demo's tokens.
+    pub refused: Option<String>,
 }
 
 impl DemoSummary {
@@ -60,6 +62,9 @@ impl DemoSummary {
         self.rolled_back += other.rolled_back;
         self.completed += other.completed;
         self.errors += other.errors;
+        if self.refused.is_none() {
+            self.refused.clone_from(&other.refused);
+        }
     }
 }
 
@@ -171,6 +176,12 @@ pub async fn run(plan: &DemoPlan, crew: &DemoCrew) -> Result<DemoSummary, String
     while let Some(done) = workers.join_next().await {
         summary.add(&done.map_err(|e| format!("a demo worker failed: {e}"))?);
     }
+    if let Some(why) = &summary.refused {
+        return Err(format!("{why}; stopped after: {summary}"));
+    }
+    if summary.created == 0 {
+        return Err(format!("the demo achieved nothing: {summary}"));
+    }
     Ok(summary)
 }
 
@@ -206,10 +217,12 @@ impl Api {
     }
 }
 
-/// Why one intent's walk ended early: the run's time is up, or the server failed a request.
+/// Why one intent's walk ended early: the run's time is up, the server failed a request, or it
+/// refused one of the demo's tokens (which ends the run: nothing would work).
 enum Stop {
     Deadline,
     Error,
+    Refused(String),
 }
 
 struct Worker {
@@ -226,6 +239,10 @@ impl Worker {
             match self.intent().await {
                 Ok(()) => {}
                 Err(Stop::Deadline) => break,
+                Err(Stop::Refused(why)) => {
+                    self.done.refused = Some(why);
+                    break;
+                }
                 Err(Stop::Error) => {
                     self.done.errors += 1;
                     // The server may be restarting: back off rather than spin.
@@ -261,12 +278,21 @@ impl Worker {
     /// Sends one request and sorts its answer: a success or a domain refusal (4xx) is the
     /// caller's to read, anything else ends this intent's walk.
     async fn send(&mut self, token: Who, path: &str, body: Value) -> Result<(u16, Value), Stop> {
+        let role = match token {
+            Who::Requester => "requester",
+            Who::Approver => "CAB approver",
+            Who::Deployer => "deployer",
+        };
         let token = match token {
             Who::Requester => &self.api.crew.requester,
             Who::Approver => &self.api.crew.approver,
             Who::Deployer => &self.api.crew.deployer,
         };
         match self.api.post(token, path, body).await {
+            Some((status @ (401 | 403), body)) => Err(Stop::Refused(format!(
+                "the server refused the demo's {role} token ({status}: {})",
+                body["detail"].as_str().unwrap_or("no detail")
+            ))),
             Some((status, body)) if status < 500 => Ok((status, body)),
             Some((status, body)) => {
                 tracing::warn!(status, %body, path, "the server failed a demo request");

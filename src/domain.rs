@@ -115,6 +115,8 @@ pub enum DomainError {
     },
     #[error("the report is for {}, but the intent is in {}", reported.as_str(), current.as_str())]
     RingMismatch { reported: Ring, current: Ring },
+    #[error("the CAB rejected this emergency change retrospectively: it must be rolled back, and may not be {0}")]
+    RollbackRequired(&'static str),
     #[error("the intent is already in its target ring {}", .0.as_str())]
     AtTargetRing(Ring),
     #[error("segregation of duties: the requester of an intent may not decide on it")]

@@ -7,18 +7,17 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod idempotency;
+pub mod ops;
 pub mod schema;
 pub mod serve;
 
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::json;
+use axum::Router;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -39,9 +38,12 @@ use std::sync::Arc;
     info(title = "EUCORA control plane", description = "Event-sourced deployment intents: \
         create, CAB approval, rollout reports, gated ring promotion and rollback."),
     modifiers(&BearerAuth),
+    // Named only by a query parameter, so not found through any body.
+    components(schemas(schema::RetroApprovalName)),
     tags(
         (name = "deployments", description = "Deployment intents and their streams"),
-        (name = "events", description = "The global event stream, for audit")
+        (name = "events", description = "The global event stream, for audit"),
+        (name = "operations", description = "Health probes, metrics and the runbook: no token")
     )
 )]
 struct ApiDoc;
@@ -86,6 +88,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
     let (api, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1/deployments", deployments::router())
         .nest("/api/v1/events", events::router())
+        .merge(ops::router())
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     let doc = doc.to_json().unwrap_or_else(|_| "{}".into());
@@ -94,10 +97,6 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         "/api/v1/openapi.json",
         get(move || async move { ([("content-type", "application/json")], doc) }),
     )
-    .route("/api/v1/metrics", get(metrics))
-    .route("/metrics", get(metrics))
-    .route("/health/live", get(live))
-    .route("/health/ready", get(ready))
     .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
     .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
     .layer(DefaultBodyLimit::max(limits.body_bytes))
@@ -173,41 +172,4 @@ async fn time_limit(limit: Duration, req: Request, next: Next) -> Response {
         ))
         .into_response(),
     }
-}
-
-async fn live() -> impl IntoResponse {
-    Json(json!({ "status": "live" }))
-}
-
-/// The Prometheus exposition text, domain metrics first, then process metrics; 503 until the projection has caught up, so a scrape never
-/// sees a half-replayed state.
-async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let mut text = state.metrics.render().ok_or_else(catching_up)?;
-    text.push_str(&state.telemetry.render());
-    Ok(([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text))
-}
-
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-fn catching_up() -> ApiError {
-    ApiError::Unavailable("the projections are catching up with the event store".into())
-}
-
-/// Ready when the store answers and the projections have caught up. Stored rows that no
-/// projection can read are listed (`unreadable_events`): the service is up, but its history needs
-/// looking at (docs/runbook.md).
-async fn ready(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    state.store.ping().await?;
-    if !state.runner.caught_up() {
-        return Err(catching_up());
-    }
-    let mut body = json!({ "status": "ready", "backend": state.store.backend().as_str() });
-    let unreadable = state.runner.unreadable();
-    if !unreadable.is_empty() {
-        body["unreadable_events"] = unreadable
-            .into_iter()
-            .map(|(position, reason)| json!({ "position": position, "reason": reason }))
-            .collect();
-    }
-    Ok(Json(body))
 }

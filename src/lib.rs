@@ -4,6 +4,7 @@
 //! - [`store`]: everything kept, on SQLite or PostgreSQL, split by concern; all SQL lives there.
 //! - [`write`]: the write side: commands through cqrs-es and the aggregate.
 //! - [`read`]: what the API's reads are served from.
+//! - [`deadlines`]: records emergency changes whose retrospective approval is overdue.
 //! - [`projection`]: the one projection runner and the projections it feeds (metrics, intent read
 //!   model, seals).
 //! - [`replay`]: `eucora replay`: the same runner from position 0, with the integrity check.
@@ -13,9 +14,13 @@
 //! - [`telemetry`]: process metrics through OpenTelemetry and opentelemetry-prometheus.
 //! - [`demo`]: `eucora demo`, seeded traffic through the real API for dashboards and alerts.
 //! - [`config`]: the command line and `EUCORA_*` environment.
+//! - [`cli`]: what the commands share (output, exit statuses, event lines) and the operator's
+//!   client commands (`eucora deployments …`).
 
 pub mod app;
+pub mod cli;
 pub mod config;
+pub mod deadlines;
 pub mod demo;
 pub mod domain;
 pub mod http;

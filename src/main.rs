@@ -1,4 +1,5 @@
-//! The `eucora` command line: `serve`, `migrate`, `token create`, `events`, `replay`, `demo`.
+//! The `eucora` command line: `serve`, `migrate`, `token create`, `events`, `replay`, `demo`,
+//! and the client commands `deployments …` (src/cli).
 
 /// mimalloc rather than the system allocator: replay and catch-up hand millions of short-lived
 /// rows and strings between tasks on different threads, and glibc's malloc spent a fifth of a
@@ -11,6 +12,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use eucora::app::Application;
+use eucora::cli::{say, Failure};
 use eucora::config::{Cli, CliCommand, DbArgs, DemoArgs, LogFormat, ReplayArgs, TokenCommand};
 use eucora::domain::SystemClock;
 use eucora::principals::issue_token;
@@ -27,55 +29,29 @@ async fn main() -> ExitCode {
     eucora::telemetry::init_logging(format);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
-        // The reader went away (`eucora events --json | head`): stop, as `cat` would.
-        Err(Failure::OutputClosed) => ExitCode::SUCCESS,
-        Err(Failure::Message(message)) => {
-            eprintln!("eucora: {message}");
-            ExitCode::FAILURE
-        }
+        Err(failure) => failure.report(),
     }
 }
 
-/// Why a command stopped early.
-enum Failure {
-    /// Said on stderr, and the exit code is 1.
-    Message(String),
-    /// Standard output was closed by its reader.
-    OutputClosed,
-}
-
-impl From<String> for Failure {
-    fn from(message: String) -> Self {
-        Failure::Message(message)
-    }
-}
-
-impl From<&str> for Failure {
-    fn from(message: &str) -> Self {
-        Failure::Message(message.to_string())
-    }
-}
-
-/// Writes one line to standard output; a closed pipe ends the command quietly instead of
-/// panicking, as `println!` would.
-fn say(line: std::fmt::Arguments) -> Result<(), Failure> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match out.write_fmt(line).and_then(|()| out.write_all(b"\n")) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Failure::OutputClosed),
-        Err(e) => Err(Failure::Message(format!(
-            "cannot write to standard output: {e}"
-        ))),
-    }
-}
-
+/// Opens the store, creating it if need be (`serve`, `migrate`, `token create`).
 async fn open(db: &DbArgs) -> Result<Store, String> {
     let store = Store::connect(&db.database_url, db.db_pool_size)
         .await
         .map_err(|e| format!("cannot open {}: {e}", redact(&db.database_url)))?;
     store.migrate().await.map_err(|e| e.to_string())?;
     Ok(store)
+}
+
+/// Opens a store that must already exist: a command that reads one never leaves a new, empty
+/// database behind.
+async fn open_existing(db: &DbArgs) -> Result<Store, String> {
+    if let Some(path) = eucora::store::missing_sqlite_file(&db.database_url) {
+        return Err(format!(
+            "no database at {path}: pass --database-url (or set EUCORA_DATABASE_URL) to the \
+             server's database"
+        ));
+    }
+    open(db).await
 }
 
 /// A database URL without its password, for messages.
@@ -129,8 +105,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         CliCommand::Replay(args) => replay(args).await,
         CliCommand::Demo(args) => demo(args).await,
+        CliCommand::Deployments(command) => eucora::cli::client::run(command).await,
         CliCommand::Events(args) => {
-            let store = open(&args.db).await?;
+            let store = open_existing(&args.db).await?;
             let events = store
                 .intent_events(args.deployment)
                 .await
@@ -151,13 +128,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     say(format_args!("{line}"))?;
                 } else {
                     say(format_args!(
-                        "#{:<3} {}  {:<22} by {} ({})  correlation {}",
-                        stored.sequence,
-                        m.occurred_at
-                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                        e.type_name(),
-                        m.actor.subject,
-                        m.actor.role.as_str(),
+                        "{}  [correlation {}]",
+                        eucora::cli::describe::event_line(stored.sequence, e),
                         m.correlation_id
                     ))?;
                 }
@@ -168,8 +140,32 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 async fn demo(args: DemoArgs) -> Result<(), Failure> {
-    let store = open(&args.db).await?;
-    let crew = eucora::demo::DemoCrew::issue(&store).await?;
+    let crew = match (
+        args.requester_token.clone(),
+        args.approver_token.clone(),
+        args.deployer_token.clone(),
+    ) {
+        (Some(requester), Some(approver), Some(deployer)) => eucora::demo::DemoCrew {
+            requester,
+            approver,
+            deployer,
+        },
+        (None, None, None) => {
+            let store = open_existing(&args.db).await.map_err(|e| {
+                format!(
+                    "{e}\n(without the server's database, give the demo tokens: \
+                     --requester-token, --approver-token and --deployer-token)"
+                )
+            })?;
+            eucora::demo::DemoCrew::issue(&store).await?
+        }
+        _ => {
+            return Err("give all three of --requester-token, --approver-token and \
+                 --deployer-token, or none (the demo then creates its principals in the \
+                 server's database)"
+                .into())
+        }
+    };
     let plan = eucora::demo::DemoPlan {
         url: args.url,
         duration: (args.duration > 0).then(|| std::time::Duration::from_secs(args.duration)),
@@ -197,7 +193,7 @@ async fn demo(args: DemoArgs) -> Result<(), Failure> {
 
 async fn replay(args: ReplayArgs) -> Result<(), Failure> {
     use std::io::IsTerminal;
-    let store = open(&args.db).await?;
+    let store = open_existing(&args.db).await?;
     let total = store.event_count().await.map_err(|e| e.to_string())?;
     let bar = if std::io::stderr().is_terminal() {
         indicatif::ProgressBar::new(total.max(0) as u64).with_style(

@@ -20,7 +20,7 @@ pub use checkpoints::Checkpoint;
 pub use events::{EventRepo, StoredEvent, StreamCache};
 pub use global::{Columns, StoredColumns, StreamColumns, StreamRow};
 pub use idempotency::{Lease, Reservation};
-pub use intent_view::{IntentRow, ListFilter, ViewRepair};
+pub use intent_view::{IntentRow, ListFilter, RetroApproval, ViewRepair};
 
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +134,15 @@ fn sqlite_path(url: &str) -> &str {
         .or_else(|| url.strip_prefix("sqlite:"))
         .unwrap_or(url);
     path.split('?').next().unwrap_or(path)
+}
+
+/// The file a SQLite `url` names, when it does not exist: commands that read an existing store
+/// refuse it rather than leave a new, empty database behind.
+pub fn missing_sqlite_file(url: &str) -> Option<&str> {
+    let path = sqlite_path(url);
+    let in_memory = path.is_empty() || path.starts_with(":memory:");
+    (backend_of(url) == Backend::Sqlite && !in_memory && !std::path::Path::new(path).exists())
+        .then_some(path)
 }
 
 impl Store {

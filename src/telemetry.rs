@@ -19,7 +19,8 @@ use crate::store::Backend;
 /// Logs go to stderr, so stdout carries only what a command prints (a token, a stream).
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EUCORA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // The SDK's own lifecycle notes ("MeterProvider.Drop …") are not the operator's news.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,opentelemetry_sdk=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour_on_stderr())

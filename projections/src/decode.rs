@@ -57,11 +57,12 @@ pub fn current_version(event_type: &str) -> Option<u32> {
         "DeploymentCreated" => 1,
         "DeploymentApproved" => 1,
         "DeploymentRejected" => 2,
-        "DeploymentDeployed" => 1,
+        "DeploymentDeployed" => 2,
         "PromotionGateEvaluated" => 1,
         "RingPromoted" => 1,
         "DeploymentCompleted" => 1,
         "DeploymentRolledBack" => 1,
+        "RetroApprovalOverdue" => 1,
         _ => return None,
     })
 }
@@ -145,6 +146,11 @@ fn upcast_step(event_type: &str, from: u32, body: &mut Map<String, Value>) -> Re
             body.insert("retrospective".into(), Value::Bool(false));
             Ok(())
         }
+        // Version 1 reports carried no retrospective-approval deadline.
+        ("DeploymentDeployed", 1) => {
+            body.insert("retro_approval_due_at".into(), Value::Null);
+            Ok(())
+        }
         _ => Err(format!("no upcaster from version {from}")),
     }
 }
@@ -215,6 +221,25 @@ mod tests {
             decode("DeploymentRejected", "2", &payload),
             Err(DecodeError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn a_version_1_report_reads_as_version_2_without_a_retro_deadline() {
+        let mut s = Script::new(1);
+        let mut event = s.deployed(1.0, Ring::Lab, 9, false);
+        event.meta_mut().schema_version = 1;
+        let mut json: Value = serde_json::to_value(&event).unwrap();
+        json["DeploymentDeployed"]
+            .as_object_mut()
+            .unwrap()
+            .remove("retro_approval_due_at");
+        let read = decode("DeploymentDeployed", "1", &json.to_string()).unwrap();
+        let DeploymentEvent::DeploymentDeployed(d) = &read else {
+            panic!("{read:?}")
+        };
+        assert_eq!(d.retro_approval_due_at, None);
+        assert_eq!(d.meta.schema_version, 2);
+        assert_eq!((d.succeeded, d.failed), (9, 1));
     }
 
     #[test]

@@ -62,6 +62,9 @@ pub enum Role {
     Deployer,
     Auditor,
     Admin,
+    /// The control plane itself, acting on a rule rather than a request (a deadline passing).
+    /// No principal holds it: it is not in [`Role::ALL`], so no token can be made for it.
+    System,
 }
 
 impl Role {
@@ -80,6 +83,7 @@ impl Role {
             Role::Deployer => "deployer",
             Role::Auditor => "auditor",
             Role::Admin => "admin",
+            Role::System => "system",
         }
     }
 
@@ -275,6 +279,8 @@ pub struct Rejected {
 }
 
 /// A rollout result for one ring; counts are cumulative and reports may repeat.
+///
+/// Version 2 added `retro_approval_due_at` (version 1 events upcast to `None`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Deployed {
     pub meta: EventMeta,
@@ -289,6 +295,9 @@ pub struct Deployed {
     pub compliance_threshold: f64,
     /// This report is the ring's first to reach the threshold.
     pub first_compliant: bool,
+    /// On the first deployment of an emergency change awaiting retrospective approval: when that
+    /// approval falls due (this report's time plus the policy's window).
+    pub retro_approval_due_at: Option<DateTime<Utc>>,
 }
 
 /// The promotion gates of DOMAIN.md.
@@ -361,6 +370,15 @@ pub struct RolledBack {
     pub reason: String,
 }
 
+/// An emergency change's retrospective approval did not come by its due time. Appended by the
+/// control plane (actor role `system`) once the deadline has passed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetroApprovalOverdue {
+    pub meta: EventMeta,
+    pub ring: Ring,
+    pub due_at: DateTime<Utc>,
+}
+
 /// Every event of a deployment intent's stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum DeploymentEvent {
@@ -372,6 +390,7 @@ pub enum DeploymentEvent {
     RingPromoted(Promoted),
     DeploymentCompleted(Completed),
     DeploymentRolledBack(RolledBack),
+    RetroApprovalOverdue(RetroApprovalOverdue),
 }
 
 impl DeploymentEvent {
@@ -386,6 +405,7 @@ impl DeploymentEvent {
             DeploymentEvent::RingPromoted(_) => "RingPromoted",
             DeploymentEvent::DeploymentCompleted(_) => "DeploymentCompleted",
             DeploymentEvent::DeploymentRolledBack(_) => "DeploymentRolledBack",
+            DeploymentEvent::RetroApprovalOverdue(_) => "RetroApprovalOverdue",
         }
     }
 
@@ -395,11 +415,12 @@ impl DeploymentEvent {
             DeploymentEvent::DeploymentCreated(_) => 1,
             DeploymentEvent::DeploymentApproved(_) => 1,
             DeploymentEvent::DeploymentRejected(_) => 2,
-            DeploymentEvent::DeploymentDeployed(_) => 1,
+            DeploymentEvent::DeploymentDeployed(_) => 2,
             DeploymentEvent::PromotionGateEvaluated(_) => 1,
             DeploymentEvent::RingPromoted(_) => 1,
             DeploymentEvent::DeploymentCompleted(_) => 1,
             DeploymentEvent::DeploymentRolledBack(_) => 1,
+            DeploymentEvent::RetroApprovalOverdue(_) => 1,
         }
     }
 
@@ -413,6 +434,7 @@ impl DeploymentEvent {
             DeploymentEvent::RingPromoted(e) => &e.meta,
             DeploymentEvent::DeploymentCompleted(e) => &e.meta,
             DeploymentEvent::DeploymentRolledBack(e) => &e.meta,
+            DeploymentEvent::RetroApprovalOverdue(e) => &e.meta,
         }
     }
 
@@ -426,6 +448,7 @@ impl DeploymentEvent {
             DeploymentEvent::RingPromoted(e) => &mut e.meta,
             DeploymentEvent::DeploymentCompleted(e) => &mut e.meta,
             DeploymentEvent::DeploymentRolledBack(e) => &mut e.meta,
+            DeploymentEvent::RetroApprovalOverdue(e) => &mut e.meta,
         }
     }
 }

@@ -108,6 +108,38 @@ impl Script {
             success_rate: succeeded as f64 / 10.0,
             compliance_threshold: 0.95,
             first_compliant,
+            retro_approval_due_at: None,
+        })
+    }
+
+    /// The first report of an emergency change, whose retrospective approval falls due
+    /// `due_in` hours later.
+    pub fn emergency_deployed(&mut self, hours: f64, due_in: f64) -> DeploymentEvent {
+        let mut event = self.deployed(hours, Ring::Lab, 10, true);
+        if let DeploymentEvent::DeploymentDeployed(d) = &mut event {
+            d.retro_approval_due_at =
+                Some(d.meta.occurred_at + Duration::milliseconds((due_in * 3_600_000.0) as i64));
+        }
+        event
+    }
+
+    pub fn retro_rejected(&mut self, hours: f64) -> DeploymentEvent {
+        let mut event = self.rejected(hours);
+        if let DeploymentEvent::DeploymentRejected(r) = &mut event {
+            r.retrospective = true;
+        }
+        event
+    }
+
+    /// The deadline watcher's record that the retrospective approval due at `due` hours is late.
+    pub fn retro_overdue(&mut self, hours: f64, due: f64) -> DeploymentEvent {
+        let meta = self.meta(hours, "system:retro_deadline", Role::System);
+        let due_at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+            + Duration::milliseconds((due * 3_600_000.0) as i64);
+        DeploymentEvent::RetroApprovalOverdue(RetroApprovalOverdue {
+            meta,
+            ring: Ring::Lab,
+            due_at,
         })
     }
 

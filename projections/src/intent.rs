@@ -69,6 +69,16 @@ pub struct IntentState {
     pub cab_approved: bool,
     /// An emergency change cleared for its start ring that still needs retrospective approval.
     pub retro_approval_pending: bool,
+    /// When the retrospective approval falls due (set on the emergency change's first
+    /// deployment).
+    #[serde(default)]
+    pub retro_approval_due_at: Option<DateTime<Utc>>,
+    /// The retrospective approval was not given by its due time (`RetroApprovalOverdue`).
+    #[serde(default)]
+    pub retro_approval_overdue: bool,
+    /// The CAB rejected this emergency change after it was deployed: only a rollback may follow.
+    #[serde(default)]
+    pub rollback_required: bool,
     pub requested_by: String,
     pub approved_by: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -114,6 +124,9 @@ impl IntentState {
                     requires_cab: e.risk.requires_cab,
                     cab_approved: false,
                     retro_approval_pending: false,
+                    retro_approval_due_at: None,
+                    retro_approval_overdue: false,
+                    rollback_required: false,
                     requested_by: e.meta.actor.subject.clone(),
                     approved_by: None,
                     created_at: e.meta.occurred_at,
@@ -153,9 +166,21 @@ impl IntentState {
                     }
                 }
             }
-            DeploymentEvent::DeploymentRejected(_) => state.status = Status::Rejected,
+            // A decision on an intent awaiting CAB, or on an emergency change never deployed,
+            // ends it; a retrospective rejection of a deployed change requires its rollback.
+            DeploymentEvent::DeploymentRejected(e) => {
+                state.retro_approval_pending = false;
+                if !e.retrospective || state.first_deployed_at.is_none() {
+                    state.status = Status::Rejected;
+                } else if state.status != Status::RolledBack {
+                    state.rollback_required = true;
+                }
+            }
             DeploymentEvent::DeploymentDeployed(e) => {
                 state.status = Status::Deployed;
+                if e.retro_approval_due_at.is_some() {
+                    state.retro_approval_due_at = e.retro_approval_due_at;
+                }
                 state.ring_first_deployed_at.get_or_insert(at);
                 state.first_deployed_at.get_or_insert(at);
                 if e.first_compliant {
@@ -187,7 +212,11 @@ impl IntentState {
                 state.latest_report = None;
             }
             DeploymentEvent::DeploymentCompleted(_) => state.status = Status::Completed,
-            DeploymentEvent::DeploymentRolledBack(_) => state.status = Status::RolledBack,
+            DeploymentEvent::DeploymentRolledBack(_) => {
+                state.status = Status::RolledBack;
+                state.rollback_required = false;
+            }
+            DeploymentEvent::RetroApprovalOverdue(_) => state.retro_approval_overdue = true,
         }
         state.updated_at = at;
         state.stream_version += 1;
@@ -232,6 +261,36 @@ mod tests {
         assert_eq!(s.approved_by.as_deref(), Some("carol"));
         assert_eq!(s.ring_entered_at, Some(s.created_at + Duration::hours(3)));
         assert_eq!(s.stream_version, 2);
+    }
+
+    #[test]
+    fn a_retrospective_rejection_after_deployment_requires_a_rollback() {
+        let mut x = Script::new(42);
+        let mut events = vec![
+            x.created("7zip", true),
+            x.approved(
+                0.0,
+                ApprovalBasis::EmergencyProvisional,
+                "policy:emergency_change",
+            ),
+            x.emergency_deployed(1.0, 48.0),
+            x.completed(1.0, Ring::Lab),
+        ];
+        let s = IntentState::replay(&events).unwrap();
+        assert_eq!(
+            s.retro_approval_due_at,
+            Some(s.created_at + Duration::hours(49))
+        );
+        events.push(x.retro_overdue(50.0, 49.0));
+        assert!(IntentState::replay(&events).unwrap().retro_approval_overdue);
+        events.push(x.retro_rejected(51.0));
+        let s = IntentState::replay(&events).unwrap();
+        assert_eq!(s.status, Status::Completed);
+        assert!(s.rollback_required && !s.retro_approval_pending);
+        events.push(x.rolled_back(52.0, Ring::Lab, Status::Completed));
+        let s = IntentState::replay(&events).unwrap();
+        assert_eq!(s.status, Status::RolledBack);
+        assert!(!s.rollback_required);
     }
 
     #[test]

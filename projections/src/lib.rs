@@ -17,5 +17,6 @@ pub mod integrity;
 pub mod intent;
 pub mod metrics;
 
-#[cfg(test)]
-mod fixtures;
+/// Literal events for tests, here and in `eucora`'s (feature `fixtures`).
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;

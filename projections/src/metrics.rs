@@ -23,7 +23,7 @@ pub const RISK_BUCKETS: &[f64] = &[10.0, 25.0, 50.0, 75.0, 90.0, 100.0];
 /// The `app_name` value that apps past the label limit are counted under.
 pub const OTHER_APP: &str = "other";
 
-const EVENT_TYPES: [&str; 8] = [
+const EVENT_TYPES: [&str; 9] = [
     "DeploymentCreated",
     "DeploymentApproved",
     "DeploymentRejected",
@@ -32,6 +32,7 @@ const EVENT_TYPES: [&str; 8] = [
     "RingPromoted",
     "DeploymentCompleted",
     "DeploymentRolledBack",
+    "RetroApprovalOverdue",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +76,10 @@ struct Intent {
     created_at: DateTime<Utc>,
     ring_entered_at: Option<DateTime<Utc>>,
     ring_compliant: bool,
+    /// An emergency change awaiting retrospective approval: `Some(overdue)`.
+    retro_awaiting: Option<bool>,
+    /// A rollout result was reported in some ring.
+    deployed: bool,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -184,6 +189,8 @@ impl Metrics {
                         created_at: at,
                         ring_entered_at: None,
                         ring_compliant: false,
+                        retro_awaiting: None,
+                        deployed: false,
                     },
                 );
                 self.risk
@@ -199,6 +206,11 @@ impl Metrics {
                     return;
                 };
                 let created_at = intent.created_at;
+                match e.basis {
+                    ApprovalBasis::EmergencyProvisional => intent.retro_awaiting = Some(false),
+                    ApprovalBasis::CabRetrospective => intent.retro_awaiting = None,
+                    ApprovalBasis::Policy | ApprovalBasis::Cab => {}
+                }
                 let decision = match e.basis {
                     ApprovalBasis::Policy | ApprovalBasis::EmergencyProvisional => None,
                     ApprovalBasis::Cab => Some("approved"),
@@ -218,15 +230,28 @@ impl Metrics {
                         .observe(seconds(created_at, at));
                 }
             }
-            DeploymentEvent::DeploymentRejected(_) => {
+            DeploymentEvent::DeploymentRejected(e) => {
                 let Some(intent) = self.intents.get_mut(&id) else {
                     return;
                 };
-                intent.status = Status::Rejected;
+                // A retrospective rejection of a change already deployed leaves it in its state
+                // until it is rolled back (as IntentState's fold does).
+                let ends_it = !e.retrospective || !intent.deployed;
+                intent.retro_awaiting = None;
+                if ends_it {
+                    intent.status = Status::Rejected;
+                }
                 let (ring, created_at) = (intent.ring, intent.created_at);
-                self.count_status(id, "rejected", ring);
+                if ends_it {
+                    self.count_status(id, "rejected", ring);
+                }
+                let decision = if e.retrospective {
+                    "retrospective_rejected"
+                } else {
+                    "rejected"
+                };
                 self.cab_wait
-                    .entry("rejected")
+                    .entry(decision)
                     .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
                     .observe(seconds(created_at, at));
             }
@@ -235,6 +260,7 @@ impl Metrics {
                     return;
                 };
                 intent.status = Status::Deployed;
+                intent.deployed = true;
                 if e.first_compliant && !intent.ring_compliant {
                     intent.ring_compliant = true;
                     let site = intent.site_class;
@@ -282,6 +308,13 @@ impl Metrics {
             DeploymentEvent::DeploymentCompleted(_) => {
                 if let Some(intent) = self.intents.get_mut(&id) {
                     intent.status = Status::Completed;
+                }
+            }
+            DeploymentEvent::RetroApprovalOverdue(_) => {
+                if let Some(intent) = self.intents.get_mut(&id) {
+                    if intent.retro_awaiting.is_some() {
+                        intent.retro_awaiting = Some(true);
+                    }
                 }
             }
             DeploymentEvent::DeploymentRolledBack(e) => {
@@ -420,6 +453,27 @@ impl Metrics {
                     &n.to_string(),
                 );
             }
+        }
+        header(
+            &mut out,
+            "emergency_changes_awaiting_retro_approval",
+            "Emergency changes cleared without the CAB and not yet decided on retrospectively; overdue once their deadline passed (RetroApprovalOverdue).",
+            "gauge",
+        );
+        let mut awaiting = [0u64; 2];
+        for intent in self.intents.values() {
+            if let Some(overdue) = intent.retro_awaiting {
+                awaiting[usize::from(overdue)] += 1;
+            }
+        }
+        for (overdue, n) in [("false", awaiting[0]), ("true", awaiting[1])] {
+            sample(
+                &mut out,
+                "emergency_changes_awaiting_retro_approval",
+                &[("overdue", overdue.to_string())],
+                None,
+                &n.to_string(),
+            );
         }
         header(
             &mut out,
@@ -738,6 +792,74 @@ mod tests {
         assert!(
             !text.contains("promotion_gate_success_rate{ring=\"CANARY\"}"),
             "no attempts, no rate"
+        );
+    }
+
+    #[test]
+    fn emergency_changes_awaiting_retro_approval_are_counted_overdue_once_marked() {
+        let (mut a, mut b, mut c) = (Script::new(1), Script::new(2), Script::new(3));
+        let provisional = B::EmergencyProvisional;
+        let mut events = vec![
+            a.created("a", true),
+            a.approved(0.0, provisional, "policy:emergency_change"),
+            a.emergency_deployed(1.0, 48.0),
+            b.created("b", true),
+            b.approved(0.0, provisional, "policy:emergency_change"),
+            b.emergency_deployed(1.0, 48.0),
+            c.created("c", true),
+            c.approved(0.0, provisional, "policy:emergency_change"),
+        ];
+        let text = fold(10, &events);
+        has(
+            &text,
+            "emergency_changes_awaiting_retro_approval{overdue=\"false\"} 3",
+        );
+        has(
+            &text,
+            "emergency_changes_awaiting_retro_approval{overdue=\"true\"} 0",
+        );
+        events.push(a.retro_overdue(49.5, 49.0));
+        events.push(b.approved(2.0, B::CabRetrospective, "carol"));
+        let text = fold(10, &events);
+        has(
+            &text,
+            "emergency_changes_awaiting_retro_approval{overdue=\"false\"} 1",
+        );
+        has(
+            &text,
+            "emergency_changes_awaiting_retro_approval{overdue=\"true\"} 1",
+        );
+        has(
+            &text,
+            "eucora_events_total{event_type=\"RetroApprovalOverdue\"} 1",
+        );
+        // A late decision still ends the wait; a retrospective rejection of a deployed change
+        // leaves it deployed (it must be rolled back) and is not a rejected intent.
+        events.push(a.retro_rejected(50.0));
+        let text = fold(10, &events);
+        has(
+            &text,
+            "emergency_changes_awaiting_retro_approval{overdue=\"true\"} 0",
+        );
+        has(
+            &text,
+            "deployments_in_state{state=\"deployed\",ring=\"LAB\"} 2",
+        );
+        has(
+            &text,
+            "cab_approval_wait_seconds_count{decision=\"retrospective_rejected\"} 1",
+        );
+        assert!(
+            !text.contains("deployment_total{status=\"rejected\""),
+            "{text}"
+        );
+        // One never deployed is rejected outright.
+        events.push(c.retro_rejected(3.0));
+        let text = fold(10, &events);
+        has(&text, "deployment_total{status=\"rejected\",ring=\"LAB\",app_name=\"c\",requires_cab=\"true\"} 1");
+        has(
+            &text,
+            "emergency_changes_awaiting_retro_approval{overdue=\"false\"} 0",
         );
     }
 

@@ -19,6 +19,8 @@ use super::{DomainError, DomainServices};
 pub const POLICY_APPROVER: &str = "policy:risk_model_v1.0";
 /// The approver recorded when an emergency change is cleared for its start ring.
 pub const EMERGENCY_APPROVER: &str = "policy:emergency_change";
+/// The subject the control plane records when it acts on a deadline (role `system`).
+pub const DEADLINE_WATCHER: &str = "system:retro_deadline";
 
 const MAX_TEXT: usize = 4096;
 /// The most devices a rollout report may count in one ring (and the most incidents): beyond any
@@ -37,11 +39,20 @@ pub struct Command {
 #[derive(Debug, Clone)]
 pub enum Action {
     Create(Box<CreateIntent>),
-    Approve { comment: Option<String> },
-    Reject { reason: String },
+    Approve {
+        comment: Option<String>,
+    },
+    Reject {
+        reason: String,
+    },
     Deploy(RolloutInput),
     Promote,
-    Rollback { reason: String },
+    Rollback {
+        reason: String,
+    },
+    /// Record that an emergency change's retrospective approval is past due (the control plane's
+    /// deadline watcher sends it).
+    MarkRetroOverdue,
 }
 
 impl Action {
@@ -53,6 +64,7 @@ impl Action {
             Action::Deploy(_) => "deploy",
             Action::Promote => "promote",
             Action::Rollback { .. } => "rollback",
+            Action::MarkRetroOverdue => "mark_retro_overdue",
         }
     }
 }
@@ -146,7 +158,24 @@ impl DeploymentIntent {
             command: command.action.name(),
             status: state.status,
         };
-        if state.status.is_terminal() {
+        // A terminal state ends the lifecycle, except for what an emergency change still owes:
+        // its retrospective CAB decision (and deadline), and the rollback a retrospective
+        // rejection of a completed change requires.
+        let still_owed = match &command.action {
+            Action::Approve { .. } | Action::Reject { .. } | Action::MarkRetroOverdue => {
+                state.retro_approval_pending
+            }
+            Action::Rollback { .. } => state.rollback_required,
+            _ => false,
+        };
+        if state.rollback_required {
+            match &command.action {
+                Action::Deploy(_) => return Err(DomainError::RollbackRequired("deployed further")),
+                Action::Promote => return Err(DomainError::RollbackRequired("promoted")),
+                _ => {}
+            }
+        }
+        if state.status.is_terminal() && !still_owed {
             return Err(refuse());
         }
         match &command.action {
@@ -163,11 +192,8 @@ impl DeploymentIntent {
                 if command.actor.subject == state.requested_by {
                     return Err(DomainError::SegregationOfDuties);
                 }
-                let retro_deadline_met = (basis == ApprovalBasis::CabRetrospective).then(|| {
-                    state
-                        .first_deployed_at
-                        .is_none_or(|first| now - first <= services.policy.emergency_retro_window)
-                });
+                let retro_deadline_met = (basis == ApprovalBasis::CabRetrospective)
+                    .then(|| retro_due_at(state, out.policy()).is_none_or(|due| now <= due));
                 out.push(|meta| {
                     DeploymentEvent::DeploymentApproved(Approved {
                         meta,
@@ -181,9 +207,13 @@ impl DeploymentIntent {
             }
             Action::Reject { reason } => {
                 check_text("reason", Some(reason), true)?;
-                if state.status != Status::AwaitingCab {
+                let retrospective = if state.status == Status::AwaitingCab {
+                    false
+                } else if state.retro_approval_pending {
+                    true
+                } else {
                     return Err(refuse());
-                }
+                };
                 if command.actor.subject == state.requested_by {
                     return Err(DomainError::SegregationOfDuties);
                 }
@@ -192,7 +222,7 @@ impl DeploymentIntent {
                         meta,
                         ring: state.current_ring,
                         reason: reason.clone(),
-                        retrospective: false,
+                        retrospective,
                     })
                 });
             }
@@ -221,6 +251,21 @@ impl DeploymentIntent {
                         ring: state.current_ring,
                         from_status: state.status,
                         reason: reason.clone(),
+                    })
+                });
+            }
+            Action::MarkRetroOverdue => {
+                let due = state
+                    .retro_approval_due_at
+                    .filter(|due| {
+                        state.retro_approval_pending && !state.retro_approval_overdue && now > *due
+                    })
+                    .ok_or_else(refuse)?;
+                out.push(|meta| {
+                    DeploymentEvent::RetroApprovalOverdue(RetroApprovalOverdue {
+                        meta,
+                        ring: state.current_ring,
+                        due_at: due,
                     })
                 });
             }
@@ -256,6 +301,17 @@ impl Events<'_> {
     fn policy(&self) -> &Policy {
         &self.services.policy
     }
+}
+
+/// When an emergency change's retrospective approval falls due: as recorded on its first
+/// deployment, or, for a stream written before that was recorded, its first deployment plus the
+/// policy's window. `None` until it is first deployed.
+fn retro_due_at(state: &IntentState, policy: &Policy) -> Option<DateTime<Utc>> {
+    state.retro_approval_due_at.or_else(|| {
+        state
+            .first_deployed_at
+            .map(|first| first + policy.emergency_retro_window)
+    })
 }
 
 fn check_text(field: &str, value: Option<&str>, required: bool) -> Result<(), DomainError> {
@@ -304,6 +360,26 @@ fn create_intent(out: &mut Events, c: &CreateIntent) -> Result<(), DomainError> 
                 "{} is past the target ring {}",
                 c.start_ring.as_str(),
                 c.target_ring.as_str()
+            ),
+        ));
+    }
+    if c.start_ring != Ring::Lab && !c.rollback_validated {
+        return Err(DomainError::invalid(
+            "rollback_validated",
+            format!(
+                "must be true to start in {}: no deployment outside LAB without a validated rollback plan",
+                c.start_ring.as_str()
+            ),
+        ));
+    }
+    let cap = out.policy().max_emergency_start_ring;
+    if c.change_type == ChangeType::Emergency && c.start_ring > cap {
+        return Err(DomainError::invalid(
+            "start_ring",
+            format!(
+                "an emergency change may start at most in {} (the policy's max_emergency_start_ring), not {}",
+                cap.as_str(),
+                c.start_ring.as_str()
             ),
         ));
     }
@@ -386,9 +462,31 @@ fn deploy(out: &mut Events, state: &IntentState, r: &RolloutInput) -> Result<(),
             "succeeded + failed must not exceed target_devices",
         ));
     }
+    // Counts are cumulative within a ring: a report may not take back what an earlier one said,
+    // or a later report could talk a gate round (incidents 2, then 0; fewer target devices for a
+    // higher success rate). `failed` may fall: a device that failed may succeed on a retry.
+    if let Some(before) = &state.latest_report {
+        for (field, was, now) in [
+            ("target_devices", before.target_devices, r.target_devices),
+            ("succeeded", before.succeeded, r.succeeded),
+            ("incidents", before.incidents, r.incidents),
+        ] {
+            if now < was {
+                return Err(DomainError::invalid(
+                    field,
+                    format!(
+                        "counts are cumulative within a ring: {now} is below the {was} already reported in {}",
+                        state.current_ring.as_str()
+                    ),
+                ));
+            }
+        }
+    }
     let threshold = out.policy().ring(state.current_ring).success_rate;
     let success_rate = r.succeeded as f64 / r.target_devices as f64;
     let first_compliant = state.ring_compliant_at.is_none() && success_rate >= threshold;
+    let retro_approval_due_at = (state.retro_approval_pending && state.first_deployed_at.is_none())
+        .then(|| out.now + out.policy().emergency_retro_window);
     out.push(|meta| {
         DeploymentEvent::DeploymentDeployed(Deployed {
             meta,
@@ -400,6 +498,7 @@ fn deploy(out: &mut Events, state: &IntentState, r: &RolloutInput) -> Result<(),
             success_rate,
             compliance_threshold: threshold,
             first_compliant,
+            retro_approval_due_at,
         })
     });
     if first_compliant && state.current_ring == state.target_ring {

@@ -2,6 +2,7 @@
 //!
 //! ```toml
 //! emergency_retro_window = "48h"
+//! max_emergency_start_ring = "PILOT"
 //!
 //! [rings.CANARY]
 //! success_rate = 0.98
@@ -45,6 +46,9 @@ pub struct Policy {
     rings: [RingPolicy; 5],
     /// How long after its first deployment an emergency change may be approved retrospectively.
     pub emergency_retro_window: Duration,
+    /// The furthest ring an emergency change may start in (it skips the CAB there until it is
+    /// approved retrospectively, so how far it reaches is capped).
+    pub max_emergency_start_ring: Ring,
 }
 
 impl Default for Policy {
@@ -66,6 +70,7 @@ impl Default for Policy {
                 ring(0.99, 0, 0, 24, 72, 168),
             ],
             emergency_retro_window: Duration::hours(48),
+            max_emergency_start_ring: Ring::Pilot,
         }
     }
 }
@@ -88,6 +93,7 @@ pub enum PolicyError {
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
     emergency_retro_window: Option<String>,
+    max_emergency_start_ring: Option<String>,
     #[serde(default)]
     rings: BTreeMap<String, RingOverride>,
 }
@@ -130,12 +136,11 @@ impl Policy {
         if let Some(w) = file.emergency_retro_window {
             policy.emergency_retro_window = parse_duration("emergency_retro_window", &w)?;
         }
+        if let Some(name) = file.max_emergency_start_ring {
+            policy.max_emergency_start_ring = parse_ring("max_emergency_start_ring", &name)?;
+        }
         for (name, o) in file.rings {
-            let ring = Ring::parse(&name).ok_or_else(|| {
-                PolicyError::Invalid(format!(
-                    "unknown ring {name:?} (expected LAB, CANARY, PILOT, DEPARTMENT or GLOBAL)"
-                ))
-            })?;
+            let ring = parse_ring("rings", &name)?;
             let p = &mut policy.rings[ring.index()];
             if let Some(rate) = o.success_rate {
                 if !(rate > 0.0 && rate <= 1.0) {
@@ -166,6 +171,14 @@ impl Policy {
         }
         Ok(policy)
     }
+}
+
+fn parse_ring(key: &str, name: &str) -> Result<Ring, PolicyError> {
+    Ring::parse(name).ok_or_else(|| {
+        PolicyError::Invalid(format!(
+            "{key}: unknown ring {name:?} (expected LAB, CANARY, PILOT, DEPARTMENT or GLOBAL)"
+        ))
+    })
 }
 
 /// Parses `90s`, `15m`, `4h`, `7d` or `2w`.
@@ -216,6 +229,7 @@ mod tests {
             Duration::days(7)
         );
         assert_eq!(p.emergency_retro_window, Duration::hours(48));
+        assert_eq!(p.max_emergency_start_ring, Ring::Pilot);
     }
 
     #[test]
@@ -223,6 +237,7 @@ mod tests {
         let p = Policy::from_toml(
             r#"
             emergency_retro_window = "72h"
+            max_emergency_start_ring = "LAB"
             [rings.LAB]
             min_bake_time = "0s"
             time_to_compliance = { online = "30m" }
@@ -240,6 +255,7 @@ mod tests {
         );
         assert_eq!(p.ring(Ring::Lab).success_rate, 0.95);
         assert_eq!(p.emergency_retro_window, Duration::hours(72));
+        assert_eq!(p.max_emergency_start_ring, Ring::Lab);
     }
 
     #[test]
@@ -253,6 +269,10 @@ mod tests {
             ),
             ("[rings.LAB]\nbake = \"1h\"", "unknown field"),
             ("emergency_retro_window = \"-1h\"", "emergency_retro_window"),
+            (
+                "max_emergency_start_ring = \"MARS\"",
+                "max_emergency_start_ring: unknown ring",
+            ),
         ];
         for (text, expected) in cases {
             let err = Policy::from_toml(text).unwrap_err().to_string();

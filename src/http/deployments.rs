@@ -1,7 +1,6 @@
 //! `/api/v1/deployments`: the intent endpoints of API.md.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -18,12 +17,15 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::extract::{if_match, ApiJson, Principal};
-use super::schema::{ChangeTypeName, ConnectorName, RingName, SiteClassName, StatusName};
+use super::extract::{if_match, ApiJson, Principal, QueryParams};
+use super::schema::{
+    ChangeTypeName, ConnectorName, RetroApprovalName, RingName, SiteClassName, StatusName,
+};
 use super::{correlation, idempotency};
 use crate::domain::{Action, Command, CreateIntent, RiskFactors, RolloutInput};
 use crate::http::AppState;
 use crate::read::ListFilter;
+use crate::store::RetroApproval;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -143,6 +145,15 @@ pub struct IntentResponse {
     pub risk_model_version: String,
     pub requires_cab: bool,
     pub retro_approval_pending: bool,
+    /// When the retrospective approval of an emergency change falls due (from its first
+    /// deployment); absent for every other intent.
+    pub retro_approval_due_at: Option<DateTime<Utc>>,
+    /// The retrospective approval was not given by its due time.
+    pub retro_approval_overdue: bool,
+    /// The CAB rejected this emergency change retrospectively: it must be rolled back, and may
+    /// not be reported on or promoted.
+    pub rollback_required: bool,
+    pub rollback_validated: bool,
     pub requested_by: String,
     pub approved_by: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -170,6 +181,10 @@ impl From<&IntentState> for IntentResponse {
             risk_model_version: s.risk_model_version.clone(),
             requires_cab: s.requires_cab,
             retro_approval_pending: s.retro_approval_pending,
+            retro_approval_due_at: s.retro_approval_due_at,
+            retro_approval_overdue: s.retro_approval_overdue,
+            rollback_required: s.rollback_required,
+            rollback_validated: s.rollback_validated,
             requested_by: s.requested_by.clone(),
             approved_by: s.approved_by.clone(),
             created_at: s.created_at,
@@ -318,9 +333,10 @@ async fn create(
 }
 
 /// Query of `GET /api/v1/deployments`.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
+/// The query as the OpenAPI document describes it; [`QueryParams`] reads it, in our words.
+#[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
+#[allow(dead_code)]
 pub struct ListParams {
     /// Only intents in this state.
     #[param(value_type = Option<StatusName>)]
@@ -329,6 +345,10 @@ pub struct ListParams {
     #[param(value_type = Option<RingName>)]
     ring: Option<String>,
     app_name: Option<String>,
+    /// Only emergency changes awaiting retrospective CAB approval: `pending` (all of them) or
+    /// `overdue` (past their due time).
+    #[param(value_type = Option<RetroApprovalName>)]
+    retro_approval: Option<String>,
     /// Page size, 1 to 500 (default 50).
     #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
@@ -351,36 +371,36 @@ pub struct IntentPage {
 async fn list(
     State(state): State<AppState>,
     _principal: Principal,
-    query: Result<Query<ListParams>, QueryRejection>,
+    query: QueryParams,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let q = query.only(&[
+        "status",
+        "ring",
+        "app_name",
+        "retro_approval",
+        "limit",
+        "cursor",
+    ])?;
     let filter = ListFilter {
-        status: q
-            .status
-            .map(|s| {
-                Status::parse(&s)
-                    .ok_or_else(|| ApiError::BadRequest(format!("unknown status {s:?}")))
-            })
-            .transpose()?,
-        ring: q
-            .ring
-            .map(|r| {
-                Ring::parse(&r).ok_or_else(|| ApiError::BadRequest(format!("unknown ring {r:?}")))
-            })
-            .transpose()?,
-        app_name: q.app_name,
+        status: q.parsed(
+            "status",
+            "a state (awaiting_cab, approved, deployed, completed, rejected, rolled_back)",
+            Status::parse,
+        )?,
+        ring: q.parsed(
+            "ring",
+            "a ring (LAB, CANARY, PILOT, DEPARTMENT, GLOBAL)",
+            Ring::parse,
+        )?,
+        app_name: q.text("app_name").map(str::to_string),
+        retro_approval: q.parsed("retro_approval", "pending or overdue", RetroApproval::parse)?,
     };
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::BadRequest("limit must be from 1 to 500".into()));
-    }
-    let after =
-        match q.cursor {
-            None => 0,
-            Some(c) => c.parse::<i64>().ok().filter(|p| *p >= 0).ok_or_else(|| {
-                ApiError::BadRequest(format!("{c:?} is not a cursor from this API"))
-            })?,
-        };
+    let limit = q.number("limit", 1..=500)?.unwrap_or(50) as usize;
+    let after = q
+        .parsed("cursor", "a cursor from this API", |c| {
+            c.parse::<i64>().ok().filter(|p| *p >= 0)
+        })?
+        .unwrap_or(0);
     let page = state.reads.list(&filter, after, limit).await?;
     Ok(Json(IntentPage {
         items: page.items.iter().map(IntentResponse::from).collect(),
@@ -408,9 +428,10 @@ async fn get_one(
     Ok(intent_response(StatusCode::OK, &intent))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
+/// The query as the OpenAPI document describes it; [`QueryParams`] reads it, in our words.
+#[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
+#[allow(dead_code)]
 pub struct EventsParams {
     /// RFC 3339 time: only events up to it, and the state as it stood then.
     as_of: Option<DateTime<Utc>>,
@@ -446,17 +467,17 @@ async fn events(
     State(state): State<AppState>,
     _principal: Principal,
     Path(id): Path<String>,
-    query: Result<Query<EventsParams>, QueryRejection>,
+    query: QueryParams,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let as_of = query.only(&["as_of"])?.time("as_of")?;
     let stored = state.store.intent_events(id).await?;
     if stored.is_empty() {
         return Err(ApiError::NotFound(format!("no deployment intent {id}")));
     }
     let events: Vec<StreamEvent> = stored
         .into_iter()
-        .filter(|e| q.as_of.is_none_or(|t| e.event.meta().occurred_at <= t))
+        .filter(|e| as_of.is_none_or(|t| e.event.meta().occurred_at <= t))
         .map(|e| StreamEvent {
             position: e.position,
             sequence: e.sequence,
@@ -467,7 +488,7 @@ async fn events(
     let intent = IntentState::replay(events.iter().map(|e| &e.event));
     Ok(Json(IntentHistory {
         deployment_id: id,
-        as_of: q.as_of,
+        as_of,
         state: intent.as_ref().map(IntentResponse::from),
         events,
     })

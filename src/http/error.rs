@@ -185,6 +185,7 @@ impl From<DomainError> for ApiError {
             DomainError::AlreadyExists
             | DomainError::NotAllowedInState { .. }
             | DomainError::RingMismatch { .. }
+            | DomainError::RollbackRequired(_)
             | DomainError::AtTargetRing(_) => ApiError::Conflict {
                 detail,
                 extra: None,

@@ -1,17 +1,16 @@
 //! `GET /api/v1/events`: the global stream, for audit replay and downstream consumers.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use eucora_projections::event::{DeploymentEvent, Role};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::extract::Principal;
+use super::extract::{Principal, QueryParams};
 use crate::http::AppState;
 use crate::store::{Columns, StoreError};
 
@@ -19,9 +18,10 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(global_stream))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
+/// The query as the OpenAPI document describes it; [`QueryParams`] reads it, in our words.
+#[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
+#[allow(dead_code)]
 pub struct GlobalParams {
     /// The position of the last event already read; 0 or absent reads from the start.
     #[param(minimum = 0)]
@@ -62,18 +62,12 @@ pub struct GlobalPage {
 async fn global_stream(
     State(state): State<AppState>,
     principal: Principal,
-    query: Result<Query<GlobalParams>, QueryRejection>,
+    query: QueryParams,
 ) -> Result<Response, ApiError> {
     principal.require(&[Role::Auditor])?;
-    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::BadRequest("limit must be from 1 to 1000".into()));
-    }
-    let after = q.after.unwrap_or(0);
-    if after < 0 {
-        return Err(ApiError::BadRequest("after must be 0 or more".into()));
-    }
+    let q = query.only(&["after", "limit"])?;
+    let limit = q.number("limit", 1..=1000)?.unwrap_or(100);
+    let after = q.number("after", 0..=i64::MAX)?.unwrap_or(0);
     // A cursor is a stored event: the stream's order is not the positions' order on PostgreSQL,
     // so there is no "after" a position no event has.
     if after > 0 && !state.store.has_position(after).await? {

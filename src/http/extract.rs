@@ -6,6 +6,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
+use chrono::{DateTime, Utc};
 use eucora_projections::event::{Actor, Role};
 use serde::de::DeserializeOwned;
 
@@ -59,6 +60,102 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             value,
             digest: sha256_hex(&hashed),
         })
+    }
+}
+
+/// A query string, parsed and checked in our own words: every error names the parameter and
+/// what it must be, never the framework's parser. Handlers list the parameters they take; any
+/// other, or one given twice, is refused.
+pub struct QueryParams(Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let raw = parts.uri.query().unwrap_or_default();
+        Ok(QueryParams(
+            form_urlencoded::parse(raw.as_bytes())
+                .into_owned()
+                .collect(),
+        ))
+    }
+}
+
+impl QueryParams {
+    /// 400 for a parameter not in `known`, or one given more than once.
+    pub fn only(self, known: &[&str]) -> Result<Self, ApiError> {
+        for (n, (name, _)) in self.0.iter().enumerate() {
+            if !known.contains(&name.as_str()) {
+                let takes = if known.is_empty() {
+                    "no query parameters".to_string()
+                } else {
+                    format!("only {}", known.join(", "))
+                };
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {name:?}: this endpoint takes {takes}"
+                )));
+            }
+            if self.0[..n].iter().any(|(earlier, _)| earlier == name) {
+                return Err(ApiError::BadRequest(format!(
+                    "query parameter {name:?} is given more than once"
+                )));
+            }
+        }
+        Ok(self)
+    }
+
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A parameter read by `parse`, which says what it expected when it returns `None`.
+    pub fn parsed<T>(
+        &self,
+        name: &str,
+        expected: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, ApiError> {
+        self.text(name)
+            .map(|v| {
+                parse(v).ok_or_else(|| {
+                    ApiError::BadRequest(format!("query parameter {name}={v:?} is not {expected}"))
+                })
+            })
+            .transpose()
+    }
+
+    /// A whole number in `range`.
+    pub fn number(
+        &self,
+        name: &str,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Result<Option<i64>, ApiError> {
+        let expected = format!("a whole number from {} to {}", range.start(), range.end());
+        self.parsed(name, &expected, |v| {
+            v.parse::<i64>().ok().filter(|n| range.contains(n))
+        })
+    }
+
+    /// An RFC 3339 time. A `+` in a query string means a space, so an offset sent unencoded
+    /// arrives as one: the error says to send `%2B` (or `Z`).
+    pub fn time(&self, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+        let Some(v) = self.text(name) else {
+            return Ok(None);
+        };
+        match DateTime::parse_from_rfc3339(v) {
+            Ok(t) => Ok(Some(t.with_timezone(&Utc))),
+            Err(_) if v.contains(' ') => Err(ApiError::BadRequest(format!(
+                "query parameter {name}={v:?} is not an RFC 3339 time: a + in a query string \
+                 reads as a space, so send the offset as %2B (2026-01-01T00:00:00%2B00:00) or \
+                 use Z (2026-01-01T00:00:00Z)"
+            ))),
+            Err(_) => Err(ApiError::BadRequest(format!(
+                "query parameter {name}={v:?} is not an RFC 3339 time such as 2026-01-01T00:00:00Z"
+            ))),
+        }
     }
 }
 

@@ -67,6 +67,18 @@ pub enum SiteClassName {
     AirGapped,
 }
 
+/// Where an emergency change's retrospective CAB approval stands (a list filter).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = RetroApproval)]
+#[allow(dead_code)]
+pub enum RetroApprovalName {
+    /// Awaited, overdue or not.
+    Pending,
+    /// Awaited past its due time.
+    Overdue,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +136,13 @@ mod tests {
                 ChangeType::Normal,
                 ChangeType::Emergency
             ])
+        );
+        assert_eq!(
+            names(&[RetroApprovalName::Pending, RetroApprovalName::Overdue]),
+            ["pending", "overdue"].map(|n| crate::store::RetroApproval::parse(n)
+                .unwrap()
+                .as_str()
+                .to_string())
         );
         assert_eq!(
             names(&[S::Online, S::Intermittent, S::AirGapped]),

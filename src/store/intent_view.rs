@@ -17,8 +17,17 @@ pub struct ViewRepair {
 }
 
 /// A read-model row as `intent_view` stores it: id, seq, status, current ring, app name, stream
-/// version and state.
-type ViewColumns = (String, i64, String, String, String, i64, String);
+/// version, state and retrospective approval.
+type ViewColumns = (
+    String,
+    i64,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    Option<String>,
+);
 
 fn view_columns(row: &IntentRow) -> ViewColumns {
     (
@@ -29,7 +38,41 @@ fn view_columns(row: &IntentRow) -> ViewColumns {
         row.state.app_name.clone(),
         row.state.stream_version as i64,
         state_json(row),
+        retro_approval(&row.state).map(|r| r.as_str().to_string()),
     )
+}
+
+/// Where an emergency change's retrospective approval stands, for the list filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetroApproval {
+    /// Awaited (overdue or not).
+    Pending,
+    /// Awaited past its due time.
+    Overdue,
+}
+
+impl RetroApproval {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetroApproval::Pending => "pending",
+            RetroApproval::Overdue => "overdue",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RetroApproval> {
+        [RetroApproval::Pending, RetroApproval::Overdue]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+/// The `retro_approval` column: `overdue`, `pending`, or NULL when none is awaited.
+fn retro_approval(state: &IntentState) -> Option<RetroApproval> {
+    match (state.retro_approval_pending, state.retro_approval_overdue) {
+        (false, _) => None,
+        (true, false) => Some(RetroApproval::Pending),
+        (true, true) => Some(RetroApproval::Overdue),
+    }
 }
 
 /// A read-model row's state as `intent_view.state` holds it.
@@ -43,6 +86,8 @@ pub struct ListFilter {
     pub status: Option<Status>,
     pub ring: Option<Ring>,
     pub app_name: Option<String>,
+    /// Emergency changes awaiting retrospective approval (`Pending` includes overdue ones).
+    pub retro_approval: Option<RetroApproval>,
 }
 
 /// One row of the intent read model.
@@ -98,7 +143,8 @@ impl Store {
         loop {
             // Every stored column, the filter columns too: a row is kept only if all of it
             // equals its rebuild.
-            let sql = "SELECT id, seq, status, current_ring, app_name, stream_version, state
+            let sql = "SELECT id, seq, status, current_ring, app_name, stream_version, state,
+                              retro_approval
                          FROM intent_view WHERE id > $1 ORDER BY id LIMIT $2";
             let page: Vec<ViewColumns> = on_reader!(&self.db, pool => {
                 sqlx::query_as(sql).bind(&after).bind(PAGE as i64).fetch_all(pool).await?
@@ -199,11 +245,12 @@ impl Store {
         rows: &[IntentRow],
         checkpoint: Checkpoint,
     ) -> Result<(), StoreError> {
-        let upsert = "INSERT INTO intent_view (id, seq, status, current_ring, app_name, stream_version, state)
-                      VALUES ($1, $2, $3, $4, $5, $6, $7)
+        let upsert = "INSERT INTO intent_view (id, seq, status, current_ring, app_name, stream_version, state,
+                                               retro_approval)
+                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                       ON CONFLICT (id) DO UPDATE SET status = excluded.status,
                           current_ring = excluded.current_ring, stream_version = excluded.stream_version,
-                          state = excluded.state
+                          state = excluded.state, retro_approval = excluded.retro_approval
                       WHERE excluded.stream_version > intent_view.stream_version";
         let state = state_json;
         match &self.db {
@@ -212,9 +259,9 @@ impl Store {
                 let mut tx = writer.begin().await?;
                 if !rows.is_empty() {
                     let bulk = upsert.replace(
-                        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                         "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4,
-                                value ->> 5, value ->> 6
+                                value ->> 5, value ->> 6, value ->> 7
                            FROM json_each($1) WHERE true",
                     );
                     let json: Vec<_> = rows
@@ -228,6 +275,7 @@ impl Store {
                                 &r.state.app_name,
                                 r.state.stream_version as i64,
                                 state(r),
+                                retro_approval(&r.state).map(RetroApproval::as_str),
                             )
                         })
                         .collect();
@@ -244,9 +292,9 @@ impl Store {
                 let mut tx = pool.begin().await?;
                 if !rows.is_empty() {
                     let bulk = upsert.replace(
-                        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                         "SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[],
-                                             $5::text[], $6::bigint[], $7::text[])",
+                                             $5::text[], $6::bigint[], $7::text[], $8::text[])",
                     );
                     let column =
                         |f: fn(&IntentRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
@@ -262,6 +310,11 @@ impl Store {
                                 .collect::<Vec<_>>(),
                         )
                         .bind(rows.iter().map(state).collect::<Vec<_>>())
+                        .bind(
+                            rows.iter()
+                                .map(|r| retro_approval(&r.state).map(RetroApproval::as_str))
+                                .collect::<Vec<_>>(),
+                        )
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -284,13 +337,16 @@ impl Store {
                       AND (CAST($2 AS TEXT) IS NULL OR status = $2)
                       AND (CAST($3 AS TEXT) IS NULL OR current_ring = $3)
                       AND (CAST($4 AS TEXT) IS NULL OR app_name = $4)
-                    ORDER BY seq LIMIT $5";
+                      AND (CAST($5 AS TEXT) IS NULL OR retro_approval = $5
+                           OR ($5 = 'pending' AND retro_approval IS NOT NULL))
+                    ORDER BY seq LIMIT $6";
         let rows: Vec<(i64, String)> = on_reader!(&self.db, pool => {
             sqlx::query_as(sql)
                 .bind(after)
                 .bind(filter.status.map(Status::as_str))
                 .bind(filter.ring.map(Ring::as_str))
                 .bind(filter.app_name.as_deref())
+                .bind(filter.retro_approval.map(RetroApproval::as_str))
                 .bind(limit)
                 .fetch_all(pool)
                 .await?

@@ -8,7 +8,66 @@ use crate::helpers::{intent_body, Backend, Crew, TestApp};
 crate::on_both_backends!(
     every_bad_request_gets_a_4xx_problem_and_appends_nothing,
     the_bearer_scheme_is_case_insensitive_and_takes_no_tabs,
+    query_string_errors_are_in_our_own_words,
 );
+
+async fn query_string_errors_are_in_our_own_words(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let crew = Crew::new(&app);
+    let id = app
+        .create(&crew.requester, intent_body("Git", 0.2, "GLOBAL"))
+        .await
+        .id();
+    for (path, says) in [
+        // An unencoded + reads as a space.
+        (
+            format!("/api/v1/deployments/{id}/events?as_of=2026-01-01T00:00:00+00:00"),
+            "send the offset as %2B",
+        ),
+        (
+            format!("/api/v1/deployments/{id}/events?as_of=monday"),
+            "as_of=\"monday\" is not an RFC 3339 time",
+        ),
+        (
+            "/api/v1/deployments?limit=ten".into(),
+            "limit=\"ten\" is not a whole number from 1 to 500",
+        ),
+        (
+            "/api/v1/deployments?colour=red".into(),
+            "unknown query parameter \"colour\"",
+        ),
+        (
+            "/api/v1/deployments?ring=LAB&ring=GLOBAL".into(),
+            "\"ring\" is given more than once",
+        ),
+        (
+            "/api/v1/deployments?retro_approval=late".into(),
+            "is not pending or overdue",
+        ),
+        (
+            "/api/v1/events?after=%FF".into(),
+            "after=\"\u{fffd}\" is not a whole number",
+        ),
+    ] {
+        let reply = app.get(&path, &crew.auditor).await;
+        reply.assert_problem(400);
+        let detail = reply.body["detail"].as_str().unwrap();
+        assert!(detail.contains(says), "{path}: {detail}");
+        assert!(
+            !detail.contains("Failed to deserialize"),
+            "{path}: {detail}"
+        );
+    }
+    // Encoded, the same time is read.
+    let ok = app
+        .get(
+            &format!("/api/v1/deployments/{id}/events?as_of=2099-01-01T00:00:00%2B00:00"),
+            &crew.auditor,
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{ok:#?}");
+    assert_eq!(ok.body["events"].as_array().unwrap().len(), 2);
+}
 
 async fn every_bad_request_gets_a_4xx_problem_and_appends_nothing(backend: Backend) {
     let app = TestApp::spawn(backend).await;

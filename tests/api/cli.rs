@@ -1,10 +1,12 @@
 //! The command line as an operator uses it.
 
-use crate::helpers::{eucora, intent_body, Backend, Crew, TestApp, TestDb};
+use crate::helpers::{eucora, eucora_with, intent_body, Backend, Crew, TestApp, TestDb};
 
 crate::on_both_backends!(
     token_create_prints_only_the_token_and_stores_only_its_hash,
     events_prints_an_intents_history_for_people_and_as_json,
+    the_operator_client_walks_an_intent_from_request_to_completion,
+    create_reads_a_json_file_or_standard_input,
 );
 
 async fn token_create_prints_only_the_token_and_stores_only_its_hash(backend: Backend) {
@@ -64,10 +66,21 @@ async fn events_prints_an_intents_history_for_people_and_as_json(backend: Backen
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2);
     assert!(
-        lines[0].contains("DeploymentCreated") && lines[0].contains("alice (requester)"),
+        lines[0].contains("DeploymentCreated")
+            && lines[0].contains("requested by alice (requester): Putty 1.0.0")
+            && lines[0].contains("risk "),
         "{out}"
     );
-    assert!(lines[1].contains("DeploymentApproved"));
+    // The approver of record is the policy, not the requester whose request triggered it.
+    assert!(
+        lines[1].contains("DeploymentApproved")
+            && lines[1].contains("approver of record policy:risk_model_v1.0, by policy"),
+        "{out}"
+    );
+    assert!(
+        !lines[1].contains("DeploymentApproved     by alice"),
+        "{out}"
+    );
 
     let (ok, out, _) = eucora(&[
         "events",
@@ -220,4 +233,256 @@ async fn a_reader_that_closes_the_pipe_ends_a_command_quietly() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(output.status.success(), "{:?}: {stderr}", output.status);
+}
+
+#[test]
+fn commands_that_read_a_store_refuse_one_that_does_not_exist() {
+    let dir = std::env::temp_dir().join(format!("eucora-empty-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let id = uuid::Uuid::now_v7().to_string();
+    for args in [
+        vec!["events", "--deployment", id.as_str()],
+        vec!["replay"],
+        vec!["demo", "--duration", "1"],
+    ] {
+        let (code, out, err) = eucora_with(Some(&dir), &args, "");
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(err.contains("no database at eucora.db"), "{args:?}: {err}");
+    }
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn an_address_in_use_is_said_in_one_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = std::env::temp_dir().join(format!("eucora-bind-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (code, _, err) = eucora_with(Some(&dir), &["serve", "--listen", &addr], "");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].starts_with(&format!("eucora: cannot listen on {addr}:")),
+        "{err}"
+    );
+}
+
+/// `eucora deployments …` against `app`, as `token`.
+fn client(app: &TestApp, token: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["deployments"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--server", &app.base, "--token", token]);
+    eucora_with(None, &all, "")
+}
+
+async fn the_operator_client_walks_an_intent_from_request_to_completion(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let crew = Crew::new(&app);
+    // Create from flags (JSON for the script), needing the CAB.
+    let (code, out, err) = client(
+        &app,
+        &crew.requester,
+        &[
+            "create",
+            "--app-name",
+            "Firefox",
+            "--version",
+            "128.0",
+            "--connector-type",
+            "intune",
+            "--target-ring",
+            "CANARY",
+            "--rollback-validated",
+            "--privileged-tooling",
+            "--risk-factor",
+            "privilege_impact=0.8",
+            "--risk-factor",
+            "exploitability=0.9",
+            "--risk-factor",
+            "data_access=0.8",
+            "--risk-factor",
+            "supply_chain_trust=0.8",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["status"], "awaiting_cab", "{out}");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    // A refusal: the requester may not approve its own intent (exit 3, the detail on stderr).
+    let (code, out, err) = client(&app, &crew.requester, &["approve", &id]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("403") && err.contains("may not"), "{err}");
+
+    let (code, out, err) = client(&app, &crew.approver, &["approve", &id, "--comment", "ok"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("status:           approved"), "{out}");
+    assert!(out.contains("approved by:      carol"), "{out}");
+
+    // A promotion before any report is blocked: the gates are printed, and the exit is 3.
+    let (code, out, err) = client(
+        &app,
+        &crew.deployer,
+        &[
+            "report",
+            &id,
+            "--ring",
+            "LAB",
+            "--target-devices",
+            "10",
+            "--succeeded",
+            "5",
+            "--failed",
+            "0",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out2, err) = client(&app, &crew.deployer, &["promote", &id]);
+    assert_eq!(code, 3, "{out}{out2}{err}");
+    assert!(out2.contains("success_rate 0.5 >= 0.95 FAIL"), "{out2}");
+    assert!(err.contains("blocked"), "{err}");
+
+    for (ring, done) in [("LAB", "deployed"), ("CANARY", "completed")] {
+        let (code, out, err) = client(
+            &app,
+            &crew.deployer,
+            &[
+                "report",
+                &id,
+                "--ring",
+                ring,
+                "--target-devices",
+                "10",
+                "--succeeded",
+                "10",
+                "--failed",
+                "0",
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(&format!("status:           {done}")), "{out}");
+        if ring == "LAB" {
+            let (code, out, err) = client(&app, &crew.deployer, &["promote", &id]);
+            assert_eq!(code, 0, "{err}");
+            assert!(out.contains("ring:             CANARY"), "{out}");
+            assert!(out.contains("cab_approval 1 >= 1 pass"), "{out}");
+        }
+    }
+
+    // Reading: the list as a table and as JSON, one intent, its history.
+    app.list_until(&crew.auditor, "?status=completed", 1).await;
+    let (code, out, err) = client(&app, &crew.auditor, &["list", "--status", "completed"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("ID ") && lines[0].contains("STATUS"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with(&id) && lines[1].contains("completed"),
+        "{out}"
+    );
+    let (code, out, _) = client(&app, &crew.auditor, &["list", "--ring", "LAB", "--json"]);
+    assert_eq!(code, 0);
+    let page: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 0, "{out}");
+    let (code, out, _) = client(&app, &crew.auditor, &["get", &id]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with(&format!("id:               {id}\n")),
+        "{out}"
+    );
+    let (code, out, err) = client(&app, &crew.auditor, &["history", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("approver of record carol, by the CAB, for LAB; comment: ok"),
+        "{out}"
+    );
+    assert!(out.contains("10 of 10 devices succeeded"), "{out}");
+    assert!(out.contains("LAB to CANARY BLOCKED"), "{out}");
+    assert!(out.contains("compliant in its target ring CANARY"), "{out}");
+
+    // Bad input is said in our words and sends nothing; an unreachable server is a failure (1).
+    let (code, _, err) = client(&app, &crew.auditor, &["get", "not-an-id"]);
+    assert_eq!(
+        (code, err.contains("is not a deployment intent id")),
+        (1, true),
+        "{err}"
+    );
+    let (code, _, err) = client(&app, &crew.auditor, &["list", "--status", "paused"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("status=\"paused\""), "{err}");
+    let (code, _, err) = eucora_with(
+        None,
+        &[
+            "deployments",
+            "list",
+            "--server",
+            "http://127.0.0.1:9",
+            "--token",
+            "x",
+        ],
+        "",
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot reach the server at http://127.0.0.1:9"),
+        "{err}"
+    );
+    let (code, _, err) = eucora_with(None, &["deployments", "list", "--server", &app.base], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("no token"), "{err}");
+    assert!(!err.contains(&crew.auditor));
+}
+
+async fn create_reads_a_json_file_or_standard_input(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let crew = Crew::new(&app);
+    let body = intent_body("Notepad++", 0.2, "PILOT").to_string();
+    let (code, out, err) = eucora_with(
+        None,
+        &[
+            "deployments",
+            "create",
+            "--file",
+            "-",
+            "--version",
+            "8.7",
+            "--json",
+            "--server",
+            &app.base,
+            "--token",
+            &crew.requester,
+        ],
+        &body,
+    );
+    assert_eq!(code, 0, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (created["app_name"].as_str(), created["version"].as_str()),
+        (Some("Notepad++"), Some("8.7")),
+        "a flag overrides the file"
+    );
+    assert_eq!(created["status"], "approved");
+    let (code, _, err) = eucora_with(
+        None,
+        &[
+            "deployments",
+            "create",
+            "--file",
+            "-",
+            "--server",
+            &app.base,
+            "--token",
+            &crew.requester,
+        ],
+        "{not json",
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("is not valid JSON"), "{err}");
 }

@@ -179,6 +179,35 @@ pub fn eucora(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Runs `eucora` with arguments and standard input, in `dir` (or here); returns (exit code,
+/// stdout, stderr).
+pub fn eucora_with(
+    dir: Option<&std::path::Path>,
+    args: &[&str],
+    stdin: &str,
+) -> (i32, String, String) {
+    use std::io::Write;
+    let mut command = Command::new(binary());
+    command
+        .args(args)
+        .env_remove("EUCORA_TOKEN")
+        .env_remove("EUCORA_SERVER")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let mut child = command.spawn().expect("run eucora");
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    let out = child.wait_with_output().expect("run eucora");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A response as a test reads it.
 #[derive(Debug)]
 pub struct Reply {
@@ -234,6 +263,14 @@ impl TestApp {
         TestApp::spawn_on(std::sync::Arc::new(TestDb::new(backend).await), extra).await
     }
 
+    /// A server whose policy is [`NO_BAKE_POLICY`] with `more` TOML before it (top-level keys).
+    pub async fn spawn_with_policy(backend: Backend, more: &str) -> TestApp {
+        let db = std::sync::Arc::new(TestDb::new(backend).await);
+        let policy = db.dir().join("policy.toml");
+        std::fs::write(&policy, format!("{more}\n{NO_BAKE_POLICY}")).unwrap();
+        TestApp::spawn_on(db, &["--policy", policy.to_str().unwrap()]).await
+    }
+
     /// A server on a database the test keeps (to inspect it after the server is gone).
     pub async fn spawn_on_shared(db: &TestDb) -> TestApp {
         TestApp::spawn_on_shared_via(db, &db.url).await
@@ -257,7 +294,10 @@ impl TestApp {
 
     async fn spawn_on(db: std::sync::Arc<TestDb>, extra: &[&str]) -> TestApp {
         let policy = db.dir().join("policy.toml");
-        std::fs::write(&policy, NO_BAKE_POLICY).unwrap();
+        if !policy.exists() {
+            std::fs::write(&policy, NO_BAKE_POLICY).unwrap();
+        }
+        let has_policy = extra.contains(&"--policy");
         let mut child = Command::new(binary())
             .args([
                 "serve",
@@ -266,7 +306,11 @@ impl TestApp {
                 "--database-url",
                 &db.url,
             ])
-            .args(["--policy", policy.to_str().unwrap()])
+            .args(if has_policy {
+                vec![]
+            } else {
+                vec!["--policy", policy.to_str().unwrap()]
+            })
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -316,6 +316,12 @@ async fn health_probes_and_the_openapi_document_answer_without_a_token(backend: 
         ("/api/v1/deployments/{id}/deploy", "post"),
         ("/api/v1/deployments/{id}/promote", "post"),
         ("/api/v1/deployments/{id}/rollback", "post"),
+        ("/api/v1/events", "get"),
+        ("/health/live", "get"),
+        ("/health/ready", "get"),
+        ("/api/v1/metrics", "get"),
+        ("/metrics", "get"),
+        ("/docs/runbook", "get"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
@@ -324,6 +330,28 @@ async fn health_probes_and_the_openapi_document_answer_without_a_token(backend: 
     }
     let schemas = doc.body["components"]["schemas"].as_object().unwrap();
     assert!(schemas["CreateRequest"]["properties"]["risk_factors"].is_object());
+
+    // The runbook every alert links to, with an anchor for each alert.
+    let runbook = app
+        .send(reqwest::Method::GET, "/docs/runbook", None, &[], None)
+        .await;
+    assert_eq!(runbook.status, 200);
+    assert!(runbook.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = runbook.body.as_str().unwrap();
+    let alerts = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("prometheus/rules/alerts.yml"),
+    )
+    .unwrap();
+    for name in alerts
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        let anchor = format!("id=\"{}\"", name.to_lowercase());
+        assert!(page.contains(&anchor), "no {anchor} in the served runbook");
+    }
 }
 
 async fn sigterm_lets_the_server_stop_cleanly(backend: Backend) {

@@ -406,8 +406,16 @@ async fn concurrent_reports_on_one_intent_lose_and_duplicate_nothing(backend: Ba
         .map(|n| {
             let commands = commands.clone();
             tokio::spawn(async move {
+                // `failed` tells the reports apart: the counts that may not fall are equal.
+                let report = Action::Deploy(RolloutInput {
+                    ring: Ring::Lab,
+                    target_devices: 100,
+                    succeeded: 80,
+                    failed: n,
+                    incidents: 0,
+                });
                 commands
-                    .execute(id, cmd("ops", Role::Deployer, report(80 + n)))
+                    .execute(id, cmd("ops", Role::Deployer, report))
                     .await
             })
         })
@@ -432,7 +440,7 @@ async fn concurrent_reports_on_one_intent_lose_and_duplicate_nothing(backend: Ba
     let mut reported: Vec<u64> = stream
         .iter()
         .filter_map(|e| match &e.event {
-            DeploymentEvent::DeploymentDeployed(d) => Some(d.succeeded),
+            DeploymentEvent::DeploymentDeployed(d) => Some(d.failed),
             _ => None,
         })
         .collect();

@@ -954,6 +954,7 @@ mod properties {
             4 => deploy,
             3 => Just(Action::Promote),
             1 => Just(Action::Rollback { reason: "bad".into() }),
+            1 => Just(Action::MarkRetroOverdue),
         ]
     }
 
@@ -964,10 +965,26 @@ mod properties {
     /// Checks DOMAIN.md's invariants for one accepted command.
     fn check(before: Option<&IntentState>, events: &[DeploymentEvent], after: &IntentState) {
         if let Some(b) = before {
+            // A terminal intent accepts only what an emergency change still owes: its
+            // retrospective decision or deadline, or the rollback a retrospective rejection
+            // requires.
+            let owed = events.iter().all(|e| match e {
+                DeploymentEvent::DeploymentApproved(_)
+                | DeploymentEvent::DeploymentRejected(_)
+                | DeploymentEvent::RetroApprovalOverdue(_) => b.retro_approval_pending,
+                DeploymentEvent::DeploymentRolledBack(_) => b.rollback_required,
+                _ => false,
+            });
             assert!(
-                !b.status.is_terminal(),
+                !b.status.is_terminal() || owed,
                 "a terminal intent accepted {events:?}"
             );
+            if b.rollback_required {
+                assert!(
+                    matches!(events, [DeploymentEvent::DeploymentRolledBack(_)]),
+                    "only a rollback may follow a retrospective rejection, not {events:?}"
+                );
+            }
         }
         for (i, e) in events.iter().enumerate() {
             match e {
@@ -1073,4 +1090,324 @@ mod properties {
             prop_assert_eq!(rebuilt.as_ref(), world.intent.state());
         }
     }
+}
+
+// --- the rules an auditor checks (issue 11) -------------------------------------------------
+
+/// An emergency change (privileged tooling, score 75) targeting LAB only, deployed compliant in
+/// LAB on its first report: it completes at once, with no human approval yet.
+fn emergency_completed_in_lab() -> World {
+    let emergency = CreateIntent {
+        change_type: ChangeType::Emergency,
+        privileged_tooling: true,
+        target_ring: Ring::Lab,
+        ..high_risk()
+    };
+    World::new()
+        .created(emergency)
+        .run(ops(), report(Ring::Lab, 10, 10, 0))
+}
+
+#[test]
+fn a_completed_emergency_change_may_still_be_approved_retrospectively() {
+    let world = emergency_completed_in_lab();
+    assert_eq!(world.intent.state().unwrap().status, Status::Completed);
+    assert!(world.intent.state().unwrap().retro_approval_pending);
+    let events = world
+        .when(carol(), Action::Approve { comment: None })
+        .unwrap();
+    let DeploymentEvent::DeploymentApproved(a) = &events[0] else {
+        panic!()
+    };
+    assert_eq!(a.basis, ApprovalBasis::CabRetrospective);
+    let state =
+        IntentState::replay(world.history.iter().map(|e| &e.0).chain(events.iter())).unwrap();
+    assert!(!state.retro_approval_pending);
+    assert_eq!(state.status, Status::Completed);
+}
+
+#[test]
+fn a_rolled_back_emergency_change_may_still_be_decided_on_retrospectively() {
+    let emergency = CreateIntent {
+        change_type: ChangeType::Emergency,
+        ..high_risk()
+    };
+    let world = World::new()
+        .created(emergency)
+        .run(ops(), report(Ring::Lab, 10, 2, 0))
+        .run(
+            ops(),
+            Action::Rollback {
+                reason: reason("broke logins"),
+            },
+        );
+    let events = world
+        .when(
+            carol(),
+            Action::Reject {
+                reason: reason("should never have gone out"),
+            },
+        )
+        .unwrap();
+    let DeploymentEvent::DeploymentRejected(r) = &events[0] else {
+        panic!()
+    };
+    assert!(r.retrospective);
+}
+
+#[test]
+fn a_retrospective_rejection_requires_a_rollback_and_nothing_else() {
+    let world = emergency_completed_in_lab().run(
+        carol(),
+        Action::Reject {
+            reason: reason("not an emergency"),
+        },
+    );
+    let state = world.intent.state().unwrap();
+    assert!(state.rollback_required);
+    assert!(!state.retro_approval_pending);
+    assert_eq!(state.status, Status::Completed);
+    world.refuses(
+        ops(),
+        Action::Promote,
+        DomainError::RollbackRequired("promoted"),
+    );
+    world.refuses(
+        ops(),
+        report(Ring::Lab, 10, 10, 0),
+        DomainError::RollbackRequired("deployed further"),
+    );
+    world.refuses(
+        carol(),
+        Action::Approve { comment: None },
+        DomainError::NotAllowedInState {
+            command: "approve",
+            status: Status::Completed,
+        },
+    );
+    // Completed is terminal, but the rollback the rejection requires is accepted.
+    let events = world
+        .when(
+            ops(),
+            Action::Rollback {
+                reason: reason("CAB rejected it"),
+            },
+        )
+        .unwrap();
+    assert_eq!(types(&events), ["DeploymentRolledBack"]);
+    let rolled = world.run(
+        ops(),
+        Action::Rollback {
+            reason: reason("CAB rejected it"),
+        },
+    );
+    assert!(!rolled.intent.state().unwrap().rollback_required);
+}
+
+#[test]
+fn a_retrospective_rejection_before_any_deployment_rejects_the_intent() {
+    let emergency = CreateIntent {
+        change_type: ChangeType::Emergency,
+        ..high_risk()
+    };
+    let world = World::new().created(emergency).run(
+        carol(),
+        Action::Reject {
+            reason: reason("no"),
+        },
+    );
+    let state = world.intent.state().unwrap();
+    assert_eq!(state.status, Status::Rejected);
+    assert!(!state.rollback_required);
+}
+
+#[test]
+fn an_unpromoted_completed_intent_is_not_rolled_back() {
+    // The exception is for a retrospective rejection only.
+    let world = World::new()
+        .created(CreateIntent {
+            target_ring: Ring::Lab,
+            ..low_risk()
+        })
+        .run(ops(), report(Ring::Lab, 10, 10, 0));
+    world.refuses(
+        ops(),
+        Action::Rollback {
+            reason: reason("why not"),
+        },
+        DomainError::NotAllowedInState {
+            command: "rollback",
+            status: Status::Completed,
+        },
+    );
+}
+
+#[test]
+fn an_emergency_change_may_not_start_past_the_policy_cap() {
+    let emergency = |start| CreateIntent {
+        change_type: ChangeType::Emergency,
+        privileged_tooling: true,
+        start_ring: start,
+        target_ring: Ring::Global,
+        ..high_risk()
+    };
+    let err = World::new()
+        .when(alice(), Action::Create(Box::new(emergency(Ring::Global))))
+        .unwrap_err();
+    assert!(
+        matches!(&err, DomainError::InvalidInput { field, reason } if field == "start_ring" && reason.contains("PILOT")),
+        "{err}"
+    );
+    assert!(World::new()
+        .when(alice(), Action::Create(Box::new(emergency(Ring::Pilot))))
+        .is_ok());
+    let strict = Policy::from_toml("max_emergency_start_ring = \"LAB\"").unwrap();
+    assert!(World::with_policy(strict)
+        .when(alice(), Action::Create(Box::new(emergency(Ring::Canary))))
+        .is_err());
+}
+
+#[test]
+fn the_first_emergency_deployment_records_when_retro_approval_falls_due() {
+    let emergency = CreateIntent {
+        change_type: ChangeType::Emergency,
+        ..high_risk()
+    };
+    let world = World::new().created(emergency).after(Duration::hours(2));
+    let now = world.clock.now();
+    let events = world.when(ops(), report(Ring::Lab, 10, 5, 0)).unwrap();
+    let DeploymentEvent::DeploymentDeployed(d) = &events[0] else {
+        panic!()
+    };
+    assert_eq!(d.retro_approval_due_at, Some(now + Duration::hours(48)));
+    // Only the first report sets it.
+    let later = world
+        .run(ops(), report(Ring::Lab, 10, 5, 0))
+        .after(Duration::hours(1));
+    let events = later.when(ops(), report(Ring::Lab, 10, 7, 0)).unwrap();
+    let DeploymentEvent::DeploymentDeployed(d) = &events[0] else {
+        panic!()
+    };
+    assert_eq!(d.retro_approval_due_at, None);
+    assert_eq!(
+        later.intent.state().unwrap().retro_approval_due_at,
+        Some(now + Duration::hours(48))
+    );
+    // A change that needs no retrospective approval has no deadline.
+    let plain = World::new().created(low_risk());
+    let events = plain.when(ops(), report(Ring::Lab, 10, 5, 0)).unwrap();
+    let DeploymentEvent::DeploymentDeployed(d) = &events[0] else {
+        panic!()
+    };
+    assert_eq!(d.retro_approval_due_at, None);
+}
+
+#[test]
+fn a_missed_retro_deadline_is_recorded_once_and_only_once_past_due() {
+    let world = emergency_completed_in_lab();
+    let due = world.intent.state().unwrap().retro_approval_due_at.unwrap();
+    let watcher = || actor(DEADLINE_WATCHER, Role::System);
+    let not_yet = DomainError::NotAllowedInState {
+        command: "mark_retro_overdue",
+        status: Status::Completed,
+    };
+    world.refuses(watcher(), Action::MarkRetroOverdue, not_yet.clone());
+    let late = world.after(Duration::hours(49));
+    let events = late.when(watcher(), Action::MarkRetroOverdue).unwrap();
+    let DeploymentEvent::RetroApprovalOverdue(o) = &events[0] else {
+        panic!()
+    };
+    assert_eq!(o.due_at, due);
+    let marked = late.run(watcher(), Action::MarkRetroOverdue);
+    assert!(marked.intent.state().unwrap().retro_approval_overdue);
+    marked.refuses(watcher(), Action::MarkRetroOverdue, not_yet);
+    // Late approval is still accepted, and recorded as late.
+    let events = marked
+        .when(carol(), Action::Approve { comment: None })
+        .unwrap();
+    let DeploymentEvent::DeploymentApproved(a) = &events[0] else {
+        panic!()
+    };
+    assert_eq!(a.retro_deadline_met, Some(false));
+}
+
+#[test]
+fn counts_within_a_ring_do_not_go_backwards() {
+    let world = World::new().created(low_risk()).run(
+        ops(),
+        Action::Deploy(RolloutInput {
+            ring: Ring::Lab,
+            target_devices: 10,
+            succeeded: 8,
+            failed: 1,
+            incidents: 2,
+        }),
+    );
+    for (field, input) in [
+        ("incidents", (10, 8, 1, 0)),
+        ("target_devices", (9, 8, 1, 2)),
+        ("succeeded", (10, 7, 1, 2)),
+    ] {
+        let err = world
+            .when(
+                ops(),
+                Action::Deploy(RolloutInput {
+                    ring: Ring::Lab,
+                    target_devices: input.0,
+                    succeeded: input.1,
+                    failed: input.2,
+                    incidents: input.3,
+                }),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&err, DomainError::InvalidInput { field: f, .. } if f == field),
+            "{field}: {err}"
+        );
+    }
+    // The same counts again, or higher ones, are accepted; a failed device may succeed on retry.
+    assert!(world
+        .when(
+            ops(),
+            Action::Deploy(RolloutInput {
+                ring: Ring::Lab,
+                target_devices: 10,
+                succeeded: 9,
+                failed: 0,
+                incidents: 2,
+            })
+        )
+        .is_ok());
+}
+
+#[test]
+fn counts_start_afresh_in_the_next_ring() {
+    let policy =
+        Policy::from_toml("[rings.LAB]\nmin_bake_time = \"0s\"\nmax_incidents = 5").unwrap();
+    let world = World::with_policy(policy)
+        .created(low_risk())
+        .run(ops(), report(Ring::Lab, 10, 10, 1))
+        .run(ops(), Action::Promote);
+    assert_eq!(world.intent.state().unwrap().current_ring, Ring::Canary);
+    assert!(world.when(ops(), report(Ring::Canary, 5, 5, 0)).is_ok());
+}
+
+#[test]
+fn no_start_outside_lab_without_a_validated_rollback_plan() {
+    let unvalidated = |start| CreateIntent {
+        start_ring: start,
+        rollback_validated: false,
+        ..low_risk()
+    };
+    let err = World::new()
+        .when(alice(), Action::Create(Box::new(unvalidated(Ring::Canary))))
+        .unwrap_err();
+    assert!(
+        matches!(&err, DomainError::InvalidInput { field, .. } if field == "rollback_validated"),
+        "{err}"
+    );
+    // Starting in LAB is allowed: the rollback-plan gate keeps it from leaving LAB.
+    assert!(World::new()
+        .when(alice(), Action::Create(Box::new(unvalidated(Ring::Lab))))
+        .is_ok());
 }
