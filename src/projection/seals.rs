@@ -83,36 +83,28 @@ async fn check(
             integrity(
                 position,
                 format!(
-                    "an event was inserted or moved here; seal #{} names position {}",
-                    stored.ordinal, stored.position
+                    "an event was inserted or moved here: the seal for this place in the \
+                     stream names the event at position {}",
+                    stored.position
                 ),
             )
         } else {
             integrity(
                 stored.position,
-                format!(
-                    "the event sealed as #{} is missing (deleted)",
-                    stored.ordinal
-                ),
+                "the event sealed at this position is missing (deleted)".to_string(),
             )
         });
     }
     if stored.leaf_hash != computed.leaf_hash {
         return Err(integrity(
             position,
-            format!(
-                "the stored event differs from the one sealed as #{} (edited)",
-                stored.ordinal
-            ),
+            "the stored event differs from the one sealed at this position (edited)".to_string(),
         ));
     }
     if stored.chain_hash != computed.chain_hash {
         return Err(integrity(
             position,
-            format!(
-                "the chain differs at seal #{} (the seals were altered)",
-                stored.ordinal
-            ),
+            "the seal chain differs at this position (the seals were altered)".to_string(),
         ));
     }
     Ok(())
@@ -180,7 +172,7 @@ impl Projection for Seals {
         };
         self.chain = Chain::resume(&seal).ok_or_else(|| StoreError::Corrupt {
             position: seal.position,
-            reason: format!("seal #{} has a malformed chain hash", seal.ordinal),
+            reason: "the seal at this position has a malformed chain hash".to_string(),
         })?;
         Ok(Checkpoint {
             position: seal.position,
@@ -241,10 +233,7 @@ impl Projection for Seals {
         if let Some(missing) = store.seals_from(self.chain.ordinal() + 1, 1).await?.first() {
             return Err(integrity(
                 missing.position,
-                format!(
-                    "the event sealed as #{} is missing (deleted)",
-                    missing.ordinal
-                ),
+                "the event sealed at this position is missing (deleted)".to_string(),
             ));
         }
         Ok(())

@@ -97,6 +97,8 @@ fn assert_names(db: &TestDb, position: i64, kind: &str) {
             && err.contains(kind),
         "expected position {position} ({kind}): {err}"
     );
+    // One kind of number: a position, never an ordinal beside it.
+    assert!(!err.contains('#'), "{err}");
 }
 
 async fn replay_rebuilds_the_metrics_the_server_serves_byte_for_byte(backend: Backend) {
