@@ -3,7 +3,7 @@
 //! For each backend, a seeded generator writes `EUCORA_BENCH_EVENTS` events (default 1,000,000)
 //! through the real aggregate into a fresh database, then:
 //! - a raw ordered scan of the events table (one query, every column) is the reference;
-//! - the replay's stream pass (read in global order, verify every seal, fold the metrics);
+//! - the replay's stream pass (read in global order, verify every leaf against the log, fold the metrics);
 //! - the whole `eucora replay` (the stream pass, then the intent read model rebuilt);
 //! - the projection runner's catch-up as `eucora serve` does it (read, fold the metrics);
 //! - PostgreSQL only: the same events through cqrs-es's own `QueryReplay` over postgres-es,
@@ -365,7 +365,7 @@ async fn bench_backend(name: &str, url: &str, n: u64) {
     let first = first.expect("first replay");
     println!("| {name:<8} | metrics exposition sha256 {} |", first.digest);
     row(
-        "eucora replay, first (seals, rebuilds read model)",
+        "eucora replay, first (logs, rebuilds read model)",
         (took, cpu),
     );
     let (second, took, cpu) = timed_cpu(eucora::replay::replay(&store, 200, |_| {})).await;
@@ -383,8 +383,8 @@ async fn bench_backend(name: &str, url: &str, n: u64) {
     row("eucora replay, again (verifies, rebuilds)", (took, cpu));
 
     // The projection runner as `eucora serve` runs it at start-up: the persisted projections
-    // (seals, intent read model) are at the head, the metrics catch up from position 0.
-    let (mut runner, metrics) = eucora::app::serve_runner(&store, 200);
+    // (log, intent read model) are at the head, the metrics catch up from position 0.
+    let (mut runner, metrics, _log) = eucora::app::serve_runner(&store, 200);
     let status = runner.status();
     let (_, ours, cpu) = timed_cpu(async {
         while !status.caught_up() {

@@ -7,8 +7,8 @@ use crate::domain::DomainServices;
 use crate::http::AppState;
 use crate::principals::Principals;
 use crate::projection::intent_view::IntentView;
+use crate::projection::log::{LogView, MerkleLog};
 use crate::projection::metrics::{MetricsProjection, MetricsView};
-use crate::projection::seals::Seals;
 use crate::projection::{Runner, BATCH};
 use crate::read::ReadModel;
 use crate::store::{Store, StoreError};
@@ -49,15 +49,16 @@ fn open_file_limit() -> Option<usize> {
 }
 
 /// The projection runner of `eucora serve`, with every read-side consumer of the stream
-/// registered, and the view of its metrics that the API serves.
-pub fn serve_runner(store: &Store, app_label_limit: usize) -> (Runner, MetricsView) {
+/// registered, the view of its metrics that the API serves, and the view of the Merkle log.
+pub fn serve_runner(store: &Store, app_label_limit: usize) -> (Runner, MetricsView, LogView) {
     let runner = Runner::new(store.clone(), BATCH);
     let (metrics, view) = MetricsProjection::new(app_label_limit, runner.status());
+    let log = LogView::default();
     let runner = runner
-        .register(Seals::sealing())
+        .register(MerkleLog::extending(log.clone()))
         .register(IntentView::persisted())
         .register(metrics);
-    (runner, view)
+    (runner, view, log)
 }
 
 /// A bound, ready-to-run server: `main` and the tests build it the same way, and port 0 works.
@@ -108,7 +109,7 @@ impl Application {
             })?;
         let store = Store::connect(&args.db.database_url, args.db.db_pool_size).await?;
         store.migrate().await?;
-        let (runner, metrics_view) = serve_runner(&store, args.metrics_app_label_limit);
+        let (runner, metrics_view, log) = serve_runner(&store, args.metrics_app_label_limit);
         let telemetry = Arc::new(
             Telemetry::new(store.backend(), runner.status()).map_err(StartError::Telemetry)?,
         );
@@ -122,6 +123,7 @@ impl Application {
             reads: Arc::new(ReadModel::new(store.clone())),
             principals: Arc::new(Principals::new(store.clone())),
             metrics: metrics_view,
+            log,
             runner: runner.status(),
             telemetry,
             instance: Arc::from(uuid::Uuid::new_v4().to_string()),

@@ -28,7 +28,7 @@ pub enum CliCommand {
     Token(TokenCommand),
     /// Print one deployment intent's history.
     Events(EventsArgs),
-    /// Rebuild every projection from position 0, verify the stream against its seals, and print
+    /// Rebuild every projection from position 0, verify the stream against its Merkle log, and print
     /// a digest of the rebuilt domain metrics. Exits non-zero naming the first bad position.
     Replay(ReplayArgs),
     /// Drive seeded, realistic traffic through a running server's API (intents, CAB decisions,

@@ -69,6 +69,8 @@ pub struct AppState {
     pub principals: Arc<Principals>,
     /// The domain metrics, served once the runner caught up.
     pub metrics: MetricsView,
+    /// The Merkle log's tree, for checkpoints and proofs.
+    pub log: crate::projection::log::LogView,
     /// The projection runner's progress (readiness).
     pub runner: Arc<RunnerStatus>,
     pub telemetry: Arc<Telemetry>,

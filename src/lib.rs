@@ -6,7 +6,7 @@
 //! - [`read`]: what the API's reads are served from.
 //! - [`deadlines`]: records emergency changes whose retrospective approval is overdue.
 //! - [`projection`]: the one projection runner and the projections it feeds (metrics, intent read
-//!   model, seals).
+//!   model, the Merkle log).
 //! - [`replay`]: `eucora replay`: the same runner from position 0, with the integrity check.
 //! - [`principals`]: bearer-token principals and how tokens are issued.
 //! - [`http`]: the axum API, its state, errors (problem+json) and OpenAPI document.

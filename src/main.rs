@@ -217,8 +217,8 @@ async fn replay(args: ReplayArgs) -> Result<(), Failure> {
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     say(format_args!(
-        "replayed {} events: {} verified against their seals, {} newly sealed",
-        report.events, report.verified, report.sealed
+        "replayed {} events: {} verified against the log, {} newly logged",
+        report.events, report.verified, report.logged
     ))?;
     say(format_args!(
         "intent read model: {} rows rewritten, {} removed (the rest matched the rebuild)",

@@ -3,7 +3,8 @@
 //!
 //! - [`metrics`]: the domain metrics (in memory, rebuilt from position 0 at start-up);
 //! - [`intent_view`]: the intent read model lists are served from (persisted);
-//! - [`seals`]: the integrity seals (persisted; in `eucora replay`, the integrity check).
+//! - [`log`]: the Merkle log over the global stream (persisted; in `eucora replay`, the integrity
+//!   check).
 //!
 //! Adding a projection is one type implementing [`Projection`] and one `register` call where the
 //! runner is built (`app` for `eucora serve`, `replay` for `eucora replay`).
@@ -15,8 +16,8 @@
 //! its lane: it catches up without holding the others back.
 
 pub mod intent_view;
+pub mod log;
 pub mod metrics;
-pub mod seals;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,7 +39,7 @@ pub struct Event {
     pub ordinal: i64,
     pub row: StreamRow,
     pub event: Result<DeploymentEvent, DecodeError>,
-    /// The integrity leaf hash of the row as stored, when it was read with every column: hashed
+    /// The Merkle log's leaf hash of the row as stored, when it was read with every column: hashed
     /// on the decoding stage, in parallel with the projections, once for all of them.
     pub leaf: Option<[u8; 32]>,
 }
@@ -678,7 +679,7 @@ impl Runner {
             }
         }
         *live = still;
-        // A replay stops at an unreadable row, once the batch's seals said it is no edit.
+        // A replay stops at an unreadable row, once the log said the batch is as logged.
         if plan.stop_on_error && failures.is_empty() {
             if let Some((position, reason)) = unreadable.into_iter().next() {
                 failures.push(("runner", ProjectionError::Unreadable { position, reason }));

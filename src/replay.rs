@@ -1,16 +1,16 @@
 //! `eucora replay`: the projection runner from position 0 with the projections of `eucora serve`,
-//! the seals among them verifying every sealed event (see [`crate::projection::seals`] for what
-//! that does and does not detect). The metrics are rebuilt in memory, the intent read model is
-//! rebuilt and the stored one made equal to it, and the first position that disagrees with its
-//! seal is named.
+//! the Merkle log among them verifying every logged event (see [`crate::projection::log`] for
+//! what that does and does not detect). The metrics are rebuilt in memory, the intent read model
+//! is rebuilt and the stored one made equal to it, and the first position that disagrees with
+//! the log is named.
 
 use std::sync::atomic::Ordering;
 
 use sha2::{Digest, Sha256};
 
 use crate::projection::intent_view::IntentView;
+use crate::projection::log::MerkleLog;
 use crate::projection::metrics::MetricsProjection;
-use crate::projection::seals::Seals;
 use crate::projection::{ProjectionError, RunError, Runner, UNREACHABLE};
 use crate::store::{Store, StoreError, ViewRepair};
 
@@ -34,8 +34,8 @@ impl From<RunError> for ReplayError {
             RunError::Projection(ProjectionError::Integrity { position, what }) => {
                 ReplayError::Integrity { position, what }
             }
-            // Replay reads every batch's seals before its payloads are trusted, so a payload
-            // that does not decode in a batch that is as sealed is not an edit.
+            // Replay checks every batch against the log before its payloads are trusted, so a
+            // payload that does not decode in a batch that is as logged is not an edit.
             RunError::Projection(ProjectionError::Unreadable { position, reason }) => {
                 ReplayError::Integrity {
                     position,
@@ -55,10 +55,10 @@ impl From<RunError> for ReplayError {
 #[derive(Debug)]
 pub struct ReplayReport {
     pub events: u64,
-    /// Events checked against an existing seal.
+    /// Events checked against the stored log.
     pub verified: u64,
-    /// Events past the last seal, sealed by this replay.
-    pub sealed: u64,
+    /// Events past the stored log's end, added to it by this replay.
+    pub logged: u64,
     /// Intent read-model rows that were missing or differed from the rebuilt ones, and rows no
     /// intent has: both zero when the persisted read model was already right.
     pub view: ViewRepair,
@@ -76,12 +76,12 @@ pub async fn replay(
     progress: impl Fn(u64) + Send + Sync,
 ) -> Result<ReplayReport, ReplayError> {
     let runner = Runner::new(store.clone(), BATCH);
-    let (seals, counts) = Seals::verifying();
+    let (log, counts) = MerkleLog::verifying();
     let (metrics, view) = MetricsProjection::new(app_label_limit, runner.status());
     let (intents, repair) = IntentView::rebuild();
-    // The seals first: an edit is named as an edit before any projection calls it unreadable.
+    // The log first: an edit is named as an edit before any projection calls it unreadable.
     let end = runner
-        .register(seals)
+        .register(log)
         .register(metrics)
         .register(intents)
         .replay(progress)
@@ -95,7 +95,7 @@ pub async fn replay(
     Ok(ReplayReport {
         events: end.ordinal as u64,
         verified: counts.verified.load(Ordering::Acquire),
-        sealed: counts.sealed.load(Ordering::Acquire),
+        logged: counts.logged.load(Ordering::Acquire),
         view: repair,
         digest: hex::encode(Sha256::digest(text.as_bytes())),
         metrics: text,

@@ -4,7 +4,7 @@
 //! - this file: the connection (one writer and a reader pool on SQLite), migrations, errors;
 //! - [`events`]: the events table behind cqrs-es, and one intent's stream;
 //! - [`global`]: the global stream, in the one order every reader sees;
-//! - [`seals`]: the integrity seals over the global stream;
+//! - [`log`]: the Merkle log over the global stream (tiles) and its signed checkpoints;
 //! - [`checkpoints`]: where each persisted projection has read up to;
 //! - [`intent_view`]: the intent read model that lists are served from;
 //! - [`principals`] and [`idempotency`]: bearer-token principals and `Idempotency-Key` records.
@@ -21,6 +21,7 @@ pub use events::{EventRepo, StoredEvent, StreamCache};
 pub use global::{Columns, StoredColumns, StreamColumns, StreamRow};
 pub use idempotency::{Lease, Reservation};
 pub use intent_view::{IntentRow, ListFilter, RetroApproval, ViewRepair};
+pub use log::{LogTile, StoredCheckpoint, TILE};
 
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,8 +100,8 @@ mod events;
 mod global;
 mod idempotency;
 mod intent_view;
+mod log;
 mod principals;
-mod seals;
 
 #[derive(Clone)]
 enum Db {

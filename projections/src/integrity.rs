@@ -1,9 +1,17 @@
-//! The integrity chain over the global stream: a leaf hash per stored event and a running chain.
+//! The leaf of the Merkle log for one stored event: its canonical encoding and its RFC 9162 leaf
+//! hash.
 //!
-//! A leaf covers the event row exactly as stored (position, stream, sequence, type, version and
-//! the payload and metadata bytes), so any edit, a move to another position or another stream,
-//! changes it. The chain links each leaf to everything before it in the global order, so a deleted,
-//! inserted or reordered event changes every chain value from there on.
+//! The leaf data covers the event row exactly as stored (position, stream, sequence, type, version
+//! and the payload and metadata bytes), so any edit, or a move to another position or another
+//! stream, changes it. docs/evidence.md states the encoding byte by byte:
+//!
+//! ```text
+//! "eucora-event-v1" ‖ position (i64, 8 bytes big-endian) ‖ sequence (i64, 8 bytes big-endian)
+//!   ‖ for each of aggregate_type, aggregate_id, event_type, event_version, payload, metadata:
+//!       its length in bytes (u64, 8 bytes big-endian) ‖ its UTF-8 bytes
+//! ```
+//!
+//! and the leaf hash is SHA-256(0x00 ‖ leaf data) ([`crate::merkle::leaf_hash`]).
 
 use sha2::{Digest, Sha256};
 
@@ -20,87 +28,45 @@ pub struct StoredRow<'a> {
     pub metadata: &'a str,
 }
 
-/// SHA-256 over the row, each field length-prefixed so that no two rows encode alike.
+impl StoredRow<'_> {
+    fn fields(&self) -> [&str; 6] {
+        [
+            self.aggregate_type,
+            self.aggregate_id,
+            self.event_type,
+            self.event_version,
+            self.payload,
+            self.metadata,
+        ]
+    }
+}
+
+/// The row's leaf data: each field length-prefixed, so that no two rows encode alike.
+pub fn leaf_data(row: &StoredRow) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(15 + 16 + row.fields().iter().map(|f| 8 + f.len()).sum::<usize>());
+    out.extend_from_slice(b"eucora-event-v1");
+    out.extend_from_slice(&row.position.to_be_bytes());
+    out.extend_from_slice(&row.sequence.to_be_bytes());
+    for field in row.fields() {
+        out.extend_from_slice(&(field.len() as u64).to_be_bytes());
+        out.extend_from_slice(field.as_bytes());
+    }
+    out
+}
+
+/// The row's leaf hash, SHA-256(0x00 ‖ [`leaf_data`]), hashed as it is encoded (no copy).
 pub fn leaf_hash(row: &StoredRow) -> [u8; 32] {
     let mut h = Sha256::new();
+    h.update([0x00]);
     h.update(b"eucora-event-v1");
     h.update(row.position.to_be_bytes());
     h.update(row.sequence.to_be_bytes());
-    for field in [
-        row.aggregate_type,
-        row.aggregate_id,
-        row.event_type,
-        row.event_version,
-        row.payload,
-        row.metadata,
-    ] {
+    for field in row.fields() {
         h.update((field.len() as u64).to_be_bytes());
         h.update(field.as_bytes());
     }
     h.finalize().into()
-}
-
-/// One seal: the event at `ordinal` (from 1) in the global order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Seal {
-    pub ordinal: i64,
-    pub position: i64,
-    pub leaf_hash: String,
-    pub chain_hash: String,
-}
-
-/// The running chain: `chain(n) = SHA-256(chain(n-1) ‖ leaf(n))`, `chain(0)` all zeros.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Chain {
-    ordinal: i64,
-    head: [u8; 32],
-}
-
-impl Chain {
-    /// Continues a chain from a stored seal.
-    pub fn resume(seal: &Seal) -> Option<Chain> {
-        let bytes = hex::decode(&seal.chain_hash).ok()?;
-        Some(Chain {
-            ordinal: seal.ordinal,
-            head: bytes.try_into().ok()?,
-        })
-    }
-
-    pub fn ordinal(&self) -> i64 {
-        self.ordinal
-    }
-
-    /// Extends the chain by one event and returns its seal.
-    pub fn seal(&mut self, row: &StoredRow) -> Seal {
-        self.extend(row.position, leaf_hash(row))
-    }
-
-    /// Extends the chain by a leaf computed elsewhere (leaves are independent of each other, so
-    /// they may be hashed ahead, in parallel with the chain).
-    pub fn push(&mut self, leaf: [u8; 32]) {
-        let mut h = Sha256::new();
-        h.update(self.head);
-        h.update(leaf);
-        self.head = h.finalize().into();
-        self.ordinal += 1;
-    }
-
-    /// Whether the chain, as it stands, is the one `seal` records for the same ordinal.
-    pub fn matches(&self, seal: &Seal) -> bool {
-        seal.ordinal == self.ordinal
-            && hex::decode(&seal.chain_hash).is_ok_and(|stored| stored == self.head)
-    }
-
-    /// [`Chain::push`], returning the new event's seal.
-    pub fn extend(&mut self, position: i64, leaf: [u8; 32]) -> Seal {
-        self.push(leaf);
-        Seal {
-            ordinal: self.ordinal,
-            position,
-            leaf_hash: hex::encode(leaf),
-            chain_hash: hex::encode(self.head),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -132,25 +98,18 @@ mod tests {
     }
 
     #[test]
-    fn the_chain_depends_on_order_and_resumes_from_a_seal() {
-        let (a, b) = (row(1, "a"), row(2, "b"));
-        let mut forward = Chain::default();
-        forward.seal(&a);
-        let second = forward.seal(&b);
-        let mut swapped = Chain::default();
-        swapped.seal(&b);
-        assert_ne!(swapped.seal(&a).chain_hash, second.chain_hash);
-
-        let mut first_only = Chain::default();
-        let first = first_only.seal(&a);
-        let mut resumed = Chain::resume(&first).unwrap();
-        assert!(resumed.matches(&first));
-        assert_eq!(resumed.seal(&b), second);
-        assert!(resumed.matches(&second) && !resumed.matches(&first));
-        let mut altered = second.clone();
-        altered.chain_hash = first.chain_hash.clone();
-        altered.ordinal = 2;
-        assert!(!resumed.matches(&altered));
-        assert_eq!((second.ordinal, second.position), (2, 2));
+    fn the_leaf_hash_is_rfc_9162s_over_the_documented_leaf_data() {
+        let r = row(7, "{\"x\":1}");
+        assert_eq!(leaf_hash(&r), crate::merkle::leaf_hash(&leaf_data(&r)));
+        let data = leaf_data(&r);
+        assert!(data.starts_with(b"eucora-event-v1\0\0\0\0\0\0\0\x07\0\0\0\0\0\0\0\x01"));
+        assert!(
+            data.ends_with(b"\0\0\0\0\0\0\0\x02{}"),
+            "metadata last, length-prefixed"
+        );
+        assert_eq!(
+            data.len(),
+            15 + 16 + 6 * 8 + "deployment a DeploymentCreated 1 {\"x\":1} {}".len() - 5
+        );
     }
 }

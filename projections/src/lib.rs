@@ -9,12 +9,14 @@
 //! - [`decode`]: stored (type, version, payload) to an event, upcasting older versions.
 //! - [`intent`]: the per-intent state fold (lifecycle, ring timings, gate results).
 //! - [`integrity`]: the leaf hashes and chain that seal the global stream.
+//! - [`merkle`]: the RFC 9162 Merkle tree over the global stream, its proofs and their verifiers.
 //! - [`metrics`]: the domain metrics of METRICS.md, rendered as Prometheus text.
 
 pub mod decode;
 pub mod event;
 pub mod integrity;
 pub mod intent;
+pub mod merkle;
 pub mod metrics;
 
 /// Literal events for tests, here and in `eucora`'s (feature `fixtures`).

@@ -125,7 +125,7 @@ async fn metrics_answer_503_until_the_projection_has_caught_up(backend: Backend)
 
     // A runner that has not yet read the six stored events: driven by hand, no timing.
     let store = db.store().await;
-    let (mut runner, metrics) = serve_runner(&store, 10);
+    let (mut runner, metrics, log) = serve_runner(&store, 10);
     let status = runner.status();
     let services = DomainServices::new(Arc::new(SystemClock), Policy::default());
     let telemetry = Arc::new(Telemetry::new(store.backend(), status.clone()).unwrap());
@@ -134,6 +134,7 @@ async fn metrics_answer_503_until_the_projection_has_caught_up(backend: Backend)
         reads: Arc::new(ReadModel::new(store.clone())),
         principals: Arc::new(Principals::new(store.clone())),
         metrics: metrics.clone(),
+        log,
         runner: status.clone(),
         telemetry,
         instance: Arc::from("test"),

@@ -7,7 +7,7 @@ use sha2::Digest;
 use sqlx::Connection;
 
 use eucora::projection::intent_view::{IntentView, INTENTS};
-use eucora::projection::seals::Seals;
+use eucora::projection::log::MerkleLog;
 use eucora::projection::Runner;
 
 use crate::helpers::{eucora, intent_body, Backend, Crew, TestApp, TestDb};
@@ -18,7 +18,7 @@ crate::on_both_backends!(
     a_deleted_event_is_named_by_replay,
     reordered_events_are_named_by_replay,
     an_inserted_event_is_named_by_replay,
-    the_projector_seals_what_it_reads_once_and_replay_verifies_it,
+    the_log_takes_what_it_reads_once_and_replay_verifies_it,
     replay_rebuilds_the_intent_list_the_runner_builds,
     tampering_past_the_first_batch_is_named_by_replay,
 );
@@ -177,7 +177,7 @@ async fn a_deleted_event_is_named_by_replay(backend: Backend) {
     )
     .await;
     assert_names(&db, order[2], "missing");
-    // The last event too: nothing follows it, the seals still remember it.
+    // The last event too: nothing follows it, the log still remembers it.
     let (db, order) = seeded(backend).await;
     tamper(
         &db,
@@ -209,7 +209,7 @@ async fn reordered_events_are_named_by_replay(backend: Backend) {
 
 async fn an_inserted_event_is_named_by_replay(backend: Backend) {
     let (db, order) = seeded(backend).await;
-    // A forged copy of the first event, placed before every sealed one.
+    // A forged copy of the first event, placed before every logged one.
     let sql = match backend {
         Backend::Sqlite => format!(
             "INSERT INTO events (position, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
@@ -229,7 +229,7 @@ async fn an_inserted_event_is_named_by_replay(backend: Backend) {
     assert_names(&db, 0, "inserted");
 }
 
-async fn the_projector_seals_what_it_reads_once_and_replay_verifies_it(backend: Backend) {
+async fn the_log_takes_what_it_reads_once_and_replay_verifies_it(backend: Backend) {
     let db = TestDb::new(backend).await;
     {
         let app = TestApp::spawn_on_shared(&db).await;
@@ -243,17 +243,18 @@ async fn the_projector_seals_what_it_reads_once_and_replay_verifies_it(backend: 
         }
     }
     let store = db.store().await;
-    let mut sealer = Runner::new(store.clone(), 1000).register(Seals::sealing());
-    let mut sealed = 0;
+    let mut logger =
+        Runner::new(store.clone(), 1000).register(MerkleLog::extending(Default::default()));
+    let mut logged = 0;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while store.last_seal().await.unwrap().map_or(0, |s| s.ordinal) < 4 {
-        sealed += sealer.catch_up().await.unwrap();
-        assert!(Instant::now() < deadline, "never sealed all four events");
+    while store.log_size().await.unwrap() < 4 {
+        logged += logger.catch_up().await.unwrap();
+        assert!(Instant::now() < deadline, "never logged all four events");
     }
-    assert!(sealed <= 4, "an event was sealed twice");
-    assert_eq!(sealer.catch_up().await.unwrap(), 0, "nothing new to seal");
+    assert!(logged <= 4, "an event was logged twice");
+    assert_eq!(logger.catch_up().await.unwrap(), 0, "nothing new to log");
     let report = eucora::replay::replay(&store, 10, |_| {}).await.unwrap();
-    assert_eq!((report.events, report.verified, report.sealed), (4, 4, 0));
+    assert_eq!((report.events, report.verified, report.logged), (4, 4, 0));
     // The intent read model was rebuilt from position 0.
     let listed = store
         .list_intents(&eucora::read::ListFilter::default(), 0, 10)
@@ -423,8 +424,8 @@ async fn persisted_intents(db: &TestDb, at_least: usize) {
     }
 }
 
-/// Replay checks the chain once per batch and reads a batch's seals only where it disagrees: a
-/// tampered event in a later batch, or a deleted one in the first, is still named exactly.
+/// Replay checks every batch against the log's tiles: a tampered event in a later batch, or a
+/// deleted one in the first, is still named exactly.
 async fn tampering_past_the_first_batch_is_named_by_replay(backend: Backend) {
     let db = TestDb::new(backend).await;
     persisted_intents(&db, 12_000).await;
@@ -470,7 +471,7 @@ async fn tampering_past_the_first_batch_is_named_by_replay(backend: Backend) {
     )
     .await;
     assert_names(&db, edited, "edited");
-    // Put back, it verifies again: the chain is checked past it.
+    // Put back, it verifies again: the log is checked past it.
     tamper(
         &db,
         backend,

@@ -88,9 +88,9 @@ async fn every_projection_is_fed_from_one_read_of_each_event(backend: Backend) {
     let store = db.store().await;
     let count = intents(&store, 10).await;
     readable(&store, count).await;
-    // The runner of `eucora serve` on a store none of whose projections has run yet: the seals,
+    // The runner of `eucora serve` on a store none of whose projections has run yet: the log,
     // the intent read model and the metrics all start from position 0, and share one read.
-    let (mut runner, metrics) = eucora::app::serve_runner(&store, 10);
+    let (mut runner, metrics, _log) = eucora::app::serve_runner(&store, 10);
     let status = runner.status();
     assert_eq!(runner.catch_up().await.unwrap() as i64, count);
     assert_eq!(
@@ -104,7 +104,7 @@ async fn every_projection_is_fed_from_one_read_of_each_event(backend: Backend) {
         "{:?}",
         status.lag()
     );
-    assert_eq!(store.last_seal().await.unwrap().unwrap().ordinal, count);
+    assert_eq!(store.log_size().await.unwrap() as i64, count);
     assert_eq!(store.checkpoint(INTENTS).await.unwrap().ordinal, count);
     let text = metrics.render().unwrap();
     assert!(
@@ -159,7 +159,7 @@ async fn the_runner_stops_with_its_shutdown(backend: Backend) {
     let db = TestDb::new(backend).await;
     let store = db.store().await;
     let count = intents(&store, 3).await;
-    let (runner, metrics) = eucora::app::serve_runner(&store, 10);
+    let (runner, metrics, _log) = eucora::app::serve_runner(&store, 10);
     let status = runner.status();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(runner.run(async move {
@@ -171,7 +171,7 @@ async fn the_runner_stops_with_its_shutdown(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(metrics.render().is_some());
-    assert_eq!(store.last_seal().await.unwrap().unwrap().ordinal, count);
+    assert_eq!(store.log_size().await.unwrap() as i64, count);
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), running)
         .await

@@ -163,13 +163,14 @@ async fn the_store_refuses_to_update_or_delete_events(backend: Backend) {
         .execute(Uuid::now_v7(), cmd("alice", Role::Requester, create("a")))
         .await
         .unwrap();
-    // Seal both events, so the seals can be attacked too.
-    let mut sealer = eucora::projection::Runner::new(store.clone(), 1000)
-        .register(eucora::projection::seals::Seals::sealing());
+    // Log both events, so the log can be attacked too.
+    let mut logger = eucora::projection::Runner::new(store.clone(), 1000).register(
+        eucora::projection::log::MerkleLog::extending(Default::default()),
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while store.last_seal().await.unwrap().map_or(0, |s| s.ordinal) < 2 {
-        sealer.catch_up().await.unwrap();
-        assert!(std::time::Instant::now() < deadline, "never sealed");
+    while store.log_size().await.unwrap() < 2 {
+        logger.catch_up().await.unwrap();
+        assert!(std::time::Instant::now() < deadline, "never logged");
     }
     let columns = "position, aggregate_type, aggregate_id, sequence, event_type, event_version, \
                    payload, metadata";
@@ -177,8 +178,8 @@ async fn the_store_refuses_to_update_or_delete_events(backend: Backend) {
     let mut statements = vec![
         "UPDATE events SET event_type = 'Forged'".to_string(),
         "DELETE FROM events".to_string(),
-        "UPDATE event_seals SET chain_hash = 'forged'".to_string(),
-        "DELETE FROM event_seals".to_string(),
+        "UPDATE log_tiles SET leaves = substr(leaves, 33)".to_string(),
+        "DELETE FROM log_tiles".to_string(),
     ];
     match backend {
         // A replace deletes the row it meets without firing a DELETE trigger.
@@ -193,11 +194,8 @@ async fn the_store_refuses_to_update_or_delete_events(backend: Backend) {
                  aggregate_id, sequence, event_type, event_version, payload, metadata \
                  FROM events WHERE position = {first}"
             ),
-            "INSERT OR REPLACE INTO event_seals SELECT ordinal, position, leaf_hash, 'forged' \
-             FROM event_seals WHERE ordinal = 1"
-                .to_string(),
-            "REPLACE INTO event_seals SELECT ordinal + 1000, position, leaf_hash, chain_hash \
-             FROM event_seals WHERE ordinal = 1"
+            "INSERT OR REPLACE INTO log_tiles SELECT tile, substr(leaves, 33), \
+             substr(positions, 9), subtree FROM log_tiles WHERE tile = 0"
                 .to_string(),
         ]),
         // PostgreSQL's upsert updates the row it meets, and the UPDATE trigger fires.
@@ -210,13 +208,13 @@ async fn the_store_refuses_to_update_or_delete_events(backend: Backend) {
                  ON CONFLICT (aggregate_type, aggregate_id, sequence) \
                  DO UPDATE SET event_type = 'Forged'"
             ),
-            "INSERT INTO event_seals SELECT ordinal, position, leaf_hash, 'forged' \
-             FROM event_seals WHERE ordinal = 1 \
-             ON CONFLICT (ordinal) DO UPDATE SET chain_hash = excluded.chain_hash"
+            "INSERT INTO log_tiles SELECT tile, substring(leaves FROM 33), \
+             substring(positions FROM 9), subtree FROM log_tiles WHERE tile = 0 \
+             ON CONFLICT (tile) DO UPDATE SET leaves = excluded.leaves"
                 .to_string(),
         ]),
     }
-    let before = store.seals_from(1, 10).await.unwrap();
+    let before = store.log_tiles(0, 10).await.unwrap();
     for sql in &statements {
         let sql = sql.as_str();
         let refused = match backend {
@@ -239,7 +237,7 @@ async fn the_store_refuses_to_update_or_delete_events(backend: Backend) {
     }
     if backend == Backend::Postgres {
         let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-        for table in ["events", "event_seals"] {
+        for table in ["events", "log_tiles", "log_checkpoints"] {
             let refused = sqlx::query(&format!("TRUNCATE {table}"))
                 .execute(&mut conn)
                 .await
@@ -248,10 +246,10 @@ async fn the_store_refuses_to_update_or_delete_events(backend: Backend) {
         }
     }
     assert_eq!(store.event_count().await.unwrap(), 2);
-    assert_eq!(store.seals_from(1, 10).await.unwrap(), before);
-    // Sealing the same events again (another process) is still allowed, and changes nothing.
-    store.insert_seals(&before).await.unwrap();
-    assert_eq!(store.seals_from(1, 10).await.unwrap(), before);
+    assert_eq!(store.log_tiles(0, 10).await.unwrap(), before);
+    // Logging the same events again (another process) is still allowed, and changes nothing.
+    store.save_log_tiles(&before).await.unwrap();
+    assert_eq!(store.log_tiles(0, 10).await.unwrap(), before);
 }
 
 async fn migrations_can_run_again(backend: Backend) {
