@@ -145,6 +145,11 @@ async fn bench_backend(name: &str, url: &str, seconds: f64) {
         shutdown_timeout: 1,
         metrics_app_label_limit: 200,
         log_format: LogFormat::Text,
+        // The embedded default on SQLite (a key beside the file); none on PostgreSQL.
+        signing_key_file: None,
+        checkpoint_dir: None,
+        checkpoint_interval: std::time::Duration::from_secs(1),
+        checkpoint_events: 1000,
     };
     let app = Application::build(&args, Arc::new(SystemClock))
         .await

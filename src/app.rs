@@ -61,6 +61,62 @@ pub fn serve_runner(store: &Store, app_label_limit: usize) -> (Runner, MetricsVi
     (runner, view, log)
 }
 
+/// The signing key and checkpoint directory `args` name, or the embedded default's: on SQLite,
+/// `<database file>.key` (made on first start, 0600) and `<database file>.checkpoints`.
+fn checkpoint_plan(
+    args: &crate::config::ServeArgs,
+) -> Result<Option<crate::checkpoints::CheckpointPlan>, StartError> {
+    use crate::checkpoints::{CheckpointPlan, SigningKey, DEFAULT_KEY_NAME};
+    let beside_db = match crate::store::backend_of(&args.db.database_url) {
+        crate::store::Backend::Sqlite => {
+            crate::store::sqlite_file(&args.db.database_url).map(std::path::PathBuf::from)
+        }
+        crate::store::Backend::Postgres => None,
+    };
+    let with_suffix = |db: &std::path::Path, suffix: &str| {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    let key = match (&args.signing_key_file, &beside_db) {
+        (Some(path), _) => SigningKey::load(path)?,
+        (None, Some(db)) => {
+            let path = with_suffix(db, ".key");
+            if path.exists() {
+                SigningKey::load(&path)?
+            } else {
+                let key = SigningKey::create(&path, DEFAULT_KEY_NAME)?;
+                tracing::info!(path = %path.display(), verifier_key = key.verifier_key(),
+                    "made the log's signing key");
+                key
+            }
+        }
+        (None, None) => {
+            tracing::warn!(
+                "no --signing-key-file: the log's checkpoints are not signed (see docs/evidence.md)"
+            );
+            return Ok(None);
+        }
+    };
+    let dir = args.checkpoint_dir.clone().or_else(|| {
+        beside_db
+            .as_deref()
+            .map(|db| with_suffix(db, ".checkpoints"))
+    });
+    if dir.is_none() {
+        tracing::warn!(
+            "no --checkpoint-dir: checkpoints are kept in the database only, so a rewrite of the \
+             database is not caught at start-up"
+        );
+    }
+    Ok(Some(CheckpointPlan {
+        key: Arc::new(key),
+        dir,
+        interval: args.checkpoint_interval,
+        every_events: args.checkpoint_events,
+    }))
+}
+
 /// A bound, ready-to-run server: `main` and the tests build it the same way, and port 0 works.
 pub struct Application {
     listener: tokio::net::TcpListener,
@@ -70,6 +126,9 @@ pub struct Application {
     runner: Runner,
     /// The retrospective-approval deadline watcher's needs, started by `run` as the runner is.
     deadlines: (Store, Arc<Commands>, Arc<dyn crate::domain::Clock>),
+    /// Re-verifies the log and signs its checkpoints (with a key); started by `run` as the runner
+    /// is.
+    checkpointer: crate::checkpoints::Checkpointer,
     shutdown_timeout: std::time::Duration,
 }
 
@@ -82,6 +141,8 @@ pub enum StartError {
     Policy(#[from] crate::domain::policy::PolicyError),
     #[error("{0}")]
     Telemetry(String),
+    #[error(transparent)]
+    Key(#[from] crate::checkpoints::KeyError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -109,10 +170,20 @@ impl Application {
             })?;
         let store = Store::connect(&args.db.database_url, args.db.db_pool_size).await?;
         store.migrate().await?;
+        let plan = checkpoint_plan(args)?;
         let (runner, metrics_view, log) = serve_runner(&store, args.metrics_app_label_limit);
+        let integrity = Arc::new(crate::checkpoints::IntegrityStatus::default());
         let telemetry = Arc::new(
             Telemetry::new(store.backend(), runner.status()).map_err(StartError::Telemetry)?,
         );
+        telemetry.observe_integrity(integrity.clone());
+        let checkpointer = crate::checkpoints::Checkpointer {
+            store: store.clone(),
+            log: log.clone(),
+            runner: runner.status(),
+            status: integrity.clone(),
+            plan,
+        };
         let commands = Commands::new(&store, DomainServices::new(clock.clone(), policy))
             .with_telemetry(telemetry.clone())
             .waking(runner.status());
@@ -124,6 +195,11 @@ impl Application {
             principals: Arc::new(Principals::new(store.clone())),
             metrics: metrics_view,
             log,
+            integrity,
+            verifier_key: checkpointer
+                .plan
+                .as_ref()
+                .map(|p| Arc::from(p.key.verifier_key())),
             runner: runner.status(),
             telemetry,
             instance: Arc::from(uuid::Uuid::new_v4().to_string()),
@@ -144,8 +220,17 @@ impl Application {
             router: crate::http::router(state, limits),
             runner,
             deadlines,
+            checkpointer,
             shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
         })
+    }
+
+    /// The verifier key of the log's signing key, if checkpoints are signed.
+    pub fn verifier_key(&self) -> Option<&str> {
+        self.checkpointer
+            .plan
+            .as_ref()
+            .map(|p| p.key.verifier_key())
     }
 
     /// The address actually bound (the real port when asked for port 0).
@@ -172,6 +257,7 @@ impl Application {
             clock,
             until_stopped(stopped.clone()),
         ));
+        let checkpointer = tokio::spawn(self.checkpointer.run(until_stopped(stopped.clone())));
         let runner = tokio::spawn(self.runner.run(until_stopped(stopped)));
         let mut draining = stop.subscribe();
         let server =
@@ -196,6 +282,7 @@ impl Application {
         // However the server ended, the shutdown sender is gone or has sent, so the runner stops.
         let _ = runner.await;
         let _ = deadlines.await;
+        let _ = checkpointer.await;
         served
     }
 }

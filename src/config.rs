@@ -26,6 +26,9 @@ pub enum CliCommand {
     /// Manage principals' bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage the key that signs the log's checkpoints and evidence bundles.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Print one deployment intent's history.
     Events(EventsArgs),
     /// Rebuild every projection from position 0, verify the stream against its Merkle log, and print
@@ -298,6 +301,44 @@ pub struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, env = "EUCORA_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// The key that signs the log's checkpoints (`eucora key generate` writes one). Default on
+    /// SQLite: `<database file>.key`, made on first start; on PostgreSQL there is no default, and
+    /// without one no checkpoint is signed.
+    #[arg(long, env = "EUCORA_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+    /// Where the latest signed checkpoint is also kept, outside the database, and checked against
+    /// at start-up. Default on SQLite: `<database file>.checkpoints`.
+    #[arg(long, env = "EUCORA_CHECKPOINT_DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Sign a checkpoint at least this often while the log grows.
+    #[arg(long, env = "EUCORA_CHECKPOINT_INTERVAL", default_value = "10s", value_parser = interval)]
+    pub checkpoint_interval: std::time::Duration,
+    /// Sign a checkpoint as soon as the log has grown by this many events.
+    #[arg(long, env = "EUCORA_CHECKPOINT_EVENTS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_events: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Write a new Ed25519 signing key to a file (0600, never overwritten) and print its verifier
+    /// key (`<name>+<id>+<key>`), which auditors use to check checkpoints and evidence.
+    Generate {
+        /// Where to write the key; the file must not exist.
+        #[arg(long)]
+        out: PathBuf,
+        /// The key's name, which is also the log's origin line.
+        #[arg(long, default_value = crate::checkpoints::DEFAULT_KEY_NAME)]
+        name: String,
+    },
+}
+
+/// A duration such as `1s`, `30m` or `24h`.
+fn interval(text: &str) -> Result<std::time::Duration, String> {
+    crate::domain::policy::duration(text)
+        .and_then(|d| d.to_std().ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a duration like \"1s\", \"30s\" or \"5m\""))
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod idempotency;
+pub mod log;
 pub mod ops;
 pub mod schema;
 pub mod serve;
@@ -43,7 +44,8 @@ use std::sync::Arc;
     tags(
         (name = "deployments", description = "Deployment intents and their streams"),
         (name = "events", description = "The global event stream, for audit"),
-        (name = "operations", description = "Health probes, metrics and the runbook: no token")
+        (name = "operations", description = "Health probes, metrics and the runbook: no token"),
+        (name = "log", description = "The Merkle log: signed checkpoints and proofs, for auditors")
     )
 )]
 struct ApiDoc;
@@ -71,6 +73,10 @@ pub struct AppState {
     pub metrics: MetricsView,
     /// The Merkle log's tree, for checkpoints and proofs.
     pub log: crate::projection::log::LogView,
+    /// What the integrity checks found (readiness).
+    pub integrity: Arc<crate::checkpoints::IntegrityStatus>,
+    /// The verifier key of the log's signing key, when checkpoints are signed.
+    pub verifier_key: Option<Arc<str>>,
     /// The projection runner's progress (readiness).
     pub runner: Arc<RunnerStatus>,
     pub telemetry: Arc<Telemetry>,
@@ -91,6 +97,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .nest("/api/v1/deployments", deployments::router())
         .nest("/api/v1/events", events::router())
         .merge(ops::router())
+        .merge(log::router())
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     let doc = doc.to_json().unwrap_or_else(|_| "{}".into());

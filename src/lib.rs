@@ -8,6 +8,7 @@
 //! - [`projection`]: the one projection runner and the projections it feeds (metrics, intent read
 //!   model, the Merkle log).
 //! - [`replay`]: `eucora replay`: the same runner from position 0, with the integrity check.
+//! - [`checkpoints`]: the log's signing key, signed checkpoints, and the integrity status.
 //! - [`principals`]: bearer-token principals and how tokens are issued.
 //! - [`http`]: the axum API, its state, errors (problem+json) and OpenAPI document.
 //! - [`app`]: wiring only: builds all of the above from [`config::ServeArgs`] and runs it.
@@ -18,6 +19,7 @@
 //!   client commands (`eucora deployments …`).
 
 pub mod app;
+pub mod checkpoints;
 pub mod cli;
 pub mod config;
 pub mod deadlines;

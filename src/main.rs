@@ -13,7 +13,9 @@ use std::sync::Arc;
 use clap::Parser;
 use eucora::app::Application;
 use eucora::cli::{say, Failure};
-use eucora::config::{Cli, CliCommand, DbArgs, DemoArgs, LogFormat, ReplayArgs, TokenCommand};
+use eucora::config::{
+    Cli, CliCommand, DbArgs, DemoArgs, KeyCommand, LogFormat, ReplayArgs, TokenCommand,
+};
 use eucora::domain::SystemClock;
 use eucora::principals::issue_token;
 use eucora::store::Store;
@@ -74,6 +76,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .await
                 .map_err(|e| e.to_string())?;
             let addr = app.local_addr().map_err(|e| e.to_string())?;
+            if let Some(key) = app.verifier_key() {
+                say(format_args!("eucora checkpoint verifier key: {key}"))?;
+            }
             say(format_args!("eucora listening on http://{addr}"))?;
             tracing::info!(%addr, database = %redact(&args.db.database_url), "serving");
             app.run(shutdown).await.map_err(|e| e.to_string())?;
@@ -106,6 +111,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         CliCommand::Replay(args) => replay(args).await,
         CliCommand::Demo(args) => demo(args).await,
         CliCommand::Deployments(command) => eucora::cli::client::run(command).await,
+        CliCommand::Key(KeyCommand::Generate { out, name }) => {
+            let key =
+                eucora::checkpoints::SigningKey::create(&out, &name).map_err(|e| e.to_string())?;
+            eprintln!(
+                "signing key written to {} (keep it secret; give auditors the verifier key below)",
+                out.display()
+            );
+            say(format_args!("{}", key.verifier_key()))?;
+            Ok(())
+        }
         CliCommand::Events(args) => {
             let store = open_existing(&args.db).await?;
             let events = store

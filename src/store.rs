@@ -137,6 +137,12 @@ fn sqlite_path(url: &str) -> &str {
     path.split('?').next().unwrap_or(path)
 }
 
+/// The file a SQLite `url` names (`None` for an in-memory database).
+pub fn sqlite_file(url: &str) -> Option<&str> {
+    let path = sqlite_path(url);
+    (!path.is_empty() && !path.starts_with(":memory:")).then_some(path)
+}
+
 /// The file a SQLite `url` names, when it does not exist: commands that read an existing store
 /// refuse it rather than leave a new, empty database behind.
 pub fn missing_sqlite_file(url: &str) -> Option<&str> {

@@ -51,6 +51,7 @@ pub struct Telemetry {
     http_duration: Histogram<f64>,
     append_duration: Histogram<f64>,
     backend: &'static str,
+    meter: opentelemetry::metrics::Meter,
 }
 
 impl Telemetry {
@@ -114,7 +115,34 @@ impl Telemetry {
             http_duration,
             append_duration,
             backend: backend.as_str(),
+            meter,
         })
+    }
+
+    /// Exports what the integrity checks found.
+    pub fn observe_integrity(&self, status: Arc<crate::checkpoints::IntegrityStatus>) {
+        let verified = status.clone();
+        self.meter
+            .u64_observable_gauge("eucora.integrity.verified_position")
+            .with_description(
+                "Leaf index up to which stored events were re-verified against the Merkle log.",
+            )
+            .with_callback(move |gauge| gauge.observe(verified.verified(), &[]))
+            .build();
+        let failures = status.clone();
+        self.meter
+            .u64_observable_counter("eucora.integrity.failures")
+            .with_description(
+                "Integrity checks that failed: the stored history is not what the log or a \
+                 signed checkpoint says.",
+            )
+            .with_callback(move |counter| counter.observe(failures.failures(), &[]))
+            .build();
+        self.meter
+            .u64_observable_gauge("eucora.checkpoint.tree_size")
+            .with_description("Tree size of the latest signed checkpoint.")
+            .with_callback(move |gauge| gauge.observe(status.checkpoint_size(), &[]))
+            .build();
     }
 
     /// Records one HTTP request; `route` is the matched route template, never the raw path.

@@ -181,31 +181,30 @@ fn parse_ring(key: &str, name: &str) -> Result<Ring, PolicyError> {
     })
 }
 
-/// Parses `90s`, `15m`, `4h`, `7d` or `2w`.
-fn parse_duration(key: &str, text: &str) -> Result<Duration, PolicyError> {
-    let bad = || {
-        PolicyError::Invalid(format!(
-            "{key}: {text:?} is not a duration like \"30m\", \"24h\" or \"7d\""
-        ))
-    };
+/// Parses `90s`, `15m`, `4h`, `7d` or `2w`: a whole number and a unit.
+pub fn duration(text: &str) -> Option<Duration> {
     let text = text.trim();
-    let split = text.len().checked_sub(1).ok_or_else(bad)?;
-    let (number, unit) = text.split_at(split);
-    let n: i64 = number.parse().map_err(|_| bad())?;
-    if n < 0 {
-        return Err(bad());
-    }
+    let split = text.len().checked_sub(1)?;
+    let (number, unit) = text.split_at_checked(split)?;
+    let n: i64 = number.parse().ok().filter(|n| *n >= 0)?;
     let seconds = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
         "w" => 604_800,
-        _ => return Err(bad()),
+        _ => return None,
     };
-    n.checked_mul(seconds)
-        .and_then(Duration::try_seconds)
-        .ok_or_else(bad)
+    n.checked_mul(seconds).and_then(Duration::try_seconds)
+}
+
+/// [`duration`] for a policy key, with the key named when it is not one.
+fn parse_duration(key: &str, text: &str) -> Result<Duration, PolicyError> {
+    duration(text).ok_or_else(|| {
+        PolicyError::Invalid(format!(
+            "{key}: {text:?} is not a duration like \"30m\", \"24h\" or \"7d\""
+        ))
+    })
 }
 
 #[cfg(test)]

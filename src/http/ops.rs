@@ -34,9 +34,14 @@ async fn live() -> impl IntoResponse {
 #[utoipa::path(get, path = "/health/ready", tag = "operations",
     responses(
         (status = 200, description = "`{status, backend}`, and `unreadable_events` (`[{position, reason}]`) when the store holds rows no projection can read"),
-        (status = 503, description = "the store does not answer, or the projections are catching up")))]
+        (status = 503, description = "the store does not answer, the projections are catching up, or an integrity check failed (the stored history is not what was signed)")))]
 async fn ready(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     state.store.ping().await?;
+    if let Some(failure) = state.integrity.failure() {
+        return Err(ApiError::Unavailable(format!(
+            "integrity check failed: {failure}"
+        )));
+    }
     if !state.runner.caught_up() {
         return Err(catching_up());
     }

@@ -297,15 +297,15 @@ fn integrity(position: i64, what: impl Into<String>) -> ProjectionError {
     }
 }
 
-/// Compares one event with the leaf the stored log holds at its index.
+/// Compares one stored event (at `position`, with `leaf`) with the leaf the stored log holds at
+/// its index.
 async fn check(
     store: &Store,
-    e: &Event,
+    position: i64,
     leaf: &Hash,
     stored_leaf: &Hash,
     stored_position: i64,
 ) -> Result<(), ProjectionError> {
-    let position = e.row.position;
     if stored_position != position {
         // Either the logged event is gone, or another event stands in its place.
         return Err(if store.has_position(stored_position).await? {
@@ -411,7 +411,9 @@ impl Projection for MerkleLog {
                         "the log has no leaf for this event (its tiles were altered)",
                     ));
                 };
-                if let Err(err) = check(store, e, leaf, stored_leaf, stored_position).await {
+                if let Err(err) =
+                    check(store, e.row.position, leaf, stored_leaf, stored_position).await
+                {
                     self.tree = before;
                     return Err(err);
                 }
@@ -465,6 +467,67 @@ impl Projection for MerkleLog {
         }
         Ok(())
     }
+}
+
+/// Re-verifies up to `count` stored events from leaf `from` on against the stored log: each
+/// event's leaf hash and position against its leaf. Returns the index verified up to (the log's
+/// size once it reached the end). The background integrity check runs this in rolling windows.
+pub async fn reverify(store: &Store, from: u64, count: u64) -> Result<u64, ProjectionError> {
+    let size = store.log_size().await?;
+    let end = (from + count).min(size);
+    if from >= end {
+        return Ok(size);
+    }
+    let tiles: HashMap<i64, LogTile> = store
+        .log_tiles(
+            (from.saturating_sub(1) / TILE) as i64,
+            ((end - 1) / TILE) as i64,
+        )
+        .await?
+        .into_iter()
+        .map(|t| (t.tile, t))
+        .collect();
+    let stored = |index: u64| {
+        tiles
+            .get(&((index / TILE) as i64))
+            .and_then(|t| {
+                let at = (index % TILE) as usize;
+                Some((*t.leaves.get(at)?, *t.positions.get(at)?))
+            })
+            .ok_or_else(|| {
+                integrity(
+                    0,
+                    format!("the log has no leaf {index} (its tiles were altered)"),
+                )
+            })
+    };
+    let after = if from == 0 {
+        None
+    } else {
+        Some(stored(from - 1)?.1)
+    };
+    let rows = store
+        .read_global(after, (end - from) as i64, Columns::Stored)
+        .await?;
+    for (index, row) in (from..end).zip(&rows) {
+        let (stored_leaf, stored_position) = stored(index)?;
+        check(
+            store,
+            row.position,
+            &leaf_hash(&row.row()?),
+            &stored_leaf,
+            stored_position,
+        )
+        .await?;
+    }
+    if (rows.len() as u64) < end - from {
+        let (_, position) = stored(from + rows.len() as u64)?;
+        return Err(integrity(
+            position,
+            "the event logged at this position is missing (deleted)",
+        ));
+    }
+    Ok(end)
 }
 
 #[cfg(test)]

@@ -149,10 +149,15 @@ fn serve_logs(listen: &str) -> (String, String) {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let mut child = command.spawn().unwrap();
+    // The verifier key comes first, then the address.
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    while !line.starts_with("eucora listening") {
+        line.clear();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+    }
     let mut logs = String::new();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     while !logs.contains("projections caught up") {

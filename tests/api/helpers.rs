@@ -292,7 +292,7 @@ impl TestApp {
         TestApp::spawn_on(self.db.clone(), &[]).await
     }
 
-    async fn spawn_on(db: std::sync::Arc<TestDb>, extra: &[&str]) -> TestApp {
+    pub async fn spawn_on(db: std::sync::Arc<TestDb>, extra: &[&str]) -> TestApp {
         let policy = db.dir().join("policy.toml");
         if !policy.exists() {
             std::fs::write(&policy, NO_BAKE_POLICY).unwrap();

@@ -13,6 +13,7 @@ mod fuzz;
 mod global_stream;
 mod idempotency;
 mod lifecycle;
+mod log;
 mod metrics;
 mod observability;
 mod outage;

@@ -135,6 +135,8 @@ async fn metrics_answer_503_until_the_projection_has_caught_up(backend: Backend)
         principals: Arc::new(Principals::new(store.clone())),
         metrics: metrics.clone(),
         log,
+        integrity: Default::default(),
+        verifier_key: None,
         runner: status.clone(),
         telemetry,
         instance: Arc::from("test"),
