@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use super::error::ApiError;
 use super::extract::{Principal, QueryParams};
 use crate::http::AppState;
-use crate::store::{Columns, StoreError};
+use crate::store::{Columns, StoreError, TILE};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(global_stream))
@@ -23,7 +23,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct GlobalParams {
-    /// The position of the last event already read; 0 or absent reads from the start.
+    /// How many events were already read (the previous page's `next_after`); 0 or absent reads
+    /// from the start.
     #[param(minimum = 0)]
     after: Option<i64>,
     /// At most this many events, 1 to 1000 (default 100).
@@ -33,7 +34,9 @@ pub struct GlobalParams {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct GlobalEventOut {
-    /// The event's global position: pass the last one read as `after`.
+    /// The event's leaf index in the Merkle log: its place in the stream, from 0, gap-free.
+    pub index: i64,
+    /// The event's position in the store (in its leaf data; not the cursor).
     pub position: i64,
     pub deployment_id: String,
     /// Place in its intent's stream, from 1.
@@ -48,16 +51,16 @@ pub struct GlobalEventOut {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct GlobalPage {
     pub events: Vec<GlobalEventOut>,
-    /// `after` for the next page; absent when this page reached the head of the stream.
+    /// `after` for the next page; absent when this page reached the head of the log.
     pub next_after: Option<i64>,
 }
 
-/// The global stream in commit order: every committed event once, in an order that never changes.
-///
-/// On PostgreSQL, positions are unique but not sorted in this order (a position is taken at insert,
-/// the order is fixed at commit): page with `after` = the last position read, never by arithmetic.
+/// The global stream in commit order, every committed event once, each with its `index`: its
+/// leaf in the Merkle log, from 0, gap-free. Page with `after` = the number of events already read
+/// (the `next_after` of the previous page). Events appear once the log has taken them, within a
+/// second of their commit.
 #[utoipa::path(get, path = "", tag = "events", params(GlobalParams),
-    responses((status = 200, body = GlobalPage), (status = 400), (status = 401), (status = 403), (status = 404, description = "`after` names no stored event"), (status = 503)),
+    responses((status = 200, body = GlobalPage), (status = 400), (status = 401), (status = 403), (status = 404, description = "the log does not have that many events yet"), (status = 503)),
     security(("bearer" = [])))]
 async fn global_stream(
     State(state): State<AppState>,
@@ -66,31 +69,51 @@ async fn global_stream(
 ) -> Result<Response, ApiError> {
     principal.require(&[Role::Auditor])?;
     let q = query.only(&["after", "limit"])?;
-    let limit = q.number("limit", 1..=1000)?.unwrap_or(100);
-    let after = q.number("after", 0..=i64::MAX)?.unwrap_or(0);
-    // A cursor is a stored event: the stream's order is not the positions' order on PostgreSQL,
-    // so there is no "after" a position no event has.
-    if after > 0 && !state.store.has_position(after).await? {
+    let limit = q.number("limit", 1..=1000)?.unwrap_or(100) as u64;
+    let after = q.number("after", 0..=i64::MAX)?.unwrap_or(0) as u64;
+    let size = state.log.size();
+    if after > size {
         return Err(ApiError::NotFound(format!(
-            "no stored event has position {after}: pass the position of the last event read"
+            "the log has {size} events, fewer than the {after} already read"
         )));
     }
-    let events = state
-        .store
-        .read_global((after > 0).then_some(after), limit, Columns::Streams)
-        .await?;
-    let next_after = (events.len() as i64 == limit)
-        .then(|| events.last().map(|e| e.position))
-        .flatten();
-    let events = events
+    let take = limit.min(size - after);
+    // Where leaf `after - 1` stands in the store: the page starts right after it.
+    let start = if after == 0 {
+        None
+    } else {
+        let tile = ((after - 1) / TILE) as i64;
+        let position = state
+            .store
+            .log_tiles(tile, tile)
+            .await?
+            .into_iter()
+            .next()
+            .and_then(|t| t.positions.get(((after - 1) % TILE) as usize).copied())
+            .ok_or_else(|| ApiError::Unavailable("the log's tiles are being written".into()))?;
+        Some(position)
+    };
+    let rows = if take == 0 {
+        Vec::new()
+    } else {
+        state
+            .store
+            .read_global(start, take as i64, Columns::Streams)
+            .await?
+    };
+    let next = after + rows.len() as u64;
+    let next_after = (next < size).then_some(next as i64);
+    let events = rows
         .into_iter()
-        .map(|e| {
+        .zip(after..)
+        .map(|(e, index)| {
             let event = e.decode().map_err(|err| StoreError::Corrupt {
                 position: e.position,
                 reason: err.to_string(),
             })?;
             let stream = e.stream()?;
             Ok(GlobalEventOut {
+                index: index as i64,
                 position: e.position,
                 deployment_id: stream.aggregate_id.clone(),
                 sequence: stream.sequence,

@@ -208,16 +208,32 @@ async fn auditors_page_through_the_global_stream_over_http() {
     let events = first.body["events"].as_array().unwrap();
     assert_eq!(events.len(), 4);
     assert_eq!(events[0]["event_type"], "DeploymentCreated");
+    // Each event carries its leaf index: 0, 1, 2, … with no gap; the cursor is how many were read.
+    let indices: Vec<i64> = events
+        .iter()
+        .map(|e| e["index"].as_i64().unwrap())
+        .collect();
+    assert_eq!(indices, [0, 1, 2, 3]);
     let next = first.body["next_after"].as_i64().unwrap();
-    assert_eq!(next, events[3]["position"].as_i64().unwrap());
+    assert_eq!(next, 4);
     let rest = app
         .get(
             &format!("/api/v1/events?after={next}&limit=4"),
             &crew.auditor,
         )
         .await;
-    assert_eq!(rest.body["events"].as_array().unwrap().len(), 2);
+    let rest_events = rest.body["events"].as_array().unwrap();
+    assert_eq!(rest_events.len(), 2);
+    assert_eq!(rest_events[0]["index"], 4);
     assert!(rest.body["next_after"].is_null());
+    // The index is the log's: the leaf at that index is that event's.
+    let proof = app
+        .get(
+            "/api/v1/proofs/inclusion?index=4&tree_size=6",
+            &crew.auditor,
+        )
+        .await;
+    assert_eq!(proof.body["position"], rest_events[0]["position"]);
     app.get("/api/v1/events?after=999999", &crew.auditor)
         .await
         .assert_problem(404);
