@@ -196,10 +196,7 @@ impl Application {
             metrics: metrics_view,
             log,
             integrity,
-            verifier_key: checkpointer
-                .plan
-                .as_ref()
-                .map(|p| Arc::from(p.key.verifier_key())),
+            signing_key: checkpointer.plan.as_ref().map(|p| p.key.clone()),
             runner: runner.status(),
             telemetry,
             instance: Arc::from(uuid::Uuid::new_v4().to_string()),

@@ -29,6 +29,9 @@ pub enum CliCommand {
     /// Manage the key that signs the log's checkpoints and evidence bundles.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Export compliance evidence from the database, or verify a bundle offline.
+    #[command(subcommand)]
+    Evidence(EvidenceCommand),
     /// Print one deployment intent's history.
     Events(EventsArgs),
     /// Rebuild every projection from position 0, verify the stream against its Merkle log, and print
@@ -331,6 +334,51 @@ pub enum KeyCommand {
         #[arg(long, default_value = crate::checkpoints::DEFAULT_KEY_NAME)]
         name: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvidenceCommand {
+    /// Write the evidence bundle (a .tar.gz) of a period or of one deployment intent: the
+    /// events exactly as stored, the signed checkpoint, the proofs, the controls, the population
+    /// and a signed manifest (docs/evidence.md).
+    Export(ExportArgs),
+    /// Verify a bundle offline, with no database: the manifest's signature and every file's
+    /// hash, the checkpoint's signature, the proofs, contiguity, and every control recomputed.
+    /// Exits 0 only when all hold; otherwise names the first failure and exits 1.
+    Verify {
+        /// The bundle (.tar.gz).
+        file: PathBuf,
+        /// A file holding the verifier key line (`<name>+<id>+<key>`).
+        #[arg(long)]
+        key: PathBuf,
+        /// An earlier signed checkpoint you kept: the log must still extend it.
+        #[arg(long)]
+        previous_checkpoint: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Start of the period (RFC 3339): from the first event stamped at or after it.
+    #[arg(long, requires = "to", conflicts_with = "deployment")]
+    pub from: Option<String>,
+    /// End of the period (RFC 3339): up to the first event stamped at or after it.
+    #[arg(long, requires = "from")]
+    pub to: Option<String>,
+    /// One deployment intent's whole history instead of a period.
+    #[arg(long, required_unless_present = "from")]
+    pub deployment: Option<Uuid>,
+    /// Where to write the bundle; the file must not exist.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// An earlier signed checkpoint: the bundle then proves the log extends it.
+    #[arg(long)]
+    pub previous_checkpoint: Option<PathBuf>,
+    /// The log's signing key (default on SQLite: `<database file>.key`, as the server uses).
+    #[arg(long, env = "EUCORA_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
 }
 
 /// A duration such as `1s`, `30m` or `24h`.

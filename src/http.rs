@@ -5,6 +5,7 @@ pub mod correlation;
 pub mod deployments;
 pub mod error;
 pub mod events;
+pub mod evidence;
 pub mod extract;
 pub mod idempotency;
 pub mod log;
@@ -45,7 +46,8 @@ use std::sync::Arc;
         (name = "deployments", description = "Deployment intents and their streams"),
         (name = "events", description = "The global event stream, for audit"),
         (name = "operations", description = "Health probes, metrics and the runbook: no token"),
-        (name = "log", description = "The Merkle log: signed checkpoints and proofs, for auditors")
+        (name = "log", description = "The Merkle log: signed checkpoints and proofs, for auditors"),
+        (name = "evidence", description = "Compliance evidence bundles, for auditors")
     )
 )]
 struct ApiDoc;
@@ -75,8 +77,8 @@ pub struct AppState {
     pub log: crate::projection::log::LogView,
     /// What the integrity checks found (readiness).
     pub integrity: Arc<crate::checkpoints::IntegrityStatus>,
-    /// The verifier key of the log's signing key, when checkpoints are signed.
-    pub verifier_key: Option<Arc<str>>,
+    /// The log's signing key, when checkpoints are signed (evidence bundles are signed with it).
+    pub signing_key: Option<Arc<crate::checkpoints::SigningKey>>,
     /// The projection runner's progress (readiness).
     pub runner: Arc<RunnerStatus>,
     pub telemetry: Arc<Telemetry>,
@@ -98,6 +100,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .nest("/api/v1/events", events::router())
         .merge(ops::router())
         .merge(log::router())
+        .merge(evidence::router())
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     let doc = doc.to_json().unwrap_or_else(|_| "{}".into());

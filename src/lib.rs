@@ -9,6 +9,7 @@
 //!   model, the Merkle log).
 //! - [`replay`]: `eucora replay`: the same runner from position 0, with the integrity check.
 //! - [`checkpoints`]: the log's signing key, signed checkpoints, and the integrity status.
+//! - [`evidence`]: the compliance evidence bundle, its controls, and the offline verifier.
 //! - [`principals`]: bearer-token principals and how tokens are issued.
 //! - [`http`]: the axum API, its state, errors (problem+json) and OpenAPI document.
 //! - [`app`]: wiring only: builds all of the above from [`config::ServeArgs`] and runs it.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod deadlines;
 pub mod demo;
 pub mod domain;
+pub mod evidence;
 pub mod http;
 pub mod principals;
 pub mod projection;

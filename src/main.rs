@@ -14,7 +14,8 @@ use clap::Parser;
 use eucora::app::Application;
 use eucora::cli::{say, Failure};
 use eucora::config::{
-    Cli, CliCommand, DbArgs, DemoArgs, KeyCommand, LogFormat, ReplayArgs, TokenCommand,
+    Cli, CliCommand, DbArgs, DemoArgs, EvidenceCommand, ExportArgs, KeyCommand, LogFormat,
+    ReplayArgs, TokenCommand,
 };
 use eucora::domain::SystemClock;
 use eucora::principals::issue_token;
@@ -111,6 +112,33 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         CliCommand::Replay(args) => replay(args).await,
         CliCommand::Demo(args) => demo(args).await,
         CliCommand::Deployments(command) => eucora::cli::client::run(command).await,
+        CliCommand::Evidence(EvidenceCommand::Export(args)) => export(args).await,
+        CliCommand::Evidence(EvidenceCommand::Verify {
+            file,
+            key,
+            previous_checkpoint,
+        }) => {
+            let read = |path: &std::path::Path| {
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            };
+            let verifier = read(&key)?;
+            let previous = previous_checkpoint.as_deref().map(read).transpose()?;
+            let bundle = std::fs::File::open(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let verified = eucora::evidence::verify(
+                std::io::BufReader::new(bundle),
+                verifier.trim(),
+                previous.as_deref(),
+            )
+            .map_err(|e| format!("{} does not verify: {e}", file.display()))?;
+            say(format_args!(
+                "verified: {} events of {} intents under a signed checkpoint of tree size {}; \
+                 {} controls failed",
+                verified.events, verified.intents, verified.tree_size, verified.failed_controls
+            ))?;
+            Ok(())
+        }
         CliCommand::Key(KeyCommand::Generate { out, name }) => {
             let key =
                 eucora::checkpoints::SigningKey::create(&out, &name).map_err(|e| e.to_string())?;
@@ -152,6 +180,87 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+async fn export(args: ExportArgs) -> Result<(), Failure> {
+    use eucora::evidence::Scope;
+    let time = |flag: &str, text: &str| {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .map_err(|_| {
+                format!("--{flag} {text:?} is not an RFC 3339 time such as 2026-01-01T00:00:00Z")
+            })
+    };
+    let scope = match (&args.from, &args.to, args.deployment) {
+        (Some(from), Some(to), None) => {
+            let (from, to) = (time("from", from)?, time("to", to)?);
+            if from >= to {
+                return Err("--from must be before --to".into());
+            }
+            Scope::Period { from, to }
+        }
+        (None, None, Some(id)) => Scope::Deployment(id),
+        _ => return Err("give --from and --to, or --deployment".into()),
+    };
+    let key_path = match (
+        &args.signing_key_file,
+        eucora::store::sqlite_file(&args.db.database_url),
+    ) {
+        (Some(path), _) => path.clone(),
+        (None, Some(db))
+            if eucora::store::backend_of(&args.db.database_url)
+                == eucora::store::Backend::Sqlite =>
+        {
+            std::path::PathBuf::from(format!("{db}.key"))
+        }
+        _ => return Err("--signing-key-file is required (the key the server signs with)".into()),
+    };
+    let key = eucora::checkpoints::SigningKey::load(&key_path).map_err(|e| e.to_string())?;
+    let previous = args
+        .previous_checkpoint
+        .as_deref()
+        .map(|p| {
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        })
+        .transpose()?;
+    let store = open_existing(&args.db).await?;
+    let tree = eucora::projection::log::LogTree::from_parts(
+        store.log_subtrees().await.map_err(|e| e.to_string())?,
+        store.last_log_tile().await.map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let log = eucora::projection::log::LogView::default();
+    log.replace(tree);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&args.out)
+        .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
+    let written = eucora::evidence::export(
+        &store,
+        &log,
+        &key,
+        &scope,
+        previous.as_deref(),
+        std::io::BufWriter::new(file),
+    )
+    .await;
+    let summary = match written {
+        Ok(summary) => summary,
+        Err(e) => {
+            let _ = std::fs::remove_file(&args.out);
+            return Err(e.to_string().into());
+        }
+    };
+    say(format_args!(
+        "wrote {}: {} events of {} intents, under the checkpoint of tree size {}; {} controls failed",
+        args.out.display(),
+        summary.events,
+        summary.intents,
+        summary.tree_size,
+        summary.failed_controls
+    ))?;
+    Ok(())
 }
 
 async fn demo(args: DemoArgs) -> Result<(), Failure> {

@@ -56,7 +56,7 @@ async fn checkpoint(
 ) -> Result<Response, ApiError> {
     principal.require(&[Role::Auditor])?;
     let latest = state.store.latest_checkpoint().await?.ok_or_else(|| {
-        ApiError::NotFound(match state.verifier_key {
+        ApiError::NotFound(match state.signing_key {
             Some(_) => "no checkpoint has been signed yet".into(),
             None => "this server has no signing key, so it signs no checkpoints".into(),
         })

@@ -209,7 +209,12 @@ impl LogView {
     }
 
     fn set(&self, tree: &LogTree) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = tree.clone();
+        self.replace(tree.clone());
+    }
+
+    /// Holds `tree` (one read from the store, outside a running projection).
+    pub fn replace(&self, tree: LogTree) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = tree;
     }
 }
 

@@ -244,7 +244,7 @@ async fn checkpoints_are_signed_kept_outside_and_proofs_verify_against_them(back
 }
 
 /// SQL run as an insider with full access: the append-only triggers out of the way.
-async fn as_insider(db: &TestDb, backend: Backend, statements: &[&str]) {
+pub(crate) async fn as_insider(db: &TestDb, backend: Backend, statements: &[&str]) {
     match backend {
         Backend::Sqlite => {
             let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
@@ -274,7 +274,7 @@ async fn as_insider(db: &TestDb, backend: Backend, statements: &[&str]) {
 }
 
 /// Edits the payload of the first creation: another app name.
-fn edit(backend: Backend) -> &'static str {
+pub(crate) fn edit(backend: Backend) -> &'static str {
     match backend {
         Backend::Sqlite => {
             "UPDATE events SET payload = replace(payload, '\"app_name\":\"a0\"', '\"app_name\":\"zz\"') \

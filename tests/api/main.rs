@@ -9,6 +9,7 @@ mod cli;
 mod concurrency;
 mod connections;
 mod crash;
+mod evidence;
 mod fuzz;
 mod global_stream;
 mod idempotency;

@@ -136,7 +136,7 @@ async fn metrics_answer_503_until_the_projection_has_caught_up(backend: Backend)
         metrics: metrics.clone(),
         log,
         integrity: Default::default(),
-        verifier_key: None,
+        signing_key: None,
         runner: status.clone(),
         telemetry,
         instance: Arc::from("test"),

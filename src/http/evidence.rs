@@ -1,0 +1,143 @@
+//! Evidence bundles over HTTP: a period's (`GET /api/v1/evidence?from=&to=`) and one intent's
+//! (`GET /api/v1/deployments/{id}/evidence`), for auditors. The bundle is written to a temporary
+//! file as the stream is read, then streamed from it: memory holds the bundle's intents, never
+//! its bytes.
+
+use std::io::Seek;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use eucora_projections::event::Role;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{Principal, QueryParams};
+use crate::evidence::{export, EvidenceError, Scope};
+use crate::http::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(period))
+        .routes(routes!(deployment))
+}
+
+/// Query of `GET /api/v1/evidence`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct PeriodParams {
+    /// Start of the period, RFC 3339: from the first event stamped at or after it.
+    from: chrono::DateTime<chrono::Utc>,
+    /// End of the period, RFC 3339: up to the first event stamped at or after it.
+    to: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<EvidenceError> for ApiError {
+    fn from(e: EvidenceError) -> Self {
+        match e {
+            EvidenceError::NotFound(why) => ApiError::NotFound(why),
+            EvidenceError::NotYetSigned(why) => ApiError::Conflict {
+                detail: why,
+                extra: None,
+            },
+            EvidenceError::Store(e) => e.into(),
+            EvidenceError::Export(why) => ApiError::Unavailable(why),
+            EvidenceError::Io(e) => ApiError::Unavailable(format!("cannot write the bundle: {e}")),
+        }
+    }
+}
+
+async fn bundle(state: &AppState, scope: Scope, name: String) -> Result<Response, ApiError> {
+    let key = state.signing_key.clone().ok_or_else(|| {
+        ApiError::NotFound("this server has no signing key, so it exports no evidence".into())
+    })?;
+    let mut file = crate::evidence::tempfile_in_tmp()
+        .map_err(|e| ApiError::Unavailable(format!("cannot write the bundle: {e}")))?;
+    export(
+        &state.store,
+        &state.log,
+        &key,
+        &scope,
+        None,
+        std::io::BufWriter::new(&mut file),
+    )
+    .await?;
+    file.rewind()
+        .map_err(|e| ApiError::Unavailable(format!("cannot read the bundle back: {e}")))?;
+    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/gzip".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// The evidence bundle of a period (a .tar.gz; docs/evidence.md).
+#[utoipa::path(get, path = "/api/v1/evidence", tag = "evidence", params(PeriodParams),
+    responses(
+        (status = 200, content_type = "application/gzip", body = Vec<u8>),
+        (status = 400), (status = 401), (status = 403),
+        (status = 404, description = "no signed event falls in the period, or no signing key"),
+        (status = 422, description = "`from` is not before `to`"),
+        (status = 503)),
+    security(("bearer" = [])))]
+async fn period(
+    State(state): State<AppState>,
+    principal: Principal,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    principal.require(&[Role::Auditor])?;
+    let q = query.only(&["from", "to"])?;
+    let from = q
+        .time("from")?
+        .ok_or_else(|| ApiError::BadRequest("from is required".into()))?;
+    let to = q
+        .time("to")?
+        .ok_or_else(|| ApiError::BadRequest("to is required".into()))?;
+    if from >= to {
+        return Err(ApiError::Unprocessable("from must be before to".into()));
+    }
+    let name = format!(
+        "eucora-evidence-{}-{}.tar.gz",
+        from.format("%Y%m%dT%H%M%SZ"),
+        to.format("%Y%m%dT%H%M%SZ")
+    );
+    bundle(&state, Scope::Period { from, to }, name).await
+}
+
+/// The evidence bundle of one deployment intent's whole history.
+#[utoipa::path(get, path = "/api/v1/deployments/{id}/evidence", tag = "evidence",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, content_type = "application/gzip", body = Vec<u8>),
+        (status = 400), (status = 401), (status = 403),
+        (status = 404, description = "no such intent, or no signing key"),
+        (status = 409, description = "the intent's events are not under a signed checkpoint yet (within the checkpoint interval of its creation)"),
+        (status = 503)),
+    security(("bearer" = [])))]
+async fn deployment(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    principal.require(&[Role::Auditor])?;
+    let id =
+        Uuid::parse_str(&id).map_err(|_| ApiError::BadRequest(format!("{id:?} is not a UUID")))?;
+    bundle(
+        &state,
+        Scope::Deployment(id),
+        format!("eucora-evidence-{id}.tar.gz"),
+    )
+    .await
+}

@@ -1,0 +1,539 @@
+//! Compliance evidence as an auditor takes it away: a bundle from the API or the command line,
+//! verified offline, and every way of tampering with it refused with its own reason.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use eucora::checkpoints::SigningKey;
+use eucora::evidence::{pae, verify, FILES, MANIFEST};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{eucora, eucora_with, intent_body, Backend, Crew, TestApp, TestDb};
+
+crate::on_both_backends!(
+    a_period_bundle_verifies_and_every_tampering_is_refused_with_its_own_reason,
+    a_deployment_bundle_from_the_command_line_verifies_offline,
+);
+
+/// A server on the embedded default (SQLite: a key beside the file) or with a key made by
+/// `eucora key generate` (PostgreSQL); returns it, the key file and the verifier key.
+async fn server(backend: Backend) -> (TestApp, std::path::PathBuf, String) {
+    let db = Arc::new(TestDb::new(backend).await);
+    let key = db.dir().join("log.key");
+    let (ok, out, err) = eucora(&["key", "generate", "--out", key.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let dir = db.dir().join("checkpoints");
+    let app = TestApp::spawn_on(
+        db.clone(),
+        &[
+            "--signing-key-file",
+            key.to_str().unwrap(),
+            "--checkpoint-dir",
+            dir.to_str().unwrap(),
+            "--checkpoint-interval",
+            "1s",
+        ],
+    )
+    .await;
+    (app, key, out.trim().to_string())
+}
+
+/// Traffic that exercises the controls: a CAB approval and a promotion, an emergency change.
+async fn traffic(app: &TestApp, crew: &Crew) -> String {
+    let id = app
+        .create(&crew.requester, intent_body("Firefox", 0.8, "CANARY"))
+        .await
+        .id();
+    app.approve(&crew.approver, &id).await;
+    app.deploy(&crew.deployer, &id, "LAB", 10, 10).await;
+    assert_eq!(app.promote(&crew.deployer, &id).await.status, 200);
+    app.deploy(&crew.deployer, &id, "CANARY", 10, 10).await;
+    let mut emergency = intent_body("Sysmon", 0.6, "CANARY");
+    emergency["change_type"] = json!("emergency");
+    emergency["privileged_tooling"] = json!(true);
+    let e = app.create(&crew.requester, emergency).await.id();
+    app.deploy(&crew.deployer, &e, "LAB", 10, 10).await;
+    app.create(&crew.requester, intent_body("7-Zip", 0.2, "GLOBAL"))
+        .await;
+    id
+}
+
+/// Waits until the served checkpoint covers every stored event.
+async fn signed_through(app: &TestApp, token: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = app.event_count().await;
+        let reply = app.get("/api/v1/checkpoint", token).await;
+        if let Some(size) = reply
+            .body
+            .as_str()
+            .and_then(|n| n.lines().nth(1))
+            .and_then(|l| l.parse::<i64>().ok())
+        {
+            if size == events {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the checkpoint never covered the {events} events"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn unpack(bundle: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bundle));
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            (name, data)
+        })
+        .collect()
+}
+
+/// Packs files into a bundle; with a key, writes a fresh manifest over them first (as an insider
+/// holding the key would), so the checks behind the manifest are reached.
+fn repack(mut files: BTreeMap<String, Vec<u8>>, resign: Option<&SigningKey>) -> Vec<u8> {
+    if let Some(key) = resign {
+        let subjects: Vec<Value> = FILES
+            .iter()
+            .map(|n| json!({"name": n, "digest": {"sha256": hex::encode(Sha256::digest(&files[*n]))}}))
+            .collect();
+        let manifest: Value = serde_json::from_slice(&files[MANIFEST]).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut statement: Value =
+            serde_json::from_slice(&b64.decode(manifest["payload"].as_str().unwrap()).unwrap())
+                .unwrap();
+        statement["subject"] = Value::Array(subjects);
+        let payload = serde_json::to_vec(&statement).unwrap();
+        let sig = key
+            .sign(&pae("application/vnd.in-toto+json", &payload))
+            .unwrap();
+        let envelope = json!({
+            "payloadType": "application/vnd.in-toto+json",
+            "payload": b64.encode(&payload),
+            "signatures": [{"keyid": key.verifier_key(), "sig": b64.encode(sig)}],
+        });
+        files.insert(MANIFEST.into(), serde_json::to_vec(&envelope).unwrap());
+    }
+    let mut out = Vec::new();
+    {
+        let gz = flate2::write::GzEncoder::new(&mut out, flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        for (name, data) in &files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, name, &data[..]).unwrap();
+        }
+        tar.into_inner().unwrap().finish().unwrap();
+    }
+    out
+}
+
+fn lines(data: &[u8]) -> Vec<String> {
+    String::from_utf8(data.to_vec())
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn joined(lines: &[String]) -> Vec<u8> {
+    let mut out = lines.join("\n").into_bytes();
+    out.push(b'\n');
+    out
+}
+
+async fn a_period_bundle_verifies_and_every_tampering_is_refused_with_its_own_reason(
+    backend: Backend,
+) {
+    let (app, key_file, verifier) = server(backend).await;
+    let crew = Crew::new(&app);
+    traffic(&app, &crew).await;
+    signed_through(&app, &crew.auditor).await;
+    let period = "/api/v1/evidence?from=2020-01-01T00:00:00Z&to=2099-01-01T00:00:00Z";
+    app.get(period, &crew.requester).await.assert_problem(403);
+    let reply = reqwest::Client::new()
+        .get(format!("{}{period}", app.base))
+        .bearer_auth(&crew.auditor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    assert_eq!(reply.headers()["content-type"], "application/gzip");
+    let bundle = reply.bytes().await.unwrap().to_vec();
+
+    // As exported, it verifies, with the controls it claims.
+    let verified = verify(&bundle[..], &verifier, None).unwrap();
+    assert_eq!(verified.events as i64, app.event_count().await);
+    assert_eq!(verified.intents, 3);
+    let files = unpack(&bundle);
+    let controls: Value = serde_json::from_slice(&files["controls.json"]).unwrap();
+    let of = |app_leaf: usize, control: &str| -> String {
+        controls["intents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|i| i["controls"].as_array().unwrap().clone())
+            .filter(|c| c["control"] == control)
+            .nth(app_leaf)
+            .map(|c| c["verdict"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    // The first intent (CAB-approved, promoted, completed) passes what applies to it; the
+    // emergency change deployed without a retrospective review fails that control.
+    let verdicts: Vec<String> = (0..3).map(|n| of(n, "emergency_retro_review")).collect();
+    assert!(verdicts.contains(&"fail".to_string()), "{controls}");
+    let csv = String::from_utf8(files["changes.csv"].clone()).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(
+        csv.contains(",Firefox,") && csv.contains(",completed,"),
+        "{csv}"
+    );
+
+    let key = SigningKey::load(&key_file).unwrap();
+    let events = lines(&files["events.jsonl"]);
+    let refused = |mut changed: BTreeMap<String, Vec<u8>>, resign: bool| -> String {
+        changed.entry("events.jsonl".into()).or_default();
+        verify(
+            &repack(changed, resign.then_some(&key))[..],
+            &verifier,
+            None,
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    let with = |name: &str, data: Vec<u8>| {
+        let mut f = files.clone();
+        f.insert(name.into(), data);
+        f
+    };
+
+    // One event line edited: its leaf no longer matches the signed tree.
+    let mut edited = events.clone();
+    edited[2] = edited[2].replacen("\\\"ops-bot\\\"", "\\\"mallory\\\"", 1);
+    assert_ne!(edited[2], events[2]);
+    let why = refused(with("events.jsonl", joined(&edited)), true);
+    assert!(why.contains("an event was edited"), "{why}");
+    // Without the key the edit is caught sooner: the manifest no longer matches.
+    let why = refused(with("events.jsonl", joined(&edited)), false);
+    assert!(
+        why.contains("events.jsonl does not match its SHA-256"),
+        "{why}"
+    );
+    // One dropped.
+    let mut dropped = events.clone();
+    dropped.remove(3);
+    let why = refused(with("events.jsonl", joined(&dropped)), true);
+    assert!(
+        why.contains("leaf 3 is missing: an event was dropped"),
+        "{why}"
+    );
+    // Two swapped.
+    let mut swapped = events.clone();
+    swapped.swap(1, 2);
+    let why = refused(with("events.jsonl", joined(&swapped)), true);
+    assert!(why.contains("they were reordered"), "{why}");
+    // One inserted (a copy of a real event).
+    let mut inserted = events.clone();
+    inserted.insert(4, events[3].clone());
+    let why = refused(with("events.jsonl", joined(&inserted)), true);
+    assert!(why.contains("an event was inserted"), "{why}");
+    // The tail truncated.
+    let why = refused(
+        with("events.jsonl", joined(&events[..events.len() - 2])),
+        true,
+    );
+    assert!(why.contains("the bundle was truncated"), "{why}");
+    // controls.json edited.
+    let forged = String::from_utf8(files["controls.json"].clone())
+        .unwrap()
+        .replacen("\"fail\"", "\"pass\"", 1);
+    let why = refused(with("controls.json", forged.into_bytes()), true);
+    assert!(why.contains("controls.json does not match"), "{why}");
+    // The manifest swapped for another bundle's (one deployment's).
+    let other_id = traffic(&app, &crew).await;
+    signed_through(&app, &crew.auditor).await;
+    let other = app
+        .send(
+            reqwest::Method::GET,
+            &format!("/api/v1/deployments/{other_id}/evidence"),
+            Some(&crew.auditor),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(other.status, 200, "{other:#?}");
+    let other_bundle = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/deployments/{other_id}/evidence",
+            app.base
+        ))
+        .bearer_auth(&crew.auditor)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    verify(&other_bundle[..], &verifier, None).unwrap();
+    let why = refused(
+        with(MANIFEST, unpack(&other_bundle)[MANIFEST].clone()),
+        false,
+    );
+    assert!(
+        why.contains("does not match its SHA-256 in the manifest"),
+        "{why}"
+    );
+    // A forged signature.
+    let mut manifest: Value = serde_json::from_slice(&files[MANIFEST]).unwrap();
+    manifest["signatures"][0]["sig"] =
+        json!(base64::engine::general_purpose::STANDARD.encode([7u8; 64]));
+    let why = refused(
+        with(MANIFEST, serde_json::to_vec(&manifest).unwrap()),
+        false,
+    );
+    assert!(
+        why.contains("signature does not verify with this key"),
+        "{why}"
+    );
+    // A checkpoint signed by another key.
+    let stranger_file =
+        std::env::temp_dir().join(format!("eucora-stranger-{}", uuid::Uuid::new_v4()));
+    let stranger = SigningKey::create(&stranger_file, "eucora").unwrap();
+    let _ = std::fs::remove_file(&stranger_file);
+    let note = String::from_utf8(files["checkpoint"].clone()).unwrap();
+    let opened = eucora::checkpoints::open_checkpoint(&note, &verifier).unwrap();
+    let foreign = stranger.sign_checkpoint(opened.size, &opened.root).unwrap();
+    let why = refused(with("checkpoint", foreign.into_bytes()), true);
+    assert!(
+        why.contains("the checkpoint") && why.contains("does not verify"),
+        "{why}"
+    );
+    // And every reason is its own.
+    assert!(verify(&bundle[..], "eucora+00000000+AQ==", None).is_err());
+}
+
+async fn a_deployment_bundle_from_the_command_line_verifies_offline(backend: Backend) {
+    let (app, key_file, verifier) = server(backend).await;
+    let crew = Crew::new(&app);
+    let id = traffic(&app, &crew).await;
+    signed_through(&app, &crew.auditor).await;
+    let dir = app.db.dir().to_path_buf();
+    let out = dir.join("bundle.tar.gz");
+    let (code, said, err) = eucora_with(
+        None,
+        &[
+            "evidence",
+            "export",
+            "--database-url",
+            &app.db.url,
+            "--signing-key-file",
+            key_file.to_str().unwrap(),
+            "--deployment",
+            &id,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        said.contains("wrote") && said.contains("7 events of 1 intents"),
+        "{said}"
+    );
+    let key_line = dir.join("verifier");
+    std::fs::write(&key_line, &verifier).unwrap();
+    let (code, said, err) = eucora_with(
+        None,
+        &[
+            "evidence",
+            "verify",
+            out.to_str().unwrap(),
+            "--key",
+            key_line.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{said}{err}");
+    assert!(
+        said.starts_with("verified: 7 events of 1 intents"),
+        "{said}"
+    );
+    let files = unpack(&std::fs::read(&out).unwrap());
+    let controls: Value = serde_json::from_slice(&files["controls.json"]).unwrap();
+    let all: Vec<(String, String)> = controls["intents"][0]["controls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["control"].as_str().unwrap().into(),
+                c["verdict"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    for (control, expected) in [
+        ("approval_before_deployment", "pass"),
+        ("requester_not_approver", "pass"),
+        ("cab_approval_where_required", "pass"),
+        ("emergency_retro_review", "not_applicable"),
+        ("promotion_after_passed_gates", "pass"),
+        ("rollback_validated_outside_lab", "pass"),
+        ("completion_after_compliance", "pass"),
+    ] {
+        assert!(
+            all.contains(&(control.to_string(), expected.to_string())),
+            "{control}: {all:?}"
+        );
+    }
+    // Another key: refused, with the reason, exit 1; the file exists already: refused too.
+    let stranger = dir.join("stranger");
+    std::fs::write(&stranger, "eucora+00000000+AQ==").unwrap();
+    let (code, _, err) = eucora_with(
+        None,
+        &[
+            "evidence",
+            "verify",
+            out.to_str().unwrap(),
+            "--key",
+            stranger.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("does not verify"), "{err}");
+    let (code, _, err) = eucora_with(
+        None,
+        &[
+            "evidence",
+            "export",
+            "--database-url",
+            &app.db.url,
+            "--signing-key-file",
+            key_file.to_str().unwrap(),
+            "--deployment",
+            &id,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot create"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_checkpoint_exposes_a_history_rewritten_and_re_signed() {
+    let backend = Backend::Sqlite;
+    let (app, key_file, verifier) = server(backend).await;
+    let crew = Crew::new(&app);
+    for n in 0..3 {
+        app.create(
+            &crew.requester,
+            intent_body(&format!("a{n}"), 0.2, "GLOBAL"),
+        )
+        .await;
+    }
+    signed_through(&app, &crew.auditor).await;
+    // The auditor keeps this checkpoint.
+    let kept = app.get("/api/v1/checkpoint", &crew.auditor).await.body;
+    let dir = app.db.dir().to_path_buf();
+    let kept_file = dir.join("kept.checkpoint");
+    std::fs::write(&kept_file, kept.as_str().unwrap()).unwrap();
+    let db = app.db.clone();
+    drop(app);
+
+    // An insider with the database and the key: edits an event, rebuilds the log, removes every
+    // checkpoint (in and outside the database), and lets the server sign the new history.
+    crate::log::as_insider(
+        &db,
+        backend,
+        &[
+            crate::log::edit(backend),
+            "DELETE FROM log_tiles",
+            "DROP TRIGGER IF EXISTS log_checkpoints_refuse_delete",
+            "DELETE FROM log_checkpoints",
+        ],
+    )
+    .await;
+    std::fs::remove_dir_all(dir.join("checkpoints")).unwrap();
+    let (ok, out, err) = eucora(&["replay", "--database-url", &db.url]);
+    assert!(ok, "{out}{err}");
+    let app = TestApp::spawn_on(
+        db.clone(),
+        &[
+            "--signing-key-file",
+            key_file.to_str().unwrap(),
+            "--checkpoint-dir",
+            dir.join("checkpoints").to_str().unwrap(),
+            "--checkpoint-interval",
+            "1s",
+        ],
+    )
+    .await;
+    signed_through(&app, &crew.auditor).await;
+    let out = dir.join("rewritten.tar.gz");
+    let (code, _, err) = eucora_with(
+        None,
+        &[
+            "evidence",
+            "export",
+            "--database-url",
+            &db.url,
+            "--signing-key-file",
+            key_file.to_str().unwrap(),
+            "--from",
+            "2020-01-01T00:00:00Z",
+            "--to",
+            "2099-01-01T00:00:00Z",
+            "--out",
+            out.to_str().unwrap(),
+            "--previous-checkpoint",
+            kept_file.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    let bundle = std::fs::read(&out).unwrap();
+    // Alone, the re-signed bundle verifies: it agrees with itself.
+    verify(&bundle[..], &verifier, None).unwrap();
+    // Against the checkpoint the auditor kept, it does not.
+    let why = verify(&bundle[..], &verifier, Some(kept.as_str().unwrap()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        why.contains("does not extend your earlier checkpoint"),
+        "{why}"
+    );
+    let key_line = dir.join("verifier");
+    std::fs::write(&key_line, &verifier).unwrap();
+    let (code, _, err) = eucora_with(
+        None,
+        &[
+            "evidence",
+            "verify",
+            out.to_str().unwrap(),
+            "--key",
+            key_line.to_str().unwrap(),
+            "--previous-checkpoint",
+            kept_file.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("its history was rewritten"), "{err}");
+}
