@@ -1393,3 +1393,236 @@ impl<R: Read> Read for HashingReader<'_, R> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eucora_projections::event::{ApprovalBasis as B, Gate, Ring, Status};
+    use eucora_projections::fixtures::Script;
+
+    /// The verdict of `control` over literal events (numbered as leaves 0, 1, 2, …).
+    fn judged(events: Vec<DeploymentEvent>, control: &str) -> (String, Vec<u64>) {
+        let numbered: Vec<(u64, DeploymentEvent)> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| (i as u64, e))
+            .collect();
+        let v = intent_controls("x", &numbered)
+            .controls
+            .into_iter()
+            .find(|v| v.control == control)
+            .unwrap();
+        (v.verdict, v.leaves)
+    }
+
+    /// CAB-approved, deployed compliant in LAB, promoted, compliant and completed in CANARY.
+    fn clean(x: &mut Script) -> Vec<DeploymentEvent> {
+        vec![
+            x.created("app", true),
+            x.approved(1.0, B::Cab, "carol"),
+            x.deployed(2.0, Ring::Lab, 10, true),
+            x.evaluated(30.0, Ring::Lab, Ring::Canary, &[(Gate::SuccessRate, true)]),
+            x.promoted(30.0, Ring::Lab, Ring::Canary),
+            x.deployed(31.0, Ring::Canary, 10, true),
+            x.completed(31.0, Ring::Canary),
+        ]
+    }
+
+    #[test]
+    fn a_clean_rollout_passes_every_control_that_applies() {
+        let events = clean(&mut Script::new(1));
+        for control in [
+            "approval_before_deployment",
+            "requester_not_approver",
+            "cab_approval_where_required",
+            "promotion_after_passed_gates",
+            "rollback_validated_outside_lab",
+            "completion_after_compliance",
+        ] {
+            assert_eq!(judged(events.clone(), control).0, "pass", "{control}");
+        }
+        assert_eq!(judged(events, "emergency_retro_review").0, "not_applicable");
+        assert_eq!(
+            judged(clean(&mut Script::new(1)), "approval_before_deployment").1,
+            vec![1, 2, 4, 5],
+            "the clearances and first deployments that prove it"
+        );
+    }
+
+    #[test]
+    fn a_deployment_before_its_ring_was_cleared_fails() {
+        let mut x = Script::new(1);
+        let events = vec![
+            x.created("app", true),
+            x.deployed(1.0, Ring::Lab, 10, true),
+            x.approved(2.0, B::Cab, "carol"),
+        ];
+        assert_eq!(
+            judged(events, "approval_before_deployment"),
+            ("fail".into(), vec![1])
+        );
+        let mut x = Script::new(1);
+        assert_eq!(
+            judged(vec![x.created("app", true)], "approval_before_deployment").0,
+            "not_applicable"
+        );
+    }
+
+    #[test]
+    fn the_requester_approving_fails_and_a_policy_approval_is_no_human_decision() {
+        let mut x = Script::new(1);
+        let events = vec![x.created("app", true), x.approved(1.0, B::Cab, "alice")];
+        assert_eq!(
+            judged(events, "requester_not_approver"),
+            ("fail".into(), vec![1])
+        );
+        let mut x = Script::new(1);
+        let events = vec![
+            x.created("app", false),
+            x.approved(0.0, B::Policy, "policy:risk_model_v1.0"),
+        ];
+        assert_eq!(judged(events, "requester_not_approver").0, "not_applicable");
+    }
+
+    #[test]
+    fn a_risky_change_without_a_cab_approval_fails_and_a_low_risk_one_needs_none() {
+        let mut x = Script::new(1);
+        let events = vec![
+            x.created("app", true),
+            x.approved(0.0, B::EmergencyProvisional, "policy:emergency_change"),
+            x.deployed(1.0, Ring::Lab, 10, true),
+        ];
+        assert_eq!(
+            judged(events, "cab_approval_where_required"),
+            ("fail".into(), vec![0])
+        );
+        let mut x = Script::new(1);
+        let events = vec![
+            x.created("app", false),
+            x.approved(0.0, B::Policy, "policy:risk_model_v1.0"),
+        ];
+        assert_eq!(
+            judged(events, "cab_approval_where_required").0,
+            "not_applicable"
+        );
+    }
+
+    #[test]
+    fn emergency_reviews_pass_on_time_and_fail_late_or_missing() {
+        let emergency = |x: &mut Script| {
+            vec![
+                x.created("app", true),
+                x.approved(0.0, B::EmergencyProvisional, "policy:emergency_change"),
+                x.deployed(1.0, Ring::Lab, 10, true),
+            ]
+        };
+        let mut x = Script::new(1);
+        let mut on_time = emergency(&mut x);
+        on_time.push(x.approved(48.0, B::CabRetrospective, "carol"));
+        assert_eq!(
+            judged(on_time, "emergency_retro_review"),
+            ("pass".into(), vec![1, 2, 3])
+        );
+        let mut x = Script::new(1);
+        let mut late = emergency(&mut x);
+        late.push(x.approved(49.5, B::CabRetrospective, "carol"));
+        assert_eq!(judged(late, "emergency_retro_review").0, "fail");
+        let mut x = Script::new(1);
+        let mut rejected = emergency(&mut x);
+        rejected.push(x.retro_rejected(10.0));
+        assert_eq!(judged(rejected, "emergency_retro_review").0, "pass");
+        let mut x = Script::new(1);
+        let missing = emergency(&mut x);
+        assert_eq!(
+            judged(missing, "emergency_retro_review"),
+            ("fail".into(), vec![1, 2])
+        );
+    }
+
+    #[test]
+    fn a_promotion_without_a_passed_evaluation_right_before_it_fails() {
+        let mut x = Script::new(1);
+        let events = vec![
+            x.created("app", false),
+            x.approved(0.0, B::Policy, "policy:risk_model_v1.0"),
+            x.deployed(1.0, Ring::Lab, 10, true),
+            x.evaluated(30.0, Ring::Lab, Ring::Canary, &[(Gate::BakeTime, false)]),
+            x.promoted(30.0, Ring::Lab, Ring::Canary),
+        ];
+        assert_eq!(
+            judged(events, "promotion_after_passed_gates"),
+            ("fail".into(), vec![4])
+        );
+    }
+
+    #[test]
+    fn a_deployment_outside_lab_without_a_validated_rollback_plan_fails() {
+        let mut x = Script::new(1);
+        let mut events = clean(&mut x);
+        if let DeploymentEvent::DeploymentCreated(c) = &mut events[0] {
+            c.rollback_validated = false;
+        }
+        assert_eq!(
+            judged(events, "rollback_validated_outside_lab"),
+            ("fail".into(), vec![5])
+        );
+        let mut x = Script::new(1);
+        let lab_only = vec![
+            x.created("app", false),
+            x.approved(0.0, B::Policy, "policy:risk_model_v1.0"),
+            x.deployed(1.0, Ring::Lab, 10, true),
+        ];
+        assert_eq!(
+            judged(lab_only, "rollback_validated_outside_lab").0,
+            "not_applicable"
+        );
+    }
+
+    #[test]
+    fn completion_without_a_compliant_report_in_the_target_ring_fails() {
+        let mut x = Script::new(1);
+        let events = vec![
+            x.created("app", false),
+            x.approved(0.0, B::Policy, "policy:risk_model_v1.0"),
+            x.deployed(1.0, Ring::Lab, 10, true),
+            x.completed(1.0, Ring::Canary),
+        ];
+        assert_eq!(
+            judged(events, "completion_after_compliance"),
+            ("fail".into(), vec![3])
+        );
+        let mut x = Script::new(1);
+        let rolled = vec![
+            x.created("app", false),
+            x.rolled_back(1.0, Ring::Lab, Status::Approved),
+        ];
+        assert_eq!(
+            judged(rolled, "completion_after_compliance").0,
+            "not_applicable"
+        );
+    }
+
+    #[test]
+    fn an_intent_created_before_the_bundle_is_judged_not_applicable_with_the_reason() {
+        let mut x = Script::new(1);
+        let mut events = clean(&mut x);
+        events.remove(0);
+        let numbered: Vec<(u64, DeploymentEvent)> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| (i as u64 + 10, e))
+            .collect();
+        let judged = intent_controls("x", &numbered);
+        assert!(judged
+            .controls
+            .iter()
+            .all(|v| v.verdict == "not_applicable" && v.detail.contains("created before")));
+    }
+
+    #[test]
+    fn csv_fields_with_commas_or_quotes_are_quoted() {
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("plain"), "plain");
+    }
+}
