@@ -300,10 +300,16 @@ async fn serve_rss(url: &str) -> (u64, Duration) {
         .expect("serve");
     use std::io::BufRead;
     let stdout = child.stdout.take().unwrap();
+    // The verifier key line may come first; then the address.
     let mut line = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .unwrap();
+    let mut stdout = std::io::BufReader::new(stdout);
+    while !line.starts_with("eucora listening on ") {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "serve said no address"
+        );
+    }
     let base = line
         .trim()
         .trim_start_matches("eucora listening on ")
@@ -412,12 +418,157 @@ async fn bench_backend(name: &str, url: &str, n: u64) {
             took.as_secs_f64() / ours.as_secs_f64()
         );
     }
+    bench_evidence(name, url, &store, written, reference, &row).await;
     let (rss, caught_up) = serve_rss(url).await;
     println!(
         "| {name:<8} | eucora serve caught up in {:.1} s; RSS {:.0} MB (target < 300 MB) |",
         caught_up.as_secs_f64(),
         rss as f64 / 1024.0
     );
+}
+
+/// The Merkle log at this size: its storage per event, an inclusion proof's latency, a whole
+/// period's evidence export against the raw scan, and its offline verification against
+/// `sha256sum` over the same files.
+async fn bench_evidence(
+    name: &str,
+    url: &str,
+    store: &Store,
+    written: u64,
+    reference: Duration,
+    row: &impl Fn(&str, (Duration, Cpu)),
+) {
+    use eucora::projection::log::{with_tiles, LogTree, LogView};
+    use eucora_projections::merkle;
+    let tree = LogTree::from_parts(
+        store.log_subtrees().await.unwrap(),
+        store.last_log_tile().await.unwrap(),
+    )
+    .unwrap();
+    assert_eq!(tree.size(), written);
+    // Storage: what the tiles hold per event (PostgreSQL: the table on disk, indexes and row
+    // overhead included).
+    let bytes: i64 = if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        sqlx::query_scalar("SELECT pg_total_relation_size('log_tiles')")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        sqlx::query_scalar(
+            "SELECT SUM(length(leaves) + length(positions) + coalesce(length(subtree), 0) + 16) \
+             FROM log_tiles",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    println!(
+        "| {name:<8} | log storage: {:.1} bytes per event ({}; target ≤ 64) |",
+        bytes as f64 / written as f64,
+        if url.starts_with("postgres") {
+            "table on disk, indexes included"
+        } else {
+            "tile bytes + 16 per row"
+        }
+    );
+    // Inclusion proofs at this size: 2,000 random leaves, tiles read from the store.
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut took: Vec<Duration> = Vec::new();
+    for _ in 0..2000 {
+        let index = rng.gen_range(0..written);
+        let started = Instant::now();
+        with_tiles(store, &tree, |r| merkle::inclusion_proof(r, index, written))
+            .await
+            .unwrap();
+        took.push(started.elapsed());
+    }
+    took.sort();
+    println!(
+        "| {name:<8} | inclusion proof at tree size {written}: p50 {:.2} ms, p99 {:.2} ms (target p99 < 5 ms) |",
+        took[took.len() / 2].as_secs_f64() * 1000.0,
+        took[took.len() * 99 / 100].as_secs_f64() * 1000.0
+    );
+    // A checkpoint over everything, then the whole stream as one period's bundle.
+    let dir =
+        std::env::temp_dir().join(format!("eucora-evidence-bench-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The key `eucora serve` will use on this store (SQLite: beside the file), so the server
+    // started next finds a checkpoint signed by its own key; another key's would be an integrity
+    // failure, and it would rightly never be ready.
+    let key_path = match eucora::store::sqlite_file(url) {
+        Some(db) if !url.starts_with("postgres") => std::path::PathBuf::from(format!("{db}.key")),
+        _ => dir.join("key"),
+    };
+    let key = eucora::checkpoints::SigningKey::create(&key_path, "bench").unwrap();
+    let root = tree.root();
+    store
+        .keep_checkpoint(&eucora::store::StoredCheckpoint {
+            tree_size: written as i64,
+            root,
+            note: key.sign_checkpoint(written, &root).unwrap(),
+        })
+        .await
+        .unwrap();
+    let log = LogView::default();
+    log.replace(tree);
+    let bundle = dir.join("bundle.tar.gz");
+    let scope = eucora::evidence::Scope::Period {
+        from: Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).unwrap(),
+        // The generator's clock runs days per intent: past any calendar year.
+        to: chrono::DateTime::<Utc>::MAX_UTC,
+    };
+    let (summary, took, cpu) = timed_cpu(async {
+        let file = std::io::BufWriter::new(std::fs::File::create(&bundle).unwrap());
+        eucora::evidence::export(store, &log, &key, &scope, None, file).await
+    })
+    .await;
+    assert_eq!(summary.unwrap().events, written);
+    row("evidence export, the whole stream as a period", (took, cpu));
+    println!(
+        "| {name:<8} | evidence export vs raw scan: {:.2}x (target ≥ 0.5x); bundle {:.0} MB |",
+        reference.as_secs_f64() / took.as_secs_f64(),
+        std::fs::metadata(&bundle).unwrap().len() as f64 / 1e6
+    );
+    // Offline verification, against sha256sum over the same files.
+    let started = Instant::now();
+    let verified = eucora::evidence::verify(
+        std::io::BufReader::new(std::fs::File::open(&bundle).unwrap()),
+        key.verifier_key(),
+        None,
+    )
+    .unwrap();
+    let verifying = started.elapsed();
+    assert_eq!(verified.events, written);
+    let files = dir.join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let untar = std::process::Command::new("tar")
+        .args([
+            "xzf",
+            bundle.to_str().unwrap(),
+            "-C",
+            files.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(untar.success());
+    let started = Instant::now();
+    let summed = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("sha256sum {}/* > /dev/null", files.display()))
+        .status()
+        .unwrap();
+    let summing = started.elapsed();
+    assert!(summed.success());
+    println!(
+        "| {name:<8} | evidence verify: {:.2} s, {:.0} events/s (target ≥ 300,000); sha256sum of the files {:.2} s: verify is {:.1}x it (target ≤ 4x) |",
+        verifying.as_secs_f64(),
+        written as f64 / verifying.as_secs_f64(),
+        summing.as_secs_f64(),
+        verifying.as_secs_f64() / summing.as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// 1,000 apps, each with an intent in every ring, rendered as a scrape would.

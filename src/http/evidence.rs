@@ -99,12 +99,8 @@ async fn period(
 ) -> Result<Response, ApiError> {
     principal.require(&[Role::Auditor])?;
     let q = query.only(&["from", "to"])?;
-    let from = q
-        .time("from")?
-        .ok_or_else(|| ApiError::BadRequest("from is required".into()))?;
-    let to = q
-        .time("to")?
-        .ok_or_else(|| ApiError::BadRequest("to is required".into()))?;
+    let from = QueryParams::required("from", q.time("from")?)?;
+    let to = QueryParams::required("to", q.time("to")?)?;
     if from >= to {
         return Err(ApiError::Unprocessable("from must be before to".into()));
     }

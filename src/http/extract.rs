@@ -127,6 +127,11 @@ impl QueryParams {
             .transpose()
     }
 
+    /// A parameter that must be given: 400 naming it otherwise.
+    pub fn required<T>(name: &str, value: Option<T>) -> Result<T, ApiError> {
+        value.ok_or_else(|| ApiError::BadRequest(format!("query parameter {name} is required")))
+    }
+
     /// A whole number in `range`.
     pub fn number(
         &self,

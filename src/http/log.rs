@@ -108,12 +108,8 @@ async fn inclusion(
     let q = query.only(&["index", "tree_size"])?;
     let tree = state.log.tree();
     let size = tree.size() as i64;
-    let index = q
-        .number("index", 0..=i64::MAX)?
-        .ok_or_else(|| ApiError::BadRequest("index is required".into()))? as u64;
-    let tree_size = q
-        .number("tree_size", 1..=i64::MAX)?
-        .ok_or_else(|| ApiError::BadRequest("tree_size is required".into()))?;
+    let index = QueryParams::required("index", q.number("index", 0..=i64::MAX)?)? as u64;
+    let tree_size = QueryParams::required("tree_size", q.number("tree_size", 1..=i64::MAX)?)?;
     if tree_size > size {
         return Err(ApiError::NotFound(format!(
             "no tree of {tree_size} leaves yet: the log has {size}"
@@ -182,12 +178,8 @@ async fn consistency(
     let q = query.only(&["from", "to"])?;
     let tree = state.log.tree();
     let size = tree.size() as i64;
-    let from = q
-        .number("from", 1..=i64::MAX)?
-        .ok_or_else(|| ApiError::BadRequest("from is required".into()))?;
-    let to = q
-        .number("to", 1..=i64::MAX)?
-        .ok_or_else(|| ApiError::BadRequest("to is required".into()))?;
+    let from = QueryParams::required("from", q.number("from", 1..=i64::MAX)?)?;
+    let to = QueryParams::required("to", q.number("to", 1..=i64::MAX)?)?;
     if to > size {
         return Err(ApiError::NotFound(format!(
             "no tree of {to} leaves yet: the log has {size}"

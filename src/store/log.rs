@@ -30,6 +30,15 @@ pub struct StoredCheckpoint {
 }
 
 type TileRow = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+type CheckpointRow = (i64, Vec<u8>, String);
+
+fn checkpoint_of((tree_size, root, note): CheckpointRow) -> Result<StoredCheckpoint, StoreError> {
+    Ok(StoredCheckpoint {
+        tree_size,
+        root: hash(-1, &root)?,
+        note,
+    })
+}
 
 fn corrupt(tile: i64, what: &str) -> StoreError {
     StoreError::Corrupt {
@@ -149,35 +158,9 @@ impl Store {
     pub async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
         let sql = "SELECT tree_size, root, note FROM log_checkpoints
                     ORDER BY tree_size DESC LIMIT 1";
-        let row: Option<(i64, Vec<u8>, String)> =
+        let row: Option<CheckpointRow> =
             on_reader!(&self.db, pool => sqlx::query_as(sql).fetch_optional(pool).await?);
-        row.map(|(tree_size, root, note)| {
-            Ok(StoredCheckpoint {
-                tree_size,
-                root: hash(-1, &root)?,
-                note,
-            })
-        })
-        .transpose()
-    }
-
-    /// The checkpoint kept for `tree_size`, if one was signed at that size.
-    pub async fn checkpoint_at(
-        &self,
-        tree_size: i64,
-    ) -> Result<Option<StoredCheckpoint>, StoreError> {
-        let sql = "SELECT tree_size, root, note FROM log_checkpoints WHERE tree_size = $1";
-        let row: Option<(i64, Vec<u8>, String)> = on_reader!(&self.db, pool => {
-            sqlx::query_as(sql).bind(tree_size).fetch_optional(pool).await?
-        });
-        row.map(|(tree_size, root, note)| {
-            Ok(StoredCheckpoint {
-                tree_size,
-                root: hash(-1, &root)?,
-                note,
-            })
-        })
-        .transpose()
+        row.map(checkpoint_of).transpose()
     }
 
     /// Keeps a signed checkpoint. Another process may have kept one of the same size first: then
@@ -215,13 +198,9 @@ impl Store {
         }
         // Read on the writer: on SQLite a reader may not see the row yet.
         let sql = "SELECT tree_size, root, note FROM log_checkpoints WHERE tree_size = $1";
-        let (tree_size, root, note): (i64, Vec<u8>, String) = on_writer!(&self.db, pool => {
+        let row: CheckpointRow = on_writer!(&self.db, pool => {
             sqlx::query_as(sql).bind(checkpoint.tree_size).fetch_one(pool).await?
         });
-        Ok(StoredCheckpoint {
-            tree_size,
-            root: hash(-1, &root)?,
-            note,
-        })
+        checkpoint_of(row)
     }
 }
