@@ -390,8 +390,14 @@ pub fn intent_controls(id: &str, events: &[(u64, DeploymentEvent)]) -> IntentCon
         }
         _ => None,
     });
+    // The due time recorded on the first deployment (the policy's window then); streams written
+    // before it was recorded fall back to DOMAIN.md's 48 hours.
     let first_deploy_at = events.iter().find_map(|(i, e)| match e {
-        DeploymentEvent::DeploymentDeployed(d) => Some((*i, d.meta.occurred_at)),
+        DeploymentEvent::DeploymentDeployed(d) => Some((
+            *i,
+            d.retro_approval_due_at
+                .unwrap_or(d.meta.occurred_at + chrono::Duration::hours(RETRO_WINDOW_HOURS)),
+        )),
         _ => None,
     });
     let review = events.iter().find_map(|(i, e)| match e {
@@ -426,20 +432,21 @@ pub fn intent_controls(id: &str, events: &[(u64, DeploymentEvent)]) -> IntentCon
             vec![p, d],
             "missing: deployed without the CAB and never reviewed",
         ),
-        (Some(p), Some((d, deployed)), Some((r, reviewed))) => {
-            if reviewed - deployed <= chrono::Duration::hours(RETRO_WINDOW_HOURS) {
+        (Some(p), Some((d, due)), Some((r, reviewed))) => {
+            let due_text = due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            if reviewed <= due {
                 verdict(
                     "emergency_retro_review",
                     "pass",
                     vec![p, d, r],
-                    "reviewed within 48 h of its first deployment",
+                    format!("reviewed by its due time {due_text}"),
                 )
             } else {
                 verdict(
                     "emergency_retro_review",
                     "fail",
                     vec![p, d, r],
-                    "late: reviewed more than 48 h after its first deployment",
+                    format!("late: reviewed after its due time {due_text}"),
                 )
             }
         }
@@ -1531,6 +1538,17 @@ mod tests {
         let mut rejected = emergency(&mut x);
         rejected.push(x.retro_rejected(10.0));
         assert_eq!(judged(rejected, "emergency_retro_review").0, "pass");
+        // The due time recorded on the first deployment is the one that counts (here a
+        // policy of 24 h: 30 h is late).
+        let mut x = Script::new(1);
+        let mut short = vec![
+            x.created("app", true),
+            x.approved(0.0, B::EmergencyProvisional, "policy:emergency_change"),
+            x.emergency_deployed(1.0, 24.0),
+        ];
+        short.push(x.approved(31.0, B::CabRetrospective, "carol"));
+        let (verdict, _) = judged(short, "emergency_retro_review");
+        assert_eq!(verdict, "fail");
         let mut x = Script::new(1);
         let missing = emergency(&mut x);
         assert_eq!(
