@@ -411,13 +411,17 @@ impl Checkpointer {
         }
         // The previous checkpoint, as signed (by this key: another key's is an integrity
         // failure), must be a prefix of what is signed now; so must the one kept outside.
-        if let Some(latest) = &latest {
-            let previous = open_checkpoint(&latest.note, plan.key.verifier_key())
-                .map_err(|e| Failure::Integrity(format!("the latest stored checkpoint: {e}")))?;
-            self.check_extends(&previous, "the latest signed checkpoint")
+        let previous = latest
+            .as_ref()
+            .map(|latest| open_checkpoint(&latest.note, plan.key.verifier_key()))
+            .transpose()
+            .map_err(|e| Failure::Integrity(format!("the latest stored checkpoint: {e}")))?;
+        if let Some(previous) = &previous {
+            self.check_extends(previous, "the latest signed checkpoint")
                 .await?;
         }
-        if let Some(kept) = self.kept()? {
+        // The one kept outside is usually that same checkpoint: checked once, then.
+        if let Some(kept) = self.kept()?.filter(|kept| Some(kept) != previous.as_ref()) {
             self.check_extends(&kept, "the checkpoint kept outside the database")
                 .await?;
         }

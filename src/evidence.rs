@@ -196,8 +196,6 @@ fn verdict(control: &str, v: &str, leaves: Vec<u64>, detail: impl Into<String>) 
     }
 }
 
-/// The human CAB threshold of DOMAIN.md: risk above 50, or privileged tooling.
-const CAB_RISK: u32 = 50;
 /// The retrospective-approval window of DOMAIN.md.
 const RETRO_WINDOW_HOURS: i64 = 48;
 
@@ -338,7 +336,8 @@ pub fn intent_controls(id: &str, events: &[(u64, DeploymentEvent)]) -> IntentCon
     });
 
     // A human CAB approval where the risk is above 50 or the tooling privileged.
-    let needs_cab = created.risk.score > CAB_RISK || created.privileged_tooling;
+    let needs_cab =
+        created.risk.score > crate::domain::risk::CAB_THRESHOLD || created.privileged_tooling;
     let cab: Vec<u64> = events
         .iter()
         .filter_map(|(i, e)| match e {

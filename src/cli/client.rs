@@ -13,16 +13,7 @@ use serde_json::{json, Map, Value};
 use super::describe::{event_line, gate};
 use super::{say, table, Failure};
 use crate::config::{ClientArgs, CreateArgs, DeploymentsCommand};
-
-const RISK_FACTORS: [&str; 7] = [
-    "privilege_impact",
-    "supply_chain_trust",
-    "exploitability",
-    "data_access",
-    "sbom_vulnerability",
-    "operational_complexity",
-    "history",
-];
+use crate::domain::risk::FACTOR_NAMES;
 
 struct Client {
     http: reqwest::Client,
@@ -465,7 +456,7 @@ fn create_body(args: &CreateArgs) -> Result<Value, Failure> {
     if !args.risk_factors.is_empty() || !body.contains_key("risk_factors") {
         let mut factors = match body.remove("risk_factors") {
             Some(Value::Object(map)) => map,
-            _ => RISK_FACTORS
+            _ => FACTOR_NAMES
                 .iter()
                 .map(|f| (f.to_string(), json!(0.0)))
                 .collect(),
@@ -474,10 +465,10 @@ fn create_body(args: &CreateArgs) -> Result<Value, Failure> {
             let (name, value) = given
                 .split_once('=')
                 .ok_or_else(|| format!("--risk-factor {given:?} is not NAME=VALUE"))?;
-            if !RISK_FACTORS.contains(&name) {
+            if !FACTOR_NAMES.contains(&name) {
                 return Err(format!(
                     "--risk-factor {name:?} is not a risk factor (one of {})",
-                    RISK_FACTORS.join(", ")
+                    FACTOR_NAMES.join(", ")
                 )
                 .into());
             }

@@ -10,6 +10,17 @@ use super::DomainError;
 pub const MODEL_VERSION: &str = "risk_model_v1.0";
 /// Scores above this need CAB approval.
 pub const CAB_THRESHOLD: u32 = 50;
+/// The seven factors a requester gives, by their names in the API (the fields of
+/// [`RiskFactors`]).
+pub const FACTOR_NAMES: [&str; 7] = [
+    "privilege_impact",
+    "supply_chain_trust",
+    "exploitability",
+    "data_access",
+    "sbom_vulnerability",
+    "operational_complexity",
+    "history",
+];
 
 /// The seven requester-given factors, each in [0, 1].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -139,6 +150,30 @@ pub fn assess(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_factor_names_are_the_apis() {
+        let json = serde_json::to_value(RiskFactors {
+            privilege_impact: 0.0,
+            supply_chain_trust: 0.0,
+            exploitability: 0.0,
+            data_access: 0.0,
+            sbom_vulnerability: 0.0,
+            operational_complexity: 0.0,
+            history: 0.0,
+        })
+        .unwrap();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut names = FACTOR_NAMES.to_vec();
+        keys.sort_unstable();
+        names.sort_unstable();
+        assert_eq!(keys, names);
+    }
 
     fn uniform(v: f64) -> RiskFactors {
         RiskFactors {

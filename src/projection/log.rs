@@ -81,16 +81,6 @@ impl LogTree {
         self.subtrees.len() as u64 * TILE + self.tail.leaves.len() as u64
     }
 
-    /// The global position of the last leaf's event (0 for the empty tree).
-    pub fn last_position(&self, store_last: Option<i64>) -> i64 {
-        self.tail
-            .positions
-            .last()
-            .copied()
-            .or(store_last)
-            .unwrap_or(0)
-    }
-
     /// The tree head at its size.
     pub fn root(&self) -> Hash {
         let reader = TreeReader {
@@ -366,13 +356,9 @@ impl Projection for MerkleLog {
         }
         self.view.set(&self.tree);
         let size = self.tree.size() as i64;
+        // The tree now is the stored one: its last leaf is the last tile's last.
         Ok(Checkpoint {
-            position: if size == 0 {
-                0
-            } else {
-                self.tree
-                    .last_position(last.and_then(|t| t.positions.last().copied()))
-            },
+            position: last.and_then(|t| t.positions.last().copied()).unwrap_or(0),
             ordinal: size,
         })
     }
@@ -554,7 +540,7 @@ mod tests {
         assert_eq!(tree.size(), 700);
         assert_eq!(tree.subtrees.len(), 2);
         assert_eq!(tree.tail.tile, 2);
-        assert_eq!(tree.last_position(None), 709);
+        assert_eq!(tree.tail.positions.last(), Some(&709));
     }
 
     #[test]

@@ -71,6 +71,14 @@ fn high_risk() -> CreateIntent {
     }
 }
 
+/// A high-risk emergency change: cleared for its start ring at once, CAB approval owed.
+fn emergency() -> CreateIntent {
+    CreateIntent {
+        change_type: ChangeType::Emergency,
+        ..high_risk()
+    }
+}
+
 fn command(by: Actor, action: Action) -> (Uuid, Command) {
     (
         ID,
@@ -421,10 +429,7 @@ fn a_policy_approved_intent_needs_no_cab_approval() {
 
 #[test]
 fn a_retrospective_approval_within_the_window_is_on_time() {
-    let emergency = CreateIntent {
-        change_type: ChangeType::Emergency,
-        ..high_risk()
-    };
+    let emergency = emergency();
     let world = World::new()
         .created(emergency)
         .run(ops(), report(Ring::Lab, 10, 10, 0))
@@ -441,10 +446,7 @@ fn a_retrospective_approval_within_the_window_is_on_time() {
 
 #[test]
 fn a_retrospective_approval_after_the_window_is_recorded_as_late() {
-    let emergency = CreateIntent {
-        change_type: ChangeType::Emergency,
-        ..high_risk()
-    };
+    let emergency = emergency();
     let world = World::new()
         .created(emergency)
         .run(ops(), report(Ring::Lab, 10, 10, 0))
@@ -714,10 +716,7 @@ fn leaving_lab_needs_a_validated_rollback_plan() {
 
 #[test]
 fn an_emergency_change_stays_in_its_start_ring_until_approved_retrospectively() {
-    let emergency = CreateIntent {
-        change_type: ChangeType::Emergency,
-        ..high_risk()
-    };
+    let emergency = emergency();
     let world = World::new()
         .created(emergency)
         .run(ops(), report(Ring::Lab, 10, 10, 0))
@@ -1098,10 +1097,9 @@ mod properties {
 /// LAB on its first report: it completes at once, with no human approval yet.
 fn emergency_completed_in_lab() -> World {
     let emergency = CreateIntent {
-        change_type: ChangeType::Emergency,
         privileged_tooling: true,
         target_ring: Ring::Lab,
-        ..high_risk()
+        ..emergency()
     };
     World::new()
         .created(emergency)
@@ -1128,10 +1126,7 @@ fn a_completed_emergency_change_may_still_be_approved_retrospectively() {
 
 #[test]
 fn a_rolled_back_emergency_change_may_still_be_decided_on_retrospectively() {
-    let emergency = CreateIntent {
-        change_type: ChangeType::Emergency,
-        ..high_risk()
-    };
+    let emergency = emergency();
     let world = World::new()
         .created(emergency)
         .run(ops(), report(Ring::Lab, 10, 2, 0))
@@ -1206,10 +1201,7 @@ fn a_retrospective_rejection_requires_a_rollback_and_nothing_else() {
 
 #[test]
 fn a_retrospective_rejection_before_any_deployment_rejects_the_intent() {
-    let emergency = CreateIntent {
-        change_type: ChangeType::Emergency,
-        ..high_risk()
-    };
+    let emergency = emergency();
     let world = World::new().created(emergency).run(
         carol(),
         Action::Reject {
@@ -1269,10 +1261,7 @@ fn an_emergency_change_may_not_start_past_the_policy_cap() {
 
 #[test]
 fn the_first_emergency_deployment_records_when_retro_approval_falls_due() {
-    let emergency = CreateIntent {
-        change_type: ChangeType::Emergency,
-        ..high_risk()
-    };
+    let emergency = emergency();
     let world = World::new().created(emergency).after(Duration::hours(2));
     let now = world.clock.now();
     let events = world.when(ops(), report(Ring::Lab, 10, 5, 0)).unwrap();
