@@ -1,9 +1,12 @@
 //! Command throughput over HTTP against a raw single-row INSERT into the same database.
 //!
 //! For each backend and 1, 16 and 64 clients: every client walks intents through
-//! create → approve → deploy over HTTP for a fixed time; then the same number of tasks run
-//! durable single-row INSERTs into the same database for the same time. The last column is
-//! commands/s ÷ INSERTs/s, both measured in this run on this machine.
+//! create → approve → deploy over HTTP for a fixed time, first on a server as `eucora serve`
+//! runs it (the Merkle log projection and signed checkpoints at their defaults), then on one
+//! without the log on a database of its own; then the same number of tasks run durable
+//! single-row INSERTs into the same database for the same time. The ratios are commands/s with
+//! the log ÷ without it, and ÷ INSERTs/s, all measured in this run on this machine. Checkpoint
+//! lag: how long after an event is committed a signed checkpoint covers it.
 //!
 //! `cargo bench --bench load` (PostgreSQL from `EUCORA_BENCH_DATABASE_URL`, else
 //! `EUCORA_TEST_DATABASE_URL`; `EUCORA_BENCH_SECONDS` per cell, default 4).
@@ -113,7 +116,18 @@ async fn timed(
     Ok((t.elapsed(), value))
 }
 
-async fn bench_backend(name: &str, url: &str, seconds: f64) {
+/// A server of the bench on its own database, and its bearer tokens.
+struct Server {
+    base: String,
+    store: Store,
+    tokens: Arc<(String, String, String)>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The signing key and the checkpoint directory, removed at the end.
+    key_dir: std::path::PathBuf,
+}
+
+async fn start(url: &str, merkle_log: bool) -> Server {
     let store = Store::connect(url, 8).await.expect("connect");
     store.migrate().await.expect("migrate");
     let token = |subject: &str, role: Role| {
@@ -128,9 +142,14 @@ async fn bench_backend(name: &str, url: &str, seconds: f64) {
             t
         }
     };
-    let requester = Arc::new(token("req", Role::Requester).await);
-    let approver = Arc::new(token("cab", Role::CabApprover).await);
-    let deployer = Arc::new(token("ops", Role::Deployer).await);
+    let tokens = Arc::new((
+        token("req", Role::Requester).await,
+        token("cab", Role::CabApprover).await,
+        token("ops", Role::Deployer).await,
+    ));
+    let key_dir =
+        std::env::temp_dir().join(format!("eucora-load-key-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&key_dir).unwrap();
     let args = ServeArgs {
         db: DbArgs {
             database_url: url.to_string(),
@@ -145,69 +164,167 @@ async fn bench_backend(name: &str, url: &str, seconds: f64) {
         shutdown_timeout: 1,
         metrics_app_label_limit: 200,
         log_format: LogFormat::Text,
-        // The embedded default on SQLite (a key beside the file); none on PostgreSQL.
-        signing_key_file: None,
-        checkpoint_dir: None,
-        checkpoint_interval: std::time::Duration::from_secs(1),
+        // Signed checkpoints on both backends, kept in a directory too, at the defaults.
+        signing_key_file: merkle_log.then(|| {
+            let path = key_dir.join("key");
+            eucora::checkpoints::SigningKey::create(&path, "bench").unwrap();
+            path
+        }),
+        checkpoint_dir: merkle_log.then(|| key_dir.join("checkpoints")),
+        checkpoint_interval: eucora::domain::policy::duration(
+            eucora::config::DEFAULT_CHECKPOINT_INTERVAL,
+        )
+        .and_then(|d| d.to_std().ok())
+        .unwrap(),
         checkpoint_events: 1000,
+        merkle_log,
     };
     let app = Application::build(&args, Arc::new(SystemClock))
         .await
         .expect("build");
     let base = format!("http://{}", app.local_addr().unwrap());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run(async {
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run(async {
         let _ = stop_rx.await;
     }));
+    Server {
+        base,
+        store,
+        tokens,
+        stop,
+        task,
+        key_dir,
+    }
+}
+
+/// Every 50 ms: the events committed, and the size of the latest signed checkpoint.
+fn sample_lag(
+    store: Store,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(Instant, i64, i64)>> {
+    tokio::spawn(async move {
+        let mut samples = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let committed = store.event_count().await.unwrap_or(0);
+            let signed = store
+                .latest_checkpoint()
+                .await
+                .ok()
+                .flatten()
+                .map_or(0, |c| c.tree_size);
+            samples.push((Instant::now(), committed, signed));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        samples
+    })
+}
+
+/// Checkpoint lag per event, from the samples: from the first sample that counts it committed to
+/// the first whose signed checkpoint covers it (±50 ms). p50 and p99 in ms, and how many events
+/// the samples never saw signed.
+fn lag(samples: &[(Instant, i64, i64)]) -> (f64, f64, i64) {
+    let mut lags: Vec<Duration> = Vec::new();
+    let mut unsigned = 0;
+    let mut j = 0;
+    let mut before = samples.first().map_or(0, |s| s.1);
+    for (i, &(at, committed, _)) in samples.iter().enumerate() {
+        for k in (before + 1)..=committed {
+            j = j.max(i);
+            while j < samples.len() && samples[j].2 < k {
+                j += 1;
+            }
+            match samples.get(j) {
+                Some(s) => lags.push(s.0 - at),
+                None => unsigned += 1,
+            }
+        }
+        before = before.max(committed);
+    }
+    lags.sort();
+    let pct = |p: f64| {
+        lags.get(((lags.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+    };
+    (pct(0.5), pct(0.99), unsigned)
+}
+
+fn create_body() -> serde_json::Value {
+    json!({
+        "app_name": "bench-app", "version": "1.0", "connector_type": "sccm", "rollback_validated": true,
+        "risk_factors": { "privilege_impact": 0.8, "supply_chain_trust": 0.8, "exploitability": 0.8,
+            "data_access": 0.8, "sbom_vulnerability": 0.8, "operational_complexity": 0.8, "history": 0.8 }
+    })
+}
+
+async fn commands(server: &Server, clients: usize, seconds: f64) -> Cell {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(128)
         .build()
         .unwrap();
-    let create_body = json!({
-        "app_name": "bench-app", "version": "1.0", "connector_type": "sccm", "rollback_validated": true,
-        "risk_factors": { "privilege_impact": 0.8, "supply_chain_trust": 0.8, "exploitability": 0.8,
-            "data_access": 0.8, "sbom_vulnerability": 0.8, "operational_complexity": 0.8, "history": 0.8 }
-    });
-    let raw_payload = json!({ "DeploymentCreated": create_body }).to_string();
+    let create_body = create_body();
+    let (base, tokens) = (server.base.clone(), server.tokens.clone());
+    drive(clients, seconds, move |_| {
+        let (client, base, body, tokens) = (
+            client.clone(),
+            base.clone(),
+            create_body.clone(),
+            tokens.clone(),
+        );
+        async move {
+            let (r, a, d) = (&tokens.0, &tokens.1, &tokens.2);
+            let (t1, created) =
+                timed(&client, format!("{base}/api/v1/deployments"), r, body, 201).await?;
+            let id = created["id"].as_str().ok_or("no id")?.to_string();
+            let (t2, _) = timed(
+                &client,
+                format!("{base}/api/v1/deployments/{id}/approve"),
+                a,
+                json!({}),
+                200,
+            )
+            .await?;
+            let report =
+                json!({ "ring": "LAB", "target_devices": 10, "succeeded": 10, "failed": 0 });
+            let (t3, _) = timed(
+                &client,
+                format!("{base}/api/v1/deployments/{id}/deploy"),
+                d,
+                report,
+                200,
+            )
+            .await?;
+            Ok(vec![t1, t2, t3])
+        }
+    })
+    .await
+}
 
+/// `url_without` is a second, empty database of the same backend, for the server without the log.
+async fn bench_backend(name: &str, url: &str, url_without: &str, seconds: f64) {
+    let with = start(url, true).await;
+    let without = start(url_without, false).await;
+    let raw_payload = json!({ "DeploymentCreated": create_body() }).to_string();
     for clients in [1usize, 16, 64] {
-        let (client2, base2, body) = (client.clone(), base.clone(), create_body.clone());
-        let (r, a, d) = (requester.clone(), approver.clone(), deployer.clone());
-        let mut cmd = drive(clients, seconds, move |_| {
-            let (client, base, body) = (client2.clone(), base2.clone(), body.clone());
-            let (r, a, d) = (r.clone(), a.clone(), d.clone());
-            async move {
-                let (t1, created) =
-                    timed(&client, format!("{base}/api/v1/deployments"), &r, body, 201).await?;
-                let id = created["id"].as_str().ok_or("no id")?.to_string();
-                let (t2, _) = timed(
-                    &client,
-                    format!("{base}/api/v1/deployments/{id}/approve"),
-                    &a,
-                    json!({}),
-                    200,
-                )
-                .await?;
-                let report =
-                    json!({ "ring": "LAB", "target_devices": 10, "succeeded": 10, "failed": 0 });
-                let (t3, _) = timed(
-                    &client,
-                    format!("{base}/api/v1/deployments/{id}/deploy"),
-                    &d,
-                    report,
-                    200,
-                )
-                .await?;
-                Ok(vec![t1, t2, t3])
-            }
-        })
-        .await;
+        // The server with the log, sampled for checkpoint lag; then the one without, sampled
+        // the same way (so both carry the sampler's queries); then raw INSERTs.
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = sample_lag(with.store.clone(), stop.clone());
+        let mut cmd = commands(&with, clients, seconds).await;
+        // Wait out the last checkpoint, so every event of the cell is seen signed.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.store(true, Ordering::Relaxed);
+        let (lag50, lag99, unsigned) = lag(&sampler.await.unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = sample_lag(without.store.clone(), stop.clone());
+        let mut bare = commands(&without, clients, seconds).await;
+        stop.store(true, Ordering::Relaxed);
+        let _ = sampler.await;
         // The raw-INSERT reference: eight connections to the same database (as the pool it used
         // before it moved out of the service), open only while it runs.
         let reference = Arc::new(scratch::Reference::open(url, 8).await);
         reference.reset_raw_table().await;
         let (reference2, payload) = (reference.clone(), raw_payload.clone());
-        let mut raw = drive(clients, seconds, move |_| {
+        let raw = drive(clients, seconds, move |_| {
             let (reference, payload) = (reference2.clone(), payload.clone());
             async move {
                 let t = Instant::now();
@@ -221,19 +338,25 @@ async fn bench_backend(name: &str, url: &str, seconds: f64) {
         .await;
         reference.close().await;
         println!(
-            "| {name:<8} | {clients:>3} | {:>9.0} | {:>7.2} | {:>7.2} | {:>9.0} | {:>7.2} | {:>7.2} | {:>5} | {:>5.2}x |",
+            "| {name:<8} | {clients:>3} | {:>9.0} | {:>7.2} | {:>7.2} | {:>9.0} | {:>7.2} | {:>5.2}x | {:>9.0} | {:>5.2}x | {:>5} | {:>6.0} | {:>6.0} | {unsigned} |",
             cmd.rate(),
             cmd.pct(0.50),
             cmd.pct(0.99),
+            bare.rate(),
+            bare.pct(0.99),
+            cmd.rate() / bare.rate(),
             raw.rate(),
-            raw.pct(0.50),
-            raw.pct(0.99),
-            cmd.errors + raw.errors,
             cmd.rate() / raw.rate(),
+            cmd.errors + bare.errors + raw.errors,
+            lag50,
+            lag99,
         );
     }
-    let _ = stop_tx.send(());
-    let _ = server.await;
+    for server in [with, without] {
+        let _ = server.stop.send(());
+        let _ = server.task.await;
+        let _ = std::fs::remove_dir_all(&server.key_dir);
+    }
 }
 
 #[tokio::main]
@@ -244,21 +367,26 @@ async fn main() {
         .unwrap_or(4.0);
     let dir = std::env::temp_dir().join(format!("eucora-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    println!("create → approve → deploy over HTTP vs raw single-row INSERT, {seconds} s per cell");
-    println!("| backend  | clients | commands/s | p50 ms | p99 ms | INSERTs/s | p50 ms | p99 ms | errors | ratio |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("create → approve → deploy over HTTP, with the Merkle log and signed checkpoints (the default) and without, vs raw single-row INSERT; {seconds} s per cell");
+    println!("| backend  | clients | commands/s | p50 ms | p99 ms | without log: commands/s | p99 ms | with ÷ without | INSERTs/s | with ÷ raw | errors | checkpoint lag p50 ms | p99 ms | never signed |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     bench_backend(
         "sqlite",
         &format!("sqlite://{}", dir.join("bench.db").display()),
+        &format!("sqlite://{}", dir.join("bare.db").display()),
         seconds,
     )
     .await;
-    match scratch::Scratch::create().await {
-        Some(db) => {
-            bench_backend("postgres", &db.url, seconds).await;
+    match (
+        scratch::Scratch::create().await,
+        scratch::Scratch::create().await,
+    ) {
+        (Some(db), Some(bare)) => {
+            bench_backend("postgres", &db.url, &bare.url, seconds).await;
             db.drop_database().await;
+            bare.drop_database().await;
         }
-        None => println!("(PostgreSQL skipped: set EUCORA_BENCH_DATABASE_URL)"),
+        _ => println!("(PostgreSQL skipped: set EUCORA_BENCH_DATABASE_URL)"),
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -51,14 +51,25 @@ fn open_file_limit() -> Option<usize> {
 /// The projection runner of `eucora serve`, with every read-side consumer of the stream
 /// registered, the view of its metrics that the API serves, and the view of the Merkle log.
 pub fn serve_runner(store: &Store, app_label_limit: usize) -> (Runner, MetricsView, LogView) {
-    let runner = Runner::new(store.clone(), BATCH);
-    let (metrics, view) = MetricsProjection::new(app_label_limit, runner.status());
     let log = LogView::default();
-    let runner = runner
-        .register(MerkleLog::extending(log.clone()))
-        .register(IntentView::persisted())
-        .register(metrics);
+    let (runner, view) = runner_with(store, app_label_limit, Some(&log));
     (runner, view, log)
+}
+
+/// The projections `eucora serve` runs; without `log`, no Merkle log (what the load benchmark
+/// compares the server with).
+fn runner_with(
+    store: &Store,
+    app_label_limit: usize,
+    log: Option<&LogView>,
+) -> (Runner, MetricsView) {
+    let mut runner = Runner::new(store.clone(), BATCH);
+    let (metrics, view) = MetricsProjection::new(app_label_limit, runner.status());
+    if let Some(log) = log {
+        runner = runner.register(MerkleLog::extending(log.clone()));
+    }
+    let runner = runner.register(IntentView::persisted()).register(metrics);
+    (runner, view)
 }
 
 /// The signing key and checkpoint directory `args` name, or the embedded default's: on SQLite,
@@ -170,8 +181,15 @@ impl Application {
             })?;
         let store = Store::connect(&args.db.database_url, args.db.db_pool_size).await?;
         store.migrate().await?;
-        let plan = checkpoint_plan(args)?;
-        let (runner, metrics_view, log) = serve_runner(&store, args.metrics_app_label_limit);
+        let (plan, (runner, metrics_view, log)) = if args.merkle_log {
+            (
+                checkpoint_plan(args)?,
+                serve_runner(&store, args.metrics_app_label_limit),
+            )
+        } else {
+            let (runner, view) = runner_with(&store, args.metrics_app_label_limit, None);
+            (None, (runner, view, LogView::default()))
+        };
         let integrity = Arc::new(crate::checkpoints::IntegrityStatus::default());
         let telemetry = Arc::new(
             Telemetry::new(store.backend(), runner.status()).map_err(StartError::Telemetry)?,

@@ -264,8 +264,8 @@ impl Checkpointer {
         let tick = self
             .plan
             .as_ref()
-            .map_or(Duration::MAX, |p| p.interval)
-            .min(Duration::from_millis(250));
+            .map_or(Duration::MAX, |p| p.interval / 4)
+            .clamp(Duration::from_millis(10), Duration::from_millis(250));
         let mut checked = false;
         let mut last_signed = Instant::now();
         let mut next_check = 0u64;

@@ -265,6 +265,10 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--checkpoint-interval`'s default: a committed event is under a signed checkpoint within
+/// about 1.25 times this.
+pub const DEFAULT_CHECKPOINT_INTERVAL: &str = "500ms";
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -314,12 +318,17 @@ pub struct ServeArgs {
     #[arg(long, env = "EUCORA_CHECKPOINT_DIR")]
     pub checkpoint_dir: Option<PathBuf>,
     /// Sign a checkpoint at least this often while the log grows.
-    #[arg(long, env = "EUCORA_CHECKPOINT_INTERVAL", default_value = "10s", value_parser = interval)]
+    #[arg(long, env = "EUCORA_CHECKPOINT_INTERVAL", default_value = DEFAULT_CHECKPOINT_INTERVAL, value_parser = interval)]
     pub checkpoint_interval: std::time::Duration,
     /// Sign a checkpoint as soon as the log has grown by this many events.
     #[arg(long, env = "EUCORA_CHECKPOINT_EVENTS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_events: u64,
+    /// Benchmarks only, never a command-line option: `false` runs the server without the Merkle
+    /// log projection (so without checkpoints, integrity checks or evidence), to measure what the
+    /// log costs the command path.
+    #[arg(skip = true)]
+    pub merkle_log: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -386,7 +395,7 @@ fn interval(text: &str) -> Result<std::time::Duration, String> {
     crate::domain::policy::duration(text)
         .and_then(|d| d.to_std().ok())
         .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("{text:?} is not a duration like \"1s\", \"30s\" or \"5m\""))
+        .ok_or_else(|| format!("{text:?} is not a duration like \"500ms\", \"1s\" or \"5m\""))
 }
 
 #[derive(Debug, Subcommand)]

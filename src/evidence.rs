@@ -17,7 +17,7 @@
 //!   other file with its SHA-256, signed with the log's key.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Read, Seek, Write};
+use std::io::{Read, Seek, Write};
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -32,7 +32,8 @@ use uuid::Uuid;
 
 use crate::checkpoints::{open_checkpoint, Checkpoint, SigningKey};
 use crate::projection::log::{with_tiles, LogView};
-use crate::store::{Columns, Store};
+use crate::projection::{Event, ProjectionError, RunError, StreamReader};
+use crate::store::Store;
 
 /// The bundle's files, in the order they are written; the manifest comes last.
 pub const FILES: [&str; 6] = [
@@ -185,6 +186,18 @@ pub struct ControlsFile {
     /// contiguous within the bundle.
     pub population_complete: Verdict,
     pub intents: Vec<IntentControls>,
+}
+
+impl ControlsFile {
+    /// How many verdicts are `fail`.
+    pub fn failed(&self) -> u64 {
+        self.intents
+            .iter()
+            .flat_map(|i| &i.controls)
+            .chain(std::iter::once(&self.population_complete))
+            .filter(|v| v.verdict == "fail")
+            .count() as u64
+    }
 }
 
 fn verdict(control: &str, v: &str, leaves: Vec<u64>, detail: impl Into<String>) -> Verdict {
@@ -584,18 +597,37 @@ pub struct Population {
 
 impl Population {
     pub fn add(&mut self, r: &EventRecord) {
-        self.indices.push(r.index);
-        self.sequences
-            .entry(r.aggregate_id.clone())
-            .or_default()
-            .push(r.sequence);
-        match decode(&r.event_type, &r.event_version, &r.payload) {
-            Ok(e) => self
-                .intents
-                .entry(r.aggregate_id.clone())
-                .or_default()
-                .push((r.index, e)),
-            Err(_) => self.undecodable.push(r.index),
+        self.add_decoded(
+            r.index,
+            &r.aggregate_id,
+            r.sequence,
+            decode(&r.event_type, &r.event_version, &r.payload).ok(),
+        );
+    }
+
+    /// [`Population::add`] of an event already decoded (`None`: it does not decode).
+    fn add_decoded(
+        &mut self,
+        index: u64,
+        aggregate_id: &str,
+        sequence: i64,
+        event: Option<DeploymentEvent>,
+    ) {
+        self.indices.push(index);
+        match self.sequences.get_mut(aggregate_id) {
+            Some(sequences) => sequences.push(sequence),
+            None => {
+                self.sequences.insert(aggregate_id.into(), vec![sequence]);
+            }
+        }
+        match event {
+            Some(e) => match self.intents.get_mut(aggregate_id) {
+                Some(events) => events.push((index, e)),
+                None => {
+                    self.intents.insert(aggregate_id.into(), vec![(index, e)]);
+                }
+            },
+            None => self.undecodable.push(index),
         }
     }
 
@@ -750,26 +782,113 @@ fn csv_field(value: &str) -> String {
 
 // ---- export ------------------------------------------------------------------------------
 
-/// A file of the bundle being written: spooled to a temporary file, hashed as it is written.
-struct Spool {
+/// `events.jsonl` as the export writes it: lines are batched here, then hashed and
+/// gzip-compressed on a thread of its own into an anonymous temporary file, so the reading of the
+/// stream and the compression run on two cores. The compressed data becomes a gzip member of its
+/// own in the bundle (docs/evidence.md).
+struct EventsSpool {
+    batch: Vec<u8>,
+    sender: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    worker: Option<std::thread::JoinHandle<std::io::Result<CompressedEvents>>>,
+}
+
+/// What the compressing thread made of `events.jsonl`.
+struct CompressedEvents {
     file: std::fs::File,
-    hasher: Sha256,
+    digest: [u8; 32],
     len: u64,
 }
 
-impl Spool {
-    fn new() -> std::io::Result<Spool> {
-        Ok(Spool {
-            file: tempfile_in_tmp()?,
-            hasher: Sha256::new(),
-            len: 0,
+/// Bytes of lines handed to the compressing thread at a time.
+const SPOOL_BATCH: usize = 1 << 20;
+
+impl EventsSpool {
+    fn new() -> std::io::Result<EventsSpool> {
+        let file = tempfile_in_tmp()?;
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let worker = std::thread::Builder::new()
+            .name("eucora-evidence-gzip".into())
+            .spawn(move || {
+                let mut hasher = Sha256::new();
+                let mut len = 0u64;
+                let mut gz = flate2::write::GzEncoder::new(
+                    std::io::BufWriter::new(file),
+                    flate2::Compression::fast(),
+                );
+                for batch in receiver {
+                    hasher.update(&batch);
+                    len += batch.len() as u64;
+                    gz.write_all(&batch)?;
+                }
+                let mut file = gz
+                    .finish()?
+                    .into_inner()
+                    .map_err(std::io::IntoInnerError::into_error)?;
+                file.rewind()?;
+                Ok(CompressedEvents {
+                    file,
+                    digest: hasher.finalize().into(),
+                    len,
+                })
+            })?;
+        Ok(EventsSpool {
+            batch: Vec::with_capacity(SPOOL_BATCH),
+            sender: Some(sender),
+            worker: Some(worker),
         })
     }
 
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.hasher.update(bytes);
-        self.len += bytes.len() as u64;
-        self.file.write_all(bytes)
+    fn line(&mut self, record: &EventRecord) -> Result<(), EvidenceError> {
+        serde_json::to_writer(&mut self.batch, record)
+            .map_err(|e| EvidenceError::Export(e.to_string()))?;
+        self.batch.push(b'\n');
+        if self.batch.len() >= SPOOL_BATCH {
+            self.send()?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self) -> Result<(), EvidenceError> {
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(SPOOL_BATCH));
+        let gone = self
+            .sender
+            .as_ref()
+            .is_none_or(|sender| sender.send(batch).is_err());
+        if gone {
+            // The thread stopped on an error: finishing says which.
+            return Err(self.finish().err().unwrap_or_else(|| {
+                EvidenceError::Export("the compressing thread stopped".into())
+            }));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<CompressedEvents, EvidenceError> {
+        if !self.batch.is_empty() && self.sender.is_some() {
+            let batch = std::mem::take(&mut self.batch);
+            if let Some(sender) = &self.sender {
+                let _ = sender.send(batch);
+            }
+        }
+        self.sender = None;
+        let worker = self
+            .worker
+            .take()
+            .ok_or_else(|| EvidenceError::Export("the events were already written".into()))?;
+        worker
+            .join()
+            .map_err(|_| EvidenceError::Export("the compressing thread panicked".into()))?
+            .map_err(EvidenceError::Io)
+    }
+}
+
+impl Drop for EventsSpool {
+    fn drop(&mut self) {
+        // An export that stopped early: let the thread end, and wait for it.
+        self.sender = None;
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
     }
 }
 
@@ -785,18 +904,18 @@ pub fn tempfile_in_tmp() -> std::io::Result<std::fs::File> {
     Ok(file)
 }
 
-fn tar_file<W: Write>(
-    tar: &mut tar::Builder<W>,
-    name: &str,
-    mut data: impl Read,
-    len: u64,
-) -> std::io::Result<()> {
+fn tar_header(name: &str, len: u64) -> std::io::Result<tar::Header> {
     let mut header = tar::Header::new_gnu();
+    header.set_path(name)?;
     header.set_size(len);
     header.set_mode(0o644);
     header.set_mtime(0);
     header.set_cksum();
-    tar.append_data(&mut header, name, &mut data)
+    Ok(header)
+}
+
+fn tar_file<W: Write>(tar: &mut tar::Builder<W>, name: &str, data: &[u8]) -> std::io::Result<()> {
+    tar.append(&tar_header(name, data.len() as u64)?, data)
 }
 
 /// What an export wrote.
@@ -846,25 +965,30 @@ pub async fn export(
         .map_err(|e| EvidenceError::Export(format!("the earlier checkpoint: {e}")))?;
 
     // The events: one pass over the stream, up to the checkpoint's size.
-    let mut events = Spool::new()?;
+    let mut events = EventsSpool::new()?;
     let mut population = Population::default();
-    let mut leaves: Vec<Hash> = Vec::new();
     let mut chosen: Vec<u64> = Vec::new();
-    let (mut index, mut after, mut started, mut done) = (0u64, None, false, false);
+    let (mut index, mut started, mut done) = (0u64, false, false);
+    // Read and decoded ahead on other tasks, compressed on another thread: the stages overlap.
+    let mut stream = StreamReader::from_start(store.clone(), size, BATCH);
+    let wanted = match scope {
+        Scope::Deployment(id) => Some(id.to_string()),
+        Scope::Period { .. } => None,
+    };
     while index < size && !done {
-        let rows = store
-            .read_global(after, BATCH.min((size - index) as i64), Columns::Stored)
-            .await?;
-        if rows.is_empty() {
+        let Some(batch) = stream.next().await else {
             break;
-        }
-        for row in &rows {
-            after = Some(row.position);
+        };
+        let batch = batch.map_err(|e| match e {
+            RunError::Projection(ProjectionError::Store(e)) => EvidenceError::Store(e),
+            e => EvidenceError::Export(e.to_string()),
+        })?;
+        for Event { row, event, .. } in batch.iter() {
             let stream = row.stream()?;
             let take = match scope {
-                Scope::Deployment(id) => stream.aggregate_id == id.to_string(),
+                Scope::Deployment(_) => Some(&stream.aggregate_id) == wanted.as_ref(),
                 Scope::Period { from, to } => {
-                    let at = row.decode().map(|e| e.meta().occurred_at).ok();
+                    let at = event.as_ref().map(|e| e.meta().occurred_at).ok();
                     if !started && at.is_some_and(|t| t >= *from && t < *to) {
                         started = true;
                     }
@@ -887,13 +1011,14 @@ pub async fn export(
                     payload: row.payload.clone(),
                     metadata: stored.metadata.to_string(),
                 };
-                leaves.push(record.leaf());
                 chosen.push(index);
-                population.add(&record);
-                let mut line = serde_json::to_vec(&record)
-                    .map_err(|e| EvidenceError::Export(e.to_string()))?;
-                line.push(b'\n');
-                events.write(&line)?;
+                population.add_decoded(
+                    index,
+                    &record.aggregate_id,
+                    record.sequence,
+                    event.as_ref().ok().cloned(),
+                );
+                events.line(&record)?;
             }
             index += 1;
             if done || index >= size {
@@ -975,13 +1100,8 @@ pub async fn export(
         },
     };
     let controls = population.controls();
-    let failed = controls
-        .intents
-        .iter()
-        .flat_map(|i| &i.controls)
-        .chain(std::iter::once(&controls.population_complete))
-        .filter(|v| v.verdict == "fail")
-        .count() as u64;
+    let failed = controls.failed();
+    let mut events = events.finish()?;
     let files: BTreeMap<&str, Vec<u8>> = [
         ("checkpoint", latest.note.clone().into_bytes()),
         ("proof.json", pretty(&proof)?),
@@ -993,9 +1113,8 @@ pub async fn export(
     .collect();
 
     // The manifest: every file's SHA-256, signed.
-    let mut subjects = vec![
-        json!({"name": "events.jsonl", "digest": {"sha256": hex::encode(events.hasher.clone().finalize())}}),
-    ];
+    let mut subjects =
+        vec![json!({"name": "events.jsonl", "digest": {"sha256": hex::encode(events.digest)}})];
     for name in &FILES[1..] {
         subjects.push(
             json!({"name": name, "digest": {"sha256": hex::encode(Sha256::digest(&files[name]))}}),
@@ -1026,22 +1145,21 @@ pub async fn export(
         "signatures": [{"keyid": key.verifier_key(), "sig": b64(&signature)}],
     });
 
-    let gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    events.file.flush()?;
-    events.file.rewind()?;
-    let len = events.len;
-    tar_file(
-        &mut tar,
-        "events.jsonl",
-        std::io::BufReader::new(&mut events.file),
-        len,
-    )?;
+    // Three gzip members, one after the other (RFC 1952 2.2; every gunzip reads them as one
+    // stream): the tar header of events.jsonl, the events compressed as they were read, then the
+    // padding, the other files and the end of the archive.
+    let mut out = out;
+    let mut head = flate2::write::GzEncoder::new(&mut out, flate2::Compression::fast());
+    head.write_all(tar_header("events.jsonl", events.len)?.as_bytes())?;
+    head.finish()?;
+    std::io::copy(&mut events.file, &mut out)?;
+    let mut tail = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+    tail.write_all(&[0u8; 512][..((512 - events.len % 512) % 512) as usize])?;
+    let mut tar = tar::Builder::new(tail);
     for name in &FILES[1..] {
-        tar_file(&mut tar, name, &files[name][..], files[name].len() as u64)?;
+        tar_file(&mut tar, name, &files[name])?;
     }
-    let manifest = pretty(&envelope)?;
-    tar_file(&mut tar, MANIFEST, &manifest[..], manifest.len() as u64)?;
+    tar_file(&mut tar, MANIFEST, &pretty(&envelope)?)?;
     tar.into_inner()?.finish()?.flush()?;
     Ok(ExportSummary {
         events: chosen.len() as u64,
@@ -1109,63 +1227,34 @@ fn refuse(what: impl Into<String>) -> Refused {
 }
 
 /// Verifies a bundle offline, with nothing but the bundle, the verifier key, and optionally an
-/// earlier checkpoint the auditor kept. Reads the archive once; keeps the bundle's intents'
-/// events (decoded) and one hash per event in memory.
+/// earlier checkpoint the auditor kept. Reads the archive once, on two cores: one thread gunzips
+/// the archive and hashes the files, this one parses the events, hashes their leaves and folds
+/// them into the population. Memory holds one hash per event and the bundle's decoded events.
 pub fn verify(
-    bundle: impl Read,
+    bundle: impl Read + Send,
     verifier_key: &str,
     previous: Option<&str>,
 ) -> Result<Verified, Refused> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bundle));
-    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut records: Vec<EventRecord> = Vec::new();
-    let mut events_digest = None;
-    for entry in archive
-        .entries()
-        .map_err(|e| refuse(format!("not a .tar.gz bundle: {e}")))?
-    {
-        let mut entry = entry.map_err(|e| refuse(format!("the archive is damaged: {e}")))?;
-        let name = entry
-            .path()
-            .map_err(|e| refuse(format!("the archive is damaged: {e}")))?
-            .to_string_lossy()
-            .into_owned();
-        if files.contains_key(&name) || (name == "events.jsonl" && events_digest.is_some()) {
-            return Err(refuse(format!("{name} appears twice in the bundle")));
-        }
-        if name == "events.jsonl" {
-            let mut hasher = Sha256::new();
-            let mut reader = std::io::BufReader::new(HashingReader {
-                inner: &mut entry,
-                hasher: &mut hasher,
-            });
-            let mut line = String::new();
-            let mut n = 0u64;
-            loop {
-                line.clear();
-                let read = reader
-                    .read_line(&mut line)
-                    .map_err(|e| refuse(format!("events.jsonl is damaged: {e}")))?;
-                if read == 0 {
-                    break;
-                }
-                n += 1;
-                let record: EventRecord = serde_json::from_str(line.trim_end_matches('\n'))
-                    .map_err(|e| {
-                        refuse(format!("events.jsonl line {n} is not an event record: {e}"))
-                    })?;
-                records.push(record);
-            }
-            drop(reader);
-            events_digest = Some(hex::encode(hasher.finalize()));
-        } else {
-            let mut data = Vec::new();
-            entry
-                .read_to_end(&mut data)
-                .map_err(|e| refuse(format!("{name} is damaged: {e}")))?;
-            files.insert(name, data);
-        }
-    }
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let (archive, events) = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || read_archive(bundle, sender));
+        let events = parse_events(receiver);
+        let archive = reader
+            .join()
+            .unwrap_or_else(|_| Err(refuse("the archive reader panicked")));
+        (archive, events)
+    });
+    // In the order a single pass meets them: a line that does not parse, before damage after it.
+    let events = events?;
+    let Archive {
+        files,
+        events_digest,
+    } = archive?;
+    let ParsedEvents {
+        leaves,
+        indices,
+        population,
+    } = events;
 
     // 1. The manifest: signed by the key, naming every file with its hash, and nothing else.
     let manifest = files
@@ -1269,14 +1358,13 @@ pub fn verify(
     };
 
     // 3. The events are exactly the leaves the proofs place under the checkpoint's head.
-    if records.is_empty() {
+    if indices.is_empty() {
         return Err(refuse("the bundle holds no events"));
     }
-    let leaves: Vec<Hash> = records.iter().map(EventRecord::leaf).collect();
     match (&proof.range, proof.inclusion.is_empty()) {
         (Some(range), true) => {
             // Contiguity, named by what broke it.
-            let order: Vec<u64> = records.iter().map(|r| r.index).collect();
+            let order = &indices;
             let mut sorted = order.clone();
             sorted.sort_unstable();
             if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
@@ -1285,7 +1373,7 @@ pub fn verify(
                     w[0]
                 )));
             }
-            if sorted != order {
+            if &sorted != order {
                 return Err(refuse(
                     "the events are not in leaf order: they were reordered",
                 ));
@@ -1311,20 +1399,19 @@ pub fn verify(
             })?;
         }
         (None, false) => {
-            if proof.inclusion.len() != records.len() {
+            if proof.inclusion.len() != indices.len() {
                 return Err(refuse("proof.json has not one inclusion proof per event"));
             }
-            for ((record, leaf), inclusion) in records.iter().zip(&leaves).zip(&proof.inclusion) {
-                if inclusion.index != record.index {
+            for ((index, leaf), inclusion) in indices.iter().zip(&leaves).zip(&proof.inclusion) {
+                if inclusion.index != *index {
                     return Err(refuse(format!(
-                        "the inclusion proofs are not for the events' leaves (leaf {})",
-                        record.index
+                        "the inclusion proofs are not for the events' leaves (leaf {index})"
                     )));
                 }
-                merkle::verify_inclusion(record.index, checkpoint.size, leaf, &hashes(&inclusion.hashes)?, &checkpoint.root)
-                    .map_err(|e| refuse(format!("the event at leaf {} is not in the checkpoint's tree: {e} (it was edited, or moved)", record.index)))?;
+                merkle::verify_inclusion(*index, checkpoint.size, leaf, &hashes(&inclusion.hashes)?, &checkpoint.root)
+                    .map_err(|e| refuse(format!("the event at leaf {index} is not in the checkpoint's tree: {e} (it was edited, or moved)")))?;
             }
-            if records.windows(2).any(|w| w[1].index <= w[0].index) {
+            if indices.windows(2).any(|w| w[1] <= w[0]) {
                 return Err(refuse("the events are not in leaf order"));
             }
         }
@@ -1355,10 +1442,6 @@ pub fn verify(
     }
 
     // 5. The controls and the population, recomputed from the events.
-    let mut population = Population::default();
-    for r in &records {
-        population.add(r);
-    }
     let controls = population.controls();
     let claimed: ControlsFile = serde_json::from_slice(&files["controls.json"])
         .map_err(|e| refuse(format!("controls.json is not controls: {e}")))?;
@@ -1372,37 +1455,257 @@ pub fn verify(
             "changes.csv does not match the population recomputed from the events",
         ));
     }
-    let failed = controls
-        .intents
-        .iter()
-        .flat_map(|i| &i.controls)
-        .chain(std::iter::once(&controls.population_complete))
-        .filter(|v| v.verdict == "fail")
-        .count() as u64;
+    let failed = controls.failed();
     Ok(Verified {
-        events: records.len() as u64,
+        events: indices.len() as u64,
         intents: controls.intents.len() as u64,
         tree_size: checkpoint.size,
         failed_controls: failed,
     })
 }
 
-struct HashingReader<'a, R> {
-    inner: R,
-    hasher: &'a mut Sha256,
+/// The archive's files but `events.jsonl`, and that one's SHA-256.
+struct Archive {
+    files: BTreeMap<String, Vec<u8>>,
+    events_digest: Option<String>,
 }
 
-impl<R: Read> Read for HashingReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
+/// Bytes of `events.jsonl` handed to the parsing thread at a time (whole lines).
+const VERIFY_BLOCK: usize = 1 << 20;
+
+/// Reads the archive, keeping every file but `events.jsonl`, which goes to `events` in blocks of
+/// whole lines as it is hashed. A closed `events` (the parser stopped on a bad line) stops it.
+fn read_archive(
+    bundle: impl Read,
+    events: std::sync::mpsc::SyncSender<Vec<u8>>,
+) -> Result<Archive, Refused> {
+    // A bundle is several gzip members, one after the other (docs/evidence.md).
+    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(bundle));
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut events_digest = None;
+    let stopped = || refuse("the events could not be read");
+    for entry in archive
+        .entries()
+        .map_err(|e| refuse(format!("not a .tar.gz bundle: {e}")))?
+    {
+        let mut entry = entry.map_err(|e| refuse(format!("the archive is damaged: {e}")))?;
+        let name = entry
+            .path()
+            .map_err(|e| refuse(format!("the archive is damaged: {e}")))?
+            .to_string_lossy()
+            .into_owned();
+        if files.contains_key(&name) || (name == "events.jsonl" && events_digest.is_some()) {
+            return Err(refuse(format!("{name} appears twice in the bundle")));
+        }
+        if name == "events.jsonl" {
+            let mut hasher = Sha256::new();
+            let mut carry: Vec<u8> = Vec::new();
+            loop {
+                let mut block = std::mem::take(&mut carry);
+                let held = block.len();
+                block.resize(held + VERIFY_BLOCK, 0);
+                let n = read_full(&mut entry, &mut block[held..])
+                    .map_err(|e| refuse(format!("events.jsonl is damaged: {e}")))?;
+                hasher.update(&block[held..held + n]);
+                block.truncate(held + n);
+                if n == 0 {
+                    if !block.is_empty() {
+                        events.send(block).map_err(|_| stopped())?;
+                    }
+                    break;
+                }
+                // Whole lines go now; the part after the last newline waits for the next read.
+                if let Some(last) = block.iter().rposition(|b| *b == b'\n') {
+                    carry = block.split_off(last + 1);
+                    events.send(block).map_err(|_| stopped())?;
+                } else {
+                    carry = block;
+                }
+            }
+            events_digest = Some(hex::encode(hasher.finalize()));
+        } else {
+            let mut data = Vec::new();
+            entry
+                .read_to_end(&mut data)
+                .map_err(|e| refuse(format!("{name} is damaged: {e}")))?;
+            files.insert(name, data);
+        }
     }
+    Ok(Archive {
+        files,
+        events_digest,
+    })
+}
+
+/// Reads until `buf` is full or the input ends; how many bytes it read.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The events of a bundle, as the verifier keeps them: each one's leaf hash and index, in the
+/// order of the file, and the population they make.
+struct ParsedEvents {
+    leaves: Vec<Hash>,
+    indices: Vec<u64>,
+    population: Population,
+}
+
+/// One line of `events.jsonl`, parsed, hashed and decoded on a worker.
+struct ParsedLine {
+    index: u64,
+    leaf: Hash,
+    aggregate_id: String,
+    sequence: i64,
+    event: Option<DeploymentEvent>,
+}
+
+/// A block's lines, or the first that is not an event record (its number in the block, from 1,
+/// and why).
+type ParsedBlock = Result<Vec<ParsedLine>, (u64, String)>;
+
+fn parse_block(block: &[u8]) -> ParsedBlock {
+    let lines = block.strip_suffix(b"\n").unwrap_or(block);
+    lines
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .map(|(n, line)| {
+            let record: EventRecord =
+                serde_json::from_slice(line).map_err(|e| (n as u64 + 1, e.to_string()))?;
+            Ok(ParsedLine {
+                index: record.index,
+                leaf: record.leaf(),
+                event: decode(&record.event_type, &record.event_version, &record.payload).ok(),
+                aggregate_id: record.aggregate_id,
+                sequence: record.sequence,
+            })
+        })
+        .collect()
+}
+
+/// Parses the blocks of `events.jsonl` as they arrive, on every core: workers parse, hash and
+/// decode whole blocks, and this thread folds them into the population in the file's order. On
+/// a line that is not an event record it stops (closing `blocks`, which stops the reader) and
+/// names the line.
+fn parse_events(blocks: std::sync::mpsc::Receiver<Vec<u8>>) -> Result<ParsedEvents, Refused> {
+    let workers = std::thread::available_parallelism().map_or(2, usize::from);
+    let blocks = std::sync::Mutex::new(Some(blocks.into_iter().enumerate()));
+    let (sender, parsed_blocks) =
+        std::sync::mpsc::sync_channel::<(usize, ParsedBlock)>(workers * 2);
+    let mut parsed = ParsedEvents {
+        leaves: Vec::new(),
+        indices: Vec::new(),
+        population: Population::default(),
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let (blocks, sender) = (&blocks, sender.clone());
+            scope.spawn(move || loop {
+                // The lock is held only to take the next block.
+                let next = blocks
+                    .lock()
+                    .map(|mut b| b.as_mut().and_then(Iterator::next));
+                let Ok(Some((n, block))) = next else { return };
+                if sender.send((n, parse_block(&block))).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(sender);
+        let mut waiting: BTreeMap<usize, ParsedBlock> = BTreeMap::new();
+        let (mut next, mut lines) = (0usize, 0u64);
+        let outcome = (|| {
+            for (n, block) in parsed_blocks.iter() {
+                waiting.insert(n, block);
+                while let Some(block) = waiting.remove(&next) {
+                    next += 1;
+                    let block = block.map_err(|(line, e)| {
+                        refuse(format!(
+                            "events.jsonl line {} is not an event record: {e}",
+                            lines + line
+                        ))
+                    })?;
+                    lines += block.len() as u64;
+                    for line in block {
+                        parsed.leaves.push(line.leaf);
+                        parsed.indices.push(line.index);
+                        parsed.population.add_decoded(
+                            line.index,
+                            &line.aggregate_id,
+                            line.sequence,
+                            line.event,
+                        );
+                    }
+                }
+            }
+            Ok(())
+        })();
+        // Stops the workers (and through them the reader) on a refusal.
+        drop(parsed_blocks);
+        if let Ok(mut b) = blocks.lock() {
+            *b = None;
+        }
+        outcome
+    })?;
+    Ok(parsed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lines parsed on several workers keep the file's order, and a bad line is named by its
+    /// number in the whole file, whichever block it was in.
+    #[test]
+    fn events_are_parsed_in_order_and_a_bad_line_is_named_by_its_number() {
+        let line = |index: u64| {
+            let mut l = serde_json::to_vec(&EventRecord {
+                index,
+                position: index as i64 + 1,
+                aggregate_type: "deployment".into(),
+                aggregate_id: format!("intent-{}", index % 3),
+                sequence: index as i64 / 3 + 1,
+                event_type: "DeploymentCreated".into(),
+                event_version: "1".into(),
+                payload: "{}".into(),
+                metadata: "{}".into(),
+            })
+            .unwrap();
+            l.push(b'\n');
+            l
+        };
+        let run = |blocks: Vec<Vec<u8>>| {
+            let (sender, receiver) = std::sync::mpsc::sync_channel(blocks.len());
+            for b in blocks {
+                sender.send(b).unwrap();
+            }
+            drop(sender);
+            parse_events(receiver)
+        };
+        let blocks: Vec<Vec<u8>> = (0..40u64)
+            .map(|b| (b * 5..b * 5 + 5).flat_map(line).collect())
+            .collect();
+        let parsed = run(blocks.clone()).unwrap();
+        assert_eq!(parsed.indices, (0..200).collect::<Vec<u64>>());
+        assert_eq!(parsed.leaves.len(), 200);
+        let mut broken = blocks;
+        broken[23] = [line(115), b"{not json\n".to_vec(), line(116)].concat();
+        let refused = run(broken).err().unwrap();
+        assert!(
+            refused
+                .0
+                .starts_with("events.jsonl line 117 is not an event record"),
+            "{refused}"
+        );
+    }
     use eucora_projections::event::{ApprovalBasis as B, Gate, Ring, Status};
     use eucora_projections::fixtures::Script;
 

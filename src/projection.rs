@@ -709,6 +709,35 @@ fn decode_rows(first: i64, rows: Vec<StreamRow>) -> Vec<Event> {
         .collect()
 }
 
+/// The global stream from its start, read and decoded ahead as the runner reads it, for a reader
+/// beside the runner (the evidence export): at least the first `at_least` events, then whatever
+/// else is there. Dropping it stops the reading.
+pub struct StreamReader(tokio::sync::mpsc::Receiver<Result<Ahead, RunError>>);
+
+impl StreamReader {
+    pub fn from_start(store: Store, at_least: u64, batch: i64) -> StreamReader {
+        let plan = Plan {
+            max_batches: usize::MAX,
+            at_least: i64::try_from(at_least).unwrap_or(i64::MAX),
+            stop_on_error: true,
+        };
+        let start = Checkpoint {
+            position: 0,
+            ordinal: 0,
+        };
+        StreamReader(read_ahead(store, start, plan, batch, Columns::Stored))
+    }
+
+    /// The next batch, in global order; `None` at the end of what was there.
+    pub async fn next(&mut self) -> Option<Result<Arc<Vec<Event>>, RunError>> {
+        match self.0.recv().await? {
+            Ok(Ahead::Batch(batch)) => Some(Ok(batch)),
+            Ok(Ahead::More) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
 /// What the read-ahead task sends: a batch, or word that it stopped at its batch bound.
 enum Ahead {
     Batch(Arc<Vec<Event>>),

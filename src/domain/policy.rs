@@ -181,9 +181,13 @@ fn parse_ring(key: &str, name: &str) -> Result<Ring, PolicyError> {
     })
 }
 
-/// Parses `90s`, `15m`, `4h`, `7d` or `2w`: a whole number and a unit.
+/// Parses `500ms`, `90s`, `15m`, `4h`, `7d` or `2w`: a whole number and a unit.
 pub fn duration(text: &str) -> Option<Duration> {
     let text = text.trim();
+    if let Some(number) = text.strip_suffix("ms") {
+        let n: i64 = number.parse().ok().filter(|n| *n >= 0)?;
+        return Duration::try_milliseconds(n);
+    }
     let split = text.len().checked_sub(1)?;
     let (number, unit) = text.split_at_checked(split)?;
     let n: i64 = number.parse().ok().filter(|n| *n >= 0)?;
@@ -210,6 +214,16 @@ fn parse_duration(key: &str, text: &str) -> Result<Duration, PolicyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_a_whole_number_and_a_unit() {
+        assert_eq!(duration("500ms"), Some(Duration::milliseconds(500)));
+        assert_eq!(duration("90s"), Some(Duration::seconds(90)));
+        assert_eq!(duration(" 2w "), Some(Duration::weeks(2)));
+        for bad in ["", "s", "ms", "1.5s", "-1s", "10", "5x", "1 ms"] {
+            assert_eq!(duration(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn defaults_follow_the_domain_table() {

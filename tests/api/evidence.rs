@@ -100,7 +100,7 @@ async fn fetch(app: &TestApp, path: &str, token: &str) -> Vec<u8> {
 }
 
 fn unpack(bundle: &[u8]) -> BTreeMap<String, Vec<u8>> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bundle));
+    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(bundle));
     archive
         .entries()
         .unwrap()
