@@ -46,6 +46,80 @@ pub enum CliCommand {
     /// server (4xx: the problem's detail is printed), 1 failed (unreachable, 5xx), 2 bad usage.
     #[command(subcommand)]
     Deployments(DeploymentsCommand),
+    /// Run a connector simulator that speaks the connector protocol (docs/connectors.md): a
+    /// device population per ring converging over time, with configurable latency, failures,
+    /// 429s, outages and drift, counting side effects per idempotency key.
+    ConnectorSim(ConnectorSimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectorSimArgs {
+    /// Address to listen on.
+    #[arg(long, env = "EUCORA_SIM_LISTEN", default_value = "127.0.0.1:9100")]
+    pub listen: String,
+    /// Devices per ring, LAB to GLOBAL, comma separated.
+    #[arg(long, default_value = "10,50,200,1000,5000", value_parser = devices)]
+    pub devices: [u64; 5],
+    /// How long an assignment takes to reach all of its ring's devices.
+    #[arg(long, default_value = "5s", value_parser = interval)]
+    pub converge: std::time::Duration,
+    /// Share of devices whose install fails, 0 to 1.
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
+    pub device_failure_rate: f64,
+    /// Milliseconds added to every protocol answer.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Share of protocol calls answered 503, 0 to 1.
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
+    pub failure_rate: f64,
+    /// Share of protocol calls answered 429 with Retry-After, 0 to 1.
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
+    pub throttle_rate: f64,
+    /// The Retry-After of a 429, in seconds.
+    #[arg(long, default_value_t = 1)]
+    pub retry_after: u64,
+    /// An outage window from start, AFTER+FOR (e.g. 30s+20s): every protocol call answers 503
+    /// within it. Repeatable.
+    #[arg(long = "outage", value_parser = outage)]
+    pub outages: Vec<(std::time::Duration, std::time::Duration)>,
+    /// Seed of the fault draws, so a run can be repeated.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+fn devices(text: &str) -> Result<[u64; 5], String> {
+    let counts: Vec<u64> = text
+        .split(',')
+        .map(|n| {
+            n.trim()
+                .parse()
+                .ok()
+                .filter(|n| (1..=10_000_000).contains(n))
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("{text:?}: each count is a whole number from 1 to 10000000"))?;
+    counts
+        .try_into()
+        .map_err(|c: Vec<u64>| format!("{text:?}: five counts, LAB to GLOBAL, not {}", c.len()))
+}
+
+fn share(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|f| (0.0..=1.0).contains(f))
+        .ok_or_else(|| format!("{text:?} is not a share between 0 and 1"))
+}
+
+fn outage(text: &str) -> Result<(std::time::Duration, std::time::Duration), String> {
+    let (after, lasting) = text
+        .split_once('+')
+        .ok_or_else(|| format!("{text:?} is not AFTER+FOR, like 30s+20s"))?;
+    Ok((
+        crate::domain::policy::duration(after)
+            .and_then(|d| d.to_std().ok())
+            .ok_or_else(|| format!("{after:?} is not a duration like \"30s\""))?,
+        interval(lasting)?,
+    ))
 }
 
 /// Where a client command sends its requests, and as whom.

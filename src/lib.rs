@@ -16,6 +16,8 @@
 //! - [`telemetry`]: process metrics through OpenTelemetry and opentelemetry-prometheus.
 //! - [`demo`]: `eucora demo`, seeded traffic through the real API for dashboards and alerts.
 //! - [`config`]: the command line and `EUCORA_*` environment.
+//! - [`connector`]: the connector protocol, and `eucora connector-sim`, a connector that speaks
+//!   it over a simulated device population.
 //! - [`cli`]: what the commands share (output, exit statuses, event lines) and the operator's
 //!   client commands (`eucora deployments …`).
 
@@ -23,6 +25,7 @@ pub mod app;
 pub mod checkpoints;
 pub mod cli;
 pub mod config;
+pub mod connector;
 pub mod deadlines;
 pub mod demo;
 pub mod domain;

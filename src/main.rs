@@ -109,6 +109,34 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             say(format_args!("{token}"))?;
             Ok(())
         }
+        CliCommand::ConnectorSim(args) => {
+            let shutdown = shutdown_signal()?;
+            let config = eucora::connector::sim::SimConfig {
+                devices: args.devices,
+                converge: args.converge,
+                device_failure_rate: args.device_failure_rate,
+                faults: eucora::connector::sim::Faults {
+                    latency_ms: args.latency_ms,
+                    failure_rate: args.failure_rate,
+                    throttle_rate: args.throttle_rate,
+                    retry_after_seconds: args.retry_after,
+                    outage_seconds: None,
+                },
+                outages: args.outages,
+                seed: args.seed,
+            };
+            let listener = tokio::net::TcpListener::bind(args.listen.as_str())
+                .await
+                .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            say(format_args!(
+                "eucora connector-sim listening on http://{addr}"
+            ))?;
+            eucora::connector::sim::serve(listener, config, shutdown)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        }
         CliCommand::Replay(args) => replay(args).await,
         CliCommand::Demo(args) => demo(args).await,
         CliCommand::Deployments(command) => eucora::cli::client::run(command).await,

@@ -8,6 +8,7 @@ mod bad_input;
 mod cli;
 mod concurrency;
 mod connections;
+mod connector_sim;
 mod crash;
 mod evidence;
 mod fuzz;

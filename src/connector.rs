@@ -1,0 +1,125 @@
+//! The connector protocol (docs/connectors.md): how EUCORA tells an execution plane (Intune,
+//! Jamf, SCCM, Landscape, Ansible, each behind a small bridge that speaks this protocol) what to
+//! install where, asks how it is going, and has it undone.
+//!
+//! Three calls, over HTTP and JSON:
+//! - `PUT /v1/assignments/{assignment_id}`: publish an assignment (intent, version, ring,
+//!   artifact hash);
+//! - `GET /v1/assignments/{assignment_id}`: its status (device counts, incidents);
+//! - `POST /v1/assignments/{assignment_id}/remediations`: uninstall, roll back or re-deploy.
+//!
+//! Every call that changes something carries an `Idempotency-Key` derived from the intent, the
+//! ring and the action ([`idempotency_key`]), so a repeat never causes a second side effect.
+//!
+//! [`sim`] is a connector that speaks it (`eucora connector-sim`), with a device population per
+//! ring and the faults a real one shows.
+
+pub mod sim;
+
+use eucora_projections::event::Ring;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// The header every changing call carries.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// What is asked of a connector for one intent in one ring.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Make the version available to the ring's devices.
+    Publish,
+    /// Remove it from the ring's devices.
+    Uninstall,
+    /// Put back the version the ring had before.
+    Rollback,
+    /// Install it again where it failed or went missing.
+    Redeploy,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Publish => "publish",
+            Action::Uninstall => "uninstall",
+            Action::Rollback => "rollback",
+            Action::Redeploy => "redeploy",
+        }
+    }
+}
+
+/// The assignment of one intent to one ring: `<deployment id>.<ring>`, ring in lower case.
+pub fn assignment_id(deployment_id: Uuid, ring: Ring) -> String {
+    format!("{deployment_id}.{}", ring.as_str().to_ascii_lowercase())
+}
+
+/// `<deployment id>:<RING>:<action>`: the same intent, ring and action always give the same key,
+/// so whoever sends it again (a retry, another replica, a restarted server) changes nothing more.
+pub fn idempotency_key(deployment_id: Uuid, ring: Ring, action: Action) -> String {
+    format!("{deployment_id}:{}:{}", ring.as_str(), action.as_str())
+}
+
+/// `PUT /v1/assignments/{assignment_id}`'s body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Assignment {
+    pub deployment_id: Uuid,
+    pub app_name: String,
+    pub version: String,
+    /// `LAB`, `CANARY`, `PILOT`, `DEPARTMENT` or `GLOBAL`.
+    #[schema(value_type = String)]
+    pub ring: Ring,
+    /// The artifact's SHA-256, hex, when the intent recorded one.
+    pub artifact_sha256: Option<String>,
+}
+
+/// `GET /v1/assignments/{assignment_id}`'s answer: where the rollout stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AssignmentStatus {
+    pub assignment_id: String,
+    /// `active`, or the remediation last applied (`uninstall`, `rollback`, `redeploy`).
+    pub state: String,
+    /// Devices the assignment targets.
+    pub targeted: u64,
+    /// Devices that have the version installed now.
+    pub installed: u64,
+    /// Devices whose install failed.
+    pub failed: u64,
+    /// Devices that have not reported yet.
+    pub pending: u64,
+    /// Incidents raised against the version on these devices.
+    pub incidents: u64,
+}
+
+/// `POST /v1/assignments/{assignment_id}/remediations`' body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Remediation {
+    /// `uninstall`, `rollback` or `redeploy`.
+    pub action: Action,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_the_intent_the_ring_and_the_action() {
+        let id = Uuid::parse_str("0b5e1c2a-3f4d-4e5f-8a9b-0c1d2e3f4a5b").unwrap();
+        assert_eq!(
+            idempotency_key(id, Ring::Pilot, Action::Rollback),
+            "0b5e1c2a-3f4d-4e5f-8a9b-0c1d2e3f4a5b:PILOT:rollback"
+        );
+        assert_eq!(
+            assignment_id(id, Ring::Global),
+            "0b5e1c2a-3f4d-4e5f-8a9b-0c1d2e3f4a5b.global"
+        );
+        assert_ne!(
+            idempotency_key(id, Ring::Lab, Action::Publish),
+            idempotency_key(id, Ring::Canary, Action::Publish)
+        );
+    }
+}

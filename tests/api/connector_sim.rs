@@ -1,0 +1,292 @@
+//! `eucora connector-sim`: the connector protocol as a connector answers it (docs/connectors.md),
+//! with the faults and drift the dispatcher must live with, and the side-effect counts that
+//! prove a repeated call changed nothing more.
+
+use std::time::Duration;
+
+use eucora::connector::sim::{router, SimConfig};
+use eucora::connector::{assignment_id, idempotency_key, Action};
+use eucora_projections::event::Ring;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::eucora;
+
+struct Sim {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Sim {
+    async fn start(config: SimConfig) -> Sim {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router(config)).await });
+        Sim {
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn publish(&self, id: Uuid, ring: Ring, key: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .put(format!(
+                "{}/v1/assignments/{}",
+                self.base,
+                assignment_id(id, ring)
+            ))
+            .json(
+                &json!({"deployment_id": id, "app_name": "7zip", "version": "24.08",
+                          "ring": ring.as_str(), "artifact_sha256": null}),
+            );
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let reply = request.send().await.unwrap();
+        (reply.status(), reply.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn status(&self, id: Uuid, ring: Ring) -> (StatusCode, Value) {
+        let reply = self
+            .http
+            .get(format!(
+                "{}/v1/assignments/{}",
+                self.base,
+                assignment_id(id, ring)
+            ))
+            .send()
+            .await
+            .unwrap();
+        (reply.status(), reply.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value, key: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.post(format!("{}{path}", self.base)).json(&body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn faults(&self, faults: Value) {
+        let reply = self
+            .http
+            .put(format!("{}/sim/faults", self.base))
+            .json(&faults)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 204);
+    }
+
+    async fn side_effects(&self) -> Value {
+        self.http
+            .get(format!("{}/sim/side-effects", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+fn quick() -> SimConfig {
+    SimConfig {
+        converge: Duration::from_millis(300),
+        ..SimConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn a_publication_converges_and_a_repeat_changes_nothing_more() {
+    let sim = Sim::start(SimConfig {
+        device_failure_rate: 0.2,
+        ..quick()
+    })
+    .await;
+    let id = Uuid::new_v4();
+    let key = idempotency_key(id, Ring::Lab, Action::Publish);
+    let (status, first) = sim.publish(id, Ring::Lab, Some(&key)).await;
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(first["targeted"], 10);
+    assert_eq!(first["state"], "active");
+    // The same call again: answered, not done again.
+    let (status, _) = sim.publish(id, Ring::Lab, Some(&key)).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, done) = sim.status(id, Ring::Lab).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (&done["installed"], &done["failed"], &done["pending"]),
+        (&json!(8), &json!(2), &json!(0)),
+        "{done}"
+    );
+    let counts = sim.side_effects().await;
+    assert_eq!(counts["keys"][&key], json!({"calls": 2, "effects": 1}));
+    assert_eq!(
+        counts["actions"][format!("{}/publish", assignment_id(id, Ring::Lab))],
+        1
+    );
+    // The same assignment under another key, or without one: refused, nothing done.
+    let (status, body) = sim.publish(id, Ring::Lab, Some("another")).await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = sim.publish(id, Ring::Canary, None).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("Idempotency-Key"));
+    assert_eq!(sim.status(id, Ring::Canary).await.0, 404);
+    assert_eq!(
+        sim.side_effects().await["actions"]
+            .as_object()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn throttling_outages_and_failures_answer_as_a_connector_would() {
+    let sim = Sim::start(quick()).await;
+    let id = Uuid::new_v4();
+    let key = idempotency_key(id, Ring::Lab, Action::Publish);
+    sim.faults(json!({"throttle_rate": 1.0, "retry_after_seconds": 7}))
+        .await;
+    let reply = sim
+        .http
+        .get(format!("{}/v1/assignments/x.lab", sim.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 429);
+    assert_eq!(reply.headers()["retry-after"], "7");
+    sim.faults(json!({"failure_rate": 1.0})).await;
+    assert_eq!(sim.publish(id, Ring::Lab, Some(&key)).await.0, 503);
+    sim.faults(json!({"outage_seconds": 0.3})).await;
+    assert_eq!(sim.publish(id, Ring::Lab, Some(&key)).await.0, 503);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(sim.publish(id, Ring::Lab, Some(&key)).await.0, 201);
+    // A refused call caused nothing and is not counted as a call that reached the connector.
+    assert_eq!(
+        sim.side_effects().await["keys"][&key],
+        json!({"calls": 1, "effects": 1})
+    );
+    // Faults in our words.
+    let reply = sim
+        .http
+        .put(format!("{}/sim/faults", sim.base))
+        .json(&json!({"failure_rate": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 422);
+}
+
+#[tokio::test]
+async fn drift_and_remediation_show_in_the_status() {
+    let sim = Sim::start(SimConfig {
+        converge: Duration::ZERO,
+        ..SimConfig::default()
+    })
+    .await;
+    let id = Uuid::new_v4();
+    let assignment = assignment_id(id, Ring::Pilot);
+    sim.publish(
+        id,
+        Ring::Pilot,
+        Some(&idempotency_key(id, Ring::Pilot, Action::Publish)),
+    )
+    .await;
+    assert_eq!(sim.status(id, Ring::Pilot).await.1["installed"], 200);
+    let drift = sim
+        .post(
+            "/sim/drift",
+            json!({"assignment_id": assignment, "lose_devices": 30}),
+            None,
+        )
+        .await;
+    assert_eq!(drift.status(), 204);
+    assert_eq!(sim.status(id, Ring::Pilot).await.1["installed"], 170);
+    // A rollback takes it off every device, once however often it is sent.
+    let key = idempotency_key(id, Ring::Pilot, Action::Rollback);
+    for _ in 0..3 {
+        let reply = sim
+            .post(
+                &format!("/v1/assignments/{assignment}/remediations"),
+                json!({"action": "rollback"}),
+                Some(&key),
+            )
+            .await;
+        assert_eq!(reply.status(), 202);
+    }
+    let (_, rolled_back) = sim.status(id, Ring::Pilot).await;
+    assert_eq!(
+        (&rolled_back["state"], &rolled_back["installed"]),
+        (&json!("rollback"), &json!(0))
+    );
+    assert_eq!(
+        sim.side_effects().await["keys"][&key],
+        json!({"calls": 3, "effects": 1})
+    );
+    // The assignment disappears.
+    sim.post(
+        "/sim/drift",
+        json!({"assignment_id": assignment, "remove": true}),
+        None,
+    )
+    .await;
+    assert_eq!(sim.status(id, Ring::Pilot).await.0, 404);
+}
+
+#[tokio::test]
+async fn the_protocol_is_served_in_openapi_form() {
+    let sim = Sim::start(quick()).await;
+    let doc: Value = sim
+        .http
+        .get(format!("{}/v1/openapi.json", sim.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = &doc["paths"];
+    let item = &paths["/v1/assignments/{assignment_id}"];
+    for (operation, header) in [
+        (&item["put"], true),
+        (&item["get"], false),
+        (
+            &paths["/v1/assignments/{assignment_id}/remediations"]["post"],
+            true,
+        ),
+    ] {
+        assert!(operation.is_object(), "{doc:#}");
+        let takes_key = operation["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header");
+        assert_eq!(takes_key, header, "{operation:#}");
+    }
+    for schema in ["Assignment", "AssignmentStatus", "Remediation"] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+    }
+}
+
+#[test]
+fn bad_flags_are_refused_in_our_words() {
+    for (flags, says) in [
+        (&["--devices", "1,2"][..], "five counts"),
+        (&["--devices", "1,2,x,4,5"][..], "whole number"),
+        (&["--failure-rate", "1.5"][..], "between 0 and 1"),
+        (&["--outage", "30s"][..], "AFTER+FOR"),
+        (&["--converge", "soon"][..], "not a duration"),
+    ] {
+        let mut args = vec!["connector-sim", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(flags);
+        let (ok, _, err) = eucora(&args);
+        assert!(!ok, "{flags:?} was taken");
+        assert!(err.contains(says), "{flags:?}: {err}");
+    }
+}
