@@ -121,6 +121,8 @@ struct Sim {
     assignments: HashMap<String, Published>,
     keys: BTreeMap<String, KeyCount>,
     actions: BTreeMap<String, u64>,
+    /// Every protocol call that arrived, faulted or not.
+    requests: u64,
 }
 
 type Shared = Arc<Mutex<Sim>>;
@@ -146,6 +148,7 @@ pub fn router(config: SimConfig) -> Router {
         assignments: HashMap::new(),
         keys: BTreeMap::new(),
         actions: BTreeMap::new(),
+        requests: 0,
     }));
     let protocol = Router::new()
         .route("/v1/assignments/{id}", put(publish).get(status))
@@ -191,6 +194,7 @@ fn lock(state: &Shared) -> std::sync::MutexGuard<'_, Sim> {
 async fn faults(State(state): State<Shared>, request: Request, next: Next) -> Response {
     let (latency, verdict) = {
         let mut sim = lock(&state);
+        sim.requests += 1;
         let now = Instant::now();
         let since = now - sim.started;
         let out = sim.outage_until.is_some_and(|until| now < until)
@@ -490,7 +494,8 @@ async fn drift(State(state): State<Shared>, bytes: axum::body::Bytes) -> Result<
 
 async fn side_effects(State(state): State<Shared>) -> Response {
     let sim = lock(&state);
-    Json(json!({ "keys": sim.keys, "actions": sim.actions })).into_response()
+    Json(json!({ "requests": sim.requests, "keys": sim.keys, "actions": sim.actions }))
+        .into_response()
 }
 
 /// Serves the simulator on `listener` until `shutdown` resolves.

@@ -290,3 +290,109 @@ fn bad_flags_are_refused_in_our_words() {
         assert!(err.contains(says), "{flags:?}: {err}");
     }
 }
+
+// ---- the client of the protocol, against the simulator -----------------------------------
+
+mod client {
+    use super::*;
+    use eucora::connector::client::{parse, BreakerState, CallError, Connector};
+    use eucora::connector::Assignment;
+    use eucora_projections::event::ConnectorType;
+
+    fn connector(sim: &Sim, extra: &str) -> Connector {
+        let file = format!(
+            "[intune]\nbase_url = \"{}/\"\ntimeout = \"2s\"\nretry_min = \"10ms\"\nretry_max = \"50ms\"\n{extra}",
+            sim.base
+        );
+        let mut settings = parse(&file, &|_| None).unwrap();
+        Connector::new(
+            ConnectorType::Intune,
+            settings.remove(&ConnectorType::Intune).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn assignment(id: Uuid) -> Assignment {
+        Assignment {
+            deployment_id: id,
+            app_name: "7zip".into(),
+            version: "24.08".into(),
+            ring: Ring::Lab,
+            artifact_sha256: None,
+        }
+    }
+
+    async fn requests(sim: &Sim) -> u64 {
+        sim.side_effects().await["requests"].as_u64().unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_outage_opens_the_breaker_no_call_is_made_while_open_and_a_trial_closes_it() {
+        let sim = Sim::start(quick()).await;
+        let connector = connector(
+            &sim,
+            "retry_attempts = 1\nbreaker_failures = 5\nbreaker_open = \"400ms\"\n",
+        );
+        sim.faults(json!({"outage_seconds": 0.5})).await;
+        for _ in 0..5 {
+            let failed = connector.publish(&assignment(Uuid::new_v4())).await;
+            assert!(
+                matches!(failed, Err(CallError::Transient { .. })),
+                "{failed:?}"
+            );
+        }
+        assert_eq!(connector.breaker_state(), BreakerState::Open);
+        let before = requests(&sim).await;
+        for _ in 0..3 {
+            assert_eq!(
+                connector.publish(&assignment(Uuid::new_v4())).await,
+                Err(CallError::BreakerOpen)
+            );
+        }
+        assert_eq!(requests(&sim).await, before, "a call went out while open");
+        // The outage ends, the open time passes: one trial call, and it closes the breaker.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let id = Uuid::new_v4();
+        let published = connector.publish(&assignment(id)).await.unwrap();
+        assert_eq!(published.assignment_id, assignment_id(id, Ring::Lab));
+        assert_eq!(connector.breaker_state(), BreakerState::Closed);
+        assert_eq!(requests(&sim).await, before + 1);
+    }
+
+    #[tokio::test]
+    async fn a_429_with_retry_after_is_waited_out() {
+        let sim = Sim::start(quick()).await;
+        let connector = connector(&sim, "");
+        sim.faults(json!({"throttle_rate": 1.0, "retry_after_seconds": 1}))
+            .await;
+        let started = std::time::Instant::now();
+        let id = Uuid::new_v4();
+        let call = tokio::spawn(async move { connector.publish(&assignment(id)).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sim.faults(json!({})).await;
+        let published = call.await.unwrap();
+        assert!(published.is_ok(), "{published:?}");
+        // Backoff alone would have called again within 50 ms; Retry-After said 1 s.
+        assert!(started.elapsed() >= Duration::from_secs(1));
+        assert_eq!(requests(&sim).await, 2, "called again before Retry-After");
+    }
+
+    #[tokio::test]
+    async fn a_permanent_error_is_returned_once_and_not_retried() {
+        let sim = Sim::start(quick()).await;
+        let connector = connector(&sim, "");
+        let id = Uuid::new_v4();
+        connector.publish(&assignment(id)).await.unwrap();
+        let mut changed = assignment(id);
+        changed.version = "25.01".into();
+        let refused = connector.publish(&changed).await;
+        assert!(
+            matches!(refused, Err(CallError::Permanent { status: 409, .. })),
+            "{refused:?}"
+        );
+        assert_eq!(requests(&sim).await, 2);
+        assert_eq!(connector.breaker_state(), BreakerState::Closed);
+        // Status of an assignment the connector does not have: none, not an error.
+        assert_eq!(connector.status(Uuid::new_v4(), Ring::Lab).await, Ok(None));
+    }
+}

@@ -1,0 +1,513 @@
+//! The HTTP client of the connector protocol: one [`Connector`] per connector type, configured
+//! from the `--connectors` file ([`load`]), with the error classes, retries and circuit breaker
+//! of docs/connectors.md.
+//!
+//! - Retries: backon's exponential backoff with jitter (from `retry_min`, 2 s, to `retry_max`,
+//!   60 s), waiting at least a `Retry-After` the connector sends. Only transient errors retry.
+//! - Circuit breaker: failsafe's state machine, opened by `breaker_failures` (5) consecutive
+//!   transient failures, half-open after `breaker_open` (60 s); this module lets exactly one
+//!   trial call through while half-open, and no call at all while open.
+//! - Credentials are read from a file or the environment when the file is loaded, sent as a
+//!   bearer token, and never printed: their `Debug` is `***`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use eucora_projections::event::{ConnectorType, Ring};
+use failsafe::failure_policy::ConsecutiveFailures;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::{assignment_id, idempotency_key, Action, Assignment, AssignmentStatus, Remediation};
+
+/// A credential: kept in memory only, never printed.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// One connector's table of the `--connectors` file.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub base_url: reqwest::Url,
+    pub credential: Option<Secret>,
+    /// For each call.
+    pub timeout: Duration,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    /// Calls made for one action before a transient error is given up on (for now).
+    pub retry_attempts: usize,
+    pub breaker_failures: u32,
+    pub breaker_open: Duration,
+}
+
+/// A table as written; durations like `10s`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Table {
+    base_url: String,
+    token_file: Option<std::path::PathBuf>,
+    token_env: Option<String>,
+    #[serde(default = "defaults::timeout")]
+    timeout: String,
+    #[serde(default = "defaults::retry_min")]
+    retry_min: String,
+    #[serde(default = "defaults::retry_max")]
+    retry_max: String,
+    #[serde(default = "defaults::retry_attempts")]
+    retry_attempts: usize,
+    #[serde(default = "defaults::breaker_failures")]
+    breaker_failures: u32,
+    #[serde(default = "defaults::breaker_open")]
+    breaker_open: String,
+}
+
+mod defaults {
+    pub fn timeout() -> String {
+        "10s".into()
+    }
+    pub fn retry_min() -> String {
+        "2s".into()
+    }
+    pub fn retry_max() -> String {
+        "60s".into()
+    }
+    pub fn retry_attempts() -> usize {
+        8
+    }
+    pub fn breaker_failures() -> u32 {
+        5
+    }
+    pub fn breaker_open() -> String {
+        "60s".into()
+    }
+}
+
+/// Reads the `--connectors` file: one table per connector type (`[intune]`, `[jamf]`, `[sccm]`,
+/// `[landscape]`, `[ansible]`). Errors name the table and the key, never a credential.
+pub fn load(path: &std::path::Path) -> Result<BTreeMap<ConnectorType, Settings>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the connectors file {}: {e}", path.display()))?;
+    parse(&text, &|name| std::env::var(name).ok()).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// [`load`] of a text, with the environment given.
+pub fn parse(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<ConnectorType, Settings>, String> {
+    let tables: BTreeMap<String, Table> =
+        toml::from_str(text).map_err(|e| format!("not a connectors file: {}", e.message()))?;
+    let mut out = BTreeMap::new();
+    for (name, table) in tables {
+        let kind: ConnectorType = serde_json::from_value(serde_json::Value::String(name.clone()))
+            .map_err(|_| {
+            format!("[{name}] is not a connector type (intune, jamf, sccm, landscape, ansible)")
+        })?;
+        let duration = |key: &str, text: &str| {
+            crate::domain::policy::duration(text)
+                .and_then(|d| d.to_std().ok())
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| format!("[{name}] {key}: {text:?} is not a duration like \"10s\""))
+        };
+        let base_url = reqwest::Url::parse(&table.base_url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| {
+                format!(
+                    "[{name}] base_url: {:?} is not an http(s) URL",
+                    table.base_url
+                )
+            })?;
+        if !base_url.username().is_empty() || base_url.password().is_some() {
+            return Err(format!(
+                "[{name}] base_url: put credentials in token_file or token_env, not in the URL"
+            ));
+        }
+        let credential = match (&table.token_file, &table.token_env) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "[{name}] token_file and token_env: give one, not both"
+                ))
+            }
+            (Some(file), None) => Some(Secret(
+                std::fs::read_to_string(file)
+                    .map_err(|e| format!("[{name}] token_file {}: {e}", file.display()))?
+                    .trim()
+                    .to_string(),
+            )),
+            (None, Some(var)) => {
+                Some(Secret(env(var).ok_or_else(|| {
+                    format!("[{name}] token_env: {var} is not set")
+                })?))
+            }
+            (None, None) => None,
+        };
+        if credential.as_ref().is_some_and(|c| c.0.is_empty()) {
+            return Err(format!("[{name}] the credential is empty"));
+        }
+        let settings = Settings {
+            base_url,
+            credential,
+            timeout: duration("timeout", &table.timeout)?,
+            retry_min: duration("retry_min", &table.retry_min)?,
+            retry_max: duration("retry_max", &table.retry_max)?,
+            retry_attempts: table.retry_attempts.clamp(1, 100),
+            breaker_failures: table.breaker_failures.max(1),
+            breaker_open: duration("breaker_open", &table.breaker_open)?,
+        };
+        if settings.retry_min > settings.retry_max {
+            return Err(format!("[{name}] retry_min is longer than retry_max"));
+        }
+        out.insert(kind, settings);
+    }
+    Ok(out)
+}
+
+/// How a call went wrong, in the classes of docs/connectors.md.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// 429, 502, 503, 504, a timeout or no connection: worth retrying.
+    #[error("transient: {detail}")]
+    Transient {
+        detail: String,
+        retry_after: Option<Duration>,
+    },
+    /// 400, 404, 409, 422 and any other 4xx but 401, 403 and 429: never retried.
+    #[error("permanent ({status}): {detail}")]
+    Permanent { status: u16, detail: String },
+    /// 401, 403: the connector's credentials or rights are wrong; never retried.
+    #[error("refused by policy ({status}): {detail}")]
+    Policy { status: u16, detail: String },
+    /// The circuit breaker is open: no call was made.
+    #[error("the circuit breaker is open: no call made")]
+    BreakerOpen,
+}
+
+/// The breaker's state, as `circuit_breaker_state` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed = 0,
+    Open = 1,
+    HalfOpen = 2,
+}
+
+/// failsafe tells its transitions here; the single half-open trial is kept here too.
+#[derive(Debug, Default)]
+struct Transitions {
+    state: AtomicU8,
+    trial: AtomicBool,
+}
+
+/// failsafe's instrument: a handle on the [`Transitions`] the connector reads.
+#[derive(Debug, Clone, Default)]
+struct Told(Arc<Transitions>);
+
+impl failsafe::Instrument for Told {
+    fn on_call_rejected(&self) {}
+    fn on_open(&self) {
+        self.0
+            .state
+            .store(BreakerState::Open as u8, Ordering::SeqCst);
+    }
+    fn on_half_open(&self) {
+        self.0
+            .state
+            .store(BreakerState::HalfOpen as u8, Ordering::SeqCst);
+    }
+    fn on_closed(&self) {
+        self.0
+            .state
+            .store(BreakerState::Closed as u8, Ordering::SeqCst);
+    }
+}
+
+type Machine = failsafe::StateMachine<ConsecutiveFailures<failsafe::backoff::Constant>, Told>;
+
+/// One connector: its settings, an HTTP client, and its circuit breaker.
+pub struct Connector {
+    pub connector_type: ConnectorType,
+    settings: Settings,
+    http: reqwest::Client,
+    machine: Machine,
+    transitions: Arc<Transitions>,
+}
+
+impl Connector {
+    pub fn new(connector_type: ConnectorType, settings: Settings) -> Result<Connector, String> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .build()
+            .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+        let transitions = Arc::new(Transitions::default());
+        let machine = failsafe::Config::new()
+            .failure_policy(failsafe::failure_policy::consecutive_failures(
+                settings.breaker_failures,
+                failsafe::backoff::constant(settings.breaker_open),
+            ))
+            .instrument(Told(transitions.clone()))
+            .build();
+        Ok(Connector {
+            connector_type,
+            settings,
+            http,
+            machine,
+            transitions,
+        })
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        match self.transitions.state.load(Ordering::SeqCst) {
+            1 => BreakerState::Open,
+            2 => BreakerState::HalfOpen,
+            _ => BreakerState::Closed,
+        }
+    }
+
+    /// Publishes one intent's assignment to one ring.
+    pub async fn publish(&self, assignment: &Assignment) -> Result<AssignmentStatus, CallError> {
+        let id = assignment_id(assignment.deployment_id, assignment.ring);
+        let key = idempotency_key(assignment.deployment_id, assignment.ring, Action::Publish);
+        self.with_retries(|| {
+            self.http
+                .put(self.url(&format!("v1/assignments/{id}")))
+                .header(super::IDEMPOTENCY_KEY, &key)
+                .json(assignment)
+        })
+        .await
+        .and_then(|status| status.ok_or_else(|| gone(&id)))
+    }
+
+    /// Where an assignment stands; `None` when the connector has no such assignment.
+    pub async fn status(
+        &self,
+        deployment_id: Uuid,
+        ring: Ring,
+    ) -> Result<Option<AssignmentStatus>, CallError> {
+        let id = assignment_id(deployment_id, ring);
+        self.with_retries(|| self.http.get(self.url(&format!("v1/assignments/{id}"))))
+            .await
+    }
+
+    /// Uninstalls, rolls back or re-deploys one intent's assignment in one ring.
+    pub async fn remediate(
+        &self,
+        deployment_id: Uuid,
+        ring: Ring,
+        action: Action,
+    ) -> Result<AssignmentStatus, CallError> {
+        let id = assignment_id(deployment_id, ring);
+        let key = idempotency_key(deployment_id, ring, action);
+        self.with_retries(|| {
+            self.http
+                .post(self.url(&format!("v1/assignments/{id}/remediations")))
+                .header(super::IDEMPOTENCY_KEY, &key)
+                .json(&Remediation { action })
+        })
+        .await
+        .and_then(|status| status.ok_or_else(|| gone(&id)))
+    }
+
+    fn url(&self, path: &str) -> reqwest::Url {
+        let mut url = self.settings.base_url.clone();
+        let base = url.path().trim_end_matches('/').to_string();
+        url.set_path(&format!("{base}/{path}"));
+        url
+    }
+
+    /// Whether a call may be made now: never while open, one trial while half-open.
+    fn permit(&self) -> bool {
+        if self.breaker_state() == BreakerState::HalfOpen
+            && self.transitions.trial.load(Ordering::SeqCst)
+        {
+            return false;
+        }
+        if !self.machine.is_call_permitted() {
+            return false;
+        }
+        self.breaker_state() != BreakerState::HalfOpen
+            || !self.transitions.trial.swap(true, Ordering::SeqCst)
+    }
+
+    fn record(&self, transient: bool) {
+        if transient {
+            self.machine.on_error();
+        } else {
+            self.machine.on_success();
+        }
+        self.transitions.trial.store(false, Ordering::SeqCst);
+    }
+
+    /// Makes the call until it answers, gives up on a permanent or policy error, or has made
+    /// `retry_attempts` calls; a 404 is `Ok(None)`.
+    async fn with_retries(
+        &self,
+        request: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<Option<AssignmentStatus>, CallError> {
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_min_delay(self.settings.retry_min)
+            .with_max_delay(self.settings.retry_max)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if !self.permit() {
+                return Err(CallError::BreakerOpen);
+            }
+            let mut call = request();
+            if let Some(secret) = &self.settings.credential {
+                call = call.bearer_auth(&secret.0);
+            }
+            let outcome = classify(call.send().await).await;
+            self.record(matches!(outcome, Err(CallError::Transient { .. })));
+            match outcome {
+                Err(CallError::Transient { retry_after, .. })
+                    if attempt < self.settings.retry_attempts =>
+                {
+                    let backoff = delays.next().unwrap_or(self.settings.retry_max);
+                    tokio::time::sleep(backoff.max(retry_after.unwrap_or_default())).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+fn gone(id: &str) -> CallError {
+    CallError::Permanent {
+        status: 404,
+        detail: format!("the connector has no assignment {id}"),
+    }
+}
+
+/// Sorts an answer into the classes of docs/connectors.md.
+async fn classify(
+    reply: Result<reqwest::Response, reqwest::Error>,
+) -> Result<Option<AssignmentStatus>, CallError> {
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(e) => {
+            return Err(CallError::Transient {
+                detail: if e.is_timeout() {
+                    "the call timed out".into()
+                } else {
+                    format!("no answer: {}", without_url(&e))
+                },
+                retry_after: None,
+            })
+        }
+    };
+    let status = reply.status().as_u16();
+    let retry_after = reply
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s.min(3600)));
+    if reply.status().is_success() {
+        return reply
+            .json::<AssignmentStatus>()
+            .await
+            .map(Some)
+            .map_err(|e| CallError::Permanent {
+                status,
+                detail: format!(
+                    "the answer is not an assignment status: {}",
+                    without_url(&e)
+                ),
+            });
+    }
+    let detail = reply
+        .json::<serde_json::Value>()
+        .await
+        .ok()
+        .and_then(|v| v["detail"].as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("answered {status}"));
+    Err(match status {
+        404 => return Ok(None),
+        429 | 502 | 503 | 504 => CallError::Transient {
+            detail: format!("{status}: {detail}"),
+            retry_after,
+        },
+        401 | 403 => CallError::Policy { status, detail },
+        400..=499 => CallError::Permanent { status, detail },
+        _ => CallError::Transient {
+            detail: format!("{status}: {detail}"),
+            retry_after,
+        },
+    })
+}
+
+/// reqwest's error without the URL it names (a URL may carry a query the connector logs).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(url) = e.url() {
+        text = text.replace(url.as_str(), "the connector");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "INTUNE_TOKEN").then(|| "s3cret-token".to_string())
+    }
+
+    #[test]
+    fn a_connectors_file_is_read_with_defaults_and_its_secret_is_never_printed() {
+        let file = "[intune]\nbase_url = \"https://bridge.example/intune\"\ntoken_env = \"INTUNE_TOKEN\"\n\
+                    [jamf]\nbase_url = \"http://127.0.0.1:9100\"\nretry_max = \"30s\"\n";
+        let all = parse(file, &env).unwrap();
+        let intune = &all[&ConnectorType::Intune];
+        assert_eq!(
+            (intune.timeout, intune.retry_min, intune.retry_max),
+            (
+                Duration::from_secs(10),
+                Duration::from_secs(2),
+                Duration::from_secs(60)
+            )
+        );
+        assert_eq!(
+            (intune.breaker_failures, intune.breaker_open),
+            (5, Duration::from_secs(60))
+        );
+        assert_eq!(all[&ConnectorType::Jamf].retry_max, Duration::from_secs(30));
+        assert!(all[&ConnectorType::Jamf].credential.is_none());
+        let printed = format!("{all:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("***"));
+    }
+
+    #[test]
+    fn a_bad_connectors_file_is_refused_in_our_words() {
+        for (file, says) in [
+            ("[intunes]\nbase_url = \"http://x\"\n", "not a connector type"),
+            ("[sccm]\nbase_url = \"ftp://x\"\n", "is not an http(s) URL"),
+            ("[sccm]\nbase_url = \"http://u:p@x\"\n", "not in the URL"),
+            ("[sccm]\nbase_url = \"http://x\"\nretries = 3\n", "unknown field"),
+            ("[sccm]\nbase_url = \"http://x\"\ntimeout = \"soon\"\n", "timeout"),
+            ("[sccm]\nbase_url = \"http://x\"\ntoken_env = \"NOPE\"\n", "NOPE is not set"),
+            (
+                "[sccm]\nbase_url = \"http://x\"\ntoken_env = \"INTUNE_TOKEN\"\ntoken_file = \"/x\"\n",
+                "not both",
+            ),
+            ("[sccm]\nbase_url = \"http://x\"\nretry_min = \"2m\"\n", "retry_min is longer"),
+            ("[sccm]\n", "base_url"),
+        ] {
+            let refused = parse(file, &env).unwrap_err();
+            assert!(refused.contains(says), "{file:?}: {refused}");
+            assert!(!refused.contains("s3cret"), "{refused}");
+        }
+    }
+}
