@@ -350,11 +350,18 @@ mod client {
             );
         }
         assert_eq!(requests(&sim).await, before, "a call went out while open");
-        // The outage ends, the open time passes: one trial call, and it closes the breaker.
+        // The outage ends, the open time passes: one trial call (a second, made while the slow
+        // trial is out, is not let through), and the trial's success closes the breaker.
         tokio::time::sleep(Duration::from_millis(600)).await;
-        let id = Uuid::new_v4();
-        let published = connector.publish(&assignment(id)).await.unwrap();
-        assert_eq!(published.assignment_id, assignment_id(id, Ring::Lab));
+        sim.faults(json!({"latency_ms": 200})).await;
+        let (id, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let (first, later) = (assignment(id), assignment(other));
+        let (trial, second) = tokio::join!(connector.publish(&first), async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            connector.publish(&later).await
+        });
+        assert_eq!(trial.unwrap().assignment_id, assignment_id(id, Ring::Lab));
+        assert_eq!(second, Err(CallError::BreakerOpen));
         assert_eq!(connector.breaker_state(), BreakerState::Closed);
         assert_eq!(requests(&sim).await, before + 1);
     }
