@@ -7,6 +7,9 @@
 //! - Circuit breaker: failsafe's state machine, opened by `breaker_failures` (5) consecutive
 //!   transient failures, half-open after `breaker_open` (60 s); this module lets exactly one
 //!   trial call through while half-open, and no call at all while open.
+//! - Throttling: governor's rate limiters on writes (publish, remediate), per app and per
+//!   tenant (the connector); Intune's defaults are its published 100 writes per 20 s per app and
+//!   200 per 20 s per tenant. A call waits for its turn rather than earn a 429.
 //! - Credentials are read from a file or the environment when the file is loaded, sent as a
 //!   bearer token, and never printed: their `Debug` is `***`.
 
@@ -46,6 +49,10 @@ pub struct Settings {
     pub retry_attempts: usize,
     pub breaker_failures: u32,
     pub breaker_open: Duration,
+    /// Writes allowed per app in a window, when limited.
+    pub writes_per_app: Option<(u32, Duration)>,
+    /// Writes allowed to the connector as a whole in a window, when limited.
+    pub writes_per_tenant: Option<(u32, Duration)>,
 }
 
 /// A table as written; durations like `10s`.
@@ -67,6 +74,9 @@ struct Table {
     breaker_failures: u32,
     #[serde(default = "defaults::breaker_open")]
     breaker_open: String,
+    /// `N/DURATION` (`100/20s`) or `unlimited`; Intune's published limits by default.
+    writes_per_app: Option<String>,
+    writes_per_tenant: Option<String>,
 }
 
 mod defaults {
@@ -153,6 +163,24 @@ pub fn parse(
         if credential.as_ref().is_some_and(|c| c.0.is_empty()) {
             return Err(format!("[{name}] the credential is empty"));
         }
+        let limit = |key: &str, given: &Option<String>, intune: &str| {
+            let text = match (given.as_deref(), kind) {
+                (Some("unlimited"), _) => return Ok(None),
+                (Some(text), _) => text,
+                (None, ConnectorType::Intune) => intune,
+                (None, _) => return Ok(None),
+            };
+            text.split_once('/')
+                .and_then(|(n, window)| {
+                    let n: u32 = n.trim().parse().ok().filter(|n| (1..=1_000_000).contains(n))?;
+                    let window = crate::domain::policy::duration(window)?.to_std().ok()?;
+                    (!window.is_zero()).then_some((n, window))
+                })
+                .map(Some)
+                .ok_or_else(|| {
+                    format!("[{name}] {key}: {text:?} is not N/DURATION (like \"100/20s\") or \"unlimited\"")
+                })
+        };
         let settings = Settings {
             base_url,
             credential,
@@ -162,6 +190,8 @@ pub fn parse(
             retry_attempts: table.retry_attempts.clamp(1, 100),
             breaker_failures: table.breaker_failures.max(1),
             breaker_open: duration("breaker_open", &table.breaker_open)?,
+            writes_per_app: limit("writes_per_app", &table.writes_per_app, "100/20s")?,
+            writes_per_tenant: limit("writes_per_tenant", &table.writes_per_tenant, "200/20s")?,
         };
         if settings.retry_min > settings.retry_max {
             return Err(format!("[{name}] retry_min is longer than retry_max"));
@@ -231,13 +261,21 @@ impl failsafe::Instrument for Told {
 
 type Machine = failsafe::StateMachine<ConsecutiveFailures<failsafe::backoff::Constant>, Told>;
 
-/// One connector: its settings, an HTTP client, and its circuit breaker.
+/// One connector: its settings, an HTTP client, its circuit breaker and its write limits.
 pub struct Connector {
     pub connector_type: ConnectorType,
     settings: Settings,
     http: reqwest::Client,
     machine: Machine,
     transitions: Arc<Transitions>,
+    per_app: Option<governor::DefaultKeyedRateLimiter<String>>,
+    per_tenant: Option<governor::DefaultDirectRateLimiter>,
+}
+
+/// governor's quota of `n` per `window`, all of it usable at once.
+fn quota((n, window): (u32, Duration)) -> Option<governor::Quota> {
+    let burst = std::num::NonZeroU32::new(n)?;
+    Some(governor::Quota::with_period(window / n)?.allow_burst(burst))
 }
 
 impl Connector {
@@ -254,12 +292,22 @@ impl Connector {
             ))
             .instrument(Told(transitions.clone()))
             .build();
+        let per_app = settings
+            .writes_per_app
+            .and_then(quota)
+            .map(governor::RateLimiter::keyed);
+        let per_tenant = settings
+            .writes_per_tenant
+            .and_then(quota)
+            .map(governor::RateLimiter::direct);
         Ok(Connector {
             connector_type,
             settings,
             http,
             machine,
             transitions,
+            per_app,
+            per_tenant,
         })
     }
 
@@ -275,7 +323,7 @@ impl Connector {
     pub async fn publish(&self, assignment: &Assignment) -> Result<AssignmentStatus, CallError> {
         let id = assignment_id(assignment.deployment_id, assignment.ring);
         let key = idempotency_key(assignment.deployment_id, assignment.ring, Action::Publish);
-        self.with_retries(|| {
+        self.with_retries(Some(&assignment.app_name), || {
             self.http
                 .put(self.url(&format!("v1/assignments/{id}")))
                 .header(super::IDEMPOTENCY_KEY, &key)
@@ -292,20 +340,23 @@ impl Connector {
         ring: Ring,
     ) -> Result<Option<AssignmentStatus>, CallError> {
         let id = assignment_id(deployment_id, ring);
-        self.with_retries(|| self.http.get(self.url(&format!("v1/assignments/{id}"))))
-            .await
+        self.with_retries(None, || {
+            self.http.get(self.url(&format!("v1/assignments/{id}")))
+        })
+        .await
     }
 
-    /// Uninstalls, rolls back or re-deploys one intent's assignment in one ring.
+    /// Uninstalls, rolls back or re-deploys one intent's assignment (of `app_name`) in one ring.
     pub async fn remediate(
         &self,
         deployment_id: Uuid,
+        app_name: &str,
         ring: Ring,
         action: Action,
     ) -> Result<AssignmentStatus, CallError> {
         let id = assignment_id(deployment_id, ring);
         let key = idempotency_key(deployment_id, ring, action);
-        self.with_retries(|| {
+        self.with_retries(Some(app_name), || {
             self.http
                 .post(self.url(&format!("v1/assignments/{id}/remediations")))
                 .header(super::IDEMPOTENCY_KEY, &key)
@@ -346,9 +397,11 @@ impl Connector {
     }
 
     /// Makes the call until it answers, gives up on a permanent or policy error, or has made
-    /// `retry_attempts` calls; a 404 is `Ok(None)`.
+    /// `retry_attempts` calls; a 404 is `Ok(None)`. A write (for `app`) waits for its turn under
+    /// the write limits before each call.
     async fn with_retries(
         &self,
+        app: Option<&str>,
         request: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Option<AssignmentStatus>, CallError> {
         let mut delays = backon::ExponentialBuilder::default()
@@ -360,6 +413,14 @@ impl Connector {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            if let Some(app) = app {
+                if let Some(limiter) = &self.per_app {
+                    limiter.until_key_ready(&app.to_string()).await;
+                }
+                if let Some(limiter) = &self.per_tenant {
+                    limiter.until_ready().await;
+                }
+            }
             if !self.permit() {
                 return Err(CallError::BreakerOpen);
             }
@@ -482,7 +543,27 @@ mod tests {
             (intune.breaker_failures, intune.breaker_open),
             (5, Duration::from_secs(60))
         );
+        // Intune's published write limits by default; none elsewhere unless written.
+        assert_eq!(
+            (intune.writes_per_app, intune.writes_per_tenant),
+            (
+                Some((100, Duration::from_secs(20))),
+                Some((200, Duration::from_secs(20)))
+            )
+        );
+        assert_eq!(all[&ConnectorType::Jamf].writes_per_app, None);
         assert_eq!(all[&ConnectorType::Jamf].retry_max, Duration::from_secs(30));
+        let limited = parse(
+            "[intune]\nbase_url = \"http://x\"\nwrites_per_app = \"unlimited\"\n\
+             [ansible]\nbase_url = \"http://x\"\nwrites_per_tenant = \"10/1m\"\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(limited[&ConnectorType::Intune].writes_per_app, None);
+        assert_eq!(
+            limited[&ConnectorType::Ansible].writes_per_tenant,
+            Some((10, Duration::from_secs(60)))
+        );
         assert!(all[&ConnectorType::Jamf].credential.is_none());
         let printed = format!("{all:?}");
         assert!(!printed.contains("s3cret"), "{printed}");
@@ -504,6 +585,8 @@ mod tests {
             ),
             ("[sccm]\nbase_url = \"http://x\"\nretry_min = \"2m\"\n", "retry_min is longer"),
             ("[sccm]\n", "base_url"),
+            ("[sccm]\nbase_url = \"http://x\"\nwrites_per_app = \"100\"\n", "N/DURATION"),
+            ("[sccm]\nbase_url = \"http://x\"\nwrites_per_app = \"0/20s\"\n", "N/DURATION"),
         ] {
             let refused = parse(file, &env).unwrap_err();
             assert!(refused.contains(says), "{file:?}: {refused}");

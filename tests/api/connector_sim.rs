@@ -385,6 +385,44 @@ mod client {
     }
 
     #[tokio::test]
+    async fn writes_wait_their_turn_under_the_per_app_limit_and_other_apps_do_not() {
+        let sim = Sim::start(quick()).await;
+        let connector = connector(
+            &sim,
+            "writes_per_app = \"3/600ms\"\nwrites_per_tenant = \"100/1s\"\n",
+        );
+        let started = std::time::Instant::now();
+        for _ in 0..3 {
+            connector
+                .publish(&assignment(Uuid::new_v4()))
+                .await
+                .unwrap();
+        }
+        // Another app has its own allowance: not held up by the first one's.
+        let mut other = assignment(Uuid::new_v4());
+        other.app_name = "notepad++".into();
+        connector.publish(&other).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_millis(180),
+            "{:?}",
+            started.elapsed()
+        );
+        // The first app's fourth and fifth writes wait: 200 ms apart after the burst.
+        for _ in 0..2 {
+            connector
+                .publish(&assignment(Uuid::new_v4()))
+                .await
+                .unwrap();
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(350),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(requests(&sim).await, 6, "a write was refused or repeated");
+    }
+
+    #[tokio::test]
     async fn a_permanent_error_is_returned_once_and_not_retried() {
         let sim = Sim::start(quick()).await;
         let connector = connector(&sim, "");
