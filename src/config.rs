@@ -85,6 +85,10 @@ pub struct ConnectorSimArgs {
     /// Seed of the fault draws, so a run can be repeated.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// A file holding the bearer token protocol calls must carry (401 without, 403 with
+    /// another); without it, calls need none.
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 fn devices(text: &str) -> Result<[u64; 5], String> {

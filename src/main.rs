@@ -124,6 +124,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 },
                 outages: args.outages,
                 seed: args.seed,
+                token: match &args.token_file {
+                    None => None,
+                    Some(file) => Some(
+                        std::fs::read_to_string(file)
+                            .map_err(|e| format!("cannot read {}: {e}", file.display()))?
+                            .trim()
+                            .to_string(),
+                    )
+                    .filter(|t| !t.is_empty()),
+                },
             };
             let listener = tokio::net::TcpListener::bind(args.listen.as_str())
                 .await

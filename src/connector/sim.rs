@@ -41,6 +41,8 @@ pub struct SimConfig {
     pub outages: Vec<(Duration, Duration)>,
     /// Seed of the fault draws, so a run can be repeated.
     pub seed: u64,
+    /// The bearer token protocol calls must carry (401 without it, 403 with another), if any.
+    pub token: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -52,6 +54,7 @@ impl Default for SimConfig {
             faults: Faults::default(),
             outages: Vec::new(),
             seed: 1,
+            token: None,
         }
     }
 }
@@ -153,6 +156,7 @@ pub fn router(config: SimConfig) -> Router {
     let protocol = Router::new()
         .route("/v1/assignments/{id}", put(publish).get(status))
         .route("/v1/assignments/{id}/remediations", post(remediate))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), faults));
     Router::new()
         .merge(protocol)
@@ -237,6 +241,26 @@ async fn faults(State(state): State<Shared>, request: Request, next: Next) -> Re
         Some(reply) => reply,
         None => next.run(request).await,
     }
+}
+
+/// 401 without a bearer token, 403 with the wrong one, when the simulator wants one.
+async fn authenticate(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let wanted = lock(&state).config.token.clone();
+    if let Some(wanted) = wanted {
+        let given = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            None => return problem(StatusCode::UNAUTHORIZED, "a bearer token is required"),
+            Some(given) if given != wanted => {
+                return problem(StatusCode::FORBIDDEN, "this token may not do that")
+            }
+            Some(_) => {}
+        }
+    }
+    next.run(request).await
 }
 
 fn key_of(headers: &HeaderMap) -> Result<String, Problem> {

@@ -423,6 +423,45 @@ mod client {
     }
 
     #[tokio::test]
+    async fn the_credential_is_sent_and_a_refusal_is_policy_not_retried() {
+        let sim = Sim::start(SimConfig {
+            token: Some("bridge-secret".into()),
+            ..quick()
+        })
+        .await;
+        let token_file = std::env::temp_dir().join(format!("eucora-bridge-{}", Uuid::new_v4()));
+        std::fs::write(&token_file, "bridge-secret\n").unwrap();
+        let right = connector(&sim, &format!("token_file = {:?}\n", token_file));
+        right.publish(&assignment(Uuid::new_v4())).await.unwrap();
+        std::fs::remove_file(&token_file).unwrap();
+        for (extra, status) in [("", 401), ("token_env = \"WRONG\"\n", 403)] {
+            let file = format!(
+                "[intune]\nbase_url = \"{}\"\nretry_min = \"10ms\"\nretry_max = \"50ms\"\n{extra}",
+                sim.base
+            );
+            let mut settings = parse(&file, &|_| Some("not-it".into())).unwrap();
+            let wrong = Connector::new(
+                ConnectorType::Intune,
+                settings.remove(&ConnectorType::Intune).unwrap(),
+            )
+            .unwrap();
+            let before = requests(&sim).await;
+            let refused = wrong.publish(&assignment(Uuid::new_v4())).await;
+            assert!(
+                matches!(&refused, Err(CallError::Policy { status: s, .. }) if *s == status),
+                "{refused:?}"
+            );
+            assert!(!format!("{refused:?}").contains("not-it"));
+            assert_eq!(
+                requests(&sim).await,
+                before + 1,
+                "a policy refusal was retried"
+            );
+            assert_eq!(wrong.breaker_state(), BreakerState::Closed);
+        }
+    }
+
+    #[tokio::test]
     async fn a_permanent_error_is_returned_once_and_not_retried() {
         let sim = Sim::start(quick()).await;
         let connector = connector(&sim, "");
