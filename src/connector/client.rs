@@ -1,6 +1,6 @@
 //! The HTTP client of the connector protocol: one [`Connector`] per connector type, configured
-//! from the `--connectors` file ([`load`]), with the error classes, retries and circuit breaker
-//! of docs/connectors.md.
+//! from a connectors file ([`load`]; `eucora serve --connectors` comes with the dispatcher), with
+//! the error classes, retries, circuit breaker and write limits of docs/connectors.md.
 //!
 //! - Retries: backon's exponential backoff with jitter (from `retry_min`, 2 s, to `retry_max`,
 //!   60 s), waiting at least a `Retry-After` the connector sends. Only transient errors retry.
