@@ -274,6 +274,66 @@ async fn the_protocol_is_served_in_openapi_form() {
     }
 }
 
+/// The command as an operator runs it: says where it listens, serves the protocol with its
+/// flags applied, and stops cleanly on SIGTERM.
+#[tokio::test]
+async fn the_command_serves_the_protocol_and_stops_on_sigterm() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(crate::helpers::binary())
+        .args([
+            "connector-sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--devices",
+            "7,50,200,1000,5000",
+            "--converge",
+            "1s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("eucora connector-sim listening on ")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_string();
+    let sim = Sim {
+        base,
+        http: reqwest::Client::new(),
+    };
+    let id = Uuid::new_v4();
+    let (status, published) = sim
+        .publish(
+            id,
+            Ring::Lab,
+            Some(&idempotency_key(id, Ring::Lab, Action::Publish)),
+        )
+        .await;
+    assert_eq!(status, 201, "{published}");
+    assert_eq!(published["targeted"], 7, "--devices was not applied");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+}
+
 #[test]
 fn bad_flags_are_refused_in_our_words() {
     for (flags, says) in [
