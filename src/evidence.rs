@@ -596,17 +596,8 @@ pub struct Population {
 }
 
 impl Population {
-    pub fn add(&mut self, r: &EventRecord) {
-        self.add_decoded(
-            r.index,
-            &r.aggregate_id,
-            r.sequence,
-            decode(&r.event_type, &r.event_version, &r.payload).ok(),
-        );
-    }
-
-    /// [`Population::add`] of an event already decoded (`None`: it does not decode).
-    fn add_decoded(
+    /// One event of the bundle, decoded (`None`: it does not decode).
+    fn add(
         &mut self,
         index: u64,
         aggregate_id: &str,
@@ -1012,7 +1003,7 @@ pub async fn export(
                     metadata: stored.metadata.to_string(),
                 };
                 chosen.push(index);
-                population.add_decoded(
+                population.add(
                     index,
                     &record.aggregate_id,
                     record.sequence,
@@ -1637,7 +1628,7 @@ fn parse_events(blocks: std::sync::mpsc::Receiver<Vec<u8>>) -> Result<ParsedEven
                     for line in block {
                         parsed.leaves.push(line.leaf);
                         parsed.indices.push(line.index);
-                        parsed.population.add_decoded(
+                        parsed.population.add(
                             line.index,
                             &line.aggregate_id,
                             line.sequence,

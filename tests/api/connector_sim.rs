@@ -48,17 +48,18 @@ impl Sim {
         (reply.status(), reply.json().await.unwrap_or(Value::Null))
     }
 
-    async fn status(&self, id: Uuid, ring: Ring) -> (StatusCode, Value) {
-        let reply = self
-            .http
-            .get(format!(
-                "{}/v1/assignments/{}",
-                self.base,
-                assignment_id(id, ring)
-            ))
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    async fn status(&self, id: Uuid, ring: Ring) -> (StatusCode, Value) {
+        let reply = self
+            .get(&format!("/v1/assignments/{}", assignment_id(id, ring)))
+            .await;
         (reply.status(), reply.json().await.unwrap_or(Value::Null))
     }
 
@@ -82,14 +83,7 @@ impl Sim {
     }
 
     async fn side_effects(&self) -> Value {
-        self.http
-            .get(format!("{}/sim/side-effects", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.get("/sim/side-effects").await.json().await.unwrap()
     }
 }
 
@@ -153,12 +147,7 @@ async fn throttling_outages_and_failures_answer_as_a_connector_would() {
     let key = idempotency_key(id, Ring::Lab, Action::Publish);
     sim.faults(json!({"throttle_rate": 1.0, "retry_after_seconds": 7}))
         .await;
-    let reply = sim
-        .http
-        .get(format!("{}/v1/assignments/x.lab", sim.base))
-        .send()
-        .await
-        .unwrap();
+    let reply = sim.get("/v1/assignments/x.lab").await;
     assert_eq!(reply.status(), 429);
     assert_eq!(reply.headers()["retry-after"], "7");
     sim.faults(json!({"failure_rate": 1.0})).await;
@@ -242,15 +231,7 @@ async fn drift_and_remediation_show_in_the_status() {
 #[tokio::test]
 async fn the_protocol_is_served_in_openapi_form() {
     let sim = Sim::start(quick()).await;
-    let doc: Value = sim
-        .http
-        .get(format!("{}/v1/openapi.json", sim.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = sim.get("/v1/openapi.json").await.json().await.unwrap();
     let paths = &doc["paths"];
     let item = &paths["/v1/assignments/{assignment_id}"];
     for (operation, header) in [
