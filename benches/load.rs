@@ -178,6 +178,7 @@ async fn start(url: &str, merkle_log: bool) -> Server {
         .and_then(|d| d.to_std().ok())
         .unwrap(),
         checkpoint_events: 1000,
+        connectors: None,
         merkle_log,
     };
     let app = Application::build(&args, Arc::new(SystemClock))

@@ -137,6 +137,9 @@ pub struct Application {
     runner: Runner,
     /// The retrospective-approval deadline watcher's needs, started by `run` as the runner is.
     deadlines: (Store, Arc<Commands>, Arc<dyn crate::domain::Clock>),
+    /// Sends the outbox to the connectors (with a connector configured); started by `run` as the
+    /// runner is.
+    dispatcher: Option<Arc<crate::connector::dispatch::Dispatcher>>,
     /// Re-verifies the log and signs its checkpoints (with a key); started by `run` as the runner
     /// is.
     checkpointer: crate::checkpoints::Checkpointer,
@@ -154,6 +157,8 @@ pub enum StartError {
     Telemetry(String),
     #[error(transparent)]
     Key(#[from] crate::checkpoints::KeyError),
+    #[error("{0}")]
+    Connectors(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -179,9 +184,13 @@ impl Application {
                 addr: args.listen.clone(),
                 source,
             })?;
+        let connectors = match &args.connectors {
+            Some(path) => crate::connector::client::load(path).map_err(StartError::Connectors)?,
+            None => Default::default(),
+        };
         let store = Store::connect(&args.db.database_url, args.db.db_pool_size).await?;
         store.migrate().await?;
-        let (plan, (runner, metrics_view, log)) = if args.merkle_log {
+        let (plan, (mut runner, metrics_view, log)) = if args.merkle_log {
             (
                 checkpoint_plan(args)?,
                 serve_runner(&store, args.metrics_app_label_limit),
@@ -190,6 +199,12 @@ impl Application {
             let (runner, view) = runner_with(&store, args.metrics_app_label_limit, None);
             (None, (runner, view, LogView::default()))
         };
+        // The outbox and its dispatcher run only with a connector configured.
+        let outbox = (!connectors.is_empty()).then(crate::connector::dispatch::Outbox::default);
+        let wake = outbox.as_ref().map(|o| o.waker());
+        if let Some(outbox) = outbox {
+            runner = runner.register(outbox);
+        }
         let integrity = Arc::new(crate::checkpoints::IntegrityStatus::default());
         let telemetry = Arc::new(
             Telemetry::new(store.backend(), runner.status()).map_err(StartError::Telemetry)?,
@@ -206,6 +221,23 @@ impl Application {
             .with_telemetry(telemetry.clone())
             .waking(runner.status());
         let commands = Arc::new(commands);
+        let instance: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+        let dispatcher = match wake {
+            Some(wake) => {
+                let dispatcher = crate::connector::dispatch::Dispatcher::new(
+                    store.clone(),
+                    commands.clone(),
+                    connectors,
+                    Some(telemetry.connector_metrics()),
+                    instance.to_string(),
+                    wake,
+                )
+                .map_err(StartError::Connectors)?;
+                telemetry.observe_dispatch(dispatcher.status());
+                Some(Arc::new(dispatcher))
+            }
+            None => None,
+        };
         let deadlines = (store.clone(), commands.clone(), clock);
         let state = AppState {
             commands,
@@ -217,7 +249,7 @@ impl Application {
             signing_key: checkpointer.plan.as_ref().map(|p| p.key.clone()),
             runner: runner.status(),
             telemetry,
-            instance: Arc::from(uuid::Uuid::new_v4().to_string()),
+            instance,
             store,
         };
         let limits = crate::http::Limits {
@@ -235,6 +267,7 @@ impl Application {
             router: crate::http::router(state, limits),
             runner,
             deadlines,
+            dispatcher,
             checkpointer,
             shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
         })
@@ -273,6 +306,9 @@ impl Application {
             until_stopped(stopped.clone()),
         ));
         let checkpointer = tokio::spawn(self.checkpointer.run(until_stopped(stopped.clone())));
+        let dispatcher = self
+            .dispatcher
+            .map(|d| tokio::spawn(d.run(until_stopped(stopped.clone()))));
         let runner = tokio::spawn(self.runner.run(until_stopped(stopped)));
         let mut draining = stop.subscribe();
         let server =
@@ -298,6 +334,9 @@ impl Application {
         let _ = runner.await;
         let _ = deadlines.await;
         let _ = checkpointer.await;
+        if let Some(dispatcher) = dispatcher {
+            let _ = dispatcher.await;
+        }
         served
     }
 }

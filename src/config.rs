@@ -391,6 +391,11 @@ pub struct ServeArgs {
     /// without one no checkpoint is signed.
     #[arg(long, env = "EUCORA_SIGNING_KEY_FILE")]
     pub signing_key_file: Option<PathBuf>,
+    /// The connectors file (TOML, one table per connector type such as `[intune]` with
+    /// `base_url`; docs/connectors.md). Without it nothing is dispatched, and rollout results
+    /// are reported by hand.
+    #[arg(long, env = "EUCORA_CONNECTORS")]
+    pub connectors: Option<PathBuf>,
     /// Where the latest signed checkpoint is also kept, outside the database, and checked against
     /// at start-up. Default on SQLite: `<database file>.checkpoints`.
     #[arg(long, env = "EUCORA_CHECKPOINT_DIR")]

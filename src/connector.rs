@@ -15,6 +15,7 @@
 //! ring and the faults a real one shows.
 
 pub mod client;
+pub mod dispatch;
 pub mod sim;
 
 use eucora_projections::event::Ring;
@@ -25,32 +26,9 @@ use uuid::Uuid;
 /// The header every changing call carries.
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
-/// What is asked of a connector for one intent in one ring.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    /// Make the version available to the ring's devices.
-    Publish,
-    /// Remove it from the ring's devices.
-    Uninstall,
-    /// Put back the version the ring had before.
-    Rollback,
-    /// Install it again where it failed or went missing.
-    Redeploy,
-}
-
-impl Action {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Publish => "publish",
-            Action::Uninstall => "uninstall",
-            Action::Rollback => "rollback",
-            Action::Redeploy => "redeploy",
-        }
-    }
-}
+/// What is asked of a connector for one intent in one ring: publish, uninstall, roll back,
+/// re-deploy (the event schema's type, as the dispatch events record it).
+pub use eucora_projections::event::ConnectorAction as Action;
 
 /// The assignment of one intent to one ring: `<deployment id>.<ring>`, ring in lower case.
 pub fn assignment_id(deployment_id: Uuid, ring: Ring) -> String {
@@ -100,6 +78,7 @@ pub struct AssignmentStatus {
 #[serde(deny_unknown_fields)]
 pub struct Remediation {
     /// `uninstall`, `rollback` or `redeploy`.
+    #[schema(value_type = String, pattern = "^(uninstall|rollback|redeploy)$")]
     pub action: Action,
 }
 

@@ -12,7 +12,10 @@ use chrono::{DateTime, Utc};
 use eucora_projections::event::{Ring, Status};
 use uuid::Uuid;
 
-pub use intent::{Action, Command, CreateIntent, DeploymentIntent, IntentEvent, RolloutInput};
+pub use intent::{
+    Action, Command, CreateIntent, DeploymentIntent, DispatchRecord, DriftRecord, IntentEvent,
+    RolloutInput,
+};
 pub use policy::Policy;
 pub use risk::RiskFactors;
 
@@ -125,6 +128,8 @@ pub enum DomainError {
     NotOwnIntent,
     #[error("stream is at version {actual}, the request expected {expected}")]
     VersionMismatch { expected: u64, actual: u64 },
+    #[error("the outcome of connector action {0} is recorded already")]
+    AlreadyRecorded(String),
 }
 
 impl DomainError {

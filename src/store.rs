@@ -7,6 +7,7 @@
 //! - [`log`]: the Merkle log over the global stream (tiles) and its signed checkpoints;
 //! - [`checkpoints`]: where each persisted projection has read up to;
 //! - [`intent_view`]: the intent read model that lists are served from;
+//! - [`outbox`]: the actions owed to connectors, queued and claimed under leases;
 //! - [`principals`] and [`idempotency`]: bearer-token principals and `Idempotency-Key` records.
 
 use std::str::FromStr;
@@ -22,6 +23,7 @@ pub use global::{Columns, StoredColumns, StreamColumns, StreamRow};
 pub use idempotency::{Lease, Reservation};
 pub use intent_view::{IntentRow, ListFilter, RetroApproval, ViewRepair};
 pub use log::{LogTile, StoredCheckpoint, TILE};
+pub use outbox::{Backlog, Claimed, OutboxEntry, OutboxRow, Settled};
 
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +103,7 @@ mod global;
 mod idempotency;
 mod intent_view;
 mod log;
+mod outbox;
 mod principals;
 
 #[derive(Clone)]

@@ -12,6 +12,8 @@ use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::{Encoder, TextEncoder};
 
+use eucora_projections::event::ConnectorType;
+
 use crate::config::LogFormat;
 use crate::projection::RunnerStatus;
 use crate::store::Backend;
@@ -42,6 +44,47 @@ fn colour_on_stderr() -> bool {
 const HTTP_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
+
+/// The instruments of connector calls.
+pub struct ConnectorMetrics {
+    requests: opentelemetry::metrics::Counter<u64>,
+    duration: Histogram<f64>,
+    retries: opentelemetry::metrics::Counter<u64>,
+}
+
+impl ConnectorMetrics {
+    /// One call: `operation` is `publish`, `status` or `remediate`; `outcome` is `ok`,
+    /// `not_found`, `transient`, `permanent` or `policy`.
+    pub fn record_call(
+        &self,
+        connector: ConnectorType,
+        operation: &'static str,
+        outcome: &'static str,
+        took: Duration,
+    ) {
+        let labels = [
+            KeyValue::new("connector_type", connector.as_str()),
+            KeyValue::new("operation", operation),
+        ];
+        self.duration.record(took.as_secs_f64(), &labels);
+        let [connector, operation] = labels;
+        self.requests.add(
+            1,
+            &[connector, operation, KeyValue::new("outcome", outcome)],
+        );
+    }
+
+    /// One call that repeats a call that failed transiently.
+    pub fn record_retry(&self, connector: ConnectorType, operation: &'static str) {
+        self.retries.add(
+            1,
+            &[
+                KeyValue::new("connector_type", connector.as_str()),
+                KeyValue::new("operation", operation),
+            ],
+        );
+    }
+}
 
 /// The process's instruments and the registry they are exported through.
 pub struct Telemetry {
@@ -142,6 +185,74 @@ impl Telemetry {
             .u64_observable_gauge("eucora.checkpoint.tree_size")
             .with_description("Tree size of the latest signed checkpoint.")
             .with_callback(move |gauge| gauge.observe(status.checkpoint_size(), &[]))
+            .build();
+    }
+
+    /// The instruments of connector calls (`connector_requests_total`,
+    /// `connector_request_duration_seconds`, `connector_retries_total`).
+    pub fn connector_metrics(&self) -> Arc<ConnectorMetrics> {
+        Arc::new(ConnectorMetrics {
+            requests: self
+                .meter
+                .u64_counter("connector.requests")
+                .with_description("Calls to connectors, by operation and outcome.")
+                .build(),
+            duration: self
+                .meter
+                .f64_histogram("connector.request.duration")
+                .with_unit("s")
+                .with_description("Duration of calls to connectors.")
+                .with_boundaries(HTTP_BUCKETS.to_vec())
+                .build(),
+            retries: self
+                .meter
+                .u64_counter("connector.retries")
+                .with_description("Calls to connectors that repeat a call that failed transiently.")
+                .build(),
+        })
+    }
+
+    /// Exports each connector's health and breaker state, and the outbox's backlog.
+    pub fn observe_dispatch(&self, dispatch: Arc<crate::connector::dispatch::DispatchStatus>) {
+        let health = dispatch.clone();
+        self.meter
+            .i64_observable_gauge("connector.health")
+            .with_description(
+                "1 when the connector's breaker is closed and its last call was answered, else 0.",
+            )
+            .with_callback(move |gauge| {
+                for c in health.connectors() {
+                    gauge.observe(
+                        i64::from(c.healthy()),
+                        &[KeyValue::new("connector_type", c.connector_type.as_str())],
+                    );
+                }
+            })
+            .build();
+        let breakers = dispatch.clone();
+        self.meter
+            .i64_observable_gauge("circuit_breaker.state")
+            .with_description("Each connector's circuit breaker: 0 closed, 1 open, 2 half-open.")
+            .with_callback(move |gauge| {
+                for c in breakers.connectors() {
+                    gauge.observe(
+                        c.breaker_state() as i64,
+                        &[KeyValue::new("connector_type", c.connector_type.as_str())],
+                    );
+                }
+            })
+            .build();
+        let backlog = dispatch.clone();
+        self.meter
+            .i64_observable_gauge("connector.outbox.backlog")
+            .with_description("Connector actions queued and not yet settled.")
+            .with_callback(move |gauge| gauge.observe(backlog.backlog().pending, &[]))
+            .build();
+        self.meter
+            .f64_observable_gauge("connector.outbox.oldest_age")
+            .with_unit("s")
+            .with_description("Age of the oldest connector action still queued (0 when none is).")
+            .with_callback(move |gauge| gauge.observe(dispatch.oldest_age_seconds(), &[]))
             .build();
     }
 

@@ -63,6 +63,9 @@ pub fn current_version(event_type: &str) -> Option<u32> {
         "DeploymentCompleted" => 1,
         "DeploymentRolledBack" => 1,
         "RetroApprovalOverdue" => 1,
+        "ConnectorDispatched" => 1,
+        "ConnectorDispatchFailed" => 1,
+        "DeploymentDriftDetected" => 1,
         _ => return None,
     })
 }

@@ -379,6 +379,118 @@ pub struct RetroApprovalOverdue {
     pub due_at: DateTime<Utc>,
 }
 
+/// What EUCORA asks of a connector for one intent in one ring (docs/connectors.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectorAction {
+    /// Make the version available to the ring's devices.
+    Publish,
+    /// Remove it from the ring's devices.
+    Uninstall,
+    /// Put back the version the ring had before.
+    Rollback,
+    /// Install it again where it failed or went missing.
+    Redeploy,
+}
+
+impl ConnectorAction {
+    pub const ALL: [ConnectorAction; 4] = [
+        ConnectorAction::Publish,
+        ConnectorAction::Uninstall,
+        ConnectorAction::Rollback,
+        ConnectorAction::Redeploy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectorAction::Publish => "publish",
+            ConnectorAction::Uninstall => "uninstall",
+            ConnectorAction::Rollback => "rollback",
+            ConnectorAction::Redeploy => "redeploy",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ConnectorAction> {
+        ConnectorAction::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+impl ConnectorType {
+    pub const ALL: [ConnectorType; 5] = [
+        ConnectorType::Intune,
+        ConnectorType::Jamf,
+        ConnectorType::Sccm,
+        ConnectorType::Landscape,
+        ConnectorType::Ansible,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectorType::Intune => "intune",
+            ConnectorType::Jamf => "jamf",
+            ConnectorType::Sccm => "sccm",
+            ConnectorType::Landscape => "landscape",
+            ConnectorType::Ansible => "ansible",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ConnectorType> {
+        ConnectorType::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// The connector accepted an action: the dispatcher sent it (under `idempotency_key`) and the
+/// connector answered. Appended by the control plane (actor `system:dispatcher`, role `system`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dispatched {
+    pub meta: EventMeta,
+    pub connector_type: ConnectorType,
+    pub ring: Ring,
+    pub action: ConnectorAction,
+    pub idempotency_key: String,
+    /// Calls made, retries included, across every server that tried.
+    pub attempts: u32,
+}
+
+/// Why a connector refused an action for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// 400, 404, 409, 422 and other client errors: the request itself is wrong.
+    Permanent,
+    /// 401, 403: the connector's credentials or rights are wrong.
+    Policy,
+}
+
+/// The connector refused an action and it is not retried: recorded once, surfaced on the intent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DispatchFailed {
+    pub meta: EventMeta,
+    pub connector_type: ConnectorType,
+    pub ring: Ring,
+    pub action: ConnectorAction,
+    pub idempotency_key: String,
+    pub class: FailureClass,
+    /// The HTTP status the connector answered with.
+    pub status: u16,
+    pub detail: String,
+    pub attempts: u32,
+}
+
+/// What a connector reports no longer matches what was installed: the assignment is gone
+/// (`reported_installed` is `None`) or fewer devices have the version than the intent's last
+/// rollout report counted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftDetected {
+    pub meta: EventMeta,
+    pub connector_type: ConnectorType,
+    pub ring: Ring,
+    /// Devices the intent's last rollout report in the ring counted as installed.
+    pub expected_installed: u64,
+    /// Devices the connector reports as installed now; `None` when it has no such assignment.
+    pub reported_installed: Option<u64>,
+}
+
 /// Every event of a deployment intent's stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum DeploymentEvent {
@@ -391,6 +503,9 @@ pub enum DeploymentEvent {
     DeploymentCompleted(Completed),
     DeploymentRolledBack(RolledBack),
     RetroApprovalOverdue(RetroApprovalOverdue),
+    ConnectorDispatched(Dispatched),
+    ConnectorDispatchFailed(DispatchFailed),
+    DeploymentDriftDetected(DriftDetected),
 }
 
 impl DeploymentEvent {
@@ -406,6 +521,9 @@ impl DeploymentEvent {
             DeploymentEvent::DeploymentCompleted(_) => "DeploymentCompleted",
             DeploymentEvent::DeploymentRolledBack(_) => "DeploymentRolledBack",
             DeploymentEvent::RetroApprovalOverdue(_) => "RetroApprovalOverdue",
+            DeploymentEvent::ConnectorDispatched(_) => "ConnectorDispatched",
+            DeploymentEvent::ConnectorDispatchFailed(_) => "ConnectorDispatchFailed",
+            DeploymentEvent::DeploymentDriftDetected(_) => "DeploymentDriftDetected",
         }
     }
 
@@ -421,6 +539,9 @@ impl DeploymentEvent {
             DeploymentEvent::DeploymentCompleted(_) => 1,
             DeploymentEvent::DeploymentRolledBack(_) => 1,
             DeploymentEvent::RetroApprovalOverdue(_) => 1,
+            DeploymentEvent::ConnectorDispatched(_) => 1,
+            DeploymentEvent::ConnectorDispatchFailed(_) => 1,
+            DeploymentEvent::DeploymentDriftDetected(_) => 1,
         }
     }
 
@@ -435,6 +556,9 @@ impl DeploymentEvent {
             DeploymentEvent::DeploymentCompleted(e) => &e.meta,
             DeploymentEvent::DeploymentRolledBack(e) => &e.meta,
             DeploymentEvent::RetroApprovalOverdue(e) => &e.meta,
+            DeploymentEvent::ConnectorDispatched(e) => &e.meta,
+            DeploymentEvent::ConnectorDispatchFailed(e) => &e.meta,
+            DeploymentEvent::DeploymentDriftDetected(e) => &e.meta,
         }
     }
 
@@ -449,6 +573,9 @@ impl DeploymentEvent {
             DeploymentEvent::DeploymentCompleted(e) => &mut e.meta,
             DeploymentEvent::DeploymentRolledBack(e) => &mut e.meta,
             DeploymentEvent::RetroApprovalOverdue(e) => &mut e.meta,
+            DeploymentEvent::ConnectorDispatched(e) => &mut e.meta,
+            DeploymentEvent::ConnectorDispatchFailed(e) => &mut e.meta,
+            DeploymentEvent::DeploymentDriftDetected(e) => &mut e.meta,
         }
     }
 }

@@ -4,6 +4,8 @@
 //! lifecycle is written down once. The fold is total: every event type has an arm, and a new event
 //! type does not build until this fold handles it.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -52,6 +54,9 @@ pub struct IntentState {
     pub app_name: String,
     pub version: String,
     pub connector_type: ConnectorType,
+    /// The artifact's SHA-256, when the intent recorded one.
+    #[serde(default)]
+    pub artifact_sha256: Option<String>,
     pub change_type: ChangeType,
     pub site_class: SiteClass,
     pub privileged_tooling: bool,
@@ -95,6 +100,30 @@ pub struct IntentState {
     pub first_deployed_at: Option<DateTime<Utc>>,
     pub latest_report: Option<RolloutReport>,
     pub last_promotion: Option<PromotionAttempt>,
+    /// The connector actions with a recorded outcome, by idempotency key
+    /// (`<deployment id>:<RING>:<action>`).
+    #[serde(default)]
+    pub connector_actions: BTreeMap<String, DispatchOutcome>,
+    /// The drift last recorded, so the same drift is recorded once.
+    #[serde(default)]
+    pub last_drift: Option<DriftSeen>,
+}
+
+/// How a connector action ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DispatchOutcome {
+    /// The connector accepted it (`ConnectorDispatched`).
+    Dispatched,
+    /// The connector refused it for good (`ConnectorDispatchFailed`).
+    Failed,
+}
+
+/// A drift as recorded (`DeploymentDriftDetected`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftSeen {
+    pub ring: Ring,
+    pub reported_installed: Option<u64>,
 }
 
 impl IntentState {
@@ -109,6 +138,7 @@ impl IntentState {
                     app_name: e.app_name.clone(),
                     version: e.version.clone(),
                     connector_type: e.connector_type,
+                    artifact_sha256: e.artifact_sha256.clone(),
                     change_type: e.change_type,
                     site_class: e.site_class,
                     privileged_tooling: e.privileged_tooling,
@@ -138,6 +168,8 @@ impl IntentState {
                     first_deployed_at: None,
                     latest_report: None,
                     last_promotion: None,
+                    connector_actions: BTreeMap::new(),
+                    last_drift: None,
                 })
             }
             (None, _) => return None,
@@ -217,6 +249,22 @@ impl IntentState {
                 state.rollback_required = false;
             }
             DeploymentEvent::RetroApprovalOverdue(_) => state.retro_approval_overdue = true,
+            DeploymentEvent::ConnectorDispatched(e) => {
+                state
+                    .connector_actions
+                    .insert(e.idempotency_key.clone(), DispatchOutcome::Dispatched);
+            }
+            DeploymentEvent::ConnectorDispatchFailed(e) => {
+                state
+                    .connector_actions
+                    .insert(e.idempotency_key.clone(), DispatchOutcome::Failed);
+            }
+            DeploymentEvent::DeploymentDriftDetected(e) => {
+                state.last_drift = Some(DriftSeen {
+                    ring: e.ring,
+                    reported_installed: e.reported_installed,
+                });
+            }
         }
         state.updated_at = at;
         state.stream_version += 1;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::event::{ApprovalBasis, DeploymentEvent, Gate, Ring, SiteClass, Status};
+use crate::event::{ApprovalBasis, ConnectorType, DeploymentEvent, Gate, Ring, SiteClass, Status};
 
 /// Buckets for durations: a minute to two weeks (rollouts last hours to days).
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -23,7 +23,7 @@ pub const RISK_BUCKETS: &[f64] = &[10.0, 25.0, 50.0, 75.0, 90.0, 100.0];
 /// The `app_name` value that apps past the label limit are counted under.
 pub const OTHER_APP: &str = "other";
 
-const EVENT_TYPES: [&str; 9] = [
+const EVENT_TYPES: [&str; 12] = [
     "DeploymentCreated",
     "DeploymentApproved",
     "DeploymentRejected",
@@ -33,6 +33,9 @@ const EVENT_TYPES: [&str; 9] = [
     "DeploymentCompleted",
     "DeploymentRolledBack",
     "RetroApprovalOverdue",
+    "ConnectorDispatched",
+    "ConnectorDispatchFailed",
+    "DeploymentDriftDetected",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -110,6 +113,8 @@ pub struct Metrics {
     gate_evaluations: HashMap<(Ring, Gate, bool), u64>,
     attempts: BTreeMap<Ring, (u64, u64)>,
     rollbacks: HashMap<Ring, u64>,
+    /// (ring, connector_type)
+    drift: HashMap<(Ring, ConnectorType), u64>,
     events: BTreeMap<&'static str, u64>,
     position: i64,
 }
@@ -136,6 +141,7 @@ impl Metrics {
             gate_evaluations: HashMap::new(),
             attempts: BTreeMap::new(),
             rollbacks: HashMap::new(),
+            drift: HashMap::new(),
             events: EVENT_TYPES.iter().map(|t| (*t, 0)).collect(),
             position: 0,
         }
@@ -317,6 +323,11 @@ impl Metrics {
                     }
                 }
             }
+            DeploymentEvent::ConnectorDispatched(_)
+            | DeploymentEvent::ConnectorDispatchFailed(_) => {}
+            DeploymentEvent::DeploymentDriftDetected(e) => {
+                *self.drift.entry((e.ring, e.connector_type)).or_default() += 1;
+            }
             DeploymentEvent::DeploymentRolledBack(e) => {
                 let Some(intent) = self.intents.get_mut(&id) else {
                     return;
@@ -426,6 +437,17 @@ impl Metrics {
             "deployment_rollbacks_total",
             "DeploymentRolledBack events, per ring.",
             &sorted(&self.rollbacks, |r| vec![("ring", ring(r))]),
+        );
+        counter_family(
+            &mut out,
+            "deployment_drift_total",
+            "DeploymentDriftDetected events: an assignment a connector lost, or whose installed count fell.",
+            &sorted(&self.drift, |(r, connector)| {
+                vec![
+                    ("ring", ring(r)),
+                    ("connector_type", connector.as_str().to_string()),
+                ]
+            }),
         );
 
         header(
@@ -925,6 +947,7 @@ mod tests {
             "promotion_gate_evaluations_total counter",
             "promotion_gate_success_rate gauge",
             "deployment_rollbacks_total counter",
+            "deployment_drift_total counter",
             "deployments_in_state gauge",
             "eucora_events_total counter",
             "eucora_projection_position gauge",

@@ -3,7 +3,7 @@
 //! device counts, risk score). `eucora events` and `eucora deployments history` both print these.
 
 use chrono::SecondsFormat;
-use eucora_projections::event::{ApprovalBasis, DeploymentEvent, GateResult};
+use eucora_projections::event::{ApprovalBasis, DeploymentEvent, FailureClass, GateResult};
 
 /// `#SEQ TIME TYPE  SUMMARY`.
 pub fn event_line(sequence: i64, event: &DeploymentEvent) -> String {
@@ -143,6 +143,41 @@ pub fn summary(event: &DeploymentEvent) -> String {
             "retrospective CAB approval overdue: due by {}, none given; recorded by {by}",
             e.due_at.to_rfc3339_opts(SecondsFormat::Secs, true)
         ),
+        DeploymentEvent::ConnectorDispatched(e) => format!(
+            "{} {} sent to {} (after {} call{}); key {}",
+            e.action.as_str(),
+            e.ring.as_str(),
+            e.connector_type.as_str(),
+            e.attempts,
+            if e.attempts == 1 { "" } else { "s" },
+            e.idempotency_key
+        ),
+        DeploymentEvent::ConnectorDispatchFailed(e) => format!(
+            "{} {} REFUSED by {} ({} {}): {}",
+            e.action.as_str(),
+            e.ring.as_str(),
+            e.connector_type.as_str(),
+            match e.class {
+                FailureClass::Permanent => "permanent",
+                FailureClass::Policy => "policy",
+            },
+            e.status,
+            e.detail
+        ),
+        DeploymentEvent::DeploymentDriftDetected(e) => match e.reported_installed {
+            None => format!(
+                "DRIFT in {}: {} no longer has the assignment ({} devices had it)",
+                e.ring.as_str(),
+                e.connector_type.as_str(),
+                e.expected_installed
+            ),
+            Some(now) => format!(
+                "DRIFT in {}: {} reports {now} devices installed, {} were",
+                e.ring.as_str(),
+                e.connector_type.as_str(),
+                e.expected_installed
+            ),
+        },
     }
 }
 

@@ -53,6 +53,10 @@ pub struct Settings {
     pub writes_per_app: Option<(u32, Duration)>,
     /// Writes allowed to the connector as a whole in a window, when limited.
     pub writes_per_tenant: Option<(u32, Duration)>,
+    /// How often the status of its active assignments is read and reported.
+    pub poll_interval: Duration,
+    /// How often what it reports is compared with what was installed (drift).
+    pub reconcile_interval: Duration,
 }
 
 /// A table as written; durations like `10s`.
@@ -77,6 +81,10 @@ struct Table {
     /// `N/DURATION` (`100/20s`) or `unlimited`; Intune's published limits by default.
     writes_per_app: Option<String>,
     writes_per_tenant: Option<String>,
+    #[serde(default = "defaults::poll_interval")]
+    poll_interval: String,
+    #[serde(default = "defaults::reconcile_interval")]
+    reconcile_interval: String,
 }
 
 mod defaults {
@@ -96,6 +104,12 @@ mod defaults {
         5
     }
     pub fn breaker_open() -> String {
+        "60s".into()
+    }
+    pub fn poll_interval() -> String {
+        "5s".into()
+    }
+    pub fn reconcile_interval() -> String {
         "60s".into()
     }
 }
@@ -192,6 +206,8 @@ pub fn parse(
             breaker_open: duration("breaker_open", &table.breaker_open)?,
             writes_per_app: limit("writes_per_app", &table.writes_per_app, "100/20s")?,
             writes_per_tenant: limit("writes_per_tenant", &table.writes_per_tenant, "200/20s")?,
+            poll_interval: duration("poll_interval", &table.poll_interval)?,
+            reconcile_interval: duration("reconcile_interval", &table.reconcile_interval)?,
         };
         if settings.retry_min > settings.retry_max {
             return Err(format!("[{name}] retry_min is longer than retry_max"));
@@ -264,12 +280,15 @@ type Machine = failsafe::StateMachine<ConsecutiveFailures<failsafe::backoff::Con
 /// One connector: its settings, an HTTP client, its circuit breaker and its write limits.
 pub struct Connector {
     pub connector_type: ConnectorType,
-    settings: Settings,
+    pub settings: Settings,
     http: reqwest::Client,
     machine: Machine,
     transitions: Arc<Transitions>,
     per_app: Option<governor::DefaultKeyedRateLimiter<String>>,
     per_tenant: Option<governor::DefaultDirectRateLimiter>,
+    /// The last call answered (rather than failing transiently).
+    answering: AtomicBool,
+    metrics: Option<Arc<crate::telemetry::ConnectorMetrics>>,
 }
 
 /// governor's quota of `n` per `window`, all of it usable at once.
@@ -308,7 +327,20 @@ impl Connector {
             transitions,
             per_app,
             per_tenant,
+            answering: AtomicBool::new(true),
+            metrics: None,
         })
+    }
+
+    /// Records every call in these process metrics.
+    pub fn with_metrics(mut self, metrics: Arc<crate::telemetry::ConnectorMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Healthy: its breaker is closed and its last call was answered (`connector_health`).
+    pub fn healthy(&self) -> bool {
+        self.breaker_state() == BreakerState::Closed && self.answering.load(Ordering::SeqCst)
     }
 
     pub fn breaker_state(&self) -> BreakerState {
@@ -319,11 +351,28 @@ impl Connector {
         }
     }
 
-    /// Publishes one intent's assignment to one ring.
+    /// Publishes one intent's assignment to one ring, retrying transient errors.
     pub async fn publish(&self, assignment: &Assignment) -> Result<AssignmentStatus, CallError> {
+        self.publish_calls(assignment, self.settings.retry_attempts)
+            .await
+    }
+
+    /// [`Connector::publish`] in one call: the outbox retries it later instead.
+    pub async fn publish_once(
+        &self,
+        assignment: &Assignment,
+    ) -> Result<AssignmentStatus, CallError> {
+        self.publish_calls(assignment, 1).await
+    }
+
+    async fn publish_calls(
+        &self,
+        assignment: &Assignment,
+        calls: usize,
+    ) -> Result<AssignmentStatus, CallError> {
         let id = assignment_id(assignment.deployment_id, assignment.ring);
         let key = idempotency_key(assignment.deployment_id, assignment.ring, Action::Publish);
-        self.with_retries(Some(&assignment.app_name), || {
+        self.with_retries(Some(&assignment.app_name), "publish", calls, || {
             self.http
                 .put(self.url(&format!("v1/assignments/{id}")))
                 .header(super::IDEMPOTENCY_KEY, &key)
@@ -339,8 +388,27 @@ impl Connector {
         deployment_id: Uuid,
         ring: Ring,
     ) -> Result<Option<AssignmentStatus>, CallError> {
+        self.status_calls(deployment_id, ring, self.settings.retry_attempts)
+            .await
+    }
+
+    /// [`Connector::status`] in one call: a poll that fails is made again at the next poll.
+    pub async fn status_once(
+        &self,
+        deployment_id: Uuid,
+        ring: Ring,
+    ) -> Result<Option<AssignmentStatus>, CallError> {
+        self.status_calls(deployment_id, ring, 1).await
+    }
+
+    async fn status_calls(
+        &self,
+        deployment_id: Uuid,
+        ring: Ring,
+        calls: usize,
+    ) -> Result<Option<AssignmentStatus>, CallError> {
         let id = assignment_id(deployment_id, ring);
-        self.with_retries(None, || {
+        self.with_retries(None, "status", calls, || {
             self.http.get(self.url(&format!("v1/assignments/{id}")))
         })
         .await
@@ -354,9 +422,34 @@ impl Connector {
         ring: Ring,
         action: Action,
     ) -> Result<AssignmentStatus, CallError> {
+        let calls = self.settings.retry_attempts;
+        self.remediate_calls(deployment_id, app_name, ring, action, calls)
+            .await
+    }
+
+    /// [`Connector::remediate`] in one call: the outbox retries it later instead.
+    pub async fn remediate_once(
+        &self,
+        deployment_id: Uuid,
+        app_name: &str,
+        ring: Ring,
+        action: Action,
+    ) -> Result<AssignmentStatus, CallError> {
+        self.remediate_calls(deployment_id, app_name, ring, action, 1)
+            .await
+    }
+
+    async fn remediate_calls(
+        &self,
+        deployment_id: Uuid,
+        app_name: &str,
+        ring: Ring,
+        action: Action,
+        calls: usize,
+    ) -> Result<AssignmentStatus, CallError> {
         let id = assignment_id(deployment_id, ring);
         let key = idempotency_key(deployment_id, ring, action);
-        self.with_retries(Some(app_name), || {
+        self.with_retries(Some(app_name), "remediate", calls, || {
             self.http
                 .post(self.url(&format!("v1/assignments/{id}/remediations")))
                 .header(super::IDEMPOTENCY_KEY, &key)
@@ -397,11 +490,13 @@ impl Connector {
     }
 
     /// Makes the call until it answers, gives up on a permanent or policy error, or has made
-    /// `retry_attempts` calls; a 404 is `Ok(None)`. A write (for `app`) waits for its turn under
-    /// the write limits before each call.
+    /// `calls` calls; a 404 is `Ok(None)`. A write (for `app`) waits for its turn under the write
+    /// limits before each call. Each call is counted under `operation` in the process metrics.
     async fn with_retries(
         &self,
         app: Option<&str>,
+        operation: &'static str,
+        calls: usize,
         request: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Option<AssignmentStatus>, CallError> {
         let mut delays = backon::ExponentialBuilder::default()
@@ -428,18 +523,44 @@ impl Connector {
             if let Some(secret) = &self.settings.credential {
                 call = call.bearer_auth(&secret.0);
             }
+            if attempt > 1 {
+                if let Some(m) = &self.metrics {
+                    m.record_retry(self.connector_type, operation);
+                }
+            }
+            let started = std::time::Instant::now();
             let outcome = classify(call.send().await).await;
-            self.record(matches!(outcome, Err(CallError::Transient { .. })));
+            let transient = matches!(outcome, Err(CallError::Transient { .. }));
+            self.record(transient);
+            self.answering.store(!transient, Ordering::SeqCst);
+            if let Some(m) = &self.metrics {
+                m.record_call(
+                    self.connector_type,
+                    operation,
+                    outcome_label(&outcome),
+                    started.elapsed(),
+                );
+            }
             match outcome {
-                Err(CallError::Transient { retry_after, .. })
-                    if attempt < self.settings.retry_attempts =>
-                {
+                Err(CallError::Transient { retry_after, .. }) if attempt < calls => {
                     let backoff = delays.next().unwrap_or(self.settings.retry_max);
                     tokio::time::sleep(backoff.max(retry_after.unwrap_or_default())).await;
                 }
                 other => return other,
             }
         }
+    }
+}
+
+/// `connector_requests_total`'s `outcome`.
+fn outcome_label(outcome: &Result<Option<AssignmentStatus>, CallError>) -> &'static str {
+    match outcome {
+        Ok(Some(_)) => "ok",
+        Ok(None) => "not_found",
+        Err(CallError::Transient { .. }) => "transient",
+        Err(CallError::Permanent { .. }) => "permanent",
+        Err(CallError::Policy { .. }) => "policy",
+        Err(CallError::BreakerOpen) => "breaker_open",
     }
 }
 

@@ -136,7 +136,7 @@ type Shared = Arc<Mutex<Sim>>;
     info(title = "EUCORA connector protocol", description = "What EUCORA asks of an execution \
         plane: publish an assignment, report its status, remediate it. docs/connectors.md."),
     paths(publish, status, remediate),
-    components(schemas(Assignment, AssignmentStatus, Remediation, Action)),
+    components(schemas(Assignment, AssignmentStatus, Remediation)),
     tags((name = "connector", description = "The calls a connector answers"))
 )]
 pub struct ProtocolDoc;

@@ -21,6 +21,8 @@ pub const POLICY_APPROVER: &str = "policy:risk_model_v1.0";
 pub const EMERGENCY_APPROVER: &str = "policy:emergency_change";
 /// The subject the control plane records when it acts on a deadline (role `system`).
 pub const DEADLINE_WATCHER: &str = "system:retro_deadline";
+/// The subject the control plane records for connector outcomes and drift (role `system`).
+pub const DISPATCHER: &str = "system:dispatcher";
 
 const MAX_TEXT: usize = 4096;
 /// The most devices a rollout report may count in one ring (and the most incidents): beyond any
@@ -53,6 +55,32 @@ pub enum Action {
     /// Record that an emergency change's retrospective approval is past due (the control plane's
     /// deadline watcher sends it).
     MarkRetroOverdue,
+    /// Record how a connector answered an action (the dispatcher sends it).
+    RecordDispatch(DispatchRecord),
+    /// Record a drift between what was installed and what a connector reports (the
+    /// reconciler sends it).
+    RecordDrift(DriftRecord),
+}
+
+/// A connector's answer to one action.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DispatchRecord {
+    pub connector_type: ConnectorType,
+    pub ring: Ring,
+    pub action: ConnectorAction,
+    pub idempotency_key: String,
+    pub attempts: u32,
+    /// `None` when the connector accepted it; else the class, HTTP status and detail.
+    pub refused: Option<(FailureClass, u16, String)>,
+}
+
+/// A drift the reconciler found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftRecord {
+    pub connector_type: ConnectorType,
+    pub ring: Ring,
+    pub expected_installed: u64,
+    pub reported_installed: Option<u64>,
 }
 
 impl Action {
@@ -65,6 +93,8 @@ impl Action {
             Action::Promote => "promote",
             Action::Rollback { .. } => "rollback",
             Action::MarkRetroOverdue => "mark_retro_overdue",
+            Action::RecordDispatch(_) => "record_dispatch",
+            Action::RecordDrift(_) => "record_drift",
         }
     }
 }
@@ -166,6 +196,10 @@ impl DeploymentIntent {
                 state.retro_approval_pending
             }
             Action::Rollback { .. } => state.rollback_required,
+            // What a connector did or reports is a fact whatever the intent's state: a rollback
+            // is remediated after the intent is rolled back, and drift matters most after it
+            // completed.
+            Action::RecordDispatch(_) | Action::RecordDrift(_) => true,
             _ => false,
         };
         if state.rollback_required {
@@ -266,6 +300,69 @@ impl DeploymentIntent {
                         meta,
                         ring: state.current_ring,
                         due_at: due,
+                    })
+                });
+            }
+            Action::RecordDispatch(record) => {
+                if command.actor.role != Role::System {
+                    return Err(refuse());
+                }
+                if state
+                    .connector_actions
+                    .contains_key(&record.idempotency_key)
+                {
+                    return Err(DomainError::AlreadyRecorded(record.idempotency_key.clone()));
+                }
+                check_text(
+                    "detail",
+                    record.refused.as_ref().map(|r| r.2.as_str()),
+                    false,
+                )?;
+                out.push(|meta| match &record.refused {
+                    None => DeploymentEvent::ConnectorDispatched(Dispatched {
+                        meta,
+                        connector_type: record.connector_type,
+                        ring: record.ring,
+                        action: record.action,
+                        idempotency_key: record.idempotency_key.clone(),
+                        attempts: record.attempts,
+                    }),
+                    Some((class, status, detail)) => {
+                        DeploymentEvent::ConnectorDispatchFailed(DispatchFailed {
+                            meta,
+                            connector_type: record.connector_type,
+                            ring: record.ring,
+                            action: record.action,
+                            idempotency_key: record.idempotency_key.clone(),
+                            class: *class,
+                            status: *status,
+                            detail: detail.clone(),
+                            attempts: record.attempts,
+                        })
+                    }
+                });
+            }
+            Action::RecordDrift(drift) => {
+                if command.actor.role != Role::System {
+                    return Err(refuse());
+                }
+                let seen = eucora_projections::intent::DriftSeen {
+                    ring: drift.ring,
+                    reported_installed: drift.reported_installed,
+                };
+                if state.last_drift.as_ref() == Some(&seen) {
+                    return Err(DomainError::AlreadyRecorded(format!(
+                        "drift in {}",
+                        drift.ring.as_str()
+                    )));
+                }
+                out.push(|meta| {
+                    DeploymentEvent::DeploymentDriftDetected(DriftDetected {
+                        meta,
+                        connector_type: drift.connector_type,
+                        ring: drift.ring,
+                        expected_installed: drift.expected_installed,
+                        reported_installed: drift.reported_installed,
                     })
                 });
             }

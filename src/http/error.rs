@@ -186,7 +186,8 @@ impl From<DomainError> for ApiError {
             | DomainError::NotAllowedInState { .. }
             | DomainError::RingMismatch { .. }
             | DomainError::RollbackRequired(_)
-            | DomainError::AtTargetRing(_) => ApiError::Conflict {
+            | DomainError::AtTargetRing(_)
+            | DomainError::AlreadyRecorded(_) => ApiError::Conflict {
                 detail,
                 extra: None,
             },

@@ -13,13 +13,13 @@ use uuid::Uuid;
 
 use crate::helpers::eucora;
 
-struct Sim {
-    base: String,
+pub struct Sim {
+    pub base: String,
     http: reqwest::Client,
 }
 
 impl Sim {
-    async fn start(config: SimConfig) -> Sim {
+    pub async fn start(config: SimConfig) -> Sim {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, router(config)).await });
@@ -29,7 +29,7 @@ impl Sim {
         }
     }
 
-    async fn publish(&self, id: Uuid, ring: Ring, key: Option<&str>) -> (StatusCode, Value) {
+    pub async fn publish(&self, id: Uuid, ring: Ring, key: Option<&str>) -> (StatusCode, Value) {
         let mut request = self
             .http
             .put(format!(
@@ -48,7 +48,7 @@ impl Sim {
         (reply.status(), reply.json().await.unwrap_or(Value::Null))
     }
 
-    async fn get(&self, path: &str) -> reqwest::Response {
+    pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http
             .get(format!("{}{path}", self.base))
             .send()
@@ -56,14 +56,14 @@ impl Sim {
             .unwrap()
     }
 
-    async fn status(&self, id: Uuid, ring: Ring) -> (StatusCode, Value) {
+    pub async fn status(&self, id: Uuid, ring: Ring) -> (StatusCode, Value) {
         let reply = self
             .get(&format!("/v1/assignments/{}", assignment_id(id, ring)))
             .await;
         (reply.status(), reply.json().await.unwrap_or(Value::Null))
     }
 
-    async fn post(&self, path: &str, body: Value, key: Option<&str>) -> reqwest::Response {
+    pub async fn post(&self, path: &str, body: Value, key: Option<&str>) -> reqwest::Response {
         let mut request = self.http.post(format!("{}{path}", self.base)).json(&body);
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);
@@ -71,7 +71,7 @@ impl Sim {
         request.send().await.unwrap()
     }
 
-    async fn faults(&self, faults: Value) {
+    pub async fn faults(&self, faults: Value) {
         let reply = self
             .http
             .put(format!("{}/sim/faults", self.base))
@@ -82,7 +82,7 @@ impl Sim {
         assert_eq!(reply.status(), 204);
     }
 
-    async fn side_effects(&self) -> Value {
+    pub async fn side_effects(&self) -> Value {
         self.get("/sim/side-effects").await.json().await.unwrap()
     }
 }

@@ -10,6 +10,7 @@ mod concurrency;
 mod connections;
 mod connector_sim;
 mod crash;
+mod dispatch;
 mod evidence;
 mod fuzz;
 mod global_stream;

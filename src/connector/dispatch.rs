@@ -1,0 +1,585 @@
+//! Dispatch to connectors (docs/connectors.md): the outbox projection queues what the stream
+//! clears, the dispatcher sends it, polls what was sent and reports it back, and reconciles.
+//!
+//! - [`Outbox`], a projection on the one runner: an intent cleared to deploy in a ring (approved
+//!   there, or promoted into it) owes its connector a `publish`; an intent rolled back owes a
+//!   `rollback`. Each is queued under its idempotency key in the transaction that moves the
+//!   projection's checkpoint, so nothing is lost across a crash and nothing is queued twice.
+//! - [`Dispatcher::dispatch`]: every server claims due actions under a lease (PostgreSQL skips
+//!   rows another server is claiming), calls the connector once per claim, and records the outcome
+//!   as an event on the intent (`ConnectorDispatched`, or `ConnectorDispatchFailed` for a
+//!   permanent or policy refusal) before settling the row. A server killed mid-call leaves a lease
+//!   that expires; whoever claims the action next sends it again under the same key, which the
+//!   connector honours, and the intent refuses a second outcome for the key. So each action has
+//!   one side effect and one outcome event, however many servers and restarts.
+//! - [`Dispatcher::ingest`]: the status of each active assignment is read every `poll_interval`
+//!   and each change is reported through the normal command path as `connector:<type>` (role
+//!   `deployer`), so the promotion gates decide on measured numbers.
+//! - [`Dispatcher::reconcile`]: every `reconcile_interval`, what each connector reports is
+//!   compared with the intent's last report; an assignment that disappeared or whose installed
+//!   count fell is recorded as `DeploymentDriftDetected`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::BackoffBuilder;
+use eucora_projections::event::{
+    ApprovalBasis, ConnectorAction, ConnectorType, DeploymentEvent, FailureClass, Ring, Role,
+    Status,
+};
+use eucora_projections::intent::{DispatchOutcome, IntentState};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::client::{CallError, Connector, Settings};
+use super::{idempotency_key, Assignment};
+use crate::domain::intent::DISPATCHER;
+use crate::domain::{Action, Command, DispatchRecord, DomainError, DriftRecord, RolloutInput};
+use crate::projection::{decoded, Event, Projection, ProjectionError};
+use crate::store::{Backlog, Checkpoint, Claimed, ListFilter, OutboxEntry, Settled, Store};
+use crate::write::{CommandError, Commands};
+
+/// The outbox projection's name in `projection_checkpoints`.
+pub const OUTBOX: &str = "connector_outbox";
+/// Actions claimed at once by one server.
+const CLAIM: i64 = 64;
+/// The longest a dispatcher sleeps with nothing due; a queue in this process wakes it at once.
+const IDLE: Duration = Duration::from_millis(250);
+/// How long an action waits while its connector's breaker is open, before it is looked at again.
+const BREAKER_WAIT: Duration = Duration::from_secs(1);
+/// How long an action waits when its outcome could not be recorded (the store did not answer).
+const STORE_WAIT: Duration = Duration::from_secs(2);
+/// Intents read per page when polling and reconciling.
+const PAGE: i64 = 500;
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The queue of actions: a consumer of the global stream.
+#[derive(Default)]
+pub struct Outbox {
+    /// Events up to this ordinal were committed before dispatch was first configured.
+    start: Option<i64>,
+    wake: Arc<Notify>,
+}
+
+/// What an event asks of a connector, if anything.
+fn owed(event: &DeploymentEvent) -> Option<(Ring, ConnectorAction)> {
+    match event {
+        DeploymentEvent::DeploymentApproved(e) => match e.basis {
+            ApprovalBasis::Policy | ApprovalBasis::Cab | ApprovalBasis::EmergencyProvisional => {
+                Some((e.ring, ConnectorAction::Publish))
+            }
+            // Already cleared (and published) in its ring.
+            ApprovalBasis::CabRetrospective => None,
+        },
+        DeploymentEvent::RingPromoted(e) => Some((e.to_ring, ConnectorAction::Publish)),
+        DeploymentEvent::DeploymentRolledBack(e) => Some((e.ring, ConnectorAction::Rollback)),
+        _ => None,
+    }
+}
+
+impl Outbox {
+    /// What this projection rings when it queues an action (the dispatcher listens).
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+}
+
+#[async_trait]
+impl Projection for Outbox {
+    fn name(&self) -> &'static str {
+        OUTBOX
+    }
+
+    fn persisted(&self) -> bool {
+        true
+    }
+
+    async fn resume(&mut self, store: &Store) -> Result<Checkpoint, ProjectionError> {
+        if self.start.is_none() {
+            let head = store.event_count().await?;
+            self.start = Some(store.dispatch_start(head).await?);
+        }
+        Ok(store.checkpoint(OUTBOX).await?)
+    }
+
+    async fn apply(&mut self, store: &Store, events: &[Event]) -> Result<(), ProjectionError> {
+        let Some(end) = events.last().map(Event::checkpoint) else {
+            return Ok(());
+        };
+        let start = self.start.unwrap_or(i64::MAX);
+        let entries: Vec<OutboxEntry> = decoded(events)
+            .into_iter()
+            .filter(|(e, _)| e.ordinal > start)
+            .filter_map(|(_, event)| {
+                let (ring, action) = owed(event)?;
+                let meta = event.meta();
+                Some(OutboxEntry {
+                    idempotency_key: idempotency_key(meta.deployment_id, ring, action),
+                    deployment_id: meta.deployment_id,
+                    ring,
+                    action,
+                    correlation_id: meta.correlation_id.clone(),
+                    committed_ms: meta.occurred_at.timestamp_millis(),
+                })
+            })
+            .collect();
+        store.enqueue(OUTBOX, &entries, end).await?;
+        if !entries.is_empty() {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// What the metrics and the health endpoint see of dispatch.
+pub struct DispatchStatus {
+    connectors: Vec<Arc<Connector>>,
+    backlog: Mutex<Backlog>,
+}
+
+impl DispatchStatus {
+    pub fn connectors(&self) -> &[Arc<Connector>] {
+        &self.connectors
+    }
+
+    /// The outbox as last counted.
+    pub fn backlog(&self) -> Backlog {
+        *self.backlog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Age of the oldest queued action, in seconds (0 when none is queued).
+    pub fn oldest_age_seconds(&self) -> f64 {
+        self.backlog()
+            .oldest_committed_ms
+            .map_or(0.0, |oldest| (now_ms() - oldest).max(0) as f64 / 1000.0)
+    }
+}
+
+/// Sends what the outbox holds, reads back what connectors report, and reconciles.
+pub struct Dispatcher {
+    store: Store,
+    commands: Arc<Commands>,
+    connectors: BTreeMap<ConnectorType, Arc<Connector>>,
+    status: Arc<DispatchStatus>,
+    wake: Arc<Notify>,
+    /// This server's name on the leases it takes.
+    owner: String,
+    /// How long a claim holds an action: twice the longest call, and some.
+    lease: Duration,
+}
+
+impl Dispatcher {
+    /// A dispatcher for `connectors`, woken by `wake` (the [`Outbox`]'s waker).
+    pub fn new(
+        store: Store,
+        commands: Arc<Commands>,
+        connectors: BTreeMap<ConnectorType, Settings>,
+        metrics: Option<Arc<crate::telemetry::ConnectorMetrics>>,
+        owner: String,
+        wake: Arc<Notify>,
+    ) -> Result<Dispatcher, String> {
+        let mut built = BTreeMap::new();
+        for (kind, settings) in connectors {
+            let mut connector = Connector::new(kind, settings)?;
+            if let Some(m) = &metrics {
+                connector = connector.with_metrics(m.clone());
+            }
+            built.insert(kind, Arc::new(connector));
+        }
+        let longest = built
+            .values()
+            .map(|c| c.settings.timeout)
+            .max()
+            .unwrap_or_default();
+        let status = Arc::new(DispatchStatus {
+            connectors: built.values().cloned().collect(),
+            backlog: Mutex::default(),
+        });
+        Ok(Dispatcher {
+            store,
+            commands,
+            connectors: built,
+            status,
+            wake,
+            owner,
+            lease: longest * 2 + Duration::from_secs(5),
+        })
+    }
+
+    pub fn status(&self) -> Arc<DispatchStatus> {
+        self.status.clone()
+    }
+
+    /// Runs dispatch, ingestion and reconciliation until `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()> + Send) {
+        let poll = self
+            .connectors
+            .values()
+            .map(|c| c.settings.poll_interval)
+            .min()
+            .unwrap_or(Duration::from_secs(5));
+        let reconcile = self
+            .connectors
+            .values()
+            .map(|c| c.settings.reconcile_interval)
+            .min()
+            .unwrap_or(Duration::from_secs(60));
+        let every = |period: Duration, job: fn(Arc<Dispatcher>) -> BoxedJob| {
+            let me = self.clone();
+            async move {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    job(me.clone()).await;
+                }
+            }
+        };
+        tokio::select! {
+            () = shutdown => {}
+            () = self.clone().dispatch() => {}
+            () = every(poll, |d| Box::pin(async move { d.ingest().await })) => {}
+            () = every(reconcile, |d| Box::pin(async move { d.reconcile().await })) => {}
+            () = every(Duration::from_secs(2), |d| Box::pin(async move { d.count_backlog().await })) => {}
+        }
+    }
+
+    async fn count_backlog(&self) {
+        match self.store.outbox_backlog().await {
+            Ok(backlog) => {
+                *self
+                    .status
+                    .backlog
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = backlog;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot count the connector outbox"),
+        }
+    }
+
+    /// Claims and sends due actions, for ever.
+    pub async fn dispatch(self: Arc<Self>) {
+        loop {
+            let now = now_ms();
+            let until = now + self.lease.as_millis() as i64;
+            let claimed = match self
+                .store
+                .claim_outbox(&self.owner, now, until, CLAIM)
+                .await
+            {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim connector actions; retrying");
+                    tokio::time::sleep(STORE_WAIT).await;
+                    continue;
+                }
+            };
+            if claimed.is_empty() {
+                let _ = tokio::time::timeout(IDLE, self.wake.notified()).await;
+                continue;
+            }
+            let mut sending = tokio::task::JoinSet::new();
+            for action in claimed {
+                let me = self.clone();
+                sending.spawn(async move { me.send(action).await });
+            }
+            while sending.join_next().await.is_some() {}
+        }
+    }
+
+    /// Sends one claimed action and settles it.
+    async fn send(&self, claimed: Claimed) {
+        let entry = &claimed.entry;
+        let (calls, settled) = match self.attempt(&claimed).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::warn!(key = %entry.idempotency_key, error = %e,
+                    "cannot record a connector action's outcome; it will be sent again");
+                (
+                    0,
+                    Settled::Retry {
+                        next_attempt_ms: now_ms() + STORE_WAIT.as_millis() as i64,
+                        error: e.to_string(),
+                    },
+                )
+            }
+        };
+        if let Err(e) = self
+            .store
+            .settle_outbox(claimed.seq, calls, &settled, now_ms())
+            .await
+        {
+            // The lease expires and the action is claimed again: the connector and the intent
+            // both refuse a second effect of the same key.
+            tracing::warn!(key = %entry.idempotency_key, error = %e, "cannot settle a connector action");
+        }
+    }
+
+    /// The calls made and how the action stands after them.
+    async fn attempt(&self, claimed: &Claimed) -> Result<(u32, Settled), CommandError> {
+        let entry = &claimed.entry;
+        let Some(state) = self.intent(entry.deployment_id).await? else {
+            return Ok((0, Settled::Skipped("no such intent".into())));
+        };
+        let Some(connector) = self.connectors.get(&state.connector_type) else {
+            let why = format!(
+                "no {} connector is configured",
+                state.connector_type.as_str()
+            );
+            return Ok((0, Settled::Skipped(why)));
+        };
+        // Sent and recorded before, by a server that stopped before settling the row.
+        match state.connector_actions.get(&entry.idempotency_key) {
+            Some(DispatchOutcome::Dispatched) => return Ok((0, Settled::Done)),
+            Some(DispatchOutcome::Failed) => {
+                return Ok((0, Settled::Failed("recorded as refused".into())))
+            }
+            None => {}
+        }
+        if entry.action != ConnectorAction::Publish {
+            let published =
+                idempotency_key(entry.deployment_id, entry.ring, ConnectorAction::Publish);
+            if state.connector_actions.get(&published) != Some(&DispatchOutcome::Dispatched) {
+                let why = format!("nothing was published in {} to undo", entry.ring.as_str());
+                return Ok((0, Settled::Skipped(why)));
+            }
+        }
+        let answer = match entry.action {
+            ConnectorAction::Publish => {
+                let assignment = Assignment {
+                    deployment_id: entry.deployment_id,
+                    app_name: state.app_name.clone(),
+                    version: state.version.clone(),
+                    ring: entry.ring,
+                    artifact_sha256: state.artifact_sha256.clone(),
+                };
+                connector.publish_once(&assignment).await
+            }
+            action => {
+                connector
+                    .remediate_once(entry.deployment_id, &state.app_name, entry.ring, action)
+                    .await
+            }
+        };
+        let attempts = claimed.attempts.saturating_add(1);
+        let refused = match answer {
+            Ok(_) => None,
+            Err(CallError::BreakerOpen) => {
+                let next_attempt_ms = now_ms() + BREAKER_WAIT.as_millis() as i64;
+                let error = "the circuit breaker is open".to_string();
+                return Ok((
+                    0,
+                    Settled::Retry {
+                        next_attempt_ms,
+                        error,
+                    },
+                ));
+            }
+            Err(CallError::Transient {
+                detail,
+                retry_after,
+            }) => {
+                let wait =
+                    backoff(&connector.settings, attempts).max(retry_after.unwrap_or_default());
+                tracing::info!(key = %entry.idempotency_key, attempts, wait_ms = wait.as_millis() as u64,
+                    error = %detail, "connector action failed transiently; retrying");
+                let next_attempt_ms = now_ms() + wait.as_millis() as i64;
+                return Ok((
+                    1,
+                    Settled::Retry {
+                        next_attempt_ms,
+                        error: detail,
+                    },
+                ));
+            }
+            Err(CallError::Permanent { status, detail }) => {
+                Some((FailureClass::Permanent, status, detail))
+            }
+            Err(CallError::Policy { status, detail }) => {
+                Some((FailureClass::Policy, status, detail))
+            }
+        };
+        let settled = match &refused {
+            None => Settled::Done,
+            Some((_, status, detail)) => {
+                tracing::warn!(key = %entry.idempotency_key, status, error = %detail,
+                    "the connector refused an action; it is not retried");
+                Settled::Failed(format!("{status}: {detail}"))
+            }
+        };
+        let record = DispatchRecord {
+            connector_type: state.connector_type,
+            ring: entry.ring,
+            action: entry.action,
+            idempotency_key: entry.idempotency_key.clone(),
+            attempts,
+            refused,
+        };
+        let command = Command {
+            actor: system_actor(),
+            correlation_id: entry.correlation_id.clone(),
+            expected_version: None,
+            action: Action::RecordDispatch(record),
+        };
+        match self.commands.execute(entry.deployment_id, command).await {
+            Ok(_) | Err(CommandError::Domain(DomainError::AlreadyRecorded(_))) => Ok((1, settled)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// An intent's state, folded from its stream (not the read model, which may lag).
+    async fn intent(&self, id: Uuid) -> Result<Option<IntentState>, CommandError> {
+        let events = self.store.intent_events(id).await?;
+        Ok(IntentState::replay(events.iter().map(|e| &e.event)))
+    }
+
+    /// Intents in `status` whose connector is configured and which were published in their
+    /// current ring, page by page.
+    async fn published_in(&self, status: Status) -> Vec<(IntentState, Arc<Connector>)> {
+        let filter = ListFilter {
+            status: Some(status),
+            ..ListFilter::default()
+        };
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let rows = match self.store.list_intents(&filter, after, PAGE).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list intents to poll their connectors");
+                    return out;
+                }
+            };
+            let Some(last) = rows.last() else {
+                return out;
+            };
+            after = last.seq;
+            let full = rows.len() as i64 == PAGE;
+            for row in rows {
+                let state = row.state;
+                let key = idempotency_key(state.id, state.current_ring, ConnectorAction::Publish);
+                if state.connector_actions.get(&key) != Some(&DispatchOutcome::Dispatched) {
+                    continue;
+                }
+                if let Some(connector) = self.connectors.get(&state.connector_type) {
+                    out.push((state, connector.clone()));
+                }
+            }
+            if !full {
+                return out;
+            }
+        }
+    }
+
+    /// Reads the status of every active assignment and reports each change as a rollout result.
+    /// A fall in installed devices is not reported: that is drift, for [`Dispatcher::reconcile`].
+    pub async fn ingest(&self) {
+        for status in [Status::Approved, Status::Deployed] {
+            for (state, connector) in self.published_in(status).await {
+                let Ok(Some(now)) = connector.status_once(state.id, state.current_ring).await
+                else {
+                    continue;
+                };
+                let last = state.latest_report.as_ref();
+                let counts = (now.targeted, now.installed, now.failed, now.incidents);
+                let unchanged = last.is_some_and(|l| {
+                    (l.target_devices, l.succeeded, l.failed, l.incidents) == counts
+                });
+                let fell = last.is_some_and(|l| now.installed < l.succeeded);
+                if now.targeted == 0 || now.state != "active" || unchanged || fell {
+                    continue;
+                }
+                let command = Command {
+                    actor: eucora_projections::event::Actor {
+                        subject: format!("connector:{}", state.connector_type.as_str()),
+                        role: Role::Deployer,
+                    },
+                    correlation_id: format!(
+                        "connector-{}-{}",
+                        state.connector_type.as_str(),
+                        Uuid::new_v4()
+                    ),
+                    // Another server reporting the same change first wins; this one stands down.
+                    expected_version: Some(state.stream_version),
+                    action: Action::Deploy(RolloutInput {
+                        ring: state.current_ring,
+                        target_devices: now.targeted,
+                        succeeded: now.installed,
+                        failed: now.failed,
+                        incidents: now.incidents,
+                    }),
+                };
+                match self.commands.execute(state.id, command).await {
+                    Ok(_) => {}
+                    Err(CommandError::Domain(_)) => {}
+                    Err(e) => tracing::warn!(deployment_id = %state.id, error = %e,
+                        "cannot report a connector's rollout result"),
+                }
+            }
+        }
+    }
+
+    /// Compares what each connector reports with the intents' last reports, and records drift.
+    pub async fn reconcile(&self) {
+        for status in [Status::Deployed, Status::Completed] {
+            for (state, connector) in self.published_in(status).await {
+                let Some(expected) = state.latest_report.as_ref().map(|l| l.succeeded) else {
+                    continue;
+                };
+                let reported = match connector.status_once(state.id, state.current_ring).await {
+                    Ok(None) => None,
+                    Ok(Some(now)) if now.installed < expected => Some(now.installed),
+                    Ok(Some(_)) | Err(_) => continue,
+                };
+                let command = Command {
+                    actor: system_actor(),
+                    correlation_id: format!("reconcile-{}", Uuid::new_v4()),
+                    expected_version: None,
+                    action: Action::RecordDrift(DriftRecord {
+                        connector_type: state.connector_type,
+                        ring: state.current_ring,
+                        expected_installed: expected,
+                        reported_installed: reported,
+                    }),
+                };
+                match self.commands.execute(state.id, command).await {
+                    Ok(_) => {
+                        tracing::warn!(deployment_id = %state.id, ring = state.current_ring.as_str(),
+                        expected, reported = ?reported, "drift: the connector no longer reports what was installed")
+                    }
+                    Err(CommandError::Domain(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(deployment_id = %state.id, error = %e, "cannot record drift")
+                    }
+                }
+            }
+        }
+    }
+}
+
+type BoxedJob = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+fn system_actor() -> eucora_projections::event::Actor {
+    eucora_projections::event::Actor {
+        subject: DISPATCHER.to_string(),
+        role: Role::System,
+    }
+}
+
+/// The wait before call `attempts + 1` of an action that failed transiently: backon's
+/// exponential backoff with jitter, from `retry_min` to `retry_max`.
+fn backoff(settings: &Settings, attempts: u32) -> Duration {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(settings.retry_min)
+        .with_max_delay(settings.retry_max)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(attempts.saturating_sub(1).min(64) as usize)
+        .unwrap_or(settings.retry_max)
+}

@@ -1,0 +1,488 @@
+//! Dispatch to connectors through the outbox (docs/connectors.md), against the simulator: what is
+//! cleared is published once, what comes back drives the intent, refusals are recorded once,
+//! drift is seen, and neither kill -9 nor a second replica makes a side effect twice.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eucora::connector::idempotency_key;
+use eucora::connector::sim::SimConfig;
+use eucora_projections::event::{ConnectorAction, Ring};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::connector_sim::Sim;
+use crate::helpers::{intent_body, Backend, Crew, TestApp, TestDb};
+use crate::metrics::metrics_with;
+
+crate::on_both_backends!(
+    ingestion_drives_an_intent_from_approval_to_completion,
+    a_rollback_is_remediated_once,
+    kill_9_during_a_burst_leaves_every_action_done_once,
+    two_replicas_dispatch_each_action_once,
+    a_drift_appears_as_an_event_and_a_metric,
+);
+
+/// A simulator whose devices converge in a second.
+async fn sim() -> Sim {
+    Sim::start(SimConfig {
+        converge: Duration::from_secs(1),
+        ..SimConfig::default()
+    })
+    .await
+}
+
+/// Writes a connectors file for `sim` into the test's directory and returns the serve flags.
+fn connectors(db: &TestDb, sim: &Sim, more: &str) -> Vec<String> {
+    let path = db.dir().join("connectors.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[intune]\nbase_url = \"{}\"\ntimeout = \"2s\"\nretry_min = \"200ms\"\n\
+             retry_max = \"1s\"\npoll_interval = \"500ms\"\nreconcile_interval = \"500ms\"\n\
+             writes_per_app = \"unlimited\"\nwrites_per_tenant = \"unlimited\"\n{more}",
+            sim.base
+        ),
+    )
+    .unwrap();
+    vec!["--connectors".into(), path.to_str().unwrap().into()]
+}
+
+async fn serve(db: Arc<TestDb>, flags: &[String]) -> TestApp {
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    TestApp::spawn_on(db, &flags).await
+}
+
+async fn history(app: &TestApp, token: &str, id: &str) -> Vec<Value> {
+    let reply = app
+        .get(&format!("/api/v1/deployments/{id}/events"), token)
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.body["events"].as_array().unwrap().clone()
+}
+
+fn of_type<'a>(events: &'a [Value], event_type: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["event_type"] == event_type)
+        .map(|e| &e["event"][event_type])
+        .collect()
+}
+
+/// Polls until `done` holds of the intent's events, with a deadline.
+async fn until(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+    what: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let events = history(app, token, id).await;
+        if done(&events) {
+            return events;
+        }
+        assert!(Instant::now() < deadline, "never saw {what}: {events:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn key(id: &str, ring: Ring, action: ConnectorAction) -> String {
+    idempotency_key(Uuid::parse_str(id).unwrap(), ring, action)
+}
+
+async fn ingestion_drives_an_intent_from_approval_to_completion(backend: Backend) {
+    let sim = sim().await;
+    let db = Arc::new(TestDb::new(backend).await);
+    let app = serve(db.clone(), &connectors(&db, &sim, "")).await;
+    let crew = Crew::new(&app);
+    // Approved by policy at creation; nobody reports anything by hand.
+    let id = app
+        .create(&crew.requester, intent_body("7zip", 0.2, "LAB"))
+        .await
+        .id();
+    let events = until(&app, &crew.auditor, &id, "completion", |e| {
+        !of_type(e, "DeploymentCompleted").is_empty()
+    })
+    .await;
+    let dispatched = of_type(&events, "ConnectorDispatched");
+    assert_eq!(dispatched.len(), 1, "{events:#?}");
+    assert_eq!(dispatched[0]["action"], "publish");
+    assert_eq!(dispatched[0]["ring"], "LAB");
+    assert_eq!(
+        dispatched[0]["meta"]["actor"]["subject"],
+        "system:dispatcher"
+    );
+    // The approval's correlation id follows the action onto its event.
+    assert_eq!(
+        dispatched[0]["meta"]["correlation_id"],
+        of_type(&events, "DeploymentCreated")[0]["meta"]["correlation_id"]
+    );
+    let reports = of_type(&events, "DeploymentDeployed");
+    assert!(!reports.is_empty());
+    for report in &reports {
+        assert_eq!(report["meta"]["actor"]["subject"], "connector:intune");
+        assert_eq!(report["meta"]["actor"]["role"], "deployer");
+    }
+    let last = reports.last().unwrap();
+    assert_eq!(
+        (&last["target_devices"], &last["succeeded"]),
+        (&json!(10), &json!(10))
+    );
+    let intent = app.intent(&crew.auditor, &id).await;
+    assert_eq!(intent.body["status"], "completed");
+    let counts = sim.side_effects().await;
+    let publish = key(&id, Ring::Lab, ConnectorAction::Publish);
+    assert_eq!(counts["keys"][&publish]["effects"], 1, "{counts}");
+    // The connector's metrics are on the process endpoint.
+    metrics_with(
+        &app,
+        "/metrics",
+        "circuit_breaker_state{connector_type=\"intune\"} 0",
+    )
+    .await;
+    metrics_with(
+        &app,
+        "/metrics",
+        "connector_health{connector_type=\"intune\"} 1",
+    )
+    .await;
+    let text = metrics_with(&app, "/metrics", "connector_outbox_backlog 0").await;
+    assert!(
+        text.contains("connector_requests_total{connector_type=\"intune\",operation=\"publish\",outcome=\"ok\"} 1"),
+        "{text}"
+    );
+}
+
+async fn a_rollback_is_remediated_once(backend: Backend) {
+    let sim = sim().await;
+    let db = Arc::new(TestDb::new(backend).await);
+    let app = serve(db.clone(), &connectors(&db, &sim, "")).await;
+    let crew = Crew::new(&app);
+    let id = app
+        .create(&crew.requester, intent_body("vlc", 0.2, "CANARY"))
+        .await
+        .id();
+    until(&app, &crew.auditor, &id, "the publication", |e| {
+        !of_type(e, "ConnectorDispatched").is_empty()
+    })
+    .await;
+    assert_eq!(
+        app.rollback(&crew.deployer, &id, "vendor recall")
+            .await
+            .status,
+        200
+    );
+    let events = until(&app, &crew.auditor, &id, "the remediation", |e| {
+        of_type(e, "ConnectorDispatched").len() == 2
+    })
+    .await;
+    assert_eq!(
+        of_type(&events, "ConnectorDispatched")[1]["action"],
+        "rollback"
+    );
+    let counts = sim.side_effects().await;
+    assert_eq!(
+        counts["keys"][key(&id, Ring::Lab, ConnectorAction::Rollback)]["effects"],
+        1
+    );
+    let status = sim.status(Uuid::parse_str(&id).unwrap(), Ring::Lab).await.1;
+    assert_eq!(
+        (&status["state"], &status["installed"]),
+        (&json!("rollback"), &json!(0))
+    );
+    // An intent rolled back before it was published has nothing to undo: nothing is sent.
+    let held = app
+        .create(&crew.requester, intent_body("gimp", 0.8, "CANARY"))
+        .await
+        .id();
+    app.rollback(&crew.requester, &held, "withdrawn").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = history(&app, &crew.auditor, &held).await;
+    assert!(
+        of_type(&events, "ConnectorDispatched").is_empty(),
+        "{events:#?}"
+    );
+    let sent = sim.side_effects().await;
+    assert!(
+        !sent["keys"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|k| k.starts_with(&held)),
+        "{sent}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_refusal_is_recorded_once_and_not_retried() {
+    let sim = sim().await;
+    let db = Arc::new(TestDb::new(Backend::Sqlite).await);
+    let app = serve(db.clone(), &connectors(&db, &sim, "")).await;
+    let crew = Crew::new(&app);
+    // Awaiting CAB, so nothing is sent yet; meanwhile someone else publishes the same
+    // assignment under another key, and the connector will refuse ours (409).
+    let id = app
+        .create(&crew.requester, intent_body("putty", 0.8, "LAB"))
+        .await
+        .id();
+    let uuid = Uuid::parse_str(&id).unwrap();
+    assert_eq!(sim.publish(uuid, Ring::Lab, Some("by-hand")).await.0, 201);
+    assert_eq!(app.approve(&crew.approver, &id).await.status, 200);
+    let events = until(&app, &crew.auditor, &id, "the refusal", |e| {
+        !of_type(e, "ConnectorDispatchFailed").is_empty()
+    })
+    .await;
+    let failed = of_type(&events, "ConnectorDispatchFailed");
+    assert_eq!(
+        (&failed[0]["class"], &failed[0]["status"]),
+        (&json!("permanent"), &json!(409))
+    );
+    assert_eq!(failed[0]["attempts"], 1);
+    // Not retried: one call, and it stays one.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let publish = key(&id, Ring::Lab, ConnectorAction::Publish);
+    assert_eq!(sim.side_effects().await["keys"][&publish]["calls"], 1);
+    let events = history(&app, &crew.auditor, &id).await;
+    assert_eq!(of_type(&events, "ConnectorDispatchFailed").len(), 1);
+    assert!(of_type(&events, "ConnectorDispatched").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_refusal_is_recorded_and_not_retried() {
+    let sim = Sim::start(SimConfig {
+        token: Some("the-right-token".into()),
+        ..SimConfig::default()
+    })
+    .await;
+    let db = Arc::new(TestDb::new(Backend::Sqlite).await);
+    let token = db.dir().join("intune.token");
+    std::fs::write(&token, "a-wrong-token\n").unwrap();
+    let flags = connectors(
+        &db,
+        &sim,
+        &format!("token_file = \"{}\"\n", token.display()),
+    );
+    let app = serve(db.clone(), &flags).await;
+    let crew = Crew::new(&app);
+    let id = app
+        .create(&crew.requester, intent_body("keepass", 0.2, "LAB"))
+        .await
+        .id();
+    let events = until(&app, &crew.auditor, &id, "the refusal", |e| {
+        !of_type(e, "ConnectorDispatchFailed").is_empty()
+    })
+    .await;
+    let failed = &of_type(&events, "ConnectorDispatchFailed")[0];
+    assert_eq!(
+        (&failed["class"], &failed["status"]),
+        (&json!("policy"), &json!(403))
+    );
+    assert!(!failed.to_string().contains("a-wrong-token"), "{failed}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Refused calls never reach the counts (the simulator refuses before counting a key); the
+    // outbox shows one call made.
+    let rows = app.db.store().await.outbox_rows().await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].state.as_str(), rows[0].attempts), ("failed", 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_connector_nothing_is_dispatched_and_reports_work_by_hand() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let crew = Crew::new(&app);
+    let id = app
+        .create(&crew.requester, intent_body("notepad++", 0.2, "LAB"))
+        .await
+        .id();
+    assert_eq!(
+        app.deploy(&crew.deployer, &id, "LAB", 10, 10).await.status,
+        200
+    );
+    assert_eq!(
+        app.intent(&crew.auditor, &id).await.body["status"],
+        "completed"
+    );
+    let events = history(&app, &crew.auditor, &id).await;
+    assert!(of_type(&events, "ConnectorDispatched").is_empty());
+    assert!(app.db.store().await.outbox_rows().await.unwrap().is_empty());
+}
+
+/// Creates `n` intents cleared for LAB, eight at a time; returns their ids.
+async fn burst(app: &TestApp, token: &str, n: usize) -> Vec<String> {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(0..n)
+        .map(|i| async move {
+            app.create(token, intent_body(&format!("app-{i}"), 0.2, "CANARY"))
+                .await
+                .id()
+        })
+        .buffered(8)
+        .collect()
+        .await
+}
+
+/// Waits until every id's publication is recorded; then checks each was made once on the
+/// simulator and recorded once on its intent, and, with `one_call`, sent once.
+async fn each_published_once(
+    app: &TestApp,
+    sim: &Sim,
+    token: &str,
+    ids: &[String],
+    one_call: bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = app.db.store().await.outbox_rows().await.unwrap();
+        let settled = rows.iter().filter(|r| r.state == "done").count();
+        if settled == ids.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{settled} of {} settled: {rows:#?}",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let counts = sim.side_effects().await;
+    for id in ids {
+        let publish = key(id, Ring::Lab, ConnectorAction::Publish);
+        let this = &counts["keys"][&publish];
+        assert_eq!(this["effects"], 1, "{id}: {this}");
+        if one_call {
+            assert_eq!(this["calls"], 1, "{id}: {this}");
+        }
+        let events = history(app, token, id).await;
+        assert_eq!(of_type(&events, "ConnectorDispatched").len(), 1, "{id}");
+    }
+    let effects: u64 = counts["actions"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(effects, ids.len() as u64, "side effects beyond the burst's");
+}
+
+async fn kill_9_during_a_burst_leaves_every_action_done_once(backend: Backend) {
+    // Slow answers, so the kill lands with calls in flight and actions claimed.
+    let sim = Sim::start(SimConfig {
+        converge: Duration::from_secs(1),
+        faults: eucora::connector::sim::Faults {
+            latency_ms: 400,
+            ..Default::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let db = Arc::new(TestDb::new(backend).await);
+    let flags = connectors(&db, &sim, "");
+    let mut app = serve(db.clone(), &flags).await;
+    let crew = Crew::new(&app);
+    let ids = burst(&app, &crew.requester, 40).await;
+    // Wait for the first calls, then kill with the rest claimed or queued.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sim.side_effects().await["requests"].as_u64().unwrap() < 3 {
+        assert!(Instant::now() < deadline, "no call reached the simulator");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &app.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    app.wait_exit(Duration::from_secs(10))
+        .expect("the server did not die");
+    let before = app.db.store().await.outbox_rows().await.unwrap();
+    assert!(
+        before.iter().any(|r| r.state == "pending"),
+        "the kill came too late to test anything: {before:#?}"
+    );
+    let app = serve(db.clone(), &flags).await;
+    each_published_once(&app, &sim, &crew.auditor, &ids, false).await;
+}
+
+async fn two_replicas_dispatch_each_action_once(backend: Backend) {
+    let sim = Sim::start(SimConfig {
+        converge: Duration::from_secs(1),
+        faults: eucora::connector::sim::Faults {
+            latency_ms: 20,
+            ..Default::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let db = Arc::new(TestDb::new(backend).await);
+    let flags = connectors(&db, &sim, "");
+    let first = serve(db.clone(), &flags).await;
+    let second = serve(db.clone(), &flags).await;
+    let crew = Crew::new(&first);
+    let (a, b) = tokio::join!(
+        burst(&first, &crew.requester, 30),
+        burst(&second, &crew.requester, 30)
+    );
+    let ids: Vec<String> = a.into_iter().chain(b).collect();
+    // No call is made twice: a claim holds an action from the other replica.
+    each_published_once(&first, &sim, &crew.auditor, &ids, true).await;
+}
+
+async fn a_drift_appears_as_an_event_and_a_metric(backend: Backend) {
+    let sim = sim().await;
+    let db = Arc::new(TestDb::new(backend).await);
+    let app = serve(db.clone(), &connectors(&db, &sim, "")).await;
+    let crew = Crew::new(&app);
+    let id = app
+        .create(&crew.requester, intent_body("slack", 0.2, "LAB"))
+        .await
+        .id();
+    until(&app, &crew.auditor, &id, "completion", |e| {
+        !of_type(e, "DeploymentCompleted").is_empty()
+    })
+    .await;
+    let assignment = format!("{id}.lab");
+    let lost = sim
+        .post(
+            "/sim/drift",
+            json!({"assignment_id": assignment, "lose_devices": 3}),
+            None,
+        )
+        .await;
+    assert_eq!(lost.status(), 204);
+    let events = until(&app, &crew.auditor, &id, "the drift", |e| {
+        !of_type(e, "DeploymentDriftDetected").is_empty()
+    })
+    .await;
+    let drift = &of_type(&events, "DeploymentDriftDetected")[0];
+    assert_eq!(
+        (&drift["expected_installed"], &drift["reported_installed"]),
+        (&json!(10), &json!(7))
+    );
+    metrics_with(
+        &app,
+        "/metrics",
+        "deployment_drift_total{ring=\"LAB\",connector_type=\"intune\"} 1",
+    )
+    .await;
+    // The same drift is recorded once; the assignment vanishing is a new one.
+    sim.post(
+        "/sim/drift",
+        json!({"assignment_id": assignment, "remove": true}),
+        None,
+    )
+    .await;
+    let events = until(&app, &crew.auditor, &id, "the second drift", |e| {
+        of_type(e, "DeploymentDriftDetected").len() >= 2
+    })
+    .await;
+    let drifts = of_type(&events, "DeploymentDriftDetected");
+    assert_eq!(drifts.len(), 2, "{events:#?}");
+    assert_eq!(drifts[1]["reported_installed"], Value::Null);
+    metrics_with(
+        &app,
+        "/metrics",
+        "deployment_drift_total{ring=\"LAB\",connector_type=\"intune\"} 2",
+    )
+    .await;
+}
