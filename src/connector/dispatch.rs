@@ -171,6 +171,7 @@ pub struct Dispatcher {
     owner: String,
     /// How long a claim holds an action: twice the longest call, and some.
     lease: Duration,
+    metrics: Option<Arc<crate::telemetry::ConnectorMetrics>>,
 }
 
 impl Dispatcher {
@@ -208,6 +209,7 @@ impl Dispatcher {
             wake,
             owner,
             lease: longest * 2 + Duration::from_secs(5),
+            metrics,
         })
     }
 
@@ -347,6 +349,15 @@ impl Dispatcher {
             if state.connector_actions.get(&published) != Some(&DispatchOutcome::Dispatched) {
                 let why = format!("nothing was published in {} to undo", entry.ring.as_str());
                 return Ok((0, Settled::Skipped(why)));
+            }
+        }
+        if claimed.attempts > 0 {
+            if let Some(m) = &self.metrics {
+                let operation = match entry.action {
+                    ConnectorAction::Publish => "publish",
+                    _ => "remediate",
+                };
+                m.record_retry(state.connector_type, operation);
             }
         }
         let answer = match entry.action {

@@ -486,3 +486,33 @@ async fn a_drift_appears_as_an_event_and_a_metric(backend: Backend) {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_connectors_file_stops_the_server_with_our_words() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let missing = db.dir().join("nowhere.toml");
+    let bad = db.dir().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[intune]\nbase_url = \"http://user:hunter2@bridge\"\n",
+    )
+    .unwrap();
+    for (file, says) in [
+        (&missing, "cannot read the connectors file"),
+        (&bad, "put credentials in token_file or token_env"),
+    ] {
+        let (ok, _, err) = crate::helpers::eucora(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &db.url,
+            "--connectors",
+            file.to_str().unwrap(),
+        ]);
+        assert!(!ok, "{err}");
+        assert!(err.contains(says), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use crate::helpers::{eucora, Backend, TestApp};
 
-/// The dashboards the issue asks for: file, uid and title.
-const DASHBOARDS: [(&str, &str, &str); 4] = [
+/// The dashboards the issues ask for: file, uid and title.
+const DASHBOARDS: [(&str, &str, &str); 6] = [
     (
         "operations.json",
         "eucora-operations",
@@ -32,6 +32,16 @@ const DASHBOARDS: [(&str, &str, &str); 4] = [
         "Ring Rollout Progress",
     ),
     ("cab-approval.json", "eucora-cab", "CAB Approval Pipeline"),
+    (
+        "connector-health.json",
+        "eucora-connectors",
+        "Connector Health",
+    ),
+    (
+        "circuit-breakers.json",
+        "eucora-breakers",
+        "Circuit Breaker Status",
+    ),
 ];
 
 fn repo(path: &str) -> PathBuf {
@@ -174,7 +184,7 @@ fn promtool_accepts_the_configuration_and_every_alert_test_passes() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(names.len(), 11, "{names:?}");
+    assert_eq!(names.len(), 15, "{names:?}");
     for name in names {
         let cases: Vec<&str> = tests
             .split("- alertname: ")
@@ -224,7 +234,7 @@ fn every_alert_links_a_runbook_entry_that_exists() {
             "every alert has a {key}and a runbook link"
         );
     }
-    assert_eq!(links, 11);
+    assert_eq!(links, 15);
 }
 
 #[test]
@@ -568,7 +578,30 @@ fn catalogue(exposition: &str) -> (BTreeSet<String>, BTreeSet<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_and_rule_returns_data_on_a_real_prometheus() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+    // A server dispatching every connector type to the simulator, which fails 5 % of calls.
+    let sim = crate::connector_sim::Sim::start(eucora::connector::sim::SimConfig {
+        converge: Duration::from_secs(2),
+        faults: eucora::connector::sim::Faults {
+            failure_rate: 0.05,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let db = std::sync::Arc::new(crate::helpers::TestDb::new(Backend::Sqlite).await);
+    let connectors = db.dir().join("connectors.toml");
+    let tables: String = ["intune", "jamf", "sccm", "landscape", "ansible"]
+        .iter()
+        .map(|kind| {
+            format!(
+                "[{kind}]\nbase_url = \"{}\"\nretry_min = \"200ms\"\nretry_max = \"1s\"\n\
+                 poll_interval = \"1s\"\nreconcile_interval = \"1s\"\n",
+                sim.base
+            )
+        })
+        .collect();
+    std::fs::write(&connectors, tables).unwrap();
+    let app = TestApp::spawn_on(db, &["--connectors", connectors.to_str().unwrap()]).await;
     let target = app.base.trim_start_matches("http://").to_string();
     let prometheus = Prometheus::start(&target).await;
 
@@ -585,6 +618,18 @@ async fn every_dashboard_query_and_rule_returns_data_on_a_real_prometheus() {
         String::from_utf8_lossy(&demo.stderr)
     );
     assert!(summary.contains(" 0 request errors"), "{summary}");
+    // Some of what the connector installed goes missing: reconciliation finds drift.
+    let sent = sim.side_effects().await;
+    for assignment in sent["actions"].as_object().unwrap().keys() {
+        if let Some(id) = assignment.strip_suffix("/publish") {
+            sim.post(
+                "/sim/drift",
+                serde_json::json!({"assignment_id": id, "lose_devices": 1}),
+                None,
+            )
+            .await;
+        }
+    }
 
     // The catalogue: what the server exports, what the rules record, and Prometheus's own `up`.
     let exposition = reqwest::get(format!("{}/api/v1/metrics", app.base))
@@ -609,7 +654,7 @@ async fn every_dashboard_query_and_rule_returns_data_on_a_real_prometheus() {
             }
         }
     }
-    assert_eq!((recording.len(), alerting.len()), (11, 11), "rules loaded");
+    assert_eq!((recording.len(), alerting.len()), (11, 15), "rules loaded");
     metrics.insert("up".into());
     labels.extend(["le", "instance", "job"].map(String::from));
 
@@ -704,12 +749,19 @@ fn the_compose_stack_is_wired_by_service_name() {
         .filter_map(|l| l.strip_prefix("  ")?.strip_suffix(':'))
         .filter(|name| !name.starts_with(' '))
         .collect();
-    for service in ["postgres", "eucora", "demo", "prometheus", "grafana"] {
+    for service in [
+        "postgres",
+        "eucora",
+        "connector-sim",
+        "demo",
+        "prometheus",
+        "grafana",
+    ] {
         assert!(services.contains(service), "no {service} in {services:?}");
     }
     assert_eq!(
         compose.matches("healthcheck:").count(),
-        4,
+        5,
         "every long-running service has a health check"
     );
     // Every file or folder the stack mounts is in the repository.
@@ -733,4 +785,14 @@ fn the_compose_stack_is_wired_by_service_name() {
     assert!(provider.contains("path: /var/lib/grafana/dashboards"));
     assert!(compose.contains("- ./grafana/dashboards:/var/lib/grafana/dashboards:ro"));
     assert!(compose.contains("- ./prometheus:/etc/prometheus:ro"));
+    // The control plane dispatches every connector type to the simulator service.
+    assert!(compose.contains("EUCORA_CONNECTORS: /etc/eucora/connectors.toml"));
+    assert!(compose.contains("- ./docs/demo-connectors.toml:/etc/eucora/connectors.toml:ro"));
+    assert!(compose.contains("\"--listen\", \"0.0.0.0:9100\""));
+    let connectors = std::fs::read_to_string(repo("docs/demo-connectors.toml")).unwrap();
+    let parsed = eucora::connector::client::parse(&connectors, &|_| None).expect("connectors");
+    assert_eq!(parsed.len(), 5);
+    assert!(parsed
+        .values()
+        .all(|c| c.base_url.as_str() == "http://connector-sim:9100/"));
 }
