@@ -6,10 +6,17 @@
 //! without the log on a database of its own; then the same number of tasks run durable
 //! single-row INSERTs into the same database for the same time. The ratios are commands/s with
 //! the log ÷ without it, and ÷ INSERTs/s, all measured in this run on this machine. Checkpoint
-//! lag: how long after an event is committed a signed checkpoint covers it.
+//! lag: how long after an event is committed a signed checkpoint covers it. A third server
+//! runs with the dispatcher publishing every approved intent to a connector simulator, and its
+//! commands/s is compared with the server without it.
+//!
+//! Then the outbox on its own: `EUCORA_BENCH_ACTIONS` (10,000) intents approved at creation,
+//! each owing one publish, against a simulator failing 5 % of calls: none lost, none done twice,
+//! and the time from an action's commit to its first call.
 //!
 //! `cargo bench --bench load` (PostgreSQL from `EUCORA_BENCH_DATABASE_URL`, else
-//! `EUCORA_TEST_DATABASE_URL`; `EUCORA_BENCH_SECONDS` per cell, default 4).
+//! `EUCORA_TEST_DATABASE_URL`; `EUCORA_BENCH_SECONDS` per cell, default 4;
+//! `EUCORA_BENCH_ONLY=outbox` for the outbox part alone).
 
 mod scratch;
 
@@ -127,7 +134,36 @@ struct Server {
     key_dir: std::path::PathBuf,
 }
 
-async fn start(url: &str, merkle_log: bool) -> Server {
+/// A connector simulator on loopback, with `faults`; returns its base URL.
+async fn simulator(faults: eucora::connector::sim::Faults) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let config = eucora::connector::sim::SimConfig {
+        faults,
+        ..Default::default()
+    };
+    tokio::spawn(
+        async move { axum::serve(listener, eucora::connector::sim::router(config)).await },
+    );
+    base
+}
+
+/// A connectors file sending `kind` to the simulator at `base`, without write limits (the
+/// benchmark measures the outbox, not a tenant's quota), at the default backoff.
+fn connectors_file(dir: &std::path::Path, kind: &str, base: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("connectors-{}.toml", uuid::Uuid::new_v4().simple()));
+    std::fs::write(
+        &path,
+        format!(
+            "[{kind}]\nbase_url = \"{base}\"\nwrites_per_app = \"unlimited\"\n\
+             writes_per_tenant = \"unlimited\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn start(url: &str, merkle_log: bool, connectors: Option<std::path::PathBuf>) -> Server {
     let store = Store::connect(url, 8).await.expect("connect");
     store.migrate().await.expect("migrate");
     let token = |subject: &str, role: Role| {
@@ -153,8 +189,8 @@ async fn start(url: &str, merkle_log: bool) -> Server {
     let args = ServeArgs {
         db: DbArgs {
             database_url: url.to_string(),
-            // Two servers run at once on PostgreSQL's 100 connections.
-            db_pool_size: 40,
+            // Three servers run at once on PostgreSQL's 100 connections, beside the reference's 8.
+            db_pool_size: 28,
         },
         listen: "127.0.0.1:0".into(),
         policy: None,
@@ -178,7 +214,7 @@ async fn start(url: &str, merkle_log: bool) -> Server {
         .and_then(|d| d.to_std().ok())
         .unwrap(),
         checkpoint_events: 1000,
-        connectors: None,
+        connectors,
         merkle_log,
     };
     let app = Application::build(&args, Arc::new(SystemClock))
@@ -305,10 +341,23 @@ async fn commands(
     .await
 }
 
-/// `url_without` is a second, empty database of the same backend, for the server without the log.
-async fn bench_backend(name: &str, url: &str, url_without: &str, seconds: f64) {
-    let with = start(url, true).await;
-    let without = start(url_without, false).await;
+/// `url_without` and `url_dispatching` are more empty databases of the same backend, for the
+/// server without the log and the one dispatching to a connector simulator.
+async fn bench_backend(
+    name: &str,
+    [url, url_without, url_dispatching]: [&str; 3],
+    dir: &std::path::Path,
+    seconds: f64,
+) {
+    let with = start(url, true, None).await;
+    let without = start(url_without, false, None).await;
+    let sim = simulator(Default::default()).await;
+    let dispatching = start(
+        url_dispatching,
+        true,
+        Some(connectors_file(dir, "sccm", &sim)),
+    )
+    .await;
     let raw_payload = json!({ "DeploymentCreated": create_body() }).to_string();
     for clients in [1usize, 16, 64] {
         // The server with the log, sampled for checkpoint lag; then the one without, sampled
@@ -334,6 +383,8 @@ async fn bench_backend(name: &str, url: &str, url_without: &str, seconds: f64) {
         let mut bare = commands(&without, clients, seconds, Arc::default()).await;
         stop.store(true, Ordering::Relaxed);
         let _ = sampler.await;
+        // With the dispatcher publishing every approved intent to the simulator meanwhile.
+        let dispatched = commands(&dispatching, clients, seconds, Arc::default()).await;
         // The raw-INSERT reference: eight connections to the same database (as the pool it used
         // before it moved out of the service), open only while it runs.
         let reference = Arc::new(scratch::Reference::open(url, 8).await);
@@ -353,7 +404,7 @@ async fn bench_backend(name: &str, url: &str, url_without: &str, seconds: f64) {
         .await;
         reference.close().await;
         println!(
-            "| {name:<8} | {clients:>3} | {:>9.0} | {:>7.2} | {:>7.2} | {:>9.0} | {:>7.2} | {:>5.2}x | {:>9.0} | {:>5.2}x | {:>5} | {:>6.0} | {:>6.0} | {unsigned} |",
+            "| {name:<8} | {clients:>3} | {:>9.0} | {:>7.2} | {:>7.2} | {:>9.0} | {:>7.2} | {:>5.2}x | {:>9.0} | {:>5.2}x | {:>9.0} | {:>5.2}x | {:>5} | {:>6.0} | {:>6.0} | {unsigned} |",
             cmd.rate(),
             cmd.pct(0.50),
             cmd.pct(0.99),
@@ -362,12 +413,14 @@ async fn bench_backend(name: &str, url: &str, url_without: &str, seconds: f64) {
             cmd.rate() / bare.rate(),
             raw.rate(),
             cmd.rate() / raw.rate(),
-            cmd.errors + bare.errors + raw.errors,
+            dispatched.rate(),
+            dispatched.rate() / cmd.rate(),
+            cmd.errors + bare.errors + raw.errors + dispatched.errors,
             lag50,
             lag99,
         );
     }
-    for server in [with, without] {
+    for server in [with, without, dispatching] {
         let _ = server.stop.send(());
         let _ = server.task.await;
         let _ = std::fs::remove_dir_all(&server.key_dir);
@@ -383,25 +436,169 @@ async fn main() {
     let dir = std::env::temp_dir().join(format!("eucora-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     println!("create → approve → deploy over HTTP, with the Merkle log and signed checkpoints (the default) and without, vs raw single-row INSERT; {seconds} s per cell");
-    println!("| backend  | clients | commands/s | p50 ms | p99 ms | without log: commands/s | p99 ms | with ÷ without | INSERTs/s | with ÷ raw | errors | checkpoint lag p50 ms | p99 ms | never signed |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    bench_backend(
-        "sqlite",
-        &format!("sqlite://{}", dir.join("bench.db").display()),
-        &format!("sqlite://{}", dir.join("bare.db").display()),
-        seconds,
-    )
-    .await;
-    match (
-        scratch::Scratch::create().await,
-        scratch::Scratch::create().await,
-    ) {
-        (Some(db), Some(bare)) => {
-            bench_backend("postgres", &db.url, &bare.url, seconds).await;
-            db.drop_database().await;
-            bare.drop_database().await;
+    println!("| backend  | clients | commands/s | p50 ms | p99 ms | without log: commands/s | p99 ms | with ÷ without | INSERTs/s | with ÷ raw | dispatching: commands/s | dispatching ÷ with | errors | checkpoint lag p50 ms | p99 ms | never signed |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let sqlite = |file: &str| format!("sqlite://{}", dir.join(file).display());
+    // EUCORA_BENCH_ONLY=outbox runs the outbox part alone.
+    if std::env::var("EUCORA_BENCH_ONLY").as_deref() != Ok("outbox") {
+        let (db, bare, disp) = (sqlite("bench.db"), sqlite("bare.db"), sqlite("dispatch.db"));
+        bench_backend("sqlite", [&db, &bare, &disp], &dir, seconds).await;
+        let scratches = [
+            scratch::Scratch::create().await,
+            scratch::Scratch::create().await,
+            scratch::Scratch::create().await,
+        ];
+        match scratches {
+            [Some(db), Some(bare), Some(disp)] => {
+                bench_backend("postgres", [&db.url, &bare.url, &disp.url], &dir, seconds).await;
+                for scratch in [db, bare, disp] {
+                    scratch.drop_database().await;
+                }
+            }
+            _ => println!("(PostgreSQL skipped: set EUCORA_BENCH_DATABASE_URL)"),
         }
-        _ => println!("(PostgreSQL skipped: set EUCORA_BENCH_DATABASE_URL)"),
+    }
+    let actions: usize = std::env::var("EUCORA_BENCH_ACTIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    println!();
+    println!("{actions} actions through the outbox to a simulator failing 5 % of calls (503), at the default backoff (2 s to 60 s)");
+    println!("| backend | actions | settled | lost | duplicated effects | calls | retried actions | commit → first call p50 ms | p99 ms | drained in s |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    outbox_backend("sqlite", &sqlite("outbox.db"), &dir, actions).await;
+    if let Some(db) = scratch::Scratch::create().await {
+        outbox_backend("postgres", &db.url, &dir, actions).await;
+        db.drop_database().await;
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `actions` intents approved by policy at creation, each owing one publish: every action must
+/// be settled, have one side effect on the simulator and one `ConnectorDispatched` event.
+async fn outbox_backend(name: &str, url: &str, dir: &std::path::Path, actions: usize) {
+    let sim = simulator(eucora::connector::sim::Faults {
+        failure_rate: 0.05,
+        ..Default::default()
+    })
+    .await;
+    let server = start(url, true, Some(connectors_file(dir, "intune", &sim))).await;
+    let started = Instant::now();
+    let client = reqwest::Client::new();
+    let body = json!({
+        "app_name": "outbox-bench", "version": "1.0", "connector_type": "intune",
+        "target_ring": "CANARY", "rollback_validated": true,
+        "risk_factors": { "privilege_impact": 0.1, "supply_chain_trust": 0.1, "exploitability": 0.1,
+            "data_access": 0.1, "sbom_vulnerability": 0.0, "operational_complexity": 0.1, "history": 0.1 }
+    });
+    let clients = 16;
+    let mut creators = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let (client, base, token, body) = (
+            client.clone(),
+            server.base.clone(),
+            server.tokens.0.clone(),
+            body.clone(),
+        );
+        let n = actions / clients + usize::from(c < actions % clients);
+        creators.spawn(async move {
+            for _ in 0..n {
+                timed(
+                    &client,
+                    format!("{base}/api/v1/deployments"),
+                    &token,
+                    body.clone(),
+                    201,
+                )
+                .await
+                .expect("create");
+            }
+        });
+    }
+    while creators.join_next().await.is_some() {}
+    // Until every action is settled.
+    let mut short_since: Option<Instant> = None;
+    loop {
+        let backlog = server.store.outbox_backlog().await.unwrap();
+        let rows = server.store.outbox_rows().await.unwrap();
+        if backlog.pending == 0 && rows.len() >= actions {
+            break;
+        }
+        // Nothing pending yet actions missing: lost, unless the projection is still queueing.
+        if backlog.pending == 0 {
+            let since = *short_since.get_or_insert_with(Instant::now);
+            assert!(
+                since.elapsed() < Duration::from_secs(30),
+                "{} of {actions} actions were ever queued",
+                rows.len()
+            );
+        } else {
+            short_since = None;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "the outbox did not drain: {backlog:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let drained = started.elapsed();
+    let rows = server.store.outbox_rows().await.unwrap();
+    let settled = rows.iter().filter(|r| r.state == "done").count();
+    let retried = rows.iter().filter(|r| r.attempts > 1).count();
+    let mut waits: Vec<i64> = rows
+        .iter()
+        .filter_map(|r| r.first_call_ms.map(|first| first - r.committed_ms))
+        .collect();
+    waits.sort();
+    let pct = |p: f64| {
+        waits
+            .get(((waits.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(-1)
+    };
+    let counts: serde_json::Value = client
+        .get(format!("{sim}/sim/side-effects"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let keys = counts["keys"].as_object().unwrap();
+    let calls: u64 = keys.values().map(|k| k["calls"].as_u64().unwrap()).sum();
+    let duplicated = keys
+        .values()
+        .map(|k| k["effects"].as_u64().unwrap().saturating_sub(1))
+        .sum::<u64>();
+    let lost = actions
+        - keys
+            .values()
+            .filter(|k| k["effects"] == 1)
+            .count()
+            .min(actions);
+    // One outcome event per action, as the domain metrics count them.
+    let metrics = client
+        .get(format!("{}/api/v1/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events = metrics
+        .lines()
+        .find(|l| l.starts_with("eucora_events_total{event_type=\"ConnectorDispatched\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    assert_eq!(events, actions, "one ConnectorDispatched per action");
+    println!(
+        "| {name} | {actions} | {settled} | {lost} | {duplicated} | {calls} | {retried} | {} | {} | {:.1} |",
+        pct(0.5),
+        pct(0.99),
+        drained.as_secs_f64()
+    );
+    let _ = server.stop.send(());
+    let _ = server.task.await;
+    let _ = std::fs::remove_dir_all(&server.key_dir);
 }

@@ -200,7 +200,11 @@ impl Application {
             (None, (runner, view, LogView::default()))
         };
         // The outbox and its dispatcher run only with a connector configured.
-        let outbox = (!connectors.is_empty()).then(crate::connector::dispatch::Outbox::default);
+        let outbox = if connectors.is_empty() {
+            None
+        } else {
+            Some(crate::connector::dispatch::Outbox::open(&store).await?)
+        };
         let wake = outbox.as_ref().map(|o| o.waker());
         if let Some(outbox) = outbox {
             runner = runner.register(outbox);

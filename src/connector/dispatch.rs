@@ -59,10 +59,9 @@ fn now_ms() -> i64 {
 }
 
 /// The queue of actions: a consumer of the global stream.
-#[derive(Default)]
 pub struct Outbox {
     /// Events up to this ordinal were committed before dispatch was first configured.
-    start: Option<i64>,
+    start: i64,
     wake: Arc<Notify>,
 }
 
@@ -83,6 +82,16 @@ fn owed(event: &DeploymentEvent) -> Option<(Ring, ConnectorAction)> {
 }
 
 impl Outbox {
+    /// The outbox of a store: the first server to run with connectors records where the stream
+    /// ends (before it serves anything), and dispatch starts after it, on every server.
+    pub async fn open(store: &Store) -> Result<Outbox, crate::store::StoreError> {
+        let head = store.event_count().await?;
+        Ok(Outbox {
+            start: store.dispatch_start(head).await?,
+            wake: Arc::default(),
+        })
+    }
+
     /// What this projection rings when it queues an action (the dispatcher listens).
     pub fn waker(&self) -> Arc<Notify> {
         self.wake.clone()
@@ -100,10 +109,6 @@ impl Projection for Outbox {
     }
 
     async fn resume(&mut self, store: &Store) -> Result<Checkpoint, ProjectionError> {
-        if self.start.is_none() {
-            let head = store.event_count().await?;
-            self.start = Some(store.dispatch_start(head).await?);
-        }
         Ok(store.checkpoint(OUTBOX).await?)
     }
 
@@ -111,7 +116,7 @@ impl Projection for Outbox {
         let Some(end) = events.last().map(Event::checkpoint) else {
             return Ok(());
         };
-        let start = self.start.unwrap_or(i64::MAX);
+        let start = self.start;
         let entries: Vec<OutboxEntry> = decoded(events)
             .into_iter()
             .filter(|(e, _)| e.ordinal > start)

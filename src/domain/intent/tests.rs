@@ -1400,3 +1400,100 @@ fn no_start_outside_lab_without_a_validated_rollback_plan() {
         .when(alice(), Action::Create(Box::new(unvalidated(Ring::Lab))))
         .is_ok());
 }
+
+fn dispatcher() -> Actor {
+    actor(DISPATCHER, Role::System)
+}
+
+fn dispatch(action: ConnectorAction, refused: Option<(FailureClass, u16, String)>) -> Action {
+    Action::RecordDispatch(DispatchRecord {
+        connector_type: ConnectorType::Intune,
+        ring: Ring::Lab,
+        action,
+        idempotency_key: crate::connector::idempotency_key(ID, Ring::Lab, action),
+        attempts: 2,
+        refused,
+    })
+}
+
+#[test]
+fn a_dispatch_outcome_is_recorded_once_per_key_by_the_control_plane_only() {
+    let world = World::new().created(low_risk());
+    let events = world
+        .when(dispatcher(), dispatch(ConnectorAction::Publish, None))
+        .unwrap();
+    let DeploymentEvent::ConnectorDispatched(d) = &events[0] else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        (d.ring, d.action, d.attempts, d.idempotency_key.as_str()),
+        (
+            Ring::Lab,
+            ConnectorAction::Publish,
+            2,
+            format!("{ID}:LAB:publish").as_str()
+        )
+    );
+    // No person may claim a connector's answer, whatever their role.
+    let refused = DomainError::NotAllowedInState {
+        command: "record_dispatch",
+        status: Status::Approved,
+    };
+    for who in [ops(), actor("root", Role::Admin)] {
+        world.refuses(
+            who,
+            dispatch(ConnectorAction::Publish, None),
+            refused.clone(),
+        );
+    }
+    // A second outcome for the same key is refused: one event per action however often sent.
+    let sent = world.run(dispatcher(), dispatch(ConnectorAction::Publish, None));
+    sent.refuses(
+        dispatcher(),
+        dispatch(ConnectorAction::Publish, None),
+        DomainError::AlreadyRecorded(format!("{ID}:LAB:publish")),
+    );
+    // A rolled-back (terminal) intent still records its remediation, and its refusal.
+    let rolled_back = sent.run(
+        ops(),
+        Action::Rollback {
+            reason: "recall".into(),
+        },
+    );
+    let refusal = Some((FailureClass::Permanent, 409, "conflict".to_string()));
+    let events = rolled_back
+        .when(dispatcher(), dispatch(ConnectorAction::Rollback, refusal))
+        .unwrap();
+    let DeploymentEvent::ConnectorDispatchFailed(f) = &events[0] else {
+        panic!("{events:?}")
+    };
+    assert_eq!((f.class, f.status), (FailureClass::Permanent, 409));
+}
+
+#[test]
+fn the_same_drift_is_recorded_once_and_a_new_one_again() {
+    let world = World::new().created(low_risk());
+    let drift = |reported| {
+        Action::RecordDrift(DriftRecord {
+            connector_type: ConnectorType::Intune,
+            ring: Ring::Lab,
+            expected_installed: 10,
+            reported_installed: reported,
+        })
+    };
+    let events = world.when(dispatcher(), drift(Some(7))).unwrap();
+    assert!(matches!(
+        &events[..],
+        [DeploymentEvent::DeploymentDriftDetected(d)] if d.reported_installed == Some(7)
+    ));
+    let seen = world.run(dispatcher(), drift(Some(7)));
+    assert!(matches!(
+        seen.when(dispatcher(), drift(Some(7))),
+        Err(DomainError::AlreadyRecorded(_))
+    ));
+    assert!(seen.when(dispatcher(), drift(None)).is_ok());
+    assert!(matches!(
+        seen.when(ops(), drift(None)),
+        Err(DomainError::NotAllowedInState { .. })
+    ));
+}
