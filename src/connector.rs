@@ -30,6 +30,15 @@ pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 /// re-deploy (the event schema's type, as the dispatch events record it).
 pub use eucora_projections::event::ConnectorAction as Action;
 
+/// The protocol operation an action is sent with: `publish`, or `remediate` for the others (the
+/// `operation` label of the connector metrics).
+pub fn operation(action: Action) -> &'static str {
+    match action {
+        Action::Publish => "publish",
+        Action::Uninstall | Action::Rollback | Action::Redeploy => "remediate",
+    }
+}
+
 /// The assignment of one intent to one ring: `<deployment id>.<ring>`, ring in lower case.
 pub fn assignment_id(deployment_id: Uuid, ring: Ring) -> String {
     format!("{deployment_id}.{}", ring.as_str().to_ascii_lowercase())

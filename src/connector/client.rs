@@ -372,12 +372,17 @@ impl Connector {
     ) -> Result<AssignmentStatus, CallError> {
         let id = assignment_id(assignment.deployment_id, assignment.ring);
         let key = idempotency_key(assignment.deployment_id, assignment.ring, Action::Publish);
-        self.with_retries(Some(&assignment.app_name), "publish", calls, || {
-            self.http
-                .put(self.url(&format!("v1/assignments/{id}")))
-                .header(super::IDEMPOTENCY_KEY, &key)
-                .json(assignment)
-        })
+        self.with_retries(
+            Some(&assignment.app_name),
+            super::operation(Action::Publish),
+            calls,
+            || {
+                self.http
+                    .put(self.url(&format!("v1/assignments/{id}")))
+                    .header(super::IDEMPOTENCY_KEY, &key)
+                    .json(assignment)
+            },
+        )
         .await
         .and_then(|status| status.ok_or_else(|| gone(&id)))
     }
@@ -449,7 +454,7 @@ impl Connector {
     ) -> Result<AssignmentStatus, CallError> {
         let id = assignment_id(deployment_id, ring);
         let key = idempotency_key(deployment_id, ring, action);
-        self.with_retries(Some(app_name), "remediate", calls, || {
+        self.with_retries(Some(app_name), super::operation(action), calls, || {
             self.http
                 .post(self.url(&format!("v1/assignments/{id}/remediations")))
                 .header(super::IDEMPOTENCY_KEY, &key)

@@ -224,35 +224,35 @@ impl Dispatcher {
 
     /// Runs dispatch, ingestion and reconciliation until `shutdown` resolves.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()> + Send) {
-        let poll = self
-            .connectors
-            .values()
-            .map(|c| c.settings.poll_interval)
-            .min()
-            .unwrap_or(Duration::from_secs(5));
-        let reconcile = self
-            .connectors
-            .values()
-            .map(|c| c.settings.reconcile_interval)
-            .min()
-            .unwrap_or(Duration::from_secs(60));
-        let every = |period: Duration, job: fn(Arc<Dispatcher>) -> BoxedJob| {
-            let me = self.clone();
-            async move {
-                let mut tick = tokio::time::interval(period);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    job(me.clone()).await;
-                }
+        /// Runs `job` every `period`, for ever.
+        async fn every<F, Fut>(period: Duration, job: F)
+        where
+            F: Fn() -> Fut,
+            Fut: std::future::Future<Output = ()>,
+        {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                job().await;
             }
-        };
+        }
+        // Each connector is polled and reconciled at its own intervals.
+        let mut loops = tokio::task::JoinSet::new();
+        for (&kind, connector) in &self.connectors {
+            let me = self.clone();
+            let period = connector.settings.poll_interval;
+            loops.spawn(async move { every(period, || me.ingest(kind)).await });
+            let me = self.clone();
+            let period = connector.settings.reconcile_interval;
+            loops.spawn(async move { every(period, || me.reconcile(kind)).await });
+        }
+        let me = self.clone();
+        loops.spawn(async move { every(Duration::from_secs(2), || me.count_backlog()).await });
         tokio::select! {
             () = shutdown => {}
             () = self.clone().dispatch() => {}
-            () = every(poll, |d| Box::pin(async move { d.ingest().await })) => {}
-            () = every(reconcile, |d| Box::pin(async move { d.reconcile().await })) => {}
-            () = every(Duration::from_secs(2), |d| Box::pin(async move { d.count_backlog().await })) => {}
+            _ = loops.join_next() => {}
         }
     }
 
@@ -358,11 +358,7 @@ impl Dispatcher {
         }
         if claimed.attempts > 0 {
             if let Some(m) = &self.metrics {
-                let operation = match entry.action {
-                    ConnectorAction::Publish => "publish",
-                    _ => "remediate",
-                };
-                m.record_retry(state.connector_type, operation);
+                m.record_retry(state.connector_type, super::operation(entry.action));
             }
         }
         let answer = match entry.action {
@@ -454,9 +450,13 @@ impl Dispatcher {
         Ok(IntentState::replay(events.iter().map(|e| &e.event)))
     }
 
-    /// Intents in `status` whose connector is configured and which were published in their
-    /// current ring, page by page.
-    async fn published_in(&self, status: Status) -> Vec<(IntentState, Arc<Connector>)> {
+    /// Intents in `status` for connector `kind` which were published in their current ring,
+    /// page by page.
+    async fn published_in(
+        &self,
+        kind: ConnectorType,
+        status: Status,
+    ) -> Vec<(IntentState, Arc<Connector>)> {
         let filter = ListFilter {
             status: Some(status),
             ..ListFilter::default()
@@ -479,10 +479,12 @@ impl Dispatcher {
             for row in rows {
                 let state = row.state;
                 let key = idempotency_key(state.id, state.current_ring, ConnectorAction::Publish);
-                if state.connector_actions.get(&key) != Some(&DispatchOutcome::Dispatched) {
+                if state.connector_type != kind
+                    || state.connector_actions.get(&key) != Some(&DispatchOutcome::Dispatched)
+                {
                     continue;
                 }
-                if let Some(connector) = self.connectors.get(&state.connector_type) {
+                if let Some(connector) = self.connectors.get(&kind) {
                     out.push((state, connector.clone()));
                 }
             }
@@ -492,11 +494,12 @@ impl Dispatcher {
         }
     }
 
-    /// Reads the status of every active assignment and reports each change as a rollout result.
-    /// A fall in installed devices is not reported: that is drift, for [`Dispatcher::reconcile`].
-    pub async fn ingest(&self) {
+    /// Reads the status of every active assignment of connector `kind` and reports each change
+    /// as a rollout result. A fall in installed devices is not reported: that is drift, for
+    /// [`Dispatcher::reconcile`].
+    pub async fn ingest(&self, kind: ConnectorType) {
         for status in [Status::Approved, Status::Deployed] {
-            for (state, connector) in self.published_in(status).await {
+            for (state, connector) in self.published_in(kind, status).await {
                 let Ok(Some(now)) = connector.status_once(state.id, state.current_ring).await
                 else {
                     continue;
@@ -540,10 +543,10 @@ impl Dispatcher {
         }
     }
 
-    /// Compares what each connector reports with the intents' last reports, and records drift.
-    pub async fn reconcile(&self) {
+    /// Compares what connector `kind` reports with its intents' last reports, and records drift.
+    pub async fn reconcile(&self, kind: ConnectorType) {
         for status in [Status::Deployed, Status::Completed] {
-            for (state, connector) in self.published_in(status).await {
+            for (state, connector) in self.published_in(kind, status).await {
                 let Some(expected) = state.latest_report.as_ref().map(|l| l.succeeded) else {
                     continue;
                 };
@@ -577,8 +580,6 @@ impl Dispatcher {
         }
     }
 }
-
-type BoxedJob = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 fn system_actor() -> eucora_projections::event::Actor {
     eucora_projections::event::Actor {

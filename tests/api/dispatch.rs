@@ -516,3 +516,56 @@ async fn a_bad_connectors_file_stops_the_server_with_our_words() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_opens_the_breaker_and_actions_wait_for_the_trial_that_closes_it() {
+    let sim = sim().await;
+    let db = Arc::new(TestDb::new(Backend::Sqlite).await);
+    let flags = connectors(&db, &sim, "breaker_failures = 2\nbreaker_open = \"2s\"\n");
+    let app = serve(db.clone(), &flags).await;
+    let crew = Crew::new(&app);
+    // Every call fails for 8 s.
+    sim.faults(json!({"outage_seconds": 8.0})).await;
+    let outage = Instant::now();
+    let ids = burst(&app, &crew.requester, 3).await;
+    metrics_with(
+        &app,
+        "/metrics",
+        "circuit_breaker_state{connector_type=\"intune\"} 1",
+    )
+    .await;
+    metrics_with(
+        &app,
+        "/metrics",
+        "connector_health{connector_type=\"intune\"} 0",
+    )
+    .await;
+    // While it is open no call is made: over the outage, the two failures that opened it and
+    // one trial every 2 s, not three actions retried every few hundred milliseconds.
+    while outage.elapsed() < Duration::from_secs(7) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let during = sim.side_effects().await["requests"].as_u64().unwrap();
+    assert!(
+        during <= 8,
+        "{during} calls reached the connector during its outage"
+    );
+    // The first trial after the outage closes it, and every action is then sent, once.
+    each_published_once(&app, &sim, &crew.auditor, &ids, true).await;
+    metrics_with(
+        &app,
+        "/metrics",
+        "circuit_breaker_state{connector_type=\"intune\"} 0",
+    )
+    .await;
+    let text = metrics_with(
+        &app,
+        "/metrics",
+        "connector_health{connector_type=\"intune\"} 1",
+    )
+    .await;
+    assert!(
+        text.contains("connector_requests_total{connector_type=\"intune\",operation=\"publish\",outcome=\"transient\"}"),
+        "{text}"
+    );
+}
