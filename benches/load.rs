@@ -16,7 +16,7 @@
 //!
 //! `cargo bench --bench load` (PostgreSQL from `EUCORA_BENCH_DATABASE_URL`, else
 //! `EUCORA_TEST_DATABASE_URL`; `EUCORA_BENCH_SECONDS` per cell, default 4;
-//! `EUCORA_BENCH_ONLY=outbox` for the outbox part alone).
+//! `EUCORA_BENCH_ONLY=load` or `outbox` for one part alone).
 
 mod scratch;
 
@@ -439,8 +439,8 @@ async fn main() {
     println!("| backend  | clients | commands/s | p50 ms | p99 ms | without log: commands/s | p99 ms | with ÷ without | INSERTs/s | with ÷ raw | dispatching: commands/s | dispatching ÷ with | errors | checkpoint lag p50 ms | p99 ms | never signed |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let sqlite = |file: &str| format!("sqlite://{}", dir.join(file).display());
-    // EUCORA_BENCH_ONLY=outbox runs the outbox part alone.
-    if std::env::var("EUCORA_BENCH_ONLY").as_deref() != Ok("outbox") {
+    let only = std::env::var("EUCORA_BENCH_ONLY").unwrap_or_default();
+    if only != "outbox" {
         let (db, bare, disp) = (sqlite("bench.db"), sqlite("bare.db"), sqlite("dispatch.db"));
         bench_backend("sqlite", [&db, &bare, &disp], &dir, seconds).await;
         let scratches = [
@@ -457,6 +457,10 @@ async fn main() {
             }
             _ => println!("(PostgreSQL skipped: set EUCORA_BENCH_DATABASE_URL)"),
         }
+    }
+    if only == "load" {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
     }
     let actions: usize = std::env::var("EUCORA_BENCH_ACTIONS")
         .ok()

@@ -295,12 +295,21 @@ impl Dispatcher {
                 let me = self.clone();
                 sending.spawn(async move { me.send(action).await });
             }
-            while sending.join_next().await.is_some() {}
+            // Settled together, in one transaction: one write per batch, not per action.
+            let mut settled = Vec::new();
+            while let Some(done) = sending.join_next().await {
+                settled.extend(done.ok());
+            }
+            if let Err(e) = self.store.settle_outbox(&settled, now_ms()).await {
+                // The leases expire and the actions are claimed again: the connector and the
+                // intent both refuse a second effect of the same key.
+                tracing::warn!(error = %e, actions = settled.len(), "cannot settle connector actions");
+            }
         }
     }
 
-    /// Sends one claimed action and settles it.
-    async fn send(&self, claimed: Claimed) {
+    /// Sends one claimed action; returns how it stands, to settle.
+    async fn send(&self, claimed: Claimed) -> (i64, u32, Settled) {
         let entry = &claimed.entry;
         let (calls, settled) = match self.attempt(&claimed).await {
             Ok(outcome) => outcome,
@@ -316,15 +325,7 @@ impl Dispatcher {
                 )
             }
         };
-        if let Err(e) = self
-            .store
-            .settle_outbox(claimed.seq, calls, &settled, now_ms())
-            .await
-        {
-            // The lease expires and the action is claimed again: the connector and the intent
-            // both refuse a second effect of the same key.
-            tracing::warn!(key = %entry.idempotency_key, error = %e, "cannot settle a connector action");
-        }
+        (claimed.seq, calls, settled)
     }
 
     /// The calls made and how the action stands after them.

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use eucora_projections::event::{
     ChangeType, ConnectorType, DeploymentEvent, Ring, Role, SiteClass, Status,
 };
-use eucora_projections::intent::{IntentState, PromotionAttempt};
+use eucora_projections::intent::{DispatchOutcome, IntentState, PromotionAttempt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -162,6 +162,10 @@ pub struct IntentResponse {
     /// The latest promotion attempt with every gate's threshold, measured value and verdict.
     #[schema(value_type = Option<Object>)]
     pub last_promotion: Option<PromotionAttempt>,
+    /// What the intent's connector was asked and how it answered, by idempotency key
+    /// (`<id>:<RING>:<action>`): `dispatched` (accepted) or `failed` (refused for good; the
+    /// `ConnectorDispatchFailed` event says why). Empty when nothing was dispatched.
+    pub connector_actions: std::collections::BTreeMap<String, String>,
 }
 
 impl From<&IntentState> for IntentResponse {
@@ -191,6 +195,17 @@ impl From<&IntentState> for IntentResponse {
             updated_at: s.updated_at,
             stream_version: s.stream_version,
             last_promotion: s.last_promotion.clone(),
+            connector_actions: s
+                .connector_actions
+                .iter()
+                .map(|(key, outcome)| {
+                    let outcome = match outcome {
+                        DispatchOutcome::Dispatched => "dispatched",
+                        DispatchOutcome::Failed => "failed",
+                    };
+                    (key.clone(), outcome.to_string())
+                })
+                .collect(),
         }
     }
 }

@@ -184,39 +184,40 @@ impl Store {
         Ok(claimed)
     }
 
-    /// Settles a claimed action after `calls` more calls to the connector.
+    /// Settles claimed actions, each `(seq, calls made, how it stands)`, in one transaction.
     pub async fn settle_outbox(
         &self,
-        seq: i64,
-        calls: u32,
-        settled: &Settled,
+        actions: &[(i64, u32, Settled)],
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let (state, next_attempt_ms, error) = match settled {
-            Settled::Done => ("done", 0, None),
-            Settled::Failed(e) => ("failed", 0, Some(e.as_str())),
-            Settled::Skipped(why) => ("skipped", 0, Some(why.as_str())),
-            Settled::Retry {
-                next_attempt_ms,
-                error,
-            } => ("pending", *next_attempt_ms, Some(error.as_str())),
-        };
         let sql = "UPDATE connector_outbox
                       SET state = $1, next_attempt_ms = $2, last_error = $3,
                           attempts = attempts + $4, lease_owner = NULL, lease_until_ms = 0,
                           finished_ms = CASE WHEN $1 = 'pending' THEN NULL ELSE CAST($5 AS BIGINT) END
                     WHERE seq = $6 AND state = 'pending'";
         on_writer!(&self.db, pool => {
-            sqlx::query(sql)
-                .bind(state)
-                .bind(next_attempt_ms)
-                .bind(error)
-                .bind(i64::from(calls))
-                .bind(now_ms)
-                .bind(seq)
-                .execute(pool)
-                .await
-                .map(|_| ())?
+            let mut tx = pool.begin().await?;
+            for (seq, calls, settled) in actions {
+                let (state, next_attempt_ms, error) = match settled {
+                    Settled::Done => ("done", 0, None),
+                    Settled::Failed(e) => ("failed", 0, Some(e.as_str())),
+                    Settled::Skipped(why) => ("skipped", 0, Some(why.as_str())),
+                    Settled::Retry {
+                        next_attempt_ms,
+                        error,
+                    } => ("pending", *next_attempt_ms, Some(error.as_str())),
+                };
+                sqlx::query(sql)
+                    .bind(state)
+                    .bind(next_attempt_ms)
+                    .bind(error)
+                    .bind(i64::from(*calls))
+                    .bind(now_ms)
+                    .bind(*seq)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?
         });
         Ok(())
     }

@@ -132,6 +132,10 @@ async fn ingestion_drives_an_intent_from_approval_to_completion(backend: Backend
     );
     let intent = app.intent(&crew.auditor, &id).await;
     assert_eq!(intent.body["status"], "completed");
+    assert_eq!(
+        intent.body["connector_actions"],
+        json!({ key(&id, Ring::Lab, ConnectorAction::Publish): "dispatched" })
+    );
     let counts = sim.side_effects().await;
     let publish = key(&id, Ring::Lab, ConnectorAction::Publish);
     assert_eq!(counts["keys"][&publish]["effects"], 1, "{counts}");
@@ -247,6 +251,11 @@ async fn a_permanent_refusal_is_recorded_once_and_not_retried() {
     let events = history(&app, &crew.auditor, &id).await;
     assert_eq!(of_type(&events, "ConnectorDispatchFailed").len(), 1);
     assert!(of_type(&events, "ConnectorDispatched").is_empty());
+    // The intent says so too.
+    assert_eq!(
+        app.intent(&crew.auditor, &id).await.body["connector_actions"][&publish],
+        "failed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
