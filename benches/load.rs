@@ -149,14 +149,19 @@ async fn simulator(faults: eucora::connector::sim::Faults) -> String {
 }
 
 /// A connectors file sending `kind` to the simulator at `base`, without write limits (the
-/// benchmark measures the outbox, not a tenant's quota), at the default backoff.
-fn connectors_file(dir: &std::path::Path, kind: &str, base: &str) -> std::path::PathBuf {
+/// benchmark measures the outbox, not a tenant's quota), at the default backoff, with `more`.
+fn connectors_file(
+    dir: &std::path::Path,
+    kind: &str,
+    base: &str,
+    more: &str,
+) -> std::path::PathBuf {
     let path = dir.join(format!("connectors-{}.toml", uuid::Uuid::new_v4().simple()));
     std::fs::write(
         &path,
         format!(
             "[{kind}]\nbase_url = \"{base}\"\nwrites_per_app = \"unlimited\"\n\
-             writes_per_tenant = \"unlimited\"\n"
+             writes_per_tenant = \"unlimited\"\n{more}"
         ),
     )
     .unwrap();
@@ -355,7 +360,7 @@ async fn bench_backend(
     let dispatching = start(
         url_dispatching,
         true,
-        Some(connectors_file(dir, "sccm", &sim)),
+        Some(connectors_file(dir, "sccm", &sim, "")),
     )
     .await;
     let raw_payload = json!({ "DeploymentCreated": create_body() }).to_string();
@@ -486,7 +491,9 @@ async fn outbox_backend(name: &str, url: &str, dir: &std::path::Path, actions: u
         ..Default::default()
     })
     .await;
-    let server = start(url, true, Some(connectors_file(dir, "intune", &sim))).await;
+    // Polling and reconciliation off (hourly): this measures the outbox itself.
+    let quiet = "poll_interval = \"1h\"\nreconcile_interval = \"1h\"\n";
+    let server = start(url, true, Some(connectors_file(dir, "intune", &sim, quiet))).await;
     let started = Instant::now();
     let client = reqwest::Client::new();
     let body = json!({

@@ -419,20 +419,8 @@ impl Connector {
         .await
     }
 
-    /// Uninstalls, rolls back or re-deploys one intent's assignment (of `app_name`) in one ring.
-    pub async fn remediate(
-        &self,
-        deployment_id: Uuid,
-        app_name: &str,
-        ring: Ring,
-        action: Action,
-    ) -> Result<AssignmentStatus, CallError> {
-        let calls = self.settings.retry_attempts;
-        self.remediate_calls(deployment_id, app_name, ring, action, calls)
-            .await
-    }
-
-    /// [`Connector::remediate`] in one call: the outbox retries it later instead.
+    /// Uninstalls, rolls back or re-deploys one intent's assignment (of `app_name`) in one ring,
+    /// in one call: the outbox retries it later instead.
     pub async fn remediate_once(
         &self,
         deployment_id: Uuid,
@@ -440,21 +428,9 @@ impl Connector {
         ring: Ring,
         action: Action,
     ) -> Result<AssignmentStatus, CallError> {
-        self.remediate_calls(deployment_id, app_name, ring, action, 1)
-            .await
-    }
-
-    async fn remediate_calls(
-        &self,
-        deployment_id: Uuid,
-        app_name: &str,
-        ring: Ring,
-        action: Action,
-        calls: usize,
-    ) -> Result<AssignmentStatus, CallError> {
         let id = assignment_id(deployment_id, ring);
         let key = idempotency_key(deployment_id, ring, action);
-        self.with_retries(Some(app_name), super::operation(action), calls, || {
+        self.with_retries(Some(app_name), super::operation(action), 1, || {
             self.http
                 .post(self.url(&format!("v1/assignments/{id}/remediations")))
                 .header(super::IDEMPOTENCY_KEY, &key)
