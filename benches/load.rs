@@ -16,7 +16,8 @@
 //!
 //! `cargo bench --bench load` (PostgreSQL from `EUCORA_BENCH_DATABASE_URL`, else
 //! `EUCORA_TEST_DATABASE_URL`; `EUCORA_BENCH_SECONDS` per cell, default 4;
-//! `EUCORA_BENCH_ONLY=load` or `outbox` for one part alone).
+//! `EUCORA_BENCH_ONLY=load` or `outbox` for one part alone; `EUCORA_BENCH_POOL` for each
+//! server's database pool, default 28).
 
 mod scratch;
 
@@ -195,7 +196,10 @@ async fn start(url: &str, merkle_log: bool, connectors: Option<std::path::PathBu
         db: DbArgs {
             database_url: url.to_string(),
             // Three servers run at once on PostgreSQL's 100 connections, beside the reference's 8.
-            db_pool_size: 28,
+            db_pool_size: std::env::var("EUCORA_BENCH_POOL")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(28),
         },
         listen: "127.0.0.1:0".into(),
         policy: None,
