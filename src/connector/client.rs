@@ -1,5 +1,5 @@
 //! The HTTP client of the connector protocol: one [`Connector`] per connector type, configured
-//! from a connectors file ([`load`]; `eucora serve --connectors` comes with the dispatcher), with
+//! from a connectors file ([`load`], `eucora serve --connectors`; used by [`super::dispatch`]), with
 //! the error classes, retries, circuit breaker and write limits of docs/connectors.md.
 //!
 //! - Retries: backon's exponential backoff with jitter (from `retry_min`, 2 s, to `retry_max`,
@@ -45,7 +45,8 @@ pub struct Settings {
     pub timeout: Duration,
     pub retry_min: Duration,
     pub retry_max: Duration,
-    /// Calls made for one action before a transient error is given up on (for now).
+    /// Calls a retrying call (`publish`, `status`) makes before it gives up on a transient
+    /// error; the dispatcher calls once and retries from the outbox instead.
     pub retry_attempts: usize,
     pub breaker_failures: u32,
     pub breaker_open: Duration,
