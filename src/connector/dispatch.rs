@@ -30,6 +30,7 @@ use eucora_projections::event::{
     Status,
 };
 use eucora_projections::intent::{DispatchOutcome, IntentState};
+use futures_util::StreamExt;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -53,6 +54,8 @@ const BREAKER_WAIT: Duration = Duration::from_secs(1);
 const STORE_WAIT: Duration = Duration::from_secs(2);
 /// Intents read per page when polling and reconciling.
 const PAGE: i64 = 500;
+/// Status calls in flight at once when polling and reconciling one connector.
+const POLLS: usize = 16;
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -500,83 +503,97 @@ impl Dispatcher {
     /// [`Dispatcher::reconcile`].
     pub async fn ingest(&self, kind: ConnectorType) {
         for status in [Status::Approved, Status::Deployed] {
-            for (state, connector) in self.published_in(kind, status).await {
-                let Ok(Some(now)) = connector.status_once(state.id, state.current_ring).await
-                else {
-                    continue;
-                };
-                let last = state.latest_report.as_ref();
-                let counts = (now.targeted, now.installed, now.failed, now.incidents);
-                let unchanged = last.is_some_and(|l| {
-                    (l.target_devices, l.succeeded, l.failed, l.incidents) == counts
-                });
-                let fell = last.is_some_and(|l| now.installed < l.succeeded);
-                if now.targeted == 0 || now.state != "active" || unchanged || fell {
-                    continue;
-                }
-                let command = Command {
-                    actor: eucora_projections::event::Actor {
-                        subject: format!("connector:{}", state.connector_type.as_str()),
-                        role: Role::Deployer,
-                    },
-                    correlation_id: format!(
-                        "connector-{}-{}",
-                        state.connector_type.as_str(),
-                        Uuid::new_v4()
-                    ),
-                    // Another server reporting the same change first wins; this one stands down.
-                    expected_version: Some(state.stream_version),
-                    action: Action::Deploy(RolloutInput {
-                        ring: state.current_ring,
-                        target_devices: now.targeted,
-                        succeeded: now.installed,
-                        failed: now.failed,
-                        incidents: now.incidents,
-                    }),
-                };
-                match self.commands.execute(state.id, command).await {
-                    Ok(_) => {}
-                    Err(CommandError::Domain(_)) => {}
-                    Err(e) => tracing::warn!(deployment_id = %state.id, error = %e,
-                        "cannot report a connector's rollout result"),
-                }
-            }
+            let published = self.published_in(kind, status).await;
+            futures_util::stream::iter(published)
+                .for_each_concurrent(POLLS, |(state, connector)| async move {
+                    self.ingest_one(state, &connector).await
+                })
+                .await;
+        }
+    }
+
+    /// Reports what the connector says of one intent's assignment, if it changed.
+    async fn ingest_one(&self, state: IntentState, connector: &Connector) {
+        let Ok(Some(now)) = connector.status_once(state.id, state.current_ring).await else {
+            return;
+        };
+        let last = state.latest_report.as_ref();
+        let counts = (now.targeted, now.installed, now.failed, now.incidents);
+        let unchanged =
+            last.is_some_and(|l| (l.target_devices, l.succeeded, l.failed, l.incidents) == counts);
+        let fell = last.is_some_and(|l| now.installed < l.succeeded);
+        if now.targeted == 0 || now.state != "active" || unchanged || fell {
+            return;
+        }
+        let command = Command {
+            actor: eucora_projections::event::Actor {
+                subject: format!("connector:{}", state.connector_type.as_str()),
+                role: Role::Deployer,
+            },
+            correlation_id: format!(
+                "connector-{}-{}",
+                state.connector_type.as_str(),
+                Uuid::new_v4()
+            ),
+            // Another server reporting the same change first wins; this one stands down.
+            expected_version: Some(state.stream_version),
+            action: Action::Deploy(RolloutInput {
+                ring: state.current_ring,
+                target_devices: now.targeted,
+                succeeded: now.installed,
+                failed: now.failed,
+                incidents: now.incidents,
+            }),
+        };
+        match self.commands.execute(state.id, command).await {
+            Ok(_) => {}
+            Err(CommandError::Domain(_)) => {}
+            Err(e) => tracing::warn!(deployment_id = %state.id, error = %e,
+                "cannot report a connector's rollout result"),
         }
     }
 
     /// Compares what connector `kind` reports with its intents' last reports, and records drift.
     pub async fn reconcile(&self, kind: ConnectorType) {
         for status in [Status::Deployed, Status::Completed] {
-            for (state, connector) in self.published_in(kind, status).await {
-                let Some(expected) = state.latest_report.as_ref().map(|l| l.succeeded) else {
-                    continue;
-                };
-                let reported = match connector.status_once(state.id, state.current_ring).await {
-                    Ok(None) => None,
-                    Ok(Some(now)) if now.installed < expected => Some(now.installed),
-                    Ok(Some(_)) | Err(_) => continue,
-                };
-                let command = Command {
-                    actor: system_actor(),
-                    correlation_id: format!("reconcile-{}", Uuid::new_v4()),
-                    expected_version: None,
-                    action: Action::RecordDrift(DriftRecord {
-                        connector_type: state.connector_type,
-                        ring: state.current_ring,
-                        expected_installed: expected,
-                        reported_installed: reported,
-                    }),
-                };
-                match self.commands.execute(state.id, command).await {
-                    Ok(_) => {
-                        tracing::warn!(deployment_id = %state.id, ring = state.current_ring.as_str(),
-                        expected, reported = ?reported, "drift: the connector no longer reports what was installed")
-                    }
-                    Err(CommandError::Domain(_)) => {}
-                    Err(e) => {
-                        tracing::warn!(deployment_id = %state.id, error = %e, "cannot record drift")
-                    }
-                }
+            let published = self.published_in(kind, status).await;
+            futures_util::stream::iter(published)
+                .for_each_concurrent(POLLS, |(state, connector)| async move {
+                    self.reconcile_one(state, &connector).await
+                })
+                .await;
+        }
+    }
+
+    /// Records drift on one intent, if its connector no longer reports what was installed.
+    async fn reconcile_one(&self, state: IntentState, connector: &Connector) {
+        let Some(expected) = state.latest_report.as_ref().map(|l| l.succeeded) else {
+            return;
+        };
+        let reported = match connector.status_once(state.id, state.current_ring).await {
+            Ok(None) => None,
+            Ok(Some(now)) if now.installed < expected => Some(now.installed),
+            Ok(Some(_)) | Err(_) => return,
+        };
+        let command = Command {
+            actor: system_actor(),
+            correlation_id: format!("reconcile-{}", Uuid::new_v4()),
+            expected_version: None,
+            action: Action::RecordDrift(DriftRecord {
+                connector_type: state.connector_type,
+                ring: state.current_ring,
+                expected_installed: expected,
+                reported_installed: reported,
+            }),
+        };
+        match self.commands.execute(state.id, command).await {
+            Ok(_) => {
+                tracing::warn!(deployment_id = %state.id, ring = state.current_ring.as_str(),
+                expected, reported = ?reported, "drift: the connector no longer reports what was installed")
+            }
+            Err(CommandError::Domain(_)) => {}
+            Err(e) => {
+                tracing::warn!(deployment_id = %state.id, error = %e, "cannot record drift")
             }
         }
     }
