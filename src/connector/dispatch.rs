@@ -502,12 +502,25 @@ impl Dispatcher {
     /// as a rollout result. A fall in installed devices is not reported: that is drift, for
     /// [`Dispatcher::reconcile`].
     pub async fn ingest(&self, kind: ConnectorType) {
-        for status in [Status::Approved, Status::Deployed] {
+        self.each_published(
+            kind,
+            [Status::Approved, Status::Deployed],
+            |state, c| async move { self.ingest_one(state, &c).await },
+        )
+        .await;
+    }
+
+    /// Runs `job` on each intent of connector `kind` in `statuses` that was published in its
+    /// current ring, [`POLLS`] at a time.
+    async fn each_published<F, Fut>(&self, kind: ConnectorType, statuses: [Status; 2], job: F)
+    where
+        F: Fn(IntentState, Arc<Connector>) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        for status in statuses {
             let published = self.published_in(kind, status).await;
             futures_util::stream::iter(published)
-                .for_each_concurrent(POLLS, |(state, connector)| async move {
-                    self.ingest_one(state, &connector).await
-                })
+                .for_each_concurrent(POLLS, |(state, connector)| job(state, connector))
                 .await;
         }
     }
@@ -555,14 +568,12 @@ impl Dispatcher {
 
     /// Compares what connector `kind` reports with its intents' last reports, and records drift.
     pub async fn reconcile(&self, kind: ConnectorType) {
-        for status in [Status::Deployed, Status::Completed] {
-            let published = self.published_in(kind, status).await;
-            futures_util::stream::iter(published)
-                .for_each_concurrent(POLLS, |(state, connector)| async move {
-                    self.reconcile_one(state, &connector).await
-                })
-                .await;
-        }
+        self.each_published(
+            kind,
+            [Status::Deployed, Status::Completed],
+            |state, c| async move { self.reconcile_one(state, &c).await },
+        )
+        .await;
     }
 
     /// Records drift on one intent, if its connector no longer reports what was installed.

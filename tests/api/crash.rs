@@ -26,11 +26,7 @@ async fn kill_9_under_load(
         assert!(Instant::now() < deadline, "the load never got going");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let killed = std::process::Command::new("kill")
-        .args(["-KILL", &app.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    app.kill_9();
     for c in clients {
         tokio::time::timeout(Duration::from_secs(30), c)
             .await

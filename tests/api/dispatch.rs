@@ -397,11 +397,7 @@ async fn kill_9_during_a_burst_leaves_every_action_done_once(backend: Backend) {
         assert!(Instant::now() < deadline, "no call reached the simulator");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &app.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    app.kill_9();
     app.wait_exit(Duration::from_secs(10))
         .expect("the server did not die");
     let before = app.db.store().await.outbox_rows().await.unwrap();

@@ -355,6 +355,15 @@ impl TestApp {
         self.child.id()
     }
 
+    /// Kills the server with SIGKILL, as a power cut or the OOM killer would.
+    pub fn kill_9(&self) {
+        let killed = Command::new("kill")
+            .args(["-KILL", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(killed.success());
+    }
+
     /// Waits for the server process to exit (after a signal), with a deadline.
     pub fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
         let start = std::time::Instant::now();
