@@ -132,8 +132,7 @@ pub fn parse(
         toml::from_str(text).map_err(|e| format!("not a connectors file: {}", e.message()))?;
     let mut out = BTreeMap::new();
     for (name, table) in tables {
-        let kind: ConnectorType = serde_json::from_value(serde_json::Value::String(name.clone()))
-            .map_err(|_| {
+        let kind = ConnectorType::parse(&name).ok_or_else(|| {
             format!("[{name}] is not a connector type (intune, jamf, sccm, landscape, ansible)")
         })?;
         let duration = |key: &str, text: &str| {

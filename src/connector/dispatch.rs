@@ -318,14 +318,8 @@ impl Dispatcher {
             Ok(outcome) => outcome,
             Err(e) => {
                 tracing::warn!(key = %entry.idempotency_key, error = %e,
-                    "cannot record a connector action's outcome; it will be sent again");
-                (
-                    0,
-                    Settled::Retry {
-                        next_attempt_ms: now_ms() + STORE_WAIT.as_millis() as i64,
-                        error: e.to_string(),
-                    },
-                )
+                    "cannot read a connector action's intent; it will be tried again");
+                (0, store_wait(&e))
             }
         };
         (claimed.seq, calls, settled)
@@ -444,7 +438,12 @@ impl Dispatcher {
         };
         match self.commands.execute(entry.deployment_id, command).await {
             Ok(_) | Err(CommandError::Domain(DomainError::AlreadyRecorded(_))) => Ok((1, settled)),
-            Err(e) => Err(e),
+            // Sent again later under the same key, which the connector honours.
+            Err(e) => {
+                tracing::warn!(key = %entry.idempotency_key, error = %e,
+                    "cannot record a connector action's outcome; it will be sent again");
+                Ok((1, store_wait(&e)))
+            }
         }
     }
 
@@ -607,6 +606,14 @@ impl Dispatcher {
                 tracing::warn!(deployment_id = %state.id, error = %e, "cannot record drift")
             }
         }
+    }
+}
+
+/// An action to try again once the store answers.
+fn store_wait(e: &CommandError) -> Settled {
+    Settled::Retry {
+        next_attempt_ms: now_ms() + STORE_WAIT.as_millis() as i64,
+        error: e.to_string(),
     }
 }
 

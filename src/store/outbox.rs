@@ -57,6 +57,7 @@ pub struct OutboxRow {
     pub state: String,
     pub attempts: i64,
     pub committed_ms: i64,
+    /// When it was first claimed: its first call, unless its connector's breaker was open then.
     pub first_call_ms: Option<i64>,
     pub last_error: Option<String>,
 }
