@@ -10,13 +10,16 @@
 //! runs with the dispatcher publishing every approved intent to a connector simulator, and its
 //! commands/s is compared with the server without it.
 //!
+//! Then SQLite's durability: the same server at `synchronous = FULL` (the default: a commit
+//! survives power loss) and at `NORMAL`, and the ratio of their commands/s.
+//!
 //! Then the outbox on its own: `EUCORA_BENCH_ACTIONS` (10,000) intents approved at creation,
 //! each owing one publish, against a simulator failing 5 % of calls: none lost, none done twice,
 //! and the time from an action's commit to its first call.
 //!
 //! `cargo bench --bench load` (PostgreSQL from `EUCORA_BENCH_DATABASE_URL`, else
 //! `EUCORA_TEST_DATABASE_URL`; `EUCORA_BENCH_SECONDS` per cell, default 4;
-//! `EUCORA_BENCH_ONLY=load` or `outbox` for one part alone; `EUCORA_BENCH_POOL` for each
+//! `EUCORA_BENCH_ONLY=load`, `durability` or `outbox` for one part alone; `EUCORA_BENCH_POOL` for each
 //! server's database pool, default 28).
 
 mod scratch;
@@ -467,7 +470,10 @@ async fn main() {
             _ => println!("(PostgreSQL skipped: set EUCORA_BENCH_DATABASE_URL)"),
         }
     }
-    if only == "load" {
+    if only.is_empty() || only == "durability" {
+        durability(&sqlite("full.db"), &sqlite("normal.db"), seconds).await;
+    }
+    if only == "load" || only == "durability" {
         let _ = std::fs::remove_dir_all(&dir);
         return;
     }
@@ -485,6 +491,39 @@ async fn main() {
         db.drop_database().await;
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The cost of SQLite's default durability: the same server (with the log, as `eucora serve`
+/// runs) at `synchronous = FULL`, which syncs the log at every commit, and at `NORMAL` (the URL's
+/// `?synchronous=normal`), which syncs only at checkpoints; FULL ÷ NORMAL commands/s.
+async fn durability(full_url: &str, normal_url: &str, seconds: f64) {
+    let full = start(full_url, true, None).await;
+    let normal = start(&format!("{normal_url}?synchronous=normal"), true, None).await;
+    assert_eq!(full.store.sqlite_synchronous().await.unwrap(), Some("FULL"));
+    println!();
+    println!("SQLite durability: create → approve → deploy at synchronous = FULL (the default) and NORMAL; {seconds} s per cell");
+    println!("| clients | FULL commands/s | p50 ms | p99 ms | NORMAL commands/s | p50 ms | p99 ms | FULL ÷ NORMAL | errors |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for clients in [1usize, 16, 64] {
+        let mut f = commands(&full, clients, seconds, Arc::default()).await;
+        let mut n = commands(&normal, clients, seconds, Arc::default()).await;
+        println!(
+            "| {clients:>3} | {:>9.0} | {:>6.2} | {:>6.2} | {:>9.0} | {:>6.2} | {:>6.2} | {:>5.2}x | {} |",
+            f.rate(),
+            f.pct(0.5),
+            f.pct(0.99),
+            n.rate(),
+            n.pct(0.5),
+            n.pct(0.99),
+            f.rate() / n.rate(),
+            f.errors + n.errors,
+        );
+    }
+    for server in [full, normal] {
+        let _ = server.stop.send(());
+        let _ = server.task.await;
+        let _ = std::fs::remove_dir_all(&server.key_dir);
+    }
 }
 
 /// `actions` intents approved by policy at creation, each owing one publish: every action must

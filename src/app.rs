@@ -190,6 +190,17 @@ impl Application {
         };
         let store = Store::connect(&args.db.database_url, args.db.db_pool_size).await?;
         store.migrate().await?;
+        if let Some(level) = store.sqlite_synchronous().await? {
+            tracing::info!(
+                synchronous = level,
+                "SQLite store: an acknowledged command {} power loss (docs/operations.md)",
+                if level == "NORMAL" {
+                    "may not survive"
+                } else {
+                    "survives"
+                }
+            );
+        }
         let (plan, (mut runner, metrics_view, log)) = if args.merkle_log {
             (
                 checkpoint_plan(args)?,

@@ -51,6 +51,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the event at position {position} cannot be read: {reason}")]
     Corrupt { position: i64, reason: String },
+    /// The database URL asks for something this build refuses.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -132,6 +135,32 @@ pub fn backend_of(url: &str) -> Backend {
     }
 }
 
+/// The `synchronous` level a SQLite `url` asks for with `?synchronous=full|extra|normal`; FULL when
+/// it does not. FULL syncs the write-ahead log at every commit, so a command acknowledged with 2xx
+/// survives power loss; NORMAL syncs only at checkpoints (a power loss may lose the last commits,
+/// a process crash loses nothing). OFF is refused: the store is a system of record.
+pub fn sqlite_synchronous(url: &str) -> Result<SqliteSynchronous, String> {
+    let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let mut level = SqliteSynchronous::Full;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let Some(value) = pair.strip_prefix("synchronous=") else {
+            continue;
+        };
+        level = match value.to_ascii_lowercase().as_str() {
+            "full" => SqliteSynchronous::Full,
+            "extra" => SqliteSynchronous::Extra,
+            "normal" => SqliteSynchronous::Normal,
+            _ => {
+                return Err(format!(
+                    "synchronous={value:?} in the database URL: use full (the default), extra or \
+                     normal"
+                ))
+            }
+        };
+    }
+    Ok(level)
+}
+
 fn sqlite_path(url: &str) -> &str {
     let path = url
         .strip_prefix("sqlite://")
@@ -169,12 +198,13 @@ impl Store {
                 Db::Postgres(pool)
             }
             Backend::Sqlite => {
+                let synchronous = sqlite_synchronous(url).map_err(StoreError::Config)?;
                 let options = SqliteConnectOptions::from_str("sqlite:")
                     .map_err(StoreError::Database)?
                     .filename(sqlite_path(url))
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
+                    .synchronous(synchronous)
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true);
                 let writer = SqlitePoolOptions::new()
@@ -208,6 +238,23 @@ impl Store {
             Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
         }
         Ok(())
+    }
+
+    /// SQLite's `synchronous` level on the writer (`FULL`, `EXTRA` or `NORMAL`), which decides
+    /// whether a commit survives power loss; `None` on PostgreSQL.
+    pub async fn sqlite_synchronous(&self) -> Result<Option<&'static str>, StoreError> {
+        let Db::Sqlite { writer, .. } = &self.db else {
+            return Ok(None);
+        };
+        let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(writer)
+            .await?;
+        Ok(Some(match level {
+            0 => "OFF",
+            1 => "NORMAL",
+            2 => "FULL",
+            _ => "EXTRA",
+        }))
     }
 
     /// Answers when the database does.

@@ -651,3 +651,34 @@ async fn the_intent_read_model_resumes_from_its_checkpoint_and_applies_each_even
         1
     );
 }
+
+/// A command acknowledged with 2xx must survive power loss, so SQLite syncs its write-ahead log at
+/// every commit (FULL) unless the database URL says otherwise; OFF, or a level it does not know,
+/// is refused with a message rather than ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_syncs_every_commit_unless_the_url_asks_otherwise() {
+    use eucora::store::Store;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = Store::connect(&db.url, 2).await.unwrap();
+    assert_eq!(store.sqlite_synchronous().await.unwrap(), Some("FULL"));
+    drop(store);
+    let relaxed = Store::connect(&format!("{}?synchronous=normal", db.url), 2)
+        .await
+        .unwrap();
+    assert_eq!(relaxed.sqlite_synchronous().await.unwrap(), Some("NORMAL"));
+    drop(relaxed);
+    for bad in ["off", "fast"] {
+        let err = Store::connect(&format!("{}?synchronous={bad}", db.url), 2)
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            err.to_string()
+                .contains("use full (the default), extra or normal"),
+            "{err}"
+        );
+    }
+    let pg = TestDb::new(Backend::Postgres).await;
+    let pg_store = Store::connect(&pg.url, 2).await.unwrap();
+    assert_eq!(pg_store.sqlite_synchronous().await.unwrap(), None);
+}
