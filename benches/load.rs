@@ -35,7 +35,6 @@ use std::time::{Duration, Instant};
 use eucora::app::Application;
 use eucora::config::{DbArgs, LogFormat, ServeArgs};
 use eucora::domain::SystemClock;
-use eucora::principals::sha256_hex;
 use eucora::store::Store;
 use eucora_projections::event::Role;
 use serde_json::json;
@@ -179,12 +178,14 @@ async fn start(url: &str, merkle_log: bool, connectors: Option<std::path::PathBu
         let store = store.clone();
         let subject = subject.to_string();
         async move {
-            let t = format!("bench-{subject}-{}", uuid::Uuid::new_v4());
-            store
-                .create_principal(&subject, role, &sha256_hex(t.as_bytes()))
+            let change = eucora::principals::operator_change();
+            let expires_at =
+                eucora::principals::expiry(change.at, eucora::principals::DEFAULT_TOKEN_LIFETIME)
+                    .unwrap();
+            eucora::principals::issue_token(&store, &subject, role, expires_at, &change)
                 .await
-                .unwrap();
-            t
+                .unwrap()
+                .1
         }
     };
     let tokens = Arc::new((
@@ -210,6 +211,7 @@ async fn start(url: &str, merkle_log: bool, connectors: Option<std::path::PathBu
         request_timeout: 30,
         header_read_timeout: 10,
         max_connections: None,
+        rate_limit: None,
         shutdown_timeout: 1,
         metrics_app_label_limit: 200,
         log_format: LogFormat::Text,
@@ -452,7 +454,7 @@ async fn main() {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let sqlite = |file: &str| format!("sqlite://{}", dir.join(file).display());
     let only = std::env::var("EUCORA_BENCH_ONLY").unwrap_or_default();
-    if only != "outbox" {
+    if only.is_empty() || only == "load" {
         let (db, bare, disp) = (sqlite("bench.db"), sqlite("bare.db"), sqlite("dispatch.db"));
         bench_backend("sqlite", [&db, &bare, &disp], &dir, seconds).await;
         let scratches = [

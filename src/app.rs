@@ -257,7 +257,10 @@ impl Application {
         let state = AppState {
             commands,
             reads: Arc::new(ReadModel::new(store.clone())),
-            principals: Arc::new(Principals::new(store.clone())),
+            principals: Arc::new(Principals::new(
+                store.clone(),
+                args.rate_limit.and_then(std::num::NonZeroU32::new),
+            )),
             metrics: metrics_view,
             log,
             integrity,

@@ -376,6 +376,11 @@ pub struct ServeArgs {
     #[arg(long, env = "EUCORA_MAX_CONNECTIONS",
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: Option<u64>,
+    /// Requests a minute each principal may make (all of them at once, at most); past it the
+    /// server answers 429 with `Retry-After`. Unlimited when not given.
+    #[arg(long, env = "EUCORA_RATE_LIMIT", value_name = "REQUESTS_PER_MINUTE",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_limit: Option<u32>,
     /// Seconds to let requests in flight finish after SIGTERM.
     #[arg(long, env = "EUCORA_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,
@@ -485,6 +490,12 @@ fn interval(text: &str) -> Result<std::time::Duration, String> {
 pub enum TokenCommand {
     /// Create a principal and print its bearer token, alone, on stdout. Only its hash is stored.
     Create(TokenCreateArgs),
+    /// List principals: id, subject, role, state (active, expired, revoked), created, expires.
+    List(TokenListArgs),
+    /// Revoke a principal: its token stops working on every server at once.
+    Revoke(TokenIdArgs),
+    /// Give a principal a new token (printed alone on stdout); the old one stops working at once.
+    Rotate(TokenRotateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -497,6 +508,37 @@ pub struct TokenCreateArgs {
     /// requester, cab_approver, deployer, auditor or admin.
     #[arg(long)]
     pub role: String,
+    /// How long the token works: `12h`, `30d`, `52w` (at most 3 years).
+    #[arg(long, value_name = "DURATION", default_value = "90d", value_parser = interval)]
+    pub expires_in: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenListArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenIdArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The principal's id (from `eucora token list`).
+    pub id: Uuid,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenRotateArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The principal's id (from `eucora token list`).
+    pub id: Uuid,
+    /// How long the new token works.
+    #[arg(long, value_name = "DURATION", default_value = "90d", value_parser = interval)]
+    pub expires_in: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::domain::Policy;
-use crate::principals::issue_token;
+use crate::principals::{expiry, issue_token, operator_change, DEFAULT_TOKEN_LIFETIME};
 use crate::store::Store;
 
 /// What a demo run is asked to do.
@@ -126,8 +126,11 @@ pub struct DemoCrew {
 impl DemoCrew {
     pub async fn issue(store: &Store) -> Result<DemoCrew, String> {
         let issue = |subject: &'static str, role| async move {
-            issue_token(store, subject, role)
+            let change = operator_change();
+            let expires_at = expiry(change.at, DEFAULT_TOKEN_LIFETIME)?;
+            issue_token(store, subject, role, expires_at, &change)
                 .await
+                .map(|(_, token)| token)
                 .map_err(|e| format!("cannot create the demo principal {subject}: {e}"))
         };
         Ok(DemoCrew {

@@ -21,7 +21,7 @@ use std::io::{Read, Seek, Write};
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use eucora_projections::decode::decode;
+use eucora_projections::decode::{decode_stream, StreamEvent};
 use eucora_projections::event::{ApprovalBasis, DeploymentEvent, Ring};
 use eucora_projections::integrity::{leaf_hash, StoredRow};
 use eucora_projections::merkle::{self, Hash};
@@ -593,17 +593,13 @@ pub struct Population {
     sequences: BTreeMap<String, Vec<i64>>,
     indices: Vec<u64>,
     undecodable: Vec<u64>,
+    /// The principals whose events (access changes) are in the population.
+    principals: std::collections::BTreeSet<String>,
 }
 
 impl Population {
     /// One event of the bundle, decoded (`None`: it does not decode).
-    fn add(
-        &mut self,
-        index: u64,
-        aggregate_id: &str,
-        sequence: i64,
-        event: Option<DeploymentEvent>,
-    ) {
+    fn add(&mut self, index: u64, aggregate_id: &str, sequence: i64, event: Option<StreamEvent>) {
         self.indices.push(index);
         match self.sequences.get_mut(aggregate_id) {
             Some(sequences) => sequences.push(sequence),
@@ -612,7 +608,10 @@ impl Population {
             }
         }
         match event {
-            Some(e) => match self.intents.get_mut(aggregate_id) {
+            Some(StreamEvent::Access(_)) => {
+                self.principals.insert(aggregate_id.into());
+            }
+            Some(StreamEvent::Deployment(e)) => match self.intents.get_mut(aggregate_id) {
                 Some(events) => events.push((index, e)),
                 None => {
                     self.intents.insert(aggregate_id.into(), vec![(index, e)]);
@@ -650,9 +649,10 @@ impl Population {
                 "pass",
                 vec![],
                 format!(
-                    "{} events of {} intents, stream versions contiguous",
+                    "{} events of {} intents and {} principals, stream versions contiguous",
                     self.indices.len(),
-                    self.intents.len()
+                    self.intents.len(),
+                    self.principals.len()
                 ),
             )
         };
@@ -979,7 +979,7 @@ pub async fn export(
             let take = match scope {
                 Scope::Deployment(_) => Some(&stream.aggregate_id) == wanted.as_ref(),
                 Scope::Period { from, to } => {
-                    let at = event.as_ref().map(|e| e.meta().occurred_at).ok();
+                    let at = event.as_ref().map(StreamEvent::occurred_at).ok();
                     if !started && at.is_some_and(|t| t >= *from && t < *to) {
                         started = true;
                     }
@@ -1556,7 +1556,7 @@ struct ParsedLine {
     leaf: Hash,
     aggregate_id: String,
     sequence: i64,
-    event: Option<DeploymentEvent>,
+    event: Option<StreamEvent>,
 }
 
 /// A block's lines, or the first that is not an event record (its number in the block, from 1,
@@ -1574,7 +1574,8 @@ fn parse_block(block: &[u8]) -> ParsedBlock {
             Ok(ParsedLine {
                 index: record.index,
                 leaf: record.leaf(),
-                event: decode(&record.event_type, &record.event_version, &record.payload).ok(),
+                event: decode_stream(&record.event_type, &record.event_version, &record.payload)
+                    .ok(),
                 aggregate_id: record.aggregate_id,
                 sequence: record.sequence,
             })

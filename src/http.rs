@@ -10,6 +10,7 @@ pub mod extract;
 pub mod idempotency;
 pub mod log;
 pub mod ops;
+pub mod principals;
 pub mod schema;
 pub mod serve;
 
@@ -47,7 +48,8 @@ use std::sync::Arc;
         (name = "events", description = "The global event stream, for audit"),
         (name = "operations", description = "Health probes, metrics and the runbook: no token"),
         (name = "log", description = "The Merkle log: signed checkpoints and proofs, for auditors"),
-        (name = "evidence", description = "Compliance evidence bundles, for auditors")
+        (name = "evidence", description = "Compliance evidence bundles, for auditors"),
+        (name = "principals", description = "The access review: principals listed and revoked, by admins")
     )
 )]
 struct ApiDoc;
@@ -98,6 +100,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
     let (api, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1/deployments", deployments::router())
         .nest("/api/v1/events", events::router())
+        .nest("/api/v1/principals", principals::router())
         .merge(ops::router())
         .merge(log::router())
         .merge(evidence::router())

@@ -18,7 +18,7 @@ use eucora::config::{
     ReplayArgs, TokenCommand,
 };
 use eucora::domain::SystemClock;
-use eucora::principals::issue_token;
+use eucora::principals::{expiry, issue_token, operator_change, rotate_token, PrincipalOut};
 use eucora::store::Store;
 use eucora_projections::event::Role;
 
@@ -57,6 +57,106 @@ async fn open_existing(db: &DbArgs) -> Result<Store, String> {
     open(db).await
 }
 
+/// `eucora token …`: principals, changed as the operator running it (`cli:<login>`), each change
+/// an event of the principal's stream.
+async fn token(command: TokenCommand) -> Result<(), Failure> {
+    let change = operator_change();
+    match command {
+        TokenCommand::Create(args) => {
+            let role = Role::parse(&args.role).ok_or_else(|| {
+                format!(
+                    "unknown role {:?}: use requester, cab_approver, deployer, auditor or admin",
+                    args.role
+                )
+            })?;
+            let subject = args.subject.trim();
+            if subject.is_empty() || subject.len() > 128 || subject.chars().any(char::is_control) {
+                return Err("--subject must be 1 to 128 printable characters".into());
+            }
+            let expires_at =
+                expiry(change.at, args.expires_in).map_err(|e| format!("--expires-in: {e}"))?;
+            let store = open(&args.db).await?;
+            let (id, token) = issue_token(&store, subject, role, expires_at, &change)
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "principal {id} ({subject}, {}) expires {expires_at}",
+                role.as_str()
+            );
+            say(format_args!("{token}"))
+        }
+        TokenCommand::List(args) => {
+            let store = open_existing(&args.db).await?;
+            let principals = store.principals().await.map_err(|e| e.to_string())?;
+            let now = chrono::Utc::now();
+            let shown: Vec<PrincipalOut> = principals
+                .into_iter()
+                .map(|p| PrincipalOut::new(p, now))
+                .collect();
+            if args.json {
+                for p in &shown {
+                    let line = serde_json::to_string(p).map_err(|e| e.to_string())?;
+                    say(format_args!("{line}"))?;
+                }
+                return Ok(());
+            }
+            let time =
+                |t: &chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M UTC").to_string();
+            let rows: Vec<Vec<String>> = shown
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.id.to_string(),
+                        p.subject.clone(),
+                        p.role.as_str().into(),
+                        p.state.into(),
+                        time(&p.created_at),
+                        p.revoked_at
+                            .as_ref()
+                            .map_or_else(|| time(&p.expires_at), |_| "-".into()),
+                    ]
+                })
+                .collect();
+            for line in eucora::cli::table::render(
+                &["ID", "SUBJECT", "ROLE", "STATE", "CREATED", "EXPIRES"],
+                &rows,
+            ) {
+                say(format_args!("{line}"))?;
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke(args) => {
+            let store = open_existing(&args.db).await?;
+            let record = store
+                .revoke_principal(args.id, &change)
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "principal {} ({}) revoked at {}",
+                record.id,
+                record.subject,
+                record.revoked_at.unwrap_or(change.at)
+            );
+            Ok(())
+        }
+        TokenCommand::Rotate(args) => {
+            let expires_at =
+                expiry(change.at, args.expires_in).map_err(|e| format!("--expires-in: {e}"))?;
+            let store = open_existing(&args.db).await?;
+            let (record, token) = rotate_token(&store, args.id, expires_at, &change)
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "principal {} ({}) has a new token, expiring {expires_at}; the old one no longer works",
+                record.id, record.subject
+            );
+            say(format_args!("{token}"))
+        }
+    }
+}
+
 /// A database URL without its password, for messages.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -91,24 +191,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             eprintln!("migrations applied to {}", redact(&db.database_url));
             Ok(())
         }
-        CliCommand::Token(TokenCommand::Create(args)) => {
-            let role = Role::parse(&args.role).ok_or_else(|| {
-                format!(
-                    "unknown role {:?}: use requester, cab_approver, deployer, auditor or admin",
-                    args.role
-                )
-            })?;
-            let subject = args.subject.trim();
-            if subject.is_empty() || subject.len() > 128 || subject.chars().any(char::is_control) {
-                return Err("--subject must be 1 to 128 printable characters".into());
-            }
-            let store = open(&args.db).await?;
-            let token = issue_token(&store, subject, role)
-                .await
-                .map_err(|e| e.to_string())?;
-            say(format_args!("{token}"))?;
-            Ok(())
-        }
+        CliCommand::Token(command) => token(command).await,
         CliCommand::ConnectorSim(args) => {
             let shutdown = shutdown_signal()?;
             let config = eucora::connector::sim::SimConfig {

@@ -1,68 +1,216 @@
-//! Principals: who a bearer token is, with a short cache, and the one way tokens are issued.
+//! Principals: who a bearer token is, whether it still works, how often it may call, and the one
+//! way tokens are issued and rotated.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::num::NonZeroU32;
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use eucora_projections::event::{Actor, Role};
 use sha2::{Digest, Sha256};
+use uuid::Uuid;
 
-use crate::store::{Store, StoreError};
+use crate::store::{
+    AccessChange, AccessRefused, PrincipalRecord, PrincipalState, Store, StoreError,
+};
 
 /// Lowercase hex SHA-256: how tokens are stored and request bodies fingerprinted.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Principals by token hash. A hit is kept for [`Principals::TTL`], so most requests skip a
-/// database round trip; misses are not kept, so a new token works at once.
+/// How long a token works when nobody says otherwise.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
+/// The longest lifetime a token may be given.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3 * 366 * 86_400);
+
+/// What a bearer token turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authenticated {
+    Principal {
+        id: Uuid,
+        actor: Actor,
+    },
+    /// Why it was refused, as the failed-authentication metric counts it.
+    Refused(AuthFailure),
+}
+
+/// Why a request was not authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization: Bearer` header, or one that is not a token.
+    Missing,
+    /// A token no principal has.
+    Unknown,
+    Expired,
+    Revoked,
+}
+
+impl AuthFailure {
+    pub const ALL: [AuthFailure; 4] = [
+        AuthFailure::Missing,
+        AuthFailure::Unknown,
+        AuthFailure::Expired,
+        AuthFailure::Revoked,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Unknown => "unknown",
+            AuthFailure::Expired => "expired",
+            AuthFailure::Revoked => "revoked",
+        }
+    }
+}
+
+/// Principals by token hash, looked up on every request: a revoked or rotated token stops
+/// working on every server as its change commits (there is no cache to wait out). With a rate
+/// limit, each principal may make that many requests a minute (all of them at once, at most).
 pub struct Principals {
     store: Store,
-    cache: std::sync::Mutex<HashMap<String, (Actor, Instant)>>,
+    limiter: Option<governor::DefaultKeyedRateLimiter<Uuid>>,
 }
 
 impl Principals {
-    pub const TTL: Duration = Duration::from_secs(30);
-    const MAX_CACHED: usize = 10_000;
-
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, per_minute: Option<NonZeroU32>) -> Self {
         Principals {
             store,
-            cache: Default::default(),
+            limiter: per_minute
+                .map(|n| governor::RateLimiter::keyed(governor::Quota::per_minute(n))),
         }
     }
 
-    pub async fn by_token_hash(&self, hash: &str) -> Result<Option<Actor>, StoreError> {
-        {
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((actor, at)) = cache.get(hash) {
-                if at.elapsed() < Self::TTL {
-                    return Ok(Some(actor.clone()));
-                }
-            }
-        }
-        let found = self.store.principal_by_token_hash(hash).await?;
-        if let Some(actor) = &found {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if cache.len() >= Self::MAX_CACHED {
-                cache.retain(|_, (_, at)| at.elapsed() < Self::TTL);
-            }
-            if cache.len() < Self::MAX_CACHED {
-                cache.insert(hash.to_string(), (actor.clone(), Instant::now()));
-            }
-        }
-        Ok(found)
+    /// Who the token hashing to `hash` is at `now`, if its principal exists, has not expired and
+    /// is not revoked.
+    pub async fn authenticate(
+        &self,
+        hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Authenticated, StoreError> {
+        let Some(record) = self.store.principal_by_token_hash(hash).await? else {
+            return Ok(Authenticated::Refused(AuthFailure::Unknown));
+        };
+        Ok(match record.state(now) {
+            PrincipalState::Active => Authenticated::Principal {
+                id: record.id,
+                actor: record.actor(),
+            },
+            PrincipalState::Expired => Authenticated::Refused(AuthFailure::Expired),
+            PrincipalState::Revoked => Authenticated::Refused(AuthFailure::Revoked),
+        })
+    }
+
+    /// Takes one request from principal `id`'s allowance; when it has none left, how long until
+    /// it has.
+    pub fn admit(&self, id: Uuid) -> Result<(), Duration> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        limiter.check_key(&id).map_err(|not_until| {
+            not_until.wait_time_from(governor::clock::Clock::now(limiter.clock()))
+        })
     }
 }
 
-/// Creates a principal with a new random bearer token and returns the token. Only its SHA-256 is
-/// stored, so this is the one moment the token can be read.
-pub async fn issue_token(store: &Store, subject: &str, role: Role) -> Result<String, StoreError> {
+/// A change made at the command line, by whoever runs it: `cli:<login name>`, acting as an
+/// admin (they hold the database itself), under a correlation id of its own.
+pub fn operator_change() -> AccessChange {
+    let login = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty() && u.len() <= 64 && !u.chars().any(char::is_control))
+        .unwrap_or_else(|| "unknown".into());
+    AccessChange {
+        actor: Actor {
+            subject: format!("cli:{login}"),
+            role: Role::Admin,
+        },
+        correlation_id: format!("cli-{}", Uuid::new_v4()),
+        at: Utc::now(),
+    }
+}
+
+/// A principal as the API and `eucora token list --json` show it: never its token or hash.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct PrincipalOut {
+    pub id: Uuid,
+    pub subject: String,
+    #[schema(value_type = String, example = "deployer")]
+    pub role: Role,
+    /// `active`, `expired` or `revoked`, now.
+    #[schema(example = "active")]
+    pub state: &'static str,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl PrincipalOut {
+    pub fn new(record: PrincipalRecord, now: DateTime<Utc>) -> PrincipalOut {
+        PrincipalOut {
+            state: record.state(now).as_str(),
+            id: record.id,
+            subject: record.subject,
+            role: record.role,
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+            revoked_at: record.revoked_at,
+        }
+    }
+}
+
+/// A new random bearer token and the SHA-256 the store keeps of it.
+fn new_token() -> (String, String) {
     use rand::RngCore;
     let mut secret = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut secret);
     let token = format!("eucora_{}", hex::encode(secret));
-    store
-        .create_principal(subject, role, &sha256_hex(token.as_bytes()))
+    let hash = sha256_hex(token.as_bytes());
+    (token, hash)
+}
+
+/// When a token made at `at` to last `lifetime` expires; an error in our words when the lifetime
+/// is zero or longer than [`MAX_TOKEN_LIFETIME`].
+pub fn expiry(at: DateTime<Utc>, lifetime: Duration) -> Result<DateTime<Utc>, String> {
+    if lifetime.is_zero() || lifetime > MAX_TOKEN_LIFETIME {
+        return Err(format!(
+            "a token may last from 1s to {} days",
+            MAX_TOKEN_LIFETIME.as_secs() / 86_400
+        ));
+    }
+    chrono::Duration::from_std(lifetime)
+        .ok()
+        .and_then(|d| at.checked_add_signed(d))
+        .ok_or_else(|| "that lifetime is out of range".to_string())
+}
+
+/// Creates a principal with a new random bearer token expiring at `expires_at`, and returns its
+/// id and the token. Only the token's SHA-256 is stored, so this is the one moment it can be read.
+pub async fn issue_token(
+    store: &Store,
+    subject: &str,
+    role: Role,
+    expires_at: DateTime<Utc>,
+    change: &AccessChange,
+) -> Result<(Uuid, String), StoreError> {
+    let (token, hash) = new_token();
+    let id = store
+        .create_principal(subject, role, &hash, expires_at, change)
         .await?;
-    Ok(token)
+    Ok((id, token))
+}
+
+/// Gives principal `id` a new token expiring at `expires_at`; the old token stops working as
+/// this commits.
+pub async fn rotate_token(
+    store: &Store,
+    id: Uuid,
+    expires_at: DateTime<Utc>,
+    change: &AccessChange,
+) -> Result<Result<(PrincipalRecord, String), AccessRefused>, StoreError> {
+    let (token, hash) = new_token();
+    Ok(store
+        .rotate_principal(id, &hash, expires_at, change)
+        .await?
+        .map(|record| (record, token)))
 }

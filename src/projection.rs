@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use eucora_projections::decode::DecodeError;
+use eucora_projections::decode::{DecodeError, StreamEvent};
 use eucora_projections::event::DeploymentEvent;
 use eucora_projections::integrity::leaf_hash;
 use tokio::sync::Notify;
@@ -38,7 +38,9 @@ pub struct Event {
     /// Place in the global order, from 1.
     pub ordinal: i64,
     pub row: StreamRow,
-    pub event: Result<DeploymentEvent, DecodeError>,
+    /// A deployment intent's event or a principal's; projections of intents read the former
+    /// through [`decoded`].
+    pub event: Result<StreamEvent, DecodeError>,
     /// The Merkle log's leaf hash of the row as stored, when it was read with every column: hashed
     /// on the decoding stage, in parallel with the projections, once for all of them.
     pub leaf: Option<[u8; 32]>,
@@ -54,13 +56,20 @@ impl Event {
     }
 }
 
-/// The events of a batch that decode. A row that does not (a foreign or malformed row written
+/// The deployment intents' events of a batch that decode (principals' events are passed over).
+/// A row that does not (a foreign or malformed row written
 /// by hand) is passed over by every projection alike, so none of them halts on it: the runner
 /// names it in its log, its status (readiness) and a metric, and `eucora replay` fails on it.
 pub fn decoded(events: &[Event]) -> Vec<(&Event, &DeploymentEvent)> {
     events
         .iter()
-        .filter_map(|e| e.event.as_ref().ok().map(|event| (e, event)))
+        .filter_map(|e| {
+            e.event
+                .as_ref()
+                .ok()
+                .and_then(StreamEvent::deployment)
+                .map(|event| (e, event))
+        })
         .collect()
 }
 

@@ -24,6 +24,7 @@ pub use idempotency::{Lease, Reservation};
 pub use intent_view::{IntentRow, ListFilter, RetroApproval, ViewRepair};
 pub use log::{LogTile, StoredCheckpoint, TILE};
 pub use outbox::{Backlog, Claimed, OutboxEntry, OutboxRow, Settled};
+pub use principals::{AccessChange, AccessRefused, PrincipalRecord, PrincipalState};
 
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

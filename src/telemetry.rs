@@ -93,6 +93,7 @@ pub struct Telemetry {
     _provider: SdkMeterProvider,
     http_duration: Histogram<f64>,
     append_duration: Histogram<f64>,
+    auth_failures: opentelemetry::metrics::Counter<u64>,
     backend: &'static str,
     meter: opentelemetry::metrics::Meter,
 }
@@ -120,6 +121,17 @@ impl Telemetry {
             .with_description("Duration of event appends to the store, by outcome.")
             .with_boundaries(HTTP_BUCKETS.to_vec())
             .build();
+        let auth_failures = meter
+            .u64_counter("eucora.authentication.failures")
+            .with_description(
+                "Requests refused for their credentials: missing, unknown, expired or revoked.",
+            )
+            .build();
+        // Every reason from zero, so the first refusal is an increase and the series exist
+        // before it.
+        for reason in crate::principals::AuthFailure::ALL {
+            auth_failures.add(0, &[KeyValue::new("reason", reason.as_str())]);
+        }
         meter
             .i64_observable_gauge("eucora.projection.lag_events")
             .with_description("Events stored but not yet applied, per projection.")
@@ -157,6 +169,7 @@ impl Telemetry {
             _provider: provider,
             http_duration,
             append_duration,
+            auth_failures,
             backend: backend.as_str(),
             meter,
         })
@@ -266,6 +279,12 @@ impl Telemetry {
             attributes.push(KeyValue::new("http.route", route.to_string()));
         }
         self.http_duration.record(took.as_secs_f64(), &attributes);
+    }
+
+    /// Counts one request refused for its credentials.
+    pub fn record_auth_failure(&self, reason: crate::principals::AuthFailure) {
+        self.auth_failures
+            .add(1, &[KeyValue::new("reason", reason.as_str())]);
     }
 
     /// Records one append: `outcome` is `ok`, `conflict` or `error`.

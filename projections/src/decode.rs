@@ -9,8 +9,10 @@
 //! [`current_version`], and add the step from the old version to [`upcast_step`]. Old events
 //! then read as the new version everywhere.
 
+use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::access::AccessEvent;
 use crate::event::DeploymentEvent;
 
 /// Why a stored event cannot be read.
@@ -66,6 +68,7 @@ pub fn current_version(event_type: &str) -> Option<u32> {
         "ConnectorDispatched" => 1,
         "ConnectorDispatchFailed" => 1,
         "DeploymentDriftDetected" => 1,
+        "PrincipalCreated" | "PrincipalTokenRotated" | "PrincipalRevoked" => 1,
         _ => return None,
     })
 }
@@ -85,13 +88,83 @@ fn readable_version(event_type: &str, event_version: &str) -> Result<(u32, u32),
     Ok((version, current))
 }
 
-/// Decodes one stored event. The current version is parsed straight from the stored text; an
-/// older one is upcast first.
+/// An event of the global stream: a deployment intent's, or a principal's.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum StreamEvent {
+    Deployment(DeploymentEvent),
+    Access(AccessEvent),
+}
+
+impl StreamEvent {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            StreamEvent::Deployment(e) => e.type_name(),
+            StreamEvent::Access(e) => e.type_name(),
+        }
+    }
+
+    /// When it happened, by the clock of the command that made it.
+    pub fn occurred_at(&self) -> chrono::DateTime<chrono::Utc> {
+        match self {
+            StreamEvent::Deployment(e) => e.meta().occurred_at,
+            StreamEvent::Access(e) => e.meta().occurred_at,
+        }
+    }
+
+    /// The deployment intent's event, if it is one.
+    pub fn deployment(&self) -> Option<&DeploymentEvent> {
+        match self {
+            StreamEvent::Deployment(e) => Some(e),
+            StreamEvent::Access(_) => None,
+        }
+    }
+}
+
+/// Whether `event_type` names an event of a principal's stream.
+pub fn is_access_type(event_type: &str) -> bool {
+    matches!(
+        event_type,
+        "PrincipalCreated" | "PrincipalTokenRotated" | "PrincipalRevoked"
+    )
+}
+
+/// Decodes one stored event of either kind of stream.
+pub fn decode_stream(
+    event_type: &str,
+    event_version: &str,
+    payload: &str,
+) -> Result<StreamEvent, DecodeError> {
+    if !is_access_type(event_type) {
+        return decode(event_type, event_version, payload).map(StreamEvent::Deployment);
+    }
+    readable_version(event_type, event_version)?;
+    let event: AccessEvent = serde_json::from_str(payload).map_err(|e| DecodeError::Malformed {
+        event_type: event_type.into(),
+        reason: e.to_string(),
+    })?;
+    if event.type_name() != event_type {
+        return Err(DecodeError::TypeMismatch {
+            event_type: event_type.into(),
+            payload: event.type_name().into(),
+        });
+    }
+    Ok(StreamEvent::Access(event))
+}
+
+/// Decodes one stored event of a deployment intent's stream. The current version is parsed
+/// straight from the stored text; an older one is upcast first. A principal's event is not one.
 pub fn decode(
     event_type: &str,
     event_version: &str,
     payload: &str,
 ) -> Result<DeploymentEvent, DecodeError> {
+    if is_access_type(event_type) {
+        return Err(DecodeError::Malformed {
+            event_type: event_type.into(),
+            reason: "a principal's event, not a deployment intent's".into(),
+        });
+    }
     let (version, current) = readable_version(event_type, event_version)?;
     let malformed = |e: serde_json::Error| DecodeError::Malformed {
         event_type: event_type.into(),

@@ -6,12 +6,14 @@
 //! so the rules and the views read one state machine.
 //!
 //! - [`event`]: the versioned event payloads and the value types they carry.
+//! - [`access`]: the events of principals' streams (created, token rotated, revoked).
 //! - [`decode`]: stored (type, version, payload) to an event, upcasting older versions.
 //! - [`intent`]: the per-intent state fold (lifecycle, ring timings, gate results).
 //! - [`integrity`]: the leaf hashes and chain that seal the global stream.
 //! - [`merkle`]: the RFC 9162 Merkle tree over the global stream, its proofs and their verifiers.
 //! - [`metrics`]: the domain metrics of METRICS.md, rendered as Prometheus text.
 
+pub mod access;
 pub mod decode;
 pub mod event;
 pub mod integrity;

@@ -218,7 +218,7 @@ fn intent_response(status: StatusCode, s: &IntentState) -> Response {
     response
 }
 
-fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::BadRequest(format!("{id:?} is not a UUID")))
 }
 

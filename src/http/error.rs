@@ -7,17 +7,23 @@ use serde_json::{json, Value};
 
 use super::correlation;
 use crate::domain::DomainError;
+use crate::principals::AuthFailure;
 use crate::store::StoreError;
 use crate::write::CommandError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// `Retry-After` in whole seconds, rounded up (never 0: the allowance is not back yet).
+fn retry_after_seconds(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
 #[derive(Debug)]
 pub enum ApiError {
     /// 400: the request cannot be read (malformed JSON, bad UUID, bad cursor or header).
     BadRequest(String),
-    /// 401: no bearer token, or one that names no principal.
-    Unauthorized,
+    /// 401: no bearer token, or one that names no principal, has expired or was revoked.
+    Unauthorized(AuthFailure),
     /// 403: the principal's role may not do this, or a domain rule forbids this principal.
     Forbidden(String),
     /// 404
@@ -39,6 +45,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     /// 422: well-formed but invalid (unknown field, wrong type, out-of-range value, rule broken).
     Unprocessable(String),
+    /// 429 with `Retry-After`: the principal's rate limit is spent until then.
+    TooManyRequests(std::time::Duration),
     /// 503 with `Retry-After`: the store did not answer, or the request ran out of time.
     Unavailable(String),
     /// 500: logged with its detail, answered without it.
@@ -50,7 +58,7 @@ impl ApiError {
         use ApiError::*;
         match self {
             BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
-            Unauthorized => (
+            Unauthorized(_) => (
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "Authentication required",
@@ -92,6 +100,11 @@ impl ApiError {
                 "validation",
                 "The request is not valid",
             ),
+            TooManyRequests(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+            ),
             Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -115,7 +128,20 @@ impl ApiError {
             | Unprocessable(d)
             | Unavailable(d) => d.clone(),
             Conflict { detail, .. } => detail.clone(),
-            Unauthorized => "send Authorization: Bearer <token>, from `eucora token create`".into(),
+            Unauthorized(AuthFailure::Missing) => {
+                "send Authorization: Bearer <token>, from `eucora token create`".into()
+            }
+            Unauthorized(AuthFailure::Unknown) => "that bearer token names no principal".into(),
+            Unauthorized(AuthFailure::Expired) => {
+                "that bearer token has expired: ask an admin for a new one (`eucora token \
+                 rotate`)"
+                    .into()
+            }
+            Unauthorized(AuthFailure::Revoked) => "that bearer token's principal is revoked".into(),
+            TooManyRequests(wait) => format!(
+                "this principal's rate limit is spent; retry in {} s",
+                retry_after_seconds(*wait)
+            ),
             MethodNotAllowed => "this path does not accept that method".into(),
             PayloadTooLarge => "the request body exceeds the configured limit".into(),
             HeadersTooLarge => format!(
@@ -162,8 +188,21 @@ impl IntoResponse for ApiError {
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         match self {
-            ApiError::Unauthorized => {
+            ApiError::Unauthorized(AuthFailure::Missing) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // RFC 6750 section 3.1: a token was sent and is no good.
+            ApiError::Unauthorized(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            ApiError::TooManyRequests(wait) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_seconds(wait)),
+                );
             }
             ApiError::Unavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -3,7 +3,8 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use eucora_projections::event::{DeploymentEvent, Role};
+use eucora_projections::decode::StreamEvent;
+use eucora_projections::event::Role;
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -38,14 +39,23 @@ pub struct GlobalEventOut {
     pub index: i64,
     /// The event's position in the store (in its leaf data; not the cursor).
     pub position: i64,
-    pub deployment_id: String,
-    /// Place in its intent's stream, from 1.
+    /// Whose stream the event is in: `deployment` (an intent's) or `principal` (an access
+    /// change: a principal created, its token rotated, or revoked).
+    #[schema(value_type = String, example = "deployment")]
+    pub stream: &'static str,
+    /// The intent's id, for an event of a deployment stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment_id: Option<String>,
+    /// The principal's id, for an event of a principal's stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal_id: Option<String>,
+    /// Place in its stream, from 1.
     pub sequence: i64,
     pub event_type: String,
     /// The event, envelope included, as this version reads it (an older stored version is
     /// upcast; the stored bytes are never rewritten).
     #[schema(value_type = Object)]
-    pub event: DeploymentEvent,
+    pub event: StreamEvent,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -112,10 +122,18 @@ async fn global_stream(
                 reason: err.to_string(),
             })?;
             let stream = e.stream()?;
+            let (kind, deployment_id, principal_id) = match event {
+                StreamEvent::Deployment(_) => {
+                    ("deployment", Some(stream.aggregate_id.clone()), None)
+                }
+                StreamEvent::Access(_) => ("principal", None, Some(stream.aggregate_id.clone())),
+            };
             Ok(GlobalEventOut {
                 index: index as i64,
                 position: e.position,
-                deployment_id: stream.aggregate_id.clone(),
+                stream: kind,
+                deployment_id,
+                principal_id,
                 sequence: stream.sequence,
                 event_type: e.event_type,
                 event,

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use crate::http::AppState;
-use crate::principals::sha256_hex;
+use crate::principals::{sha256_hex, AuthFailure, Authenticated};
 
 /// A JSON body with unknown fields refused. An empty body reads as `{}`, so that bodies whose
 /// fields are all optional may be left out. Keeps a digest of the request for idempotency.
@@ -188,18 +188,30 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let refused = |reason| {
+            state.telemetry.record_auth_failure(reason);
+            ApiError::Unauthorized(reason)
+        };
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(bearer_token)
-            .ok_or(ApiError::Unauthorized)?;
-        state
+            .ok_or_else(|| refused(AuthFailure::Missing))?;
+        let found = state
             .principals
-            .by_token_hash(&sha256_hex(token.as_bytes()))
-            .await?
-            .map(Principal)
-            .ok_or(ApiError::Unauthorized)
+            .authenticate(&sha256_hex(token.as_bytes()), Utc::now())
+            .await?;
+        match found {
+            Authenticated::Principal { id, actor } => {
+                state
+                    .principals
+                    .admit(id)
+                    .map_err(ApiError::TooManyRequests)?;
+                Ok(Principal(actor))
+            }
+            Authenticated::Refused(reason) => Err(refused(reason)),
+        }
     }
 }
 

@@ -1,7 +1,6 @@
 //! The global stream: every committed event once, in an order that never changes once read.
 
-use eucora_projections::decode::{decode, DecodeError};
-use eucora_projections::event::DeploymentEvent;
+use eucora_projections::decode::{decode_stream, DecodeError, StreamEvent};
 use eucora_projections::integrity::StoredRow;
 
 use super::{Db, Store, StoreError};
@@ -48,8 +47,8 @@ pub struct StreamRow {
 
 impl StreamRow {
     /// The event, through the one decode point (older versions upcast).
-    pub fn decode(&self) -> Result<DeploymentEvent, DecodeError> {
-        decode(&self.event_type, &self.event_version, &self.payload)
+    pub fn decode(&self) -> Result<StreamEvent, DecodeError> {
+        decode_stream(&self.event_type, &self.event_version, &self.payload)
     }
 
     /// Which stream the event belongs to; an error if it was read without those columns.

@@ -80,6 +80,13 @@ async fn each_endpoint_admits_exactly_its_roles(backend: Backend) {
             Some(json!({"reason": "r"})),
             &["deployer", "requester", "admin"],
         ),
+        (Method::GET, "/api/v1/principals".into(), None, &["admin"]),
+        (
+            Method::DELETE,
+            format!("/api/v1/principals/{}", uuid::Uuid::now_v7()),
+            None,
+            &["admin"],
+        ),
     ];
     for (method, path, body, allowed) in &endpoints {
         let body = body.as_ref().map(|b| b.to_string());
@@ -89,7 +96,12 @@ async fn each_endpoint_admits_exactly_its_roles(backend: Backend) {
                 .send(method.clone(), path, token, &[], body.clone())
                 .await;
             reply.assert_problem(401);
-            assert_eq!(reply.headers["www-authenticate"], "Bearer");
+            // RFC 6750 section 3.1: a token that was sent and is no good says so.
+            let challenge = match token {
+                None => "Bearer",
+                Some(_) => "Bearer error=\"invalid_token\"",
+            };
+            assert_eq!(reply.headers["www-authenticate"], challenge);
             assert_eq!(app.event_count().await, before);
         }
         for (role, token) in &tokens {

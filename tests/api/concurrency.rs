@@ -52,7 +52,11 @@ async fn sixteen_approvers_racing_get_one_approval_and_fifteen_conflicts(backend
         15,
         "{statuses:?}"
     );
-    assert_eq!(app.event_count().await, 2, "one Created, one Approved");
+    assert_eq!(
+        app.intent_event_count().await,
+        2,
+        "one Created, one Approved"
+    );
 }
 
 async fn sixteen_rollout_reports_racing_are_each_stored_once(backend: Backend) {

@@ -105,7 +105,7 @@ async fn acknowledged_commands_survive_kill_9(backend: Backend) {
     }
 
     // The restarted server's domain metrics are the stream's: a replay computes the same text.
-    let events = restarted.event_count().await;
+    let events = restarted.intent_event_count().await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let live = loop {
         let reply = restarted
@@ -209,5 +209,5 @@ async fn keyed_writes_cut_off_by_kill_9_are_answered_once_after_restart(backend:
         );
     }
     // One intent per key: a creation and a policy approval each, nothing twice.
-    assert_eq!(restarted.event_count().await, 2 * sent.len() as i64);
+    assert_eq!(restarted.intent_event_count().await, 2 * sent.len() as i64);
 }

@@ -193,11 +193,12 @@ async fn auditors_page_through_the_global_stream_over_http() {
         )
         .await;
     }
-    // Wait until all six events are readable (another test's open transaction may hold them back).
+    // Wait until all ten events are readable (another test's open transaction may hold them
+    // back): the crew's four principals' first, then the intents' six.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let all = app.get("/api/v1/events?limit=1000", &crew.auditor).await;
-        if all.body["events"].as_array().unwrap().len() == 6 {
+        if all.body["events"].as_array().unwrap().len() == 10 {
             break;
         }
         assert!(Instant::now() < deadline, "events never became readable");
@@ -207,7 +208,11 @@ async fn auditors_page_through_the_global_stream_over_http() {
     assert_eq!(first.status, 200);
     let events = first.body["events"].as_array().unwrap();
     assert_eq!(events.len(), 4);
-    assert_eq!(events[0]["event_type"], "DeploymentCreated");
+    for e in events {
+        assert_eq!(e["event_type"], "PrincipalCreated");
+        assert_eq!(e["stream"], "principal");
+        assert!(e["principal_id"].is_string() && e.get("deployment_id").is_none());
+    }
     // Each event carries its leaf index: 0, 1, 2, … with no gap; the cursor is how many were read.
     let indices: Vec<i64> = events
         .iter()
@@ -218,18 +223,20 @@ async fn auditors_page_through_the_global_stream_over_http() {
     assert_eq!(next, 4);
     let rest = app
         .get(
-            &format!("/api/v1/events?after={next}&limit=4"),
+            &format!("/api/v1/events?after={next}&limit=8"),
             &crew.auditor,
         )
         .await;
     let rest_events = rest.body["events"].as_array().unwrap();
-    assert_eq!(rest_events.len(), 2);
+    assert_eq!(rest_events.len(), 6);
     assert_eq!(rest_events[0]["index"], 4);
+    assert_eq!(rest_events[0]["event_type"], "DeploymentCreated");
+    assert_eq!(rest_events[0]["stream"], "deployment");
     assert!(rest.body["next_after"].is_null());
     // The index is the log's: the leaf at that index is that event's.
     let proof = app
         .get(
-            "/api/v1/proofs/inclusion?index=4&tree_size=6",
+            "/api/v1/proofs/inclusion?index=4&tree_size=10",
             &crew.auditor,
         )
         .await;

@@ -123,6 +123,18 @@ impl TestDb {
             .await
             .unwrap()
     }
+
+    /// Events of deployment intents' streams (the tokens a test makes add principals' events).
+    pub async fn intent_event_count(&self) -> i64 {
+        let sql = "SELECT COUNT(*) FROM events WHERE aggregate_type = 'deployment'";
+        if self.url.starts_with("postgres") {
+            let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+        }
+    }
 }
 
 impl Drop for TestDb {
@@ -504,6 +516,10 @@ impl TestApp {
 
     pub async fn event_count(&self) -> i64 {
         self.db.event_count().await
+    }
+
+    pub async fn intent_event_count(&self) -> i64 {
+        self.db.intent_event_count().await
     }
 
     /// Lists come from the read model, which follows the store within a second: poll a list

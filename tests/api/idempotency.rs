@@ -51,7 +51,7 @@ async fn a_retried_create_returns_the_original_response_and_creates_one_intent(b
     assert_eq!(retry.headers["location"], first.headers["location"]);
     assert_eq!(retry.headers["etag"], first.headers["etag"]);
     assert_eq!(retry.headers["idempotent-replayed"], "true");
-    assert_eq!(app.event_count().await, 2);
+    assert_eq!(app.intent_event_count().await, 2);
     app.list_until(&crew.auditor, "", 1).await;
 }
 
@@ -63,7 +63,7 @@ async fn a_key_reused_for_another_request_is_refused(backend: Backend) {
     post_with_key(&app, &crew.requester, "/api/v1/deployments", "k", a).await;
     let reused = post_with_key(&app, &crew.requester, "/api/v1/deployments", "k", b).await;
     reused.assert_problem(422);
-    assert_eq!(app.event_count().await, 2);
+    assert_eq!(app.intent_event_count().await, 2);
 }
 
 async fn a_failed_request_frees_its_key_for_a_corrected_retry(backend: Backend) {
@@ -151,7 +151,7 @@ async fn a_retry_after_a_timed_out_write_learns_its_outcome() {
     assert_eq!(retry.status, 201, "{retry:#?}");
     assert_eq!(retry.headers["idempotent-replayed"], "true");
     assert_eq!(
-        app.event_count().await,
+        app.intent_event_count().await,
         2,
         "one intent: created and approved by policy"
     );

@@ -71,7 +71,7 @@ async fn an_intent_walks_from_cab_approval_to_completion_in_its_target_ring(back
     assert_eq!(done.body["status"], "completed", "{done:#?}");
     // Created, Approved, Deployed, GateEvaluated, Promoted, Deployed, Completed.
     assert_eq!(done.body["stream_version"], 7);
-    assert_eq!(app.event_count().await, 7);
+    assert_eq!(app.intent_event_count().await, 7);
 
     // A completed intent is terminal.
     app.rollback(&crew.deployer, &id, "late")
@@ -266,7 +266,7 @@ async fn a_write_against_an_older_version_gets_412(backend: Backend) {
         )
         .await;
     stale.assert_problem(412);
-    assert_eq!(app.event_count().await, 2);
+    assert_eq!(app.intent_event_count().await, 2);
     let current = app
         .send(
             reqwest::Method::POST,
@@ -400,5 +400,5 @@ async fn a_request_that_runs_past_the_timeout_gets_503(backend: Backend) {
         answer.contains("application/problem+json") && answer.contains("retry-after"),
         "{answer}"
     );
-    assert_eq!(app.event_count().await, 0);
+    assert_eq!(app.intent_event_count().await, 0);
 }

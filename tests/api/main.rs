@@ -20,6 +20,7 @@ mod log;
 mod metrics;
 mod observability;
 mod outage;
+mod principals;
 mod readme;
 mod replay;
 mod rules;

@@ -184,7 +184,7 @@ fn promtool_accepts_the_configuration_and_every_alert_test_passes() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(names.len(), 15, "{names:?}");
+    assert_eq!(names.len(), 16, "{names:?}");
     for name in names {
         let cases: Vec<&str> = tests
             .split("- alertname: ")
@@ -234,7 +234,7 @@ fn every_alert_links_a_runbook_entry_that_exists() {
             "every alert has a {key}and a runbook link"
         );
     }
-    assert_eq!(links, 15);
+    assert_eq!(links, 16);
 }
 
 #[test]
@@ -654,7 +654,7 @@ async fn every_dashboard_query_and_rule_returns_data_on_a_real_prometheus() {
             }
         }
     }
-    assert_eq!((recording.len(), alerting.len()), (11, 15), "rules loaded");
+    assert_eq!((recording.len(), alerting.len()), (11, 16), "rules loaded");
     metrics.insert("up".into());
     labels.extend(["le", "instance", "job"].map(String::from));
 

@@ -174,7 +174,7 @@ async fn the_store_refuses_to_update_or_delete_events(backend: Backend) {
     }
     let columns = "position, aggregate_type, aggregate_id, sequence, event_type, event_version, \
                    payload, metadata";
-    let first = "(SELECT MIN(position) FROM events)";
+    let first = "(SELECT MIN(position) FROM events WHERE aggregate_type = 'deployment')";
     let mut statements = vec![
         "UPDATE events SET event_type = 'Forged'".to_string(),
         "DELETE FROM events".to_string(),
@@ -369,10 +369,21 @@ async fn idempotency_keys_are_reserved_replayed_and_released(backend: Backend) {
 }
 
 async fn tokens_are_looked_up_by_hash_only(backend: Backend) {
+    use eucora::store::{AccessChange, AccessRefused, PrincipalState};
     let db = TestDb::new(backend).await;
     let store = db.store().await;
-    store
-        .create_principal("carol", Role::CabApprover, "ab12")
+    let at = Utc.with_ymd_and_hms(2026, 5, 1, 8, 0, 0).unwrap();
+    let change = |minutes: i64| AccessChange {
+        actor: Actor {
+            subject: "root".into(),
+            role: Role::Admin,
+        },
+        correlation_id: format!("c{minutes}"),
+        at: at + chrono::Duration::minutes(minutes),
+    };
+    let expires = at + chrono::Duration::days(90);
+    let id = store
+        .create_principal("carol", Role::CabApprover, "ab12", expires, &change(0))
         .await
         .unwrap();
     let found = store
@@ -381,14 +392,95 @@ async fn tokens_are_looked_up_by_hash_only(backend: Backend) {
         .unwrap()
         .unwrap();
     assert_eq!(
-        (found.subject.as_str(), found.role),
-        ("carol", Role::CabApprover)
+        (
+            found.id,
+            found.subject.as_str(),
+            found.role,
+            found.created_at
+        ),
+        (id, "carol", Role::CabApprover, at)
     );
+    assert_eq!(found.expires_at, expires);
+    assert_eq!(found.state(at), PrincipalState::Active);
+    assert_eq!(found.state(expires), PrincipalState::Expired);
     assert!(store
         .principal_by_token_hash("AB12")
         .await
         .unwrap()
         .is_none());
+
+    // Rotation swaps the hash; revocation is kept; each change is one event of its stream.
+    let later = at + chrono::Duration::days(30);
+    let rotated = store
+        .rotate_principal(id, "cd34", later, &change(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rotated.expires_at, later);
+    assert!(store
+        .principal_by_token_hash("ab12")
+        .await
+        .unwrap()
+        .is_none());
+    let revoked = store
+        .revoke_principal(id, &change(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revoked.revoked_at, Some(at + chrono::Duration::minutes(2)));
+    assert_eq!(revoked.state(at), PrincipalState::Revoked);
+    // Again: the same record, no second event. A revoked principal gets no new token.
+    let again = store
+        .revoke_principal(id, &change(3))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, revoked);
+    assert_eq!(
+        store
+            .rotate_principal(id, "ef56", later, &change(4))
+            .await
+            .unwrap(),
+        Err(AccessRefused::Revoked(id))
+    );
+    let nobody = Uuid::now_v7();
+    assert_eq!(
+        store.revoke_principal(nobody, &change(5)).await.unwrap(),
+        Err(AccessRefused::NotFound(nobody))
+    );
+    // On PostgreSQL another test's open transaction may hold the stream back a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let rows = loop {
+        let rows = store
+            .read_global(None, 100, eucora::store::Columns::Streams)
+            .await
+            .unwrap();
+        if rows.len() >= 3 || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let stream: Vec<(String, i64, String)> = rows
+        .iter()
+        .map(|r| {
+            let s = r.stream().unwrap();
+            let actor = r.decode().unwrap();
+            let eucora_projections::decode::StreamEvent::Access(e) = actor else {
+                panic!("{actor:?}")
+            };
+            assert_eq!(e.meta().principal_id, id);
+            (s.aggregate_id.clone(), s.sequence, r.event_type.clone())
+        })
+        .collect();
+    assert_eq!(
+        stream,
+        [
+            (id.to_string(), 1, "PrincipalCreated".to_string()),
+            (id.to_string(), 2, "PrincipalTokenRotated".to_string()),
+            (id.to_string(), 3, "PrincipalRevoked".to_string()),
+        ]
+    );
+    assert_eq!(store.principals().await.unwrap(), vec![revoked]);
 }
 
 async fn concurrent_reports_on_one_intent_lose_and_duplicate_nothing(backend: Backend) {

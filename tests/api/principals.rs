@@ -1,0 +1,286 @@
+//! The access lifecycle as an admin and an operator use it: tokens expire, are listed, rotated
+//! and revoked (at once, on every replica), every change is an event, a principal's requests are
+//! rate limited, and refused credentials are counted.
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::helpers::{eucora, intent_body, Backend, TestApp};
+
+crate::on_both_backends!(
+    a_revoked_or_rotated_token_stops_working_on_every_replica_at_once,
+    tokens_expire_and_every_access_change_is_an_event,
+    a_principal_past_its_rate_limit_gets_429_with_retry_after,
+);
+
+fn token_cli(app: &TestApp, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec!["token"];
+    all.extend_from_slice(&args[..1]);
+    all.extend_from_slice(&["--database-url", &app.db.url]);
+    all.extend_from_slice(&args[1..]);
+    eucora(&all)
+}
+
+/// The `id` of the principal whose subject is `subject`, from `eucora token list --json`.
+fn listed(app: &TestApp, subject: &str) -> Value {
+    let (ok, out, err) = token_cli(app, &["list", "--json"]);
+    assert!(ok, "{err}");
+    out.lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|p| p["subject"] == subject)
+        .unwrap_or_else(|| panic!("{subject} not in {out}"))
+}
+
+async fn metric(app: &TestApp, reason: &str) -> f64 {
+    let text = reqwest::get(format!("{}/api/v1/metrics", app.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| {
+            l.starts_with("eucora_authentication_failures_total{")
+                && l.contains(&format!("reason=\"{reason}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+async fn a_revoked_or_rotated_token_stops_working_on_every_replica_at_once(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let replica = app.replica().await;
+    let admin = app.token("root", "admin");
+    let ops = app.token("ops", "deployer");
+    let requester = app.token("alice", "requester");
+    for server in [&app, &replica] {
+        assert_eq!(server.get("/api/v1/deployments", &ops).await.status, 200);
+    }
+
+    // Only an admin reviews access; no listing carries a token or its hash.
+    app.get("/api/v1/principals", &ops)
+        .await
+        .assert_problem(403);
+    let all = app.get("/api/v1/principals", &admin).await;
+    assert_eq!(all.status, 200, "{all:?}");
+    let ops_id = all
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["subject"] == "ops")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(all.body.as_array().unwrap().len(), 3);
+    assert!(!all.body.to_string().contains(&ops[7..20]));
+    assert_eq!(listed(&app, "ops")["state"], "active");
+
+    // Revoked through one replica, refused by the other on its very next request.
+    let revoked = app
+        .send(
+            Method::DELETE,
+            &format!("/api/v1/principals/{ops_id}"),
+            Some(&admin),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    assert_eq!(revoked.body["state"], "revoked");
+    let refused = replica.get("/api/v1/deployments", &ops).await;
+    refused.assert_problem(401);
+    assert_eq!(
+        refused.headers["www-authenticate"],
+        "Bearer error=\"invalid_token\""
+    );
+    assert!(refused.body["detail"].as_str().unwrap().contains("revoked"));
+    assert_eq!(listed(&app, "ops")["state"], "revoked");
+    assert!(metric(&replica, "revoked").await >= 1.0);
+    // Again: the same answer, nothing new. Bad ids are named; unknown ones are 404.
+    let again = app
+        .send(
+            Method::DELETE,
+            &format!("/api/v1/principals/{ops_id}"),
+            Some(&admin),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (again.status.as_u16(), &again.body["revoked_at"]),
+        (200, &revoked.body["revoked_at"])
+    );
+    app.send(
+        Method::DELETE,
+        "/api/v1/principals/nope",
+        Some(&admin),
+        &[],
+        None,
+    )
+    .await
+    .assert_problem(400);
+    app.send(
+        Method::DELETE,
+        &format!("/api/v1/principals/{}", uuid::Uuid::now_v7()),
+        Some(&admin),
+        &[],
+        None,
+    )
+    .await
+    .assert_problem(404);
+
+    // Rotated at the command line: the old token stops, the new one works, everywhere.
+    let alice_id = listed(&app, "alice")["id"].as_str().unwrap().to_string();
+    let (ok, out, err) = token_cli(&app, &["rotate", &alice_id, "--expires-in", "7d"]);
+    assert!(ok, "{err}");
+    let fresh = out.trim();
+    assert!(
+        fresh.starts_with("eucora_") && !err.contains(fresh),
+        "{err}"
+    );
+    replica
+        .get("/api/v1/deployments", &requester)
+        .await
+        .assert_problem(401);
+    for server in [&app, &replica] {
+        let created = server.create(fresh, intent_body("VLC", 0.2, "LAB")).await;
+        assert_eq!(created.status, 201, "{created:?}");
+    }
+    // A revoked principal gets no new token.
+    let (ok, _, err) = token_cli(&app, &["rotate", &ops_id]);
+    assert!(!ok && err.contains("is revoked"), "{err}");
+    let (ok, _, err) = token_cli(&app, &["revoke", "not-a-uuid"]);
+    assert!(!ok && err.contains("invalid"), "{err}");
+}
+
+async fn tokens_expire_and_every_access_change_is_an_event(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let auditor = app.token("audit", "auditor");
+    let (ok, out, err) = token_cli(
+        &app,
+        &[
+            "create",
+            "--subject",
+            "short",
+            "--role",
+            "deployer",
+            "--expires-in",
+            "2s",
+        ],
+    );
+    assert!(ok, "{err}");
+    let short = out.trim().to_string();
+    assert!(err.contains("expires"), "{err}");
+    assert_eq!(app.get("/api/v1/deployments", &short).await.status, 200);
+    for bad in ["0s", "5y", "forever", "4000d"] {
+        let (ok, _, err) = token_cli(
+            &app,
+            &[
+                "create",
+                "--subject",
+                "x",
+                "--role",
+                "deployer",
+                "--expires-in",
+                bad,
+            ],
+        );
+        assert!(!ok, "--expires-in {bad} was taken");
+        assert!(
+            err.contains("expires-in") || err.contains("duration"),
+            "{err}"
+        );
+    }
+    let before = metric(&app, "expired").await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let refused = app.get("/api/v1/deployments", &short).await;
+    refused.assert_problem(401);
+    assert!(refused.body["detail"].as_str().unwrap().contains("expired"));
+    assert_eq!(metric(&app, "expired").await, before + 1.0);
+    assert_eq!(listed(&app, "short")["state"], "expired");
+    let short_id = listed(&app, "short")["id"].as_str().unwrap().to_string();
+    let (ok, _, err) = token_cli(&app, &["revoke", &short_id]);
+    assert!(ok, "{err}");
+    let (ok, table, _) = token_cli(&app, &["list"]);
+    assert!(ok);
+    assert!(
+        table.starts_with("ID") && table.contains("revoked"),
+        "{table}"
+    );
+    // No token and a wrong token are counted too.
+    let before = (metric(&app, "missing").await, metric(&app, "unknown").await);
+    app.send(Method::GET, "/api/v1/deployments", None, &[], None)
+        .await
+        .assert_problem(401);
+    app.get("/api/v1/deployments", "eucora_nope")
+        .await
+        .assert_problem(401);
+    assert_eq!(
+        (metric(&app, "missing").await, metric(&app, "unknown").await),
+        (before.0 + 1.0, before.1 + 1.0)
+    );
+
+    // The auditor's view: each change is an event of the principal's stream, in the global
+    // stream (and so in the Merkle log), with who made it; never a token or its hash.
+    let mut events = Vec::new();
+    for _ in 0..50 {
+        let page = app.get("/api/v1/events?limit=1000", &auditor).await;
+        events = page.body["events"].as_array().unwrap().clone();
+        if events.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let of_short: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["principal_id"] == short_id.as_str())
+        .collect();
+    let types: Vec<&str> = of_short
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["PrincipalCreated", "PrincipalRevoked"],
+        "{events:#?}"
+    );
+    assert!(of_short
+        .iter()
+        .all(|e| e["stream"] == "principal" && e.get("deployment_id").is_none()));
+    let created = &of_short[0]["event"]["PrincipalCreated"];
+    assert_eq!(
+        (created["subject"].as_str(), created["role"].as_str()),
+        (Some("short"), Some("deployer"))
+    );
+    assert!(created["meta"]["actor"]["subject"]
+        .as_str()
+        .unwrap()
+        .starts_with("cli:"));
+    assert!(!serde_json::to_string(&events)
+        .unwrap()
+        .contains(&short[7..20]));
+}
+
+async fn a_principal_past_its_rate_limit_gets_429_with_retry_after(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &["--rate-limit", "5"]).await;
+    let (alice, bob) = (
+        app.token("alice", "requester"),
+        app.token("bob", "requester"),
+    );
+    for _ in 0..5 {
+        assert_eq!(app.get("/api/v1/deployments", &alice).await.status, 200);
+    }
+    let limited = app.get("/api/v1/deployments", &alice).await;
+    limited.assert_problem(429);
+    let wait: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Five a minute: the next request is due in about 12 s.
+    assert!((1..=12).contains(&wait), "Retry-After {wait}");
+    // Another principal has an allowance of its own.
+    assert_eq!(app.get("/api/v1/deployments", &bob).await.status, 200);
+}
