@@ -78,15 +78,22 @@ async fn a_revoked_or_rotated_token_stops_working_on_every_replica_at_once(backe
     assert_eq!(listed(&app, "ops")["state"], "active");
 
     // Revoked through one replica, refused by the other on its very next request.
-    let revoked = app
-        .send(
-            Method::DELETE,
-            &format!("/api/v1/principals/{ops_id}"),
-            Some(&admin),
-            &[],
-            None,
-        )
-        .await;
+    let revoke = |id: String| {
+        let (app, admin) = (&app, &admin);
+        async move {
+            app.send(
+                Method::DELETE,
+                &format!("/api/v1/principals/{id}"),
+                Some(admin),
+                &[],
+                None,
+            )
+            .await
+        }
+    };
+    let before = app.event_count().await;
+    let revoked = revoke(ops_id.clone()).await;
+    assert_eq!(app.event_count().await, before + 1, "one PrincipalRevoked");
     assert_eq!(revoked.status, 200, "{revoked:?}");
     assert_eq!(revoked.body["state"], "revoked");
     let refused = replica.get("/api/v1/deployments", &ops).await;
@@ -99,37 +106,16 @@ async fn a_revoked_or_rotated_token_stops_working_on_every_replica_at_once(backe
     assert_eq!(listed(&app, "ops")["state"], "revoked");
     assert!(metric(&replica, "revoked").await >= 1.0);
     // Again: the same answer, nothing new. Bad ids are named; unknown ones are 404.
-    let again = app
-        .send(
-            Method::DELETE,
-            &format!("/api/v1/principals/{ops_id}"),
-            Some(&admin),
-            &[],
-            None,
-        )
-        .await;
+    let again = revoke(ops_id.clone()).await;
+    assert_eq!(app.event_count().await, before + 1, "no second event");
     assert_eq!(
         (again.status.as_u16(), &again.body["revoked_at"]),
         (200, &revoked.body["revoked_at"])
     );
-    app.send(
-        Method::DELETE,
-        "/api/v1/principals/nope",
-        Some(&admin),
-        &[],
-        None,
-    )
-    .await
-    .assert_problem(400);
-    app.send(
-        Method::DELETE,
-        &format!("/api/v1/principals/{}", uuid::Uuid::now_v7()),
-        Some(&admin),
-        &[],
-        None,
-    )
-    .await
-    .assert_problem(404);
+    revoke("nope".into()).await.assert_problem(400);
+    revoke(uuid::Uuid::now_v7().to_string())
+        .await
+        .assert_problem(404);
 
     // Rotated at the command line: the old token stops, the new one works, everywhere.
     let alice_id = listed(&app, "alice")["id"].as_str().unwrap().to_string();
