@@ -188,8 +188,16 @@ impl Store {
             meta: change.meta(id),
             expires_at,
         });
-        self.change_principal(id, update, &[token_hash, &rfc3339(expires_at)], &event)
-            .await
+        Ok(
+            match self
+                .change_principal(id, update, &[token_hash, &rfc3339(expires_at)], &event)
+                .await?
+            {
+                Some((record, true)) => Ok(record),
+                Some((_, false)) => Err(AccessRefused::Revoked(id)),
+                None => Err(AccessRefused::NotFound(id)),
+            },
+        )
     }
 
     /// Revokes principal `id` at `change.at`, with a `PrincipalRevoked` event. A principal
@@ -207,27 +215,23 @@ impl Store {
         let event = AccessEvent::PrincipalRevoked(PrincipalRevoked {
             meta: change.meta(id),
         });
-        match self
+        Ok(self
             .change_principal(id, update, &[&rfc3339(change.at)], &event)
             .await?
-        {
-            Err(AccessRefused::Revoked(_)) => match self.principal(id).await? {
-                Some(record) => Ok(Ok(record)),
-                None => Ok(Err(AccessRefused::NotFound(id))),
-            },
-            other => Ok(other),
-        }
+            .map(|(record, _)| record)
+            .ok_or(AccessRefused::NotFound(id)))
     }
 
     /// Runs `update` (binding `id`, then `values`) and, when it changed the row, appends
-    /// `event`, in one transaction; then reads the principal back.
+    /// `event`, in one transaction; then reads the principal back, with whether it changed
+    /// (`None`: no such principal).
     async fn change_principal(
         &self,
         id: Uuid,
         update: &'static str,
         values: &[&str],
         event: &AccessEvent,
-    ) -> Result<Result<PrincipalRecord, AccessRefused>, StoreError> {
+    ) -> Result<Option<(PrincipalRecord, bool)>, StoreError> {
         let append = self.append_access_sql();
         let (payload, event_type) = access_payload(event);
         let changed = on_writer!(&self.db, pool => {
@@ -249,14 +253,7 @@ impl Store {
             tx.commit().await?;
             changed
         });
-        match self.principal(id).await? {
-            None => Ok(Err(AccessRefused::NotFound(id))),
-            Some(record) if !changed => {
-                debug_assert!(record.revoked_at.is_some());
-                Ok(Err(AccessRefused::Revoked(id)))
-            }
-            Some(record) => Ok(Ok(record)),
-        }
+        Ok(self.principal(id).await?.map(|record| (record, changed)))
     }
 
     /// The statement that appends one event (type `$2`, payload `$3`) to the stream of principal
