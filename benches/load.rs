@@ -13,13 +13,17 @@
 //! Then SQLite's durability: the same server at `synchronous = FULL` (the default: a commit
 //! survives power loss) and at `NORMAL`, and the ratio of their commands/s.
 //!
+//! Then traces: `eucora serve` processes exporting spans nowhere, to a collector that answers, to
+//! a refused port and to a collector that never answers, and the ratio of each one's commands/s
+//! to the first's: an unreachable collector must cost a request nothing.
+//!
 //! Then the outbox on its own: `EUCORA_BENCH_ACTIONS` (10,000) intents approved at creation,
 //! each owing one publish, against a simulator failing 5 % of calls: none lost, none done twice,
 //! and the time from an action's commit to its first call.
 //!
 //! `cargo bench --bench load` (PostgreSQL from `EUCORA_BENCH_DATABASE_URL`, else
 //! `EUCORA_TEST_DATABASE_URL`; `EUCORA_BENCH_SECONDS` per cell, default 4;
-//! `EUCORA_BENCH_ONLY=load`, `durability` or `outbox` for one part alone; `EUCORA_BENCH_POOL` for each
+//! `EUCORA_BENCH_ONLY=load`, `durability`, `traces` or `outbox` for one part alone; `EUCORA_BENCH_POOL` for each
 //! server's database pool, default 28).
 
 mod scratch;
@@ -127,10 +131,15 @@ async fn timed(
 }
 
 /// A server of the bench on its own database, and its bearer tokens.
-struct Server {
+/// Where commands go: a server's address and the requester's, approver's and deployer's tokens.
+struct Target {
     base: String,
-    store: Store,
     tokens: Arc<(String, String, String)>,
+}
+
+struct Server {
+    target: Target,
+    store: Store,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     /// The signing key and the checkpoint directory, removed at the end.
@@ -171,9 +180,8 @@ fn connectors_file(
     path
 }
 
-async fn start(url: &str, merkle_log: bool, connectors: Option<std::path::PathBuf>) -> Server {
-    let store = Store::connect(url, 8).await.expect("connect");
-    store.migrate().await.expect("migrate");
+/// The requester's, approver's and deployer's tokens, issued on `store`.
+async fn tokens(store: &Store) -> Arc<(String, String, String)> {
     let token = |subject: &str, role: Role| {
         let store = store.clone();
         let subject = subject.to_string();
@@ -188,11 +196,17 @@ async fn start(url: &str, merkle_log: bool, connectors: Option<std::path::PathBu
                 .1
         }
     };
-    let tokens = Arc::new((
+    Arc::new((
         token("req", Role::Requester).await,
         token("cab", Role::CabApprover).await,
         token("ops", Role::Deployer).await,
-    ));
+    ))
+}
+
+async fn start(url: &str, merkle_log: bool, connectors: Option<std::path::PathBuf>) -> Server {
+    let store = Store::connect(url, 8).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    let tokens = tokens(&store).await;
     let key_dir =
         std::env::temp_dir().join(format!("eucora-load-key-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&key_dir).unwrap();
@@ -240,9 +254,8 @@ async fn start(url: &str, merkle_log: bool, connectors: Option<std::path::PathBu
         let _ = stop_rx.await;
     }));
     Server {
-        base,
+        target: Target { base, tokens },
         store,
-        tokens,
         stop,
         task,
         key_dir,
@@ -303,7 +316,7 @@ fn create_body() -> serde_json::Value {
 
 /// The commands of one cell; `acks` gets the time each was acknowledged.
 async fn commands(
-    server: &Server,
+    server: &Target,
     clients: usize,
     seconds: f64,
     acks: Arc<std::sync::Mutex<Vec<Instant>>>,
@@ -379,7 +392,7 @@ async fn bench_backend(
         let base = with.store.event_count().await.unwrap();
         let (stop, acks) = (Arc::new(AtomicBool::new(false)), Arc::default());
         let sampler = sample_signed(with.store.clone(), stop.clone());
-        let mut cmd = commands(&with, clients, seconds, Arc::clone(&acks)).await;
+        let mut cmd = commands(&with.target, clients, seconds, Arc::clone(&acks)).await;
         // Wait out the last checkpoint, so every event of the cell is seen signed.
         tokio::time::sleep(Duration::from_secs(2)).await;
         stop.store(true, Ordering::Relaxed);
@@ -394,11 +407,11 @@ async fn bench_backend(
         let (lag50, lag99, unsigned) = lag(base, &acks, &samples);
         let stop = Arc::new(AtomicBool::new(false));
         let sampler = sample_signed(without.store.clone(), stop.clone());
-        let mut bare = commands(&without, clients, seconds, Arc::default()).await;
+        let mut bare = commands(&without.target, clients, seconds, Arc::default()).await;
         stop.store(true, Ordering::Relaxed);
         let _ = sampler.await;
         // With the dispatcher publishing every approved intent to the simulator meanwhile.
-        let dispatched = commands(&dispatching, clients, seconds, Arc::default()).await;
+        let dispatched = commands(&dispatching.target, clients, seconds, Arc::default()).await;
         // The raw-INSERT reference: eight connections to the same database (as the pool it used
         // before it moved out of the service), open only while it runs.
         let reference = Arc::new(scratch::Reference::open(url, 8).await);
@@ -475,7 +488,10 @@ async fn main() {
     if only.is_empty() || only == "durability" {
         durability(&sqlite("full.db"), &sqlite("normal.db"), seconds).await;
     }
-    if only == "load" || only == "durability" {
+    if only.is_empty() || only == "traces" {
+        traces(&dir, seconds).await;
+    }
+    if only == "load" || only == "durability" || only == "traces" {
         let _ = std::fs::remove_dir_all(&dir);
         return;
     }
@@ -507,8 +523,8 @@ async fn durability(full_url: &str, normal_url: &str, seconds: f64) {
     println!("| clients | FULL commands/s | p50 ms | p99 ms | NORMAL commands/s | p50 ms | p99 ms | FULL ÷ NORMAL | errors |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for clients in [1usize, 16, 64] {
-        let mut f = commands(&full, clients, seconds, Arc::default()).await;
-        let mut n = commands(&normal, clients, seconds, Arc::default()).await;
+        let mut f = commands(&full.target, clients, seconds, Arc::default()).await;
+        let mut n = commands(&normal.target, clients, seconds, Arc::default()).await;
         println!(
             "| {clients:>3} | {:>9.0} | {:>6.2} | {:>6.2} | {:>9.0} | {:>6.2} | {:>6.2} | {:>5.2}x | {} |",
             f.rate(),
@@ -525,6 +541,126 @@ async fn durability(full_url: &str, normal_url: &str, seconds: f64) {
         let _ = server.stop.send(());
         let _ = server.task.await;
         let _ = std::fs::remove_dir_all(&server.key_dir);
+    }
+}
+
+/// `eucora serve` as a process of its own (this build's binary) on `url`, with `env`: the tracing
+/// subscriber is process-wide, so servers exporting spans differently cannot share this process.
+struct Process {
+    target: Target,
+    child: std::process::Child,
+}
+
+async fn spawn_server(url: &str, env: &[(&str, &str)]) -> Process {
+    use std::io::BufRead;
+    let store = Store::connect(url, 2).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    let tokens = tokens(&store).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eucora"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", url])
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start eucora serve");
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let base = stdout
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("eucora listening on ").map(str::to_string))
+        .expect("eucora serve did not say where it listens");
+    Process {
+        target: Target { base, tokens },
+        child,
+    }
+}
+
+/// What an unreachable or slow collector costs a request: the same server (as a process of its
+/// own) exporting nowhere (`OTEL_EXPORTER_OTLP_ENDPOINT` unset), to a collector that answers, to
+/// a port nothing listens on (refused), and to one that accepts connections and never answers
+/// (each export waits out its 10 s timeout); commands/s and p99 against the first.
+async fn traces(dir: &std::path::Path, seconds: f64) {
+    // A collector that takes every export.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let answering = format!("http://{}", listener.local_addr().unwrap());
+    let sink = axum::Router::new().route("/v1/traces", axum::routing::post(|| async { "" }));
+    tokio::spawn(async move { axum::serve(listener, sink).await });
+    // A port nothing listens on.
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    // A collector that accepts connections and never reads or answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    // NORMAL: the question is what exporting costs, and a sync per commit would add the disk's
+    // noise to every cell.
+    let url = |name: &str| format!("sqlite://{}?synchronous=normal", dir.join(name).display());
+    let delay = [("OTEL_BSP_SCHEDULE_DELAY", "200")];
+    let exporting = |endpoint: &str| {
+        let mut env = delay.to_vec();
+        env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint));
+        env.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let cases = [
+        ("no exporter", Vec::new()),
+        ("collector answering", exporting(&answering)),
+        ("collector refusing", exporting(&refused)),
+        ("collector silent", exporting(&silent)),
+    ];
+    let mut servers = Vec::new();
+    for (n, (_, env)) in cases.iter().enumerate() {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        servers.push(spawn_server(&url(&format!("traces-{n}.db")), &env).await);
+    }
+    println!();
+    const ROUNDS: usize = 3;
+    println!("Traces: create → approve → deploy on `eucora serve` processes (SQLite at synchronous = NORMAL) exporting spans nowhere, to a collector that answers, to a refused port, and to a collector that never answers; {seconds} s per cell, the servers taking turns for {ROUNDS} rounds after a warm-up; the median round");
+    println!("| clients | exporter | commands/s | p50 ms | p99 ms | ÷ no exporter | errors |");
+    println!("|---:|---|---:|---:|---:|---:|---:|");
+    for server in &servers {
+        commands(&server.target, 16, 1.0, Arc::default()).await;
+    }
+    let median = |mut xs: Vec<f64>| {
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    for clients in [16usize, 64] {
+        // (commands/s, p50, p99, errors) of each round, per server.
+        let mut rounds = vec![Vec::new(); servers.len()];
+        for _ in 0..ROUNDS {
+            for (server, cells) in servers.iter().zip(rounds.iter_mut()) {
+                let mut cell = commands(&server.target, clients, seconds, Arc::default()).await;
+                cells.push((cell.rate(), cell.pct(0.5), cell.pct(0.99), cell.errors));
+            }
+        }
+        let rate =
+            |cells: &Vec<(f64, f64, f64, usize)>| median(cells.iter().map(|c| c.0).collect());
+        let reference = rate(&rounds[0]);
+        for ((name, _), cells) in cases.iter().zip(&rounds) {
+            println!(
+                "| {clients:>3} | {name} | {:>9.0} | {:>6.2} | {:>6.2} | {:>5.2}x | {} |",
+                rate(cells),
+                median(cells.iter().map(|c| c.1).collect()),
+                median(cells.iter().map(|c| c.2).collect()),
+                rate(cells) / reference,
+                cells.iter().map(|c| c.3).sum::<usize>(),
+            );
+        }
+    }
+    for mut server in servers {
+        let _ = server.child.kill();
+        let _ = server.child.wait();
     }
 }
 
@@ -552,8 +688,8 @@ async fn outbox_backend(name: &str, url: &str, dir: &std::path::Path, actions: u
     for c in 0..clients {
         let (client, base, token, body) = (
             client.clone(),
-            server.base.clone(),
-            server.tokens.0.clone(),
+            server.target.base.clone(),
+            server.target.tokens.0.clone(),
             body.clone(),
         );
         let n = actions / clients + usize::from(c < actions % clients);
@@ -634,7 +770,7 @@ async fn outbox_backend(name: &str, url: &str, dir: &std::path::Path, actions: u
             .min(actions);
     // One outcome event per action, as the domain metrics count them.
     let metrics = client
-        .get(format!("{}/api/v1/metrics", server.base))
+        .get(format!("{}/api/v1/metrics", server.target.base))
         .send()
         .await
         .unwrap()

@@ -29,8 +29,15 @@ async fn main() -> ExitCode {
         CliCommand::Serve(args) => args.log_format,
         _ => LogFormat::Text,
     };
-    eucora::telemetry::init_logging(format);
-    match run(cli).await {
+    // Spans become OpenTelemetry spans only in the server; the other commands log.
+    let traces = matches!(cli.command, CliCommand::Serve(_));
+    let tracing = match eucora::telemetry::init_logging(format, traces) {
+        Ok(tracing) => tracing,
+        Err(message) => return Failure::Message(message).report(),
+    };
+    let result = run(cli).await;
+    tracing.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => failure.report(),
     }
@@ -287,12 +294,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         "position": stored.position,
                         "sequence": stored.sequence,
                         "event_type": e.type_name(),
+                        "trace_id": stored.trace_id,
                         "event": e,
                     });
                     say(format_args!("{line}"))?;
                 } else {
+                    let trace = match &stored.trace_id {
+                        Some(id) => format!(", trace {id}"),
+                        None => String::new(),
+                    };
                     say(format_args!(
-                        "{}  [correlation {}]",
+                        "{}  [correlation {}{trace}]",
                         eucora::cli::describe::event_line(stored.sequence, e),
                         m.correlation_id
                     ))?;

@@ -28,6 +28,7 @@ use eucora_projections::decode::{DecodeError, StreamEvent};
 use eucora_projections::event::DeploymentEvent;
 use eucora_projections::integrity::leaf_hash;
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::store::{Checkpoint, Columns, Store, StoreError, StreamRow};
 
@@ -647,8 +648,11 @@ impl Runner {
         let mut results = Vec::with_capacity(live.len());
         if batch.len() < PARALLEL_BATCH || live.len() == 1 {
             for &i in live.iter() {
-                if let Some(projection) = self.slots[i].projection.as_mut() {
-                    results.push((i, projection.apply(&self.store, batch).await));
+                let slot = &mut self.slots[i];
+                if let Some(projection) = slot.projection.as_mut() {
+                    let span = batch_span(slot.name, batch);
+                    let result = projection.apply(&self.store, batch).instrument(span).await;
+                    results.push((i, result));
                 }
             }
         } else {
@@ -657,11 +661,15 @@ impl Runner {
                 .map(|&i| {
                     let projection = self.slots[i].projection.take();
                     let (store, batch) = (self.store.clone(), batch.clone());
-                    tokio::spawn(async move {
-                        let mut projection = projection?;
-                        let result = projection.apply(&store, &batch).await;
-                        Some((projection, result))
-                    })
+                    let span = batch_span(self.slots[i].name, &batch);
+                    tokio::spawn(
+                        async move {
+                            let mut projection = projection?;
+                            let result = projection.apply(&store, &batch).await;
+                            Some((projection, result))
+                        }
+                        .instrument(span),
+                    )
                 })
                 .collect();
             for (&i, task) in live.iter().zip(tasks) {
@@ -696,6 +704,19 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// The span of one projection applying one batch: a trace of its own, as the runner's work is
+/// no request's.
+fn batch_span(projection: &'static str, batch: &[Event]) -> tracing::Span {
+    tracing::info_span!(
+        "projection.batch",
+        otel.name = %format_args!("projection {projection}"),
+        projection,
+        events = batch.len(),
+        first_position = batch.first().map(|e| e.row.position),
+        last_position = batch.last().map(|e| e.row.position),
+    )
 }
 
 /// Whether two checkpoints stand at the same point of the stream: the same position read last,

@@ -1,16 +1,23 @@
-//! Logs and process metrics: the one place that installs the tracing subscriber, and the one that
-//! builds the OpenTelemetry meter provider and its instruments (exported with
-//! opentelemetry-prometheus). Domain metrics are not here: they are a
-//! projection of the event stream (`eucora_projections::metrics`), rendered by the fold, because
-//! OpenTelemetry has no asynchronous histogram to expose a replayed one without re-recording it.
+//! Logs, traces and process metrics: the one place that installs the tracing subscriber (logs to
+//! stderr and, for `eucora serve`, spans to OpenTelemetry), and the one that builds the
+//! OpenTelemetry meter provider and its instruments (exported with opentelemetry-prometheus).
+//! Domain metrics are not here: they are a projection of the event stream
+//! (`eucora_projections::metrics`), rendered by the fold, because OpenTelemetry has no
+//! asynchronous histogram to expose a replayed one without re-recording it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::metrics::{Histogram, MeterProvider};
+use opentelemetry::trace::{TraceContextExt, TracerProvider};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use prometheus::{Encoder, TextEncoder};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
 use eucora_projections::event::ConnectorType;
 
@@ -18,18 +25,169 @@ use crate::config::LogFormat;
 use crate::projection::RunnerStatus;
 use crate::store::Backend;
 
-/// Logs go to stderr, so stdout carries only what a command prints (a token, a stream).
-pub fn init_logging(format: LogFormat) {
+/// The tracer provider behind the subscriber, when traces are on; flushed at exit.
+#[must_use = "dropping it does not flush the spans still queued; call shutdown"]
+pub struct Tracing {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Tracing {
+    /// Whether spans are exported (`OTEL_EXPORTER_OTLP_ENDPOINT` was set).
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Sends the spans still queued, waiting at most 2 s: an unreachable collector does not hold
+    /// the process up at exit.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            if let Err(e) = provider.shutdown_with_timeout(Duration::from_secs(2)) {
+                tracing::warn!(error = %e, "spans still queued at exit were not all sent");
+            }
+        }
+    }
+}
+
+/// Installs the tracing subscriber. Logs go to stderr, so stdout carries only what a command
+/// prints (a token, a stream). With `traces` (for `eucora serve`), spans also become
+/// OpenTelemetry spans: exported over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, configured only by the standard `OTEL_*`
+/// variables; when it is not, nothing is exported and an incoming `traceparent` is still
+/// honoured, so events and logs carry the caller's trace id.
+pub fn init_logging(format: LogFormat, traces: bool) -> Result<Tracing, String> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EUCORA_LOG")
         // The SDK's own lifecycle notes ("MeterProvider.Drop …") are not the operator's news.
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,opentelemetry_sdk=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(colour_on_stderr())
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    let (otel, provider) = if traces {
+        let (provider, exporting) = tracer_provider()?;
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("eucora"))
+            .with_tracked_inactivity(false)
+            .with_threads(false);
+        (Some(layer), exporting.then_some(provider))
+    } else {
+        (None, None)
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .init();
+    if provider.is_some() {
+        tracing::info!("exporting traces over OTLP/HTTP, as the OTEL_* variables set");
+    }
+    Ok(Tracing { provider })
+}
+
+fn env_set(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty())
+}
+
+/// The tracer provider the `OTEL_*` variables describe, and whether it exports.
+///
+/// Exporting needs an endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT` or its traces-only form) and is off
+/// with `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`. Spans go over HTTP/protobuf from
+/// the batch processor's own thread (`OTEL_BSP_*`), so a slow or unreachable collector costs a
+/// request nothing: when its queue is full, spans are dropped, never waited for. Sampling is the
+/// SDK's (`OTEL_TRACES_SAMPLER`, by default parent-based always-on); the resource is the SDK's
+/// (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`), with `service.name` `eucora` unless named.
+///
+/// Without an exporter, only traces a caller sampled are sampled (parent-based always-off), so an
+/// event never records a trace id that no collector holds.
+fn tracer_provider() -> Result<(SdkTracerProvider, bool), String> {
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+        || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.eq_ignore_ascii_case("none"));
+    let endpoint =
+        env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    if disabled || !endpoint {
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))
+            .build();
+        return Ok((provider, false));
+    }
+    for name in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        match std::env::var(name) {
+            Ok(p) if !p.is_empty() && p != "http/protobuf" => {
+                return Err(format!(
+                    "{name}={p} is not supported: EUCORA exports traces over OTLP/HTTP with \
+                     protobuf (http/protobuf); point OTEL_EXPORTER_OTLP_ENDPOINT at a collector's \
+                     HTTP receiver (port 4318 by default)"
+                ))
+            }
+            _ => {}
+        }
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .map_err(|e| format!("cannot build the OTLP trace exporter: {e}"))?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    let named = env_set("OTEL_SERVICE_NAME")
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name="));
+    if !named {
+        resource = resource.with_service_name("eucora");
+    }
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            resource
+                .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+                .build(),
+        )
+        .build();
+    Ok((provider, true))
+}
+
+/// The trace id of the span being run, when its trace is sampled (recorded, or exported, by this
+/// process or its caller): what events store in their metadata and logs print beside the
+/// correlation id.
+pub fn trace_id() -> Option<String> {
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let span = span.span_context();
+    (span.is_valid() && span.is_sampled()).then(|| span.trace_id().to_string())
+}
+
+/// The W3C trace context of the span being run, as `traceparent` (and `tracestate`) headers.
+pub fn inject_trace_context(headers: &mut axum::http::HeaderMap) {
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut opentelemetry_http::HeaderInjector(headers))
+    });
+}
+
+/// Makes `span` a child of the W3C trace context in `headers` (a caller's `traceparent`), if
+/// any, and records its trace id in its `trace_id` field, so every log line inside it carries it.
+pub fn continue_trace(span: &tracing::Span, headers: &axum::http::HeaderMap) {
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&opentelemetry_http::HeaderExtractor(headers))
+    });
+    if parent.span().span_context().is_valid() {
+        // Fails only when no OpenTelemetry layer is installed (a test's subscriber): nothing to
+        // join then.
+        let _ = span.set_parent(parent);
+    }
+    record_trace_id(span);
+}
+
+/// Records a span's trace id in its `trace_id` field (which it must declare), so that every log
+/// line inside it carries the id: for the roots of traces (a request, a connector dispatch).
+pub fn record_trace_id(span: &tracing::Span) {
+    if let Some(id) = span.in_scope(trace_id) {
+        span.record("trace_id", id);
     }
 }
 

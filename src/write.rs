@@ -18,6 +18,21 @@ use crate::telemetry::Telemetry;
 
 /// The metadata member that holds the digest of the `Idempotency-Key` an event was written under.
 pub const IDEMPOTENCY_METADATA: &str = "idempotency_key";
+/// The metadata member that holds the W3C trace id of the request (or work) that wrote an event,
+/// when its trace was sampled: from an event to its trace.
+pub const TRACE_METADATA: &str = "trace_id";
+
+/// An event's metadata: the idempotency key's digest, if any, and the current trace id, if any.
+pub fn event_metadata(key_digest: Option<&str>) -> HashMap<String, String> {
+    let mut metadata = HashMap::new();
+    if let Some(key) = key_digest {
+        metadata.insert(IDEMPOTENCY_METADATA.to_string(), key.to_string());
+    }
+    if let Some(trace) = crate::telemetry::trace_id() {
+        metadata.insert(TRACE_METADATA.to_string(), trace);
+    }
+    metadata
+}
 
 /// How often a command that lost an optimistic-concurrency race is checked again.
 const MAX_ATTEMPTS: usize = 10;
@@ -59,6 +74,7 @@ pub struct Commands {
     events: PersistedEventStore<EventRepo, DeploymentIntent>,
     cache: Arc<StreamCache>,
     services: DomainServices,
+    backend: crate::store::Backend,
     telemetry: Option<Arc<Telemetry>>,
     /// Woken after every commit, so the projections see it at once.
     runner: Option<Arc<RunnerStatus>>,
@@ -71,6 +87,7 @@ impl Commands {
             cache: repo.cache(),
             events: PersistedEventStore::new_event_store(repo),
             services,
+            backend: store.backend(),
             telemetry: None,
             runner: None,
         }
@@ -98,16 +115,32 @@ impl Commands {
     /// [`Commands::execute`], recording in each event's metadata the digest of the
     /// `Idempotency-Key` it was written under, so that a server taking over the key of one that
     /// died can tell whether this write committed.
+    #[tracing::instrument(name = "command", skip_all, fields(
+        otel.name = %format_args!("command {}", command.action.name()),
+        command = command.action.name(),
+        deployment_id = %id,
+        otel.status_code = tracing::field::Empty,
+    ))]
     pub async fn execute_keyed(
         &self,
         id: Uuid,
         command: Command,
         key_digest: Option<&str>,
     ) -> Result<IntentState, CommandError> {
-        let metadata: HashMap<String, String> = key_digest
-            .map(|k| (IDEMPOTENCY_METADATA.to_string(), k.to_string()))
-            .into_iter()
-            .collect();
+        let outcome = self.attempts(id, command, key_digest).await;
+        if let Err(CommandError::Store(_) | CommandError::Internal(_)) = &outcome {
+            tracing::Span::current().record("otel.status_code", "ERROR");
+        }
+        outcome
+    }
+
+    async fn attempts(
+        &self,
+        id: Uuid,
+        command: Command,
+        key_digest: Option<&str>,
+    ) -> Result<IntentState, CommandError> {
+        let metadata = event_metadata(key_digest);
         let key = id.to_string();
         for _ in 0..MAX_ATTEMPTS {
             let from_cache = self.cache.contains(&key);
@@ -126,17 +159,32 @@ impl Commands {
                 return Err(refusal.into());
             }
             let state = context.aggregate().state().cloned();
+            let events = sink.collect().await;
+            let span = tracing::info_span!(
+                "store.append",
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                db.system.name = self.backend.as_str(),
+                db.operation.name = "append",
+                events = events.len(),
+                outcome = tracing::field::Empty,
+            );
             let started = Instant::now();
-            let committed = self
-                .events
-                .commit(sink.collect().await, context, metadata.clone())
-                .await;
+            let committed = tracing::Instrument::instrument(
+                self.events.commit(events, context, metadata.clone()),
+                span.clone(),
+            )
+            .await;
+            let outcome = match &committed {
+                Ok(_) => "ok",
+                Err(AggregateError::AggregateConflict) => "conflict",
+                Err(_) => "error",
+            };
+            span.record("outcome", outcome);
+            if outcome == "error" {
+                span.record("otel.status_code", "ERROR");
+            }
             if let Some(t) = &self.telemetry {
-                let outcome = match &committed {
-                    Ok(_) => "ok",
-                    Err(AggregateError::AggregateConflict) => "conflict",
-                    Err(_) => "error",
-                };
                 t.record_append(outcome, started.elapsed());
             }
             match committed {

@@ -22,6 +22,7 @@ use backon::BackoffBuilder;
 use eucora_projections::event::{ConnectorType, Ring};
 use failsafe::failure_policy::ConsecutiveFailures;
 use serde::Deserialize;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{assignment_id, idempotency_key, Action, Assignment, AssignmentStatus, Remediation};
@@ -509,8 +510,28 @@ impl Connector {
                     m.record_retry(self.connector_type, operation);
                 }
             }
+            let span = tracing::info_span!(
+                "connector.call",
+                otel.name = %format_args!("{} {operation}", self.connector_type.as_str()),
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                connector_type = self.connector_type.as_str(),
+                operation,
+                attempt,
+                outcome = tracing::field::Empty,
+            );
+            // The connector joins the trace: W3C trace context on every call.
+            let mut headers = reqwest::header::HeaderMap::new();
+            span.in_scope(|| crate::telemetry::inject_trace_context(&mut headers));
+            call = call.headers(headers);
             let started = std::time::Instant::now();
-            let outcome = classify(call.send().await).await;
+            let outcome = classify(call.send().instrument(span.clone()).await)
+                .instrument(span.clone())
+                .await;
+            span.record("outcome", outcome_label(&outcome));
+            if outcome.is_err() {
+                span.record("otel.status_code", "ERROR");
+            }
             let transient = matches!(outcome, Err(CallError::Transient { .. }));
             self.record(transient);
             self.answering.store(!transient, Ordering::SeqCst);

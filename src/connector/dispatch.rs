@@ -32,6 +32,7 @@ use eucora_projections::event::{
 use eucora_projections::intent::{DispatchOutcome, IntentState};
 use futures_util::StreamExt;
 use tokio::sync::Notify;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::client::{CallError, Connector, Settings};
@@ -296,7 +297,18 @@ impl Dispatcher {
             let mut sending = tokio::task::JoinSet::new();
             for action in claimed {
                 let me = self.clone();
-                sending.spawn(async move { me.send(action).await });
+                let entry = &action.entry;
+                let span = tracing::info_span!(
+                    "connector.dispatch",
+                    otel.name = %format_args!("dispatch {}", entry.action.as_str()),
+                    deployment_id = %entry.deployment_id,
+                    ring = entry.ring.as_str(),
+                    action = entry.action.as_str(),
+                    correlation_id = %entry.correlation_id,
+                    trace_id = tracing::field::Empty,
+                );
+                crate::telemetry::record_trace_id(&span);
+                sending.spawn(async move { me.send(action).await }.instrument(span));
             }
             // Settled together, in one transaction: one write per batch, not per action.
             let mut settled = Vec::new();

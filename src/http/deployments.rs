@@ -459,6 +459,9 @@ pub struct StreamEvent {
     /// Place in this intent's stream, from 1.
     pub sequence: i64,
     pub event_type: String,
+    /// The W3C trace id of the request that wrote the event, when its trace was sampled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// The stored payload, envelope included.
     #[schema(value_type = Object)]
     pub event: DeploymentEvent,
@@ -497,6 +500,7 @@ async fn events(
             position: e.position,
             sequence: e.sequence,
             event_type: e.event.type_name().to_string(),
+            trace_id: e.trace_id,
             event: e.event,
         })
         .collect();

@@ -52,6 +52,10 @@ pub struct GlobalEventOut {
     /// Place in its stream, from 1.
     pub sequence: i64,
     pub event_type: String,
+    /// The W3C trace id of the request that wrote the event, when its trace was sampled: look
+    /// the trace up in the tracing backend the server exports to (or the caller's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// The event, envelope included, as this version reads it (an older stored version is
     /// upcast; the stored bytes are never rewritten).
     #[schema(value_type = Object)]
@@ -108,7 +112,7 @@ async fn global_stream(
     } else {
         state
             .store
-            .read_global(start, take as i64, Columns::Streams)
+            .read_global(start, take as i64, Columns::Stored)
             .await?
     };
     let next = after + rows.len() as u64;
@@ -135,10 +139,23 @@ async fn global_stream(
                 deployment_id,
                 principal_id,
                 sequence: stream.sequence,
+                trace_id: e.stored.as_ref().and_then(|s| trace_of(&s.metadata)),
                 event_type: e.event_type,
                 event,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     Ok(Json(GlobalPage { next_after, events }).into_response())
+}
+
+/// The trace id in an event's stored metadata, if it has one.
+fn trace_of(metadata: &str) -> Option<String> {
+    let metadata: std::collections::HashMap<String, serde_json::Value> =
+        serde_json::from_str(metadata).ok()?;
+    Some(
+        metadata
+            .get(crate::write::TRACE_METADATA)?
+            .as_str()?
+            .to_string(),
+    )
 }

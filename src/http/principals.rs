@@ -61,7 +61,13 @@ async fn revoke(
         at: Utc::now(),
     };
     match state.store.revoke_principal(id, &change).await? {
-        Ok(record) => Ok(Json(PrincipalOut::new(record, change.at)).into_response()),
+        Ok(record) => {
+            // Access changes are the security log's news, under the request's correlation and
+            // trace ids.
+            tracing::info!(principal_id = %id, subject = %record.subject,
+                by = %change.actor.subject, "principal revoked");
+            Ok(Json(PrincipalOut::new(record, change.at)).into_response())
+        }
         Err(e @ AccessRefused::NotFound(_)) => Err(ApiError::NotFound(e.to_string())),
         Err(e @ AccessRefused::Revoked(_)) => Err(ApiError::Conflict {
             detail: e.to_string(),

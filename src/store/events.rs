@@ -25,6 +25,8 @@ pub struct StoredEvent {
     pub position: i64,
     pub sequence: i64,
     pub event: DeploymentEvent,
+    /// The trace id in the event's metadata (`crate::write::TRACE_METADATA`), if it has one.
+    pub trace_id: Option<String>,
 }
 
 /// The events table both cqrs-es repositories read and write, behind one type, with a
@@ -279,9 +281,20 @@ impl Store {
 
     /// One intent's stream, in order, with global positions.
     pub async fn intent_events(&self, id: Uuid) -> Result<Vec<StoredEvent>, StoreError> {
-        let sql = "SELECT position, sequence, event_type, event_version, CAST(payload AS TEXT)
-                     FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence";
-        let rows: Vec<(i64, i64, String, String, String)> = on_reader!(&self.db, pool => {
+        let sql = match self.backend() {
+            super::Backend::Sqlite => {
+                "SELECT position, sequence, event_type, event_version, CAST(payload AS TEXT),
+                        metadata ->> '$.trace_id'
+                   FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence"
+            }
+            super::Backend::Postgres => {
+                "SELECT position, sequence, event_type, event_version, CAST(payload AS TEXT),
+                        metadata ->> 'trace_id'
+                   FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence"
+            }
+        };
+        type Row = (i64, i64, String, String, String, Option<String>);
+        let rows: Vec<Row> = on_reader!(&self.db, pool => {
             sqlx::query_as(sql)
                 .bind(DeploymentIntent::TYPE)
                 .bind(id.to_string())
@@ -289,19 +302,22 @@ impl Store {
                 .await?
         });
         rows.into_iter()
-            .map(|(position, sequence, event_type, event_version, payload)| {
-                let event = decode(&event_type, &event_version, &payload).map_err(|e| {
-                    StoreError::Corrupt {
+            .map(
+                |(position, sequence, event_type, event_version, payload, trace_id)| {
+                    let event = decode(&event_type, &event_version, &payload).map_err(|e| {
+                        StoreError::Corrupt {
+                            position,
+                            reason: e.to_string(),
+                        }
+                    })?;
+                    Ok(StoredEvent {
                         position,
-                        reason: e.to_string(),
-                    }
-                })?;
-                Ok(StoredEvent {
-                    position,
-                    sequence,
-                    event,
-                })
-            })
+                        sequence,
+                        event,
+                        trace_id,
+                    })
+                },
+            )
             .collect()
     }
 

@@ -156,12 +156,13 @@ impl Store {
                 .bind(rfc3339(expires_at))
                 .execute(&mut *tx)
                 .await?;
-            let (payload, event_type) = access_payload(&event);
+            let (payload, event_type, metadata) = access_payload(&event);
             sqlx::query(append)
                 .bind(id.to_string())
                 .bind(event_type)
                 .bind(payload)
                 .bind(AGGREGATE_TYPE)
+                .bind(metadata)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?
@@ -233,7 +234,7 @@ impl Store {
         event: &AccessEvent,
     ) -> Result<Option<(PrincipalRecord, bool)>, StoreError> {
         let append = self.append_access_sql();
-        let (payload, event_type) = access_payload(event);
+        let (payload, event_type, metadata) = access_payload(event);
         let changed = on_writer!(&self.db, pool => {
             let mut tx = pool.begin().await?;
             let mut query = sqlx::query(update).bind(id.to_string());
@@ -247,6 +248,7 @@ impl Store {
                     .bind(event_type)
                     .bind(&payload)
                     .bind(AGGREGATE_TYPE)
+                    .bind(&metadata)
                     .execute(&mut *tx)
                     .await?;
             }
@@ -256,19 +258,19 @@ impl Store {
         Ok(self.principal(id).await?.map(|record| (record, changed)))
     }
 
-    /// The statement that appends one event (type `$2`, payload `$3`) to the stream of principal
-    /// `$1` (aggregate type `$4`), after its last.
+    /// The statement that appends one event (type `$2`, payload `$3`, metadata `$5`) to the
+    /// stream of principal `$1` (aggregate type `$4`), after its last.
     fn append_access_sql(&self) -> &'static str {
         self.pick(
             "INSERT INTO events
                  (aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
                   metadata)
-             SELECT $4, $1, COALESCE(MAX(sequence), 0) + 1, $2, '1', $3, '{}'
+             SELECT $4, $1, COALESCE(MAX(sequence), 0) + 1, $2, '1', $3, $5
                FROM events WHERE aggregate_type = $4 AND aggregate_id = $1",
             "INSERT INTO events
                  (aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
                   metadata)
-             SELECT $4, $1, COALESCE(MAX(sequence), 0) + 1, $2, '1', $3::json, '{}'
+             SELECT $4, $1, COALESCE(MAX(sequence), 0) + 1, $2, '1', $3::json, $5::json
                FROM events WHERE aggregate_type = $4 AND aggregate_id = $1",
         )
     }
@@ -322,7 +324,10 @@ impl Store {
 }
 
 /// An access event's payload as stored, and its type name.
-fn access_payload(event: &AccessEvent) -> (String, &'static str) {
+/// The payload, type and metadata (the current trace id, if any) an access event is stored with.
+fn access_payload(event: &AccessEvent) -> (String, &'static str, String) {
     let payload = serde_json::to_string(event).expect("access events serialize");
-    (payload, event.type_name())
+    let metadata =
+        serde_json::to_string(&crate::write::event_metadata(None)).expect("a map of strings");
+    (payload, event.type_name(), metadata)
 }

@@ -20,9 +20,14 @@ pub struct Sim {
 
 impl Sim {
     pub async fn start(config: SimConfig) -> Sim {
+        Sim::serve(router(config)).await
+    }
+
+    /// Serves the simulator's `router` (with a test's own layers, say).
+    pub async fn serve(router: axum::Router) -> Sim {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, router(config)).await });
+        tokio::spawn(async move { axum::serve(listener, router).await });
         Sim {
             base,
             http: reqwest::Client::new(),

@@ -33,7 +33,7 @@ async fn sim() -> Sim {
 }
 
 /// Writes a connectors file for `sim` into the test's directory and returns the serve flags.
-fn connectors(db: &TestDb, sim: &Sim, more: &str) -> Vec<String> {
+pub fn connectors(db: &TestDb, sim: &Sim, more: &str) -> Vec<String> {
     let path = db.dir().join("connectors.toml");
     std::fs::write(
         &path,

@@ -305,6 +305,17 @@ impl TestApp {
     }
 
     pub async fn spawn_on(db: std::sync::Arc<TestDb>, extra: &[&str]) -> TestApp {
+        TestApp::spawn_configured(db, extra, &[], None).await
+    }
+
+    /// [`TestApp::spawn_on`] with these environment variables, and its standard error written to
+    /// `stderr` (else discarded).
+    pub async fn spawn_configured(
+        db: std::sync::Arc<TestDb>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        stderr: Option<&std::path::Path>,
+    ) -> TestApp {
         let policy = db.dir().join("policy.toml");
         if !policy.exists() {
             std::fs::write(&policy, NO_BAKE_POLICY).unwrap();
@@ -324,8 +335,12 @@ impl TestApp {
                 vec!["--policy", policy.to_str().unwrap()]
             })
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(match stderr {
+                Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+                None => Stdio::null(),
+            })
             .spawn()
             .expect("start eucora serve");
         let stdout = child.stdout.take().unwrap();

@@ -26,5 +26,6 @@ mod replay;
 mod rules;
 mod runner;
 mod store_contract;
+mod traces;
 mod unreadable;
 mod upcasting;
