@@ -134,6 +134,7 @@ impl Generator {
                 history: risk,
             },
             justification: None,
+            source_committed_at: None,
         };
         run(
             self,

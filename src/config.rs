@@ -270,6 +270,10 @@ pub struct CreateArgs {
     pub artifact_sha256: Option<String>,
     #[arg(long)]
     pub justification: Option<String>,
+    /// When the change was committed to source control (RFC 3339, such as
+    /// 2026-11-30T09:00:00Z): where its lead time starts.
+    #[arg(long, value_name = "TIME")]
+    pub source_committed_at: Option<String>,
     /// A risk factor, `NAME=VALUE` with VALUE from 0 to 1 (privilege_impact, supply_chain_trust,
     /// exploitability, data_access, sbom_vulnerability, operational_complexity, history);
     /// repeat for each. Factors not given are 0.

@@ -5,7 +5,8 @@
 //! real-world apps at low, medium and high risk; CAB approvals and rejections; emergency changes
 //! approved retrospectively; cumulative rollout reports ring by ring, some below the ring's success
 //! threshold or with incidents; promotions that pass or are blocked (and retried, as an operator
-//! would after the bake time); and rollbacks. The same seed makes the same choices, although the
+//! would after the bake time); and rollbacks, often followed by an emergency fix of the same app.
+//! Most requests say when their change was committed (minutes to days before). The same seed makes the same choices, although the
 //! timing, and so the server's interleaving, varies from run to run.
 
 use std::time::Duration;
@@ -172,6 +173,7 @@ pub async fn run(plan: &DemoPlan, crew: &DemoCrew) -> Result<DemoSummary, String
             pace: plan.pace,
             deadline,
             done: DemoSummary::default(),
+            hotfix: None,
         };
         workers.spawn(worker.run());
     }
@@ -234,6 +236,8 @@ struct Worker {
     pace: Duration,
     deadline: Option<Instant>,
     done: DemoSummary,
+    /// After a rollback, often an emergency change of the same app follows: (app, ring failed in).
+    hotfix: Option<(usize, Ring)>,
 }
 
 impl Worker {
@@ -317,8 +321,13 @@ impl Worker {
         &weighted[weighted.len() - 1].0
     }
 
-    fn create_body(&mut self) -> Value {
-        let (app, connector, privileged) = APPS[self.rng.gen_range(0..APPS.len())];
+    /// The next request, and the index of its app in [`APPS`].
+    fn create_body(&mut self) -> (Value, usize) {
+        if let Some((app, failed_in)) = self.hotfix.take() {
+            return (self.hotfix_body(app, failed_in), app);
+        }
+        let index = self.rng.gen_range(0..APPS.len());
+        let (app, connector, privileged) = APPS[index];
         let change_type = *self.pick(&[("normal", 80), ("standard", 12), ("emergency", 8)]);
         let site_class = *self.pick(&[("online", 70), ("intermittent", 20), ("air_gapped", 10)]);
         let target = *self.pick(&[
@@ -335,7 +344,7 @@ impl Worker {
             "sbom_vulnerability": factor(), "operational_complexity": factor(),
             "history": factor(),
         });
-        json!({
+        let body = json!({
             "app_name": app,
             "version": format!("{}.{}.{}", self.rng.gen_range(1..30), self.rng.gen_range(0..12), self.rng.gen_range(0..100)),
             "connector_type": connector,
@@ -347,13 +356,50 @@ impl Worker {
             "rollback_validated": self.rng.gen_bool(0.95),
             "risk_factors": risk_factors,
             "justification": "demo traffic",
+            "source_committed_at": self.committed(),
+        });
+        (body, index)
+    }
+
+    /// When most requests' changes were committed (minutes to days before); some do not say.
+    fn committed(&mut self) -> Value {
+        if self.rng.gen_bool(0.7) {
+            let before = chrono::Duration::minutes(self.rng.gen_range(10..4320));
+            json!((chrono::Utc::now() - before).to_rfc3339())
+        } else {
+            Value::Null
+        }
+    }
+
+    /// An emergency fix of `app` after a rollback in `failed_in`, starting as far out as the
+    /// policy lets an emergency change start.
+    fn hotfix_body(&mut self, app: usize, failed_in: Ring) -> Value {
+        let (name, connector, privileged) = APPS[app];
+        let start = failed_in.min(Policy::default().max_emergency_start_ring);
+        json!({
+            "app_name": name,
+            "version": format!("{}.{}.{}", self.rng.gen_range(1..30), self.rng.gen_range(0..12), self.rng.gen_range(100..200)),
+            "connector_type": connector,
+            "start_ring": start.as_str(),
+            "target_ring": failed_in.max(Ring::Canary).as_str(),
+            "change_type": "emergency",
+            "site_class": "online",
+            "privileged_tooling": privileged,
+            "rollback_validated": true,
+            "risk_factors": {
+                "privilege_impact": 0.4, "supply_chain_trust": 0.2, "exploitability": 0.3,
+                "data_access": 0.2, "sbom_vulnerability": 0.2, "operational_complexity": 0.3,
+                "history": 0.4,
+            },
+            "justification": "demo traffic: a fix after a rollback",
+            "source_committed_at": self.committed(),
         })
     }
 
     /// Walks one intent from its request to an end: rejected, rolled back, completed, or left
     /// where it stands when its promotions keep being blocked.
     async fn intent(&mut self) -> Result<(), Stop> {
-        let body = self.create_body();
+        let (body, app) = self.create_body();
         let (status, intent) = self
             .send(Who::Requester, "/api/v1/deployments", body)
             .await?;
@@ -409,6 +455,7 @@ impl Worker {
                     .rollback(
                         &path("rollback"),
                         "crash on launch reported by the service desk",
+                        (app, ring),
                     )
                     .await;
             }
@@ -478,7 +525,11 @@ impl Worker {
             if !promoted {
                 if self.rng.gen_bool(0.6) {
                     return self
-                        .rollback(&path("rollback"), "promotion blocked; rolling back")
+                        .rollback(
+                            &path("rollback"),
+                            "promotion blocked; rolling back",
+                            (app, ring),
+                        )
                         .await;
                 }
                 return Ok(());
@@ -516,13 +567,22 @@ impl Worker {
         Ok(())
     }
 
-    async fn rollback(&mut self, path: &str, reason: &str) -> Result<(), Stop> {
+    /// Rolls back the intent of `failed`'s app in its ring; often a fix follows.
+    async fn rollback(
+        &mut self,
+        path: &str,
+        reason: &str,
+        failed: (usize, Ring),
+    ) -> Result<(), Stop> {
         self.pause().await?;
         let (status, _) = self
             .send(Who::Deployer, path, json!({ "reason": reason }))
             .await?;
         if status == 200 {
             self.done.rolled_back += 1;
+            if self.rng.gen_bool(0.6) {
+                self.hotfix = Some(failed);
+            }
         }
         Ok(())
     }

@@ -56,7 +56,7 @@ impl std::error::Error for DecodeError {}
 /// Agrees with [`DeploymentEvent::version`] (a test holds them together).
 pub fn current_version(event_type: &str) -> Option<u32> {
     Some(match event_type {
-        "DeploymentCreated" => 1,
+        "DeploymentCreated" => 2,
         "DeploymentApproved" => 1,
         "DeploymentRejected" => 2,
         "DeploymentDeployed" => 2,
@@ -222,6 +222,11 @@ fn upcast_step(event_type: &str, from: u32, body: &mut Map<String, Value>) -> Re
             body.insert("retrospective".into(), Value::Bool(false));
             Ok(())
         }
+        // Version 1 requests did not say when their change was committed.
+        ("DeploymentCreated", 1) => {
+            body.insert("source_committed_at".into(), Value::Null);
+            Ok(())
+        }
         // Version 1 reports carried no retrospective-approval deadline.
         ("DeploymentDeployed", 1) => {
             body.insert("retro_approval_due_at".into(), Value::Null);
@@ -316,6 +321,30 @@ mod tests {
         assert_eq!(d.retro_approval_due_at, None);
         assert_eq!(d.meta.schema_version, 2);
         assert_eq!((d.succeeded, d.failed), (9, 1));
+    }
+
+    #[test]
+    fn a_version_1_request_reads_as_version_2_without_a_commit_time() {
+        let mut s = Script::new(1);
+        let mut event = s.created("7-Zip", false);
+        event.meta_mut().schema_version = 1;
+        let mut json: Value = serde_json::to_value(&event).unwrap();
+        json["DeploymentCreated"]
+            .as_object_mut()
+            .unwrap()
+            .remove("source_committed_at");
+        let read = decode("DeploymentCreated", "1", &json.to_string()).unwrap();
+        let DeploymentEvent::DeploymentCreated(c) = &read else {
+            panic!("{read:?}")
+        };
+        assert_eq!(c.source_committed_at, None);
+        assert_eq!(c.meta.schema_version, 2);
+        assert_eq!(c.app_name, "7-Zip");
+        // Read as the current version, the old payload lacks the field and is refused.
+        assert!(matches!(
+            decode("DeploymentCreated", "2", &json.to_string()),
+            Err(DecodeError::Malformed { .. })
+        ));
     }
 
     #[test]

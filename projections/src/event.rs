@@ -222,6 +222,7 @@ pub struct EventMeta {
     pub schema_version: u32,
 }
 
+/// Version 2 added `source_committed_at` (version 1 events upcast to `None`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Created {
     pub meta: EventMeta,
@@ -238,6 +239,9 @@ pub struct Created {
     pub artifact_sha256: Option<String>,
     pub justification: Option<String>,
     pub risk: RiskAssessment,
+    /// When the change was committed to source control, if the requester said: where lead time
+    /// starts (else at creation).
+    pub source_committed_at: Option<DateTime<Utc>>,
 }
 
 /// Why an intent was cleared to deploy.
@@ -530,7 +534,7 @@ impl DeploymentEvent {
     /// This event type's schema version as this build writes and reads it.
     pub fn version(&self) -> u32 {
         match self {
-            DeploymentEvent::DeploymentCreated(_) => 1,
+            DeploymentEvent::DeploymentCreated(_) => 2,
             DeploymentEvent::DeploymentApproved(_) => 1,
             DeploymentEvent::DeploymentRejected(_) => 2,
             DeploymentEvent::DeploymentDeployed(_) => 2,

@@ -51,6 +51,7 @@ impl Script {
             rollback_validated: true,
             artifact_sha256: None,
             justification: None,
+            source_committed_at: None,
             risk: RiskAssessment {
                 model_version: "risk_model_v1.0".into(),
                 score: if requires_cab { 70 } else { 20 },

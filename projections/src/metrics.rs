@@ -11,7 +11,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::event::{ApprovalBasis, ConnectorType, DeploymentEvent, Gate, Ring, SiteClass, Status};
+use crate::event::{
+    ApprovalBasis, ChangeType, ConnectorType, DeploymentEvent, Gate, Ring, SiteClass, Status,
+};
 
 /// Buckets for durations: a minute to two weeks (rollouts last hours to days).
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -72,6 +74,10 @@ impl Histogram {
 struct Intent {
     /// The `app_name` label: the app's name, or `other` past the label limit.
     app: Arc<str>,
+    /// The app's own name, whatever its label: failures and recoveries are the same app's.
+    name: Arc<str>,
+    /// Where lead time starts: the change's commit (`source_committed_at`), else its creation.
+    lead_from: DateTime<Utc>,
     requires_cab: bool,
     site_class: SiteClass,
     status: Status,
@@ -115,6 +121,19 @@ pub struct Metrics {
     rollbacks: HashMap<Ring, u64>,
     /// (ring, connector_type)
     drift: HashMap<(Ring, ConnectorType), u64>,
+    /// Delivery performance, per (app_name, ring): lead time to compliance in the ring.
+    lead_time: HashMap<(Arc<str>, Ring), Histogram>,
+    /// A failure (rollback) in the ring to the app's next compliant version there.
+    recovery_time: HashMap<(Arc<str>, Ring), Histogram>,
+    /// Rollbacks: changes that failed in the ring.
+    change_failures: HashMap<(Arc<str>, Ring), u64>,
+    /// Emergency changes requested while the app had an unrecovered failure in the ring.
+    rework: HashMap<(Arc<str>, Ring), u64>,
+    /// The first unrecovered failure of each app (its own name) in each ring, until a version of
+    /// the app is compliant there again.
+    unrecovered: HashMap<(Arc<str>, Ring), DateTime<Utc>>,
+    /// Apps' own names, shared by their intents.
+    names: HashMap<String, Arc<str>>,
     events: BTreeMap<&'static str, u64>,
     position: i64,
 }
@@ -142,6 +161,12 @@ impl Metrics {
             attempts: BTreeMap::new(),
             rollbacks: HashMap::new(),
             drift: HashMap::new(),
+            lead_time: HashMap::new(),
+            recovery_time: HashMap::new(),
+            change_failures: HashMap::new(),
+            rework: HashMap::new(),
+            unrecovered: HashMap::new(),
+            names: HashMap::new(),
             events: EVENT_TYPES.iter().map(|t| (*t, 0)).collect(),
             position: 0,
         }
@@ -184,10 +209,32 @@ impl Metrics {
                     return;
                 }
                 let app = self.app_label(&e.app_name);
+                let name = match self.names.get(e.app_name.as_str()) {
+                    Some(name) => name.clone(),
+                    None => {
+                        let name: Arc<str> = Arc::from(e.app_name.as_str());
+                        self.names.insert(e.app_name.clone(), name.clone());
+                        name
+                    }
+                };
+                // Rework: an emergency change for an app whose failure in some ring is not yet
+                // recovered, counted in the ring of its latest such failure.
+                if e.change_type == ChangeType::Emergency {
+                    let latest = Ring::ALL
+                        .into_iter()
+                        .filter_map(|r| Some((*self.unrecovered.get(&(name.clone(), r))?, r)))
+                        .max();
+                    if let Some((_, ring)) = latest {
+                        *self.rework.entry((app.clone(), ring)).or_default() += 1;
+                    }
+                }
                 self.intents.insert(
                     id,
                     Intent {
                         app,
+                        name,
+                        // A commit a little ahead of this clock (another system's) counts as now.
+                        lead_from: e.source_committed_at.map_or(at, |c| c.min(at)),
                         requires_cab: e.risk.requires_cab,
                         site_class: e.site_class,
                         status: Status::AwaitingCab,
@@ -270,6 +317,17 @@ impl Metrics {
                 if e.first_compliant && !intent.ring_compliant {
                     intent.ring_compliant = true;
                     let site = intent.site_class;
+                    let key = (intent.app.clone(), e.ring);
+                    self.lead_time
+                        .entry(key.clone())
+                        .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
+                        .observe(seconds(intent.lead_from, at));
+                    if let Some(failed) = self.unrecovered.remove(&(intent.name.clone(), e.ring)) {
+                        self.recovery_time
+                            .entry(key)
+                            .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
+                            .observe(seconds(failed, at));
+                    }
                     if let Some(entered) = intent.ring_entered_at {
                         let took = seconds(entered, at);
                         self.time_to_compliance
@@ -335,6 +393,13 @@ impl Metrics {
                 intent.status = Status::RolledBack;
                 let entered = intent.ring_entered_at;
                 *self.rollbacks.entry(e.ring).or_default() += 1;
+                *self
+                    .change_failures
+                    .entry((intent.app.clone(), e.ring))
+                    .or_default() += 1;
+                self.unrecovered
+                    .entry((intent.name.clone(), e.ring))
+                    .or_insert(at);
                 if let Some(entered) = entered {
                     self.duration
                         .entry((e.ring, "failed"))
@@ -448,6 +513,33 @@ impl Metrics {
                     ("connector_type", connector.as_str().to_string()),
                 ]
             }),
+        );
+
+        let app_ring =
+            |(app, r): &(Arc<str>, Ring)| vec![("app_name", app.to_string()), ("ring", ring(r))];
+        histogram_family(
+            &mut out,
+            "deployment_lead_time_seconds",
+            "Delivery lead time: the change's commit (source_committed_at, else the intent's creation) to its first compliant rollout report in the ring.",
+            &sorted(&self.lead_time, app_ring),
+        );
+        histogram_family(
+            &mut out,
+            "deployment_recovery_time_seconds",
+            "Failed-deployment recovery time: a rollback in the ring to the next compliant version of the same app there.",
+            &sorted(&self.recovery_time, app_ring),
+        );
+        counter_family(
+            &mut out,
+            "deployment_change_failures_total",
+            "Changes that failed in the ring (rolled back).",
+            &sorted(&self.change_failures, app_ring),
+        );
+        counter_family(
+            &mut out,
+            "deployment_rework_total",
+            "Emergency changes requested while the app had an unrecovered failure, in the ring of that failure.",
+            &sorted(&self.rework, app_ring),
         );
 
         header(
@@ -926,6 +1018,120 @@ mod tests {
         assert!(!text.contains("slack"));
     }
 
+    /// An intent's creation, as an emergency change when `emergency`, committed `committed`
+    /// hours before its request when given.
+    fn request(
+        x: &mut Script,
+        app: &str,
+        emergency: bool,
+        committed: Option<f64>,
+    ) -> DeploymentEvent {
+        let mut event = x.created(app, false);
+        if let DeploymentEvent::DeploymentCreated(c) = &mut event {
+            if emergency {
+                c.change_type = ChangeType::Emergency;
+            }
+            c.source_committed_at = committed.map(|h| {
+                c.meta.occurred_at - chrono::Duration::milliseconds((h * 3_600_000.0) as i64)
+            });
+        }
+        event
+    }
+
+    /// 7zip's version A: committed a day before its request, compliant in LAB at 5 h, failed in
+    /// CANARY at 40 h. Its emergency fix B: compliant in LAB at 50 h and in CANARY at 60 h, which
+    /// recovers CANARY. An emergency change of another app, which followed no failure, and one
+    /// of 7zip after the recovery are no rework.
+    fn failure_and_recovery() -> Vec<DeploymentEvent> {
+        let (mut a, mut b, mut c, mut d) = (
+            Script::new(1),
+            Script::new(2),
+            Script::new(3),
+            Script::new(4),
+        );
+        vec![
+            request(&mut a, "7zip", false, Some(24.0)),
+            a.approved(0.0, B::Policy, "policy"),
+            a.deployed(5.0, Ring::Lab, 10, true),
+            a.promoted(30.0, Ring::Lab, Ring::Canary),
+            a.deployed(35.0, Ring::Canary, 6, false),
+            a.rolled_back(40.0, Ring::Canary, Status::Deployed),
+            request(&mut b, "7zip", true, None),
+            request(&mut c, "Firefox", true, None),
+            b.approved(0.0, B::EmergencyProvisional, "policy:emergency_change"),
+            b.deployed(50.0, Ring::Lab, 10, true),
+            b.promoted(51.0, Ring::Lab, Ring::Canary),
+            b.deployed(60.0, Ring::Canary, 10, true),
+            request(&mut d, "7zip", true, None),
+        ]
+    }
+
+    #[test]
+    fn delivery_performance_follows_a_failure_its_rework_and_its_recovery() {
+        let text = fold(10, &failure_and_recovery());
+        // Lead time in LAB: A 5 h + the day before its request = 29 h; B 50 h (from creation).
+        has(
+            &text,
+            "deployment_lead_time_seconds_sum{app_name=\"7zip\",ring=\"LAB\"} 284400",
+        );
+        has(
+            &text,
+            "deployment_lead_time_seconds_count{app_name=\"7zip\",ring=\"LAB\"} 2",
+        );
+        has(
+            &text,
+            "deployment_lead_time_seconds_bucket{app_name=\"7zip\",ring=\"LAB\",le=\"172800\"} 1",
+        );
+        // In CANARY only B was compliant, 60 h after its creation.
+        has(
+            &text,
+            "deployment_lead_time_seconds_sum{app_name=\"7zip\",ring=\"CANARY\"} 216000",
+        );
+        has(
+            &text,
+            "deployment_change_failures_total{app_name=\"7zip\",ring=\"CANARY\"} 1",
+        );
+        // Recovered 20 h after the failure, by the next compliant version in that ring; B's
+        // compliance in LAB recovered nothing (nothing failed there).
+        has(
+            &text,
+            "deployment_recovery_time_seconds_sum{app_name=\"7zip\",ring=\"CANARY\"} 72000",
+        );
+        has(
+            &text,
+            "deployment_recovery_time_seconds_count{app_name=\"7zip\",ring=\"CANARY\"} 1",
+        );
+        assert!(!text
+            .contains("deployment_recovery_time_seconds_count{app_name=\"7zip\",ring=\"LAB\"}"));
+        // B followed the failure; Firefox's and the one after the recovery did not.
+        has(
+            &text,
+            "deployment_rework_total{app_name=\"7zip\",ring=\"CANARY\"} 1",
+        );
+        assert_eq!(
+            text.matches("deployment_rework_total{").count(),
+            1,
+            "{text}"
+        );
+        // The same events fold to the same text, byte for byte.
+        assert_eq!(text, fold(10, &failure_and_recovery()));
+    }
+
+    #[test]
+    fn failures_and_recoveries_are_each_apps_own_past_the_label_limit() {
+        // With no labelled apps, 7zip and Firefox are both `other`: Firefox's emergency change
+        // still follows no failure of its own.
+        let text = fold(0, &failure_and_recovery());
+        has(
+            &text,
+            "deployment_rework_total{app_name=\"other\",ring=\"CANARY\"} 1",
+        );
+        has(
+            &text,
+            "deployment_recovery_time_seconds_count{app_name=\"other\",ring=\"CANARY\"} 1",
+        );
+    }
+
     #[test]
     fn user_supplied_label_values_are_escaped() {
         let text = fold(10, &[Script::new(1).created("a\"b\\c\nd", true)]);
@@ -948,6 +1154,10 @@ mod tests {
             "promotion_gate_success_rate gauge",
             "deployment_rollbacks_total counter",
             "deployment_drift_total counter",
+            "deployment_lead_time_seconds histogram",
+            "deployment_recovery_time_seconds histogram",
+            "deployment_change_failures_total counter",
+            "deployment_rework_total counter",
             "deployments_in_state gauge",
             "eucora_events_total counter",
             "eucora_projection_position gauge",

@@ -439,6 +439,7 @@ fn create_body(args: &CreateArgs) -> Result<Value, Failure> {
         ("site_class", &args.site_class),
         ("artifact_sha256", &args.artifact_sha256),
         ("justification", &args.justification),
+        ("source_committed_at", &args.source_committed_at),
     ] {
         if let Some(v) = value {
             body.insert(name.into(), json!(v));

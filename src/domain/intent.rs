@@ -25,6 +25,8 @@ pub const DEADLINE_WATCHER: &str = "system:retro_deadline";
 pub const DISPATCHER: &str = "system:dispatcher";
 
 const MAX_TEXT: usize = 4096;
+/// How far ahead of the server's clock a `source_committed_at` may be (another system's clock).
+const MAX_CLOCK_SKEW_MINUTES: i64 = 5;
 /// The most devices a rollout report may count in one ring (and the most incidents): beyond any
 /// real estate, far below where arithmetic on the counts could overflow.
 pub const MAX_DEVICES: u64 = 10_000_000;
@@ -114,6 +116,8 @@ pub struct CreateIntent {
     pub artifact_sha256: Option<String>,
     pub risk_factors: RiskFactors,
     pub justification: Option<String>,
+    /// When the change was committed to source control (lead time starts there).
+    pub source_committed_at: Option<DateTime<Utc>>,
 }
 
 /// A rollout result for the current ring (cumulative counts).
@@ -450,6 +454,18 @@ fn create_intent(out: &mut Events, c: &CreateIntent) -> Result<(), DomainError> 
             ));
         }
     }
+    if let Some(committed) = c.source_committed_at {
+        if committed > out.now + chrono::Duration::minutes(MAX_CLOCK_SKEW_MINUTES) {
+            return Err(DomainError::invalid(
+                "source_committed_at",
+                format!(
+                    "{} is after this request ({}): a change is committed before it is requested",
+                    committed.to_rfc3339(),
+                    out.now.to_rfc3339()
+                ),
+            ));
+        }
+    }
     if c.start_ring > c.target_ring {
         return Err(DomainError::invalid(
             "start_ring",
@@ -503,6 +519,7 @@ fn create_intent(out: &mut Events, c: &CreateIntent) -> Result<(), DomainError> 
             artifact_sha256: c.artifact_sha256.as_ref().map(|s| s.to_ascii_lowercase()),
             justification: c.justification.clone(),
             risk,
+            source_committed_at: c.source_committed_at,
         })
     });
     let clearance = match (requires_cab, c.change_type) {

@@ -86,6 +86,9 @@ pub struct CreateRequest {
     pub risk_factors: RiskFactors,
     #[schema(max_length = 4096)]
     pub justification: Option<String>,
+    /// When the change was committed to source control (RFC 3339), where its lead time starts;
+    /// without it, lead time starts at this request. At most 5 minutes ahead of the server (422).
+    pub source_committed_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -334,6 +337,7 @@ async fn create(
         artifact_sha256: r.artifact_sha256,
         risk_factors: r.risk_factors,
         justification: r.justification,
+        source_committed_at: r.source_committed_at,
     }));
     command(
         state,

@@ -39,6 +39,7 @@ fn create_command(n: usize) -> Command {
             artifact_sha256: None,
             risk_factors: factors,
             justification: None,
+            source_committed_at: None,
         })),
     }
 }

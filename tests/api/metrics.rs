@@ -19,6 +19,7 @@ use crate::helpers::{intent_body, Backend, Crew, TestApp, TestDb};
 crate::on_both_backends!(
     the_metrics_endpoints_serve_the_domain_catalogue_of_the_stream,
     metrics_answer_503_until_the_projection_has_caught_up,
+    lead_time_starts_at_the_commit_the_request_names,
 );
 
 /// The domain part of an exposition: everything up to the projection's position line.
@@ -49,6 +50,48 @@ pub(crate) async fn metrics_with(app: &TestApp, path: &str, line: &str) -> Strin
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn lead_time_starts_at_the_commit_the_request_names(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let crew = Crew::new(&app);
+    // A commit in the future is refused in our words, and nothing is written.
+    let mut body = intent_body("Firefox", 0.2, "CANARY");
+    let tomorrow = chrono::Utc::now() + chrono::Duration::days(1);
+    body["source_committed_at"] = serde_json::json!(tomorrow.to_rfc3339());
+    let refused = app.create(&crew.requester, body.clone()).await;
+    refused.assert_problem(422);
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("source_committed_at"),
+        "{refused:?}"
+    );
+    assert_eq!(app.intent_event_count().await, 0);
+    // Committed two days before the request: its lead time to LAB is two days and seconds.
+    let committed = chrono::Utc::now() - chrono::Duration::days(2);
+    body["source_committed_at"] = serde_json::json!(committed.to_rfc3339());
+    let id = app.create(&crew.requester, body).await.id();
+    app.deploy(&crew.deployer, &id, "LAB", 10, 10).await;
+    let text = metrics_with(
+        &app,
+        "/api/v1/metrics",
+        "deployment_lead_time_seconds_count{app_name=\"Firefox\",ring=\"LAB\"} 1",
+    )
+    .await;
+    for line in [
+        "deployment_lead_time_seconds_bucket{app_name=\"Firefox\",ring=\"LAB\",le=\"172800\"} 0",
+        "deployment_lead_time_seconds_bucket{app_name=\"Firefox\",ring=\"LAB\",le=\"259200\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing `{line}`:\n{text}");
+    }
+    let history = app
+        .get(&format!("/api/v1/deployments/{id}/events"), &crew.auditor)
+        .await;
+    let stored = &history.body["events"][0]["event"]["DeploymentCreated"]["source_committed_at"];
+    let stored: chrono::DateTime<chrono::Utc> = stored.as_str().unwrap().parse().unwrap();
+    assert_eq!(stored.timestamp_micros(), committed.timestamp_micros());
 }
 
 async fn the_metrics_endpoints_serve_the_domain_catalogue_of_the_stream(backend: Backend) {

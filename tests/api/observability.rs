@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::helpers::{eucora, Backend, TestApp};
 
 /// The dashboards the issues ask for: file, uid and title.
-const DASHBOARDS: [(&str, &str, &str); 6] = [
+const DASHBOARDS: [(&str, &str, &str); 7] = [
     (
         "operations.json",
         "eucora-operations",
@@ -41,6 +41,11 @@ const DASHBOARDS: [(&str, &str, &str); 6] = [
         "circuit-breakers.json",
         "eucora-breakers",
         "Circuit Breaker Status",
+    ),
+    (
+        "delivery-performance.json",
+        "eucora-delivery",
+        "Delivery Performance",
     ),
 ];
 
@@ -131,10 +136,17 @@ fn dashboards_follow_the_conventions() {
             for target in targets {
                 assert_eq!(target["datasource"]["uid"], "${datasource}", "{name}");
                 let expr = target["expr"].as_str().expect("expr");
+                // A stat sums up the dashboard's range; a graph, each interval.
+                let window = if panel["type"] == "stat" {
+                    "$__range"
+                } else {
+                    "$__rate_interval"
+                };
                 for range in ranges(expr) {
-                    assert_eq!(
-                        range, "$__rate_interval",
-                        "{name}: rates over $__rate_interval, not a fixed window, in {expr}"
+                    assert!(
+                        range == "$__rate_interval" || range == window,
+                        "{name}: rates over $__rate_interval (or a stat over $__range), not a \
+                         fixed window, in {expr}"
                     );
                 }
             }
@@ -694,7 +706,9 @@ async fn every_dashboard_query_and_rule_returns_data_on_a_real_prometheus() {
         }
     }
     for (what, expr) in dashboard_queries() {
-        let expr = expr.replace("$__rate_interval", "1m");
+        let expr = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$__range", "1m");
         matchers.extend(check_references(&what, &expr, &mut failures));
         match prometheus.query_until_data(&expr, patience).await {
             Ok(result) if result.is_empty() => failures.push(format!("{what}: no data for {expr}")),

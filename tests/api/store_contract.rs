@@ -74,6 +74,7 @@ pub(crate) fn create(app: &str) -> Action {
             history: v,
         },
         justification: None,
+        source_committed_at: None,
     }))
 }
 

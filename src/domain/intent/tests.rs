@@ -60,6 +60,7 @@ fn low_risk() -> CreateIntent {
         artifact_sha256: None,
         risk_factors: factors(0.2),
         justification: None,
+        source_committed_at: None,
     }
 }
 
@@ -316,6 +317,43 @@ fn a_start_ring_past_the_target_is_refused() {
         .when(alice(), Action::Create(Box::new(create)))
         .unwrap_err();
     assert!(matches!(err, DomainError::InvalidInput { ref field, .. } if field == "start_ring"));
+}
+
+#[test]
+fn a_commit_time_is_recorded_and_one_in_the_future_is_refused() {
+    let world = World::new();
+    let now = world.clock.now();
+    let committed = now - Duration::days(2);
+    let create = CreateIntent {
+        source_committed_at: Some(committed),
+        ..low_risk()
+    };
+    let events = world
+        .when(alice(), Action::Create(Box::new(create)))
+        .unwrap();
+    let DeploymentEvent::DeploymentCreated(c) = &events[0] else {
+        panic!("{events:?}")
+    };
+    assert_eq!(c.source_committed_at, Some(committed));
+    // Another system's clock may run a little ahead; a commit an hour from now is a mistake.
+    let skewed = CreateIntent {
+        source_committed_at: Some(now + Duration::minutes(4)),
+        ..low_risk()
+    };
+    assert!(world
+        .when(alice(), Action::Create(Box::new(skewed)))
+        .is_ok());
+    let future = CreateIntent {
+        source_committed_at: Some(now + Duration::hours(1)),
+        ..low_risk()
+    };
+    let err = world
+        .when(alice(), Action::Create(Box::new(future)))
+        .unwrap_err();
+    assert!(
+        matches!(err, DomainError::InvalidInput { ref field, .. } if field == "source_committed_at"),
+        "{err:?}"
+    );
 }
 
 #[test]
