@@ -29,6 +29,10 @@ pub enum CliCommand {
     /// Manage the key that signs the log's checkpoints and evidence bundles.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Print the Prometheus SLO rules (burn-rate alerts) or their promtool tests, generated from
+    /// the policy (docs/observability.md, "SLOs").
+    #[command(subcommand)]
+    Slo(SloCommand),
     /// Export compliance evidence from the database, or verify a bundle offline.
     #[command(subcommand)]
     Evidence(EvidenceCommand),
@@ -434,6 +438,23 @@ pub enum KeyCommand {
         /// The key's name, which is also the log's origin line.
         #[arg(long, default_value = crate::checkpoints::DEFAULT_KEY_NAME)]
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SloCommand {
+    /// Print `prometheus/rules/slo.yml` for the policy: the SLOs' recording rules and
+    /// multi-window, multi-burn-rate alerts.
+    Rules {
+        /// The policy file the server runs with (default: DOMAIN.md's defaults).
+        #[arg(long, env = "EUCORA_POLICY")]
+        policy: Option<PathBuf>,
+    },
+    /// Print `prometheus/tests/slo_test.yml` for the policy: each alert's promtool tests just
+    /// inside and just outside each threshold.
+    Tests {
+        #[arg(long, env = "EUCORA_POLICY")]
+        policy: Option<PathBuf>,
     },
 }
 

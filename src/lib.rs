@@ -35,6 +35,7 @@ pub mod principals;
 pub mod projection;
 pub mod read;
 pub mod replay;
+pub mod slo;
 pub mod store;
 pub mod telemetry;
 pub mod write;

@@ -15,7 +15,7 @@ use eucora::app::Application;
 use eucora::cli::{say, Failure};
 use eucora::config::{
     Cli, CliCommand, DbArgs, DemoArgs, EvidenceCommand, ExportArgs, KeyCommand, LogFormat,
-    ReplayArgs, TokenCommand,
+    ReplayArgs, SloCommand, TokenCommand,
 };
 use eucora::domain::SystemClock;
 use eucora::principals::{expiry, issue_token, operator_change, rotate_token, PrincipalOut};
@@ -275,6 +275,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 out.display()
             );
             say(format_args!("{}", key.verifier_key()))?;
+            Ok(())
+        }
+        CliCommand::Slo(command) => {
+            let (SloCommand::Rules { policy: path } | SloCommand::Tests { policy: path }) =
+                &command;
+            let policy = match path {
+                Some(path) => eucora::domain::Policy::load(&path.to_string_lossy())
+                    .map_err(|e| e.to_string())?,
+                None => eucora::domain::Policy::default(),
+            };
+            let text = match command {
+                SloCommand::Rules { .. } => eucora::slo::rules(&policy)?,
+                SloCommand::Tests { .. } => eucora::slo::tests(&policy)?,
+            };
+            say(format_args!("{}", text.trim_end()))?;
             Ok(())
         }
         CliCommand::Events(args) => {

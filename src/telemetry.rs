@@ -199,7 +199,7 @@ fn colour_on_stderr() -> bool {
 }
 
 /// OpenTelemetry's recommended buckets for HTTP server durations, in seconds.
-const HTTP_BUCKETS: &[f64] = &[
+pub const HTTP_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 

@@ -9,6 +9,12 @@
 //! max_incidents = 0
 //! min_bake_time = "48h"
 //! time_to_compliance = { online = "24h", intermittent = "72h", air_gapped = "7d" }
+//!
+//! [slo]
+//! api_availability = 0.999
+//! api_latency = "500ms"
+//! api_latency_objective = 0.99
+//! time_to_compliance_objective = 0.95
 //! ```
 //! Every key is optional; what a file leaves out keeps its default. Durations are a whole number
 //! followed by `s`, `m`, `h`, `d` or `w`.
@@ -41,9 +47,25 @@ impl RingPolicy {
     }
 }
 
+/// The service level objectives the Prometheus SLO rules are generated from (`eucora slo
+/// rules`), each over a 30-day window. The time-to-compliance SLO's bounds are the rings'
+/// `time_to_compliance`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SloPolicy {
+    /// Share of API requests answered without a 5xx.
+    pub api_availability: f64,
+    /// The latency a request must be answered within, to count as fast.
+    pub api_latency: Duration,
+    /// Share of API requests answered within `api_latency`.
+    pub api_latency_objective: f64,
+    /// Share of rollouts compliant within their ring's and site class's time to compliance.
+    pub time_to_compliance_objective: f64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     rings: [RingPolicy; 5],
+    pub slo: SloPolicy,
     /// How long after its first deployment an emergency change may be approved retrospectively.
     pub emergency_retro_window: Duration,
     /// The furthest ring an emergency change may start in (it skips the CAB there until it is
@@ -71,6 +93,12 @@ impl Default for Policy {
             ],
             emergency_retro_window: Duration::hours(48),
             max_emergency_start_ring: Ring::Pilot,
+            slo: SloPolicy {
+                api_availability: 0.999,
+                api_latency: Duration::milliseconds(500),
+                api_latency_objective: 0.99,
+                time_to_compliance_objective: 0.95,
+            },
         }
     }
 }
@@ -96,6 +124,16 @@ struct PolicyFile {
     max_emergency_start_ring: Option<String>,
     #[serde(default)]
     rings: BTreeMap<String, RingOverride>,
+    slo: Option<SloOverride>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SloOverride {
+    api_availability: Option<f64>,
+    api_latency: Option<String>,
+    api_latency_objective: Option<f64>,
+    time_to_compliance_objective: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -138,6 +176,39 @@ impl Policy {
         }
         if let Some(name) = file.max_emergency_start_ring {
             policy.max_emergency_start_ring = parse_ring("max_emergency_start_ring", &name)?;
+        }
+        if let Some(o) = file.slo {
+            let objective = |key: &str, value: Option<f64>, into: &mut f64| {
+                if let Some(v) = value {
+                    // An objective of 1 leaves no error budget to burn.
+                    if !(v > 0.0 && v < 1.0) {
+                        return Err(PolicyError::Invalid(format!(
+                            "slo.{key} must be above 0 and below 1 (0.999 is 99.9 %), got {v}"
+                        )));
+                    }
+                    *into = v;
+                }
+                Ok(())
+            };
+            let slo = &mut policy.slo;
+            objective(
+                "api_availability",
+                o.api_availability,
+                &mut slo.api_availability,
+            )?;
+            objective(
+                "api_latency_objective",
+                o.api_latency_objective,
+                &mut slo.api_latency_objective,
+            )?;
+            objective(
+                "time_to_compliance_objective",
+                o.time_to_compliance_objective,
+                &mut slo.time_to_compliance_objective,
+            )?;
+            if let Some(d) = o.api_latency {
+                slo.api_latency = parse_duration("slo.api_latency", &d)?;
+            }
         }
         for (name, o) in file.rings {
             let ring = parse_ring("rings", &name)?;
@@ -243,6 +314,26 @@ mod tests {
         );
         assert_eq!(p.emergency_retro_window, Duration::hours(48));
         assert_eq!(p.max_emergency_start_ring, Ring::Pilot);
+    }
+
+    #[test]
+    fn slo_objectives_are_read_and_one_without_a_budget_is_refused() {
+        let p =
+            Policy::from_toml("[slo]\napi_availability = 0.995\napi_latency = \"250ms\"").unwrap();
+        assert_eq!(p.slo.api_availability, 0.995);
+        assert_eq!(p.slo.api_latency, Duration::milliseconds(250));
+        assert_eq!(p.slo.time_to_compliance_objective, 0.95);
+        for bad in [
+            "api_availability = 1.0",
+            "api_latency_objective = 0",
+            "time_to_compliance_objective = 99.9",
+        ] {
+            let err = Policy::from_toml(&format!("[slo]\n{bad}")).unwrap_err();
+            assert!(
+                err.to_string().contains("must be above 0 and below 1"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

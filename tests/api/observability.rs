@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::helpers::{eucora, Backend, TestApp};
 
 /// The dashboards the issues ask for: file, uid and title.
-const DASHBOARDS: [(&str, &str, &str); 7] = [
+const DASHBOARDS: [(&str, &str, &str); 8] = [
     (
         "operations.json",
         "eucora-operations",
@@ -47,6 +47,7 @@ const DASHBOARDS: [(&str, &str, &str); 7] = [
         "eucora-delivery",
         "Delivery Performance",
     ),
+    ("slo.json", "eucora-slo", "Service Level Objectives"),
 ];
 
 fn repo(path: &str) -> PathBuf {
@@ -185,18 +186,26 @@ fn promtool_accepts_the_configuration_and_every_alert_test_passes() {
         "rules",
         "prometheus/rules/recording.yml",
         "prometheus/rules/alerts.yml",
+        "prometheus/rules/slo.yml",
     ]);
-    let tested = run(&["test", "rules", "prometheus/tests/alerts_test.yml"]);
-    assert!(tested.contains("SUCCESS"), "{tested}");
+    for file in [
+        "prometheus/tests/alerts_test.yml",
+        "prometheus/tests/slo_test.yml",
+    ] {
+        let tested = run(&["test", "rules", file]);
+        assert!(tested.contains("SUCCESS"), "{tested}");
+    }
 
     // Every alert is tested firing and not firing.
-    let tests = std::fs::read_to_string(repo("prometheus/tests/alerts_test.yml")).unwrap();
-    let alerts = std::fs::read_to_string(repo("prometheus/rules/alerts.yml")).unwrap();
+    let tests = std::fs::read_to_string(repo("prometheus/tests/alerts_test.yml")).unwrap()
+        + &std::fs::read_to_string(repo("prometheus/tests/slo_test.yml")).unwrap();
+    let alerts = std::fs::read_to_string(repo("prometheus/rules/alerts.yml")).unwrap()
+        + &std::fs::read_to_string(repo("prometheus/rules/slo.yml")).unwrap();
     let names: Vec<&str> = alerts
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(names.len(), 16, "{names:?}");
+    assert_eq!(names.len(), 15 + 6, "{names:?}");
     for name in names {
         let cases: Vec<&str> = tests
             .split("- alertname: ")
@@ -215,6 +224,53 @@ fn promtool_accepts_the_configuration_and_every_alert_test_passes() {
 }
 
 #[test]
+fn the_slo_rules_and_their_tests_are_what_the_default_policy_generates() {
+    for (command, file) in [
+        ("rules", "prometheus/rules/slo.yml"),
+        ("tests", "prometheus/tests/slo_test.yml"),
+    ] {
+        let out = Command::new(crate::helpers::binary())
+            .args(["slo", command])
+            .env_remove("EUCORA_POLICY")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let committed = std::fs::read_to_string(repo(file)).unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout) == committed,
+            "{file} is not what `eucora slo {command}` prints: regenerate it \
+             (eucora slo {command} > {file})"
+        );
+    }
+    // Another policy, other thresholds; a bad one is refused in our words.
+    let dir = std::env::temp_dir().join(format!("eucora-slo-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, "[slo]\napi_availability = 0.995\n").unwrap();
+    let out = Command::new(crate::helpers::binary())
+        .args(["slo", "rules", "--policy", policy.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(14.4 * (1 - 0.995))"));
+    std::fs::write(&policy, "[slo]\napi_latency = \"300ms\"\n").unwrap();
+    let out = Command::new(crate::helpers::binary())
+        .args(["slo", "rules", "--policy", policy.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a bucket bound"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn every_alert_links_a_runbook_entry_that_exists() {
     let runbook = std::fs::read_to_string(repo("docs/runbook.md")).unwrap();
     let anchors: BTreeSet<String> = runbook
@@ -222,7 +278,8 @@ fn every_alert_links_a_runbook_entry_that_exists() {
         .filter(|l| l.starts_with('#'))
         .map(|l| eucora::http::ops::heading_anchor(l.trim_start_matches('#')))
         .collect();
-    let alerts = std::fs::read_to_string(repo("prometheus/rules/alerts.yml")).unwrap();
+    let alerts = std::fs::read_to_string(repo("prometheus/rules/alerts.yml")).unwrap()
+        + &std::fs::read_to_string(repo("prometheus/rules/slo.yml")).unwrap();
     let mut links = 0;
     for line in alerts.lines() {
         if let Some(url) = line.trim().strip_prefix("runbook_url: ") {
@@ -241,12 +298,15 @@ fn every_alert_links_a_runbook_entry_that_exists() {
     }
     for key in ["severity: ", "summary: ", "description: "] {
         assert_eq!(
-            alerts.matches(key).count(),
+            alerts
+                .lines()
+                .filter(|l| l.trim_start().starts_with(key))
+                .count(),
             links,
             "every alert has a {key}and a runbook link"
         );
     }
-    assert_eq!(links, 16);
+    assert_eq!(links, 15 + 6);
 }
 
 #[test]
@@ -300,7 +360,7 @@ impl Prometheus {
     async fn start(target: &str) -> Prometheus {
         let dir = std::env::temp_dir().join(format!("eucora_prom_{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(dir.join("rules")).unwrap();
-        for rules in ["recording.yml", "alerts.yml"] {
+        for rules in ["recording.yml", "alerts.yml", "slo.yml"] {
             std::fs::copy(
                 repo("prometheus/rules").join(rules),
                 dir.join("rules").join(rules),
@@ -660,13 +720,21 @@ async fn every_dashboard_query_and_rule_returns_data_on_a_real_prometheus() {
             let query = rule["query"].as_str().unwrap().to_string();
             if rule["type"] == "recording" {
                 metrics.insert(name.clone());
+                // A rule's own labels (the SLOs' sloth_*) are series labels like any other.
+                if let Some(own) = rule["labels"].as_object() {
+                    labels.extend(own.keys().cloned());
+                }
                 recording.push((name, query));
             } else {
                 alerting.push((name, query));
             }
         }
     }
-    assert_eq!((recording.len(), alerting.len()), (11, 16), "rules loaded");
+    assert_eq!(
+        (recording.len(), alerting.len()),
+        (12 + 3 * 14, 15 + 6),
+        "rules loaded"
+    );
     metrics.insert("up".into());
     labels.extend(["le", "instance", "job"].map(String::from));
 
