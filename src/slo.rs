@@ -324,7 +324,7 @@ pub fn rules(policy: &Policy) -> Result<String, String> {
         // The alerts.
         for severity in ["page", "ticket"] {
             let name = alert_name(slo, severity);
-            let burns: Vec<&Burn> = BURNS.iter().filter(|b| b.severity == severity).collect();
+            let burns = burns_of(severity);
             let _ = writeln!(out, "      - alert: {name}");
             out.push_str("        expr: |\n");
             let conditions: Vec<String> = burns
@@ -339,13 +339,7 @@ pub fn rules(policy: &Policy) -> Result<String, String> {
                 .collect();
             out.push_str(&indent(&conditions.join("\nor\n"), 10));
             out.push_str("        labels:\n");
-            let level = if severity == "page" {
-                "critical"
-            } else {
-                "warning"
-            };
-            let _ = writeln!(out, "          severity: {level}");
-            let _ = writeln!(out, "          sloth_severity: {severity}");
+            severity_labels(&mut out, severity, 10);
             out.push_str("        annotations:\n");
             let (summary, description) = alert_text(slo, severity, &burns);
             let _ = writeln!(out, "          summary: \"{summary}\"");
@@ -358,6 +352,23 @@ pub fn rules(policy: &Policy) -> Result<String, String> {
         }
     }
     Ok(out)
+}
+
+/// The burn-rate conditions of one alert: `page` or `ticket`.
+fn burns_of(severity: &str) -> Vec<&'static Burn> {
+    BURNS.iter().filter(|b| b.severity == severity).collect()
+}
+
+/// An alert's `severity` (critical for a page, warning for a ticket) and `sloth_severity`.
+fn severity_labels(out: &mut String, severity: &str, pad: usize) {
+    let p = " ".repeat(pad);
+    let level = if severity == "page" {
+        "critical"
+    } else {
+        "warning"
+    };
+    let _ = writeln!(out, "{p}severity: {level}");
+    let _ = writeln!(out, "{p}sloth_severity: {severity}");
 }
 
 fn alert_name(slo: &Slo, severity: &str) -> String {
@@ -485,20 +496,12 @@ pub fn tests(policy: &Policy) -> Result<String, String> {
                     let _ = writeln!(out, "      - alertname: {name}");
                     let _ = writeln!(out, "        eval_time: {}m", n);
                     if inside && burn.severity == severity {
-                        let burns: Vec<&Burn> =
-                            BURNS.iter().filter(|b| b.severity == severity).collect();
-                        let (summary, description) = alert_text(slo, severity, &burns);
+                        let (summary, description) = alert_text(slo, severity, &burns_of(severity));
                         let summary = summary
                             .replace("{{ $labels.ring }}", "LAB")
                             .replace("{{ $labels.site_class }}", "online");
                         out.push_str("        exp_alerts:\n          - exp_labels:\n");
-                        let level = if severity == "page" {
-                            "critical"
-                        } else {
-                            "warning"
-                        };
-                        let _ = writeln!(out, "              severity: {level}");
-                        let _ = writeln!(out, "              sloth_severity: {severity}");
+                        severity_labels(&mut out, severity, 14);
                         sloth_labels(&mut out, slo, 14);
                         for (k, v) in &slo.alert_labels {
                             let _ = writeln!(out, "              {k}: {v}");

@@ -164,7 +164,11 @@ impl Commands {
                 "store.append",
                 otel.kind = "client",
                 otel.status_code = tracing::field::Empty,
-                db.system.name = self.backend.as_str(),
+                // OpenTelemetry's names for the two databases.
+                db.system.name = match self.backend {
+                    crate::store::Backend::Sqlite => "sqlite",
+                    crate::store::Backend::Postgres => "postgresql",
+                },
                 db.operation.name = "append",
                 events = events.len(),
                 outcome = tracing::field::Empty,
