@@ -155,10 +155,23 @@ fn tracer_provider() -> Result<(SdkTracerProvider, bool), String> {
 /// process or its caller): what events store in their metadata and logs print beside the
 /// correlation id.
 pub fn trace_id() -> Option<String> {
+    trace_context().map(|(trace, _)| trace)
+}
+
+/// [`trace_id`] and the W3C `traceparent` of the span being run, when its trace is sampled.
+pub fn trace_context() -> Option<(String, String)> {
     let context = tracing::Span::current().context();
     let span = context.span();
     let span = span.span_context();
-    (span.is_valid() && span.is_sampled()).then(|| span.trace_id().to_string())
+    (span.is_valid() && span.is_sampled()).then(|| {
+        let trace = span.trace_id().to_string();
+        let parent = format!(
+            "00-{trace}-{}-{:02x}",
+            span.span_id(),
+            span.trace_flags().to_u8()
+        );
+        (trace, parent)
+    })
 }
 
 /// The W3C trace context of the span being run, as `traceparent` (and `tracestate`) headers.
@@ -183,9 +196,19 @@ pub fn continue_trace(span: &tracing::Span, headers: &axum::http::HeaderMap) {
     record_trace_id(span);
 }
 
+/// Makes `span` a child of a stored W3C `traceparent` (the command that queued the work), if any:
+/// [`continue_trace`] from a value kept rather than a request's header.
+pub fn continue_stored_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    let mut headers = axum::http::HeaderMap::new();
+    if let Some(value) = traceparent.and_then(|t| t.parse().ok()) {
+        headers.insert("traceparent", value);
+    }
+    continue_trace(span, &headers);
+}
+
 /// Records a span's trace id in its `trace_id` field (which it must declare), so that every log
 /// line inside it carries the id: for the roots of traces (a request, a connector dispatch).
-pub fn record_trace_id(span: &tracing::Span) {
+fn record_trace_id(span: &tracing::Span) {
     if let Some(id) = span.in_scope(trace_id) {
         span.record("trace_id", id);
     }

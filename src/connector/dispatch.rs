@@ -40,7 +40,9 @@ use super::{idempotency_key, Assignment};
 use crate::domain::intent::DISPATCHER;
 use crate::domain::{Action, Command, DispatchRecord, DomainError, DriftRecord, RolloutInput};
 use crate::projection::{decoded, Event, Projection, ProjectionError};
-use crate::store::{Backlog, Checkpoint, Claimed, ListFilter, OutboxEntry, Settled, Store};
+use crate::store::{
+    Backlog, Checkpoint, Claimed, Columns, ListFilter, OutboxEntry, Settled, Store,
+};
 use crate::write::{CommandError, Commands};
 
 /// The outbox projection's name in `projection_checkpoints`.
@@ -112,6 +114,11 @@ impl Projection for Outbox {
         true
     }
 
+    /// The stored metadata too: each action continues the trace of the command that owed it.
+    fn columns(&self) -> Columns {
+        Columns::Stored
+    }
+
     async fn resume(&mut self, store: &Store) -> Result<Checkpoint, ProjectionError> {
         Ok(store.checkpoint(OUTBOX).await?)
     }
@@ -124,9 +131,12 @@ impl Projection for Outbox {
         let entries: Vec<OutboxEntry> = decoded(events)
             .into_iter()
             .filter(|(e, _)| e.ordinal > start)
-            .filter_map(|(_, event)| {
+            .filter_map(|(row, event)| {
                 let (ring, action) = owed(event)?;
                 let meta = event.meta();
+                let traceparent = row.row.stored.as_ref().and_then(|s| {
+                    crate::write::metadata_member(&s.metadata, crate::write::TRACEPARENT_METADATA)
+                });
                 Some(OutboxEntry {
                     idempotency_key: idempotency_key(meta.deployment_id, ring, action),
                     deployment_id: meta.deployment_id,
@@ -134,6 +144,7 @@ impl Projection for Outbox {
                     action,
                     correlation_id: meta.correlation_id.clone(),
                     committed_ms: meta.occurred_at.timestamp_millis(),
+                    traceparent,
                 })
             })
             .collect();
@@ -307,7 +318,9 @@ impl Dispatcher {
                     correlation_id = %entry.correlation_id,
                     trace_id = tracing::field::Empty,
                 );
-                crate::telemetry::record_trace_id(&span);
+                // A child of the command that queued the action: one trace from its request to
+                // the connector.
+                crate::telemetry::continue_stored_trace(&span, entry.traceparent.as_deref());
                 sending.spawn(async move { me.send(action).await }.instrument(span));
             }
             // Settled together, in one transaction: one write per batch, not per action.

@@ -139,23 +139,13 @@ async fn global_stream(
                 deployment_id,
                 principal_id,
                 sequence: stream.sequence,
-                trace_id: e.stored.as_ref().and_then(|s| trace_of(&s.metadata)),
+                trace_id: e.stored.as_ref().and_then(|s| {
+                    crate::write::metadata_member(&s.metadata, crate::write::TRACE_METADATA)
+                }),
                 event_type: e.event_type,
                 event,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     Ok(Json(GlobalPage { next_after, events }).into_response())
-}
-
-/// The trace id in an event's stored metadata, if it has one.
-fn trace_of(metadata: &str) -> Option<String> {
-    let metadata: std::collections::HashMap<String, serde_json::Value> =
-        serde_json::from_str(metadata).ok()?;
-    Some(
-        metadata
-            .get(crate::write::TRACE_METADATA)?
-            .as_str()?
-            .to_string(),
-    )
 }

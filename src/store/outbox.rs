@@ -18,6 +18,8 @@ pub struct OutboxEntry {
     pub correlation_id: String,
     /// When the event that asked for it was committed, in milliseconds since the epoch.
     pub committed_ms: i64,
+    /// The W3C trace context of the command that asked for it, if it was traced.
+    pub traceparent: Option<String>,
 }
 
 /// An action claimed for dispatch.
@@ -62,7 +64,17 @@ pub struct OutboxRow {
     pub last_error: Option<String>,
 }
 
-type ClaimColumns = (i64, String, String, String, String, String, i64, i64);
+type ClaimColumns = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<String>,
+);
 
 impl Store {
     /// The ordinal up to which events are not dispatched: set to `head` the first time it is
@@ -86,8 +98,9 @@ impl Store {
         checkpoint: Checkpoint,
     ) -> Result<(), StoreError> {
         let insert = "INSERT INTO connector_outbox
-                          (idempotency_key, deployment_id, ring, action, correlation_id, committed_ms)
-                      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (idempotency_key) DO NOTHING";
+                          (idempotency_key, deployment_id, ring, action, correlation_id, committed_ms,
+                           traceparent)
+                      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (idempotency_key) DO NOTHING";
         on_writer!(&self.db, pool => {
             let mut tx = pool.begin().await?;
             for e in entries {
@@ -98,6 +111,7 @@ impl Store {
                     .bind(e.action.as_str())
                     .bind(&e.correlation_id)
                     .bind(e.committed_ms)
+                    .bind(&e.traceparent)
                     .execute(&mut *tx)
                     .await?;
             }
@@ -130,7 +144,7 @@ impl Store {
                                               AND p.seq < o.seq AND p.state = 'pending')
                          ORDER BY o.seq LIMIT $4 LOCK)
                 RETURNING seq, idempotency_key, deployment_id, ring, action, correlation_id, committed_ms,
-                          attempts";
+                          attempts, traceparent";
         let rows: Vec<ClaimColumns> = match &self.db {
             // One writer: the claim is serialised by the database itself.
             Db::Sqlite { writer, .. } => {
@@ -165,6 +179,7 @@ impl Store {
                     correlation_id,
                     committed_ms,
                     attempts,
+                    traceparent,
                 )| {
                     Some(Claimed {
                         seq,
@@ -176,6 +191,7 @@ impl Store {
                             action: ConnectorAction::parse(&action)?,
                             correlation_id,
                             committed_ms,
+                            traceparent,
                         },
                     })
                 },

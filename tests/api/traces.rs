@@ -242,24 +242,21 @@ async fn one_trace_joins_the_callers_request_command_append_event_and_log(backen
         "{out}"
     );
 
-    // The dispatcher publishes the approved intent: each call to the connector is a client span
-    // whose context the connector received as its traceparent.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let call = loop {
-        let calls: Vec<Received> = collector
-            .spans
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|s| s.name == "intune publish")
-            .cloned()
-            .collect();
-        if let Some(call) = calls.first() {
-            break call.clone();
-        }
-        assert!(Instant::now() < deadline, "no connector call span arrived");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // The dispatcher publishes the approved intent in the caller's trace too: the dispatch is the
+    // command's child (through the traceparent in the event's metadata and the outbox), each
+    // call to the connector the dispatch's child, and the connector received the call's context.
+    let command_span = command.span_id.clone();
+    let spans = collector.until(&trace, "intune publish").await;
+    let dispatch = named(&spans, "dispatch publish");
+    assert_eq!(
+        dispatch.parent, command_span,
+        "the dispatch continues the command"
+    );
+    let call = named(&spans, "intune publish");
+    assert_eq!(
+        call.parent, dispatch.span_id,
+        "the call is the dispatch's child"
+    );
     assert_eq!(call.kind, 3, "a client span");
     assert_eq!(call.attributes["connector_type"], "intune");
     assert!(
@@ -268,12 +265,6 @@ async fn one_trace_joins_the_callers_request_command_append_event_and_log(backen
             .contains(&format!("00-{}-{}-01", call.trace_id, call.span_id)),
         "the connector never got the call's traceparent: {:?}",
         seen.lock().unwrap()
-    );
-    let dispatch = collector.until(&call.trace_id, "dispatch publish").await;
-    assert_eq!(
-        named(&dispatch, "dispatch publish").span_id,
-        call.parent,
-        "the call is the dispatch's child"
     );
 
     // A log line inside a request carries the trace id beside the correlation id.
