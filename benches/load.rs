@@ -604,23 +604,16 @@ async fn traces(dir: &std::path::Path, seconds: f64) {
     // NORMAL: the question is what exporting costs, and a sync per commit would add the disk's
     // noise to every cell.
     let url = |name: &str| format!("sqlite://{}?synchronous=normal", dir.join(name).display());
-    let delay = [("OTEL_BSP_SCHEDULE_DELAY", "200")];
-    let exporting = |endpoint: &str| {
-        let mut env = delay.to_vec();
-        env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint));
-        env.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<Vec<_>>()
-    };
     let cases = [
-        ("no exporter", Vec::new()),
-        ("collector answering", exporting(&answering)),
-        ("collector refusing", exporting(&refused)),
-        ("collector silent", exporting(&silent)),
+        ("no exporter", None),
+        ("collector answering", Some(answering.as_str())),
+        ("collector refusing", Some(refused.as_str())),
+        ("collector silent", Some(silent.as_str())),
     ];
     let mut servers = Vec::new();
-    for (n, (_, env)) in cases.iter().enumerate() {
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    for (n, (_, endpoint)) in cases.iter().enumerate() {
+        let mut env = vec![("OTEL_BSP_SCHEDULE_DELAY", "200")];
+        env.extend(endpoint.map(|e| ("OTEL_EXPORTER_OTLP_ENDPOINT", e)));
         servers.push(spawn_server(&url(&format!("traces-{n}.db")), &env).await);
     }
     println!();

@@ -98,11 +98,19 @@ struct Slo {
     errors: String,
     /// Labels the SLO is split by, besides its own.
     by: &'static [&'static str],
-    /// What the tests feed the rules: a good and a total counter (series selectors with labels),
-    /// and the labels an alert of them carries.
+    /// What the tests feed the rules: a counter of good events, a second counter (series
+    /// selectors with labels), and the labels an alert of them carries.
     good_series: String,
-    total_series: String,
+    second_series: (Second, String),
     alert_labels: Vec<(&'static str, String)>,
+}
+
+/// What a test's second counter counts beside the good events.
+enum Second {
+    /// The bad events (5xx responses, a series of their own).
+    Bad,
+    /// Every event (a histogram's `_count`).
+    Total,
 }
 
 /// `{v}` with no trailing zeros, as Prometheus writes a bucket bound (`0.5`, `14400`).
@@ -144,7 +152,12 @@ fn slos(policy: &Policy) -> Result<(Vec<Slo>, Vec<String>), String> {
         good_series: format!(
             "{requests}_count{{job=\"eucora\",instance=\"a\",http_request_method=\"GET\",http_route=\"/api/v1/deployments\",http_response_status_code=\"200\"}}"
         ),
-        total_series: String::new(),
+        second_series: (
+            Second::Bad,
+            format!(
+                "{requests}_count{{job=\"eucora\",instance=\"a\",http_request_method=\"GET\",http_route=\"/api/v1/deployments\",http_response_status_code=\"503\"}}"
+            ),
+        ),
         alert_labels: vec![],
     };
     let le = number(latency);
@@ -161,9 +174,9 @@ fn slos(policy: &Policy) -> Result<(Vec<Slo>, Vec<String>), String> {
         good_series: format!(
             "{requests}_bucket{{job=\"eucora\",instance=\"a\",http_request_method=\"GET\",http_route=\"/api/v1/deployments\",http_response_status_code=\"200\",le=\"{le}\"}}"
         ),
-        total_series: format!(
+        second_series: (Second::Total, format!(
             "{requests}_count{{job=\"eucora\",instance=\"a\",http_request_method=\"GET\",http_route=\"/api/v1/deployments\",http_response_status_code=\"200\"}}"
-        ),
+        )),
         alert_labels: vec![],
     };
     let ttc = "deployment_time_to_compliance_seconds";
@@ -225,9 +238,9 @@ fn slos(policy: &Policy) -> Result<(Vec<Slo>, Vec<String>), String> {
         good_series: format!(
             "{ttc}_bucket{{job=\"eucora\",instance=\"a\",ring=\"LAB\",site_class=\"online\",le=\"{lab_online}\"}}"
         ),
-        total_series: format!(
+        second_series: (Second::Total, format!(
             "{ttc}_count{{job=\"eucora\",instance=\"a\",ring=\"LAB\",site_class=\"online\"}}"
-        ),
+        )),
         alert_labels: vec![("ring", "LAB".into()), ("site_class", "online".into())],
     };
     Ok((vec![availability, fast, compliance], notes))
@@ -439,19 +452,15 @@ pub fn tests(policy: &Policy) -> Result<String, String> {
                 let k = n - m;
                 let bad = RATE * ratio;
                 let good = RATE - bad;
+                // A counter rising by `rate_before` a minute, then by `rate_during` (m >= 62).
                 let series = |rate_before: f64, rate_during: f64| {
-                    let before = format!("0+{}x{k}", number(rate_before));
-                    let start = rate_before * k as f64 + rate_during;
-                    if m == 0 {
-                        before
-                    } else {
-                        format!(
-                            "{before} {}+{}x{}",
-                            number(start),
-                            number(rate_during),
-                            m - 1
-                        )
-                    }
+                    format!(
+                        "0+{}x{k} {}+{}x{}",
+                        number(rate_before),
+                        number(rate_before * k as f64 + rate_during),
+                        number(rate_during),
+                        m - 1
+                    )
                 };
                 let _ = writeln!(
                     out,
@@ -465,19 +474,15 @@ pub fn tests(policy: &Policy) -> Result<String, String> {
                     if inside { "fires" } else { "does not fire" }
                 );
                 out.push_str("    interval: 1m\n    input_series:\n");
-                let mut input = Vec::new();
-                if slo.total_series.is_empty() {
-                    // Availability: good (200) and bad (503) responses are separate series.
-                    let bad_series = slo.good_series.replace(
-                        "http_response_status_code=\"200\"",
-                        "http_response_status_code=\"503\"",
-                    );
-                    input.push((slo.good_series.clone(), series(RATE, good)));
-                    input.push((bad_series, series(0.0, bad)));
-                } else {
-                    input.push((slo.good_series.clone(), series(RATE, good)));
-                    input.push((slo.total_series.clone(), series(RATE, RATE)));
-                }
+                let (second, second_series) = &slo.second_series;
+                let second_values = match second {
+                    Second::Bad => series(0.0, bad),
+                    Second::Total => series(RATE, RATE),
+                };
+                let mut input = vec![
+                    (slo.good_series.clone(), series(RATE, good)),
+                    (second_series.clone(), second_values),
+                ];
                 // Domain series come from two replicas alike; the rules must not count them twice.
                 if !slo.by.is_empty() {
                     let twins: Vec<(String, String)> = input

@@ -32,11 +32,6 @@ pub struct Tracing {
 }
 
 impl Tracing {
-    /// Whether spans are exported (`OTEL_EXPORTER_OTLP_ENDPOINT` was set).
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Sends the spans still queued, waiting at most 2 s: an unreachable collector does not hold
     /// the process up at exit.
     pub fn shutdown(self) {

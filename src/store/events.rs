@@ -281,19 +281,10 @@ impl Store {
 
     /// One intent's stream, in order, with global positions.
     pub async fn intent_events(&self, id: Uuid) -> Result<Vec<StoredEvent>, StoreError> {
-        let sql = match self.backend() {
-            super::Backend::Sqlite => {
-                "SELECT position, sequence, event_type, event_version, CAST(payload AS TEXT),
-                        metadata ->> '$.trace_id'
-                   FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence"
-            }
-            super::Backend::Postgres => {
-                "SELECT position, sequence, event_type, event_version, CAST(payload AS TEXT),
-                        metadata ->> 'trace_id'
-                   FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence"
-            }
-        };
-        type Row = (i64, i64, String, String, String, Option<String>);
+        let sql = "SELECT position, sequence, event_type, event_version, CAST(payload AS TEXT),
+                          CAST(metadata AS TEXT)
+                     FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence";
+        type Row = (i64, i64, String, String, String, String);
         let rows: Vec<Row> = on_reader!(&self.db, pool => {
             sqlx::query_as(sql)
                 .bind(DeploymentIntent::TYPE)
@@ -303,7 +294,7 @@ impl Store {
         });
         rows.into_iter()
             .map(
-                |(position, sequence, event_type, event_version, payload, trace_id)| {
+                |(position, sequence, event_type, event_version, payload, metadata)| {
                     let event = decode(&event_type, &event_version, &payload).map_err(|e| {
                         StoreError::Corrupt {
                             position,
@@ -314,7 +305,10 @@ impl Store {
                         position,
                         sequence,
                         event,
-                        trace_id,
+                        trace_id: crate::write::metadata_member(
+                            &metadata,
+                            crate::write::TRACE_METADATA,
+                        ),
                     })
                 },
             )

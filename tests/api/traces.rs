@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::connector_sim::Sim;
 use crate::dispatch::connectors;
-use crate::helpers::{eucora, intent_body, Backend, Crew, TestApp, TestDb};
+use crate::helpers::{eucora, intent_body, Backend, Crew, Reply, TestApp, TestDb};
 
 crate::on_both_backends!(
     one_trace_joins_the_callers_request_command_append_event_and_log,
@@ -105,8 +105,9 @@ impl Collector {
         Collector { endpoint, spans }
     }
 
-    /// Waits until the spans of `trace` include one named `name`, and returns them all.
-    async fn until(&self, trace: &str, name: &str) -> Vec<Received> {
+    /// Waits until the spans of `trace` include one of each of `names`, and returns them all. A
+    /// child ends, and may be exported, before its parent: each is waited for.
+    async fn until(&self, trace: &str, names: &[&str]) -> Vec<Received> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let spans: Vec<Received> = self
@@ -117,12 +118,15 @@ impl Collector {
                 .filter(|s| s.trace_id == trace)
                 .cloned()
                 .collect();
-            if spans.iter().any(|s| s.name == name) {
+            if names
+                .iter()
+                .all(|name| spans.iter().any(|s| s.name == *name))
+            {
                 return spans;
             }
             assert!(
                 Instant::now() < deadline,
-                "no span {name:?} of trace {trace} arrived; the trace has {spans:#?}"
+                "not every span of {names:?} of trace {trace} arrived; the trace has {spans:#?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -141,6 +145,18 @@ fn caller() -> (String, String, String) {
     let trace = Uuid::new_v4().simple().to_string();
     let span = Uuid::new_v4().simple().to_string()[..16].to_string();
     (format!("00-{trace}-{span}-01"), trace, span)
+}
+
+/// Creates a low-risk intent for `app` in the caller's trace `traceparent`.
+async fn create_in(app: &TestApp, requester: &str, traceparent: &str, name: &str) -> Reply {
+    app.send(
+        reqwest::Method::POST,
+        "/api/v1/deployments",
+        Some(requester),
+        &[("traceparent", traceparent)],
+        Some(intent_body(name, 0.2, "LAB").to_string()),
+    )
+    .await
 }
 
 /// The settings of a server exporting to `endpoint`, flushing spans every 100 ms.
@@ -190,21 +206,18 @@ async fn one_trace_joins_the_callers_request_command_append_event_and_log(backen
 
     // A caller's request, in the caller's trace.
     let (traceparent, trace, parent) = caller();
-    let created = app
-        .send(
-            reqwest::Method::POST,
-            "/api/v1/deployments",
-            Some(&crew.requester),
-            &[("traceparent", &traceparent)],
-            Some(intent_body("7zip", 0.2, "LAB").to_string()),
-        )
-        .await;
+    let created = create_in(&app, &crew.requester, &traceparent, "7zip").await;
     assert_eq!(created.status, 201, "{created:?}");
     let id = created.id();
 
     // Request, command and append are one trace, each the child of the one before, under the
     // caller's span.
-    let spans = collector.until(&trace, "store.append").await;
+    let spans = collector
+        .until(
+            &trace,
+            &["POST /api/v1/deployments", "command create", "store.append"],
+        )
+        .await;
     let request = named(&spans, "POST /api/v1/deployments");
     assert_eq!(request.service, "eucora");
     assert_eq!(
@@ -246,7 +259,9 @@ async fn one_trace_joins_the_callers_request_command_append_event_and_log(backen
     // command's child (through the traceparent in the event's metadata and the outbox), each
     // call to the connector the dispatch's child, and the connector received the call's context.
     let command_span = command.span_id.clone();
-    let spans = collector.until(&trace, "intune publish").await;
+    let spans = collector
+        .until(&trace, &["dispatch publish", "intune publish"])
+        .await;
     let dispatch = named(&spans, "dispatch publish");
     assert_eq!(
         dispatch.parent, command_span,
@@ -352,15 +367,7 @@ async fn an_unreachable_collector_fails_no_request(backend: Backend) {
     let mut ids = Vec::new();
     for n in 0..30 {
         let (traceparent, _, _) = caller();
-        let reply = app
-            .send(
-                reqwest::Method::POST,
-                "/api/v1/deployments",
-                Some(&crew.requester),
-                &[("traceparent", &traceparent)],
-                Some(intent_body(&format!("app-{n}"), 0.2, "LAB").to_string()),
-            )
-            .await;
+        let reply = create_in(&app, &crew.requester, &traceparent, &format!("app-{n}")).await;
         assert_eq!(reply.status, 201, "{reply:?}");
         ids.push(reply.id());
     }
