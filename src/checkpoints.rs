@@ -430,6 +430,14 @@ impl Checkpointer {
             .key
             .sign_checkpoint(size, &root)
             .map_err(Failure::Transient)?;
+        // Outside the database first: a checkpoint is served (from the database) only once the
+        // copy an insider cannot rewrite holds it. The other order left a window in which a
+        // server stopped after serving a checkpoint but before keeping it outside, and a history
+        // rewritten under that checkpoint went unnoticed at the next start. A checkpoint kept
+        // outside and not in the database is harmless: the log it was signed over holds it.
+        if let Some(dir) = &plan.dir {
+            write_latest(dir, &note).map_err(Failure::Transient)?;
+        }
         let stored = self
             .store
             .keep_checkpoint(&StoredCheckpoint {
@@ -454,9 +462,6 @@ impl Checkpointer {
                 "a different checkpoint of tree size {size} is stored: two signers disagree \
                  about the log"
             )));
-        }
-        if let Some(dir) = &plan.dir {
-            write_latest(dir, &note).map_err(Failure::Transient)?;
         }
         self.status
             .checkpoint_size
