@@ -1,12 +1,29 @@
-//! What the command line shares: writing to standard output without panicking on a closed
-//! pipe, how a command fails (and with which exit status), and the client commands
-//! (`eucora deployments …`) that work against a running server.
+//! The command line's subcommands, one module each group, and what they share: opening the
+//! store, writing to standard output without panicking on a closed pipe, how a command fails
+//! (and with which exit status), and the shutdown signal. `main.rs` only parses the arguments and
+//! hands each subcommand to its module here.
+//!
+//! - [`server`]: `serve`, `migrate`, `connector-sim`;
+//! - [`token`]: `token create|list|rotate|revoke`;
+//! - [`audit`]: `events`, `replay`;
+//! - [`evidence`]: `evidence export|verify`, `key generate`;
+//! - [`observability`]: `demo`, `slo rules|tests`;
+//! - [`client`]: `deployments …`, against a running server ([`describe`] and [`table`] print for
+//!   people).
 
+pub mod audit;
 pub mod client;
 pub mod describe;
+pub mod evidence;
+pub mod observability;
+pub mod server;
 pub mod table;
+pub mod token;
 
 use std::process::ExitCode;
+
+use crate::config::DbArgs;
+use crate::store::Store;
 
 /// Why a command stopped early.
 #[derive(Debug)]
@@ -63,4 +80,56 @@ pub fn say(line: std::fmt::Arguments) -> Result<(), Failure> {
             "cannot write to standard output: {e}"
         ))),
     }
+}
+
+/// Opens the store, creating it if need be (`serve`, `migrate`, `token create`).
+pub async fn open(db: &DbArgs) -> Result<Store, String> {
+    let store = Store::connect(&db.database_url, db.db_pool_size)
+        .await
+        .map_err(|e| format!("cannot open {}: {e}", redact(&db.database_url)))?;
+    store.migrate().await.map_err(|e| e.to_string())?;
+    Ok(store)
+}
+
+/// Opens a store that must already exist: a command that reads one never leaves a new, empty
+/// database behind.
+pub async fn open_existing(db: &DbArgs) -> Result<Store, String> {
+    if let Some(path) = crate::store::missing_sqlite_file(&db.database_url) {
+        return Err(format!(
+            "no database at {path}: pass --database-url (or set EUCORA_DATABASE_URL) to the \
+             server's database"
+        ));
+    }
+    open(db).await
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when the
+/// future is first polled, so a signal that arrives right after start-up is not missed.
+pub fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+    #[cfg(unix)]
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = terminate.recv() => {},
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown signal received");
+    })
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use uuid::Uuid;
 
 #[derive(Debug, Parser)]
@@ -345,11 +345,7 @@ pub struct DbArgs {
     pub db_pool_size: u32,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use crate::telemetry::LogFormat;
 
 /// `--checkpoint-interval`'s default: a committed event is under a signed checkpoint within
 /// about 1.25 times this.

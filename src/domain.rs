@@ -1,6 +1,7 @@
 //! The write side's rules: commands, the `DeploymentIntent` aggregate, the risk model and the
 //! promotion policy. Nothing here performs I/O; time and event ids come from injected services.
 
+mod command;
 pub mod intent;
 pub mod policy;
 pub mod risk;
@@ -12,10 +13,8 @@ use chrono::{DateTime, Utc};
 use eucora_projections::event::{Ring, Status};
 use uuid::Uuid;
 
-pub use intent::{
-    Action, Command, CreateIntent, DeploymentIntent, DispatchRecord, DriftRecord, IntentEvent,
-    RolloutInput,
-};
+pub use command::{Action, Command, CreateIntent, DispatchRecord, DriftRecord, RolloutInput};
+pub use intent::{DeploymentIntent, IntentEvent};
 pub use policy::Policy;
 pub use risk::RiskFactors;
 

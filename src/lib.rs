@@ -13,7 +13,9 @@
 //! - [`principals`]: bearer-token principals and how tokens are issued.
 //! - [`http`]: the axum API, its state, errors (problem+json) and OpenAPI document.
 //! - [`app`]: wiring only: builds all of the above from [`config::ServeArgs`] and runs it.
-//! - [`telemetry`]: process metrics through OpenTelemetry and opentelemetry-prometheus.
+//! - [`telemetry`]: the tracing subscriber (logs, OpenTelemetry spans) and process metrics through
+//!   OpenTelemetry and opentelemetry-prometheus.
+//! - [`trace`]: the W3C trace context in and out (a floor: it names no other module).
 //! - [`demo`]: `eucora demo`, seeded traffic through the real API for dashboards and alerts.
 //! - [`config`]: the command line and `EUCORA_*` environment.
 //! - [`connector`]: the connector protocol, and `eucora connector-sim`, a connector that speaks
@@ -38,4 +40,5 @@ pub mod replay;
 pub mod slo;
 pub mod store;
 pub mod telemetry;
+pub mod trace;
 pub mod write;

@@ -23,6 +23,9 @@ pub use global::{Columns, StoredColumns, StreamColumns, StreamRow};
 pub use idempotency::{Lease, Reservation};
 pub use intent_view::{IntentRow, ListFilter, RetroApproval, ViewRepair};
 pub use log::{LogTile, StoredCheckpoint, TILE};
+pub use metadata::{
+    event_metadata, metadata_member, IDEMPOTENCY_METADATA, TRACEPARENT_METADATA, TRACE_METADATA,
+};
 pub use outbox::{Backlog, Claimed, OutboxEntry, OutboxRow, Settled};
 pub use principals::{AccessChange, AccessRefused, PrincipalRecord, PrincipalState};
 
@@ -107,6 +110,7 @@ mod global;
 mod idempotency;
 mod intent_view;
 mod log;
+mod metadata;
 mod outbox;
 mod principals;
 

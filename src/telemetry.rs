@@ -9,21 +9,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::metrics::{Histogram, MeterProvider};
-use opentelemetry::trace::{TraceContextExt, TracerProvider};
+use opentelemetry::trace::TracerProvider;
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use prometheus::{Encoder, TextEncoder};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
 use eucora_projections::event::ConnectorType;
 
-use crate::config::LogFormat;
 use crate::projection::RunnerStatus;
 use crate::store::Backend;
+
+/// The log format on stderr (`--log-format`, `EUCORA_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// The tracer provider behind the subscriber, when traces are on; flushed at exit.
 #[must_use = "dropping it does not flush the spans still queued; call shutdown"]
@@ -146,69 +151,6 @@ fn tracer_provider() -> Result<(SdkTracerProvider, bool), String> {
     Ok((provider, true))
 }
 
-/// The trace id of the span being run, when its trace is sampled (recorded, or exported, by this
-/// process or its caller): what events store in their metadata and logs print beside the
-/// correlation id.
-pub fn trace_id() -> Option<String> {
-    trace_context().map(|(trace, _)| trace)
-}
-
-/// [`trace_id`] and the W3C `traceparent` of the span being run, when its trace is sampled.
-pub fn trace_context() -> Option<(String, String)> {
-    let context = tracing::Span::current().context();
-    let span = context.span();
-    let span = span.span_context();
-    (span.is_valid() && span.is_sampled()).then(|| {
-        let trace = span.trace_id().to_string();
-        let parent = format!(
-            "00-{trace}-{}-{:02x}",
-            span.span_id(),
-            span.trace_flags().to_u8()
-        );
-        (trace, parent)
-    })
-}
-
-/// The W3C trace context of the span being run, as `traceparent` (and `tracestate`) headers.
-pub fn inject_trace_context(headers: &mut axum::http::HeaderMap) {
-    let context = tracing::Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&context, &mut opentelemetry_http::HeaderInjector(headers))
-    });
-}
-
-/// Makes `span` a child of the W3C trace context in `headers` (a caller's `traceparent`), if
-/// any, and records its trace id in its `trace_id` field, so every log line inside it carries it.
-pub fn continue_trace(span: &tracing::Span, headers: &axum::http::HeaderMap) {
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&opentelemetry_http::HeaderExtractor(headers))
-    });
-    if parent.span().span_context().is_valid() {
-        // Fails only when no OpenTelemetry layer is installed (a test's subscriber): nothing to
-        // join then.
-        let _ = span.set_parent(parent);
-    }
-    record_trace_id(span);
-}
-
-/// Makes `span` a child of a stored W3C `traceparent` (the command that queued the work), if any:
-/// [`continue_trace`] from a value kept rather than a request's header.
-pub fn continue_stored_trace(span: &tracing::Span, traceparent: Option<&str>) {
-    let mut headers = axum::http::HeaderMap::new();
-    if let Some(value) = traceparent.and_then(|t| t.parse().ok()) {
-        headers.insert("traceparent", value);
-    }
-    continue_trace(span, &headers);
-}
-
-/// Records a span's trace id in its `trace_id` field (which it must declare), so that every log
-/// line inside it carries the id: for the roots of traces (a request, a connector dispatch).
-fn record_trace_id(span: &tracing::Span) {
-    if let Some(id) = span.in_scope(trace_id) {
-        span.record("trace_id", id);
-    }
-}
-
 /// Colour only for a person at a terminal: never in a file or a pipe, and never when `NO_COLOR`
 /// is set to anything (no-color.org).
 fn colour_on_stderr() -> bool {
@@ -220,6 +162,28 @@ fn colour_on_stderr() -> bool {
 pub const HTTP_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
+
+/// What the connector dispatcher shows in the process metrics. Telemetry is a floor below the
+/// connectors: the dispatcher implements this and hands itself to
+/// [`Telemetry::observe_dispatch`], so this module never names it.
+pub trait DispatchGauges: Send + Sync + 'static {
+    /// Each connector's health and breaker state, read at every scrape.
+    fn connectors(&self) -> Vec<ConnectorGauge>;
+    /// Connector actions queued and not yet settled.
+    fn queued(&self) -> i64;
+    /// Age of the oldest queued action, in seconds (0 when none is queued).
+    fn oldest_age_seconds(&self) -> f64;
+}
+
+/// One connector as [`DispatchGauges`] shows it.
+pub struct ConnectorGauge {
+    /// The `connector_type` label: `intune`, `jamf`, …
+    pub connector_type: &'static str,
+    /// Breaker closed and the last call answered.
+    pub healthy: bool,
+    /// 0 closed, 1 open, 2 half-open.
+    pub breaker_state: i64,
+}
 
 /// The instruments of connector calls.
 pub struct ConnectorMetrics {
@@ -401,8 +365,9 @@ impl Telemetry {
         })
     }
 
-    /// Exports each connector's health and breaker state, and the outbox's backlog.
-    pub fn observe_dispatch(&self, dispatch: Arc<crate::connector::dispatch::DispatchStatus>) {
+    /// Exports each connector's health and breaker state, and the outbox's backlog, as the
+    /// dispatcher reports them through [`DispatchGauges`].
+    pub fn observe_dispatch(&self, dispatch: Arc<dyn DispatchGauges>) {
         let health = dispatch.clone();
         self.meter
             .i64_observable_gauge("connector.health")
@@ -412,8 +377,8 @@ impl Telemetry {
             .with_callback(move |gauge| {
                 for c in health.connectors() {
                     gauge.observe(
-                        i64::from(c.healthy()),
-                        &[KeyValue::new("connector_type", c.connector_type.as_str())],
+                        i64::from(c.healthy),
+                        &[KeyValue::new("connector_type", c.connector_type)],
                     );
                 }
             })
@@ -425,8 +390,8 @@ impl Telemetry {
             .with_callback(move |gauge| {
                 for c in breakers.connectors() {
                     gauge.observe(
-                        c.breaker_state() as i64,
-                        &[KeyValue::new("connector_type", c.connector_type.as_str())],
+                        c.breaker_state,
+                        &[KeyValue::new("connector_type", c.connector_type)],
                     );
                 }
             })
@@ -435,7 +400,7 @@ impl Telemetry {
         self.meter
             .i64_observable_gauge("connector.outbox.backlog")
             .with_description("Connector actions queued and not yet settled.")
-            .with_callback(move |gauge| gauge.observe(backlog.backlog().pending, &[]))
+            .with_callback(move |gauge| gauge.observe(backlog.queued(), &[]))
             .build();
         self.meter
             .f64_observable_gauge("connector.outbox.oldest_age")

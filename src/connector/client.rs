@@ -522,7 +522,7 @@ impl Connector {
             );
             // The connector joins the trace: W3C trace context on every call.
             let mut headers = reqwest::header::HeaderMap::new();
-            span.in_scope(|| crate::telemetry::inject_trace_context(&mut headers));
+            span.in_scope(|| crate::trace::inject_trace_context(&mut headers));
             call = call.headers(headers);
             let started = std::time::Instant::now();
             let outcome = classify(call.send().instrument(span.clone()).await)

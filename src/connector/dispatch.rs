@@ -43,6 +43,7 @@ use crate::projection::{decoded, Event, Projection, ProjectionError};
 use crate::store::{
     Backlog, Checkpoint, Claimed, Columns, ListFilter, OutboxEntry, Settled, Store,
 };
+use crate::telemetry::{ConnectorGauge, DispatchGauges};
 use crate::write::{CommandError, Commands};
 
 /// The outbox projection's name in `projection_checkpoints`.
@@ -135,7 +136,7 @@ impl Projection for Outbox {
                 let (ring, action) = owed(event)?;
                 let meta = event.meta();
                 let traceparent = row.row.stored.as_ref().and_then(|s| {
-                    crate::write::metadata_member(&s.metadata, crate::write::TRACEPARENT_METADATA)
+                    crate::store::metadata_member(&s.metadata, crate::store::TRACEPARENT_METADATA)
                 });
                 Some(OutboxEntry {
                     idempotency_key: idempotency_key(meta.deployment_id, ring, action),
@@ -163,17 +164,29 @@ pub struct DispatchStatus {
 }
 
 impl DispatchStatus {
-    pub fn connectors(&self) -> &[Arc<Connector>] {
-        &self.connectors
-    }
-
     /// The outbox as last counted.
     pub fn backlog(&self) -> Backlog {
         *self.backlog.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
 
-    /// Age of the oldest queued action, in seconds (0 when none is queued).
-    pub fn oldest_age_seconds(&self) -> f64 {
+impl DispatchGauges for DispatchStatus {
+    fn connectors(&self) -> Vec<ConnectorGauge> {
+        self.connectors
+            .iter()
+            .map(|c| ConnectorGauge {
+                connector_type: c.connector_type.as_str(),
+                healthy: c.healthy(),
+                breaker_state: c.breaker_state() as i64,
+            })
+            .collect()
+    }
+
+    fn queued(&self) -> i64 {
+        self.backlog().pending
+    }
+
+    fn oldest_age_seconds(&self) -> f64 {
         self.backlog()
             .oldest_committed_ms
             .map_or(0.0, |oldest| (now_ms() - oldest).max(0) as f64 / 1000.0)
@@ -320,7 +333,7 @@ impl Dispatcher {
                 );
                 // A child of the command that queued the action: one trace from its request to
                 // the connector.
-                crate::telemetry::continue_stored_trace(&span, entry.traceparent.as_deref());
+                crate::trace::continue_stored_trace(&span, entry.traceparent.as_deref());
                 sending.spawn(async move { me.send(action).await }.instrument(span));
             }
             // Settled together, in one transaction: one write per batch, not per action.

@@ -11,8 +11,11 @@ use eucora_projections::intent::IntentState;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use super::command::{
+    Action, Command, CreateIntent, DispatchRecord, DriftRecord, RolloutInput,
+};
 use super::policy::Policy;
-use super::risk::{self, RiskFactors};
+use super::risk;
 use super::{DomainError, DomainServices};
 
 /// The approver recorded when the risk model's policy approves an intent.
@@ -30,105 +33,6 @@ const MAX_CLOCK_SKEW_MINUTES: i64 = 5;
 /// The most devices a rollout report may count in one ring (and the most incidents): beyond any
 /// real estate, far below where arithmetic on the counts could overflow.
 pub const MAX_DEVICES: u64 = 10_000_000;
-
-/// A command, with who sent it and the stream version it expects (from `If-Match`).
-#[derive(Debug, Clone)]
-pub struct Command {
-    pub actor: Actor,
-    pub correlation_id: String,
-    pub expected_version: Option<u64>,
-    pub action: Action,
-}
-
-#[derive(Debug, Clone)]
-pub enum Action {
-    Create(Box<CreateIntent>),
-    Approve {
-        comment: Option<String>,
-    },
-    Reject {
-        reason: String,
-    },
-    Deploy(RolloutInput),
-    Promote,
-    Rollback {
-        reason: String,
-    },
-    /// Record that an emergency change's retrospective approval is past due (the control plane's
-    /// deadline watcher sends it).
-    MarkRetroOverdue,
-    /// Record how a connector answered an action (the dispatcher sends it).
-    RecordDispatch(DispatchRecord),
-    /// Record a drift between what was installed and what a connector reports (the
-    /// reconciler sends it).
-    RecordDrift(DriftRecord),
-}
-
-/// A connector's answer to one action.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DispatchRecord {
-    pub connector_type: ConnectorType,
-    pub ring: Ring,
-    pub action: ConnectorAction,
-    pub idempotency_key: String,
-    pub attempts: u32,
-    /// `None` when the connector accepted it; else the class, HTTP status and detail.
-    pub refused: Option<(FailureClass, u16, String)>,
-}
-
-/// A drift the reconciler found.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DriftRecord {
-    pub connector_type: ConnectorType,
-    pub ring: Ring,
-    pub expected_installed: u64,
-    pub reported_installed: Option<u64>,
-}
-
-impl Action {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Action::Create(_) => "create",
-            Action::Approve { .. } => "approve",
-            Action::Reject { .. } => "reject",
-            Action::Deploy(_) => "deploy",
-            Action::Promote => "promote",
-            Action::Rollback { .. } => "rollback",
-            Action::MarkRetroOverdue => "mark_retro_overdue",
-            Action::RecordDispatch(_) => "record_dispatch",
-            Action::RecordDrift(_) => "record_drift",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct CreateIntent {
-    pub app_name: String,
-    pub version: String,
-    pub connector_type: ConnectorType,
-    pub start_ring: Ring,
-    pub target_ring: Ring,
-    pub change_type: ChangeType,
-    pub site_class: SiteClass,
-    pub privileged_tooling: bool,
-    pub critical_infrastructure: bool,
-    pub rollback_validated: bool,
-    pub artifact_sha256: Option<String>,
-    pub risk_factors: RiskFactors,
-    pub justification: Option<String>,
-    /// When the change was committed to source control (lead time starts there).
-    pub source_committed_at: Option<DateTime<Utc>>,
-}
-
-/// A rollout result for the current ring (cumulative counts).
-#[derive(Debug, Clone, PartialEq)]
-pub struct RolloutInput {
-    pub ring: Ring,
-    pub target_devices: u64,
-    pub succeeded: u64,
-    pub failed: u64,
-    pub incidents: u64,
-}
 
 /// The stored form of an event: the shared schema, with cqrs-es's type name and version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -58,7 +58,7 @@ pub async fn middleware(request: Request, next: Next) -> Response {
         correlation_id = %id,
         trace_id = tracing::field::Empty,
     );
-    crate::telemetry::continue_trace(&span, request.headers());
+    crate::trace::continue_trace(&span, request.headers());
     let mut response = CURRENT
         .scope(
             id.clone(),

@@ -140,7 +140,7 @@ async fn global_stream(
                 principal_id,
                 sequence: stream.sequence,
                 trace_id: e.stored.as_ref().and_then(|s| {
-                    crate::write::metadata_member(&s.metadata, crate::write::TRACE_METADATA)
+                    crate::store::metadata_member(&s.metadata, crate::store::TRACE_METADATA)
                 }),
                 event_type: e.event_type,
                 event,

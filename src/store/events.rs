@@ -25,7 +25,7 @@ pub struct StoredEvent {
     pub position: i64,
     pub sequence: i64,
     pub event: DeploymentEvent,
-    /// The trace id in the event's metadata (`crate::write::TRACE_METADATA`), if it has one.
+    /// The trace id in the event's metadata (`super::TRACE_METADATA`), if it has one.
     pub trace_id: Option<String>,
 }
 
@@ -305,10 +305,7 @@ impl Store {
                         position,
                         sequence,
                         event,
-                        trace_id: crate::write::metadata_member(
-                            &metadata,
-                            crate::write::TRACE_METADATA,
-                        ),
+                        trace_id: super::metadata_member(&metadata, super::TRACE_METADATA),
                     })
                 },
             )

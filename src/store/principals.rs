@@ -327,7 +327,6 @@ impl Store {
 /// The payload, type and metadata (the current trace id, if any) an access event is stored with.
 fn access_payload(event: &AccessEvent) -> (String, &'static str, String) {
     let payload = serde_json::to_string(event).expect("access events serialize");
-    let metadata =
-        serde_json::to_string(&crate::write::event_metadata(None)).expect("a map of strings");
+    let metadata = serde_json::to_string(&super::event_metadata(None)).expect("a map of strings");
     (payload, event.type_name(), metadata)
 }

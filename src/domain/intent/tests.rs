@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::*;
 use crate::domain::{
-    Clock, DomainError, DomainServices, FakeClock, IdSource, Policy, SequentialIds,
+    Clock, DomainError, DomainServices, FakeClock, IdSource, Policy, RiskFactors, SequentialIds,
 };
 
 const ID: Uuid = Uuid::from_u128(0xd1);

@@ -1,0 +1,313 @@
+//! Rendering the fold as the Prometheus text exposition format (0.0.4): every family with its
+//! help and type, every series sorted, so the same stream always renders the same bytes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+use std::sync::Arc;
+
+use super::{Histogram, Labels, Metrics};
+use crate::event::{Ring, Status};
+
+impl Metrics {
+    /// The exposition text (Prometheus text format 0.0.4) of every domain metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let ring = |r: &Ring| r.as_str().to_string();
+        let deployments = sorted(&self.deployments, |(status, r, app, cab)| {
+            vec![
+                ("status", status.to_string()),
+                ("ring", ring(r)),
+                ("app_name", app.to_string()),
+                ("requires_cab", cab.to_string()),
+            ]
+        });
+        counter_family(&mut out, "deployment_total", "Intents entering each status: pending (awaiting CAB), approved, rejected, success (ring compliant), failed (rolled back).", &deployments);
+        histogram_family(
+            &mut out,
+            "deployment_duration_seconds",
+            "Ring entry to the ring's outcome (success or failed).",
+            &sorted(&self.duration, |(r, status)| {
+                vec![("ring", ring(r)), ("status", status.to_string())]
+            }),
+        );
+        histogram_family(
+            &mut out,
+            "deployment_time_to_compliance_seconds",
+            "Ring entry to the first compliant rollout report in that ring.",
+            &sorted(&self.time_to_compliance, |(r, site)| {
+                vec![("ring", ring(r)), ("site_class", site.as_str().to_string())]
+            }),
+        );
+        histogram_family(
+            &mut out,
+            "cab_approval_wait_seconds",
+            "Creation to the CAB decision.",
+            &sorted(&self.cab_wait, |decision| {
+                vec![("decision", decision.to_string())]
+            }),
+        );
+        histogram_family(
+            &mut out,
+            "risk_score_distribution",
+            "Risk score at creation.",
+            &sorted(&self.risk, |cab| vec![("requires_cab", cab.to_string())]),
+        );
+        counter_family(
+            &mut out,
+            "ring_promotion_total",
+            "Promotion attempts by verdict.",
+            &sorted(&self.promotions, |(from, to, passed)| {
+                let verdict = if *passed { "passed" } else { "blocked" };
+                vec![
+                    ("from_ring", ring(from)),
+                    ("to_ring", ring(to)),
+                    ("status", verdict.to_string()),
+                ]
+            }),
+        );
+        counter_family(
+            &mut out,
+            "promotion_gate_evaluations_total",
+            "Gate verdicts recorded in PromotionGateEvaluated.",
+            &sorted(&self.gate_evaluations, |(r, gate, passed)| {
+                let result = if *passed { "passed" } else { "failed" };
+                vec![
+                    ("ring", ring(r)),
+                    ("gate", gate.as_str().to_string()),
+                    ("result", result.to_string()),
+                ]
+            }),
+        );
+
+        header(
+            &mut out,
+            "promotion_gate_success_rate",
+            "Passed / evaluated promotion attempts, per ring.",
+            "gauge",
+        );
+        for (ring, (passed, evaluated)) in &self.attempts {
+            let rate = *passed as f64 / *evaluated as f64;
+            sample(
+                &mut out,
+                "promotion_gate_success_rate",
+                &[("ring", ring.as_str().to_string())],
+                None,
+                &float(rate),
+            );
+        }
+        counter_family(
+            &mut out,
+            "deployment_rollbacks_total",
+            "DeploymentRolledBack events, per ring.",
+            &sorted(&self.rollbacks, |r| vec![("ring", ring(r))]),
+        );
+        counter_family(
+            &mut out,
+            "deployment_drift_total",
+            "DeploymentDriftDetected events: an assignment a connector lost, or whose installed count fell.",
+            &sorted(&self.drift, |(r, connector)| {
+                vec![
+                    ("ring", ring(r)),
+                    ("connector_type", connector.as_str().to_string()),
+                ]
+            }),
+        );
+
+        let app_ring =
+            |(app, r): &(Arc<str>, Ring)| vec![("app_name", app.to_string()), ("ring", ring(r))];
+        histogram_family(
+            &mut out,
+            "deployment_lead_time_seconds",
+            "Delivery lead time: the change's commit (source_committed_at, else the intent's creation) to its first compliant rollout report in the ring.",
+            &sorted(&self.lead_time, app_ring),
+        );
+        histogram_family(
+            &mut out,
+            "deployment_recovery_time_seconds",
+            "Failed-deployment recovery time: a rollback in the ring to the next compliant version of the same app there.",
+            &sorted(&self.recovery_time, app_ring),
+        );
+        counter_family(
+            &mut out,
+            "deployment_change_failures_total",
+            "Changes that failed in the ring (rolled back).",
+            &sorted(&self.change_failures, app_ring),
+        );
+        counter_family(
+            &mut out,
+            "deployment_rework_total",
+            "Emergency changes requested while the app had an unrecovered failure, in the ring of that failure.",
+            &sorted(&self.rework, app_ring),
+        );
+
+        header(
+            &mut out,
+            "deployments_in_state",
+            "Intents currently in each state, per current ring.",
+            "gauge",
+        );
+        let mut in_state: BTreeMap<(Status, Ring), u64> = BTreeMap::new();
+        for intent in self.intents.values() {
+            *in_state.entry((intent.status, intent.ring)).or_default() += 1;
+        }
+        for status in Status::ALL {
+            for ring in Ring::ALL {
+                let n = in_state.get(&(status, ring)).copied().unwrap_or(0);
+                let labels = [
+                    ("state", status.as_str().to_string()),
+                    ("ring", ring.as_str().to_string()),
+                ];
+                sample(
+                    &mut out,
+                    "deployments_in_state",
+                    &labels,
+                    None,
+                    &n.to_string(),
+                );
+            }
+        }
+        header(
+            &mut out,
+            "emergency_changes_awaiting_retro_approval",
+            "Emergency changes cleared without the CAB and not yet decided on retrospectively; overdue once their deadline passed (RetroApprovalOverdue).",
+            "gauge",
+        );
+        let mut awaiting = [0u64; 2];
+        for intent in self.intents.values() {
+            if let Some(overdue) = intent.retro_awaiting {
+                awaiting[usize::from(overdue)] += 1;
+            }
+        }
+        for (overdue, n) in [("false", awaiting[0]), ("true", awaiting[1])] {
+            sample(
+                &mut out,
+                "emergency_changes_awaiting_retro_approval",
+                &[("overdue", overdue.to_string())],
+                None,
+                &n.to_string(),
+            );
+        }
+        header(
+            &mut out,
+            "eucora_events_total",
+            "Events applied, per event type.",
+            "counter",
+        );
+        for (event_type, n) in &self.events {
+            sample(
+                &mut out,
+                "eucora_events_total",
+                &[("event_type", event_type.to_string())],
+                None,
+                &n.to_string(),
+            );
+        }
+        header(
+            &mut out,
+            "eucora_projection_position",
+            "Global position of the last event applied.",
+            "gauge",
+        );
+        sample(
+            &mut out,
+            "eucora_projection_position",
+            &[("projection", "metrics".to_string())],
+            None,
+            &self.position.to_string(),
+        );
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Escapes a label value as the text format requires.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn float(v: f64) -> String {
+    if v == f64::INFINITY {
+        "+Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+fn sample(
+    out: &mut String,
+    name: &str,
+    labels: &[(&str, String)],
+    extra: Option<(&str, &str)>,
+    value: &str,
+) {
+    out.push_str(name);
+    let mut all: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect();
+    if let Some((k, v)) = extra {
+        all.push(format!("{k}=\"{v}\""));
+    }
+    if !all.is_empty() {
+        let _ = write!(out, "{{{}}}", all.join(","));
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+/// A family's series ordered by their labels, which is the order they are rendered in.
+fn sorted<K, T>(series: &HashMap<K, T>, labels: impl Fn(&K) -> Labels) -> BTreeMap<Labels, &T> {
+    series
+        .iter()
+        .map(|(key, value)| (labels(key), value))
+        .collect()
+}
+
+fn counter_family(out: &mut String, name: &str, help: &str, series: &BTreeMap<Labels, &u64>) {
+    header(out, name, help, "counter");
+    for (labels, n) in series {
+        sample(out, name, labels, None, &n.to_string());
+    }
+}
+
+fn histogram_family(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    series: &BTreeMap<Labels, &Histogram>,
+) {
+    header(out, name, help, "histogram");
+    for (labels, h) in series {
+        let bucket = format!("{name}_bucket");
+        for (bound, count) in h.buckets.iter().zip(&h.counts) {
+            sample(
+                out,
+                &bucket,
+                labels,
+                Some(("le", &float(*bound))),
+                &count.to_string(),
+            );
+        }
+        sample(
+            out,
+            &bucket,
+            labels,
+            Some(("le", "+Inf")),
+            &h.count.to_string(),
+        );
+        sample(out, &format!("{name}_sum"), labels, None, &float(h.sum));
+        sample(
+            out,
+            &format!("{name}_count"),
+            labels,
+            None,
+            &h.count.to_string(),
+        );
+    }
+}

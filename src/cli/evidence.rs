@@ -1,0 +1,123 @@
+//! `eucora evidence export|verify` and `eucora key generate`: the bundle an auditor takes away,
+//! checked offline, and the key that signs it.
+
+use std::path::Path;
+
+use super::{open_existing, say, Failure};
+use crate::config::ExportArgs;
+
+/// `eucora evidence export`: writes a period's or a deployment's bundle from the database.
+pub async fn export(args: ExportArgs) -> Result<(), Failure> {
+    use crate::evidence::Scope;
+    let time = |flag: &str, text: &str| {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .map_err(|_| {
+                format!("--{flag} {text:?} is not an RFC 3339 time such as 2026-01-01T00:00:00Z")
+            })
+    };
+    let scope = match (&args.from, &args.to, args.deployment) {
+        (Some(from), Some(to), None) => {
+            let (from, to) = (time("from", from)?, time("to", to)?);
+            if from >= to {
+                return Err("--from must be before --to".into());
+            }
+            Scope::Period { from, to }
+        }
+        (None, None, Some(id)) => Scope::Deployment(id),
+        _ => return Err("give --from and --to, or --deployment".into()),
+    };
+    let key_path = match (
+        &args.signing_key_file,
+        crate::store::sqlite_file(&args.db.database_url),
+    ) {
+        (Some(path), _) => path.clone(),
+        (None, Some(db))
+            if crate::store::backend_of(&args.db.database_url) == crate::store::Backend::Sqlite =>
+        {
+            std::path::PathBuf::from(format!("{db}.key"))
+        }
+        _ => return Err("--signing-key-file is required (the key the server signs with)".into()),
+    };
+    let key = crate::checkpoints::SigningKey::load(&key_path).map_err(|e| e.to_string())?;
+    let previous = args
+        .previous_checkpoint
+        .as_deref()
+        .map(|p| {
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        })
+        .transpose()?;
+    let store = open_existing(&args.db).await?;
+    let tree = crate::projection::log::LogTree::from_parts(
+        store.log_subtrees().await.map_err(|e| e.to_string())?,
+        store.last_log_tile().await.map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let log = crate::projection::log::LogView::default();
+    log.replace(tree);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&args.out)
+        .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
+    let written = crate::evidence::export(
+        &store,
+        &log,
+        &key,
+        &scope,
+        previous.as_deref(),
+        std::io::BufWriter::new(file),
+    )
+    .await;
+    let summary = match written {
+        Ok(summary) => summary,
+        Err(e) => {
+            let _ = std::fs::remove_file(&args.out);
+            return Err(e.to_string().into());
+        }
+    };
+    say(format_args!(
+        "wrote {}: {} events of {} intents, under the checkpoint of tree size {}; {} controls failed",
+        args.out.display(),
+        summary.events,
+        summary.intents,
+        summary.tree_size,
+        summary.failed_controls
+    ))?;
+    Ok(())
+}
+
+/// `eucora evidence verify`: checks a bundle with nothing but it, the verifier key and
+/// optionally an earlier checkpoint.
+pub fn verify(file: &Path, key: &Path, previous_checkpoint: Option<&Path>) -> Result<(), Failure> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let verifier = read(key)?;
+    let previous = previous_checkpoint.map(read).transpose()?;
+    let bundle =
+        std::fs::File::open(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let verified = crate::evidence::verify(
+        std::io::BufReader::new(bundle),
+        verifier.trim(),
+        previous.as_deref(),
+    )
+    .map_err(|e| format!("{} does not verify: {e}", file.display()))?;
+    say(format_args!(
+        "verified: {} events of {} intents under a signed checkpoint of tree size {}; \
+         {} controls failed",
+        verified.events, verified.intents, verified.tree_size, verified.failed_controls
+    ))?;
+    Ok(())
+}
+
+/// `eucora key generate`: a new signing key file; prints its verifier key.
+pub fn generate_key(out: &Path, name: &str) -> Result<(), Failure> {
+    let key = crate::checkpoints::SigningKey::create(out, name).map_err(|e| e.to_string())?;
+    eprintln!(
+        "signing key written to {} (keep it secret; give auditors the verifier key below)",
+        out.display()
+    );
+    say(format_args!("{}", key.verifier_key()))?;
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! `eucora token create|list|rotate|revoke`: principals, changed as the operator running it.
+
+use eucora_projections::event::Role;
+
+use super::{open, open_existing, say, Failure};
+use crate::config::TokenCommand;
+use crate::principals::{expiry, issue_token, operator_change, rotate_token, PrincipalOut};
+
+/// `eucora token …`: principals, changed as the operator running it (`cli:<login>`), each change
+/// an event of the principal's stream.
+pub async fn run(command: TokenCommand) -> Result<(), Failure> {
+    let change = operator_change();
+    match command {
+        TokenCommand::Create(args) => {
+            let role = Role::parse(&args.role).ok_or_else(|| {
+                format!(
+                    "unknown role {:?}: use requester, cab_approver, deployer, auditor or admin",
+                    args.role
+                )
+            })?;
+            let subject = args.subject.trim();
+            if subject.is_empty() || subject.len() > 128 || subject.chars().any(char::is_control) {
+                return Err("--subject must be 1 to 128 printable characters".into());
+            }
+            let expires_at =
+                expiry(change.at, args.expires_in).map_err(|e| format!("--expires-in: {e}"))?;
+            let store = open(&args.db).await?;
+            let (id, token) = issue_token(&store, subject, role, expires_at, &change)
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "principal {id} ({subject}, {}) expires {expires_at}",
+                role.as_str()
+            );
+            say(format_args!("{token}"))
+        }
+        TokenCommand::List(args) => {
+            let store = open_existing(&args.db).await?;
+            let principals = store.principals().await.map_err(|e| e.to_string())?;
+            let now = chrono::Utc::now();
+            let shown: Vec<PrincipalOut> = principals
+                .into_iter()
+                .map(|p| PrincipalOut::new(p, now))
+                .collect();
+            if args.json {
+                for p in &shown {
+                    let line = serde_json::to_string(p).map_err(|e| e.to_string())?;
+                    say(format_args!("{line}"))?;
+                }
+                return Ok(());
+            }
+            let time =
+                |t: &chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M UTC").to_string();
+            let rows: Vec<Vec<String>> = shown
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.id.to_string(),
+                        p.subject.clone(),
+                        p.role.as_str().into(),
+                        p.state.into(),
+                        time(&p.created_at),
+                        p.revoked_at
+                            .as_ref()
+                            .map_or_else(|| time(&p.expires_at), |_| "-".into()),
+                    ]
+                })
+                .collect();
+            for line in super::table::render(
+                &["ID", "SUBJECT", "ROLE", "STATE", "CREATED", "EXPIRES"],
+                &rows,
+            ) {
+                say(format_args!("{line}"))?;
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke(args) => {
+            let store = open_existing(&args.db).await?;
+            let record = store
+                .revoke_principal(args.id, &change)
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "principal {} ({}) revoked at {}",
+                record.id,
+                record.subject,
+                record.revoked_at.unwrap_or(change.at)
+            );
+            Ok(())
+        }
+        TokenCommand::Rotate(args) => {
+            let expires_at =
+                expiry(change.at, args.expires_in).map_err(|e| format!("--expires-in: {e}"))?;
+            let store = open_existing(&args.db).await?;
+            let (record, token) = rotate_token(&store, args.id, expires_at, &change)
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "principal {} ({}) has a new token, expiring {expires_at}; the old one no longer works",
+                record.id, record.subject
+            );
+            say(format_args!("{token}"))
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! Writing a bundle: the stream read in batches, `events.jsonl` spooled and compressed on its own
+//! thread, the proofs, the signed manifest and the tar.gz around them.
+
+use std::collections::BTreeMap;
+use std::io::{Seek, Write};
+
+use eucora_projections::decode::StreamEvent;
+use eucora_projections::merkle;
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::format::{
+    b64, pae, ConsistencyProof, EventRecord, EvidenceError, InclusionProof, ProofFile, RangeProof,
+    Scope, FILES, MANIFEST, PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE,
+};
+use super::population::Population;
+use crate::checkpoints::{open_checkpoint, SigningKey};
+use crate::projection::log::{with_tiles, LogView};
+use crate::projection::{Event, ProjectionError, RunError, StreamReader};
+use crate::store::Store;
+
+/// Rows read per batch while exporting.
+const BATCH: i64 = 5000;
+
+/// `events.jsonl` as the export writes it: lines are batched here, then hashed and
+/// gzip-compressed on a thread of its own into an anonymous temporary file, so the reading of the
+/// stream and the compression run on two cores. The compressed data becomes a gzip member of its
+/// own in the bundle (docs/evidence.md).
+struct EventsSpool {
+    batch: Vec<u8>,
+    sender: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    worker: Option<std::thread::JoinHandle<std::io::Result<CompressedEvents>>>,
+}
+
+/// What the compressing thread made of `events.jsonl`.
+struct CompressedEvents {
+    file: std::fs::File,
+    digest: [u8; 32],
+    len: u64,
+}
+
+/// Bytes of lines handed to the compressing thread at a time.
+const SPOOL_BATCH: usize = 1 << 20;
+
+impl EventsSpool {
+    fn new() -> std::io::Result<EventsSpool> {
+        let file = tempfile_in_tmp()?;
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let worker = std::thread::Builder::new()
+            .name("eucora-evidence-gzip".into())
+            .spawn(move || {
+                let mut hasher = Sha256::new();
+                let mut len = 0u64;
+                let mut gz = flate2::write::GzEncoder::new(
+                    std::io::BufWriter::new(file),
+                    flate2::Compression::fast(),
+                );
+                for batch in receiver {
+                    hasher.update(&batch);
+                    len += batch.len() as u64;
+                    gz.write_all(&batch)?;
+                }
+                let mut file = gz
+                    .finish()?
+                    .into_inner()
+                    .map_err(std::io::IntoInnerError::into_error)?;
+                file.rewind()?;
+                Ok(CompressedEvents {
+                    file,
+                    digest: hasher.finalize().into(),
+                    len,
+                })
+            })?;
+        Ok(EventsSpool {
+            batch: Vec::with_capacity(SPOOL_BATCH),
+            sender: Some(sender),
+            worker: Some(worker),
+        })
+    }
+
+    fn line(&mut self, record: &EventRecord) -> Result<(), EvidenceError> {
+        serde_json::to_writer(&mut self.batch, record)
+            .map_err(|e| EvidenceError::Export(e.to_string()))?;
+        self.batch.push(b'\n');
+        if self.batch.len() >= SPOOL_BATCH {
+            self.send()?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self) -> Result<(), EvidenceError> {
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(SPOOL_BATCH));
+        let gone = self
+            .sender
+            .as_ref()
+            .is_none_or(|sender| sender.send(batch).is_err());
+        if gone {
+            // The thread stopped on an error: finishing says which.
+            return Err(self.finish().err().unwrap_or_else(|| {
+                EvidenceError::Export("the compressing thread stopped".into())
+            }));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<CompressedEvents, EvidenceError> {
+        if !self.batch.is_empty() && self.sender.is_some() {
+            let batch = std::mem::take(&mut self.batch);
+            if let Some(sender) = &self.sender {
+                let _ = sender.send(batch);
+            }
+        }
+        self.sender = None;
+        let worker = self
+            .worker
+            .take()
+            .ok_or_else(|| EvidenceError::Export("the events were already written".into()))?;
+        worker
+            .join()
+            .map_err(|_| EvidenceError::Export("the compressing thread panicked".into()))?
+            .map_err(EvidenceError::Io)
+    }
+}
+
+impl Drop for EventsSpool {
+    fn drop(&mut self) {
+        // An export that stopped early: let the thread end, and wait for it.
+        self.sender = None;
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// An anonymous temporary file (unlinked at once, so nothing is left behind).
+pub fn tempfile_in_tmp() -> std::io::Result<std::fs::File> {
+    let path = std::env::temp_dir().join(format!("eucora-evidence-{}", Uuid::new_v4().simple()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
+}
+
+fn tar_header(name: &str, len: u64) -> std::io::Result<tar::Header> {
+    let mut header = tar::Header::new_gnu();
+    header.set_path(name)?;
+    header.set_size(len);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_cksum();
+    Ok(header)
+}
+
+fn tar_file<W: Write>(tar: &mut tar::Builder<W>, name: &str, data: &[u8]) -> std::io::Result<()> {
+    tar.append(&tar_header(name, data.len() as u64)?, data)
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportSummary {
+    pub events: u64,
+    pub intents: u64,
+    pub tree_size: u64,
+    pub failed_controls: u64,
+}
+
+/// Writes the bundle of `scope` to `out` (a `.tar.gz`). Reads the stream in batches and spools
+/// the events to a temporary file, so memory holds the bundle's intents, not its bytes.
+pub async fn export(
+    store: &Store,
+    log: &LogView,
+    key: &SigningKey,
+    scope: &Scope,
+    previous: Option<&str>,
+    out: impl Write,
+) -> Result<ExportSummary, EvidenceError> {
+    let Some(latest) = store.latest_checkpoint().await? else {
+        let why = "no checkpoint has been signed yet: start the server with a signing key and \
+                   wait for its first checkpoint";
+        return Err(match scope {
+            Scope::Deployment(id) if !store.intent_events(*id).await?.is_empty() => {
+                EvidenceError::NotYetSigned(why.into())
+            }
+            _ => EvidenceError::NotFound(why.into()),
+        });
+    };
+    let checkpoint = open_checkpoint(&latest.note, key.verifier_key()).map_err(|e| {
+        EvidenceError::Export(format!(
+            "the latest checkpoint does not verify with this key: {e}"
+        ))
+    })?;
+    let size = checkpoint.size;
+    let tree = log.tree();
+    if tree.size() < size {
+        return Err(EvidenceError::Export(
+            "the log is behind its latest checkpoint; try again in a moment".into(),
+        ));
+    }
+    let previous = previous
+        .map(|note| open_checkpoint(note, key.verifier_key()))
+        .transpose()
+        .map_err(|e| EvidenceError::Export(format!("the earlier checkpoint: {e}")))?;
+
+    // The events: one pass over the stream, up to the checkpoint's size.
+    let mut events = EventsSpool::new()?;
+    let mut population = Population::default();
+    let mut chosen: Vec<u64> = Vec::new();
+    let (mut index, mut started, mut done) = (0u64, false, false);
+    // Read and decoded ahead on other tasks, compressed on another thread: the stages overlap.
+    let mut stream = StreamReader::from_start(store.clone(), size, BATCH);
+    let wanted = match scope {
+        Scope::Deployment(id) => Some(id.to_string()),
+        Scope::Period { .. } => None,
+    };
+    while index < size && !done {
+        let Some(batch) = stream.next().await else {
+            break;
+        };
+        let batch = batch.map_err(|e| match e {
+            RunError::Projection(ProjectionError::Store(e)) => EvidenceError::Store(e),
+            e => EvidenceError::Export(e.to_string()),
+        })?;
+        for Event { row, event, .. } in batch.iter() {
+            let stream = row.stream()?;
+            let take = match scope {
+                Scope::Deployment(_) => Some(&stream.aggregate_id) == wanted.as_ref(),
+                Scope::Period { from, to } => {
+                    let at = event.as_ref().map(StreamEvent::occurred_at).ok();
+                    if !started && at.is_some_and(|t| t >= *from && t < *to) {
+                        started = true;
+                    }
+                    if started && at.is_some_and(|t| t >= *to) {
+                        done = true;
+                    }
+                    started && !done
+                }
+            };
+            if take {
+                let stored = row.row()?;
+                let record = EventRecord {
+                    index,
+                    position: row.position,
+                    aggregate_type: stored.aggregate_type.to_string(),
+                    aggregate_id: stored.aggregate_id.to_string(),
+                    sequence: stored.sequence,
+                    event_type: row.event_type.clone(),
+                    event_version: row.event_version.clone(),
+                    payload: row.payload.clone(),
+                    metadata: stored.metadata.to_string(),
+                };
+                chosen.push(index);
+                population.add(
+                    index,
+                    &record.aggregate_id,
+                    record.sequence,
+                    event.as_ref().ok().cloned(),
+                );
+                events.line(&record)?;
+            }
+            index += 1;
+            if done || index >= size {
+                break;
+            }
+        }
+    }
+    if chosen.is_empty() {
+        return Err(match scope {
+            Scope::Deployment(id) if !store.intent_events(*id).await?.is_empty() => {
+                EvidenceError::NotYetSigned(format!(
+                    "the events of deployment intent {id} are not under a signed checkpoint yet; \
+                     the next one is due within the checkpoint interval"
+                ))
+            }
+            Scope::Deployment(id) => EvidenceError::NotFound(format!("no deployment intent {id}")),
+            Scope::Period { .. } => {
+                EvidenceError::NotFound("no signed event falls in this period".into())
+            }
+        });
+    }
+
+    // The proofs, against the checkpoint.
+    let proof_error =
+        |e: crate::projection::log::LogProofError| EvidenceError::Export(e.to_string());
+    let proof = ProofFile {
+        tree_size: size,
+        range: match scope {
+            Scope::Period { .. } => {
+                let (start, end) = (chosen[0], chosen[chosen.len() - 1] + 1);
+                let hashes = with_tiles(store, &tree, |r| merkle::range_proof(r, start, end, size))
+                    .await
+                    .map_err(proof_error)?;
+                Some(RangeProof {
+                    start,
+                    end,
+                    hashes: hashes.iter().map(|h| b64(h)).collect(),
+                })
+            }
+            Scope::Deployment(_) => None,
+        },
+        inclusion: match scope {
+            Scope::Deployment(_) => {
+                let mut all = Vec::new();
+                for i in &chosen {
+                    let hashes = with_tiles(store, &tree, |r| merkle::inclusion_proof(r, *i, size))
+                        .await
+                        .map_err(proof_error)?;
+                    all.push(InclusionProof {
+                        index: *i,
+                        hashes: hashes.iter().map(|h| b64(h)).collect(),
+                    });
+                }
+                all
+            }
+            Scope::Period { .. } => Vec::new(),
+        },
+        consistency: match &previous {
+            None => None,
+            Some(p) if p.size > size => {
+                return Err(EvidenceError::Export(format!(
+                    "the earlier checkpoint (size {}) is past the latest one (size {size})",
+                    p.size
+                )))
+            }
+            Some(p) => {
+                let hashes = if p.size == 0 {
+                    Vec::new()
+                } else {
+                    with_tiles(store, &tree, |r| merkle::consistency_proof(r, p.size, size))
+                        .await
+                        .map_err(proof_error)?
+                };
+                Some(ConsistencyProof {
+                    from: p.size,
+                    hashes: hashes.iter().map(|h| b64(h)).collect(),
+                })
+            }
+        },
+    };
+    let controls = population.controls();
+    let failed = controls.failed();
+    let mut events = events.finish()?;
+    let files: BTreeMap<&str, Vec<u8>> = [
+        ("checkpoint", latest.note.clone().into_bytes()),
+        ("proof.json", pretty(&proof)?),
+        ("controls.json", pretty(&controls)?),
+        ("changes.csv", population.changes_csv().into_bytes()),
+        ("VERIFY.md", verify_md(key.verifier_key()).into_bytes()),
+    ]
+    .into_iter()
+    .collect();
+
+    // The manifest: every file's SHA-256, signed.
+    let mut subjects =
+        vec![json!({"name": "events.jsonl", "digest": {"sha256": hex::encode(events.digest)}})];
+    for name in &FILES[1..] {
+        subjects.push(
+            json!({"name": name, "digest": {"sha256": hex::encode(Sha256::digest(&files[name]))}}),
+        );
+    }
+    let statement = json!({
+        "_type": STATEMENT_TYPE,
+        "subject": subjects,
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "scope": match scope {
+                Scope::Period { from, to } => json!({"from": from, "to": to}),
+                Scope::Deployment(id) => json!({"deployment_id": id}),
+            },
+            "tree_size": size,
+            "events": chosen.len(),
+            "generated_by": format!("eucora {}", env!("CARGO_PKG_VERSION")),
+        },
+    });
+    let payload =
+        serde_json::to_vec(&statement).map_err(|e| EvidenceError::Export(e.to_string()))?;
+    let signature = key
+        .sign(&pae(PAYLOAD_TYPE, &payload))
+        .map_err(EvidenceError::Export)?;
+    let envelope = json!({
+        "payloadType": PAYLOAD_TYPE,
+        "payload": b64(&payload),
+        "signatures": [{"keyid": key.verifier_key(), "sig": b64(&signature)}],
+    });
+
+    // Three gzip members, one after the other (RFC 1952 2.2; every gunzip reads them as one
+    // stream): the tar header of events.jsonl, the events compressed as they were read, then the
+    // padding, the other files and the end of the archive.
+    let mut out = out;
+    let mut head = flate2::write::GzEncoder::new(&mut out, flate2::Compression::fast());
+    head.write_all(tar_header("events.jsonl", events.len)?.as_bytes())?;
+    head.finish()?;
+    std::io::copy(&mut events.file, &mut out)?;
+    let mut tail = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+    tail.write_all(&[0u8; 512][..((512 - events.len % 512) % 512) as usize])?;
+    let mut tar = tar::Builder::new(tail);
+    for name in &FILES[1..] {
+        tar_file(&mut tar, name, &files[name])?;
+    }
+    tar_file(&mut tar, MANIFEST, &pretty(&envelope)?)?;
+    tar.into_inner()?.finish()?.flush()?;
+    Ok(ExportSummary {
+        events: chosen.len() as u64,
+        intents: controls.intents.len() as u64,
+        tree_size: size,
+        failed_controls: failed,
+    })
+}
+
+fn pretty(value: &impl Serialize) -> Result<Vec<u8>, EvidenceError> {
+    let mut out =
+        serde_json::to_vec_pretty(value).map_err(|e| EvidenceError::Export(e.to_string()))?;
+    out.push(b'\n');
+    Ok(out)
+}
+
+fn verify_md(verifier_key: &str) -> String {
+    format!(
+        "# Verifying this evidence bundle\n\n\
+         This bundle was exported by EUCORA and signed with the log key whose verifier key is:\n\n\
+         ```\n{verifier_key}\n```\n\n\
+         Obtain that key from the operator through another channel, then run, offline:\n\n\
+         ```\neucora evidence verify BUNDLE.tar.gz --key KEYFILE [--previous-checkpoint FILE]\n```\n\n\
+         where KEYFILE holds the verifier key line. It checks the manifest's signature and every\n\
+         file's SHA-256, the checkpoint's signature, that the events are exactly the leaves the\n\
+         proofs place under the checkpoint's tree head, their contiguity, the consistency proof\n\
+         from an earlier checkpoint you kept (if given), and recomputes every control and the\n\
+         population. It exits 0 only when all hold, and names the first failure otherwise.\n\n\
+         docs/evidence.md in the EUCORA repository documents every byte, to write a verifier of\n\
+         your own.\n"
+    )
+}

@@ -1,0 +1,142 @@
+//! The bundle's format: its file names, an event record as `events.jsonl` holds it, the proof
+//! file, the DSSE envelope's constants and pre-authentication encoding, and what a bundle covers.
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use eucora_projections::integrity::{leaf_hash, StoredRow};
+use eucora_projections::merkle::Hash;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The bundle's files, in the order they are written; the manifest comes last.
+pub const FILES: [&str; 6] = [
+    "events.jsonl",
+    "checkpoint",
+    "proof.json",
+    "controls.json",
+    "changes.csv",
+    "VERIFY.md",
+];
+pub const MANIFEST: &str = "manifest.dsse.json";
+pub(super) const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
+pub(super) const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
+pub(super) const PREDICATE_TYPE: &str = "https://eucora.dev/evidence/v1";
+
+pub(super) fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+pub(super) fn unb64_hash(text: &str) -> Option<Hash> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()?
+        .try_into()
+        .ok()
+}
+
+/// One event as the bundle holds it: the stored row's columns exactly, and its place in the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventRecord {
+    pub index: u64,
+    pub position: i64,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    /// The payload JSON exactly as stored (a string, so its bytes survive).
+    pub payload: String,
+    pub metadata: String,
+}
+
+impl EventRecord {
+    pub fn leaf(&self) -> Hash {
+        leaf_hash(&StoredRow {
+            position: self.position,
+            aggregate_type: &self.aggregate_type,
+            aggregate_id: &self.aggregate_id,
+            sequence: self.sequence,
+            event_type: &self.event_type,
+            event_version: &self.event_version,
+            payload: &self.payload,
+            metadata: &self.metadata,
+        })
+    }
+}
+
+/// What a bundle covers.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// The events committed from the first one stamped at or after `from` up to (not including)
+    /// the first one stamped at or after `to`: a contiguous range of the log.
+    Period {
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    },
+    /// Every event of one deployment intent.
+    Deployment(Uuid),
+}
+
+/// Why evidence could not be exported or did not verify.
+#[derive(Debug, thiserror::Error)]
+pub enum EvidenceError {
+    #[error("{0}")]
+    Export(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The intent exists, but none of its events is under a signed checkpoint yet.
+    #[error("{0}")]
+    NotYetSigned(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot write the bundle: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProofFile {
+    pub tree_size: u64,
+    /// A period: the events are exactly the leaves `[start, end)`.
+    pub range: Option<RangeProof>,
+    /// One deployment: an inclusion proof per event.
+    pub inclusion: Vec<InclusionProof>,
+    /// From an earlier checkpoint the auditor supplied, to `tree_size`.
+    pub consistency: Option<ConsistencyProof>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeProof {
+    pub start: u64,
+    pub end: u64,
+    pub hashes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InclusionProof {
+    pub index: u64,
+    pub hashes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyProof {
+    pub from: u64,
+    pub hashes: Vec<String>,
+}
+
+/// DSSE's pre-authentication encoding: `DSSEv1 <len(type)> <type> <len(body)> <body>`.
+pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "DSSEv1 {} {} {} ",
+        payload_type.len(),
+        payload_type,
+        payload.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(payload);
+    out
+}

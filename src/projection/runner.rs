@@ -1,0 +1,583 @@
+//! The runner: lanes of projections that stand at the same point, each step reading the stream
+//! once for a lane and applying it to each of its projections, and the status the rest of the
+//! service sees.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+use crate::store::{Checkpoint, Columns, Store, StoreError};
+
+use super::stream::{decode_rows, read_ahead, Ahead, Plan};
+use super::{Event, Projection, ProjectionError, RunError, UNREACHABLE};
+
+/// Events read per batch by `eucora serve`.
+pub const BATCH: i64 = 1000;
+/// Batches smaller than this are applied to the projections in turn on the runner's task; larger
+/// ones on a task per projection at once (tailing, a step finds a few events, and handing them
+/// to other threads would cost more than applying them).
+const PARALLEL_BATCH: usize = 256;
+/// Batches a lane that is behind reads in one step before the leaders read again.
+pub const LAGGARD_BATCHES: usize = 20;
+/// The longest wait between polls when the stream is idle; a commit in this process wakes the
+/// runner at once, a commit by another process is seen within this time.
+const MAX_IDLE_WAIT: Duration = Duration::from_millis(500);
+/// How often the runner counts the store's events to report each projection's lag.
+const RECOUNT: Duration = Duration::from_secs(5);
+
+/// What the rest of the service sees of the runner: whether it caught up, each projection's
+/// progress, and the wake-up the write side rings after a commit.
+pub struct RunnerStatus {
+    wake: Notify,
+    /// Rows read from the store, all projections together.
+    rows_read: AtomicU64,
+    /// Events in the store when the runner started (i64::MAX until counted).
+    head_at_start: AtomicI64,
+    /// Events in the store when last counted.
+    head: AtomicI64,
+    caught_up: AtomicBool,
+    /// Each projection's checkpoint ordinal, in registration order.
+    applied: Mutex<Vec<(&'static str, i64)>>,
+    /// Stored rows no projection can read, by position, with why.
+    unreadable: Mutex<std::collections::BTreeMap<i64, String>>,
+}
+
+impl RunnerStatus {
+    fn new() -> Self {
+        RunnerStatus {
+            wake: Notify::new(),
+            rows_read: AtomicU64::new(0),
+            head_at_start: AtomicI64::new(i64::MAX),
+            head: AtomicI64::new(0),
+            caught_up: AtomicBool::new(false),
+            applied: Mutex::new(Vec::new()),
+            unreadable: Mutex::default(),
+        }
+    }
+
+    /// Stored rows that every projection passed over, by position, with why: rows that do not
+    /// decode, and (PostgreSQL) rows whose transaction id no snapshot will ever reach.
+    pub fn unreadable(&self) -> Vec<(i64, String)> {
+        self.unreadable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(p, why)| (*p, why.clone()))
+            .collect()
+    }
+
+    /// Records an unreadable row, logging it the first time.
+    fn report_unreadable(&self, position: i64, why: String) {
+        let mut known = self.unreadable.lock().unwrap_or_else(|e| e.into_inner());
+        if let std::collections::btree_map::Entry::Vacant(entry) = known.entry(position) {
+            tracing::error!(position, reason = %why, "a stored event cannot be read; every projection passes over it");
+            entry.insert(why);
+        }
+    }
+
+    /// Tells the runner that this process committed events.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Whether every projection has read every event the store held at start-up, and to the end
+    /// of what was readable then.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Rows read from the store so far: once per event for all projections that share a lane.
+    pub fn rows_read(&self) -> u64 {
+        self.rows_read.load(Ordering::Acquire)
+    }
+
+    /// Events stored but not yet applied, per projection, as of the last count.
+    pub fn lag(&self) -> Vec<(&'static str, i64)> {
+        let head = self.head.load(Ordering::Acquire);
+        self.applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, applied)| (*name, (head - applied).max(0)))
+            .collect()
+    }
+
+    fn set_applied(&self, index: usize, ordinal: i64) {
+        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = applied.get_mut(index) {
+            slot.1 = ordinal;
+        }
+    }
+}
+
+struct Slot {
+    /// Taken out while a batch is applied on a task of its own.
+    projection: Option<Box<dyn Projection>>,
+    name: &'static str,
+    columns: Columns,
+    persisted: bool,
+    /// `None` until resumed.
+    checkpoint: Option<Checkpoint>,
+}
+
+/// What one step did.
+#[derive(Debug, Default)]
+pub struct Step {
+    /// Events read.
+    pub read: usize,
+    /// Whether a lane stopped at its batch bound with more to read.
+    pub more: bool,
+    /// Projections that failed, with why; their checkpoints stayed.
+    pub failures: Vec<(&'static str, ProjectionError)>,
+}
+
+/// The projection runner.
+pub struct Runner {
+    store: Store,
+    slots: Vec<Slot>,
+    batch: i64,
+    status: Arc<RunnerStatus>,
+}
+
+impl Runner {
+    /// A runner reading `batch` events at a time.
+    pub fn new(store: Store, batch: i64) -> Runner {
+        Runner {
+            store,
+            slots: Vec::new(),
+            batch: batch.max(1),
+            status: Arc::new(RunnerStatus::new()),
+        }
+    }
+
+    /// Adds a projection. Within a batch, projections run concurrently; errors are reported in
+    /// registration order.
+    pub fn register(mut self, projection: impl Projection) -> Runner {
+        let name = projection.name();
+        self.slots.push(Slot {
+            name,
+            columns: projection.columns(),
+            persisted: projection.persisted(),
+            projection: Some(Box::new(projection)),
+            checkpoint: None,
+        });
+        self.status
+            .applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name, 0));
+        self
+    }
+
+    pub fn status(&self) -> Arc<RunnerStatus> {
+        self.status.clone()
+    }
+
+    /// Resumes every projection not yet resumed, and counts the store's head once.
+    async fn resume(&mut self) -> Vec<(&'static str, ProjectionError)> {
+        let mut failures = Vec::new();
+        if self.status.head_at_start.load(Ordering::Acquire) == i64::MAX {
+            // What the stream will return: a row no snapshot reaches is never waited for.
+            let head = match self.store.unreachable_events(10_000).await {
+                Ok(unreachable) => self
+                    .store
+                    .event_count()
+                    .await
+                    .map(|n| n - unreachable.len() as i64),
+                Err(e) => Err(e),
+            };
+            match head {
+                Ok(head) => {
+                    self.status.head.store(head, Ordering::Release);
+                    self.status.head_at_start.store(head, Ordering::Release);
+                }
+                Err(e) => failures.push(("runner", e.into())),
+            }
+        }
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            if slot.checkpoint.is_some() {
+                continue;
+            }
+            let Some(projection) = slot.projection.as_mut() else {
+                continue;
+            };
+            match projection.resume(&self.store).await {
+                Ok(checkpoint) => {
+                    slot.checkpoint = Some(checkpoint);
+                    self.status.set_applied(index, checkpoint.ordinal);
+                }
+                Err(e) => failures.push((slot.name, e)),
+            }
+        }
+        failures
+    }
+
+    /// One step of `eucora serve`: every lane reads what is new, the leading lane first.
+    pub async fn step(&mut self) -> Step {
+        for slot in &mut self.slots {
+            if slot.persisted {
+                slot.checkpoint = None;
+            }
+        }
+        let mut step = Step {
+            failures: self.resume().await,
+            ..Step::default()
+        };
+        // Lanes: projections at the same point of the stream, which is a position (ordinals can
+        // disagree once a row was written by hand behind a persisted checkpoint; that row is
+        // then for replay to name, not a reason to read twice). Each lane goes on from its
+        // highest ordinal; the leader is the lane furthest on.
+        let mut lanes: Vec<(Checkpoint, Vec<usize>)> = Vec::new();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let Some(at) = slot.checkpoint else { continue };
+            match lanes.iter_mut().find(|(from, _)| same_point(*from, at)) {
+                Some((from, members)) => {
+                    if at.ordinal > from.ordinal {
+                        *from = at;
+                    }
+                    members.push(i);
+                }
+                None => lanes.push((at, vec![i])),
+            }
+        }
+        lanes.sort_by_key(|(from, _)| std::cmp::Reverse(from.ordinal));
+        for (from, lane) in &lanes {
+            // The leader reads what is new first; a lane behind it then reads its share.
+            let plan = Plan {
+                max_batches: LAGGARD_BATCHES,
+                at_least: 0,
+                stop_on_error: false,
+            };
+            match self.advance(lane, *from, plan).await {
+                Ok((read, more, failures)) => {
+                    step.read += read;
+                    step.more |= more;
+                    step.failures.extend(failures);
+                }
+                Err(RunError::Projection(e)) => step.failures.push(("runner", e)),
+                Err(other) => step.failures.push((
+                    "runner",
+                    StoreError::Corrupt {
+                        position: 0,
+                        reason: other.to_string(),
+                    }
+                    .into(),
+                )),
+            }
+        }
+        // Caught up: every projection in one lane, past every event that the stream held at
+        // start-up and will return (rows no snapshot reaches are not waited for), and that lane
+        // read to the end of what is readable in this step.
+        let first = self.slots.first().and_then(|s| s.checkpoint);
+        let level = first.is_some_and(|first| {
+            self.slots
+                .iter()
+                .all(|s| s.checkpoint.is_some_and(|c| same_point(c, first)))
+        });
+        let furthest = self
+            .slots
+            .iter()
+            .filter_map(|s| s.checkpoint.map(|c| c.ordinal))
+            .max();
+        let head = self.status.head_at_start.load(Ordering::Acquire);
+        if level
+            && furthest.is_some_and(|ordinal| ordinal >= head)
+            && step.failures.is_empty()
+            && !step.more
+            && !self.status.caught_up.swap(true, Ordering::AcqRel)
+        {
+            tracing::info!(events = furthest.unwrap_or(0), "projections caught up");
+        }
+        step
+    }
+
+    /// Runs every step until nothing is left to read now; for tests and benchmarks that drive
+    /// the runner by hand. Returns the events read, or the first failure.
+    pub async fn catch_up(&mut self) -> Result<usize, ProjectionError> {
+        let mut total = 0;
+        loop {
+            let mut step = self.step().await;
+            if let Some((_, e)) = step.failures.drain(..).next() {
+                return Err(e);
+            }
+            total += step.read;
+            if step.read == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Catches up, then tails the store until `shutdown` resolves. A projection that fails is
+    /// logged and retried with backoff; it never skips an event.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut wait = Duration::from_millis(10);
+        let mut counted = Instant::now();
+        loop {
+            // A step is bounded (LAGGARD_BATCHES a lane) and never cancelled half-way, so no
+            // batch is left applied by some projections' tasks after the runner has gone.
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                () = std::future::ready(()) => {}
+            }
+            if counted.elapsed() > RECOUNT {
+                counted = Instant::now();
+                match self.store.event_count().await {
+                    Ok(n) => self.status.head.store(n, Ordering::Release),
+                    Err(e) => tracing::warn!(error = %e, "cannot count events"),
+                }
+                match self.store.unreachable_events(100).await {
+                    Ok(found) => {
+                        for position in found {
+                            self.status.report_unreadable(position, UNREACHABLE.into());
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot look for unreachable events"),
+                }
+            }
+            let step = self.step().await;
+            for (name, e) in &step.failures {
+                tracing::warn!(projection = name, error = %e, "projection cannot advance; retrying");
+            }
+            if step.failures.is_empty() && (step.read > 0 || step.more) {
+                // More may be readable at once: step again without waiting.
+                wait = Duration::from_millis(10);
+                continue;
+            }
+            wait = if step.failures.is_empty() {
+                (wait * 2).min(MAX_IDLE_WAIT)
+            } else {
+                MAX_IDLE_WAIT
+            };
+            tokio::select! {
+                _ = tokio::time::timeout(wait, self.status.wake.notified()) => {}
+                () = &mut shutdown => break,
+            }
+        }
+        tracing::info!("projection runner stopped");
+    }
+
+    /// `eucora replay`: every projection from position 0 through the whole stream (every event
+    /// stored when it began, at least), then each one's `finish`. The first error ends it.
+    /// `progress` is told how many events were read. Returns the end of the stream.
+    pub async fn replay(
+        mut self,
+        progress: impl Fn(u64) + Send + Sync,
+    ) -> Result<Checkpoint, RunError> {
+        if let Some((_, e)) = self.resume().await.into_iter().next() {
+            return Err(e.into());
+        }
+        // A row written by hand with a transaction id from the future is never returned: name
+        // it rather than replay a history without it.
+        if let Some(&position) = self.store.unreachable_events(1).await?.first() {
+            return Err(RunError::Unreachable { position });
+        }
+        let head = self.status.head_at_start.load(Ordering::Acquire);
+        let lane: Vec<usize> = (0..self.slots.len()).collect();
+        let mut at = Checkpoint::default();
+        let plan = Plan {
+            max_batches: usize::MAX,
+            at_least: head,
+            stop_on_error: true,
+        };
+        let progress = &progress;
+        let (_, _, failures) = self
+            .advance_with(&lane, at, plan, &mut |end| {
+                at = end;
+                progress(end.ordinal as u64)
+            })
+            .await?;
+        if let Some((_, e)) = failures.into_iter().next() {
+            return Err(e.into());
+        }
+        for slot in &mut self.slots {
+            if let Some(projection) = slot.projection.as_mut() {
+                projection.finish(&self.store, at).await?;
+            }
+        }
+        Ok(at)
+    }
+
+    async fn advance(
+        &mut self,
+        lane: &[usize],
+        from: Checkpoint,
+        plan: Plan,
+    ) -> Result<(usize, bool, Vec<(&'static str, ProjectionError)>), RunError> {
+        self.advance_with(lane, from, plan, &mut |_| {}).await
+    }
+
+    /// Reads the stream from `from` for the projections of `lane` (whose checkpoints are all
+    /// `from`) and applies each batch to all of them, one task each, while the next batch is
+    /// read and decoded. Returns the events read, whether it stopped at its batch bound, and the
+    /// projections that failed.
+    async fn advance_with(
+        &mut self,
+        lane: &[usize],
+        from: Checkpoint,
+        plan: Plan,
+        after_batch: &mut (dyn FnMut(Checkpoint) + Send),
+    ) -> Result<(usize, bool, Vec<(&'static str, ProjectionError)>), RunError> {
+        let columns = lane
+            .iter()
+            .map(|&i| self.slots[i].columns)
+            .max()
+            .unwrap_or(Columns::Events);
+        let mut live: Vec<usize> = lane.to_vec();
+        let mut failures = Vec::new();
+        let (mut read, mut more) = (0usize, false);
+        let mut plan = plan;
+        let mut from = from;
+        // Tailing the store, a step mostly finds a few new events: the first batch is read and
+        // applied on this task, and the read-ahead stages start only if it came back full.
+        if plan.at_least <= from.ordinal && plan.max_batches > 0 {
+            let limit = self.batch;
+            let after = (from.ordinal > 0).then_some(from.position);
+            let rows = self.store.read_global(after, limit, columns).await?;
+            let full = rows.len() as i64 == limit;
+            let batch = Arc::new(decode_rows(from.ordinal + 1, rows));
+            if let Some(end) = batch.last().map(Event::checkpoint) {
+                read += batch.len();
+                self.apply_batch(&mut live, &batch, end, plan, &mut failures)
+                    .await?;
+                after_batch(end);
+                from = end;
+            }
+            if !full || live.is_empty() || (plan.stop_on_error && !failures.is_empty()) {
+                return Ok((read, more, failures));
+            }
+            plan.max_batches -= 1;
+        }
+        let mut batches = read_ahead(self.store.clone(), from, plan, self.batch, columns);
+        while let Some(next) = batches.recv().await {
+            let batch = match next {
+                Ok(Ahead::Batch(batch)) => batch,
+                Ok(Ahead::More) => {
+                    more = true;
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            let Some(end) = batch.last().map(Event::checkpoint) else {
+                continue;
+            };
+            read += batch.len();
+            self.apply_batch(&mut live, &batch, end, plan, &mut failures)
+                .await?;
+            after_batch(end);
+            if live.is_empty() || (plan.stop_on_error && !failures.is_empty()) {
+                break;
+            }
+        }
+        Ok((read, more, failures))
+    }
+
+    /// Applies one batch to the projections of `live`: a small one in turn on this task, a
+    /// large one on a task per projection, at once. Projections that fail leave `live`, their
+    /// checkpoints where they were.
+    async fn apply_batch(
+        &mut self,
+        live: &mut Vec<usize>,
+        batch: &Arc<Vec<Event>>,
+        end: Checkpoint,
+        plan: Plan,
+        failures: &mut Vec<(&'static str, ProjectionError)>,
+    ) -> Result<(), RunError> {
+        self.status
+            .rows_read
+            .fetch_add(batch.len() as u64, Ordering::AcqRel);
+        let unreadable: Vec<(i64, String)> = batch
+            .iter()
+            .filter_map(|e| {
+                e.event
+                    .as_ref()
+                    .err()
+                    .map(|why| (e.row.position, why.to_string()))
+            })
+            .collect();
+        for (position, why) in &unreadable {
+            self.status.report_unreadable(*position, why.clone());
+        }
+        let mut results = Vec::with_capacity(live.len());
+        if batch.len() < PARALLEL_BATCH || live.len() == 1 {
+            for &i in live.iter() {
+                let slot = &mut self.slots[i];
+                if let Some(projection) = slot.projection.as_mut() {
+                    let span = batch_span(slot.name, batch);
+                    let result = projection.apply(&self.store, batch).instrument(span).await;
+                    results.push((i, result));
+                }
+            }
+        } else {
+            let tasks: Vec<_> = live
+                .iter()
+                .map(|&i| {
+                    let projection = self.slots[i].projection.take();
+                    let (store, batch) = (self.store.clone(), batch.clone());
+                    let span = batch_span(self.slots[i].name, &batch);
+                    tokio::spawn(
+                        async move {
+                            let mut projection = projection?;
+                            let result = projection.apply(&store, &batch).await;
+                            Some((projection, result))
+                        }
+                        .instrument(span),
+                    )
+                })
+                .collect();
+            for (&i, task) in live.iter().zip(tasks) {
+                let (projection, result) = match task.await {
+                    Ok(Some(done)) => done,
+                    Ok(None) => continue,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => return Err(StoreError::Unavailable(sqlx::Error::PoolClosed).into()),
+                };
+                self.slots[i].projection = Some(projection);
+                results.push((i, result));
+            }
+        }
+        let mut still = Vec::new();
+        for (i, result) in results {
+            let slot = &mut self.slots[i];
+            match result {
+                Ok(()) => {
+                    slot.checkpoint = Some(end);
+                    self.status.set_applied(i, end.ordinal);
+                    still.push(i);
+                }
+                Err(e) => failures.push((slot.name, e)),
+            }
+        }
+        *live = still;
+        // A replay stops at an unreadable row, once the log said the batch is as logged.
+        if plan.stop_on_error && failures.is_empty() {
+            if let Some((position, reason)) = unreadable.into_iter().next() {
+                failures.push(("runner", ProjectionError::Unreadable { position, reason }));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The span of one projection applying one batch: a trace of its own, as the runner's work is
+/// no request's.
+fn batch_span(projection: &'static str, batch: &[Event]) -> tracing::Span {
+    tracing::info_span!(
+        "projection.batch",
+        otel.name = %format_args!("projection {projection}"),
+        projection,
+        events = batch.len(),
+        first_position = batch.first().map(|e| e.row.position),
+        last_position = batch.last().map(|e| e.row.position),
+    )
+}
+
+/// Whether two checkpoints stand at the same point of the stream: the same position read last,
+/// or both at the start.
+fn same_point(a: Checkpoint, b: Checkpoint) -> bool {
+    (a.ordinal > 0).then_some(a.position) == (b.ordinal > 0).then_some(b.position)
+}

@@ -1,0 +1,165 @@
+//! Reading the global stream ahead of the projections: one task reads, another decodes, each at
+//! most two batches ahead; and [`StreamReader`], the same reading for a reader beside the runner.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eucora_projections::integrity::leaf_hash;
+
+use crate::store::{Checkpoint, Columns, Store, StreamRow};
+
+use super::{Event, RunError};
+
+/// How a lane reads: where it stops, and what it does with a projection's error.
+#[derive(Clone, Copy)]
+pub(super) struct Plan {
+    /// Read at most this many batches.
+    pub(super) max_batches: usize,
+    /// Every event up to this ordinal must be read: an empty page before it is a wait (replay on
+    /// PostgreSQL, where a transaction open elsewhere holds later commits back), not the end.
+    pub(super) at_least: i64,
+    /// Replay: the first error ends the run. Serve: the failing projection stays behind and
+    /// retries later; the rest go on.
+    pub(super) stop_on_error: bool,
+}
+
+/// How long a replay waits for committed events that are not yet readable.
+const STALL: Duration = Duration::from_secs(60);
+/// Rows read from the stream, decoded once for every projection; `first` is the ordinal of the
+/// first.
+pub(super) fn decode_rows(first: i64, rows: Vec<StreamRow>) -> Vec<Event> {
+    rows.into_iter()
+        .zip(first..)
+        .map(|(row, ordinal)| Event {
+            ordinal,
+            event: row.decode(),
+            leaf: row.row().ok().map(|stored| leaf_hash(&stored)),
+            row,
+        })
+        .collect()
+}
+
+/// The global stream from its start, read and decoded ahead as the runner reads it, for a reader
+/// beside the runner (the evidence export): at least the first `at_least` events, then whatever
+/// else is there. Dropping it stops the reading.
+pub struct StreamReader(tokio::sync::mpsc::Receiver<Result<Ahead, RunError>>);
+
+impl StreamReader {
+    pub fn from_start(store: Store, at_least: u64, batch: i64) -> StreamReader {
+        let plan = Plan {
+            max_batches: usize::MAX,
+            at_least: i64::try_from(at_least).unwrap_or(i64::MAX),
+            stop_on_error: true,
+        };
+        let start = Checkpoint {
+            position: 0,
+            ordinal: 0,
+        };
+        StreamReader(read_ahead(store, start, plan, batch, Columns::Stored))
+    }
+
+    /// The next batch, in global order; `None` at the end of what was there.
+    pub async fn next(&mut self) -> Option<Result<Arc<Vec<Event>>, RunError>> {
+        match self.0.recv().await? {
+            Ok(Ahead::Batch(batch)) => Some(Ok(batch)),
+            Ok(Ahead::More) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+/// What the read-ahead task sends: a batch, or word that it stopped at its batch bound.
+pub(super) enum Ahead {
+    Batch(Arc<Vec<Event>>),
+    More,
+}
+
+/// Reads the stream on one task and decodes it on another, each at most two batches ahead, so
+/// the database, the decoding and the projections all run at once; follows `plan`.
+pub(super) fn read_ahead(
+    store: Store,
+    from: Checkpoint,
+    plan: Plan,
+    batch: i64,
+    columns: Columns,
+) -> tokio::sync::mpsc::Receiver<Result<Ahead, RunError>> {
+    let (raw_tx, mut raw_rx) = tokio::sync::mpsc::channel::<Result<Read, RunError>>(2);
+    tokio::spawn(async move {
+        // Position 0 (or below) is a position like any other once an event was read there.
+        let mut after = (from.ordinal > 0).then_some(from.position);
+        let mut ordinal = from.ordinal;
+        let mut progressed = Instant::now();
+        let mut batches = 0;
+        loop {
+            if batches == plan.max_batches {
+                let _ = raw_tx.send(Ok(Read::More)).await;
+                return;
+            }
+            let limit = batch;
+            let rows = match store.read_global(after, limit, columns).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    let _ = raw_tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            let Some(last) = rows.last() else {
+                if ordinal >= plan.at_least {
+                    return;
+                }
+                // A row written by hand with a transaction id from the future is never
+                // returned: name it rather than wait for it.
+                match store.unreachable_events(1).await {
+                    Ok(found) if !found.is_empty() => {
+                        let unreachable = RunError::Unreachable { position: found[0] };
+                        let _ = raw_tx.send(Err(unreachable)).await;
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = raw_tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
+                if progressed.elapsed() > STALL {
+                    let stalled = RunError::Stalled {
+                        read: ordinal,
+                        head: plan.at_least,
+                    };
+                    let _ = raw_tx.send(Err(stalled)).await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            progressed = Instant::now();
+            after = Some(last.position);
+            batches += 1;
+            let first = ordinal + 1;
+            ordinal += rows.len() as i64;
+            if raw_tx.send(Ok(Read::Rows(first, rows))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        while let Some(read) = raw_rx.recv().await {
+            let ahead = read.map(|read| match read {
+                Read::More => Ahead::More,
+                Read::Rows(first, rows) => Ahead::Batch(Arc::new(decode_rows(first, rows))),
+            });
+            if tx.send(ahead).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// What the reading task hands the decoding task: rows with the ordinal of the first, or word
+/// that it stopped at its batch bound.
+enum Read {
+    Rows(i64, Vec<StreamRow>),
+    More,
+}
