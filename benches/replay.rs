@@ -135,6 +135,7 @@ impl Generator {
             },
             justification: None,
             source_committed_at: None,
+            change_ref: None,
         };
         run(
             self,

@@ -8,12 +8,11 @@
 //! - [`audit`]: `events`, `replay`;
 //! - [`evidence`]: `evidence export|verify`, `key generate`;
 //! - [`observability`]: `demo`, `slo rules|tests`;
-//! - [`client`]: `deployments …`, against a running server ([`describe`] and [`table`] print for
-//!   people).
+//! - [`client`]: `deployments …`, against a running server ([`table`] prints for people, and
+//!   `eucora_projections::describe` says each event in words).
 
 pub mod audit;
 pub mod client;
-pub mod describe;
 pub mod evidence;
 pub mod observability;
 pub mod server;
@@ -32,11 +31,14 @@ pub enum Failure {
     Message(String),
     /// The server refused the request (4xx); its detail is said on stderr; exit status 3.
     Refused(String),
+    /// The command did its work and found what its user must act on (evidence whose controls
+    /// fail); said on stderr; exit status 3.
+    Findings(String),
     /// Standard output was closed by its reader: stop quietly, as `cat` would.
     OutputClosed,
 }
 
-/// The exit status of a command refused by the server.
+/// The exit status of a command refused by the server, or whose findings need acting on.
 pub const EXIT_REFUSED: u8 = 3;
 
 impl Failure {
@@ -50,6 +52,10 @@ impl Failure {
             }
             Failure::Refused(message) => {
                 eprintln!("eucora: refused: {message}");
+                ExitCode::from(EXIT_REFUSED)
+            }
+            Failure::Findings(message) => {
+                eprintln!("eucora: {message}");
                 ExitCode::from(EXIT_REFUSED)
             }
         }

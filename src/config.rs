@@ -167,6 +167,9 @@ pub enum DeploymentsCommand {
         /// Only emergency changes awaiting retrospective approval: pending or overdue.
         #[arg(long)]
         retro_approval: Option<String>,
+        /// Only the intent with this external change reference (such as CHG0031337).
+        #[arg(long, value_name = "REF")]
+        change_ref: Option<String>,
         /// Page size, 1 to 500.
         #[arg(long, default_value_t = 50)]
         limit: u32,
@@ -278,6 +281,10 @@ pub struct CreateArgs {
     /// 2026-11-30T09:00:00Z): where its lead time starts.
     #[arg(long, value_name = "TIME")]
     pub source_committed_at: Option<String>,
+    /// The change's reference in another system (a ServiceNow CHG number, a Jira key): 1 to 64
+    /// printable characters.
+    #[arg(long, value_name = "REF")]
+    pub change_ref: Option<String>,
     /// A risk factor, `NAME=VALUE` with VALUE from 0 to 1 (privilege_impact, supply_chain_trust,
     /// exploitability, data_access, sbom_vulnerability, operational_complexity, history);
     /// repeat for each. Factors not given are 0.
@@ -472,6 +479,43 @@ pub enum EvidenceCommand {
         /// An earlier signed checkpoint you kept: the log must still extend it.
         #[arg(long)]
         previous_checkpoint: Option<PathBuf>,
+    },
+    /// Summarize a bundle: its scope, population, each control's pass / fail / not applicable /
+    /// open counts, and the failing changes by app, version and change reference. With --key it
+    /// verifies the bundle first (exit 1 if it does not verify).
+    ///
+    /// Example: eucora evidence show q4.tar.gz --key verifier.txt
+    Show {
+        /// The bundle (.tar.gz).
+        file: PathBuf,
+        /// A file holding the verifier key line: verify the bundle before summarizing it.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Draw a reproducible sample of a bundle's changes and print each one's whole trail (every
+    /// event: what, who, when, why, with its leaf index), as a Markdown workpaper.
+    ///
+    /// Example: eucora evidence sample q4.tar.gz --size 25 --seed 2026-Q4 --weight emergency=3
+    Sample {
+        /// The bundle (.tar.gz).
+        file: PathBuf,
+        /// How many changes, from 1 to the population's size.
+        #[arg(long)]
+        size: usize,
+        /// Any text; the same seed draws the same sample.
+        #[arg(long)]
+        seed: String,
+        /// `ATTRIBUTE=WEIGHT`, repeatable: changes with the attribute are that many times as
+        /// likely to be drawn. Attributes: emergency, cab_required, rejected, rolled_back,
+        /// failed (a control fails), open (a control is open).
+        #[arg(long = "weight", value_name = "ATTRIBUTE=WEIGHT")]
+        weights: Vec<String>,
+        /// Write the workpaper to this file (it must not exist) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// A file holding the verifier key line: verify the bundle before sampling it.
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
 }
 

@@ -11,22 +11,31 @@
 //!   inclusion proof per event (one deployment), and optionally a consistency proof from an
 //!   earlier checkpoint the auditor supplied;
 //! - `controls.json`: every control's verdict per intent, with the leaf indices that prove it;
-//! - `changes.csv`: the population, one row per intent with an event in the bundle;
+//! - `changes.csv`: the population, one row per change;
+//! - `REPORT.html`: the same for people, a section per change;
 //! - `VERIFY.md`: how to check it;
 //! - `manifest.dsse.json`: a DSSE envelope over an in-toto Statement v1 whose subjects are every
 //!   other file with its SHA-256, signed with the log's key.
 
+mod changes;
 mod controls;
 mod export;
 mod format;
 mod population;
+mod report;
+mod sample;
 mod verify;
 
-pub use controls::{intent_controls, ControlsFile, IntentControls, Verdict};
+pub use controls::{
+    intent_controls, ControlsFile, IntentControls, Verdict, CONTROLS, FAIL, NOT_APPLICABLE, OPEN,
+    PASS,
+};
 pub use export::{export, tempfile_in_tmp, ExportSummary};
 pub use format::{
     pae, ConsistencyProof, EventRecord, EvidenceError, InclusionProof, ProofFile, RangeProof,
     Scope, FILES, MANIFEST,
 };
 pub use population::Population;
-pub use verify::{verify, Refused, Verified};
+pub use report::{scope_words, Summary};
+pub use sample::{draw, parse_weight, workpaper, Drawn, Plan, ATTRIBUTES};
+pub use verify::{read_bundle, verify, verify_read, Bundle, Claims, Refused, Verified};

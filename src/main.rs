@@ -52,6 +52,17 @@ async fn run(command: CliCommand) -> Result<(), Failure> {
             key,
             previous_checkpoint,
         }) => cli::evidence::verify(&file, &key, previous_checkpoint.as_deref()),
+        CliCommand::Evidence(EvidenceCommand::Show { file, key }) => {
+            cli::evidence::show(&file, key.as_deref())
+        }
+        CliCommand::Evidence(EvidenceCommand::Sample {
+            file,
+            size,
+            seed,
+            weights,
+            out,
+            key,
+        }) => cli::evidence::sample(&file, size, seed, &weights, out.as_deref(), key.as_deref()),
         CliCommand::Key(KeyCommand::Generate { out, name }) => {
             cli::evidence::generate_key(&out, &name)
         }

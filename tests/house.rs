@@ -18,7 +18,14 @@ const LAYERS: &[&[&str]] = &[
     &["checkpoints"],
     &["telemetry"],
     &["write"],
-    &["connector", "deadlines", "evidence", "replay", "demo", "slo"],
+    &[
+        "connector",
+        "deadlines",
+        "evidence",
+        "replay",
+        "demo",
+        "slo",
+    ],
     &["http"],
     &["config"],
     &["app"],
@@ -71,7 +78,8 @@ fn named_modules(code: &str) -> BTreeSet<String> {
                 let group = &group[..group.find('}').unwrap_or(group.len())];
                 for item in group.split(',') {
                     let name = item.trim().split("::").next().unwrap_or_default();
-                    if !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    if !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    {
                         named.insert(name.to_string());
                     }
                 }
@@ -103,7 +111,11 @@ fn every_module_names_only_layers_below_its_own() {
     for file in &files {
         let relative = file.strip_prefix(&src).expect("under src");
         let first = relative.components().next().expect("a path");
-        let module = first.as_os_str().to_string_lossy().trim_end_matches(".rs").to_string();
+        let module = first
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_string();
         if module == "main" || module == "lib" {
             continue;
         }
@@ -131,7 +143,11 @@ fn every_module_names_only_layers_below_its_own() {
             }
         }
     }
-    assert!(wrong.is_empty(), "the layers are broken:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "the layers are broken:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]
@@ -142,7 +158,11 @@ fn no_source_file_is_longer_than_the_limit_before_its_tests() {
         sources(&root.join(dir), &mut files);
     }
     files.sort();
-    assert!(files.len() > 50, "the sources were not found under {}", root.display());
+    assert!(
+        files.len() > 50,
+        "the sources were not found under {}",
+        root.display()
+    );
     let long: Vec<String> = files
         .iter()
         .filter_map(|file| {

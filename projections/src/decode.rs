@@ -56,7 +56,7 @@ impl std::error::Error for DecodeError {}
 /// Agrees with [`DeploymentEvent::version`] (a test holds them together).
 pub fn current_version(event_type: &str) -> Option<u32> {
     Some(match event_type {
-        "DeploymentCreated" => 2,
+        "DeploymentCreated" => 3,
         "DeploymentApproved" => 1,
         "DeploymentRejected" => 2,
         "DeploymentDeployed" => 2,
@@ -227,6 +227,17 @@ fn upcast_step(event_type: &str, from: u32, body: &mut Map<String, Value>) -> Re
             body.insert("source_committed_at".into(), Value::Null);
             Ok(())
         }
+        // Version 2 requests carried no external change reference, and their risk assessment
+        // did not say why the CAB was required (readers derive it from the recorded label).
+        ("DeploymentCreated", 2) => {
+            body.insert("change_ref".into(), Value::Null);
+            let risk = body
+                .get_mut("risk")
+                .and_then(Value::as_object_mut)
+                .ok_or("version 2 payload has no risk object")?;
+            risk.insert("cab_required_reason".into(), Value::Null);
+            Ok(())
+        }
         // Version 1 reports carried no retrospective-approval deadline.
         ("DeploymentDeployed", 1) => {
             body.insert("retro_approval_due_at".into(), Value::Null);
@@ -323,23 +334,57 @@ mod tests {
         assert_eq!((d.succeeded, d.failed), (9, 1));
     }
 
-    #[test]
-    fn a_version_1_request_reads_as_version_2_without_a_commit_time() {
+    /// A request as version `version` stored it: without what later versions added.
+    fn older_request(version: u32) -> Value {
         let mut s = Script::new(1);
-        let mut event = s.created("7-Zip", false);
-        event.meta_mut().schema_version = 1;
+        let mut event = s.created("7-Zip", true);
+        event.meta_mut().schema_version = version;
         let mut json: Value = serde_json::to_value(&event).unwrap();
-        json["DeploymentCreated"]
+        let body = json["DeploymentCreated"].as_object_mut().unwrap();
+        body.remove("change_ref");
+        body["risk"]
             .as_object_mut()
             .unwrap()
-            .remove("source_committed_at");
+            .remove("cab_required_reason");
+        if version == 1 {
+            body.remove("source_committed_at");
+        }
+        json
+    }
+
+    #[test]
+    fn a_version_1_request_reads_as_the_current_version_without_a_commit_time() {
+        let json = older_request(1);
         let read = decode("DeploymentCreated", "1", &json.to_string()).unwrap();
         let DeploymentEvent::DeploymentCreated(c) = &read else {
             panic!("{read:?}")
         };
         assert_eq!(c.source_committed_at, None);
-        assert_eq!(c.meta.schema_version, 2);
+        assert_eq!(c.change_ref, None);
+        assert_eq!(c.meta.schema_version, 3);
         assert_eq!(c.app_name, "7-Zip");
+    }
+
+    #[test]
+    fn a_version_2_request_reads_as_version_3_without_a_change_ref_or_cab_reason() {
+        let json = older_request(2);
+        let read = decode("DeploymentCreated", "2", &json.to_string()).unwrap();
+        let DeploymentEvent::DeploymentCreated(c) = &read else {
+            panic!("{read:?}")
+        };
+        assert_eq!((c.change_ref.as_deref(), c.meta.schema_version), (None, 3));
+        assert_eq!(c.risk.cab_required_reason, None);
+        assert!(c.risk.requires_cab, "what version 2 recorded is kept");
+        // A version 2 payload without its risk object is named, not guessed.
+        let mut broken = older_request(2);
+        broken["DeploymentCreated"]
+            .as_object_mut()
+            .unwrap()
+            .remove("risk");
+        assert!(matches!(
+            decode("DeploymentCreated", "2", &broken.to_string()),
+            Err(DecodeError::Malformed { .. })
+        ));
     }
 
     #[test]
@@ -351,7 +396,7 @@ mod tests {
             decode("DeploymentExploded", "1", &payload),
             Err(DecodeError::UnknownType("DeploymentExploded".into()))
         );
-        for version in ["0", "3", "one", ""] {
+        for version in ["0", "4", "one", ""] {
             assert!(matches!(
                 decode("DeploymentCreated", version, &payload),
                 Err(DecodeError::UnknownVersion { .. })

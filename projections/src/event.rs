@@ -125,6 +125,17 @@ pub enum ChangeType {
     Emergency,
 }
 
+impl ChangeType {
+    /// The name the API and the stored events use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeType::Standard => "standard",
+            ChangeType::Normal => "normal",
+            ChangeType::Emergency => "emergency",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectorType {
@@ -144,6 +155,17 @@ pub enum ThresholdLabel {
     PrivilegedTooling,
 }
 
+impl ThresholdLabel {
+    /// The label in words, for people.
+    pub fn words(self) -> &'static str {
+        match self {
+            ThresholdLabel::AutomatedAllowed => "automated approval allowed",
+            ThresholdLabel::CabRequired => "CAB required",
+            ThresholdLabel::PrivilegedTooling => "privileged tooling",
+        }
+    }
+}
+
 /// One factor's part in a risk score.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FactorAssessment {
@@ -161,6 +183,11 @@ pub struct RiskAssessment {
     pub threshold: ThresholdLabel,
     pub requires_cab: bool,
     pub factors: Vec<FactorAssessment>,
+    /// Why the CAB must decide, in words (`risk score 62 is above the CAB threshold 50`,
+    /// `privileged tooling`, `critical infrastructure (policy cab.always_for_critical_infrastructure)`,
+    /// joined by `; `); null when it need not, and on events written before version 3 of
+    /// `DeploymentCreated`.
+    pub cab_required_reason: Option<String>,
 }
 
 /// The lifecycle states of DOMAIN.md. `Completed`, `Rejected` and `RolledBack` are terminal.
@@ -242,6 +269,9 @@ pub struct Created {
     /// When the change was committed to source control, if the requester said: where lead time
     /// starts (else at creation).
     pub source_committed_at: Option<DateTime<Utc>>,
+    /// The change's reference in another system (a ServiceNow CHG number, a Jira key), if the
+    /// requester gave one: 1 to 64 printable characters.
+    pub change_ref: Option<String>,
 }
 
 /// Why an intent was cleared to deploy.
@@ -534,7 +564,7 @@ impl DeploymentEvent {
     /// This event type's schema version as this build writes and reads it.
     pub fn version(&self) -> u32 {
         match self {
-            DeploymentEvent::DeploymentCreated(_) => 2,
+            DeploymentEvent::DeploymentCreated(_) => 3,
             DeploymentEvent::DeploymentApproved(_) => 1,
             DeploymentEvent::DeploymentRejected(_) => 2,
             DeploymentEvent::DeploymentDeployed(_) => 2,

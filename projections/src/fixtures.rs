@@ -52,6 +52,7 @@ impl Script {
             artifact_sha256: None,
             justification: None,
             source_committed_at: None,
+            change_ref: None,
             risk: RiskAssessment {
                 model_version: "risk_model_v1.0".into(),
                 score: if requires_cab { 70 } else { 20 },
@@ -62,6 +63,8 @@ impl Script {
                 },
                 requires_cab,
                 factors: vec![],
+                cab_required_reason: requires_cab
+                    .then(|| "risk score 70 is above the CAB threshold 50".into()),
             },
         })
     }

@@ -53,6 +53,9 @@ pub struct IntentState {
     pub correlation_id: String,
     pub app_name: String,
     pub version: String,
+    /// The change's reference in another system, if the requester gave one.
+    #[serde(default)]
+    pub change_ref: Option<String>,
     pub connector_type: ConnectorType,
     /// The artifact's SHA-256, when the intent recorded one.
     #[serde(default)]
@@ -70,6 +73,10 @@ pub struct IntentState {
     pub risk_model_version: String,
     pub risk_threshold: ThresholdLabel,
     pub requires_cab: bool,
+    /// Why the CAB must decide, as the risk assessment recorded it (none before version 3 of
+    /// `DeploymentCreated`, or when it need not).
+    #[serde(default)]
+    pub cab_required_reason: Option<String>,
     /// A CAB approver (not the policy) has approved this intent.
     pub cab_approved: bool,
     /// An emergency change cleared for its start ring that still needs retrospective approval.
@@ -127,6 +134,20 @@ pub struct DriftSeen {
 }
 
 impl IntentState {
+    /// Why the CAB must decide: as the assessment recorded it, or (for intents requested before
+    /// it was recorded) from the recorded label; `None` when it need not.
+    pub fn cab_reason(&self) -> Option<String> {
+        if !self.requires_cab {
+            return None;
+        }
+        self.cab_required_reason.clone().or_else(|| {
+            Some(match self.risk_threshold {
+                ThresholdLabel::PrivilegedTooling => "privileged tooling".into(),
+                _ => format!("risk score {} is above the CAB threshold", self.risk_score),
+            })
+        })
+    }
+
     /// Folds one event into the state. A stream must start with `DeploymentCreated`; an event
     /// that cannot apply (anything before creation, a second creation) leaves the state as it is.
     pub fn fold(state: Option<IntentState>, event: &DeploymentEvent) -> Option<IntentState> {
@@ -137,6 +158,7 @@ impl IntentState {
                     correlation_id: e.meta.correlation_id.clone(),
                     app_name: e.app_name.clone(),
                     version: e.version.clone(),
+                    change_ref: e.change_ref.clone(),
                     connector_type: e.connector_type,
                     artifact_sha256: e.artifact_sha256.clone(),
                     change_type: e.change_type,
@@ -152,6 +174,7 @@ impl IntentState {
                     risk_model_version: e.risk.model_version.clone(),
                     risk_threshold: e.risk.threshold,
                     requires_cab: e.risk.requires_cab,
+                    cab_required_reason: e.risk.cab_required_reason.clone(),
                     cab_approved: false,
                     retro_approval_pending: false,
                     retro_approval_due_at: None,

@@ -8,6 +8,7 @@
 //! - [`event`]: the versioned event payloads and the value types they carry.
 //! - [`access`]: the events of principals' streams (created, token rotated, revoked).
 //! - [`decode`]: stored (type, version, payload) to an event, upcasting older versions.
+//! - [`describe`]: an event in words, one line, for people (the command line, evidence reports).
 //! - [`intent`]: the per-intent state fold (lifecycle, ring timings, gate results).
 //! - [`integrity`]: the leaf hashes and chain that seal the global stream.
 //! - [`merkle`]: the RFC 9162 Merkle tree over the global stream, its proofs and their verifiers.
@@ -15,6 +16,7 @@
 
 pub mod access;
 pub mod decode;
+pub mod describe;
 pub mod event;
 pub mod integrity;
 pub mod intent;

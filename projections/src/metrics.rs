@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 mod render;
 
+use crate::decode::StreamEvent;
 use crate::event::{
     ApprovalBasis, ChangeType, ConnectorType, DeploymentEvent, Gate, Ring, SiteClass, Status,
 };
@@ -26,7 +27,8 @@ pub const RISK_BUCKETS: &[f64] = &[10.0, 25.0, 50.0, 75.0, 90.0, 100.0];
 /// The `app_name` value that apps past the label limit are counted under.
 pub const OTHER_APP: &str = "other";
 
-const EVENT_TYPES: [&str; 12] = [
+/// Every event type of every stream: `eucora_events_total` shows each, from 0.
+const EVENT_TYPES: [&str; 15] = [
     "DeploymentCreated",
     "DeploymentApproved",
     "DeploymentRejected",
@@ -39,6 +41,9 @@ const EVENT_TYPES: [&str; 12] = [
     "ConnectorDispatched",
     "ConnectorDispatchFailed",
     "DeploymentDriftDetected",
+    "PrincipalCreated",
+    "PrincipalTokenRotated",
+    "PrincipalRevoked",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -198,7 +203,19 @@ impl Metrics {
         *self.deployments.entry(key).or_default() += 1;
     }
 
-    /// Folds one event at its global position.
+    /// Folds one event of any stream at its global position: a principal's event only counts
+    /// in `eucora_events_total`.
+    pub fn apply_stream(&mut self, position: i64, event: &StreamEvent) {
+        match event {
+            StreamEvent::Deployment(e) => self.apply(position, e),
+            StreamEvent::Access(e) => {
+                self.position = position;
+                *self.events.entry(e.type_name()).or_default() += 1;
+            }
+        }
+    }
+
+    /// Folds one deployment intent's event at its global position.
     pub fn apply(&mut self, position: i64, event: &DeploymentEvent) {
         self.position = position;
         *self.events.entry(event.type_name()).or_default() += 1;
@@ -425,6 +442,64 @@ mod tests {
             m.apply(n as i64 + 1, e);
         }
         m.render()
+    }
+
+    #[test]
+    fn every_stream_counts_in_events_total_and_a_principal_event_in_nothing_else() {
+        let mut x = Script::new(1);
+        let mut m = Metrics::new(10);
+        m.apply_stream(1, &StreamEvent::Deployment(x.created("app", false)));
+        let before = m.render();
+        let meta = crate::access::AccessMeta {
+            event_id: Uuid::from_u128(9),
+            principal_id: Uuid::from_u128(8),
+            correlation_id: "c".into(),
+            actor: crate::event::Actor {
+                subject: "cli:root".into(),
+                role: crate::event::Role::Admin,
+            },
+            occurred_at: chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 1, 1, 1, 0, 0)
+                .unwrap(),
+            schema_version: 1,
+        };
+        m.apply_stream(
+            2,
+            &StreamEvent::Access(crate::access::AccessEvent::PrincipalRevoked(
+                crate::access::PrincipalRevoked { meta },
+            )),
+        );
+        let after = m.render();
+        has(
+            &after,
+            "eucora_events_total{event_type=\"PrincipalRevoked\"} 1",
+        );
+        has(
+            &after,
+            "eucora_events_total{event_type=\"PrincipalCreated\"} 0",
+        );
+        has(
+            &after,
+            "eucora_events_total{event_type=\"DeploymentCreated\"} 1",
+        );
+        let changed: Vec<(&str, &str)> = before
+            .lines()
+            .zip(after.lines())
+            .filter(|(a, b)| a != b)
+            .collect();
+        assert_eq!(
+            changed,
+            [
+                (
+                    "eucora_events_total{event_type=\"PrincipalRevoked\"} 0",
+                    "eucora_events_total{event_type=\"PrincipalRevoked\"} 1"
+                ),
+                (
+                    "eucora_projection_position{projection=\"metrics\"} 1",
+                    "eucora_projection_position{projection=\"metrics\"} 2"
+                )
+            ],
+            "a principal's event counts, and moves the position, and nothing else"
+        );
     }
 
     fn has(text: &str, line: &str) {

@@ -33,7 +33,7 @@ pub async fn events(args: EventsArgs) -> Result<(), Failure> {
             };
             say(format_args!(
                 "{}  [correlation {}{trace}]",
-                super::describe::event_line(stored.sequence, e),
+                eucora_projections::describe::event_line(stored.sequence, e),
                 m.correlation_id
             ))?;
         }

@@ -10,10 +10,10 @@ use eucora_projections::event::DeploymentEvent;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
-use super::describe::{event_line, gate};
 use super::{say, table, Failure};
 use crate::config::{ClientArgs, CreateArgs, DeploymentsCommand};
 use crate::domain::risk::FACTOR_NAMES;
+use eucora_projections::describe::{event_line, gate};
 
 struct Client {
     http: reqwest::Client,
@@ -142,6 +142,7 @@ fn intent_lines(i: &Value) -> Vec<String> {
             text(&i["app_name"]),
             text(&i["version"])
         ),
+        format!("change ref:       {}", text(&i["change_ref"])),
         format!("status:           {}", text(&i["status"])),
         format!(
             "ring:             {} (target {})",
@@ -164,6 +165,7 @@ fn intent_lines(i: &Value) -> Vec<String> {
                 "not required"
             }
         ),
+        format!("CAB reason:       {}", text(&i["cab_required_reason"])),
         format!("requested by:     {}", text(&i["requested_by"])),
         format!("approved by:      {}", text(&i["approved_by"])),
     ];
@@ -226,6 +228,7 @@ pub async fn run(command: DeploymentsCommand) -> Result<(), Failure> {
             ring,
             app_name,
             retro_approval,
+            change_ref,
             limit,
             cursor,
         } => {
@@ -236,6 +239,7 @@ pub async fn run(command: DeploymentsCommand) -> Result<(), Failure> {
                 ("ring", ring),
                 ("app_name", app_name),
                 ("retro_approval", retro_approval),
+                ("change_ref", change_ref),
                 ("cursor", cursor),
             ] {
                 if let Some(v) = value {
@@ -440,6 +444,7 @@ fn create_body(args: &CreateArgs) -> Result<Value, Failure> {
         ("artifact_sha256", &args.artifact_sha256),
         ("justification", &args.justification),
         ("source_committed_at", &args.source_committed_at),
+        ("change_ref", &args.change_ref),
     ] {
         if let Some(v) = value {
             body.insert(name.into(), json!(v));

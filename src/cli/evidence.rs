@@ -1,10 +1,15 @@
 //! `eucora evidence export|verify` and `eucora key generate`: the bundle an auditor takes away,
 //! checked offline, and the key that signs it.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::{open_existing, say, Failure};
 use crate::config::ExportArgs;
+use crate::evidence::{
+    draw, parse_weight, read_bundle, scope_words, verify_read, workpaper, Bundle, Claims,
+    ControlsFile, Plan, Summary,
+};
 
 /// `eucora evidence export`: writes a period's or a deployment's bundle from the database.
 pub async fn export(args: ExportArgs) -> Result<(), Failure> {
@@ -108,6 +113,142 @@ pub fn verify(file: &Path, key: &Path, previous_checkpoint: Option<&Path>) -> Re
          {} controls failed",
         verified.events, verified.intents, verified.tree_size, verified.failed_controls
     ))?;
+    let Some(controls) = verified.controls else {
+        say(format_args!(
+            "(a bundle of an earlier release: its integrity verified; its controls were judged \
+             by earlier rules and were not recomputed)"
+        ))?;
+        return Ok(());
+    };
+    let mut failing: Vec<String> = Vec::new();
+    if controls.population_complete.verdict == crate::evidence::FAIL {
+        failing.push(format!(
+            "  population_complete: {}",
+            controls.population_complete.detail
+        ));
+    }
+    for intent in &controls.intents {
+        for v in intent
+            .controls
+            .iter()
+            .filter(|v| v.verdict == crate::evidence::FAIL)
+        {
+            failing.push(format!(
+                "  {} {}: {} (leaves {:?})",
+                intent.deployment_id, v.control, v.detail, v.leaves
+            ));
+        }
+    }
+    if !failing.is_empty() {
+        return Err(Failure::Findings(format!(
+            "the bundle is intact, and {} controls fail:\n{}",
+            failing.len(),
+            failing.join("\n")
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a bundle, verified first when a key file is given; says on stderr when it was not.
+fn read(file: &Path, key: Option<&Path>) -> Result<(Bundle, Claims), Failure> {
+    let bundle =
+        std::fs::File::open(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let bundle = read_bundle(std::io::BufReader::new(bundle))
+        .map_err(|e| format!("{} is not an evidence bundle: {e}", file.display()))?;
+    match key {
+        Some(key) => {
+            let verifier = std::fs::read_to_string(key)
+                .map_err(|e| format!("cannot read {}: {e}", key.display()))?;
+            verify_read(&bundle, verifier.trim(), None)
+                .map_err(|e| format!("{} does not verify: {e}", file.display()))?;
+        }
+        None => eprintln!(
+            "eucora: {} was not verified (give --key, or run eucora evidence verify)",
+            file.display()
+        ),
+    }
+    let claims = bundle
+        .claims()
+        .map_err(|e| format!("{} is not an evidence bundle: {e}", file.display()))?;
+    Ok((bundle, claims))
+}
+
+/// The controls of a bundle, recomputed from its events at the time it was judged.
+fn controls(bundle: &Bundle, claims: &Claims) -> Result<ControlsFile, Failure> {
+    let as_of = claims.as_of.ok_or(
+        "this bundle is from an earlier release (evidence/v1): it records no time its controls \
+         were judged at; export it again to summarize or sample it",
+    )?;
+    Ok(bundle.population().controls(as_of))
+}
+
+/// `eucora evidence show`: the summary of a bundle.
+pub fn show(file: &Path, key: Option<&Path>) -> Result<(), Failure> {
+    let (bundle, claims) = read(file, key)?;
+    let controls = controls(&bundle, &claims)?;
+    let summary = Summary::new(
+        &claims.scope,
+        claims.as_of,
+        claims.tree_size,
+        bundle.population(),
+        &controls,
+    );
+    for line in summary.text().lines() {
+        say(format_args!("{line}"))?;
+    }
+    Ok(())
+}
+
+/// `eucora evidence sample`: a reproducible sample of a bundle's changes, as a workpaper.
+pub fn sample(
+    file: &Path,
+    size: usize,
+    seed: String,
+    weights: &[String],
+    out: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<(), Failure> {
+    let weights = weights
+        .iter()
+        .map(|w| parse_weight(w))
+        .collect::<Result<BTreeMap<String, f64>, String>>()?;
+    if seed.is_empty() {
+        return Err("--seed must not be empty".into());
+    }
+    let (bundle, claims) = read(file, key)?;
+    let controls = controls(&bundle, &claims)?;
+    let plan = Plan {
+        size,
+        seed,
+        weights,
+    };
+    let drawn = draw(&plan, bundle.population(), &controls)?;
+    let paper = workpaper(
+        &scope_words(&claims.scope),
+        &plan,
+        bundle.population().intent_count(),
+        &drawn,
+    );
+    match out {
+        None => {
+            for line in paper.lines() {
+                say(format_args!("{line}"))?;
+            }
+        }
+        Some(path) => {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            std::io::Write::write_all(&mut file, paper.as_bytes())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            for change in &drawn {
+                say(format_args!("{}", change.id))?;
+            }
+            eprintln!("wrote {}: {} changes", path.display(), drawn.len());
+        }
+    }
     Ok(())
 }
 

@@ -93,6 +93,8 @@ pub struct CreateIntent {
     pub justification: Option<String>,
     /// When the change was committed to source control (lead time starts there).
     pub source_committed_at: Option<DateTime<Utc>>,
+    /// The change's reference in another system (a ServiceNow CHG number, a Jira key).
+    pub change_ref: Option<String>,
 }
 
 /// A rollout result for the current ring (cumulative counts).

@@ -28,6 +28,8 @@ pub const DEADLINE_WATCHER: &str = "system:retro_deadline";
 pub const DISPATCHER: &str = "system:dispatcher";
 
 const MAX_TEXT: usize = 4096;
+/// The longest external change reference (`change_ref`).
+const MAX_CHANGE_REF: usize = 64;
 /// How far ahead of the server's clock a `source_committed_at` may be (another system's clock).
 const MAX_CLOCK_SKEW_MINUTES: i64 = 5;
 /// The most devices a rollout report may count in one ring (and the most incidents): beyond any
@@ -350,6 +352,21 @@ fn create_intent(out: &mut Events, c: &CreateIntent) -> Result<(), DomainError> 
     check_label("app_name", &c.app_name)?;
     check_label("version", &c.version)?;
     check_text("justification", c.justification.as_deref(), false)?;
+    if let Some(reference) = &c.change_ref {
+        let length = reference.chars().count();
+        if !(1..=MAX_CHANGE_REF).contains(&length)
+            || reference.chars().any(char::is_control)
+            || reference.trim() != reference
+        {
+            return Err(DomainError::invalid(
+                "change_ref",
+                format!(
+                    "must be 1 to {MAX_CHANGE_REF} printable characters with no space at either \
+                     end (a ServiceNow CHG number, a Jira key)"
+                ),
+            ));
+        }
+    }
     if let Some(sha) = &c.artifact_sha256 {
         if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(DomainError::invalid(
@@ -405,6 +422,7 @@ fn create_intent(out: &mut Events, c: &CreateIntent) -> Result<(), DomainError> 
         c.target_ring,
         c.critical_infrastructure,
         c.privileged_tooling,
+        &out.policy().cab,
     )?;
     let requires_cab = risk.requires_cab;
     out.push(|meta| {
@@ -424,6 +442,7 @@ fn create_intent(out: &mut Events, c: &CreateIntent) -> Result<(), DomainError> 
             justification: c.justification.clone(),
             risk,
             source_committed_at: c.source_committed_at,
+            change_ref: c.change_ref.clone(),
         })
     });
     let clearance = match (requires_cab, c.change_type) {

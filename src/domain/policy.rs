@@ -10,6 +10,9 @@
 //! min_bake_time = "48h"
 //! time_to_compliance = { online = "24h", intermittent = "72h", air_gapped = "7d" }
 //!
+//! [cab]
+//! always_for_critical_infrastructure = true
+//!
 //! [slo]
 //! api_availability = 0.999
 //! api_latency = "500ms"
@@ -62,9 +65,17 @@ pub struct SloPolicy {
     pub time_to_compliance_objective: f64,
 }
 
+/// When the CAB must decide, besides the risk model's threshold and privileged tooling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CabPolicy {
+    /// Every change flagged critical infrastructure goes to the CAB, whatever its score.
+    pub always_for_critical_infrastructure: bool,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     rings: [RingPolicy; 5],
+    pub cab: CabPolicy,
     pub slo: SloPolicy,
     /// How long after its first deployment an emergency change may be approved retrospectively.
     pub emergency_retro_window: Duration,
@@ -93,6 +104,9 @@ impl Default for Policy {
             ],
             emergency_retro_window: Duration::hours(48),
             max_emergency_start_ring: Ring::Pilot,
+            cab: CabPolicy {
+                always_for_critical_infrastructure: true,
+            },
             slo: SloPolicy {
                 api_availability: 0.999,
                 api_latency: Duration::milliseconds(500),
@@ -124,7 +138,14 @@ struct PolicyFile {
     max_emergency_start_ring: Option<String>,
     #[serde(default)]
     rings: BTreeMap<String, RingOverride>,
+    cab: Option<CabOverride>,
     slo: Option<SloOverride>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CabOverride {
+    always_for_critical_infrastructure: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -176,6 +197,9 @@ impl Policy {
         }
         if let Some(name) = file.max_emergency_start_ring {
             policy.max_emergency_start_ring = parse_ring("max_emergency_start_ring", &name)?;
+        }
+        if let Some(always) = file.cab.and_then(|c| c.always_for_critical_infrastructure) {
+            policy.cab.always_for_critical_infrastructure = always;
         }
         if let Some(o) = file.slo {
             let objective = |key: &str, value: Option<f64>, into: &mut f64| {

@@ -5,6 +5,7 @@ use eucora_projections::event::{FactorAssessment, Ring, RiskAssessment, Threshol
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::policy::CabPolicy;
 use super::DomainError;
 
 pub const MODEL_VERSION: &str = "risk_model_v1.0";
@@ -80,12 +81,16 @@ pub fn blast_radius(target: Ring, critical_infrastructure: bool) -> f64 {
     }
 }
 
-/// Scores an intent. Refuses values outside [0, 1] and a Critical SBOM finding.
+/// Scores an intent, and decides whether the CAB must approve it: a score above
+/// [`CAB_THRESHOLD`], privileged tooling, or (under `cab.always_for_critical_infrastructure`)
+/// critical infrastructure; the assessment records why. Refuses values outside [0, 1] and a
+/// Critical SBOM finding.
 pub fn assess(
     factors: &RiskFactors,
     target: Ring,
     critical_infrastructure: bool,
     privileged_tooling: bool,
+    cab: &CabPolicy,
 ) -> Result<RiskAssessment, DomainError> {
     let given = [
         ("privilege_impact", factors.privilege_impact, 20.0),
@@ -138,18 +143,42 @@ pub fn assess(
     } else {
         ThresholdLabel::AutomatedAllowed
     };
+    let mut reasons = Vec::new();
+    if score > CAB_THRESHOLD {
+        reasons.push(format!(
+            "risk score {score} is above the CAB threshold {CAB_THRESHOLD}"
+        ));
+    }
+    if privileged_tooling {
+        reasons.push("privileged tooling".to_string());
+    }
+    if critical_infrastructure && cab.always_for_critical_infrastructure {
+        reasons.push(
+            "critical infrastructure (policy cab.always_for_critical_infrastructure)".to_string(),
+        );
+    }
+    let threshold = if threshold == ThresholdLabel::AutomatedAllowed && !reasons.is_empty() {
+        ThresholdLabel::CabRequired
+    } else {
+        threshold
+    };
     Ok(RiskAssessment {
         model_version: MODEL_VERSION.to_string(),
         score,
         threshold,
-        requires_cab: threshold != ThresholdLabel::AutomatedAllowed,
+        requires_cab: !reasons.is_empty(),
         factors,
+        cab_required_reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const DEFAULT: CabPolicy = CabPolicy {
+        always_for_critical_infrastructure: true,
+    };
 
     #[test]
     fn the_factor_names_are_the_apis() {
@@ -190,7 +219,7 @@ mod tests {
     #[test]
     fn the_score_is_the_rounded_weighted_sum_with_derived_blast_radius() {
         // 0.5 × 90 for the given factors, 0.1 × 10 for a LAB-only blast radius.
-        let a = assess(&uniform(0.5), Ring::Lab, false, false).unwrap();
+        let a = assess(&uniform(0.5), Ring::Lab, false, false, &DEFAULT).unwrap();
         assert_eq!(a.score, 46);
         assert_eq!(a.threshold, ThresholdLabel::AutomatedAllowed);
         assert!(!a.requires_cab);
@@ -209,7 +238,7 @@ mod tests {
 
     #[test]
     fn targeting_global_raises_the_score_past_the_cab_threshold() {
-        let a = assess(&uniform(0.5), Ring::Global, false, false).unwrap();
+        let a = assess(&uniform(0.5), Ring::Global, false, false, &DEFAULT).unwrap();
         assert_eq!(a.score, 55);
         assert_eq!(a.threshold, ThresholdLabel::CabRequired);
         assert!(a.requires_cab);
@@ -223,10 +252,38 @@ mod tests {
 
     #[test]
     fn privileged_tooling_always_needs_cab() {
-        let a = assess(&uniform(0.0), Ring::Lab, false, true).unwrap();
+        let a = assess(&uniform(0.0), Ring::Lab, false, true, &DEFAULT).unwrap();
         assert_eq!(a.score, 1);
         assert_eq!(a.threshold, ThresholdLabel::PrivilegedTooling);
         assert!(a.requires_cab);
+    }
+
+    #[test]
+    fn critical_infrastructure_goes_to_the_cab_under_the_policy_and_says_why() {
+        // 45 (as the auditor found: GLOBAL, critical infrastructure, low factors) needs no CAB by
+        // score; the policy sends it there anyway, and the assessment says why.
+        let a = assess(&uniform(0.39), Ring::Global, true, false, &DEFAULT).unwrap();
+        assert_eq!(a.score, 45);
+        assert!(a.requires_cab);
+        assert_eq!(a.threshold, ThresholdLabel::CabRequired);
+        assert_eq!(
+            a.cab_required_reason.as_deref(),
+            Some("critical infrastructure (policy cab.always_for_critical_infrastructure)")
+        );
+        let off = CabPolicy {
+            always_for_critical_infrastructure: false,
+        };
+        let a = assess(&uniform(0.39), Ring::Global, true, false, &off).unwrap();
+        assert!(!a.requires_cab);
+        assert_eq!(a.cab_required_reason, None);
+        let a = assess(&uniform(0.9), Ring::Global, true, true, &DEFAULT).unwrap();
+        assert_eq!(
+            a.cab_required_reason.as_deref(),
+            Some(
+                "risk score 91 is above the CAB threshold 50; privileged tooling; \
+                 critical infrastructure (policy cab.always_for_critical_infrastructure)"
+            )
+        );
     }
 
     #[test]
@@ -234,7 +291,7 @@ mod tests {
         let mut f = uniform(0.1);
         f.sbom_vulnerability = 1.0;
         assert_eq!(
-            assess(&f, Ring::Lab, false, false),
+            assess(&f, Ring::Lab, false, false, &DEFAULT),
             Err(DomainError::CriticalVulnerability)
         );
     }
@@ -243,12 +300,12 @@ mod tests {
     fn values_outside_zero_to_one_are_refused_naming_the_factor() {
         let mut f = uniform(0.1);
         f.history = 1.5;
-        let err = assess(&f, Ring::Lab, false, false).unwrap_err();
+        let err = assess(&f, Ring::Lab, false, false, &DEFAULT).unwrap_err();
         assert_eq!(
             err,
             DomainError::invalid("risk_factors.history", "must be a number from 0 to 1")
         );
         f.history = f64::NAN;
-        assert!(assess(&f, Ring::Lab, false, false).is_err());
+        assert!(assess(&f, Ring::Lab, false, false, &DEFAULT).is_err());
     }
 }

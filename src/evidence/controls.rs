@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use eucora_projections::event::{ApprovalBasis, DeploymentEvent, Ring};
+use eucora_projections::intent::IntentState;
 use serde::{Deserialize, Serialize};
 
 /// A control's verdict for one intent, with the leaf indices that prove it.
@@ -27,6 +29,10 @@ pub struct IntentControls {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlsFile {
+    /// The time the controls are judged at (RFC 3339, UTC, to the second): the period's end, or
+    /// for one deployment the time of the checkpoint's export. A change still open then is
+    /// `open` for what cannot be judged yet.
+    pub as_of: String,
     /// The population is complete: leaf indices contiguous, and each intent's stream versions
     /// contiguous within the bundle.
     pub population_complete: Verdict,
@@ -34,16 +40,37 @@ pub struct ControlsFile {
 }
 
 impl ControlsFile {
+    /// Every verdict, the population's first.
+    pub fn verdicts(&self) -> impl Iterator<Item = &Verdict> {
+        std::iter::once(&self.population_complete)
+            .chain(self.intents.iter().flat_map(|i| &i.controls))
+    }
+
     /// How many verdicts are `fail`.
     pub fn failed(&self) -> u64 {
-        self.intents
-            .iter()
-            .flat_map(|i| &i.controls)
-            .chain(std::iter::once(&self.population_complete))
-            .filter(|v| v.verdict == "fail")
-            .count() as u64
+        self.verdicts().filter(|v| v.verdict == FAIL).count() as u64
     }
 }
+
+/// The four verdicts. A control whose premise is absent is not applicable; one whose premise
+/// holds but that cannot be judged before something still due (a review within its window, a
+/// rollout in progress) is open.
+pub const PASS: &str = "pass";
+pub const FAIL: &str = "fail";
+pub const NOT_APPLICABLE: &str = "not_applicable";
+pub const OPEN: &str = "open";
+
+/// Every control, in the order `controls.json` lists them for each intent.
+pub const CONTROLS: [&str; 8] = [
+    "approval_before_deployment",
+    "requester_not_approver",
+    "cab_approval_where_required",
+    "emergency_retro_review",
+    "promotion_after_passed_gates",
+    "rollback_validated_outside_lab",
+    "completion_after_compliance",
+    "rejected_not_deployed",
+];
 
 pub(super) fn verdict(
     control: &str,
@@ -59,34 +86,55 @@ pub(super) fn verdict(
     }
 }
 
-/// The retrospective-approval window of DOMAIN.md.
+/// The retrospective-approval window when a stream predates recording it on the first
+/// deployment: 48 hours, the policy's default.
 const RETRO_WINDOW_HOURS: i64 = 48;
 
-/// Every control of docs/evidence.md for one intent, from its events in the bundle (in leaf
-/// order). An intent created before the bundle's first event is judged on what the bundle holds,
-/// and the controls that need its creation say so (export its deployment bundle for all of it).
-pub fn intent_controls(id: &str, events: &[(u64, DeploymentEvent)]) -> IntentControls {
+/// RFC 3339 in UTC to the second, as every time in the bundle's own files is written.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// When an emergency change's retrospective review falls due: as recorded on its first
+/// deployment, or 48 hours after it for streams written before that was recorded; `None` before
+/// any deployment.
+pub(super) fn retro_due_at(events: &[(u64, DeploymentEvent)]) -> Option<DateTime<Utc>> {
+    events.iter().find_map(|(_, e)| match e {
+        DeploymentEvent::DeploymentDeployed(d) => Some(
+            d.retro_approval_due_at
+                .unwrap_or(d.meta.occurred_at + chrono::Duration::hours(RETRO_WINDOW_HOURS)),
+        ),
+        _ => None,
+    })
+}
+
+/// An intent's state in words, for a verdict's detail.
+fn state_word(state: &Option<IntentState>) -> String {
+    match state {
+        Some(s) => s.status.as_str().replace('_', " "),
+        None => "no state".into(),
+    }
+}
+
+/// Every control of docs/evidence.md for one intent, from all its events (in leaf order), judged
+/// at `as_of`: what is still due after it is `open`, never `fail`.
+pub fn intent_controls(
+    id: &str,
+    events: &[(u64, DeploymentEvent)],
+    as_of: DateTime<Utc>,
+) -> IntentControls {
     let created = events.iter().find_map(|(i, e)| match e {
         DeploymentEvent::DeploymentCreated(c) => Some((*i, c)),
         _ => None,
     });
     let mut out = Vec::new();
     let Some((created_at, created)) = created else {
-        for control in [
-            "approval_before_deployment",
-            "requester_not_approver",
-            "cab_approval_where_required",
-            "emergency_retro_review",
-            "promotion_after_passed_gates",
-            "rollback_validated_outside_lab",
-            "completion_after_compliance",
-        ] {
+        for control in CONTROLS {
             out.push(verdict(
                 control,
-                "not_applicable",
+                NOT_APPLICABLE,
                 vec![],
-                "the intent was created before this bundle's first event; export its deployment \
-                 bundle to judge it",
+                "the bundle does not hold the intent's creation (see population_complete)",
             ));
         }
         return IntentControls {
@@ -95,6 +143,7 @@ pub fn intent_controls(id: &str, events: &[(u64, DeploymentEvent)]) -> IntentCon
         };
     };
     let requester = created.meta.actor.subject.clone();
+    let state = IntentState::replay(events.iter().map(|(_, e)| e));
 
     // Approval before the first deployment in each ring: the ring was cleared (an approval for
     // the start ring, a promotion into any later one) before its first rollout report.
@@ -119,7 +168,7 @@ pub fn intent_controls(id: &str, events: &[(u64, DeploymentEvent)]) -> IntentCon
     out.push(if first_deployed.is_empty() {
         verdict(
             "approval_before_deployment",
-            "not_applicable",
+            NOT_APPLICABLE,
             vec![],
             "never deployed",
         )
@@ -138,14 +187,14 @@ pub fn intent_controls(id: &str, events: &[(u64, DeploymentEvent)]) -> IntentCon
             leaves.sort_unstable();
             verdict(
                 "approval_before_deployment",
-                "pass",
+                PASS,
                 leaves,
                 "every ring was cleared before its first deployment",
             )
         } else {
             verdict(
                 "approval_before_deployment",
-                "fail",
+                FAIL,
                 unapproved,
                 "deployed in a ring before it was cleared",
             )
@@ -171,7 +220,7 @@ pub fn intent_controls(id: &str, events: &[(u64, DeploymentEvent)]) -> IntentCon
     out.push(if human.is_empty() {
         verdict(
             "requester_not_approver",
-            "not_applicable",
+            NOT_APPLICABLE,
             vec![],
             "no human decision",
         )
@@ -184,23 +233,51 @@ pub fn intent_controls(id: &str, events: &[(u64, DeploymentEvent)]) -> IntentCon
         if own.is_empty() {
             verdict(
                 "requester_not_approver",
-                "pass",
+                PASS,
                 human.iter().map(|(i, _)| *i).collect(),
                 format!("no decision by the requester {requester}"),
             )
         } else {
             verdict(
                 "requester_not_approver",
-                "fail",
+                FAIL,
                 own,
                 format!("the requester {requester} decided"),
             )
         }
     });
 
-    // A human CAB approval where the risk is above 50 or the tooling privileged.
-    let needs_cab =
-        created.risk.score > crate::domain::risk::CAB_THRESHOLD || created.privileged_tooling;
+    // Emergency changes: cleared provisionally, reviewed by the CAB afterwards, by the due time
+    // recorded on the first deployment (streams written before it was recorded: 48 hours).
+    let provisional = events.iter().find_map(|(i, e)| match e {
+        DeploymentEvent::DeploymentApproved(a)
+            if a.basis == ApprovalBasis::EmergencyProvisional =>
+        {
+            Some(*i)
+        }
+        _ => None,
+    });
+    let first_deploy_at = events.iter().find_map(|(i, e)| match e {
+        DeploymentEvent::DeploymentDeployed(_) => Some(*i),
+        _ => None,
+    });
+    let first_deploy_at = first_deploy_at.zip(retro_due_at(events));
+    let review = events.iter().find_map(|(i, e)| match e {
+        DeploymentEvent::DeploymentApproved(a) if a.basis == ApprovalBasis::CabRetrospective => {
+            Some((*i, a.meta.occurred_at))
+        }
+        DeploymentEvent::DeploymentRejected(r) if r.retrospective => Some((*i, r.meta.occurred_at)),
+        _ => None,
+    });
+    // Still inside its review window at `as_of`, not yet reviewed: what cannot be judged yet.
+    let review_due = match (provisional, first_deploy_at, review) {
+        (Some(_), Some((_, due)), None) if due > as_of => Some(due),
+        _ => None,
+    };
+
+    // A CAB approval where the recorded assessment required one (risk above the threshold,
+    // privileged tooling, critical infrastructure by policy), for a change that was deployed.
+    let needs_cab = created.risk.requires_cab || created.privileged_tooling;
     let cab: Vec<u64> = events
         .iter()
         .filter_map(|(i, e)| match e {
@@ -218,97 +295,107 @@ pub fn intent_controls(id: &str, events: &[(u64, DeploymentEvent)]) -> IntentCon
     out.push(if !needs_cab {
         verdict(
             "cab_approval_where_required",
-            "not_applicable",
-            vec![created_at],
-            format!("risk {} and not privileged tooling", created.risk.score),
-        )
-    } else if cab.is_empty() {
-        verdict(
-            "cab_approval_where_required",
-            "fail",
+            NOT_APPLICABLE,
             vec![created_at],
             format!(
-                "risk {} or privileged tooling, and no CAB approval",
-                created.risk.score
+                "the CAB was not required: risk {} ({}), not privileged tooling",
+                created.risk.score,
+                created.risk.threshold.words()
             ),
         )
-    } else {
+    } else if first_deployed.is_empty() {
+        verdict(
+            "cab_approval_where_required",
+            NOT_APPLICABLE,
+            vec![created_at],
+            format!("never deployed ({})", state_word(&state)),
+        )
+    } else if !cab.is_empty() {
         let mut leaves = vec![created_at];
         leaves.extend(&cab);
         verdict(
             "cab_approval_where_required",
-            "pass",
+            PASS,
             leaves,
             "approved by the CAB",
         )
+    } else if let Some(due) = review_due {
+        verdict(
+            "cab_approval_where_required",
+            OPEN,
+            vec![created_at],
+            format!(
+                "emergency change: its retrospective CAB review is due by {}",
+                rfc3339(due)
+            ),
+        )
+    } else {
+        let mut leaves = vec![created_at];
+        leaves.extend(first_deployed.values());
+        verdict(
+            "cab_approval_where_required",
+            FAIL,
+            leaves,
+            format!(
+                "the CAB was required (risk {}{}) and the change was deployed without its approval",
+                created.risk.score,
+                if created.privileged_tooling {
+                    ", privileged tooling"
+                } else {
+                    ""
+                }
+            ),
+        )
     });
 
-    // Emergency changes reviewed afterwards, within 48 h of their first deployment.
-    let provisional = events.iter().find_map(|(i, e)| match e {
-        DeploymentEvent::DeploymentApproved(a)
-            if a.basis == ApprovalBasis::EmergencyProvisional =>
-        {
-            Some(*i)
-        }
-        _ => None,
-    });
-    // The due time recorded on the first deployment (the policy's window then); streams written
-    // before it was recorded fall back to DOMAIN.md's 48 hours.
-    let first_deploy_at = events.iter().find_map(|(i, e)| match e {
-        DeploymentEvent::DeploymentDeployed(d) => Some((
-            *i,
-            d.retro_approval_due_at
-                .unwrap_or(d.meta.occurred_at + chrono::Duration::hours(RETRO_WINDOW_HOURS)),
-        )),
-        _ => None,
-    });
-    let review = events.iter().find_map(|(i, e)| match e {
-        DeploymentEvent::DeploymentApproved(a) if a.basis == ApprovalBasis::CabRetrospective => {
-            Some((*i, a.meta.occurred_at))
-        }
-        DeploymentEvent::DeploymentRejected(r) if r.retrospective => Some((*i, r.meta.occurred_at)),
-        _ => None,
-    });
     out.push(match (provisional, first_deploy_at, review) {
         (None, _, _) => verdict(
             "emergency_retro_review",
-            "not_applicable",
+            NOT_APPLICABLE,
             vec![],
             "not cleared as an emergency change",
         ),
         (Some(p), None, Some((r, _))) => verdict(
             "emergency_retro_review",
-            "pass",
+            PASS,
             vec![p, r],
             "reviewed before any deployment",
         ),
         (Some(p), None, None) => verdict(
             "emergency_retro_review",
-            "not_applicable",
+            NOT_APPLICABLE,
             vec![p],
             "never deployed, not yet reviewed",
         ),
-        (Some(p), Some((d, _)), None) => verdict(
+        (Some(p), Some((d, due)), None) if due > as_of => verdict(
             "emergency_retro_review",
-            "fail",
+            OPEN,
             vec![p, d],
-            "missing: deployed without the CAB and never reviewed",
+            format!("not yet reviewed; due by {}", rfc3339(due)),
+        ),
+        (Some(p), Some((d, due)), None) => verdict(
+            "emergency_retro_review",
+            FAIL,
+            vec![p, d],
+            format!(
+                "missing: deployed without the CAB and not reviewed by its due time {}",
+                rfc3339(due)
+            ),
         ),
         (Some(p), Some((d, due)), Some((r, reviewed))) => {
-            let due_text = due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             if reviewed <= due {
                 verdict(
                     "emergency_retro_review",
-                    "pass",
+                    PASS,
                     vec![p, d, r],
-                    format!("reviewed by its due time {due_text}"),
+                    format!("reviewed by its due time {}", rfc3339(due)),
                 )
             } else {
                 verdict(
                     "emergency_retro_review",
-                    "fail",
+                    FAIL,
                     vec![p, d, r],
-                    format!("late: reviewed after its due time {due_text}"),
+                    format!("late: reviewed after its due time {}", rfc3339(due)),
                 )
             }
         }
@@ -323,7 +410,7 @@ pub fn intent_controls(id: &str, events: &[(u64, DeploymentEvent)]) -> IntentCon
     out.push(if promotions.is_empty() {
         verdict(
             "promotion_after_passed_gates",
-            "not_applicable",
+            NOT_APPLICABLE,
             vec![],
             "never promoted",
         )
@@ -343,14 +430,14 @@ pub fn intent_controls(id: &str, events: &[(u64, DeploymentEvent)]) -> IntentCon
         if bad.is_empty() {
             verdict(
                 "promotion_after_passed_gates",
-                "pass",
+                PASS,
                 leaves,
                 "every promotion follows an evaluation with every gate passed",
             )
         } else {
             verdict(
                 "promotion_after_passed_gates",
-                "fail",
+                FAIL,
                 bad,
                 "a promotion without a passed evaluation right before it",
             )
@@ -366,7 +453,7 @@ pub fn intent_controls(id: &str, events: &[(u64, DeploymentEvent)]) -> IntentCon
     out.push(if outside.is_empty() {
         verdict(
             "rollback_validated_outside_lab",
-            "not_applicable",
+            NOT_APPLICABLE,
             vec![],
             "never deployed outside LAB",
         )
@@ -375,14 +462,14 @@ pub fn intent_controls(id: &str, events: &[(u64, DeploymentEvent)]) -> IntentCon
         leaves.extend(&outside);
         verdict(
             "rollback_validated_outside_lab",
-            "pass",
+            PASS,
             leaves,
             "rollback plan validated at creation",
         )
     } else {
         verdict(
             "rollback_validated_outside_lab",
-            "fail",
+            FAIL,
             outside,
             "deployed outside LAB without a validated rollback plan",
         )
@@ -394,11 +481,17 @@ pub fn intent_controls(id: &str, events: &[(u64, DeploymentEvent)]) -> IntentCon
         _ => None,
     });
     out.push(match completed {
+        None if state.as_ref().is_some_and(|s| s.status.is_terminal()) => verdict(
+            "completion_after_compliance",
+            NOT_APPLICABLE,
+            vec![],
+            format!("not completed: {}", state_word(&state)),
+        ),
         None => verdict(
             "completion_after_compliance",
-            "not_applicable",
+            OPEN,
             vec![],
-            "not completed",
+            format!("still in progress: {}", state_word(&state)),
         ),
         Some((c, ring)) => {
             let compliant = events.iter().find_map(|(i, e)| match e {
@@ -415,16 +508,76 @@ pub fn intent_controls(id: &str, events: &[(u64, DeploymentEvent)]) -> IntentCon
             match compliant {
                 Some(d) => verdict(
                     "completion_after_compliance",
-                    "pass",
+                    PASS,
                     vec![d, c],
                     "a compliant report in the target ring came first",
                 ),
                 None => verdict(
                     "completion_after_compliance",
-                    "fail",
+                    FAIL,
                     vec![c],
                     "completed without a compliant report in the target ring",
                 ),
+            }
+        }
+    });
+    // A rejected change was not deployed afterwards; one rejected retrospectively, after it was
+    // deployed, was rolled back.
+    let rejection = events.iter().find_map(|(i, e)| match e {
+        DeploymentEvent::DeploymentRejected(r) => Some((*i, r)),
+        _ => None,
+    });
+    out.push(match rejection {
+        None => verdict(
+            "rejected_not_deployed",
+            NOT_APPLICABLE,
+            vec![],
+            "not rejected",
+        ),
+        Some((r, rejected)) => {
+            let deployed_after: Vec<u64> = events
+                .iter()
+                .filter(|(i, e)| *i > r && matches!(e, DeploymentEvent::DeploymentDeployed(_)))
+                .map(|(i, _)| *i)
+                .collect();
+            let deployed_before = first_deployed.values().any(|d| *d < r);
+            let rolled_back = events.iter().find_map(|(i, e)| match e {
+                DeploymentEvent::DeploymentRolledBack(_) => Some(*i),
+                _ => None,
+            });
+            if !deployed_after.is_empty() {
+                let mut leaves = vec![r];
+                leaves.extend(deployed_after);
+                verdict(
+                    "rejected_not_deployed",
+                    FAIL,
+                    leaves,
+                    "deployed after its rejection",
+                )
+            } else if !deployed_before {
+                verdict(
+                    "rejected_not_deployed",
+                    PASS,
+                    vec![r],
+                    format!(
+                        "rejected by {} and never deployed",
+                        rejected.meta.actor.subject
+                    ),
+                )
+            } else if let Some(b) = rolled_back {
+                verdict(
+                    "rejected_not_deployed",
+                    PASS,
+                    vec![r, b],
+                    "rejected retrospectively and rolled back",
+                )
+            } else {
+                verdict(
+                    "rejected_not_deployed",
+                    FAIL,
+                    vec![r],
+                    "rejected retrospectively and still deployed: no rollback recorded",
+                )
             }
         }
     });
@@ -440,14 +593,22 @@ mod tests {
     use eucora_projections::event::{ApprovalBasis as B, Gate, Ring, Status};
     use eucora_projections::fixtures::Script;
 
-    /// The verdict of `control` over literal events (numbered as leaves 0, 1, 2, …).
+    /// The verdict of `control` over literal events (numbered as leaves 0, 1, 2, …), judged a
+    /// year after the script's start, when everything due is long past.
     fn judged(events: Vec<DeploymentEvent>, control: &str) -> (String, Vec<u64>) {
+        judged_at(events, control, 24.0 * 365.0)
+    }
+
+    /// The same, judged `hours` after the script's start.
+    fn judged_at(events: Vec<DeploymentEvent>, control: &str, hours: f64) -> (String, Vec<u64>) {
         let numbered: Vec<(u64, DeploymentEvent)> = events
             .into_iter()
             .enumerate()
             .map(|(i, e)| (i as u64, e))
             .collect();
-        let v = intent_controls("x", &numbered)
+        let as_of = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 1, 1, 0, 0, 0).unwrap()
+            + chrono::Duration::milliseconds((hours * 3_600_000.0) as i64);
+        let v = intent_controls("x", &numbered, as_of)
             .controls
             .into_iter()
             .find(|v| v.control == control)
@@ -533,8 +694,13 @@ mod tests {
             x.deployed(1.0, Ring::Lab, 10, true),
         ];
         assert_eq!(
-            judged(events, "cab_approval_where_required"),
-            ("fail".into(), vec![0])
+            judged(events.clone(), "cab_approval_where_required"),
+            ("fail".into(), vec![0, 2])
+        );
+        assert_eq!(
+            judged_at(events, "cab_approval_where_required", 10.0).0,
+            "open",
+            "inside its 48 h review window an emergency change cannot be judged yet"
         );
         let mut x = Script::new(1);
         let events = vec![
@@ -585,9 +751,15 @@ mod tests {
         let mut x = Script::new(1);
         let missing = emergency(&mut x);
         assert_eq!(
-            judged(missing, "emergency_retro_review"),
+            judged(missing.clone(), "emergency_retro_review"),
             ("fail".into(), vec![1, 2])
         );
+        assert_eq!(
+            judged_at(missing.clone(), "emergency_retro_review", 48.9),
+            ("open".into(), vec![1, 2]),
+            "due at hour 49 (48 h after the first deployment): open before"
+        );
+        assert_eq!(judged_at(missing, "emergency_retro_review", 49.1).0, "fail");
     }
 
     #[test]
@@ -654,7 +826,93 @@ mod tests {
     }
 
     #[test]
-    fn an_intent_created_before_the_bundle_is_judged_not_applicable_with_the_reason() {
+    fn changes_that_never_deployed_are_not_judged_by_the_approval_controls() {
+        let mut x = Script::new(1);
+        let awaiting = vec![x.created("app", true)];
+        let mut x = Script::new(1);
+        let rejected = vec![x.created("app", true), x.rejected(2.0)];
+        for events in [awaiting.clone(), rejected] {
+            for control in [
+                "approval_before_deployment",
+                "cab_approval_where_required",
+                "emergency_retro_review",
+                "promotion_after_passed_gates",
+                "rollback_validated_outside_lab",
+            ] {
+                assert_eq!(
+                    judged(events.clone(), control).0,
+                    "not_applicable",
+                    "{control}"
+                );
+            }
+        }
+        assert_eq!(
+            judged(awaiting, "completion_after_compliance").0,
+            "open",
+            "awaiting the CAB at the end of the period: still open"
+        );
+    }
+
+    #[test]
+    fn a_rollout_in_progress_is_open_for_completion() {
+        let mut x = Script::new(1);
+        let events = vec![
+            x.created("app", false),
+            x.approved(0.0, B::Policy, "policy:risk_model_v1.0"),
+            x.deployed(1.0, Ring::Lab, 10, true),
+        ];
+        assert_eq!(judged(events, "completion_after_compliance").0, "open");
+    }
+
+    #[test]
+    fn a_rejected_change_must_stay_undeployed_or_be_rolled_back() {
+        let mut x = Script::new(1);
+        let rejected = vec![x.created("app", true), x.rejected(2.0)];
+        assert_eq!(
+            judged(rejected, "rejected_not_deployed"),
+            ("pass".into(), vec![1])
+        );
+        let emergency = |x: &mut Script| {
+            vec![
+                x.created("app", true),
+                x.approved(0.0, B::EmergencyProvisional, "policy:emergency_change"),
+                x.deployed(1.0, Ring::Lab, 10, true),
+                x.retro_rejected(10.0),
+            ]
+        };
+        let mut x = Script::new(1);
+        let mut rolled = emergency(&mut x);
+        rolled.push(x.rolled_back(11.0, Ring::Lab, Status::Deployed));
+        assert_eq!(
+            judged(rolled, "rejected_not_deployed"),
+            ("pass".into(), vec![3, 4])
+        );
+        let mut x = Script::new(1);
+        let live = emergency(&mut x);
+        assert_eq!(
+            judged(live, "rejected_not_deployed"),
+            ("fail".into(), vec![3])
+        );
+        // A stream that deploys after its rejection (written by hand: the aggregate refuses it).
+        let mut x = Script::new(1);
+        let forged = vec![
+            x.created("app", true),
+            x.rejected(2.0),
+            x.deployed(3.0, Ring::Lab, 10, true),
+        ];
+        assert_eq!(
+            judged(forged, "rejected_not_deployed"),
+            ("fail".into(), vec![1, 2])
+        );
+        let mut x = Script::new(1);
+        assert_eq!(
+            judged(clean(&mut x), "rejected_not_deployed").0,
+            "not_applicable"
+        );
+    }
+
+    #[test]
+    fn an_intent_without_its_creation_is_not_judged() {
         let mut x = Script::new(1);
         let mut events = clean(&mut x);
         events.remove(0);
@@ -663,10 +921,11 @@ mod tests {
             .enumerate()
             .map(|(i, e)| (i as u64 + 10, e))
             .collect();
-        let judged = intent_controls("x", &numbered);
+        let judged = intent_controls("x", &numbered, Utc::now());
+        assert_eq!(judged.controls.len(), CONTROLS.len());
         assert!(judged
             .controls
             .iter()
-            .all(|v| v.verdict == "not_applicable" && v.detail.contains("created before")));
+            .all(|v| v.verdict == "not_applicable" && v.detail.contains("creation")));
     }
 }

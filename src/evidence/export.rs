@@ -1,25 +1,29 @@
 //! Writing a bundle: the stream read in batches, `events.jsonl` spooled and compressed on its own
 //! thread, the proofs, the signed manifest and the tar.gz around them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Seek, Write};
 
+use chrono::{DateTime, Utc};
 use eucora_projections::decode::StreamEvent;
+use eucora_projections::intent::IntentState;
 use eucora_projections::merkle;
 use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::controls::rfc3339;
 use super::format::{
     b64, pae, ConsistencyProof, EventRecord, EvidenceError, InclusionProof, ProofFile, RangeProof,
     Scope, FILES, MANIFEST, PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE,
 };
 use super::population::Population;
+use super::report::{report_html, Summary};
 use crate::checkpoints::{open_checkpoint, SigningKey};
 use crate::projection::log::{with_tiles, LogView};
 use crate::projection::{Event, ProjectionError, RunError, StreamReader};
-use crate::store::Store;
+use crate::store::{Columns, Store};
 
 /// Rows read per batch while exporting.
 const BATCH: i64 = 5000;
@@ -206,38 +210,40 @@ pub async fn export(
         .transpose()
         .map_err(|e| EvidenceError::Export(format!("the earlier checkpoint: {e}")))?;
 
-    // The events: one pass over the stream, up to the checkpoint's size.
+    // Which events: for one deployment, its own; for a period, the events stamped in it (a
+    // contiguous range of leaves) and, before them, the earlier events of every intent with an
+    // event in the period or open at its start, so each change is judged on its whole history.
+    let wanted = match scope {
+        Scope::Deployment(id) => Selection::Deployment(id.to_string()),
+        Scope::Period { from, to } => {
+            let period = find_period(store, size, *from, *to).await?;
+            Selection::Period(period)
+        }
+    };
+
+    // The events, read again in leaf order up to the selection's end and spooled.
     let mut events = EventsSpool::new()?;
     let mut population = Population::default();
     let mut chosen: Vec<u64> = Vec::new();
-    let (mut index, mut started, mut done) = (0u64, false, false);
-    // Read and decoded ahead on other tasks, compressed on another thread: the stages overlap.
-    let mut stream = StreamReader::from_start(store.clone(), size, BATCH);
-    let wanted = match scope {
-        Scope::Deployment(id) => Some(id.to_string()),
-        Scope::Period { .. } => None,
+    let mut index = 0u64;
+    let end = match &wanted {
+        Selection::Deployment(_) => size,
+        Selection::Period(p) => p.end,
     };
-    while index < size && !done {
+    // Read and decoded ahead on other tasks, compressed on another thread: the stages overlap.
+    let mut stream = StreamReader::from_start(store.clone(), end, BATCH, Columns::Stored);
+    while index < end {
         let Some(batch) = stream.next().await else {
             break;
         };
-        let batch = batch.map_err(|e| match e {
-            RunError::Projection(ProjectionError::Store(e)) => EvidenceError::Store(e),
-            e => EvidenceError::Export(e.to_string()),
-        })?;
+        let batch = batch.map_err(run_error)?;
         for Event { row, event, .. } in batch.iter() {
             let stream = row.stream()?;
-            let take = match scope {
-                Scope::Deployment(_) => Some(&stream.aggregate_id) == wanted.as_ref(),
-                Scope::Period { from, to } => {
-                    let at = event.as_ref().map(StreamEvent::occurred_at).ok();
-                    if !started && at.is_some_and(|t| t >= *from && t < *to) {
-                        started = true;
-                    }
-                    if started && at.is_some_and(|t| t >= *to) {
-                        done = true;
-                    }
-                    started && !done
+            let take = match &wanted {
+                Selection::Deployment(id) => &stream.aggregate_id == id,
+                Selection::Period(p) => {
+                    (p.start..p.end).contains(&index)
+                        || (index < p.start && p.intents.contains(&stream.aggregate_id))
                 }
             };
             if take {
@@ -263,7 +269,7 @@ pub async fn export(
                 events.line(&record)?;
             }
             index += 1;
-            if done || index >= size {
+            if index >= end {
                 break;
             }
         }
@@ -288,9 +294,9 @@ pub async fn export(
         |e: crate::projection::log::LogProofError| EvidenceError::Export(e.to_string());
     let proof = ProofFile {
         tree_size: size,
-        range: match scope {
-            Scope::Period { .. } => {
-                let (start, end) = (chosen[0], chosen[chosen.len() - 1] + 1);
+        range: match &wanted {
+            Selection::Period(p) => {
+                let (start, end) = (p.start, p.end);
                 let hashes = with_tiles(store, &tree, |r| merkle::range_proof(r, start, end, size))
                     .await
                     .map_err(proof_error)?;
@@ -300,12 +306,17 @@ pub async fn export(
                     hashes: hashes.iter().map(|h| b64(h)).collect(),
                 })
             }
-            Scope::Deployment(_) => None,
+            Selection::Deployment(_) => None,
         },
-        inclusion: match scope {
-            Scope::Deployment(_) => {
+        // One deployment: every event; a period: the earlier events before its range.
+        inclusion: {
+            let outside: Vec<u64> = match &wanted {
+                Selection::Deployment(_) => chosen.clone(),
+                Selection::Period(p) => chosen.iter().copied().filter(|i| *i < p.start).collect(),
+            };
+            {
                 let mut all = Vec::new();
-                for i in &chosen {
+                for i in &outside {
                     let hashes = with_tiles(store, &tree, |r| merkle::inclusion_proof(r, *i, size))
                         .await
                         .map_err(proof_error)?;
@@ -316,7 +327,6 @@ pub async fn export(
                 }
                 all
             }
-            Scope::Period { .. } => Vec::new(),
         },
         consistency: match &previous {
             None => None,
@@ -341,14 +351,24 @@ pub async fn export(
             }
         },
     };
-    let controls = population.controls();
+    let as_of = scope.as_of(chrono::Utc::now());
+    let controls = population.controls(as_of);
     let failed = controls.failed();
+    let scope_json = match scope {
+        Scope::Period { from, to } => json!({"from": from, "to": to}),
+        Scope::Deployment(id) => json!({"deployment_id": id}),
+    };
+    let summary = Summary::new(&scope_json, Some(as_of), size, &population, &controls);
     let mut events = events.finish()?;
     let files: BTreeMap<&str, Vec<u8>> = [
         ("checkpoint", latest.note.clone().into_bytes()),
         ("proof.json", pretty(&proof)?),
         ("controls.json", pretty(&controls)?),
         ("changes.csv", population.changes_csv().into_bytes()),
+        (
+            "REPORT.html",
+            report_html(&summary, &population, &controls).into_bytes(),
+        ),
         ("VERIFY.md", verify_md(key.verifier_key()).into_bytes()),
     ]
     .into_iter()
@@ -367,10 +387,8 @@ pub async fn export(
         "subject": subjects,
         "predicateType": PREDICATE_TYPE,
         "predicate": {
-            "scope": match scope {
-                Scope::Period { from, to } => json!({"from": from, "to": to}),
-                Scope::Deployment(id) => json!({"deployment_id": id}),
-            },
+            "scope": scope_json,
+            "as_of": rfc3339(as_of),
             "tree_size": size,
             "events": chosen.len(),
             "generated_by": format!("eucora {}", env!("CARGO_PKG_VERSION")),
@@ -433,4 +451,96 @@ fn verify_md(verifier_key: &str) -> String {
          docs/evidence.md in the EUCORA repository documents every byte, to write a verifier of\n\
          your own.\n"
     )
+}
+
+/// What an export takes from the stream.
+enum Selection {
+    /// Every event of this intent.
+    Deployment(String),
+    Period(PeriodSelection),
+}
+
+/// A period's events: the leaves `[start, end)`, and the intents whose earlier events come with
+/// them.
+struct PeriodSelection {
+    start: u64,
+    end: u64,
+    /// Every intent with an event in the period, or open at its start.
+    intents: HashSet<String>,
+}
+
+fn run_error(e: RunError) -> EvidenceError {
+    match e {
+        RunError::Projection(ProjectionError::Store(e)) => EvidenceError::Store(e),
+        e => EvidenceError::Export(e.to_string()),
+    }
+}
+
+/// Whether an intent is still open: awaiting the CAB, deployed and not complete, or an
+/// emergency change still owing its retrospective decision or the rollback it requires.
+fn is_open(state: &IntentState) -> bool {
+    !state.status.is_terminal() || state.retro_approval_pending || state.rollback_required
+}
+
+/// The first pass of a period's export, over the stream up to the checkpoint's size: the range of
+/// leaves stamped in the period (from the first event stamped at or after `from` to the first
+/// stamped at or after `to`), and the intents of its population: those with an event in the range
+/// and those open when it starts (folded from their events before it).
+async fn find_period(
+    store: &Store,
+    size: u64,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<PeriodSelection, EvidenceError> {
+    let mut open: HashMap<String, IntentState> = HashMap::new();
+    let mut intents: HashSet<String> = HashSet::new();
+    let (mut start, mut end) = (None, None);
+    let mut index = 0u64;
+    // Which stream each event is of, and the event: no metadata, no leaf hash.
+    let mut stream = StreamReader::from_start(store.clone(), size, BATCH, Columns::Streams);
+    'read: while index < size {
+        let Some(batch) = stream.next().await else {
+            break;
+        };
+        let batch = batch.map_err(run_error)?;
+        for Event { row, event, .. } in batch.iter() {
+            let at = event.as_ref().map(StreamEvent::occurred_at).ok();
+            if start.is_none() && at.is_some_and(|t| t >= from && t < to) {
+                start = Some(index);
+                // Carried over: every intent open as the period starts.
+                intents.extend(open.drain().map(|(id, _)| id));
+            }
+            if start.is_some() && at.is_some_and(|t| t >= to) {
+                end = Some(index);
+                break 'read;
+            }
+            match (start, event) {
+                (None, Ok(StreamEvent::Deployment(e))) => {
+                    let id = row.stream()?.aggregate_id.to_string();
+                    let state = IntentState::fold(open.remove(&id), e);
+                    if let Some(state) = state.filter(is_open) {
+                        open.insert(id, state);
+                    }
+                }
+                (Some(_), Ok(StreamEvent::Deployment(_))) => {
+                    intents.insert(row.stream()?.aggregate_id.to_string());
+                }
+                _ => {}
+            }
+            index += 1;
+            if index >= size {
+                break;
+            }
+        }
+    }
+    let Some(start) = start else {
+        return Err(EvidenceError::NotFound(
+            "no signed event falls in this period".into(),
+        ));
+    };
+    Ok(PeriodSelection {
+        start,
+        end: end.unwrap_or(index),
+        intents,
+    })
 }

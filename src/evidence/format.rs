@@ -2,14 +2,24 @@
 //! file, the DSSE envelope's constants and pre-authentication encoding, and what a bundle covers.
 
 use base64::Engine;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use eucora_projections::integrity::{leaf_hash, StoredRow};
 use eucora_projections::merkle::Hash;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// The bundle's files, in the order they are written; the manifest comes last.
-pub const FILES: [&str; 6] = [
+pub const FILES: [&str; 7] = [
+    "events.jsonl",
+    "checkpoint",
+    "proof.json",
+    "controls.json",
+    "changes.csv",
+    "REPORT.html",
+    "VERIFY.md",
+];
+/// The files of an evidence/v1 bundle (before `REPORT.html`).
+pub(super) const FILES_V1: [&str; 6] = [
     "events.jsonl",
     "checkpoint",
     "proof.json",
@@ -20,7 +30,11 @@ pub const FILES: [&str; 6] = [
 pub const MANIFEST: &str = "manifest.dsse.json";
 pub(super) const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 pub(super) const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
-pub(super) const PREDICATE_TYPE: &str = "https://eucora.dev/evidence/v1";
+/// Version 2: controls judged at the predicate's `as_of`, with `open` and `rejected_not_deployed`.
+pub(super) const PREDICATE_TYPE: &str = "https://eucora.dev/evidence/v2";
+/// Bundles of earlier releases: their integrity verifies; their controls were judged by earlier
+/// rules, so they are not recomputed.
+pub(super) const PREDICATE_TYPE_V1: &str = "https://eucora.dev/evidence/v1";
 
 pub(super) fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -76,6 +90,18 @@ pub enum Scope {
     },
     /// Every event of one deployment intent.
     Deployment(Uuid),
+}
+
+impl Scope {
+    /// When a bundle exported at `now` judges its controls: the period's end, or `now` if the
+    /// period has not ended (or for one deployment), to the second.
+    pub fn as_of(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let at = match self {
+            Scope::Period { to, .. } => (*to).min(now),
+            Scope::Deployment(_) => now,
+        };
+        at.with_nanosecond(0).unwrap_or(at)
+    }
 }
 
 /// Why evidence could not be exported or did not verify.

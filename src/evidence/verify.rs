@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 
 use base64::Engine;
+use chrono::{DateTime, Utc};
 use eucora_projections::decode::{decode_stream, StreamEvent};
 use eucora_projections::merkle::{self, Hash};
 use serde_json::Value;
@@ -13,19 +14,24 @@ use sha2::{Digest, Sha256};
 
 use super::controls::ControlsFile;
 use super::format::{
-    pae, unb64_hash, EventRecord, ProofFile, FILES, MANIFEST, PAYLOAD_TYPE, PREDICATE_TYPE,
-    STATEMENT_TYPE,
+    pae, unb64_hash, EventRecord, ProofFile, FILES, FILES_V1, MANIFEST, PAYLOAD_TYPE,
+    PREDICATE_TYPE, PREDICATE_TYPE_V1, STATEMENT_TYPE,
 };
 use super::population::Population;
+use super::report::{report_html, Summary};
 use crate::checkpoints::{open_checkpoint, Checkpoint};
 
 /// What a verified bundle holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Verified {
     pub events: u64,
     pub intents: u64,
     pub tree_size: u64,
     pub failed_controls: u64,
+    /// The controls, recomputed from the events and equal to `controls.json`; `None` for a
+    /// bundle of an earlier release (evidence/v1), whose controls were judged by earlier rules
+    /// and are not recomputed.
+    pub controls: Option<ControlsFile>,
 }
 
 /// Why a bundle did not verify: the first failure, in our words.
@@ -37,15 +43,20 @@ fn refuse(what: impl Into<String>) -> Refused {
     Refused(what.into())
 }
 
-/// Verifies a bundle offline, with nothing but the bundle, the verifier key, and optionally an
-/// earlier checkpoint the auditor kept. Reads the archive once, on two cores: one thread gunzips
-/// the archive and hashes the files, this one parses the events, hashes their leaves and folds
-/// them into the population. Memory holds one hash per event and the bundle's decoded events.
-pub fn verify(
-    bundle: impl Read + Send,
-    verifier_key: &str,
-    previous: Option<&str>,
-) -> Result<Verified, Refused> {
+/// A bundle as read, before any check: its files but `events.jsonl`, that file's SHA-256, and
+/// its events parsed (each one's leaf hash and index, and the population they make).
+pub struct Bundle {
+    files: BTreeMap<String, Vec<u8>>,
+    events_digest: Option<String>,
+    leaves: Vec<Hash>,
+    indices: Vec<u64>,
+    population: Population,
+}
+
+/// Reads a bundle once, on two cores: one thread gunzips the archive and hashes the files, this
+/// one parses the events, hashes their leaves and folds them into the population. Memory holds
+/// one hash per event and the bundle's decoded events. Nothing is checked but that it reads.
+pub fn read_bundle(bundle: impl Read + Send) -> Result<Bundle, Refused> {
     let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
     let (archive, events) = std::thread::scope(|scope| {
         let reader = scope.spawn(move || read_archive(bundle, sender));
@@ -61,25 +72,116 @@ pub fn verify(
         files,
         events_digest,
     } = archive?;
-    let ParsedEvents {
+    Ok(Bundle {
+        files,
+        events_digest,
+        leaves: events.leaves,
+        indices: events.indices,
+        population: events.population,
+    })
+}
+
+/// What a bundle says of itself, from its manifest's statement (signed, but not checked here).
+#[derive(Debug, Clone)]
+pub struct Claims {
+    /// The predicate's scope: `{from, to}` or `{deployment_id}`.
+    pub scope: Value,
+    /// When the controls are judged (none in an evidence/v1 bundle).
+    pub as_of: Option<DateTime<Utc>>,
+    pub tree_size: u64,
+    /// The manifest's payload, as signed, its envelope and the statement it holds.
+    payload: Vec<u8>,
+    envelope: Value,
+    statement: Value,
+}
+
+impl Bundle {
+    /// The population its events make.
+    pub fn population(&self) -> &Population {
+        &self.population
+    }
+
+    /// One of its files but `events.jsonl`.
+    pub fn file(&self, name: &str) -> Option<&[u8]> {
+        self.files.get(name).map(Vec::as_slice)
+    }
+
+    /// What its manifest's statement says, decoded: refused when it is not EUCORA evidence.
+    pub fn claims(&self) -> Result<Claims, Refused> {
+        let manifest = self
+            .files
+            .get(MANIFEST)
+            .ok_or_else(|| refuse("the bundle has no manifest.dsse.json"))?;
+        let envelope: Value = serde_json::from_slice(manifest)
+            .map_err(|e| refuse(format!("the manifest is not JSON: {e}")))?;
+        if envelope["payloadType"] != PAYLOAD_TYPE {
+            return Err(refuse("the manifest's payloadType is not in-toto's"));
+        }
+        let payload = envelope["payload"]
+            .as_str()
+            .and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok())
+            .ok_or_else(|| refuse("the manifest's payload is not base64"))?;
+        let statement: Value = serde_json::from_slice(&payload)
+            .map_err(|e| refuse(format!("the manifest's statement is not JSON: {e}")))?;
+        if statement["_type"] != STATEMENT_TYPE
+            || (statement["predicateType"] != PREDICATE_TYPE
+                && statement["predicateType"] != PREDICATE_TYPE_V1)
+        {
+            return Err(refuse(
+                "the manifest is not an in-toto Statement v1 of EUCORA evidence",
+            ));
+        }
+        // The time the controls were judged at (evidence/v2); none in an earlier release's bundle.
+        let as_of = match statement["predicate"]["as_of"].as_str() {
+            Some(text) => Some(
+                DateTime::parse_from_rfc3339(text)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| refuse("the predicate's as_of is not an RFC 3339 time"))?,
+            ),
+            None if statement["predicateType"] == PREDICATE_TYPE => {
+                return Err(refuse("the predicate has no as_of"))
+            }
+            None => None,
+        };
+        Ok(Claims {
+            scope: statement["predicate"]["scope"].clone(),
+            as_of,
+            tree_size: statement["predicate"]["tree_size"].as_u64().unwrap_or(0),
+            payload,
+            envelope,
+            statement,
+        })
+    }
+}
+
+/// Verifies a bundle offline, with nothing but the bundle, the verifier key, and optionally an
+/// earlier checkpoint the auditor kept.
+pub fn verify(
+    bundle: impl Read + Send,
+    verifier_key: &str,
+    previous: Option<&str>,
+) -> Result<Verified, Refused> {
+    verify_read(&read_bundle(bundle)?, verifier_key, previous)
+}
+
+/// [`verify`] of a bundle already read.
+pub fn verify_read(
+    bundle: &Bundle,
+    verifier_key: &str,
+    previous: Option<&str>,
+) -> Result<Verified, Refused> {
+    let Bundle {
+        files,
+        events_digest,
         leaves,
         indices,
         population,
-    } = events;
+    } = bundle;
 
     // 1. The manifest: signed by the key, naming every file with its hash, and nothing else.
-    let manifest = files
-        .get(MANIFEST)
-        .ok_or_else(|| refuse("the bundle has no manifest.dsse.json"))?;
-    let envelope: Value = serde_json::from_slice(manifest)
-        .map_err(|e| refuse(format!("the manifest is not JSON: {e}")))?;
-    if envelope["payloadType"] != PAYLOAD_TYPE {
-        return Err(refuse("the manifest's payloadType is not in-toto's"));
-    }
-    let payload = envelope["payload"]
-        .as_str()
-        .and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok())
-        .ok_or_else(|| refuse("the manifest's payload is not base64"))?;
+    let claims = bundle.claims()?;
+    let (envelope, statement) = (&claims.envelope, &claims.statement);
+    let payload = &claims.payload;
     let verifier = signed_note::StandardVerifier::new(verifier_key.trim())
         .map_err(|_| refuse(format!("{:?} is not a verifier key", verifier_key.trim())))?;
     let signed = envelope["signatures"]
@@ -91,7 +193,7 @@ pub fn verify(
                 .as_str()
                 .and_then(|sig| base64::engine::general_purpose::STANDARD.decode(sig).ok())
                 .is_some_and(|sig| {
-                    signed_note::Verifier::verify(&verifier, &pae(PAYLOAD_TYPE, &payload), &sig)
+                    signed_note::Verifier::verify(&verifier, &pae(PAYLOAD_TYPE, payload), &sig)
                 })
         });
     if !signed {
@@ -99,13 +201,7 @@ pub fn verify(
             "the manifest's signature does not verify with this key",
         ));
     }
-    let statement: Value = serde_json::from_slice(&payload)
-        .map_err(|e| refuse(format!("the manifest's statement is not JSON: {e}")))?;
-    if statement["_type"] != STATEMENT_TYPE || statement["predicateType"] != PREDICATE_TYPE {
-        return Err(refuse(
-            "the manifest is not an in-toto Statement v1 of EUCORA evidence",
-        ));
-    }
+    let as_of = claims.as_of;
     let subjects: BTreeMap<String, String> = statement["subject"]
         .as_array()
         .into_iter()
@@ -117,7 +213,13 @@ pub fn verify(
             ))
         })
         .collect();
-    for name in FILES {
+    // An earlier release's bundle has no REPORT.html.
+    let expected: &[&str] = if claims.as_of.is_some() {
+        &FILES
+    } else {
+        &FILES_V1
+    };
+    for &name in expected {
         let expected = subjects
             .get(name)
             .ok_or_else(|| refuse(format!("the manifest does not list {name}")))?;
@@ -140,13 +242,13 @@ pub fn verify(
     }
     if let Some(extra) = files
         .keys()
-        .find(|n| n.as_str() != MANIFEST && !FILES.contains(&n.as_str()))
+        .find(|n| n.as_str() != MANIFEST && !expected.contains(&n.as_str()))
     {
         return Err(refuse(format!(
             "{extra} is in the bundle but not in the manifest"
         )));
     }
-    if subjects.len() != FILES.len() {
+    if subjects.len() != expected.len() {
         return Err(refuse("the manifest lists files the bundle does not have"));
     }
 
@@ -172,65 +274,71 @@ pub fn verify(
     if indices.is_empty() {
         return Err(refuse("the bundle holds no events"));
     }
-    match (&proof.range, proof.inclusion.is_empty()) {
-        (Some(range), true) => {
-            // Contiguity, named by what broke it.
-            let order = &indices;
-            let mut sorted = order.clone();
-            sorted.sort_unstable();
-            if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
-                return Err(refuse(format!(
-                    "leaf {} appears twice: an event was inserted",
-                    w[0]
-                )));
-            }
-            if &sorted != order {
-                return Err(refuse(
-                    "the events are not in leaf order: they were reordered",
-                ));
-            }
-            if let Some(missing) = (range.start..)
-                .zip(&sorted)
-                .find(|(i, r)| i != *r)
-                .map(|(i, _)| i)
-            {
-                return Err(refuse(format!(
-                    "leaf {missing} is missing: an event was dropped"
-                )));
-            }
-            let held_to = range.start + sorted.len() as u64;
-            if held_to != range.end {
-                return Err(refuse(format!(
-                    "the events stop at leaf {held_to}, before the end of the range proved ({}): the bundle was truncated",
-                    range.end
-                )));
-            }
-            merkle::verify_range(range.start, &leaves, checkpoint.size, &hashes(&range.hashes)?, &checkpoint.root).map_err(|e| {
-                refuse(format!("the events are not the checkpoint's leaves {} to {}: {e} (an event was edited, or the bundle mixes two logs)", range.start, range.end))
-            })?;
+    // Leaf order, named by what broke it.
+    let mut sorted = indices.clone();
+    sorted.sort_unstable();
+    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        return Err(refuse(format!(
+            "leaf {} appears twice: an event was inserted",
+            w[0]
+        )));
+    }
+    if &sorted != indices {
+        return Err(refuse(
+            "the events are not in leaf order: they were reordered",
+        ));
+    }
+    // Each event outside a proved range (every event of a deployment bundle, the earlier events of
+    // a period's intents) has an inclusion proof, in the same order.
+    let outside = match &proof.range {
+        Some(range) => indices.partition_point(|i| *i < range.start),
+        None => indices.len(),
+    };
+    if proof.inclusion.len() != outside {
+        return Err(refuse(match &proof.range {
+            Some(_) => "proof.json has not one inclusion proof per event before the period's range",
+            None => "proof.json has not one inclusion proof per event",
+        }));
+    }
+    for ((index, leaf), inclusion) in indices.iter().zip(leaves).zip(&proof.inclusion) {
+        if inclusion.index != *index {
+            return Err(refuse(format!(
+                "the inclusion proofs are not for the events' leaves (leaf {index})"
+            )));
         }
-        (None, false) => {
-            if proof.inclusion.len() != indices.len() {
-                return Err(refuse("proof.json has not one inclusion proof per event"));
-            }
-            for ((index, leaf), inclusion) in indices.iter().zip(&leaves).zip(&proof.inclusion) {
-                if inclusion.index != *index {
-                    return Err(refuse(format!(
-                        "the inclusion proofs are not for the events' leaves (leaf {index})"
-                    )));
-                }
-                merkle::verify_inclusion(*index, checkpoint.size, leaf, &hashes(&inclusion.hashes)?, &checkpoint.root)
-                    .map_err(|e| refuse(format!("the event at leaf {index} is not in the checkpoint's tree: {e} (it was edited, or moved)")))?;
-            }
-            if indices.windows(2).any(|w| w[1] <= w[0]) {
-                return Err(refuse("the events are not in leaf order"));
-            }
+        merkle::verify_inclusion(*index, checkpoint.size, leaf, &hashes(&inclusion.hashes)?, &checkpoint.root)
+            .map_err(|e| refuse(format!("the event at leaf {index} is not in the checkpoint's tree: {e} (it was edited, or moved)")))?;
+    }
+    if let Some(range) = &proof.range {
+        let held = &indices[outside..];
+        if held.is_empty() {
+            return Err(refuse("the bundle holds none of the period's events"));
         }
-        _ => {
-            return Err(refuse(
-                "proof.json holds neither one range proof nor inclusion proofs",
-            ))
+        if let Some(beyond) = held.iter().find(|i| **i >= range.end) {
+            return Err(refuse(format!(
+                "leaf {beyond} is an event beyond the proved range ({} to {})",
+                range.start, range.end
+            )));
         }
+        if let Some(missing) = (range.start..)
+            .zip(held)
+            .find(|(i, r)| i != *r)
+            .map(|(i, _)| i)
+        {
+            return Err(refuse(format!(
+                "leaf {missing} is missing: an event was dropped"
+            )));
+        }
+        let held_to = range.start + held.len() as u64;
+        if held_to != range.end {
+            return Err(refuse(format!(
+                "the events stop at leaf {held_to}, before the end of the range proved ({}): the bundle was truncated",
+                range.end
+            )));
+        }
+        merkle::verify_range(range.start, &leaves[outside..], checkpoint.size, &hashes(&range.hashes)?, &checkpoint.root).map_err(|e| {
+            refuse(format!("the events are not the checkpoint's leaves {} to {}: {e} (an event was edited, or the bundle mixes two logs)", range.start, range.end))
+        })?;
     }
 
     // 4. The earlier checkpoint the auditor kept: the log still extends it.
@@ -253,25 +361,43 @@ pub fn verify(
     }
 
     // 5. The controls and the population, recomputed from the events.
-    let controls = population.controls();
-    let claimed: ControlsFile = serde_json::from_slice(&files["controls.json"])
-        .map_err(|e| refuse(format!("controls.json is not controls: {e}")))?;
-    if claimed != controls {
-        return Err(refuse(
-            "controls.json does not match the controls recomputed from the events",
-        ));
-    }
-    if files["changes.csv"] != population.changes_csv().into_bytes() {
-        return Err(refuse(
-            "changes.csv does not match the population recomputed from the events",
-        ));
-    }
-    let failed = controls.failed();
+    let controls = match as_of {
+        Some(as_of) => {
+            let controls = population.controls(as_of);
+            let claimed: ControlsFile = serde_json::from_slice(&files["controls.json"])
+                .map_err(|e| refuse(format!("controls.json is not controls: {e}")))?;
+            if claimed != controls {
+                return Err(refuse(
+                    "controls.json does not match the controls recomputed from the events",
+                ));
+            }
+            if files["changes.csv"] != population.changes_csv().into_bytes() {
+                return Err(refuse(
+                    "changes.csv does not match the population recomputed from the events",
+                ));
+            }
+            let summary = Summary::new(
+                &claims.scope,
+                Some(as_of),
+                checkpoint.size,
+                population,
+                &controls,
+            );
+            if files["REPORT.html"] != report_html(&summary, population, &controls).into_bytes() {
+                return Err(refuse(
+                    "REPORT.html does not match the report recomputed from the events",
+                ));
+            }
+            Some(controls)
+        }
+        None => None,
+    };
     Ok(Verified {
         events: indices.len() as u64,
-        intents: controls.intents.len() as u64,
+        intents: population.intent_count() as u64,
         tree_size: checkpoint.size,
-        failed_controls: failed,
+        failed_controls: controls.as_ref().map_or(0, ControlsFile::failed),
+        controls,
     })
 }
 

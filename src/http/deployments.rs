@@ -89,6 +89,10 @@ pub struct CreateRequest {
     /// When the change was committed to source control (RFC 3339), where its lead time starts;
     /// without it, lead time starts at this request. At most 5 minutes ahead of the server (422).
     pub source_committed_at: Option<DateTime<Utc>>,
+    /// The change's reference in another system (a ServiceNow CHG number, a Jira key): 1 to 64
+    /// printable characters, no space at either end.
+    #[schema(min_length = 1, max_length = 64)]
+    pub change_ref: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -147,6 +151,11 @@ pub struct IntentResponse {
     pub risk_score: u32,
     pub risk_model_version: String,
     pub requires_cab: bool,
+    /// Why the CAB must decide (the risk score above its threshold, privileged tooling, critical
+    /// infrastructure); absent when it need not.
+    pub cab_required_reason: Option<String>,
+    /// The change's reference in another system, if the requester gave one.
+    pub change_ref: Option<String>,
     pub retro_approval_pending: bool,
     /// When the retrospective approval of an emergency change falls due (from its first
     /// deployment); absent for every other intent.
@@ -187,6 +196,8 @@ impl From<&IntentState> for IntentResponse {
             risk_score: s.risk_score,
             risk_model_version: s.risk_model_version.clone(),
             requires_cab: s.requires_cab,
+            cab_required_reason: s.cab_reason(),
+            change_ref: s.change_ref.clone(),
             retro_approval_pending: s.retro_approval_pending,
             retro_approval_due_at: s.retro_approval_due_at,
             retro_approval_overdue: s.retro_approval_overdue,
@@ -338,6 +349,7 @@ async fn create(
         risk_factors: r.risk_factors,
         justification: r.justification,
         source_committed_at: r.source_committed_at,
+        change_ref: r.change_ref,
     }));
     command(
         state,
@@ -368,6 +380,8 @@ pub struct ListParams {
     /// `overdue` (past their due time).
     #[param(value_type = Option<RetroApprovalName>)]
     retro_approval: Option<String>,
+    /// Only the intent with this external change reference.
+    change_ref: Option<String>,
     /// Page size, 1 to 500 (default 50).
     #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
@@ -397,6 +411,7 @@ async fn list(
         "ring",
         "app_name",
         "retro_approval",
+        "change_ref",
         "limit",
         "cursor",
     ])?;
@@ -413,6 +428,7 @@ async fn list(
         )?,
         app_name: q.text("app_name").map(str::to_string),
         retro_approval: q.parsed("retro_approval", "pending or overdue", RetroApproval::parse)?,
+        change_ref: q.text("change_ref").map(str::to_string),
     };
     let limit = q.number("limit", 1..=500)?.unwrap_or(50) as usize;
     let after = q

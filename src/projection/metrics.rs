@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use async_trait::async_trait;
 use eucora_projections::metrics::Metrics;
 
-use super::{decoded, Event, Projection, ProjectionError, RunnerStatus};
+use super::{Event, Projection, ProjectionError, RunnerStatus};
 use crate::store::{Checkpoint, Store};
 
 /// Feeds the metrics fold.
@@ -64,10 +64,13 @@ impl Projection for MetricsProjection {
     }
 
     async fn apply(&mut self, _store: &Store, events: &[Event]) -> Result<(), ProjectionError> {
-        let events = decoded(events);
         let mut metrics = self.metrics.write().unwrap_or_else(|e| e.into_inner());
-        for (e, event) in events {
-            metrics.apply(e.row.position, event);
+        // Every stream's events: a row that does not decode is passed over, as by every
+        // projection (the runner names it).
+        for e in events {
+            if let Ok(event) = &e.event {
+                metrics.apply_stream(e.row.position, event);
+            }
         }
         Ok(())
     }

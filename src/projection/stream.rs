@@ -45,7 +45,9 @@ pub(super) fn decode_rows(first: i64, rows: Vec<StreamRow>) -> Vec<Event> {
 pub struct StreamReader(tokio::sync::mpsc::Receiver<Result<Ahead, RunError>>);
 
 impl StreamReader {
-    pub fn from_start(store: Store, at_least: u64, batch: i64) -> StreamReader {
+    /// Reads `columns` of every event (each with its leaf hash when they are
+    /// [`Columns::Stored`]).
+    pub fn from_start(store: Store, at_least: u64, batch: i64, columns: Columns) -> StreamReader {
         let plan = Plan {
             max_batches: usize::MAX,
             at_least: i64::try_from(at_least).unwrap_or(i64::MAX),
@@ -55,7 +57,7 @@ impl StreamReader {
             position: 0,
             ordinal: 0,
         };
-        StreamReader(read_ahead(store, start, plan, batch, Columns::Stored))
+        StreamReader(read_ahead(store, start, plan, batch, columns))
     }
 
     /// The next batch, in global order; `None` at the end of what was there.

@@ -17,7 +17,7 @@ pub struct ViewRepair {
 }
 
 /// A read-model row as `intent_view` stores it: id, seq, status, current ring, app name, stream
-/// version, state and retrospective approval.
+/// version, state, retrospective approval and external change reference.
 type ViewColumns = (
     String,
     i64,
@@ -26,6 +26,7 @@ type ViewColumns = (
     String,
     i64,
     String,
+    Option<String>,
     Option<String>,
 );
 
@@ -39,6 +40,7 @@ fn view_columns(row: &IntentRow) -> ViewColumns {
         row.state.stream_version as i64,
         state_json(row),
         retro_approval(&row.state).map(|r| r.as_str().to_string()),
+        row.state.change_ref.clone(),
     )
 }
 
@@ -88,6 +90,8 @@ pub struct ListFilter {
     pub app_name: Option<String>,
     /// Emergency changes awaiting retrospective approval (`Pending` includes overdue ones).
     pub retro_approval: Option<RetroApproval>,
+    /// Only the intent with this external change reference.
+    pub change_ref: Option<String>,
 }
 
 /// One row of the intent read model.
@@ -144,7 +148,7 @@ impl Store {
             // Every stored column, the filter columns too: a row is kept only if all of it
             // equals its rebuild.
             let sql = "SELECT id, seq, status, current_ring, app_name, stream_version, state,
-                              retro_approval
+                              retro_approval, change_ref
                          FROM intent_view WHERE id > $1 ORDER BY id LIMIT $2";
             let page: Vec<ViewColumns> = on_reader!(&self.db, pool => {
                 sqlx::query_as(sql).bind(&after).bind(PAGE as i64).fetch_all(pool).await?
@@ -246,11 +250,12 @@ impl Store {
         checkpoint: Checkpoint,
     ) -> Result<(), StoreError> {
         let upsert = "INSERT INTO intent_view (id, seq, status, current_ring, app_name, stream_version, state,
-                                               retro_approval)
-                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                                               retro_approval, change_ref)
+                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                       ON CONFLICT (id) DO UPDATE SET status = excluded.status,
                           current_ring = excluded.current_ring, stream_version = excluded.stream_version,
-                          state = excluded.state, retro_approval = excluded.retro_approval
+                          state = excluded.state, retro_approval = excluded.retro_approval,
+                          change_ref = excluded.change_ref
                       WHERE excluded.stream_version > intent_view.stream_version";
         let state = state_json;
         match &self.db {
@@ -259,9 +264,9 @@ impl Store {
                 let mut tx = writer.begin().await?;
                 if !rows.is_empty() {
                     let bulk = upsert.replace(
-                        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                         "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4,
-                                value ->> 5, value ->> 6, value ->> 7
+                                value ->> 5, value ->> 6, value ->> 7, value ->> 8
                            FROM json_each($1) WHERE true",
                     );
                     let json: Vec<_> = rows
@@ -276,6 +281,7 @@ impl Store {
                                 r.state.stream_version as i64,
                                 state(r),
                                 retro_approval(&r.state).map(RetroApproval::as_str),
+                                r.state.change_ref.as_deref(),
                             )
                         })
                         .collect();
@@ -292,9 +298,10 @@ impl Store {
                 let mut tx = pool.begin().await?;
                 if !rows.is_empty() {
                     let bulk = upsert.replace(
-                        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                         "SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[],
-                                             $5::text[], $6::bigint[], $7::text[], $8::text[])",
+                                             $5::text[], $6::bigint[], $7::text[], $8::text[],
+                                             $9::text[])",
                     );
                     let column =
                         |f: fn(&IntentRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
@@ -313,6 +320,11 @@ impl Store {
                         .bind(
                             rows.iter()
                                 .map(|r| retro_approval(&r.state).map(RetroApproval::as_str))
+                                .collect::<Vec<_>>(),
+                        )
+                        .bind(
+                            rows.iter()
+                                .map(|r| r.state.change_ref.as_deref())
                                 .collect::<Vec<_>>(),
                         )
                         .execute(&mut *tx)
@@ -339,6 +351,7 @@ impl Store {
                       AND (CAST($4 AS TEXT) IS NULL OR app_name = $4)
                       AND (CAST($5 AS TEXT) IS NULL OR retro_approval = $5
                            OR ($5 = 'pending' AND retro_approval IS NOT NULL))
+                      AND (CAST($7 AS TEXT) IS NULL OR change_ref = $7)
                     ORDER BY seq LIMIT $6";
         let rows: Vec<(i64, String)> = on_reader!(&self.db, pool => {
             sqlx::query_as(sql)
@@ -348,6 +361,7 @@ impl Store {
                 .bind(filter.app_name.as_deref())
                 .bind(filter.retro_approval.map(RetroApproval::as_str))
                 .bind(limit)
+                .bind(filter.change_ref.as_deref())
                 .fetch_all(pool)
                 .await?
         });

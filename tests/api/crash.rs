@@ -105,7 +105,8 @@ async fn acknowledged_commands_survive_kill_9(backend: Backend) {
     }
 
     // The restarted server's domain metrics are the stream's: a replay computes the same text.
-    let events = restarted.intent_event_count().await;
+    // eucora_events_total counts every event of every stream (the principals' too).
+    let events = restarted.event_count().await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let live = loop {
         let reply = restarted

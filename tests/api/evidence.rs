@@ -17,28 +17,33 @@ use crate::helpers::{eucora, eucora_with, intent_body, Backend, Crew, TestApp, T
 crate::on_both_backends!(
     a_period_bundle_verifies_and_every_tampering_is_refused_with_its_own_reason,
     a_deployment_bundle_from_the_command_line_verifies_offline,
+    a_period_judges_changes_carried_over_into_it_on_their_whole_history,
+    an_intact_bundle_whose_controls_fail_verifies_with_exit_status_3,
 );
 
 /// A server on the embedded default (SQLite: a key beside the file) or with a key made by
 /// `eucora key generate` (PostgreSQL); returns it, the key file and the verifier key.
 async fn server(backend: Backend) -> (TestApp, std::path::PathBuf, String) {
+    server_with(backend, &[]).await
+}
+
+/// [`server`] with more arguments for `eucora serve`.
+async fn server_with(backend: Backend, more: &[&str]) -> (TestApp, std::path::PathBuf, String) {
     let db = Arc::new(TestDb::new(backend).await);
     let key = db.dir().join("log.key");
     let (ok, out, err) = eucora(&["key", "generate", "--out", key.to_str().unwrap()]);
     assert!(ok, "{err}");
     let dir = db.dir().join("checkpoints");
-    let app = TestApp::spawn_on(
-        db.clone(),
-        &[
-            "--signing-key-file",
-            key.to_str().unwrap(),
-            "--checkpoint-dir",
-            dir.to_str().unwrap(),
-            "--checkpoint-interval",
-            "1s",
-        ],
-    )
-    .await;
+    let mut args = vec![
+        "--signing-key-file",
+        key.to_str().unwrap(),
+        "--checkpoint-dir",
+        dir.to_str().unwrap(),
+        "--checkpoint-interval",
+        "1s",
+    ];
+    args.extend_from_slice(more);
+    let app = TestApp::spawn_on(db.clone(), &args).await;
     (app, key, out.trim().to_string())
 }
 
@@ -188,7 +193,7 @@ async fn a_period_bundle_verifies_and_every_tampering_is_refused_with_its_own_re
     let controls: Value = serde_json::from_slice(&files["controls.json"]).unwrap();
     // Each intent's verdicts, by app: the CAB-approved, promoted, completed Firefox passes every
     // control that applies to it; the emergency change deployed without a retrospective review
-    // fails that control.
+    // is open: its 48-hour review window has not passed (a failure only once it has).
     let verdicts: BTreeMap<String, BTreeMap<String, String>> = controls["intents"]
         .as_array()
         .unwrap()
@@ -222,12 +227,16 @@ async fn a_period_bundle_verifies_and_every_tampering_is_refused_with_its_own_re
         .values()
         .find(|v| v["emergency_retro_review"] != "not_applicable")
         .expect("the emergency change is in the population");
-    assert_eq!(emergency["emergency_retro_review"], "fail", "{emergency:?}");
+    assert_eq!(emergency["emergency_retro_review"], "open", "{emergency:?}");
+    assert_eq!(
+        emergency["cab_approval_where_required"], "open",
+        "{emergency:?}"
+    );
     assert_eq!(controls["population_complete"]["verdict"], "pass");
     let csv = String::from_utf8(files["changes.csv"].clone()).unwrap();
     assert_eq!(csv.lines().count(), 4, "{csv}");
     assert!(
-        csv.contains(",Firefox,") && csv.contains(",completed,"),
+        csv.contains(",Firefox,") && csv.contains(",compliant,"),
         "{csv}"
     );
 
@@ -287,7 +296,7 @@ async fn a_period_bundle_verifies_and_every_tampering_is_refused_with_its_own_re
     // controls.json edited.
     let forged = String::from_utf8(files["controls.json"].clone())
         .unwrap()
-        .replacen("\"fail\"", "\"pass\"", 1);
+        .replacen("\"open\"", "\"pass\"", 1);
     let why = refused(with("controls.json", forged.into_bytes()), true);
     assert!(why.contains("controls.json does not match"), "{why}");
     // The manifest swapped for another bundle's (one deployment's).
@@ -540,4 +549,271 @@ async fn an_earlier_checkpoint_exposes_a_history_rewritten_and_re_signed() {
     );
     assert_eq!(code, 1);
     assert!(err.contains("its history was rewritten"), "{err}");
+}
+
+/// The rows of `changes.csv`, each by column name.
+fn csv_rows(csv: &[u8]) -> Vec<BTreeMap<String, String>> {
+    let text = String::from_utf8(csv.to_vec()).unwrap();
+    assert!(text.ends_with("\r\n"), "RFC 4180 lines end in CRLF");
+    let mut lines = text.split("\r\n").filter(|l| !l.is_empty());
+    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
+    lines
+        .map(|l| {
+            header
+                .iter()
+                .cloned()
+                .zip(l.split(',').map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
+/// A quarter's bundle starts after some changes began: one awaiting the CAB with nothing in the
+/// period, one CAB-approved before it and deployed in it, one rejected and closed before it. The
+/// first two are judged on their whole history (their earlier events come with inclusion
+/// proofs); the closed one is not in the population.
+async fn a_period_judges_changes_carried_over_into_it_on_their_whole_history(backend: Backend) {
+    let (app, _key, verifier) = server(backend).await;
+    let crew = Crew::new(&app);
+    let mut waiting = intent_body("Zoom", 0.8, "GLOBAL");
+    waiting["change_ref"] = json!("CHG0031337<b>");
+    let waiting = app.create(&crew.requester, waiting).await.id();
+    let approved = app
+        .create(&crew.requester, intent_body("Firefox", 0.8, "CANARY"))
+        .await
+        .id();
+    app.approve(&crew.approver, &approved).await;
+    let closed = app
+        .create(&crew.requester, intent_body("Slack", 0.8, "CANARY"))
+        .await
+        .id();
+    app.reject(&crew.approver, &closed, "CAB: no business case")
+        .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let from = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    app.deploy(&crew.deployer, &approved, "LAB", 10, 10).await;
+    signed_through(&app, &crew.auditor).await;
+
+    let path = format!("/api/v1/evidence?from={from}&to=2099-01-01T00:00:00Z");
+    let bundle = fetch(&app, &path, &crew.auditor).await;
+    let verified = verify(&bundle[..], &verifier, None).unwrap();
+    assert_eq!(
+        verified.intents, 2,
+        "the open one and the one deployed in the period"
+    );
+    let files = unpack(&bundle);
+    let rows = csv_rows(&files["changes.csv"]);
+    let row = |id: &str| rows.iter().find(|r| r["deployment_id"] == id).cloned();
+    assert!(
+        row(&closed).is_none(),
+        "closed before the period: not in it"
+    );
+    let waiting_row = row(&waiting).expect("open at the start: carried over");
+    assert_eq!(
+        (
+            waiting_row["app_name"].as_str(),
+            waiting_row["change_ref"].as_str(),
+            waiting_row["outcome"].as_str()
+        ),
+        ("Zoom", "CHG0031337<b>", "in_progress")
+    );
+    // The report: a section per change, every text as text, no script.
+    let report = String::from_utf8(files["REPORT.html"].clone()).unwrap();
+    assert!(
+        report.contains(&format!("<section id=\"c-{waiting}\">")),
+        "{report}"
+    );
+    assert!(report.contains("CHG0031337&lt;b&gt;") && !report.contains("CHG0031337<b>"));
+    assert!(
+        !report.contains("<script") && !report.contains("src=") && !report.contains("href=\"http")
+    );
+    assert!(!waiting_row["requested_at"].is_empty() && !waiting_row["requester"].is_empty());
+    let approved_row = row(&approved).unwrap();
+    assert_eq!(approved_row["cab_decision"], "approved");
+    assert_eq!(approved_row["cab_decided_by"], "carol");
+    assert_eq!(approved_row["last_ring"], "LAB");
+
+    // Every control judged the whole intent: the awaiting change is not failed for lacking the
+    // CAB, and the deployed one passes the approval controls on its earlier approval.
+    let controls: Value = serde_json::from_slice(&files["controls.json"]).unwrap();
+    let verdict = |id: &str, control: &str| -> String {
+        controls["intents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["deployment_id"] == id)
+            .unwrap()["controls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["control"] == control)
+            .unwrap()["verdict"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        verdict(&waiting, "cab_approval_where_required"),
+        "not_applicable"
+    );
+    assert_eq!(verdict(&waiting, "completion_after_compliance"), "open");
+    assert_eq!(verdict(&approved, "approval_before_deployment"), "pass");
+    assert_eq!(verdict(&approved, "cab_approval_where_required"), "pass");
+    assert_eq!(controls["population_complete"]["verdict"], "pass");
+    let proof: Value = serde_json::from_slice(&files["proof.json"]).unwrap();
+    let start = proof["range"]["start"].as_u64().unwrap();
+    let earlier = proof["inclusion"].as_array().unwrap();
+    assert!(
+        !earlier.is_empty() && earlier.iter().all(|p| p["index"].as_u64().unwrap() < start),
+        "the earlier events come with inclusion proofs: {proof}"
+    );
+
+    // An earlier event dropped (the manifest re-signed): refused.
+    let key = SigningKey::load(&_key).unwrap();
+    let events = lines(&files["events.jsonl"]);
+    let mut dropped = events.clone();
+    dropped.remove(0);
+    let mut changed = files.clone();
+    changed.insert("events.jsonl".into(), joined(&dropped));
+    let why = verify(&repack(changed, Some(&key))[..], &verifier, None)
+        .unwrap_err()
+        .to_string();
+    assert!(why.contains("inclusion proof"), "{why}");
+}
+
+/// An emergency change whose retrospective review is missing once its window (8 s under this
+/// policy) has passed: the bundle is intact, two controls fail, and `eucora evidence verify`
+/// lists them and exits 3; inside the window the same change is open and verify exits 0.
+async fn an_intact_bundle_whose_controls_fail_verifies_with_exit_status_3(backend: Backend) {
+    let policy = std::env::temp_dir().join(format!("eucora-policy-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(&policy, "emergency_retro_window = \"8s\"\n").unwrap();
+    let (app, _key, verifier) = server_with(backend, &["--policy", policy.to_str().unwrap()]).await;
+    let _ = std::fs::remove_file(&policy);
+    let db = app.db.clone();
+    let crew = Crew::new(&app);
+    let mut emergency = intent_body("Sysmon", 0.6, "CANARY");
+    emergency["change_type"] = json!("emergency");
+    emergency["privileged_tooling"] = json!(true);
+    let id = app.create(&crew.requester, emergency).await.id();
+    app.deploy(&crew.deployer, &id, "LAB", 10, 10).await;
+    signed_through(&app, &crew.auditor).await;
+    let key_line = db.dir().join("verifier");
+    std::fs::write(&key_line, verifier.trim()).unwrap();
+    let verify_cli = |bundle: &[u8], name: &str| {
+        let file = db.dir().join(name);
+        std::fs::write(&file, bundle).unwrap();
+        eucora_with(
+            None,
+            &[
+                "evidence",
+                "verify",
+                file.to_str().unwrap(),
+                "--key",
+                key_line.to_str().unwrap(),
+            ],
+            "",
+        )
+    };
+    let path = format!("/api/v1/deployments/{id}/evidence");
+    let (code, said, err) = verify_cli(&fetch(&app, &path, &crew.auditor).await, "open.tar.gz");
+    assert_eq!(code, 0, "inside the window nothing fails: {said}{err}");
+    tokio::time::sleep(Duration::from_millis(8500)).await;
+    let (code, said, err) = verify_cli(&fetch(&app, &path, &crew.auditor).await, "late.tar.gz");
+    assert_eq!(code, 3, "{said}{err}");
+    assert!(
+        said.starts_with("verified: ") && said.contains("2 controls failed"),
+        "{said}"
+    );
+    assert!(
+        err.contains("the bundle is intact")
+            && err.contains(&format!("{id} emergency_retro_review: missing"))
+            && err.contains(&format!("{id} cab_approval_where_required")),
+        "{err}"
+    );
+
+    // Shown: the counts and the failing change by app and version.
+    let late = db.dir().join("late.tar.gz");
+    let late = late.to_str().unwrap();
+    let key = key_line.to_str().unwrap();
+    let (code, said, err) = eucora_with(None, &["evidence", "show", late, "--key", key], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        said.contains(&format!("scope:        deployment {id}")),
+        "{said}"
+    );
+    assert!(said.contains("population:   1 changes"), "{said}");
+    let row = said
+        .lines()
+        .find(|l| l.starts_with("emergency_retro_review"))
+        .unwrap();
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        ["emergency_retro_review", "0", "1", "0", "0"]
+    );
+    assert!(
+        said.contains(&format!(
+            "Sysmon 1.0.0 {id}: emergency_retro_review: missing"
+        )),
+        "{said}"
+    );
+    // Sampled: the same seed draws the same sample, with the whole trail.
+    let sample = |args: &[&str]| {
+        let mut all = vec!["evidence", "sample", late];
+        all.extend_from_slice(args);
+        eucora_with(None, &all, "")
+    };
+    let (code, said, err) = sample(&["--size", "1", "--seed", "q4", "--weight", "emergency=3"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("was not verified"), "{err}");
+    assert!(
+        said.contains(&format!("Change `{id}`")) && said.contains(": `#1   "),
+        "{said}"
+    );
+    assert!(
+        said.contains("DeploymentDeployed") && said.contains("weights emergency=3"),
+        "{said}"
+    );
+    assert_eq!(
+        sample(&["--size", "1", "--seed", "q4", "--weight", "emergency=3"]).1,
+        said
+    );
+    // Bad input: a clear error, nothing written.
+    let (code, _, err) = sample(&["--size", "0", "--seed", "q4"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--size must be from 1 to the population's 1 changes"),
+        "{err}"
+    );
+    let (code, _, err) = sample(&["--size", "2", "--seed", "q4"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = sample(&["--size", "1", "--seed", "q4", "--weight", "urgent=2"]);
+    assert!(code == 1 && err.contains("an attribute is one of"), "{err}");
+    let paper = db.dir().join("paper.md");
+    let (code, _, err) = sample(&[
+        "--size",
+        "1",
+        "--seed",
+        "q4",
+        "--out",
+        paper.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read_to_string(&paper)
+        .unwrap()
+        .starts_with("# Sample of deployment"));
+    let (code, _, err) = sample(&[
+        "--size",
+        "1",
+        "--seed",
+        "q4",
+        "--out",
+        paper.to_str().unwrap(),
+    ]);
+    assert!(code == 1 && err.contains("cannot create"), "{err}");
+    let (code, _, err) = eucora_with(None, &["evidence", "show", key], "");
+    assert!(
+        code == 1 && err.contains("is not an evidence bundle"),
+        "{err}"
+    );
 }

@@ -40,6 +40,7 @@ fn create_command(n: usize) -> Command {
             risk_factors: factors,
             justification: None,
             source_committed_at: None,
+            change_ref: None,
         })),
     }
 }

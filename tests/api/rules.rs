@@ -13,6 +13,7 @@ crate::on_both_backends!(
     an_overdue_retro_approval_is_recorded_listed_and_counted,
     a_report_that_lowers_a_count_is_refused,
     no_start_past_lab_without_a_validated_rollback_plan,
+    critical_infrastructure_goes_to_the_cab_and_a_change_ref_is_recorded_and_found,
 );
 
 /// An emergency change in privileged tooling (it needs the CAB whatever its score).
@@ -213,4 +214,63 @@ async fn no_start_past_lab_without_a_validated_rollback_plan(backend: Backend) {
         .starts_with("rollback_validated"));
     body["rollback_validated"] = json!(true);
     assert_eq!(app.create(&crew.requester, body).await.status, 201);
+}
+
+/// A change to critical infrastructure in GLOBAL that scores 45 (no CAB by score) waits for the
+/// CAB under the default policy, and says why; its external reference is recorded, shown,
+/// filterable, and refused when malformed with nothing written.
+async fn critical_infrastructure_goes_to_the_cab_and_a_change_ref_is_recorded_and_found(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let crew = Crew::new(&app);
+    let mut body = intent_body("SCADA gateway", 0.39, "GLOBAL");
+    body["critical_infrastructure"] = json!(true);
+    body["change_ref"] = json!("CHG0031337");
+    let created = app.create(&crew.requester, body.clone()).await;
+    assert_eq!(created.status, 201, "{created:#?}");
+    assert_eq!(created.body["risk_score"], 45);
+    assert_eq!(created.body["status"], "awaiting_cab");
+    assert_eq!(
+        created.body["cab_required_reason"],
+        "critical infrastructure (policy cab.always_for_critical_infrastructure)"
+    );
+    assert_eq!(created.body["change_ref"], "CHG0031337");
+    let id = created.id();
+    let found = app
+        .list_until(&crew.auditor, "?change_ref=CHG0031337", 1)
+        .await;
+    assert_eq!(found.body["items"][0]["id"], id.as_str());
+    app.list_until(&crew.auditor, "?change_ref=CHG0000000", 0)
+        .await;
+    let history = app
+        .get(&format!("/api/v1/deployments/{id}/events"), &crew.auditor)
+        .await;
+    let stored = &history.body["events"][0]["event"]["DeploymentCreated"];
+    assert_eq!(stored["change_ref"], "CHG0031337");
+    assert_eq!(stored["meta"]["schema_version"], 3);
+
+    let before = app.event_count().await;
+    for bad in [
+        json!("x".repeat(65)),
+        json!("CHG\u{7}1"),
+        json!(""),
+        json!(" CHG1"),
+    ] {
+        let mut body = body.clone();
+        body["change_ref"] = bad.clone();
+        let refused = app.create(&crew.requester, body).await;
+        refused.assert_problem(422);
+        assert!(
+            refused.body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("change_ref")),
+            "{bad}: {refused:#?}"
+        );
+    }
+    assert_eq!(
+        app.event_count().await,
+        before,
+        "a refused create writes nothing"
+    );
 }

@@ -75,6 +75,7 @@ pub(crate) fn create(app: &str) -> Action {
         },
         justification: None,
         source_committed_at: None,
+        change_ref: None,
     }))
 }
 

@@ -190,7 +190,7 @@ impl Metrics {
         header(
             &mut out,
             "eucora_events_total",
-            "Events applied, per event type.",
+            "Events applied, of every stream (intents and principals), per event type.",
             "counter",
         );
         for (event_type, n) in &self.events {

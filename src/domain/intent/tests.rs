@@ -61,6 +61,7 @@ fn low_risk() -> CreateIntent {
         risk_factors: factors(0.2),
         justification: None,
         source_committed_at: None,
+        change_ref: None,
     }
 }
 

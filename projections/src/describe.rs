@@ -1,9 +1,10 @@
 //! One line per event, for people: who did it *of record* (the approver a policy approval names,
 //! not the requester whose request triggered it) and what it says (reason, comment, gate values,
-//! device counts, risk score). `eucora events` and `eucora deployments history` both print these.
+//! device counts, risk score). `eucora events`, `eucora deployments history`, an evidence bundle's
+//! `REPORT.html` and a sample's workpaper all say them the same way.
 
+use crate::event::{ApprovalBasis, DeploymentEvent, FailureClass, GateResult};
 use chrono::SecondsFormat;
-use eucora_projections::event::{ApprovalBasis, DeploymentEvent, FailureClass, GateResult};
 
 /// `#SEQ TIME TYPE  SUMMARY`.
 pub fn event_line(sequence: i64, event: &DeploymentEvent) -> String {
@@ -202,8 +203,8 @@ fn trim(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use eucora_projections::event::*;
-    use eucora_projections::fixtures::Script;
+    use crate::event::*;
+    use crate::fixtures::Script;
 
     #[test]
     fn a_policy_approval_names_the_policy_as_approver_not_the_requester() {

@@ -1,0 +1,325 @@
+//! What a bundle says, for people: the summary `eucora evidence show` prints, and `REPORT.html`,
+//! the self-contained page a bundle carries (no script, no external resource): the same summary
+//! and one section per change with its trail in words and every control's verdict. Both are
+//! functions of the bundle's own content, so the verifier recomputes `REPORT.html` like the
+//! controls.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use chrono::{DateTime, Utc};
+use eucora_projections::describe::event_line;
+use serde_json::Value;
+
+use super::changes::{row, COLUMNS};
+use super::controls::{rfc3339, ControlsFile, CONTROLS, FAIL, NOT_APPLICABLE, OPEN, PASS};
+use super::population::Population;
+
+/// The four verdicts, in the order the summary counts them.
+const VERDICTS: [&str; 4] = [PASS, FAIL, NOT_APPLICABLE, OPEN];
+
+/// A bundle's summary.
+pub struct Summary {
+    /// `the period from … to …` or `deployment …`.
+    pub scope: String,
+    pub as_of: Option<DateTime<Utc>>,
+    pub tree_size: u64,
+    pub intents: usize,
+    /// Each control's count of each verdict, in [`VERDICTS`] order.
+    pub counts: Vec<(&'static str, [usize; 4])>,
+    /// Each failing verdict: the change's id, app, version and reference, the control and why.
+    pub failing: Vec<[String; 6]>,
+}
+
+/// The scope of a predicate, in words.
+pub fn scope_words(scope: &Value) -> String {
+    match (
+        scope["from"].as_str(),
+        scope["to"].as_str(),
+        scope["deployment_id"].as_str(),
+    ) {
+        (Some(from), Some(to), _) => format!("the period from {from} to {to}"),
+        (_, _, Some(id)) => format!("deployment {id}"),
+        _ => "an unknown scope".into(),
+    }
+}
+
+impl Summary {
+    pub fn new(
+        scope: &Value,
+        as_of: Option<DateTime<Utc>>,
+        tree_size: u64,
+        population: &Population,
+        controls: &ControlsFile,
+    ) -> Summary {
+        let facts = facts(population);
+        let counts = CONTROLS
+            .iter()
+            .map(|control| {
+                let mut n = [0; 4];
+                for v in controls
+                    .intents
+                    .iter()
+                    .flat_map(|i| &i.controls)
+                    .filter(|v| v.control == *control)
+                {
+                    if let Some(k) = VERDICTS.iter().position(|x| *x == v.verdict) {
+                        n[k] += 1;
+                    }
+                }
+                (*control, n)
+            })
+            .collect();
+        let mut failing = Vec::new();
+        if controls.population_complete.verdict == FAIL {
+            failing.push([
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                "population_complete".into(),
+                controls.population_complete.detail.clone(),
+            ]);
+        }
+        for intent in &controls.intents {
+            let fact = |name: &str| {
+                facts
+                    .get(&intent.deployment_id)
+                    .and_then(|f| f.get(name))
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            for v in intent.controls.iter().filter(|v| v.verdict == FAIL) {
+                failing.push([
+                    intent.deployment_id.clone(),
+                    fact("app_name"),
+                    fact("version"),
+                    fact("change_ref"),
+                    v.control.clone(),
+                    v.detail.clone(),
+                ]);
+            }
+        }
+        Summary {
+            scope: scope_words(scope),
+            as_of,
+            tree_size,
+            intents: population.intent_count(),
+            counts,
+            failing,
+        }
+    }
+
+    /// The summary as `eucora evidence show` prints it.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "scope:        {}", self.scope);
+        let _ = writeln!(
+            out,
+            "judged as of: {}",
+            self.as_of
+                .map(rfc3339)
+                .unwrap_or_else(|| "(an earlier release's bundle: not recorded)".into())
+        );
+        let _ = writeln!(out, "checkpoint:   tree size {}", self.tree_size);
+        let _ = writeln!(out, "population:   {} changes", self.intents);
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:<32} {:>5} {:>5} {:>15} {:>5}",
+            "CONTROL", "PASS", "FAIL", "NOT APPLICABLE", "OPEN"
+        );
+        for (control, n) in &self.counts {
+            let _ = writeln!(
+                out,
+                "{control:<32} {:>5} {:>5} {:>15} {:>5}",
+                n[0], n[1], n[2], n[3]
+            );
+        }
+        let _ = writeln!(out);
+        if self.failing.is_empty() {
+            let _ = writeln!(out, "no control fails");
+        } else {
+            let _ = writeln!(out, "failing:");
+            for [id, app, version, change_ref, control, detail] in &self.failing {
+                let reference = if change_ref.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({change_ref})")
+                };
+                let _ = writeln!(
+                    out,
+                    "  {app} {version}{reference} {id}: {control}: {detail}"
+                );
+            }
+        }
+        out
+    }
+}
+
+/// Each change's `changes.csv` row, by column name.
+fn facts(population: &Population) -> BTreeMap<String, BTreeMap<&'static str, String>> {
+    population
+        .histories()
+        .map(|(id, events)| {
+            (
+                id.clone(),
+                COLUMNS.into_iter().zip(row(id, events)).collect(),
+            )
+        })
+        .collect()
+}
+
+/// Text as HTML character data or an attribute value: never markup.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `REPORT.html`: the summary, then one section per change.
+pub fn report_html(summary: &Summary, population: &Population, controls: &ControlsFile) -> String {
+    let facts = facts(population);
+    let mut out = String::from(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <title>EUCORA evidence</title>\n<style>\n\
+         body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem;color:#111}\n\
+         table{border-collapse:collapse;margin:.5rem 0}\n\
+         th,td{border:1px solid #999;padding:.25rem .5rem;text-align:left;vertical-align:top}\n\
+         .fail{color:#a00000;font-weight:bold}.open{color:#7a4b00}\n\
+         ol.trail{font-family:ui-monospace,monospace;font-size:.9rem}\n\
+         </style>\n</head>\n<body>\n",
+    );
+    let _ = writeln!(out, "<h1>EUCORA evidence: {}</h1>", escape(&summary.scope));
+    let _ = writeln!(
+        out,
+        "<p>Judged as of {}, under the signed checkpoint of tree size {}; {} changes. Verify the \
+         bundle with <code>eucora evidence verify</code> (VERIFY.md) before relying on it.</p>",
+        escape(
+            &summary
+                .as_of
+                .map(rfc3339)
+                .unwrap_or_else(|| "(not recorded)".into())
+        ),
+        summary.tree_size,
+        summary.intents
+    );
+    out.push_str("<h2>Controls</h2>\n<table>\n<tr><th>control</th><th>pass</th><th>fail</th><th>not applicable</th><th>open</th></tr>\n");
+    for (control, n) in &summary.counts {
+        let _ = writeln!(
+            out,
+            "<tr><td>{control}</td><td>{}</td><td{}>{}</td><td>{}</td><td>{}</td></tr>",
+            n[0],
+            if n[1] > 0 { " class=\"fail\"" } else { "" },
+            n[1],
+            n[2],
+            n[3]
+        );
+    }
+    out.push_str("</table>\n");
+    let _ = writeln!(
+        out,
+        "<p>Population complete: <strong>{}</strong> ({}).</p>",
+        escape(&controls.population_complete.verdict),
+        escape(&controls.population_complete.detail)
+    );
+    out.push_str("<h2>Failing</h2>\n");
+    if summary.failing.is_empty() {
+        out.push_str("<p>No control fails.</p>\n");
+    } else {
+        out.push_str("<table>\n<tr><th>change</th><th>app</th><th>version</th><th>reference</th><th>control</th><th>why</th></tr>\n");
+        for [id, app, version, change_ref, control, detail] in &summary.failing {
+            let _ = writeln!(
+                out,
+                "<tr><td><a href=\"#c-{id}\">{id}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(app),
+                escape(version),
+                escape(change_ref),
+                escape(control),
+                escape(detail),
+                id = escape(id)
+            );
+        }
+        out.push_str("</table>\n");
+    }
+    out.push_str("<h2>Changes</h2>\n");
+    for ((id, events), intent) in population.histories().zip(&controls.intents) {
+        let fact = |name: &str| {
+            facts
+                .get(id)
+                .and_then(|f| f.get(name))
+                .map(|v| escape(v))
+                .unwrap_or_default()
+        };
+        let _ = writeln!(
+            out,
+            "<section id=\"c-{id}\">\n<h3>{} {}{}</h3>",
+            fact("app_name"),
+            fact("version"),
+            if fact("change_ref").is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", fact("change_ref"))
+            },
+            id = escape(id)
+        );
+        let _ = writeln!(
+            out,
+            "<p>Change <code>{}</code>, requested by {} at {}; outcome: <strong>{}</strong>.</p>",
+            escape(id),
+            fact("requester"),
+            fact("requested_at"),
+            fact("outcome")
+        );
+        out.push_str("<ol class=\"trail\">\n");
+        for (n, (index, event)) in events.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "<li>leaf {index}: {}</li>",
+                escape(&event_line(n as i64 + 1, event))
+            );
+        }
+        out.push_str("</ol>\n<table>\n<tr><th>control</th><th>verdict</th><th>why</th><th>leaves</th></tr>\n");
+        for v in &intent.controls {
+            let class = match v.verdict.as_str() {
+                FAIL => " class=\"fail\"",
+                OPEN => " class=\"open\"",
+                _ => "",
+            };
+            let leaves: Vec<String> = v.leaves.iter().map(u64::to_string).collect();
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td{class}>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&v.control),
+                escape(&v.verdict),
+                escape(&v.detail),
+                leaves.join(", ")
+            );
+        }
+        out.push_str("</table>\n</section>\n");
+    }
+    out.push_str("</body>\n</html>\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markup_in_any_text_is_shown_as_text() {
+        assert_eq!(
+            escape("<script>alert('x')</script> & \"q\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
+        );
+    }
+}
