@@ -104,7 +104,9 @@ fn checkpoint_plan(
         }
         (None, None) => {
             tracing::warn!(
-                "no --signing-key-file: the log's checkpoints are not signed (see docs/evidence.md)"
+                "no --signing-key-file (EUCORA_SIGNING_KEY_FILE): the log's checkpoints are not \
+                 signed and no evidence is exported; make a key with `eucora key generate` and \
+                 give every replica the same file (docs/evidence.md)"
             );
             return Ok(None);
         }
@@ -225,6 +227,7 @@ impl Application {
             Telemetry::new(store.backend(), runner.status()).map_err(StartError::Telemetry)?,
         );
         telemetry.observe_integrity(integrity.clone());
+        telemetry.observe_signing(plan.is_some());
         let checkpointer = crate::checkpoints::Checkpointer {
             store: store.clone(),
             log: log.clone(),

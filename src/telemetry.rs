@@ -341,6 +341,17 @@ impl Telemetry {
             .build();
     }
 
+    /// Exports whether this process signs checkpoints and exports evidence (it has a signing key).
+    pub fn observe_signing(&self, enabled: bool) {
+        self.meter
+            .i64_observable_gauge("eucora.evidence.signing_enabled")
+            .with_description(
+                "1 when this process has a signing key (signs checkpoints, exports evidence), else 0.",
+            )
+            .with_callback(move |gauge| gauge.observe(i64::from(enabled), &[]))
+            .build();
+    }
+
     /// The instruments of connector calls (`connector_requests_total`,
     /// `connector_request_duration_seconds`, `connector_retries_total`).
     pub fn connector_metrics(&self) -> Arc<ConnectorMetrics> {

@@ -89,18 +89,25 @@ pub fn outcome(state: &IntentState) -> &'static str {
     }
 }
 
-/// `changes.csv` for the intents given (each with all its events, in leaf order), the header
+/// `changes.csv` of the rows given (each a change's fields in [`COLUMNS`] order), the header
 /// first.
-pub fn changes_csv<'a>(
-    intents: impl Iterator<Item = (&'a String, &'a Vec<(u64, DeploymentEvent)>)>,
-) -> String {
+pub fn changes_csv<'a>(rows: impl Iterator<Item = &'a Vec<String>>) -> String {
     let mut out = String::new();
     let header: Vec<String> = COLUMNS.iter().map(|c| c.to_string()).collect();
     push_line(&mut out, &header);
-    for (id, events) in intents {
-        push_line(&mut out, &row(id, events));
+    for row in rows {
+        push_line(&mut out, row);
     }
     out
+}
+
+/// The field `name` of a row in [`COLUMNS`] order ("" for a name not in it).
+pub fn column<'a>(row: &'a [String], name: &str) -> &'a str {
+    COLUMNS
+        .iter()
+        .position(|c| *c == name)
+        .and_then(|i| row.get(i))
+        .map_or("", String::as_str)
 }
 
 pub(super) fn row(id: &str, events: &[(u64, DeploymentEvent)]) -> Vec<String> {
@@ -305,8 +312,7 @@ mod tests {
     fn lines_end_in_crlf_and_every_row_has_every_column() {
         let mut x = Script::new(1);
         let events: Vec<(u64, DeploymentEvent)> = vec![(0, x.created("a,b", false))];
-        let id = "x".to_string();
-        let text = changes_csv(std::iter::once((&id, &events)));
+        let text = changes_csv(std::iter::once(&row("x", &events)));
         assert!(text.ends_with("\r\n") && !text.replace("\r\n", "").contains('\n'));
         let lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
         assert_eq!(lines[0].split(',').count(), COLUMNS.len());

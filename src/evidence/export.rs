@@ -15,8 +15,9 @@ use uuid::Uuid;
 
 use super::controls::rfc3339;
 use super::format::{
-    b64, pae, ConsistencyProof, EventRecord, EvidenceError, InclusionProof, ProofFile, RangeProof,
-    Scope, FILES, MANIFEST, PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE,
+    b64, pae, Boundaries, BoundaryEvent, ConsistencyProof, EventRecord, EvidenceError,
+    InclusionProof, ProofFile, RangeProof, Scope, FILES, MANIFEST, PAYLOAD_TYPE, PREDICATE_TYPE,
+    STATEMENT_TYPE,
 };
 use super::population::Population;
 use super::report::{report_html, Summary};
@@ -217,7 +218,7 @@ pub async fn export(
         Scope::Deployment(id) => Selection::Deployment(id.to_string()),
         Scope::Period { from, to } => {
             let period = find_period(store, size, *from, *to).await?;
-            Selection::Period(period)
+            Selection::Period(period, *to)
         }
     };
 
@@ -226,13 +227,14 @@ pub async fn export(
     let mut population = Population::default();
     let mut chosen: Vec<u64> = Vec::new();
     let mut index = 0u64;
-    let end = match &wanted {
-        Selection::Deployment(_) => size,
-        Selection::Period(p) => p.end,
-    };
+    // A period's range ends at the first event after its start stamped at or after its end (read
+    // here, as its boundary), or at the checkpoint's size.
+    let end = size;
+    let (mut before, mut after) = (None, None);
+    let mut range_end = size;
     // Read and decoded ahead on other tasks, compressed on another thread: the stages overlap.
     let mut stream = StreamReader::from_start(store.clone(), end, BATCH, Columns::Stored);
-    while index < end {
+    'read: while index < end {
         let Some(batch) = stream.next().await else {
             break;
         };
@@ -241,24 +243,21 @@ pub async fn export(
             let stream = row.stream()?;
             let take = match &wanted {
                 Selection::Deployment(id) => &stream.aggregate_id == id,
-                Selection::Period(p) => {
-                    (p.start..p.end).contains(&index)
-                        || (index < p.start && p.intents.contains(&stream.aggregate_id))
+                Selection::Period(p, to) => {
+                    let at = event.as_ref().map(StreamEvent::occurred_at).ok();
+                    if index > p.start && at.is_some_and(|t| t >= *to) {
+                        after = Some(EventRecord::of(index, row)?);
+                        range_end = index;
+                        break 'read;
+                    }
+                    if index + 1 == p.start {
+                        before = Some(EventRecord::of(index, row)?);
+                    }
+                    index >= p.start || p.intents.contains(&stream.aggregate_id)
                 }
             };
             if take {
-                let stored = row.row()?;
-                let record = EventRecord {
-                    index,
-                    position: row.position,
-                    aggregate_type: stored.aggregate_type.to_string(),
-                    aggregate_id: stored.aggregate_id.to_string(),
-                    sequence: stored.sequence,
-                    event_type: row.event_type.clone(),
-                    event_version: row.event_version.clone(),
-                    payload: row.payload.clone(),
-                    metadata: stored.metadata.to_string(),
-                };
+                let record = EventRecord::of(index, row)?;
                 chosen.push(index);
                 population.add(
                     index,
@@ -295,8 +294,8 @@ pub async fn export(
     let proof = ProofFile {
         tree_size: size,
         range: match &wanted {
-            Selection::Period(p) => {
-                let (start, end) = (p.start, p.end);
+            Selection::Period(p, _) => {
+                let (start, end) = (p.start, range_end);
                 let hashes = with_tiles(store, &tree, |r| merkle::range_proof(r, start, end, size))
                     .await
                     .map_err(proof_error)?;
@@ -312,7 +311,9 @@ pub async fn export(
         inclusion: {
             let outside: Vec<u64> = match &wanted {
                 Selection::Deployment(_) => chosen.clone(),
-                Selection::Period(p) => chosen.iter().copied().filter(|i| *i < p.start).collect(),
+                Selection::Period(p, _) => {
+                    chosen.iter().copied().filter(|i| *i < p.start).collect()
+                }
             };
             {
                 let mut all = Vec::new();
@@ -326,6 +327,31 @@ pub async fn export(
                     });
                 }
                 all
+            }
+        },
+        boundaries: match &wanted {
+            Selection::Deployment(_) => None,
+            Selection::Period(..) => {
+                let mut proved = Vec::new();
+                for event in [before, after] {
+                    proved.push(match event {
+                        None => None,
+                        Some(event) => {
+                            let at = event.index;
+                            let hashes =
+                                with_tiles(store, &tree, |r| merkle::inclusion_proof(r, at, size))
+                                    .await
+                                    .map_err(proof_error)?;
+                            Some(BoundaryEvent {
+                                event,
+                                hashes: hashes.iter().map(|h| b64(h)).collect(),
+                            })
+                        }
+                    });
+                }
+                let after = proved.pop().flatten();
+                let before = proved.pop().flatten();
+                Some(Boundaries { before, after })
             }
         },
         consistency: match &previous {
@@ -457,14 +483,13 @@ fn verify_md(verifier_key: &str) -> String {
 enum Selection {
     /// Every event of this intent.
     Deployment(String),
-    Period(PeriodSelection),
+    /// A period, and its end.
+    Period(PeriodSelection, DateTime<Utc>),
 }
 
-/// A period's events: the leaves `[start, end)`, and the intents whose earlier events come with
-/// them.
+/// Where a period's range starts, and the intents whose earlier events come with it.
 struct PeriodSelection {
     start: u64,
-    end: u64,
     /// Every intent with an event in the period, or open at its start.
     intents: HashSet<String>,
 }
@@ -494,7 +519,7 @@ async fn find_period(
 ) -> Result<PeriodSelection, EvidenceError> {
     let mut open: HashMap<String, IntentState> = HashMap::new();
     let mut intents: HashSet<String> = HashSet::new();
-    let (mut start, mut end) = (None, None);
+    let mut start = None;
     let mut index = 0u64;
     // Which stream each event is of, and the event: no metadata, no leaf hash.
     let mut stream = StreamReader::from_start(store.clone(), size, BATCH, Columns::Streams);
@@ -506,12 +531,18 @@ async fn find_period(
         for Event { row, event, .. } in batch.iter() {
             let at = event.as_ref().map(StreamEvent::occurred_at).ok();
             if start.is_none() && at.is_some_and(|t| t >= from && t < to) {
+                if index == 0 {
+                    // Nothing before the range: no earlier events to bring.
+                    return Ok(PeriodSelection {
+                        start: 0,
+                        intents: HashSet::new(),
+                    });
+                }
                 start = Some(index);
                 // Carried over: every intent open as the period starts.
                 intents.extend(open.drain().map(|(id, _)| id));
             }
-            if start.is_some() && at.is_some_and(|t| t >= to) {
-                end = Some(index);
+            if start.is_some_and(|s| index > s) && at.is_some_and(|t| t >= to) {
                 break 'read;
             }
             match (start, event) {
@@ -538,9 +569,5 @@ async fn find_period(
             "no signed event falls in this period".into(),
         ));
     };
-    Ok(PeriodSelection {
-        start,
-        end: end.unwrap_or(index),
-        intents,
-    })
+    Ok(PeriodSelection { start, intents })
 }

@@ -65,6 +65,25 @@ pub struct EventRecord {
 }
 
 impl EventRecord {
+    /// The record of the row read at leaf `index` (with every column).
+    pub(super) fn of(
+        index: u64,
+        row: &crate::store::StreamRow,
+    ) -> Result<EventRecord, EvidenceError> {
+        let stored = row.row()?;
+        Ok(EventRecord {
+            index,
+            position: row.position,
+            aggregate_type: stored.aggregate_type.to_string(),
+            aggregate_id: stored.aggregate_id.to_string(),
+            sequence: stored.sequence,
+            event_type: row.event_type.clone(),
+            event_version: row.event_version.clone(),
+            payload: row.payload.clone(),
+            metadata: stored.metadata.to_string(),
+        })
+    }
+
     pub fn leaf(&self) -> Hash {
         leaf_hash(&StoredRow {
             position: self.position,
@@ -126,10 +145,32 @@ pub struct ProofFile {
     pub tree_size: u64,
     /// A period: the events are exactly the leaves `[start, end)`.
     pub range: Option<RangeProof>,
-    /// One deployment: an inclusion proof per event.
+    /// One deployment: an inclusion proof per event; a period: one per event before its range.
     pub inclusion: Vec<InclusionProof>,
     /// From an earlier checkpoint the auditor supplied, to `tree_size`.
     pub consistency: Option<ConsistencyProof>,
+    /// A period: the events just outside its range, which prove the range is the whole period
+    /// (absent in evidence/v1 bundles and in a deployment's).
+    #[serde(default)]
+    pub boundaries: Option<Boundaries>,
+}
+
+/// The events on either side of a period's range, each with its inclusion proof: the one before
+/// it (none when the range starts at leaf 0) is stamped outside the period, the one after it
+/// (none when the range ends at the checkpoint's size) at or after its end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Boundaries {
+    pub before: Option<BoundaryEvent>,
+    pub after: Option<BoundaryEvent>,
+}
+
+/// An event outside the bundle's population, as stored, with its inclusion proof.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoundaryEvent {
+    pub event: EventRecord,
+    pub hashes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

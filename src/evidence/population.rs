@@ -20,12 +20,24 @@ pub struct Population {
     undecodable: Vec<u64>,
     /// The principals whose events (access changes) are in the population.
     principals: std::collections::BTreeSet<String>,
+    /// Each intent's `changes.csv` row, made once when first asked for (after the last `add`).
+    rows: std::sync::OnceLock<BTreeMap<String, Vec<String>>>,
 }
 
 impl Population {
     /// How many deployment intents it holds.
     pub fn intent_count(&self) -> usize {
         self.intents.len()
+    }
+
+    /// Each intent's `changes.csv` row (its fields in `COLUMNS` order), by id.
+    pub fn rows(&self) -> &BTreeMap<String, Vec<String>> {
+        self.rows.get_or_init(|| {
+            self.intents
+                .iter()
+                .map(|(id, events)| (id.clone(), super::changes::row(id, events)))
+                .collect()
+        })
     }
 
     /// Each intent's events, with their leaf indices, by id.
@@ -116,6 +128,6 @@ impl Population {
 
     /// `changes.csv`: one row per intent of the population.
     pub fn changes_csv(&self) -> String {
-        super::changes::changes_csv(self.histories())
+        super::changes::changes_csv(self.rows().values())
     }
 }

@@ -4,14 +4,13 @@
 //! functions of the bundle's own content, so the verifier recomputes `REPORT.html` like the
 //! controls.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use chrono::{DateTime, Utc};
 use eucora_projections::describe::event_line;
 use serde_json::Value;
 
-use super::changes::{row, COLUMNS};
+use super::changes::column;
 use super::controls::{rfc3339, ControlsFile, CONTROLS, FAIL, NOT_APPLICABLE, OPEN, PASS};
 use super::population::Population;
 
@@ -52,7 +51,7 @@ impl Summary {
         population: &Population,
         controls: &ControlsFile,
     ) -> Summary {
-        let facts = facts(population);
+        let rows = population.rows();
         let counts = CONTROLS
             .iter()
             .map(|control| {
@@ -83,10 +82,8 @@ impl Summary {
         }
         for intent in &controls.intents {
             let fact = |name: &str| {
-                facts
-                    .get(&intent.deployment_id)
-                    .and_then(|f| f.get(name))
-                    .cloned()
+                rows.get(&intent.deployment_id)
+                    .map(|r| column(r, name).to_string())
                     .unwrap_or_default()
             };
             for v in intent.controls.iter().filter(|v| v.verdict == FAIL) {
@@ -157,19 +154,6 @@ impl Summary {
     }
 }
 
-/// Each change's `changes.csv` row, by column name.
-fn facts(population: &Population) -> BTreeMap<String, BTreeMap<&'static str, String>> {
-    population
-        .histories()
-        .map(|(id, events)| {
-            (
-                id.clone(),
-                COLUMNS.into_iter().zip(row(id, events)).collect(),
-            )
-        })
-        .collect()
-}
-
 /// Text as HTML character data or an attribute value: never markup.
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -188,7 +172,7 @@ fn escape(text: &str) -> String {
 
 /// `REPORT.html`: the summary, then one section per change.
 pub fn report_html(summary: &Summary, population: &Population, controls: &ControlsFile) -> String {
-    let facts = facts(population);
+    let rows = population.rows();
     let mut out = String::from(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <title>EUCORA evidence</title>\n<style>\n\
@@ -254,10 +238,8 @@ pub fn report_html(summary: &Summary, population: &Population, controls: &Contro
     out.push_str("<h2>Changes</h2>\n");
     for ((id, events), intent) in population.histories().zip(&controls.intents) {
         let fact = |name: &str| {
-            facts
-                .get(id)
-                .and_then(|f| f.get(name))
-                .map(|v| escape(v))
+            rows.get(id)
+                .map(|r| escape(column(r, name)))
                 .unwrap_or_default()
         };
         let _ = writeln!(

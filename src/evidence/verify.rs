@@ -341,6 +341,34 @@ pub fn verify_read(
         })?;
     }
 
+    // Every count the signed predicate states.
+    if claims.tree_size != checkpoint.size {
+        return Err(refuse(format!(
+            "the predicate states tree size {}, the checkpoint is of size {}",
+            claims.tree_size, checkpoint.size
+        )));
+    }
+    let stated = statement["predicate"]["events"].as_u64();
+    if stated != Some(indices.len() as u64) {
+        return Err(refuse(format!(
+            "the predicate counts {} events, the bundle holds {}",
+            stated.map_or("no".to_string(), |n| n.to_string()),
+            indices.len()
+        )));
+    }
+
+    // A period's range is the whole period: the events just outside it are stamped outside it
+    // (evidence/v2).
+    if let (Some(range), Some(_)) = (&proof.range, as_of) {
+        check_boundaries(
+            &claims,
+            range,
+            proof.boundaries.as_ref(),
+            &checkpoint,
+            &hashes,
+        )?;
+    }
+
     // 4. The earlier checkpoint the auditor kept: the log still extends it.
     if let Some(previous) = previous {
         let earlier: Checkpoint = open_checkpoint(previous, verifier_key)
@@ -399,6 +427,99 @@ pub fn verify_read(
         failed_controls: controls.as_ref().map_or(0, ControlsFile::failed),
         controls,
     })
+}
+
+/// Turns a proof's base64 hashes into hashes.
+type Decoder = dyn Fn(&[String]) -> Result<Vec<Hash>, Refused>;
+
+/// Checks the events on either side of a period's range: each is the leaf next to the range,
+/// is in the checkpoint's tree, and is stamped outside the period (the one after it at or after
+/// its end); none is needed at leaf 0 or at the tree's end.
+fn check_boundaries(
+    claims: &Claims,
+    range: &super::format::RangeProof,
+    boundaries: Option<&super::format::Boundaries>,
+    checkpoint: &Checkpoint,
+    hashes: &Decoder,
+) -> Result<(), Refused> {
+    let time = |name: &str| {
+        claims.scope[name]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+            .ok_or_else(|| refuse(format!("the predicate's scope has no {name} time")))
+    };
+    let (from, to) = (time("from")?, time("to")?);
+    let boundaries = boundaries
+        .ok_or_else(|| refuse("proof.json proves no boundaries for the period's range"))?;
+    let proved = |side: &str, b: &super::format::BoundaryEvent, leaf: u64| {
+        if b.event.index != leaf {
+            return Err(refuse(format!(
+                "the event {side} the range is leaf {}, not leaf {leaf}",
+                b.event.index
+            )));
+        }
+        merkle::verify_inclusion(
+            leaf,
+            checkpoint.size,
+            &b.event.leaf(),
+            &hashes(&b.hashes)?,
+            &checkpoint.root,
+        )
+        .map_err(|e| {
+            refuse(format!(
+                "the event {side} the range (leaf {leaf}) is not in the checkpoint's tree: {e}"
+            ))
+        })?;
+        decode_stream(
+            &b.event.event_type,
+            &b.event.event_version,
+            &b.event.payload,
+        )
+        .map(|e| e.occurred_at())
+        .map_err(|e| {
+            refuse(format!(
+                "the event {side} the range (leaf {leaf}) does not decode: {e}"
+            ))
+        })
+    };
+    match (&boundaries.before, range.start) {
+        (None, 0) => {}
+        (None, start) => {
+            return Err(refuse(format!(
+                "proof.json does not prove leaf {}, the event before the range: the period may start earlier",
+                start - 1
+            )))
+        }
+        (Some(b), start) => {
+            let at = proved("before", b, start.saturating_sub(1))?;
+            if at >= from && at < to {
+                return Err(refuse(format!(
+                    "the event before the range (leaf {}) is stamped {}, inside the period: the range leaves out the period's first events",
+                    b.event.index,
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )));
+            }
+        }
+    }
+    match (&boundaries.after, range.end) {
+        (None, end) if end == checkpoint.size => {}
+        (None, end) => {
+            return Err(refuse(format!(
+                "proof.json does not prove leaf {end}, the event after the range: the period may end later"
+            )))
+        }
+        (Some(a), end) => {
+            let at = proved("after", a, end)?;
+            if at < to {
+                return Err(refuse(format!(
+                    "the event after the range (leaf {end}) is stamped {}, before the period's end: the range leaves out the period's last events",
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The archive's files but `events.jsonl`, and that one's SHA-256.

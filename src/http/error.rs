@@ -49,6 +49,9 @@ pub enum ApiError {
     TooManyRequests(std::time::Duration),
     /// 503 with `Retry-After`: the store did not answer, or the request ran out of time.
     Unavailable(String),
+    /// 503 without `Retry-After`: what was asked needs a setting this server was started
+    /// without (a signing key for evidence); the detail names the fix.
+    NotConfigured(String),
     /// 500: logged with its detail, answered without it.
     Internal(String),
 }
@@ -110,6 +113,11 @@ impl ApiError {
                 "unavailable",
                 "Service temporarily unavailable",
             ),
+            NotConfigured(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not-configured",
+                "Not configured on this server",
+            ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -126,7 +134,8 @@ impl ApiError {
             | NotFound(d)
             | PreconditionFailed(d)
             | Unprocessable(d)
-            | Unavailable(d) => d.clone(),
+            | Unavailable(d)
+            | NotConfigured(d) => d.clone(),
             Conflict { detail, .. } => detail.clone(),
             Unauthorized(AuthFailure::Missing) => {
                 "send Authorization: Bearer <token>, from `eucora token create`".into()

@@ -37,6 +37,11 @@ pub struct PeriodParams {
     to: chrono::DateTime<chrono::Utc>,
 }
 
+/// What a server without a signing key answers for evidence, naming the fix.
+pub const NO_SIGNING_KEY: &str = "this server has no signing key, so it signs no checkpoints and \
+     exports no evidence: make one with `eucora key generate --out FILE` and start every replica \
+     with --signing-key-file FILE (EUCORA_SIGNING_KEY_FILE); see docs/evidence.md";
+
 impl From<EvidenceError> for ApiError {
     fn from(e: EvidenceError) -> Self {
         match e {
@@ -53,9 +58,10 @@ impl From<EvidenceError> for ApiError {
 }
 
 async fn bundle(state: &AppState, scope: Scope, name: String) -> Result<Response, ApiError> {
-    let key = state.signing_key.clone().ok_or_else(|| {
-        ApiError::NotFound("this server has no signing key, so it exports no evidence".into())
-    })?;
+    let key = state
+        .signing_key
+        .clone()
+        .ok_or_else(|| ApiError::NotConfigured(NO_SIGNING_KEY.into()))?;
     let mut file = crate::evidence::tempfile_in_tmp()
         .map_err(|e| ApiError::Unavailable(format!("cannot write the bundle: {e}")))?;
     export(
@@ -88,9 +94,9 @@ async fn bundle(state: &AppState, scope: Scope, name: String) -> Result<Response
     responses(
         (status = 200, content_type = "application/gzip", body = Vec<u8>),
         (status = 400), (status = 401), (status = 403),
-        (status = 404, description = "no signed event falls in the period, or no signing key"),
+        (status = 404, description = "no signed event falls in the period"),
         (status = 422, description = "`from` is not before `to`"),
-        (status = 503)),
+        (status = 503, description = "the store did not answer, or this server has no signing key (not-configured: the detail names the fix)")),
     security(("bearer" = [])))]
 async fn period(
     State(state): State<AppState>,
@@ -118,9 +124,9 @@ async fn period(
     responses(
         (status = 200, content_type = "application/gzip", body = Vec<u8>),
         (status = 400), (status = 401), (status = 403),
-        (status = 404, description = "no such intent, or no signing key"),
+        (status = 404, description = "no such intent"),
         (status = 409, description = "the intent's events are not under a signed checkpoint yet (within the checkpoint interval of its creation)"),
-        (status = 503)),
+        (status = 503, description = "the store did not answer, or this server has no signing key (not-configured: the detail names the fix)")),
     security(("bearer" = [])))]
 async fn deployment(
     State(state): State<AppState>,

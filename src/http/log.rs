@@ -47,20 +47,24 @@ impl From<LogProofError> for ApiError {
     responses(
         (status = 200, content_type = "text/plain; charset=utf-8", body = String),
         (status = 401), (status = 403),
-        (status = 404, description = "no checkpoint has been signed yet (or no signing key is configured)"),
-        (status = 503)),
+        (status = 404, description = "no checkpoint has been signed yet"),
+        (status = 503, description = "the store did not answer, or this server has no signing key (not-configured)")),
     security(("bearer" = [])))]
 async fn checkpoint(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<Response, ApiError> {
     principal.require(&[Role::Auditor])?;
-    let latest = state.store.latest_checkpoint().await?.ok_or_else(|| {
-        ApiError::NotFound(match state.signing_key {
-            Some(_) => "no checkpoint has been signed yet".into(),
-            None => "this server has no signing key, so it signs no checkpoints".into(),
-        })
-    })?;
+    if state.signing_key.is_none() {
+        return Err(ApiError::NotConfigured(
+            super::evidence::NO_SIGNING_KEY.into(),
+        ));
+    }
+    let latest = state
+        .store
+        .latest_checkpoint()
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no checkpoint has been signed yet".into()))?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         latest.note,

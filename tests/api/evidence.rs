@@ -120,8 +120,21 @@ fn unpack(bundle: &[u8]) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// Packs files into a bundle; with a key, writes a fresh manifest over them first (as an insider
-/// holding the key would), so the checks behind the manifest are reached.
-fn repack(mut files: BTreeMap<String, Vec<u8>>, resign: Option<&SigningKey>) -> Vec<u8> {
+/// holding the key would, counting the events it holds), so the checks behind the manifest are
+/// reached.
+fn repack(files: BTreeMap<String, Vec<u8>>, resign: Option<&SigningKey>) -> Vec<u8> {
+    let held = lines(&files["events.jsonl"]).len();
+    repack_with(files, resign, |statement| {
+        statement["predicate"]["events"] = json!(held)
+    })
+}
+
+/// [`repack`], changing the signed statement as `edit` says.
+fn repack_with(
+    mut files: BTreeMap<String, Vec<u8>>,
+    resign: Option<&SigningKey>,
+    edit: impl FnOnce(&mut Value),
+) -> Vec<u8> {
     if let Some(key) = resign {
         let subjects: Vec<Value> = FILES
             .iter()
@@ -133,6 +146,7 @@ fn repack(mut files: BTreeMap<String, Vec<u8>>, resign: Option<&SigningKey>) -> 
             serde_json::from_slice(&b64.decode(manifest["payload"].as_str().unwrap()).unwrap())
                 .unwrap();
         statement["subject"] = Value::Array(subjects);
+        edit(&mut statement);
         let payload = serde_json::to_vec(&statement).unwrap();
         let sig = key
             .sign(&pae("application/vnd.in-toto+json", &payload))
@@ -293,6 +307,59 @@ async fn a_period_bundle_verifies_and_every_tampering_is_refused_with_its_own_re
         true,
     );
     assert!(why.contains("the bundle was truncated"), "{why}");
+    // The period's last event dropped, the range shortened and its proof recomputed under the
+    // genuine checkpoint: the range no longer reaches the checkpoint's end, and the event after
+    // it is missing, or, when shown, stamped inside the period.
+    let records: Vec<eucora::evidence::EventRecord> = events
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let leaves: Vec<[u8; 32]> = records.iter().map(|r| r.leaf()).collect();
+    let size = leaves.len() as u64;
+    let mut proof: Value = serde_json::from_slice(&files["proof.json"]).unwrap();
+    assert_eq!(proof["tree_size"], size, "the bundle holds the whole log");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let hashes = |h: Vec<[u8; 32]>| -> Vec<String> { h.iter().map(|h| b64.encode(h)).collect() };
+    let shorter = eucora_projections::merkle::range_proof(&leaves[..], 0, size - 1, size).unwrap();
+    proof["range"]["end"] = json!(size - 1);
+    proof["range"]["hashes"] = json!(hashes(shorter));
+    let mut shortened = with("events.jsonl", joined(&events[..events.len() - 1]));
+    shortened.insert("proof.json".into(), serde_json::to_vec(&proof).unwrap());
+    let why = refused(shortened.clone(), true);
+    assert!(
+        why.contains(&format!(
+            "does not prove leaf {}, the event after the range",
+            size - 1
+        )),
+        "{why}"
+    );
+    let last = eucora_projections::merkle::inclusion_proof(&leaves[..], size - 1, size).unwrap();
+    proof["boundaries"]["after"] =
+        json!({"event": records[records.len() - 1], "hashes": hashes(last)});
+    shortened.insert("proof.json".into(), serde_json::to_vec(&proof).unwrap());
+    let why = refused(shortened, true);
+    assert!(
+        why.contains("is stamped") && why.contains("before the period's end"),
+        "{why}"
+    );
+    // The signed predicate's count of events changed.
+    let why = verify(
+        &repack_with(files.clone(), Some(&key), |s| {
+            s["predicate"]["events"] = json!(events.len() + 1)
+        })[..],
+        &verifier,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(why.contains("the predicate counts"), "{why}");
+    // An extra event appended past the range: named as such.
+    let mut extra = events.clone();
+    let mut beyond: Value = serde_json::from_str(&events[events.len() - 1]).unwrap();
+    beyond["index"] = json!(size);
+    extra.push(beyond.to_string());
+    let why = refused(with("events.jsonl", joined(&extra)), true);
+    assert!(why.contains("an event beyond the proved range"), "{why}");
     // controls.json edited.
     let forged = String::from_utf8(files["controls.json"].clone())
         .unwrap()

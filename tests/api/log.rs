@@ -365,3 +365,43 @@ async fn an_event_edited_under_a_running_server_is_caught_by_the_background_chec
     as_insider(&db, backend, &[edit(backend)]).await;
     ready_fails_with(&app, "edited").await;
 }
+
+/// PostgreSQL without a signing key: the server still runs, but says at every evidence endpoint
+/// (503, naming the fix, no Retry-After: waiting will not help) and in its metrics that it signs
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_a_signing_key_says_so_and_names_the_fix() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let crew = Crew::new(&app);
+    let id = app
+        .create(&crew.requester, intent_body("7-Zip", 0.2, "LAB"))
+        .await
+        .id();
+    for path in [
+        "/api/v1/checkpoint".to_string(),
+        "/api/v1/evidence?from=2020-01-01T00:00:00Z&to=2099-01-01T00:00:00Z".to_string(),
+        format!("/api/v1/deployments/{id}/evidence"),
+    ] {
+        let reply = app.get(&path, &crew.auditor).await;
+        reply.assert_problem(503);
+        assert_eq!(
+            reply.body["type"], "urn:eucora:problem:not-configured",
+            "{path}: {reply:#?}"
+        );
+        let detail = reply.body["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("eucora key generate") && detail.contains("--signing-key-file"),
+            "{path}: {detail}"
+        );
+        assert!(reply.headers.get("retry-after").is_none(), "{path}");
+    }
+    let metrics = app
+        .send(Method::GET, "/api/v1/metrics", None, &[], None)
+        .await;
+    let text = metrics.body.as_str().unwrap_or_default();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("eucora_evidence_signing_enabled") && l.ends_with(" 0")),
+        "{text}"
+    );
+}
