@@ -155,8 +155,11 @@ impl Summary {
 }
 
 /// Text as HTML character data or an attribute value: never markup.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
+fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(['&', '<', '>', '"', '\'']) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
         match c {
             '&' => out.push_str("&amp;"),
@@ -167,7 +170,7 @@ fn escape(text: &str) -> String {
             c => out.push(c),
         }
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 /// `REPORT.html`: the summary, then one section per change.
@@ -239,7 +242,7 @@ pub fn report_html(summary: &Summary, population: &Population, controls: &Contro
     for ((id, events), intent) in population.histories().zip(&controls.intents) {
         let fact = |name: &str| {
             rows.get(id)
-                .map(|r| escape(column(r, name)))
+                .map(|r| escape(column(r, name)).into_owned())
                 .unwrap_or_default()
         };
         let _ = writeln!(

@@ -442,12 +442,10 @@ fn check_boundaries(
     checkpoint: &Checkpoint,
     hashes: &Decoder,
 ) -> Result<(), Refused> {
+    // Read as the export wrote them (chrono's serde form, RFC 3339 for years up to 9999).
     let time = |name: &str| {
-        claims.scope[name]
-            .as_str()
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc))
-            .ok_or_else(|| refuse(format!("the predicate's scope has no {name} time")))
+        serde_json::from_value::<DateTime<Utc>>(claims.scope[name].clone())
+            .map_err(|_| refuse(format!("the predicate's scope has no {name} time")))
     };
     let (from, to) = (time("from")?, time("to")?);
     let boundaries = boundaries
