@@ -22,6 +22,7 @@ mod controls;
 mod export;
 mod format;
 mod population;
+mod read;
 mod report;
 mod sample;
 mod verify;
@@ -36,6 +37,7 @@ pub use format::{
     Scope, FILES, MANIFEST,
 };
 pub use population::Population;
+pub use read::{read_bundle, Bundle, Claims, Refused};
 pub use report::{scope_words, Summary};
 pub use sample::{draw, parse_weight, workpaper, Drawn, Plan, ATTRIBUTES};
-pub use verify::{read_bundle, verify, verify_read, Bundle, Claims, Refused, Verified};
+pub use verify::{verify, verify_read, Verified};
