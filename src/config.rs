@@ -541,6 +541,13 @@ pub struct ExportArgs {
     /// The log's signing key (default on SQLite: `<database file>.key`, as the server uses).
     #[arg(long, env = "EUCORA_SIGNING_KEY_FILE")]
     pub signing_key_file: Option<PathBuf>,
+    /// Fetch the bundle from this running server over the API instead of reading the database
+    /// (no signing key needed); the client's EUCORA_SERVER.
+    #[arg(long, env = "EUCORA_SERVER")]
+    pub server: Option<String>,
+    /// With --server: an auditor's bearer token (EUCORA_TOKEN; never printed).
+    #[arg(long, env = "EUCORA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// A duration such as `1s`, `30m` or `24h`.

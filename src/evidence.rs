@@ -33,8 +33,8 @@ pub use controls::{
 };
 pub use export::{export, tempfile_in_tmp, ExportSummary};
 pub use format::{
-    pae, ConsistencyProof, EventRecord, EvidenceError, InclusionProof, ProofFile, RangeProof,
-    Scope, FILES, MANIFEST,
+    pae, ConsistencyProof, EventRecord, EvidenceError, InclusionProof, Previous, ProofFile,
+    RangeProof, Scope, FILES, MANIFEST,
 };
 pub use population::Population;
 pub use read::{read_bundle, Bundle, Claims, Refused};

@@ -15,7 +15,7 @@ use crate::config::{ClientArgs, CreateArgs, DeploymentsCommand};
 use crate::domain::risk::FACTOR_NAMES;
 use eucora_projections::describe::{event_line, gate};
 
-struct Client {
+pub(super) struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
@@ -29,7 +29,7 @@ struct Answer {
 }
 
 impl Client {
-    fn new(args: &ClientArgs) -> Result<Client, Failure> {
+    pub(super) fn new(args: &ClientArgs) -> Result<Client, Failure> {
         let token = args.token.clone().filter(|t| !t.trim().is_empty()).ok_or(
             "no token: pass --token or set EUCORA_TOKEN (`eucora token create` makes one)",
         )?;
@@ -79,6 +79,52 @@ impl Client {
             return Err(format!("the server failed ({status}): {}", problem(&body)).into());
         }
         Ok(Answer { status, body })
+    }
+
+    /// Saves what a GET answers to `out`, a new file: a 4xx is a refusal, a 5xx or no answer a
+    /// failure, and either leaves no file behind. How many bytes it wrote.
+    pub(super) async fn download(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        out: &std::path::Path,
+    ) -> Result<u64, Failure> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the server at {}: {e}", self.base))?;
+        let status = response.status().as_u16();
+        if status >= 400 {
+            let text = response.text().await.unwrap_or_default();
+            let answer = Answer {
+                status,
+                body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            };
+            if status >= 500 {
+                return Err(
+                    format!("the server failed ({status}): {}", problem(&answer.body)).into(),
+                );
+            }
+            return Err(refusal(&answer));
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| format!("the server's answer was cut off: {e}"))?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(out)
+            .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+        if let Err(e) = std::io::Write::write_all(&mut file, &bytes) {
+            let _ = std::fs::remove_file(out);
+            return Err(format!("cannot write {}: {e}", out.display()).into());
+        }
+        Ok(bytes.len() as u64)
     }
 
     /// [`Client::call`], with a 4xx turned into a refusal.

@@ -1,19 +1,20 @@
-//! `eucora evidence export|verify` and `eucora key generate`: the bundle an auditor takes away,
-//! checked offline, and the key that signs it.
+//! `eucora evidence export|verify|show|sample` and `eucora key generate`: the bundle an auditor
+//! takes away, checked offline, read and sampled, and the key that signs it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::client::Client;
 use super::{open_existing, say, Failure};
-use crate::config::ExportArgs;
+use crate::config::{ClientArgs, ExportArgs};
 use crate::evidence::{
     draw, parse_weight, read_bundle, scope_words, verify_read, workpaper, Bundle, Claims,
-    ControlsFile, Plan, Summary,
+    ControlsFile, Plan, Previous, Scope, Summary,
 };
 
-/// `eucora evidence export`: writes a period's or a deployment's bundle from the database.
+/// `eucora evidence export`: writes a period's or a deployment's bundle, from the database or
+/// (with `--server`) over the API.
 pub async fn export(args: ExportArgs) -> Result<(), Failure> {
-    use crate::evidence::Scope;
     let time = |flag: &str, text: &str| {
         chrono::DateTime::parse_from_rfc3339(text)
             .map(|t| t.with_timezone(&chrono::Utc))
@@ -32,6 +33,23 @@ pub async fn export(args: ExportArgs) -> Result<(), Failure> {
         (None, None, Some(id)) => Scope::Deployment(id),
         _ => return Err("give --from and --to, or --deployment".into()),
     };
+    let previous = args
+        .previous_checkpoint
+        .as_deref()
+        .map(|p| {
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        })
+        .transpose()?;
+    if let Some(server) = &args.server {
+        return fetch(
+            server,
+            args.token.clone(),
+            &scope,
+            previous.as_deref(),
+            &args.out,
+        )
+        .await;
+    }
     let key_path = match (
         &args.signing_key_file,
         crate::store::sqlite_file(&args.db.database_url),
@@ -45,13 +63,6 @@ pub async fn export(args: ExportArgs) -> Result<(), Failure> {
         _ => return Err("--signing-key-file is required (the key the server signs with)".into()),
     };
     let key = crate::checkpoints::SigningKey::load(&key_path).map_err(|e| e.to_string())?;
-    let previous = args
-        .previous_checkpoint
-        .as_deref()
-        .map(|p| {
-            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-        })
-        .transpose()?;
     let store = open_existing(&args.db).await?;
     let tree = crate::projection::log::LogTree::from_parts(
         store.log_subtrees().await.map_err(|e| e.to_string())?,
@@ -70,7 +81,7 @@ pub async fn export(args: ExportArgs) -> Result<(), Failure> {
         &log,
         &key,
         &scope,
-        previous.as_deref(),
+        previous.as_deref().map(Previous::Checkpoint),
         std::io::BufWriter::new(file),
     )
     .await;
@@ -88,6 +99,46 @@ pub async fn export(args: ExportArgs) -> Result<(), Failure> {
         summary.intents,
         summary.tree_size,
         summary.failed_controls
+    ))?;
+    Ok(())
+}
+
+/// `eucora evidence export --server`: the same bundle, fetched over the API (auditor role). An
+/// earlier checkpoint is sent as its tree size; the bundle proves the log extends it, and
+/// `eucora evidence verify --previous-checkpoint` checks that against the checkpoint itself.
+async fn fetch(
+    server: &str,
+    token: Option<String>,
+    scope: &Scope,
+    previous: Option<&str>,
+    out: &Path,
+) -> Result<(), Failure> {
+    let client = Client::new(&ClientArgs {
+        server: server.to_string(),
+        token,
+        json: false,
+    })?;
+    let time =
+        |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (path, mut query) = match scope {
+        Scope::Period { from, to } => (
+            "/api/v1/evidence".to_string(),
+            vec![("from", time(from)), ("to", time(to))],
+        ),
+        Scope::Deployment(id) => (format!("/api/v1/deployments/{id}/evidence"), vec![]),
+    };
+    if let Some(note) = previous {
+        let size = note
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse::<u64>().ok())
+            .ok_or("--previous-checkpoint is not a signed checkpoint (its second line is its tree size)")?;
+        query.push(("previous_size", size.to_string()));
+    }
+    let bytes = client.download(&path, &query, out).await?;
+    say(format_args!(
+        "wrote {} ({bytes} bytes) from {server}; check it with eucora evidence verify",
+        out.display()
     ))?;
     Ok(())
 }

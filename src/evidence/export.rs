@@ -16,8 +16,8 @@ use uuid::Uuid;
 use super::controls::rfc3339;
 use super::format::{
     b64, pae, Boundaries, BoundaryEvent, ConsistencyProof, EventRecord, EvidenceError,
-    InclusionProof, ProofFile, RangeProof, Scope, FILES, MANIFEST, PAYLOAD_TYPE, PREDICATE_TYPE,
-    STATEMENT_TYPE,
+    InclusionProof, Previous, ProofFile, RangeProof, Scope, FILES, MANIFEST, PAYLOAD_TYPE,
+    PREDICATE_TYPE, STATEMENT_TYPE,
 };
 use super::population::Population;
 use super::report::{report_html, Summary};
@@ -181,7 +181,7 @@ pub async fn export(
     log: &LogView,
     key: &SigningKey,
     scope: &Scope,
-    previous: Option<&str>,
+    previous: Option<Previous<'_>>,
     out: impl Write,
 ) -> Result<ExportSummary, EvidenceError> {
     let Some(latest) = store.latest_checkpoint().await? else {
@@ -206,10 +206,20 @@ pub async fn export(
             "the log is behind its latest checkpoint; try again in a moment".into(),
         ));
     }
-    let previous = previous
-        .map(|note| open_checkpoint(note, key.verifier_key()))
-        .transpose()
-        .map_err(|e| EvidenceError::Export(format!("the earlier checkpoint: {e}")))?;
+    let previous = match previous {
+        None => None,
+        Some(Previous::Checkpoint(note)) => Some(
+            open_checkpoint(note, key.verifier_key())
+                .map_err(|e| EvidenceError::Invalid(format!("the earlier checkpoint: {e}")))?
+                .size,
+        ),
+        Some(Previous::Size(0)) => {
+            return Err(EvidenceError::Invalid(
+                "the earlier tree size must be at least 1 (the empty tree proves nothing)".into(),
+            ))
+        }
+        Some(Previous::Size(n)) => Some(n),
+    };
 
     // Which events: for one deployment, its own; for a period, the events stamped in it (a
     // contiguous range of leaves) and, before them, the earlier events of every intent with an
@@ -354,24 +364,19 @@ pub async fn export(
                 Some(Boundaries { before, after })
             }
         },
-        consistency: match &previous {
+        consistency: match previous {
             None => None,
-            Some(p) if p.size > size => {
-                return Err(EvidenceError::Export(format!(
-                    "the earlier checkpoint (size {}) is past the latest one (size {size})",
-                    p.size
-                )))
+            Some(from) if from > size => {
+                return Err(EvidenceError::Invalid(format!(
+                "the earlier tree (size {from}) is past the latest signed checkpoint (size {size})"
+            )))
             }
-            Some(p) => {
-                let hashes = if p.size == 0 {
-                    Vec::new()
-                } else {
-                    with_tiles(store, &tree, |r| merkle::consistency_proof(r, p.size, size))
-                        .await
-                        .map_err(proof_error)?
-                };
+            Some(from) => {
+                let hashes = with_tiles(store, &tree, |r| merkle::consistency_proof(r, from, size))
+                    .await
+                    .map_err(proof_error)?;
                 Some(ConsistencyProof {
-                    from: p.size,
+                    from,
                     hashes: hashes.iter().map(|h| b64(h)).collect(),
                 })
             }

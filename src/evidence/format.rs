@@ -123,6 +123,15 @@ impl Scope {
     }
 }
 
+/// An earlier tree the bundle should prove the log extends: a signed checkpoint the exporter
+/// holds (checked with the key), or just its size (the auditor checks the proof against the
+/// checkpoint they kept).
+#[derive(Debug, Clone, Copy)]
+pub enum Previous<'a> {
+    Checkpoint(&'a str),
+    Size(u64),
+}
+
 /// Why evidence could not be exported or did not verify.
 #[derive(Debug, thiserror::Error)]
 pub enum EvidenceError {
@@ -130,6 +139,9 @@ pub enum EvidenceError {
     Export(String),
     #[error("{0}")]
     NotFound(String),
+    /// What the request asked cannot be: an earlier tree of size 0 or past the checkpoint.
+    #[error("{0}")]
+    Invalid(String),
     /// The intent exists, but none of its events is under a signed checkpoint yet.
     #[error("{0}")]
     NotYetSigned(String),

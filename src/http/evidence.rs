@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{Principal, QueryParams};
-use crate::evidence::{export, EvidenceError, Scope};
+use crate::evidence::{export, EvidenceError, Previous, Scope};
 use crate::http::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -35,6 +35,10 @@ pub struct PeriodParams {
     from: chrono::DateTime<chrono::Utc>,
     /// End of the period, RFC 3339: up to the first event stamped at or after it.
     to: chrono::DateTime<chrono::Utc>,
+    /// The size of a tree you kept a checkpoint of: the bundle then carries the consistency
+    /// proof from it to the bundle's checkpoint (at most that checkpoint's size, else 422).
+    #[param(minimum = 1)]
+    previous_size: Option<u64>,
 }
 
 /// What a server without a signing key answers for evidence, naming the fix.
@@ -46,6 +50,7 @@ impl From<EvidenceError> for ApiError {
     fn from(e: EvidenceError) -> Self {
         match e {
             EvidenceError::NotFound(why) => ApiError::NotFound(why),
+            EvidenceError::Invalid(why) => ApiError::Unprocessable(why),
             EvidenceError::NotYetSigned(why) => ApiError::Conflict {
                 detail: why,
                 extra: None,
@@ -57,7 +62,18 @@ impl From<EvidenceError> for ApiError {
     }
 }
 
-async fn bundle(state: &AppState, scope: Scope, name: String) -> Result<Response, ApiError> {
+/// `previous_size`: the size of a tree the auditor kept, from 1 (past the checkpoint: 422).
+fn previous_size(q: &QueryParams) -> Result<Option<Previous<'static>>, ApiError> {
+    Ok(q.number("previous_size", 1..=i64::MAX)?
+        .map(|n| Previous::Size(n as u64)))
+}
+
+async fn bundle(
+    state: &AppState,
+    scope: Scope,
+    previous: Option<Previous<'_>>,
+    name: String,
+) -> Result<Response, ApiError> {
     let key = state
         .signing_key
         .clone()
@@ -69,7 +85,7 @@ async fn bundle(state: &AppState, scope: Scope, name: String) -> Result<Response
         &state.log,
         &key,
         &scope,
-        None,
+        previous,
         std::io::BufWriter::new(&mut file),
     )
     .await?;
@@ -95,7 +111,7 @@ async fn bundle(state: &AppState, scope: Scope, name: String) -> Result<Response
         (status = 200, content_type = "application/gzip", body = Vec<u8>),
         (status = 400), (status = 401), (status = 403),
         (status = 404, description = "no signed event falls in the period"),
-        (status = 422, description = "`from` is not before `to`"),
+        (status = 422, description = "`from` is not before `to`, or `previous_size` is past the latest signed checkpoint"),
         (status = 503, description = "the store did not answer, or this server has no signing key (not-configured: the detail names the fix)")),
     security(("bearer" = [])))]
 async fn period(
@@ -104,7 +120,8 @@ async fn period(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     principal.require(&[Role::Auditor])?;
-    let q = query.only(&["from", "to"])?;
+    let q = query.only(&["from", "to", "previous_size"])?;
+    let previous = previous_size(&q)?;
     let from = QueryParams::required("from", q.time("from")?)?;
     let to = QueryParams::required("to", q.time("to")?)?;
     if from >= to {
@@ -115,30 +132,36 @@ async fn period(
         from.format("%Y%m%dT%H%M%SZ"),
         to.format("%Y%m%dT%H%M%SZ")
     );
-    bundle(&state, Scope::Period { from, to }, name).await
+    bundle(&state, Scope::Period { from, to }, previous, name).await
 }
 
 /// The evidence bundle of one deployment intent's whole history.
 #[utoipa::path(get, path = "/api/v1/deployments/{id}/evidence", tag = "evidence",
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path),
+        ("previous_size" = Option<u64>, Query, minimum = 1, description = "the size of a tree you kept a checkpoint of: the bundle then carries the consistency proof from it")),
     responses(
         (status = 200, content_type = "application/gzip", body = Vec<u8>),
         (status = 400), (status = 401), (status = 403),
         (status = 404, description = "no such intent"),
         (status = 409, description = "the intent's events are not under a signed checkpoint yet (within the checkpoint interval of its creation)"),
+        (status = 422, description = "`previous_size` is past the latest signed checkpoint"),
         (status = 503, description = "the store did not answer, or this server has no signing key (not-configured: the detail names the fix)")),
     security(("bearer" = [])))]
 async fn deployment(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
+    query: QueryParams,
 ) -> Result<Response, ApiError> {
     principal.require(&[Role::Auditor])?;
     let id =
         Uuid::parse_str(&id).map_err(|_| ApiError::BadRequest(format!("{id:?} is not a UUID")))?;
+    let q = query.only(&["previous_size"])?;
+    let previous = previous_size(&q)?;
     bundle(
         &state,
         Scope::Deployment(id),
+        previous,
         format!("eucora-evidence-{id}.tar.gz"),
     )
     .await

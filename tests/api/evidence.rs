@@ -19,6 +19,7 @@ crate::on_both_backends!(
     a_deployment_bundle_from_the_command_line_verifies_offline,
     a_period_judges_changes_carried_over_into_it_on_their_whole_history,
     an_intact_bundle_whose_controls_fail_verifies_with_exit_status_3,
+    an_auditor_fetches_over_the_api_and_checks_against_a_checkpoint_they_kept,
 );
 
 /// A server on the embedded default (SQLite: a key beside the file) or with a key made by
@@ -883,4 +884,129 @@ async fn an_intact_bundle_whose_controls_fail_verifies_with_exit_status_3(backen
         code == 1 && err.contains("is not an evidence bundle"),
         "{err}"
     );
+}
+
+/// An auditor with neither the database nor the key: keeps a checkpoint, later fetches bundles
+/// over the API with `eucora evidence export --server`, giving that checkpoint, and verifies the
+/// log still extends it (also when it is the bundle's own checkpoint). Bad sizes are refused.
+async fn an_auditor_fetches_over_the_api_and_checks_against_a_checkpoint_they_kept(
+    backend: Backend,
+) {
+    let (app, _key, verifier) = server(backend).await;
+    let crew = Crew::new(&app);
+    let first = traffic(&app, &crew).await;
+    signed_through(&app, &crew.auditor).await;
+    let dir = app.db.dir().clone();
+    let kept = dir.join("kept.checkpoint");
+    let note = app.get("/api/v1/checkpoint", &crew.auditor).await;
+    std::fs::write(&kept, note.body.as_str().unwrap()).unwrap();
+    traffic(&app, &crew).await;
+    signed_through(&app, &crew.auditor).await;
+    let key_line = dir.join("verifier");
+    std::fs::write(&key_line, &verifier).unwrap();
+    let (kept, key_line) = (kept.to_str().unwrap(), key_line.to_str().unwrap());
+    let fetch_cli = |out: &str, scope: &[&str], previous: &str| {
+        let out = dir.join(out);
+        let mut args = vec![
+            "evidence",
+            "export",
+            "--server",
+            app.base.as_str(),
+            "--token",
+            crew.auditor.as_str(),
+            "--previous-checkpoint",
+            previous,
+            "--out",
+        ];
+        let out_text = out.to_str().unwrap().to_string();
+        args.push(&out_text);
+        args.extend_from_slice(scope);
+        let (code, said, err) = eucora_with(None, &args, "");
+        assert_eq!(code, 0, "{said}{err}");
+        assert!(
+            said.contains("check it with eucora evidence verify"),
+            "{said}"
+        );
+        let (code, said, err) = eucora_with(
+            None,
+            &[
+                "evidence",
+                "verify",
+                &out_text,
+                "--key",
+                key_line,
+                "--previous-checkpoint",
+                previous,
+            ],
+            "",
+        );
+        assert_eq!(code, 0, "{said}{err}");
+        assert!(said.starts_with("verified: "), "{said}");
+    };
+    fetch_cli(
+        "period.tar.gz",
+        &[
+            "--from",
+            "2020-01-01T00:00:00Z",
+            "--to",
+            "2099-01-01T00:00:00Z",
+        ],
+        kept,
+    );
+    // The bundle's own checkpoint as the earlier one: equal roots, accepted.
+    let own = dir.join("own.checkpoint");
+    let note = app.get("/api/v1/checkpoint", &crew.auditor).await;
+    std::fs::write(&own, note.body.as_str().unwrap()).unwrap();
+    fetch_cli(
+        "deployment.tar.gz",
+        &["--deployment", &first],
+        own.to_str().unwrap(),
+    );
+
+    // Bad sizes: a clear 4xx, and no bundle.
+    let period = "/api/v1/evidence?from=2020-01-01T00:00:00Z&to=2099-01-01T00:00:00Z";
+    for (size, status) in [("0", 400), ("ten", 400), ("99999999", 422)] {
+        let reply = app
+            .get(&format!("{period}&previous_size={size}"), &crew.auditor)
+            .await;
+        reply.assert_problem(status);
+        assert!(
+            reply.body["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(if status == 400 {
+                    "previous_size"
+                } else {
+                    "past the latest signed checkpoint"
+                }),
+            "{size}: {reply:#?}"
+        );
+    }
+    let reply = app
+        .get(
+            &format!("/api/v1/deployments/{first}/evidence?previous_size=0"),
+            &crew.auditor,
+        )
+        .await;
+    reply.assert_problem(400);
+    // Refused over the API: the refusal said, exit 3, no file.
+    let out = dir.join("refused.tar.gz");
+    let (code, _, err) = eucora_with(
+        None,
+        &[
+            "evidence",
+            "export",
+            "--server",
+            app.base.as_str(),
+            "--token",
+            crew.requester.as_str(),
+            "--deployment",
+            &first,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("refused") && !out.exists(), "{err}");
 }
