@@ -4,6 +4,7 @@
 //! like every other change. No event carries a token or its hash.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -13,41 +14,52 @@ use crate::event::{Actor, Role};
 pub const AGGREGATE_TYPE: &str = "principal";
 
 /// The envelope of every access event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AccessMeta {
     /// UUIDv7.
     pub event_id: Uuid,
+    /// The principal changed (its stream).
     pub principal_id: Uuid,
+    /// The correlation id of the request or command-line run that made the change.
     pub correlation_id: String,
     /// Who made the change: an admin over the API, or an operator at the command line
     /// (`cli:<user>`).
     pub actor: Actor,
+    /// When the change was made.
     pub occurred_at: DateTime<Utc>,
+    /// The event type's schema version it was written at.
     pub schema_version: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PrincipalCreated {
+    /// The envelope: event id, principal, correlation id, actor, time, schema version.
     pub meta: AccessMeta,
+    /// Who it is (the subject its actions are recorded under).
     pub subject: String,
+    /// What it may do.
     pub role: Role,
+    /// When its token stops working.
     pub expires_at: DateTime<Utc>,
 }
 
 /// The principal's token was replaced: the old one stopped working as this was committed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PrincipalTokenRotated {
+    /// The envelope: event id, principal, correlation id, actor, time, schema version.
     pub meta: AccessMeta,
+    /// When the new token stops working (the old one already has).
     pub expires_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PrincipalRevoked {
+    /// The envelope: event id, principal, correlation id, actor, time, schema version.
     pub meta: AccessMeta,
 }
 
 /// Every event of a principal's stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub enum AccessEvent {
     PrincipalCreated(PrincipalCreated),
     PrincipalTokenRotated(PrincipalTokenRotated),

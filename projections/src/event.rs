@@ -5,266 +5,62 @@
 //! never edited; [`crate::decode`] upcasts an older version when it is read.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Rollout rings, in promotion order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Ring {
-    Lab,
-    Canary,
-    Pilot,
-    Department,
-    Global,
-}
+mod values;
 
-impl Ring {
-    pub const ALL: [Ring; 5] = [
-        Ring::Lab,
-        Ring::Canary,
-        Ring::Pilot,
-        Ring::Department,
-        Ring::Global,
-    ];
+pub use values::*;
 
-    /// Ring number of DOMAIN.md (LAB is 0).
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The ring after this one, if any.
-    pub fn next(self) -> Option<Ring> {
-        Ring::ALL.get(self.index() + 1).copied()
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Ring::Lab => "LAB",
-            Ring::Canary => "CANARY",
-            Ring::Pilot => "PILOT",
-            Ring::Department => "DEPARTMENT",
-            Ring::Global => "GLOBAL",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Ring> {
-        Ring::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-}
-
-/// What a principal may do (DOMAIN.md, "Who uses it").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Requester,
-    CabApprover,
-    Deployer,
-    Auditor,
-    Admin,
-    /// The control plane itself, acting on a rule rather than a request (a deadline passing).
-    /// No principal holds it: it is not in [`Role::ALL`], so no token can be made for it.
-    System,
-}
-
-impl Role {
-    pub const ALL: [Role; 5] = [
-        Role::Requester,
-        Role::CabApprover,
-        Role::Deployer,
-        Role::Auditor,
-        Role::Admin,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Requester => "requester",
-            Role::CabApprover => "cab_approver",
-            Role::Deployer => "deployer",
-            Role::Auditor => "auditor",
-            Role::Admin => "admin",
-            Role::System => "system",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        Role::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-}
-
-/// Who made a change: an authenticated subject acting in one role, or the policy engine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Actor {
-    pub subject: String,
-    pub role: Role,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SiteClass {
-    Online,
-    Intermittent,
-    AirGapped,
-}
-
-impl SiteClass {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SiteClass::Online => "online",
-            SiteClass::Intermittent => "intermittent",
-            SiteClass::AirGapped => "air_gapped",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChangeType {
-    Standard,
-    Normal,
-    Emergency,
-}
-
-impl ChangeType {
-    /// The name the API and the stored events use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChangeType::Standard => "standard",
-            ChangeType::Normal => "normal",
-            ChangeType::Emergency => "emergency",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConnectorType {
-    Intune,
-    Jamf,
-    Sccm,
-    Landscape,
-    Ansible,
-}
-
-/// The label the risk model gives an assessment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ThresholdLabel {
-    AutomatedAllowed,
-    CabRequired,
-    PrivilegedTooling,
-}
-
-impl ThresholdLabel {
-    /// The label in words, for people.
-    pub fn words(self) -> &'static str {
-        match self {
-            ThresholdLabel::AutomatedAllowed => "automated approval allowed",
-            ThresholdLabel::CabRequired => "CAB required",
-            ThresholdLabel::PrivilegedTooling => "privileged tooling",
-        }
-    }
-}
-
-/// One factor's part in a risk score.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FactorAssessment {
-    pub factor: String,
-    pub value: f64,
-    pub weight: f64,
-    pub contribution: f64,
-}
-
-/// A risk assessment as made at creation; a later model never rewrites it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RiskAssessment {
-    pub model_version: String,
-    pub score: u32,
-    pub threshold: ThresholdLabel,
-    pub requires_cab: bool,
-    pub factors: Vec<FactorAssessment>,
-    /// Why the CAB must decide, in words (`risk score 62 is above the CAB threshold 50`,
-    /// `privileged tooling`, `critical infrastructure (policy cab.always_for_critical_infrastructure)`,
-    /// joined by `; `); null when it need not, and on events written before version 3 of
-    /// `DeploymentCreated`.
-    pub cab_required_reason: Option<String>,
-}
-
-/// The lifecycle states of DOMAIN.md. `Completed`, `Rejected` and `RolledBack` are terminal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    AwaitingCab,
-    Approved,
-    Deployed,
-    Completed,
-    Rejected,
-    RolledBack,
-}
-
-impl Status {
-    pub const ALL: [Status; 6] = [
-        Status::AwaitingCab,
-        Status::Approved,
-        Status::Deployed,
-        Status::Completed,
-        Status::Rejected,
-        Status::RolledBack,
-    ];
-
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            Status::Completed | Status::Rejected | Status::RolledBack
-        )
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::AwaitingCab => "awaiting_cab",
-            Status::Approved => "approved",
-            Status::Deployed => "deployed",
-            Status::Completed => "completed",
-            Status::Rejected => "rejected",
-            Status::RolledBack => "rolled_back",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Status> {
-        Status::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-}
-
-/// The envelope every event carries (DOMAIN.md, "Every event").
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The envelope every event of an intent carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct EventMeta {
     /// UUIDv7, from the command's clock.
     pub event_id: Uuid,
+    /// The intent (its stream).
     pub deployment_id: Uuid,
     /// From `X-Correlation-ID`, or generated for the request.
     pub correlation_id: String,
+    /// Who sent the command (for a policy approval, the requester whose request triggered it).
     pub actor: Actor,
     /// Set once from the command's injected clock; never read again at replay.
     pub occurred_at: DateTime<Utc>,
+    /// The event type's schema version it was written at.
     pub schema_version: u32,
 }
 
 /// Version 2 added `source_committed_at` (version 1 events upcast to `None`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Created {
+    /// The envelope: event id, intent, correlation id, actor, time, schema version.
     pub meta: EventMeta,
+    /// The application, as the requester named it.
     pub app_name: String,
+    /// The application's version.
     pub version: String,
+    /// The tool that installs it.
     pub connector_type: ConnectorType,
+    /// The first ring.
     pub start_ring: Ring,
+    /// The last ring: compliance there completes the intent.
     pub target_ring: Ring,
+    /// Standard, normal or emergency.
     pub change_type: ChangeType,
+    /// The sites' connectivity, which sets each ring's time to compliance.
     pub site_class: SiteClass,
+    /// The package is privileged tooling: the CAB must always approve it.
     pub privileged_tooling: bool,
+    /// The change touches critical infrastructure (raises the blast radius; sends it to the CAB
+    /// under `cab.always_for_critical_infrastructure`).
     pub critical_infrastructure: bool,
+    /// The rollback plan was validated (required to start, or be promoted, outside LAB).
     pub rollback_validated: bool,
+    /// The package's SHA-256 (64 hex digits, lower case), if given.
     pub artifact_sha256: Option<String>,
+    /// The requester's justification, if any.
     pub justification: Option<String>,
+    /// The whole risk assessment, as scored at the request.
     pub risk: RiskAssessment,
     /// When the change was committed to source control, if the requester said: where lead time
     /// starts (else at creation).
@@ -275,7 +71,7 @@ pub struct Created {
 }
 
 /// Why an intent was cleared to deploy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ApprovalBasis {
     /// Risk low enough for automatic approval by the risk model's policy.
@@ -288,13 +84,18 @@ pub enum ApprovalBasis {
     CabRetrospective,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Approved {
+    /// The envelope: event id, intent, correlation id, actor, time, schema version.
     pub meta: EventMeta,
     /// The approving subject, or `policy:<model>` when no person approved.
     pub approver: String,
+    /// Why it was cleared: by policy, by the CAB, provisionally as an emergency change, or by the
+    /// CAB retrospectively.
     pub basis: ApprovalBasis,
+    /// The ring it was cleared for (its current ring).
     pub ring: Ring,
+    /// The approver's comment, if any.
     pub comment: Option<String>,
     /// For a retrospective approval: whether it came within the window after first deployment.
     pub retro_deadline_met: Option<bool>,
@@ -302,10 +103,13 @@ pub struct Approved {
 
 /// Version 2 added `retrospective` (version 1 events, all made while awaiting CAB, upcast to
 /// `false`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Rejected {
+    /// The envelope: event id, intent, correlation id, actor, time, schema version.
     pub meta: EventMeta,
+    /// Its current ring at the decision.
     pub ring: Ring,
+    /// The CAB's reason.
     pub reason: String,
     /// A CAB rejection of an emergency change after it was deployed, rather than a decision on an
     /// intent awaiting CAB.
@@ -315,13 +119,19 @@ pub struct Rejected {
 /// A rollout result for one ring; counts are cumulative and reports may repeat.
 ///
 /// Version 2 added `retro_approval_due_at` (version 1 events upcast to `None`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Deployed {
+    /// The envelope: event id, intent, correlation id, actor, time, schema version.
     pub meta: EventMeta,
+    /// The ring reported on (the current ring).
     pub ring: Ring,
+    /// Devices in the ring's scope (cumulative: never lowered).
     pub target_devices: u64,
+    /// Devices where it installed (cumulative in the ring).
     pub succeeded: u64,
+    /// Devices where it failed (cumulative in the ring; may fall when a retry succeeds).
     pub failed: u64,
+    /// Incidents raised against it in the ring (cumulative).
     pub incidents: u64,
     /// `succeeded / target_devices`.
     pub success_rate: f64,
@@ -334,8 +144,8 @@ pub struct Deployed {
     pub retro_approval_due_at: Option<DateTime<Utc>>,
 }
 
-/// The promotion gates of DOMAIN.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// The promotion gates (docs/rules.md; their thresholds are the policy's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Gate {
     SuccessRate,
@@ -360,61 +170,83 @@ impl Gate {
 }
 
 /// One gate's threshold, measured value and verdict. Booleans are recorded as 0 or 1.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct GateResult {
+    /// Which gate.
     pub gate: Gate,
     /// `ratio`, `seconds`, `count` or `bool`.
     pub unit: String,
     /// Which side of the threshold passes: `min` (measured ≥ threshold) or `max` (measured ≤ threshold).
     pub bound: String,
+    /// The threshold in force (from the policy).
     pub threshold: f64,
     /// `None` when there is nothing to measure yet (for example, never compliant).
     pub measured: Option<f64>,
+    /// The measured value met the threshold.
     pub passed: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct GateEvaluated {
+    /// The envelope: event id, intent, correlation id, actor, time, schema version.
     pub meta: EventMeta,
+    /// The ring it would leave.
     pub from_ring: Ring,
+    /// The ring it would enter.
     pub to_ring: Ring,
+    /// Every gate's threshold, measured value, bound and verdict.
     pub gates: Vec<GateResult>,
+    /// Every gate passed: a `RingPromoted` follows.
     pub passed: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Promoted {
+    /// The envelope: event id, intent, correlation id, actor, time, schema version.
     pub meta: EventMeta,
+    /// The ring it left.
     pub from_ring: Ring,
+    /// The ring it entered.
     pub to_ring: Ring,
 }
 
 /// The intent became compliant in its target ring.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Completed {
+    /// The envelope: event id, intent, correlation id, actor, time, schema version.
     pub meta: EventMeta,
+    /// The target ring, where it became compliant.
     pub ring: Ring,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RolledBack {
+    /// The envelope: event id, intent, correlation id, actor, time, schema version.
     pub meta: EventMeta,
+    /// The ring it was rolled back in (its current ring).
     pub ring: Ring,
+    /// The state it left.
     pub from_status: Status,
+    /// Why it was rolled back.
     pub reason: String,
 }
 
 /// An emergency change's retrospective approval did not come by its due time. Appended by the
 /// control plane (actor role `system`) once the deadline has passed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RetroApprovalOverdue {
+    /// The envelope: event id, intent, correlation id, actor, time, schema version.
     pub meta: EventMeta,
+    /// Its current ring.
     pub ring: Ring,
+    /// The due time that passed without a retrospective CAB decision.
     pub due_at: DateTime<Utc>,
 }
 
 /// What EUCORA asks of a connector for one intent in one ring (docs/connectors.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectorAction {
     /// Make the version available to the ring's devices.
@@ -475,19 +307,24 @@ impl ConnectorType {
 
 /// The connector accepted an action: the dispatcher sent it (under `idempotency_key`) and the
 /// connector answered. Appended by the control plane (actor `system:dispatcher`, role `system`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Dispatched {
+    /// The envelope: event id, intent, correlation id, actor, time, schema version.
     pub meta: EventMeta,
+    /// The connector that accepted it.
     pub connector_type: ConnectorType,
+    /// The ring the action was for.
     pub ring: Ring,
+    /// What was asked of the connector.
     pub action: ConnectorAction,
+    /// `<deployment id>:<RING>:<action>`, sent with every call.
     pub idempotency_key: String,
     /// Calls made, retries included, across every server that tried.
     pub attempts: u32,
 }
 
 /// Why a connector refused an action for good.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureClass {
     /// 400, 404, 409, 422 and other client errors: the request itself is wrong.
@@ -497,27 +334,39 @@ pub enum FailureClass {
 }
 
 /// The connector refused an action and it is not retried: recorded once, surfaced on the intent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DispatchFailed {
+    /// The envelope: event id, intent, correlation id, actor, time, schema version.
     pub meta: EventMeta,
+    /// The connector asked.
     pub connector_type: ConnectorType,
+    /// The ring the action was for.
     pub ring: Ring,
+    /// What was asked of the connector.
     pub action: ConnectorAction,
+    /// `<deployment id>:<RING>:<action>`, sent with every call.
     pub idempotency_key: String,
+    /// Why it is not retried: `permanent` (the connector refused the request) or `policy` (it
+    /// refused the credential).
     pub class: FailureClass,
     /// The HTTP status the connector answered with.
     pub status: u16,
+    /// The connector's answer, in its words.
     pub detail: String,
+    /// Calls made, retries included.
     pub attempts: u32,
 }
 
 /// What a connector reports no longer matches what was installed: the assignment is gone
 /// (`reported_installed` is `None`) or fewer devices have the version than the intent's last
 /// rollout report counted.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DriftDetected {
+    /// The envelope: event id, intent, correlation id, actor, time, schema version.
     pub meta: EventMeta,
+    /// The connector reconciled.
     pub connector_type: ConnectorType,
+    /// The ring whose assignment drifted.
     pub ring: Ring,
     /// Devices the intent's last rollout report in the ring counted as installed.
     pub expected_installed: u64,
@@ -526,7 +375,7 @@ pub struct DriftDetected {
 }
 
 /// Every event of a deployment intent's stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub enum DeploymentEvent {
     DeploymentCreated(Created),
     DeploymentApproved(Approved),

@@ -22,6 +22,7 @@ pub mod integrity;
 pub mod intent;
 pub mod merkle;
 pub mod metrics;
+pub mod schema;
 
 /// Literal events for tests, here and in `eucora`'s (feature `fixtures`).
 #[cfg(any(test, feature = "fixtures"))]

@@ -1,5 +1,5 @@
 //! What operators and their tools call without a token: the health probes, the metrics
-//! endpoints Prometheus scrapes, and the runbook the alerts link to.
+//! endpoints Prometheus scrapes, the runbook the alerts link to, and the events' JSON Schema.
 
 use axum::extract::State;
 use axum::http::header;
@@ -19,6 +19,21 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics))
         .routes(routes!(metrics_at_root))
         .routes(routes!(runbook))
+        .routes(routes!(event_schemas))
+}
+
+/// The JSON Schema (2020-12) of every stored event, generated from the event types:
+/// `{"deployment": …, "access": …}`, each a `oneOf` whose members name the event type.
+/// docs/events.md is rendered from the same schema.
+#[utoipa::path(get, path = "/api/v1/schemas/events", tag = "operations",
+    responses((status = 200, description = "`{deployment, access}`: two JSON Schemas")))]
+async fn event_schemas() -> impl IntoResponse {
+    static SCHEMA: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    Json(
+        SCHEMA
+            .get_or_init(eucora_projections::schema::events_schema)
+            .clone(),
+    )
 }
 
 /// The process is up.

@@ -405,3 +405,31 @@ async fn a_server_without_a_signing_key_says_so_and_names_the_fix() {
         "{text}"
     );
 }
+
+/// The events' JSON Schema is served, generated from the same types as docs/events.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_json_schema_is_served() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let reply = app
+        .send(Method::GET, "/api/v1/schemas/events", None, &[], None)
+        .await;
+    assert_eq!(reply.status, 200, "{reply:#?}");
+    let names = |stream: &str| -> Vec<String> {
+        reply.body[stream]["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|m| m["properties"].as_object().unwrap().keys().cloned())
+            .collect()
+    };
+    assert!(names("deployment").contains(&"DeploymentCreated".to_string()));
+    assert_eq!(
+        names("access"),
+        [
+            "PrincipalCreated",
+            "PrincipalTokenRotated",
+            "PrincipalRevoked"
+        ]
+    );
+    assert!(reply.body["deployment"]["$defs"]["Created"]["properties"]["change_ref"].is_object());
+}
