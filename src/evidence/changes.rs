@@ -111,7 +111,6 @@ pub fn column<'a>(row: &'a [String], name: &str) -> &'a str {
 }
 
 pub(super) fn row(id: &str, events: &[(u64, DeploymentEvent)]) -> Vec<String> {
-    let time = |t: DateTime<Utc>| rfc3339(t);
     let created = events.iter().find_map(|(_, e)| match e {
         DeploymentEvent::DeploymentCreated(c) => Some(c),
         _ => None,
@@ -151,7 +150,7 @@ pub(super) fn row(id: &str, events: &[(u64, DeploymentEvent)]) -> Vec<String> {
         .iter()
         .filter_map(|(_, e)| match e {
             DeploymentEvent::DeploymentApproved(a) => {
-                Some(format!("{}@{}", a.approver, time(a.meta.occurred_at)))
+                Some(format!("{}@{}", a.approver, rfc3339(a.meta.occurred_at)))
             }
             _ => None,
         })
@@ -161,7 +160,7 @@ pub(super) fn row(id: &str, events: &[(u64, DeploymentEvent)]) -> Vec<String> {
             .iter()
             .find_map(|(_, e)| match e {
                 DeploymentEvent::DeploymentDeployed(d) if d.ring == ring => {
-                    Some(time(d.meta.occurred_at))
+                    Some(rfc3339(d.meta.occurred_at))
                 }
                 _ => None,
             })
@@ -192,13 +191,13 @@ pub(super) fn row(id: &str, events: &[(u64, DeploymentEvent)]) -> Vec<String> {
         text(created.map(|c| c.version.clone())),
         text(created.map(|c| c.change_type.as_str().to_string())),
         text(created.map(|c| c.meta.actor.subject.clone())),
-        text(requested_at.map(time)),
+        text(requested_at.map(rfc3339)),
         text(created.map(|c| c.risk.score.to_string())),
         text(state.as_ref().map(|s| s.requires_cab.to_string())),
         text(state.as_ref().and_then(IntentState::cab_reason)),
         text(cab.as_ref().map(|c| c.0.to_string())),
         text(cab.as_ref().map(|c| c.1.clone())),
-        text(cab.as_ref().map(|c| time(c.2))),
+        text(cab.as_ref().map(|c| rfc3339(c.2))),
         text(cab.as_ref().map(|c| c.3.clone())),
         text(
             cab.as_ref()
@@ -207,8 +206,8 @@ pub(super) fn row(id: &str, events: &[(u64, DeploymentEvent)]) -> Vec<String> {
         ),
         approvals.join(";"),
         emergency.to_string(),
-        text(due.map(time)),
-        text(retro.map(|r| time(r.1))),
+        text(due.map(rfc3339)),
+        text(retro.map(|r| rfc3339(r.1))),
         text(retro.map(|r| r.0.to_string())),
         text(due.zip(retro).map(|(due, (_, at))| (at > due).to_string())),
         first_in(Ring::Lab),
@@ -218,11 +217,11 @@ pub(super) fn row(id: &str, events: &[(u64, DeploymentEvent)]) -> Vec<String> {
         first_in(Ring::Global),
         text(last_report.map(|d| d.ring.as_str().to_string())),
         text(last_report.map(|d| format!("{}/{}/{}", d.target_devices, d.succeeded, d.failed))),
-        text(rollback.map(|r| time(r.meta.occurred_at))),
+        text(rollback.map(|r| rfc3339(r.meta.occurred_at))),
         text(rollback.map(|r| r.meta.actor.subject.clone())),
         text(rollback.map(|r| r.reason.clone())),
         text(state.as_ref().map(|s| outcome(s).to_string())),
-        text(completed_at.map(time)),
+        text(completed_at.map(rfc3339)),
         text(
             lead_from
                 .zip(completed_at)

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct Verdict {
     pub control: String,
-    /// `pass`, `fail` or `not_applicable`.
+    /// `pass`, `fail`, `not_applicable` or `open`.
     pub verdict: String,
     pub leaves: Vec<u64>,
     pub detail: String,
