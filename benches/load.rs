@@ -186,7 +186,7 @@ async fn tokens(store: &Store) -> Arc<(String, String, String)> {
         let store = store.clone();
         let subject = subject.to_string();
         async move {
-            let change = eucora::principals::operator_change();
+            let change = eucora::principals::operator_change(Some("load-benchmark")).unwrap();
             let expires_at =
                 eucora::principals::expiry(change.at, eucora::principals::DEFAULT_TOKEN_LIFETIME)
                     .unwrap();

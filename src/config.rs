@@ -583,6 +583,10 @@ pub struct TokenCreateArgs {
     /// How long the token works: `12h`, `30d`, `52w` (at most 3 years).
     #[arg(long, value_name = "DURATION", default_value = "90d", value_parser = interval)]
     pub expires_in: std::time::Duration,
+    /// Who makes this change, as recorded on the principal's event (`cli:NAME`); default: the
+    /// login running the command (USER or LOGNAME). With neither, the change is refused.
+    #[arg(long, value_name = "NAME")]
+    pub by: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -600,6 +604,10 @@ pub struct TokenIdArgs {
     pub db: DbArgs,
     /// The principal's id (from `eucora token list`).
     pub id: Uuid,
+    /// Who makes this change, as recorded on the principal's event (`cli:NAME`); default: the
+    /// login running the command (USER or LOGNAME). With neither, the change is refused.
+    #[arg(long, value_name = "NAME")]
+    pub by: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -611,6 +619,10 @@ pub struct TokenRotateArgs {
     /// How long the new token works.
     #[arg(long, value_name = "DURATION", default_value = "90d", value_parser = interval)]
     pub expires_in: std::time::Duration,
+    /// Who makes this change, as recorded on the principal's event (`cli:NAME`); default: the
+    /// login running the command (USER or LOGNAME). With neither, the change is refused.
+    #[arg(long, value_name = "NAME")]
+    pub by: Option<String>,
 }
 
 #[derive(Debug, Args)]

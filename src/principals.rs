@@ -112,22 +112,36 @@ impl Principals {
     }
 }
 
-/// A change made at the command line, by whoever runs it: `cli:<login name>`, acting as an
-/// admin (they hold the database itself), under a correlation id of its own.
-pub fn operator_change() -> AccessChange {
-    let login = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok()
-        .filter(|u| !u.is_empty() && u.len() <= 64 && !u.chars().any(char::is_control))
-        .unwrap_or_else(|| "unknown".into());
-    AccessChange {
+/// A change made at the command line, by the person `by` names (`--by`), else by the login
+/// running it: `cli:<name>`, acting as an admin (they hold the database itself), under a
+/// correlation id of its own. With neither, it is refused: an access change always has an
+/// author of record.
+pub fn operator_change(by: Option<&str>) -> Result<AccessChange, String> {
+    let name = match by {
+        Some(by) => {
+            let by = by.trim();
+            if by.is_empty() || by.chars().count() > 64 || by.chars().any(char::is_control) {
+                return Err("--by must be 1 to 64 printable characters".into());
+            }
+            by.to_string()
+        }
+        None => std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .ok()
+            .filter(|u| !u.is_empty() && u.len() <= 64 && !u.chars().any(char::is_control))
+            .ok_or(
+                "say who makes this access change: --by NAME (no login name is known here: USER \
+                 and LOGNAME are unset)",
+            )?,
+    };
+    Ok(AccessChange {
         actor: Actor {
-            subject: format!("cli:{login}"),
+            subject: format!("cli:{name}"),
             role: Role::Admin,
         },
         correlation_id: format!("cli-{}", Uuid::new_v4()),
         at: Utc::now(),
-    }
+    })
 }
 
 /// A principal as the API and `eucora token list --json` show it: never its token or hash.
@@ -143,11 +157,20 @@ pub struct PrincipalOut {
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Who granted it, as its `PrincipalCreated` event records (`cli:<name>` at the command
+    /// line, the admin's subject over the API).
+    pub granted_by: Option<String>,
 }
 
 impl PrincipalOut {
-    pub fn new(record: PrincipalRecord, now: DateTime<Utc>) -> PrincipalOut {
+    /// `record` as shown at `now`, with its grantor from `grantors` (by principal id).
+    pub fn new(
+        record: PrincipalRecord,
+        now: DateTime<Utc>,
+        grantors: &std::collections::HashMap<Uuid, String>,
+    ) -> PrincipalOut {
         PrincipalOut {
+            granted_by: grantors.get(&record.id).cloned(),
             state: record.state(now).as_str(),
             id: record.id,
             subject: record.subject,

@@ -9,9 +9,9 @@ use crate::principals::{expiry, issue_token, operator_change, rotate_token, Prin
 /// `eucora token …`: principals, changed as the operator running it (`cli:<login>`), each change
 /// an event of the principal's stream.
 pub async fn run(command: TokenCommand) -> Result<(), Failure> {
-    let change = operator_change();
     match command {
         TokenCommand::Create(args) => {
+            let change = operator_change(args.by.as_deref())?;
             let role = Role::parse(&args.role).ok_or_else(|| {
                 format!(
                     "unknown role {:?}: use requester, cab_approver, deployer, auditor or admin",
@@ -37,10 +37,14 @@ pub async fn run(command: TokenCommand) -> Result<(), Failure> {
         TokenCommand::List(args) => {
             let store = open_existing(&args.db).await?;
             let principals = store.principals().await.map_err(|e| e.to_string())?;
+            let grantors = store
+                .principal_grantors()
+                .await
+                .map_err(|e| e.to_string())?;
             let now = chrono::Utc::now();
             let shown: Vec<PrincipalOut> = principals
                 .into_iter()
-                .map(|p| PrincipalOut::new(p, now))
+                .map(|p| PrincipalOut::new(p, now, &grantors))
                 .collect();
             if args.json {
                 for p in &shown {
@@ -63,11 +67,20 @@ pub async fn run(command: TokenCommand) -> Result<(), Failure> {
                         p.revoked_at
                             .as_ref()
                             .map_or_else(|| time(&p.expires_at), |_| "-".into()),
+                        p.granted_by.clone().unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
             for line in super::table::render(
-                &["ID", "SUBJECT", "ROLE", "STATE", "CREATED", "EXPIRES"],
+                &[
+                    "ID",
+                    "SUBJECT",
+                    "ROLE",
+                    "STATE",
+                    "CREATED",
+                    "EXPIRES",
+                    "GRANTED BY",
+                ],
                 &rows,
             ) {
                 say(format_args!("{line}"))?;
@@ -75,6 +88,7 @@ pub async fn run(command: TokenCommand) -> Result<(), Failure> {
             Ok(())
         }
         TokenCommand::Revoke(args) => {
+            let change = operator_change(args.by.as_deref())?;
             let store = open_existing(&args.db).await?;
             let record = store
                 .revoke_principal(args.id, &change)
@@ -90,6 +104,7 @@ pub async fn run(command: TokenCommand) -> Result<(), Failure> {
             Ok(())
         }
         TokenCommand::Rotate(args) => {
+            let change = operator_change(args.by.as_deref())?;
             let expires_at =
                 expiry(change.at, args.expires_in).map_err(|e| format!("--expires-in: {e}"))?;
             let store = open_existing(&args.db).await?;

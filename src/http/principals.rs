@@ -31,12 +31,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 async fn list(State(state): State<AppState>, principal: Principal) -> Result<Response, ApiError> {
     principal.require(&[Role::Admin])?;
     let now = Utc::now();
+    let grantors = state.store.principal_grantors().await?;
     let out: Vec<PrincipalOut> = state
         .store
         .principals()
         .await?
         .into_iter()
-        .map(|p| PrincipalOut::new(p, now))
+        .map(|p| PrincipalOut::new(p, now, &grantors))
         .collect();
     Ok(Json(out).into_response())
 }
@@ -66,7 +67,8 @@ async fn revoke(
             // trace ids.
             tracing::info!(principal_id = %id, subject = %record.subject,
                 by = %change.actor.subject, "principal revoked");
-            Ok(Json(PrincipalOut::new(record, change.at)).into_response())
+            let grantors = state.store.principal_grantors().await?;
+            Ok(Json(PrincipalOut::new(record, change.at, &grantors)).into_response())
         }
         Err(e @ AccessRefused::NotFound(_)) => Err(ApiError::NotFound(e.to_string())),
         Err(e @ AccessRefused::Revoked(_)) => Err(ApiError::Conflict {

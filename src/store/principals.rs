@@ -299,6 +299,39 @@ impl Store {
         row.map(record).transpose()
     }
 
+    /// Who granted each principal, by id: the actor of its `PrincipalCreated` event.
+    pub async fn principal_grantors(
+        &self,
+    ) -> Result<std::collections::HashMap<Uuid, String>, StoreError> {
+        let sql = self.pick(
+            "SELECT aggregate_id, event_version, payload FROM events
+              WHERE aggregate_type = 'principal' AND event_type = 'PrincipalCreated'",
+            "SELECT aggregate_id, event_version, payload::text FROM events
+              WHERE aggregate_type = 'principal' AND event_type = 'PrincipalCreated'",
+        );
+        let rows: Vec<(String, String, String)> = on_reader!(&self.db, pool => {
+            sqlx::query_as(sql).fetch_all(pool).await?
+        });
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, version, payload)| {
+                let id = Uuid::parse_str(&id).ok()?;
+                match eucora_projections::decode::decode_stream(
+                    "PrincipalCreated",
+                    &version,
+                    &payload,
+                )
+                .ok()?
+                {
+                    eucora_projections::decode::StreamEvent::Access(e) => {
+                        Some((id, e.meta().actor.subject.clone()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect())
+    }
+
     /// Every principal, oldest first.
     pub async fn principals(&self) -> Result<Vec<PrincipalRecord>, StoreError> {
         let sql = self.select_principals("ORDER BY created_at, id");

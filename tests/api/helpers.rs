@@ -179,9 +179,14 @@ pub fn binary() -> &'static str {
 }
 
 /// Runs `eucora` with arguments and returns (exit success, stdout, stderr).
+/// The login name the command line runs under in tests (`cli:eucora-operator` on access events).
+pub const OPERATOR: &str = "eucora-operator";
+
 pub fn eucora(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(binary())
         .args(args)
+        // As from an operator's login shell: access changes record who made them.
+        .env("USER", OPERATOR)
         .output()
         .expect("run eucora");
     (
@@ -204,6 +209,7 @@ pub fn eucora_with(
         .args(args)
         .env_remove("EUCORA_TOKEN")
         .env_remove("EUCORA_SERVER")
+        .env("USER", OPERATOR)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -8,6 +8,7 @@ use serde_json::Value;
 use crate::helpers::{eucora, intent_body, Backend, TestApp};
 
 crate::on_both_backends!(
+    an_access_change_needs_an_author_and_the_list_shows_each_grantor,
     a_revoked_or_rotated_token_stops_working_on_every_replica_at_once,
     tokens_expire_and_every_access_change_is_an_event,
     a_principal_past_its_rate_limit_gets_429_with_retry_after,
@@ -269,4 +270,68 @@ async fn a_principal_past_its_rate_limit_gets_429_with_retry_after(backend: Back
     assert!((1..=12).contains(&wait), "Retry-After {wait}");
     // Another principal has an allowance of its own.
     assert_eq!(app.get("/api/v1/deployments", &bob).await.status, 200);
+}
+
+/// Who granted, rotated or revoked a token is always on the record: `--by NAME`, else the login
+/// running the command; with neither it is refused and nothing is written. `token list` (and the
+/// API's list) shows each principal's grantor.
+async fn an_access_change_needs_an_author_and_the_list_shows_each_grantor(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let before = app.event_count().await;
+    let anonymous = std::process::Command::new(env!("CARGO_BIN_EXE_eucora"))
+        .args([
+            "token",
+            "create",
+            "--database-url",
+            &app.db.url,
+            "--subject",
+            "carol",
+            "--role",
+            "cab_approver",
+        ])
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&anonymous.stderr);
+    assert!(
+        !anonymous.status.success() && anonymous.stdout.is_empty(),
+        "{err}"
+    );
+    assert!(err.contains("--by NAME"), "{err}");
+    assert_eq!(app.event_count().await, before, "nothing written");
+
+    let (ok, _, err) = token_cli(
+        &app,
+        &[
+            "create",
+            "--subject",
+            "carol",
+            "--role",
+            "cab_approver",
+            "--by",
+            "ops-lead",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = token_cli(&app, &["create", "--subject", "dave", "--role", "auditor"]);
+    assert!(ok, "{err}");
+    assert_eq!(listed(&app, "carol")["granted_by"], "cli:ops-lead");
+    assert_eq!(
+        listed(&app, "dave")["granted_by"],
+        format!("cli:{}", crate::helpers::OPERATOR)
+    );
+    let (ok, table, err) = token_cli(&app, &["list"]);
+    assert!(ok, "{err}");
+    assert!(
+        table.lines().next().unwrap().contains("GRANTED BY"),
+        "{table}"
+    );
+    let carol = table.lines().find(|l| l.contains("carol")).unwrap();
+    assert!(carol.ends_with("cli:ops-lead"), "{table}");
+    let (ok, _, err) = token_cli(
+        &app,
+        &["create", "--subject", "x", "--role", "auditor", "--by", " "],
+    );
+    assert!(!ok && err.contains("--by must be"), "{err}");
 }

@@ -45,6 +45,8 @@ async fn the_readme_walks_one_intent_from_request_to_global() {
             .current_dir(std::env::temp_dir())
             .env("PATH", path)
             .env("EUCORA_SERVER", base)
+            // A login shell's: `eucora token create` records who granted each token.
+            .env("USER", "readme-reader")
             .env("EUCORA_DATABASE_URL", db)
             .env_remove("EUCORA_TOKEN")
             .stdout(Stdio::piped())
