@@ -190,7 +190,7 @@ async fn tokens(store: &Store) -> Arc<(String, String, String)> {
             let expires_at =
                 eucora::principals::expiry(change.at, eucora::principals::DEFAULT_TOKEN_LIFETIME)
                     .unwrap();
-            eucora::principals::issue_token(&store, &subject, role, expires_at, &change)
+            eucora::principals::issue_token(&store, &subject, role, expires_at, &change, None)
                 .await
                 .unwrap()
                 .1

@@ -587,6 +587,10 @@ pub struct TokenCreateArgs {
     /// login running the command (USER or LOGNAME). With neither, the change is refused.
     #[arg(long, value_name = "NAME")]
     pub by: Option<String>,
+    /// Grant a role that conflicts with one the subject already holds (requester and CAB
+    /// approver), for this reason, recorded on the principal's event.
+    #[arg(long, value_name = "REASON")]
+    pub allow_conflict: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -130,7 +130,7 @@ impl DemoCrew {
             // The login running the demo, or the demo itself when none is known.
             let change = operator_change(None).or_else(|_| operator_change(Some("eucora-demo")))?;
             let expires_at = expiry(change.at, DEFAULT_TOKEN_LIFETIME)?;
-            issue_token(store, subject, role, expires_at, &change)
+            issue_token(store, subject, role, expires_at, &change, None)
                 .await
                 .map(|(_, token)| token)
                 .map_err(|e| format!("cannot create the demo principal {subject}: {e}"))

@@ -215,12 +215,42 @@ pub async fn issue_token(
     role: Role,
     expires_at: DateTime<Utc>,
     change: &AccessChange,
+    conflict_allowed: Option<&str>,
 ) -> Result<(Uuid, String), StoreError> {
     let (token, hash) = new_token();
     let id = store
-        .create_principal(subject, role, &hash, expires_at, change)
+        .create_principal(subject, role, &hash, expires_at, change, conflict_allowed)
         .await?;
     Ok((id, token))
+}
+
+/// Whether one subject may not hold both roles: who requests a change must not be who decides
+/// it on the CAB.
+pub fn roles_conflict(a: Role, b: Role) -> bool {
+    matches!(
+        (a, b),
+        (Role::Requester, Role::CabApprover) | (Role::CabApprover, Role::Requester)
+    )
+}
+
+/// The roles `subject` holds now (active principals) that conflict with `role`.
+pub async fn conflicting_roles(
+    store: &Store,
+    subject: &str,
+    role: Role,
+    now: DateTime<Utc>,
+) -> Result<Vec<Role>, StoreError> {
+    Ok(store
+        .principals()
+        .await?
+        .into_iter()
+        .filter(|p| {
+            p.subject == subject
+                && p.state(now) == crate::store::PrincipalState::Active
+                && roles_conflict(p.role, role)
+        })
+        .map(|p| p.role)
+        .collect())
 }
 
 /// Gives principal `id` a new token expiring at `expires_at`; the old token stops working as

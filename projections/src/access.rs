@@ -31,6 +31,7 @@ pub struct AccessMeta {
     pub schema_version: u32,
 }
 
+/// A principal granted. Version 2 added `conflict_allowed` (version 1 grants upcast to null).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PrincipalCreated {
     /// The envelope: event id, principal, correlation id, actor, time, schema version.
@@ -41,6 +42,9 @@ pub struct PrincipalCreated {
     pub role: Role,
     /// When its token stops working.
     pub expires_at: DateTime<Utc>,
+    /// Why a role conflicting with one the subject already held (requester and CAB approver)
+    /// was granted anyway (`--allow-conflict`); null for every other grant.
+    pub conflict_allowed: Option<String>,
 }
 
 /// The principal's token was replaced: the old one stopped working as this was committed.
@@ -78,7 +82,10 @@ impl AccessEvent {
 
     /// This event type's schema version as this build writes and reads it.
     pub fn version(&self) -> u32 {
-        1
+        match self {
+            AccessEvent::PrincipalCreated(_) => 2,
+            AccessEvent::PrincipalTokenRotated(_) | AccessEvent::PrincipalRevoked(_) => 1,
+        }
     }
 
     pub fn meta(&self) -> &AccessMeta {

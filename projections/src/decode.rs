@@ -68,7 +68,8 @@ pub fn current_version(event_type: &str) -> Option<u32> {
         "ConnectorDispatched" => 1,
         "ConnectorDispatchFailed" => 1,
         "DeploymentDriftDetected" => 1,
-        "PrincipalCreated" | "PrincipalTokenRotated" | "PrincipalRevoked" => 1,
+        "PrincipalCreated" => 2,
+        "PrincipalTokenRotated" | "PrincipalRevoked" => 1,
         _ => return None,
     })
 }
@@ -138,11 +139,18 @@ pub fn decode_stream(
     if !is_access_type(event_type) {
         return decode(event_type, event_version, payload).map(StreamEvent::Deployment);
     }
-    readable_version(event_type, event_version)?;
-    let event: AccessEvent = serde_json::from_str(payload).map_err(|e| DecodeError::Malformed {
+    let (version, current) = readable_version(event_type, event_version)?;
+    let malformed = |e: serde_json::Error| DecodeError::Malformed {
         event_type: event_type.into(),
         reason: e.to_string(),
-    })?;
+    };
+    let event: AccessEvent = if version == current {
+        serde_json::from_str(payload).map_err(malformed)?
+    } else {
+        let value = serde_json::from_str(payload).map_err(malformed)?;
+        let (value, _) = upcast_payload(event_type, event_version, value)?;
+        serde_json::from_value(value).map_err(malformed)?
+    };
     if event.type_name() != event_type {
         return Err(DecodeError::TypeMismatch {
             event_type: event_type.into(),
@@ -236,6 +244,11 @@ fn upcast_step(event_type: &str, from: u32, body: &mut Map<String, Value>) -> Re
                 .and_then(Value::as_object_mut)
                 .ok_or("version 2 payload has no risk object")?;
             risk.insert("cab_required_reason".into(), Value::Null);
+            Ok(())
+        }
+        // Version 1 grants were never of a role conflicting with one the subject held.
+        ("PrincipalCreated", 1) => {
+            body.insert("conflict_allowed".into(), Value::Null);
             Ok(())
         }
         // Version 1 reports carried no retrospective-approval deadline.
@@ -385,6 +398,18 @@ mod tests {
             decode("DeploymentCreated", "2", &broken.to_string()),
             Err(DecodeError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn a_version_1_grant_reads_as_version_2_with_no_conflict_allowed() {
+        let stored = r#"{"PrincipalCreated":{"meta":{"event_id":"0190f0f0-0000-7000-8000-000000000001","principal_id":"0190f0f0-0000-7000-8000-000000000002","correlation_id":"cli-1","actor":{"subject":"cli:root","role":"admin"},"occurred_at":"2026-01-01T00:00:00Z","schema_version":1},"subject":"carol","role":"cab_approver","expires_at":"2026-04-01T00:00:00Z"}}"#;
+        let StreamEvent::Access(AccessEvent::PrincipalCreated(p)) =
+            decode_stream("PrincipalCreated", "1", stored).unwrap()
+        else {
+            panic!("not a grant")
+        };
+        assert_eq!((p.subject.as_str(), p.conflict_allowed), ("carol", None));
+        assert_eq!(p.meta.schema_version, 2);
     }
 
     #[test]

@@ -4,7 +4,9 @@ use eucora_projections::event::Role;
 
 use super::{open, open_existing, say, Failure};
 use crate::config::TokenCommand;
-use crate::principals::{expiry, issue_token, operator_change, rotate_token, PrincipalOut};
+use crate::principals::{
+    conflicting_roles, expiry, issue_token, operator_change, rotate_token, PrincipalOut,
+};
 
 /// `eucora token …`: principals, changed as the operator running it (`cli:<login>`), each change
 /// an event of the principal's stream.
@@ -24,8 +26,36 @@ pub async fn run(command: TokenCommand) -> Result<(), Failure> {
             }
             let expires_at =
                 expiry(change.at, args.expires_in).map_err(|e| format!("--expires-in: {e}"))?;
+            let reason = match args.allow_conflict.as_deref().map(str::trim) {
+                Some(r)
+                    if r.is_empty()
+                        || r.chars().count() > 4096
+                        || r.chars().any(char::is_control) =>
+                {
+                    return Err(
+                        "--allow-conflict needs a reason: 1 to 4096 printable characters".into(),
+                    )
+                }
+                reason => reason,
+            };
             let store = open(&args.db).await?;
-            let (id, token) = issue_token(&store, subject, role, expires_at, &change)
+            let held = conflicting_roles(&store, subject, role, change.at)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !held.is_empty() && reason.is_none() {
+                let held: Vec<&str> = held.iter().map(|r| r.as_str()).collect();
+                return Err(format!(
+                    "{subject} already holds {} and may not also be {}: who requests a change \
+                     must not decide it. Give the role to another subject, or pass \
+                     --allow-conflict REASON to grant it anyway (the reason is recorded)",
+                    held.join(", "),
+                    role.as_str()
+                )
+                .into());
+            }
+            // A reason is recorded only where there is a conflict to explain.
+            let reason = reason.filter(|_| !held.is_empty());
+            let (id, token) = issue_token(&store, subject, role, expires_at, &change, reason)
                 .await
                 .map_err(|e| e.to_string())?;
             eprintln!(

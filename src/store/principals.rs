@@ -69,14 +69,14 @@ pub struct AccessChange {
 }
 
 impl AccessChange {
-    fn meta(&self, principal_id: Uuid) -> AccessMeta {
+    fn meta(&self, principal_id: Uuid, schema_version: u32) -> AccessMeta {
         AccessMeta {
             event_id: Uuid::now_v7(),
             principal_id,
             correlation_id: self.correlation_id.clone(),
             actor: self.actor.clone(),
             occurred_at: self.at,
-            schema_version: 1,
+            schema_version,
         }
     }
 }
@@ -122,7 +122,8 @@ impl Store {
         }
     }
 
-    /// Records a principal known by the SHA-256 of its token, and its `PrincipalCreated` event.
+    /// Records a principal known by the SHA-256 of its token, and its `PrincipalCreated` event
+    /// (with why a conflicting role was granted anyway, if it was).
     pub async fn create_principal(
         &self,
         subject: &str,
@@ -130,6 +131,7 @@ impl Store {
         token_hash: &str,
         expires_at: DateTime<Utc>,
         change: &AccessChange,
+        conflict_allowed: Option<&str>,
     ) -> Result<Uuid, StoreError> {
         let id = Uuid::now_v7();
         let insert = self.pick(
@@ -139,10 +141,11 @@ impl Store {
              VALUES ($1::uuid, $2, $3, $4, $5::timestamptz, $6::timestamptz)",
         );
         let event = AccessEvent::PrincipalCreated(PrincipalCreated {
-            meta: change.meta(id),
+            meta: change.meta(id, 2),
             subject: subject.to_string(),
             role,
             expires_at,
+            conflict_allowed: conflict_allowed.map(str::to_string),
         });
         let append = self.append_access_sql();
         on_writer!(&self.db, pool => {
@@ -163,6 +166,7 @@ impl Store {
                 .bind(payload)
                 .bind(AGGREGATE_TYPE)
                 .bind(metadata)
+                .bind(event.version().to_string())
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?
@@ -186,7 +190,7 @@ impl Store {
              WHERE id = $1::uuid AND revoked_at IS NULL",
         );
         let event = AccessEvent::PrincipalTokenRotated(PrincipalTokenRotated {
-            meta: change.meta(id),
+            meta: change.meta(id, 1),
             expires_at,
         });
         Ok(
@@ -214,7 +218,7 @@ impl Store {
              WHERE id = $1::uuid AND revoked_at IS NULL",
         );
         let event = AccessEvent::PrincipalRevoked(PrincipalRevoked {
-            meta: change.meta(id),
+            meta: change.meta(id, 1),
         });
         Ok(self
             .change_principal(id, update, &[&rfc3339(change.at)], &event)
@@ -249,6 +253,7 @@ impl Store {
                     .bind(&payload)
                     .bind(AGGREGATE_TYPE)
                     .bind(&metadata)
+                    .bind(event.version().to_string())
                     .execute(&mut *tx)
                     .await?;
             }
@@ -258,19 +263,20 @@ impl Store {
         Ok(self.principal(id).await?.map(|record| (record, changed)))
     }
 
-    /// The statement that appends one event (type `$2`, payload `$3`, metadata `$5`) to the
+    /// The statement that appends one event (type `$2`, payload `$3`, metadata `$5`, version `$6`)
+    /// to the
     /// stream of principal `$1` (aggregate type `$4`), after its last.
     fn append_access_sql(&self) -> &'static str {
         self.pick(
             "INSERT INTO events
                  (aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
                   metadata)
-             SELECT $4, $1, COALESCE(MAX(sequence), 0) + 1, $2, '1', $3, $5
+             SELECT $4, $1, COALESCE(MAX(sequence), 0) + 1, $2, $6, $3, $5
                FROM events WHERE aggregate_type = $4 AND aggregate_id = $1",
             "INSERT INTO events
                  (aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
                   metadata)
-             SELECT $4, $1, COALESCE(MAX(sequence), 0) + 1, $2, '1', $3::json, $5::json
+             SELECT $4, $1, COALESCE(MAX(sequence), 0) + 1, $2, $6, $3::json, $5::json
                FROM events WHERE aggregate_type = $4 AND aggregate_id = $1",
         )
     }

@@ -334,4 +334,62 @@ async fn an_access_change_needs_an_author_and_the_list_shows_each_grantor(backen
         &["create", "--subject", "x", "--role", "auditor", "--by", " "],
     );
     assert!(!ok && err.contains("--by must be"), "{err}");
+
+    // A subject who decides on the CAB may not also request, unless a reason is recorded.
+    let before = app.event_count().await;
+    let (ok, out, err) = token_cli(
+        &app,
+        &["create", "--subject", "carol", "--role", "requester"],
+    );
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(
+        err.contains("carol already holds cab_approver") && err.contains("--allow-conflict"),
+        "{err}"
+    );
+    assert_eq!(app.event_count().await, before, "nothing written");
+    let (ok, _, err) = token_cli(
+        &app,
+        &[
+            "create",
+            "--subject",
+            "carol",
+            "--role",
+            "requester",
+            "--allow-conflict",
+            " ",
+        ],
+    );
+    assert!(
+        !ok && err.contains("--allow-conflict needs a reason"),
+        "{err}"
+    );
+    let (ok, _, err) = token_cli(
+        &app,
+        &[
+            "create",
+            "--subject",
+            "carol",
+            "--role",
+            "requester",
+            "--allow-conflict",
+            "two-person team until January: CAB decisions by dave",
+        ],
+    );
+    assert!(ok, "{err}");
+    let auditor = app.token("audrey", "auditor");
+    let events = app.get("/api/v1/events?limit=1000", &auditor).await;
+    let grants: Vec<&Value> = events.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event"].get("PrincipalCreated"))
+        .filter(|p| p["subject"] == "carol")
+        .collect();
+    assert_eq!(grants.len(), 2, "{events:#?}");
+    assert_eq!(grants[0]["conflict_allowed"], Value::Null);
+    assert_eq!(
+        grants[1]["conflict_allowed"],
+        "two-person team until January: CAB decisions by dave"
+    );
+    assert_eq!(grants[1]["meta"]["schema_version"], 2);
 }

@@ -385,7 +385,14 @@ async fn tokens_are_looked_up_by_hash_only(backend: Backend) {
     };
     let expires = at + chrono::Duration::days(90);
     let id = store
-        .create_principal("carol", Role::CabApprover, "ab12", expires, &change(0))
+        .create_principal(
+            "carol",
+            Role::CabApprover,
+            "ab12",
+            expires,
+            &change(0),
+            None,
+        )
         .await
         .unwrap();
     let found = store
