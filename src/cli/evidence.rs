@@ -171,25 +171,13 @@ pub fn verify(file: &Path, key: &Path, previous_checkpoint: Option<&Path>) -> Re
         ))?;
         return Ok(());
     };
-    let mut failing: Vec<String> = Vec::new();
-    if controls.population_complete.verdict == crate::evidence::FAIL {
-        failing.push(format!(
-            "  population_complete: {}",
-            controls.population_complete.detail
-        ));
-    }
-    for intent in &controls.intents {
-        for v in intent
-            .controls
-            .iter()
-            .filter(|v| v.verdict == crate::evidence::FAIL)
-        {
-            failing.push(format!(
-                "  {} {}: {} (leaves {:?})",
-                intent.deployment_id, v.control, v.detail, v.leaves
-            ));
-        }
-    }
+    let failing: Vec<String> = controls
+        .failing()
+        .map(|(id, v)| match id {
+            Some(id) => format!("  {id} {}: {} (leaves {:?})", v.control, v.detail, v.leaves),
+            None => format!("  {}: {}", v.control, v.detail),
+        })
+        .collect();
     if !failing.is_empty() {
         return Err(Failure::Findings(format!(
             "the bundle is intact, and {} controls fail:\n{}",

@@ -40,15 +40,21 @@ pub struct ControlsFile {
 }
 
 impl ControlsFile {
-    /// Every verdict, the population's first.
-    pub fn verdicts(&self) -> impl Iterator<Item = &Verdict> {
-        std::iter::once(&self.population_complete)
-            .chain(self.intents.iter().flat_map(|i| &i.controls))
+    /// Every verdict that is `fail`, with its intent's id (none for `population_complete`,
+    /// which comes first).
+    pub fn failing(&self) -> impl Iterator<Item = (Option<&str>, &Verdict)> {
+        std::iter::once((None, &self.population_complete))
+            .chain(self.intents.iter().flat_map(|i| {
+                i.controls
+                    .iter()
+                    .map(move |v| (Some(i.deployment_id.as_str()), v))
+            }))
+            .filter(|(_, v)| v.verdict == FAIL)
     }
 
     /// How many verdicts are `fail`.
     pub fn failed(&self) -> u64 {
-        self.verdicts().filter(|v| v.verdict == FAIL).count() as u64
+        self.failing().count() as u64
     }
 }
 

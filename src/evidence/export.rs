@@ -22,7 +22,7 @@ use super::format::{
 use super::population::Population;
 use super::report::{report_html, Summary};
 use crate::checkpoints::{open_checkpoint, SigningKey};
-use crate::projection::log::{with_tiles, LogView};
+use crate::projection::log::{with_tiles, LogTree, LogView};
 use crate::projection::{Event, ProjectionError, RunError, StreamReader};
 use crate::store::{Columns, Store};
 
@@ -227,8 +227,7 @@ pub async fn export(
     let wanted = match scope {
         Scope::Deployment(id) => Selection::Deployment(id.to_string()),
         Scope::Period { from, to } => {
-            let period = find_period(store, size, *from, *to).await?;
-            Selection::Period(period, *to)
+            Selection::Period(find_period(store, size, *from, *to).await?)
         }
     };
 
@@ -239,12 +238,11 @@ pub async fn export(
     let mut index = 0u64;
     // A period's range ends at the first event after its start stamped at or after its end (read
     // here, as its boundary), or at the checkpoint's size.
-    let end = size;
     let (mut before, mut after) = (None, None);
     let mut range_end = size;
     // Read and decoded ahead on other tasks, compressed on another thread: the stages overlap.
-    let mut stream = StreamReader::from_start(store.clone(), end, BATCH, Columns::Stored);
-    'read: while index < end {
+    let mut stream = StreamReader::from_start(store.clone(), size, BATCH, Columns::Stored);
+    'read: while index < size {
         let Some(batch) = stream.next().await else {
             break;
         };
@@ -253,9 +251,9 @@ pub async fn export(
             let stream = row.stream()?;
             let take = match &wanted {
                 Selection::Deployment(id) => &stream.aggregate_id == id,
-                Selection::Period(p, to) => {
+                Selection::Period(p) => {
                     let at = event.as_ref().map(StreamEvent::occurred_at).ok();
-                    if index > p.start && at.is_some_and(|t| t >= *to) {
+                    if index > p.start && at.is_some_and(|t| t >= p.to) {
                         after = Some(EventRecord::of(index, row)?);
                         range_end = index;
                         break 'read;
@@ -278,7 +276,7 @@ pub async fn export(
                 events.line(&record)?;
             }
             index += 1;
-            if index >= end {
+            if index >= size {
                 break;
             }
         }
@@ -304,7 +302,7 @@ pub async fn export(
     let proof = ProofFile {
         tree_size: size,
         range: match &wanted {
-            Selection::Period(p, _) => {
+            Selection::Period(p) => {
                 let (start, end) = (p.start, range_end);
                 let hashes = with_tiles(store, &tree, |r| merkle::range_proof(r, start, end, size))
                     .await
@@ -312,55 +310,30 @@ pub async fn export(
                 Some(RangeProof {
                     start,
                     end,
-                    hashes: hashes.iter().map(|h| b64(h)).collect(),
+                    hashes: encoded(&hashes),
                 })
             }
             Selection::Deployment(_) => None,
         },
         // One deployment: every event; a period: the earlier events before its range.
         inclusion: {
-            let outside: Vec<u64> = match &wanted {
-                Selection::Deployment(_) => chosen.clone(),
-                Selection::Period(p, _) => {
-                    chosen.iter().copied().filter(|i| *i < p.start).collect()
+            let mut all = Vec::new();
+            for &index in &chosen {
+                if matches!(&wanted, Selection::Period(p) if index >= p.start) {
+                    break;
                 }
-            };
-            {
-                let mut all = Vec::new();
-                for i in &outside {
-                    let hashes = with_tiles(store, &tree, |r| merkle::inclusion_proof(r, *i, size))
-                        .await
-                        .map_err(proof_error)?;
-                    all.push(InclusionProof {
-                        index: *i,
-                        hashes: hashes.iter().map(|h| b64(h)).collect(),
-                    });
-                }
-                all
+                all.push(InclusionProof {
+                    index,
+                    hashes: inclusion(store, &tree, index, size).await?,
+                });
             }
+            all
         },
         boundaries: match &wanted {
             Selection::Deployment(_) => None,
-            Selection::Period(..) => {
-                let mut proved = Vec::new();
-                for event in [before, after] {
-                    proved.push(match event {
-                        None => None,
-                        Some(event) => {
-                            let at = event.index;
-                            let hashes =
-                                with_tiles(store, &tree, |r| merkle::inclusion_proof(r, at, size))
-                                    .await
-                                    .map_err(proof_error)?;
-                            Some(BoundaryEvent {
-                                event,
-                                hashes: hashes.iter().map(|h| b64(h)).collect(),
-                            })
-                        }
-                    });
-                }
-                let after = proved.pop().flatten();
-                let before = proved.pop().flatten();
+            Selection::Period(_) => {
+                let before = boundary(store, &tree, before, size).await?;
+                let after = boundary(store, &tree, after, size).await?;
                 Some(Boundaries { before, after })
             }
         },
@@ -377,7 +350,7 @@ pub async fn export(
                     .map_err(proof_error)?;
                 Some(ConsistencyProof {
                     from,
-                    hashes: hashes.iter().map(|h| b64(h)).collect(),
+                    hashes: encoded(&hashes),
                 })
             }
         },
@@ -488,15 +461,50 @@ fn verify_md(verifier_key: &str) -> String {
 enum Selection {
     /// Every event of this intent.
     Deployment(String),
-    /// A period, and its end.
-    Period(PeriodSelection, DateTime<Utc>),
+    Period(PeriodSelection),
 }
 
-/// Where a period's range starts, and the intents whose earlier events come with it.
+/// Where a period's range starts, the period's end, and the intents whose earlier events come
+/// with it.
 struct PeriodSelection {
     start: u64,
+    to: DateTime<Utc>,
     /// Every intent with an event in the period, or open at its start.
     intents: HashSet<String>,
+}
+
+/// The inclusion proof of leaf `index` in the tree of `size`, as the bundle writes it.
+async fn inclusion(
+    store: &Store,
+    tree: &LogTree,
+    index: u64,
+    size: u64,
+) -> Result<Vec<String>, EvidenceError> {
+    with_tiles(store, tree, |r| merkle::inclusion_proof(r, index, size))
+        .await
+        .map(|hashes| encoded(&hashes))
+        .map_err(|e| EvidenceError::Export(e.to_string()))
+}
+
+/// An event just outside a period's range, with its inclusion proof.
+async fn boundary(
+    store: &Store,
+    tree: &LogTree,
+    event: Option<EventRecord>,
+    size: u64,
+) -> Result<Option<BoundaryEvent>, EvidenceError> {
+    Ok(match event {
+        Some(event) => Some(BoundaryEvent {
+            hashes: inclusion(store, tree, event.index, size).await?,
+            event,
+        }),
+        None => None,
+    })
+}
+
+/// A proof's hashes as the bundle writes them (base64).
+fn encoded(hashes: &[merkle::Hash]) -> Vec<String> {
+    hashes.iter().map(|h| b64(h)).collect()
 }
 
 fn run_error(e: RunError) -> EvidenceError {
@@ -540,6 +548,7 @@ async fn find_period(
                     // Nothing before the range: no earlier events to bring.
                     return Ok(PeriodSelection {
                         start: 0,
+                        to,
                         intents: HashSet::new(),
                     });
                 }
@@ -574,5 +583,5 @@ async fn find_period(
             "no signed event falls in this period".into(),
         ));
     };
-    Ok(PeriodSelection { start, intents })
+    Ok(PeriodSelection { start, to, intents })
 }

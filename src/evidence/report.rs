@@ -69,34 +69,24 @@ impl Summary {
                 (*control, n)
             })
             .collect();
-        let mut failing = Vec::new();
-        if controls.population_complete.verdict == FAIL {
-            failing.push([
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                "population_complete".into(),
-                controls.population_complete.detail.clone(),
-            ]);
-        }
-        for intent in &controls.intents {
-            let fact = |name: &str| {
-                rows.get(&intent.deployment_id)
-                    .map(|r| column(r, name).to_string())
-                    .unwrap_or_default()
-            };
-            for v in intent.controls.iter().filter(|v| v.verdict == FAIL) {
-                failing.push([
-                    intent.deployment_id.clone(),
+        let failing = controls
+            .failing()
+            .map(|(id, v)| {
+                let fact = |name: &str| {
+                    id.and_then(|id| rows.get(id))
+                        .map(|r| column(r, name).to_string())
+                        .unwrap_or_default()
+                };
+                [
+                    id.unwrap_or_default().to_string(),
                     fact("app_name"),
                     fact("version"),
                     fact("change_ref"),
                     v.control.clone(),
                     v.detail.clone(),
-                ]);
-            }
-        }
+                ]
+            })
+            .collect();
         Summary {
             scope: scope_words(scope),
             as_of,

@@ -175,6 +175,26 @@ fn repack_with(
     out
 }
 
+/// `eucora evidence verify FILE --key KEY [--previous-checkpoint PREVIOUS]`, as an auditor runs
+/// it: (exit code, stdout, stderr).
+fn verify_cli(
+    file: &std::path::Path,
+    key: &std::path::Path,
+    previous: Option<&std::path::Path>,
+) -> (i32, String, String) {
+    let mut args = vec![
+        "evidence",
+        "verify",
+        file.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    if let Some(previous) = previous {
+        args.extend(["--previous-checkpoint", previous.to_str().unwrap()]);
+    }
+    eucora_with(None, &args, "")
+}
+
 fn lines(data: &[u8]) -> Vec<String> {
     String::from_utf8(data.to_vec())
         .unwrap()
@@ -453,17 +473,7 @@ async fn a_deployment_bundle_from_the_command_line_verifies_offline(backend: Bac
     );
     let key_line = dir.join("verifier");
     std::fs::write(&key_line, &verifier).unwrap();
-    let (code, said, err) = eucora_with(
-        None,
-        &[
-            "evidence",
-            "verify",
-            out.to_str().unwrap(),
-            "--key",
-            key_line.to_str().unwrap(),
-        ],
-        "",
-    );
+    let (code, said, err) = verify_cli(&out, &key_line, None);
     assert_eq!(code, 0, "{said}{err}");
     assert!(
         said.starts_with("verified: 7 events of 1 intents"),
@@ -499,17 +509,7 @@ async fn a_deployment_bundle_from_the_command_line_verifies_offline(backend: Bac
     // Another key: refused, with the reason, exit 1; the file exists already: refused too.
     let stranger = dir.join("stranger");
     std::fs::write(&stranger, "eucora+00000000+AQ==").unwrap();
-    let (code, _, err) = eucora_with(
-        None,
-        &[
-            "evidence",
-            "verify",
-            out.to_str().unwrap(),
-            "--key",
-            stranger.to_str().unwrap(),
-        ],
-        "",
-    );
+    let (code, _, err) = verify_cli(&out, &stranger, None);
     assert_eq!(code, 1);
     assert!(err.contains("does not verify"), "{err}");
     let (code, _, err) = export();
@@ -602,19 +602,7 @@ async fn an_earlier_checkpoint_exposes_a_history_rewritten_and_re_signed() {
     );
     let key_line = dir.join("verifier");
     std::fs::write(&key_line, &verifier).unwrap();
-    let (code, _, err) = eucora_with(
-        None,
-        &[
-            "evidence",
-            "verify",
-            out.to_str().unwrap(),
-            "--key",
-            key_line.to_str().unwrap(),
-            "--previous-checkpoint",
-            kept_file.to_str().unwrap(),
-        ],
-        "",
-    );
+    let (code, _, err) = verify_cli(&out, &key_line, Some(&kept_file));
     assert_eq!(code, 1);
     assert!(err.contains("its history was rewritten"), "{err}");
 }
@@ -771,17 +759,7 @@ async fn an_intact_bundle_whose_controls_fail_verifies_with_exit_status_3(backen
     let verify_cli = |bundle: &[u8], name: &str| {
         let file = db.dir().join(name);
         std::fs::write(&file, bundle).unwrap();
-        eucora_with(
-            None,
-            &[
-                "evidence",
-                "verify",
-                file.to_str().unwrap(),
-                "--key",
-                key_line.to_str().unwrap(),
-            ],
-            "",
-        )
+        verify_cli(&file, &key_line, None)
     };
     let path = format!("/api/v1/deployments/{id}/evidence");
     let (code, said, err) = verify_cli(&fetch(&app, &path, &crew.auditor).await, "open.tar.gz");
@@ -927,18 +905,10 @@ async fn an_auditor_fetches_over_the_api_and_checks_against_a_checkpoint_they_ke
             said.contains("check it with eucora evidence verify"),
             "{said}"
         );
-        let (code, said, err) = eucora_with(
-            None,
-            &[
-                "evidence",
-                "verify",
-                &out_text,
-                "--key",
-                key_line,
-                "--previous-checkpoint",
-                previous,
-            ],
-            "",
+        let (code, said, err) = verify_cli(
+            std::path::Path::new(&out_text),
+            std::path::Path::new(key_line),
+            Some(std::path::Path::new(previous)),
         );
         assert_eq!(code, 0, "{said}{err}");
         assert!(said.starts_with("verified: "), "{said}");
