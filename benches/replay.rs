@@ -505,11 +505,15 @@ async fn bench_evidence(
     };
     let key = eucora::checkpoints::SigningKey::create(&key_path, "bench").unwrap();
     let root = tree.root();
+    let heads = eucora::checkpoints::IntentHeads::of(store, written)
+        .await
+        .unwrap()
+        .root();
     store
         .keep_checkpoint(&eucora::store::StoredCheckpoint {
             tree_size: written as i64,
             root,
-            note: key.sign_checkpoint(written, &root).unwrap(),
+            note: key.sign_checkpoint(written, &root, &heads).unwrap(),
         })
         .await
         .unwrap();

@@ -1,7 +1,8 @@
 //! Signed checkpoints of the Merkle log, and the integrity status they feed.
 //!
 //! A checkpoint is the C2SP tlog-checkpoint body (origin, tree size, base64 tree head, one per
-//! line) signed as a C2SP signed note with Ed25519 (the `signed_note` crate). The origin is the
+//! line, then the extension line `intent-heads <count> <base64 root>` committing to the index of
+//! every intent's head at that size, `eucora_projections::heads`) signed as a C2SP signed note with Ed25519 (the `signed_note` crate). The origin is the
 //! signing key's name. The server signs one every `--checkpoint-interval` or every
 //! `--checkpoint-events` new leaves, whichever comes first, after checking that the log it is about
 //! to sign extends the previous checkpoint (a consistency proof, verified). It keeps every one in the
@@ -20,12 +21,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use eucora_projections::heads::{Heads, IndexRoot};
 use eucora_projections::merkle::{self, Hash};
 use signed_note::{Note, Signer, StandardSigner, StandardVerifier, VerifierList};
 
 use crate::projection::log::{with_tiles, LogView};
 use crate::projection::RunnerStatus;
-use crate::store::{Store, StoredCheckpoint};
+use crate::store::{Columns, Store, StoreError, StoredCheckpoint};
 
 /// The name a generated key (and so the log's origin) gets unless one is given.
 pub const DEFAULT_KEY_NAME: &str = "eucora";
@@ -126,9 +128,15 @@ impl SigningKey {
         &self.verifier
     }
 
-    /// The signed checkpoint of a tree of `size` leaves with head `root`.
-    pub fn sign_checkpoint(&self, size: u64, root: &Hash) -> Result<String, String> {
-        let text = checkpoint_text(self.name(), size, root);
+    /// The signed checkpoint of a tree of `size` leaves with head `root`, whose intents' heads
+    /// have the index `heads`.
+    pub fn sign_checkpoint(
+        &self,
+        size: u64,
+        root: &Hash,
+        heads: &IndexRoot,
+    ) -> Result<String, String> {
+        let text = checkpoint_text(self.name(), size, root, Some(heads));
         let mut note = Note::new(text.as_bytes(), &[]).map_err(|e| e.to_string())?;
         note.add_sigs(&[&self.signer]).map_err(|e| e.to_string())?;
         String::from_utf8(note.to_bytes()).map_err(|e| e.to_string())
@@ -140,12 +148,22 @@ impl SigningKey {
     }
 }
 
-/// The C2SP tlog-checkpoint body: origin, size and base64 root, each on its own line.
-pub fn checkpoint_text(origin: &str, size: u64, root: &Hash) -> String {
-    format!(
-        "{origin}\n{size}\n{}\n",
-        base64::engine::general_purpose::STANDARD.encode(root)
-    )
+/// The name of the checkpoint extension line that carries the intent-heads index.
+pub const HEADS_EXTENSION: &str = "intent-heads";
+
+/// The C2SP tlog-checkpoint body: origin, size and base64 root, each on its own line, then (when
+/// given) the intent-heads extension line.
+pub fn checkpoint_text(origin: &str, size: u64, root: &Hash, heads: Option<&IndexRoot>) -> String {
+    let b64 = |h: &Hash| base64::engine::general_purpose::STANDARD.encode(h);
+    let mut text = format!("{origin}\n{size}\n{}\n", b64(root));
+    if let Some(heads) = heads {
+        text.push_str(&format!(
+            "{HEADS_EXTENSION} {} {}\n",
+            heads.count,
+            b64(&heads.root)
+        ));
+    }
+    text
 }
 
 /// A checkpoint whose signature verified.
@@ -154,6 +172,8 @@ pub struct Checkpoint {
     pub origin: String,
     pub size: u64,
     pub root: Hash,
+    /// The intent-heads index it commits to; `None` for a checkpoint signed before there was one.
+    pub heads: Option<IndexRoot>,
 }
 
 /// Verifies a signed checkpoint against a verifier key and reads its body.
@@ -170,19 +190,92 @@ pub fn open_checkpoint(note: &str, verifier_key: &str) -> Result<Checkpoint, Str
     let (Some(origin), Some(size), Some(root)) = (lines.next(), lines.next(), lines.next()) else {
         return Err("the checkpoint body is not origin, size and root lines".into());
     };
-    let size: u64 = size
-        .parse()
-        .map_err(|_| format!("the checkpoint's size {size:?} is not a number"))?;
-    let root: Hash = base64::engine::general_purpose::STANDARD
-        .decode(root)
-        .ok()
-        .and_then(|r| r.try_into().ok())
-        .ok_or("the checkpoint's root is not a base64 SHA-256 hash")?;
+    let number = |what: &str, text: &str| {
+        text.parse::<u64>()
+            .map_err(|_| format!("the checkpoint's {what} {text:?} is not a number"))
+    };
+    let hash = |what: &str, text: &str| -> Result<Hash, String> {
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .ok()
+            .and_then(|r| r.try_into().ok())
+            .ok_or_else(|| format!("the checkpoint's {what} is not a base64 SHA-256 hash"))
+    };
+    // Extension lines follow the root; ours names the intent-heads index, others are skipped.
+    let mut heads = None;
+    for line in lines.take_while(|l| !l.is_empty()) {
+        let mut words = line.split(' ');
+        if words.next() == Some(HEADS_EXTENSION) {
+            let (Some(count), Some(root), None) = (words.next(), words.next(), words.next()) else {
+                return Err(format!(
+                    "the checkpoint's line {line:?} is not `{HEADS_EXTENSION} <count> <root>`"
+                ));
+            };
+            heads = Some(IndexRoot {
+                count: number("intent count", count)?,
+                root: hash("intent-heads root", root)?,
+            });
+        }
+    }
     Ok(Checkpoint {
         origin: origin.to_string(),
-        size,
-        root,
+        size: number("size", size)?,
+        root: hash("root", root)?,
+        heads,
     })
+}
+
+/// The heads of every deployment intent over the log's first leaves, read from the global stream
+/// and kept up to date as the log grows.
+#[derive(Debug, Default)]
+pub struct IntentHeads {
+    heads: Heads,
+    /// The position of the last event taken.
+    after: Option<i64>,
+}
+
+impl IntentHeads {
+    /// The heads over the log's first `size` leaves.
+    pub async fn of(store: &Store, size: u64) -> Result<Heads, StoreError> {
+        let mut heads = IntentHeads::default();
+        heads.advance(store, size).await?;
+        Ok(heads.heads)
+    }
+
+    /// Takes the leaves up to `size` it has not taken yet.
+    pub async fn advance(&mut self, store: &Store, size: u64) -> Result<&Heads, StoreError> {
+        use cqrs_es::Aggregate;
+        const BATCH: i64 = 5000;
+        let intent = <crate::domain::intent::DeploymentIntent as Aggregate>::TYPE;
+        while self.heads.leaves() < size {
+            let want = (size - self.heads.leaves()).min(BATCH as u64) as i64;
+            let rows = store
+                .read_global(self.after, want, Columns::Streams)
+                .await?;
+            let Some(last) = rows.last() else {
+                return Err(StoreError::Corrupt {
+                    position: self.after.unwrap_or(0),
+                    reason: format!("the stream ends before the log's {size} leaves"),
+                });
+            };
+            self.after = Some(last.position);
+            for row in &rows {
+                let stream = row.stream()?;
+                let id = if stream.aggregate_type == intent {
+                    Some(uuid::Uuid::parse_str(&stream.aggregate_id).map_err(|_| {
+                        StoreError::Corrupt {
+                            position: row.position,
+                            reason: format!("intent id {:?} is not a UUID", stream.aggregate_id),
+                        }
+                    })?)
+                } else {
+                    None
+                };
+                self.heads.push(id);
+            }
+        }
+        Ok(&self.heads)
+    }
 }
 
 /// What the integrity checks found, for readiness and the process metrics.
@@ -269,6 +362,7 @@ impl Checkpointer {
         let mut checked = false;
         let mut last_signed = Instant::now();
         let mut next_check = 0u64;
+        let mut heads = IntentHeads::default();
         loop {
             tokio::select! {
                 () = &mut shutdown => return,
@@ -308,7 +402,7 @@ impl Checkpointer {
                     }
                 }
             }
-            match self.maybe_sign(last_signed).await {
+            match self.maybe_sign(last_signed, &mut heads).await {
                 Ok(true) => last_signed = Instant::now(),
                 Ok(false) => {}
                 Err(Failure::Integrity(what)) => self.status.fail(what),
@@ -388,7 +482,11 @@ impl Checkpointer {
     }
 
     /// Signs a checkpoint of the current tree if one is due; `Ok(true)` when it did.
-    async fn maybe_sign(&self, last_signed: Instant) -> Result<bool, Failure> {
+    async fn maybe_sign(
+        &self,
+        last_signed: Instant,
+        heads: &mut IntentHeads,
+    ) -> Result<bool, Failure> {
         let Some(plan) = &self.plan else {
             return Ok(false);
         };
@@ -405,10 +503,6 @@ impl Checkpointer {
             }
             return Ok(false);
         }
-        let due = size - latest_size >= plan.every_events || last_signed.elapsed() >= plan.interval;
-        if !due {
-            return Ok(false);
-        }
         // The previous checkpoint, as signed (by this key: another key's is an integrity
         // failure), must be a prefix of what is signed now; so must the one kept outside.
         let previous = latest
@@ -416,6 +510,14 @@ impl Checkpointer {
             .map(|latest| open_checkpoint(&latest.note, plan.key.verifier_key()))
             .transpose()
             .map_err(|e| Failure::Integrity(format!("the latest stored checkpoint: {e}")))?;
+        // One signed before the intent-heads index proves no deployment complete: replaced as
+        // soon as the log grows.
+        let due = size - latest_size >= plan.every_events
+            || last_signed.elapsed() >= plan.interval
+            || previous.as_ref().is_some_and(|p| p.heads.is_none());
+        if !due {
+            return Ok(false);
+        }
         if let Some(previous) = &previous {
             self.check_extends(previous, "the latest signed checkpoint")
                 .await?;
@@ -426,9 +528,14 @@ impl Checkpointer {
                 .await?;
         }
         let root = tree.root();
+        let index = heads
+            .advance(&self.store, size)
+            .await
+            .map_err(transient)?
+            .root();
         let note = plan
             .key
-            .sign_checkpoint(size, &root)
+            .sign_checkpoint(size, &root, &index)
             .map_err(Failure::Transient)?;
         // Outside the database first: a checkpoint is served (from the database) only once the
         // copy an insider cannot rewrite holds it. The other order left a window in which a
@@ -549,16 +656,35 @@ mod tests {
     fn a_checkpoint_is_the_c2sp_body_signed_and_opens_only_with_its_key() {
         let (_dir, key) = spec_key();
         let root = merkle::leaf_hash(b"x");
-        let note = key.sign_checkpoint(42, &root).unwrap();
-        let body = checkpoint_text("PeterNeumann", 42, &root);
+        let heads = IndexRoot {
+            count: 7,
+            root: merkle::leaf_hash(b"y"),
+        };
+        let note = key.sign_checkpoint(42, &root, &heads).unwrap();
+        let body = checkpoint_text("PeterNeumann", 42, &root, Some(&heads));
+        assert_eq!(
+            body.lines().nth(3),
+            Some(
+                format!(
+                    "intent-heads 7 {}",
+                    base64::engine::general_purpose::STANDARD.encode(heads.root)
+                )
+                .as_str()
+            )
+        );
         assert!(
             note.starts_with(&format!("{body}\n— PeterNeumann ")),
             "{note}"
         );
         let opened = open_checkpoint(&note, SPEC_VKEY).unwrap();
         assert_eq!(
-            (opened.origin.as_str(), opened.size, opened.root),
-            ("PeterNeumann", 42, root)
+            (
+                opened.origin.as_str(),
+                opened.size,
+                opened.root,
+                opened.heads
+            ),
+            ("PeterNeumann", 42, root, Some(heads))
         );
         // Another key, or an edited body, does not open.
         let dir = tempdir::Dir::new();

@@ -467,6 +467,12 @@ pub enum EvidenceCommand {
     /// events exactly as stored, the signed checkpoint, the proofs, the controls, the population
     /// and a signed manifest (docs/evidence.md).
     Export(ExportArgs),
+    /// Write a deployment intent's head under the latest signed checkpoint, with its proof in the
+    /// checkpoint's intent-heads index, or, for an id that is no intent, the proof that there is
+    /// none. `eucora evidence verify FILE --key K` checks it offline.
+    ///
+    /// Example: eucora evidence head 0b5c5d8e-4f8a-4c1e-9d2b-6f3a1e7c9a40 --server https://eucora.example --out head.json
+    Head(HeadArgs),
     /// Verify a bundle offline, with no database: the manifest's signature and every file's
     /// hash, the checkpoint's signature, the proofs, contiguity, and every control recomputed.
     /// Exits 0 only when all hold; otherwise names the first failure and exits 1.
@@ -522,7 +528,7 @@ pub enum EvidenceCommand {
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     #[command(flatten)]
-    pub db: DbArgs,
+    pub source: EvidenceSource,
     /// Start of the period (RFC 3339): from the first event stamped at or after it.
     #[arg(long, requires = "to", conflicts_with = "deployment")]
     pub from: Option<String>,
@@ -538,11 +544,30 @@ pub struct ExportArgs {
     /// An earlier signed checkpoint: the bundle then proves the log extends it.
     #[arg(long)]
     pub previous_checkpoint: Option<PathBuf>,
+}
+
+/// `eucora evidence head`'s arguments.
+#[derive(Debug, Args)]
+pub struct HeadArgs {
+    /// The deployment intent's id.
+    pub deployment: Uuid,
+    #[command(flatten)]
+    pub source: EvidenceSource,
+    /// Where to write the lookup (JSON); the file must not exist.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Where evidence comes from: the database (with the log's signing key) or a running server.
+#[derive(Debug, Args)]
+pub struct EvidenceSource {
+    #[command(flatten)]
+    pub db: DbArgs,
     /// The log's signing key (default on SQLite: `<database file>.key`, as the server uses).
     #[arg(long, env = "EUCORA_SIGNING_KEY_FILE")]
     pub signing_key_file: Option<PathBuf>,
-    /// Fetch the bundle from this running server over the API instead of reading the database
-    /// (no signing key needed); the client's EUCORA_SERVER.
+    /// Fetch from this running server over the API instead of reading the database (no signing
+    /// key needed); the client's EUCORA_SERVER.
     #[arg(long, env = "EUCORA_SERVER")]
     pub server: Option<String>,
     /// With --server: an auditor's bearer token (EUCORA_TOKEN; never printed).

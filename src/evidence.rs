@@ -8,7 +8,8 @@
 //!   position, in leaf order;
 //! - `checkpoint`: the signed checkpoint the proofs are against;
 //! - `proof.json`: a range proof (a period: the events are exactly the leaves `[start, end)`) or an
-//!   inclusion proof per event (one deployment), and optionally a consistency proof from an
+//!   inclusion proof per event and the intent's head in the checkpoint's intent-heads index (one
+//!   deployment: every event of it, and no other), and optionally a consistency proof from an
 //!   earlier checkpoint the auditor supplied;
 //! - `controls.json`: every control's verdict per intent, with the leaf indices that prove it;
 //! - `changes.csv`: the population, one row per change;
@@ -21,6 +22,7 @@ mod changes;
 mod controls;
 mod export;
 mod format;
+mod heads;
 mod population;
 mod read;
 mod report;
@@ -36,8 +38,9 @@ pub use format::{
     pae, ConsistencyProof, EventRecord, EvidenceError, InclusionProof, Previous, ProofFile,
     RangeProof, Scope, FILES, MANIFEST,
 };
+pub use heads::{lookup, verify_lookup, HeadLookup, HeadProof, LookupVerified};
 pub use population::Population;
 pub use read::{read_bundle, Bundle, Claims, Refused};
-pub use report::{scope_words, Summary};
+pub use report::{report_html, scope_words, Summary};
 pub use sample::{draw, parse_weight, workpaper, Drawn, Plan, ATTRIBUTES};
 pub use verify::{verify, verify_read, Verified};

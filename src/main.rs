@@ -47,6 +47,7 @@ async fn run(command: CliCommand) -> Result<(), Failure> {
         CliCommand::Slo(command) => cli::observability::slo(command),
         CliCommand::Deployments(command) => cli::client::run(command).await,
         CliCommand::Evidence(EvidenceCommand::Export(args)) => cli::evidence::export(args).await,
+        CliCommand::Evidence(EvidenceCommand::Head(args)) => cli::evidence::head(args).await,
         CliCommand::Evidence(EvidenceCommand::Verify {
             file,
             key,

@@ -9,6 +9,7 @@
 //! - [`access`]: the events of principals' streams (created, token rotated, revoked).
 //! - [`decode`]: stored (type, version, payload) to an event, upcasting older versions.
 //! - [`describe`]: an event in words, one line, for people (the command line, evidence reports).
+//! - [`heads`]: the intent-heads index a checkpoint commits to, its proofs and their verifiers.
 //! - [`intent`]: the per-intent state fold (lifecycle, ring timings, gate results).
 //! - [`integrity`]: the leaf hashes and chain that seal the global stream.
 //! - [`merkle`]: the RFC 9162 Merkle tree over the global stream, its proofs and their verifiers.
@@ -18,6 +19,7 @@ pub mod access;
 pub mod decode;
 pub mod describe;
 pub mod event;
+pub mod heads;
 pub mod integrity;
 pub mod intent;
 pub mod merkle;

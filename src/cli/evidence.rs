@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::client::Client;
 use super::{open_existing, say, Failure};
-use crate::config::{ClientArgs, ExportArgs};
+use crate::config::{ClientArgs, EvidenceSource, ExportArgs, HeadArgs};
 use crate::evidence::{
     draw, parse_weight, read_bundle, scope_words, verify_read, workpaper, Bundle, Claims,
     ControlsFile, Plan, Previous, Scope, Summary,
@@ -40,30 +40,17 @@ pub async fn export(args: ExportArgs) -> Result<(), Failure> {
             std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
         })
         .transpose()?;
-    if let Some(server) = &args.server {
+    if let Some(server) = &args.source.server {
         return fetch(
             server,
-            args.token.clone(),
+            args.source.token.clone(),
             &scope,
             previous.as_deref(),
             &args.out,
         )
         .await;
     }
-    let key_path = match (
-        &args.signing_key_file,
-        crate::store::sqlite_file(&args.db.database_url),
-    ) {
-        (Some(path), _) => path.clone(),
-        (None, Some(db))
-            if crate::store::backend_of(&args.db.database_url) == crate::store::Backend::Sqlite =>
-        {
-            std::path::PathBuf::from(format!("{db}.key"))
-        }
-        _ => return Err("--signing-key-file is required (the key the server signs with)".into()),
-    };
-    let key = crate::checkpoints::SigningKey::load(&key_path).map_err(|e| e.to_string())?;
-    let store = open_existing(&args.db).await?;
+    let (store, key) = local(&args.source).await?;
     let tree = crate::projection::log::LogTree::from_parts(
         store.log_subtrees().await.map_err(|e| e.to_string())?,
         store.last_log_tile().await.map_err(|e| e.to_string())?,
@@ -99,6 +86,63 @@ pub async fn export(args: ExportArgs) -> Result<(), Failure> {
         summary.intents,
         summary.tree_size,
         summary.failed_controls
+    ))?;
+    Ok(())
+}
+
+/// The database and the log's signing key, for evidence made beside the database.
+async fn local(
+    source: &EvidenceSource,
+) -> Result<(crate::store::Store, crate::checkpoints::SigningKey), Failure> {
+    let key_path = match (
+        &source.signing_key_file,
+        crate::store::sqlite_file(&source.db.database_url),
+    ) {
+        (Some(path), _) => path.clone(),
+        (None, Some(db))
+            if crate::store::backend_of(&source.db.database_url)
+                == crate::store::Backend::Sqlite =>
+        {
+            std::path::PathBuf::from(format!("{db}.key"))
+        }
+        _ => return Err("--signing-key-file is required (the key the server signs with)".into()),
+    };
+    let key = crate::checkpoints::SigningKey::load(&key_path).map_err(|e| e.to_string())?;
+    Ok((open_existing(&source.db).await?, key))
+}
+
+/// `eucora evidence head`: an intent's head under the latest signed checkpoint, or the proof
+/// that it has none, written as JSON.
+pub async fn head(args: HeadArgs) -> Result<(), Failure> {
+    let id = args.deployment;
+    if let Some(server) = &args.source.server {
+        let client = Client::new(&ClientArgs {
+            server: server.to_string(),
+            token: args.source.token.clone(),
+            json: false,
+        })?;
+        client
+            .download(&format!("/api/v1/evidence/heads/{id}"), &[], &args.out)
+            .await?;
+    } else {
+        let (store, key) = local(&args.source).await?;
+        let found = crate::evidence::lookup(&store, &key, id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut text = serde_json::to_vec_pretty(&found).map_err(|e| e.to_string())?;
+        text.push(b'\n');
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&args.out)
+            .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
+        std::io::Write::write_all(&mut file, &text)
+            .map_err(|e| format!("cannot write {}: {e}", args.out.display()))?;
+    }
+    say(format_args!(
+        "wrote {}: the head of {id} under the latest signed checkpoint, or the proof it has none; \
+         check it with eucora evidence verify",
+        args.out.display()
     ))?;
     Ok(())
 }
@@ -151,8 +195,15 @@ pub fn verify(file: &Path, key: &Path, previous_checkpoint: Option<&Path>) -> Re
     };
     let verifier = read(key)?;
     let previous = previous_checkpoint.map(read).transpose()?;
-    let bundle =
-        std::fs::File::open(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", file.display());
+    let mut bundle = std::fs::File::open(file).map_err(cannot)?;
+    // A lookup of `eucora evidence head` is JSON (small); a bundle is gzip.
+    let mut first = [0u8; 1];
+    let n = std::io::Read::read(&mut bundle, &mut first).map_err(cannot)?;
+    if n == 1 && first[0] == b'{' {
+        return verify_head(file, &std::fs::read(file).map_err(cannot)?, verifier.trim());
+    }
+    std::io::Seek::rewind(&mut bundle).map_err(cannot)?;
     let verified = crate::evidence::verify(
         std::io::BufReader::new(bundle),
         verifier.trim(),
@@ -184,6 +235,30 @@ pub fn verify(file: &Path, key: &Path, previous_checkpoint: Option<&Path>) -> Re
             failing.len(),
             failing.join("\n")
         )));
+    }
+    Ok(())
+}
+
+/// `eucora evidence verify` of a lookup written by `eucora evidence head`.
+fn verify_head(file: &Path, bytes: &[u8], verifier: &str) -> Result<(), Failure> {
+    let found: crate::evidence::HeadLookup = serde_json::from_slice(bytes).map_err(|e| {
+        format!(
+            "{} is neither an evidence bundle nor a head lookup: {e}",
+            file.display()
+        )
+    })?;
+    let checked = crate::evidence::verify_lookup(&found, verifier)
+        .map_err(|e| format!("{} does not verify: {e}", file.display()))?;
+    match checked.head {
+        Some(head) => say(format_args!(
+            "verified: deployment intent {} has {} events under the signed checkpoint of tree \
+             size {}, the last at leaf {}",
+            found.intent_id, head.events, checked.tree_size, head.last_index
+        ))?,
+        None => say(format_args!(
+            "verified: there is no deployment intent {} under the signed checkpoint of tree size {}",
+            found.intent_id, checked.tree_size
+        ))?,
     }
     Ok(())
 }

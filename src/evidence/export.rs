@@ -6,6 +6,7 @@ use std::io::{Seek, Write};
 
 use chrono::{DateTime, Utc};
 use eucora_projections::decode::StreamEvent;
+use eucora_projections::heads::Lookup;
 use eucora_projections::intent::IntentState;
 use eucora_projections::merkle;
 use serde::Serialize;
@@ -19,6 +20,7 @@ use super::format::{
     InclusionProof, Previous, ProofFile, RangeProof, Scope, FILES, MANIFEST, PAYLOAD_TYPE,
     PREDICATE_TYPE, STATEMENT_TYPE,
 };
+use super::heads::{heads_under, HeadProof};
 use super::population::Population;
 use super::report::{report_html, Summary};
 use crate::checkpoints::{open_checkpoint, SigningKey};
@@ -221,6 +223,16 @@ pub async fn export(
         Some(Previous::Size(n)) => Some(n),
     };
 
+    // One deployment's head under the checkpoint: its events' count and last leaf, proved in the
+    // index the checkpoint commits to (an intent with none is told apart below).
+    let head = match scope {
+        Scope::Deployment(id) => match heads_under(store, &checkpoint).await?.lookup(*id) {
+            Lookup::Present(placed) => Some(HeadProof::of(&placed)),
+            Lookup::Absent { .. } => None,
+        },
+        Scope::Period { .. } => None,
+    };
+
     // Which events: for one deployment, its own; for a period, the events stamped in it (a
     // contiguous range of leaves) and, before them, the earlier events of every intent with an
     // event in the period or open at its start, so each change is judged on its whole history.
@@ -296,6 +308,20 @@ pub async fn export(
         });
     }
 
+    if let Some(head) = &head {
+        if chosen.len() as u64 != head.events || chosen.last() != Some(&head.last_index) {
+            return Err(EvidenceError::Export(format!(
+                "the log holds {} events of intent {} ending at leaf {:?}, its head under the \
+                 checkpoint says {} ending at leaf {}",
+                chosen.len(),
+                head.intent_id,
+                chosen.last(),
+                head.events,
+                head.last_index
+            )));
+        }
+    }
+
     // The proofs, against the checkpoint.
     let proof_error =
         |e: crate::projection::log::LogProofError| EvidenceError::Export(e.to_string());
@@ -337,6 +363,7 @@ pub async fn export(
                 Some(Boundaries { before, after })
             }
         },
+        head,
         consistency: match previous {
             None => None,
             Some(from) if from > size => {

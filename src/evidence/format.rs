@@ -165,6 +165,11 @@ pub struct ProofFile {
     /// (absent in evidence/v1 bundles and in a deployment's).
     #[serde(default)]
     pub boundaries: Option<Boundaries>,
+    /// A deployment: its intent's head in the checkpoint's intent-heads index, which shows the
+    /// bundle holds every one of its events (absent in a period's bundle and in earlier
+    /// releases').
+    #[serde(default)]
+    pub head: Option<super::heads::HeadProof>,
 }
 
 /// The events on either side of a period's range, each with its inclusion proof: the one before

@@ -233,6 +233,13 @@ pub fn verify_read(
         )));
     }
 
+    // One deployment's bundle holds every event of its intent and nothing else: as many as its
+    // head in the checkpoint's intent-heads index counts, the last at the leaf it names
+    // (evidence/v2).
+    if let (None, Some(_)) = (&proof.range, as_of) {
+        check_head(&claims, &proof, &checkpoint, indices, population)?;
+    }
+
     // A period's range is the whole period: the events just outside it are stamped outside it
     // (evidence/v2).
     if let (Some(range), Some(_)) = (&proof.range, as_of) {
@@ -303,6 +310,49 @@ pub fn verify_read(
         failed_controls: controls.as_ref().map_or(0, ControlsFile::failed),
         controls,
     })
+}
+
+/// Checks a deployment bundle's events against its intent's head under the checkpoint.
+fn check_head(
+    claims: &Claims,
+    proof: &ProofFile,
+    checkpoint: &Checkpoint,
+    indices: &[u64],
+    population: &super::population::Population,
+) -> Result<(), Refused> {
+    let id = claims.scope["deployment_id"]
+        .as_str()
+        .ok_or_else(|| refuse("the predicate's scope names no deployment_id"))?;
+    let head = proof.head.as_ref().ok_or_else(|| {
+        refuse("proof.json gives no head of the intent: nothing shows its events are all there")
+    })?;
+    if head.intent_id.to_string() != id {
+        return Err(refuse(format!(
+            "proof.json gives the head of intent {}, the bundle is of {id}",
+            head.intent_id
+        )));
+    }
+    let head = head.check(checkpoint)?;
+    let own = population
+        .histories()
+        .find(|(intent, _)| intent.as_str() == id)
+        .map_or(0, |(_, events)| events.len());
+    if own != indices.len() {
+        return Err(refuse(format!(
+            "the bundle holds {} events, {own} of them intent {id}'s: a deployment's bundle holds its own and no other",
+            indices.len()
+        )));
+    }
+    let last = indices.last().copied().unwrap_or_default();
+    if head.events != own as u64 || head.last_index != last {
+        return Err(refuse(format!(
+            "the bundle holds {own} events of intent {id}, the last at leaf {last}; under the checkpoint it has {}, the last at leaf {}: {}",
+            head.events,
+            head.last_index,
+            if (own as u64) < head.events { "events were dropped" } else { "the bundle holds events the log does not give it" }
+        )));
+    }
+    Ok(())
 }
 
 /// Turns a proof's base64 hashes into hashes.

@@ -17,13 +17,14 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{Principal, QueryParams};
-use crate::evidence::{export, EvidenceError, Previous, Scope};
+use crate::evidence::{export, lookup, EvidenceError, HeadLookup, Previous, Scope};
 use crate::http::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(period))
         .routes(routes!(deployment))
+        .routes(routes!(head))
 }
 
 /// Query of `GET /api/v1/evidence`.
@@ -165,4 +166,32 @@ async fn deployment(
         format!("eucora-evidence-{id}.tar.gz"),
     )
     .await
+}
+
+/// The intent's head under the latest signed checkpoint, with its proof in the checkpoint's
+/// intent-heads index, or the neighbouring heads that prove it has none: "no such change",
+/// verifiably (`eucora evidence verify` checks the document; docs/evidence.md).
+#[utoipa::path(get, path = "/api/v1/evidence/heads/{id}", tag = "evidence",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = HeadLookup, description = "`head` when the intent is in the log, else `below` and `above`"),
+        (status = 400), (status = 401), (status = 403),
+        (status = 409, description = "no checkpoint with an intent-heads index is signed yet"),
+        (status = 503, description = "the store did not answer, or this server has no signing key (not-configured: the detail names the fix)")),
+    security(("bearer" = [])))]
+async fn head(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    query: QueryParams,
+) -> Result<axum::Json<HeadLookup>, ApiError> {
+    principal.require(&[Role::Auditor])?;
+    query.only(&[])?;
+    let id =
+        Uuid::parse_str(&id).map_err(|_| ApiError::BadRequest(format!("{id:?} is not a UUID")))?;
+    let key = state
+        .signing_key
+        .clone()
+        .ok_or_else(|| ApiError::NotConfigured(NO_SIGNING_KEY.into()))?;
+    Ok(axum::Json(lookup(&state.store, &key, id).await?))
 }

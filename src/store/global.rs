@@ -19,6 +19,8 @@ pub enum Columns {
 /// The columns [`Columns::Streams`] adds.
 #[derive(Debug, Clone)]
 pub struct StreamColumns {
+    /// The kind of stream: `deployment` (an intent) or `principal`.
+    pub aggregate_type: String,
     pub aggregate_id: String,
     pub sequence: i64,
 }
@@ -26,7 +28,6 @@ pub struct StreamColumns {
 /// The columns only [`Columns::Stored`] reads.
 #[derive(Debug, Clone)]
 pub struct StoredColumns {
-    pub aggregate_type: String,
     /// The metadata exactly as stored.
     pub metadata: String,
 }
@@ -70,7 +71,7 @@ impl StreamRow {
         };
         Ok(StoredRow {
             position: self.position,
-            aggregate_type: &stored.aggregate_type,
+            aggregate_type: &stream.aggregate_type,
             aggregate_id: &stream.aggregate_id,
             sequence: stream.sequence,
             event_type: &self.event_type,
@@ -121,20 +122,23 @@ impl Store {
                 .map(|events| row(events, None, None))
                 .collect(),
             Columns::Streams => self
-                .read_global_columns::<(i64, String, String, String, String, i64)>(
-                    &format!("{EVENTS}, aggregate_id, sequence"),
+                .read_global_columns::<(i64, String, String, String, String, String, i64)>(
+                    &format!("{EVENTS}, aggregate_type, aggregate_id, sequence"),
                     after,
                     limit,
                 )
                 .await?
                 .into_iter()
-                .map(|(p, t, v, payload, aggregate_id, sequence)| {
-                    let stream = StreamColumns {
-                        aggregate_id,
-                        sequence,
-                    };
-                    row((p, t, v, payload), Some(stream), None)
-                })
+                .map(
+                    |(p, t, v, payload, aggregate_type, aggregate_id, sequence)| {
+                        let stream = StreamColumns {
+                            aggregate_type,
+                            aggregate_id,
+                            sequence,
+                        };
+                        row((p, t, v, payload), Some(stream), None)
+                    },
+                )
                 .collect(),
             Columns::Stored => self
                 .read_global_columns::<(i64, String, String, String, String, i64, String, String)>(
@@ -147,13 +151,11 @@ impl Store {
                 .map(
                     |(p, t, v, payload, aggregate_id, sequence, aggregate_type, metadata)| {
                         let stream = StreamColumns {
+                            aggregate_type,
                             aggregate_id,
                             sequence,
                         };
-                        let stored = StoredColumns {
-                            aggregate_type,
-                            metadata,
-                        };
+                        let stored = StoredColumns { metadata };
                         row((p, t, v, payload), Some(stream), Some(stored))
                     },
                 )

@@ -20,6 +20,7 @@ crate::on_both_backends!(
     a_period_judges_changes_carried_over_into_it_on_their_whole_history,
     an_intact_bundle_whose_controls_fail_verifies_with_exit_status_3,
     an_auditor_fetches_over_the_api_and_checks_against_a_checkpoint_they_kept,
+    a_deployment_bundle_proves_it_holds_every_event_and_an_unknown_id_is_proved_absent,
 );
 
 /// A server on the embedded default (SQLite: a key beside the file) or with a key made by
@@ -173,6 +174,30 @@ fn repack_with(
         tar.into_inner().unwrap().finish().unwrap();
     }
     out
+}
+
+/// What an insider holding the key recomputes after editing a bundle's events: the controls,
+/// the population and the report, from the events left (as the exporter would have written them).
+fn rederive(mut files: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
+    let bundle = eucora::evidence::read_bundle(&repack(files.clone(), None)[..]).unwrap();
+    let claims = bundle.claims().unwrap();
+    let as_of = claims.as_of.unwrap();
+    let population = bundle.population();
+    let controls = population.controls(as_of);
+    let mut json = serde_json::to_vec_pretty(&controls).unwrap();
+    json.push(b'\n');
+    files.insert("controls.json".into(), json);
+    files.insert("changes.csv".into(), population.changes_csv().into_bytes());
+    let summary = eucora::evidence::Summary::new(
+        &claims.scope,
+        Some(as_of),
+        claims.tree_size,
+        population,
+        &controls,
+    );
+    let report = eucora::evidence::report_html(&summary, population, &controls);
+    files.insert("REPORT.html".into(), report.into_bytes());
+    files
 }
 
 /// `eucora evidence verify FILE --key KEY [--previous-checkpoint PREVIOUS]`, as an auditor runs
@@ -424,7 +449,9 @@ async fn a_period_bundle_verifies_and_every_tampering_is_refused_with_its_own_re
     let _ = std::fs::remove_file(&stranger_file);
     let note = String::from_utf8(files["checkpoint"].clone()).unwrap();
     let opened = eucora::checkpoints::open_checkpoint(&note, &verifier).unwrap();
-    let foreign = stranger.sign_checkpoint(opened.size, &opened.root).unwrap();
+    let foreign = stranger
+        .sign_checkpoint(opened.size, &opened.root, &opened.heads.unwrap())
+        .unwrap();
     let why = refused(with("checkpoint", foreign.into_bytes()), true);
     assert!(
         why.contains("the checkpoint") && why.contains("does not verify"),
@@ -979,4 +1006,239 @@ async fn an_auditor_fetches_over_the_api_and_checks_against_a_checkpoint_they_ke
     );
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("refused") && !out.exists(), "{err}");
+}
+
+/// The intent-heads index as docs/evidence.md defines it, written here from the docs alone (not
+/// from the server's code): SHA-256, RFC 9162 hashing, leaves of id ‖ count ‖ last index sorted
+/// by id. Returns (count, root).
+mod independent {
+    use sha2::{Digest, Sha256};
+
+    pub fn leaf(id: &uuid::Uuid, events: u64, last: u64) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update([0u8]);
+        h.update(id.as_bytes());
+        h.update(events.to_be_bytes());
+        h.update(last.to_be_bytes());
+        h.finalize().into()
+    }
+
+    fn node(l: &[u8; 32], r: &[u8; 32]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update([1u8]);
+        h.update(l);
+        h.update(r);
+        h.finalize().into()
+    }
+
+    /// MTH of RFC 9162 2.1.1.
+    pub fn mth(leaves: &[[u8; 32]]) -> [u8; 32] {
+        match leaves.len() {
+            0 => Sha256::digest([]).into(),
+            1 => leaves[0],
+            n => {
+                // The largest power of two smaller than n.
+                let mut k = 1;
+                while k * 2 < n {
+                    k *= 2;
+                }
+                node(&mth(&leaves[..k]), &mth(&leaves[k..]))
+            }
+        }
+    }
+
+    /// RFC 9162 2.1.3.2.
+    pub fn included(
+        index: u64,
+        size: u64,
+        leaf: [u8; 32],
+        path: &[[u8; 32]],
+        root: [u8; 32],
+    ) -> bool {
+        if index >= size {
+            return false;
+        }
+        let (mut f, mut s, mut r) = (index, size - 1, leaf);
+        for p in path {
+            if s == 0 {
+                return false;
+            }
+            if f % 2 == 1 || f == s {
+                r = node(p, &r);
+                while f % 2 == 0 && f != 0 {
+                    f >>= 1;
+                    s >>= 1;
+                }
+            } else {
+                r = node(&r, p);
+            }
+            f >>= 1;
+            s >>= 1;
+        }
+        s == 0 && r == root
+    }
+}
+
+async fn a_deployment_bundle_proves_it_holds_every_event_and_an_unknown_id_is_proved_absent(
+    backend: Backend,
+) {
+    let (app, key_file, verifier) = server(backend).await;
+    let key = SigningKey::load(&key_file).unwrap();
+    let crew = Crew::new(&app);
+    let id = traffic(&app, &crew).await;
+    signed_through(&app, &crew.auditor).await;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let bundle = fetch(
+        &app,
+        &format!("/api/v1/deployments/{id}/evidence"),
+        &crew.auditor,
+    )
+    .await;
+    verify(&bundle[..], &verifier, None).unwrap();
+    let files = unpack(&bundle);
+    let note = String::from_utf8(files["checkpoint"].clone()).unwrap();
+
+    // The index, recomputed from the whole log read over the API, is the one the checkpoint
+    // signs, and the bundle's head is in it.
+    let size: u64 = note.lines().nth(1).unwrap().parse().unwrap();
+    let page = app
+        .get("/api/v1/events?limit=1000", &crew.auditor)
+        .await
+        .body;
+    let mut heads: BTreeMap<uuid::Uuid, (u64, u64)> = BTreeMap::new();
+    for e in page["events"].as_array().unwrap() {
+        let index = e["index"].as_u64().unwrap();
+        if index < size && e["stream"] == "deployment" {
+            let intent = uuid::Uuid::parse_str(e["deployment_id"].as_str().unwrap()).unwrap();
+            let head = heads.entry(intent).or_insert((0, 0));
+            *head = (head.0 + 1, index);
+        }
+    }
+    let leaves: Vec<[u8; 32]> = heads
+        .iter()
+        .map(|(id, (events, last))| independent::leaf(id, *events, *last))
+        .collect();
+    let root = independent::mth(&leaves);
+    let line = format!("intent-heads {} {}", leaves.len(), b64.encode(root));
+    assert_eq!(note.lines().nth(3), Some(line.as_str()), "{note}");
+    let proof: Value = serde_json::from_slice(&files["proof.json"]).unwrap();
+    let head = &proof["head"];
+    let uid = uuid::Uuid::parse_str(&id).unwrap();
+    let (events, last) = heads[&uid];
+    assert_eq!(
+        (head["events"].as_u64(), head["last_index"].as_u64()),
+        (Some(events), Some(last))
+    );
+    assert_eq!(lines(&files["events.jsonl"]).len() as u64, events);
+    let path: Vec<[u8; 32]> = head["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| b64.decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
+        .collect();
+    let position = heads.keys().position(|k| *k == uid).unwrap() as u64;
+    assert_eq!(head["position"].as_u64(), Some(position));
+    assert!(independent::included(
+        position,
+        leaves.len() as u64,
+        independent::leaf(&uid, events, last),
+        &path,
+        root
+    ));
+
+    // An insider with the key drops the intent's last event and its proof and signs again.
+    let refused = |files: BTreeMap<String, Vec<u8>>| {
+        verify(&repack(rederive(files), Some(&key))[..], &verifier, None)
+            .unwrap_err()
+            .to_string()
+    };
+    let mut dropped = files.clone();
+    let mut held = lines(&files["events.jsonl"]);
+    held.pop();
+    dropped.insert("events.jsonl".into(), joined(&held));
+    let mut shorter = proof.clone();
+    shorter["inclusion"].as_array_mut().unwrap().pop();
+    dropped.insert("proof.json".into(), serde_json::to_vec(&shorter).unwrap());
+    let why = refused(dropped.clone());
+    assert!(why.contains("events were dropped"), "{why}");
+    // ... and lowers the head to match: its proof no longer leads to the signed index.
+    let mut lowered = shorter.clone();
+    lowered["head"]["events"] = json!(events - 1);
+    let previous_last: Value = serde_json::from_str(held.last().unwrap()).unwrap();
+    lowered["head"]["last_index"] = previous_last["index"].clone();
+    dropped.insert("proof.json".into(), serde_json::to_vec(&lowered).unwrap());
+    let why = refused(dropped.clone());
+    assert!(
+        why.contains("not in the checkpoint's intent-heads index"),
+        "{why}"
+    );
+    // ... or leaves the head out.
+    let mut headless = shorter;
+    headless["head"] = Value::Null;
+    dropped.insert("proof.json".into(), serde_json::to_vec(&headless).unwrap());
+    let why = refused(dropped);
+    assert!(why.contains("gives no head"), "{why}");
+
+    // "No such change", verifiably: an unknown id's lookup shows its neighbours in the index.
+    let dir = app.db.dir().to_path_buf();
+    let key_line = dir.join("verifier");
+    std::fs::write(&key_line, &verifier).unwrap();
+    let unknown = uuid::Uuid::new_v4();
+    let absent = app
+        .get(&format!("/api/v1/evidence/heads/{unknown}"), &crew.auditor)
+        .await;
+    assert_eq!(absent.status, 200, "{:?}", absent.body);
+    assert!(absent.body["head"].is_null());
+    assert!(!absent.body["below"].is_null() || !absent.body["above"].is_null());
+    let file = dir.join("absent.json");
+    std::fs::write(&file, serde_json::to_vec(&absent.body).unwrap()).unwrap();
+    let (code, said, err) = verify_cli(&file, &key_line, None);
+    assert_eq!(code, 0, "{said}{err}");
+    assert!(
+        said.contains(&format!("there is no deployment intent {unknown}")),
+        "{said}"
+    );
+    // A neighbour taken away no longer shows the absence.
+    let mut partial = absent.body.clone();
+    let side = if partial["below"].is_null() {
+        "above"
+    } else {
+        "below"
+    };
+    partial[side] = Value::Null;
+    std::fs::write(&file, serde_json::to_vec(&partial).unwrap()).unwrap();
+    let (code, _, err) = verify_cli(&file, &key_line, None);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("absence") && err.contains("not shown"),
+        "{err}"
+    );
+
+    // The command line fetches a present intent's head over the API; it verifies offline.
+    let out = dir.join("head.json");
+    let (code, _, err) = eucora_with(
+        None,
+        &[
+            "evidence",
+            "head",
+            &id,
+            "--server",
+            &app.base,
+            "--token",
+            &crew.auditor,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, said, err) = verify_cli(&out, &key_line, None);
+    assert_eq!(code, 0, "{said}{err}");
+    assert!(
+        said.contains(&format!("intent {id} has {events} events")),
+        "{said}"
+    );
+    // Bad input: not a UUID.
+    let reply = app.get("/api/v1/evidence/heads/nope", &crew.auditor).await;
+    assert_eq!(reply.status, 400);
 }

@@ -56,7 +56,7 @@ async fn seeded(backend: Backend) -> (TestDb, Vec<i64>) {
         .await
         .unwrap()
         .iter()
-        .filter(|e| e.stored.as_ref().unwrap().aggregate_type == "deployment")
+        .filter(|e| e.stream().unwrap().aggregate_type == "deployment")
         .map(|e| e.position)
         .collect();
     (db, order)
