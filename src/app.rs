@@ -192,6 +192,19 @@ impl Application {
         };
         let store = Store::connect(&args.db.database_url, args.db.db_pool_size).await?;
         store.migrate().await?;
+        // The rules in force, on the record: appended when they differ from the last recorded.
+        let source = args.policy.as_ref().map_or_else(
+            || crate::governance::BUILT_IN.to_string(),
+            |p| p.display().to_string(),
+        );
+        if let Some(activated) = crate::governance::record_policy(&store, &policy, &source).await? {
+            tracing::info!(
+                digest = %activated.digest,
+                source = %activated.source,
+                previous = activated.previous_digest.as_deref().unwrap_or("none"),
+                "policy activated"
+            );
+        }
         if let Some(level) = store.sqlite_synchronous().await? {
             tracing::info!(
                 synchronous = level,
@@ -228,6 +241,7 @@ impl Application {
         );
         telemetry.observe_integrity(integrity.clone());
         telemetry.observe_signing(plan.is_some());
+        telemetry.observe_policy(policy.digest());
         let checkpointer = crate::checkpoints::Checkpointer {
             store: store.clone(),
             log: log.clone(),

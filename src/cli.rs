@@ -15,6 +15,7 @@ pub mod audit;
 pub mod client;
 pub mod evidence;
 pub mod observability;
+pub mod policy;
 pub mod server;
 pub mod table;
 pub mod token;

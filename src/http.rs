@@ -10,7 +10,9 @@ pub mod extract;
 pub mod idempotency;
 pub mod log;
 pub mod ops;
+pub mod policies;
 pub mod principals;
+pub mod refusals;
 pub mod schema;
 pub mod serve;
 
@@ -49,7 +51,8 @@ use std::sync::Arc;
         (name = "operations", description = "Health probes, metrics and the runbook: no token"),
         (name = "log", description = "The Merkle log: signed checkpoints and proofs, for auditors"),
         (name = "evidence", description = "Compliance evidence bundles, for auditors"),
-        (name = "principals", description = "The access review: principals listed and revoked, by admins")
+        (name = "principals", description = "The access review: principals listed and revoked, by admins"),
+        (name = "policies", description = "The policies in force, as recorded at each server's start, for auditors")
     )
 )]
 struct ApiDoc;
@@ -101,6 +104,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .nest("/api/v1/deployments", deployments::router())
         .nest("/api/v1/events", events::router())
         .nest("/api/v1/principals", principals::router())
+        .nest("/api/v1/policies", policies::router())
         .merge(ops::router())
         .merge(log::router())
         .merge(evidence::router())

@@ -11,6 +11,7 @@
 //! - [`checkpoints`]: the log's signing key, signed checkpoints, and the integrity status.
 //! - [`evidence`]: the compliance evidence bundle, its controls, and the offline verifier.
 //! - [`principals`]: bearer-token principals and how tokens are issued.
+//! - [`governance`]: the policy in force and refused commands, recorded as events.
 //! - [`http`]: the axum API, its state, errors (problem+json) and OpenAPI document.
 //! - [`app`]: wiring only: builds all of the above from [`config::ServeArgs`] and runs it.
 //! - [`telemetry`]: the tracing subscriber (logs, OpenTelemetry spans) and process metrics through
@@ -32,6 +33,7 @@ pub mod deadlines;
 pub mod demo;
 pub mod domain;
 pub mod evidence;
+pub mod governance;
 pub mod http;
 pub mod principals;
 pub mod projection;

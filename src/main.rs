@@ -46,6 +46,7 @@ async fn run(command: CliCommand) -> Result<(), Failure> {
         CliCommand::Demo(args) => cli::observability::demo(args).await,
         CliCommand::Slo(command) => cli::observability::slo(command),
         CliCommand::Deployments(command) => cli::client::run(command).await,
+        CliCommand::Policy(args) => cli::policy::run(args.command, &args.client).await,
         CliCommand::Evidence(EvidenceCommand::Export(args)) => cli::evidence::export(args).await,
         CliCommand::Evidence(EvidenceCommand::Head(args)) => cli::evidence::head(args).await,
         CliCommand::Evidence(EvidenceCommand::Verify {

@@ -107,6 +107,7 @@ macro_rules! on_writer {
 mod checkpoints;
 mod events;
 mod global;
+mod governance;
 mod idempotency;
 mod intent_view;
 mod log;

@@ -227,6 +227,14 @@ impl ConnectorMetrics {
 }
 
 /// The process's instruments and the registry they are exported through.
+/// Why a command is refused, as `eucora_commands_refused_total` labels them.
+pub const REFUSAL_REASONS: [&str; 4] = [
+    "unauthenticated",
+    "segregation_of_duties",
+    "not_own_intent",
+    "missing_role",
+];
+
 pub struct Telemetry {
     registry: prometheus::Registry,
     // Kept alive: dropping the provider stops collection.
@@ -234,6 +242,7 @@ pub struct Telemetry {
     http_duration: Histogram<f64>,
     append_duration: Histogram<f64>,
     auth_failures: opentelemetry::metrics::Counter<u64>,
+    refusals: opentelemetry::metrics::Counter<u64>,
     backend: &'static str,
     meter: opentelemetry::metrics::Meter,
 }
@@ -261,6 +270,17 @@ impl Telemetry {
             .with_description("Duration of event appends to the store, by outcome.")
             .with_boundaries(HTTP_BUCKETS.to_vec())
             .build();
+        // `eucora_commands_refused_total{reason}`: commands refused, every reason from zero.
+        let refusals = meter
+            .u64_counter("eucora.commands.refused")
+            .with_description(
+                "Commands refused: unauthenticated (401, not recorded as events), \
+                 segregation_of_duties, not_own_intent or missing_role (403, each a CommandRefused event).",
+            )
+            .build();
+        for reason in REFUSAL_REASONS {
+            refusals.add(0, &[KeyValue::new("reason", reason)]);
+        }
         let auth_failures = meter
             .u64_counter("eucora.authentication.failures")
             .with_description(
@@ -310,6 +330,7 @@ impl Telemetry {
             http_duration,
             append_duration,
             auth_failures,
+            refusals,
             backend: backend.as_str(),
             meter,
         })
@@ -349,6 +370,19 @@ impl Telemetry {
                 "1 when this process has a signing key (signs checkpoints, exports evidence), else 0.",
             )
             .with_callback(move |gauge| gauge.observe(i64::from(enabled), &[]))
+            .build();
+    }
+
+    /// `eucora_policy_info{digest}`: 1, labelled with the digest of the policy this process
+    /// runs with; replicas showing different digests run different rules.
+    pub fn observe_policy(&self, digest: &str) {
+        let digest = opentelemetry::KeyValue::new("digest", digest.to_string());
+        self.meter
+            .i64_observable_gauge("eucora.policy.info")
+            .with_description(
+                "1, labelled with the SHA-256 of the policy this process runs with (the policy stream holds its text).",
+            )
+            .with_callback(move |gauge| gauge.observe(1, std::slice::from_ref(&digest)))
             .build();
     }
 
@@ -437,6 +471,11 @@ impl Telemetry {
     pub fn record_auth_failure(&self, reason: crate::principals::AuthFailure) {
         self.auth_failures
             .add(1, &[KeyValue::new("reason", reason.as_str())]);
+    }
+
+    /// Counts a refused command (`reason` one of [`REFUSAL_REASONS`]).
+    pub fn record_refusal(&self, reason: &'static str) {
+        self.refusals.add(1, &[KeyValue::new("reason", reason)]);
     }
 
     /// Records one append: `outcome` is `ok`, `conflict` or `error`.

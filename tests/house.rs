@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["domain", "trace"],
     &["store"],
-    &["projection", "read", "principals"],
+    &["projection", "read", "principals", "governance"],
     &["checkpoints"],
     &["telemetry"],
     &["write"],

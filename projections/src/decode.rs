@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::access::AccessEvent;
 use crate::event::DeploymentEvent;
+use crate::governance::{is_governance_type, GovernanceEvent};
 
 /// Why a stored event cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,11 +57,11 @@ impl std::error::Error for DecodeError {}
 /// Agrees with [`DeploymentEvent::version`] (a test holds them together).
 pub fn current_version(event_type: &str) -> Option<u32> {
     Some(match event_type {
-        "DeploymentCreated" => 3,
+        "DeploymentCreated" => 4,
         "DeploymentApproved" => 1,
         "DeploymentRejected" => 2,
         "DeploymentDeployed" => 2,
-        "PromotionGateEvaluated" => 1,
+        "PromotionGateEvaluated" => 2,
         "RingPromoted" => 1,
         "DeploymentCompleted" => 1,
         "DeploymentRolledBack" => 1,
@@ -70,6 +71,7 @@ pub fn current_version(event_type: &str) -> Option<u32> {
         "DeploymentDriftDetected" => 1,
         "PrincipalCreated" => 2,
         "PrincipalTokenRotated" | "PrincipalRevoked" => 1,
+        "PolicyActivated" | "CommandRefused" => 1,
         _ => return None,
     })
 }
@@ -95,6 +97,8 @@ fn readable_version(event_type: &str, event_version: &str) -> Result<(u32, u32),
 pub enum StreamEvent {
     Deployment(DeploymentEvent),
     Access(AccessEvent),
+    /// The policy stream's, or a refused command's.
+    Governance(GovernanceEvent),
 }
 
 impl StreamEvent {
@@ -102,6 +106,7 @@ impl StreamEvent {
         match self {
             StreamEvent::Deployment(e) => e.type_name(),
             StreamEvent::Access(e) => e.type_name(),
+            StreamEvent::Governance(e) => e.type_name(),
         }
     }
 
@@ -110,6 +115,7 @@ impl StreamEvent {
         match self {
             StreamEvent::Deployment(e) => e.meta().occurred_at,
             StreamEvent::Access(e) => e.meta().occurred_at,
+            StreamEvent::Governance(e) => e.meta().occurred_at,
         }
     }
 
@@ -117,7 +123,7 @@ impl StreamEvent {
     pub fn deployment(&self) -> Option<&DeploymentEvent> {
         match self {
             StreamEvent::Deployment(e) => Some(e),
-            StreamEvent::Access(_) => None,
+            StreamEvent::Access(_) | StreamEvent::Governance(_) => None,
         }
     }
 }
@@ -130,34 +136,54 @@ pub fn is_access_type(event_type: &str) -> bool {
     )
 }
 
-/// Decodes one stored event of either kind of stream.
+/// Decodes one stored event of any kind of stream.
 pub fn decode_stream(
     event_type: &str,
     event_version: &str,
     payload: &str,
 ) -> Result<StreamEvent, DecodeError> {
-    if !is_access_type(event_type) {
-        return decode(event_type, event_version, payload).map(StreamEvent::Deployment);
+    if is_access_type(event_type) {
+        let event: AccessEvent = decode_as(event_type, event_version, payload)?;
+        check_type(event_type, event.type_name())?;
+        Ok(StreamEvent::Access(event))
+    } else if is_governance_type(event_type) {
+        let event: GovernanceEvent = decode_as(event_type, event_version, payload)?;
+        check_type(event_type, event.type_name())?;
+        Ok(StreamEvent::Governance(event))
+    } else {
+        decode(event_type, event_version, payload).map(StreamEvent::Deployment)
     }
+}
+
+/// The stored payload of a type read as `T`, upcast first when older than this build's version.
+fn decode_as<T: serde::de::DeserializeOwned>(
+    event_type: &str,
+    event_version: &str,
+    payload: &str,
+) -> Result<T, DecodeError> {
     let (version, current) = readable_version(event_type, event_version)?;
     let malformed = |e: serde_json::Error| DecodeError::Malformed {
         event_type: event_type.into(),
         reason: e.to_string(),
     };
-    let event: AccessEvent = if version == current {
-        serde_json::from_str(payload).map_err(malformed)?
+    if version == current {
+        serde_json::from_str(payload).map_err(malformed)
     } else {
         let value = serde_json::from_str(payload).map_err(malformed)?;
         let (value, _) = upcast_payload(event_type, event_version, value)?;
-        serde_json::from_value(value).map_err(malformed)?
-    };
-    if event.type_name() != event_type {
+        serde_json::from_value(value).map_err(malformed)
+    }
+}
+
+/// The payload must hold the type the row names.
+fn check_type(event_type: &str, payload: &str) -> Result<(), DecodeError> {
+    if payload != event_type {
         return Err(DecodeError::TypeMismatch {
             event_type: event_type.into(),
-            payload: event.type_name().into(),
+            payload: payload.into(),
         });
     }
-    Ok(StreamEvent::Access(event))
+    Ok(())
 }
 
 /// Decodes one stored event of a deployment intent's stream. The current version is parsed
@@ -167,30 +193,14 @@ pub fn decode(
     event_version: &str,
     payload: &str,
 ) -> Result<DeploymentEvent, DecodeError> {
-    if is_access_type(event_type) {
+    if is_access_type(event_type) || is_governance_type(event_type) {
         return Err(DecodeError::Malformed {
             event_type: event_type.into(),
-            reason: "a principal's event, not a deployment intent's".into(),
+            reason: "not an event of a deployment intent's stream".into(),
         });
     }
-    let (version, current) = readable_version(event_type, event_version)?;
-    let malformed = |e: serde_json::Error| DecodeError::Malformed {
-        event_type: event_type.into(),
-        reason: e.to_string(),
-    };
-    let event: DeploymentEvent = if version == current {
-        serde_json::from_str(payload).map_err(malformed)?
-    } else {
-        let value = serde_json::from_str(payload).map_err(malformed)?;
-        let (value, _) = upcast_payload(event_type, event_version, value)?;
-        serde_json::from_value(value).map_err(malformed)?
-    };
-    if event.type_name() != event_type {
-        return Err(DecodeError::TypeMismatch {
-            event_type: event_type.into(),
-            payload: event.type_name().into(),
-        });
-    }
+    let event: DeploymentEvent = decode_as(event_type, event_version, payload)?;
+    check_type(event_type, event.type_name())?;
     Ok(event)
 }
 
@@ -246,6 +256,20 @@ fn upcast_step(event_type: &str, from: u32, body: &mut Map<String, Value>) -> Re
             risk.insert("cab_required_reason".into(), Value::Null);
             Ok(())
         }
+        // Version 3 requests did not record the policy they were assessed under.
+        ("DeploymentCreated", 3) => {
+            let risk = body
+                .get_mut("risk")
+                .and_then(Value::as_object_mut)
+                .ok_or("version 3 payload has no risk object")?;
+            risk.insert("policy_digest".into(), Value::Null);
+            Ok(())
+        }
+        // Version 1 gate evaluations did not record the policy their thresholds came from.
+        ("PromotionGateEvaluated", 1) => {
+            body.insert("policy_digest".into(), Value::Null);
+            Ok(())
+        }
         // Version 1 grants were never of a role conflicting with one the subject held.
         ("PrincipalCreated", 1) => {
             body.insert("conflict_allowed".into(), Value::Null);
@@ -263,7 +287,7 @@ fn upcast_step(event_type: &str, from: u32, body: &mut Map<String, Value>) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{ApprovalBasis, Ring, Status};
+    use crate::event::{ApprovalBasis, Gate, Ring, Status};
     use crate::fixtures::Script;
 
     fn stored(event: &DeploymentEvent) -> String {
@@ -354,11 +378,13 @@ mod tests {
         event.meta_mut().schema_version = version;
         let mut json: Value = serde_json::to_value(&event).unwrap();
         let body = json["DeploymentCreated"].as_object_mut().unwrap();
+        let risk = body["risk"].as_object_mut().unwrap();
+        risk.remove("policy_digest");
+        if version == 3 {
+            return json;
+        }
+        risk.remove("cab_required_reason");
         body.remove("change_ref");
-        body["risk"]
-            .as_object_mut()
-            .unwrap()
-            .remove("cab_required_reason");
         if version == 1 {
             body.remove("source_committed_at");
         }
@@ -374,18 +400,18 @@ mod tests {
         };
         assert_eq!(c.source_committed_at, None);
         assert_eq!(c.change_ref, None);
-        assert_eq!(c.meta.schema_version, 3);
+        assert_eq!(c.meta.schema_version, 4);
         assert_eq!(c.app_name, "7-Zip");
     }
 
     #[test]
-    fn a_version_2_request_reads_as_version_3_without_a_change_ref_or_cab_reason() {
+    fn a_version_2_request_reads_as_the_current_version_without_a_change_ref_or_cab_reason() {
         let json = older_request(2);
         let read = decode("DeploymentCreated", "2", &json.to_string()).unwrap();
         let DeploymentEvent::DeploymentCreated(c) = &read else {
             panic!("{read:?}")
         };
-        assert_eq!((c.change_ref.as_deref(), c.meta.schema_version), (None, 3));
+        assert_eq!((c.change_ref.as_deref(), c.meta.schema_version), (None, 4));
         assert_eq!(c.risk.cab_required_reason, None);
         assert!(c.risk.requires_cab, "what version 2 recorded is kept");
         // A version 2 payload without its risk object is named, not guessed.
@@ -397,6 +423,55 @@ mod tests {
         assert!(matches!(
             decode("DeploymentCreated", "2", &broken.to_string()),
             Err(DecodeError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn judgements_written_before_the_policy_was_recorded_read_with_no_digest() {
+        let json = older_request(3);
+        let read = decode("DeploymentCreated", "3", &json.to_string()).unwrap();
+        let DeploymentEvent::DeploymentCreated(c) = &read else {
+            panic!("{read:?}")
+        };
+        assert_eq!(c.risk.policy_digest, None);
+        assert!(
+            c.risk.cab_required_reason.is_some(),
+            "version 3's reason is kept"
+        );
+        assert_eq!(c.meta.schema_version, 4);
+
+        let mut s = Script::new(1);
+        let mut gates = s.evaluated(2.0, Ring::Lab, Ring::Canary, &[(Gate::SuccessRate, true)]);
+        gates.meta_mut().schema_version = 1;
+        let mut json = serde_json::to_value(&gates).unwrap();
+        json["PromotionGateEvaluated"]
+            .as_object_mut()
+            .unwrap()
+            .remove("policy_digest");
+        let read = decode("PromotionGateEvaluated", "1", &json.to_string()).unwrap();
+        let DeploymentEvent::PromotionGateEvaluated(g) = &read else {
+            panic!("{read:?}")
+        };
+        assert_eq!(
+            (g.policy_digest.as_deref(), g.meta.schema_version),
+            (None, 2)
+        );
+        assert!(g.passed);
+    }
+
+    #[test]
+    fn governance_events_decode_and_are_not_an_intents() {
+        let refused = r#"{"CommandRefused":{"meta":{"event_id":"0190f0f0-0000-7000-8000-000000000001","correlation_id":"c-1","occurred_at":"2026-01-01T00:00:00Z","schema_version":1},"principal_id":"0190f0f0-0000-7000-8000-000000000002","subject":"alice","role":"requester","intent":null,"command":"approve","reason":"missing_role","detail":"no","trace_id":null}}"#;
+        let read = decode_stream("CommandRefused", "1", refused).unwrap();
+        assert_eq!(read.type_name(), "CommandRefused");
+        assert_eq!(read.deployment(), None);
+        assert!(matches!(
+            decode("CommandRefused", "1", refused),
+            Err(DecodeError::Malformed { .. })
+        ));
+        assert!(matches!(
+            decode_stream("PolicyActivated", "1", refused),
+            Err(DecodeError::TypeMismatch { .. })
         ));
     }
 
@@ -421,7 +496,7 @@ mod tests {
             decode("DeploymentExploded", "1", &payload),
             Err(DecodeError::UnknownType("DeploymentExploded".into()))
         );
-        for version in ["0", "4", "one", ""] {
+        for version in ["0", "5", "one", ""] {
             assert!(matches!(
                 decode("DeploymentCreated", version, &payload),
                 Err(DecodeError::UnknownVersion { .. })

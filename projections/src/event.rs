@@ -198,6 +198,9 @@ pub struct GateEvaluated {
     pub gates: Vec<GateResult>,
     /// Every gate passed: a `RingPromoted` follows.
     pub passed: bool,
+    /// The SHA-256 of the policy whose thresholds these are (a `PolicyActivated` of the policy
+    /// stream holds its text); null on events written before version 2.
+    pub policy_digest: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -413,11 +416,11 @@ impl DeploymentEvent {
     /// This event type's schema version as this build writes and reads it.
     pub fn version(&self) -> u32 {
         match self {
-            DeploymentEvent::DeploymentCreated(_) => 3,
+            DeploymentEvent::DeploymentCreated(_) => 4,
             DeploymentEvent::DeploymentApproved(_) => 1,
             DeploymentEvent::DeploymentRejected(_) => 2,
             DeploymentEvent::DeploymentDeployed(_) => 2,
-            DeploymentEvent::PromotionGateEvaluated(_) => 1,
+            DeploymentEvent::PromotionGateEvaluated(_) => 2,
             DeploymentEvent::RingPromoted(_) => 1,
             DeploymentEvent::DeploymentCompleted(_) => 1,
             DeploymentEvent::DeploymentRolledBack(_) => 1,

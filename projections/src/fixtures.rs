@@ -3,6 +3,10 @@
 use chrono::{Duration, TimeZone, Utc};
 use uuid::Uuid;
 
+/// The digest the built-in default policy is recorded under: SHA-256 of the empty text.
+pub const DEFAULT_POLICY_DIGEST: &str =
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
 use crate::event::*;
 
 /// Writes the events of one intent, `hours` after 2026-01-01T00:00Z.
@@ -65,6 +69,7 @@ impl Script {
                 factors: vec![],
                 cab_required_reason: requires_cab
                     .then(|| "risk score 70 is above the CAB threshold 50".into()),
+                policy_digest: Some(DEFAULT_POLICY_DIGEST.into()),
             },
         })
     }
@@ -171,6 +176,7 @@ impl Script {
                 })
                 .collect(),
             passed: gates.iter().all(|(_, p)| *p),
+            policy_digest: Some(DEFAULT_POLICY_DIGEST.into()),
         })
     }
 

@@ -9,6 +9,7 @@
 //! - [`access`]: the events of principals' streams (created, token rotated, revoked).
 //! - [`decode`]: stored (type, version, payload) to an event, upcasting older versions.
 //! - [`describe`]: an event in words, one line, for people (the command line, evidence reports).
+//! - [`governance`]: the policy stream and refused commands.
 //! - [`heads`]: the intent-heads index a checkpoint commits to, its proofs and their verifiers.
 //! - [`intent`]: the per-intent state fold (lifecycle, ring timings, gate results).
 //! - [`integrity`]: the leaf hashes and chain that seal the global stream.
@@ -19,6 +20,7 @@ pub mod access;
 pub mod decode;
 pub mod describe;
 pub mod event;
+pub mod governance;
 pub mod heads;
 pub mod integrity;
 pub mod intent;

@@ -28,7 +28,7 @@ pub const RISK_BUCKETS: &[f64] = &[10.0, 25.0, 50.0, 75.0, 90.0, 100.0];
 pub const OTHER_APP: &str = "other";
 
 /// Every event type of every stream: `eucora_events_total` shows each, from 0.
-const EVENT_TYPES: [&str; 15] = [
+const EVENT_TYPES: [&str; 17] = [
     "DeploymentCreated",
     "DeploymentApproved",
     "DeploymentRejected",
@@ -44,6 +44,8 @@ const EVENT_TYPES: [&str; 15] = [
     "PrincipalCreated",
     "PrincipalTokenRotated",
     "PrincipalRevoked",
+    "PolicyActivated",
+    "CommandRefused",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -203,14 +205,14 @@ impl Metrics {
         *self.deployments.entry(key).or_default() += 1;
     }
 
-    /// Folds one event of any stream at its global position: a principal's event only counts
-    /// in `eucora_events_total`.
+    /// Folds one event of any stream at its global position: a principal's event, a policy's
+    /// or a refused command's only counts in `eucora_events_total`.
     pub fn apply_stream(&mut self, position: i64, event: &StreamEvent) {
         match event {
             StreamEvent::Deployment(e) => self.apply(position, e),
-            StreamEvent::Access(e) => {
+            StreamEvent::Access(_) | StreamEvent::Governance(_) => {
                 self.position = position;
-                *self.events.entry(e.type_name()).or_default() += 1;
+                *self.events.entry(event.type_name()).or_default() += 1;
             }
         }
     }

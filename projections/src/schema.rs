@@ -5,13 +5,16 @@ use serde_json::Value;
 
 use crate::access::AccessEvent;
 use crate::event::DeploymentEvent;
+use crate::governance::GovernanceEvent;
 
-/// `{"deployment": …, "access": …}`: the JSON Schema (2020-12) of a deployment intent's events
-/// and of a principal's, each a `oneOf` whose members name the event type.
+/// `{"deployment": …, "access": …, "governance": …}`: the JSON Schema (2020-12) of a deployment
+/// intent's events, of a principal's, and of the policy stream's and refused commands', each a
+/// `oneOf` whose members name the event type.
 pub fn events_schema() -> Value {
     serde_json::json!({
         "deployment": schemars::schema_for!(DeploymentEvent),
         "access": schemars::schema_for!(AccessEvent),
+        "governance": schemars::schema_for!(GovernanceEvent),
     })
 }
 
@@ -33,6 +36,11 @@ pub fn events_markdown() -> String {
     for (stream, title) in [
         ("deployment", "A deployment intent's stream"),
         ("access", "A principal's stream"),
+        (
+            "governance",
+            "The policy stream (aggregate type `policy`) and refused commands (aggregate type \
+             `access`, one stream each)",
+        ),
     ] {
         let root = &schema[stream];
         out.push_str(&format!(
@@ -55,7 +63,7 @@ pub fn events_markdown() -> String {
     }
     // Every named type, once, in name order.
     let mut defs: Vec<(&String, &Value)> = Vec::new();
-    for stream in ["deployment", "access"] {
+    for stream in ["deployment", "access", "governance"] {
         for (name, def) in schema[stream]["$defs"].as_object().into_iter().flatten() {
             if !defs.iter().any(|(n, _)| *n == name) {
                 defs.push((name, def));

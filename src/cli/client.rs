@@ -128,7 +128,7 @@ impl Client {
     }
 
     /// [`Client::call`], with a 4xx turned into a refusal.
-    async fn ok(
+    pub(super) async fn ok(
         &self,
         method: Method,
         path: &str,

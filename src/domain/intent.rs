@@ -424,6 +424,10 @@ fn create_intent(out: &mut Events, c: &CreateIntent) -> Result<(), DomainError> 
         c.privileged_tooling,
         &out.policy().cab,
     )?;
+    let risk = RiskAssessment {
+        policy_digest: Some(out.policy().digest().to_string()),
+        ..risk
+    };
     let requires_cab = risk.requires_cab;
     out.push(|meta| {
         DeploymentEvent::DeploymentCreated(Created {
@@ -576,6 +580,7 @@ fn promote(out: &mut Events, state: &IntentState) -> Result<(), DomainError> {
         _ => return Err(DomainError::AtTargetRing(from)),
     };
     let policy = out.policy().ring(from).clone();
+    let policy_digest = Some(out.policy().digest().to_string());
     let report = state.latest_report.as_ref();
     let mut gates = vec![
         gate(
@@ -634,6 +639,7 @@ fn promote(out: &mut Events, state: &IntentState) -> Result<(), DomainError> {
             to_ring: to,
             gates,
             passed,
+            policy_digest,
         })
     });
     if passed {

@@ -82,6 +82,11 @@ pub struct Policy {
     /// The furthest ring an emergency change may start in (it skips the CAB there until it is
     /// approved retrospectively, so how far it reaches is capped).
     pub max_emergency_start_ring: Ring,
+    /// SHA-256 of the policy text it was read from, lowercase hex (the built-in default's is
+    /// the empty text's: the same rules).
+    digest: String,
+    /// The text it was read from (empty for the built-in default).
+    text: String,
 }
 
 impl Default for Policy {
@@ -113,8 +118,16 @@ impl Default for Policy {
                 api_latency_objective: 0.99,
                 time_to_compliance_objective: 0.95,
             },
+            digest: digest_of(""),
+            text: String::new(),
         }
     }
+}
+
+/// SHA-256 of a policy's text, lowercase hex.
+pub fn digest_of(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
 
 /// Why a policy file was refused.
@@ -175,6 +188,16 @@ struct SiteOverride {
 }
 
 impl Policy {
+    /// SHA-256 of the policy text it was read from, lowercase hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The text it was read from (empty for the built-in default).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
     pub fn ring(&self, ring: Ring) -> &RingPolicy {
         &self.rings[ring.index()]
     }
@@ -191,7 +214,11 @@ impl Policy {
     /// Parses policy TOML, applying it over the defaults.
     pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
         let file: PolicyFile = toml::from_str(text)?;
-        let mut policy = Policy::default();
+        let mut policy = Policy {
+            digest: digest_of(text),
+            text: text.to_string(),
+            ..Policy::default()
+        };
         if let Some(w) = file.emergency_retro_window {
             policy.emergency_retro_window = parse_duration("emergency_retro_window", &w)?;
         }

@@ -169,6 +169,8 @@ pub fn assess(
         requires_cab: !reasons.is_empty(),
         factors,
         cab_required_reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
+        // The caller, which holds the whole policy, records which it was.
+        policy_digest: None,
     })
 }
 

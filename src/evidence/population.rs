@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use eucora_projections::decode::StreamEvent;
 use eucora_projections::event::DeploymentEvent;
+use eucora_projections::governance::GovernanceEvent;
 
 use chrono::{DateTime, Utc};
 
@@ -20,6 +21,8 @@ pub struct Population {
     undecodable: Vec<u64>,
     /// The principals whose events (access changes) are in the population.
     principals: std::collections::BTreeSet<String>,
+    /// The policies activated and the commands refused, with their leaf indices.
+    governance: Vec<(u64, GovernanceEvent)>,
     /// Each intent's `changes.csv` row, made once when first asked for (after the last `add`).
     rows: std::sync::OnceLock<BTreeMap<String, Vec<String>>>,
 }
@@ -64,6 +67,7 @@ impl Population {
             Some(StreamEvent::Access(_)) => {
                 self.principals.insert(aggregate_id.into());
             }
+            Some(StreamEvent::Governance(e)) => self.governance.push((index, e)),
             Some(StreamEvent::Deployment(e)) => match self.intents.get_mut(aggregate_id) {
                 Some(events) => events.push((index, e)),
                 None => {

@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{if_match, ApiJson, Principal, QueryParams};
+use super::refusals::Attempt;
 use super::schema::{
     ChangeTypeName, ConnectorName, RetroApprovalName, RingName, SiteClassName, StatusName,
 };
@@ -248,11 +249,16 @@ async fn command(
     digest: &str,
     action: Action,
 ) -> Result<Response, ApiError> {
-    principal.require(roles)?;
     let (is_create, is_promotion) = (
         matches!(action, Action::Create(_)),
         matches!(action, Action::Promote),
     );
+    let attempt = Attempt {
+        principal: principal.clone(),
+        intent: (!is_create).then_some(id),
+        command: action.name(),
+    };
+    attempt.require(&state, roles).await?;
     let command = Command {
         actor: principal.0,
         correlation_id: correlation::current(),
@@ -261,8 +267,11 @@ async fn command(
     };
     let subject = command.actor.subject.clone();
     let commands = state.commands.clone();
+    let refusals = state.clone();
     let run = move |id: Uuid, key: Option<String>| async move {
-        Ok(commands.execute_keyed(id, command, key.as_deref()).await?)
+        let outcome = commands.execute_keyed(id, command, key.as_deref()).await;
+        attempt.check(&refusals, &outcome).await;
+        Ok(outcome?)
     };
     let answer = move |intent: &IntentState| match &intent.last_promotion {
         Some(attempt) if is_promotion && !attempt.passed => {
@@ -309,7 +318,12 @@ async fn on_intent(
     digest: String,
     action: Action,
 ) -> Result<Response, ApiError> {
-    principal.require(roles)?;
+    let attempt = Attempt {
+        principal: principal.clone(),
+        intent: Uuid::parse_str(&id).ok(),
+        command: action.name(),
+    };
+    attempt.require(&state, roles).await?;
     let id = parse_id(&id)?;
     command(state, principal, roles, &headers, id, &digest, action).await
 }

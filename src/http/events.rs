@@ -5,6 +5,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use eucora_projections::decode::StreamEvent;
 use eucora_projections::event::Role;
+use eucora_projections::governance::{
+    GovernanceEvent, POLICY_AGGREGATE_TYPE, REFUSAL_AGGREGATE_TYPE,
+};
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -39,14 +42,15 @@ pub struct GlobalEventOut {
     pub index: i64,
     /// The event's position in the store (in its leaf data; not the cursor).
     pub position: i64,
-    /// Whose stream the event is in: `deployment` (an intent's) or `principal` (an access
-    /// change: a principal created, its token rotated, or revoked).
+    /// Whose stream the event is in: `deployment` (an intent's), `principal` (an access
+    /// change: a principal created, its token rotated, or revoked), `policy` (a policy
+    /// activated) or `access` (a command refused).
     #[schema(value_type = String, example = "deployment")]
     pub stream: &'static str,
     /// The intent's id, for an event of a deployment stream.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deployment_id: Option<String>,
-    /// The principal's id, for an event of a principal's stream.
+    /// The principal's id, for an event of a principal's stream or a refused command.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub principal_id: Option<String>,
     /// Place in its stream, from 1.
@@ -126,11 +130,19 @@ async fn global_stream(
                 reason: err.to_string(),
             })?;
             let stream = e.stream()?;
-            let (kind, deployment_id, principal_id) = match event {
+            let (kind, deployment_id, principal_id) = match &event {
                 StreamEvent::Deployment(_) => {
                     ("deployment", Some(stream.aggregate_id.clone()), None)
                 }
                 StreamEvent::Access(_) => ("principal", None, Some(stream.aggregate_id.clone())),
+                StreamEvent::Governance(GovernanceEvent::PolicyActivated(_)) => {
+                    (POLICY_AGGREGATE_TYPE, None, None)
+                }
+                StreamEvent::Governance(GovernanceEvent::CommandRefused(e)) => (
+                    REFUSAL_AGGREGATE_TYPE,
+                    None,
+                    Some(e.principal_id.to_string()),
+                ),
             };
             Ok(GlobalEventOut {
                 index: index as i64,

@@ -166,7 +166,7 @@ impl QueryParams {
 
 /// The authenticated caller. Missing or unknown tokens get 401 before the handler runs.
 #[derive(Debug, Clone)]
-pub struct Principal(pub Actor);
+pub struct Principal(pub Actor, pub uuid::Uuid);
 
 impl Principal {
     /// 403 unless the principal holds one of `roles`; `admin` may call every endpoint.
@@ -188,8 +188,17 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // A command (any method but GET and HEAD) refused for its credentials is counted
+        // among refused commands too; it is not recorded as an event (nobody to name).
+        let command = !matches!(
+            parts.method,
+            axum::http::Method::GET | axum::http::Method::HEAD
+        );
         let refused = |reason| {
             state.telemetry.record_auth_failure(reason);
+            if command {
+                state.telemetry.record_refusal("unauthenticated");
+            }
             ApiError::Unauthorized(reason)
         };
         let token = parts
@@ -208,7 +217,7 @@ impl FromRequestParts<AppState> for Principal {
                     .principals
                     .admit(id)
                     .map_err(ApiError::TooManyRequests)?;
-                Ok(Principal(actor))
+                Ok(Principal(actor, id))
             }
             Authenticated::Refused(reason) => Err(refused(reason)),
         }

@@ -23,10 +23,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// The JSON Schema (2020-12) of every stored event, generated from the event types:
-/// `{"deployment": …, "access": …}`, each a `oneOf` whose members name the event type.
+/// `{"deployment": …, "access": …, "governance": …}`, each a `oneOf` whose members name the
+/// event type.
 /// docs/events.md is rendered from the same schema.
 #[utoipa::path(get, path = "/api/v1/schemas/events", tag = "operations",
-    responses((status = 200, description = "`{deployment, access}`: two JSON Schemas")))]
+    responses((status = 200, description = "`{deployment, access, governance}`: three JSON Schemas")))]
 async fn event_schemas() -> impl IntoResponse {
     static SCHEMA: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
     Json(

@@ -13,6 +13,7 @@ use super::correlation;
 use super::deployments::parse_id;
 use super::error::ApiError;
 use super::extract::Principal;
+use super::refusals::Attempt;
 use crate::http::AppState;
 use crate::principals::PrincipalOut;
 use crate::store::{AccessChange, AccessRefused};
@@ -54,7 +55,13 @@ async fn revoke(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let actor = principal.require(&[Role::Admin])?.clone();
+    let attempt = Attempt {
+        principal: principal.clone(),
+        intent: None,
+        command: "revoke_principal",
+    };
+    attempt.require(&state, &[Role::Admin]).await?;
+    let actor = principal.0.clone();
     let id = parse_id(&id)?;
     let change = AccessChange {
         actor,

@@ -115,7 +115,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 impl Store {
-    fn pick(&self, sqlite: &'static str, postgres: &'static str) -> &'static str {
+    pub(super) fn pick(&self, sqlite: &'static str, postgres: &'static str) -> &'static str {
         match self.db {
             Db::Sqlite { .. } => sqlite,
             Db::Postgres(_) => postgres,
@@ -147,7 +147,7 @@ impl Store {
             expires_at,
             conflict_allowed: conflict_allowed.map(str::to_string),
         });
-        let append = self.append_access_sql();
+        let append = self.append_after_last_sql();
         on_writer!(&self.db, pool => {
             let mut tx = pool.begin().await?;
             sqlx::query(insert)
@@ -237,7 +237,7 @@ impl Store {
         values: &[&str],
         event: &AccessEvent,
     ) -> Result<Option<(PrincipalRecord, bool)>, StoreError> {
-        let append = self.append_access_sql();
+        let append = self.append_after_last_sql();
         let (payload, event_type, metadata) = access_payload(event);
         let changed = on_writer!(&self.db, pool => {
             let mut tx = pool.begin().await?;
@@ -264,9 +264,9 @@ impl Store {
     }
 
     /// The statement that appends one event (type `$2`, payload `$3`, metadata `$5`, version `$6`)
-    /// to the
-    /// stream of principal `$1` (aggregate type `$4`), after its last.
-    fn append_access_sql(&self) -> &'static str {
+    /// to stream `$1` of aggregate type `$4` (a principal's, the policy's, a refusal's), after its
+    /// last.
+    pub(super) fn append_after_last_sql(&self) -> &'static str {
         self.pick(
             "INSERT INTO events
                  (aggregate_type, aggregate_id, sequence, event_type, event_version, payload,

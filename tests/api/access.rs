@@ -105,7 +105,7 @@ async fn each_endpoint_admits_exactly_its_roles(backend: Backend) {
             assert_eq!(app.event_count().await, before);
         }
         for (role, token) in &tokens {
-            let before = app.event_count().await;
+            let (before, intents) = (app.event_count().await, app.intent_event_count().await);
             let reply = app
                 .send(method.clone(), path, Some(token), &[], body.clone())
                 .await;
@@ -116,10 +116,18 @@ async fn each_endpoint_admits_exactly_its_roles(backend: Backend) {
                 );
             } else {
                 reply.assert_problem(403);
+                // A refused command is recorded (one CommandRefused) and changes nothing else;
+                // a refused read records nothing.
+                let command = *method != Method::GET;
                 assert_eq!(
                     app.event_count().await,
-                    before,
-                    "{role} at {method} {path} appended"
+                    before + i64::from(command),
+                    "{role} at {method} {path}"
+                );
+                assert_eq!(
+                    app.intent_event_count().await,
+                    intents,
+                    "{role} at {method} {path} appended to an intent"
                 );
             }
         }
@@ -140,7 +148,7 @@ async fn segregation_of_duties_binds_admins_and_requesters(backend: Backend) {
         .create(&crew.requester, intent_body("Chrome", 0.8, "GLOBAL"))
         .await
         .id();
-    let before = app.event_count().await;
+    let (before, intents) = (app.event_count().await, app.intent_event_count().await);
     app.approve(&alice_admin, &id).await.assert_problem(403);
     app.reject(&alice_admin, &id, "mine")
         .await
@@ -148,7 +156,9 @@ async fn segregation_of_duties_binds_admins_and_requesters(backend: Backend) {
     app.rollback(&bob, &id, "not mine")
         .await
         .assert_problem(403);
-    assert_eq!(app.event_count().await, before);
+    // Three refusals on the record, none on the intent.
+    assert_eq!(app.event_count().await, before + 3);
+    assert_eq!(app.intent_event_count().await, intents);
     assert_eq!(
         app.rollback(&crew.requester, &id, "withdrawn").await.status,
         200

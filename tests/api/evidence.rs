@@ -319,8 +319,12 @@ async fn a_period_bundle_verifies_and_every_tampering_is_refused_with_its_own_re
 
     // One event line edited: its leaf no longer matches the signed tree.
     let mut edited = events.clone();
-    edited[2] = edited[2].replacen("\\\"ops-bot\\\"", "\\\"mallory\\\"", 1);
-    assert_ne!(edited[2], events[2]);
+    let at = events
+        .iter()
+        .position(|l| l.contains("\\\"ops-bot\\\""))
+        .unwrap();
+    edited[at] = edited[at].replacen("\\\"ops-bot\\\"", "\\\"mallory\\\"", 1);
+    assert_ne!(edited[at], events[at]);
     let why = refused(with("events.jsonl", joined(&edited)), true);
     assert!(why.contains("an event was edited"), "{why}");
     // Without the key the edit is caught sooner: the manifest no longer matches.

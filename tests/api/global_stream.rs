@@ -195,22 +195,26 @@ async fn auditors_page_through_the_global_stream_over_http() {
         )
         .await;
     }
-    // Wait until all ten events are readable (another test's open transaction may hold them
-    // back): the crew's four principals' first, then the intents' six.
+    // Wait until all eleven events are readable (another test's open transaction may hold them
+    // back): the policy the server started with, the crew's four principals', then the
+    // intents' six.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let all = app.get("/api/v1/events?limit=1000", &crew.auditor).await;
-        if all.body["events"].as_array().unwrap().len() == 10 {
+        if all.body["events"].as_array().unwrap().len() == 11 {
             break;
         }
         assert!(Instant::now() < deadline, "events never became readable");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let first = app.get("/api/v1/events?limit=4", &crew.auditor).await;
+    let first = app.get("/api/v1/events?limit=5", &crew.auditor).await;
     assert_eq!(first.status, 200);
     let events = first.body["events"].as_array().unwrap();
-    assert_eq!(events.len(), 4);
-    for e in events {
+    assert_eq!(events.len(), 5);
+    assert_eq!(events[0]["event_type"], "PolicyActivated");
+    assert_eq!(events[0]["stream"], "policy");
+    assert!(events[0].get("principal_id").is_none() && events[0].get("deployment_id").is_none());
+    for e in &events[1..] {
         assert_eq!(e["event_type"], "PrincipalCreated");
         assert_eq!(e["stream"], "principal");
         assert!(e["principal_id"].is_string() && e.get("deployment_id").is_none());
@@ -220,9 +224,9 @@ async fn auditors_page_through_the_global_stream_over_http() {
         .iter()
         .map(|e| e["index"].as_i64().unwrap())
         .collect();
-    assert_eq!(indices, [0, 1, 2, 3]);
+    assert_eq!(indices, [0, 1, 2, 3, 4]);
     let next = first.body["next_after"].as_i64().unwrap();
-    assert_eq!(next, 4);
+    assert_eq!(next, 5);
     let rest = app
         .get(
             &format!("/api/v1/events?after={next}&limit=8"),
@@ -231,14 +235,14 @@ async fn auditors_page_through_the_global_stream_over_http() {
         .await;
     let rest_events = rest.body["events"].as_array().unwrap();
     assert_eq!(rest_events.len(), 6);
-    assert_eq!(rest_events[0]["index"], 4);
+    assert_eq!(rest_events[0]["index"], 5);
     assert_eq!(rest_events[0]["event_type"], "DeploymentCreated");
     assert_eq!(rest_events[0]["stream"], "deployment");
     assert!(rest.body["next_after"].is_null());
     // The index is the log's: the leaf at that index is that event's.
     let proof = app
         .get(
-            "/api/v1/proofs/inclusion?index=4&tree_size=10",
+            "/api/v1/proofs/inclusion?index=5&tree_size=11",
             &crew.auditor,
         )
         .await;

@@ -317,8 +317,9 @@ async fn ready_fails_with(app: &TestApp, what: &str) {
 async fn a_database_rewritten_by_an_insider_is_caught_at_the_next_start(backend: Backend) {
     let db = Arc::new(TestDb::new(backend).await);
     let (flags, verifier) = key_flags(&db, "checkpoints");
-    // The crew's four principals' events and the traffic's six.
-    let signed = 10;
+    // The policy the server started with, the crew's four principals' events and the traffic's
+    // six.
+    let signed = 11;
     {
         let app = serve(&db, &flags).await;
         let crew = Crew::new(&app);

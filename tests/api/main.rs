@@ -14,6 +14,7 @@ mod dispatch;
 mod evidence;
 mod fuzz;
 mod global_stream;
+mod governance;
 mod idempotency;
 mod lifecycle;
 mod log;

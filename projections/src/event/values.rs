@@ -201,6 +201,9 @@ pub struct RiskAssessment {
     /// joined by `; `); null when it need not, and on events written before version 3 of
     /// `DeploymentCreated`.
     pub cab_required_reason: Option<String>,
+    /// The SHA-256 of the policy it was judged under (a `PolicyActivated` of the policy stream
+    /// holds its text); null on events written before version 4 of `DeploymentCreated`.
+    pub policy_digest: Option<String>,
 }
 
 /// The lifecycle states of an intent. `Completed`, `Rejected` and `RolledBack` are terminal.

@@ -1,0 +1,77 @@
+//! Refused commands on the record: a command refused for a missing role, for segregation of
+//! duties, or on an intent that is not the requester's own, is counted
+//! (`eucora_commands_refused_total{reason}`) and recorded as a `CommandRefused` event. What was
+//! refused changes nothing on the intent.
+
+use eucora_projections::event::Role;
+use eucora_projections::governance::CommandRefused;
+use uuid::Uuid;
+
+use super::correlation;
+use super::error::ApiError;
+use super::extract::Principal;
+use crate::domain::DomainError;
+use crate::http::AppState;
+use crate::write::CommandError;
+
+/// A command as it was attempted: by whom, on which intent (none for a create), which.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub principal: Principal,
+    pub intent: Option<Uuid>,
+    pub command: &'static str,
+}
+
+impl Attempt {
+    /// 403 unless the principal holds one of `roles`; a refusal is recorded.
+    pub async fn require(&self, state: &AppState, roles: &[Role]) -> Result<(), ApiError> {
+        match self.principal.require(roles) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if let ApiError::Forbidden(detail) = &e {
+                    self.refused(state, "missing_role", detail).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Records the domain's refusal of the command, if it was one (segregation of duties, not
+    /// the requester's own intent).
+    pub async fn check(&self, state: &AppState, outcome: &Result<impl Sized, CommandError>) {
+        let reason = match outcome {
+            Err(CommandError::Domain(DomainError::SegregationOfDuties)) => "segregation_of_duties",
+            Err(CommandError::Domain(DomainError::NotOwnIntent)) => "not_own_intent",
+            _ => return,
+        };
+        if let Err(e) = outcome {
+            self.refused(state, reason, &e.to_string()).await;
+        }
+    }
+
+    async fn refused(&self, state: &AppState, reason: &'static str, detail: &str) {
+        state.telemetry.record_refusal(reason);
+        let actor = &self.principal.0;
+        tracing::warn!(
+            subject = %actor.subject,
+            command = self.command,
+            reason,
+            "command refused"
+        );
+        crate::governance::record_refusal(
+            &state.store,
+            CommandRefused {
+                meta: crate::governance::meta(correlation::current()),
+                principal_id: self.principal.1,
+                subject: actor.subject.clone(),
+                role: actor.role,
+                intent: self.intent,
+                command: self.command.to_string(),
+                reason: reason.to_string(),
+                detail: detail.to_string(),
+                trace_id: crate::trace::trace_id(),
+            },
+        )
+        .await;
+    }
+}
