@@ -22,6 +22,7 @@ mod changes;
 mod controls;
 mod export;
 mod format;
+mod governance;
 mod heads;
 mod population;
 mod read;
@@ -38,6 +39,7 @@ pub use format::{
     pae, ConsistencyProof, EventRecord, EvidenceError, InclusionProof, Previous, ProofFile,
     RangeProof, Scope, FILES, MANIFEST,
 };
+pub use governance::{PolicyInForce, RefusedCommand};
 pub use heads::{lookup, verify_lookup, HeadLookup, HeadProof, LookupVerified};
 pub use population::Population;
 pub use read::{read_bundle, Bundle, Claims, Refused};

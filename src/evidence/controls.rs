@@ -37,6 +37,13 @@ pub struct ControlsFile {
     /// contiguous within the bundle.
     pub population_complete: Verdict,
     pub intents: Vec<IntentControls>,
+    /// Informational: the policies the changes were judged under and those activated among the
+    /// events (absent when none is named).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<super::governance::PolicyInForce>,
+    /// Informational: the commands refused among the events (absent when none was).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_commands: Vec<super::governance::RefusedCommand>,
 }
 
 impl ControlsFile {

@@ -6,6 +6,7 @@ use std::io::{Seek, Write};
 
 use chrono::{DateTime, Utc};
 use eucora_projections::decode::StreamEvent;
+use eucora_projections::governance::{GovernanceEvent, POLICY_STREAM};
 use eucora_projections::heads::Lookup;
 use eucora_projections::intent::IntentState;
 use eucora_projections::merkle;
@@ -496,7 +497,8 @@ enum Selection {
 struct PeriodSelection {
     start: u64,
     to: DateTime<Utc>,
-    /// Every intent with an event in the period, or open at its start.
+    /// Every intent with an event in the period, or open at its start, and the policy stream's
+    /// id when a policy was activated before it.
     intents: HashSet<String>,
 }
 
@@ -550,7 +552,8 @@ fn is_open(state: &IntentState) -> bool {
 /// The first pass of a period's export, over the stream up to the checkpoint's size: the range of
 /// leaves stamped in the period (from the first event stamped at or after `from` to the first
 /// stamped at or after `to`), and the intents of its population: those with an event in the range
-/// and those open when it starts (folded from their events before it).
+/// and those open when it starts (folded from their events before it), and the policy stream when
+/// a policy was activated before it.
 async fn find_period(
     store: &Store,
     size: u64,
@@ -559,6 +562,9 @@ async fn find_period(
 ) -> Result<PeriodSelection, EvidenceError> {
     let mut open: HashMap<String, IntentState> = HashMap::new();
     let mut intents: HashSet<String> = HashSet::new();
+    // Whether a policy was activated before the range: then the policy stream's events come too,
+    // so the bundle shows the policy in force when the period starts.
+    let mut policy_before = false;
     let mut start = None;
     let mut index = 0u64;
     // Which stream each event is of, and the event: no metadata, no leaf hash.
@@ -580,8 +586,11 @@ async fn find_period(
                     });
                 }
                 start = Some(index);
-                // Carried over: every intent open as the period starts.
+                // Carried over: every intent open as the period starts, and the policy stream.
                 intents.extend(open.drain().map(|(id, _)| id));
+                if policy_before {
+                    intents.insert(POLICY_STREAM.to_string());
+                }
             }
             if start.is_some_and(|s| index > s) && at.is_some_and(|t| t >= to) {
                 break 'read;
@@ -596,6 +605,9 @@ async fn find_period(
                 }
                 (Some(_), Ok(StreamEvent::Deployment(_))) => {
                     intents.insert(row.stream()?.aggregate_id.to_string());
+                }
+                (None, Ok(StreamEvent::Governance(GovernanceEvent::PolicyActivated(_)))) => {
+                    policy_before = true;
                 }
                 _ => {}
             }

@@ -127,6 +127,8 @@ impl Population {
                 .iter()
                 .map(|(id, events)| intent_controls(id, events, as_of))
                 .collect(),
+            policies: super::governance::policies(&self.governance, &self.intents),
+            refused_commands: super::governance::refused_commands(&self.governance),
         }
     }
 

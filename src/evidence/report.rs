@@ -28,6 +28,10 @@ pub struct Summary {
     pub counts: Vec<(&'static str, [usize; 4])>,
     /// Each failing verdict: the change's id, app, version and reference, the control and why.
     pub failing: Vec<[String; 6]>,
+    /// Each policy named: its digest's first 12 digits, and how many changes were judged under it.
+    pub policies: Vec<(String, usize)>,
+    /// How many commands were refused, by reason.
+    pub refused: std::collections::BTreeMap<String, usize>,
 }
 
 /// The scope of a predicate, in words.
@@ -94,6 +98,18 @@ impl Summary {
             intents: population.intent_count(),
             counts,
             failing,
+            policies: controls
+                .policies
+                .iter()
+                .map(|p| (p.digest.chars().take(12).collect(), p.judged.len()))
+                .collect(),
+            refused: controls
+                .refused_commands
+                .iter()
+                .fold(Default::default(), |mut n, r| {
+                    *n.entry(r.reason.clone()).or_default() += 1;
+                    n
+                }),
         }
     }
 
@@ -110,6 +126,23 @@ impl Summary {
         );
         let _ = writeln!(out, "checkpoint:   tree size {}", self.tree_size);
         let _ = writeln!(out, "population:   {} changes", self.intents);
+        // Only when there are any: a bundle of an earlier release recomputes the same text.
+        if !self.policies.is_empty() {
+            let named: Vec<String> = self
+                .policies
+                .iter()
+                .map(|(digest, n)| format!("{digest} ({n} changes)"))
+                .collect();
+            let _ = writeln!(out, "policies:     {}", named.join(", "));
+        }
+        if !self.refused.is_empty() {
+            let named: Vec<String> = self
+                .refused
+                .iter()
+                .map(|(reason, n)| format!("{n} {reason}"))
+                .collect();
+            let _ = writeln!(out, "refused:      {}", named.join(", "));
+        }
         let _ = writeln!(out);
         let _ = writeln!(
             out,
@@ -141,6 +174,45 @@ impl Summary {
             }
         }
         out
+    }
+}
+
+/// The policies in force and the refused commands, each a section only when there are any.
+fn governance_html(out: &mut String, controls: &ControlsFile) {
+    let or_dash = |v: &Option<String>| escape(v.as_deref().unwrap_or("-")).into_owned();
+    if !controls.policies.is_empty() {
+        out.push_str("<h2>Policies in force</h2>\n<table>\n<tr><th>digest</th><th>activated</th><th>by</th><th>source</th><th>replaced</th><th>leaf</th><th>changes judged under it</th></tr>\n");
+        for p in &controls.policies {
+            let _ = writeln!(
+                out,
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                escape(&p.digest),
+                or_dash(&p.activated_at),
+                or_dash(&p.activated_by),
+                or_dash(&p.source),
+                or_dash(&p.previous_digest),
+                p.leaf.map_or_else(|| "-".to_string(), |l| l.to_string()),
+                p.judged.len()
+            );
+        }
+        out.push_str("</table>\n");
+    }
+    if !controls.refused_commands.is_empty() {
+        out.push_str("<h2>Refused commands</h2>\n<table>\n<tr><th>leaf</th><th>at</th><th>subject</th><th>role</th><th>command</th><th>intent</th><th>reason</th></tr>\n");
+        for r in &controls.refused_commands {
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                r.leaf,
+                escape(&r.at),
+                escape(&r.subject),
+                escape(&r.role),
+                escape(&r.command),
+                or_dash(&r.intent),
+                escape(&r.reason)
+            );
+        }
+        out.push_str("</table>\n");
     }
 }
 
@@ -228,6 +300,7 @@ pub fn report_html(summary: &Summary, population: &Population, controls: &Contro
         }
         out.push_str("</table>\n");
     }
+    governance_html(&mut out, controls);
     out.push_str("<h2>Changes</h2>\n");
     for ((id, events), intent) in population.histories().zip(&controls.intents) {
         let fact = |name: &str| {

@@ -21,6 +21,7 @@ crate::on_both_backends!(
     an_intact_bundle_whose_controls_fail_verifies_with_exit_status_3,
     an_auditor_fetches_over_the_api_and_checks_against_a_checkpoint_they_kept,
     a_deployment_bundle_proves_it_holds_every_event_and_an_unknown_id_is_proved_absent,
+    a_periods_bundle_shows_the_policy_in_force_and_every_refused_command,
 );
 
 /// A server on the embedded default (SQLite: a key beside the file) or with a key made by
@@ -1245,4 +1246,103 @@ async fn a_deployment_bundle_proves_it_holds_every_event_and_an_unknown_id_is_pr
     // Bad input: not a UUID.
     let reply = app.get("/api/v1/evidence/heads/nope", &crew.auditor).await;
     assert_eq!(reply.status, 400);
+}
+
+async fn a_periods_bundle_shows_the_policy_in_force_and_every_refused_command(backend: Backend) {
+    let (app, _key_file, verifier) = server(backend).await;
+    let crew = Crew::new(&app);
+    // The policy was activated at the server's start, before the period.
+    let from = chrono::Utc::now();
+    let id = traffic(&app, &crew).await;
+    // A deployer deciding for the CAB: refused, and on the record.
+    assert_eq!(app.approve(&crew.deployer, &id).await.status, 403);
+    let to = chrono::Utc::now() + chrono::Duration::hours(1);
+    signed_through(&app, &crew.auditor).await;
+    let time = |t: chrono::DateTime<chrono::Utc>| {
+        t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+            .replace('+', "%2B")
+    };
+    let bundle = fetch(
+        &app,
+        &format!("/api/v1/evidence?from={}&to={}", time(from), time(to)),
+        &crew.auditor,
+    )
+    .await;
+    verify(&bundle[..], &verifier, None).unwrap();
+    let files = unpack(&bundle);
+    let controls: Value = serde_json::from_slice(&files["controls.json"]).unwrap();
+    let proof: Value = serde_json::from_slice(&files["proof.json"]).unwrap();
+    let start = proof["range"]["start"].as_u64().unwrap();
+
+    // The policy in force: its activation precedes the period and comes with its proof; every
+    // change of the period was judged under it.
+    let policies = controls["policies"].as_array().unwrap();
+    assert_eq!(policies.len(), 1, "{policies:?}");
+    let policy = &policies[0];
+    let leaf = policy["leaf"].as_u64().unwrap();
+    assert!(leaf < start, "activated before the period: {policy}");
+    assert!(
+        proof["inclusion"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["index"] == leaf),
+        "its inclusion proof is in the bundle"
+    );
+    assert_eq!(policy["judged"].as_array().unwrap().len(), 3, "{policy}");
+    assert!(policy["judged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|j| j == id.as_str()));
+
+    // The refusal: who, what, why, at which leaf.
+    let refused = controls["refused_commands"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let r = &refused[0];
+    assert_eq!(
+        (
+            r["subject"].as_str(),
+            r["role"].as_str(),
+            r["command"].as_str(),
+            r["reason"].as_str(),
+            r["intent"].as_str()
+        ),
+        (
+            Some("ops-bot"),
+            Some("deployer"),
+            Some("approve"),
+            Some("missing_role"),
+            Some(id.as_str())
+        )
+    );
+    assert!(r["leaf"].as_u64().unwrap() >= start);
+
+    // People read both in the report and in `eucora evidence show`.
+    let report = String::from_utf8(files["REPORT.html"].clone()).unwrap();
+    assert!(
+        report.contains("<h2>Policies in force</h2>")
+            && report.contains("<h2>Refused commands</h2>"),
+        "{report}"
+    );
+    let file = app.db.dir().join("period.tar.gz");
+    std::fs::write(&file, &bundle).unwrap();
+    let (code, said, err) = eucora_with(None, &["evidence", "show", file.to_str().unwrap()], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(said.contains("refused:      1 missing_role"), "{said}");
+    assert!(said.contains("policies:     "), "{said}");
+
+    // An insider with the key who drops the refusal from the report's sections is caught: the
+    // sections are recomputed from the events.
+    let key = SigningKey::load(&_key_file).unwrap();
+    let mut hidden = controls.clone();
+    hidden.as_object_mut().unwrap().remove("refused_commands");
+    let mut edited = files.clone();
+    let mut json = serde_json::to_vec_pretty(&hidden).unwrap();
+    json.push(b'\n');
+    edited.insert("controls.json".into(), json);
+    let why = verify(&repack(edited, Some(&key))[..], &verifier, None)
+        .unwrap_err()
+        .to_string();
+    assert!(why.contains("controls.json does not match"), "{why}");
 }

@@ -123,15 +123,22 @@ async fn replay_rebuilds_the_metrics_the_server_serves_byte_for_byte(backend: Ba
         app.deploy(&crew.deployer, &id, "LAB", 10, 10).await;
         if n == 3 {
             app.rollback(&crew.deployer, &id, "crash").await;
+            // A refused command is an event too (as the policy the server started with is):
+            // replay rebuilds what they count.
+            assert_eq!(app.approve(&crew.deployer, &id).await.status, 403);
         }
     }
-    let expected = "eucora_events_total{event_type=\"DeploymentRolledBack\"} 1";
+    let expected = "eucora_events_total{event_type=\"CommandRefused\"} 1";
     let live = crate::metrics::metrics_with(&app, "/api/v1/metrics", expected).await;
     let out_file = app.db.dir().join("replayed.prom");
     let (ok, out, err) = replay(&app.db, &["--metrics-out", out_file.to_str().unwrap()]);
     assert!(ok, "{err}");
     let replayed = std::fs::read_to_string(&out_file).unwrap();
     let domain = crate::metrics::domain_part(&live);
+    assert!(
+        domain.contains("eucora_events_total{event_type=\"PolicyActivated\"} 1"),
+        "{domain}"
+    );
     assert!(
         replayed == domain,
         "replayed metrics differ from the live endpoint's domain lines"
