@@ -360,6 +360,7 @@ impl Checkpointer {
             .map_or(Duration::MAX, |p| p.interval / 4)
             .clamp(Duration::from_millis(10), Duration::from_millis(250));
         let mut checked = false;
+        let mut whole = false;
         let mut last_signed = Instant::now();
         let mut next_check = 0u64;
         let mut heads = IntentHeads::default();
@@ -368,7 +369,25 @@ impl Checkpointer {
                 () = &mut shutdown => return,
                 () = tokio::time::sleep(tick) => {}
             }
-            if self.status.failure().is_some() || !self.runner.caught_up() {
+            if self.status.failure().is_some() {
+                continue;
+            }
+            // Before anything waits for the projections: a store shorter than what was already
+            // read or signed would keep them "catching up" for ever.
+            if !whole {
+                match self.check_not_shorter().await {
+                    Ok(()) => whole = true,
+                    Err(Failure::Integrity(what)) => {
+                        self.status.fail(what);
+                        continue;
+                    }
+                    Err(Failure::Transient(e)) => {
+                        tracing::warn!(error = %e, "cannot compare the store with what was read and signed yet");
+                        continue;
+                    }
+                }
+            }
+            if !self.runner.caught_up() {
                 continue;
             }
             // Rolling re-verification of stored events against the log, from leaf 0 again once
@@ -433,6 +452,67 @@ impl Checkpointer {
                 path.display()
             ))),
         }
+    }
+
+    /// The store must hold at least every event its projections read, its log holds, and any
+    /// checkpoint signed (in the database or kept outside it) covers, and the last event each
+    /// projection read must still be there: else events were deleted, and the projections would
+    /// wait for them for ever.
+    async fn check_not_shorter(&self) -> Result<(), Failure> {
+        let transient = |e: crate::store::StoreError| Failure::Transient(e.to_string());
+        let held = self.store.event_count().await.map_err(transient)?.max(0) as u64;
+        let deleted = |what: String| {
+            Failure::Integrity(format!(
+                "the store holds {held} events, fewer than {what}: events were deleted"
+            ))
+        };
+        for (name, at) in self
+            .store
+            .checkpoints_by_projection()
+            .await
+            .map_err(transient)?
+        {
+            if at.ordinal as u64 > held {
+                return Err(deleted(format!(
+                    "the {} projection {name} had read",
+                    at.ordinal
+                )));
+            }
+            if at.ordinal > 0
+                && !self
+                    .store
+                    .has_position(at.position)
+                    .await
+                    .map_err(transient)?
+            {
+                return Err(Failure::Integrity(format!(
+                    "the event at position {} that projection {name} read last is gone: events \
+                     were deleted",
+                    at.position
+                )));
+            }
+        }
+        let logged = self.store.log_size().await.map_err(transient)?;
+        if logged > held {
+            return Err(deleted(format!("the {logged} its Merkle log holds")));
+        }
+        if let Some(latest) = self.store.latest_checkpoint().await.map_err(transient)? {
+            if latest.tree_size as u64 > held {
+                return Err(deleted(format!(
+                    "the {} of the latest signed checkpoint",
+                    latest.tree_size
+                )));
+            }
+        }
+        if let Some(kept) = self.kept()? {
+            if kept.size > held {
+                return Err(deleted(format!(
+                    "the {} of the checkpoint kept outside the database",
+                    kept.size
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The log as the database holds it must extend the checkpoint kept outside it.

@@ -207,6 +207,30 @@ pub fn expiry(at: DateTime<Utc>, lifetime: Duration) -> Result<DateTime<Utc>, St
         .ok_or_else(|| "that lifetime is out of range".to_string())
 }
 
+/// Subject prefixes only the server acts under: its connectors' reconciliation (`connector:`), its
+/// own jobs (`system:`), operators at the command line (`cli:`, the author of access changes) and
+/// automatic approvals (`policy:`, the approver of record). No principal may be made with one, so
+/// nobody can act, or be recorded, as them.
+pub const RESERVED_SUBJECT_PREFIXES: [&str; 4] = ["connector:", "system:", "cli:", "policy:"];
+
+/// A subject a principal may be given: 1 to 128 printable characters, not reserved.
+pub fn check_subject(subject: &str) -> Result<(), String> {
+    if subject.is_empty() || subject.len() > 128 || subject.chars().any(char::is_control) {
+        return Err("--subject must be 1 to 128 printable characters".into());
+    }
+    let lower = subject.to_ascii_lowercase();
+    if let Some(prefix) = RESERVED_SUBJECT_PREFIXES
+        .iter()
+        .find(|p| lower.starts_with(*p))
+    {
+        return Err(format!(
+            "--subject {subject:?} is reserved: subjects beginning {prefix:?} are the server's \
+             own (its connectors, its jobs, operators' and the policy's records); choose another"
+        ));
+    }
+    Ok(())
+}
+
 /// Creates a principal with a new random bearer token expiring at `expires_at`, and returns its
 /// id and the token. Only the token's SHA-256 is stored, so this is the one moment it can be read.
 pub async fn issue_token(

@@ -6,10 +6,11 @@
 
 use std::sync::atomic::Ordering;
 
+use eucora_projections::merkle;
 use sha2::{Digest, Sha256};
 
 use crate::projection::intent_view::IntentView;
-use crate::projection::log::MerkleLog;
+use crate::projection::log::{with_tiles, LogTree, MerkleLog};
 use crate::projection::metrics::MetricsProjection;
 use crate::projection::{ProjectionError, RunError, Runner, UNREACHABLE};
 use crate::store::{Store, StoreError, ViewRepair};
@@ -25,6 +26,9 @@ pub enum ReplayError {
     Integrity { position: i64, what: String },
     #[error("{0}")]
     Stalled(String),
+    /// The stream contradicts a signed checkpoint kept in the store.
+    #[error("integrity check failed: {0}")]
+    Signed(String),
 }
 
 impl From<RunError> for ReplayError {
@@ -59,6 +63,8 @@ pub struct ReplayReport {
     pub verified: u64,
     /// Events past the stored log's end, added to it by this replay.
     pub logged: u64,
+    /// Signed checkpoints kept in the store, each a tree head the replayed stream makes.
+    pub signed: u64,
     /// Intent read-model rows that were missing or differed from the rebuilt ones, and rows no
     /// intent has: both zero when the persisted read model was already right.
     pub view: ViewRepair,
@@ -86,6 +92,7 @@ pub async fn replay(
         .register(intents)
         .replay(progress)
         .await?;
+    let signed = check_signed(store, end.ordinal as u64).await?;
     let text = view.render_now();
     let repair = repair
         .lock()
@@ -96,8 +103,42 @@ pub async fn replay(
         events: end.ordinal as u64,
         verified: counts.verified.load(Ordering::Acquire),
         logged: counts.logged.load(Ordering::Acquire),
+        signed,
         view: repair,
         digest: hex::encode(Sha256::digest(text.as_bytes())),
         metrics: text,
     })
+}
+
+/// Checks every signed checkpoint kept in the store against the log the replay just verified
+/// (and extended): each covers no more events than the stream holds, and its tree head is the
+/// one the stream makes at its size. A consistent rewrite of events and log together passes the
+/// replay itself; it does not pass this. Returns how many were checked.
+async fn check_signed(store: &Store, events: u64) -> Result<u64, ReplayError> {
+    let signed = store.checkpoints().await?;
+    if signed.is_empty() {
+        return Ok(0);
+    }
+    let tree = LogTree::from_parts(store.log_subtrees().await?, store.last_log_tile().await?)?;
+    for checkpoint in &signed {
+        let size = checkpoint.tree_size as u64;
+        if size > events || size > tree.size() {
+            return Err(ReplayError::Signed(format!(
+                "a signed checkpoint covers {size} events, the stream holds {events}: events were \
+                 deleted after it was signed"
+            )));
+        }
+        let root = with_tiles(store, &tree, |r| {
+            merkle::root(r, size).map_err(merkle::ProveError::Read)
+        })
+        .await
+        .map_err(|e| ReplayError::Stalled(e.to_string()))?;
+        if root != checkpoint.root {
+            return Err(ReplayError::Signed(format!(
+                "the stream does not make the tree head signed at tree size {size}: the history \
+                 was rewritten after it was signed"
+            )));
+        }
+    }
+    Ok(signed.len() as u64)
 }

@@ -68,8 +68,9 @@ pub async fn replay(args: ReplayArgs) -> Result<(), Failure> {
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     say(format_args!(
-        "replayed {} events: {} verified against the log, {} newly logged",
-        report.events, report.verified, report.logged
+        "replayed {} events: {} verified against the log, {} newly logged; {} signed checkpoints \
+         hold",
+        report.events, report.verified, report.logged, report.signed
     ))?;
     say(format_args!(
         "intent read model: {} rows rewritten, {} removed (the rest matched the rebuild)",

@@ -21,9 +21,7 @@ pub async fn run(command: TokenCommand) -> Result<(), Failure> {
                 )
             })?;
             let subject = args.subject.trim();
-            if subject.is_empty() || subject.len() > 128 || subject.chars().any(char::is_control) {
-                return Err("--subject must be 1 to 128 printable characters".into());
-            }
+            crate::principals::check_subject(subject)?;
             let expires_at =
                 expiry(change.at, args.expires_in).map_err(|e| format!("--expires-in: {e}"))?;
             let reason = match args.allow_conflict.as_deref().map(str::trim) {

@@ -203,6 +203,15 @@ pub async fn export(
         ))
     })?;
     let size = checkpoint.size;
+    // A store shorter than what was signed would be waited on for ever: refused at once.
+    let held = store.event_count().await?.max(0) as u64;
+    if held < size {
+        return Err(EvidenceError::Export(format!(
+            "integrity check failed: the store holds {held} events, fewer than the {size} the \
+             latest signed checkpoint covers: events were deleted (docs/runbook.md, \
+             IntegrityCheckFailed)"
+        )));
+    }
     let tree = log.tree();
     if tree.size() < size {
         return Err(EvidenceError::Export(

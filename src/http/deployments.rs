@@ -467,7 +467,9 @@ async fn get_one(
     State(state): State<AppState>,
     _principal: Principal,
     Path(id): Path<String>,
+    query: QueryParams,
 ) -> Result<Response, ApiError> {
+    query.only(&[])?;
     let id = parse_id(&id)?;
     let intent = state
         .reads

@@ -79,6 +79,12 @@ async fn bundle(
         .signing_key
         .clone()
         .ok_or_else(|| ApiError::NotConfigured(NO_SIGNING_KEY.into()))?;
+    // Evidence of a history that failed its integrity checks is not signed off.
+    if let Some(failure) = state.integrity.failure() {
+        return Err(ApiError::Unavailable(format!(
+            "integrity check failed: {failure}"
+        )));
+    }
     let mut file = crate::evidence::tempfile_in_tmp()
         .map_err(|e| ApiError::Unavailable(format!("cannot write the bundle: {e}")))?;
     export(

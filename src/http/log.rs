@@ -53,8 +53,10 @@ impl From<LogProofError> for ApiError {
 async fn checkpoint(
     State(state): State<AppState>,
     principal: Principal,
+    query: QueryParams,
 ) -> Result<Response, ApiError> {
     principal.require(&[Role::Auditor])?;
+    query.only(&[])?;
     if state.signing_key.is_none() {
         return Err(ApiError::NotConfigured(
             super::evidence::NO_SIGNING_KEY.into(),

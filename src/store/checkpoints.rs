@@ -24,6 +24,18 @@ impl Store {
         )
     }
 
+    /// Every persisted projection's checkpoint, by name.
+    pub async fn checkpoints_by_projection(&self) -> Result<Vec<(String, Checkpoint)>, StoreError> {
+        let sql =
+            "SELECT projection, position, ordinal FROM projection_checkpoints ORDER BY projection";
+        let rows: Vec<(String, i64, i64)> =
+            on_reader!(&self.db, pool => sqlx::query_as(sql).fetch_all(pool).await?);
+        Ok(rows
+            .into_iter()
+            .map(|(name, position, ordinal)| (name, Checkpoint { position, ordinal }))
+            .collect())
+    }
+
     /// Sets a projection's checkpoint, forward or back.
     pub(super) async fn set_checkpoint(
         &self,

@@ -163,6 +163,14 @@ impl Store {
         row.map(checkpoint_of).transpose()
     }
 
+    /// Every signed checkpoint kept, smallest tree first.
+    pub async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        let sql = "SELECT tree_size, root, note FROM log_checkpoints ORDER BY tree_size";
+        let rows: Vec<CheckpointRow> =
+            on_reader!(&self.db, pool => sqlx::query_as(sql).fetch_all(pool).await?);
+        rows.into_iter().map(checkpoint_of).collect()
+    }
+
     /// Keeps a signed checkpoint. Another process may have kept one of the same size first: then
     /// that one is returned, and the caller compares.
     pub async fn keep_checkpoint(

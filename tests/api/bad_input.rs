@@ -67,6 +67,32 @@ async fn query_string_errors_are_in_our_own_words(backend: Backend) {
         .await;
     assert_eq!(ok.status, 200, "{ok:#?}");
     assert_eq!(ok.body["events"].as_array().unwrap().len(), 2);
+
+    // Every endpoint names a query parameter it does not take, rather than ignoring it.
+    let admin = app.token("root", "admin");
+    let principal = uuid::Uuid::now_v7();
+    for (method, path) in [
+        (Method::GET, format!("/api/v1/deployments/{id}?colour=red")),
+        (Method::GET, "/api/v1/principals?colour=red".to_string()),
+        (
+            Method::DELETE,
+            format!("/api/v1/principals/{principal}?colour=red"),
+        ),
+        (Method::GET, "/api/v1/checkpoint?colour=red".to_string()),
+        (Method::GET, "/api/v1/policies?colour=red".to_string()),
+    ] {
+        let before = app.event_count().await;
+        let reply = app
+            .send(method.clone(), &path, Some(&admin), &[], None)
+            .await;
+        reply.assert_problem(400);
+        let detail = reply.body["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("unknown query parameter \"colour\""),
+            "{method} {path}: {detail}"
+        );
+        assert_eq!(app.event_count().await, before, "{method} {path}");
+    }
 }
 
 async fn every_bad_request_gets_a_4xx_problem_and_appends_nothing(backend: Backend) {

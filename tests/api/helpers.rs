@@ -322,6 +322,31 @@ impl TestApp {
         env: &[(&str, &str)],
         stderr: Option<&std::path::Path>,
     ) -> TestApp {
+        let app = TestApp::start(db, extra, env, stderr);
+        // Like an orchestrator, wait until the server says it is ready.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while app
+            .send(reqwest::Method::GET, "/health/ready", None, &[], None)
+            .await
+            .status
+            != 200
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "eucora serve never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        app
+    }
+
+    /// A server started and listening, not waited on to be ready (one that never will be).
+    pub fn start(
+        db: std::sync::Arc<TestDb>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        stderr: Option<&std::path::Path>,
+    ) -> TestApp {
         let policy = db.dir().join("policy.toml");
         if !policy.exists() {
             std::fs::write(&policy, NO_BAKE_POLICY).unwrap();
@@ -361,27 +386,12 @@ impl TestApp {
         let base = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("eucora serve did not report its address");
-        let app = TestApp {
+        TestApp {
             base,
             db,
             child,
             client: reqwest::Client::new(),
-        };
-        // Like an orchestrator, wait until the server says it is ready.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while app
-            .send(reqwest::Method::GET, "/health/ready", None, &[], None)
-            .await
-            .status
-            != 200
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "eucora serve never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        app
     }
 
     pub fn pid(&self) -> u32 {

@@ -18,6 +18,7 @@ crate::on_both_backends!(
     checkpoints_are_signed_kept_outside_and_proofs_verify_against_them,
     a_database_rewritten_by_an_insider_is_caught_at_the_next_start,
     an_event_edited_under_a_running_server_is_caught_by_the_background_check,
+    a_store_shorter_than_what_was_read_or_signed_is_an_integrity_failure_not_a_stall,
 );
 
 /// A key made by `eucora key generate` in the database's folder; returns the flags that make a
@@ -330,10 +331,11 @@ async fn a_database_rewritten_by_an_insider_is_caught_at_the_next_start(backend:
     // The insider edits an event and rebuilds the log to match (drops the tiles; replay logs
     // the stream afresh), so the database agrees with itself.
     as_insider(&db, backend, &[edit(backend), "DELETE FROM log_tiles"]).await;
+    // Replay logs the stream afresh, but the signed checkpoints kept in the database contradict
+    // it.
     let (ok, out, err) = eucora(&["replay", "--database-url", &db.url]);
-    let all = db.event_count().await;
     assert!(
-        ok && out.contains(&format!("0 verified against the log, {all} newly logged")),
+        !ok && err.contains("the history was rewritten after it was signed"),
         "{out}{err}"
     );
     // The checkpoint kept outside the database does not match it any more.
@@ -433,4 +435,92 @@ async fn the_events_json_schema_is_served() {
         ]
     );
     assert!(reply.body["deployment"]["$defs"]["Created"]["properties"]["change_ref"].is_object());
+}
+
+async fn a_store_shorter_than_what_was_read_or_signed_is_an_integrity_failure_not_a_stall(
+    backend: Backend,
+) {
+    let db = Arc::new(TestDb::new(backend).await);
+    let (flags, verifier) = key_flags(&db, "checkpoints");
+    let signed = 11;
+    let auditor = {
+        let app = serve(&db, &flags).await;
+        let crew = Crew::new(&app);
+        traffic(&app, &crew, 3, "a").await;
+        checkpoint_of(&app, &crew.auditor, &verifier, signed).await;
+        crew.auditor
+    };
+    // The insider deletes the last event while the server is down.
+    let delete_last = "DELETE FROM events WHERE position = (SELECT MAX(position) FROM events)";
+    let statements: &[&str] = match backend {
+        Backend::Sqlite => &["DROP TRIGGER IF EXISTS events_refuse_delete", delete_last],
+        Backend::Postgres => &[delete_last],
+    };
+    as_insider(&db, backend, statements).await;
+    {
+        // Not "catching up" for ever: an integrity failure, named, counted.
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let app = TestApp::start(db.clone(), &flags, &[], None);
+        ready_fails_with(&app, "events were deleted").await;
+        // Its evidence is refused at once, naming the failure.
+        let reply = app
+            .get(
+                "/api/v1/evidence?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z",
+                &auditor,
+            )
+            .await;
+        assert_eq!(reply.status, 503);
+        assert!(
+            reply.body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("events were deleted")),
+            "{:?}",
+            reply.body
+        );
+    }
+    // So is an export from the database, instead of waiting on events that are gone.
+    let out = db.dir().join("bundle.tar.gz");
+    let (ok, _, err) = eucora(&[
+        "evidence",
+        "export",
+        "--database-url",
+        &db.url,
+        "--signing-key-file",
+        &flags[1],
+        "--from",
+        "2000-01-01T00:00:00Z",
+        "--to",
+        "2100-01-01T00:00:00Z",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("events were deleted"), "{err}");
+    assert!(!out.exists(), "nothing written");
+    // Replay names it too, from the log; and with the log rebuilt to match the shortened
+    // stream, from the signed checkpoints kept in the database.
+    let (ok, out, err) = eucora(&["replay", "--database-url", &db.url]);
+    assert!(!ok && err.contains("missing (deleted)"), "{out}{err}");
+    as_insider(&db, backend, &["DELETE FROM log_tiles"]).await;
+    let (ok, out, err) = eucora(&["replay", "--database-url", &db.url]);
+    assert!(
+        !ok && err.contains("events were deleted after it was signed"),
+        "{out}{err}"
+    );
+
+    // A projection's checkpoint moved past the stream's end, on a store with nothing signed.
+    let db = Arc::new(TestDb::new(backend).await);
+    {
+        let app = TestApp::spawn_on(db.clone(), &[]).await;
+        let crew = Crew::new(&app);
+        traffic(&app, &crew, 1, "b").await;
+        app.list_until(&crew.auditor, "", 1).await;
+    }
+    as_insider(
+        &db,
+        backend,
+        &["UPDATE projection_checkpoints SET ordinal = ordinal + 5"],
+    )
+    .await;
+    let app = TestApp::start(db.clone(), &[], &[], None);
+    ready_fails_with(&app, "events were deleted").await;
 }

@@ -335,6 +335,24 @@ async fn an_access_change_needs_an_author_and_the_list_shows_each_grantor(backen
     );
     assert!(!ok && err.contains("--by must be"), "{err}");
 
+    // The server's own subjects are nobody's: a person cannot act, or be recorded, as a
+    // connector, a job, an operator or the policy.
+    let before = app.event_count().await;
+    for reserved in [
+        "connector:jamf",
+        "system:dispatcher",
+        "CLI:root",
+        "policy:risk_model_v1.0",
+    ] {
+        let (ok, out, err) = token_cli(
+            &app,
+            &["create", "--subject", reserved, "--role", "deployer"],
+        );
+        assert!(!ok && out.is_empty(), "{reserved}: {out}");
+        assert!(err.contains("is reserved"), "{err}");
+    }
+    assert_eq!(app.event_count().await, before, "nothing written");
+
     // A subject who decides on the CAB may not also request, unless a reason is recorded.
     let before = app.event_count().await;
     let (ok, out, err) = token_cli(
