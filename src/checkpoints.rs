@@ -375,7 +375,7 @@ impl Checkpointer {
             // Before anything waits for the projections: a store shorter than what was already
             // read or signed would keep them "catching up" for ever.
             if !whole {
-                match self.check_not_shorter().await {
+                match self.check_at_start().await {
                     Ok(()) => whole = true,
                     Err(Failure::Integrity(what)) => {
                         self.status.fail(what);
@@ -457,8 +457,8 @@ impl Checkpointer {
     /// The store must hold at least every event its projections read, its log holds, and any
     /// checkpoint signed (in the database or kept outside it) covers, and the last event each
     /// projection read must still be there: else events were deleted, and the projections would
-    /// wait for them for ever.
-    async fn check_not_shorter(&self) -> Result<(), Failure> {
+    /// wait for them for ever. And every principal must be what its access events say.
+    async fn check_at_start(&self) -> Result<(), Failure> {
         let transient = |e: crate::store::StoreError| Failure::Transient(e.to_string());
         let held = self.store.event_count().await.map_err(transient)?.max(0) as u64;
         let deleted = |what: String| {
@@ -503,6 +503,17 @@ impl Checkpointer {
                     latest.tree_size
                 )));
             }
+        }
+        // The table of principals is a projection of their access events.
+        let forged = crate::principals::disagreements(&self.store)
+            .await
+            .map_err(transient)?;
+        if let Some(first) = forged.first() {
+            return Err(Failure::Integrity(if forged.len() > 1 {
+                format!("{first} (and {} more principals)", forged.len() - 1)
+            } else {
+                first.clone()
+            }));
         }
         if let Some(kept) = self.kept()? {
             if kept.size > held {

@@ -5,6 +5,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use eucora_projections::access::PrincipalFacts;
 use eucora_projections::event::{Actor, Role};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -43,14 +44,18 @@ pub enum AuthFailure {
     Unknown,
     Expired,
     Revoked,
+    /// A principal whose row does not agree with its access events (made or changed by hand in
+    /// the database): refused, and logged as an integrity failure.
+    Unrecorded,
 }
 
 impl AuthFailure {
-    pub const ALL: [AuthFailure; 4] = [
+    pub const ALL: [AuthFailure; 5] = [
         AuthFailure::Missing,
         AuthFailure::Unknown,
         AuthFailure::Expired,
         AuthFailure::Revoked,
+        AuthFailure::Unrecorded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +64,7 @@ impl AuthFailure {
             AuthFailure::Unknown => "unknown",
             AuthFailure::Expired => "expired",
             AuthFailure::Revoked => "revoked",
+            AuthFailure::Unrecorded => "unrecorded",
         }
     }
 }
@@ -87,9 +93,15 @@ impl Principals {
         hash: &str,
         now: DateTime<Utc>,
     ) -> Result<Authenticated, StoreError> {
-        let Some(record) = self.store.principal_by_token_hash(hash).await? else {
+        let Some((record, events)) = self.store.principal_and_events_by_token_hash(hash).await?
+        else {
             return Ok(Authenticated::Refused(AuthFailure::Unknown));
         };
+        // The row must be what its events say: one made or raised by hand is not a principal.
+        if let Some(why) = disagreement(&record, PrincipalFacts::fold(&events).as_ref()) {
+            tracing::error!(principal = %record.id, integrity = %why, "principal refused");
+            return Ok(Authenticated::Refused(AuthFailure::Unrecorded));
+        }
         Ok(match record.state(now) {
             PrincipalState::Active => Authenticated::Principal {
                 id: record.id,
@@ -110,6 +122,65 @@ impl Principals {
             not_until.wait_time_from(governor::clock::Clock::now(limiter.clock()))
         })
     }
+}
+
+/// Why a principal's row does not agree with what its events say, if it does not. Times are
+/// compared to the microsecond (what PostgreSQL keeps).
+pub fn disagreement(record: &PrincipalRecord, facts: Option<&PrincipalFacts>) -> Option<String> {
+    let Some(facts) = facts else {
+        return Some(format!(
+            "principal {} ({}) has no PrincipalCreated event: it was made by hand in the database",
+            record.id, record.subject
+        ));
+    };
+    let micros = |t: DateTime<Utc>| t.timestamp_micros();
+    let what = if facts.subject != record.subject {
+        format!(
+            "its subject is {:?}, its events say {:?}",
+            record.subject, facts.subject
+        )
+    } else if facts.role != record.role {
+        format!(
+            "its role is {}, its events say {}",
+            record.role.as_str(),
+            facts.role.as_str()
+        )
+    } else if facts.revoked != record.revoked_at.is_some() {
+        if facts.revoked {
+            "it is not revoked, its events revoke it".to_string()
+        } else {
+            "it is revoked, no event revokes it".to_string()
+        }
+    } else if micros(facts.expires_at) != micros(record.expires_at) {
+        format!(
+            "it expires {}, its events say {}",
+            record.expires_at, facts.expires_at
+        )
+    } else {
+        return None;
+    };
+    Some(format!(
+        "principal {} ({}) does not match its access events: {what}; it was changed by hand in \
+         the database",
+        record.id, record.subject
+    ))
+}
+
+/// Every principal whose row does not agree with its access events, and why: for replay and the
+/// check at start-up.
+pub async fn disagreements(store: &Store) -> Result<Vec<String>, StoreError> {
+    let mut events = store.all_principal_events().await?;
+    Ok(store
+        .principals()
+        .await?
+        .iter()
+        .filter_map(|record| {
+            let facts = events
+                .remove(&record.id)
+                .and_then(|e| PrincipalFacts::fold(&e));
+            disagreement(record, facts.as_ref())
+        })
+        .collect())
 }
 
 /// A change made at the command line, by the person `by` names (`--by`), else by the login

@@ -26,9 +26,10 @@ pub enum ReplayError {
     Integrity { position: i64, what: String },
     #[error("{0}")]
     Stalled(String),
-    /// The stream contradicts a signed checkpoint kept in the store.
+    /// The stream contradicts what is kept beside it: a signed checkpoint, or the table of
+    /// principals.
     #[error("integrity check failed: {0}")]
-    Signed(String),
+    Contradicted(String),
 }
 
 impl From<RunError> for ReplayError {
@@ -93,6 +94,10 @@ pub async fn replay(
         .replay(progress)
         .await?;
     let signed = check_signed(store, end.ordinal as u64).await?;
+    // The table of principals is a projection of their events: every row must agree.
+    if let Some(first) = crate::principals::disagreements(store).await?.first() {
+        return Err(ReplayError::Contradicted(first.clone()));
+    }
     let text = view.render_now();
     let repair = repair
         .lock()
@@ -123,7 +128,7 @@ async fn check_signed(store: &Store, events: u64) -> Result<u64, ReplayError> {
     for checkpoint in &signed {
         let size = checkpoint.tree_size as u64;
         if size > events || size > tree.size() {
-            return Err(ReplayError::Signed(format!(
+            return Err(ReplayError::Contradicted(format!(
                 "a signed checkpoint covers {size} events, the stream holds {events}: events were \
                  deleted after it was signed"
             )));
@@ -134,7 +139,7 @@ async fn check_signed(store: &Store, events: u64) -> Result<u64, ReplayError> {
         .await
         .map_err(|e| ReplayError::Stalled(e.to_string()))?;
         if root != checkpoint.root {
-            return Err(ReplayError::Signed(format!(
+            return Err(ReplayError::Contradicted(format!(
                 "the stream does not make the tree head signed at tree size {size}: the history \
                  was rewritten after it was signed"
             )));

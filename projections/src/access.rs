@@ -96,3 +96,37 @@ impl AccessEvent {
         }
     }
 }
+
+/// What a principal's events say it is: the table of principals must agree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrincipalFacts {
+    pub subject: String,
+    pub role: Role,
+    /// The expiry of its current token: from its creation or its last rotation.
+    pub expires_at: DateTime<Utc>,
+    pub revoked: bool,
+}
+
+impl PrincipalFacts {
+    /// Folds one principal's events, in stream order; `None` without its `PrincipalCreated`.
+    pub fn fold<'a>(events: impl IntoIterator<Item = &'a AccessEvent>) -> Option<PrincipalFacts> {
+        let mut facts: Option<PrincipalFacts> = None;
+        for event in events {
+            match (event, facts.as_mut()) {
+                (AccessEvent::PrincipalCreated(c), None) => {
+                    facts = Some(PrincipalFacts {
+                        subject: c.subject.clone(),
+                        role: c.role,
+                        expires_at: c.expires_at,
+                        revoked: false,
+                    })
+                }
+                (AccessEvent::PrincipalTokenRotated(r), Some(f)) => f.expires_at = r.expires_at,
+                (AccessEvent::PrincipalRevoked(_), Some(f)) => f.revoked = true,
+                // A second creation, or a change before any: not a principal's history.
+                _ => return None,
+            }
+        }
+        facts
+    }
+}

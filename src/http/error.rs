@@ -147,6 +147,11 @@ impl ApiError {
                     .into()
             }
             Unauthorized(AuthFailure::Revoked) => "that bearer token's principal is revoked".into(),
+            Unauthorized(AuthFailure::Unrecorded) => {
+                "that bearer token's principal does not match its recorded access events (it was \
+                 made or changed outside EUCORA): refused, and logged as an integrity failure"
+                    .into()
+            }
             TooManyRequests(wait) => format!(
                 "this principal's rate limit is spent; retry in {} s",
                 retry_after_seconds(*wait)

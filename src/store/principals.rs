@@ -309,33 +309,31 @@ impl Store {
     pub async fn principal_grantors(
         &self,
     ) -> Result<std::collections::HashMap<Uuid, String>, StoreError> {
-        let sql = self.pick(
-            "SELECT aggregate_id, event_version, payload FROM events
-              WHERE aggregate_type = 'principal' AND event_type = 'PrincipalCreated'",
-            "SELECT aggregate_id, event_version, payload::text FROM events
-              WHERE aggregate_type = 'principal' AND event_type = 'PrincipalCreated'",
-        );
-        let rows: Vec<(String, String, String)> = on_reader!(&self.db, pool => {
-            sqlx::query_as(sql).fetch_all(pool).await?
-        });
-        Ok(rows
+        Ok(self
+            .all_principal_events()
+            .await?
             .into_iter()
-            .filter_map(|(id, version, payload)| {
-                let id = Uuid::parse_str(&id).ok()?;
-                match eucora_projections::decode::decode_stream(
-                    "PrincipalCreated",
-                    &version,
-                    &payload,
-                )
-                .ok()?
-                {
-                    eucora_projections::decode::StreamEvent::Access(e) => {
-                        Some((id, e.meta().actor.subject.clone()))
-                    }
-                    _ => None,
-                }
+            .filter_map(|(id, events)| match events.first() {
+                Some(AccessEvent::PrincipalCreated(c)) => Some((id, c.meta.actor.subject.clone())),
+                _ => None,
             })
             .collect())
+    }
+
+    /// Every principal's access events, in stream order, by principal.
+    pub async fn all_principal_events(
+        &self,
+    ) -> Result<std::collections::HashMap<Uuid, Vec<AccessEvent>>, StoreError> {
+        let sql = self.pick(
+            "SELECT aggregate_id, event_type, event_version, payload FROM events
+              WHERE aggregate_type = 'principal' ORDER BY aggregate_id, sequence",
+            "SELECT aggregate_id, event_type, event_version, payload::text FROM events
+              WHERE aggregate_type = 'principal' ORDER BY aggregate_id, sequence",
+        );
+        let rows: Vec<(String, String, String, String)> = on_reader!(&self.db, pool => {
+            sqlx::query_as(sql).fetch_all(pool).await?
+        });
+        Ok(access_events(rows))
     }
 
     /// Every principal, oldest first.
@@ -360,6 +358,62 @@ impl Store {
         });
         row.map(record).transpose()
     }
+
+    /// [`Store::principal_by_token_hash`] with the principal's access events, in stream order,
+    /// in one round trip (those that do not decode are left out: the caller then finds the
+    /// stream is not what the row says).
+    pub async fn principal_and_events_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<(PrincipalRecord, Vec<AccessEvent>)>, StoreError> {
+        let sql = self.pick(
+            "SELECT p.id, p.subject, p.role, p.created_at, p.expires_at, p.revoked_at,
+                    e.event_type, e.event_version, e.payload
+               FROM principals p
+               LEFT JOIN events e ON e.aggregate_type = 'principal' AND e.aggregate_id = p.id
+              WHERE p.token_hash = $1 ORDER BY e.sequence",
+            "SELECT p.id::text, p.subject, p.role,
+                    to_char(p.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                    to_char(p.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                    to_char(p.revoked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                    e.event_type, e.event_version, e.payload::text
+               FROM principals p
+               LEFT JOIN events e ON e.aggregate_type = 'principal' AND e.aggregate_id = p.id::text
+              WHERE p.token_hash = $1 ORDER BY e.sequence",
+        );
+        type Joined = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<Joined> = on_reader!(&self.db, pool => {
+            sqlx::query_as(sql).bind(token_hash).fetch_all(pool).await?
+        });
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let principal = record((
+            first.0.clone(),
+            first.1.clone(),
+            first.2.clone(),
+            first.3.clone(),
+            first.4.clone(),
+            first.5.clone(),
+        ))?;
+        let events = access_events(
+            rows.into_iter()
+                .filter_map(|r| Some((r.0, r.6?, r.7?, r.8?))),
+        )
+        .remove(&principal.id)
+        .unwrap_or_default();
+        Ok(Some((principal, events)))
+    }
 }
 
 /// An access event's payload as stored, and its type name.
@@ -368,4 +422,21 @@ fn access_payload(event: &AccessEvent) -> (String, &'static str, String) {
     let payload = serde_json::to_string(event).expect("access events serialize");
     let metadata = serde_json::to_string(&super::event_metadata(None)).expect("a map of strings");
     (payload, event.type_name(), metadata)
+}
+
+/// Rows of (principal id, event type, version, payload) decoded into each principal's events.
+fn access_events(
+    rows: impl IntoIterator<Item = (String, String, String, String)>,
+) -> std::collections::HashMap<Uuid, Vec<AccessEvent>> {
+    let mut out: std::collections::HashMap<Uuid, Vec<AccessEvent>> = Default::default();
+    for (id, event_type, version, payload) in rows {
+        let (Ok(id), Ok(eucora_projections::decode::StreamEvent::Access(event))) = (
+            Uuid::parse_str(&id),
+            eucora_projections::decode::decode_stream(&event_type, &version, &payload),
+        ) else {
+            continue;
+        };
+        out.entry(id).or_default().push(event);
+    }
+    out
 }

@@ -12,6 +12,7 @@ crate::on_both_backends!(
     a_revoked_or_rotated_token_stops_working_on_every_replica_at_once,
     tokens_expire_and_every_access_change_is_an_event,
     a_principal_past_its_rate_limit_gets_429_with_retry_after,
+    a_principal_made_or_raised_by_hand_is_refused_and_named,
 );
 
 fn token_cli(app: &TestApp, args: &[&str]) -> (bool, String, String) {
@@ -421,4 +422,68 @@ async fn an_access_change_needs_an_author_and_the_list_shows_each_grantor(backen
         "two-person team until January: CAB decisions by dave"
     );
     assert_eq!(grants[1]["meta"]["schema_version"], 2);
+}
+
+async fn a_principal_made_or_raised_by_hand_is_refused_and_named(backend: Backend) {
+    use sha2::Digest;
+    let app = TestApp::spawn(backend).await;
+    let requester = app.token("bob", "requester");
+    let forged = "eucora_forged-by-an-insider";
+    let hash = hex::encode(sha2::Sha256::digest(forged.as_bytes()));
+    // An admin inserted by SQL, with no event behind it; and a requester raised to admin.
+    crate::log::as_insider(
+        &app.db,
+        backend,
+        &[
+            &format!(
+                "INSERT INTO principals (id, subject, role, token_hash, created_at, expires_at, revoked_at) \
+                 SELECT '{}', 'mallory', 'admin', '{hash}', created_at, expires_at, NULL \
+                 FROM principals LIMIT 1",
+                uuid::Uuid::now_v7()
+            ),
+            "UPDATE principals SET role = 'admin' WHERE subject = 'bob'",
+        ],
+    )
+    .await;
+    for token in [forged, requester.as_str()] {
+        let reply = app.get("/api/v1/principals", token).await;
+        reply.assert_problem(401);
+        let detail = reply.body["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("does not match its recorded access events"),
+            "{detail}"
+        );
+    }
+    let metrics = app.send(Method::GET, "/metrics", None, &[], None).await;
+    assert!(
+        metrics
+            .body
+            .as_str()
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == "eucora_authentication_failures_total{reason=\"unrecorded\"} 2"),
+        "{:?}",
+        metrics.body
+    );
+    let db = app.db.clone();
+    drop(app);
+    // Replay names it, and a server started on it is not ready, naming it.
+    let (ok, out, err) = eucora(&["replay", "--database-url", &db.url]);
+    assert!(!ok && err.contains("by hand in the database"), "{out}{err}");
+    let app = TestApp::start(db, &[], &[], None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let ready = app
+            .send(Method::GET, "/health/ready", None, &[], None)
+            .await;
+        let detail = ready.body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if ready.status == 503 && detail.contains("by hand in the database") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{ready:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
