@@ -169,17 +169,11 @@ pub fn disagreement(record: &PrincipalRecord, facts: Option<&PrincipalFacts>) ->
 /// Every principal whose row does not agree with its access events, and why: for replay and the
 /// check at start-up.
 pub async fn disagreements(store: &Store) -> Result<Vec<String>, StoreError> {
-    let mut events = store.all_principal_events().await?;
     Ok(store
-        .principals()
+        .principals_and_events()
         .await?
         .iter()
-        .filter_map(|record| {
-            let facts = events
-                .remove(&record.id)
-                .and_then(|e| PrincipalFacts::fold(&e));
-            disagreement(record, facts.as_ref())
-        })
+        .filter_map(|(record, events)| disagreement(record, PrincipalFacts::fold(events).as_ref()))
         .collect())
 }
 

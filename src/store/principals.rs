@@ -7,6 +7,7 @@ use eucora_projections::access::{
     AccessEvent, AccessMeta, PrincipalCreated, PrincipalRevoked, PrincipalTokenRotated,
     AGGREGATE_TYPE,
 };
+use eucora_projections::decode::{decode_stream, StreamEvent};
 use eucora_projections::event::{Actor, Role};
 use uuid::Uuid;
 
@@ -310,30 +311,16 @@ impl Store {
         &self,
     ) -> Result<std::collections::HashMap<Uuid, String>, StoreError> {
         Ok(self
-            .all_principal_events()
+            .principals_and_events()
             .await?
             .into_iter()
-            .filter_map(|(id, events)| match events.first() {
-                Some(AccessEvent::PrincipalCreated(c)) => Some((id, c.meta.actor.subject.clone())),
+            .filter_map(|(p, events)| match events.first() {
+                Some(AccessEvent::PrincipalCreated(c)) => {
+                    Some((p.id, c.meta.actor.subject.clone()))
+                }
                 _ => None,
             })
             .collect())
-    }
-
-    /// Every principal's access events, in stream order, by principal.
-    pub async fn all_principal_events(
-        &self,
-    ) -> Result<std::collections::HashMap<Uuid, Vec<AccessEvent>>, StoreError> {
-        let sql = self.pick(
-            "SELECT aggregate_id, event_type, event_version, payload FROM events
-              WHERE aggregate_type = 'principal' ORDER BY aggregate_id, sequence",
-            "SELECT aggregate_id, event_type, event_version, payload::text FROM events
-              WHERE aggregate_type = 'principal' ORDER BY aggregate_id, sequence",
-        );
-        let rows: Vec<(String, String, String, String)> = on_reader!(&self.db, pool => {
-            sqlx::query_as(sql).fetch_all(pool).await?
-        });
-        Ok(access_events(rows))
     }
 
     /// Every principal, oldest first.
@@ -360,27 +347,53 @@ impl Store {
     }
 
     /// [`Store::principal_by_token_hash`] with the principal's access events, in stream order,
-    /// in one round trip (those that do not decode are left out: the caller then finds the
+    /// in one statement (those that do not decode are left out: the caller then finds the
     /// stream is not what the row says).
     pub async fn principal_and_events_by_token_hash(
         &self,
         token_hash: &str,
     ) -> Result<Option<(PrincipalRecord, Vec<AccessEvent>)>, StoreError> {
-        let sql = self.pick(
-            "SELECT p.id, p.subject, p.role, p.created_at, p.expires_at, p.revoked_at,
-                    e.event_type, e.event_version, e.payload
-               FROM principals p
-               LEFT JOIN events e ON e.aggregate_type = 'principal' AND e.aggregate_id = p.id
-              WHERE p.token_hash = $1 ORDER BY e.sequence",
-            "SELECT p.id::text, p.subject, p.role,
-                    to_char(p.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
-                    to_char(p.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
-                    to_char(p.revoked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
-                    e.event_type, e.event_version, e.payload::text
-               FROM principals p
-               LEFT JOIN events e ON e.aggregate_type = 'principal' AND e.aggregate_id = p.id::text
-              WHERE p.token_hash = $1 ORDER BY e.sequence",
-        );
+        Ok(self
+            .principals_joined("WHERE p.token_hash = $1", Some(token_hash))
+            .await?
+            .pop())
+    }
+
+    /// Every principal with its access events, in one statement: one snapshot, so a grant,
+    /// rotation or revocation committing meanwhile is seen in both or in neither.
+    pub async fn principals_and_events(
+        &self,
+    ) -> Result<Vec<(PrincipalRecord, Vec<AccessEvent>)>, StoreError> {
+        self.principals_joined("", None).await
+    }
+
+    /// Principals (those `filter` keeps) joined with their access events, grouped.
+    async fn principals_joined(
+        &self,
+        filter: &str,
+        token_hash: Option<&str>,
+    ) -> Result<Vec<(PrincipalRecord, Vec<AccessEvent>)>, StoreError> {
+        let sql = match self.db {
+            Db::Sqlite { .. } => format!(
+                "SELECT p.id, p.subject, p.role, p.created_at, p.expires_at, p.revoked_at,
+                        e.event_type, e.event_version, e.payload
+                   FROM principals p
+                   LEFT JOIN events e
+                     ON e.aggregate_type = 'principal' AND e.aggregate_id = p.id
+                  {filter} ORDER BY p.id, e.sequence"
+            ),
+            Db::Postgres(_) => format!(
+                "SELECT p.id::text, p.subject, p.role,
+                        to_char(p.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                        to_char(p.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                        to_char(p.revoked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                        e.event_type, e.event_version, e.payload::text
+                   FROM principals p
+                   LEFT JOIN events e
+                     ON e.aggregate_type = 'principal' AND e.aggregate_id = p.id::text
+                  {filter} ORDER BY p.id, e.sequence"
+            ),
+        };
         type Joined = (
             String,
             String,
@@ -393,26 +406,30 @@ impl Store {
             Option<String>,
         );
         let rows: Vec<Joined> = on_reader!(&self.db, pool => {
-            sqlx::query_as(sql).bind(token_hash).fetch_all(pool).await?
+            let query = sqlx::query_as(&sql);
+            match token_hash {
+                Some(hash) => query.bind(hash).fetch_all(pool).await?,
+                None => query.fetch_all(pool).await?,
+            }
         });
-        let Some(first) = rows.first() else {
-            return Ok(None);
-        };
-        let principal = record((
-            first.0.clone(),
-            first.1.clone(),
-            first.2.clone(),
-            first.3.clone(),
-            first.4.clone(),
-            first.5.clone(),
-        ))?;
-        let events = access_events(
-            rows.into_iter()
-                .filter_map(|r| Some((r.0, r.6?, r.7?, r.8?))),
-        )
-        .remove(&principal.id)
-        .unwrap_or_default();
-        Ok(Some((principal, events)))
+        let mut out: Vec<(PrincipalRecord, Vec<AccessEvent>)> = Vec::new();
+        for (id, subject, role, created, expires, revoked, event_type, version, payload) in rows {
+            if out.last().is_none_or(|(p, _)| p.id.to_string() != id) {
+                let principal = record((id.clone(), subject, role, created, expires, revoked))?;
+                out.push((principal, Vec::new()));
+            }
+            let (Some(event_type), Some(version), Some(payload)) = (event_type, version, payload)
+            else {
+                continue;
+            };
+            if let (Some((_, events)), Ok(StreamEvent::Access(event))) = (
+                out.last_mut(),
+                decode_stream(&event_type, &version, &payload),
+            ) {
+                events.push(event);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -422,21 +439,4 @@ fn access_payload(event: &AccessEvent) -> (String, &'static str, String) {
     let payload = serde_json::to_string(event).expect("access events serialize");
     let metadata = serde_json::to_string(&super::event_metadata(None)).expect("a map of strings");
     (payload, event.type_name(), metadata)
-}
-
-/// Rows of (principal id, event type, version, payload) decoded into each principal's events.
-fn access_events(
-    rows: impl IntoIterator<Item = (String, String, String, String)>,
-) -> std::collections::HashMap<Uuid, Vec<AccessEvent>> {
-    let mut out: std::collections::HashMap<Uuid, Vec<AccessEvent>> = Default::default();
-    for (id, event_type, version, payload) in rows {
-        let (Ok(id), Ok(eucora_projections::decode::StreamEvent::Access(event))) = (
-            Uuid::parse_str(&id),
-            eucora_projections::decode::decode_stream(&event_type, &version, &payload),
-        ) else {
-            continue;
-        };
-        out.entry(id).or_default().push(event);
-    }
-    out
 }
