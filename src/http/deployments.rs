@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::extract::{if_match, ApiJson, Principal, QueryParams};
+use super::extract::{if_match, parse_id, whole_number, ApiJson, Principal, QueryParams};
 use super::refusals::Attempt;
 use super::schema::{
     ChangeTypeName, ConnectorName, RetroApprovalName, RingName, SiteClassName, StatusName,
@@ -118,14 +118,18 @@ pub struct DeployRequest {
     /// The intent's current ring (409 otherwise).
     #[schema(value_type = RingName, example = "LAB")]
     pub ring: Ring,
+    /// Counts are whole numbers; `10.0` reads as 10, `10.5` is refused.
     #[schema(minimum = 1, maximum = 10_000_000)]
+    #[serde(deserialize_with = "whole_number")]
     pub target_devices: u64,
     /// `succeeded + failed` may not exceed `target_devices`.
     #[schema(minimum = 0, maximum = 10_000_000)]
+    #[serde(deserialize_with = "whole_number")]
     pub succeeded: u64,
     #[schema(minimum = 0, maximum = 10_000_000)]
+    #[serde(deserialize_with = "whole_number")]
     pub failed: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     #[schema(minimum = 0, maximum = 10_000_000)]
     pub incidents: u64,
 }
@@ -231,10 +235,6 @@ fn intent_response(status: StatusCode, s: &IntentState) -> Response {
         response.headers_mut().insert(header::ETAG, etag);
     }
     response
-}
-
-pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id).map_err(|_| ApiError::BadRequest(format!("{id:?} is not a UUID")))
 }
 
 /// The one command-handling path: checks the role, runs the command once per

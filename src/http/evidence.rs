@@ -13,10 +13,9 @@ use eucora_projections::event::Role;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use uuid::Uuid;
 
 use super::error::ApiError;
-use super::extract::{Principal, QueryParams};
+use super::extract::{parse_id, Principal, QueryParams};
 use crate::evidence::{export, lookup, EvidenceError, HeadLookup, Previous, Scope};
 use crate::http::AppState;
 
@@ -161,8 +160,7 @@ async fn deployment(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     principal.require(&[Role::Auditor])?;
-    let id =
-        Uuid::parse_str(&id).map_err(|_| ApiError::BadRequest(format!("{id:?} is not a UUID")))?;
+    let id = parse_id(&id)?;
     let q = query.only(&["previous_size"])?;
     let previous = previous_size(&q)?;
     bundle(
@@ -193,8 +191,7 @@ async fn head(
 ) -> Result<axum::Json<HeadLookup>, ApiError> {
     principal.require(&[Role::Auditor])?;
     query.only(&[])?;
-    let id =
-        Uuid::parse_str(&id).map_err(|_| ApiError::BadRequest(format!("{id:?} is not a UUID")))?;
+    let id = parse_id(&id)?;
     let key = state
         .signing_key
         .clone()

@@ -10,9 +10,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::correlation;
-use super::deployments::parse_id;
 use super::error::ApiError;
-use super::extract::{Principal, QueryParams};
+use super::extract::{parse_id, Principal, QueryParams};
 use super::refusals::Attempt;
 use crate::http::AppState;
 use crate::principals::PrincipalOut;

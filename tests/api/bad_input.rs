@@ -68,6 +68,27 @@ async fn query_string_errors_are_in_our_own_words(backend: Backend) {
     assert_eq!(ok.status, 200, "{ok:#?}");
     assert_eq!(ok.body["events"].as_array().unwrap().len(), 2);
 
+    // A count written as JSON Schema also counts an integer (10.0) is read; a fraction is not.
+    let deploy = format!("/api/v1/deployments/{id}/deploy");
+    let half = app
+        .post(
+            &deploy,
+            &crew.deployer,
+            json!({"ring": "LAB", "target_devices": 10.5, "succeeded": 1, "failed": 0}),
+        )
+        .await;
+    half.assert_problem(422);
+    let detail = half.body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("10.5 is not a whole number"), "{detail}");
+    let whole = app
+        .post(
+            &deploy,
+            &crew.deployer,
+            json!({"ring": "LAB", "target_devices": 10.0, "succeeded": 9.0, "failed": 1.0}),
+        )
+        .await;
+    assert_eq!(whole.status, 200, "{:?}", whole.body);
+
     // Every endpoint names a query parameter it does not take, rather than ignoring it.
     let admin = app.token("root", "admin");
     let principal = uuid::Uuid::now_v7();
