@@ -460,24 +460,16 @@ impl Checkpointer {
     /// wait for them for ever. And every principal must be what its access events say.
     async fn check_at_start(&self) -> Result<(), Failure> {
         let transient = |e: crate::store::StoreError| Failure::Transient(e.to_string());
-        let held = self.store.event_count().await.map_err(transient)?.max(0) as u64;
-        let deleted = |what: String| {
-            Failure::Integrity(format!(
-                "the store holds {held} events, fewer than {what}: events were deleted"
-            ))
-        };
+        // Each claim on the store's length is read first and the store's count last: the count
+        // only grows, so on a whole store it is never below a claim read before it, however
+        // busy the store is meanwhile.
+        let mut claims: Vec<(u64, String)> = Vec::new();
         for (name, at) in self
             .store
             .checkpoints_by_projection()
             .await
             .map_err(transient)?
         {
-            if at.ordinal as u64 > held {
-                return Err(deleted(format!(
-                    "the {} projection {name} had read",
-                    at.ordinal
-                )));
-            }
             if at.ordinal > 0
                 && !self
                     .store
@@ -491,18 +483,33 @@ impl Checkpointer {
                     at.position
                 )));
             }
+            claims.push((
+                at.ordinal.max(0) as u64,
+                format!("the {} projection {name} had read", at.ordinal),
+            ));
         }
         let logged = self.store.log_size().await.map_err(transient)?;
-        if logged > held {
-            return Err(deleted(format!("the {logged} its Merkle log holds")));
-        }
+        claims.push((logged, format!("the {logged} its Merkle log holds")));
         if let Some(latest) = self.store.latest_checkpoint().await.map_err(transient)? {
-            if latest.tree_size as u64 > held {
-                return Err(deleted(format!(
-                    "the {} of the latest signed checkpoint",
-                    latest.tree_size
-                )));
-            }
+            claims.push((
+                latest.tree_size as u64,
+                format!("the {} of the latest signed checkpoint", latest.tree_size),
+            ));
+        }
+        if let Some(kept) = self.kept()? {
+            claims.push((
+                kept.size,
+                format!(
+                    "the {} of the checkpoint kept outside the database",
+                    kept.size
+                ),
+            ));
+        }
+        let held = self.store.event_count().await.map_err(transient)?.max(0) as u64;
+        if let Some((_, what)) = claims.iter().find(|(n, _)| *n > held) {
+            return Err(Failure::Integrity(format!(
+                "the store holds {held} events, fewer than {what}: events were deleted"
+            )));
         }
         // The table of principals is a projection of their access events.
         let forged = crate::principals::disagreements(&self.store)
@@ -514,14 +521,6 @@ impl Checkpointer {
             } else {
                 first.clone()
             }));
-        }
-        if let Some(kept) = self.kept()? {
-            if kept.size > held {
-                return Err(deleted(format!(
-                    "the {} of the checkpoint kept outside the database",
-                    kept.size
-                )));
-            }
         }
         Ok(())
     }

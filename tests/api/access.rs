@@ -135,7 +135,7 @@ async fn each_endpoint_admits_exactly_its_roles(backend: Backend) {
     // Probes, metrics and the API description need no token.
     for path in ["/health/live", "/health/ready", "/api/v1/openapi.json"] {
         let reply = app.send(Method::GET, path, None, &[], None).await;
-        assert_eq!(reply.status, 200, "{path}");
+        assert_eq!(reply.status, 200, "{path}: {:?}", reply.body);
     }
 }
 
