@@ -39,14 +39,15 @@ impl Attempt {
     /// Records the domain's refusal of the command, if it was one (segregation of duties, not
     /// the requester's own intent).
     pub async fn check(&self, state: &AppState, outcome: &Result<impl Sized, CommandError>) {
-        let reason = match outcome {
-            Err(CommandError::Domain(DomainError::SegregationOfDuties)) => "segregation_of_duties",
-            Err(CommandError::Domain(DomainError::NotOwnIntent)) => "not_own_intent",
+        let Err(CommandError::Domain(e)) = outcome else {
+            return;
+        };
+        let reason = match e {
+            DomainError::SegregationOfDuties => "segregation_of_duties",
+            DomainError::NotOwnIntent => "not_own_intent",
             _ => return,
         };
-        if let Err(e) = outcome {
-            self.refused(state, reason, &e.to_string()).await;
-        }
+        self.refused(state, reason, &e.to_string()).await;
     }
 
     async fn refused(&self, state: &AppState, reason: &'static str, detail: &str) {

@@ -332,23 +332,11 @@ impl Store {
         rows.into_iter().map(record).collect()
     }
 
-    /// The principal whose token hashes to `token_hash`, whatever its state: the caller decides,
-    /// at its own time, whether the token still works. Read on every request (no cache), so a
-    /// revocation is seen by every server at once.
-    pub async fn principal_by_token_hash(
-        &self,
-        token_hash: &str,
-    ) -> Result<Option<PrincipalRecord>, StoreError> {
-        let sql = self.select_principals("WHERE token_hash = $1");
-        let row: Option<Row> = on_reader!(&self.db, pool => {
-            sqlx::query_as(&sql).bind(token_hash).fetch_optional(pool).await?
-        });
-        row.map(record).transpose()
-    }
-
-    /// [`Store::principal_by_token_hash`] with the principal's access events, in stream order,
-    /// in one statement (those that do not decode are left out: the caller then finds the
-    /// stream is not what the row says).
+    /// The principal whose token hashes to `token_hash`, whatever its state (the caller decides,
+    /// at its own time, whether the token still works), with its access events in stream order,
+    /// in one statement (those that do not decode are left out: the caller then finds the stream
+    /// is not what the row says). Read on every request (no cache), so a revocation is seen by
+    /// every server at once.
     pub async fn principal_and_events_by_token_hash(
         &self,
         token_hash: &str,

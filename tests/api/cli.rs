@@ -29,11 +29,15 @@ async fn token_create_prints_only_the_token_and_stores_only_its_hash(backend: Ba
     );
     let store = db.store().await;
     let hash = eucora::principals::sha256_hex(token.as_bytes());
-    let principal = store.principal_by_token_hash(&hash).await.unwrap().unwrap();
+    let (principal, _) = store
+        .principal_and_events_by_token_hash(&hash)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(principal.subject, "ops");
     assert!(
         store
-            .principal_by_token_hash(token)
+            .principal_and_events_by_token_hash(token)
             .await
             .unwrap()
             .is_none(),

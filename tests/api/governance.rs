@@ -21,22 +21,13 @@ fn digest(text: &str) -> String {
     hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
 
-/// The global stream's events of `event_type`, read until it shows every event written
-/// (PostgreSQL shows a commit once every older transaction has ended).
+/// The global stream's events of `event_type`.
 async fn events_of(app: &TestApp, token: &str, event_type: &str) -> Vec<Value> {
-    let written = app.event_count().await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let page = app.get("/api/v1/events?limit=1000", token).await.body;
-        let events = page["events"].as_array().cloned().unwrap_or_default();
-        if events.len() as i64 >= written || std::time::Instant::now() > deadline {
-            return events
-                .into_iter()
-                .filter(|e| e["event_type"] == event_type)
-                .collect();
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    app.global_events(token)
+        .await
+        .into_iter()
+        .filter(|e| e["event_type"] == event_type)
+        .collect()
 }
 
 /// `eucora_…` sample lines of the process metrics.

@@ -553,6 +553,22 @@ impl TestApp {
         self.db.intent_event_count().await
     }
 
+    /// The whole global stream (up to 1000 events) as `GET /api/v1/events` serves it, read until
+    /// it shows every event written: PostgreSQL shows a commit once every older transaction has
+    /// ended.
+    pub async fn global_events(&self, token: &str) -> Vec<Value> {
+        let written = self.event_count().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let page = self.get("/api/v1/events?limit=1000", token).await.body;
+            let events = page["events"].as_array().cloned().unwrap_or_default();
+            if events.len() as i64 >= written || std::time::Instant::now() > deadline {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Lists come from the read model, which follows the store within a second: poll a list
     /// until it holds `n` items.
     pub async fn list_until(&self, token: &str, query: &str, n: usize) -> Reply {

@@ -395,11 +395,19 @@ async fn tokens_are_looked_up_by_hash_only(backend: Backend) {
         )
         .await
         .unwrap();
-    let found = store
-        .principal_by_token_hash("ab12")
+    let (found, events) = store
+        .principal_and_events_by_token_hash("ab12")
         .await
         .unwrap()
         .unwrap();
+    // Read with its access events: its creation.
+    assert!(
+        matches!(
+            events.as_slice(),
+            [eucora_projections::access::AccessEvent::PrincipalCreated(c)] if c.subject == "carol"
+        ),
+        "{events:?}"
+    );
     assert_eq!(
         (
             found.id,
@@ -413,7 +421,7 @@ async fn tokens_are_looked_up_by_hash_only(backend: Backend) {
     assert_eq!(found.state(at), PrincipalState::Active);
     assert_eq!(found.state(expires), PrincipalState::Expired);
     assert!(store
-        .principal_by_token_hash("AB12")
+        .principal_and_events_by_token_hash("AB12")
         .await
         .unwrap()
         .is_none());
@@ -427,7 +435,7 @@ async fn tokens_are_looked_up_by_hash_only(backend: Backend) {
         .unwrap();
     assert_eq!(rotated.expires_at, later);
     assert!(store
-        .principal_by_token_hash("ab12")
+        .principal_and_events_by_token_hash("ab12")
         .await
         .unwrap()
         .is_none());
