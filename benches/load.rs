@@ -226,6 +226,7 @@ async fn start(url: &str, merkle_log: bool, connectors: Option<std::path::PathBu
         header_read_timeout: 10,
         max_connections: None,
         rate_limit: None,
+        auth_failure_limit: 0,
         shutdown_timeout: 1,
         metrics_app_label_limit: 200,
         log_format: LogFormat::Text,

@@ -277,6 +277,7 @@ impl Application {
             principals: Arc::new(Principals::new(
                 store.clone(),
                 args.rate_limit.and_then(std::num::NonZeroU32::new),
+                std::num::NonZeroU32::new(args.auth_failure_limit),
             )),
             metrics: metrics_view,
             log,

@@ -430,6 +430,14 @@ pub struct ServeArgs {
     #[arg(long, env = "EUCORA_RATE_LIMIT", value_name = "REQUESTS_PER_MINUTE",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub rate_limit: Option<u32>,
+    /// Failed authentications (a missing, unknown, expired or revoked token) a minute each client
+    /// address may make, all of them at once at most; past it every request from the address that
+    /// takes a token is answered 429 with `Retry-After`, before its token is looked up, until the
+    /// allowance refills. The address is the TCP peer's (behind a reverse proxy, the proxy's).
+    /// 0 turns the limit off.
+    #[arg(long, env = "EUCORA_AUTH_FAILURE_LIMIT", value_name = "FAILURES_PER_MINUTE",
+          default_value_t = 60, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub auth_failure_limit: u32,
     /// Seconds to let requests in flight finish after SIGTERM.
     #[arg(long, env = "EUCORA_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,

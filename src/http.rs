@@ -1,6 +1,7 @@
 //! All HTTP: the router, its middleware (correlation id, body limit, timeout), health probes,
 //! and the OpenAPI document generated from the handlers' own annotations.
 
+pub mod contract;
 pub mod correlation;
 pub mod deployments;
 pub mod error;
@@ -110,12 +111,18 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .merge(evidence::router())
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    contract::complete_responses(&mut doc);
+    let queries = Arc::new(contract::QueryContract::of(&mut doc));
     let doc = doc.to_json().unwrap_or_else(|_| "{}".into());
     let timeout = limits.request_timeout;
     api.route(
         "/api/v1/openapi.json",
         get(move || async move { ([("content-type", "application/json")], doc) }),
     )
+    .route_layer(middleware::from_fn_with_state(
+        queries,
+        contract::check_query,
+    ))
     .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
     .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
     .layer(DefaultBodyLimit::max(limits.body_bytes))

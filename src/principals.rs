@@ -1,8 +1,11 @@
 //! Principals: who a bearer token is, whether it still works, how often it may call, and the one
 //! way tokens are issued and rotated.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use eucora_projections::access::PrincipalFacts;
@@ -75,15 +78,28 @@ impl AuthFailure {
 pub struct Principals {
     store: Store,
     limiter: Option<governor::DefaultKeyedRateLimiter<Uuid>>,
+    addresses: Option<AddressGuard>,
 }
 
 impl Principals {
-    pub fn new(store: Store, per_minute: Option<NonZeroU32>) -> Self {
+    /// `per_minute`: requests each principal may make a minute; `failures_per_minute`: failed
+    /// authentications each client address may make a minute (see [`AddressGuard`]).
+    pub fn new(
+        store: Store,
+        per_minute: Option<NonZeroU32>,
+        failures_per_minute: Option<NonZeroU32>,
+    ) -> Self {
         Principals {
             store,
             limiter: per_minute
                 .map(|n| governor::RateLimiter::keyed(governor::Quota::per_minute(n))),
+            addresses: failures_per_minute.map(AddressGuard::new),
         }
+    }
+
+    /// The client address's failed-authentication guard, when there is one.
+    pub fn addresses(&self) -> Option<&AddressGuard> {
+        self.addresses.as_ref()
     }
 
     /// Who the token hashing to `hash` is at `now`, if its principal exists, has not expired and
@@ -121,6 +137,60 @@ impl Principals {
         limiter.check_key(&id).map_err(|not_until| {
             not_until.wait_time_from(governor::clock::Clock::now(limiter.clock()))
         })
+    }
+}
+
+/// Failed authentications by client address. An address that spends its allowance (so many a
+/// minute, all of them at once at most) is refused with 429 before its token is even looked up,
+/// whatever the token, until the allowance refills: so guessing tokens earns 429s, and a guesser
+/// cannot tell a right guess from a wrong one while refused. The key is the TCP peer's address:
+/// behind a reverse proxy every client shares the proxy's.
+pub struct AddressGuard {
+    failures: governor::DefaultKeyedRateLimiter<IpAddr>,
+    /// Addresses refused outright, and until when.
+    refused: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+/// How many refused addresses are kept before the lapsed ones are dropped.
+const REFUSED_ADDRESSES_KEPT: usize = 10_000;
+
+impl AddressGuard {
+    pub fn new(failures_per_minute: NonZeroU32) -> Self {
+        AddressGuard {
+            failures: governor::RateLimiter::keyed(governor::Quota::per_minute(
+                failures_per_minute,
+            )),
+            refused: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `address` may present a token now; how long until it may, when it may not.
+    pub fn admit(&self, address: IpAddr) -> Result<(), Duration> {
+        let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        match refused.get(&address) {
+            Some(until) => match until.checked_duration_since(Instant::now()) {
+                Some(wait) if !wait.is_zero() => Err(wait),
+                _ => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a failed authentication from `address`; when that spends its allowance, the
+    /// address is refused, and for how long is returned.
+    pub fn failed(&self, address: IpAddr) -> Result<(), Duration> {
+        let Err(not_until) = self.failures.check_key(&address) else {
+            return Ok(());
+        };
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(self.failures.clock()));
+        let now = Instant::now();
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if refused.len() >= REFUSED_ADDRESSES_KEPT {
+            refused.retain(|_, until| *until > now);
+            self.failures.retain_recent();
+        }
+        refused.insert(address, now + wait);
+        Err(wait)
     }
 }
 

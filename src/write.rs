@@ -141,6 +141,12 @@ impl Commands {
             }
             let state = context.aggregate().state().cloned();
             let events = sink.collect().await;
+            if events.is_empty() {
+                // A command with nothing new to say (a report repeated exactly) appends nothing.
+                return state.ok_or_else(|| {
+                    CommandError::Internal("a command left no intent state".into())
+                });
+            }
             let span = tracing::info_span!(
                 "store.append",
                 otel.kind = "client",

@@ -25,6 +25,18 @@ pub struct RolloutReport {
     pub success_rate: f64,
 }
 
+impl RolloutReport {
+    /// What the report counted: target devices, succeeded, failed, incidents.
+    pub fn counts(&self) -> (u64, u64, u64, u64) {
+        (
+            self.target_devices,
+            self.succeeded,
+            self.failed,
+            self.incidents,
+        )
+    }
+}
+
 /// The latest promotion attempt and every gate's verdict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PromotionAttempt {

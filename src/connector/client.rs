@@ -597,23 +597,19 @@ async fn classify(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(|s| Duration::from_secs(s.min(3600)));
-    if reply.status().is_success() {
-        return reply
-            .json::<AssignmentStatus>()
-            .await
+    let body = read_capped(reply).await;
+    if (200..300).contains(&status) {
+        let body = body.map_err(|detail| CallError::Permanent { status, detail })?;
+        return serde_json::from_slice::<AssignmentStatus>(&body)
             .map(Some)
             .map_err(|e| CallError::Permanent {
                 status,
-                detail: format!(
-                    "the answer is not an assignment status: {}",
-                    without_url(&e)
-                ),
+                detail: format!("the answer is not an assignment status: {e}"),
             });
     }
-    let detail = reply
-        .json::<serde_json::Value>()
-        .await
+    let detail = body
         .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v["detail"].as_str().map(str::to_string))
         .unwrap_or_else(|| format!("answered {status}"));
     Err(match status {
@@ -629,6 +625,32 @@ async fn classify(
             retry_after,
         },
     })
+}
+
+/// The most of a connector's answer that is read: an assignment status is a few hundred bytes.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// A connector's answer, read no further than [`MAX_ANSWER_BYTES`]: a longer one is refused,
+/// in our words, before it is all in memory.
+async fn read_capped(mut reply: reqwest::Response) -> Result<Vec<u8>, String> {
+    let too_long = || format!("the answer is longer than {MAX_ANSWER_BYTES} bytes: not read");
+    if reply
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+    {
+        return Err(too_long());
+    }
+    let mut body = Vec::new();
+    loop {
+        match reply.chunk().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() > MAX_ANSWER_BYTES => {
+                return Err(too_long())
+            }
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(format!("the answer broke off: {}", without_url(&e))),
+        }
+    }
 }
 
 /// reqwest's error without the URL it names (a URL may carry a query the connector logs).
@@ -715,5 +737,55 @@ mod tests {
             assert!(refused.contains(says), "{file:?}: {refused}");
             assert!(!refused.contains("s3cret"), "{refused}");
         }
+    }
+
+    /// Serves `body` on an ephemeral port: whole (with its length) or in 1 MiB chunks.
+    async fn answering(status: u16, body: Vec<u8>, chunked: bool) -> String {
+        use axum::body::Body;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(move || {
+            let body = body.clone();
+            async move {
+                let body = if chunked {
+                    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+                        body.chunks(1 << 20).map(|c| Ok(c.to_vec())).collect();
+                    Body::from_stream(futures_util::stream::iter(chunks))
+                } else {
+                    Body::from(body)
+                };
+                (axum::http::StatusCode::from_u16(status).unwrap(), body)
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn an_answer_past_the_cap_is_refused_unread() {
+        let status = br#"{"assignment_id":"a","state":"active","targeted":5,"installed":5,"failed":0,"pending":0,"incidents":0}"#.to_vec();
+        let url = answering(200, status, false).await;
+        let read = classify(reqwest::get(&url).await).await.unwrap().unwrap();
+        assert_eq!(read.installed, 5);
+        // 20 MB, with its length announced and without.
+        let mut huge = br#"{"assignment_id":"a","state":"active","targeted":5,"installed":5,"failed":0,"pending":0,"incidents":0,"x":""#.to_vec();
+        huge.extend(std::iter::repeat_n(b'x', 20 << 20));
+        huge.extend(br#""}"#);
+        for chunked in [false, true] {
+            let url = answering(200, huge.clone(), chunked).await;
+            let refused = classify(reqwest::get(&url).await).await;
+            assert!(
+                matches!(&refused, Err(CallError::Permanent { detail, .. })
+                    if detail.contains("longer than 65536 bytes")),
+                "chunked {chunked}: {refused:?}"
+            );
+        }
+        // A refusal's long body is not read either: the status alone is reported.
+        let url = answering(503, huge, true).await;
+        let refused = classify(reqwest::get(&url).await).await;
+        assert!(
+            matches!(&refused, Err(CallError::Transient { detail, .. }) if detail == "503: answered 503"),
+            "{refused:?}"
+        );
     }
 }

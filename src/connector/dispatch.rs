@@ -569,8 +569,7 @@ impl Dispatcher {
         };
         let last = state.latest_report.as_ref();
         let counts = (now.targeted, now.installed, now.failed, now.incidents);
-        let unchanged =
-            last.is_some_and(|l| (l.target_devices, l.succeeded, l.failed, l.incidents) == counts);
+        let unchanged = last.is_some_and(|l| l.counts() == counts);
         let fell = last.is_some_and(|l| now.installed < l.succeeded);
         if now.targeted == 0 || now.state != "active" || unchanged || fell {
             return;

@@ -106,3 +106,15 @@ pub struct RolloutInput {
     pub failed: u64,
     pub incidents: u64,
 }
+
+impl RolloutInput {
+    /// What the report counts, as [`eucora_projections::intent::RolloutReport::counts`] has it.
+    pub fn counts(&self) -> (u64, u64, u64, u64) {
+        (
+            self.target_devices,
+            self.succeeded,
+            self.failed,
+            self.incidents,
+        )
+    }
+}

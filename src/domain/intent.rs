@@ -478,6 +478,12 @@ fn deploy(out: &mut Events, state: &IntentState, r: &RolloutInput) -> Result<(),
             current: state.current_ring,
         });
     }
+    // The ring's last report again, exactly (a client retrying without an Idempotency-Key, a
+    // tool sending what it sent before) says nothing new: nothing is appended, and the answer
+    // is the intent as it stands.
+    if state.latest_report.as_ref().map(|l| l.counts()) == Some(r.counts()) {
+        return Ok(());
+    }
     if !(1..=MAX_DEVICES).contains(&r.target_devices) {
         return Err(DomainError::invalid(
             "target_devices",

@@ -418,17 +418,8 @@ pub struct IntentPage {
 async fn list(
     State(state): State<AppState>,
     _principal: Principal,
-    query: QueryParams,
+    q: QueryParams,
 ) -> Result<Response, ApiError> {
-    let q = query.only(&[
-        "status",
-        "ring",
-        "app_name",
-        "retro_approval",
-        "change_ref",
-        "limit",
-        "cursor",
-    ])?;
     let filter = ListFilter {
         status: q.parsed(
             "status",
@@ -467,9 +458,7 @@ async fn get_one(
     State(state): State<AppState>,
     _principal: Principal,
     Path(id): Path<String>,
-    query: QueryParams,
 ) -> Result<Response, ApiError> {
-    query.only(&[])?;
     let id = parse_id(&id)?;
     let intent = state
         .reads
@@ -524,7 +513,7 @@ async fn events(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let as_of = query.only(&["as_of"])?.time("as_of")?;
+    let as_of = query.time("as_of")?;
     let stored = state.store.intent_events(id).await?;
     if stored.is_empty() {
         return Err(ApiError::NotFound(format!("no deployment intent {id}")));

@@ -45,8 +45,9 @@ pub enum ApiError {
     UnsupportedMediaType,
     /// 422: well-formed but invalid (unknown field, wrong type, out-of-range value, rule broken).
     Unprocessable(String),
-    /// 429 with `Retry-After`: the principal's rate limit is spent until then.
-    TooManyRequests(std::time::Duration),
+    /// 429 with `Retry-After`: a rate limit is spent until then; the second field says which
+    /// (`this principal's requests a minute`, for one).
+    TooManyRequests(std::time::Duration, &'static str),
     /// 503 with `Retry-After`: the store did not answer, or the request ran out of time.
     Unavailable(String),
     /// 503 without `Retry-After`: what was asked needs a setting this server was started
@@ -103,7 +104,7 @@ impl ApiError {
                 "validation",
                 "The request is not valid",
             ),
-            TooManyRequests(_) => (
+            TooManyRequests(..) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate-limited",
                 "Too many requests",
@@ -152,8 +153,8 @@ impl ApiError {
                  made or changed outside EUCORA): refused, and logged as an integrity failure"
                     .into()
             }
-            TooManyRequests(wait) => format!(
-                "this principal's rate limit is spent; retry in {} s",
+            TooManyRequests(wait, which) => format!(
+                "{which} are spent; retry in {} s",
                 retry_after_seconds(*wait)
             ),
             MethodNotAllowed => "this path does not accept that method".into(),
@@ -212,7 +213,7 @@ impl IntoResponse for ApiError {
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
                 );
             }
-            ApiError::TooManyRequests(wait) => {
+            ApiError::TooManyRequests(wait, _) => {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(retry_after_seconds(wait)),

@@ -83,10 +83,9 @@ pub struct GlobalPage {
 async fn global_stream(
     State(state): State<AppState>,
     principal: Principal,
-    query: QueryParams,
+    q: QueryParams,
 ) -> Result<Response, ApiError> {
     principal.require(&[Role::Auditor])?;
-    let q = query.only(&["after", "limit"])?;
     let limit = q.number("limit", 1..=1000)?.unwrap_or(100) as u64;
     let after = q.number("after", 0..=i64::MAX)?.unwrap_or(0) as u64;
     let size = state.log.size();

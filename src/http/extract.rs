@@ -1,9 +1,11 @@
 //! Request extractors that answer in problem+json: the JSON body, the principal, and the headers
 //! that shape a write (`If-Match`, `Idempotency-Key`).
 
+use std::net::SocketAddr;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
@@ -64,8 +66,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 }
 
 /// A query string, parsed and checked in our own words: every error names the parameter and
-/// what it must be, never the framework's parser. Handlers list the parameters they take; any
-/// other, or one given twice, is refused.
+/// what it must be, never the framework's parser. Parameters an operation does not document, or
+/// one given twice, were refused before the handler runs (`contract::check_query`).
 pub struct QueryParams(Vec<(String, String)>);
 
 impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
@@ -82,28 +84,6 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
 }
 
 impl QueryParams {
-    /// 400 for a parameter not in `known`, or one given more than once.
-    pub fn only(self, known: &[&str]) -> Result<Self, ApiError> {
-        for (n, (name, _)) in self.0.iter().enumerate() {
-            if !known.contains(&name.as_str()) {
-                let takes = if known.is_empty() {
-                    "no query parameters".to_string()
-                } else {
-                    format!("only {}", known.join(", "))
-                };
-                return Err(ApiError::BadRequest(format!(
-                    "unknown query parameter {name:?}: this endpoint takes {takes}"
-                )));
-            }
-            if self.0[..n].iter().any(|(earlier, _)| earlier == name) {
-                return Err(ApiError::BadRequest(format!(
-                    "query parameter {name:?} is given more than once"
-                )));
-            }
-        }
-        Ok(self)
-    }
-
     pub fn text(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
@@ -194,12 +174,27 @@ impl FromRequestParts<AppState> for Principal {
             parts.method,
             axum::http::Method::GET | axum::http::Method::HEAD
         );
+        // Token guessing is limited by client address, before any token is looked up.
+        let guard = state.principals.addresses().zip(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        );
+        if let Some((guard, address)) = guard {
+            guard
+                .admit(address)
+                .map_err(|wait| ApiError::TooManyRequests(wait, ADDRESS_LIMIT))?;
+        }
         let refused = |reason| {
             state.telemetry.record_auth_failure(reason);
             if command {
                 state.telemetry.record_refusal("unauthenticated");
             }
-            ApiError::Unauthorized(reason)
+            match guard.map(|(guard, address)| guard.failed(address)) {
+                Some(Err(wait)) => ApiError::TooManyRequests(wait, ADDRESS_LIMIT),
+                _ => ApiError::Unauthorized(reason),
+            }
         };
         let token = parts
             .headers
@@ -216,13 +211,17 @@ impl FromRequestParts<AppState> for Principal {
                 state
                     .principals
                     .admit(id)
-                    .map_err(ApiError::TooManyRequests)?;
+                    .map_err(|wait| ApiError::TooManyRequests(wait, PRINCIPAL_LIMIT))?;
                 Ok(Principal(actor, id))
             }
             Authenticated::Refused(reason) => Err(refused(reason)),
         }
     }
 }
+
+/// Whose allowance a 429 spent, in its message.
+const ADDRESS_LIMIT: &str = "this client address's failed authentications a minute";
+const PRINCIPAL_LIMIT: &str = "this principal's requests a minute";
 
 /// The token of an `Authorization` value in the Bearer scheme (RFC 6750 section 2.1 and RFC 9110
 /// section 11.4): the scheme name in any case, one or more spaces (not tabs), then a token68.

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::correlation;
 use super::error::ApiError;
-use super::extract::{parse_id, Principal, QueryParams};
+use super::extract::{parse_id, Principal};
 use super::refusals::Attempt;
 use crate::http::AppState;
 use crate::principals::PrincipalOut;
@@ -28,13 +28,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "", tag = "principals",
     responses((status = 200, body = Vec<PrincipalOut>), (status = 401), (status = 403), (status = 429), (status = 503)),
     security(("bearer" = [])))]
-async fn list(
-    State(state): State<AppState>,
-    principal: Principal,
-    query: QueryParams,
-) -> Result<Response, ApiError> {
+async fn list(State(state): State<AppState>, principal: Principal) -> Result<Response, ApiError> {
     principal.require(&[Role::Admin])?;
-    query.only(&[])?;
     let now = Utc::now();
     let grantors = state.store.principal_grantors().await?;
     let out: Vec<PrincipalOut> = state
@@ -58,9 +53,7 @@ async fn revoke(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-    query: QueryParams,
 ) -> Result<Response, ApiError> {
-    query.only(&[])?;
     let attempt = Attempt {
         principal: principal.clone(),
         intent: None,

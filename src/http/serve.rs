@@ -10,12 +10,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tower::ServiceExt;
 use tower_http::normalize_path::NormalizePath;
 
 /// The connection limits of one server.
@@ -67,7 +69,7 @@ pub async fn serve(
         .keep_alive_timeout(limits.header_read_timeout);
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -105,7 +107,12 @@ pub async fn serve(
                 return;
             }
             let io = TokioIo::new(stream);
-            // The predecessor's clients and scrape configs use paths with a trailing slash.
+            // The predecessor's clients and scrape configs use paths with a trailing slash. The
+            // peer's address keys the limit on failed authentications.
+            let router = router.map_request(move |mut req: axum::http::Request<_>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req
+            });
             let service = TowerToHyperService::new(NormalizePath::trim_trailing_slash(router));
             let connection = builder.serve_connection_with_upgrades(io, service);
             // Timeouts and resets end connections all the time; nothing to report.

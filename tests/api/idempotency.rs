@@ -13,6 +13,7 @@ crate::on_both_backends!(
     a_failed_request_frees_its_key_for_a_corrected_retry,
     a_retried_blocked_promotion_is_not_evaluated_twice,
     a_key_whose_server_died_is_taken_over_within_seconds,
+    a_report_repeated_exactly_without_a_key_appends_nothing,
 );
 
 async fn post_with_key(
@@ -276,4 +277,33 @@ async fn a_key_whose_server_died_is_taken_over_within_seconds(backend: Backend) 
     assert_eq!(again.headers["idempotent-replayed"], "true");
     assert_eq!(again.body, ran.body);
     assert_eq!(app.event_count().await, events + 2);
+}
+
+async fn a_report_repeated_exactly_without_a_key_appends_nothing(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let crew = Crew::new(&app);
+    let id = app
+        .create(&crew.requester, intent_body("Slack", 0.1, "CANARY"))
+        .await
+        .id();
+    let first = app.deploy(&crew.deployer, &id, "LAB", 50, 40).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    let events = app.intent_event_count().await;
+    // The same counts again, twice, without an Idempotency-Key: the intent as it stands.
+    for _ in 0..2 {
+        let again = app.deploy(&crew.deployer, &id, "LAB", 50, 40).await;
+        assert_eq!(again.status, 200, "{again:?}");
+        assert_eq!(
+            again.body, first.body,
+            "the answer is the intent as it stands"
+        );
+        assert_eq!(app.intent_event_count().await, events);
+    }
+    // A report that differs in any count is a new report.
+    let moved = app.deploy(&crew.deployer, &id, "LAB", 50, 45).await;
+    assert_eq!(moved.status, 200, "{moved:?}");
+    assert_eq!(app.intent_event_count().await, events + 1);
+    // A repeat is still checked: a report for another ring is refused, not ignored.
+    let elsewhere = app.deploy(&crew.deployer, &id, "CANARY", 50, 45).await;
+    elsewhere.assert_problem(409);
 }

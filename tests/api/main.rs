@@ -9,6 +9,7 @@ mod cli;
 mod concurrency;
 mod connections;
 mod connector_sim;
+mod contract;
 mod crash;
 mod dispatch;
 mod evidence;

@@ -175,7 +175,7 @@ async fn metrics_answer_503_until_the_projection_has_caught_up(backend: Backend)
     let state = AppState {
         commands: Arc::new(Commands::new(&store, services)),
         reads: Arc::new(ReadModel::new(store.clone())),
-        principals: Arc::new(Principals::new(store.clone(), None)),
+        principals: Arc::new(Principals::new(store.clone(), None, None)),
         metrics: metrics.clone(),
         log,
         integrity: Default::default(),
