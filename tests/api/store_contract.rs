@@ -182,7 +182,37 @@ async fn the_store_refuses_to_update_or_delete_events(backend: Backend) {
         "DELETE FROM events".to_string(),
         "UPDATE log_tiles SET leaves = substr(leaves, 33)".to_string(),
         "DELETE FROM log_tiles".to_string(),
+        // A tile begun before the one before it is full.
+        "INSERT INTO log_tiles SELECT 3, leaves, positions, NULL FROM log_tiles WHERE tile = 0"
+            .to_string(),
     ];
+    // A tile grown by a leaf for an event never stored (replay would call it deleted), by a hash
+    // without a position, or given a subtree head before it is full.
+    let tile = store.log_tiles(0, 0).await.unwrap().remove(0);
+    let leaves = hex::encode(tile.leaves.concat());
+    let positions: Vec<u8> = tile
+        .positions
+        .iter()
+        .flat_map(|p| p.to_be_bytes())
+        .collect();
+    let positions = hex::encode(positions);
+    let blob = |hex: &str| match backend {
+        Backend::Sqlite => format!("x'{hex}'"),
+        Backend::Postgres => format!("decode('{hex}', 'hex')"),
+    };
+    let more_leaves = blob(&format!("{leaves}{}", "00".repeat(32)));
+    let more_positions = blob(&format!("{positions}{:016x}", 1_000_000));
+    statements.extend([
+        format!(
+            "UPDATE log_tiles SET leaves = {more_leaves}, positions = {more_positions} \
+             WHERE tile = 0"
+        ),
+        format!("UPDATE log_tiles SET leaves = {more_leaves} WHERE tile = 0"),
+        format!(
+            "UPDATE log_tiles SET subtree = {} WHERE tile = 0",
+            blob(&"00".repeat(32))
+        ),
+    ]);
     match backend {
         // A replace deletes the row it meets without firing a DELETE trigger.
         Backend::Sqlite => statements.extend([
@@ -225,11 +255,11 @@ async fn the_store_refuses_to_update_or_delete_events(backend: Backend) {
                 let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{path}"))
                     .await
                     .unwrap();
-                sqlx::query(sql).execute(&mut conn).await.unwrap_err()
+                sqlx::query(sql).execute(&mut conn).await.expect_err(sql)
             }
             Backend::Postgres => {
                 let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-                sqlx::query(sql).execute(&mut conn).await.unwrap_err()
+                sqlx::query(sql).execute(&mut conn).await.expect_err(sql)
             }
         };
         assert!(
