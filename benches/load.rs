@@ -237,6 +237,7 @@ async fn start(url: &str, merkle_log: bool, connectors: Option<std::path::PathBu
             path
         }),
         checkpoint_dir: merkle_log.then(|| key_dir.join("checkpoints")),
+        checkpoint_witness: None,
         checkpoint_interval: eucora::domain::policy::duration(
             eucora::config::DEFAULT_CHECKPOINT_INTERVAL,
         )

@@ -72,8 +72,9 @@ fn runner_with(
     (runner, view)
 }
 
-/// The signing key and checkpoint directory `args` name, or the embedded default's: on SQLite,
-/// `<database file>.key` (made on first start, 0600) and `<database file>.checkpoints`.
+/// The signing key, checkpoint directory and witness `args` name, or the defaults: on SQLite the
+/// key `<database file>.key` (made on first start, 0600); on both backends the directory in the
+/// server's state directory (`crate::checkpoints::place`).
 fn checkpoint_plan(
     args: &crate::config::ServeArgs,
 ) -> Result<Option<crate::checkpoints::CheckpointPlan>, StartError> {
@@ -111,23 +112,56 @@ fn checkpoint_plan(
             return Ok(None);
         }
     };
-    let dir = args.checkpoint_dir.clone().or_else(|| {
-        beside_db
-            .as_deref()
-            .map(|db| with_suffix(db, ".checkpoints"))
-    });
-    if dir.is_none() {
-        tracing::warn!(
-            "no --checkpoint-dir: checkpoints are kept in the database only, so a rewrite of the \
-             database is not caught at start-up"
-        );
-    }
+    let dir = checkpoint_dir(args)?;
+    let witness = args
+        .checkpoint_witness
+        .as_deref()
+        .map(crate::checkpoints::witness::Witness::new)
+        .transpose()
+        .map_err(StartError::Checkpoints)?;
     Ok(Some(CheckpointPlan {
         key: Arc::new(key),
         dir,
+        witness,
         interval: args.checkpoint_interval,
         every_events: args.checkpoint_events,
     }))
+}
+
+/// The checkpoint directory `args` name, else the default one (with a warning when there is
+/// none: no state directory), made owner-only; a checkpoint an earlier version kept beside the
+/// SQLite database is carried over into it.
+fn checkpoint_dir(
+    args: &crate::config::ServeArgs,
+) -> Result<Option<std::path::PathBuf>, StartError> {
+    use crate::checkpoints::place;
+    let url = &args.db.database_url;
+    let (dir, identity) = match &args.checkpoint_dir {
+        Some(dir) => (dir.clone(), None),
+        None => match place::default_dir(url, &|name| std::env::var(name).ok()) {
+            Some((dir, identity)) => (dir, Some(identity)),
+            None => {
+                tracing::warn!(
+                    "no --checkpoint-dir and no state directory (HOME and XDG_STATE_HOME are \
+                     unset): checkpoints are kept in the database only, so a rewrite of the \
+                     database is not caught at start-up"
+                );
+                return Ok(None);
+            }
+        },
+    };
+    let fix = |e: String| {
+        StartError::Checkpoints(format!(
+            "{e}; name a directory this server may write, and the database's writer may not, \
+             with --checkpoint-dir (EUCORA_CHECKPOINT_DIR)"
+        ))
+    };
+    place::prepare(&dir, identity.as_deref()).map_err(fix)?;
+    if let Some(old) = place::carry_over(url, &dir).map_err(fix)? {
+        tracing::info!(from = %old.display(), to = %dir.display(),
+            "carried the kept checkpoint over to the checkpoint directory");
+    }
+    Ok(Some(dir))
 }
 
 /// A bound, ready-to-run server: `main` and the tests build it the same way, and port 0 works.
@@ -161,6 +195,8 @@ pub enum StartError {
     Key(#[from] crate::checkpoints::KeyError),
     #[error("{0}")]
     Connectors(String),
+    #[error("{0}")]
+    Checkpoints(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,

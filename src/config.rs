@@ -459,9 +459,15 @@ pub struct ServeArgs {
     #[arg(long, env = "EUCORA_CONNECTORS")]
     pub connectors: Option<PathBuf>,
     /// Where the latest signed checkpoint is also kept, outside the database, and checked against
-    /// at start-up. Default on SQLite: `<database file>.checkpoints`.
+    /// at start-up (made 0700, files 0600). Default: `$XDG_STATE_HOME/eucora/checkpoints/<id>`
+    /// (else `~/.local/state/…`), one per database, away from the database's own directory.
     #[arg(long, env = "EUCORA_CHECKPOINT_DIR")]
     pub checkpoint_dir: Option<PathBuf>,
+    /// A witness to which each signed checkpoint is POSTed (C2SP tlog-witness `add-checkpoint`)
+    /// before it is kept; a checkpoint it says does not extend what it accepted is an integrity
+    /// failure, and its answer is kept in the checkpoint directory.
+    #[arg(long, env = "EUCORA_CHECKPOINT_WITNESS", value_name = "URL")]
+    pub checkpoint_witness: Option<String>,
     /// Sign a checkpoint at least this often while the log grows.
     #[arg(long, env = "EUCORA_CHECKPOINT_INTERVAL", default_value = DEFAULT_CHECKPOINT_INTERVAL, value_parser = interval)]
     pub checkpoint_interval: std::time::Duration,

@@ -105,6 +105,28 @@ impl TestDb {
         }
     }
 
+    /// Replaces the database with a new, empty one at the same URL, as an insider rewriting the
+    /// whole history would start (every server on it must be stopped).
+    pub async fn recreate(&self) {
+        match &self.pg {
+            None => {
+                let file = self.url.trim_start_matches("sqlite://");
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{file}{suffix}"));
+                }
+            }
+            Some((admin, name)) => {
+                let mut conn = sqlx::PgConnection::connect(admin).await.unwrap();
+                for sql in [
+                    format!("DROP DATABASE {name} WITH (FORCE)"),
+                    format!("CREATE DATABASE {name}"),
+                ] {
+                    sqlx::query(&sql).execute(&mut conn).await.unwrap();
+                }
+            }
+        }
+    }
+
     pub fn dir(&self) -> &PathBuf {
         &self.dir
     }
@@ -366,6 +388,8 @@ impl TestApp {
                 vec!["--policy", policy.to_str().unwrap()]
             })
             .args(extra)
+            // The default checkpoint directory is the user's state directory: the test's own.
+            .env("XDG_STATE_HOME", db.dir().join("state"))
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(match stderr {

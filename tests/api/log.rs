@@ -23,7 +23,7 @@ crate::on_both_backends!(
 
 /// A key made by `eucora key generate` in the database's folder; returns the flags that make a
 /// server use it and keep checkpoints in `dir`, and the verifier key it printed.
-fn key_flags(db: &TestDb, dir: &str) -> (Vec<String>, String) {
+pub(crate) fn key_flags(db: &TestDb, dir: &str) -> (Vec<String>, String) {
     let key = db.dir().join("signing.key");
     if !key.exists() {
         let (ok, out, err) = eucora(&[
@@ -49,7 +49,7 @@ fn key_flags(db: &TestDb, dir: &str) -> (Vec<String>, String) {
     (flags, verifier)
 }
 
-async fn serve(db: &Arc<TestDb>, flags: &[String]) -> TestApp {
+pub(crate) async fn serve(db: &Arc<TestDb>, flags: &[String]) -> TestApp {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     TestApp::spawn_on(db.clone(), &flags).await
 }
@@ -63,7 +63,7 @@ fn unb64(text: &str) -> Hash {
 }
 
 /// Waits for a signed checkpoint of at least `size` leaves; returns it opened, and its note.
-async fn checkpoint_of(
+pub(crate) async fn checkpoint_of(
     app: &TestApp,
     token: &str,
     verifier: &str,
@@ -87,7 +87,7 @@ async fn checkpoint_of(
     }
 }
 
-async fn traffic(app: &TestApp, crew: &Crew, n: usize, prefix: &str) {
+pub(crate) async fn traffic(app: &TestApp, crew: &Crew, n: usize, prefix: &str) {
     for i in 0..n {
         app.create(
             &crew.requester,
@@ -288,7 +288,7 @@ pub(crate) fn edit(backend: Backend) -> &'static str {
     }
 }
 
-async fn ready_fails_with(app: &TestApp, what: &str) {
+pub(crate) async fn ready_fails_with(app: &TestApp, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ready = app
