@@ -227,6 +227,8 @@ async fn start(url: &str, merkle_log: bool, connectors: Option<std::path::PathBu
         max_connections: None,
         rate_limit: None,
         auth_failure_limit: 0,
+        session_idle: std::time::Duration::from_secs(1800),
+        public_url: None,
         shutdown_timeout: 1,
         metrics_app_label_limit: 200,
         log_format: LogFormat::Text,

@@ -323,6 +323,17 @@ impl Application {
             telemetry,
             instance,
             store,
+            dispatch: dispatcher
+                .as_ref()
+                .map(|d| d.status() as Arc<dyn crate::telemetry::DispatchGauges>),
+            console: Arc::new(crate::http::ConsoleSettings {
+                session_idle: chrono::Duration::from_std(args.session_idle)
+                    .unwrap_or(chrono::Duration::minutes(30)),
+                secure_cookie: args
+                    .public_url
+                    .as_deref()
+                    .is_some_and(|u| u.to_ascii_lowercase().starts_with("https://")),
+            }),
         };
         let limits = crate::http::Limits {
             body_bytes: args.body_limit,
@@ -336,7 +347,7 @@ impl Application {
         Ok(Application {
             listener,
             connections,
-            router: crate::http::router(state, limits),
+            router: crate::http::router(state, limits, crate::ui::router()),
             runner,
             deadlines,
             dispatcher,

@@ -438,6 +438,12 @@ pub struct ServeArgs {
     #[arg(long, env = "EUCORA_AUTH_FAILURE_LIMIT", value_name = "FAILURES_PER_MINUTE",
           default_value_t = 60, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub auth_failure_limit: u32,
+    /// A web console session unused this long is ended (`30m`, `2h`).
+    #[arg(long, env = "EUCORA_SESSION_IDLE", default_value = "30m", value_parser = interval)]
+    pub session_idle: std::time::Duration,
+    /// The URL users reach this server at; when it is https, console cookies are `Secure`.
+    #[arg(long, env = "EUCORA_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
     /// Seconds to let requests in flight finish after SIGTERM.
     #[arg(long, env = "EUCORA_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,

@@ -90,6 +90,19 @@ pub struct AppState {
     pub telemetry: Arc<Telemetry>,
     /// This server process, as the holder of `Idempotency-Key` leases.
     pub instance: Arc<str>,
+    /// How the web console keeps its sessions.
+    pub console: Arc<ConsoleSettings>,
+    /// The connectors' health, when any is configured.
+    pub dispatch: Option<Arc<dyn crate::telemetry::DispatchGauges>>,
+}
+
+/// How the web console keeps its sessions.
+#[derive(Debug, Clone)]
+pub struct ConsoleSettings {
+    /// A session unused this long is ended.
+    pub session_idle: chrono::Duration,
+    /// Session cookies are `Secure` (the public URL is https).
+    pub secure_cookie: bool,
 }
 
 /// Limits a request may not exceed.
@@ -99,8 +112,9 @@ pub struct Limits {
     pub request_timeout: Duration,
 }
 
-/// The whole API, with its OpenAPI document.
-pub fn router(state: AppState, limits: Limits) -> Router {
+/// The whole API, with its OpenAPI document, and `pages` (the web console), under the same
+/// limits and middleware.
+pub fn router(state: AppState, limits: Limits, pages: Router<AppState>) -> Router {
     let (api, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1/deployments", deployments::router())
         .nest("/api/v1/events", events::router())
@@ -123,6 +137,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         queries,
         contract::check_query,
     ))
+    .merge(pages)
     .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
     .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
     .layer(DefaultBodyLimit::max(limits.body_bytes))

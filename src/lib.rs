@@ -43,4 +43,5 @@ pub mod slo;
 pub mod store;
 pub mod telemetry;
 pub mod trace;
+pub mod ui;
 pub mod write;

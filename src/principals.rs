@@ -318,11 +318,16 @@ impl PrincipalOut {
 }
 
 /// A new random bearer token and the SHA-256 the store keeps of it.
-fn new_token() -> (String, String) {
+/// 32 random bytes, hex: a token's or a console session's secret.
+pub fn random_secret() -> String {
     use rand::RngCore;
     let mut secret = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut secret);
-    let token = format!("eucora_{}", hex::encode(secret));
+    hex::encode(secret)
+}
+
+fn new_token() -> (String, String) {
+    let token = format!("eucora_{}", random_secret());
     let hash = sha256_hex(token.as_bytes());
     (token, hash)
 }

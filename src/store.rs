@@ -114,6 +114,7 @@ mod log;
 mod metadata;
 mod outbox;
 mod principals;
+mod sessions;
 
 #[derive(Clone)]
 enum Db {

@@ -27,6 +27,7 @@ const LAYERS: &[&[&str]] = &[
         "slo",
     ],
     &["http"],
+    &["ui"],
     &["config"],
     &["app"],
     &["cli"],

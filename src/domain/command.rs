@@ -39,6 +39,20 @@ pub enum Action {
     RecordDrift(DriftRecord),
 }
 
+impl Action {
+    /// Who may ask for it over the API and the console (an admin may ask for anything; the
+    /// server's own jobs send the rest).
+    pub fn roles(&self) -> &'static [Role] {
+        match self {
+            Action::Create(_) => &[Role::Requester],
+            Action::Approve { .. } | Action::Reject { .. } => &[Role::CabApprover],
+            Action::Deploy(_) | Action::Promote => &[Role::Deployer],
+            Action::Rollback { .. } => &[Role::Deployer, Role::Requester],
+            Action::MarkRetroOverdue | Action::RecordDispatch(_) | Action::RecordDrift(_) => &[],
+        }
+    }
+}
+
 /// A connector's answer to one action.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DispatchRecord {

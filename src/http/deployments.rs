@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use eucora_projections::event::{
-    ChangeType, ConnectorType, DeploymentEvent, Ring, Role, SiteClass, Status,
+    ChangeType, ConnectorType, DeploymentEvent, Ring, SiteClass, Status,
 };
 use eucora_projections::intent::{DispatchOutcome, IntentState, PromotionAttempt};
 use serde::{Deserialize, Serialize};
@@ -243,7 +243,6 @@ fn intent_response(status: StatusCode, s: &IntentState) -> Response {
 async fn command(
     state: AppState,
     principal: Principal,
-    roles: &[Role],
     headers: &HeaderMap,
     id: Uuid,
     digest: &str,
@@ -258,7 +257,7 @@ async fn command(
         intent: (!is_create).then_some(id),
         command: action.name(),
     };
-    attempt.require(&state, roles).await?;
+    attempt.require(&state, action.roles()).await?;
     let command = Command {
         actor: principal.0,
         correlation_id: correlation::current(),
@@ -266,12 +265,9 @@ async fn command(
         action,
     };
     let subject = command.actor.subject.clone();
-    let commands = state.commands.clone();
     let refusals = state.clone();
     let run = move |id: Uuid, key: Option<String>| async move {
-        let outcome = commands.execute_keyed(id, command, key.as_deref()).await;
-        attempt.check(&refusals, &outcome).await;
-        Ok(outcome?)
+        Ok(attempt.run(&refusals, id, command, key.as_deref()).await?)
     };
     let answer = move |intent: &IntentState| match &intent.last_promotion {
         Some(attempt) if is_promotion && !attempt.passed => {
@@ -312,7 +308,6 @@ async fn command(
 async fn on_intent(
     state: AppState,
     principal: Principal,
-    roles: &[Role],
     headers: HeaderMap,
     id: String,
     digest: String,
@@ -323,9 +318,9 @@ async fn on_intent(
         intent: Uuid::parse_str(&id).ok(),
         command: action.name(),
     };
-    attempt.require(&state, roles).await?;
+    attempt.require(&state, action.roles()).await?;
     let id = parse_id(&id)?;
-    command(state, principal, roles, &headers, id, &digest, action).await
+    command(state, principal, &headers, id, &digest, action).await
 }
 
 /// Create a deployment intent.
@@ -368,7 +363,6 @@ async fn create(
     command(
         state,
         principal,
-        &[Role::Requester],
         &headers,
         Uuid::now_v7(),
         &body.digest,
@@ -434,6 +428,7 @@ async fn list(
         app_name: q.text("app_name").map(str::to_string),
         retro_approval: q.parsed("retro_approval", "pending or overdue", RetroApproval::parse)?,
         change_ref: q.text("change_ref").map(str::to_string),
+        ..ListFilter::default()
     };
     let limit = q.number("limit", 1..=500)?.unwrap_or(50) as usize;
     let after = q
@@ -555,16 +550,7 @@ async fn approve(
     let action = Action::Approve {
         comment: body.value.comment,
     };
-    on_intent(
-        state,
-        principal,
-        &[Role::CabApprover],
-        headers,
-        id,
-        body.digest,
-        action,
-    )
-    .await
+    on_intent(state, principal, headers, id, body.digest, action).await
 }
 
 /// CAB rejection; terminal.
@@ -582,16 +568,7 @@ async fn reject(
     let action = Action::Reject {
         reason: body.value.reason,
     };
-    on_intent(
-        state,
-        principal,
-        &[Role::CabApprover],
-        headers,
-        id,
-        body.digest,
-        action,
-    )
-    .await
+    on_intent(state, principal, headers, id, body.digest, action).await
 }
 
 /// Report a rollout result for the current ring.
@@ -614,16 +591,7 @@ async fn deploy(
         failed: r.failed,
         incidents: r.incidents,
     });
-    on_intent(
-        state,
-        principal,
-        &[Role::Deployer],
-        headers,
-        id,
-        body.digest,
-        action,
-    )
-    .await
+    on_intent(state, principal, headers, id, body.digest, action).await
 }
 
 /// Evaluate every promotion gate; promote to the next ring when all pass.
@@ -647,16 +615,7 @@ async fn promote(
             "promote takes no body fields".into(),
         ));
     }
-    on_intent(
-        state,
-        principal,
-        &[Role::Deployer],
-        headers,
-        id,
-        body.digest,
-        Action::Promote,
-    )
-    .await
+    on_intent(state, principal, headers, id, body.digest, Action::Promote).await
 }
 
 /// Roll back, with a reason. A requester may roll back only its own intents.
@@ -674,14 +633,5 @@ async fn rollback(
     let action = Action::Rollback {
         reason: body.value.reason,
     };
-    on_intent(
-        state,
-        principal,
-        &[Role::Deployer, Role::Requester],
-        headers,
-        id,
-        body.digest,
-        action,
-    )
-    .await
+    on_intent(state, principal, headers, id, body.digest, action).await
 }

@@ -127,7 +127,8 @@ impl ApiError {
         }
     }
 
-    fn detail(&self) -> String {
+    /// What went wrong, in words: the problem document's `detail`.
+    pub fn detail(&self) -> String {
         use ApiError::*;
         match self {
             BadRequest(d)

@@ -88,6 +88,11 @@ async fn global_stream(
     principal.require(&[Role::Auditor])?;
     let limit = q.number("limit", 1..=1000)?.unwrap_or(100) as u64;
     let after = q.number("after", 0..=i64::MAX)?.unwrap_or(0) as u64;
+    Ok(Json(global_page(&state, after, limit).await?).into_response())
+}
+
+/// `limit` events of the global stream after the first `after`, as the log has taken them.
+pub async fn global_page(state: &AppState, after: u64, limit: u64) -> Result<GlobalPage, ApiError> {
     let size = state.log.size();
     if after > size {
         return Err(ApiError::NotFound(format!(
@@ -158,5 +163,5 @@ async fn global_stream(
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    Ok(Json(GlobalPage { next_after, events }).into_response())
+    Ok(GlobalPage { next_after, events })
 }

@@ -68,7 +68,9 @@ fn previous_size(q: &QueryParams) -> Result<Option<Previous<'static>>, ApiError>
         .map(|n| Previous::Size(n as u64)))
 }
 
-async fn bundle(
+/// The evidence bundle of `scope`, as a download named `name`: what the API and the console
+/// serve.
+pub async fn bundle(
     state: &AppState,
     scope: Scope,
     previous: Option<Previous<'_>>,

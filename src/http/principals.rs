@@ -54,14 +54,25 @@ async fn revoke(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let record = revoke_as(&state, principal, &id).await?;
+    let grantors = state.store.principal_grantors().await?;
+    Ok(Json(PrincipalOut::new(record, Utc::now(), &grantors)).into_response())
+}
+
+/// Revokes principal `id` for `principal` (an admin): the one path the API and the console take.
+pub async fn revoke_as(
+    state: &AppState,
+    principal: Principal,
+    id: &str,
+) -> Result<crate::store::PrincipalRecord, ApiError> {
     let attempt = Attempt {
         principal: principal.clone(),
         intent: None,
         command: "revoke_principal",
     };
-    attempt.require(&state, &[Role::Admin]).await?;
+    attempt.require(state, &[Role::Admin]).await?;
     let actor = principal.0.clone();
-    let id = parse_id(&id)?;
+    let id = parse_id(id)?;
     let change = AccessChange {
         actor,
         correlation_id: correlation::current(),
@@ -73,8 +84,7 @@ async fn revoke(
             // trace ids.
             tracing::info!(principal_id = %id, subject = %record.subject,
                 by = %change.actor.subject, "principal revoked");
-            let grantors = state.store.principal_grantors().await?;
-            Ok(Json(PrincipalOut::new(record, change.at, &grantors)).into_response())
+            Ok(record)
         }
         Err(e @ AccessRefused::NotFound(_)) => Err(ApiError::NotFound(e.to_string())),
         Err(e @ AccessRefused::Revoked(_)) => Err(ApiError::Conflict {

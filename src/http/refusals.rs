@@ -5,12 +5,13 @@
 
 use eucora_projections::event::Role;
 use eucora_projections::governance::CommandRefused;
+use eucora_projections::intent::IntentState;
 use uuid::Uuid;
 
 use super::correlation;
 use super::error::ApiError;
 use super::extract::Principal;
-use crate::domain::DomainError;
+use crate::domain::{Command, DomainError};
 use crate::http::AppState;
 use crate::write::CommandError;
 
@@ -34,6 +35,21 @@ impl Attempt {
                 Err(e)
             }
         }
+    }
+
+    /// Runs `command` on intent `id` (under the digest of an `Idempotency-Key`, if any): the one
+    /// path every command of a person takes, from the API and the console alike. A refusal by
+    /// the domain is recorded.
+    pub async fn run(
+        &self,
+        state: &AppState,
+        id: Uuid,
+        command: Command,
+        key_digest: Option<&str>,
+    ) -> Result<IntentState, CommandError> {
+        let outcome = state.commands.execute_keyed(id, command, key_digest).await;
+        self.check(state, &outcome).await;
+        outcome
     }
 
     /// Records the domain's refusal of the command, if it was one (segregation of duties, not

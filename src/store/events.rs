@@ -312,6 +312,52 @@ impl Store {
             .collect()
     }
 
+    /// The first event (`DeploymentCreated`) of each of these intents, by id, in one statement:
+    /// what a page listing many intents needs of their creation (the risk factors).
+    pub async fn creation_events(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, DeploymentEvent>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let sql = match self.backend() {
+            super::Backend::Sqlite => {
+                "SELECT position, aggregate_id, event_type, event_version, CAST(payload AS TEXT)
+                   FROM events WHERE aggregate_type = $1 AND sequence = 1
+                    AND aggregate_id IN (SELECT value FROM json_each($2))"
+            }
+            super::Backend::Postgres => {
+                "SELECT position, aggregate_id, event_type, event_version, CAST(payload AS TEXT)
+                   FROM events WHERE aggregate_type = $1 AND sequence = 1
+                    AND aggregate_id IN (SELECT json_array_elements_text($2::json))"
+            }
+        };
+        let list = serde_json::to_string(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
+            .unwrap_or_default();
+        type Row = (i64, String, String, String, String);
+        let rows: Vec<Row> = on_reader!(&self.db, pool => {
+            sqlx::query_as(sql)
+                .bind(DeploymentIntent::TYPE)
+                .bind(list)
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter()
+            .filter_map(|(position, id, event_type, event_version, payload)| {
+                let id = Uuid::parse_str(&id).ok()?;
+                Some(
+                    decode(&event_type, &event_version, &payload)
+                        .map(|event| (id, event))
+                        .map_err(|e| StoreError::Corrupt {
+                            position,
+                            reason: e.to_string(),
+                        }),
+                )
+            })
+            .collect()
+    }
+
     /// The stream version of the last event of intent `id` written under the idempotency key
     /// whose digest is `key_digest` (in the events' metadata), if any committed.
     pub async fn idempotent_write(

@@ -92,6 +92,16 @@ pub struct ListFilter {
     pub retro_approval: Option<RetroApproval>,
     /// Only the intent with this external change reference.
     pub change_ref: Option<String>,
+    /// Only intents this subject requested.
+    pub requested_by: Option<String>,
+    /// Only intents whose risk score is above this.
+    pub risk_above: Option<u32>,
+    /// Only intents created at or after this time.
+    pub created_from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only intents created before this time.
+    pub created_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// Newest first: the cursor then names the row the page goes on before.
+    pub newest_first: bool,
 }
 
 /// One row of the intent read model.
@@ -337,24 +347,71 @@ impl Store {
         Ok(())
     }
 
-    /// Intents in creation order after `after` (a `seq`), filtered, at most `limit`.
+    /// How many intents are in each state and current ring.
+    pub async fn intent_counts(&self) -> Result<Vec<(Status, Ring, i64)>, StoreError> {
+        let sql = "SELECT status, current_ring, COUNT(*) FROM intent_view
+                    GROUP BY status, current_ring";
+        let rows: Vec<(String, String, i64)> =
+            on_reader!(&self.db, pool => sqlx::query_as(sql).fetch_all(pool).await?);
+        Ok(rows
+            .into_iter()
+            .filter_map(|(status, ring, n)| Some((Status::parse(&status)?, Ring::parse(&ring)?, n)))
+            .collect())
+    }
+
+    /// Intents in creation order after `after` (a `seq`), filtered, at most `limit`; newest
+    /// first before `after` when the filter says so.
     pub async fn list_intents(
         &self,
         filter: &ListFilter,
         after: i64,
         limit: i64,
     ) -> Result<Vec<IntentRow>, StoreError> {
-        let sql = "SELECT seq, state FROM intent_view
-                    WHERE seq > $1
-                      AND (CAST($2 AS TEXT) IS NULL OR status = $2)
-                      AND (CAST($3 AS TEXT) IS NULL OR current_ring = $3)
-                      AND (CAST($4 AS TEXT) IS NULL OR app_name = $4)
-                      AND (CAST($5 AS TEXT) IS NULL OR retro_approval = $5
-                           OR ($5 = 'pending' AND retro_approval IS NOT NULL))
-                      AND (CAST($7 AS TEXT) IS NULL OR change_ref = $7)
-                    ORDER BY seq LIMIT $6";
+        // The filters on the folded state read its JSON: the requester, the risk score and the
+        // creation time are not columns of their own.
+        let (requester, risk, created) = match self.backend() {
+            Backend::Sqlite => (
+                "json_extract(state, '$.requested_by')",
+                "json_extract(state, '$.risk_score')",
+                "julianday(json_extract(state, '$.created_at'))",
+            ),
+            Backend::Postgres => (
+                "(state::json ->> 'requested_by')",
+                "(state::json ->> 'risk_score')::bigint",
+                "(state::json ->> 'created_at')::timestamptz",
+            ),
+        };
+        let at = |n: u8| match self.backend() {
+            Backend::Sqlite => format!("julianday(${n})"),
+            Backend::Postgres => format!("CAST(${n} AS timestamptz)"),
+        };
+        let (page, order) = if filter.newest_first {
+            ("seq < $1", "seq DESC")
+        } else {
+            ("seq > $1", "seq")
+        };
+        let sql = format!(
+            "SELECT seq, state FROM intent_view
+              WHERE {page}
+                AND (CAST($2 AS TEXT) IS NULL OR status = $2)
+                AND (CAST($3 AS TEXT) IS NULL OR current_ring = $3)
+                AND (CAST($4 AS TEXT) IS NULL OR app_name = $4)
+                AND (CAST($5 AS TEXT) IS NULL OR retro_approval = $5
+                     OR ($5 = 'pending' AND retro_approval IS NOT NULL))
+                AND (CAST($7 AS TEXT) IS NULL OR change_ref = $7)
+                AND (CAST($8 AS TEXT) IS NULL OR {requester} = $8)
+                AND (CAST($9 AS BIGINT) IS NULL OR {risk} > $9)
+                AND (CAST($10 AS TEXT) IS NULL OR {created} >= {from})
+                AND (CAST($11 AS TEXT) IS NULL OR {created} < {before})
+              ORDER BY {order} LIMIT $6",
+            from = at(10),
+            before = at(11),
+        );
+        let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+            t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        };
         let rows: Vec<(i64, String)> = on_reader!(&self.db, pool => {
-            sqlx::query_as(sql)
+            sqlx::query_as(&sql)
                 .bind(after)
                 .bind(filter.status.map(Status::as_str))
                 .bind(filter.ring.map(Ring::as_str))
@@ -362,6 +419,10 @@ impl Store {
                 .bind(filter.retro_approval.map(RetroApproval::as_str))
                 .bind(limit)
                 .bind(filter.change_ref.as_deref())
+                .bind(filter.requested_by.as_deref())
+                .bind(filter.risk_above.map(i64::from))
+                .bind(time(filter.created_from))
+                .bind(time(filter.created_before))
                 .fetch_all(pool)
                 .await?
         });

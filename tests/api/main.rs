@@ -10,6 +10,7 @@ mod cli;
 mod concurrency;
 mod connections;
 mod connector_sim;
+mod console;
 mod contract;
 mod crash;
 mod dispatch;

@@ -184,12 +184,17 @@ async fn metrics_answer_503_until_the_projection_has_caught_up(backend: Backend)
         telemetry,
         instance: Arc::from("test"),
         store,
+        dispatch: None,
+        console: Arc::new(eucora::http::ConsoleSettings {
+            session_idle: chrono::Duration::minutes(30),
+            secure_cookie: false,
+        }),
     };
     let limits = eucora::http::Limits {
         body_bytes: 65536,
         request_timeout: Duration::from_secs(5),
     };
-    let router = eucora::http::router(state, limits);
+    let router = eucora::http::router(state, limits, Default::default());
     let get = |path: &'static str| {
         let router = router.clone();
         async move {
