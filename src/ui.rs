@@ -37,9 +37,13 @@ pub fn router() -> Router<AppState> {
         .route("/ui/evidence", get(desk::period_evidence))
         .route("/ui/access", get(desk::access))
         .route("/ui/access/{id}/revoke", post(desk::revoke))
+        .route("/ui/access/{id}/rotate", post(desk::rotate))
         .route("/ui/live", get(pages::live))
         .route("/ui/assets/console.css", get(css))
         .route("/ui/assets/console.js", get(js))
+        // Pages are repetitive HTML: gzip (tower-http's) keeps every one well under 100 KB on
+        // the wire.
+        .layer(tower_http::compression::CompressionLayer::new())
 }
 
 const CSS: &str = include_str!("ui/console.css");

@@ -321,28 +321,32 @@ impl Store {
         if ids.is_empty() {
             return Ok(Default::default());
         }
-        let sql = match self.backend() {
-            super::Backend::Sqlite => {
-                "SELECT position, aggregate_id, event_type, event_version, CAST(payload AS TEXT)
-                   FROM events WHERE aggregate_type = $1 AND sequence = 1
-                    AND aggregate_id IN (SELECT value FROM json_each($2))"
-            }
-            super::Backend::Postgres => {
-                "SELECT position, aggregate_id, event_type, event_version, CAST(payload AS TEXT)
-                   FROM events WHERE aggregate_type = $1 AND sequence = 1
-                    AND aggregate_id IN (SELECT json_array_elements_text($2::json))"
-            }
-        };
-        let list = serde_json::to_string(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
-            .unwrap_or_default();
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
         type Row = (i64, String, String, String, String);
-        let rows: Vec<Row> = on_reader!(&self.db, pool => {
-            sqlx::query_as(sql)
+        // One indexed lookup per id: PostgreSQL takes the ids as an array (a JSON list would be
+        // joined by a scan), SQLite as a JSON list.
+        let rows: Vec<Row> = match &self.db {
+            super::Db::Sqlite { reader, .. } => {
+                sqlx::query_as(
+                    "SELECT position, aggregate_id, event_type, event_version, payload
+                       FROM events WHERE aggregate_type = $1 AND sequence = 1
+                        AND aggregate_id IN (SELECT value FROM json_each($2))",
+                )
                 .bind(DeploymentIntent::TYPE)
-                .bind(list)
-                .fetch_all(pool)
+                .bind(serde_json::to_string(&ids).unwrap_or_default())
+                .fetch_all(reader)
                 .await?
-        });
+            }
+            super::Db::Postgres(pool) => sqlx::query_as(
+                "SELECT position, aggregate_id, event_type, event_version, CAST(payload AS TEXT)
+                       FROM events WHERE aggregate_type = $1 AND sequence = 1
+                        AND aggregate_id = ANY($2)",
+            )
+            .bind(DeploymentIntent::TYPE)
+            .bind(&ids)
+            .fetch_all(pool)
+            .await?,
+        };
         rows.into_iter()
             .filter_map(|(position, id, event_type, event_version, payload)| {
                 let id = Uuid::parse_str(&id).ok()?;

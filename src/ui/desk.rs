@@ -249,17 +249,22 @@ pub async fn access(State(state): State<AppState>, viewer: Viewer) -> Response {
         "Access",
         html! {
             p { "Every principal, oldest first. A revoked token stops working, and its console sessions end, on every server at once. "
-                "New tokens and rotations are made at the command line (" code { "eucora token create" } ", " code { "eucora token rotate" } ")." }
+                "Rotating gives a new token, shown once, for " (crate::principals::DEFAULT_TOKEN_LIFETIME.as_secs() / 86_400) " days; the old one and its sessions stop at once. "
+                "New principals are made at the command line (" code { "eucora token create" } ")." }
             div.scroll { table {
                 thead { tr { th scope="col" { "Subject" } th scope="col" { "Role" } th scope="col" { "State" } th scope="col" { "Expires" }
-                    th scope="col" { "Granted by" } th scope="col" { "Revoke" } } }
+                    th scope="col" { "Granted by" } th scope="col" { "Token" } } }
                 tbody { @for p in &rows { tr {
                     td { (p.subject) div.meta { code { (p.id) } } }
                     td { (p.role.as_str()) }
                     td { (p.state) }
                     td { (time(p.expires_at)) }
                     td { (p.granted_by.as_deref().unwrap_or("—")) }
-                    td { @if p.state == "active" {
+                    td { @if p.state != "revoked" {
+                        form.inline method="post" action={"/ui/access/" (p.id) "/rotate"} {
+                            input type="hidden" name="csrf" value=(viewer.csrf);
+                            button.secondary type="submit" aria-label={"Rotate the token of " (p.subject)} { "Rotate" }
+                        }
                         form.inline method="post" action={"/ui/access/" (p.id) "/revoke"} {
                             input type="hidden" name="csrf" value=(viewer.csrf);
                             button.danger type="submit" aria-label={"Revoke " (p.subject)} { "Revoke" }
@@ -289,5 +294,73 @@ pub async fn revoke(
     match crate::http::principals::revoke_as(&state, viewer.principal.clone(), &id).await {
         Ok(_) => Redirect::to("/ui/access").into_response(),
         Err(e) => failed(&viewer, "/ui/access", e),
+    }
+}
+
+/// Gives a principal a new token (the old one, and its console sessions, stop at once) and shows
+/// it once, as `eucora token rotate` prints it once.
+pub async fn rotate(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    if let Some(refusal) = viewer.csrf_refusal(&form.csrf) {
+        return refusal;
+    }
+    let attempt = crate::http::refusals::Attempt {
+        principal: viewer.principal.clone(),
+        intent: None,
+        command: "rotate_principal",
+    };
+    if let Err(e) = attempt.require(&state, &[Role::Admin]).await {
+        return failed(&viewer, "/ui/access", e);
+    }
+    let Ok(id) = uuid::Uuid::parse_str(&id) else {
+        return failed(
+            &viewer,
+            "/ui/access",
+            ApiError::BadRequest(format!("{id:?} is not a principal id")),
+        );
+    };
+    let now = Utc::now();
+    let Ok(expires_at) = crate::principals::expiry(now, crate::principals::DEFAULT_TOKEN_LIFETIME)
+    else {
+        return failed(
+            &viewer,
+            "/ui/access",
+            ApiError::Internal("no expiry for the new token".into()),
+        );
+    };
+    let change = crate::store::AccessChange {
+        actor: viewer.actor().clone(),
+        correlation_id: crate::http::correlation::current(),
+        at: now,
+    };
+    match crate::principals::rotate_token(&state.store, id, expires_at, &change).await {
+        Ok(Ok((record, token))) => {
+            tracing::info!(principal_id = %id, subject = %record.subject,
+                by = %change.actor.subject, "principal's token rotated");
+            page(
+                Some(&viewer),
+                "/ui/access",
+                "New token",
+                html! {
+                    (layout::notice("done", &format!("The token of {} ({}) was rotated: the old one no longer works.", record.subject, record.role.as_str())))
+                    p { "Give this token to its holder now: it is shown once, and only its hash is kept. It expires " (time(record.expires_at)) "." }
+                    p { code.secret { (token) } }
+                    p { a href="/ui/access" { "Back to Access" } }
+                },
+            )
+        }
+        Ok(Err(refused)) => failed(
+            &viewer,
+            "/ui/access",
+            ApiError::Conflict {
+                detail: refused.to_string(),
+                extra: None,
+            },
+        ),
+        Err(e) => unavailable(e),
     }
 }

@@ -19,7 +19,7 @@ use crate::read::ListFilter;
 use crate::store::{RetroApproval, StoreError};
 
 /// The most rows a queue page shows.
-const QUEUE: usize = 200;
+const QUEUE: usize = 100;
 /// Rows per page of the changes list.
 const PAGE: usize = 50;
 
@@ -28,11 +28,15 @@ pub fn unavailable(e: StoreError) -> Response {
     crate::http::error::ApiError::from(e).into_response()
 }
 
-/// Intents `filter` keeps, oldest first, at most [`QUEUE`].
-async fn queue(state: &AppState, filter: ListFilter) -> Result<Vec<IntentState>, Response> {
+/// Intents `filter` keeps, oldest first, at most `limit`.
+async fn queue(
+    state: &AppState,
+    filter: ListFilter,
+    limit: usize,
+) -> Result<Vec<IntentState>, Response> {
     Ok(state
         .reads
-        .list(&filter, 0, QUEUE)
+        .list(&filter, 0, limit)
         .await
         .map_err(unavailable)?
         .items)
@@ -44,15 +48,16 @@ pub async fn overview(State(state): State<AppState>, viewer: Viewer) -> Response
         Ok(counts) => counts,
         Err(e) => return unavailable(e),
     };
-    let awaiting = match queue(&state, by_status(Status::AwaitingCab)).await {
+    // The count is the index's; only the oldest is read.
+    let oldest = match queue(&state, by_status(Status::AwaitingCab), 1).await {
+        Ok(rows) => rows.into_iter().next(),
+        Err(e) => return e,
+    };
+    let retro = match queue(&state, retro_pending(), QUEUE).await {
         Ok(rows) => rows,
         Err(e) => return e,
     };
-    let retro = match queue(&state, retro_pending()).await {
-        Ok(rows) => rows,
-        Err(e) => return e,
-    };
-    let deployed = match queue(&state, by_status(Status::Deployed)).await {
+    let deployed = match queue(&state, by_status(Status::Deployed), QUEUE).await {
         Ok(rows) => rows,
         Err(e) => return e,
     };
@@ -97,8 +102,8 @@ pub async fn overview(State(state): State<AppState>, viewer: Viewer) -> Response
             }
             section aria-labelledby="cab" {
                 h2 id="cab" { "Awaiting the CAB" }
-                @if let Some(oldest) = awaiting.first() {
-                    p { strong { (awaiting.len()) } " changes; the oldest has waited "
+                @if let Some(oldest) = &oldest {
+                    p { strong { (total(Status::AwaitingCab)) } " changes; the oldest has waited "
                         strong { (since(oldest.created_at, now)) } " ("
                         a href={"/ui/changes/" (oldest.id)} { (oldest.app_name) " " (oldest.version) } ")." }
                     p { a href="/ui/cab" { "Open the CAB queue" } }
@@ -332,7 +337,7 @@ fn change_table(rows: &[IntentState]) -> Markup {
 
 pub async fn cab(State(state): State<AppState>, viewer: Viewer) -> Response {
     let now = Utc::now();
-    let rows = match queue(&state, by_status(Status::AwaitingCab)).await {
+    let rows = match queue(&state, by_status(Status::AwaitingCab), QUEUE).await {
         Ok(rows) => rows,
         Err(e) => return e,
     };
@@ -348,6 +353,10 @@ pub async fn cab(State(state): State<AppState>, viewer: Viewer) -> Response {
         "CAB queue",
         html! {
             p { "Changes awaiting the CAB, the longest waiting first." }
+            @if rows.len() == QUEUE {
+                p.meta { "The " (QUEUE) " longest waiting are shown; the rest are on "
+                    a href="/ui/changes?status=awaiting_cab" { "Changes" } "." }
+            }
             (refresh("/ui/cab"))
             @if rows.is_empty() { p { "Nothing awaits the CAB." } } @else {
                 div.scroll { table {
@@ -384,7 +393,7 @@ fn top_factors(created: Option<&DeploymentEvent>) -> Markup {
 }
 
 pub async fn emergency(State(state): State<AppState>, viewer: Viewer) -> Response {
-    let rows = match queue(&state, retro_pending()).await {
+    let rows = match queue(&state, retro_pending(), QUEUE).await {
         Ok(rows) => sort_retro(rows),
         Err(e) => return e,
     };

@@ -21,6 +21,7 @@ crate::on_both_backends!(
     a_revoked_tokens_session_ends_and_a_form_without_its_csrf_token_changes_nothing,
     the_queue_shows_a_new_change_within_two_seconds_without_a_reload,
     bad_sessions_ids_and_stale_actions_are_answered_in_words_and_change_nothing,
+    an_admin_rotates_a_token_from_the_access_page_and_sees_it_once,
 );
 
 /// chromedriver on a port of its own, stopped with the test.
@@ -580,30 +581,109 @@ async fn bad_sessions_ids_and_stale_actions_are_answered_in_words_and_change_not
     assert_eq!(location.as_deref(), Some("/ui/sign-in?why=idle"));
 }
 
+async fn an_admin_rotates_a_token_from_the_access_page_and_sees_it_once(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let crew = Crew::new(&app);
+    let admin = app.token("root", "admin");
+    let cookie = session_of(&app, &admin).await;
+    let http = reqwest::Client::new();
+    let access = http
+        .get(format!("{}/ui/access", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = access
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string();
+    let principals = app.get("/api/v1/principals", &admin).await;
+    let carol = principals
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["subject"] == "carol")
+        .unwrap();
+    let id = carol["id"].as_str().unwrap();
+    assert!(
+        access.contains(&format!("/ui/access/{id}/rotate")),
+        "{access}"
+    );
+    let rotated = http
+        .post(format!("{}/ui/access/{id}/rotate", app.base))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", &csrf)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status(), 200);
+    let page = rotated.text().await.unwrap();
+    let token = page
+        .split("<code class=\"secret\">")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .unwrap()
+        .to_string();
+    assert!(token.starts_with("eucora_"), "{page}");
+    // The old token stopped; the new one works.
+    assert_eq!(
+        app.get("/api/v1/deployments", &crew.approver).await.status,
+        401
+    );
+    assert_eq!(app.get("/api/v1/deployments", &token).await.status, 200);
+    // A requester's session may not rotate: refused, and nothing changes.
+    let requester = session_of(&app, &crew.requester).await;
+    let refused = http
+        .post(format!("{}/ui/access/{id}/rotate", app.base))
+        .header("cookie", &requester)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", "whatever")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    assert_eq!(app.get("/api/v1/deployments", &token).await.status, 200);
+}
+
 /// With `EUCORA_WRITE_SCREENSHOTS=1`: every page at 1280 and 390 pixels wide, into
-/// `docs/console/` (the README shows one).
+/// `docs/console/` (the README shows one), seen by an admin (who sees every page).
 async fn screenshots(c: &Client, app: &TestApp, change: &str) {
     if std::env::var("EUCORA_WRITE_SCREENSHOTS").is_err() {
         return;
     }
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/console");
     std::fs::create_dir_all(&dir).unwrap();
+    let admin = app.token("dana", "admin");
     let pages = [
         ("overview", "/ui/overview".to_string()),
         ("changes", "/ui/changes".to_string()),
         ("change", format!("/ui/changes/{change}")),
         ("cab", "/ui/cab".to_string()),
         ("emergency", "/ui/emergency".to_string()),
+        ("audit", "/ui/audit".to_string()),
+        ("access", "/ui/access".to_string()),
     ];
     for (width, height) in [(1280, 900), (390, 844)] {
         c.set_window_size(width, height).await.unwrap();
+        // The sign-in page, then every page signed in.
+        c.delete_all_cookies().await.unwrap();
+        c.goto(&format!("{}/ui/sign-in", app.base)).await.unwrap();
+        std::fs::write(
+            dir.join(format!("sign-in-{width}.png")),
+            c.screenshot().await.unwrap(),
+        )
+        .unwrap();
+        sign_in(c, &app.base, &admin).await;
         for (name, path) in &pages {
             c.goto(&format!("{}{path}", app.base)).await.unwrap();
-            c.wait()
-                .at_most(Duration::from_secs(20))
-                .for_element(Locator::Id("main"))
-                .await
-                .unwrap();
+            main_text(c).await;
             let png = c.screenshot().await.unwrap();
             std::fs::write(dir.join(format!("{name}-{width}.png")), png).unwrap();
         }
