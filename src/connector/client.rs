@@ -2,14 +2,17 @@
 //! from a connectors file ([`load`], `eucora serve --connectors`; used by [`super::dispatch`]), with
 //! the error classes, retries, circuit breaker and write limits of docs/connectors.md.
 //!
-//! - Retries: backon's exponential backoff with jitter (from `retry_min`, 2 s, to `retry_max`,
-//!   60 s), waiting at least a `Retry-After` the connector sends. Only transient errors retry.
+//! - Retries: exponential backoff with full jitter ([`retry_wait`]: from `retry_min`, 2 s,
+//!   doubling up to `retry_max`, 60 s, each wait drawn between 0 and that), waiting at least a
+//!   `Retry-After` the connector sends. Only transient errors retry.
 //! - Circuit breaker: failsafe's state machine, opened by `breaker_failures` (5) consecutive
 //!   transient failures, half-open after `breaker_open` (60 s); this module lets exactly one
 //!   trial call through while half-open, and no call at all while open.
 //! - Throttling: governor's rate limiters on writes (publish, remediate), per app and per
-//!   tenant (the connector); Intune's defaults are its published 100 writes per 20 s per app and
-//!   200 per 20 s per tenant. A call waits for its turn rather than earn a 429.
+//!   tenant (the connector), set so that no window of the configured length (sliding) ever holds
+//!   more than the configured writes ([`quota`]); Intune's defaults are its published 100 writes
+//!   per 20 s per app and 200 per 20 s per tenant. A call waits for its turn rather than earn a
+//!   429.
 //! - Credentials are read from a file or the environment when the file is loaded, sent as a
 //!   bearer token, and never printed: their `Debug` is `***`.
 
@@ -18,7 +21,6 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use eucora_projections::event::{ConnectorType, Ring};
 use failsafe::failure_policy::ConsecutiveFailures;
 use serde::Deserialize;
@@ -292,10 +294,14 @@ pub struct Connector {
     metrics: Option<Arc<crate::telemetry::ConnectorMetrics>>,
 }
 
-/// governor's quota of `n` per `window`, all of it usable at once.
+/// governor's quota for at most `n` calls in any `window` (sliding, not aligned): one call at a
+/// time, spaced `window / (n - 1)` apart. A GCRA limiter admits at most its burst plus one call per
+/// period in any stretch of time, so a burst of `n` refilling at `n` per window (what this was)
+/// let a window hold nearly `2n`; a burst of 1 at `n - 1` per window holds exactly `n`, and a
+/// burst of calls is spread evenly over the window.
 fn quota((n, window): (u32, Duration)) -> Option<governor::Quota> {
-    let burst = std::num::NonZeroU32::new(n)?;
-    Some(governor::Quota::with_period(window / n)?.allow_burst(burst))
+    let spacing = window / n.saturating_sub(1).max(1);
+    governor::Quota::with_period(spacing)
 }
 
 impl Connector {
@@ -481,12 +487,6 @@ impl Connector {
         calls: usize,
         request: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Option<AssignmentStatus>, CallError> {
-        let mut delays = backon::ExponentialBuilder::default()
-            .with_min_delay(self.settings.retry_min)
-            .with_max_delay(self.settings.retry_max)
-            .with_jitter()
-            .without_max_times()
-            .build();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -545,13 +545,26 @@ impl Connector {
             }
             match outcome {
                 Err(CallError::Transient { retry_after, .. }) if attempt < calls => {
-                    let backoff = delays.next().unwrap_or(self.settings.retry_max);
-                    tokio::time::sleep(backoff.max(retry_after.unwrap_or_default())).await;
+                    let wait = retry_wait(&self.settings, attempt as u32, &mut rand::thread_rng());
+                    tokio::time::sleep(wait.max(retry_after.unwrap_or_default())).await;
                 }
                 other => return other,
             }
         }
     }
+}
+
+/// The wait after the `attempts`-th call of an action failed transiently: full jitter, drawn
+/// uniformly between 0 and `min(retry_max, retry_min × 2^(attempts − 1))`, afresh for every
+/// action and every server, so retries of many actions do not arrive together and none waits
+/// past `retry_max`. (backon's jitter, used before, added up to the whole delay again, past
+/// `retry_max`, from one fixed seed without its `std` feature: every action waited the same.)
+pub fn retry_wait(settings: &Settings, attempts: u32, rng: &mut impl rand::Rng) -> Duration {
+    let doubled = settings
+        .retry_min
+        .saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
+    let cap = doubled.min(settings.retry_max);
+    cap.mul_f64(rng.gen_range(0.0..=1.0))
 }
 
 /// `connector_requests_total`'s `outcome`.
@@ -787,5 +800,113 @@ mod tests {
             matches!(&refused, Err(CallError::Transient { detail, .. }) if detail == "503: answered 503"),
             "{refused:?}"
         );
+    }
+
+    #[test]
+    fn retry_waits_are_jittered_per_draw_and_never_past_retry_max() {
+        let file = "[jamf]\nbase_url = \"http://x\"\nretry_min = \"2s\"\nretry_max = \"60s\"\n";
+        let settings = parse(file, &|_| None)
+            .unwrap()
+            .remove(&ConnectorType::Jamf)
+            .unwrap();
+        let mut rng = rand::thread_rng();
+        for attempts in 1..=12u32 {
+            let cap =
+                (Duration::from_secs(2) * 2u32.pow(attempts - 1)).min(Duration::from_secs(60));
+            let waits: Vec<Duration> = (0..200)
+                .map(|_| retry_wait(&settings, attempts, &mut rng))
+                .collect();
+            assert!(
+                waits.iter().all(|w| *w <= cap),
+                "attempt {attempts}: {waits:?}"
+            );
+            // Spread over the range, not one value for everyone.
+            let (low, high) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+            assert!(
+                *high - *low > cap / 2,
+                "attempt {attempts}: {low:?}..{high:?}"
+            );
+        }
+    }
+
+    /// How many of `times` fall in the busiest `window` starting at any of them.
+    fn busiest(times: &[std::time::Instant], window: Duration) -> usize {
+        times
+            .iter()
+            .map(|start| {
+                times
+                    .iter()
+                    .filter(|t| **t >= *start && **t - *start < window)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_window_ever_holds_more_writes_than_the_limits() {
+        use std::sync::Mutex;
+        let seen: Arc<Mutex<Vec<(std::time::Instant, String)>>> = Arc::default();
+        let record = seen.clone();
+        let app = axum::Router::new().fallback(move |body: String| {
+            let record = record.clone();
+            async move {
+                let app = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["app_name"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                record.lock().unwrap().push((std::time::Instant::now(), app));
+                (
+                    axum::http::StatusCode::CREATED,
+                    r#"{"assignment_id":"a","state":"active","targeted":1,"installed":0,"failed":0,"pending":1,"incidents":0}"#,
+                )
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let file = format!(
+            "[sccm]\nbase_url = \"{url}\"\nwrites_per_app = \"5/1s\"\nwrites_per_tenant = \"8/1s\"\n"
+        );
+        let settings = parse(&file, &|_| None)
+            .unwrap()
+            .remove(&ConnectorType::Sccm)
+            .unwrap();
+        let connector = Arc::new(Connector::new(ConnectorType::Sccm, settings).unwrap());
+        // A burst: 12 writes for each of two apps at once.
+        let calls = (0..24).map(|n| {
+            let connector = connector.clone();
+            tokio::spawn(async move {
+                let assignment = Assignment {
+                    deployment_id: uuid::Uuid::new_v4(),
+                    app_name: if n % 2 == 0 { "a" } else { "b" }.into(),
+                    version: "1".into(),
+                    ring: Ring::Lab,
+                    artifact_sha256: None,
+                };
+                connector.publish_once(&assignment).await.unwrap();
+            })
+        });
+        for call in calls.collect::<Vec<_>>() {
+            call.await.unwrap();
+        }
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 24);
+        let all: Vec<_> = seen.iter().map(|(t, _)| *t).collect();
+        assert!(
+            busiest(&all, Duration::from_secs(1)) <= 8,
+            "the tenant's limit"
+        );
+        for app in ["a", "b"] {
+            let one: Vec<_> = seen
+                .iter()
+                .filter(|(_, a)| a == app)
+                .map(|(t, _)| *t)
+                .collect();
+            assert!(
+                busiest(&one, Duration::from_secs(1)) <= 5,
+                "app {app}'s limit"
+            );
+        }
     }
 }

@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::BackoffBuilder;
 use eucora_projections::event::{
     ApprovalBasis, ConnectorAction, ConnectorType, DeploymentEvent, FailureClass, Ring, Role,
     Status,
@@ -392,11 +391,6 @@ impl Dispatcher {
                 return Ok((0, Settled::Skipped(why)));
             }
         }
-        if claimed.attempts > 0 {
-            if let Some(m) = &self.metrics {
-                m.record_retry(state.connector_type, super::operation(entry.action));
-            }
-        }
         let answer = match entry.action {
             ConnectorAction::Publish => {
                 let assignment = Assignment {
@@ -414,6 +408,13 @@ impl Dispatcher {
                     .await
             }
         };
+        // A retry is a call that repeats a failed one: not a turn skipped while the breaker is
+        // open.
+        if claimed.attempts > 0 && !matches!(answer, Err(CallError::BreakerOpen)) {
+            if let Some(m) = &self.metrics {
+                m.record_retry(state.connector_type, super::operation(entry.action));
+            }
+        }
         let attempts = claimed.attempts.saturating_add(1);
         let refused = match answer {
             Ok(_) => None,
@@ -432,8 +433,12 @@ impl Dispatcher {
                 detail,
                 retry_after,
             }) => {
-                let wait =
-                    backoff(&connector.settings, attempts).max(retry_after.unwrap_or_default());
+                let wait = super::client::retry_wait(
+                    &connector.settings,
+                    attempts,
+                    &mut rand::thread_rng(),
+                )
+                .max(retry_after.unwrap_or_default());
                 tracing::info!(key = %entry.idempotency_key, attempts, wait_ms = wait.as_millis() as u64,
                     error = %detail, "connector action failed transiently; retrying");
                 let next_attempt_ms = now_ms() + wait.as_millis() as i64;
@@ -659,17 +664,4 @@ fn system_actor() -> eucora_projections::event::Actor {
         subject: DISPATCHER.to_string(),
         role: Role::System,
     }
-}
-
-/// The wait before call `attempts + 1` of an action that failed transiently: backon's
-/// exponential backoff with jitter, from `retry_min` to `retry_max`.
-fn backoff(settings: &Settings, attempts: u32) -> Duration {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(settings.retry_min)
-        .with_max_delay(settings.retry_max)
-        .with_jitter()
-        .without_max_times()
-        .build()
-        .nth(attempts.saturating_sub(1).min(64) as usize)
-        .unwrap_or(settings.retry_max)
 }
