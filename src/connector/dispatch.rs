@@ -589,8 +589,12 @@ impl Dispatcher {
                 state.connector_type.as_str(),
                 Uuid::new_v4()
             ),
-            // Another server reporting the same change first wins; this one stands down.
-            expected_version: Some(state.stream_version),
+            // Applied to the intent's latest state, not the one polled: the write path reloads
+            // and decides again when it loses a race (a deployer retrying promotion appends an
+            // evaluation each time), the domain refuses a report for a ring the intent has left
+            // or one that takes back counts, and the same report from another server is the ring's
+            // last report again, which appends nothing.
+            expected_version: None,
             action: Action::Deploy(RolloutInput {
                 ring: state.current_ring,
                 target_devices: now.targeted,

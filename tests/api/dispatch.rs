@@ -21,6 +21,7 @@ crate::on_both_backends!(
     kill_9_during_a_burst_leaves_every_action_done_once,
     two_replicas_dispatch_each_action_once,
     a_drift_appears_as_an_event_and_a_metric,
+    a_busy_intent_gets_its_report_within_a_poll_while_promotion_is_retried,
 );
 
 /// A simulator whose devices converge in a second.
@@ -572,5 +573,77 @@ async fn an_outage_opens_the_breaker_and_actions_wait_for_the_trial_that_closes_
     assert!(
         text.contains("connector_requests_total{connector_type=\"intune\",operation=\"publish\",outcome=\"transient\"}"),
         "{text}"
+    );
+}
+
+/// A deployer retrying promotion as fast as it can appends an evaluation each time; the connector's
+/// report must still land within a poll interval (and a retry) of the devices converging.
+async fn a_busy_intent_gets_its_report_within_a_poll_while_promotion_is_retried(backend: Backend) {
+    let sim = sim().await;
+    let db = Arc::new(TestDb::new(backend).await);
+    let policy = db.dir().join("baking.toml");
+    std::fs::write(&policy, "[rings.LAB]\nmin_bake_time = \"1h\"\n").unwrap();
+    let mut flags = connectors(&db, &sim, "");
+    flags.extend(["--policy".into(), policy.to_str().unwrap().into()]);
+    let app = serve(db.clone(), &flags).await;
+    let crew = Crew::new(&app);
+    let id = app
+        .create(&crew.requester, intent_body("Audacity", 0.2, "CANARY"))
+        .await
+        .id();
+    // The first report makes the intent deployed; from then on every promotion is evaluated
+    // (blocked by the hour's bake time) and recorded.
+    until(&app, &crew.auditor, &id, "a first report", |e| {
+        !of_type(e, "DeploymentDeployed").is_empty()
+    })
+    .await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spam = {
+        let (base, token, id, stop) = (
+            app.base.clone(),
+            crew.deployer.clone(),
+            id.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = client
+                    .post(format!("{base}/api/v1/deployments/{id}/promote"))
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body("{}")
+                    .send()
+                    .await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let events = until(&app, &crew.auditor, &id, "the full report", |e| {
+        of_type(e, "DeploymentDeployed")
+            .iter()
+            .any(|r| r["succeeded"] == r["target_devices"])
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    spam.await.unwrap();
+    let at = |e: &Value| {
+        chrono::DateTime::parse_from_rfc3339(e["meta"]["occurred_at"].as_str().unwrap()).unwrap()
+    };
+    let published = at(of_type(&events, "ConnectorDispatched")[0]);
+    let full = of_type(&events, "DeploymentDeployed")
+        .into_iter()
+        .find(|r| r["succeeded"] == r["target_devices"])
+        .map(at)
+        .unwrap();
+    assert!(
+        of_type(&events, "PromotionGateEvaluated").len() >= 3,
+        "the promotions were evaluated meanwhile: {events:#?}"
+    );
+    // Devices converge 1 s after the publish; a poll every 500 ms; a retry at most 1 s.
+    let late = (full - published).to_std().unwrap();
+    assert!(
+        late <= Duration::from_millis(3500),
+        "the full report came {late:?} after the publish"
     );
 }
