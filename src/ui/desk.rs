@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::layout::{self, page, refresh, time};
 use super::pages::unavailable;
-use super::session::Viewer;
+use super::session::{CsrfForm, Viewer};
 use crate::evidence::Scope;
 use crate::http::error::ApiError;
 use crate::http::AppState;
@@ -276,17 +276,11 @@ pub async fn access(State(state): State<AppState>, viewer: Viewer) -> Response {
     )
 }
 
-#[derive(Debug, Deserialize)]
-pub struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
-}
-
 pub async fn revoke(
     State(state): State<AppState>,
     viewer: Viewer,
     Path(id): Path<String>,
-    Form(form): Form<CsrfOnly>,
+    Form(form): Form<CsrfForm>,
 ) -> Response {
     if let Some(refusal) = viewer.csrf_refusal(&form.csrf) {
         return refusal;
@@ -303,7 +297,7 @@ pub async fn rotate(
     State(state): State<AppState>,
     viewer: Viewer,
     Path(id): Path<String>,
-    Form(form): Form<CsrfOnly>,
+    Form(form): Form<CsrfForm>,
 ) -> Response {
     if let Some(refusal) = viewer.csrf_refusal(&form.csrf) {
         return refusal;

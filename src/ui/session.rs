@@ -271,10 +271,11 @@ pub async fn sign_in(
     response
 }
 
-#[derive(Deserialize)]
+/// A form that carries nothing but the session's CSRF token.
+#[derive(Debug, Deserialize)]
 pub struct CsrfForm {
     #[serde(default)]
-    csrf: String,
+    pub csrf: String,
 }
 
 /// Ends the session, and with it the cookie.

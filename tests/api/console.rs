@@ -91,28 +91,30 @@ async fn browser(downloads: &Path) -> (Driver, Client) {
     (driver, client)
 }
 
+/// Clicks what `locator` finds.
+async fn click(c: &Client, locator: Locator<'_>) {
+    c.find(locator).await.unwrap().click().await.unwrap();
+}
+
+/// Waits up to 20 s for what `locator` finds.
+async fn wait_for(c: &Client, locator: Locator<'_>) -> fantoccini::elements::Element {
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(locator)
+        .await
+        .unwrap()
+}
+
 /// Signs in by pasting `token` into the sign-in form.
 async fn sign_in(c: &Client, base: &str, token: &str) {
     c.goto(&format!("{base}/")).await.unwrap();
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Id("token"))
+    wait_for(c, Locator::Id("token"))
         .await
-        .unwrap()
         .send_keys(token)
         .await
         .unwrap();
-    c.find(Locator::Css("form.signin button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("form.signout"))
-        .await
-        .unwrap();
+    click(c, Locator::Css("form.signin button[type=submit]")).await;
+    wait_for(c, Locator::Css("form.signout")).await;
 }
 
 /// The text of `#main`, once the page in flight (a form's answer, a reload) has one.
@@ -312,12 +314,11 @@ async fn an_auditor_downloads_a_bundle_that_verifies_and_sees_no_write_action(ba
             downloads.display()
         );
         c.goto(&change).await.unwrap();
-        c.find(Locator::LinkText("Download this change's evidence bundle"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(
+            &c,
+            Locator::LinkText("Download this change's evidence bundle"),
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     wait_complete(&bundle).await;
@@ -382,12 +383,7 @@ async fn a_revoked_tokens_session_ends_and_a_form_without_its_csrf_token_changes
     )
     .await
     .unwrap();
-    c.find(Locator::Css("form[action$='/approve'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, Locator::Css("form[action$='/approve'] button")).await;
     let refused = until_main_says(&c, "nothing was changed").await;
     assert!(
         refused.contains("did not come from this console"),
@@ -416,17 +412,8 @@ async fn a_revoked_tokens_session_ends_and_a_form_without_its_csrf_token_changes
         )
         .await;
     assert_eq!(revoked.status, 200, "{revoked:?}");
-    c.find(Locator::LinkText("CAB queue"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Id("token"))
-        .await
-        .unwrap();
+    click(&c, Locator::LinkText("CAB queue")).await;
+    wait_for(&c, Locator::Id("token")).await;
     let text = main_text(&c).await;
     assert!(text.contains("no longer works"), "{text}");
     assert!(c
