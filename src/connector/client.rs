@@ -420,10 +420,22 @@ impl Connector {
         calls: usize,
     ) -> Result<Option<AssignmentStatus>, CallError> {
         let id = assignment_id(deployment_id, ring);
-        self.with_retries(None, "status", calls, || {
-            self.http.get(self.url(&format!("v1/assignments/{id}")))
-        })
-        .await
+        let status = self
+            .with_retries(None, "status", calls, || {
+                self.http.get(self.url(&format!("v1/assignments/{id}")))
+            })
+            .await?;
+        // An answer about another assignment is no answer about this one.
+        match status {
+            Some(s) if s.assignment_id != id => Err(CallError::Permanent {
+                status: 200,
+                detail: format!(
+                    "the answer is about assignment {:?}, not {id}",
+                    s.assignment_id
+                ),
+            }),
+            other => Ok(other),
+        }
     }
 
     /// Uninstalls, rolls back or re-deploys one intent's assignment (of `app_name`) in one ring,
@@ -908,5 +920,22 @@ mod tests {
                 "app {app}'s limit"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_status_about_another_assignment_is_refused() {
+        let body = br#"{"assignment_id":"someone-else","state":"active","targeted":5,"installed":5,"failed":0,"pending":0,"incidents":0}"#;
+        let url = answering(200, body.to_vec(), false).await;
+        let file = format!("[jamf]\nbase_url = \"{url}\"\n");
+        let settings = parse(&file, &|_| None)
+            .unwrap()
+            .remove(&ConnectorType::Jamf)
+            .unwrap();
+        let connector = Connector::new(ConnectorType::Jamf, settings).unwrap();
+        let refused = connector.status_once(uuid::Uuid::new_v4(), Ring::Lab).await;
+        assert!(
+            matches!(&refused, Err(CallError::Permanent { detail, .. }) if detail.contains("\"someone-else\", not")),
+            "{refused:?}"
+        );
     }
 }

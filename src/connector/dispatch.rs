@@ -569,8 +569,14 @@ impl Dispatcher {
 
     /// Reports what the connector says of one intent's assignment, if it changed.
     async fn ingest_one(&self, state: IntentState, connector: &Connector) {
-        let Ok(Some(now)) = connector.status_once(state.id, state.current_ring).await else {
-            return;
+        let now = match connector.status_once(state.id, state.current_ring).await {
+            Ok(Some(now)) => now,
+            Err(CallError::Permanent { detail, .. }) => {
+                tracing::warn!(deployment_id = %state.id, connector = state.connector_type.as_str(),
+                    reason = %detail, "the connector's status answer was refused; nothing reported");
+                return;
+            }
+            _ => return,
         };
         let last = state.latest_report.as_ref();
         let counts = (now.targeted, now.installed, now.failed, now.incidents);
@@ -605,6 +611,15 @@ impl Dispatcher {
         };
         match self.commands.execute(state.id, command).await {
             Ok(_) => {}
+            // A report the rules refuse (installed above targeted, counts out of range, counts
+            // taken back) is the connector's problem: said, not silently dropped. A status
+            // event on the intent is issue 29's next step.
+            Err(CommandError::Domain(e @ crate::domain::DomainError::InvalidInput { .. })) => {
+                tracing::warn!(deployment_id = %state.id,
+                    connector = state.connector_type.as_str(), reason = %e,
+                    "the connector's status was refused by the rules; nothing reported")
+            }
+            // The intent moved on meanwhile (another ring, a terminal state): nothing to say.
             Err(CommandError::Domain(_)) => {}
             Err(e) => tracing::warn!(deployment_id = %state.id, error = %e,
                 "cannot report a connector's rollout result"),
