@@ -532,3 +532,27 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    /// docs/connector-protocol.json is the protocol's OpenAPI document as the simulator serves
+    /// it, so a bridge can be written from the docs alone; with `EUCORA_WRITE_DOCS` set, it is
+    /// written first.
+    #[test]
+    fn docs_connector_protocol_json_is_the_simulators_document() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/connector-protocol.json");
+        let text = <super::ProtocolDoc as utoipa::OpenApi>::openapi()
+            .to_pretty_json()
+            .unwrap()
+            + "\n";
+        if std::env::var_os("EUCORA_WRITE_DOCS").is_some() {
+            std::fs::write(path, &text).expect("docs/connector-protocol.json is writable");
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == text,
+            "docs/connector-protocol.json differs from the protocol: write it again with \
+             EUCORA_WRITE_DOCS=1 cargo test --lib connector::sim"
+        );
+    }
+}
