@@ -258,6 +258,11 @@ pub async fn sign_in(
     {
         return crate::http::error::ApiError::from(e).into_response();
     }
+    // Sessions nobody came back to are deleted as others sign in (indexed by last use).
+    let _ = state
+        .store
+        .end_sessions(None, now - state.console.session_idle)
+        .await;
     let secure = if state.console.secure_cookie {
         "; Secure"
     } else {
