@@ -14,7 +14,6 @@
 mod scratch;
 mod seed;
 
-use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use eucora::store::Store;
@@ -34,40 +33,6 @@ fn eucora(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// `eucora serve` on `url`, once ready: the child and its base URL.
-async fn serve(url: &str, state: &std::path::Path) -> (std::process::Child, String) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eucora"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", url])
-        .env("XDG_STATE_HOME", state)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("serve");
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.starts_with("eucora listening on ") {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "serve said no address"
-        );
-    }
-    let base = line
-        .trim()
-        .trim_start_matches("eucora listening on ")
-        .to_string();
-    let client = reqwest::Client::new();
-    loop {
-        if let Ok(r) = client.get(format!("{base}/health/ready")).send().await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    (child, base)
 }
 
 struct Measured {
@@ -132,11 +97,10 @@ async fn bench(name: &str, url: &str, intents: u64, state: &std::path::Path) {
         "--by",
         "bench",
     ]);
-    let started = Instant::now();
-    let (mut child, base) = serve(url, state).await;
+    let (mut child, base, caught_up) = scratch::serve_ready(url, state).await;
     eprintln!(
         "{name}: serve caught up in {:.1} s",
-        started.elapsed().as_secs_f64()
+        caught_up.as_secs_f64()
     );
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -117,42 +117,12 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// Starts the release `eucora serve` on the database, waits until ready, returns its RSS.
 async fn serve_rss(url: &str) -> (u64, Duration) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eucora"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", url])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("serve");
-    use std::io::BufRead;
-    let stdout = child.stdout.take().unwrap();
-    // The verifier key line may come first; then the address.
-    let mut line = String::new();
-    let mut stdout = std::io::BufReader::new(stdout);
-    while !line.starts_with("eucora listening on ") {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "serve said no address"
-        );
-    }
-    let base = line
-        .trim()
-        .trim_start_matches("eucora listening on ")
-        .to_string();
-    let client = reqwest::Client::new();
-    let start = Instant::now();
-    loop {
-        if let Ok(r) = client.get(format!("{base}/health/ready")).send().await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let caught_up = start.elapsed();
+    let state = std::env::temp_dir().join(format!("eucora-replay-state-{}", Uuid::new_v4()));
+    let (mut child, _, caught_up) = scratch::serve_ready(url, &state).await;
     let rss = rss_kib(child.id());
     let _ = child.kill();
     let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&state);
     (rss, caught_up)
 }
 

@@ -169,3 +169,46 @@ impl Reference {
         Ok(())
     }
 }
+
+/// The release `eucora serve` on `url`, its state directory (where it keeps checkpoints) in
+/// `state`, once it answers ready: the child, its base URL, and how long it took to catch up after
+/// it said where it listens.
+#[allow(dead_code)] // each bench uses some of these
+pub async fn serve_ready(
+    url: &str,
+    state: &std::path::Path,
+) -> (std::process::Child, String, std::time::Duration) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eucora"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", url])
+        .env("XDG_STATE_HOME", state)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("serve");
+    // The verifier key line may come first; then the address.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("serve's stdout"));
+    let mut line = String::new();
+    while !line.starts_with("eucora listening on ") {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "serve said no address"
+        );
+    }
+    let base = line
+        .trim()
+        .trim_start_matches("eucora listening on ")
+        .to_string();
+    let client = reqwest::Client::new();
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(r) = client.get(format!("{base}/health/ready")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    (child, base, start.elapsed())
+}

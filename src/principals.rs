@@ -38,6 +38,23 @@ pub enum Authenticated {
     Refused(AuthFailure),
 }
 
+/// What a token presented from a client address came to ([`Principals::present`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Presented {
+    Principal {
+        id: Uuid,
+        actor: Actor,
+    },
+    /// Why it was refused, as the failed-authentication metric counts it.
+    Refused(AuthFailure),
+    /// The address's failed authentications are spent until `wait` has passed: refused before
+    /// the token was looked up (`failure` is `None`), or by this very failure.
+    Limited {
+        wait: Duration,
+        failure: Option<AuthFailure>,
+    },
+}
+
 /// Why a request was not authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthFailure {
@@ -97,9 +114,38 @@ impl Principals {
         }
     }
 
-    /// The client address's failed-authentication guard, when there is one.
-    pub fn addresses(&self) -> Option<&AddressGuard> {
-        self.addresses.as_ref()
+    /// Authenticates the token hashing to `token_hash` (`None`: no token was presented) from
+    /// `address`, under the per-address limit on failed authentications ([`AddressGuard`]): the
+    /// one door the API and the console's sign-in go through.
+    pub async fn present(
+        &self,
+        address: Option<IpAddr>,
+        token_hash: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Presented, StoreError> {
+        let guard = self.addresses.as_ref().zip(address);
+        if let Some((guard, address)) = guard {
+            if let Err(wait) = guard.admit(address) {
+                return Ok(Presented::Limited {
+                    wait,
+                    failure: None,
+                });
+            }
+        }
+        let found = match token_hash {
+            Some(hash) => self.authenticate(hash, now).await?,
+            None => Authenticated::Refused(AuthFailure::Missing),
+        };
+        Ok(match found {
+            Authenticated::Principal { id, actor } => Presented::Principal { id, actor },
+            Authenticated::Refused(reason) => match guard.map(|(g, a)| g.failed(a)) {
+                Some(Err(wait)) => Presented::Limited {
+                    wait,
+                    failure: Some(reason),
+                },
+                _ => Presented::Refused(reason),
+            },
+        })
     }
 
     /// Who the token hashing to `hash` is at `now`, if its principal exists, has not expired and

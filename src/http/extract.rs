@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use crate::http::AppState;
-use crate::principals::{sha256_hex, AuthFailure, Authenticated};
+use crate::principals::{sha256_hex, Presented};
 
 /// A JSON body with unknown fields refused. An empty body reads as `{}`, so that bodies whose
 /// fields are all optional may be left out. Keeps a digest of the request for idempotency.
@@ -174,54 +174,51 @@ impl FromRequestParts<AppState> for Principal {
             parts.method,
             axum::http::Method::GET | axum::http::Method::HEAD
         );
-        // Token guessing is limited by client address, before any token is looked up.
-        let guard = state.principals.addresses().zip(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip()),
-        );
-        if let Some((guard, address)) = guard {
-            guard
-                .admit(address)
-                .map_err(|wait| ApiError::TooManyRequests(wait, ADDRESS_LIMIT))?;
-        }
-        let refused = |reason| {
+        let failed = |reason| {
             state.telemetry.record_auth_failure(reason);
             if command {
                 state.telemetry.record_refusal("unauthenticated");
             }
-            match guard.map(|(guard, address)| guard.failed(address)) {
-                Some(Err(wait)) => ApiError::TooManyRequests(wait, ADDRESS_LIMIT),
-                _ => ApiError::Unauthorized(reason),
-            }
         };
-        let token = parts
+        let address = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let token_hash = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(bearer_token)
-            .ok_or_else(|| refused(AuthFailure::Missing))?;
-        let found = state
+            .map(|token| sha256_hex(token.as_bytes()));
+        match state
             .principals
-            .authenticate(&sha256_hex(token.as_bytes()), Utc::now())
-            .await?;
-        match found {
-            Authenticated::Principal { id, actor } => {
+            .present(address, token_hash.as_deref(), Utc::now())
+            .await?
+        {
+            Presented::Principal { id, actor } => {
                 state
                     .principals
                     .admit(id)
                     .map_err(|wait| ApiError::TooManyRequests(wait, PRINCIPAL_LIMIT))?;
                 Ok(Principal(actor, id))
             }
-            Authenticated::Refused(reason) => Err(refused(reason)),
+            Presented::Refused(reason) => {
+                failed(reason);
+                Err(ApiError::Unauthorized(reason))
+            }
+            Presented::Limited { wait, failure } => {
+                if let Some(reason) = failure {
+                    failed(reason);
+                }
+                Err(ApiError::TooManyRequests(wait, ADDRESS_LIMIT))
+            }
         }
     }
 }
 
 /// Whose allowance a 429 spent, in its message.
-const ADDRESS_LIMIT: &str = "this client address's failed authentications a minute";
-const PRINCIPAL_LIMIT: &str = "this principal's requests a minute";
+pub const ADDRESS_LIMIT: &str = "this client address's failed authentications a minute";
+pub const PRINCIPAL_LIMIT: &str = "this principal's requests a minute";
 
 /// The token of an `Authorization` value in the Bearer scheme (RFC 6750 section 2.1 and RFC 9110
 /// section 11.4): the scheme name in any case, one or more spaces (not tabs), then a token68.

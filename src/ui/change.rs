@@ -15,8 +15,7 @@ use maud::{html, Markup};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::layout::{self, page, refresh, ring, status, time};
-use super::pages::unavailable;
+use super::layout::{self, page, refresh, ring, status, time, unavailable};
 use super::session::Viewer;
 use crate::domain::{Action, Command, DomainError, RolloutInput};
 use crate::http::refusals::Attempt;

@@ -12,8 +12,7 @@ use eucora_projections::event::Role;
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use super::layout::{self, page, refresh, time};
-use super::pages::unavailable;
+use super::layout::{self, page, refresh, time, unavailable};
 use super::session::{CsrfForm, Viewer};
 use crate::evidence::Scope;
 use crate::http::error::ApiError;

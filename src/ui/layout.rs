@@ -50,6 +50,11 @@ const NAV: [NavItem; 6] = [
     },
 ];
 
+/// A store failure as the API answers it: 503 with `Retry-After`, the store did not answer.
+pub fn unavailable(e: crate::store::StoreError) -> Response {
+    crate::http::error::ApiError::from(e).into_response()
+}
+
 /// Security headers every console page carries: no framing, no inline script, nothing cached.
 pub fn html_response(markup: Markup) -> Response {
     (

@@ -12,21 +12,16 @@ use maud::{html, Markup};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::layout::{self, page, refresh, ring, since, status, time};
+use super::layout::{self, page, refresh, ring, since, status, time, unavailable};
 use super::session::Viewer;
 use crate::http::AppState;
 use crate::read::ListFilter;
-use crate::store::{RetroApproval, StoreError};
+use crate::store::RetroApproval;
 
 /// The most rows a queue page shows.
 const QUEUE: usize = 100;
 /// Rows per page of the changes list.
 const PAGE: usize = 50;
-
-/// A store failure as a page: the store did not answer.
-pub fn unavailable(e: StoreError) -> Response {
-    crate::http::error::ApiError::from(e).into_response()
-}
 
 /// Intents `filter` keeps, oldest first, at most `limit`.
 async fn queue(

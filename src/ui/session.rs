@@ -17,10 +17,11 @@ use eucora_projections::event::{Actor, Role};
 use maud::html;
 use serde::Deserialize;
 
-use super::layout;
-use crate::http::extract::Principal;
+use super::layout::{self, unavailable};
+use crate::http::error::ApiError;
+use crate::http::extract::{Principal, ADDRESS_LIMIT, PRINCIPAL_LIMIT};
 use crate::http::AppState;
-use crate::principals::{sha256_hex, AuthFailure, Authenticated};
+use crate::principals::{sha256_hex, AuthFailure, Authenticated, Presented};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "eucora_session";
@@ -103,8 +104,6 @@ impl FromRequestParts<AppState> for Viewer {
             return Err(to_sign_in("signed-out"));
         };
         let session_hash = sha256_hex(cookie.as_bytes());
-        let unavailable =
-            |e: crate::store::StoreError| crate::http::error::ApiError::from(e).into_response();
         let now = Utc::now();
         let Some(session) = state
             .store
@@ -135,11 +134,7 @@ impl FromRequestParts<AppState> for Viewer {
             return Err(to_sign_in("revoked"));
         };
         if let Err(wait) = state.principals.admit(id) {
-            return Err(crate::http::error::ApiError::TooManyRequests(
-                wait,
-                "this principal's requests a minute",
-            )
-            .into_response());
+            return Err(ApiError::TooManyRequests(wait, PRINCIPAL_LIMIT).into_response());
         }
         // Touched at most every 15 s (or a quarter of the idle timeout): a page view is a read,
         // not a write, most of the time.
@@ -212,35 +207,29 @@ pub async fn sign_in(
     connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     Form(form): Form<SignInForm>,
 ) -> Response {
-    let address = state
-        .principals
-        .addresses()
-        .zip(connect.map(|c| c.0 .0.ip()));
-    if let Some((guard, ip)) = address {
-        if let Err(wait) = guard.admit(ip) {
-            return crate::http::error::ApiError::TooManyRequests(
-                wait,
-                "this client address's failed authentications a minute",
-            )
-            .into_response();
-        }
-    }
-    let token = form.token.trim();
-    let token_hash = sha256_hex(token.as_bytes());
+    let token_hash = sha256_hex(form.token.trim().as_bytes());
     let now = Utc::now();
-    let found = match state.principals.authenticate(&token_hash, now).await {
-        Ok(found) => found,
-        Err(e) => return crate::http::error::ApiError::from(e).into_response(),
+    let address = connect.map(|c| c.0 .0.ip());
+    let presented = match state
+        .principals
+        .present(address, Some(&token_hash), now)
+        .await
+    {
+        Ok(presented) => presented,
+        Err(e) => return unavailable(e),
     };
-    let reason = match found {
-        Authenticated::Principal { .. } => None,
-        Authenticated::Refused(reason) => Some(reason),
+    let reason = match presented {
+        Presented::Principal { .. } => None,
+        Presented::Refused(reason) => Some(reason),
+        Presented::Limited { wait, failure } => {
+            if let Some(reason) = failure {
+                state.telemetry.record_auth_failure(reason);
+            }
+            return ApiError::TooManyRequests(wait, ADDRESS_LIMIT).into_response();
+        }
     };
     if let Some(reason) = reason {
         state.telemetry.record_auth_failure(reason);
-        if let Some((guard, ip)) = address {
-            let _ = guard.failed(ip);
-        }
         let text = match reason {
             AuthFailure::Expired => "That token has expired.",
             AuthFailure::Revoked => "That token has been revoked.",
@@ -256,7 +245,7 @@ pub async fn sign_in(
         .create_session(&sha256_hex(cookie.as_bytes()), &token_hash, now)
         .await
     {
-        return crate::http::error::ApiError::from(e).into_response();
+        return unavailable(e);
     }
     // Sessions nobody came back to are deleted as others sign in (indexed by last use).
     let _ = state
@@ -298,7 +287,7 @@ pub async fn sign_out(
         .end_sessions(Some(&viewer.session_hash), idle_since)
         .await
     {
-        return crate::http::error::ApiError::from(e).into_response();
+        return unavailable(e);
     }
     let mut response = Redirect::to("/ui/sign-in?why=bye").into_response();
     let expired = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");

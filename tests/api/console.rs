@@ -394,18 +394,11 @@ async fn a_revoked_tokens_session_ends_and_a_form_without_its_csrf_token_changes
     c.goto(&change).await.unwrap();
     until_main_says(&c, "Miro").await;
     let admin = app.token("root", "admin");
-    let principals = app.get("/api/v1/principals", &admin).await;
-    let cab = principals
-        .body
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["subject"] == "carol")
-        .unwrap();
+    let carol = principal_id(&app, &admin, "carol").await;
     let revoked = app
         .send(
             reqwest::Method::DELETE,
-            &format!("/api/v1/principals/{}", cab["id"].as_str().unwrap()),
+            &format!("/api/v1/principals/{carol}"),
             Some(&admin),
             &[],
             None,
@@ -448,6 +441,30 @@ async fn the_queue_shows_a_new_change_within_two_seconds_without_a_reload(backen
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     c.close().await.unwrap();
+}
+
+/// The CSRF token a page's forms carry.
+fn csrf_in(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no CSRF token on the page: {page}"))
+        .to_string()
+}
+
+/// The id of the principal named `subject`, as an admin lists it.
+async fn principal_id(app: &TestApp, admin: &str, subject: &str) -> String {
+    let principals = app.get("/api/v1/principals", admin).await;
+    principals
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["subject"] == subject)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// The session cookie of `token`, signed in over plain HTTP as a browser would.
@@ -532,12 +549,7 @@ async fn bad_sessions_ids_and_stale_actions_are_answered_in_words_and_change_not
     // A page drawn at version 1; the change moves on; the stale approval is answered with what
     // happened and appends nothing.
     let (_, _, page) = get(format!("/ui/changes/{}", ids[0]), cookie.clone()).await;
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap()
-        .to_string();
+    let csrf = csrf_in(&page);
     app.reject(&crew.approver, &ids[0], "not this quarter")
         .await;
     let before = app.intent_event_count().await;
@@ -583,21 +595,8 @@ async fn an_admin_rotates_a_token_from_the_access_page_and_sees_it_once(backend:
         .text()
         .await
         .unwrap();
-    let csrf = access
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap()
-        .to_string();
-    let principals = app.get("/api/v1/principals", &admin).await;
-    let carol = principals
-        .body
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["subject"] == "carol")
-        .unwrap();
-    let id = carol["id"].as_str().unwrap();
+    let csrf = csrf_in(&access);
+    let id = principal_id(&app, &admin, "carol").await;
     assert!(
         access.contains(&format!("/ui/access/{id}/rotate")),
         "{access}"
