@@ -13,7 +13,9 @@ use chrono::{DateTime, Utc};
 use eucora_projections::event::{Ring, Status};
 use uuid::Uuid;
 
-pub use command::{Action, Command, CreateIntent, DispatchRecord, DriftRecord, RolloutInput};
+pub use command::{
+    Action, Command, CreateIntent, DispatchRecord, DriftRecord, RolloutInput, StatusRejection,
+};
 pub use intent::{DeploymentIntent, IntentEvent};
 pub use policy::Policy;
 pub use risk::RiskFactors;

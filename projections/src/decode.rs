@@ -69,6 +69,7 @@ pub fn current_version(event_type: &str) -> Option<u32> {
         "ConnectorDispatched" => 1,
         "ConnectorDispatchFailed" => 1,
         "DeploymentDriftDetected" => 1,
+        "ConnectorStatusRejected" => 1,
         "PrincipalCreated" => 2,
         "PrincipalTokenRotated" | "PrincipalRevoked" => 1,
         "PolicyActivated" | "CommandRefused" => 1,

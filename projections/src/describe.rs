@@ -179,6 +179,12 @@ pub fn summary(event: &DeploymentEvent) -> String {
                 e.expected_installed
             ),
         },
+        DeploymentEvent::ConnectorStatusRejected(e) => format!(
+            "status of {} REJECTED from {}: {}; nothing reported",
+            e.ring.as_str(),
+            e.connector_type.as_str(),
+            e.problem
+        ),
     }
 }
 

@@ -377,6 +377,24 @@ pub struct DriftDetected {
     pub reported_installed: Option<u64>,
 }
 
+/// A connector answered a status read with something that cannot be a rollout result: not JSON,
+/// a missing or negative count, an answer about another assignment, an error status, or counts
+/// the rules refuse (installed above targeted, more than 10,000,000 devices). Recorded once per
+/// distinct problem, not on every poll; nothing is reported on the intent from that answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StatusRejected {
+    /// The envelope: event id, intent, correlation id, actor, time, schema version.
+    pub meta: EventMeta,
+    /// The connector read.
+    pub connector_type: ConnectorType,
+    /// The ring whose assignment was read.
+    pub ring: Ring,
+    /// The assignment read: `<deployment id>.<ring>`, ring in lower case.
+    pub assignment_id: String,
+    /// What was wrong with the answer, in EUCORA's words.
+    pub problem: String,
+}
+
 /// Every event of a deployment intent's stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub enum DeploymentEvent {
@@ -392,6 +410,7 @@ pub enum DeploymentEvent {
     ConnectorDispatched(Dispatched),
     ConnectorDispatchFailed(DispatchFailed),
     DeploymentDriftDetected(DriftDetected),
+    ConnectorStatusRejected(StatusRejected),
 }
 
 impl DeploymentEvent {
@@ -410,6 +429,7 @@ impl DeploymentEvent {
             DeploymentEvent::ConnectorDispatched(_) => "ConnectorDispatched",
             DeploymentEvent::ConnectorDispatchFailed(_) => "ConnectorDispatchFailed",
             DeploymentEvent::DeploymentDriftDetected(_) => "DeploymentDriftDetected",
+            DeploymentEvent::ConnectorStatusRejected(_) => "ConnectorStatusRejected",
         }
     }
 
@@ -428,6 +448,7 @@ impl DeploymentEvent {
             DeploymentEvent::ConnectorDispatched(_) => 1,
             DeploymentEvent::ConnectorDispatchFailed(_) => 1,
             DeploymentEvent::DeploymentDriftDetected(_) => 1,
+            DeploymentEvent::ConnectorStatusRejected(_) => 1,
         }
     }
 
@@ -445,6 +466,7 @@ impl DeploymentEvent {
             DeploymentEvent::ConnectorDispatched(e) => &e.meta,
             DeploymentEvent::ConnectorDispatchFailed(e) => &e.meta,
             DeploymentEvent::DeploymentDriftDetected(e) => &e.meta,
+            DeploymentEvent::ConnectorStatusRejected(e) => &e.meta,
         }
     }
 
@@ -462,6 +484,7 @@ impl DeploymentEvent {
             DeploymentEvent::ConnectorDispatched(e) => &mut e.meta,
             DeploymentEvent::ConnectorDispatchFailed(e) => &mut e.meta,
             DeploymentEvent::DeploymentDriftDetected(e) => &mut e.meta,
+            DeploymentEvent::ConnectorStatusRejected(e) => &mut e.meta,
         }
     }
 }

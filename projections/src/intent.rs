@@ -126,6 +126,11 @@ pub struct IntentState {
     /// The drift last recorded, so the same drift is recorded once.
     #[serde(default)]
     pub last_drift: Option<DriftSeen>,
+    /// The connector's last status answer that could not be a rollout result
+    /// (`ConnectorStatusRejected`), until a rollout report in its ring supersedes it: shown on
+    /// the intent, and recorded again only when the problem changes.
+    #[serde(default)]
+    pub status_rejected: Option<StatusRejectedSeen>,
 }
 
 /// How a connector action ended.
@@ -143,6 +148,15 @@ pub enum DispatchOutcome {
 pub struct DriftSeen {
     pub ring: Ring,
     pub reported_installed: Option<u64>,
+}
+
+/// A connector's status answer as rejected (`ConnectorStatusRejected`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRejectedSeen {
+    pub ring: Ring,
+    pub assignment_id: String,
+    pub problem: String,
+    pub at: DateTime<Utc>,
 }
 
 impl IntentState {
@@ -205,6 +219,7 @@ impl IntentState {
                     last_promotion: None,
                     connector_actions: BTreeMap::new(),
                     last_drift: None,
+                    status_rejected: None,
                 })
             }
             (None, _) => return None,
@@ -260,6 +275,8 @@ impl IntentState {
                     incidents: e.incidents,
                     success_rate: e.success_rate,
                 });
+                // A result was accepted: the connector answers properly again.
+                state.status_rejected = None;
             }
             DeploymentEvent::PromotionGateEvaluated(e) => {
                 state.last_promotion = Some(PromotionAttempt {
@@ -277,6 +294,7 @@ impl IntentState {
                 state.ring_first_deployed_at = None;
                 state.ring_compliant_at = None;
                 state.latest_report = None;
+                state.status_rejected = None;
             }
             DeploymentEvent::DeploymentCompleted(_) => state.status = Status::Completed,
             DeploymentEvent::DeploymentRolledBack(_) => {
@@ -298,6 +316,14 @@ impl IntentState {
                 state.last_drift = Some(DriftSeen {
                     ring: e.ring,
                     reported_installed: e.reported_installed,
+                });
+            }
+            DeploymentEvent::ConnectorStatusRejected(e) => {
+                state.status_rejected = Some(StatusRejectedSeen {
+                    ring: e.ring,
+                    assignment_id: e.assignment_id.clone(),
+                    problem: e.problem.clone(),
+                    at,
                 });
             }
         }

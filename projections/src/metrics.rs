@@ -28,7 +28,7 @@ pub const RISK_BUCKETS: &[f64] = &[10.0, 25.0, 50.0, 75.0, 90.0, 100.0];
 pub const OTHER_APP: &str = "other";
 
 /// Every event type of every stream: `eucora_events_total` shows each, from 0.
-const EVENT_TYPES: [&str; 17] = [
+const EVENT_TYPES: [&str; 18] = [
     "DeploymentCreated",
     "DeploymentApproved",
     "DeploymentRejected",
@@ -41,6 +41,7 @@ const EVENT_TYPES: [&str; 17] = [
     "ConnectorDispatched",
     "ConnectorDispatchFailed",
     "DeploymentDriftDetected",
+    "ConnectorStatusRejected",
     "PrincipalCreated",
     "PrincipalTokenRotated",
     "PrincipalRevoked",
@@ -129,6 +130,8 @@ pub struct Metrics {
     rollbacks: HashMap<Ring, u64>,
     /// (ring, connector_type)
     drift: HashMap<(Ring, ConnectorType), u64>,
+    /// (ring, connector_type)
+    status_rejected: HashMap<(Ring, ConnectorType), u64>,
     /// Delivery performance, per (app_name, ring): lead time to compliance in the ring.
     lead_time: HashMap<(Arc<str>, Ring), Histogram>,
     /// A failure (rollback) in the ring to the app's next compliant version there.
@@ -169,6 +172,7 @@ impl Metrics {
             attempts: BTreeMap::new(),
             rollbacks: HashMap::new(),
             drift: HashMap::new(),
+            status_rejected: HashMap::new(),
             lead_time: HashMap::new(),
             recovery_time: HashMap::new(),
             change_failures: HashMap::new(),
@@ -405,6 +409,12 @@ impl Metrics {
             | DeploymentEvent::ConnectorDispatchFailed(_) => {}
             DeploymentEvent::DeploymentDriftDetected(e) => {
                 *self.drift.entry((e.ring, e.connector_type)).or_default() += 1;
+            }
+            DeploymentEvent::ConnectorStatusRejected(e) => {
+                *self
+                    .status_rejected
+                    .entry((e.ring, e.connector_type))
+                    .or_default() += 1;
             }
             DeploymentEvent::DeploymentRolledBack(e) => {
                 let Some(intent) = self.intents.get_mut(&id) else {
@@ -930,6 +940,7 @@ mod tests {
             "promotion_gate_success_rate gauge",
             "deployment_rollbacks_total counter",
             "deployment_drift_total counter",
+            "connector_status_rejected_total counter",
             "deployment_lead_time_seconds histogram",
             "deployment_recovery_time_seconds histogram",
             "deployment_change_failures_total counter",

@@ -244,6 +244,14 @@ fn intent_lines(i: &Value) -> Vec<String> {
             }
         ));
     }
+    if let Some(r) = i["connector_status_rejected"].as_object() {
+        lines.push(format!(
+            "connector status: REJECTED in {} at {}: {}",
+            text(&r["ring"]),
+            text(&r["at"]),
+            text(&r["problem"])
+        ));
+    }
     lines.push(format!(
         "updated:          {} (version {})",
         text(&i["updated_at"]),

@@ -14,22 +14,22 @@
 //!   one side effect and one outcome event, however many servers and restarts.
 //! - [`Dispatcher::ingest`]: the status of each active assignment is read every `poll_interval`
 //!   and each change is reported through the normal command path as `connector:<type>` (role
-//!   `deployer`), so the promotion gates decide on measured numbers.
+//!   `deployer`), so the promotion gates decide on measured numbers; an answer that cannot be a
+//!   result is recorded as `ConnectorStatusRejected`, once per distinct problem, and a 404 as
+//!   drift, then read again with backoff (`ingest.rs`).
 //! - [`Dispatcher::reconcile`]: every `reconcile_interval`, what each connector reports is
 //!   compared with the intent's last report; an assignment that disappeared or whose installed
 //!   count fell is recorded as `DeploymentDriftDetected`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use eucora_projections::event::{
     ApprovalBasis, ConnectorAction, ConnectorType, DeploymentEvent, FailureClass, Ring, Role,
-    Status,
 };
 use eucora_projections::intent::{DispatchOutcome, IntentState};
-use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -37,13 +37,14 @@ use uuid::Uuid;
 use super::client::{CallError, Connector, Settings};
 use super::{idempotency_key, Assignment};
 use crate::domain::intent::DISPATCHER;
-use crate::domain::{Action, Command, DispatchRecord, DomainError, DriftRecord, RolloutInput};
+use crate::domain::{Action, Command, DispatchRecord, DomainError};
 use crate::projection::{decoded, Event, Projection, ProjectionError};
-use crate::store::{
-    Backlog, Checkpoint, Claimed, Columns, ListFilter, OutboxEntry, Settled, Store,
-};
+use crate::store::{Backlog, Checkpoint, Claimed, Columns, OutboxEntry, Settled, Store};
 use crate::telemetry::{ConnectorGauge, DispatchGauges};
+
+mod ingest;
 use crate::write::{CommandError, Commands};
+pub use ingest::ABSENT_MAX_WAIT;
 
 /// The outbox projection's name in `projection_checkpoints`.
 pub const OUTBOX: &str = "connector_outbox";
@@ -204,6 +205,8 @@ pub struct Dispatcher {
     /// How long a claim holds an action: twice the longest call, and some.
     lease: Duration,
     metrics: Option<Arc<crate::telemetry::ConnectorMetrics>>,
+    /// Assignments a connector answered 404 for, by assignment id: read again with backoff.
+    absent: Mutex<HashMap<String, ingest::Absent>>,
 }
 
 impl Dispatcher {
@@ -242,6 +245,7 @@ impl Dispatcher {
             owner,
             lease: longest * 2 + Duration::from_secs(5),
             metrics,
+            absent: Mutex::default(),
         })
     }
 
@@ -494,179 +498,6 @@ impl Dispatcher {
     async fn intent(&self, id: Uuid) -> Result<Option<IntentState>, CommandError> {
         let events = self.store.intent_events(id).await?;
         Ok(IntentState::replay(events.iter().map(|e| &e.event)))
-    }
-
-    /// Intents in `status` for connector `kind` which were published in their current ring,
-    /// page by page.
-    async fn published_in(
-        &self,
-        kind: ConnectorType,
-        status: Status,
-    ) -> Vec<(IntentState, Arc<Connector>)> {
-        let filter = ListFilter {
-            status: Some(status),
-            ..ListFilter::default()
-        };
-        let mut out = Vec::new();
-        let mut after = 0;
-        loop {
-            let rows = match self.store.list_intents(&filter, after, PAGE).await {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot list intents to poll their connectors");
-                    return out;
-                }
-            };
-            let Some(last) = rows.last() else {
-                return out;
-            };
-            after = last.seq;
-            let full = rows.len() as i64 == PAGE;
-            for row in rows {
-                let state = row.state;
-                let key = idempotency_key(state.id, state.current_ring, ConnectorAction::Publish);
-                if state.connector_type != kind
-                    || state.connector_actions.get(&key) != Some(&DispatchOutcome::Dispatched)
-                {
-                    continue;
-                }
-                if let Some(connector) = self.connectors.get(&kind) {
-                    out.push((state, connector.clone()));
-                }
-            }
-            if !full {
-                return out;
-            }
-        }
-    }
-
-    /// Reads the status of every active assignment of connector `kind` and reports each change
-    /// as a rollout result. A fall in installed devices is not reported: that is drift, for
-    /// [`Dispatcher::reconcile`].
-    pub async fn ingest(&self, kind: ConnectorType) {
-        self.each_published(
-            kind,
-            [Status::Approved, Status::Deployed],
-            |state, c| async move { self.ingest_one(state, &c).await },
-        )
-        .await;
-    }
-
-    /// Runs `job` on each intent of connector `kind` in `statuses` that was published in its
-    /// current ring, [`POLLS`] at a time.
-    async fn each_published<F, Fut>(&self, kind: ConnectorType, statuses: [Status; 2], job: F)
-    where
-        F: Fn(IntentState, Arc<Connector>) -> Fut,
-        Fut: std::future::Future<Output = ()>,
-    {
-        for status in statuses {
-            let published = self.published_in(kind, status).await;
-            futures_util::stream::iter(published)
-                .for_each_concurrent(POLLS, |(state, connector)| job(state, connector))
-                .await;
-        }
-    }
-
-    /// Reports what the connector says of one intent's assignment, if it changed.
-    async fn ingest_one(&self, state: IntentState, connector: &Connector) {
-        let now = match connector.status_once(state.id, state.current_ring).await {
-            Ok(Some(now)) => now,
-            Err(CallError::Permanent { detail, .. }) => {
-                tracing::warn!(deployment_id = %state.id, connector = state.connector_type.as_str(),
-                    reason = %detail, "the connector's status answer was refused; nothing reported");
-                return;
-            }
-            _ => return,
-        };
-        let last = state.latest_report.as_ref();
-        let counts = (now.targeted, now.installed, now.failed, now.incidents);
-        let unchanged = last.is_some_and(|l| l.counts() == counts);
-        let fell = last.is_some_and(|l| now.installed < l.succeeded);
-        if now.targeted == 0 || now.state != "active" || unchanged || fell {
-            return;
-        }
-        let command = Command {
-            actor: eucora_projections::event::Actor {
-                subject: format!("connector:{}", state.connector_type.as_str()),
-                role: Role::Deployer,
-            },
-            correlation_id: format!(
-                "connector-{}-{}",
-                state.connector_type.as_str(),
-                Uuid::new_v4()
-            ),
-            // Applied to the intent's latest state, not the one polled: the write path reloads
-            // and decides again when it loses a race (a deployer retrying promotion appends an
-            // evaluation each time), the domain refuses a report for a ring the intent has left
-            // or one that takes back counts, and the same report from another server is the ring's
-            // last report again, which appends nothing.
-            expected_version: None,
-            action: Action::Deploy(RolloutInput {
-                ring: state.current_ring,
-                target_devices: now.targeted,
-                succeeded: now.installed,
-                failed: now.failed,
-                incidents: now.incidents,
-            }),
-        };
-        match self.commands.execute(state.id, command).await {
-            Ok(_) => {}
-            // A report the rules refuse (installed above targeted, counts out of range, counts
-            // taken back) is the connector's problem: said, not silently dropped. A status
-            // event on the intent is issue 29's next step.
-            Err(CommandError::Domain(e @ crate::domain::DomainError::InvalidInput { .. })) => {
-                tracing::warn!(deployment_id = %state.id,
-                    connector = state.connector_type.as_str(), reason = %e,
-                    "the connector's status was refused by the rules; nothing reported")
-            }
-            // The intent moved on meanwhile (another ring, a terminal state): nothing to say.
-            Err(CommandError::Domain(_)) => {}
-            Err(e) => tracing::warn!(deployment_id = %state.id, error = %e,
-                "cannot report a connector's rollout result"),
-        }
-    }
-
-    /// Compares what connector `kind` reports with its intents' last reports, and records drift.
-    pub async fn reconcile(&self, kind: ConnectorType) {
-        self.each_published(
-            kind,
-            [Status::Deployed, Status::Completed],
-            |state, c| async move { self.reconcile_one(state, &c).await },
-        )
-        .await;
-    }
-
-    /// Records drift on one intent, if its connector no longer reports what was installed.
-    async fn reconcile_one(&self, state: IntentState, connector: &Connector) {
-        let Some(expected) = state.latest_report.as_ref().map(|l| l.succeeded) else {
-            return;
-        };
-        let reported = match connector.status_once(state.id, state.current_ring).await {
-            Ok(None) => None,
-            Ok(Some(now)) if now.installed < expected => Some(now.installed),
-            Ok(Some(_)) | Err(_) => return,
-        };
-        let command = Command {
-            actor: system_actor(),
-            correlation_id: format!("reconcile-{}", Uuid::new_v4()),
-            expected_version: None,
-            action: Action::RecordDrift(DriftRecord {
-                connector_type: state.connector_type,
-                ring: state.current_ring,
-                expected_installed: expected,
-                reported_installed: reported,
-            }),
-        };
-        match self.commands.execute(state.id, command).await {
-            Ok(_) => {
-                tracing::warn!(deployment_id = %state.id, ring = state.current_ring.as_str(),
-                expected, reported = ?reported, "drift: the connector no longer reports what was installed")
-            }
-            Err(CommandError::Domain(_)) => {}
-            Err(e) => {
-                tracing::warn!(deployment_id = %state.id, error = %e, "cannot record drift")
-            }
-        }
     }
 }
 

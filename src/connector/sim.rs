@@ -126,6 +126,10 @@ struct Sim {
     actions: BTreeMap<String, u64>,
     /// Every protocol call that arrived, faulted or not.
     requests: u64,
+    /// Status reads answered, by assignment id (404s included).
+    reads: BTreeMap<String, u64>,
+    /// Status answers set by hand (`POST /sim/answer`), served as they are, by assignment id.
+    answers: HashMap<String, String>,
 }
 
 type Shared = Arc<Mutex<Sim>>;
@@ -152,6 +156,8 @@ pub fn router(config: SimConfig) -> Router {
         keys: BTreeMap::new(),
         actions: BTreeMap::new(),
         requests: 0,
+        reads: BTreeMap::new(),
+        answers: HashMap::new(),
     }));
     let protocol = Router::new()
         .route("/v1/assignments/{id}", put(publish).get(status))
@@ -166,6 +172,7 @@ pub fn router(config: SimConfig) -> Router {
         )
         .route("/sim/faults", get(get_faults).put(put_faults))
         .route("/sim/drift", post(drift))
+        .route("/sim/answer", post(answer))
         .route("/sim/side-effects", get(side_effects))
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
@@ -354,7 +361,11 @@ async fn publish(
         (status = 429, description = "throttled: retry after `Retry-After` seconds"),
         (status = 503, description = "unavailable for now (transient)")))]
 async fn status(State(state): State<Shared>, Path(id): Path<String>) -> Response {
-    let sim = lock(&state);
+    let mut sim = lock(&state);
+    *sim.reads.entry(id.clone()).or_default() += 1;
+    if let Some(text) = sim.answers.get(&id) {
+        return ([("content-type", "application/json")], text.clone()).into_response();
+    }
     match sim.assignments.get(&id) {
         Some(p) if !p.removed => Json(sim.status_of(&id)).into_response(),
         _ => problem(StatusCode::NOT_FOUND, format!("no assignment {id}")),
@@ -516,10 +527,38 @@ async fn drift(State(state): State<Shared>, bytes: axum::body::Bytes) -> Result<
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// `POST /sim/answer`'s body: from now, status reads of the assignment are answered 200 with
+/// `body` exactly as given (a bad answer, to see what EUCORA makes of it); `null` restores the
+/// simulator's own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Answer {
+    assignment_id: String,
+    body: Option<String>,
+}
+
+async fn answer(
+    State(state): State<Shared>,
+    bytes: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let answer: Answer = body(&bytes)?;
+    let mut sim = lock(&state);
+    match answer.body {
+        Some(text) => sim.answers.insert(answer.assignment_id, text),
+        None => sim.answers.remove(&answer.assignment_id),
+    };
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 async fn side_effects(State(state): State<Shared>) -> Response {
     let sim = lock(&state);
-    Json(json!({ "requests": sim.requests, "keys": sim.keys, "actions": sim.actions }))
-        .into_response()
+    Json(json!({
+        "requests": sim.requests,
+        "keys": sim.keys,
+        "actions": sim.actions,
+        "reads": sim.reads,
+    }))
+    .into_response()
 }
 
 /// Serves the simulator on `listener` until `shutdown` resolves.

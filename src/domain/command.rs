@@ -37,6 +37,9 @@ pub enum Action {
     /// Record a drift between what was installed and what a connector reports (the
     /// reconciler sends it).
     RecordDrift(DriftRecord),
+    /// Record a connector status answer that could not be a rollout result (the dispatcher
+    /// sends it).
+    RecordStatusRejected(StatusRejection),
 }
 
 impl Action {
@@ -48,7 +51,10 @@ impl Action {
             Action::Approve { .. } | Action::Reject { .. } => &[Role::CabApprover],
             Action::Deploy(_) | Action::Promote => &[Role::Deployer],
             Action::Rollback { .. } => &[Role::Deployer, Role::Requester],
-            Action::MarkRetroOverdue | Action::RecordDispatch(_) | Action::RecordDrift(_) => &[],
+            Action::MarkRetroOverdue
+            | Action::RecordDispatch(_)
+            | Action::RecordDrift(_)
+            | Action::RecordStatusRejected(_) => &[],
         }
     }
 }
@@ -74,6 +80,16 @@ pub struct DriftRecord {
     pub reported_installed: Option<u64>,
 }
 
+/// A connector status answer the dispatcher could not take as a rollout result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusRejection {
+    pub connector_type: ConnectorType,
+    pub ring: Ring,
+    pub assignment_id: String,
+    /// What was wrong, in our words; cut to 4,096 characters when recorded.
+    pub problem: String,
+}
+
 impl Action {
     pub fn name(&self) -> &'static str {
         match self {
@@ -86,6 +102,7 @@ impl Action {
             Action::MarkRetroOverdue => "mark_retro_overdue",
             Action::RecordDispatch(_) => "record_dispatch",
             Action::RecordDrift(_) => "record_drift",
+            Action::RecordStatusRejected(_) => "record_status_rejected",
         }
     }
 }

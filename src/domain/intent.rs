@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use super::command::{
-    Action, Command, CreateIntent, DispatchRecord, DriftRecord, RolloutInput,
+    Action, Command, CreateIntent, DispatchRecord, DriftRecord, RolloutInput, StatusRejection,
 };
 use super::policy::Policy;
 use super::risk;
@@ -109,7 +109,9 @@ impl DeploymentIntent {
             // What a connector did or reports is a fact whatever the intent's state: a rollback
             // is remediated after the intent is rolled back, and drift matters most after it
             // completed.
-            Action::RecordDispatch(_) | Action::RecordDrift(_) => true,
+            Action::RecordDispatch(_)
+            | Action::RecordDrift(_)
+            | Action::RecordStatusRejected(_) => true,
             _ => false,
         };
         if state.rollback_required {
@@ -273,6 +275,38 @@ impl DeploymentIntent {
                         ring: drift.ring,
                         expected_installed: drift.expected_installed,
                         reported_installed: drift.reported_installed,
+                    })
+                });
+            }
+            Action::RecordStatusRejected(rejection) => {
+                if command.actor.role != Role::System {
+                    return Err(refuse());
+                }
+                let StatusRejection {
+                    connector_type,
+                    ring,
+                    assignment_id,
+                    problem,
+                } = rejection;
+                // Bounded like every other text on the stream; a connector's answer can be long.
+                let problem: String = problem.chars().take(MAX_TEXT).collect();
+                // Once per distinct problem: the same answer polled again adds nothing.
+                if state.status_rejected.as_ref().is_some_and(|seen| {
+                    seen.ring == *ring
+                        && seen.assignment_id == *assignment_id
+                        && seen.problem == problem
+                }) {
+                    return Err(DomainError::AlreadyRecorded(format!(
+                        "the rejected status of {assignment_id}"
+                    )));
+                }
+                out.push(|meta| {
+                    DeploymentEvent::ConnectorStatusRejected(StatusRejected {
+                        meta,
+                        connector_type: *connector_type,
+                        ring: *ring,
+                        assignment_id: assignment_id.clone(),
+                        problem,
                     })
                 });
             }

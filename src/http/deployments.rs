@@ -183,6 +183,21 @@ pub struct IntentResponse {
     /// (`<id>:<RING>:<action>`): `dispatched` (accepted) or `failed` (refused for good; the
     /// `ConnectorDispatchFailed` event says why). Empty when nothing was dispatched.
     pub connector_actions: std::collections::BTreeMap<String, String>,
+    /// The connector's last status answer that could not be taken as a rollout result (the
+    /// `ConnectorStatusRejected` event), until a rollout report in its ring supersedes it;
+    /// absent when there is none.
+    pub connector_status_rejected: Option<StatusRejectedResponse>,
+}
+
+/// A connector status answer that was rejected.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusRejectedResponse {
+    #[schema(value_type = RingName)]
+    pub ring: Ring,
+    pub assignment_id: String,
+    /// What was wrong with the answer.
+    pub problem: String,
+    pub at: DateTime<Utc>,
 }
 
 impl From<&IntentState> for IntentResponse {
@@ -225,6 +240,12 @@ impl From<&IntentState> for IntentResponse {
                     (key.clone(), outcome.to_string())
                 })
                 .collect(),
+            connector_status_rejected: s.status_rejected.as_ref().map(|r| StatusRejectedResponse {
+                ring: r.ring,
+                assignment_id: r.assignment_id.clone(),
+                problem: r.problem.clone(),
+                at: r.at,
+            }),
         }
     }
 }

@@ -271,6 +271,11 @@ fn connectors(i: &IntentState) -> Markup {
                 p.fail { "Drift in " (drift.ring.as_str()) ": the connector reports "
                     (drift.reported_installed.map(|n| n.to_string()).unwrap_or("no assignment".into())) " installed." }
             }
+            @if let Some(rejected) = &i.status_rejected {
+                p.fail { "The connector's status answer for " code { (rejected.assignment_id) }
+                    " was rejected (" (crate::ui::layout::time(rejected.at)) "): " (rejected.problem)
+                    ". Nothing was reported from it." }
+            }
         }
     }
 }

@@ -281,7 +281,7 @@ fn an_address_in_use_is_said_in_one_line() {
 }
 
 /// `eucora deployments …` against `app`, as `token`.
-fn client(app: &TestApp, token: &str, args: &[&str]) -> (i32, String, String) {
+pub fn client(app: &TestApp, token: &str, args: &[&str]) -> (i32, String, String) {
     let mut all = vec!["deployments"];
     all.extend_from_slice(args);
     all.extend_from_slice(&["--server", &app.base, "--token", token]);

@@ -468,7 +468,7 @@ async fn principal_id(app: &TestApp, admin: &str, subject: &str) -> String {
 }
 
 /// The session cookie of `token`, signed in over plain HTTP as a browser would.
-async fn session_of(app: &TestApp, token: &str) -> String {
+pub async fn session_of(app: &TestApp, token: &str) -> String {
     let reply = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

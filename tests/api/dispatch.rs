@@ -22,6 +22,8 @@ crate::on_both_backends!(
     two_replicas_dispatch_each_action_once,
     a_drift_appears_as_an_event_and_a_metric,
     a_busy_intent_gets_its_report_within_a_poll_while_promotion_is_retried,
+    a_bad_status_answer_is_recorded_once_per_problem_and_shown,
+    a_removed_assignment_is_drift_once_and_read_with_backoff,
 );
 
 /// A simulator whose devices converge in a second.
@@ -646,4 +648,211 @@ async fn a_busy_intent_gets_its_report_within_a_poll_while_promotion_is_retried(
         late <= Duration::from_millis(3500),
         "the full report came {late:?} after the publish"
     );
+}
+
+/// Sets the simulator's status answer for an assignment (`None`: its own again).
+async fn answer(sim: &Sim, assignment: &str, body: Option<String>) {
+    let reply = sim
+        .post(
+            "/sim/answer",
+            json!({"assignment_id": assignment, "body": body}),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status(), 204);
+}
+
+async fn a_bad_status_answer_is_recorded_once_per_problem_and_shown(backend: Backend) {
+    let sim = sim().await;
+    let db = Arc::new(TestDb::new(backend).await);
+    let app = serve(db.clone(), &connectors(&db, &sim, "")).await;
+    let crew = Crew::new(&app);
+    // Awaiting CAB, so the bad answers are in place before the first poll.
+    let id = app
+        .create(&crew.requester, intent_body("zoom", 0.8, "LAB"))
+        .await
+        .id();
+    let assignment = format!("{id}.lab");
+    answer(&sim, &assignment, Some("not json".into())).await;
+    assert_eq!(app.approve(&crew.approver, &id).await.status, 200);
+    let rejected = |n: usize| move |e: &[Value]| of_type(e, "ConnectorStatusRejected").len() >= n;
+    let events = until(&app, &crew.auditor, &id, "a rejection", rejected(1)).await;
+    let first = of_type(&events, "ConnectorStatusRejected")[0].clone();
+    assert_eq!(first["assignment_id"], assignment.as_str());
+    assert_eq!(
+        (&first["ring"], &first["connector_type"]),
+        (&json!("LAB"), &json!("intune"))
+    );
+    assert!(
+        first["problem"]
+            .as_str()
+            .unwrap()
+            .contains("not an assignment status"),
+        "{first}"
+    );
+    assert_eq!(first["meta"]["actor"]["subject"], "system:dispatcher");
+    // Polled every 500 ms: the same problem is recorded once.
+    let before = reads_of(&sim, &assignment).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(reads_of(&sim, &assignment).await >= before + 2);
+    let events = history(&app, &crew.auditor, &id).await;
+    assert_eq!(
+        of_type(&events, "ConnectorStatusRejected").len(),
+        1,
+        "{events:#?}"
+    );
+    // Counts the rules refuse are a new problem, with the counts.
+    let status = |about: &str, installed: u64| {
+        json!({"assignment_id": about, "state": "active", "targeted": 10,
+               "installed": installed, "failed": 0, "pending": 0, "incidents": 0})
+        .to_string()
+    };
+    answer(&sim, &assignment, Some(status(&assignment, 12))).await;
+    let events = until(&app, &crew.auditor, &id, "a second rejection", rejected(2)).await;
+    let second = of_type(&events, "ConnectorStatusRejected")[1];
+    let problem = second["problem"].as_str().unwrap();
+    assert!(
+        problem.contains("must not exceed target_devices") && problem.contains("installed 12"),
+        "{problem}"
+    );
+    // An answer about another assignment is rejected, not reported.
+    answer(&sim, &assignment, Some(status(&format!("{id}.pilot"), 5))).await;
+    let events = until(&app, &crew.auditor, &id, "a third rejection", rejected(3)).await;
+    let third = of_type(&events, "ConnectorStatusRejected")[2];
+    assert!(
+        third["problem"]
+            .as_str()
+            .unwrap()
+            .contains("is about assignment"),
+        "{third}"
+    );
+    assert!(of_type(&events, "DeploymentDeployed").is_empty());
+    // The intent shows the last one; the metric counts them; the status is still approved.
+    let intent = app.intent(&crew.auditor, &id).await;
+    assert_eq!(intent.body["status"], "approved");
+    assert_eq!(
+        intent.body["connector_status_rejected"]["problem"],
+        third["problem"]
+    );
+    assert_eq!(intent.body["connector_status_rejected"]["ring"], "LAB");
+    let (code, out, err) = crate::cli::client(&app, &crew.auditor, &["get", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("connector status: REJECTED in LAB")
+                && l.contains("is about assignment")),
+        "{out}"
+    );
+    metrics_with(
+        &app,
+        "/metrics",
+        "connector_status_rejected_total{ring=\"LAB\",connector_type=\"intune\"} 3",
+    )
+    .await;
+    // The console's page of the change says so, in words.
+    let cookie = crate::console::session_of(&app, &crew.auditor).await;
+    let page = reqwest::Client::new()
+        .get(format!("{}/ui/changes/{id}", app.base))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("status answer for <code>")
+            && page.contains(&assignment)
+            && page.contains("is about assignment"),
+        "{page}"
+    );
+    // A proper answer again: the result is reported and the rejection is cleared.
+    answer(&sim, &assignment, None).await;
+    until(&app, &crew.auditor, &id, "completion", |e| {
+        !of_type(e, "DeploymentCompleted").is_empty()
+    })
+    .await;
+    let intent = app.intent(&crew.auditor, &id).await;
+    assert_eq!(intent.body["connector_status_rejected"], Value::Null);
+}
+
+async fn a_removed_assignment_is_drift_once_and_read_with_backoff(backend: Backend) {
+    let sim = sim().await;
+    let db = Arc::new(TestDb::new(backend).await);
+    let app = serve(db.clone(), &connectors(&db, &sim, "")).await;
+    let crew = Crew::new(&app);
+    // Bound for PILOT: deployed in LAB, it stays live (nobody promotes it).
+    let id = app
+        .create(&crew.requester, intent_body("teams", 0.2, "PILOT"))
+        .await
+        .id();
+    until(&app, &crew.auditor, &id, "the LAB result", |e| {
+        of_type(e, "DeploymentDeployed")
+            .last()
+            .is_some_and(|d| d["succeeded"] == 10)
+    })
+    .await;
+    let assignment = format!("{id}.lab");
+    let removed = sim
+        .post(
+            "/sim/drift",
+            json!({"assignment_id": assignment, "remove": true}),
+            None,
+        )
+        .await;
+    assert_eq!(removed.status(), 204);
+    let events = until(&app, &crew.auditor, &id, "the drift", |e| {
+        !of_type(e, "DeploymentDriftDetected").is_empty()
+    })
+    .await;
+    assert_eq!(
+        of_type(&events, "DeploymentDriftDetected")[0]["reported_installed"],
+        Value::Null
+    );
+    // Polled (500 ms) and reconciled (500 ms), it would be read 12 times in 3 s; with the
+    // backoff (1 s, 2 s, 4 s, ...) at most 3.
+    let before = reads_of(&sim, &assignment).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = reads_of(&sim, &assignment).await - before;
+    assert!(during <= 3, "{during} reads of a removed assignment in 3 s");
+    let events = history(&app, &crew.auditor, &id).await;
+    assert_eq!(
+        of_type(&events, "DeploymentDriftDetected").len(),
+        1,
+        "{events:#?}"
+    );
+    // Once the intent has ended, a removed assignment is not read at all (a completed intent's
+    // is read by reconciliation until then).
+    let done = app
+        .create(&crew.requester, intent_body("webex", 0.2, "LAB"))
+        .await
+        .id();
+    until(&app, &crew.auditor, &done, "completion", |e| {
+        !of_type(e, "DeploymentCompleted").is_empty()
+    })
+    .await;
+    let gone = format!("{done}.lab");
+    let read_while_live = reads_of(&sim, &gone).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(reads_of(&sim, &gone).await > read_while_live, "reconciled");
+    sim.post(
+        "/sim/drift",
+        json!({"assignment_id": gone, "remove": true}),
+        None,
+    )
+    .await;
+    until(&app, &crew.auditor, &done, "the drift", |e| {
+        !of_type(e, "DeploymentDriftDetected").is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = reads_of(&sim, &gone).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(reads_of(&sim, &gone).await, after);
+}
+
+async fn reads_of(sim: &Sim, assignment: &str) -> u64 {
+    sim.side_effects().await["reads"][assignment]
+        .as_u64()
+        .unwrap_or(0)
 }

@@ -205,7 +205,7 @@ fn promtool_accepts_the_configuration_and_every_alert_test_passes() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(names.len(), 18 + 6, "{names:?}");
+    assert_eq!(names.len(), 19 + 6, "{names:?}");
     for name in names {
         let cases: Vec<&str> = tests
             .split("- alertname: ")
@@ -306,7 +306,7 @@ fn every_alert_links_a_runbook_entry_that_exists() {
             "every alert has a {key}and a runbook link"
         );
     }
-    assert_eq!(links, 18 + 6);
+    assert_eq!(links, 19 + 6);
 }
 
 #[test]
@@ -702,6 +702,16 @@ async fn every_dashboard_query_and_rule_returns_data_on_a_real_prometheus() {
             .await;
         }
     }
+    // And one answers its status reads with something that is not a status.
+    let first = sent["actions"].as_object().unwrap().keys().next().unwrap();
+    let garbled = sim
+        .post(
+            "/sim/answer",
+            serde_json::json!({"assignment_id": first.split('/').next().unwrap(), "body": "not json"}),
+            None,
+        )
+        .await;
+    assert_eq!(garbled.status(), 204);
 
     // The catalogue: what the server exports, what the rules record, and Prometheus's own `up`.
     let exposition = reqwest::get(format!("{}/api/v1/metrics", app.base))
@@ -732,7 +742,7 @@ async fn every_dashboard_query_and_rule_returns_data_on_a_real_prometheus() {
     }
     assert_eq!(
         (recording.len(), alerting.len()),
-        (12 + 3 * 14, 18 + 6),
+        (12 + 3 * 14, 19 + 6),
         "rules loaded"
     );
     metrics.insert("up".into());

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use super::{Histogram, Labels, Metrics};
-use crate::event::{Ring, Status};
+use crate::event::{ConnectorType, Ring, Status};
 
 impl Metrics {
     /// The exposition text (Prometheus text format 0.0.4) of every domain metric.
@@ -101,16 +101,23 @@ impl Metrics {
             "DeploymentRolledBack events, per ring.",
             &sorted(&self.rollbacks, |r| vec![("ring", ring(r))]),
         );
+        let ring_connector = |(r, connector): &(Ring, ConnectorType)| {
+            vec![
+                ("ring", ring(r)),
+                ("connector_type", connector.as_str().to_string()),
+            ]
+        };
         counter_family(
             &mut out,
             "deployment_drift_total",
             "DeploymentDriftDetected events: an assignment a connector lost, or whose installed count fell.",
-            &sorted(&self.drift, |(r, connector)| {
-                vec![
-                    ("ring", ring(r)),
-                    ("connector_type", connector.as_str().to_string()),
-                ]
-            }),
+            &sorted(&self.drift, ring_connector),
+        );
+        counter_family(
+            &mut out,
+            "connector_status_rejected_total",
+            "ConnectorStatusRejected events: a connector's status answer that could not be a rollout result (one per distinct problem).",
+            &sorted(&self.status_rejected, ring_connector),
         );
 
         let app_ring =

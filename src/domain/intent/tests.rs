@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::*;
 use crate::domain::{
     Clock, DomainError, DomainServices, FakeClock, IdSource, Policy, RiskFactors, SequentialIds,
+    StatusRejection,
 };
 
 const ID: Uuid = Uuid::from_u128(0xd1);
@@ -1535,4 +1536,43 @@ fn the_same_drift_is_recorded_once_and_a_new_one_again() {
         seen.when(ops(), drift(None)),
         Err(DomainError::NotAllowedInState { .. })
     ));
+}
+
+#[test]
+fn a_rejected_status_is_recorded_once_per_problem_until_a_result_supersedes_it() {
+    let world = || World::new().created(low_risk());
+    let rejected = |problem: &str| {
+        Action::RecordStatusRejected(StatusRejection {
+            connector_type: ConnectorType::Intune,
+            ring: Ring::Lab,
+            assignment_id: format!("{ID}.lab"),
+            problem: problem.into(),
+        })
+    };
+    let events = world().when(dispatcher(), rejected("not json")).unwrap();
+    assert!(matches!(
+        &events[..],
+        [DeploymentEvent::ConnectorStatusRejected(r)] if r.problem == "not json"
+    ));
+    let seen = world().run(dispatcher(), rejected("not json"));
+    assert!(matches!(
+        seen.when(dispatcher(), rejected("not json")),
+        Err(DomainError::AlreadyRecorded(_))
+    ));
+    // Another problem is recorded; nobody but the control plane records one.
+    assert!(seen.when(dispatcher(), rejected("installed 12")).is_ok());
+    assert!(matches!(
+        seen.when(ops(), rejected("installed 12")),
+        Err(DomainError::NotAllowedInState { .. })
+    ));
+    // An accepted result clears it: the same problem later is news again.
+    let reported = seen.run(ops(), report(Ring::Lab, 10, 3, 0));
+    assert!(reported.when(dispatcher(), rejected("not json")).is_ok());
+    // A connector's words are bounded like every text on the stream.
+    let long = "x".repeat(10_000);
+    let events = world().when(dispatcher(), rejected(&long)).unwrap();
+    let DeploymentEvent::ConnectorStatusRejected(r) = &events[0] else {
+        panic!("{events:?}")
+    };
+    assert_eq!(r.problem.chars().count(), 4096);
 }
