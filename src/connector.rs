@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod dispatch;
+pub mod settings;
 pub mod sim;
 
 use eucora_projections::event::Ring;

@@ -44,6 +44,7 @@ pub async fn connector_sim(args: ConnectorSimArgs) -> Result<(), Failure> {
             throttle_rate: args.throttle_rate,
             retry_after_seconds: args.retry_after,
             outage_seconds: None,
+            slow: Default::default(),
         },
         outages: args.outages,
         seed: args.seed,

@@ -1,5 +1,6 @@
 //! The HTTP client of the connector protocol: one [`Connector`] per connector type, configured
-//! from a connectors file ([`load`], `eucora serve --connectors`; used by [`super::dispatch`]), with
+//! from a connectors file ([`super::settings`], `eucora serve --connectors`; used by
+//! [`super::dispatch`]), with
 //! the error classes, retries, circuit breaker and write limits of docs/connectors.md.
 //!
 //! - Retries: exponential backoff with full jitter ([`retry_wait`]: from `retry_min`, 2 s,
@@ -13,212 +14,21 @@
 //!   more than the configured writes ([`quota`]); Intune's defaults are its published 100 writes
 //!   per 20 s per app and 200 per 20 s per tenant. A call waits for its turn rather than earn a
 //!   429.
-//! - Credentials are read from a file or the environment when the file is loaded, sent as a
-//!   bearer token, and never printed: their `Debug` is `***`.
+//! - Credentials are read from a file or the environment when the file is loaded
+//!   ([`super::settings`]), sent as a bearer token, and never printed: their `Debug` is `***`.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use eucora_projections::event::{ConnectorType, Ring};
 use failsafe::failure_policy::ConsecutiveFailures;
-use serde::Deserialize;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::settings::MAX_IN_FLIGHT;
+pub use super::settings::{load, parse, Secret, Settings};
 use super::{assignment_id, idempotency_key, Action, Assignment, AssignmentStatus, Remediation};
-
-/// A credential: kept in memory only, never printed.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
-}
-
-/// One connector's table of the `--connectors` file.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub base_url: reqwest::Url,
-    pub credential: Option<Secret>,
-    /// For each call.
-    pub timeout: Duration,
-    pub retry_min: Duration,
-    pub retry_max: Duration,
-    /// Calls a retrying call (`publish`, `status`) makes before it gives up on a transient
-    /// error; the dispatcher calls once and retries from the outbox instead.
-    pub retry_attempts: usize,
-    pub breaker_failures: u32,
-    pub breaker_open: Duration,
-    /// Writes allowed per app in a window, when limited.
-    pub writes_per_app: Option<(u32, Duration)>,
-    /// Writes allowed to the connector as a whole in a window, when limited.
-    pub writes_per_tenant: Option<(u32, Duration)>,
-    /// How often the status of its active assignments is read and reported.
-    pub poll_interval: Duration,
-    /// How often what it reports is compared with what was installed (drift).
-    pub reconcile_interval: Duration,
-}
-
-/// A table as written; durations like `10s`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Table {
-    base_url: String,
-    token_file: Option<std::path::PathBuf>,
-    token_env: Option<String>,
-    #[serde(default = "defaults::timeout")]
-    timeout: String,
-    #[serde(default = "defaults::retry_min")]
-    retry_min: String,
-    #[serde(default = "defaults::retry_max")]
-    retry_max: String,
-    #[serde(default = "defaults::retry_attempts")]
-    retry_attempts: usize,
-    #[serde(default = "defaults::breaker_failures")]
-    breaker_failures: u32,
-    #[serde(default = "defaults::breaker_open")]
-    breaker_open: String,
-    /// `N/DURATION` (`100/20s`) or `unlimited`; Intune's published limits by default.
-    writes_per_app: Option<String>,
-    writes_per_tenant: Option<String>,
-    #[serde(default = "defaults::poll_interval")]
-    poll_interval: String,
-    #[serde(default = "defaults::reconcile_interval")]
-    reconcile_interval: String,
-}
-
-mod defaults {
-    pub fn timeout() -> String {
-        "10s".into()
-    }
-    pub fn retry_min() -> String {
-        "2s".into()
-    }
-    pub fn retry_max() -> String {
-        "60s".into()
-    }
-    pub fn retry_attempts() -> usize {
-        8
-    }
-    pub fn breaker_failures() -> u32 {
-        5
-    }
-    pub fn breaker_open() -> String {
-        "60s".into()
-    }
-    pub fn poll_interval() -> String {
-        "5s".into()
-    }
-    pub fn reconcile_interval() -> String {
-        "60s".into()
-    }
-}
-
-/// Reads the `--connectors` file: one table per connector type (`[intune]`, `[jamf]`, `[sccm]`,
-/// `[landscape]`, `[ansible]`). Errors name the table and the key, never a credential.
-pub fn load(path: &std::path::Path) -> Result<BTreeMap<ConnectorType, Settings>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the connectors file {}: {e}", path.display()))?;
-    parse(&text, &|name| std::env::var(name).ok()).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// [`load`] of a text, with the environment given.
-pub fn parse(
-    text: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<BTreeMap<ConnectorType, Settings>, String> {
-    let tables: BTreeMap<String, Table> =
-        toml::from_str(text).map_err(|e| format!("not a connectors file: {}", e.message()))?;
-    let mut out = BTreeMap::new();
-    for (name, table) in tables {
-        let kind = ConnectorType::parse(&name).ok_or_else(|| {
-            format!("[{name}] is not a connector type (intune, jamf, sccm, landscape, ansible)")
-        })?;
-        let duration = |key: &str, text: &str| {
-            crate::domain::policy::duration(text)
-                .and_then(|d| d.to_std().ok())
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| format!("[{name}] {key}: {text:?} is not a duration like \"10s\""))
-        };
-        let base_url = reqwest::Url::parse(&table.base_url)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https"))
-            .ok_or_else(|| {
-                format!(
-                    "[{name}] base_url: {:?} is not an http(s) URL",
-                    table.base_url
-                )
-            })?;
-        if !base_url.username().is_empty() || base_url.password().is_some() {
-            return Err(format!(
-                "[{name}] base_url: put credentials in token_file or token_env, not in the URL"
-            ));
-        }
-        let credential = match (&table.token_file, &table.token_env) {
-            (Some(_), Some(_)) => {
-                return Err(format!(
-                    "[{name}] token_file and token_env: give one, not both"
-                ))
-            }
-            (Some(file), None) => Some(Secret(
-                std::fs::read_to_string(file)
-                    .map_err(|e| format!("[{name}] token_file {}: {e}", file.display()))?
-                    .trim()
-                    .to_string(),
-            )),
-            (None, Some(var)) => {
-                Some(Secret(env(var).ok_or_else(|| {
-                    format!("[{name}] token_env: {var} is not set")
-                })?))
-            }
-            (None, None) => None,
-        };
-        if credential.as_ref().is_some_and(|c| c.0.is_empty()) {
-            return Err(format!("[{name}] the credential is empty"));
-        }
-        let limit = |key: &str, given: &Option<String>, intune: &str| {
-            let text = match (given.as_deref(), kind) {
-                (Some("unlimited"), _) => return Ok(None),
-                (Some(text), _) => text,
-                (None, ConnectorType::Intune) => intune,
-                (None, _) => return Ok(None),
-            };
-            text.split_once('/')
-                .and_then(|(n, window)| {
-                    let n: u32 = n.trim().parse().ok().filter(|n| (1..=1_000_000).contains(n))?;
-                    let window = crate::domain::policy::duration(window)?.to_std().ok()?;
-                    (!window.is_zero()).then_some((n, window))
-                })
-                .map(Some)
-                .ok_or_else(|| {
-                    format!("[{name}] {key}: {text:?} is not N/DURATION (like \"100/20s\") or \"unlimited\"")
-                })
-        };
-        let settings = Settings {
-            base_url,
-            credential,
-            timeout: duration("timeout", &table.timeout)?,
-            retry_min: duration("retry_min", &table.retry_min)?,
-            retry_max: duration("retry_max", &table.retry_max)?,
-            retry_attempts: table.retry_attempts.clamp(1, 100),
-            breaker_failures: table.breaker_failures.max(1),
-            breaker_open: duration("breaker_open", &table.breaker_open)?,
-            writes_per_app: limit("writes_per_app", &table.writes_per_app, "100/20s")?,
-            writes_per_tenant: limit("writes_per_tenant", &table.writes_per_tenant, "200/20s")?,
-            poll_interval: duration("poll_interval", &table.poll_interval)?,
-            reconcile_interval: duration("reconcile_interval", &table.reconcile_interval)?,
-        };
-        if settings.retry_min > settings.retry_max {
-            return Err(format!("[{name}] retry_min is longer than retry_max"));
-        }
-        out.insert(kind, settings);
-    }
-    Ok(out)
-}
 
 /// How a call went wrong, in the classes of docs/connectors.md.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -238,6 +48,10 @@ pub enum CallError {
     /// The circuit breaker is open: no call was made.
     #[error("the circuit breaker is open: no call made")]
     BreakerOpen,
+    /// Every one of the connector's `max_in_flight` calls stayed in flight for a whole `timeout`:
+    /// no call was made.
+    #[error("all {0} of the connector's call slots stayed busy for a whole timeout: no call made")]
+    Busy(usize),
 }
 
 /// The breaker's state, as `circuit_breaker_state` shows it.
@@ -289,6 +103,8 @@ pub struct Connector {
     transitions: Arc<Transitions>,
     per_app: Option<governor::DefaultKeyedRateLimiter<String>>,
     per_tenant: Option<governor::DefaultDirectRateLimiter>,
+    /// One permit per call in flight: at most `max_in_flight` at once.
+    in_flight: tokio::sync::Semaphore,
     /// The last call answered (rather than failing transiently).
     answering: AtomicBool,
     metrics: Option<Arc<crate::telemetry::ConnectorMetrics>>,
@@ -326,6 +142,7 @@ impl Connector {
             .writes_per_tenant
             .and_then(quota)
             .map(governor::RateLimiter::direct);
+        let settings_in_flight = settings.max_in_flight.clamp(1, MAX_IN_FLIGHT);
         Ok(Connector {
             connector_type,
             settings,
@@ -334,6 +151,7 @@ impl Connector {
             transitions,
             per_app,
             per_tenant,
+            in_flight: tokio::sync::Semaphore::new(settings_in_flight),
             answering: AtomicBool::new(true),
             metrics: None,
         })
@@ -510,12 +328,19 @@ impl Connector {
                     limiter.until_ready().await;
                 }
             }
+            // A slot among the calls in flight, held for this call only (not a retry's wait),
+            // waited for no longer than a call may take.
+            let slot =
+                match tokio::time::timeout(self.settings.timeout, self.in_flight.acquire()).await {
+                    Ok(Ok(slot)) => slot,
+                    _ => return Err(CallError::Busy(self.settings.max_in_flight)),
+                };
             if !self.permit() {
                 return Err(CallError::BreakerOpen);
             }
             let mut call = request();
             if let Some(secret) = &self.settings.credential {
-                call = call.bearer_auth(&secret.0);
+                call = call.bearer_auth(secret.expose());
             }
             if attempt > 1 {
                 if let Some(m) = &self.metrics {
@@ -555,6 +380,7 @@ impl Connector {
                     started.elapsed(),
                 );
             }
+            drop(slot);
             match outcome {
                 Err(CallError::Transient { retry_after, .. }) if attempt < calls => {
                     let wait = retry_wait(&self.settings, attempt as u32, &mut rand::thread_rng());
@@ -588,6 +414,7 @@ fn outcome_label(outcome: &Result<Option<AssignmentStatus>, CallError>) -> &'sta
         Err(CallError::Permanent { .. }) => "permanent",
         Err(CallError::Policy { .. }) => "policy",
         Err(CallError::BreakerOpen) => "breaker_open",
+        Err(CallError::Busy(_)) => "busy",
     }
 }
 
@@ -690,79 +517,6 @@ fn without_url(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(name: &str) -> Option<String> {
-        (name == "INTUNE_TOKEN").then(|| "s3cret-token".to_string())
-    }
-
-    #[test]
-    fn a_connectors_file_is_read_with_defaults_and_its_secret_is_never_printed() {
-        let file = "[intune]\nbase_url = \"https://bridge.example/intune\"\ntoken_env = \"INTUNE_TOKEN\"\n\
-                    [jamf]\nbase_url = \"http://127.0.0.1:9100\"\nretry_max = \"30s\"\n";
-        let all = parse(file, &env).unwrap();
-        let intune = &all[&ConnectorType::Intune];
-        assert_eq!(
-            (intune.timeout, intune.retry_min, intune.retry_max),
-            (
-                Duration::from_secs(10),
-                Duration::from_secs(2),
-                Duration::from_secs(60)
-            )
-        );
-        assert_eq!(
-            (intune.breaker_failures, intune.breaker_open),
-            (5, Duration::from_secs(60))
-        );
-        // Intune's published write limits by default; none elsewhere unless written.
-        assert_eq!(
-            (intune.writes_per_app, intune.writes_per_tenant),
-            (
-                Some((100, Duration::from_secs(20))),
-                Some((200, Duration::from_secs(20)))
-            )
-        );
-        assert_eq!(all[&ConnectorType::Jamf].writes_per_app, None);
-        assert_eq!(all[&ConnectorType::Jamf].retry_max, Duration::from_secs(30));
-        let limited = parse(
-            "[intune]\nbase_url = \"http://x\"\nwrites_per_app = \"unlimited\"\n\
-             [ansible]\nbase_url = \"http://x\"\nwrites_per_tenant = \"10/1m\"\n",
-            &env,
-        )
-        .unwrap();
-        assert_eq!(limited[&ConnectorType::Intune].writes_per_app, None);
-        assert_eq!(
-            limited[&ConnectorType::Ansible].writes_per_tenant,
-            Some((10, Duration::from_secs(60)))
-        );
-        assert!(all[&ConnectorType::Jamf].credential.is_none());
-        let printed = format!("{all:?}");
-        assert!(!printed.contains("s3cret"), "{printed}");
-        assert!(printed.contains("***"));
-    }
-
-    #[test]
-    fn a_bad_connectors_file_is_refused_in_our_words() {
-        for (file, says) in [
-            ("[intunes]\nbase_url = \"http://x\"\n", "not a connector type"),
-            ("[sccm]\nbase_url = \"ftp://x\"\n", "is not an http(s) URL"),
-            ("[sccm]\nbase_url = \"http://u:p@x\"\n", "not in the URL"),
-            ("[sccm]\nbase_url = \"http://x\"\nretries = 3\n", "unknown field"),
-            ("[sccm]\nbase_url = \"http://x\"\ntimeout = \"soon\"\n", "timeout"),
-            ("[sccm]\nbase_url = \"http://x\"\ntoken_env = \"NOPE\"\n", "NOPE is not set"),
-            (
-                "[sccm]\nbase_url = \"http://x\"\ntoken_env = \"INTUNE_TOKEN\"\ntoken_file = \"/x\"\n",
-                "not both",
-            ),
-            ("[sccm]\nbase_url = \"http://x\"\nretry_min = \"2m\"\n", "retry_min is longer"),
-            ("[sccm]\n", "base_url"),
-            ("[sccm]\nbase_url = \"http://x\"\nwrites_per_app = \"100\"\n", "N/DURATION"),
-            ("[sccm]\nbase_url = \"http://x\"\nwrites_per_app = \"0/20s\"\n", "N/DURATION"),
-        ] {
-            let refused = parse(file, &env).unwrap_err();
-            assert!(refused.contains(says), "{file:?}: {refused}");
-            assert!(!refused.contains("s3cret"), "{refused}");
-        }
-    }
 
     /// Serves `body` on an ephemeral port: whole (with its length) or in 1 MiB chunks.
     async fn answering(status: u16, body: Vec<u8>, chunked: bool) -> String {

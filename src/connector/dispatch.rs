@@ -48,18 +48,17 @@ pub use ingest::ABSENT_MAX_WAIT;
 
 /// The outbox projection's name in `projection_checkpoints`.
 pub const OUTBOX: &str = "connector_outbox";
-/// Actions claimed at once by one server.
+/// Actions one server has in hand at once (claimed, not yet settled).
 const CLAIM: i64 = 64;
 /// The longest a dispatcher sleeps with nothing due; a queue in this process wakes it at once.
 const IDLE: Duration = Duration::from_millis(250);
-/// How long an action waits while its connector's breaker is open, before it is looked at again.
+/// How long an action waits while its connector's breaker is open (or every call slot is taken),
+/// before it is looked at again.
 const BREAKER_WAIT: Duration = Duration::from_secs(1);
 /// How long an action waits when its outcome could not be recorded (the store did not answer).
 const STORE_WAIT: Duration = Duration::from_secs(2);
 /// Intents read per page when polling and reconciling.
 const PAGE: i64 = 500;
-/// Status calls in flight at once when polling and reconciling one connector.
-const POLLS: usize = 16;
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -300,49 +299,51 @@ impl Dispatcher {
         }
     }
 
-    /// Claims and sends due actions, for ever.
+    /// Claims and sends due actions, for ever. Up to [`CLAIM`] are in hand at once, each sent
+    /// by its own task; as calls end, their outcomes are settled together and their places
+    /// claimed again, so a slow call holds only its own place (and one of its connector's
+    /// `max_in_flight` slots), never the others.
     pub async fn dispatch(self: Arc<Self>) {
+        let mut sending = tokio::task::JoinSet::new();
         loop {
-            let now = now_ms();
-            let until = now + self.lease.as_millis() as i64;
-            let claimed = match self
-                .store
-                .claim_outbox(&self.owner, now, until, CLAIM)
-                .await
-            {
-                Ok(claimed) => claimed,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot claim connector actions; retrying");
-                    tokio::time::sleep(STORE_WAIT).await;
-                    continue;
+            let room = CLAIM - sending.len() as i64;
+            if room > 0 {
+                let now = now_ms();
+                let until = now + self.lease.as_millis() as i64;
+                match self.store.claim_outbox(&self.owner, now, until, room).await {
+                    Ok(claimed) => {
+                        for action in claimed {
+                            let me = self.clone();
+                            let span = dispatch_span(&action.entry);
+                            sending.spawn(async move { me.send(action).await }.instrument(span));
+                        }
+                    }
+                    Err(e) if sending.is_empty() => {
+                        tracing::warn!(error = %e, "cannot claim connector actions; retrying");
+                        tokio::time::sleep(STORE_WAIT).await;
+                        continue;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot claim connector actions"),
                 }
-            };
-            if claimed.is_empty() {
+            }
+            if sending.is_empty() {
                 let _ = tokio::time::timeout(IDLE, self.wake.notified()).await;
                 continue;
             }
-            let mut sending = tokio::task::JoinSet::new();
-            for action in claimed {
-                let me = self.clone();
-                let entry = &action.entry;
-                let span = tracing::info_span!(
-                    "connector.dispatch",
-                    otel.name = %format_args!("dispatch {}", entry.action.as_str()),
-                    deployment_id = %entry.deployment_id,
-                    ring = entry.ring.as_str(),
-                    action = entry.action.as_str(),
-                    correlation_id = %entry.correlation_id,
-                    trace_id = tracing::field::Empty,
-                );
-                // A child of the command that queued the action: one trace from its request to
-                // the connector.
-                crate::trace::continue_stored_trace(&span, entry.traceparent.as_deref());
-                sending.spawn(async move { me.send(action).await }.instrument(span));
-            }
-            // Settled together, in one transaction: one write per batch, not per action.
+            // A call ends, or (with room for more) something is queued or falls due.
+            let room = sending.len() < CLAIM as usize;
             let mut settled = Vec::new();
-            while let Some(done) = sending.join_next().await {
+            tokio::select! {
+                done = sending.join_next() => settled.extend(done.and_then(Result::ok)),
+                () = self.wake.notified(), if room => {}
+                () = tokio::time::sleep(IDLE), if room => {}
+            }
+            // Settled together, in one transaction: one write for every call that has ended.
+            while let Some(done) = sending.try_join_next() {
                 settled.extend(done.ok());
+            }
+            if settled.is_empty() {
+                continue;
             }
             if let Err(e) = self.store.settle_outbox(&settled, now_ms()).await {
                 // The leases expire and the actions are claimed again: the connector and the
@@ -413,8 +414,10 @@ impl Dispatcher {
             }
         };
         // A retry is a call that repeats a failed one: not a turn skipped while the breaker is
-        // open.
-        if claimed.attempts > 0 && !matches!(answer, Err(CallError::BreakerOpen)) {
+        // open or every call slot is taken.
+        if claimed.attempts > 0
+            && !matches!(answer, Err(CallError::BreakerOpen | CallError::Busy(_)))
+        {
             if let Some(m) = &self.metrics {
                 m.record_retry(state.connector_type, super::operation(entry.action));
             }
@@ -422,9 +425,9 @@ impl Dispatcher {
         let attempts = claimed.attempts.saturating_add(1);
         let refused = match answer {
             Ok(_) => None,
-            Err(CallError::BreakerOpen) => {
+            Err(e @ (CallError::BreakerOpen | CallError::Busy(_))) => {
                 let next_attempt_ms = now_ms() + BREAKER_WAIT.as_millis() as i64;
-                let error = "the circuit breaker is open".to_string();
+                let error = e.to_string();
                 return Ok((
                     0,
                     Settled::Retry {
@@ -499,6 +502,22 @@ impl Dispatcher {
         let events = self.store.intent_events(id).await?;
         Ok(IntentState::replay(events.iter().map(|e| &e.event)))
     }
+}
+
+/// The span of one action's dispatch: a child of the command that queued the action, so one
+/// trace runs from its request to the connector.
+fn dispatch_span(entry: &OutboxEntry) -> tracing::Span {
+    let span = tracing::info_span!(
+        "connector.dispatch",
+        otel.name = %format_args!("dispatch {}", entry.action.as_str()),
+        deployment_id = %entry.deployment_id,
+        ring = entry.ring.as_str(),
+        action = entry.action.as_str(),
+        correlation_id = %entry.correlation_id,
+        trace_id = tracing::field::Empty,
+    );
+    crate::trace::continue_stored_trace(&span, entry.traceparent.as_deref());
+    span
 }
 
 /// An action to try again once the store answers.

@@ -74,6 +74,9 @@ pub struct Faults {
     /// From now, every call is a 503 for this long (`PUT /sim/faults` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outage_seconds: Option<f64>,
+    /// Latency added to every call about these assignments, in milliseconds, by assignment id.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub slow: BTreeMap<String, u64>,
 }
 
 impl Faults {
@@ -130,6 +133,9 @@ struct Sim {
     reads: BTreeMap<String, u64>,
     /// Status answers set by hand (`POST /sim/answer`), served as they are, by assignment id.
     answers: HashMap<String, String>,
+    /// Protocol calls being answered now, and the most there ever were at once.
+    in_flight: u64,
+    max_in_flight: u64,
 }
 
 type Shared = Arc<Mutex<Sim>>;
@@ -158,6 +164,8 @@ pub fn router(config: SimConfig) -> Router {
         requests: 0,
         reads: BTreeMap::new(),
         answers: HashMap::new(),
+        in_flight: 0,
+        max_in_flight: 0,
     }));
     let protocol = Router::new()
         .route("/v1/assignments/{id}", put(publish).get(status))
@@ -202,7 +210,31 @@ fn lock(state: &Shared) -> std::sync::MutexGuard<'_, Sim> {
 }
 
 /// Latency, outages, 503s and 429s, before any protocol call is looked at.
+/// Counts a call in flight while it lives, however it ends.
+struct InFlight(Shared);
+
+impl InFlight {
+    fn enter(state: &Shared) -> InFlight {
+        let mut sim = lock(state);
+        sim.in_flight += 1;
+        sim.max_in_flight = sim.max_in_flight.max(sim.in_flight);
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.0).in_flight -= 1;
+    }
+}
+
 async fn faults(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let _counted = InFlight::enter(&state);
+    let assignment = request
+        .uri()
+        .path()
+        .strip_prefix("/v1/assignments/")
+        .map(|rest| rest.split('/').next().unwrap_or_default().to_string());
     let (latency, verdict) = {
         let mut sim = lock(&state);
         sim.requests += 1;
@@ -239,7 +271,13 @@ async fn faults(State(state): State<Shared>, request: Request, next: Next) -> Re
         } else {
             None
         };
-        (Duration::from_millis(faults.latency_ms), verdict)
+        let slow = assignment
+            .and_then(|id| faults.slow.get(&id).copied())
+            .unwrap_or(0);
+        (
+            Duration::from_millis(faults.latency_ms.saturating_add(slow)),
+            verdict,
+        )
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -557,6 +595,7 @@ async fn side_effects(State(state): State<Shared>) -> Response {
         "keys": sim.keys,
         "actions": sim.actions,
         "reads": sim.reads,
+        "max_in_flight": sim.max_in_flight,
     }))
     .into_response()
 }

@@ -24,6 +24,7 @@ crate::on_both_backends!(
     a_busy_intent_gets_its_report_within_a_poll_while_promotion_is_retried,
     a_bad_status_answer_is_recorded_once_per_problem_and_shown,
     a_removed_assignment_is_drift_once_and_read_with_backoff,
+    a_slow_call_never_delays_the_others,
 );
 
 /// A simulator whose devices converge in a second.
@@ -855,4 +856,86 @@ async fn reads_of(sim: &Sim, assignment: &str) -> u64 {
     sim.side_effects().await["reads"][assignment]
         .as_u64()
         .unwrap_or(0)
+}
+
+/// When `id`'s publication was recorded (its `ConnectorDispatched`).
+async fn dispatched_at(app: &TestApp, token: &str, id: &str) -> chrono::DateTime<chrono::Utc> {
+    let events = until(app, token, id, "the publication", |e| {
+        !of_type(e, "ConnectorDispatched").is_empty()
+    })
+    .await;
+    let at = &of_type(&events, "ConnectorDispatched")[0]["meta"]["occurred_at"];
+    serde_json::from_value(at.clone()).unwrap()
+}
+
+async fn a_slow_call_never_delays_the_others(backend: Backend) {
+    let sim = sim().await;
+    let db = Arc::new(TestDb::new(backend).await);
+    let path = db.dir().join("connectors.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[intune]\nbase_url = \"{}\"\ntimeout = \"10s\"\nmax_in_flight = 4\n\
+             writes_per_app = \"unlimited\"\nwrites_per_tenant = \"unlimited\"\n\
+             poll_interval = \"500ms\"\n",
+            sim.base
+        ),
+    )
+    .unwrap();
+    let app = serve(
+        db.clone(),
+        &["--connectors".into(), path.display().to_string()],
+    )
+    .await;
+    let crew = Crew::new(&app);
+    // One publication takes 4 s to answer.
+    let slow = app
+        .create(&crew.requester, intent_body("cad-suite", 0.8, "LAB"))
+        .await
+        .id();
+    sim.faults(json!({"slow": {format!("{slow}.lab"): 4000}}))
+        .await;
+    assert_eq!(app.approve(&crew.approver, &slow).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Cleared while it is in flight, the others are sent and recorded at once, not after it.
+    let quick = burst(&app, &crew.requester, 3).await;
+    let slow_at = dispatched_at(&app, &crew.auditor, &slow).await;
+    for id in &quick {
+        let at = dispatched_at(&app, &crew.auditor, id).await;
+        assert!(
+            at < slow_at,
+            "{id} was recorded at {at}, after the slow call's {slow_at}"
+        );
+    }
+    // And never more than max_in_flight calls at once.
+    let most = sim.side_effects().await["max_in_flight"].as_u64().unwrap();
+    assert!((2..=4).contains(&most), "{most} calls at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_a_connector_stay_within_max_in_flight() {
+    let sim = Sim::start(SimConfig {
+        converge: Duration::from_secs(1),
+        faults: eucora::connector::sim::Faults {
+            latency_ms: 800,
+            ..Default::default()
+        },
+        // Down while the burst is cleared: the publishes are all owed when it comes back.
+        outages: vec![(Duration::ZERO, Duration::from_secs(4))],
+        ..SimConfig::default()
+    })
+    .await;
+    let db = Arc::new(TestDb::new(Backend::Sqlite).await);
+    let app = serve(
+        db.clone(),
+        &connectors(&db, &sim, "max_in_flight = 2\nbreaker_failures = 1000\n"),
+    )
+    .await;
+    let crew = Crew::new(&app);
+    // Without the bound, most of them would be in flight at once.
+    let ids = burst(&app, &crew.requester, 8).await;
+    each_published_once(&app, &sim, &crew.auditor, &ids, false).await;
+    // Sends and status reads alike: two at a time, and two at once (not one by one).
+    let most = sim.side_effects().await["max_in_flight"].as_u64().unwrap();
+    assert_eq!(most, 2, "{:#}", sim.side_effects().await);
 }

@@ -11,7 +11,7 @@ use eucora_projections::intent::{DispatchOutcome, DriftSeen, IntentState};
 use futures_util::StreamExt;
 use uuid::Uuid;
 
-use super::{system_actor, Dispatcher, PAGE, POLLS};
+use super::{system_actor, Dispatcher, PAGE};
 use crate::connector::client::{CallError, Connector};
 use crate::connector::{assignment_id, idempotency_key, AssignmentStatus};
 use crate::domain::{Action, Command, DomainError, DriftRecord, RolloutInput, StatusRejection};
@@ -97,16 +97,20 @@ impl Dispatcher {
     }
 
     /// Runs `job` on each intent of connector `kind` in `statuses` that was published in its
-    /// current ring, [`POLLS`] at a time.
+    /// current ring, the connector's `max_in_flight` at a time (its calls share that bound with
+    /// the sends, so reads never crowd them out for longer than a call).
     async fn each_published<F, Fut>(&self, kind: ConnectorType, statuses: [Status; 2], job: F)
     where
         F: Fn(IntentState, Arc<Connector>) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
+        let Some(bound) = self.connectors.get(&kind).map(|c| c.settings.max_in_flight) else {
+            return;
+        };
         for status in statuses {
             let published = self.published_in(kind, status).await;
             futures_util::stream::iter(published)
-                .for_each_concurrent(POLLS, |(state, connector)| job(state, connector))
+                .for_each_concurrent(bound, |(state, connector)| job(state, connector))
                 .await;
         }
     }
