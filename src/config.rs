@@ -546,7 +546,8 @@ pub struct TokenCreateArgs {
     /// Who the principal is (a person or a connector), as recorded on its events.
     #[arg(long)]
     pub subject: String,
-    /// requester, cab_approver, deployer, auditor or admin.
+    /// requester, cab_approver, deployer, auditor, admin or connector (subject
+    /// `connector:<its name>`).
     #[arg(long)]
     pub role: String,
     /// How long the token works: `12h`, `30d`, `52w` (at most 3 years).

@@ -40,16 +40,8 @@ pub fn operation(action: Action) -> &'static str {
     }
 }
 
-/// The assignment of one intent to one ring: `<deployment id>.<ring>`, ring in lower case.
-pub fn assignment_id(deployment_id: Uuid, ring: Ring) -> String {
-    format!("{deployment_id}.{}", ring.as_str().to_ascii_lowercase())
-}
-
-/// `<deployment id>:<RING>:<action>`: the same intent, ring and action always give the same key,
-/// so whoever sends it again (a retry, another replica, a restarted server) changes nothing more.
-pub fn idempotency_key(deployment_id: Uuid, ring: Ring, action: Action) -> String {
-    format!("{deployment_id}:{}:{}", ring.as_str(), action.as_str())
-}
+/// The assignment id and idempotency key formats live with the event schema, which records them.
+pub use eucora_projections::event::{assignment_id, idempotency_key};
 
 /// `PUT /v1/assignments/{assignment_id}`'s body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -81,6 +73,16 @@ pub struct AssignmentStatus {
     pub pending: u64,
     /// Incidents raised against the version on these devices.
     pub incidents: u64,
+}
+
+/// The most assignments one batch status read asks for.
+pub const BATCH: usize = 100;
+
+/// `GET /v1/assignments?ids=…`'s answer: the statuses of the assignments asked for that the
+/// connector has (one it does not have is left out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AssignmentStatuses {
+    pub assignments: Vec<AssignmentStatus>,
 }
 
 /// `POST /v1/assignments/{assignment_id}/remediations`' body.

@@ -14,7 +14,8 @@ use eucora_projections::event::{Ring, Status};
 use uuid::Uuid;
 
 pub use command::{
-    Action, Command, CreateIntent, DispatchRecord, DriftRecord, RolloutInput, StatusRejection,
+    Action, Command, CreateIntent, DispatchRecord, DriftRecord, PushedReport, RolloutInput,
+    StatusRejection,
 };
 pub use intent::{DeploymentIntent, IntentEvent};
 pub use policy::Policy;
@@ -129,8 +130,24 @@ pub enum DomainError {
     NotOwnIntent,
     #[error("stream is at version {actual}, the request expected {expected}")]
     VersionMismatch { expected: u64, actual: u64 },
-    #[error("the outcome of connector action {0} is recorded already")]
+    #[error("{0} is recorded already")]
     AlreadyRecorded(String),
+    /// A connector pushed a result for an assignment it was never sent.
+    #[error("connector {connector} was never sent assignment {assignment}")]
+    NotSent {
+        connector: String,
+        assignment: String,
+    },
+    /// A connector pushed a result for another connector's intent.
+    #[error("assignment {assignment} is connector {owner}'s: only its own token (subject connector:{owner}, role connector) may push its results")]
+    NotOwnAssignment { assignment: String, owner: String },
+    /// A pushed report's sequence is not after the last applied.
+    #[error("report sequence {sequence} of {assignment} {why}")]
+    StaleSequence {
+        assignment: String,
+        sequence: u64,
+        why: String,
+    },
 }
 
 impl DomainError {

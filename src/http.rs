@@ -1,6 +1,7 @@
 //! All HTTP: the router, its middleware (correlation id, body limit, timeout), health probes,
 //! and the OpenAPI document generated from the handlers' own annotations.
 
+pub mod connectors;
 pub mod contract;
 pub mod correlation;
 pub mod deployments;
@@ -53,7 +54,8 @@ use std::sync::Arc;
         (name = "log", description = "The Merkle log: signed checkpoints and proofs, for auditors"),
         (name = "evidence", description = "Compliance evidence bundles, for auditors"),
         (name = "principals", description = "The access review: principals listed and revoked, by admins"),
-        (name = "policies", description = "The policies in force, as recorded at each server's start, for auditors")
+        (name = "policies", description = "The policies in force, as recorded at each server's start, for auditors"),
+        (name = "connectors", description = "Results pushed by connectors, with their own tokens")
     )
 )]
 struct ApiDoc;
@@ -120,6 +122,7 @@ pub fn router(state: AppState, limits: Limits, pages: Router<AppState>) -> Route
         .nest("/api/v1/events", events::router())
         .nest("/api/v1/principals", principals::router())
         .nest("/api/v1/policies", policies::router())
+        .nest("/api/v1/connectors", connectors::router())
         .merge(ops::router())
         .merge(log::router())
         .merge(evidence::router())

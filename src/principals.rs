@@ -393,16 +393,30 @@ pub fn expiry(at: DateTime<Utc>, lifetime: Duration) -> Result<DateTime<Utc>, St
         .ok_or_else(|| "that lifetime is out of range".to_string())
 }
 
-/// Subject prefixes only the server acts under: its connectors' reconciliation (`connector:`), its
-/// own jobs (`system:`), operators at the command line (`cli:`, the author of access changes) and
-/// automatic approvals (`policy:`, the approver of record). No principal may be made with one, so
-/// nobody can act, or be recorded, as them.
+/// Subject prefixes only the server acts under: its connectors (`connector:`, also the subject of
+/// a connector's own principal, role `connector`, and of nothing else), its own jobs
+/// (`system:`), operators at the command line (`cli:`, the author of access changes) and
+/// automatic approvals (`policy:`, the approver of record). No other principal may be made with
+/// one, so nobody can act, or be recorded, as them.
 pub const RESERVED_SUBJECT_PREFIXES: [&str; 4] = ["connector:", "system:", "cli:", "policy:"];
 
-/// A subject a principal may be given: 1 to 128 printable characters, not reserved.
-pub fn check_subject(subject: &str) -> Result<(), String> {
+/// A subject a principal in `role` may be given: 1 to 128 printable characters, not reserved;
+/// a connector's is `connector:<its name>` and nothing else.
+pub fn check_subject(subject: &str, role: Role) -> Result<(), String> {
     if subject.is_empty() || subject.len() > 128 || subject.chars().any(char::is_control) {
         return Err("--subject must be 1 to 128 printable characters".into());
+    }
+    if role == Role::Connector {
+        let named = subject
+            .strip_prefix("connector:")
+            .is_some_and(crate::connector::settings::is_connector_name);
+        if !named {
+            return Err(format!(
+                "--subject {subject:?}: a connector's principal is connector:<its name>, the \
+                 name its table has in the connectors file (like connector:intune)"
+            ));
+        }
+        return Ok(());
     }
     let lower = subject.to_ascii_lowercase();
     if let Some(prefix) = RESERVED_SUBJECT_PREFIXES

@@ -228,10 +228,11 @@ impl ConnectorMetrics {
 
 /// The process's instruments and the registry they are exported through.
 /// Why a command is refused, as `eucora_commands_refused_total` labels them.
-pub const REFUSAL_REASONS: [&str; 4] = [
+pub const REFUSAL_REASONS: [&str; 5] = [
     "unauthenticated",
     "segregation_of_duties",
     "not_own_intent",
+    "not_own_assignment",
     "missing_role",
 ];
 
@@ -275,7 +276,8 @@ impl Telemetry {
             .u64_counter("eucora.commands.refused")
             .with_description(
                 "Commands refused: unauthenticated (401, not recorded as events), \
-                 segregation_of_duties, not_own_intent or missing_role (403, each a CommandRefused event).",
+                 segregation_of_duties, not_own_intent, not_own_assignment or missing_role (403, each \
+                 a CommandRefused event).",
             )
             .build();
         for reason in REFUSAL_REASONS {

@@ -118,7 +118,8 @@ pub struct Rejected {
 
 /// A rollout result for one ring; counts are cumulative and reports may repeat.
 ///
-/// Version 2 added `retro_approval_due_at` (version 1 events upcast to `None`).
+/// Version 2 added `retro_approval_due_at` (version 1 events upcast to `None`); version 3 added
+/// `sequence` (earlier events upcast to `None`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Deployed {
     /// The envelope: event id, intent, correlation id, actor, time, schema version.
@@ -142,6 +143,9 @@ pub struct Deployed {
     /// On the first deployment of an emergency change awaiting retrospective approval: when that
     /// approval falls due (this report's time plus the policy's window).
     pub retro_approval_due_at: Option<DateTime<Utc>>,
+    /// The connector's report sequence, when it pushed this result
+    /// (`POST /api/v1/connectors/{name}/results`); `None` for a polled or hand-made report.
+    pub sequence: Option<u64>,
 }
 
 /// The promotion gates (docs/rules.md; their thresholds are the policy's).
@@ -282,6 +286,27 @@ impl ConnectorAction {
     pub fn parse(s: &str) -> Option<ConnectorAction> {
         ConnectorAction::ALL.into_iter().find(|a| a.as_str() == s)
     }
+}
+
+/// The assignment of one intent to one ring: `<deployment id>.<ring>`, ring in lower case.
+pub fn assignment_id(deployment_id: Uuid, ring: Ring) -> String {
+    format!("{deployment_id}.{}", ring.as_str().to_ascii_lowercase())
+}
+
+/// The intent and ring of an assignment id ([`assignment_id`]'s inverse); `None` for anything
+/// else.
+pub fn parse_assignment_id(id: &str) -> Option<(Uuid, Ring)> {
+    let (deployment, ring) = id.split_once('.')?;
+    let ring = Ring::ALL
+        .into_iter()
+        .find(|r| r.as_str().to_ascii_lowercase() == ring)?;
+    Some((Uuid::parse_str(deployment).ok()?, ring))
+}
+
+/// `<deployment id>:<RING>:<action>`: the same intent, ring and action always give the same key,
+/// so whoever sends it again (a retry, another replica, a restarted server) changes nothing more.
+pub fn idempotency_key(deployment_id: Uuid, ring: Ring, action: ConnectorAction) -> String {
+    format!("{deployment_id}:{}:{}", ring.as_str(), action.as_str())
 }
 
 impl ConnectorType {
@@ -439,7 +464,7 @@ impl DeploymentEvent {
             DeploymentEvent::DeploymentCreated(_) => 4,
             DeploymentEvent::DeploymentApproved(_) => 1,
             DeploymentEvent::DeploymentRejected(_) => 2,
-            DeploymentEvent::DeploymentDeployed(_) => 2,
+            DeploymentEvent::DeploymentDeployed(_) => 3,
             DeploymentEvent::PromotionGateEvaluated(_) => 2,
             DeploymentEvent::RingPromoted(_) => 1,
             DeploymentEvent::DeploymentCompleted(_) => 1,

@@ -118,6 +118,7 @@ impl Script {
             compliance_threshold: 0.95,
             first_compliant,
             retro_approval_due_at: None,
+            sequence: None,
         })
     }
 

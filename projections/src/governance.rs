@@ -62,11 +62,13 @@ pub struct CommandRefused {
     pub role: Role,
     /// The intent it was aimed at; null for a request to create one.
     pub intent: Option<Uuid>,
-    /// The command: `create`, `approve`, `reject`, `deploy`, `promote`, `rollback`, or
-    /// `revoke_principal` (`DELETE /api/v1/principals/{id}`).
+    /// The command: `create`, `approve`, `reject`, `deploy`, `promote`, `rollback`,
+    /// `push_result` (`POST /api/v1/connectors/{name}/results`), or `revoke_principal`
+    /// (`DELETE /api/v1/principals/{id}`).
     pub command: String,
     /// `segregation_of_duties` (the requester deciding on its own change), `not_own_intent` (a
-    /// requester rolling back another's) or `missing_role`.
+    /// requester rolling back another's), `not_own_assignment` (a result pushed for another
+    /// connector's assignment) or `missing_role`.
     pub reason: String,
     /// The refusal in words, as the caller was told.
     pub detail: String,

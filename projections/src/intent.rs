@@ -131,6 +131,19 @@ pub struct IntentState {
     /// the intent, and recorded again only when the problem changes.
     #[serde(default)]
     pub status_rejected: Option<StatusRejectedSeen>,
+    /// The last report its connector pushed in the current ring, so a repeat of its sequence is
+    /// answered without a second event and an older one is refused.
+    #[serde(default)]
+    pub last_pushed: Option<PushedSeen>,
+}
+
+/// A pushed report as applied: its ring, sequence and counts (target devices, succeeded,
+/// failed, incidents).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushedSeen {
+    pub ring: Ring,
+    pub sequence: u64,
+    pub counts: (u64, u64, u64, u64),
 }
 
 /// How a connector action ended.
@@ -220,6 +233,7 @@ impl IntentState {
                     connector_actions: BTreeMap::new(),
                     last_drift: None,
                     status_rejected: None,
+                    last_pushed: None,
                 })
             }
             (None, _) => return None,
@@ -277,6 +291,13 @@ impl IntentState {
                 });
                 // A result was accepted: the connector answers properly again.
                 state.status_rejected = None;
+                if let Some(sequence) = e.sequence {
+                    state.last_pushed = Some(PushedSeen {
+                        ring: e.ring,
+                        sequence,
+                        counts: (e.target_devices, e.succeeded, e.failed, e.incidents),
+                    });
+                }
             }
             DeploymentEvent::PromotionGateEvaluated(e) => {
                 state.last_promotion = Some(PromotionAttempt {
@@ -295,6 +316,7 @@ impl IntentState {
                 state.ring_compliant_at = None;
                 state.latest_report = None;
                 state.status_rejected = None;
+                state.last_pushed = None;
             }
             DeploymentEvent::DeploymentCompleted(_) => state.status = Status::Completed,
             DeploymentEvent::DeploymentRolledBack(_) => {

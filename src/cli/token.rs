@@ -16,12 +16,12 @@ pub async fn run(command: TokenCommand) -> Result<(), Failure> {
             let change = operator_change(args.by.as_deref())?;
             let role = Role::parse(&args.role).ok_or_else(|| {
                 format!(
-                    "unknown role {:?}: use requester, cab_approver, deployer, auditor or admin",
+                    "unknown role {:?}: use requester, cab_approver, deployer, auditor, admin or connector",
                     args.role
                 )
             })?;
             let subject = args.subject.trim();
-            crate::principals::check_subject(subject)?;
+            crate::principals::check_subject(subject, role)?;
             let expires_at =
                 expiry(change.at, args.expires_in).map_err(|e| format!("--expires-in: {e}"))?;
             let reason = match args.allow_conflict.as_deref().map(str::trim) {

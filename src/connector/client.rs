@@ -17,6 +17,7 @@
 //! - Credentials are read from a file or the environment when the file is loaded
 //!   ([`super::settings`]), sent as a bearer token, and never printed: their `Debug` is `***`.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +29,10 @@ use uuid::Uuid;
 
 use super::settings::MAX_IN_FLIGHT;
 pub use super::settings::{load, parse, Secret, Settings};
-use super::{assignment_id, idempotency_key, Action, Assignment, AssignmentStatus, Remediation};
+use super::{
+    assignment_id, idempotency_key, Action, Assignment, AssignmentStatus, AssignmentStatuses,
+    Remediation,
+};
 
 /// How a call went wrong, in the classes of docs/connectors.md.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -238,7 +242,7 @@ impl Connector {
         calls: usize,
     ) -> Result<Option<AssignmentStatus>, CallError> {
         let id = assignment_id(deployment_id, ring);
-        let status = self
+        let status: Option<AssignmentStatus> = self
             .with_retries(None, "status", calls, || {
                 self.http.get(self.url(&format!("v1/assignments/{id}")))
             })
@@ -254,6 +258,46 @@ impl Connector {
             }),
             other => Ok(other),
         }
+    }
+
+    /// The statuses of up to [`super::BATCH`] assignments in one call (`GET /v1/assignments?ids=…`, for
+    /// a connector with `batch_status`), by assignment id: an assignment the answer leaves out is
+    /// one the connector does not have. An answer naming an assignment not asked for, or the
+    /// same one twice, is refused whole.
+    pub async fn statuses_once(
+        &self,
+        ids: &[String],
+    ) -> Result<BTreeMap<String, AssignmentStatus>, CallError> {
+        let asked = ids.join(",");
+        let answer: Option<AssignmentStatuses> = self
+            .with_retries(None, "status", 1, || {
+                self.http
+                    .get(self.url("v1/assignments"))
+                    .query(&[("ids", asked.as_str())])
+            })
+            .await?;
+        let refused = |detail: String| CallError::Permanent {
+            status: 200,
+            detail,
+        };
+        let answer =
+            answer.ok_or_else(|| refused("the batch status read was answered 404".into()))?;
+        let mut statuses = BTreeMap::new();
+        for status in answer.assignments {
+            if !ids.contains(&status.assignment_id) {
+                return Err(refused(format!(
+                    "the batch answer names assignment {:?}, which was not asked for",
+                    status.assignment_id
+                )));
+            }
+            let id = status.assignment_id.clone();
+            if statuses.insert(id.clone(), status).is_some() {
+                return Err(refused(format!(
+                    "the batch answer names assignment {id:?} twice"
+                )));
+            }
+        }
+        Ok(statuses)
     }
 
     /// Uninstalls, rolls back or re-deploys one intent's assignment (of `app_name`) in one ring,
@@ -310,13 +354,13 @@ impl Connector {
     /// Makes the call until it answers, gives up on a permanent or policy error, or has made
     /// `calls` calls; a 404 is `Ok(None)`. A write (for `app`) waits for its turn under the write
     /// limits before each call. Each call is counted under `operation` in the process metrics.
-    async fn with_retries(
+    async fn with_retries<T: serde::de::DeserializeOwned>(
         &self,
         app: Option<&str>,
         operation: &'static str,
         calls: usize,
         request: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<Option<AssignmentStatus>, CallError> {
+    ) -> Result<Option<T>, CallError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -406,7 +450,7 @@ pub fn retry_wait(settings: &Settings, attempts: u32, rng: &mut impl rand::Rng) 
 }
 
 /// `connector_requests_total`'s `outcome`.
-fn outcome_label(outcome: &Result<Option<AssignmentStatus>, CallError>) -> &'static str {
+fn outcome_label<T>(outcome: &Result<Option<T>, CallError>) -> &'static str {
     match outcome {
         Ok(Some(_)) => "ok",
         Ok(None) => "not_found",
@@ -426,9 +470,9 @@ fn gone(id: &str) -> CallError {
 }
 
 /// Sorts an answer into the classes of docs/connectors.md.
-async fn classify(
+async fn classify<T: serde::de::DeserializeOwned>(
     reply: Result<reqwest::Response, reqwest::Error>,
-) -> Result<Option<AssignmentStatus>, CallError> {
+) -> Result<Option<T>, CallError> {
     let reply = match reply {
         Ok(reply) => reply,
         Err(e) => {
@@ -452,7 +496,7 @@ async fn classify(
     let body = read_capped(reply).await;
     if (200..300).contains(&status) {
         let body = body.map_err(|detail| CallError::Permanent { status, detail })?;
-        return serde_json::from_slice::<AssignmentStatus>(&body)
+        return serde_json::from_slice::<T>(&body)
             .map(Some)
             .map_err(|e| CallError::Permanent {
                 status,
@@ -544,7 +588,7 @@ mod tests {
     async fn an_answer_past_the_cap_is_refused_unread() {
         let status = br#"{"assignment_id":"a","state":"active","targeted":5,"installed":5,"failed":0,"pending":0,"incidents":0}"#.to_vec();
         let url = answering(200, status, false).await;
-        let read = classify(reqwest::get(&url).await).await.unwrap().unwrap();
+        let read: AssignmentStatus = classify(reqwest::get(&url).await).await.unwrap().unwrap();
         assert_eq!(read.installed, 5);
         // 20 MB, with its length announced and without.
         let mut huge = br#"{"assignment_id":"a","state":"active","targeted":5,"installed":5,"failed":0,"pending":0,"incidents":0,"x":""#.to_vec();
@@ -552,7 +596,7 @@ mod tests {
         huge.extend(br#""}"#);
         for chunked in [false, true] {
             let url = answering(200, huge.clone(), chunked).await;
-            let refused = classify(reqwest::get(&url).await).await;
+            let refused = classify::<AssignmentStatus>(reqwest::get(&url).await).await;
             assert!(
                 matches!(&refused, Err(CallError::Permanent { detail, .. })
                     if detail.contains("longer than 65536 bytes")),
@@ -561,7 +605,7 @@ mod tests {
         }
         // A refusal's long body is not read either: the status alone is reported.
         let url = answering(503, huge, true).await;
-        let refused = classify(reqwest::get(&url).await).await;
+        let refused = classify::<AssignmentStatus>(reqwest::get(&url).await).await;
         assert!(
             matches!(&refused, Err(CallError::Transient { detail, .. }) if detail == "503: answered 503"),
             "{refused:?}"

@@ -14,7 +14,7 @@
 //!   one side effect and one outcome event, however many servers and restarts.
 //! - [`Dispatcher::ingest`]: the status of each active assignment is read every `poll_interval`
 //!   and each change is reported through the normal command path as `connector:<type>` (role
-//!   `deployer`), so the promotion gates decide on measured numbers; an answer that cannot be a
+//!   `connector`), so the promotion gates decide on measured numbers; an answer that cannot be a
 //!   result is recorded as `ConnectorStatusRejected`, once per distinct problem, and a 404 as
 //!   drift, then read again with backoff (`ingest.rs`).
 //! - [`Dispatcher::reconcile`]: every `reconcile_interval`, what each connector reports is
@@ -270,9 +270,12 @@ impl Dispatcher {
         // Each connector is polled and reconciled at its own intervals.
         let mut loops = tokio::task::JoinSet::new();
         for (&kind, connector) in &self.connectors {
-            let me = self.clone();
-            let period = connector.settings.poll_interval;
-            loops.spawn(async move { every(period, || me.ingest(kind)).await });
+            // A connector that pushes its results is not polled for them.
+            if connector.settings.mode == super::settings::Mode::Poll {
+                let me = self.clone();
+                let period = connector.settings.poll_interval;
+                loops.spawn(async move { every(period, || me.ingest(kind)).await });
+            }
             let me = self.clone();
             let period = connector.settings.reconcile_interval;
             loops.spawn(async move { every(period, || me.reconcile(kind)).await });

@@ -49,6 +49,20 @@ pub struct Settings {
     /// Calls to it in flight at once, from one server: sends, status reads and remediations
     /// together.
     pub max_in_flight: usize,
+    /// How its results come back: read by polling, or pushed by the connector.
+    pub mode: Mode,
+    /// It answers `GET /v1/assignments?ids=…` (many statuses in one call): polling uses it.
+    pub batch_status: bool,
+}
+
+/// How a connector's results come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// EUCORA reads each active assignment's status every `poll_interval`.
+    Poll,
+    /// The connector pushes them (`POST /api/v1/connectors/{name}/results`); nothing is polled.
+    Push,
 }
 
 /// A table as written; durations like `10s`.
@@ -79,6 +93,10 @@ struct Table {
     reconcile_interval: String,
     #[serde(default = "defaults::max_in_flight")]
     max_in_flight: usize,
+    #[serde(default = "defaults::mode")]
+    mode: Mode,
+    #[serde(default)]
+    batch_status: bool,
 }
 
 mod defaults {
@@ -108,6 +126,9 @@ mod defaults {
     }
     pub fn max_in_flight() -> usize {
         16
+    }
+    pub fn mode() -> super::Mode {
+        super::Mode::Poll
     }
 }
 
@@ -212,6 +233,8 @@ pub fn parse(
                         table.max_in_flight
                     )
                 })?,
+            mode: table.mode,
+            batch_status: table.batch_status,
         };
         if settings.retry_min > settings.retry_max {
             return Err(format!("[{name}] retry_min is longer than retry_max"));
@@ -219,6 +242,15 @@ pub fn parse(
         out.insert(kind, settings);
     }
     Ok(out)
+}
+
+/// Whether `name` may name a connector: 1 to 32 characters, lower-case letters, digits, `-` and
+/// `_`, starting with a letter.
+pub fn is_connector_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.len() <= 32
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 /// The most calls one server makes to one connector at once.

@@ -25,7 +25,9 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Action, Assignment, AssignmentStatus, Remediation, IDEMPOTENCY_KEY};
+use super::{
+    Action, Assignment, AssignmentStatus, AssignmentStatuses, Remediation, IDEMPOTENCY_KEY,
+};
 
 /// How the simulator behaves; `eucora connector-sim`'s flags.
 #[derive(Debug, Clone)]
@@ -131,6 +133,8 @@ struct Sim {
     requests: u64,
     /// Status reads answered, by assignment id (404s included).
     reads: BTreeMap<String, u64>,
+    /// Batch status reads answered (`GET /v1/assignments?ids=`).
+    batches: u64,
     /// Status answers set by hand (`POST /sim/answer`), served as they are, by assignment id.
     answers: HashMap<String, String>,
     /// Protocol calls being answered now, and the most there ever were at once.
@@ -145,8 +149,8 @@ type Shared = Arc<Mutex<Sim>>;
 #[openapi(
     info(title = "EUCORA connector protocol", description = "What EUCORA asks of an execution \
         plane: publish an assignment, report its status, remediate it. docs/connectors.md."),
-    paths(publish, status, remediate),
-    components(schemas(Assignment, AssignmentStatus, Remediation)),
+    paths(publish, status, statuses, remediate),
+    components(schemas(Assignment, AssignmentStatus, AssignmentStatuses, Remediation)),
     tags((name = "connector", description = "The calls a connector answers"))
 )]
 pub struct ProtocolDoc;
@@ -163,11 +167,13 @@ pub fn router(config: SimConfig) -> Router {
         actions: BTreeMap::new(),
         requests: 0,
         reads: BTreeMap::new(),
+        batches: 0,
         answers: HashMap::new(),
         in_flight: 0,
         max_in_flight: 0,
     }));
     let protocol = Router::new()
+        .route("/v1/assignments", get(statuses))
         .route("/v1/assignments/{id}", put(publish).get(status))
         .route("/v1/assignments/{id}/remediations", post(remediate))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
@@ -391,6 +397,49 @@ async fn publish(
 }
 
 /// Where the assignment's rollout stands.
+/// The statuses of many assignments in one read (optional: EUCORA uses it for a connector
+/// configured with `batch_status = true`).
+#[utoipa::path(get, path = "/v1/assignments", tag = "connector",
+    params(("ids" = String, Query, description = "assignment ids, comma-separated: at most 100")),
+    responses(
+        (status = 200, description = "the assignments asked for that the connector has; one it does not have is left out", body = AssignmentStatuses),
+        (status = 400, description = "no ids, or more than 100"),
+        (status = 429, description = "throttled: retry after `Retry-After` seconds"),
+        (status = 503, description = "unavailable for now (transient)")))]
+async fn statuses(
+    State(state): State<Shared>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let ids: Vec<String> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k == "ids")
+        .flat_map(|(_, v)| {
+            v.split(',')
+                .filter(|id| !id.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if ids.is_empty() || ids.len() > super::BATCH {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "ids: give 1 to {} assignment ids, comma-separated",
+                super::BATCH
+            ),
+        );
+    }
+    let mut sim = lock(&state);
+    sim.batches += 1;
+    let mut assignments = Vec::new();
+    for id in ids {
+        *sim.reads.entry(id.clone()).or_default() += 1;
+        if sim.assignments.get(&id).is_some_and(|p| !p.removed) {
+            assignments.push(sim.status_of(&id));
+        }
+    }
+    Json(AssignmentStatuses { assignments }).into_response()
+}
+
 #[utoipa::path(get, path = "/v1/assignments/{assignment_id}", tag = "connector",
     params(("assignment_id" = String, Path, description = "`<deployment id>.<ring in lower case>`")),
     responses(
@@ -595,6 +644,7 @@ async fn side_effects(State(state): State<Shared>) -> Response {
         "keys": sim.keys,
         "actions": sim.actions,
         "reads": sim.reads,
+        "batches": sim.batches,
         "max_in_flight": sim.max_in_flight,
     }))
     .into_response()

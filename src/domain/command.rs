@@ -40,6 +40,8 @@ pub enum Action {
     /// Record a connector status answer that could not be a rollout result (the dispatcher
     /// sends it).
     RecordStatusRejected(StatusRejection),
+    /// A rollout result its connector pushed, with the connector's report sequence.
+    ReportPushed(PushedReport),
 }
 
 impl Action {
@@ -50,6 +52,7 @@ impl Action {
             Action::Create(_) => &[Role::Requester],
             Action::Approve { .. } | Action::Reject { .. } => &[Role::CabApprover],
             Action::Deploy(_) | Action::Promote => &[Role::Deployer],
+            Action::ReportPushed(_) => &[Role::Connector],
             Action::Rollback { .. } => &[Role::Deployer, Role::Requester],
             Action::MarkRetroOverdue
             | Action::RecordDispatch(_)
@@ -80,6 +83,14 @@ pub struct DriftRecord {
     pub reported_installed: Option<u64>,
 }
 
+/// A rollout result a connector pushed for its assignment in `report.ring`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushedReport {
+    pub report: RolloutInput,
+    /// The connector's sequence for the assignment: each report's higher than the last.
+    pub sequence: u64,
+}
+
 /// A connector status answer the dispatcher could not take as a rollout result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusRejection {
@@ -103,6 +114,7 @@ impl Action {
             Action::RecordDispatch(_) => "record_dispatch",
             Action::RecordDrift(_) => "record_drift",
             Action::RecordStatusRejected(_) => "record_status_rejected",
+            Action::ReportPushed(_) => "push_result",
         }
     }
 }

@@ -7,12 +7,13 @@ use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use eucora_projections::event::*;
-use eucora_projections::intent::IntentState;
+use eucora_projections::intent::{DispatchOutcome, IntentState};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use super::command::{
-    Action, Command, CreateIntent, DispatchRecord, DriftRecord, RolloutInput, StatusRejection,
+    Action, Command, CreateIntent, DispatchRecord, DriftRecord, PushedReport, RolloutInput,
+    StatusRejection,
 };
 use super::policy::Policy;
 use super::risk;
@@ -176,7 +177,23 @@ impl DeploymentIntent {
                 if !matches!(state.status, Status::Approved | Status::Deployed) {
                     return Err(refuse());
                 }
-                deploy(&mut out, state, report)?;
+                deploy(&mut out, state, report, None)?;
+            }
+            Action::ReportPushed(pushed) => {
+                pushed_in_order(&command.actor, state, pushed)?;
+                if !matches!(state.status, Status::Approved | Status::Deployed) {
+                    return Err(refuse());
+                }
+                // The same sequence again with the same counts: applied already, nothing new.
+                let seen = (pushed.report.ring, pushed.sequence, pushed.report.counts());
+                if state
+                    .last_pushed
+                    .as_ref()
+                    .is_some_and(|p| (p.ring, p.sequence, p.counts) == seen)
+                {
+                    return Ok(Vec::new());
+                }
+                deploy(&mut out, state, &pushed.report, Some(pushed.sequence))?;
             }
             Action::Promote => {
                 if state.status != Status::Deployed {
@@ -223,7 +240,10 @@ impl DeploymentIntent {
                     .connector_actions
                     .contains_key(&record.idempotency_key)
                 {
-                    return Err(DomainError::AlreadyRecorded(record.idempotency_key.clone()));
+                    return Err(DomainError::AlreadyRecorded(format!(
+                        "the outcome of connector action {}",
+                        record.idempotency_key
+                    )));
                 }
                 check_text(
                     "detail",
@@ -505,194 +525,8 @@ fn create_intent(out: &mut Events, c: &CreateIntent) -> Result<(), DomainError> 
     Ok(())
 }
 
-fn deploy(out: &mut Events, state: &IntentState, r: &RolloutInput) -> Result<(), DomainError> {
-    if r.ring != state.current_ring {
-        return Err(DomainError::RingMismatch {
-            reported: r.ring,
-            current: state.current_ring,
-        });
-    }
-    // The ring's last report again, exactly (a client retrying without an Idempotency-Key, a
-    // tool sending what it sent before) says nothing new: nothing is appended, and the answer
-    // is the intent as it stands.
-    if state.latest_report.as_ref().map(|l| l.counts()) == Some(r.counts()) {
-        return Ok(());
-    }
-    if !(1..=MAX_DEVICES).contains(&r.target_devices) {
-        return Err(DomainError::invalid(
-            "target_devices",
-            format!("must be from 1 to {MAX_DEVICES}"),
-        ));
-    }
-    for (field, count) in [
-        ("succeeded", r.succeeded),
-        ("failed", r.failed),
-        ("incidents", r.incidents),
-    ] {
-        if count > MAX_DEVICES {
-            return Err(DomainError::invalid(
-                field,
-                format!("must be from 0 to {MAX_DEVICES}"),
-            ));
-        }
-    }
-    // Both at most MAX_DEVICES: the sum cannot overflow.
-    if r.succeeded + r.failed > r.target_devices {
-        return Err(DomainError::invalid(
-            "succeeded",
-            "succeeded + failed must not exceed target_devices",
-        ));
-    }
-    // Counts are cumulative within a ring: a report may not take back what an earlier one said,
-    // or a later report could talk a gate round (incidents 2, then 0; fewer target devices for a
-    // higher success rate). `failed` may fall: a device that failed may succeed on a retry.
-    if let Some(before) = &state.latest_report {
-        for (field, was, now) in [
-            ("target_devices", before.target_devices, r.target_devices),
-            ("succeeded", before.succeeded, r.succeeded),
-            ("incidents", before.incidents, r.incidents),
-        ] {
-            if now < was {
-                return Err(DomainError::invalid(
-                    field,
-                    format!(
-                        "counts are cumulative within a ring: {now} is below the {was} already reported in {}",
-                        state.current_ring.as_str()
-                    ),
-                ));
-            }
-        }
-    }
-    let threshold = out.policy().ring(state.current_ring).success_rate;
-    let success_rate = r.succeeded as f64 / r.target_devices as f64;
-    let first_compliant = state.ring_compliant_at.is_none() && success_rate >= threshold;
-    let retro_approval_due_at = (state.retro_approval_pending && state.first_deployed_at.is_none())
-        .then(|| out.now + out.policy().emergency_retro_window);
-    out.push(|meta| {
-        DeploymentEvent::DeploymentDeployed(Deployed {
-            meta,
-            ring: r.ring,
-            target_devices: r.target_devices,
-            succeeded: r.succeeded,
-            failed: r.failed,
-            incidents: r.incidents,
-            success_rate,
-            compliance_threshold: threshold,
-            first_compliant,
-            retro_approval_due_at,
-        })
-    });
-    if first_compliant && state.current_ring == state.target_ring {
-        out.push(|meta| {
-            DeploymentEvent::DeploymentCompleted(Completed {
-                meta,
-                ring: state.current_ring,
-            })
-        });
-    }
-    Ok(())
-}
-
-fn gate(gate: Gate, unit: &str, bound: &str, threshold: f64, measured: Option<f64>) -> GateResult {
-    let passed = match (bound, measured) {
-        (_, None) => false,
-        ("min", Some(m)) => m >= threshold,
-        (_, Some(m)) => m <= threshold,
-    };
-    GateResult {
-        gate,
-        unit: unit.to_string(),
-        bound: bound.to_string(),
-        threshold,
-        measured,
-        passed,
-    }
-}
-
-fn seconds(d: chrono::Duration) -> f64 {
-    d.num_milliseconds() as f64 / 1000.0
-}
-
-fn promote(out: &mut Events, state: &IntentState) -> Result<(), DomainError> {
-    let from = state.current_ring;
-    let to = match from.next() {
-        Some(next) if from < state.target_ring => next,
-        _ => return Err(DomainError::AtTargetRing(from)),
-    };
-    let policy = out.policy().ring(from).clone();
-    let policy_digest = Some(out.policy().digest().to_string());
-    let report = state.latest_report.as_ref();
-    let mut gates = vec![
-        gate(
-            Gate::SuccessRate,
-            "ratio",
-            "min",
-            policy.success_rate,
-            report.map(|r| r.success_rate),
-        ),
-        gate(
-            Gate::TimeToCompliance,
-            "seconds",
-            "max",
-            seconds(policy.time_to_compliance(state.site_class)),
-            state
-                .ring_compliant_at
-                .zip(state.ring_entered_at)
-                .map(|(compliant, entered)| seconds(compliant - entered)),
-        ),
-        gate(
-            Gate::Incidents,
-            "count",
-            "max",
-            policy.max_incidents as f64,
-            report.map(|r| r.incidents as f64),
-        ),
-        gate(
-            Gate::BakeTime,
-            "seconds",
-            "min",
-            seconds(policy.min_bake_time),
-            state
-                .ring_first_deployed_at
-                .map(|first| seconds(out.now - first)),
-        ),
-    ];
-    if from == Ring::Lab {
-        let validated = if state.rollback_validated { 1.0 } else { 0.0 };
-        gates.push(gate(
-            Gate::RollbackPlan,
-            "bool",
-            "min",
-            1.0,
-            Some(validated),
-        ));
-    }
-    if state.requires_cab {
-        let approved = if state.cab_approved { 1.0 } else { 0.0 };
-        gates.push(gate(Gate::CabApproval, "bool", "min", 1.0, Some(approved)));
-    }
-    let passed = gates.iter().all(|g| g.passed);
-    out.push(|meta| {
-        DeploymentEvent::PromotionGateEvaluated(GateEvaluated {
-            meta,
-            from_ring: from,
-            to_ring: to,
-            gates,
-            passed,
-            policy_digest,
-        })
-    });
-    if passed {
-        out.push(|meta| {
-            DeploymentEvent::RingPromoted(Promoted {
-                meta,
-                from_ring: from,
-                to_ring: to,
-            })
-        });
-    }
-    Ok(())
-}
+mod rollout;
+use rollout::{deploy, promote, pushed_in_order};
 
 #[cfg(test)]
 mod tests;

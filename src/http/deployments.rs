@@ -261,7 +261,7 @@ fn intent_response(status: StatusCode, s: &IntentState) -> Response {
 /// The one command-handling path: checks the role, runs the command once per
 /// `Idempotency-Key`, and answers with the intent as it now stands (201 with `Location` for a
 /// create, 409 with the gate results for a blocked promotion, 200 otherwise).
-async fn command(
+pub(crate) async fn command(
     state: AppState,
     principal: Principal,
     headers: &HeaderMap,

@@ -233,7 +233,7 @@ impl From<DomainError> for ApiError {
     fn from(e: DomainError) -> Self {
         let detail = e.to_string();
         match e {
-            DomainError::NotFound => ApiError::NotFound(detail),
+            DomainError::NotFound | DomainError::NotSent { .. } => ApiError::NotFound(detail),
             DomainError::InvalidInput { .. } | DomainError::CriticalVulnerability => {
                 ApiError::Unprocessable(detail)
             }
@@ -242,13 +242,14 @@ impl From<DomainError> for ApiError {
             | DomainError::RingMismatch { .. }
             | DomainError::RollbackRequired(_)
             | DomainError::AtTargetRing(_)
-            | DomainError::AlreadyRecorded(_) => ApiError::Conflict {
+            | DomainError::AlreadyRecorded(_)
+            | DomainError::StaleSequence { .. } => ApiError::Conflict {
                 detail,
                 extra: None,
             },
-            DomainError::SegregationOfDuties | DomainError::NotOwnIntent => {
-                ApiError::Forbidden(detail)
-            }
+            DomainError::SegregationOfDuties
+            | DomainError::NotOwnIntent
+            | DomainError::NotOwnAssignment { .. } => ApiError::Forbidden(detail),
             DomainError::VersionMismatch { .. } => ApiError::PreconditionFailed(detail),
         }
     }

@@ -1,5 +1,6 @@
 //! Refused commands on the record: a command refused for a missing role, for segregation of
-//! duties, or on an intent that is not the requester's own, is counted
+//! duties, on an intent that is not the requester's own, or a result pushed for another
+//! connector's assignment, is counted
 //! (`eucora_commands_refused_total{reason}`) and recorded as a `CommandRefused` event. What was
 //! refused changes nothing on the intent.
 
@@ -61,9 +62,16 @@ impl Attempt {
         let reason = match e {
             DomainError::SegregationOfDuties => "segregation_of_duties",
             DomainError::NotOwnIntent => "not_own_intent",
+            DomainError::NotOwnAssignment { .. } => "not_own_assignment",
             _ => return,
         };
         self.refused(state, reason, &e.to_string()).await;
+    }
+
+    /// Refuses the command with 403 for `reason`, and records the refusal.
+    pub async fn refuse(&self, state: &AppState, reason: &'static str, detail: String) -> ApiError {
+        self.refused(state, reason, &detail).await;
+        ApiError::Forbidden(detail)
     }
 
     async fn refused(&self, state: &AppState, reason: &'static str, detail: &str) {

@@ -33,7 +33,8 @@ async fn operations(app: &TestApp) -> Vec<Operation> {
         for (method, op) in item.as_object().unwrap() {
             let path = template
                 .replace("{id}", &uuid::Uuid::new_v4().to_string())
-                .replace("{digest}", &"ab".repeat(32));
+                .replace("{digest}", &"ab".repeat(32))
+                .replace("{name}", "intune");
             assert!(
                 !path.contains('{'),
                 "a path parameter left unfilled: {path}"

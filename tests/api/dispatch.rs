@@ -25,6 +25,8 @@ crate::on_both_backends!(
     a_bad_status_answer_is_recorded_once_per_problem_and_shown,
     a_removed_assignment_is_drift_once_and_read_with_backoff,
     a_slow_call_never_delays_the_others,
+    a_connector_pushes_its_results_and_a_bad_push_changes_nothing,
+    a_connector_with_batch_status_is_read_a_hundred_at_a_time,
 );
 
 /// A simulator whose devices converge in a second.
@@ -127,7 +129,7 @@ async fn ingestion_drives_an_intent_from_approval_to_completion(backend: Backend
     assert!(!reports.is_empty());
     for report in &reports {
         assert_eq!(report["meta"]["actor"]["subject"], "connector:intune");
-        assert_eq!(report["meta"]["actor"]["role"], "deployer");
+        assert_eq!(report["meta"]["actor"]["role"], "connector");
     }
     let last = reports.last().unwrap();
     assert_eq!(
@@ -577,6 +579,17 @@ async fn an_outage_opens_the_breaker_and_actions_wait_for_the_trial_that_closes_
         text.contains("connector_requests_total{connector_type=\"intune\",operation=\"publish\",outcome=\"transient\"}"),
         "{text}"
     );
+    // A retry is a call that repeats a failed one: every publish call but each action's first,
+    // and none for the turns skipped while the breaker was open.
+    let sum = |prefix: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let calls = sum("connector_requests_total{connector_type=\"intune\",operation=\"publish\"");
+    let retries = sum("connector_retries_total{connector_type=\"intune\",operation=\"publish\"");
+    assert_eq!(retries, calls - ids.len() as u64, "{text}");
 }
 
 /// A deployer retrying promotion as fast as it can appends an evaluation each time; the connector's
@@ -938,4 +951,203 @@ async fn calls_to_a_connector_stay_within_max_in_flight() {
     // Sends and status reads alike: two at a time, and two at once (not one by one).
     let most = sim.side_effects().await["max_in_flight"].as_u64().unwrap();
     assert_eq!(most, 2, "{:#}", sim.side_effects().await);
+}
+
+/// A connectors file for `sim` with `more` settings, written whole (not through [`connectors`],
+/// whose settings a test may want otherwise).
+fn connectors_file(db: &TestDb, sim: &Sim, more: &str) -> Vec<String> {
+    let path = db.dir().join("connectors.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[intune]\nbase_url = \"{}\"\npoll_interval = \"500ms\"\nreconcile_interval = \"500ms\"\n\
+             writes_per_app = \"unlimited\"\nwrites_per_tenant = \"unlimited\"\n{more}",
+            sim.base
+        ),
+    )
+    .unwrap();
+    vec!["--connectors".into(), path.display().to_string()]
+}
+
+/// A pushed result: `installed` of 10 devices.
+fn pushed(assignment: &str, sequence: u64, installed: u64) -> Value {
+    json!({"assignment_id": assignment, "sequence": sequence, "state": "active", "targeted": 10,
+           "installed": installed, "failed": 0, "pending": 10 - installed.min(10), "incidents": 0})
+}
+
+async fn a_connector_pushes_its_results_and_a_bad_push_changes_nothing(backend: Backend) {
+    let sim = sim().await;
+    let db = Arc::new(TestDb::new(backend).await);
+    let app = serve(db.clone(), &connectors_file(&db, &sim, "mode = \"push\"\n")).await;
+    let crew = Crew::new(&app);
+    let intune = app.token("connector:intune", "connector");
+    let id = app
+        .create(&crew.requester, intent_body("notepad", 0.2, "LAB"))
+        .await
+        .id();
+    until(&app, &crew.auditor, &id, "the publication", |e| {
+        !of_type(e, "ConnectorDispatched").is_empty()
+    })
+    .await;
+    let assignment = format!("{id}.lab");
+    let results = "/api/v1/connectors/intune/results";
+    // Pushed, not polled: nothing reads the assignment.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(reads_of(&sim, &assignment).await, 0);
+    let first = app.post(results, &intune, pushed(&assignment, 1, 4)).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.body["status"], "deployed");
+    let deployed = |events: &[Value]| {
+        of_type(events, "DeploymentDeployed")
+            .into_iter()
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let events = history(&app, &crew.auditor, &id).await;
+    let reports = deployed(&events);
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0]["sequence"], 1);
+    assert_eq!(reports[0]["meta"]["actor"]["subject"], "connector:intune");
+    assert_eq!(reports[0]["meta"]["actor"]["role"], "connector");
+    // The same sequence again: answered, applied once.
+    let again = app.post(results, &intune, pushed(&assignment, 1, 4)).await;
+    assert_eq!(again.status, 200, "{again:?}");
+    // Bad pushes: a clear 4xx in our words, nothing appended.
+    let jamf = app.token("connector:jamf", "connector");
+    let other_ring = format!("{id}.pilot");
+    for (token, path, body, status, says) in [
+        (
+            &intune,
+            results,
+            pushed(&assignment, 1, 6),
+            409,
+            "other counts",
+        ),
+        (
+            &intune,
+            results,
+            pushed(&assignment, 0, 6),
+            409,
+            "before sequence 1",
+        ),
+        (
+            &intune,
+            results,
+            pushed(&assignment, 2, 11),
+            422,
+            "must not exceed target_devices",
+        ),
+        (
+            &intune,
+            results,
+            pushed(&other_ring, 2, 5),
+            404,
+            "never sent assignment",
+        ),
+        (
+            &intune,
+            results,
+            pushed("not-an-assignment", 2, 5),
+            422,
+            "is not an assignment",
+        ),
+        (
+            &intune,
+            results,
+            json!({"assignment_id": assignment, "sequence": -1}),
+            422,
+            "not a whole number",
+        ),
+        (
+            &jamf,
+            "/api/v1/connectors/jamf/results",
+            pushed(&assignment, 2, 5),
+            403,
+            "connector intune's",
+        ),
+        (
+            &jamf,
+            results,
+            pushed(&assignment, 2, 5),
+            403,
+            "its own token",
+        ),
+        (
+            &crew.deployer,
+            results,
+            pushed(&assignment, 2, 5),
+            403,
+            "role deployer",
+        ),
+    ] {
+        let reply = app.post(path, token, body.clone()).await;
+        reply.assert_problem(status);
+        let detail = reply.body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(says), "{body}: {detail}");
+    }
+    let events = history(&app, &crew.auditor, &id).await;
+    assert_eq!(deployed(&events).len(), 1, "{events:#?}");
+    // A connector pushing for another's assignment is on the record.
+    let refused: Vec<Value> = app
+        .global_events(&crew.auditor)
+        .await
+        .into_iter()
+        .filter(|e| e["event_type"] == "CommandRefused")
+        .map(|e| e["event"]["CommandRefused"].clone())
+        .filter(|r| r["reason"] == "not_own_assignment")
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused.iter().all(|r| r["subject"] == "connector:jamf"));
+    // The next sequence completes the ring.
+    let done = app.post(results, &intune, pushed(&assignment, 2, 10)).await;
+    assert_eq!(done.status, 200, "{done:?}");
+    assert_eq!(done.body["status"], "completed");
+}
+
+async fn a_connector_with_batch_status_is_read_a_hundred_at_a_time(backend: Backend) {
+    let sim = sim().await;
+    let db = Arc::new(TestDb::new(backend).await);
+    let app = serve(
+        db.clone(),
+        &connectors_file(&db, &sim, "batch_status = true\n"),
+    )
+    .await;
+    let crew = Crew::new(&app);
+    let ids = burst(&app, &crew.requester, 5).await;
+    for id in &ids {
+        until(&app, &crew.auditor, id, "the LAB result", |e| {
+            of_type(e, "DeploymentDeployed")
+                .last()
+                .is_some_and(|d| d["succeeded"] == 10)
+        })
+        .await;
+    }
+    // Five assignments read in batches: far fewer calls than reads.
+    let counts = sim.side_effects().await;
+    let batches = counts["batches"].as_u64().unwrap();
+    let reads: u64 = ids
+        .iter()
+        .map(|id| counts["reads"][format!("{id}.lab")].as_u64().unwrap_or(0))
+        .sum();
+    assert!(batches > 0, "{counts}");
+    assert!(
+        reads >= 2 * batches,
+        "{reads} reads in {batches} batches: {counts}"
+    );
+    // A gone assignment is left out of the answer: drift, as with a 404.
+    let gone = format!("{}.lab", ids[0]);
+    sim.post(
+        "/sim/drift",
+        json!({"assignment_id": gone, "remove": true}),
+        None,
+    )
+    .await;
+    let events = until(&app, &crew.auditor, &ids[0], "the drift", |e| {
+        !of_type(e, "DeploymentDriftDetected").is_empty()
+    })
+    .await;
+    assert_eq!(
+        of_type(&events, "DeploymentDriftDetected")[0]["reported_installed"],
+        Value::Null
+    );
 }

@@ -60,18 +60,23 @@ pub enum Role {
     Deployer,
     Auditor,
     Admin,
+    /// An execution plane's bridge: pushes its own rollout results
+    /// (`POST /api/v1/connectors/{name}/results`, as subject `connector:<name>`), and its polled
+    /// results are recorded in its name.
+    Connector,
     /// The control plane itself, acting on a rule rather than a request (a deadline passing).
     /// No principal holds it: it is not in [`Role::ALL`], so no token can be made for it.
     System,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Requester,
         Role::CabApprover,
         Role::Deployer,
         Role::Auditor,
         Role::Admin,
+        Role::Connector,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +86,7 @@ impl Role {
             Role::Deployer => "deployer",
             Role::Auditor => "auditor",
             Role::Admin => "admin",
+            Role::Connector => "connector",
             Role::System => "system",
         }
     }

@@ -88,12 +88,45 @@ impl Dispatcher {
     /// as a rollout result. A fall in installed devices is not reported: that is drift, for
     /// [`Dispatcher::reconcile`].
     pub async fn ingest(&self, kind: ConnectorType) {
-        self.each_published(
-            kind,
-            [Status::Approved, Status::Deployed],
-            |state, c| async move { self.ingest_one(state, &c).await },
-        )
-        .await;
+        const LIVE: [Status; 2] = [Status::Approved, Status::Deployed];
+        let Some(connector) = self.connectors.get(&kind) else {
+            return;
+        };
+        if !connector.settings.batch_status {
+            self.each_published(kind, LIVE, |state, c| async move {
+                if let Some(now) = self.read(&state, &c).await {
+                    self.report(state, now).await;
+                }
+            })
+            .await;
+            return;
+        }
+        // A hundred statuses a call, the calls within max_in_flight.
+        for status in LIVE {
+            let published = self.published_in(kind, status).await;
+            let batches: Vec<Vec<IntentState>> = published
+                .chunks(crate::connector::BATCH)
+                .map(|batch| batch.iter().map(|(state, _)| state.clone()).collect())
+                .collect();
+            futures_util::stream::iter(batches)
+                .for_each_concurrent(connector.settings.max_in_flight, |batch| async move {
+                    let ids: Vec<String> = batch
+                        .iter()
+                        .map(|s| assignment_id(s.id, s.current_ring))
+                        .collect();
+                    let answer = connector.statuses_once(&ids).await;
+                    for (state, id) in batch.into_iter().zip(ids) {
+                        let one = answer.as_ref().map(|all| all.get(&id).cloned());
+                        if let Some(now) = self
+                            .settle(&state, connector, one.map_err(Clone::clone))
+                            .await
+                        {
+                            self.report(state, now).await;
+                        }
+                    }
+                })
+                .await;
+        }
     }
 
     /// Runs `job` on each intent of connector `kind` in `statuses` that was published in its
@@ -116,10 +149,7 @@ impl Dispatcher {
     }
 
     /// Reports what the connector says of one intent's assignment, if it changed.
-    async fn ingest_one(&self, state: IntentState, connector: &Connector) {
-        let Some(now) = self.read(&state, connector).await else {
-            return;
-        };
+    async fn report(&self, state: IntentState, now: AssignmentStatus) {
         let last = state.latest_report.as_ref();
         let counts = (now.targeted, now.installed, now.failed, now.incidents);
         let unchanged = last.is_some_and(|l| l.counts() == counts);
@@ -130,7 +160,7 @@ impl Dispatcher {
         let command = Command {
             actor: eucora_projections::event::Actor {
                 subject: format!("connector:{}", state.connector_type.as_str()),
-                role: Role::Deployer,
+                role: Role::Connector,
             },
             correlation_id: format!(
                 "connector-{}-{}",
@@ -174,8 +204,19 @@ impl Dispatcher {
     /// `ConnectorStatusRejected`, a missing assignment (404) as drift and read again with backoff,
     /// and a call that failed otherwise is made again at the next poll.
     async fn read(&self, state: &IntentState, connector: &Connector) -> Option<AssignmentStatus> {
+        let answer = connector.status_once(state.id, state.current_ring).await;
+        self.settle(state, connector, answer).await
+    }
+
+    /// What [`Dispatcher::read`] makes of a status answer, however it was read.
+    async fn settle(
+        &self,
+        state: &IntentState,
+        connector: &Connector,
+        answer: Result<Option<AssignmentStatus>, CallError>,
+    ) -> Option<AssignmentStatus> {
         let id = assignment_id(state.id, state.current_ring);
-        match connector.status_once(state.id, state.current_ring).await {
+        match answer {
             Ok(Some(now)) => {
                 self.absent_lock().remove(&id);
                 Some(now)

@@ -1491,7 +1491,7 @@ fn a_dispatch_outcome_is_recorded_once_per_key_by_the_control_plane_only() {
     sent.refuses(
         dispatcher(),
         dispatch(ConnectorAction::Publish, None),
-        DomainError::AlreadyRecorded(format!("{ID}:LAB:publish")),
+        DomainError::AlreadyRecorded(format!("the outcome of connector action {ID}:LAB:publish")),
     );
     // A rolled-back (terminal) intent still records its remediation, and its refusal.
     let rolled_back = sent.run(
