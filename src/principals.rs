@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use eucora_projections::access::PrincipalFacts;
-use eucora_projections::event::{Actor, Role};
+use eucora_projections::event::{Actor, ConnectorType, Role};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -409,7 +409,7 @@ pub fn check_subject(subject: &str, role: Role) -> Result<(), String> {
     if role == Role::Connector {
         let named = subject
             .strip_prefix("connector:")
-            .is_some_and(crate::connector::settings::is_connector_name);
+            .is_some_and(ConnectorType::is_name);
         if !named {
             return Err(format!(
                 "--subject {subject:?}: a connector's principal is connector:<its name>, the \

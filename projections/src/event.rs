@@ -310,6 +310,15 @@ pub fn idempotency_key(deployment_id: Uuid, ring: Ring, action: ConnectorAction)
 }
 
 impl ConnectorType {
+    /// Whether `name` may name a connector: 1 to 32 characters, lower-case letters, digits, `-`
+    /// and `_`, starting with a letter.
+    pub fn is_name(name: &str) -> bool {
+        let mut chars = name.chars();
+        chars.next().is_some_and(|c| c.is_ascii_lowercase())
+            && name.len() <= 32
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    }
+
     pub const ALL: [ConnectorType; 5] = [
         ConnectorType::Intune,
         ConnectorType::Jamf,

@@ -244,15 +244,6 @@ pub fn parse(
     Ok(out)
 }
 
-/// Whether `name` may name a connector: 1 to 32 characters, lower-case letters, digits, `-` and
-/// `_`, starting with a letter.
-pub fn is_connector_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && name.len() <= 32
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-}
-
 /// The most calls one server makes to one connector at once.
 pub const MAX_IN_FLIGHT: usize = 256;
 

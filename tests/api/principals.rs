@@ -352,7 +352,27 @@ async fn an_access_change_needs_an_author_and_the_list_shows_each_grantor(backen
         assert!(!ok && out.is_empty(), "{reserved}: {out}");
         assert!(err.contains("is reserved"), "{err}");
     }
+    // A connector's own principal is connector:<its name>, and nothing else is a connector.
+    for subject in ["jamf-bridge", "connector:", "connector:Jamf", "system:x"] {
+        let (ok, out, err) = token_cli(
+            &app,
+            &["create", "--subject", subject, "--role", "connector"],
+        );
+        assert!(!ok && out.is_empty(), "{subject}: {out}");
+        assert!(err.contains("connector:<its name>"), "{subject}: {err}");
+    }
     assert_eq!(app.event_count().await, before, "nothing written");
+    let (ok, out, err) = token_cli(
+        &app,
+        &[
+            "create",
+            "--subject",
+            "connector:jamf",
+            "--role",
+            "connector",
+        ],
+    );
+    assert!(ok && !out.trim().is_empty(), "{err}");
 
     // A subject who decides on the CAB may not also request, unless a reason is recorded.
     let before = app.event_count().await;
