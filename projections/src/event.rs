@@ -319,6 +319,7 @@ impl ConnectorType {
             && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
     }
 
+    /// The five built-in types.
     pub const ALL: [ConnectorType; 5] = [
         ConnectorType::Intune,
         ConnectorType::Jamf,
@@ -328,17 +329,42 @@ impl ConnectorType {
     ];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            ConnectorType::Intune => "intune",
-            ConnectorType::Jamf => "jamf",
-            ConnectorType::Sccm => "sccm",
-            ConnectorType::Landscape => "landscape",
-            ConnectorType::Ansible => "ansible",
-        }
+        self.0
     }
 
-    pub fn parse(s: &str) -> Option<ConnectorType> {
+    /// One of the five built-in types, by name.
+    pub fn builtin(s: &str) -> Option<ConnectorType> {
         ConnectorType::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// Whether this is one of the five built-in types (not a custom connector).
+    pub fn is_builtin(self) -> bool {
+        ConnectorType::builtin(self.0).is_some()
+    }
+
+    /// A connector by name: a built-in type, or a custom connector's name ([`ConnectorType::is_name`]).
+    /// A custom name is kept for the life of the process the first time it is seen (names come
+    /// from the connectors file and the stored events, so there are few).
+    pub fn parse(s: &str) -> Option<ConnectorType> {
+        if let Some(builtin) = ConnectorType::builtin(s) {
+            return Some(builtin);
+        }
+        if !ConnectorType::is_name(s) {
+            return None;
+        }
+        static NAMES: std::sync::OnceLock<
+            std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
+        > = std::sync::OnceLock::new();
+        let mut names = NAMES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(&known) = names.get(s) {
+            return Some(ConnectorType(known));
+        }
+        let name: &'static str = Box::leak(s.to_string().into_boxed_str());
+        names.insert(name);
+        Some(ConnectorType(name))
     }
 }
 

@@ -97,6 +97,9 @@ struct Table {
     mode: Mode,
     #[serde(default)]
     batch_status: bool,
+    /// `[connectors.NAME]`'s type: a built-in type, or `custom`.
+    #[serde(rename = "type")]
+    kind: Option<String>,
 }
 
 mod defaults {
@@ -145,13 +148,81 @@ pub fn parse(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<BTreeMap<ConnectorType, Settings>, String> {
-    let tables: BTreeMap<String, Table> =
+    let mut tables: BTreeMap<String, Table> = BTreeMap::new();
+    let mut file: BTreeMap<String, toml::Value> =
         toml::from_str(text).map_err(|e| format!("not a connectors file: {}", e.message()))?;
-    let mut out = BTreeMap::new();
-    for (name, table) in tables {
-        let kind = ConnectorType::parse(&name).ok_or_else(|| {
-            format!("[{name}] is not a connector type (intune, jamf, sccm, landscape, ansible)")
+    let named = file.remove("connectors");
+    let table = |name: String, value: toml::Value| -> Result<(String, Table), String> {
+        value
+            .try_into::<Table>()
+            .map(|t| (name.clone(), t))
+            .map_err(|e| format!("{name}: {}", e.message()))
+    };
+    let mut kinds = Vec::new();
+    // `[intune]`, …: a table named by its built-in type.
+    for (name, value) in file {
+        let kind = ConnectorType::builtin(&name).ok_or_else(|| {
+            format!(
+                "[{name}] is not a connector type (intune, jamf, sccm, landscape, ansible); a \
+                 connector of another kind is [connectors.{name}] with type = \"custom\""
+            )
         })?;
+        let (label, t) = table(format!("[{name}]"), value)?;
+        if t.kind.as_deref().is_some_and(|k| k != name) {
+            return Err(format!("{label} type: a [{name}] table is of type {name}"));
+        }
+        kinds.push((kind, label.clone()));
+        tables.insert(label, t);
+    }
+    // `[connectors.NAME]` with a `type`: a built-in type, or `custom` (its own name its label).
+    if let Some(named) = named {
+        let toml::Value::Table(named) = named else {
+            return Err("connectors: give one [connectors.NAME] table per connector".into());
+        };
+        for (name, value) in named {
+            let (label, t) = table(format!("[connectors.{name}]"), value)?;
+            let kind = match t.kind.as_deref() {
+                None => {
+                    return Err(format!(
+                        "{label} type: give one of intune, jamf, sccm, landscape, ansible or custom"
+                    ))
+                }
+                Some("custom") if ConnectorType::builtin(&name).is_some() => {
+                    return Err(format!(
+                        "{label}: {name} is a built-in type; give a custom connector a name of its own"
+                    ))
+                }
+                Some("custom") => ConnectorType::parse(&name).ok_or_else(|| {
+                    format!(
+                        "{label}: a custom connector's name is 1 to 32 lower-case letters, \
+                         digits, - and _, from a letter"
+                    )
+                })?,
+                Some(other) => ConnectorType::builtin(other).ok_or_else(|| {
+                    format!(
+                        "{label} type: {other:?} is not intune, jamf, sccm, landscape, ansible or custom"
+                    )
+                })?,
+            };
+            kinds.push((kind, label.clone()));
+            tables.insert(label, t);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (kind, name) in kinds {
+        let Some(table) = tables.remove(&name) else {
+            continue;
+        };
+        if out.contains_key(&kind) {
+            return Err(format!(
+                "{name}: the {} connector is configured twice",
+                kind.as_str()
+            ));
+        }
+        let name = name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let duration = |key: &str, text: &str| {
             crate::domain::policy::duration(text)
                 .and_then(|d| d.to_std().ok())
@@ -330,6 +401,58 @@ mod tests {
             let refused = parse(file, &env).unwrap_err();
             assert!(refused.contains(says), "{file:?}: {refused}");
             assert!(!refused.contains("s3cret"), "{refused}");
+        }
+    }
+
+    #[test]
+    fn a_connector_of_its_own_kind_is_named_by_its_table() {
+        let file = "[connectors.acme-mdm]\ntype = \"custom\"\nbase_url = \"http://acme\"\n\
+                    [connectors.main]\ntype = \"intune\"\nbase_url = \"http://x\"\n\
+                    [jamf]\nbase_url = \"http://y\"\n";
+        let all = parse(file, &env).unwrap();
+        let acme = ConnectorType::parse("acme-mdm").unwrap();
+        assert!(!acme.is_builtin());
+        assert_eq!(all[&acme].base_url.as_str(), "http://acme/");
+        // No write limits unless written, as for every type but Intune.
+        assert_eq!(all[&acme].writes_per_app, None);
+        // A built-in type keeps its own name and its defaults, whatever its table is called.
+        assert_eq!(
+            all[&ConnectorType::Intune].writes_per_app,
+            Some((100, Duration::from_secs(20)))
+        );
+        assert!(all.contains_key(&ConnectorType::Jamf));
+        for (file, says) in [
+            (
+                "[connectors.acme]\nbase_url = \"http://x\"\n",
+                "[connectors.acme] type: give one of",
+            ),
+            (
+                "[connectors.intune]\ntype = \"custom\"\nbase_url = \"http://x\"\n",
+                "intune is a built-in type",
+            ),
+            (
+                "[connectors.Acme]\ntype = \"custom\"\nbase_url = \"http://x\"\n",
+                "a custom connector's name is",
+            ),
+            (
+                "[connectors.a]\ntype = \"mdm\"\nbase_url = \"http://x\"\n",
+                "\"mdm\" is not intune",
+            ),
+            (
+                "[intune]\nbase_url = \"http://x\"\n[connectors.b]\ntype = \"intune\"\nbase_url = \"http://x\"\n",
+                "configured twice",
+            ),
+            (
+                "[jamf]\ntype = \"custom\"\nbase_url = \"http://x\"\n",
+                "is of type jamf",
+            ),
+            (
+                "[connectors.acme]\ntype = \"custom\"\nbase_url = \"ftp://x\"\n",
+                "[connectors.acme] base_url",
+            ),
+        ] {
+            let refused = parse(file, &env).unwrap_err();
+            assert!(refused.contains(says), "{file:?}: {refused}");
         }
     }
 }

@@ -58,6 +58,8 @@ pub struct CreateRequest {
         pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
     )]
     pub version: String,
+    /// `intune`, `jamf`, `sccm`, `landscape`, `ansible`, or a custom connector configured on the
+    /// server (422 otherwise).
     #[schema(value_type = ConnectorName, example = "intune")]
     pub connector_type: ConnectorType,
     /// Default `LAB`; never past `target_ring` (422).
@@ -364,6 +366,22 @@ async fn create(
     body: ApiJson<CreateRequest>,
 ) -> Result<Response, ApiError> {
     let r = body.value;
+    // A custom connector exists only where the connectors file names it.
+    let configured = || {
+        state.dispatch.as_ref().is_some_and(|d| {
+            d.connectors()
+                .iter()
+                .any(|c| c.connector_type == r.connector_type.as_str())
+        })
+    };
+    if !r.connector_type.is_builtin() && !configured() {
+        return Err(ApiError::Unprocessable(format!(
+            "connector_type: {:?} is not intune, jamf, sccm, landscape, ansible, or a custom \
+             connector configured on this server ([connectors.{}] with type = \"custom\")",
+            r.connector_type.as_str(),
+            r.connector_type.as_str()
+        )));
+    }
     let action = Action::Create(Box::new(CreateIntent {
         app_name: r.app_name,
         version: r.version,

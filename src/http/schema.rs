@@ -32,17 +32,30 @@ pub enum StatusName {
     RolledBack,
 }
 
-/// The execution plane that installs the intent.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[schema(as = ConnectorType)]
-#[allow(dead_code)]
-pub enum ConnectorName {
-    Intune,
-    Jamf,
-    Sccm,
-    Landscape,
-    Ansible,
+/// The connector that installs the intent: `intune`, `jamf`, `sccm`, `landscape`, `ansible`, or
+/// the name of a custom connector configured on the server (`[connectors.NAME]`,
+/// `type = "custom"`).
+pub struct ConnectorName;
+
+impl utoipa::PartialSchema for ConnectorName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "intune, jamf, sccm, landscape, ansible, or a custom connector configured on the server",
+            ))
+            .pattern(Some("^[a-z][a-z0-9_-]{0,31}$"))
+            .min_length(Some(1))
+            .max_length(Some(32))
+            .examples(["intune"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ConnectorName {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "ConnectorType".into()
+    }
 }
 
 /// The kind of change.
@@ -100,7 +113,6 @@ mod tests {
     #[test]
     fn the_documented_names_are_the_domains() {
         use ChangeTypeName as C;
-        use ConnectorName as K;
         use RingName as R;
         use SiteClassName as S;
         use StatusName as T;
@@ -119,16 +131,9 @@ mod tests {
             ]),
             names(&Status::ALL)
         );
-        assert_eq!(
-            names(&[K::Intune, K::Jamf, K::Sccm, K::Landscape, K::Ansible]),
-            names(&[
-                ConnectorType::Intune,
-                ConnectorType::Jamf,
-                ConnectorType::Sccm,
-                ConnectorType::Landscape,
-                ConnectorType::Ansible
-            ])
-        );
+        for builtin in ConnectorType::ALL {
+            assert!(ConnectorType::is_name(builtin.as_str()), "{builtin:?}");
+        }
         assert_eq!(
             names(&[C::Standard, C::Normal, C::Emergency]),
             names(&[

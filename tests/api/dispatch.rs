@@ -1151,3 +1151,62 @@ async fn a_connector_with_batch_status_is_read_a_hundred_at_a_time(backend: Back
         Value::Null
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_connector_is_known_by_its_own_name_everywhere() {
+    let sim = sim().await;
+    let db = Arc::new(TestDb::new(Backend::Sqlite).await);
+    let path = db.dir().join("connectors.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[connectors.acme-mdm]\ntype = \"custom\"\nbase_url = \"{}\"\n\
+             poll_interval = \"500ms\"\nreconcile_interval = \"500ms\"\n",
+            sim.base
+        ),
+    )
+    .unwrap();
+    let app = serve(
+        db.clone(),
+        &["--connectors".into(), path.display().to_string()],
+    )
+    .await;
+    let crew = Crew::new(&app);
+    let mut body = intent_body("vlc", 0.2, "LAB");
+    body["connector_type"] = json!("acme-mdm");
+    let created = app.create(&crew.requester, body.clone()).await;
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.body["connector_type"], "acme-mdm");
+    let id = created.id();
+    let events = until(&app, &crew.auditor, &id, "completion", |e| {
+        !of_type(e, "DeploymentCompleted").is_empty()
+    })
+    .await;
+    assert_eq!(
+        of_type(&events, "ConnectorDispatched")[0]["connector_type"],
+        "acme-mdm"
+    );
+    let reports = of_type(&events, "DeploymentDeployed");
+    assert_eq!(reports[0]["meta"]["actor"]["subject"], "connector:acme-mdm");
+    // Its name is its label: it does not pose as Intune.
+    let text = metrics_with(
+        &app,
+        "/metrics",
+        "connector_health{connector_type=\"acme-mdm\"} 1",
+    )
+    .await;
+    assert!(!text.contains("connector_type=\"intune\""), "{text}");
+    // A connector this server does not have is refused in words, and nothing is created.
+    let before = app.event_count().await;
+    body["connector_type"] = json!("nobody");
+    let refused = app.create(&crew.requester, body).await;
+    refused.assert_problem(422);
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("a custom connector configured on this server"),
+        "{refused:?}"
+    );
+    assert_eq!(app.event_count().await, before);
+}

@@ -144,16 +144,58 @@ impl ChangeType {
     }
 }
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum ConnectorType {
-    Intune,
-    Jamf,
-    Sccm,
-    Landscape,
-    Ansible,
+/// The connector an intent is dispatched through, by name: one of the five built-in types
+/// (`intune`, `jamf`, `sccm`, `landscape`, `ansible`), or a custom connector's own name (a
+/// connectors file's `[connectors.NAME]` with `type = "custom"`). The name is its label
+/// everywhere: on events, in metrics, on the API.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnectorType(pub(crate) &'static str);
+
+#[allow(non_upper_case_globals)]
+impl ConnectorType {
+    pub const Intune: ConnectorType = ConnectorType("intune");
+    pub const Jamf: ConnectorType = ConnectorType("jamf");
+    pub const Sccm: ConnectorType = ConnectorType("sccm");
+    pub const Landscape: ConnectorType = ConnectorType("landscape");
+    pub const Ansible: ConnectorType = ConnectorType("ansible");
+}
+
+impl std::fmt::Debug for ConnectorType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl Serialize for ConnectorType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ConnectorType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        ConnectorType::parse(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{name:?} is not a connector name (intune, jamf, sccm, landscape, ansible, or a \
+                 custom connector's: 1 to 32 lower-case letters, digits, - and _, from a letter)"
+            ))
+        })
+    }
+}
+
+impl JsonSchema for ConnectorType {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ConnectorType".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "intune, jamf, sccm, landscape, ansible, or a custom connector's own name",
+            "pattern": "^[a-z][a-z0-9_-]{0,31}$"
+        })
+    }
 }
 
 /// The label the risk model gives an assessment.
