@@ -468,6 +468,19 @@ async fn principal_id(app: &TestApp, admin: &str, subject: &str) -> String {
 }
 
 /// The session cookie of `token`, signed in over plain HTTP as a browser would.
+/// A console page's HTML, as the browser with session `cookie` gets it.
+pub async fn page_text(app: &TestApp, cookie: &str, path: &str) -> String {
+    reqwest::Client::new()
+        .get(format!("{}{path}", app.base))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub async fn session_of(app: &TestApp, token: &str) -> String {
     let reply = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -586,15 +599,7 @@ async fn an_admin_rotates_a_token_from_the_access_page_and_sees_it_once(backend:
     let admin = app.token("root", "admin");
     let cookie = session_of(&app, &admin).await;
     let http = reqwest::Client::new();
-    let access = http
-        .get(format!("{}/ui/access", app.base))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let access = page_text(&app, &cookie, "/ui/access").await;
     let csrf = csrf_in(&access);
     let id = principal_id(&app, &admin, "carol").await;
     assert!(

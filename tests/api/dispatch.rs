@@ -38,11 +38,17 @@ async fn sim() -> Sim {
     .await
 }
 
+/// Writes `text` as the connectors file in the test's directory and returns the serve flags.
+fn connectors_toml(db: &TestDb, text: String) -> Vec<String> {
+    let path = db.dir().join("connectors.toml");
+    std::fs::write(&path, text).unwrap();
+    vec!["--connectors".into(), path.display().to_string()]
+}
+
 /// Writes a connectors file for `sim` into the test's directory and returns the serve flags.
 pub fn connectors(db: &TestDb, sim: &Sim, more: &str) -> Vec<String> {
-    let path = db.dir().join("connectors.toml");
-    std::fs::write(
-        &path,
+    connectors_toml(
+        db,
         format!(
             "[intune]\nbase_url = \"{}\"\ntimeout = \"2s\"\nretry_min = \"200ms\"\n\
              retry_max = \"1s\"\npoll_interval = \"500ms\"\nreconcile_interval = \"500ms\"\n\
@@ -50,8 +56,15 @@ pub fn connectors(db: &TestDb, sim: &Sim, more: &str) -> Vec<String> {
             sim.base
         ),
     )
-    .unwrap();
-    vec!["--connectors".into(), path.to_str().unwrap().into()]
+}
+
+/// A simulator and a server dispatching to it (with `more` connector settings), and its crew.
+async fn started(backend: Backend, more: &str) -> (Sim, TestApp, Crew) {
+    let sim = sim().await;
+    let db = Arc::new(TestDb::new(backend).await);
+    let app = serve(db.clone(), &connectors(&db, &sim, more)).await;
+    let crew = Crew::new(&app);
+    (sim, app, crew)
 }
 
 async fn serve(db: Arc<TestDb>, flags: &[String]) -> TestApp {
@@ -94,15 +107,22 @@ async fn until(
     }
 }
 
+/// Waits until the intent's LAB report counts all ten devices installed.
+async fn lab_result(app: &TestApp, crew: &Crew, id: &str) {
+    until(app, &crew.auditor, id, "the LAB result", |e| {
+        of_type(e, "DeploymentDeployed")
+            .last()
+            .is_some_and(|d| d["succeeded"] == 10)
+    })
+    .await;
+}
+
 fn key(id: &str, ring: Ring, action: ConnectorAction) -> String {
     idempotency_key(Uuid::parse_str(id).unwrap(), ring, action)
 }
 
 async fn ingestion_drives_an_intent_from_approval_to_completion(backend: Backend) {
-    let sim = sim().await;
-    let db = Arc::new(TestDb::new(backend).await);
-    let app = serve(db.clone(), &connectors(&db, &sim, "")).await;
-    let crew = Crew::new(&app);
+    let (sim, app, crew) = started(backend, "").await;
     // Approved by policy at creation; nobody reports anything by hand.
     let id = app
         .create(&crew.requester, intent_body("7zip", 0.2, "LAB"))
@@ -166,10 +186,7 @@ async fn ingestion_drives_an_intent_from_approval_to_completion(backend: Backend
 }
 
 async fn a_rollback_is_remediated_once(backend: Backend) {
-    let sim = sim().await;
-    let db = Arc::new(TestDb::new(backend).await);
-    let app = serve(db.clone(), &connectors(&db, &sim, "")).await;
-    let crew = Crew::new(&app);
+    let (sim, app, crew) = started(backend, "").await;
     let id = app
         .create(&crew.requester, intent_body("vlc", 0.2, "CANARY"))
         .await
@@ -227,10 +244,7 @@ async fn a_rollback_is_remediated_once(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_refusal_is_recorded_once_and_not_retried() {
-    let sim = sim().await;
-    let db = Arc::new(TestDb::new(Backend::Sqlite).await);
-    let app = serve(db.clone(), &connectors(&db, &sim, "")).await;
-    let crew = Crew::new(&app);
+    let (sim, app, crew) = started(Backend::Sqlite, "").await;
     // Awaiting CAB, so nothing is sent yet; meanwhile someone else publishes the same
     // assignment under another key, and the connector will refuse ours (409).
     let id = app
@@ -440,10 +454,7 @@ async fn two_replicas_dispatch_each_action_once(backend: Backend) {
 }
 
 async fn a_drift_appears_as_an_event_and_a_metric(backend: Backend) {
-    let sim = sim().await;
-    let db = Arc::new(TestDb::new(backend).await);
-    let app = serve(db.clone(), &connectors(&db, &sim, "")).await;
-    let crew = Crew::new(&app);
+    let (sim, app, crew) = started(backend, "").await;
     let id = app
         .create(&crew.requester, intent_body("slack", 0.2, "LAB"))
         .await
@@ -677,10 +688,7 @@ async fn answer(sim: &Sim, assignment: &str, body: Option<String>) {
 }
 
 async fn a_bad_status_answer_is_recorded_once_per_problem_and_shown(backend: Backend) {
-    let sim = sim().await;
-    let db = Arc::new(TestDb::new(backend).await);
-    let app = serve(db.clone(), &connectors(&db, &sim, "")).await;
-    let crew = Crew::new(&app);
+    let (sim, app, crew) = started(backend, "").await;
     // Awaiting CAB, so the bad answers are in place before the first poll.
     let id = app
         .create(&crew.requester, intent_body("zoom", 0.8, "LAB"))
@@ -765,15 +773,7 @@ async fn a_bad_status_answer_is_recorded_once_per_problem_and_shown(backend: Bac
     .await;
     // The console's page of the change says so, in words.
     let cookie = crate::console::session_of(&app, &crew.auditor).await;
-    let page = reqwest::Client::new()
-        .get(format!("{}/ui/changes/{id}", app.base))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = crate::console::page_text(&app, &cookie, &format!("/ui/changes/{id}")).await;
     assert!(
         page.contains("status answer for <code>")
             && page.contains(&assignment)
@@ -791,21 +791,13 @@ async fn a_bad_status_answer_is_recorded_once_per_problem_and_shown(backend: Bac
 }
 
 async fn a_removed_assignment_is_drift_once_and_read_with_backoff(backend: Backend) {
-    let sim = sim().await;
-    let db = Arc::new(TestDb::new(backend).await);
-    let app = serve(db.clone(), &connectors(&db, &sim, "")).await;
-    let crew = Crew::new(&app);
+    let (sim, app, crew) = started(backend, "").await;
     // Bound for PILOT: deployed in LAB, it stays live (nobody promotes it).
     let id = app
         .create(&crew.requester, intent_body("teams", 0.2, "PILOT"))
         .await
         .id();
-    until(&app, &crew.auditor, &id, "the LAB result", |e| {
-        of_type(e, "DeploymentDeployed")
-            .last()
-            .is_some_and(|d| d["succeeded"] == 10)
-    })
-    .await;
+    lab_result(&app, &crew, &id).await;
     let assignment = format!("{id}.lab");
     let removed = sim
         .post(
@@ -884,22 +876,16 @@ async fn dispatched_at(app: &TestApp, token: &str, id: &str) -> chrono::DateTime
 async fn a_slow_call_never_delays_the_others(backend: Backend) {
     let sim = sim().await;
     let db = Arc::new(TestDb::new(backend).await);
-    let path = db.dir().join("connectors.toml");
-    std::fs::write(
-        &path,
+    let flags = connectors_toml(
+        &db,
         format!(
             "[intune]\nbase_url = \"{}\"\ntimeout = \"10s\"\nmax_in_flight = 4\n\
              writes_per_app = \"unlimited\"\nwrites_per_tenant = \"unlimited\"\n\
              poll_interval = \"500ms\"\n",
             sim.base
         ),
-    )
-    .unwrap();
-    let app = serve(
-        db.clone(),
-        &["--connectors".into(), path.display().to_string()],
-    )
-    .await;
+    );
+    let app = serve(db.clone(), &flags).await;
     let crew = Crew::new(&app);
     // One publication takes 4 s to answer.
     let slow = app
@@ -953,22 +939,6 @@ async fn calls_to_a_connector_stay_within_max_in_flight() {
     assert_eq!(most, 2, "{:#}", sim.side_effects().await);
 }
 
-/// A connectors file for `sim` with `more` settings, written whole (not through [`connectors`],
-/// whose settings a test may want otherwise).
-fn connectors_file(db: &TestDb, sim: &Sim, more: &str) -> Vec<String> {
-    let path = db.dir().join("connectors.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[intune]\nbase_url = \"{}\"\npoll_interval = \"500ms\"\nreconcile_interval = \"500ms\"\n\
-             writes_per_app = \"unlimited\"\nwrites_per_tenant = \"unlimited\"\n{more}",
-            sim.base
-        ),
-    )
-    .unwrap();
-    vec!["--connectors".into(), path.display().to_string()]
-}
-
 /// A pushed result: `installed` of 10 devices.
 fn pushed(assignment: &str, sequence: u64, installed: u64) -> Value {
     json!({"assignment_id": assignment, "sequence": sequence, "state": "active", "targeted": 10,
@@ -976,10 +946,7 @@ fn pushed(assignment: &str, sequence: u64, installed: u64) -> Value {
 }
 
 async fn a_connector_pushes_its_results_and_a_bad_push_changes_nothing(backend: Backend) {
-    let sim = sim().await;
-    let db = Arc::new(TestDb::new(backend).await);
-    let app = serve(db.clone(), &connectors_file(&db, &sim, "mode = \"push\"\n")).await;
-    let crew = Crew::new(&app);
+    let (sim, app, crew) = started(backend, "mode = \"push\"\n").await;
     let intune = app.token("connector:intune", "connector");
     let id = app
         .create(&crew.requester, intent_body("notepad", 0.2, "LAB"))
@@ -1105,22 +1072,10 @@ async fn a_connector_pushes_its_results_and_a_bad_push_changes_nothing(backend: 
 }
 
 async fn a_connector_with_batch_status_is_read_a_hundred_at_a_time(backend: Backend) {
-    let sim = sim().await;
-    let db = Arc::new(TestDb::new(backend).await);
-    let app = serve(
-        db.clone(),
-        &connectors_file(&db, &sim, "batch_status = true\n"),
-    )
-    .await;
-    let crew = Crew::new(&app);
+    let (sim, app, crew) = started(backend, "batch_status = true\n").await;
     let ids = burst(&app, &crew.requester, 5).await;
     for id in &ids {
-        until(&app, &crew.auditor, id, "the LAB result", |e| {
-            of_type(e, "DeploymentDeployed")
-                .last()
-                .is_some_and(|d| d["succeeded"] == 10)
-        })
-        .await;
+        lab_result(&app, &crew, id).await;
     }
     // Five assignments read in batches: far fewer calls than reads.
     let counts = sim.side_effects().await;
@@ -1156,21 +1111,15 @@ async fn a_connector_with_batch_status_is_read_a_hundred_at_a_time(backend: Back
 async fn a_custom_connector_is_known_by_its_own_name_everywhere() {
     let sim = sim().await;
     let db = Arc::new(TestDb::new(Backend::Sqlite).await);
-    let path = db.dir().join("connectors.toml");
-    std::fs::write(
-        &path,
+    let flags = connectors_toml(
+        &db,
         format!(
             "[connectors.acme-mdm]\ntype = \"custom\"\nbase_url = \"{}\"\n\
              poll_interval = \"500ms\"\nreconcile_interval = \"500ms\"\n",
             sim.base
         ),
-    )
-    .unwrap();
-    let app = serve(
-        db.clone(),
-        &["--connectors".into(), path.display().to_string()],
-    )
-    .await;
+    );
+    let app = serve(db.clone(), &flags).await;
     let crew = Crew::new(&app);
     let mut body = intent_body("vlc", 0.2, "LAB");
     body["connector_type"] = json!("acme-mdm");
