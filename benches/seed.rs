@@ -118,6 +118,7 @@ impl Generator {
             justification: None,
             source_committed_at: None,
             change_ref: None,
+            artifact_bytes: None,
         };
         run(
             self,

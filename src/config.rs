@@ -323,6 +323,9 @@ pub struct CreateArgs {
     /// printable characters.
     #[arg(long, value_name = "REF")]
     pub change_ref: Option<String>,
+    /// The package's size in bytes, 0 to 10,000,000,000,000: what delivering it costs.
+    #[arg(long, value_name = "BYTES")]
+    pub artifact_bytes: Option<u64>,
     /// A risk factor, `NAME=VALUE` with VALUE from 0 to 1 (privilege_impact, supply_chain_trust,
     /// exploitability, data_access, sbom_vulnerability, operational_complexity, history);
     /// repeat for each. Factors not given are 0.

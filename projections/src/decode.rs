@@ -57,7 +57,7 @@ impl std::error::Error for DecodeError {}
 /// Agrees with [`DeploymentEvent::version`] (a test holds them together).
 pub fn current_version(event_type: &str) -> Option<u32> {
     Some(match event_type {
-        "DeploymentCreated" => 4,
+        "DeploymentCreated" => 5,
         "DeploymentApproved" => 1,
         "DeploymentRejected" => 2,
         "DeploymentDeployed" => 3,
@@ -266,6 +266,12 @@ fn upcast_step(event_type: &str, from: u32, body: &mut Map<String, Value>) -> Re
             risk.insert("policy_digest".into(), Value::Null);
             Ok(())
         }
+        // Version 4 requests recorded neither an artifact size nor cost rates: they have no cost.
+        ("DeploymentCreated", 4) => {
+            body.insert("artifact_bytes".into(), Value::Null);
+            body.insert("cost_rates".into(), Value::Null);
+            Ok(())
+        }
         // Version 1 gate evaluations did not record the policy their thresholds came from.
         ("PromotionGateEvaluated", 1) => {
             body.insert("policy_digest".into(), Value::Null);
@@ -388,6 +394,11 @@ mod tests {
         event.meta_mut().schema_version = version;
         let mut json: Value = serde_json::to_value(&event).unwrap();
         let body = json["DeploymentCreated"].as_object_mut().unwrap();
+        body.remove("artifact_bytes");
+        body.remove("cost_rates");
+        if version == 4 {
+            return json;
+        }
         let risk = body["risk"].as_object_mut().unwrap();
         risk.remove("policy_digest");
         if version == 3 {
@@ -410,7 +421,7 @@ mod tests {
         };
         assert_eq!(c.source_committed_at, None);
         assert_eq!(c.change_ref, None);
-        assert_eq!(c.meta.schema_version, 4);
+        assert_eq!(c.meta.schema_version, 5);
         assert_eq!(c.app_name, "7-Zip");
     }
 
@@ -421,7 +432,7 @@ mod tests {
         let DeploymentEvent::DeploymentCreated(c) = &read else {
             panic!("{read:?}")
         };
-        assert_eq!((c.change_ref.as_deref(), c.meta.schema_version), (None, 4));
+        assert_eq!((c.change_ref.as_deref(), c.meta.schema_version), (None, 5));
         assert_eq!(c.risk.cab_required_reason, None);
         assert!(c.risk.requires_cab, "what version 2 recorded is kept");
         // A version 2 payload without its risk object is named, not guessed.
@@ -437,6 +448,18 @@ mod tests {
     }
 
     #[test]
+    fn a_version_4_request_reads_with_no_size_and_no_cost() {
+        let json = older_request(4);
+        let read = decode("DeploymentCreated", "4", &json.to_string()).unwrap();
+        let DeploymentEvent::DeploymentCreated(c) = &read else {
+            panic!("{read:?}")
+        };
+        assert_eq!((c.artifact_bytes, &c.cost_rates), (None, &None));
+        assert_eq!(c.meta.schema_version, 5);
+        assert!(c.risk.policy_digest.is_some(), "version 4's digest is kept");
+    }
+
+    #[test]
     fn judgements_written_before_the_policy_was_recorded_read_with_no_digest() {
         let json = older_request(3);
         let read = decode("DeploymentCreated", "3", &json.to_string()).unwrap();
@@ -448,7 +471,7 @@ mod tests {
             c.risk.cab_required_reason.is_some(),
             "version 3's reason is kept"
         );
-        assert_eq!(c.meta.schema_version, 4);
+        assert_eq!(c.meta.schema_version, 5);
 
         let mut s = Script::new(1);
         let mut gates = s.evaluated(2.0, Ring::Lab, Ring::Canary, &[(Gate::SuccessRate, true)]);
@@ -506,7 +529,7 @@ mod tests {
             decode("DeploymentExploded", "1", &payload),
             Err(DecodeError::UnknownType("DeploymentExploded".into()))
         );
-        for version in ["0", "5", "one", ""] {
+        for version in ["0", "6", "one", ""] {
             assert!(matches!(
                 decode("DeploymentCreated", version, &payload),
                 Err(DecodeError::UnknownVersion { .. })

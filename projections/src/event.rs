@@ -68,6 +68,10 @@ pub struct Created {
     /// The change's reference in another system (a ServiceNow CHG number, a Jira key), if the
     /// requester gave one: 1 to 64 printable characters.
     pub change_ref: Option<String>,
+    /// The artifact's size in bytes, if the requester gave it (what delivery costs).
+    pub artifact_bytes: Option<u64>,
+    /// The policy's cost rates in force at the request: what the change's cost is computed with.
+    pub cost_rates: Option<Box<CostRates>>,
 }
 
 /// Why an intent was cleared to deploy.
@@ -455,7 +459,10 @@ pub struct StatusRejected {
     pub problem: String,
 }
 
-/// Every event of a deployment intent's stream.
+/// Every event of a deployment intent's stream. A request's event is the largest by far (the
+/// whole risk assessment, the rates its cost is priced with); events are built once and moved
+/// rarely, so its size is not worth a box on every read of the others.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub enum DeploymentEvent {
     DeploymentCreated(Created),
@@ -496,7 +503,7 @@ impl DeploymentEvent {
     /// This event type's schema version as this build writes and reads it.
     pub fn version(&self) -> u32 {
         match self {
-            DeploymentEvent::DeploymentCreated(_) => 4,
+            DeploymentEvent::DeploymentCreated(_) => 5,
             DeploymentEvent::DeploymentApproved(_) => 1,
             DeploymentEvent::DeploymentRejected(_) => 2,
             DeploymentEvent::DeploymentDeployed(_) => 3,

@@ -57,6 +57,8 @@ impl Script {
             justification: None,
             source_committed_at: None,
             change_ref: None,
+            artifact_bytes: None,
+            cost_rates: None,
             risk: RiskAssessment {
                 model_version: "risk_model_v1.0".into(),
                 score: if requires_cab { 70 } else { 20 },

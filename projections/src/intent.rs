@@ -135,6 +135,9 @@ pub struct IntentState {
     /// answered without a second event and an older one is refused.
     #[serde(default)]
     pub last_pushed: Option<PushedSeen>,
+    /// What the change cost so far, with the rates recorded at its request.
+    #[serde(default)]
+    pub cost: crate::cost::CostMeter,
 }
 
 /// A pushed report as applied: its ring, sequence and counts (target devices, succeeded,
@@ -234,12 +237,18 @@ impl IntentState {
                     last_drift: None,
                     status_rejected: None,
                     last_pushed: None,
+                    cost: {
+                        let mut meter = crate::cost::CostMeter::default();
+                        meter.charge(event);
+                        meter
+                    },
                 })
             }
             (None, _) => return None,
             (Some(s), DeploymentEvent::DeploymentCreated(_)) => return Some(s),
             (Some(s), _) => s,
         };
+        state.cost.charge(event);
         let at = event.meta().occurred_at;
         match event {
             DeploymentEvent::DeploymentCreated(_) => {}

@@ -17,6 +17,7 @@
 //! - [`metrics`]: the domain metrics of METRICS.md, rendered as Prometheus text.
 
 pub mod access;
+pub mod cost;
 pub mod decode;
 pub mod describe;
 pub mod event;

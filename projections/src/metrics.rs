@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 mod render;
 
+use crate::cost::{Component, CostMeter, CURRENCIES};
 use crate::decode::StreamEvent;
 use crate::event::{
     ApprovalBasis, ChangeType, ConnectorType, DeploymentEvent, Gate, Ring, SiteClass, Status,
@@ -24,6 +25,10 @@ pub const DURATION_BUCKETS: &[f64] = &[
 ];
 /// Buckets for risk scores.
 pub const RISK_BUCKETS: &[f64] = &[10.0, 25.0, 50.0, 75.0, 90.0, 100.0];
+/// A completed change's cost, in its currency's units.
+pub const COST_BUCKETS: &[f64] = &[
+    1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0, 50000.0,
+];
 /// The `app_name` value that apps past the label limit are counted under.
 pub const OTHER_APP: &str = "other";
 
@@ -98,6 +103,8 @@ struct Intent {
     retro_awaiting: Option<bool>,
     /// A rollout result was reported in some ring.
     deployed: bool,
+    /// What it cost so far.
+    cost: CostMeter,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -132,6 +139,10 @@ pub struct Metrics {
     drift: HashMap<(Ring, ConnectorType), u64>,
     /// (ring, connector_type)
     status_rejected: HashMap<(Ring, ConnectorType), u64>,
+    /// Cost, per (app_name label, currency, ring, component).
+    cost: HashMap<(Arc<str>, &'static str, Ring, Component), f64>,
+    /// Completed changes' whole cost, per currency.
+    cost_per_intent: HashMap<&'static str, Histogram>,
     /// Delivery performance, per (app_name, ring): lead time to compliance in the ring.
     lead_time: HashMap<(Arc<str>, Ring), Histogram>,
     /// A failure (rollback) in the ring to the app's next compliant version there.
@@ -147,6 +158,13 @@ pub struct Metrics {
     names: HashMap<String, Arc<str>>,
     events: BTreeMap<&'static str, u64>,
     position: i64,
+}
+
+/// The `currency` label: the ISO 4217 code (checked when the policy was read), `XXX` (ISO's "no
+/// currency") for anything else.
+fn currency_label(code: Option<&str>) -> &'static str {
+    code.and_then(|c| CURRENCIES.iter().find(|k| **k == c).copied())
+        .unwrap_or("XXX")
 }
 
 fn seconds(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
@@ -173,6 +191,8 @@ impl Metrics {
             rollbacks: HashMap::new(),
             drift: HashMap::new(),
             status_rejected: HashMap::new(),
+            cost: HashMap::new(),
+            cost_per_intent: HashMap::new(),
             lead_time: HashMap::new(),
             recovery_time: HashMap::new(),
             change_failures: HashMap::new(),
@@ -227,6 +247,15 @@ impl Metrics {
         *self.events.entry(event.type_name()).or_default() += 1;
         let meta = event.meta();
         let (id, at) = (meta.deployment_id, meta.occurred_at);
+        if let Some(intent) = self.intents.get_mut(&id) {
+            let currency = currency_label(intent.cost.currency());
+            for (ring, component, amount) in intent.cost.charge(event) {
+                *self
+                    .cost
+                    .entry((intent.app.clone(), currency, ring, component))
+                    .or_default() += amount;
+            }
+        }
         match event {
             DeploymentEvent::DeploymentCreated(e) => {
                 if self.intents.contains_key(&id) {
@@ -268,6 +297,11 @@ impl Metrics {
                         ring_compliant: false,
                         retro_awaiting: None,
                         deployed: false,
+                        cost: {
+                            let mut meter = CostMeter::default();
+                            meter.charge(event);
+                            meter
+                        },
                     },
                 );
                 self.risk
@@ -396,6 +430,12 @@ impl Metrics {
             DeploymentEvent::DeploymentCompleted(_) => {
                 if let Some(intent) = self.intents.get_mut(&id) {
                     intent.status = Status::Completed;
+                    if let Some(currency) = intent.cost.currency() {
+                        self.cost_per_intent
+                            .entry(currency_label(Some(currency)))
+                            .or_insert_with(|| Histogram::new(COST_BUCKETS))
+                            .observe(intent.cost.total());
+                    }
                 }
             }
             DeploymentEvent::RetroApprovalOverdue(_) => {
@@ -941,6 +981,8 @@ mod tests {
             "deployment_rollbacks_total counter",
             "deployment_drift_total counter",
             "connector_status_rejected_total counter",
+            "deployment_cost_total counter",
+            "deployment_cost_per_intent histogram",
             "deployment_lead_time_seconds histogram",
             "deployment_recovery_time_seconds histogram",
             "deployment_change_failures_total counter",

@@ -244,6 +244,32 @@ fn intent_lines(i: &Value) -> Vec<String> {
             }
         ));
     }
+    if let Some(cost) = i["cost"].as_object() {
+        let currency = text(&cost["currency"]);
+        let parts: Vec<String> = cost["components"]
+            .as_object()
+            .map(|c| {
+                c.iter()
+                    .map(|(name, amount)| {
+                        format!(
+                            "{} {:.2}",
+                            name.replace('_', " "),
+                            amount.as_f64().unwrap_or(0.0)
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        lines.push(format!(
+            "cost:             {currency} {:.2}{}",
+            cost["total"].as_f64().unwrap_or(0.0),
+            if parts.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", parts.join(", "))
+            }
+        ));
+    }
     if let Some(r) = i["connector_status_rejected"].as_object() {
         lines.push(format!(
             "connector status: REJECTED in {} at {}: {}",
@@ -503,6 +529,9 @@ fn create_body(args: &CreateArgs) -> Result<Value, Failure> {
         if let Some(v) = value {
             body.insert(name.into(), json!(v));
         }
+    }
+    if let Some(bytes) = args.artifact_bytes {
+        body.insert("artifact_bytes".into(), json!(bytes));
     }
     for (name, set) in [
         ("privileged_tooling", args.privileged_tooling),

@@ -136,6 +136,8 @@ pub struct CreateIntent {
     pub justification: Option<String>,
     /// When the change was committed to source control (lead time starts there).
     pub source_committed_at: Option<DateTime<Utc>>,
+    /// The artifact's size in bytes, when known (what delivery costs).
+    pub artifact_bytes: Option<u64>,
     /// The change's reference in another system (a ServiceNow CHG number, a Jira key).
     pub change_ref: Option<String>,
 }

@@ -33,6 +33,8 @@ const MAX_TEXT: usize = 4096;
 const MAX_CHANGE_REF: usize = 64;
 /// How far ahead of the server's clock a `source_committed_at` may be (another system's clock).
 const MAX_CLOCK_SKEW_MINUTES: i64 = 5;
+/// The largest artifact a request may declare: 10 TB.
+const MAX_ARTIFACT_BYTES: u64 = 10_000_000_000_000;
 /// The most devices a rollout report may count in one ring (and the most incidents): beyond any
 /// real estate, far below where arithmetic on the counts could overflow.
 pub const MAX_DEVICES: u64 = 10_000_000;
@@ -483,6 +485,13 @@ fn create_intent(out: &mut Events, c: &CreateIntent) -> Result<(), DomainError> 
         ..risk
     };
     let requires_cab = risk.requires_cab;
+    if c.artifact_bytes.is_some_and(|b| b > MAX_ARTIFACT_BYTES) {
+        return Err(DomainError::invalid(
+            "artifact_bytes",
+            format!("must be from 0 to {MAX_ARTIFACT_BYTES} (10 TB)"),
+        ));
+    }
+    let cost_rates = Some(Box::new(out.policy().cost.clone()));
     out.push(|meta| {
         DeploymentEvent::DeploymentCreated(Created {
             meta,
@@ -501,6 +510,8 @@ fn create_intent(out: &mut Events, c: &CreateIntent) -> Result<(), DomainError> 
             risk,
             source_committed_at: c.source_committed_at,
             change_ref: c.change_ref.clone(),
+            artifact_bytes: c.artifact_bytes,
+            cost_rates,
         })
     });
     let clearance = match (requires_cab, c.change_type) {

@@ -13,6 +13,10 @@
 //! [cab]
 //! always_for_critical_infrastructure = true
 //!
+//! [cost]
+//! currency = "EUR"
+//! per_device_install = 0.05
+//!
 //! [slo]
 //! api_availability = 0.999
 //! api_latency = "500ms"
@@ -25,6 +29,7 @@
 use std::collections::BTreeMap;
 
 use chrono::Duration;
+use eucora_projections::cost::{CostRates, CURRENCIES};
 use eucora_projections::event::{Ring, SiteClass};
 use serde::Deserialize;
 
@@ -76,6 +81,8 @@ pub struct CabPolicy {
 pub struct Policy {
     rings: [RingPolicy; 5],
     pub cab: CabPolicy,
+    /// The cost rates recorded on every intent requested under this policy.
+    pub cost: CostRates,
     pub slo: SloPolicy,
     /// How long after its first deployment an emergency change may be approved retrospectively.
     pub emergency_retro_window: Duration,
@@ -112,6 +119,7 @@ impl Default for Policy {
             cab: CabPolicy {
                 always_for_critical_infrastructure: true,
             },
+            cost: CostRates::default(),
             slo: SloPolicy {
                 api_availability: 0.999,
                 api_latency: Duration::milliseconds(500),
@@ -153,6 +161,19 @@ struct PolicyFile {
     rings: BTreeMap<String, RingOverride>,
     cab: Option<CabOverride>,
     slo: Option<SloOverride>,
+    cost: Option<CostOverride>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CostOverride {
+    currency: Option<String>,
+    per_device_install: Option<f64>,
+    per_gb_delivered: Option<f64>,
+    per_connector_call: Option<f64>,
+    per_incident: Option<f64>,
+    per_cab_review_hour: Option<f64>,
+    per_rollback: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -259,6 +280,50 @@ impl Policy {
             )?;
             if let Some(d) = o.api_latency {
                 slo.api_latency = parse_duration("slo.api_latency", &d)?;
+            }
+        }
+        if let Some(o) = file.cost {
+            let cost = &mut policy.cost;
+            if let Some(code) = o.currency {
+                if !CURRENCIES.contains(&code.as_str()) {
+                    return Err(PolicyError::Invalid(format!(
+                        "cost.currency {code:?} is not an ISO 4217 currency code (like EUR, USD, GBP)"
+                    )));
+                }
+                cost.currency = code;
+            }
+            for (key, value, into) in [
+                (
+                    "per_device_install",
+                    o.per_device_install,
+                    &mut cost.per_device_install,
+                ),
+                (
+                    "per_gb_delivered",
+                    o.per_gb_delivered,
+                    &mut cost.per_gb_delivered,
+                ),
+                (
+                    "per_connector_call",
+                    o.per_connector_call,
+                    &mut cost.per_connector_call,
+                ),
+                ("per_incident", o.per_incident, &mut cost.per_incident),
+                (
+                    "per_cab_review_hour",
+                    o.per_cab_review_hour,
+                    &mut cost.per_cab_review_hour,
+                ),
+                ("per_rollback", o.per_rollback, &mut cost.per_rollback),
+            ] {
+                if let Some(v) = value {
+                    if !(v.is_finite() && v >= 0.0) {
+                        return Err(PolicyError::Invalid(format!(
+                            "cost.{key} must be a number from 0, got {v}"
+                        )));
+                    }
+                    *into = v;
+                }
             }
         }
         for (name, o) in file.rings {
@@ -384,6 +449,36 @@ mod tests {
                 err.to_string().contains("must be above 0 and below 1"),
                 "{err}"
             );
+        }
+    }
+
+    #[test]
+    fn cost_rates_are_read_and_bad_ones_refused_in_our_words() {
+        let p = Policy::from_toml("[cost]\ncurrency = \"GBP\"\nper_incident = 400\n").unwrap();
+        assert_eq!(p.cost.currency, "GBP");
+        assert_eq!(p.cost.per_incident, 400.0);
+        // What the file leaves out keeps its default.
+        assert_eq!(p.cost.per_rollback, CostRates::default().per_rollback);
+        for (bad, says) in [
+            ("currency = \"EURO\"", "not an ISO 4217 currency code"),
+            ("currency = \"eur\"", "not an ISO 4217 currency code"),
+            (
+                "per_device_install = -0.5",
+                "cost.per_device_install must be a number from 0",
+            ),
+            (
+                "per_gb_delivered = nan",
+                "cost.per_gb_delivered must be a number from 0",
+            ),
+            (
+                "per_rollback = inf",
+                "cost.per_rollback must be a number from 0",
+            ),
+            ("per_cab_review_hour = \"ten\"", "invalid type"),
+            ("per_device = 1", "unknown field"),
+        ] {
+            let err = Policy::from_toml(&format!("[cost]\n{bad}")).unwrap_err();
+            assert!(err.to_string().contains(says), "{bad}: {err}");
         }
     }
 

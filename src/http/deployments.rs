@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use eucora_projections::event::{
     ChangeType, ConnectorType, DeploymentEvent, Ring, SiteClass, Status,
 };
-use eucora_projections::intent::{DispatchOutcome, IntentState, PromotionAttempt};
+use eucora_projections::intent::IntentState;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -27,6 +27,9 @@ use crate::domain::{Action, Command, CreateIntent, RiskFactors, RolloutInput};
 use crate::http::AppState;
 use crate::read::ListFilter;
 use crate::store::RetroApproval;
+
+mod response;
+pub use response::{CostResponse, IntentResponse, StatusRejectedResponse};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -96,6 +99,10 @@ pub struct CreateRequest {
     /// printable characters, no space at either end.
     #[schema(min_length = 1, max_length = 64)]
     pub change_ref: Option<String>,
+    /// The artifact's size in bytes, 0 to 10,000,000,000,000: what delivering it to each device
+    /// costs (`cost_rates.per_gb_delivered`).
+    #[schema(minimum = 0, maximum = 10_000_000_000_000_u64)]
+    pub artifact_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -134,122 +141,6 @@ pub struct DeployRequest {
     #[serde(default, deserialize_with = "whole_number")]
     #[schema(minimum = 0, maximum = 10_000_000)]
     pub incidents: u64,
-}
-
-/// A deployment intent as it now stands.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct IntentResponse {
-    pub id: Uuid,
-    pub correlation_id: String,
-    pub app_name: String,
-    pub version: String,
-    #[schema(value_type = ConnectorName)]
-    pub connector_type: ConnectorType,
-    #[schema(value_type = ChangeTypeName)]
-    pub change_type: ChangeType,
-    #[schema(value_type = SiteClassName)]
-    pub site_class: SiteClass,
-    #[schema(value_type = StatusName)]
-    pub status: Status,
-    #[schema(value_type = RingName)]
-    pub current_ring: Ring,
-    #[schema(value_type = RingName)]
-    pub target_ring: Ring,
-    pub risk_score: u32,
-    pub risk_model_version: String,
-    pub requires_cab: bool,
-    /// Why the CAB must decide (the risk score above its threshold, privileged tooling, critical
-    /// infrastructure); absent when it need not.
-    pub cab_required_reason: Option<String>,
-    /// The change's reference in another system, if the requester gave one.
-    pub change_ref: Option<String>,
-    pub retro_approval_pending: bool,
-    /// When the retrospective approval of an emergency change falls due (from its first
-    /// deployment); absent for every other intent.
-    pub retro_approval_due_at: Option<DateTime<Utc>>,
-    /// The retrospective approval was not given by its due time.
-    pub retro_approval_overdue: bool,
-    /// The CAB rejected this emergency change retrospectively: it must be rolled back, and may
-    /// not be reported on or promoted.
-    pub rollback_required: bool,
-    pub rollback_validated: bool,
-    pub requested_by: String,
-    pub approved_by: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub stream_version: u64,
-    /// The latest promotion attempt with every gate's threshold, measured value and verdict.
-    #[schema(value_type = Option<Object>)]
-    pub last_promotion: Option<PromotionAttempt>,
-    /// What the intent's connector was asked and how it answered, by idempotency key
-    /// (`<id>:<RING>:<action>`): `dispatched` (accepted) or `failed` (refused for good; the
-    /// `ConnectorDispatchFailed` event says why). Empty when nothing was dispatched.
-    pub connector_actions: std::collections::BTreeMap<String, String>,
-    /// The connector's last status answer that could not be taken as a rollout result (the
-    /// `ConnectorStatusRejected` event), until a rollout report in its ring supersedes it;
-    /// absent when there is none.
-    pub connector_status_rejected: Option<StatusRejectedResponse>,
-}
-
-/// A connector status answer that was rejected.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct StatusRejectedResponse {
-    #[schema(value_type = RingName)]
-    pub ring: Ring,
-    pub assignment_id: String,
-    /// What was wrong with the answer.
-    pub problem: String,
-    pub at: DateTime<Utc>,
-}
-
-impl From<&IntentState> for IntentResponse {
-    fn from(s: &IntentState) -> Self {
-        IntentResponse {
-            id: s.id,
-            correlation_id: s.correlation_id.clone(),
-            app_name: s.app_name.clone(),
-            version: s.version.clone(),
-            connector_type: s.connector_type,
-            change_type: s.change_type,
-            site_class: s.site_class,
-            status: s.status,
-            current_ring: s.current_ring,
-            target_ring: s.target_ring,
-            risk_score: s.risk_score,
-            risk_model_version: s.risk_model_version.clone(),
-            requires_cab: s.requires_cab,
-            cab_required_reason: s.cab_reason(),
-            change_ref: s.change_ref.clone(),
-            retro_approval_pending: s.retro_approval_pending,
-            retro_approval_due_at: s.retro_approval_due_at,
-            retro_approval_overdue: s.retro_approval_overdue,
-            rollback_required: s.rollback_required,
-            rollback_validated: s.rollback_validated,
-            requested_by: s.requested_by.clone(),
-            approved_by: s.approved_by.clone(),
-            created_at: s.created_at,
-            updated_at: s.updated_at,
-            stream_version: s.stream_version,
-            last_promotion: s.last_promotion.clone(),
-            connector_actions: s
-                .connector_actions
-                .iter()
-                .map(|(key, outcome)| {
-                    let outcome = match outcome {
-                        DispatchOutcome::Dispatched => "dispatched",
-                        DispatchOutcome::Failed => "failed",
-                    };
-                    (key.clone(), outcome.to_string())
-                })
-                .collect(),
-            connector_status_rejected: s.status_rejected.as_ref().map(|r| StatusRejectedResponse {
-                ring: r.ring,
-                assignment_id: r.assignment_id.clone(),
-                problem: r.problem.clone(),
-                at: r.at,
-            }),
-        }
-    }
 }
 
 fn intent_response(status: StatusCode, s: &IntentState) -> Response {
@@ -398,6 +289,7 @@ async fn create(
         justification: r.justification,
         source_committed_at: r.source_committed_at,
         change_ref: r.change_ref,
+        artifact_bytes: r.artifact_bytes,
     }));
     command(
         state,

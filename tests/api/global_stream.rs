@@ -41,6 +41,7 @@ fn create_command(n: usize) -> Command {
             justification: None,
             source_committed_at: None,
             change_ref: None,
+            artifact_bytes: None,
         })),
     }
 }

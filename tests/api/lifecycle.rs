@@ -173,7 +173,7 @@ async fn the_stream_of_an_intent_lists_events_with_positions_and_replays_as_of_a
         meta["actor"],
         json!({ "subject": "alice", "role": "requester" })
     );
-    assert_eq!(meta["schema_version"], 4);
+    assert_eq!(meta["schema_version"], 5);
     assert_eq!(history.body["state"]["status"], "rolled_back");
 
     let then = app

@@ -12,6 +12,7 @@ mod connections;
 mod connector_sim;
 mod console;
 mod contract;
+mod cost;
 mod crash;
 mod dispatch;
 mod evidence;

@@ -248,7 +248,7 @@ async fn critical_infrastructure_goes_to_the_cab_and_a_change_ref_is_recorded_an
         .await;
     let stored = &history.body["events"][0]["event"]["DeploymentCreated"];
     assert_eq!(stored["change_ref"], "CHG0031337");
-    assert_eq!(stored["meta"]["schema_version"], 4);
+    assert_eq!(stored["meta"]["schema_version"], 5);
 
     let before = app.event_count().await;
     for bad in [

@@ -76,6 +76,7 @@ pub(crate) fn create(app: &str) -> Action {
         justification: None,
         source_committed_at: None,
         change_ref: None,
+        artifact_bytes: None,
     }))
 }
 

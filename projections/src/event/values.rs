@@ -300,3 +300,37 @@ impl Status {
         Status::ALL.into_iter().find(|v| v.as_str() == s)
     }
 }
+
+/// The rates of the policy's `[cost]`, as recorded on the `DeploymentCreated` they price.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CostRates {
+    /// ISO 4217 code of the currency every rate is in (`EUR`).
+    pub currency: String,
+    /// Per device the version is installed on.
+    pub per_device_install: f64,
+    /// Per gigabyte (10⁹ bytes) of the artifact delivered to a device.
+    pub per_gb_delivered: f64,
+    /// Per call made to the connector (retries included).
+    pub per_connector_call: f64,
+    /// Per incident raised against the version.
+    pub per_incident: f64,
+    /// Per hour between the request and the CAB's decision.
+    pub per_cab_review_hour: f64,
+    /// Per rollback.
+    pub per_rollback: f64,
+}
+
+impl Default for CostRates {
+    /// Illustrative rates: set your own in the policy's `[cost]`.
+    fn default() -> Self {
+        CostRates {
+            currency: "EUR".into(),
+            per_device_install: 0.05,
+            per_gb_delivered: 0.02,
+            per_connector_call: 0.001,
+            per_incident: 250.0,
+            per_cab_review_hour: 80.0,
+            per_rollback: 500.0,
+        }
+    }
+}

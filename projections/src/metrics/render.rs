@@ -120,6 +120,38 @@ impl Metrics {
             &sorted(&self.status_rejected, ring_connector),
         );
 
+        header(
+            &mut out,
+            "deployment_cost_total",
+            "What changes cost, in the currency's units, per app, ring and component (device_installs, delivery, connector_calls, incidents, cab_review, rollback), with the rates recorded at each request.",
+            "counter",
+        );
+        let cost = sorted(&self.cost, |(app, currency, r, component)| {
+            vec![
+                ("app", app.to_string()),
+                ("currency", currency.to_string()),
+                ("ring", ring(r)),
+                ("component", component.as_str().to_string()),
+            ]
+        });
+        for (labels, amount) in cost {
+            sample(
+                &mut out,
+                "deployment_cost_total",
+                &labels,
+                None,
+                &float(*amount),
+            );
+        }
+        histogram_family(
+            &mut out,
+            "deployment_cost_per_intent",
+            "A completed change's whole cost at its completion, in its currency's units.",
+            &sorted(&self.cost_per_intent, |currency| {
+                vec![("currency", currency.to_string())]
+            }),
+        );
+
         let app_ring =
             |(app, r): &(Arc<str>, Ring)| vec![("app_name", app.to_string()), ("ring", ring(r))];
         histogram_family(

@@ -63,6 +63,7 @@ fn low_risk() -> CreateIntent {
         justification: None,
         source_committed_at: None,
         change_ref: None,
+        artifact_bytes: None,
     }
 }
 

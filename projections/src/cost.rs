@@ -1,0 +1,294 @@
+//! What a change cost: the rates recorded on its creation (the policy's `[cost]` in force then)
+//! applied to what its events say happened. Deterministic: the same events give the same cost, in
+//! the same order of additions, on every replica and after a replay, whatever the policy is now.
+//!
+//! | component | charged on | amount |
+//! |---|---|---|
+//! | `device_installs` | `DeploymentDeployed` | new installed devices in the ring × `per_device_install` |
+//! | `delivery` | `DeploymentDeployed` | new installed devices × `artifact_bytes` / 10⁹ × `per_gb_delivered` |
+//! | `incidents` | `DeploymentDeployed` | new incidents in the ring × `per_incident` |
+//! | `connector_calls` | `ConnectorDispatched`, `ConnectorDispatchFailed` | calls made × `per_connector_call` |
+//! | `cab_review` | the first CAB decision (`DeploymentApproved` by the CAB, `DeploymentRejected`) | hours from the request to it × `per_cab_review_hour` |
+//! | `rollback` | `DeploymentRolledBack` | `per_rollback` |
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use crate::event::CostRates;
+use crate::event::{ApprovalBasis, DeploymentEvent, Ring};
+
+/// ISO 4217 currency codes (active, and the funds and metals codes), for checking a policy's.
+pub const CURRENCIES: &[&str] = &[
+    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
+    "BGN", "BHD", "BIF", "BMD", "BND", "BOB", "BOV", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD",
+    "CAD", "CDF", "CHE", "CHF", "CHW", "CLF", "CLP", "CNY", "COP", "COU", "CRC", "CUC", "CUP",
+    "CVE", "CZK", "DJF", "DKK", "DOP", "DZD", "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP",
+    "GEL", "GHS", "GIP", "GMD", "GNF", "GTQ", "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS",
+    "INR", "IQD", "IRR", "ISK", "JMD", "JOD", "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW",
+    "KWD", "KYD", "KZT", "LAK", "LBP", "LKR", "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD",
+    "MMK", "MNT", "MOP", "MRU", "MUR", "MVR", "MWK", "MXN", "MXV", "MYR", "MZN", "NAD", "NGN",
+    "NIO", "NOK", "NPR", "NZD", "OMR", "PAB", "PEN", "PGK", "PHP", "PKR", "PLN", "PYG", "QAR",
+    "RON", "RSD", "RUB", "RWF", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD", "SHP", "SLE", "SLL",
+    "SOS", "SRD", "SSP", "STN", "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TND", "TOP", "TRY",
+    "TTD", "TWD", "TZS", "UAH", "UGX", "USD", "USN", "UYI", "UYU", "UYW", "UZS", "VED", "VES",
+    "VND", "VUV", "WST", "XAF", "XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XCD", "XCG", "XDR",
+    "XOF", "XPD", "XPF", "XPT", "XSU", "XUA", "YER", "ZAR", "ZMW", "ZWG", "ZWL",
+];
+
+/// What a cost is for.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Component {
+    DeviceInstalls,
+    Delivery,
+    ConnectorCalls,
+    Incidents,
+    CabReview,
+    Rollback,
+}
+
+impl Component {
+    pub const ALL: [Component; 6] = [
+        Component::DeviceInstalls,
+        Component::Delivery,
+        Component::ConnectorCalls,
+        Component::Incidents,
+        Component::CabReview,
+        Component::Rollback,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::DeviceInstalls => "device_installs",
+            Component::Delivery => "delivery",
+            Component::ConnectorCalls => "connector_calls",
+            Component::Incidents => "incidents",
+            Component::CabReview => "cab_review",
+            Component::Rollback => "rollback",
+        }
+    }
+
+    /// In words, for people.
+    pub fn words(self) -> &'static str {
+        match self {
+            Component::DeviceInstalls => "device installs",
+            Component::Delivery => "delivery",
+            Component::ConnectorCalls => "connector calls",
+            Component::Incidents => "incidents",
+            Component::CabReview => "CAB review",
+            Component::Rollback => "rollback",
+        }
+    }
+}
+
+/// One intent's cost so far, and what it needs to charge its next event.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct CostMeter {
+    /// `None` for an intent requested before costs were recorded: it has no cost.
+    pub rates: Option<CostRates>,
+    artifact_bytes: Option<u64>,
+    requested_at: Option<DateTime<Utc>>,
+    /// Installed devices and incidents charged so far, per ring.
+    charged: BTreeMap<Ring, (u64, u64)>,
+    cab_charged: bool,
+    /// The cost so far, by ring and component.
+    pub by_ring: BTreeMap<Ring, BTreeMap<Component, f64>>,
+}
+
+impl CostMeter {
+    /// Charges `event`: returns what it adds, by ring and component (nothing for a zero amount),
+    /// and adds it to the meter.
+    pub fn charge(&mut self, event: &DeploymentEvent) -> Vec<(Ring, Component, f64)> {
+        if let DeploymentEvent::DeploymentCreated(e) = event {
+            self.rates = e.cost_rates.as_deref().cloned();
+            self.artifact_bytes = e.artifact_bytes;
+            self.requested_at = Some(e.meta.occurred_at);
+            return Vec::new();
+        }
+        let Some(rates) = &self.rates else {
+            return Vec::new();
+        };
+        let at = event.meta().occurred_at;
+        let mut out = Vec::new();
+        let mut cab_review = |ring: Ring, charged: &mut bool| {
+            if !*charged {
+                *charged = true;
+                let hours = self.requested_at.map_or(0.0, |from| {
+                    (at - from).num_milliseconds().max(0) as f64 / 3.6e6
+                });
+                out.push((
+                    ring,
+                    Component::CabReview,
+                    hours * rates.per_cab_review_hour,
+                ));
+            }
+        };
+        match event {
+            DeploymentEvent::DeploymentApproved(e)
+                if matches!(
+                    e.basis,
+                    ApprovalBasis::Cab | ApprovalBasis::CabRetrospective
+                ) =>
+            {
+                cab_review(e.ring, &mut self.cab_charged);
+            }
+            DeploymentEvent::DeploymentRejected(e) => cab_review(e.ring, &mut self.cab_charged),
+            DeploymentEvent::DeploymentDeployed(e) => {
+                let (installed, incidents) = self.charged.entry(e.ring).or_default();
+                let new_installs = e.succeeded.saturating_sub(*installed);
+                let new_incidents = e.incidents.saturating_sub(*incidents);
+                *installed = (*installed).max(e.succeeded);
+                *incidents = (*incidents).max(e.incidents);
+                out.push((
+                    e.ring,
+                    Component::DeviceInstalls,
+                    new_installs as f64 * rates.per_device_install,
+                ));
+                if let Some(bytes) = self.artifact_bytes {
+                    let gigabytes = new_installs as f64 * bytes as f64 / 1e9;
+                    out.push((
+                        e.ring,
+                        Component::Delivery,
+                        gigabytes * rates.per_gb_delivered,
+                    ));
+                }
+                out.push((
+                    e.ring,
+                    Component::Incidents,
+                    new_incidents as f64 * rates.per_incident,
+                ));
+            }
+            DeploymentEvent::ConnectorDispatched(e) => out.push((
+                e.ring,
+                Component::ConnectorCalls,
+                f64::from(e.attempts) * rates.per_connector_call,
+            )),
+            DeploymentEvent::ConnectorDispatchFailed(e) => out.push((
+                e.ring,
+                Component::ConnectorCalls,
+                f64::from(e.attempts) * rates.per_connector_call,
+            )),
+            DeploymentEvent::DeploymentRolledBack(e) => {
+                out.push((e.ring, Component::Rollback, rates.per_rollback))
+            }
+            _ => {}
+        }
+        out.retain(|(_, _, amount)| *amount > 0.0);
+        for (ring, component, amount) in &out {
+            *self
+                .by_ring
+                .entry(*ring)
+                .or_default()
+                .entry(*component)
+                .or_default() += amount;
+        }
+        out
+    }
+
+    /// The currency of the cost, when it has one.
+    pub fn currency(&self) -> Option<&str> {
+        self.rates.as_ref().map(|r| r.currency.as_str())
+    }
+
+    /// The cost by component, every ring together.
+    pub fn components(&self) -> BTreeMap<Component, f64> {
+        let mut all = BTreeMap::new();
+        for components in self.by_ring.values() {
+            for (component, amount) in components {
+                *all.entry(*component).or_default() += amount;
+            }
+        }
+        all
+    }
+
+    /// The whole cost so far.
+    pub fn total(&self) -> f64 {
+        self.components().values().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{ConnectorAction, ConnectorType, Dispatched, Status};
+    use crate::fixtures::Script;
+
+    /// docs/observability.md's worked example, event by event.
+    #[test]
+    fn a_change_costs_what_its_events_say_at_the_rates_recorded_for_it() {
+        let mut s = Script::new(7);
+        let mut created = s.created("7-Zip", true);
+        if let DeploymentEvent::DeploymentCreated(c) = &mut created {
+            c.artifact_bytes = Some(2_000_000_000);
+            c.cost_rates = Some(Box::default());
+        }
+        let mut last = s.deployed(5.0, Ring::Lab, 10, true);
+        if let DeploymentEvent::DeploymentDeployed(d) = &mut last {
+            d.incidents = 1;
+        }
+        let dispatched = DeploymentEvent::ConnectorDispatched(Dispatched {
+            meta: s.meta(3.5, "system:dispatcher", crate::event::Role::System),
+            connector_type: ConnectorType::Intune,
+            ring: Ring::Lab,
+            action: ConnectorAction::Publish,
+            idempotency_key: "k".into(),
+            attempts: 3,
+        });
+        let events = [
+            created,
+            s.approved(3.0, ApprovalBasis::Cab, "carol"),
+            dispatched,
+            s.deployed(4.0, Ring::Lab, 6, false),
+            last,
+            s.rolled_back(6.0, Ring::Lab, Status::Deployed),
+        ];
+        let mut meter = CostMeter::default();
+        let charged: Vec<Vec<(Ring, Component, f64)>> =
+            events.iter().map(|e| meter.charge(e)).collect();
+        // The CAB's three hours, at 80 an hour.
+        assert_eq!(charged[1], vec![(Ring::Lab, Component::CabReview, 240.0)]);
+        // Three calls at 0.001.
+        assert_eq!(
+            charged[2],
+            vec![(Ring::Lab, Component::ConnectorCalls, 0.003)]
+        );
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        let components = meter.components();
+        for (component, expected) in [
+            // 10 devices at 0.05.
+            (Component::DeviceInstalls, 0.5),
+            // 10 × 2 GB at 0.02 a GB.
+            (Component::Delivery, 0.4),
+            (Component::Incidents, 250.0),
+            (Component::CabReview, 240.0),
+            (Component::ConnectorCalls, 0.003),
+            (Component::Rollback, 500.0),
+        ] {
+            assert!(
+                close(components[&component], expected),
+                "{component:?}: {components:?}"
+            );
+        }
+        assert!(close(meter.total(), 990.903), "{}", meter.total());
+        assert_eq!(meter.currency(), Some("EUR"));
+        // The same events give the same cost, to the bit.
+        let mut again = CostMeter::default();
+        events.iter().for_each(|e| {
+            again.charge(e);
+        });
+        assert_eq!(again.total().to_bits(), meter.total().to_bits());
+        // A request made before costs were recorded costs nothing.
+        let mut old = CostMeter::default();
+        let mut plain = Script::new(8);
+        assert!(old.charge(&plain.created("putty", false)).is_empty());
+        assert!(old
+            .charge(&plain.deployed(1.0, Ring::Lab, 10, true))
+            .is_empty());
+        assert_eq!(old.total(), 0.0);
+    }
+}
