@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::helpers::{eucora, Backend, TestApp};
 
 /// The dashboards the issues ask for: file, uid and title.
-const DASHBOARDS: [(&str, &str, &str); 8] = [
+const DASHBOARDS: [(&str, &str, &str); 9] = [
     (
         "operations.json",
         "eucora-operations",
@@ -48,6 +48,7 @@ const DASHBOARDS: [(&str, &str, &str); 8] = [
         "Delivery Performance",
     ),
     ("slo.json", "eucora-slo", "Service Level Objectives"),
+    ("cost.json", "eucora-cost", "Deployment Cost"),
 ];
 
 fn repo(path: &str) -> PathBuf {
