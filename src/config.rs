@@ -284,7 +284,7 @@ pub enum DeploymentsCommand {
 pub struct CreateArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// The whole request as JSON (API.md's create body); `-` reads standard input. Flags given
+    /// The whole request as JSON (the body of POST /api/v1/deployments, docs/api.md); `-` reads standard input. Flags given
     /// beside it override its fields.
     #[arg(long)]
     pub file: Option<PathBuf>,
@@ -510,7 +510,7 @@ pub enum SloCommand {
     /// Print `prometheus/rules/slo.yml` for the policy: the SLOs' recording rules and
     /// multi-window, multi-burn-rate alerts.
     Rules {
-        /// The policy file the server runs with (default: DOMAIN.md's defaults).
+        /// The policy file the server runs with (default: the built-in policy, docs/rules.md).
         #[arg(long, env = "EUCORA_POLICY")]
         policy: Option<PathBuf>,
     },

@@ -463,7 +463,7 @@ impl Worker {
             // The final report: usually at or above the ring's threshold, sometimes short of it,
             // now and then with an incident.
             self.pause().await?;
-            // DOMAIN.md's default threshold, which the demo aims at (and sometimes misses).
+            // The built-in policy's default threshold, which the demo aims at (and sometimes misses).
             let threshold = Policy::default().ring(ring).success_rate;
             let rate = if self.rng.gen_bool(0.85) {
                 self.rng.gen_range(threshold..=1.0)

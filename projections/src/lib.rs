@@ -14,7 +14,7 @@
 //! - [`intent`]: the per-intent state fold (lifecycle, ring timings, gate results).
 //! - [`integrity`]: the leaf hashes and chain that seal the global stream.
 //! - [`merkle`]: the RFC 9162 Merkle tree over the global stream, its proofs and their verifiers.
-//! - [`metrics`]: the domain metrics of METRICS.md, rendered as Prometheus text.
+//! - [`metrics`]: the domain metrics (docs/runbook.md), rendered as Prometheus text.
 
 pub mod access;
 pub mod cost;

@@ -1,4 +1,4 @@
-//! The domain metrics of METRICS.md as a fold over the event stream, rendered as Prometheus text.
+//! The domain metrics (docs/runbook.md) as a fold over the event stream, rendered as Prometheus text.
 //!
 //! Everything here is a function of the events in global order: durations come from events'
 //! `occurred_at`, the `app_name` label's bound is decided by order of first appearance, and the

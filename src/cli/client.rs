@@ -1,5 +1,5 @@
 //! `eucora deployments …`: the operator's client of a running server. Each command is one API
-//! call (API.md), printed as a table or key/value lines, or as the server's JSON with `--json`.
+//! call (docs/api.md), printed as a table or key/value lines, or as the server's JSON with `--json`.
 //! A refusal (4xx) prints the problem's detail and exits 3; an unreachable server or a 5xx exits
 //! 1, so scripts can tell "the server said no" from "it did not answer".
 

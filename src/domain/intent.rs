@@ -1,4 +1,4 @@
-//! The `DeploymentIntent` aggregate: turns commands into events under DOMAIN.md's rules.
+//! The `DeploymentIntent` aggregate: turns commands into events under the rules of docs/rules.md.
 //!
 //! `handle` checks every rule and writes events; `apply` folds them through the same
 //! [`IntentState::fold`] the read side uses, so there is one lifecycle state machine.

@@ -1,4 +1,4 @@
-//! Promotion gate thresholds: DOMAIN.md's table as defaults, overridable by an operator's TOML file.
+//! Promotion gate thresholds: the built-in defaults (docs/rules.md), overridable by an operator's TOML file.
 //!
 //! ```toml
 //! emergency_retro_window = "48h"

@@ -1,4 +1,4 @@
-//! Risk model `risk_model_v1.0` (DOMAIN.md): a weighted sum of eight factors, seven given by the
+//! Risk model `risk_model_v1.0` (docs/rules.md): a weighted sum of eight factors, seven given by the
 //! requester and `blast_radius` derived from the highest ring the intent targets.
 
 use eucora_projections::event::{FactorAssessment, Ring, RiskAssessment, ThresholdLabel};

@@ -1,4 +1,4 @@
-//! `/api/v1/deployments`: the intent endpoints of API.md.
+//! `/api/v1/deployments`: the intent endpoints of docs/api.md.
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};

@@ -183,7 +183,7 @@ impl Drop for TestDb {
     }
 }
 
-/// The policy the HTTP tests run under: DOMAIN.md's thresholds, but no bake time, so a walk
+/// The policy the HTTP tests run under: the built-in thresholds, but no bake time, so a walk
 /// through every ring needs no waiting. Gate timing itself is tested with a fake clock.
 pub const NO_BAKE_POLICY: &str = r#"
 [rings.LAB]

@@ -1,4 +1,4 @@
-//! Store outage (QUALITY.md): the database goes away mid-run. Requests get 503 with
+//! Store outage: the database goes away mid-run. Requests get 503 with
 //! `Retry-After`, nothing panics, service resumes when the database returns, and the projections
 //! catch up with no gap or duplicate.
 //!

@@ -1002,7 +1002,7 @@ mod properties {
         prop::collection::vec((actors(), actions(), 0i64..60), 1..40)
     }
 
-    /// Checks DOMAIN.md's invariants for one accepted command.
+    /// Checks the lifecycle's invariants (docs/rules.md) for one accepted command.
     fn check(before: Option<&IntentState>, events: &[DeploymentEvent], after: &IntentState) {
         if let Some(b) = before {
             // A terminal intent accepts only what an emergency change still owes: its
