@@ -192,6 +192,25 @@ pub fn missing_sqlite_file(url: &str) -> Option<&str> {
 }
 
 impl Store {
+    /// Closes every connection of the store, once nothing uses it any more. On SQLite the
+    /// write-ahead log is checkpointed into the database first, so the last connection to close
+    /// removes the `-wal` and `-shm` files: a clean stop leaves only the database file.
+    pub async fn close(&self) {
+        match &self.db {
+            Db::Sqlite { writer, reader } => {
+                reader.close().await;
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(writer)
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot checkpoint the SQLite write-ahead log at shutdown");
+                }
+                writer.close().await;
+            }
+            Db::Postgres(pool) => pool.close().await,
+        }
+    }
+
     /// Opens the database named by `url` (see [`backend_of`]).
     pub async fn connect(url: &str, pool_size: u32) -> Result<Store, StoreError> {
         let db = match backend_of(url) {

@@ -365,6 +365,16 @@ async fn sigterm_lets_the_server_stop_cleanly(backend: Backend) {
         .wait_exit(std::time::Duration::from_secs(20))
         .expect("server still running 20 s after SIGTERM");
     assert!(exit.success(), "exit status {exit:?}");
+    // SQLite's write-ahead log is checkpointed: only the database file is left.
+    if backend == Backend::Sqlite {
+        for leftover in ["eucora.db-wal", "eucora.db-shm"] {
+            assert!(
+                !app.db.dir().join(leftover).exists(),
+                "{leftover} left behind after a clean stop"
+            );
+        }
+        assert!(app.db.dir().join("eucora.db").exists());
+    }
 }
 
 async fn a_request_that_runs_past_the_timeout_gets_503(backend: Backend) {
