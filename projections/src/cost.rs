@@ -101,6 +101,13 @@ pub struct CostMeter {
 }
 
 impl CostMeter {
+    /// The meter of the intent `created` (its `DeploymentCreated`) requests.
+    pub fn opened(created: &DeploymentEvent) -> CostMeter {
+        let mut meter = CostMeter::default();
+        meter.charge(created);
+        meter
+    }
+
     /// Charges `event`: returns what it adds, by ring and component (nothing for a zero amount),
     /// and adds it to the meter.
     pub fn charge(&mut self, event: &DeploymentEvent) -> Vec<(Ring, Component, f64)> {

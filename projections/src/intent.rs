@@ -237,11 +237,7 @@ impl IntentState {
                     last_drift: None,
                     status_rejected: None,
                     last_pushed: None,
-                    cost: {
-                        let mut meter = crate::cost::CostMeter::default();
-                        meter.charge(event);
-                        meter
-                    },
+                    cost: crate::cost::CostMeter::opened(event),
                 })
             }
             (None, _) => return None,

@@ -103,8 +103,9 @@ struct Intent {
     retro_awaiting: Option<bool>,
     /// A rollout result was reported in some ring.
     deployed: bool,
-    /// What it cost so far.
+    /// What it cost so far, and the `currency` label it is counted under.
     cost: CostMeter,
+    currency: &'static str,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -248,11 +249,10 @@ impl Metrics {
         let meta = event.meta();
         let (id, at) = (meta.deployment_id, meta.occurred_at);
         if let Some(intent) = self.intents.get_mut(&id) {
-            let currency = currency_label(intent.cost.currency());
             for (ring, component, amount) in intent.cost.charge(event) {
                 *self
                     .cost
-                    .entry((intent.app.clone(), currency, ring, component))
+                    .entry((intent.app.clone(), intent.currency, ring, component))
                     .or_default() += amount;
             }
         }
@@ -297,11 +297,10 @@ impl Metrics {
                         ring_compliant: false,
                         retro_awaiting: None,
                         deployed: false,
-                        cost: {
-                            let mut meter = CostMeter::default();
-                            meter.charge(event);
-                            meter
-                        },
+                        currency: currency_label(
+                            e.cost_rates.as_ref().map(|r| r.currency.as_str()),
+                        ),
+                        cost: CostMeter::opened(event),
                     },
                 );
                 self.risk
@@ -430,9 +429,9 @@ impl Metrics {
             DeploymentEvent::DeploymentCompleted(_) => {
                 if let Some(intent) = self.intents.get_mut(&id) {
                     intent.status = Status::Completed;
-                    if let Some(currency) = intent.cost.currency() {
+                    if intent.cost.currency().is_some() {
                         self.cost_per_intent
-                            .entry(currency_label(Some(currency)))
+                            .entry(intent.currency)
                             .or_insert_with(|| Histogram::new(COST_BUCKETS))
                             .observe(intent.cost.total());
                     }

@@ -148,17 +148,16 @@ pub fn parse(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<BTreeMap<ConnectorType, Settings>, String> {
-    let mut tables: BTreeMap<String, Table> = BTreeMap::new();
     let mut file: BTreeMap<String, toml::Value> =
         toml::from_str(text).map_err(|e| format!("not a connectors file: {}", e.message()))?;
     let named = file.remove("connectors");
-    let table = |name: String, value: toml::Value| -> Result<(String, Table), String> {
+    let table = |path: &str, value: toml::Value| {
         value
             .try_into::<Table>()
-            .map(|t| (name.clone(), t))
-            .map_err(|e| format!("{name}: {}", e.message()))
+            .map_err(|e| format!("[{path}]: {}", e.message()))
     };
-    let mut kinds = Vec::new();
+    // Each table: its connector, its path in the file (for messages), its settings.
+    let mut found: Vec<(ConnectorType, String, Table)> = Vec::new();
     // `[intune]`, …: a table named by its built-in type.
     for (name, value) in file {
         let kind = ConnectorType::builtin(&name).ok_or_else(|| {
@@ -167,12 +166,11 @@ pub fn parse(
                  connector of another kind is [connectors.{name}] with type = \"custom\""
             )
         })?;
-        let (label, t) = table(format!("[{name}]"), value)?;
+        let t = table(&name, value)?;
         if t.kind.as_deref().is_some_and(|k| k != name) {
-            return Err(format!("{label} type: a [{name}] table is of type {name}"));
+            return Err(format!("[{name}] type: a [{name}] table is of type {name}"));
         }
-        kinds.push((kind, label.clone()));
-        tables.insert(label, t);
+        found.push((kind, name, t));
     }
     // `[connectors.NAME]` with a `type`: a built-in type, or `custom` (its own name its label).
     if let Some(named) = named {
@@ -180,49 +178,42 @@ pub fn parse(
             return Err("connectors: give one [connectors.NAME] table per connector".into());
         };
         for (name, value) in named {
-            let (label, t) = table(format!("[connectors.{name}]"), value)?;
+            let path = format!("connectors.{name}");
+            let t = table(&path, value)?;
             let kind = match t.kind.as_deref() {
                 None => {
                     return Err(format!(
-                        "{label} type: give one of intune, jamf, sccm, landscape, ansible or custom"
+                        "[{path}] type: give one of intune, jamf, sccm, landscape, ansible or custom"
                     ))
                 }
                 Some("custom") if ConnectorType::builtin(&name).is_some() => {
                     return Err(format!(
-                        "{label}: {name} is a built-in type; give a custom connector a name of its own"
+                        "[{path}]: {name} is a built-in type; give a custom connector a name of its own"
                     ))
                 }
                 Some("custom") => ConnectorType::parse(&name).ok_or_else(|| {
                     format!(
-                        "{label}: a custom connector's name is 1 to 32 lower-case letters, \
+                        "[{path}]: a custom connector's name is 1 to 32 lower-case letters, \
                          digits, - and _, from a letter"
                     )
                 })?,
                 Some(other) => ConnectorType::builtin(other).ok_or_else(|| {
                     format!(
-                        "{label} type: {other:?} is not intune, jamf, sccm, landscape, ansible or custom"
+                        "[{path}] type: {other:?} is not intune, jamf, sccm, landscape, ansible or custom"
                     )
                 })?,
             };
-            kinds.push((kind, label.clone()));
-            tables.insert(label, t);
+            found.push((kind, path, t));
         }
     }
     let mut out = BTreeMap::new();
-    for (kind, name) in kinds {
-        let Some(table) = tables.remove(&name) else {
-            continue;
-        };
+    for (kind, name, table) in found {
         if out.contains_key(&kind) {
             return Err(format!(
-                "{name}: the {} connector is configured twice",
+                "[{name}]: the {} connector is configured twice",
                 kind.as_str()
             ));
         }
-        let name = name
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
         let duration = |key: &str, text: &str| {
             crate::domain::policy::duration(text)
                 .and_then(|d| d.to_std().ok())
