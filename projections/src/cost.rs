@@ -219,6 +219,18 @@ impl CostMeter {
     }
 }
 
+/// An amount as the evidence writes it: to the millionth, without trailing zeros (`990.903`,
+/// `240`).
+pub fn amount(value: f64) -> String {
+    let text = format!("{value:.6}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "-0" {
+        "0".into()
+    } else {
+        text.into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,6 +294,11 @@ mod tests {
             );
         }
         assert!(close(meter.total(), 990.903), "{}", meter.total());
+        assert_eq!(amount(meter.total()), "990.903");
+        assert_eq!(
+            (amount(240.0), amount(0.0), amount(0.0000004)),
+            ("240".into(), "0".into(), "0".into())
+        );
         assert_eq!(meter.currency(), Some("EUR"));
         // The same events give the same cost, to the bit.
         let mut again = CostMeter::default();

@@ -7,10 +7,13 @@ use chrono::{DateTime, Utc};
 use eucora_projections::event::{ApprovalBasis, DeploymentEvent, Ring, Status};
 use eucora_projections::intent::IntentState;
 
+use eucora_projections::cost::amount;
+
 use super::controls::{retro_due_at, rfc3339};
+use super::format::Format;
 
 /// The header, in column order.
-pub const COLUMNS: [&str; 37] = [
+pub const COLUMNS: [&str; 39] = [
     "deployment_id",
     "change_ref",
     "app_name",
@@ -48,7 +51,11 @@ pub const COLUMNS: [&str; 37] = [
     "time_to_compliance_seconds",
     "events",
     "leaves",
+    "cost_currency",
+    "cost_total",
 ];
+/// How many of them an evidence/v2 bundle's `changes.csv` has: all but the cost.
+const COLUMNS_V2: usize = 37;
 
 /// RFC 4180: quoted when it holds a comma, a quote or a line break; quotes doubled.
 pub(super) fn csv_field(value: &str) -> String {
@@ -89,14 +96,19 @@ pub fn outcome(state: &IntentState) -> &'static str {
     }
 }
 
-/// `changes.csv` of the rows given (each a change's fields in [`COLUMNS`] order), the header
-/// first.
-pub fn changes_csv<'a>(rows: impl Iterator<Item = &'a Vec<String>>) -> String {
+/// `changes.csv` of a bundle of `format`, of the rows given (each a change's fields in
+/// [`COLUMNS`] order), the header first. An evidence/v2 bundle's has no cost columns.
+pub fn changes_csv<'a>(rows: impl Iterator<Item = &'a Vec<String>>, format: Format) -> String {
+    let width = if format >= Format::V3 {
+        COLUMNS.len()
+    } else {
+        COLUMNS_V2
+    };
     let mut out = String::new();
-    let header: Vec<String> = COLUMNS.iter().map(|c| c.to_string()).collect();
+    let header: Vec<String> = COLUMNS[..width].iter().map(|c| c.to_string()).collect();
     push_line(&mut out, &header);
     for row in rows {
-        push_line(&mut out, row);
+        push_line(&mut out, &row[..width.min(row.len())]);
     }
     out
 }
@@ -238,6 +250,17 @@ pub(super) fn row(id: &str, events: &[(u64, DeploymentEvent)]) -> Vec<String> {
             .map(|(i, _)| i.to_string())
             .collect::<Vec<_>>()
             .join(";"),
+        text(
+            state
+                .as_ref()
+                .and_then(|s| s.cost.currency().map(str::to_string)),
+        ),
+        text(
+            state
+                .as_ref()
+                .filter(|s| s.cost.currency().is_some())
+                .map(|s| amount(s.cost.total())),
+        ),
     ]
 }
 
@@ -311,10 +334,39 @@ mod tests {
     fn lines_end_in_crlf_and_every_row_has_every_column() {
         let mut x = Script::new(1);
         let events: Vec<(u64, DeploymentEvent)> = vec![(0, x.created("a,b", false))];
-        let text = changes_csv(std::iter::once(&row("x", &events)));
+        let text = changes_csv(std::iter::once(&row("x", &events)), Format::CURRENT);
         assert!(text.ends_with("\r\n") && !text.replace("\r\n", "").contains('\n'));
         let lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
         assert_eq!(lines[0].split(',').count(), COLUMNS.len());
         assert!(lines[1].contains("\"a,b\""), "{}", lines[1]);
+        // An evidence/v2 bundle's ends at `leaves`, as that release wrote it.
+        let v2 = changes_csv(std::iter::once(&row("x", &events)), Format::V2);
+        assert!(v2.starts_with("deployment_id,") && v2.contains(",events,leaves\r\n"));
+        assert_eq!(v2.lines().nth(1).map(|l| l.split(',').count()), Some(38));
+    }
+
+    #[test]
+    fn a_change_costs_its_total_in_its_currency_and_an_old_one_nothing() {
+        let mut x = Script::new(1);
+        let mut created = x.created("app", true);
+        if let DeploymentEvent::DeploymentCreated(c) = &mut created {
+            c.cost_rates = Some(Box::default());
+        }
+        let c = columns(vec![
+            created,
+            x.approved(3.0, B::Cab, "carol"),
+            x.deployed(4.0, Ring::Lab, 10, true),
+        ]);
+        // Three hours of CAB review at 80, ten installs at 0.05.
+        assert_eq!(
+            (c["cost_currency"].as_str(), c["cost_total"].as_str()),
+            ("EUR", "240.5")
+        );
+        let mut y = Script::new(2);
+        let old = columns(vec![y.created("app", false)]);
+        assert_eq!(
+            (old["cost_currency"].as_str(), old["cost_total"].as_str()),
+            ("", "")
+        );
     }
 }

@@ -17,9 +17,9 @@ use uuid::Uuid;
 
 use super::controls::rfc3339;
 use super::format::{
-    b64, pae, Boundaries, BoundaryEvent, ConsistencyProof, EventRecord, EvidenceError,
+    b64, pae, Boundaries, BoundaryEvent, ConsistencyProof, EventRecord, EvidenceError, Format,
     InclusionProof, Previous, ProofFile, RangeProof, Scope, FILES, MANIFEST, PAYLOAD_TYPE,
-    PREDICATE_TYPE, STATEMENT_TYPE,
+    STATEMENT_TYPE,
 };
 use super::heads::{heads_under, HeadProof};
 use super::population::Population;
@@ -405,7 +405,10 @@ pub async fn export(
         ("checkpoint", latest.note.clone().into_bytes()),
         ("proof.json", pretty(&proof)?),
         ("controls.json", pretty(&controls)?),
-        ("changes.csv", population.changes_csv().into_bytes()),
+        (
+            "changes.csv",
+            population.changes_csv(Format::CURRENT).into_bytes(),
+        ),
         (
             "REPORT.html",
             report_html(&summary, &population, &controls).into_bytes(),
@@ -426,7 +429,7 @@ pub async fn export(
     let statement = json!({
         "_type": STATEMENT_TYPE,
         "subject": subjects,
-        "predicateType": PREDICATE_TYPE,
+        "predicateType": Format::CURRENT.predicate_type(),
         "predicate": {
             "scope": scope_json,
             "as_of": rfc3339(as_of),

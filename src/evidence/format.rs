@@ -19,7 +19,7 @@ pub const FILES: [&str; 7] = [
     "VERIFY.md",
 ];
 /// The files of an evidence/v1 bundle (before `REPORT.html`).
-pub(super) const FILES_V1: [&str; 6] = [
+const FILES_V1: [&str; 6] = [
     "events.jsonl",
     "checkpoint",
     "proof.json",
@@ -30,11 +30,51 @@ pub(super) const FILES_V1: [&str; 6] = [
 pub const MANIFEST: &str = "manifest.dsse.json";
 pub(super) const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 pub(super) const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
-/// Version 2: controls judged at the predicate's `as_of`, with `open` and `rejected_not_deployed`.
-pub(super) const PREDICATE_TYPE: &str = "https://eucora.dev/evidence/v2";
-/// Bundles of earlier releases: their integrity verifies; their controls were judged by earlier
-/// rules, so they are not recomputed.
-pub(super) const PREDICATE_TYPE_V1: &str = "https://eucora.dev/evidence/v1";
+
+/// The bundle formats this release reads; it writes the last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Format {
+    /// Earlier releases' bundles: their integrity verifies; their controls were judged by
+    /// earlier rules, so they are not recomputed.
+    V1,
+    /// Controls judged at the predicate's `as_of`, with `open` and `rejected_not_deployed`.
+    V2,
+    /// As v2, and `changes.csv` ends with each change's `cost_currency` and `cost_total`.
+    V3,
+}
+
+impl Format {
+    /// The format this release writes.
+    pub const CURRENT: Format = Format::V3;
+    const ALL: [Format; 3] = [Format::V1, Format::V2, Format::V3];
+
+    /// The statement's `predicateType`.
+    pub fn predicate_type(self) -> &'static str {
+        match self {
+            Format::V1 => "https://eucora.dev/evidence/v1",
+            Format::V2 => "https://eucora.dev/evidence/v2",
+            Format::V3 => "https://eucora.dev/evidence/v3",
+        }
+    }
+
+    /// The format a `predicateType` names, if this release reads it.
+    pub fn of_predicate_type(text: &str) -> Option<Format> {
+        Format::ALL.into_iter().find(|f| f.predicate_type() == text)
+    }
+
+    /// The files it holds besides the manifest (an evidence/v1 bundle has no `REPORT.html`).
+    pub fn files(self) -> &'static [&'static str] {
+        match self {
+            Format::V1 => &FILES_V1,
+            Format::V2 | Format::V3 => &FILES,
+        }
+    }
+
+    /// Its controls are recomputed: it records the time they were judged at (`as_of`).
+    pub fn judged(self) -> bool {
+        self >= Format::V2
+    }
+}
 
 pub(super) fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)

@@ -9,6 +9,7 @@ use eucora_projections::governance::GovernanceEvent;
 use chrono::{DateTime, Utc};
 
 use super::controls::{intent_controls, rfc3339, verdict, ControlsFile, FAIL, PASS};
+use super::format::Format;
 
 /// Folds the bundle's events into controls and the population, in one pass of bounded state per
 /// intent (its events' decoded forms are kept until the end: a bundle's intents, not the log's).
@@ -132,8 +133,8 @@ impl Population {
         }
     }
 
-    /// `changes.csv`: one row per intent of the population.
-    pub fn changes_csv(&self) -> String {
-        super::changes::changes_csv(self.rows().values())
+    /// `changes.csv` of a bundle of `format`: one row per intent of the population.
+    pub fn changes_csv(&self, format: Format) -> String {
+        super::changes::changes_csv(self.rows().values(), format)
     }
 }

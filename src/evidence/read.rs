@@ -12,9 +12,7 @@ use eucora_projections::merkle::Hash;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::format::{
-    EventRecord, MANIFEST, PAYLOAD_TYPE, PREDICATE_TYPE, PREDICATE_TYPE_V1, STATEMENT_TYPE,
-};
+use super::format::{EventRecord, Format, MANIFEST, PAYLOAD_TYPE, STATEMENT_TYPE};
 use super::population::Population;
 
 /// Why a bundle did not verify: the first failure, in our words.
@@ -67,6 +65,8 @@ pub fn read_bundle(bundle: impl Read + Send) -> Result<Bundle, Refused> {
 /// What a bundle says of itself, from its manifest's statement (signed, but not checked here).
 #[derive(Debug, Clone)]
 pub struct Claims {
+    /// The bundle's format, from its `predicateType`.
+    pub format: Format,
     /// The predicate's scope: `{from, to}` or `{deployment_id}`.
     pub scope: Value,
     /// When the controls are judged (none in an evidence/v1 bundle).
@@ -106,27 +106,26 @@ impl Bundle {
             .ok_or_else(|| refuse("the manifest's payload is not base64"))?;
         let statement: Value = serde_json::from_slice(&payload)
             .map_err(|e| refuse(format!("the manifest's statement is not JSON: {e}")))?;
-        if statement["_type"] != STATEMENT_TYPE
-            || (statement["predicateType"] != PREDICATE_TYPE
-                && statement["predicateType"] != PREDICATE_TYPE_V1)
-        {
-            return Err(refuse(
-                "the manifest is not an in-toto Statement v1 of EUCORA evidence",
-            ));
-        }
-        // The time the controls were judged at (evidence/v2); none in an earlier release's bundle.
+        let format = statement["predicateType"]
+            .as_str()
+            .and_then(Format::of_predicate_type)
+            .filter(|_| statement["_type"] == STATEMENT_TYPE)
+            .ok_or_else(|| {
+                refuse("the manifest is not an in-toto Statement v1 of EUCORA evidence")
+            })?;
+        // The time the controls were judged at (evidence/v2 on); none in an earlier release's
+        // bundle.
         let as_of = match statement["predicate"]["as_of"].as_str() {
             Some(text) => Some(
                 DateTime::parse_from_rfc3339(text)
                     .map(|t| t.with_timezone(&Utc))
                     .map_err(|_| refuse("the predicate's as_of is not an RFC 3339 time"))?,
             ),
-            None if statement["predicateType"] == PREDICATE_TYPE => {
-                return Err(refuse("the predicate has no as_of"))
-            }
+            None if format.judged() => return Err(refuse("the predicate has no as_of")),
             None => None,
         };
         Ok(Claims {
+            format,
             scope: statement["predicate"]["scope"].clone(),
             as_of,
             tree_size: statement["predicate"]["tree_size"].as_u64().unwrap_or(0),

@@ -12,7 +12,7 @@ use eucora_projections::merkle::{self, Hash};
 use sha2::{Digest, Sha256};
 
 use super::controls::ControlsFile;
-use super::format::{pae, unb64_hash, ProofFile, FILES, FILES_V1, MANIFEST, PAYLOAD_TYPE};
+use super::format::{pae, unb64_hash, ProofFile, MANIFEST, PAYLOAD_TYPE};
 use super::read::{read_bundle, refuse, Bundle, Claims, Refused};
 use super::report::{report_html, Summary};
 use crate::checkpoints::{open_checkpoint, Checkpoint};
@@ -90,11 +90,7 @@ pub fn verify_read(
         })
         .collect();
     // An earlier release's bundle has no REPORT.html.
-    let expected: &[&str] = if claims.as_of.is_some() {
-        &FILES
-    } else {
-        &FILES_V1
-    };
+    let expected = claims.format.files();
     for &name in expected {
         let expected = subjects
             .get(name)
@@ -282,7 +278,7 @@ pub fn verify_read(
                     "controls.json does not match the controls recomputed from the events",
                 ));
             }
-            if files["changes.csv"] != population.changes_csv().into_bytes() {
+            if files["changes.csv"] != population.changes_csv(claims.format).into_bytes() {
                 return Err(refuse(
                     "changes.csv does not match the population recomputed from the events",
                 ));

@@ -188,7 +188,10 @@ fn rederive(mut files: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
     let mut json = serde_json::to_vec_pretty(&controls).unwrap();
     json.push(b'\n');
     files.insert("controls.json".into(), json);
-    files.insert("changes.csv".into(), population.changes_csv().into_bytes());
+    files.insert(
+        "changes.csv".into(),
+        population.changes_csv(claims.format).into_bytes(),
+    );
     let summary = eucora::evidence::Summary::new(
         &claims.scope,
         Some(as_of),
@@ -317,6 +320,30 @@ async fn a_period_bundle_verifies_and_every_tampering_is_refused_with_its_own_re
         f.insert(name.into(), data);
         f
     };
+
+    // What each change cost ends its row (evidence/v3), in the policy's currency.
+    let header = csv.lines().next().unwrap();
+    assert!(
+        header.ends_with(",leaves,cost_currency,cost_total"),
+        "{header}"
+    );
+    let firefox = csv.lines().find(|l| l.contains(",Firefox,")).unwrap();
+    let total: f64 = firefox.rsplit(',').next().unwrap().parse().unwrap();
+    assert!(firefox.contains(",EUR,") && total > 0.0, "{firefox}");
+    // A bundle of the release before (evidence/v2: no cost columns) still verifies as written;
+    // the same changes.csv under today's predicate is refused.
+    let without_cost: String = csv
+        .lines()
+        .map(|l| format!("{}\r\n", l.rsplitn(3, ',').nth(2).unwrap()))
+        .collect();
+    let old = with("changes.csv", without_cost.into_bytes());
+    let v2 = repack_with(old.clone(), Some(&key), |s| {
+        s["predicateType"] = json!("https://eucora.dev/evidence/v2");
+        s["predicate"]["events"] = json!(events.len());
+    });
+    verify(&v2[..], &verifier, None).expect("an evidence/v2 bundle verifies");
+    let why = refused(old, true);
+    assert!(why.contains("changes.csv does not match"), "{why}");
 
     // One event line edited: its leaf no longer matches the signed tree.
     let mut edited = events.clone();
