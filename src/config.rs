@@ -36,6 +36,10 @@ pub enum CliCommand {
     /// the policy (docs/observability.md, "SLOs").
     #[command(subcommand)]
     Slo(SloCommand),
+    /// Print the predictive alerting rules (forecast compliance, queue trends, error budgets) or
+    /// their promtool tests, generated from the policy (docs/observability.md, "Forecasts").
+    #[command(subcommand)]
+    Forecast(ForecastCommand),
     /// Export compliance evidence from the database, or verify a bundle offline.
     #[command(subcommand)]
     Evidence(EvidenceCommand),
@@ -517,6 +521,24 @@ pub enum SloCommand {
     /// Print `prometheus/tests/slo_test.yml` for the policy: each alert's promtool tests just
     /// inside and just outside each threshold.
     Tests {
+        #[arg(long, env = "EUCORA_POLICY")]
+        policy: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ForecastCommand {
+    /// Print `prometheus/rules/forecast.yml` for the policy: the predictive alerts and the series
+    /// they record.
+    Rules {
+        /// The policy file the server runs with (default: the built-in policy, docs/rules.md).
+        #[arg(long, env = "EUCORA_POLICY")]
+        policy: Option<PathBuf>,
+    },
+    /// Print `prometheus/tests/forecast_test.yml` for the policy: each alert's promtool tests
+    /// just inside and just outside its threshold.
+    Tests {
+        /// The policy file the server runs with (default: the built-in policy, docs/rules.md).
         #[arg(long, env = "EUCORA_POLICY")]
         policy: Option<PathBuf>,
     },

@@ -17,6 +17,8 @@
 //! - [`telemetry`]: the tracing subscriber (logs, OpenTelemetry spans) and process metrics through
 //!   OpenTelemetry and opentelemetry-prometheus.
 //! - [`trace`]: the W3C trace context in and out (a floor: it names no other module).
+//! - [`slo`], [`forecast`]: the Prometheus SLO rules and predictive alerts, generated from the
+//!   policy with their promtool tests.
 //! - [`demo`]: `eucora demo`, seeded traffic through the real API for dashboards and alerts.
 //! - [`config`]: the command line and `EUCORA_*` environment.
 //! - [`connector`]: the connector protocol, and `eucora connector-sim`, a connector that speaks
@@ -33,6 +35,7 @@ pub mod deadlines;
 pub mod demo;
 pub mod domain;
 pub mod evidence;
+pub mod forecast;
 pub mod governance;
 pub mod http;
 pub mod principals;

@@ -45,6 +45,7 @@ async fn run(command: CliCommand) -> Result<(), Failure> {
         CliCommand::Replay(args) => cli::audit::replay(args).await,
         CliCommand::Demo(args) => cli::observability::demo(args).await,
         CliCommand::Slo(command) => cli::observability::slo(command),
+        CliCommand::Forecast(command) => cli::observability::forecast(command),
         CliCommand::Deployments(command) => cli::client::run(command).await,
         CliCommand::Policy(args) => cli::policy::run(args.command, &args.client).await,
         CliCommand::Evidence(EvidenceCommand::Export(args)) => cli::evidence::export(args).await,

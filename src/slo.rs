@@ -26,7 +26,7 @@ use crate::domain::Policy;
 use crate::telemetry::HTTP_BUCKETS;
 
 /// The days an objective is measured over.
-pub const PERIOD_DAYS: u32 = 30;
+pub use crate::domain::policy::SLO_PERIOD_DAYS as PERIOD_DAYS;
 
 /// One burn-rate condition: the share of the period's budget that may burn in the long window,
 /// the long and short windows, and the burn rate that spends it (share × period ÷ long window).

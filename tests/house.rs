@@ -25,6 +25,7 @@ const LAYERS: &[&[&str]] = &[
         "replay",
         "demo",
         "slo",
+        "forecast",
     ],
     &["http"],
     &["ui"],

@@ -60,7 +60,7 @@ pub fn current_version(event_type: &str) -> Option<u32> {
         "DeploymentCreated" => 5,
         "DeploymentApproved" => 1,
         "DeploymentRejected" => 2,
-        "DeploymentDeployed" => 3,
+        "DeploymentDeployed" => 4,
         "PromotionGateEvaluated" => 2,
         "RingPromoted" => 1,
         "DeploymentCompleted" => 1,
@@ -292,6 +292,11 @@ fn upcast_step(event_type: &str, from: u32, body: &mut Map<String, Value>) -> Re
             body.insert("sequence".into(), Value::Null);
             Ok(())
         }
+        // Version 3 reports recorded no compliance deadline.
+        ("DeploymentDeployed", 3) => {
+            body.insert("compliance_due_at".into(), Value::Null);
+            Ok(())
+        }
         _ => Err(format!("no upcaster from version {from}")),
     }
 }
@@ -365,7 +370,7 @@ mod tests {
     }
 
     #[test]
-    fn a_version_1_report_reads_as_version_3_without_a_retro_deadline_or_sequence() {
+    fn a_version_1_report_reads_as_version_4_without_a_retro_deadline_sequence_or_due_time() {
         let mut s = Script::new(1);
         let mut event = s.deployed(1.0, Ring::Lab, 9, false);
         event.meta_mut().schema_version = 1;
@@ -378,12 +383,17 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove("sequence");
+        json["DeploymentDeployed"]
+            .as_object_mut()
+            .unwrap()
+            .remove("compliance_due_at");
         let read = decode("DeploymentDeployed", "1", &json.to_string()).unwrap();
         let DeploymentEvent::DeploymentDeployed(d) = &read else {
             panic!("{read:?}")
         };
         assert_eq!((d.retro_approval_due_at, d.sequence), (None, None));
-        assert_eq!(d.meta.schema_version, 3);
+        assert_eq!(d.compliance_due_at, None);
+        assert_eq!(d.meta.schema_version, 4);
         assert_eq!((d.succeeded, d.failed), (9, 1));
     }
 

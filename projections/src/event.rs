@@ -123,7 +123,7 @@ pub struct Rejected {
 /// A rollout result for one ring; counts are cumulative and reports may repeat.
 ///
 /// Version 2 added `retro_approval_due_at` (version 1 events upcast to `None`); version 3 added
-/// `sequence` (earlier events upcast to `None`).
+/// `sequence`, version 4 `compliance_due_at` (earlier events upcast to `None`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Deployed {
     /// The envelope: event id, intent, correlation id, actor, time, schema version.
@@ -142,6 +142,10 @@ pub struct Deployed {
     pub success_rate: f64,
     /// The ring's success-rate threshold in force when the report was made.
     pub compliance_threshold: f64,
+    /// When the ring must be compliant by: its entry plus the ring's and site class's
+    /// `time_to_compliance` in force when the report was made (`None` on reports recorded before
+    /// version 4).
+    pub compliance_due_at: Option<DateTime<Utc>>,
     /// This report is the ring's first to reach the threshold.
     pub first_compliant: bool,
     /// On the first deployment of an emergency change awaiting retrospective approval: when that
@@ -506,7 +510,7 @@ impl DeploymentEvent {
             DeploymentEvent::DeploymentCreated(_) => 5,
             DeploymentEvent::DeploymentApproved(_) => 1,
             DeploymentEvent::DeploymentRejected(_) => 2,
-            DeploymentEvent::DeploymentDeployed(_) => 3,
+            DeploymentEvent::DeploymentDeployed(_) => 4,
             DeploymentEvent::PromotionGateEvaluated(_) => 2,
             DeploymentEvent::RingPromoted(_) => 1,
             DeploymentEvent::DeploymentCompleted(_) => 1,

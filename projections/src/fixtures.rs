@@ -1,6 +1,6 @@
 //! Literal events for fold tests: a `Script` writes one intent's events with ascending ids.
 
-use chrono::{Duration, TimeZone, Utc};
+use chrono::{DateTime, Duration, TimeZone, Utc};
 use uuid::Uuid;
 
 /// The digest the built-in default policy is recorded under: SHA-256 of the empty text.
@@ -33,10 +33,15 @@ impl Script {
                 subject: subject.into(),
                 role,
             },
-            occurred_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
-                + Duration::milliseconds((hours * 3_600_000.0) as i64),
+            occurred_at: self.at(hours),
             schema_version: 1,
         }
+    }
+
+    /// The time `hours` after 2026-01-01T00:00Z.
+    pub fn at(&self, hours: f64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+            + Duration::milliseconds((hours * 3_600_000.0) as i64)
     }
 
     /// Created at hour 0 by alice, LAB → CANARY, online; score 70 when it needs CAB, else 20.
@@ -120,6 +125,7 @@ impl Script {
             compliance_threshold: 0.95,
             first_compliant,
             retro_approval_due_at: None,
+            compliance_due_at: None,
             sequence: None,
         })
     }

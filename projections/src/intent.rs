@@ -138,6 +138,8 @@ pub struct IntentState {
     /// What the change cost so far, with the rates recorded at its request.
     #[serde(default)]
     pub cost: crate::cost::CostMeter,
+    /// When the rollout in its current ring is expected to be compliant, against its deadline.
+    pub forecast: crate::forecast::Forecaster,
 }
 
 /// A pushed report as applied: its ring, sequence and counts (target devices, succeeded,
@@ -238,6 +240,7 @@ impl IntentState {
                     status_rejected: None,
                     last_pushed: None,
                     cost: crate::cost::CostMeter::opened(event),
+                    forecast: crate::forecast::Forecaster::default(),
                 })
             }
             (None, _) => return None,
@@ -245,6 +248,7 @@ impl IntentState {
             (Some(s), _) => s,
         };
         state.cost.charge(event);
+        state.forecast.fold(event);
         let at = event.meta().occurred_at;
         match event {
             DeploymentEvent::DeploymentCreated(_) => {}

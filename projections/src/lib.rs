@@ -21,6 +21,7 @@ pub mod cost;
 pub mod decode;
 pub mod describe;
 pub mod event;
+pub mod forecast;
 pub mod governance;
 pub mod heads;
 pub mod integrity;

@@ -17,6 +17,7 @@ use crate::decode::StreamEvent;
 use crate::event::{
     ApprovalBasis, ChangeType, ConnectorType, DeploymentEvent, Gate, Ring, SiteClass, Status,
 };
+use crate::forecast::Forecaster;
 
 /// Buckets for durations: a minute to two weeks (rollouts last hours to days).
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -106,6 +107,8 @@ struct Intent {
     /// What it cost so far, and the `currency` label it is counted under.
     cost: CostMeter,
     currency: &'static str,
+    /// When its rollout is expected to be compliant.
+    forecast: Forecaster,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -249,6 +252,7 @@ impl Metrics {
         let meta = event.meta();
         let (id, at) = (meta.deployment_id, meta.occurred_at);
         if let Some(intent) = self.intents.get_mut(&id) {
+            intent.forecast.fold(event);
             for (ring, component, amount) in intent.cost.charge(event) {
                 *self
                     .cost
@@ -301,6 +305,7 @@ impl Metrics {
                             e.cost_rates.as_ref().map(|r| r.currency.as_str()),
                         ),
                         cost: CostMeter::opened(event),
+                        forecast: Forecaster::default(),
                     },
                 );
                 self.risk

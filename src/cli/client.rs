@@ -270,6 +270,30 @@ fn intent_lines(i: &Value) -> Vec<String> {
             }
         ));
     }
+    if let Some(f) = i["forecast"].as_object() {
+        let percent = |v: &serde_json::Value| format!("{:.0} %", v.as_f64().unwrap_or(0.0) * 100.0);
+        let due = match f["due_at"].as_str() {
+            Some(due) => format!(", due {due}"),
+            None => String::new(),
+        };
+        let outlook = match (f["compliant"] == true, f["expected_compliance_at"].as_str()) {
+            (true, Some(at)) => format!("compliant at {at}{due}"),
+            (false, Some(at)) => format!("expected compliant at {at}{due}"),
+            _ => format!("no progress: not expected to be compliant{due}"),
+        };
+        lines.push(format!(
+            "forecast:         {} {} of {} as of {}; {outlook}{}",
+            text(&f["ring"]),
+            percent(&f["share"]),
+            percent(&f["threshold"]),
+            text(&f["as_of"]),
+            match (f["will_miss_deadline"] == true, f["compliant"] == true) {
+                (true, true) => ": MISSED THE DEADLINE",
+                (true, false) => ": WILL MISS THE DEADLINE",
+                _ => "",
+            }
+        ));
+    }
     if let Some(r) = i["connector_status_rejected"].as_object() {
         lines.push(format!(
             "connector status: REJECTED in {} at {}: {}",

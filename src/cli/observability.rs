@@ -1,8 +1,11 @@
-//! `eucora demo` and `eucora slo rules|tests`: traffic for the dashboards and alerts, and the SLO
-//! rules generated from the policy.
+//! `eucora demo`, `eucora slo rules|tests` and `eucora forecast rules|tests`: traffic for the
+//! dashboards and alerts, and the SLO and predictive rules generated from the policy.
 
 use super::{open_existing, say, shutdown_signal, Failure};
-use crate::config::{DemoArgs, SloCommand};
+use std::path::PathBuf;
+
+use crate::config::{DemoArgs, ForecastCommand, SloCommand};
+use crate::domain::Policy;
 
 /// `eucora demo`: seeded traffic through the real API.
 pub async fn demo(args: DemoArgs) -> Result<(), Failure> {
@@ -57,18 +60,30 @@ pub async fn demo(args: DemoArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The policy file given, or the built-in policy.
+fn policy(path: &Option<PathBuf>) -> Result<Policy, Failure> {
+    Ok(match path {
+        Some(path) => Policy::load(&path.to_string_lossy()).map_err(|e| e.to_string())?,
+        None => Policy::default(),
+    })
+}
+
 /// `eucora slo rules|tests`: the Prometheus SLO rules, or their promtool tests, for a policy.
 pub fn slo(command: SloCommand) -> Result<(), Failure> {
-    let (SloCommand::Rules { policy: path } | SloCommand::Tests { policy: path }) = &command;
-    let policy = match path {
-        Some(path) => {
-            crate::domain::Policy::load(&path.to_string_lossy()).map_err(|e| e.to_string())?
-        }
-        None => crate::domain::Policy::default(),
+    let text = match &command {
+        SloCommand::Rules { policy: path } => crate::slo::rules(&policy(path)?)?,
+        SloCommand::Tests { policy: path } => crate::slo::tests(&policy(path)?)?,
     };
-    let text = match command {
-        SloCommand::Rules { .. } => crate::slo::rules(&policy)?,
-        SloCommand::Tests { .. } => crate::slo::tests(&policy)?,
+    say(format_args!("{}", text.trim_end()))?;
+    Ok(())
+}
+
+/// `eucora forecast rules|tests`: the predictive alerting rules, or their promtool tests, for a
+/// policy.
+pub fn forecast(command: ForecastCommand) -> Result<(), Failure> {
+    let text = match &command {
+        ForecastCommand::Rules { policy: path } => crate::forecast::rules(&policy(path)?),
+        ForecastCommand::Tests { policy: path } => crate::forecast::tests(&policy(path)?),
     };
     say(format_args!("{}", text.trim_end()))?;
     Ok(())

@@ -17,6 +17,11 @@
 //! currency = "EUR"
 //! per_device_install = 0.05
 //!
+//! [forecast]
+//! trend_window = "6h"
+//! horizon = "4h"
+//! cab_queue_limit = 20
+//!
 //! [slo]
 //! api_availability = 0.999
 //! api_latency = "500ms"
@@ -55,6 +60,9 @@ impl RingPolicy {
     }
 }
 
+/// The days each SLO is measured over.
+pub const SLO_PERIOD_DAYS: u32 = 30;
+
 /// The service level objectives the Prometheus SLO rules are generated from (`eucora slo
 /// rules`), each over a 30-day window. The time-to-compliance SLO's bounds are the rings'
 /// `time_to_compliance`.
@@ -68,6 +76,25 @@ pub struct SloPolicy {
     pub api_latency_objective: f64,
     /// Share of rollouts compliant within their ring's and site class's time to compliance.
     pub time_to_compliance_objective: f64,
+}
+
+/// What the predictive alerts watch (`eucora forecast rules`): how far back a trend is measured,
+/// how far ahead it is extrapolated, and the limits it must not pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForecastPolicy {
+    /// The range a queue's trend is measured over (`predict_linear`'s).
+    pub trend_window: Duration,
+    /// How far ahead a queue's trend is extrapolated.
+    pub horizon: Duration,
+    /// Intents awaiting a CAB decision.
+    pub cab_queue_limit: u64,
+    /// Connector actions queued and not yet settled.
+    pub outbox_limit: u64,
+    /// Emergency changes awaiting their retrospective review.
+    pub retro_backlog_limit: u64,
+    /// How far ahead an SLO's error budget is extrapolated, at the last day's burn rate; at most
+    /// the SLOs' 30-day period.
+    pub budget_horizon: Duration,
 }
 
 /// When the CAB must decide, besides the risk model's threshold and privileged tooling.
@@ -84,6 +111,7 @@ pub struct Policy {
     /// The cost rates recorded on every intent requested under this policy.
     pub cost: CostRates,
     pub slo: SloPolicy,
+    pub forecast: ForecastPolicy,
     /// How long after its first deployment an emergency change may be approved retrospectively.
     pub emergency_retro_window: Duration,
     /// The furthest ring an emergency change may start in (it skips the CAB there until it is
@@ -126,6 +154,14 @@ impl Default for Policy {
                 api_latency_objective: 0.99,
                 time_to_compliance_objective: 0.95,
             },
+            forecast: ForecastPolicy {
+                trend_window: Duration::hours(6),
+                horizon: Duration::hours(4),
+                cab_queue_limit: 20,
+                outbox_limit: 500,
+                retro_backlog_limit: 5,
+                budget_horizon: Duration::days(7),
+            },
             digest: digest_of(""),
             text: String::new(),
         }
@@ -162,6 +198,18 @@ struct PolicyFile {
     cab: Option<CabOverride>,
     slo: Option<SloOverride>,
     cost: Option<CostOverride>,
+    forecast: Option<ForecastOverride>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForecastOverride {
+    trend_window: Option<String>,
+    horizon: Option<String>,
+    cab_queue_limit: Option<i64>,
+    outbox_limit: Option<i64>,
+    retro_backlog_limit: Option<i64>,
+    budget_horizon: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -326,6 +374,9 @@ impl Policy {
                 }
             }
         }
+        if let Some(o) = file.forecast {
+            forecast(&mut policy.forecast, o)?;
+        }
         for (name, o) in file.rings {
             let ring = parse_ring("rings", &name)?;
             let p = &mut policy.rings[ring.index()];
@@ -357,6 +408,83 @@ impl Policy {
             }
         }
         Ok(policy)
+    }
+}
+
+/// Applies a file's `[forecast]` table: durations above zero (a trend window of at least ten
+/// minutes, a budget horizon of at most the SLOs' period), limits whole numbers from 1.
+fn forecast(into: &mut ForecastPolicy, o: ForecastOverride) -> Result<(), PolicyError> {
+    for (key, value, into, least) in [
+        (
+            "trend_window",
+            o.trend_window,
+            &mut into.trend_window,
+            Duration::minutes(10),
+        ),
+        (
+            "horizon",
+            o.horizon,
+            &mut into.horizon,
+            Duration::minutes(1),
+        ),
+        (
+            "budget_horizon",
+            o.budget_horizon,
+            &mut into.budget_horizon,
+            Duration::hours(1),
+        ),
+    ] {
+        if let Some(text) = value {
+            let d = parse_duration(&format!("forecast.{key}"), &text)?;
+            if d < least {
+                return Err(PolicyError::Invalid(format!(
+                    "forecast.{key} must be at least {}, got {text:?}",
+                    duration_text(least)
+                )));
+            }
+            *into = d;
+        }
+    }
+    let period = Duration::days(i64::from(SLO_PERIOD_DAYS));
+    if into.budget_horizon > period {
+        return Err(PolicyError::Invalid(format!(
+            "forecast.budget_horizon must be at most the SLOs' period, {}",
+            duration_text(period)
+        )));
+    }
+    for (key, value, into) in [
+        (
+            "cab_queue_limit",
+            o.cab_queue_limit,
+            &mut into.cab_queue_limit,
+        ),
+        ("outbox_limit", o.outbox_limit, &mut into.outbox_limit),
+        (
+            "retro_backlog_limit",
+            o.retro_backlog_limit,
+            &mut into.retro_backlog_limit,
+        ),
+    ] {
+        if let Some(n) = value {
+            *into = u64::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| {
+                PolicyError::Invalid(format!(
+                    "forecast.{key} must be a whole number from 1, got {n}"
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// A duration as a policy file (and PromQL) writes it, in its largest whole unit: `10m`, `6h`,
+/// `30d`.
+pub fn duration_text(d: Duration) -> String {
+    let s = d.num_seconds();
+    match s {
+        _ if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        _ if s % 3600 == 0 => format!("{}h", s / 3600),
+        _ if s % 60 == 0 => format!("{}m", s / 60),
+        _ => format!("{s}s"),
     }
 }
 
@@ -478,6 +606,43 @@ mod tests {
             ("per_device = 1", "unknown field"),
         ] {
             let err = Policy::from_toml(&format!("[cost]\n{bad}")).unwrap_err();
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn forecast_settings_are_read_and_bad_ones_refused_in_our_words() {
+        let p = Policy::from_toml("[forecast]\nhorizon = \"2h\"\noutbox_limit = 50\n").unwrap();
+        assert_eq!(p.forecast.horizon, Duration::hours(2));
+        assert_eq!(p.forecast.outbox_limit, 50);
+        assert_eq!(p.forecast.trend_window, Duration::hours(6));
+        for (bad, says) in [
+            ("horizon = \"0s\"", "forecast.horizon must be at least 1m"),
+            (
+                "trend_window = \"5m\"",
+                "forecast.trend_window must be at least 10m",
+            ),
+            (
+                "budget_horizon = \"0h\"",
+                "forecast.budget_horizon must be at least 1h",
+            ),
+            ("budget_horizon = \"31d\"", "at most the SLOs' period, 30d"),
+            (
+                "horizon = \"soon\"",
+                "forecast.horizon: \"soon\" is not a duration",
+            ),
+            (
+                "cab_queue_limit = 0",
+                "forecast.cab_queue_limit must be a whole number from 1",
+            ),
+            (
+                "outbox_limit = -3",
+                "forecast.outbox_limit must be a whole number from 1, got -3",
+            ),
+            ("retro_backlog_limit = \"many\"", "invalid type"),
+            ("limit = 1", "unknown field"),
+        ] {
+            let err = Policy::from_toml(&format!("[forecast]\n{bad}")).unwrap_err();
             assert!(err.to_string().contains(says), "{bad}: {err}");
         }
     }

@@ -171,6 +171,9 @@ fn facts(i: &IntentState) -> Markup {
                 dt { "Connector" } dd { (i.connector_type.as_str()) }
                 dt { "Kind" } dd { (i.change_type.as_str()) " change, " (i.site_class.as_str().replace('_', " ")) " sites" }
                 dt { "Artifact" } dd { @if let Some(a) = &i.artifact_sha256 { code { (a) } } @else { "—" } }
+                @if let Some(currency) = i.cost.currency() {
+                    dt { "Cost so far" } dd { (currency) " " (format!("{:.2}", i.cost.total())) }
+                }
                 dt { "Id" } dd { code { (i.id) } " · stream version " (i.stream_version) }
             }
         }
@@ -197,6 +200,19 @@ fn progress(i: &IntentState) -> Markup {
                     " devices succeeded, " (report.failed) " failed, " (report.incidents) " incidents ("
                     (format!("{:.1} %", report.success_rate * 100.0)) ")." }
             } @else { p { "No rollout report in " (ring(i.current_ring)) " yet." } }
+            @if let Some(f) = i.forecast.current() {
+                p.forecast {
+                    "Forecast: "
+                    @match (f.compliant, f.expected_at) {
+                        (true, Some(at)) => { "compliant at " (time(at)) },
+                        (false, Some(at)) => { "expected compliant at " (time(at)) " at the install rate so far" },
+                        _ => { "not expected to be compliant: the rollout gains nothing" },
+                    }
+                    @if let Some(due) = f.due_at { "; due by " (time(due)) }
+                    "."
+                    @if f.will_miss_deadline && !f.compliant { " " strong { "It will miss its deadline." } }
+                }
+            }
         }
     }
 }

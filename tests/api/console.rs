@@ -226,6 +226,18 @@ async fn a_cab_approver_approves_the_oldest_change_in_the_queue_and_the_timeline
     let state = app.intent(&crew.approver, &ids[0]).await;
     assert_eq!(state.body["status"], "approved", "{state:?}");
     assert_eq!(state.body["approved_by"], "carol", "{state:?}");
+    // Once reported on, the change's page says when it is expected to be compliant, and its cost.
+    assert_eq!(
+        app.deploy(&crew.deployer, &ids[0], "LAB", 10, 2)
+            .await
+            .status,
+        200
+    );
+    c.goto(&format!("{}/ui/changes/{}", app.base, ids[0]))
+        .await
+        .unwrap();
+    let text = until_main_says(&c, "Forecast: expected compliant at").await;
+    assert!(text.contains("Cost so far\nEUR "), "{text}");
     screenshots(&c, &app, &ids[1]).await;
     c.close().await.unwrap();
 }

@@ -16,6 +16,7 @@ mod cost;
 mod crash;
 mod dispatch;
 mod evidence;
+mod forecast;
 mod fuzz;
 mod global_stream;
 mod governance;

@@ -14,6 +14,9 @@ use serde_json::Value;
 
 use crate::helpers::{eucora, Backend, TestApp};
 
+/// Every rule file of prometheus/rules, as prometheus.yml loads them.
+const RULE_FILES: [&str; 4] = ["recording.yml", "alerts.yml", "slo.yml", "forecast.yml"];
+
 /// The dashboards the issues ask for: file, uid and title.
 const DASHBOARDS: [(&str, &str, &str); 9] = [
     (
@@ -188,10 +191,12 @@ fn promtool_accepts_the_configuration_and_every_alert_test_passes() {
         "prometheus/rules/recording.yml",
         "prometheus/rules/alerts.yml",
         "prometheus/rules/slo.yml",
+        "prometheus/rules/forecast.yml",
     ]);
     for file in [
         "prometheus/tests/alerts_test.yml",
         "prometheus/tests/slo_test.yml",
+        "prometheus/tests/forecast_test.yml",
     ] {
         let tested = run(&["test", "rules", file]);
         assert!(tested.contains("SUCCESS"), "{tested}");
@@ -199,14 +204,17 @@ fn promtool_accepts_the_configuration_and_every_alert_test_passes() {
 
     // Every alert is tested firing and not firing.
     let tests = std::fs::read_to_string(repo("prometheus/tests/alerts_test.yml")).unwrap()
-        + &std::fs::read_to_string(repo("prometheus/tests/slo_test.yml")).unwrap();
-    let alerts = std::fs::read_to_string(repo("prometheus/rules/alerts.yml")).unwrap()
-        + &std::fs::read_to_string(repo("prometheus/rules/slo.yml")).unwrap();
+        + &std::fs::read_to_string(repo("prometheus/tests/slo_test.yml")).unwrap()
+        + &std::fs::read_to_string(repo("prometheus/tests/forecast_test.yml")).unwrap();
+    let alerts = RULE_FILES
+        .iter()
+        .map(|f| std::fs::read_to_string(repo("prometheus/rules").join(f)).unwrap())
+        .collect::<String>();
     let names: Vec<&str> = alerts
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(names.len(), 19 + 6, "{names:?}");
+    assert_eq!(names.len(), 19 + 6 + 5, "{names:?}");
     for name in names {
         let cases: Vec<&str> = tests
             .split("- alertname: ")
@@ -272,6 +280,59 @@ fn the_slo_rules_and_their_tests_are_what_the_default_policy_generates() {
 }
 
 #[test]
+fn the_forecast_rules_and_their_tests_are_what_the_default_policy_generates() {
+    for (command, file) in [
+        ("rules", "prometheus/rules/forecast.yml"),
+        ("tests", "prometheus/tests/forecast_test.yml"),
+    ] {
+        let out = Command::new(crate::helpers::binary())
+            .args(["forecast", command])
+            .env_remove("EUCORA_POLICY")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let committed = std::fs::read_to_string(repo(file)).unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout) == committed,
+            "{file} is not what `eucora forecast {command}` prints: regenerate it \
+             (eucora forecast {command} > {file})"
+        );
+    }
+    // Another policy, other limits; a horizon of zero is refused in our words, at once.
+    let dir = std::env::temp_dir().join(format!("eucora-forecast-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, "[forecast]\noutbox_limit = 40\n").unwrap();
+    let run = |args: &[&str]| {
+        Command::new(crate::helpers::binary())
+            .args(args)
+            .args(["--policy", policy.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let out = run(&["forecast", "rules"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("[6h], 14400) > 40"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::fs::write(&policy, "[forecast]\nhorizon = \"0h\"\n").unwrap();
+    // The server reads the policy the same way (Policy::load), and stops there.
+    let out = run(&["forecast", "rules"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("forecast.horizon must be at least 1m"),
+        "{said}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn every_alert_links_a_runbook_entry_that_exists() {
     let runbook = std::fs::read_to_string(repo("docs/runbook.md")).unwrap();
     let anchors: BTreeSet<String> = runbook
@@ -279,8 +340,10 @@ fn every_alert_links_a_runbook_entry_that_exists() {
         .filter(|l| l.starts_with('#'))
         .map(|l| eucora::http::ops::heading_anchor(l.trim_start_matches('#')))
         .collect();
-    let alerts = std::fs::read_to_string(repo("prometheus/rules/alerts.yml")).unwrap()
-        + &std::fs::read_to_string(repo("prometheus/rules/slo.yml")).unwrap();
+    let alerts = RULE_FILES
+        .iter()
+        .map(|f| std::fs::read_to_string(repo("prometheus/rules").join(f)).unwrap())
+        .collect::<String>();
     let mut links = 0;
     for line in alerts.lines() {
         if let Some(url) = line.trim().strip_prefix("runbook_url: ") {
@@ -307,7 +370,7 @@ fn every_alert_links_a_runbook_entry_that_exists() {
             "every alert has a {key}and a runbook link"
         );
     }
-    assert_eq!(links, 19 + 6);
+    assert_eq!(links, 19 + 6 + 5);
 }
 
 #[test]
@@ -361,7 +424,7 @@ impl Prometheus {
     async fn start(target: &str) -> Prometheus {
         let dir = std::env::temp_dir().join(format!("eucora_prom_{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(dir.join("rules")).unwrap();
-        for rules in ["recording.yml", "alerts.yml", "slo.yml"] {
+        for rules in RULE_FILES {
             std::fs::copy(
                 repo("prometheus/rules").join(rules),
                 dir.join("rules").join(rules),
@@ -743,7 +806,7 @@ async fn every_dashboard_query_and_rule_returns_data_on_a_real_prometheus() {
     }
     assert_eq!(
         (recording.len(), alerting.len()),
-        (12 + 3 * 14, 19 + 6),
+        (12 + 3 * 14 + 2, 19 + 6 + 5),
         "rules loaded"
     );
     metrics.insert("up".into());

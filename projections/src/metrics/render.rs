@@ -228,6 +228,25 @@ impl Metrics {
         }
         header(
             &mut out,
+            "deployment_rollouts_forecast_to_miss",
+            "Open rollouts whose reports, extrapolated at their install rate, reach the ring's success threshold after its time-to-compliance deadline (or never), per ring.",
+            "gauge",
+        );
+        let mut missing: BTreeMap<Ring, u64> = BTreeMap::new();
+        for ring in self.intents.values().filter_map(|i| i.forecast.missing()) {
+            *missing.entry(ring).or_default() += 1;
+        }
+        for ring in Ring::ALL {
+            sample(
+                &mut out,
+                "deployment_rollouts_forecast_to_miss",
+                &[("ring", ring.as_str().to_string())],
+                None,
+                &missing.get(&ring).copied().unwrap_or(0).to_string(),
+            );
+        }
+        header(
+            &mut out,
             "eucora_events_total",
             "Events applied, of every stream (intents and principals), per event type.",
             "counter",

@@ -116,7 +116,11 @@ pub(super) fn deploy(
             }
         }
     }
-    let threshold = out.policy().ring(state.current_ring).success_rate;
+    let ring_policy = out.policy().ring(state.current_ring);
+    let threshold = ring_policy.success_rate;
+    let compliance_due_at = state
+        .ring_entered_at
+        .map(|entered| entered + ring_policy.time_to_compliance(state.site_class));
     let success_rate = r.succeeded as f64 / r.target_devices as f64;
     let first_compliant = state.ring_compliant_at.is_none() && success_rate >= threshold;
     let retro_approval_due_at = (state.retro_approval_pending && state.first_deployed_at.is_none())
@@ -131,6 +135,7 @@ pub(super) fn deploy(
             incidents: r.incidents,
             success_rate,
             compliance_threshold: threshold,
+            compliance_due_at,
             first_compliant,
             retro_approval_due_at,
             sequence,

@@ -65,6 +65,32 @@ pub struct IntentResponse {
     /// What the change cost so far, with the rates recorded at its request (docs/observability.md,
     /// "Cost"); absent for an intent requested before costs were recorded.
     pub cost: Option<CostResponse>,
+    /// When the rollout in its current ring is expected to reach the ring's success threshold,
+    /// from its reports, against its deadline (docs/observability.md, "Forecasts"); absent
+    /// before the ring's first report and once the intent has ended.
+    pub forecast: Option<ForecastResponse>,
+}
+
+/// A rollout's compliance forecast, as of its latest report.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ForecastResponse {
+    #[schema(value_type = RingName)]
+    pub ring: Ring,
+    /// The ring's success threshold in force at the report.
+    pub threshold: f64,
+    /// The latest report's success share.
+    pub share: f64,
+    /// The latest report's time.
+    pub as_of: DateTime<Utc>,
+    /// When the ring must be compliant by; absent for reports recorded before deadlines were.
+    pub due_at: Option<DateTime<Utc>>,
+    /// The threshold was reached (at `expected_compliance_at`).
+    pub compliant: bool,
+    /// When it was reached, or is expected to be at the install rate so far; absent when the
+    /// rollout gains nothing.
+    pub expected_compliance_at: Option<DateTime<Utc>>,
+    /// It reached, or is expected to reach, the threshold after `due_at`, or never.
+    pub will_miss_deadline: bool,
 }
 
 /// A change's cost so far, in its currency's units.
@@ -152,6 +178,16 @@ impl From<&IntentState> for IntentResponse {
                         (ring.as_str().to_string(), components)
                     })
                     .collect(),
+            }),
+            forecast: s.forecast.current().map(|f| ForecastResponse {
+                ring: f.ring,
+                threshold: f.threshold,
+                share: f.share,
+                as_of: f.as_of,
+                due_at: f.due_at,
+                compliant: f.compliant,
+                expected_compliance_at: f.expected_at,
+                will_miss_deadline: f.will_miss_deadline,
             }),
             connector_status_rejected: s.status_rejected.as_ref().map(|r| StatusRejectedResponse {
                 ring: r.ring,
