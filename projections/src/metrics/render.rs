@@ -185,9 +185,18 @@ impl Metrics {
             "Intents currently in each state, per current ring.",
             "gauge",
         );
+        // The gauges over every intent, counted in one pass.
         let mut in_state: BTreeMap<(Status, Ring), u64> = BTreeMap::new();
+        let mut awaiting = [0u64; 2];
+        let mut missing: BTreeMap<Ring, u64> = BTreeMap::new();
         for intent in self.intents.values() {
             *in_state.entry((intent.status, intent.ring)).or_default() += 1;
+            if let Some(overdue) = intent.retro_awaiting {
+                awaiting[usize::from(overdue)] += 1;
+            }
+            if let Some(ring) = intent.forecast.missing() {
+                *missing.entry(ring).or_default() += 1;
+            }
         }
         for status in Status::ALL {
             for ring in Ring::ALL {
@@ -211,12 +220,6 @@ impl Metrics {
             "Emergency changes cleared without the CAB and not yet decided on retrospectively; overdue once their deadline passed (RetroApprovalOverdue).",
             "gauge",
         );
-        let mut awaiting = [0u64; 2];
-        for intent in self.intents.values() {
-            if let Some(overdue) = intent.retro_awaiting {
-                awaiting[usize::from(overdue)] += 1;
-            }
-        }
         for (overdue, n) in [("false", awaiting[0]), ("true", awaiting[1])] {
             sample(
                 &mut out,
@@ -232,10 +235,6 @@ impl Metrics {
             "Open rollouts whose reports, extrapolated at their install rate, reach the ring's success threshold after its time-to-compliance deadline (or never), per ring.",
             "gauge",
         );
-        let mut missing: BTreeMap<Ring, u64> = BTreeMap::new();
-        for ring in self.intents.values().filter_map(|i| i.forecast.missing()) {
-            *missing.entry(ring).or_default() += 1;
-        }
         for ring in Ring::ALL {
             sample(
                 &mut out,
