@@ -26,6 +26,7 @@
 //! `EUCORA_BENCH_ONLY=load`, `durability`, `traces` or `outbox` for one part alone; `EUCORA_BENCH_POOL` for each
 //! server's database pool, default 28).
 
+mod harness;
 mod scratch;
 
 /// The allocator `eucora` itself runs with (src/main.rs), so the in-process server is its own.
@@ -36,235 +37,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eucora::app::Application;
-use eucora::config::{DbArgs, LogFormat, ServeArgs};
-use eucora::domain::SystemClock;
 use eucora::store::Store;
-use eucora_projections::event::Role;
 use serde_json::json;
 
-struct Cell {
-    ops: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-    errors: usize,
-}
-
-impl Cell {
-    fn rate(&self) -> f64 {
-        self.ops as f64 / self.elapsed.as_secs_f64()
-    }
-    fn pct(&mut self, p: f64) -> f64 {
-        self.latencies.sort();
-        if self.latencies.is_empty() {
-            return f64::NAN;
-        }
-        let i =
-            ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len()) - 1;
-        self.latencies[i].as_secs_f64() * 1000.0
-    }
-}
-
-/// Runs `clients` loops of `step` until `seconds` pass; each step reports its latencies.
-async fn drive<F, Fut>(clients: usize, seconds: f64, step: F) -> Cell
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<Vec<Duration>, String>> + Send,
-{
-    let step = Arc::new(step);
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..clients)
-        .map(|c| {
-            let (step, stop) = (step.clone(), stop.clone());
-            tokio::spawn(async move {
-                let (mut lat, mut errors) = (Vec::new(), 0usize);
-                while !stop.load(Ordering::Relaxed) {
-                    match step(c).await {
-                        Ok(l) => lat.extend(l),
-                        Err(_) => errors += 1,
-                    }
-                }
-                (lat, errors)
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut cell = Cell {
-        ops: 0,
-        elapsed: Duration::ZERO,
-        latencies: vec![],
-        errors: 0,
-    };
-    for t in tasks {
-        let (lat, errors) = t.await.unwrap();
-        cell.latencies.extend(lat);
-        cell.errors += errors;
-    }
-    cell.elapsed = start.elapsed();
-    cell.ops = cell.latencies.len();
-    cell
-}
-
-async fn timed(
-    client: &reqwest::Client,
-    url: String,
-    token: &str,
-    body: serde_json::Value,
-    expect: u16,
-) -> Result<(Duration, serde_json::Value), String> {
-    let t = Instant::now();
-    let resp = client
-        .post(url)
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let value: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
-    if status != expect {
-        return Err(format!("{status}: {value}"));
-    }
-    Ok((t.elapsed(), value))
-}
-
-/// A server of the bench on its own database, and its bearer tokens.
-/// Where commands go: a server's address and the requester's, approver's and deployer's tokens.
-struct Target {
-    base: String,
-    tokens: Arc<(String, String, String)>,
-}
-
-struct Server {
-    target: Target,
-    store: Store,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-    /// The signing key and the checkpoint directory, removed at the end.
-    key_dir: std::path::PathBuf,
-}
-
-/// A connector simulator on loopback, with `faults`; returns its base URL.
-async fn simulator(faults: eucora::connector::sim::Faults) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let config = eucora::connector::sim::SimConfig {
-        faults,
-        ..Default::default()
-    };
-    tokio::spawn(
-        async move { axum::serve(listener, eucora::connector::sim::router(config)).await },
-    );
-    base
-}
-
-/// A connectors file sending `kind` to the simulator at `base`, without write limits (the
-/// benchmark measures the outbox, not a tenant's quota), at the default backoff, with `more`.
-fn connectors_file(
-    dir: &std::path::Path,
-    kind: &str,
-    base: &str,
-    more: &str,
-) -> std::path::PathBuf {
-    let path = dir.join(format!("connectors-{}.toml", uuid::Uuid::new_v4().simple()));
-    std::fs::write(
-        &path,
-        format!(
-            "[{kind}]\nbase_url = \"{base}\"\nwrites_per_app = \"unlimited\"\n\
-             writes_per_tenant = \"unlimited\"\n{more}"
-        ),
-    )
-    .unwrap();
-    path
-}
-
-/// The requester's, approver's and deployer's tokens, issued on `store`.
-async fn tokens(store: &Store) -> Arc<(String, String, String)> {
-    let token = |subject: &str, role: Role| {
-        let store = store.clone();
-        let subject = subject.to_string();
-        async move {
-            let change = eucora::principals::operator_change(Some("load-benchmark")).unwrap();
-            let expires_at =
-                eucora::principals::expiry(change.at, eucora::principals::DEFAULT_TOKEN_LIFETIME)
-                    .unwrap();
-            eucora::principals::issue_token(&store, &subject, role, expires_at, &change, None)
-                .await
-                .unwrap()
-                .1
-        }
-    };
-    Arc::new((
-        token("req", Role::Requester).await,
-        token("cab", Role::CabApprover).await,
-        token("ops", Role::Deployer).await,
-    ))
-}
-
-async fn start(url: &str, merkle_log: bool, connectors: Option<std::path::PathBuf>) -> Server {
-    let store = Store::connect(url, 8).await.expect("connect");
-    store.migrate().await.expect("migrate");
-    let tokens = tokens(&store).await;
-    let key_dir =
-        std::env::temp_dir().join(format!("eucora-load-key-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&key_dir).unwrap();
-    let args = ServeArgs {
-        db: DbArgs {
-            database_url: url.to_string(),
-            // Three servers run at once on PostgreSQL's 100 connections, beside the reference's 8.
-            db_pool_size: std::env::var("EUCORA_BENCH_POOL")
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(28),
-        },
-        listen: "127.0.0.1:0".into(),
-        policy: None,
-        body_limit: 64 * 1024,
-        request_timeout: 30,
-        header_read_timeout: 10,
-        max_connections: None,
-        rate_limit: None,
-        auth_failure_limit: 0,
-        session_idle: std::time::Duration::from_secs(1800),
-        public_url: None,
-        shutdown_timeout: 1,
-        metrics_app_label_limit: 200,
-        log_format: LogFormat::Text,
-        // Signed checkpoints on both backends, kept in a directory too, at the defaults.
-        signing_key_file: merkle_log.then(|| {
-            let path = key_dir.join("key");
-            eucora::checkpoints::SigningKey::create(&path, "bench").unwrap();
-            path
-        }),
-        checkpoint_dir: merkle_log.then(|| key_dir.join("checkpoints")),
-        checkpoint_witness: None,
-        checkpoint_interval: eucora::domain::policy::duration(
-            eucora::config::DEFAULT_CHECKPOINT_INTERVAL,
-        )
-        .and_then(|d| d.to_std().ok())
-        .unwrap(),
-        checkpoint_events: 1000,
-        connectors,
-        merkle_log,
-    };
-    let app = Application::build(&args, Arc::new(SystemClock))
-        .await
-        .expect("build");
-    let base = format!("http://{}", app.local_addr().unwrap());
-    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(app.run(async {
-        let _ = stop_rx.await;
-    }));
-    Server {
-        target: Target { base, tokens },
-        store,
-        stop,
-        task,
-        key_dir,
-    }
-}
+use harness::{connectors_file, create_body, drive, simulator, start, timed, tokens, Cell, Target};
 
 /// Every 20 ms, the size of the latest signed checkpoint (one indexed row: cheap beside the load).
 fn sample_signed(
@@ -308,14 +84,6 @@ fn lag(base: i64, acks: &[Instant], samples: &[(Instant, i64)]) -> (f64, f64, us
             .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
     };
     (pct(0.5), pct(0.99), unsigned)
-}
-
-fn create_body() -> serde_json::Value {
-    json!({
-        "app_name": "bench-app", "version": "1.0", "connector_type": "sccm", "rollback_validated": true,
-        "risk_factors": { "privilege_impact": 0.8, "supply_chain_trust": 0.8, "exploitability": 0.8,
-            "data_access": 0.8, "sbom_vulnerability": 0.8, "operational_complexity": 0.8, "history": 0.8 }
-    })
 }
 
 /// The commands of one cell; `acks` gets the time each was acknowledged.

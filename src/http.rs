@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod evidence;
 pub mod extract;
+pub mod fresh;
 pub mod idempotency;
 pub mod log;
 pub mod ops;

@@ -306,6 +306,22 @@ impl Telemetry {
                 }
             })
             .build();
+        meter
+            .f64_observable_gauge("eucora.projection.lag")
+            .with_unit("s")
+            .with_description(
+                "How long the newest event each projection applied took from its recorded time \
+                 to being applied: commit-to-visible.",
+            )
+            .with_callback({
+                let runner = runner.clone();
+                move |gauge| {
+                    for (name, lag) in runner.lag_seconds() {
+                        gauge.observe(lag, &[KeyValue::new("projection", name)]);
+                    }
+                }
+            })
+            .build();
         let unreadable_source = runner.clone();
         meter
             .u64_observable_gauge("eucora.stream.unreadable_events")

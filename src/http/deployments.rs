@@ -143,8 +143,12 @@ pub struct DeployRequest {
     pub incidents: u64,
 }
 
-fn intent_response(status: StatusCode, s: &IntentState) -> Response {
-    let mut response = (status, Json(IntentResponse::from(s))).into_response();
+/// The intent as a command left it, with the command's index (docs/api.md, "Fresh reads").
+fn intent_response(status: StatusCode, s: &IntentState, index: Option<i64>) -> Response {
+    let mut body = IntentResponse::from(s);
+    body.index = index;
+    let mut response = (status, Json(body)).into_response();
+    super::fresh::set_index(&mut response, index);
     if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", s.stream_version)) {
         response.headers_mut().insert(header::ETAG, etag);
     }
@@ -183,10 +187,12 @@ pub(crate) async fn command(
     let run = move |id: Uuid, key: Option<String>| async move {
         Ok(attempt.run(&refusals, id, command, key.as_deref()).await?)
     };
-    let answer = move |intent: &IntentState| match &intent.last_promotion {
+    let answer = move |intent: &IntentState, index: Option<i64>| match &intent.last_promotion {
         Some(attempt) if is_promotion && !attempt.passed => {
             let blocked: Vec<&str> = attempt.blocked_by().iter().map(|g| g.as_str()).collect();
-            ApiError::Conflict {
+            let mut body = IntentResponse::from(intent);
+            body.index = index;
+            let mut response = ApiError::Conflict {
                 detail: format!(
                     "promotion from {} to {} blocked by: {}",
                     attempt.from_ring.as_str(),
@@ -195,20 +201,22 @@ pub(crate) async fn command(
                 ),
                 extra: Some(json!({
                     "promotion": attempt,
-                    "intent": IntentResponse::from(intent),
+                    "intent": body,
                 })),
             }
-            .into_response()
+            .into_response();
+            super::fresh::set_index(&mut response, index);
+            response
         }
         _ if is_create => {
-            let mut response = intent_response(StatusCode::CREATED, intent);
+            let mut response = intent_response(StatusCode::CREATED, intent, index);
             let location = format!("/api/v1/deployments/{}", intent.id);
             if let Ok(location) = HeaderValue::from_str(&location) {
                 response.headers_mut().insert(header::LOCATION, location);
             }
             response
         }
-        _ => intent_response(StatusCode::OK, intent),
+        _ => intent_response(StatusCode::OK, intent, index),
     };
     let write = idempotency::Write {
         intent: id,
@@ -337,8 +345,8 @@ pub struct IntentPage {
 }
 
 /// List deployment intents in creation order.
-#[utoipa::path(get, path = "", tag = "deployments", params(ListParams),
-    responses((status = 200, body = IntentPage), (status = 400), (status = 401), (status = 503)),
+#[utoipa::path(get, path = "", tag = "deployments", params(ListParams, super::fresh::FreshParams),
+    responses((status = 200, body = IntentPage), (status = 400), (status = 401), (status = 404, description = "no event has the `min_index` given"), (status = 503, description = "the store did not answer, or `min_index` was not reached within a second")),
     security(("bearer" = [])))]
 async fn list(
     State(state): State<AppState>,
@@ -367,6 +375,8 @@ async fn list(
             c.parse::<i64>().ok().filter(|p| *p >= 0)
         })?
         .unwrap_or(0);
+    let fresh = super::fresh::min_index(&q)?;
+    super::fresh::wait_for(&state, crate::projection::intent_view::INTENTS, fresh).await?;
     let page = state.reads.list(&filter, after, limit).await?;
     Ok(Json(IntentPage {
         items: page.items.iter().map(IntentResponse::from).collect(),
@@ -375,23 +385,26 @@ async fn list(
     .into_response())
 }
 
-/// One deployment intent as it now stands.
+/// One deployment intent as it now stands, folded from its own stream on request: always fresh
+/// (`min_index` is taken, and never waited for).
 #[utoipa::path(get, path = "/{id}", tag = "deployments",
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path), super::fresh::FreshParams),
     responses((status = 200, body = IntentResponse), (status = 400), (status = 401), (status = 404), (status = 503)),
     security(("bearer" = [])))]
 async fn get_one(
     State(state): State<AppState>,
     _principal: Principal,
     Path(id): Path<String>,
+    q: QueryParams,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
+    super::fresh::min_index(&q)?;
     let intent = state
         .reads
         .get(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no deployment intent {id}")))?;
-    Ok(intent_response(StatusCode::OK, &intent))
+    Ok(intent_response(StatusCode::OK, &intent, None))
 }
 
 /// The query as the OpenAPI document describes it; [`QueryParams`] reads it, in our words.

@@ -77,8 +77,8 @@ pub struct GlobalPage {
 /// leaf in the Merkle log, from 0, gap-free. Page with `after` = the number of events already read
 /// (the `next_after` of the previous page). Events appear once the log has taken them, within a
 /// second of their commit.
-#[utoipa::path(get, path = "", tag = "events", params(GlobalParams),
-    responses((status = 200, body = GlobalPage), (status = 400), (status = 401), (status = 403), (status = 404, description = "the log does not have that many events yet"), (status = 503)),
+#[utoipa::path(get, path = "", tag = "events", params(GlobalParams, super::fresh::FreshParams),
+    responses((status = 200, body = GlobalPage), (status = 400), (status = 401), (status = 403), (status = 404, description = "the log does not have that many events yet, or no event has the `min_index` given"), (status = 503, description = "the store did not answer, or `min_index` was not reached within a second")),
     security(("bearer" = [])))]
 async fn global_stream(
     State(state): State<AppState>,
@@ -88,6 +88,8 @@ async fn global_stream(
     principal.require(&[Role::Auditor])?;
     let limit = q.number("limit", 1..=1000)?.unwrap_or(100) as u64;
     let after = q.number("after", 0..=i64::MAX)?.unwrap_or(0) as u64;
+    let fresh = super::fresh::min_index(&q)?;
+    super::fresh::wait_for(&state, crate::projection::log::LOG, fresh).await?;
     Ok(Json(global_page(&state, after, limit).await?).into_response())
 }
 

@@ -30,7 +30,8 @@ pub struct Write<R, A> {
     pub intent: Uuid,
     /// Runs the command on an intent, with the key's digest for the events' metadata.
     pub run: R,
-    /// The response for the intent as the command left it.
+    /// The response for the intent as the command left it, and its index (the position of its
+    /// last event, when it could be read).
     pub answer: A,
 }
 
@@ -55,7 +56,7 @@ pub async fn once<R, F, A>(
 where
     R: FnOnce(Uuid, Option<String>) -> F + Send + 'static,
     F: std::future::Future<Output = Result<IntentState, ApiError>> + Send + 'static,
-    A: Fn(&IntentState) -> Response + Send + Sync + 'static,
+    A: Fn(&IntentState, Option<i64>) -> Response + Send + Sync + 'static,
 {
     let Write {
         intent,
@@ -63,7 +64,9 @@ where
         answer,
     } = write;
     let Some(key) = idempotency_key(headers)? else {
-        return run(intent, None).await.map(|s| answer(&s));
+        let s = run(intent, None).await?;
+        let index = index_of(&state.store, &s).await;
+        return Ok(answer(&s, index));
     };
     let store = state.store.clone();
     let key_digest = sha256_hex(format!("{subject}\n{key}").as_bytes());
@@ -148,19 +151,24 @@ where
                 }
             }
         };
-        let response = answer(&state);
+        let index = index_of(&store, &state).await;
+        let response = answer(&state, index);
         let (parts, body) = response.into_parts();
         let bytes = axum::body::to_bytes(body, MAX_STORED_RESPONSE)
             .await
             .map_err(|e| ApiError::Internal(format!("buffering response: {e}")))?;
-        let kept: serde_json::Map<String, Value> =
-            [header::CONTENT_TYPE, header::ETAG, header::LOCATION]
-                .iter()
-                .filter_map(|h| {
-                    let v = parts.headers.get(h)?.to_str().ok()?;
-                    Some((h.as_str().to_string(), Value::from(v)))
-                })
-                .collect();
+        let kept: serde_json::Map<String, Value> = [
+            header::CONTENT_TYPE,
+            header::ETAG,
+            header::LOCATION,
+            header::HeaderName::from_static(super::fresh::INDEX_HEADER),
+        ]
+        .iter()
+        .filter_map(|h| {
+            let v = parts.headers.get(h)?.to_str().ok()?;
+            Some((h.as_str().to_string(), Value::from(v)))
+        })
+        .collect();
         let stored = json!({ "headers": kept, "body": String::from_utf8_lossy(&bytes) });
         store
             .complete_idempotency_key(&subject, &key, parts.status.as_u16(), &stored.to_string())
@@ -170,6 +178,18 @@ where
     write
         .await
         .map_err(|e| ApiError::Internal(format!("the idempotent write task failed: {e}")))?
+}
+
+/// The index of the intent as a command left it: the position of its last event. A store that
+/// does not answer here leaves the answer without one rather than failing a committed command.
+async fn index_of(store: &crate::store::Store, intent: &IntentState) -> Option<i64> {
+    match store.event_position(intent.id, intent.stream_version).await {
+        Ok(index) => index,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read a command's index");
+            None
+        }
+    }
 }
 
 fn replay(status: u16, stored: &str) -> Result<Response, ApiError> {

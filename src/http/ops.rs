@@ -10,6 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
+use super::extract::QueryParams;
 use super::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -77,23 +78,33 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// The domain metrics (a projection of the event stream) and the process metrics, in the
 /// Prometheus text format; 503 until the projections have caught up, so a scrape never sees a
 /// half-replayed state.
-#[utoipa::path(get, path = "/api/v1/metrics", tag = "operations",
+#[utoipa::path(get, path = "/api/v1/metrics", tag = "operations", params(super::fresh::FreshParams),
     responses(
         (status = 200, content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
-        (status = 503, description = "the projections are catching up with the event store")))]
-async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+        (status = 404, description = "no event has the `min_index` given"),
+        (status = 503, description = "the projections are catching up with the event store, or `min_index` was not reached within a second")))]
+async fn metrics(
+    State(state): State<AppState>,
+    q: QueryParams,
+) -> Result<impl IntoResponse, ApiError> {
+    let fresh = super::fresh::min_index(&q)?;
+    super::fresh::wait_for(&state, crate::projection::metrics::METRICS, fresh).await?;
     let mut text = state.metrics.render().ok_or_else(catching_up)?;
     text.push_str(&state.telemetry.render());
     Ok(([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text))
 }
 
 /// The same as `/api/v1/metrics`, at the path Prometheus scrapes by default.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = "/metrics", tag = "operations", params(super::fresh::FreshParams),
     responses(
         (status = 200, content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
-        (status = 503, description = "the projections are catching up with the event store")))]
-async fn metrics_at_root(state: State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    metrics(state).await
+        (status = 404, description = "no event has the `min_index` given"),
+        (status = 503, description = "the projections are catching up with the event store, or `min_index` was not reached within a second")))]
+async fn metrics_at_root(
+    state: State<AppState>,
+    q: QueryParams,
+) -> Result<impl IntoResponse, ApiError> {
+    metrics(state, q).await
 }
 
 fn catching_up() -> ApiError {

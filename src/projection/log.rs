@@ -24,6 +24,9 @@ use eucora_projections::merkle::{self, Hash, Subtrees};
 use super::{Event, Projection, ProjectionError};
 use crate::store::{Checkpoint, Columns, LogTile, Store, StoreError, TILE};
 
+/// The projection's name (runner status, `eucora_projection_lag_*{projection}`).
+pub const LOG: &str = "log";
+
 /// The log's tree as this process holds it: the head of every full tile, and the last tile's
 /// leaves. With the full tiles' leaves (read from the store when a proof needs them) that is
 /// the whole tree.
@@ -330,7 +333,7 @@ async fn check(
 #[async_trait]
 impl Projection for MerkleLog {
     fn name(&self) -> &'static str {
-        "log"
+        LOG
     }
 
     fn columns(&self) -> Columns {

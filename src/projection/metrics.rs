@@ -9,6 +9,9 @@ use eucora_projections::metrics::Metrics;
 use super::{Event, Projection, ProjectionError, RunnerStatus};
 use crate::store::{Checkpoint, Store};
 
+/// The projection's name (runner status, `eucora_projection_lag_*{projection}`).
+pub const METRICS: &str = "metrics";
+
 /// Feeds the metrics fold.
 pub struct MetricsProjection {
     metrics: Arc<RwLock<Metrics>>,
@@ -56,7 +59,7 @@ impl MetricsView {
 #[async_trait]
 impl Projection for MetricsProjection {
     fn name(&self) -> &'static str {
-        "metrics"
+        METRICS
     }
 
     async fn resume(&mut self, _store: &Store) -> Result<Checkpoint, ProjectionError> {

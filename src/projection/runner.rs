@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
@@ -39,8 +40,10 @@ pub struct RunnerStatus {
     /// Events in the store when last counted.
     head: AtomicI64,
     caught_up: AtomicBool,
-    /// Each projection's checkpoint ordinal, in registration order.
-    applied: Mutex<Vec<(&'static str, i64)>>,
+    /// Each projection's progress, in registration order.
+    applied: Mutex<Vec<Applied>>,
+    /// Counts every checkpoint moved, so a reader waiting for one (`?min_index`) wakes.
+    progress: tokio::sync::watch::Sender<u64>,
     /// Stored rows no projection can read, by position, with why.
     unreadable: Mutex<std::collections::BTreeMap<i64, String>>,
 }
@@ -54,6 +57,7 @@ impl RunnerStatus {
             head: AtomicI64::new(0),
             caught_up: AtomicBool::new(false),
             applied: Mutex::new(Vec::new()),
+            progress: tokio::sync::watch::Sender::new(0),
             unreadable: Mutex::default(),
         }
     }
@@ -97,20 +101,55 @@ impl RunnerStatus {
     /// Events stored but not yet applied, per projection, as of the last count.
     pub fn lag(&self) -> Vec<(&'static str, i64)> {
         let head = self.head.load(Ordering::Acquire);
-        self.applied
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.applied()
             .iter()
-            .map(|(name, applied)| (*name, (head - applied).max(0)))
+            .map(|a| (a.name, (head - a.at.ordinal).max(0)))
             .collect()
     }
 
-    fn set_applied(&self, index: usize, ordinal: i64) {
-        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = applied.get_mut(index) {
-            slot.1 = ordinal;
-        }
+    /// How long the newest event each projection applied took from its recorded time (stamped
+    /// as its command was decided, just before the commit) to being applied: commit-to-visible,
+    /// measured live. 0 before a projection applied anything in this process.
+    pub fn lag_seconds(&self) -> Vec<(&'static str, f64)> {
+        self.applied()
+            .iter()
+            .map(|a| (a.name, a.lag_seconds))
+            .collect()
     }
+
+    /// Where projection `name` stands, if it is registered.
+    pub fn checkpoint(&self, name: &str) -> Option<Checkpoint> {
+        self.applied().iter().find(|a| a.name == name).map(|a| a.at)
+    }
+
+    /// Wakes at every checkpoint moved from now on.
+    pub fn progress(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.progress.subscribe()
+    }
+
+    fn applied(&self) -> std::sync::MutexGuard<'_, Vec<Applied>> {
+        self.applied.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that projection `index` stands at `at`; `newest`, the recorded time of the
+    /// newest event it just applied, if it applied any.
+    fn set_applied(&self, index: usize, at: Checkpoint, newest: Option<DateTime<Utc>>) {
+        if let Some(slot) = self.applied().get_mut(index) {
+            slot.at = at;
+            if let Some(newest) = newest {
+                slot.lag_seconds =
+                    ((Utc::now() - newest).num_microseconds().unwrap_or(0) as f64 / 1e6).max(0.0);
+            }
+        }
+        self.progress.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// One projection's progress as the runner reports it.
+struct Applied {
+    name: &'static str,
+    at: Checkpoint,
+    lag_seconds: f64,
 }
 
 struct Slot {
@@ -164,11 +203,11 @@ impl Runner {
             projection: Some(Box::new(projection)),
             checkpoint: None,
         });
-        self.status
-            .applied
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((name, 0));
+        self.status.applied().push(Applied {
+            name,
+            at: Checkpoint::default(),
+            lag_seconds: 0.0,
+        });
         self
     }
 
@@ -207,7 +246,7 @@ impl Runner {
             match projection.resume(&self.store).await {
                 Ok(checkpoint) => {
                     slot.checkpoint = Some(checkpoint);
-                    self.status.set_applied(index, checkpoint.ordinal);
+                    self.status.set_applied(index, checkpoint, None);
                 }
                 Err(e) => failures.push((slot.name, e)),
             }
@@ -541,12 +580,16 @@ impl Runner {
             }
         }
         let mut still = Vec::new();
+        let newest = batch
+            .iter()
+            .rev()
+            .find_map(|e| e.event.as_ref().ok().map(|e| e.occurred_at()));
         for (i, result) in results {
             let slot = &mut self.slots[i];
             match result {
                 Ok(()) => {
                     slot.checkpoint = Some(end);
-                    self.status.set_applied(i, end.ordinal);
+                    self.status.set_applied(i, end, newest);
                     still.push(i);
                 }
                 Err(e) => failures.push((slot.name, e)),

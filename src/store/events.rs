@@ -279,6 +279,21 @@ impl Store {
         Ok(on_reader!(&self.db, pool => sqlx::query_scalar(sql).fetch_one(pool).await?))
     }
 
+    /// The global position of an intent's event `sequence` (its stream version), if stored: the
+    /// index a command's answer carries, which fresh reads wait for.
+    pub async fn event_position(&self, id: Uuid, sequence: u64) -> Result<Option<i64>, StoreError> {
+        let sql = "SELECT position FROM events
+                    WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3";
+        Ok(on_reader!(&self.db, pool => {
+            sqlx::query_scalar(sql)
+                .bind(DeploymentIntent::TYPE)
+                .bind(id.to_string())
+                .bind(sequence as i64)
+                .fetch_optional(pool)
+                .await?
+        }))
+    }
+
     /// One intent's stream, in order, with global positions.
     pub async fn intent_events(&self, id: Uuid) -> Result<Vec<StoredEvent>, StoreError> {
         let sql = "SELECT position, sequence, event_type, event_version, CAST(payload AS TEXT),

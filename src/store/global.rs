@@ -3,7 +3,7 @@
 use eucora_projections::decode::{decode_stream, DecodeError, StreamEvent};
 use eucora_projections::integrity::StoredRow;
 
-use super::{Db, Store, StoreError};
+use super::{Checkpoint, Db, Store, StoreError};
 
 /// Which columns of the global stream a reader needs; each level reads those of the one before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -217,6 +217,32 @@ impl Store {
                 };
                 query.fetch_all(pool).await?
             }
+        })
+    }
+
+    /// Whether a reader standing at `checkpoint` has passed the event at `position` in the
+    /// global stream's order: SQLite's is position order; PostgreSQL's is (writing transaction,
+    /// position), so the two events' transactions are compared there. False before the first
+    /// event, and for a position no event holds yet.
+    pub async fn read_past(
+        &self,
+        checkpoint: Checkpoint,
+        position: i64,
+    ) -> Result<bool, StoreError> {
+        if checkpoint.ordinal == 0 {
+            return Ok(false);
+        }
+        Ok(match &self.db {
+            Db::Sqlite { .. } => checkpoint.position >= position,
+            Db::Postgres(pool) => sqlx::query_scalar::<_, bool>(
+                "SELECT (c.xact_id, c.position) >= (n.xact_id, n.position)
+                   FROM events c, events n WHERE c.position = $1 AND n.position = $2",
+            )
+            .bind(checkpoint.position)
+            .bind(position)
+            .fetch_optional(pool)
+            .await?
+            .unwrap_or(false),
         })
     }
 

@@ -17,6 +17,7 @@ mod crash;
 mod dispatch;
 mod evidence;
 mod forecast;
+mod fresh;
 mod fuzz;
 mod global_stream;
 mod governance;

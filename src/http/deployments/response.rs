@@ -69,6 +69,11 @@ pub struct IntentResponse {
     /// from its reports, against its deadline (docs/observability.md, "Forecasts"); absent
     /// before the ring's first report and once the intent has ended.
     pub forecast: Option<ForecastResponse>,
+    /// On a command's answer: the global position of the intent's last event, as the
+    /// `EUCORA-Index` header says; give it as `min_index` to a read that must reflect the
+    /// command (docs/api.md, "Fresh reads"). Absent on reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<i64>,
 }
 
 /// A rollout's compliance forecast, as of its latest report.
@@ -179,6 +184,7 @@ impl From<&IntentState> for IntentResponse {
                     })
                     .collect(),
             }),
+            index: None,
             forecast: s.forecast.current().map(|f| ForecastResponse {
                 ring: f.ring,
                 threshold: f.threshold,
