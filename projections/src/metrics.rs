@@ -147,10 +147,13 @@ pub struct Metrics {
     cost: HashMap<(Arc<str>, &'static str, Ring, Component), f64>,
     /// Completed changes' whole cost, per currency.
     cost_per_intent: HashMap<&'static str, Histogram>,
-    /// Delivery performance, per (app_name, ring): lead time to compliance in the ring.
-    lead_time: HashMap<(Arc<str>, Ring), Histogram>,
-    /// A failure (rollback) in the ring to the app's next compliant version there.
-    recovery_time: HashMap<(Arc<str>, Ring), Histogram>,
+    /// Delivery performance, per ring: lead time to compliance in the ring.
+    lead_time: HashMap<Ring, Histogram>,
+    /// The same per (app_name, ring), as a sum and a count only: a histogram per app would
+    /// multiply the scrape by its buckets.
+    app_lead_time: HashMap<(Arc<str>, Ring), (f64, u64)>,
+    /// A failure (rollback) in the ring to the app's next compliant version there, per ring.
+    recovery_time: HashMap<Ring, Histogram>,
     /// Rollbacks: changes that failed in the ring.
     change_failures: HashMap<(Arc<str>, Ring), u64>,
     /// Emergency changes requested while the app had an unrecovered failure in the ring.
@@ -198,6 +201,7 @@ impl Metrics {
             cost: HashMap::new(),
             cost_per_intent: HashMap::new(),
             lead_time: HashMap::new(),
+            app_lead_time: HashMap::new(),
             recovery_time: HashMap::new(),
             change_failures: HashMap::new(),
             rework: HashMap::new(),
@@ -379,14 +383,20 @@ impl Metrics {
                 if e.first_compliant && !intent.ring_compliant {
                     intent.ring_compliant = true;
                     let site = intent.site_class;
-                    let key = (intent.app.clone(), e.ring);
+                    let lead = seconds(intent.lead_from, at);
                     self.lead_time
-                        .entry(key.clone())
+                        .entry(e.ring)
                         .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
-                        .observe(seconds(intent.lead_from, at));
+                        .observe(lead);
+                    let (sum, count) = self
+                        .app_lead_time
+                        .entry((intent.app.clone(), e.ring))
+                        .or_default();
+                    *sum += lead;
+                    *count += 1;
                     if let Some(failed) = self.unrecovered.remove(&(intent.name.clone(), e.ring)) {
                         self.recovery_time
-                            .entry(key)
+                            .entry(e.ring)
                             .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
                             .observe(seconds(failed, at));
                     }
@@ -902,20 +912,25 @@ mod tests {
         // Lead time in LAB: A 5 h + the day before its request = 29 h; B 50 h (from creation).
         has(
             &text,
-            "deployment_lead_time_seconds_sum{app_name=\"7zip\",ring=\"LAB\"} 284400",
+            "deployment_app_lead_time_seconds_sum{app_name=\"7zip\",ring=\"LAB\"} 284400",
         );
         has(
             &text,
-            "deployment_lead_time_seconds_count{app_name=\"7zip\",ring=\"LAB\"} 2",
+            "deployment_app_lead_time_seconds_count{app_name=\"7zip\",ring=\"LAB\"} 2",
         );
+        has(&text, "deployment_lead_time_seconds_count{ring=\"LAB\"} 2");
         has(
             &text,
-            "deployment_lead_time_seconds_bucket{app_name=\"7zip\",ring=\"LAB\",le=\"172800\"} 1",
+            "deployment_lead_time_seconds_bucket{ring=\"LAB\",le=\"172800\"} 1",
         );
         // In CANARY only B was compliant, 60 h after its creation.
         has(
             &text,
-            "deployment_lead_time_seconds_sum{app_name=\"7zip\",ring=\"CANARY\"} 216000",
+            "deployment_app_lead_time_seconds_sum{app_name=\"7zip\",ring=\"CANARY\"} 216000",
+        );
+        has(
+            &text,
+            "deployment_lead_time_seconds_sum{ring=\"CANARY\"} 216000",
         );
         has(
             &text,
@@ -925,14 +940,13 @@ mod tests {
         // compliance in LAB recovered nothing (nothing failed there).
         has(
             &text,
-            "deployment_recovery_time_seconds_sum{app_name=\"7zip\",ring=\"CANARY\"} 72000",
+            "deployment_recovery_time_seconds_sum{ring=\"CANARY\"} 72000",
         );
         has(
             &text,
-            "deployment_recovery_time_seconds_count{app_name=\"7zip\",ring=\"CANARY\"} 1",
+            "deployment_recovery_time_seconds_count{ring=\"CANARY\"} 1",
         );
-        assert!(!text
-            .contains("deployment_recovery_time_seconds_count{app_name=\"7zip\",ring=\"LAB\"}"));
+        assert!(!text.contains("deployment_recovery_time_seconds_count{ring=\"LAB\"}"));
         // B followed the failure; Firefox's and the one after the recovery did not.
         has(
             &text,
@@ -958,7 +972,7 @@ mod tests {
         );
         has(
             &text,
-            "deployment_recovery_time_seconds_count{app_name=\"other\",ring=\"CANARY\"} 1",
+            "deployment_recovery_time_seconds_count{ring=\"CANARY\"} 1",
         );
     }
 
@@ -988,6 +1002,7 @@ mod tests {
             "deployment_cost_total counter",
             "deployment_cost_per_intent histogram",
             "deployment_lead_time_seconds histogram",
+            "deployment_app_lead_time_seconds summary",
             "deployment_recovery_time_seconds histogram",
             "deployment_change_failures_total counter",
             "deployment_rework_total counter",

@@ -77,12 +77,12 @@ async fn lead_time_starts_at_the_commit_the_request_names(backend: Backend) {
     let text = metrics_with(
         &app,
         "/api/v1/metrics",
-        "deployment_lead_time_seconds_count{app_name=\"Firefox\",ring=\"LAB\"} 1",
+        "deployment_app_lead_time_seconds_count{app_name=\"Firefox\",ring=\"LAB\"} 1",
     )
     .await;
     for line in [
-        "deployment_lead_time_seconds_bucket{app_name=\"Firefox\",ring=\"LAB\",le=\"172800\"} 0",
-        "deployment_lead_time_seconds_bucket{app_name=\"Firefox\",ring=\"LAB\",le=\"259200\"} 1",
+        "deployment_lead_time_seconds_bucket{ring=\"LAB\",le=\"172800\"} 0",
+        "deployment_lead_time_seconds_bucket{ring=\"LAB\",le=\"259200\"} 1",
     ] {
         assert!(text.lines().any(|l| l == line), "missing `{line}`:\n{text}");
     }

@@ -683,8 +683,8 @@ fn the_promql_scanner_finds_metrics_labels_and_matchers() {
     );
 }
 
-/// The catalogue as the server serves it: metric names (histograms with their `_bucket`,
-/// `_sum` and `_count` series) and the label names on its samples.
+/// The catalogue as the server serves it: metric names (histograms with their `_bucket`, `_sum`
+/// and `_count` series, summaries with their `_sum` and `_count`) and the label names on its samples.
 fn catalogue(exposition: &str) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut metrics = BTreeSet::new();
     let mut labels = BTreeSet::new();
@@ -694,6 +694,10 @@ fn catalogue(exposition: &str) -> (BTreeSet<String>, BTreeSet<String>) {
             let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
             if kind == "histogram" {
                 for suffix in ["_bucket", "_sum", "_count"] {
+                    metrics.insert(format!("{name}{suffix}"));
+                }
+            } else if kind == "summary" {
+                for suffix in ["_sum", "_count"] {
                     metrics.insert(format!("{name}{suffix}"));
                 }
             } else {

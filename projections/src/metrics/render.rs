@@ -154,17 +154,40 @@ impl Metrics {
 
         let app_ring =
             |(app, r): &(Arc<str>, Ring)| vec![("app_name", app.to_string()), ("ring", ring(r))];
+        let by_ring = |r: &Ring| vec![("ring", ring(r))];
         histogram_family(
             &mut out,
             "deployment_lead_time_seconds",
             "Delivery lead time: the change's commit (source_committed_at, else the intent's creation) to its first compliant rollout report in the ring.",
-            &sorted(&self.lead_time, app_ring),
+            &sorted(&self.lead_time, by_ring),
         );
+        header(
+            &mut out,
+            "deployment_app_lead_time_seconds",
+            "Delivery lead time per app and ring, as a sum and a count (their ratio is the mean).",
+            "summary",
+        );
+        for (labels, (sum, count)) in sorted(&self.app_lead_time, app_ring) {
+            sample(
+                &mut out,
+                "deployment_app_lead_time_seconds_sum",
+                &labels,
+                None,
+                &float(*sum),
+            );
+            sample(
+                &mut out,
+                "deployment_app_lead_time_seconds_count",
+                &labels,
+                None,
+                &count.to_string(),
+            );
+        }
         histogram_family(
             &mut out,
             "deployment_recovery_time_seconds",
             "Failed-deployment recovery time: a rollback in the ring to the next compliant version of the same app there.",
-            &sorted(&self.recovery_time, app_ring),
+            &sorted(&self.recovery_time, by_ring),
         );
         counter_family(
             &mut out,
@@ -281,12 +304,20 @@ fn header(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// Escapes a label value as the text format requires.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Appends a label value, escaped as the text format requires.
+fn push_escaped(out: &mut String, value: &str) {
+    if !value.contains(['\\', '"', '\n']) {
+        out.push_str(value);
+        return;
+    }
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
 }
 
 fn float(v: f64) -> String {
@@ -297,6 +328,7 @@ fn float(v: f64) -> String {
     }
 }
 
+/// One sample line, written straight into `out`: the scrape renders tens of thousands.
 fn sample(
     out: &mut String,
     name: &str,
@@ -305,17 +337,33 @@ fn sample(
     value: &str,
 ) {
     out.push_str(name);
-    let mut all: Vec<String> = labels
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-        .collect();
-    if let Some((k, v)) = extra {
-        all.push(format!("{k}=\"{v}\""));
+    if !labels.is_empty() || extra.is_some() {
+        out.push('{');
+        let mut first = true;
+        for (k, v) in labels {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str(k);
+            out.push_str("=\"");
+            push_escaped(out, v);
+            out.push('"');
+        }
+        if let Some((k, v)) = extra {
+            if !first {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push_str("=\"");
+            out.push_str(v);
+            out.push('"');
+        }
+        out.push('}');
     }
-    if !all.is_empty() {
-        let _ = write!(out, "{{{}}}", all.join(","));
-    }
-    let _ = writeln!(out, " {value}");
+    out.push(' ');
+    out.push_str(value);
+    out.push('\n');
 }
 
 /// A family's series ordered by their labels, which is the order they are rendered in.
@@ -340,31 +388,23 @@ fn histogram_family(
     series: &BTreeMap<Labels, &Histogram>,
 ) {
     header(out, name, help, "histogram");
+    let (bucket, sum, count) = (
+        format!("{name}_bucket"),
+        format!("{name}_sum"),
+        format!("{name}_count"),
+    );
+    // Every histogram of a family has the same bounds: written once.
+    let mut bounds: Vec<String> = Vec::new();
     for (labels, h) in series {
-        let bucket = format!("{name}_bucket");
-        for (bound, count) in h.buckets.iter().zip(&h.counts) {
-            sample(
-                out,
-                &bucket,
-                labels,
-                Some(("le", &float(*bound))),
-                &count.to_string(),
-            );
+        if bounds.len() != h.buckets.len() {
+            bounds = h.buckets.iter().map(|b| float(*b)).collect();
         }
-        sample(
-            out,
-            &bucket,
-            labels,
-            Some(("le", "+Inf")),
-            &h.count.to_string(),
-        );
-        sample(out, &format!("{name}_sum"), labels, None, &float(h.sum));
-        sample(
-            out,
-            &format!("{name}_count"),
-            labels,
-            None,
-            &h.count.to_string(),
-        );
+        for (bound, n) in bounds.iter().zip(&h.counts) {
+            sample(out, &bucket, labels, Some(("le", bound)), &n.to_string());
+        }
+        let total = h.count.to_string();
+        sample(out, &bucket, labels, Some(("le", "+Inf")), &total);
+        sample(out, &sum, labels, None, &float(h.sum));
+        sample(out, &count, labels, None, &total);
     }
 }
