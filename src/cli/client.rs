@@ -496,7 +496,8 @@ pub async fn run(command: DeploymentsCommand) -> Result<(), Failure> {
             }
             if blocked {
                 return Err(Failure::Refused(format!(
-                    "409 the promotion was blocked by a gate (recorded): {}",
+                    "{} {}",
+                    answer.status,
                     problem(&answer.body)
                 )));
             }

@@ -192,17 +192,17 @@ pub(crate) async fn command(
             let blocked: Vec<&str> = attempt.blocked_by().iter().map(|g| g.as_str()).collect();
             let mut body = IntentResponse::from(intent);
             body.index = index;
-            let mut response = ApiError::Conflict {
+            let mut response = ApiError::PromotionBlocked {
                 detail: format!(
-                    "promotion from {} to {} blocked by: {}",
+                    "promotion from {} to {} blocked by: {} (the evaluation is recorded)",
                     attempt.from_ring.as_str(),
                     attempt.to_ring.as_str(),
                     blocked.join(", ")
                 ),
-                extra: Some(json!({
+                extra: json!({
                     "promotion": attempt,
                     "intent": body,
-                })),
+                }),
             }
             .into_response();
             super::fresh::set_index(&mut response, index);

@@ -35,6 +35,9 @@ pub enum ApiError {
         detail: String,
         extra: Option<Value>,
     },
+    /// 409 of its own kind: a promotion a gate blocked (recorded, unlike a conflict); `extra`
+    /// adds the gate results and the intent.
+    PromotionBlocked { detail: String, extra: Value },
     /// 412: `If-Match` names an older stream version.
     PreconditionFailed(String),
     /// 413: body over the configured limit.
@@ -78,6 +81,11 @@ impl ApiError {
                 StatusCode::CONFLICT,
                 "conflict",
                 "Conflict with the intent's state",
+            ),
+            PromotionBlocked { .. } => (
+                StatusCode::CONFLICT,
+                "promotion-blocked",
+                "Promotion blocked by gates",
             ),
             PreconditionFailed(_) => (
                 StatusCode::PRECONDITION_FAILED,
@@ -138,7 +146,7 @@ impl ApiError {
             | Unprocessable(d)
             | Unavailable(d)
             | NotConfigured(d) => d.clone(),
-            Conflict { detail, .. } => detail.clone(),
+            Conflict { detail, .. } | PromotionBlocked { detail, .. } => detail.clone(),
             Unauthorized(AuthFailure::Missing) => {
                 "send Authorization: Bearer <token>, from `eucora token create`".into()
             }
@@ -193,6 +201,10 @@ impl IntoResponse for ApiError {
         });
         if let ApiError::Conflict {
             extra: Some(Value::Object(extra)),
+            ..
+        }
+        | ApiError::PromotionBlocked {
+            extra: Value::Object(extra),
             ..
         } = &self
         {

@@ -354,7 +354,12 @@ async fn the_operator_client_walks_an_intent_from_request_to_completion(backend:
     let (code, out2, err) = client(&app, &crew.deployer, &["promote", &id]);
     assert_eq!(code, 3, "{out}{out2}{err}");
     assert!(out2.contains("success_rate 0.5 >= 0.95 FAIL"), "{out2}");
-    assert!(err.contains("blocked"), "{err}");
+    assert!(
+        err.contains(
+            "409 Promotion blocked by gates: promotion from LAB to CANARY blocked by: success_rate"
+        ),
+        "{err}"
+    );
 
     for (ring, done) in [("LAB", "deployed"), ("CANARY", "completed")] {
         let (code, out, err) = client(

@@ -193,7 +193,14 @@ async fn a_report_that_lowers_a_count_is_refused(backend: Backend) {
         .contains("incidents: counts are cumulative"));
     // The gate still sees 2 incidents (LAB allows 1): the promotion is blocked.
     let promote = app.promote(&crew.deployer, &id).await;
-    assert_eq!(promote.status, 409, "{promote:#?}");
+    promote.assert_problem(409);
+    // A problem of its own kind, not a conflict with the intent's state.
+    assert_eq!(promote.body["type"], "urn:eucora:problem:promotion-blocked");
+    assert_eq!(promote.body["title"], "Promotion blocked by gates");
+    assert!(promote.body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("blocked by: incidents"));
     let gates = promote.body["promotion"]["gates"].as_array().unwrap();
     let incidents = gates.iter().find(|g| g["gate"] == "incidents").unwrap();
     assert_eq!(incidents["measured"], 2.0);
