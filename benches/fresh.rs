@@ -146,9 +146,7 @@ async fn bench(name: &str, url: &str, seconds: f64) {
             }
         );
     }
-    let _ = server.stop.send(());
-    let _ = server.task.await;
-    let _ = std::fs::remove_dir_all(&server.key_dir);
+    server.shut().await;
 }
 
 #[tokio::main]

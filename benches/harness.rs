@@ -117,6 +117,15 @@ pub struct Server {
     pub key_dir: std::path::PathBuf,
 }
 
+impl Server {
+    /// Stops the server and removes its key and checkpoints.
+    pub async fn shut(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+        let _ = std::fs::remove_dir_all(&self.key_dir);
+    }
+}
+
 /// A connector simulator on loopback, with `faults`; returns its base URL.
 pub async fn simulator(faults: eucora::connector::sim::Faults) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

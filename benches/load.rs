@@ -220,9 +220,7 @@ async fn bench_backend(
         );
     }
     for server in [with, without, dispatching] {
-        let _ = server.stop.send(());
-        let _ = server.task.await;
-        let _ = std::fs::remove_dir_all(&server.key_dir);
+        server.shut().await;
     }
 }
 
@@ -310,9 +308,7 @@ async fn durability(full_url: &str, normal_url: &str, seconds: f64) {
         );
     }
     for server in [full, normal] {
-        let _ = server.stop.send(());
-        let _ = server.task.await;
-        let _ = std::fs::remove_dir_all(&server.key_dir);
+        server.shut().await;
     }
 }
 
@@ -555,7 +551,5 @@ async fn outbox_backend(name: &str, url: &str, dir: &std::path::Path, actions: u
         pct(0.99),
         drained.as_secs_f64()
     );
-    let _ = server.stop.send(());
-    let _ = server.task.await;
-    let _ = std::fs::remove_dir_all(&server.key_dir);
+    server.shut().await;
 }

@@ -18,6 +18,7 @@ use std::fmt::Write;
 use crate::domain::policy::duration_text;
 use crate::domain::policy::SLO_PERIOD_DAYS as PERIOD_DAYS;
 use crate::domain::Policy;
+use crate::slo::expected_alert;
 
 /// A queue whose trend is watched.
 struct Queue {
@@ -201,20 +202,11 @@ pub fn tests(policy: &Policy) -> String {
                     labels: &[(&str, String)],
                     summary: &str,
                     description: &str| {
-        out.push_str(
-            "        exp_alerts:\n          - exp_labels:\n              severity: warning\n",
-        );
+        let mut lines = String::from("              severity: warning\n");
         for (k, v) in labels {
-            let _ = writeln!(out, "              {k}: {v}");
+            let _ = writeln!(lines, "              {k}: {v}");
         }
-        out.push_str("            exp_annotations:\n");
-        let _ = writeln!(out, "              summary: \"{summary}\"");
-        let _ = writeln!(out, "              description: \"{description}\"");
-        let _ = writeln!(
-            out,
-            "              runbook_url: \"http://localhost:8000/docs/runbook#{}\"",
-            alert.to_lowercase()
-        );
+        expected_alert(out, alert, &lines, summary, description);
     };
 
     // The projection's forecast: two replicas say the same; an hour of none, then two.

@@ -505,20 +505,13 @@ pub fn tests(policy: &Policy) -> Result<String, String> {
                         let summary = summary
                             .replace("{{ $labels.ring }}", "LAB")
                             .replace("{{ $labels.site_class }}", "online");
-                        out.push_str("        exp_alerts:\n          - exp_labels:\n");
-                        severity_labels(&mut out, severity, 14);
-                        sloth_labels(&mut out, slo, 14);
+                        let mut labels = String::new();
+                        severity_labels(&mut labels, severity, 14);
+                        sloth_labels(&mut labels, slo, 14);
                         for (k, v) in &slo.alert_labels {
-                            let _ = writeln!(out, "              {k}: {v}");
+                            let _ = writeln!(labels, "              {k}: {v}");
                         }
-                        out.push_str("            exp_annotations:\n");
-                        let _ = writeln!(out, "              summary: \"{summary}\"");
-                        let _ = writeln!(out, "              description: \"{description}\"");
-                        let _ = writeln!(
-                            out,
-                            "              runbook_url: \"http://localhost:8000/docs/runbook#{}\"",
-                            name.to_lowercase()
-                        );
+                        expected_alert(&mut out, &name, &labels, &summary, &description);
                     } else {
                         out.push_str("        exp_alerts: []\n");
                     }
@@ -528,6 +521,27 @@ pub fn tests(policy: &Policy) -> Result<String, String> {
         }
     }
     Ok(out)
+}
+
+/// A firing alert as a promtool test expects it: its label lines (`labels`, indented 14) and
+/// its annotations, with the runbook link the default base gives.
+pub fn expected_alert(
+    out: &mut String,
+    alert: &str,
+    labels: &str,
+    summary: &str,
+    description: &str,
+) {
+    out.push_str("        exp_alerts:\n          - exp_labels:\n");
+    out.push_str(labels);
+    out.push_str("            exp_annotations:\n");
+    let _ = writeln!(out, "              summary: \"{summary}\"");
+    let _ = writeln!(out, "              description: \"{description}\"");
+    let _ = writeln!(
+        out,
+        "              runbook_url: \"http://localhost:8000/docs/runbook#{}\"",
+        alert.to_lowercase()
+    );
 }
 
 #[cfg(test)]

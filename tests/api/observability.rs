@@ -232,14 +232,14 @@ fn promtool_accepts_the_configuration_and_every_alert_test_passes() {
     }
 }
 
-#[test]
-fn the_slo_rules_and_their_tests_are_what_the_default_policy_generates() {
+/// Each committed file of `eucora <generator> rules|tests` is what the default policy generates.
+fn committed_files_are_generated(generator: &str) {
     for (command, file) in [
-        ("rules", "prometheus/rules/slo.yml"),
-        ("tests", "prometheus/tests/slo_test.yml"),
+        ("rules", format!("prometheus/rules/{generator}.yml")),
+        ("tests", format!("prometheus/tests/{generator}_test.yml")),
     ] {
         let out = Command::new(crate::helpers::binary())
-            .args(["slo", command])
+            .args([generator, command])
             .env_remove("EUCORA_POLICY")
             .output()
             .unwrap();
@@ -248,13 +248,18 @@ fn the_slo_rules_and_their_tests_are_what_the_default_policy_generates() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let committed = std::fs::read_to_string(repo(file)).unwrap();
+        let committed = std::fs::read_to_string(repo(&file)).unwrap();
         assert!(
             String::from_utf8_lossy(&out.stdout) == committed,
-            "{file} is not what `eucora slo {command}` prints: regenerate it \
-             (eucora slo {command} > {file})"
+            "{file} is not what `eucora {generator} {command}` prints: regenerate it \
+             (eucora {generator} {command} > {file})"
         );
     }
+}
+
+#[test]
+fn the_slo_rules_and_their_tests_are_what_the_default_policy_generates() {
+    committed_files_are_generated("slo");
     // Another policy, other thresholds; a bad one is refused in our words.
     let dir = std::env::temp_dir().join(format!("eucora-slo-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -281,27 +286,7 @@ fn the_slo_rules_and_their_tests_are_what_the_default_policy_generates() {
 
 #[test]
 fn the_forecast_rules_and_their_tests_are_what_the_default_policy_generates() {
-    for (command, file) in [
-        ("rules", "prometheus/rules/forecast.yml"),
-        ("tests", "prometheus/tests/forecast_test.yml"),
-    ] {
-        let out = Command::new(crate::helpers::binary())
-            .args(["forecast", command])
-            .env_remove("EUCORA_POLICY")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let committed = std::fs::read_to_string(repo(file)).unwrap();
-        assert!(
-            String::from_utf8_lossy(&out.stdout) == committed,
-            "{file} is not what `eucora forecast {command}` prints: regenerate it \
-             (eucora forecast {command} > {file})"
-        );
-    }
+    committed_files_are_generated("forecast");
     // Another policy, other limits; a horizon of zero is refused in our words, at once.
     let dir = std::env::temp_dir().join(format!("eucora-forecast-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
