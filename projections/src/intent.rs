@@ -139,6 +139,8 @@ pub struct IntentState {
     #[serde(default)]
     pub cost: crate::cost::CostMeter,
     /// When the rollout in its current ring is expected to be compliant, against its deadline.
+    /// (A state stored before forecasts has none until its next event.)
+    #[serde(default)]
     pub forecast: crate::forecast::Forecaster,
 }
 
@@ -377,6 +379,20 @@ mod tests {
     use crate::event::*;
     use crate::fixtures::Script;
     use chrono::Duration;
+
+    #[test]
+    fn a_state_stored_before_costs_and_forecasts_still_reads() {
+        let mut s = Script::new(1);
+        let state = IntentState::replay(&[s.created("app", false)]).unwrap();
+        let mut stored = serde_json::to_value(&state).unwrap();
+        for later in ["cost", "forecast"] {
+            stored.as_object_mut().unwrap().remove(later);
+        }
+        let read: IntentState = serde_json::from_value(stored).unwrap();
+        assert_eq!(read.forecast, crate::forecast::Forecaster::default());
+        assert_eq!(read.cost, crate::cost::CostMeter::default());
+        assert_eq!(read.app_name, "app");
+    }
 
     #[test]
     fn a_created_intent_that_needs_cab_awaits_it() {
