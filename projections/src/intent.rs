@@ -105,6 +105,11 @@ pub struct IntentState {
     pub rollback_required: bool,
     pub requested_by: String,
     pub approved_by: Option<String>,
+    /// Who rejected it (the CAB's decision on the request, or its retrospective review), and why.
+    #[serde(default)]
+    pub rejected_by: Option<String>,
+    #[serde(default)]
+    pub rejection_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Number of events in the stream (the version an `If-Match` names).
@@ -228,6 +233,8 @@ impl IntentState {
                     rollback_required: false,
                     requested_by: e.meta.actor.subject.clone(),
                     approved_by: None,
+                    rejected_by: None,
+                    rejection_reason: None,
                     created_at: e.meta.occurred_at,
                     updated_at: e.meta.occurred_at,
                     stream_version: 1,
@@ -277,6 +284,8 @@ impl IntentState {
             // ends it; a retrospective rejection of a deployed change requires its rollback.
             DeploymentEvent::DeploymentRejected(e) => {
                 state.retro_approval_pending = false;
+                state.rejected_by = Some(e.meta.actor.subject.clone());
+                state.rejection_reason = Some(e.reason.clone());
                 if !e.retrospective || state.first_deployed_at.is_none() {
                     state.status = Status::Rejected;
                 } else if state.status != Status::RolledBack {

@@ -154,6 +154,59 @@ impl Client {
     }
 }
 
+/// `list --status awaiting_cab`: the CAB's queue, with when each change was requested, how long
+/// it has waited, its risk and why the CAB must decide.
+fn cab_queue(items: &[Value], next: Option<&str>) -> Result<(), Failure> {
+    let now = chrono::Utc::now();
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|i| {
+            let requested = i["created_at"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc));
+            vec![
+                text(&i["id"]),
+                format!("{} {}", text(&i["app_name"]), text(&i["version"])),
+                requested.map_or("-".into(), |t| {
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                }),
+                requested.map_or("-".into(), |t| waited(now - t)),
+                text(&i["risk_score"]),
+                text(&i["cab_required_reason"]),
+                text(&i["requested_by"]),
+            ]
+        })
+        .collect();
+    let header = [
+        "ID",
+        "APP",
+        "REQUESTED",
+        "WAITING",
+        "RISK",
+        "WHY THE CAB DECIDES",
+        "REQUESTER",
+    ];
+    for line in table::render(&header, &rows) {
+        say(format_args!("{}", line.trim_end()))?;
+    }
+    if let Some(next) = next {
+        eprintln!("more: add --cursor {next}");
+    }
+    Ok(())
+}
+
+/// A wait in words: `3d 4h`, `2h 05m`, `7m`.
+fn waited(d: chrono::Duration) -> String {
+    let minutes = d.num_minutes().max(0);
+    let (days, hours, minutes) = (minutes / 1440, minutes / 60 % 24, minutes % 60);
+    match (days, hours) {
+        (0, 0) => format!("{minutes}m"),
+        (0, _) => format!("{hours}h {minutes:02}m"),
+        _ => format!("{days}d {hours}h"),
+    }
+}
+
 /// `STATUS TITLE: DETAIL` of a problem+json body.
 fn problem(body: &Value) -> String {
     match (body["title"].as_str(), body["detail"].as_str()) {
@@ -215,6 +268,12 @@ fn intent_lines(i: &Value) -> Vec<String> {
         format!("requested by:     {}", text(&i["requested_by"])),
         format!("approved by:      {}", text(&i["approved_by"])),
     ];
+    if let Some(by) = i["rejected_by"].as_str() {
+        lines.push(format!(
+            "rejected by:      {by}: {}",
+            text(&i["rejection_reason"])
+        ));
+    }
     if i["retro_approval_pending"] == true {
         lines.push(format!(
             "retro approval:   pending{}{}",
@@ -337,6 +396,7 @@ pub async fn run(command: DeploymentsCommand) -> Result<(), Failure> {
             cursor,
         } => {
             let client = Client::new(&client)?;
+            let queue = status.as_deref() == Some("awaiting_cab");
             let mut query = vec![("limit", limit.to_string())];
             for (name, value) in [
                 ("status", status),
@@ -357,6 +417,9 @@ pub async fn run(command: DeploymentsCommand) -> Result<(), Failure> {
                 return say(format_args!("{page}"));
             }
             let items = page["items"].as_array().cloned().unwrap_or_default();
+            if queue {
+                return cab_queue(&items, page["next_cursor"].as_str());
+            }
             let rows: Vec<Vec<String>> = items
                 .iter()
                 .map(|i| {

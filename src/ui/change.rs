@@ -168,6 +168,9 @@ fn facts(i: &IntentState) -> Markup {
                 dt { "Change ref" } dd { @if let Some(r) = &i.change_ref { code { (r) } } @else { "—" } }
                 dt { "Requested by" } dd { (i.requested_by) " at " (time(i.created_at)) }
                 dt { "Approved by" } dd { (i.approved_by.as_deref().unwrap_or("—")) }
+                @if let Some(by) = &i.rejected_by {
+                    dt { "Rejected by" } dd { (by) ": " (i.rejection_reason.as_deref().unwrap_or("")) }
+                }
                 dt { "Connector" } dd { (i.connector_type.as_str()) }
                 dt { "Kind" } dd { (i.change_type.as_str()) " change, " (i.site_class.as_str().replace('_', " ")) " sites" }
                 dt { "Artifact" } dd { @if let Some(a) = &i.artifact_sha256 { code { (a) } } @else { "—" } }

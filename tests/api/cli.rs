@@ -323,6 +323,28 @@ async fn the_operator_client_walks_an_intent_from_request_to_completion(backend:
     assert_eq!(created["status"], "awaiting_cab", "{out}");
     let id = created["id"].as_str().unwrap().to_string();
 
+    // The CAB's queue on the command line: when it was asked, how long it has waited, its risk
+    // and why the CAB must decide.
+    let (code, out, err) = client(&app, &crew.approver, &["list", "--status", "awaiting_cab"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    for column in ["REQUESTED", "WAITING", "RISK", "WHY THE CAB DECIDES"] {
+        assert!(lines[0].contains(column), "{out}");
+    }
+    let row = lines
+        .iter()
+        .find(|l| l.starts_with(&id))
+        .expect("the queue lists it");
+    let requested = created["created_at"].as_str().unwrap();
+    assert!(
+        row.contains(&requested[..19]) && row.contains("Z "),
+        "{row}"
+    );
+    assert!(
+        row.contains(" 0m ") && row.contains("privileged tooling"),
+        "{row}"
+    );
+
     // A refusal: the requester may not approve its own intent (exit 3, the detail on stderr).
     let (code, out, err) = client(&app, &crew.requester, &["approve", &id]);
     assert_eq!(code, 3, "{out}{err}");
@@ -420,6 +442,24 @@ async fn the_operator_client_walks_an_intent_from_request_to_completion(backend:
     assert!(out.contains("10 of 10 devices succeeded"), "{out}");
     assert!(out.contains("LAB to CANARY BLOCKED"), "{out}");
     assert!(out.contains("compliant in its target ring CANARY"), "{out}");
+
+    // A rejection shows who rejected it and why.
+    let other = app
+        .create(&crew.requester, intent_body("Zoom", 0.8, "LAB"))
+        .await
+        .id();
+    let (code, _, err) = client(
+        &app,
+        &crew.approver,
+        &["reject", &other, "--reason", "no rollback tested"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = client(&app, &crew.auditor, &["get", &other]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("rejected by:      carol: no rollback tested"),
+        "{out}"
+    );
 
     // Bad input is said in our words and sends nothing; an unreachable server is a failure (1).
     let (code, _, err) = client(&app, &crew.auditor, &["get", "not-an-id"]);

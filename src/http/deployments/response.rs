@@ -48,6 +48,10 @@ pub struct IntentResponse {
     pub rollback_validated: bool,
     pub requested_by: String,
     pub approved_by: Option<String>,
+    /// Who rejected it (the CAB, on the request or in its retrospective review); null otherwise.
+    pub rejected_by: Option<String>,
+    /// The rejection's reason; null without a rejection.
+    pub rejection_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub stream_version: u64,
@@ -147,6 +151,8 @@ impl From<&IntentState> for IntentResponse {
             rollback_validated: s.rollback_validated,
             requested_by: s.requested_by.clone(),
             approved_by: s.approved_by.clone(),
+            rejected_by: s.rejected_by.clone(),
+            rejection_reason: s.rejection_reason.clone(),
             created_at: s.created_at,
             updated_at: s.updated_at,
             stream_version: s.stream_version,
