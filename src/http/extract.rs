@@ -18,6 +18,38 @@ use crate::principals::{sha256_hex, Presented};
 
 /// A JSON body with unknown fields refused. An empty body reads as `{}`, so that bodies whose
 /// fields are all optional may be left out. Keeps a digest of the request for idempotency.
+/// A body that is JSON but not what the endpoint takes, said without the parser's internals: no
+/// line and column (a body is one line to its sender), and an unknown name listed with the names
+/// it may be ("`canary` is not one of LAB, CANARY, …").
+fn in_our_words(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let text = match text.rfind(" at line ") {
+        Some(at) => &text[..at],
+        None => &text,
+    };
+    for (kind, what) in [
+        ("unknown variant `", "one of"),
+        ("unknown field `", "a field of"),
+    ] {
+        if let Some((got, expected)) = text
+            .strip_prefix(kind)
+            .and_then(|rest| rest.split_once("`, expected "))
+        {
+            let expected = expected
+                .trim_start_matches("one of ")
+                .replace(" or ", ", ")
+                .replace('`', "");
+            let note = if kind.contains("variant") {
+                " (names are case-sensitive)"
+            } else {
+                ""
+            };
+            return format!("`{got}` is not {what} {expected}{note}");
+        }
+    }
+    text.to_string()
+}
+
 pub struct ApiJson<T> {
     pub value: T,
     /// SHA-256 over the method, the path and the body.
@@ -53,7 +85,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         }
         let body: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
         let value = serde_json::from_slice(body).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => ApiError::Unprocessable(e.to_string()),
+            serde_json::error::Category::Data => ApiError::Unprocessable(in_our_words(&e)),
             _ => ApiError::BadRequest(format!("the body is not valid JSON: {e}")),
         })?;
         let mut hashed = prefix.into_bytes();
@@ -300,7 +332,8 @@ pub fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Er
 
 #[cfg(test)]
 mod tests {
-    use super::bearer_token;
+    use super::{bearer_token, in_our_words};
+    use serde::de::DeserializeOwned;
 
     #[test]
     fn the_bearer_scheme_is_case_insensitive_and_separated_by_spaces_only() {
@@ -326,5 +359,29 @@ mod tests {
         ] {
             assert_eq!(bearer_token(bad), None, "{bad:?}");
         }
+    }
+
+    fn refusal<T: DeserializeOwned + std::fmt::Debug>(body: &str) -> String {
+        in_our_words(&serde_json::from_str::<T>(body).unwrap_err())
+    }
+
+    #[test]
+    fn an_unknown_name_is_listed_with_the_names_it_may_be_and_no_line_or_column() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Body {
+            ring: eucora_projections::event::Ring,
+        }
+        assert_eq!(
+            refusal::<Body>(r#"{"ring": "canary"}"#),
+            "`canary` is not one of LAB, CANARY, PILOT, DEPARTMENT, GLOBAL (names are case-sensitive)"
+        );
+        assert_eq!(
+            refusal::<Body>(r#"{"rign": "LAB"}"#),
+            "`rign` is not a field of ring"
+        );
+        let other = refusal::<Body>(r#"{"ring": 3}"#);
+        assert!(!other.contains(" at line ") && !other.is_empty(), "{other}");
     }
 }

@@ -461,6 +461,29 @@ async fn the_operator_client_walks_an_intent_from_request_to_completion(backend:
         "{out}"
     );
 
+    // A ring in lower case: the server names the rings, without its parser's line and column.
+    let (code, _, err) = client(
+        &app,
+        &crew.requester,
+        &[
+            "create",
+            "--app-name",
+            "Vim",
+            "--version",
+            "9.1",
+            "--connector-type",
+            "intune",
+            "--start-ring",
+            "canary",
+        ],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("`canary` is not one of LAB, CANARY, PILOT, DEPARTMENT, GLOBAL")
+            && !err.contains("column"),
+        "{err}"
+    );
+
     // Bad input is said in our words and sends nothing; an unreachable server is a failure (1).
     let (code, _, err) = client(&app, &crew.auditor, &["get", "not-an-id"]);
     assert_eq!(
