@@ -31,8 +31,8 @@ mod sample;
 mod verify;
 
 pub use controls::{
-    intent_controls, ControlsFile, IntentControls, Verdict, CONTROLS, FAIL, NOT_APPLICABLE, OPEN,
-    PASS,
+    intent_controls, rfc3339, ControlsFile, IntentControls, Verdict, CONTROLS, FAIL,
+    NOT_APPLICABLE, OPEN, PASS,
 };
 pub use export::{export, tempfile_in_tmp, ExportSummary};
 pub use format::{

@@ -4,6 +4,7 @@ use eucora_projections::event::Role;
 
 use super::{open, open_existing, say, Failure};
 use crate::config::TokenCommand;
+use crate::evidence::rfc3339;
 use crate::principals::{
     conflicting_roles, expiry, issue_token, operator_change, rotate_token, PrincipalOut,
 };
@@ -57,8 +58,9 @@ pub async fn run(command: TokenCommand) -> Result<(), Failure> {
                 .await
                 .map_err(|e| e.to_string())?;
             eprintln!(
-                "principal {id} ({subject}, {}) expires {expires_at}",
-                role.as_str()
+                "principal {id} ({subject}, {}) expires {}",
+                role.as_str(),
+                rfc3339(expires_at)
             );
             say(format_args!("{token}"))
         }
@@ -81,8 +83,7 @@ pub async fn run(command: TokenCommand) -> Result<(), Failure> {
                 }
                 return Ok(());
             }
-            let time =
-                |t: &chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M UTC").to_string();
+            let time = |t: &chrono::DateTime<chrono::Utc>| rfc3339(*t);
             let rows: Vec<Vec<String>> = shown
                 .iter()
                 .map(|p| {
@@ -141,8 +142,10 @@ pub async fn run(command: TokenCommand) -> Result<(), Failure> {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
             eprintln!(
-                "principal {} ({}) has a new token, expiring {expires_at}; the old one no longer works",
-                record.id, record.subject
+                "principal {} ({}) has a new token, expiring {}; the old one no longer works",
+                record.id,
+                record.subject,
+                rfc3339(expires_at)
             );
             say(format_args!("{token}"))
         }

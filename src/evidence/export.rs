@@ -154,18 +154,24 @@ pub fn tempfile_in_tmp() -> std::io::Result<std::fs::File> {
     Ok(file)
 }
 
-fn tar_header(name: &str, len: u64) -> std::io::Result<tar::Header> {
+/// A file's tar header, dated `mtime` (the export's time, in seconds since 1970).
+fn tar_header(name: &str, len: u64, mtime: u64) -> std::io::Result<tar::Header> {
     let mut header = tar::Header::new_gnu();
     header.set_path(name)?;
     header.set_size(len);
     header.set_mode(0o644);
-    header.set_mtime(0);
+    header.set_mtime(mtime);
     header.set_cksum();
     Ok(header)
 }
 
-fn tar_file<W: Write>(tar: &mut tar::Builder<W>, name: &str, data: &[u8]) -> std::io::Result<()> {
-    tar.append(&tar_header(name, data.len() as u64)?, data)
+fn tar_file<W: Write>(
+    tar: &mut tar::Builder<W>,
+    name: &str,
+    data: &[u8],
+    mtime: u64,
+) -> std::io::Result<()> {
+    tar.append(&tar_header(name, data.len() as u64, mtime)?, data)
 }
 
 /// What an export wrote.
@@ -392,7 +398,9 @@ pub async fn export(
             }
         },
     };
-    let as_of = scope.as_of(chrono::Utc::now());
+    let now = chrono::Utc::now();
+    let as_of = scope.as_of(now);
+    let written = u64::try_from(now.timestamp()).unwrap_or(0);
     let controls = population.controls(as_of);
     let failed = controls.failed();
     let scope_json = match scope {
@@ -454,16 +462,16 @@ pub async fn export(
     // padding, the other files and the end of the archive.
     let mut out = out;
     let mut head = flate2::write::GzEncoder::new(&mut out, flate2::Compression::fast());
-    head.write_all(tar_header("events.jsonl", events.len)?.as_bytes())?;
+    head.write_all(tar_header("events.jsonl", events.len, written)?.as_bytes())?;
     head.finish()?;
     std::io::copy(&mut events.file, &mut out)?;
     let mut tail = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
     tail.write_all(&[0u8; 512][..((512 - events.len % 512) % 512) as usize])?;
     let mut tar = tar::Builder::new(tail);
     for name in &FILES[1..] {
-        tar_file(&mut tar, name, &files[name])?;
+        tar_file(&mut tar, name, &files[name], written)?;
     }
-    tar_file(&mut tar, MANIFEST, &pretty(&envelope)?)?;
+    tar_file(&mut tar, MANIFEST, &pretty(&envelope)?, written)?;
     tar.into_inner()?.finish()?.flush()?;
     Ok(ExportSummary {
         events: chosen.len() as u64,

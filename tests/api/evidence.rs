@@ -254,6 +254,16 @@ async fn a_period_bundle_verifies_and_every_tampering_is_refused_with_its_own_re
     assert_eq!(verified.events as i64, app.event_count().await);
     assert_eq!(verified.intents, 3);
     let files = unpack(&bundle);
+    // Every entry is dated when the bundle was written, not 1970.
+    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(&bundle[..]));
+    let now = chrono::Utc::now().timestamp() as u64;
+    for entry in archive.entries().unwrap() {
+        let mtime = entry.unwrap().header().mtime().unwrap();
+        assert!(
+            now.abs_diff(mtime) < 120,
+            "an entry dated {mtime}, now is {now}"
+        );
+    }
     let controls: Value = serde_json::from_slice(&files["controls.json"]).unwrap();
     // Each intent's verdicts, by app: the CAB-approved, promoted, completed Firefox passes every
     // control that applies to it; the emergency change deployed without a retrospective review

@@ -160,7 +160,18 @@ async fn tokens_expire_and_every_access_change_is_an_event(backend: Backend) {
     );
     assert!(ok, "{err}");
     let short = out.trim().to_string();
-    assert!(err.contains("expires"), "{err}");
+    // The expiry in RFC 3339 to the second: `expires 2026-12-06T07:45:02Z`.
+    let expiry = err
+        .split("expires ")
+        .nth(1)
+        .map(|t| t.trim())
+        .unwrap_or_default();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(expiry).is_ok()
+            && expiry.ends_with('Z')
+            && !expiry.contains('.'),
+        "{err}"
+    );
     assert_eq!(app.get("/api/v1/deployments", &short).await.status, 200);
     for bad in ["0s", "5y", "forever", "4000d"] {
         let (ok, _, err) = token_cli(
