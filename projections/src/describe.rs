@@ -188,16 +188,48 @@ pub fn summary(event: &DeploymentEvent) -> String {
     }
 }
 
-/// `success_rate 0.98 >= 0.95 pass`.
+/// A gate's verdict in words, with its unit: `success_rate 98 % >= 95 % pass`,
+/// `bake_time 5 s >= 2 d FAIL`, `incidents 0 <= 1 pass`, `cab_approval no (required) FAIL`.
 pub fn gate(g: &GateResult) -> String {
+    let verdict = if g.passed { "pass" } else { "FAIL" };
+    if g.unit == "bool" {
+        let measured = match g.measured {
+            Some(v) if v >= 1.0 => "yes",
+            Some(_) => "no",
+            None => "none",
+        };
+        return format!("{} {measured} (required) {verdict}", g.gate.as_str());
+    }
     let op = if g.bound == "min" { ">=" } else { "<=" };
-    let measured = g.measured.map_or_else(|| "none".to_string(), trim);
+    let measured = g
+        .measured
+        .map_or_else(|| "none".to_string(), |v| with_unit(v, &g.unit));
     format!(
-        "{} {measured} {op} {} {}",
+        "{} {measured} {op} {} {verdict}",
         g.gate.as_str(),
-        trim(g.threshold),
-        if g.passed { "pass" } else { "FAIL" }
+        with_unit(g.threshold, &g.unit)
     )
+}
+
+/// A gate's number in its unit: a ratio as a percentage, seconds in the largest unit that keeps
+/// it readable (`45 s`, `30 min`, `4 h`, `2 d`), a count as it is.
+fn with_unit(v: f64, unit: &str) -> String {
+    match unit {
+        "ratio" => format!("{} %", trim(v * 100.0)),
+        "seconds" => {
+            let (n, u) = if v < 120.0 {
+                (v, "s")
+            } else if v < 7_200.0 {
+                (v / 60.0, "min")
+            } else if v < 172_800.0 {
+                (v / 3_600.0, "h")
+            } else {
+                (v / 86_400.0, "d")
+            };
+            format!("{} {u}", trim(n))
+        }
+        _ => trim(v),
+    }
 }
 
 /// A number without trailing zeros (`0.95`, `86400`).
@@ -209,6 +241,54 @@ fn trim(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gates_say_their_values_with_units() {
+        let g = |gate, unit: &str, bound: &str, threshold, measured, passed| {
+            super::gate(&GateResult {
+                gate,
+                unit: unit.into(),
+                bound: bound.into(),
+                threshold,
+                measured,
+                passed,
+            })
+        };
+        assert_eq!(
+            g(
+                Gate::BakeTime,
+                "seconds",
+                "min",
+                172_800.0,
+                Some(5.026),
+                false
+            ),
+            "bake_time 5.026 s >= 2 d FAIL"
+        );
+        assert_eq!(
+            g(
+                Gate::TimeToCompliance,
+                "seconds",
+                "max",
+                14_400.0,
+                Some(1_800.0),
+                true
+            ),
+            "time_to_compliance 30 min <= 4 h pass"
+        );
+        assert_eq!(
+            g(Gate::SuccessRate, "ratio", "min", 0.95, Some(0.98), true),
+            "success_rate 98 % >= 95 % pass"
+        );
+        assert_eq!(
+            g(Gate::Incidents, "count", "max", 1.0, None, false),
+            "incidents none <= 1 FAIL"
+        );
+        assert_eq!(
+            g(Gate::RollbackPlan, "bool", "min", 1.0, Some(1.0), true),
+            "rollback_plan yes (required) pass"
+        );
+    }
     use crate::event::*;
     use crate::fixtures::Script;
 
@@ -252,7 +332,7 @@ mod tests {
             &[(Gate::SuccessRate, true), (Gate::CabApproval, false)],
         ));
         assert!(
-            gates.contains("BLOCKED") && gates.contains("cab_approval 0 >= 1 FAIL"),
+            gates.contains("BLOCKED") && gates.contains("cab_approval no (required) FAIL"),
             "{gates}"
         );
         let rejected = summary(&x.retro_rejected(3.0));
