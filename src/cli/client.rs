@@ -168,9 +168,7 @@ fn cab_queue(items: &[Value], next: Option<&str>) -> Result<(), Failure> {
             vec![
                 text(&i["id"]),
                 format!("{} {}", text(&i["app_name"]), text(&i["version"])),
-                requested.map_or("-".into(), |t| {
-                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                }),
+                requested.map_or("-".into(), crate::evidence::rfc3339),
                 requested.map_or("-".into(), |t| waited(now - t)),
                 text(&i["risk_score"]),
                 text(&i["cab_required_reason"]),
