@@ -193,17 +193,36 @@ pub fn missing_sqlite_file(url: &str) -> Option<&str> {
 
 impl Store {
     /// Closes every connection of the store, once nothing uses it any more. On SQLite the
-    /// write-ahead log is checkpointed into the database first, so the last connection to close
-    /// removes the `-wal` and `-shm` files: a clean stop leaves only the database file.
+    /// write-ahead log is checkpointed into the database and the journal set back to a rollback
+    /// one, which removes the `-wal` and `-shm` files at once: a clean stop leaves only the
+    /// database file.
     pub async fn close(&self) {
         match &self.db {
             Db::Sqlite { writer, reader } => {
                 reader.close().await;
-                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                    .execute(writer)
-                    .await
-                {
-                    tracing::warn!(error = %e, "cannot checkpoint the SQLite write-ahead log at shutdown");
+                // Back to a rollback journal: the log is checkpointed into the database and its
+                // files are removed now, not when the last connection's thread gets round to
+                // closing (which can be after the process ends). The next open turns WAL on.
+                // A reader's connection goes away on its own thread, so the switch may find
+                // the database still open there (locked, or answering that it stayed `wal`):
+                // it is asked again for up to two seconds.
+                let mut mode = String::new();
+                for _ in 0..100 {
+                    match sqlx::query_scalar::<_, String>("PRAGMA journal_mode = DELETE")
+                        .fetch_one(writer)
+                        .await
+                    {
+                        Ok(now) if now.eq_ignore_ascii_case("delete") => {
+                            mode = now;
+                            break;
+                        }
+                        Ok(now) => mode = now,
+                        Err(e) => mode = e.to_string(),
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if !mode.eq_ignore_ascii_case("delete") {
+                    tracing::warn!(%mode, "the SQLite write-ahead log is still in use at shutdown; it is kept");
                 }
                 writer.close().await;
             }

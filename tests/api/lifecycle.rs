@@ -355,7 +355,9 @@ async fn health_probes_and_the_openapi_document_answer_without_a_token(backend: 
 }
 
 async fn sigterm_lets_the_server_stop_cleanly(backend: Backend) {
-    let mut app = TestApp::spawn(backend).await;
+    let db = std::sync::Arc::new(crate::helpers::TestDb::new(backend).await);
+    let log = db.dir().join("server.log");
+    let mut app = TestApp::spawn_configured(db, &[], &[], Some(&log)).await;
     let status = std::process::Command::new("kill")
         .args(["-TERM", &app.pid().to_string()])
         .status()
@@ -370,7 +372,8 @@ async fn sigterm_lets_the_server_stop_cleanly(backend: Backend) {
         for leftover in ["eucora.db-wal", "eucora.db-shm"] {
             assert!(
                 !app.db.dir().join(leftover).exists(),
-                "{leftover} left behind after a clean stop"
+                "{leftover} left behind after a clean stop; the server said:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
             );
         }
         assert!(app.db.dir().join("eucora.db").exists());
