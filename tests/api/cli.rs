@@ -324,7 +324,18 @@ async fn the_operator_client_walks_an_intent_from_request_to_completion(backend:
     let id = created["id"].as_str().unwrap().to_string();
 
     // The CAB's queue on the command line: when it was asked, how long it has waited, its risk
-    // and why the CAB must decide.
+    // and why the CAB must decide. The list is a projection a moment behind: once it reflects
+    // the create (its index, as a fresh read waits for), the queue shows it.
+    let index = created["index"]
+        .as_i64()
+        .expect("a command answers with its index");
+    let fresh = app
+        .get(
+            &format!("/api/v1/deployments?min_index={index}&limit=1"),
+            &crew.approver,
+        )
+        .await;
+    assert_eq!(fresh.status, 200, "{:?}", fresh.body);
     let (code, out, err) = client(&app, &crew.approver, &["list", "--status", "awaiting_cab"]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
