@@ -104,6 +104,7 @@ macro_rules! on_writer {
     };
 }
 
+mod append;
 mod checkpoints;
 mod events;
 mod global;

@@ -52,6 +52,7 @@ impl From<AggregateError<DomainError>> for CommandError {
 /// runner reads the global stream instead), and it keeps the aggregate it just advanced, so
 /// a write answers with exactly the state it produced without reading the stream again.
 pub struct Commands {
+    store: Store,
     events: PersistedEventStore<EventRepo, DeploymentIntent>,
     cache: Arc<StreamCache>,
     services: DomainServices,
@@ -65,6 +66,7 @@ impl Commands {
     pub fn new(store: &Store, services: DomainServices) -> Self {
         let repo = store.event_repo();
         Commands {
+            store: store.clone(),
             cache: repo.cache(),
             events: PersistedEventStore::new_event_store(repo),
             services,
@@ -84,6 +86,28 @@ impl Commands {
     pub fn waking(mut self, runner: Arc<RunnerStatus>) -> Self {
         self.runner = Some(runner);
         self
+    }
+
+    /// The index of the intent as a command left it: the global position of its last event,
+    /// as the append reported it (or, for a state this process did not write, as stored). A
+    /// store that does not answer leaves the answer without one rather than failing a committed
+    /// command.
+    pub async fn index_of(&self, intent: &IntentState) -> Option<i64> {
+        let id = intent.id.to_string();
+        if let Some(position) = self.cache.appended_position(&id, intent.stream_version) {
+            return Some(position);
+        }
+        match self
+            .store
+            .event_position(intent.id, intent.stream_version)
+            .await
+        {
+            Ok(index) => index,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a command's index");
+                None
+            }
+        }
     }
 
     /// Applies `command` to intent `id` and returns the intent as the command left it. A

@@ -65,10 +65,11 @@ where
     } = write;
     let Some(key) = idempotency_key(headers)? else {
         let s = run(intent, None).await?;
-        let index = index_of(&state.store, &s).await;
+        let index = state.commands.index_of(&s).await;
         return Ok(answer(&s, index));
     };
     let store = state.store.clone();
+    let commands = state.commands.clone();
     let key_digest = sha256_hex(format!("{subject}\n{key}").as_bytes());
     let mut lease = Lease {
         holder: state.instance.to_string(),
@@ -151,7 +152,7 @@ where
                 }
             }
         };
-        let index = index_of(&store, &state).await;
+        let index = commands.index_of(&state).await;
         let response = answer(&state, index);
         let (parts, body) = response.into_parts();
         let bytes = axum::body::to_bytes(body, MAX_STORED_RESPONSE)
@@ -178,18 +179,6 @@ where
     write
         .await
         .map_err(|e| ApiError::Internal(format!("the idempotent write task failed: {e}")))?
-}
-
-/// The index of the intent as a command left it: the position of its last event. A store that
-/// does not answer here leaves the answer without one rather than failing a committed command.
-async fn index_of(store: &crate::store::Store, intent: &IntentState) -> Option<i64> {
-    match store.event_position(intent.id, intent.stream_version).await {
-        Ok(index) => index,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read a command's index");
-            None
-        }
-    }
 }
 
 fn replay(status: u16, stored: &str) -> Result<Response, ApiError> {

@@ -13,10 +13,10 @@ use eucora_projections::event::DeploymentEvent;
 use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 use sqlite_es::SqliteEventRepository;
-use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{is_unavailable, Db, Store, StoreError};
+use super::append::GroupCommit;
+use super::{Db, Store, StoreError};
 use crate::domain::DeploymentIntent;
 
 /// One event as stored, with its place in the global stream.
@@ -33,52 +33,13 @@ pub struct StoredEvent {
 /// write-through cache of the streams this process has loaded or written.
 pub struct EventRepo {
     inner: Repo,
+    appender: GroupCommit,
     cache: Arc<StreamCache>,
 }
 
 enum Repo {
     Sqlite(SqliteEventRepository),
-    /// postgres-es loads streams; appends are [`append_postgres`].
-    Postgres(PostgresEventRepository, PgPool),
-}
-
-/// Appends a command's events to PostgreSQL in one multi-row INSERT: atomic on its own, so one
-/// round trip instead of postgres-es's BEGIN, an INSERT per event, and COMMIT. The primary key
-/// (aggregate_type, aggregate_id, sequence) still decides a race: the loser gets 23505.
-async fn append_postgres<A: Aggregate>(
-    pool: &PgPool,
-    events: &[SerializedEvent],
-) -> Result<(), PersistenceError> {
-    let column = |f: fn(&SerializedEvent) -> String| events.iter().map(f).collect::<Vec<_>>();
-    let sequences: Vec<i64> = events.iter().map(|e| e.sequence as i64).collect();
-    sqlx::query(
-        "INSERT INTO events
-             (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         SELECT $1, id, seq, type, version, payload::json, metadata::json
-           FROM UNNEST($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[])
-             AS e(id, seq, type, version, payload, metadata)",
-    )
-    .bind(A::TYPE)
-    .bind(column(|e| e.aggregate_id.clone()))
-    .bind(sequences)
-    .bind(column(|e| e.event_type.clone()))
-    .bind(column(|e| e.event_version.clone()))
-    .bind(column(|e| e.payload.to_string()))
-    .bind(column(|e| e.metadata.to_string()))
-    .execute(pool)
-    .await
-    .map_err(|e| {
-        let conflict =
-            matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"));
-        if conflict {
-            PersistenceError::OptimisticLockError
-        } else if is_unavailable(&e) {
-            PersistenceError::ConnectionError(Box::new(e))
-        } else {
-            PersistenceError::UnknownError(Box::new(e))
-        }
-    })?;
-    Ok(())
+    Postgres(PostgresEventRepository),
 }
 
 /// Streams by aggregate id, as this process last loaded or wrote them.
@@ -90,6 +51,9 @@ async fn append_postgres<A: Aggregate>(
 #[derive(Default)]
 pub struct StreamCache {
     streams: Mutex<HashMap<String, Vec<SerializedEvent>>>,
+    /// The global position of the last event this process appended to each stream, by id, with
+    /// its stream version: the index a command answers with, without asking the database.
+    last_appended: Mutex<HashMap<String, (u64, i64)>>,
 }
 
 impl StreamCache {
@@ -107,9 +71,24 @@ impl StreamCache {
         streams.insert(id.to_string(), events);
     }
 
-    /// Adds committed events, or forgets the stream if they do not follow what is cached.
-    fn append(&self, events: &[SerializedEvent]) {
-        let Some(first) = events.first() else { return };
+    /// Adds committed events (at these global positions), or forgets the stream if they do not
+    /// follow what is cached.
+    fn append(&self, events: &[SerializedEvent], positions: &[i64]) {
+        let (Some(first), Some(last), Some(position)) =
+            (events.first(), events.last(), positions.last())
+        else {
+            return;
+        };
+        {
+            let mut appended = self.last_appended.lock().unwrap_or_else(|e| e.into_inner());
+            if appended.len() >= Self::MAX_STREAMS {
+                appended.clear();
+            }
+            appended.insert(
+                first.aggregate_id.clone(),
+                (last.sequence as u64, *position),
+            );
+        }
         let mut streams = self.lock();
         match streams.get_mut(&first.aggregate_id) {
             Some(cached) if cached.len() + 1 == first.sequence => cached.extend_from_slice(events),
@@ -117,6 +96,16 @@ impl StreamCache {
                 streams.remove(&first.aggregate_id);
             }
             None => {}
+        }
+    }
+
+    /// The global position of stream `id`'s event `sequence`, if it is the last this process
+    /// appended there.
+    pub fn appended_position(&self, id: &str, sequence: u64) -> Option<i64> {
+        let appended = self.last_appended.lock().unwrap_or_else(|e| e.into_inner());
+        match appended.get(id) {
+            Some(&(last, position)) if last == sequence => Some(position),
+            _ => None,
         }
     }
 
@@ -157,23 +146,6 @@ fn upcast(events: Vec<SerializedEvent>) -> Result<Vec<SerializedEvent>, Persiste
         .collect()
 }
 
-/// SQLite reports a lost optimistic-concurrency race through the trigger that refuses an insert
-/// over an existing stream version (migration 0004), or, without it, on our UNIQUE constraint as
-/// 2067 (SQLITE_CONSTRAINT_UNIQUE); sqlite-es only knows the primary-key code.
-fn map_sqlite_conflict(e: PersistenceError) -> PersistenceError {
-    if let PersistenceError::UnknownError(inner) = &e {
-        if let Some(sqlx::Error::Database(d)) = inner.downcast_ref::<sqlx::Error>() {
-            if d.code().as_deref() == Some("2067")
-                || d.message()
-                    .contains("an event of this stream version exists")
-            {
-                return PersistenceError::OptimisticLockError;
-            }
-        }
-    }
-    e
-}
-
 impl PersistedEventRepository for EventRepo {
     async fn get_events<A: Aggregate>(
         &self,
@@ -184,7 +156,7 @@ impl PersistedEventRepository for EventRepo {
         }
         let events = match &self.inner {
             Repo::Sqlite(r) => r.get_events::<A>(aggregate_id).await,
-            Repo::Postgres(r, _) => r.get_events::<A>(aggregate_id).await,
+            Repo::Postgres(r) => r.get_events::<A>(aggregate_id).await,
         }?;
         let events = upcast(events)?;
         if !events.is_empty() {
@@ -200,7 +172,7 @@ impl PersistedEventRepository for EventRepo {
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
         upcast(match &self.inner {
             Repo::Sqlite(r) => r.get_last_events::<A>(aggregate_id, last_sequence).await,
-            Repo::Postgres(r, _) => r.get_last_events::<A>(aggregate_id, last_sequence).await,
+            Repo::Postgres(r) => r.get_last_events::<A>(aggregate_id, last_sequence).await,
         }?)
     }
 
@@ -210,7 +182,7 @@ impl PersistedEventRepository for EventRepo {
     ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
         match &self.inner {
             Repo::Sqlite(r) => r.get_snapshot::<A>(aggregate_id).await,
-            Repo::Postgres(r, _) => r.get_snapshot::<A>(aggregate_id).await,
+            Repo::Postgres(r) => r.get_snapshot::<A>(aggregate_id).await,
         }
     }
 
@@ -219,25 +191,26 @@ impl PersistedEventRepository for EventRepo {
         events: &[SerializedEvent],
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        let result = match &self.inner {
-            Repo::Sqlite(r) => r
-                .persist::<A>(events, snapshot_update)
-                .await
-                .map_err(map_sqlite_conflict),
-            Repo::Postgres(_, pool) if snapshot_update.is_none() => {
-                append_postgres::<A>(pool, events).await
-            }
-            Repo::Postgres(r, _) => r.persist::<A>(events, snapshot_update).await,
+        if snapshot_update.is_some() {
+            // Commands runs the event store as the source of truth: no snapshot is ever taken.
+            return Err(PersistenceError::UnknownError(
+                "aggregate snapshots are not kept".into(),
+            ));
+        }
+        let Some(first) = events.first() else {
+            return Ok(());
         };
-        match &result {
-            Ok(()) => self.cache.append(events),
-            Err(_) => {
-                if let Some(first) = events.first() {
-                    self.cache.invalidate(&first.aggregate_id);
-                }
+        let result = self.appender.append(A::TYPE, events).await;
+        match result {
+            Ok(positions) => {
+                self.cache.append(events, &positions);
+                Ok(())
+            }
+            Err(e) => {
+                self.cache.invalidate(&first.aggregate_id);
+                Err(e)
             }
         }
-        result
     }
 
     async fn stream_events<A: Aggregate>(
@@ -246,14 +219,14 @@ impl PersistedEventRepository for EventRepo {
     ) -> Result<ReplayStream, PersistenceError> {
         match &self.inner {
             Repo::Sqlite(r) => r.stream_events::<A>(aggregate_id).await,
-            Repo::Postgres(r, _) => r.stream_events::<A>(aggregate_id).await,
+            Repo::Postgres(r) => r.stream_events::<A>(aggregate_id).await,
         }
     }
 
     async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
         match &self.inner {
             Repo::Sqlite(r) => r.stream_all_events::<A>().await,
-            Repo::Postgres(r, _) => r.stream_all_events::<A>().await,
+            Repo::Postgres(r) => r.stream_all_events::<A>().await,
         }
     }
 }
@@ -263,12 +236,11 @@ impl Store {
     pub fn event_repo(&self) -> EventRepo {
         let inner = match &self.db {
             Db::Sqlite { writer, .. } => Repo::Sqlite(SqliteEventRepository::new(writer.clone())),
-            Db::Postgres(pool) => {
-                Repo::Postgres(PostgresEventRepository::new(pool.clone()), pool.clone())
-            }
+            Db::Postgres(pool) => Repo::Postgres(PostgresEventRepository::new(pool.clone())),
         };
         EventRepo {
             inner,
+            appender: GroupCommit::new(self.db.clone()),
             cache: Arc::default(),
         }
     }

@@ -21,6 +21,7 @@ use crate::helpers::{Backend, TestDb};
 crate::on_both_backends!(
     appended_events_come_back_in_order_with_rising_global_positions,
     a_second_write_of_the_same_stream_version_is_a_conflict_not_a_duplicate,
+    concurrent_appends_commit_together_and_a_lost_race_fails_alone,
     the_store_refuses_to_update_or_delete_events,
     migrations_can_run_again,
     idempotency_keys_are_reserved_replayed_and_released,
@@ -157,6 +158,98 @@ async fn a_second_write_of_the_same_stream_version_is_a_conflict_not_a_duplicate
         "{second:?}"
     );
     assert_eq!(store.event_count().await.unwrap(), 1);
+}
+
+/// Group commit: concurrent appends share transactions, yet each keeps its own outcome.
+async fn concurrent_appends_commit_together_and_a_lost_race_fails_alone(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let repo = Arc::new(store.event_repo());
+    let event = |id: &str, sequence: usize, n: u64| {
+        SerializedEvent::new(
+            id.into(),
+            sequence,
+            "deployment".into(),
+            "Probe".into(),
+            "1".into(),
+            json!({ "n": n }),
+            json!({}),
+        )
+    };
+    // 64 new streams of two events each, and two appends racing for version 1 of one stream.
+    let mut appends: Vec<(String, Vec<SerializedEvent>)> = (0..64)
+        .map(|i| {
+            let id = format!("s{i}");
+            let events = vec![event(&id, 1, i), event(&id, 2, i)];
+            (id, events)
+        })
+        .collect();
+    appends.insert(20, ("race".into(), vec![event("race", 1, 1)]));
+    appends.insert(40, ("race".into(), vec![event("race", 1, 2)]));
+    let tasks: Vec<_> = appends
+        .into_iter()
+        .map(|(id, events)| {
+            let repo = repo.clone();
+            tokio::spawn(async move { (id, repo.persist::<DeploymentIntent>(&events, None).await) })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+    let committed = |id: &str| {
+        outcomes
+            .iter()
+            .filter(|(i, o)| i == id && o.is_ok())
+            .count()
+    };
+    assert!(
+        (0..64).all(|i| committed(&format!("s{i}")) == 1),
+        "{outcomes:?}"
+    );
+    assert_eq!(committed("race"), 1, "exactly one racer commits");
+    let lost: Vec<_> = outcomes.iter().filter(|(_, o)| o.is_err()).collect();
+    assert!(
+        matches!(lost[..], [(_, Err(PersistenceError::OptimisticLockError))]),
+        "the other racer alone fails, as a lost race: {lost:?}"
+    );
+    assert_eq!(store.event_count().await.unwrap(), 64 * 2 + 1);
+    if backend == Backend::Postgres {
+        // The appends shared transactions: one transaction each would be 65.
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let transactions: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT xact_id) FROM events")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            transactions <= 32,
+            "{transactions} transactions for 65 appends"
+        );
+    }
+
+    // A command answers with the position its last event was stored at.
+    let commands = Arc::new(commands(&store));
+    let creates: Vec<_> = (0..16)
+        .map(|i| {
+            let commands = commands.clone();
+            tokio::spawn(async move {
+                let state = commands
+                    .execute(
+                        Uuid::now_v7(),
+                        cmd("alice", Role::Requester, create(&format!("app{i}"))),
+                    )
+                    .await
+                    .unwrap();
+                let index = commands.index_of(&state).await;
+                (state, index)
+            })
+        })
+        .collect();
+    for t in creates {
+        let (state, index) = t.await.unwrap();
+        let stored = store.intent_events(state.id).await.unwrap();
+        assert_eq!(index, stored.last().map(|e| e.position));
+    }
 }
 
 async fn the_store_refuses_to_update_or_delete_events(backend: Backend) {
