@@ -19,9 +19,18 @@ pub struct Cell {
     pub elapsed: Duration,
     pub latencies: Vec<Duration>,
     pub errors: usize,
+    /// What each error was, by its message (the first 160 characters), and how often.
+    pub failures: std::collections::BTreeMap<String, usize>,
 }
 
 impl Cell {
+    /// Prints what each error of this cell was, under `what`.
+    pub fn explain(&self, what: &str) {
+        for (message, n) in &self.failures {
+            println!("  {what}: {n} × {message}");
+        }
+    }
+
     pub fn rate(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()
     }
@@ -49,11 +58,11 @@ where
         .map(|c| {
             let (step, stop) = (step.clone(), stop.clone());
             tokio::spawn(async move {
-                let (mut lat, mut errors) = (Vec::new(), 0usize);
+                let (mut lat, mut errors) = (Vec::new(), Vec::new());
                 while !stop.load(Ordering::Relaxed) {
                     match step(c).await {
                         Ok(l) => lat.extend(l),
-                        Err(_) => errors += 1,
+                        Err(e) => errors.push(e),
                     }
                 }
                 (lat, errors)
@@ -67,11 +76,16 @@ where
         elapsed: Duration::ZERO,
         latencies: vec![],
         errors: 0,
+        failures: Default::default(),
     };
     for t in tasks {
         let (lat, errors) = t.await.unwrap();
         cell.latencies.extend(lat);
-        cell.errors += errors;
+        cell.errors += errors.len();
+        for e in errors {
+            let e: String = e.chars().take(160).collect();
+            *cell.failures.entry(e).or_default() += 1;
+        }
     }
     cell.elapsed = start.elapsed();
     cell.ops = cell.latencies.len();

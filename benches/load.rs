@@ -24,7 +24,8 @@
 //! `cargo bench --bench load` (PostgreSQL from `EUCORA_BENCH_DATABASE_URL`, else
 //! `EUCORA_TEST_DATABASE_URL`; `EUCORA_BENCH_SECONDS` per cell, default 4;
 //! `EUCORA_BENCH_ONLY=load`, `durability`, `traces` or `outbox` for one part alone; `EUCORA_BENCH_POOL` for each
-//! server's database pool, default 28).
+//! server's database pool, default 28; `EUCORA_BENCH_BACKENDS=postgres` and `EUCORA_BENCH_CLIENTS=16`
+//! narrow the load part to one backend and client count, say under a profiler).
 
 mod harness;
 mod scratch;
@@ -140,6 +141,16 @@ async fn commands(
     .await
 }
 
+/// The client counts of the load cells: `EUCORA_BENCH_CLIENTS` (say `16` or `1,16`), else 1, 16
+/// and 64.
+fn client_counts() -> Vec<usize> {
+    std::env::var("EUCORA_BENCH_CLIENTS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .filter(|c: &Vec<usize>| !c.is_empty())
+        .unwrap_or(vec![1, 16, 64])
+}
+
 /// `url_without` and `url_dispatching` are more empty databases of the same backend, for the
 /// server without the log and the one dispatching to a connector simulator.
 async fn bench_backend(
@@ -157,8 +168,9 @@ async fn bench_backend(
         Some(connectors_file(dir, "sccm", &sim, "")),
     )
     .await;
+    let reference = Arc::new(scratch::Reference::open(url, 8).await);
     let raw_payload = json!({ "DeploymentCreated": create_body() }).to_string();
-    for clients in [1usize, 16, 64] {
+    for clients in client_counts() {
         // The server with the log, sampled for checkpoint lag; then the one without, sampled
         // the same way (so both carry the sampler's queries); then raw INSERTs.
         let base = with.store.event_count().await.unwrap();
@@ -185,8 +197,8 @@ async fn bench_backend(
         // With the dispatcher publishing every approved intent to the simulator meanwhile.
         let dispatched = commands(&dispatching.target, clients, seconds, Arc::default()).await;
         // The raw-INSERT reference: eight connections to the same database (as the pool it used
-        // before it moved out of the service), open only while it runs.
-        let reference = Arc::new(scratch::Reference::open(url, 8).await);
+        // before it moved out of the service), opened before the servers' pools grow, so that
+        // PostgreSQL's connection limit never refuses it.
         reference.reset_raw_table().await;
         let (reference2, payload) = (reference.clone(), raw_payload.clone());
         let raw = drive(clients, seconds, move |_| {
@@ -201,7 +213,6 @@ async fn bench_backend(
             }
         })
         .await;
-        reference.close().await;
         println!(
             "| {name:<8} | {clients:>3} | {:>9.0} | {:>7.2} | {:>7.2} | {:>9.0} | {:>7.2} | {:>5.2}x | {:>9.0} | {:>5.2}x | {:>9.0} | {:>5.2}x | {:>5} | {:>6.0} | {:>6.0} | {unsigned} |",
             cmd.rate(),
@@ -218,7 +229,12 @@ async fn bench_backend(
             lag50,
             lag99,
         );
+        cmd.explain("with the log");
+        bare.explain("without the log");
+        dispatched.explain("dispatching");
+        raw.explain("raw INSERT");
     }
+    reference.close().await;
     for server in [with, without, dispatching] {
         server.shut().await;
     }
@@ -237,9 +253,12 @@ async fn main() {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let sqlite = |file: &str| format!("sqlite://{}", dir.join(file).display());
     let only = std::env::var("EUCORA_BENCH_ONLY").unwrap_or_default();
-    if only.is_empty() || only == "load" {
+    let backends = std::env::var("EUCORA_BENCH_BACKENDS").unwrap_or("sqlite,postgres".into());
+    if (only.is_empty() || only == "load") && backends.contains("sqlite") {
         let (db, bare, disp) = (sqlite("bench.db"), sqlite("bare.db"), sqlite("dispatch.db"));
         bench_backend("sqlite", [&db, &bare, &disp], &dir, seconds).await;
+    }
+    if (only.is_empty() || only == "load") && backends.contains("postgres") {
         let scratches = [
             scratch::Scratch::create().await,
             scratch::Scratch::create().await,

@@ -36,8 +36,9 @@ impl Scratch {
 }
 
 /// The benchmarks' references, on a pool of their own to the database under test, opened as the
-/// store opens it (SQLite: one writer, WAL, `synchronous = NORMAL`; PostgreSQL: no ping before
-/// each query). Benchmark-only SQL lives here, not in the service.
+/// store opens it (SQLite: one writer, WAL, at the `synchronous` level the URL asks for, FULL by
+/// default, so the reference commits as durably as the server; PostgreSQL: no ping before each
+/// query). Benchmark-only SQL lives here, not in the service.
 pub enum Reference {
     Sqlite(sqlx::SqlitePool),
     Postgres(sqlx::PgPool),
@@ -50,6 +51,7 @@ impl Reference {
         if url.starts_with("postgres") {
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(pool_size)
+                .min_connections(pool_size)
                 .test_before_acquire(false)
                 .acquire_timeout(std::time::Duration::from_secs(5))
                 .connect(url)
@@ -57,14 +59,13 @@ impl Reference {
                 .expect("connect the reference pool");
             return Reference::Postgres(pool);
         }
-        let path = url
-            .trim_start_matches("sqlite://")
-            .trim_start_matches("sqlite:");
+        let path = eucora::store::sqlite_file(url).expect("a SQLite file");
+        let synchronous = eucora::store::sqlite_synchronous(url).expect("a synchronous level");
         let options = sqlx::sqlite::SqliteConnectOptions::from_str("sqlite:")
             .unwrap()
             .filename(path)
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+            .synchronous(synchronous)
             .busy_timeout(std::time::Duration::from_secs(10))
             .foreign_keys(true);
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
