@@ -24,7 +24,7 @@
 //! `cargo bench --bench load` (PostgreSQL from `EUCORA_BENCH_DATABASE_URL`, else
 //! `EUCORA_TEST_DATABASE_URL`; `EUCORA_BENCH_SECONDS` per cell, default 4;
 //! `EUCORA_BENCH_ONLY=load`, `durability`, `traces` or `outbox` for one part alone; `EUCORA_BENCH_POOL` for each
-//! server's database pool, default 28; `EUCORA_BENCH_BACKENDS=postgres` and `EUCORA_BENCH_CLIENTS=16`
+//! server's database pool, default 24; `EUCORA_BENCH_BACKENDS=postgres` and `EUCORA_BENCH_CLIENTS=16`
 //! narrow the load part to one backend and client count, say under a profiler).
 
 mod harness;
@@ -290,8 +290,8 @@ async fn main() {
         .unwrap_or(10_000);
     println!();
     println!("{actions} actions through the outbox to a simulator failing 5 % of calls (503), at the default backoff (2 s to 60 s)");
-    println!("| backend | actions | settled | lost | duplicated effects | calls | retried actions | commit → first call p50 ms | p99 ms | drained in s |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| backend | actions | settled | lost | duplicated effects | calls | retried actions | commit → first call p50 ms | p99 ms | created in s | drained in s |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     outbox_backend("sqlite", &sqlite("outbox.db"), &dir, actions).await;
     if let Some(db) = scratch::Scratch::create().await {
         outbox_backend("postgres", &db.url, &dir, actions).await;
@@ -453,8 +453,17 @@ async fn outbox_backend(name: &str, url: &str, dir: &std::path::Path, actions: u
     })
     .await;
     // Polling and reconciliation off (hourly): this measures the outbox itself.
-    let quiet = "poll_interval = \"1h\"\nreconcile_interval = \"1h\"\n";
-    let server = start(url, true, Some(connectors_file(dir, "intune", &sim, quiet))).await;
+    let mut quiet = "poll_interval = \"1h\"\nreconcile_interval = \"1h\"\n".to_string();
+    // The connector's calls at once (default 16): EUCORA_BENCH_IN_FLIGHT.
+    if let Ok(n) = std::env::var("EUCORA_BENCH_IN_FLIGHT") {
+        quiet.push_str(&format!("max_in_flight = {n}\n"));
+    }
+    let server = start(
+        url,
+        true,
+        Some(connectors_file(dir, "intune", &sim, &quiet)),
+    )
+    .await;
     let started = Instant::now();
     let client = reqwest::Client::new();
     let body = json!({
@@ -488,6 +497,7 @@ async fn outbox_backend(name: &str, url: &str, dir: &std::path::Path, actions: u
         });
     }
     while creators.join_next().await.is_some() {}
+    let created = started.elapsed();
     // Until every action is settled.
     let mut short_since: Option<Instant> = None;
     loop {
@@ -565,9 +575,10 @@ async fn outbox_backend(name: &str, url: &str, dir: &std::path::Path, actions: u
         .unwrap_or(0);
     assert_eq!(events, actions, "one ConnectorDispatched per action");
     println!(
-        "| {name} | {actions} | {settled} | {lost} | {duplicated} | {calls} | {retried} | {} | {} | {:.1} |",
+        "| {name} | {actions} | {settled} | {lost} | {duplicated} | {calls} | {retried} | {} | {} | {:.1} | {:.1} |",
         pct(0.5),
         pct(0.99),
+        created.as_secs_f64(),
         drained.as_secs_f64()
     );
     server.shut().await;
