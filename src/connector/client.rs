@@ -702,21 +702,19 @@ mod tests {
         }
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 24);
+        // Arrival times, not the limiter's grants: a call granted at the end of one window can
+        // reach the server a little late, beside the next window's first calls. A 900 ms window
+        // leaves that delivery 100 ms; a limiter that let more through would still fill one.
+        let window = Duration::from_millis(900);
         let all: Vec<_> = seen.iter().map(|(t, _)| *t).collect();
-        assert!(
-            busiest(&all, Duration::from_secs(1)) <= 8,
-            "the tenant's limit"
-        );
+        assert!(busiest(&all, window) <= 8, "the tenant's limit");
         for app in ["a", "b"] {
             let one: Vec<_> = seen
                 .iter()
                 .filter(|(_, a)| a == app)
                 .map(|(t, _)| *t)
                 .collect();
-            assert!(
-                busiest(&one, Duration::from_secs(1)) <= 5,
-                "app {app}'s limit"
-            );
+            assert!(busiest(&one, window) <= 5, "app {app}'s limit");
         }
     }
 
