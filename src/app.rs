@@ -226,8 +226,13 @@ impl Application {
             Some(path) => crate::connector::client::load(path).map_err(StartError::Connectors)?,
             None => Default::default(),
         };
+        let created =
+            crate::store::missing_sqlite_file(&args.db.database_url).map(crate::store::absolute);
         let store = Store::connect(&args.db.database_url, args.db.db_pool_size).await?;
         store.migrate().await?;
+        if let Some(path) = created {
+            tracing::info!(%path, "created a new database");
+        }
         // The rules in force, on the record: appended when they differ from the last recorded.
         let source = args.policy.as_ref().map_or_else(
             || crate::governance::BUILT_IN.to_string(),

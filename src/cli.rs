@@ -89,12 +89,17 @@ pub fn say(line: std::fmt::Arguments) -> Result<(), Failure> {
     }
 }
 
-/// Opens the store, creating it if need be (`serve`, `migrate`, `token create`).
+/// Opens the store, creating it if need be (`migrate`, `token create --init`), and says so on
+/// standard error when it created one.
 pub async fn open(db: &DbArgs) -> Result<Store, String> {
+    let created = crate::store::missing_sqlite_file(&db.database_url).map(crate::store::absolute);
     let store = Store::connect(&db.database_url, db.db_pool_size)
         .await
         .map_err(|e| format!("cannot open {}: {e}", redact(&db.database_url)))?;
     store.migrate().await.map_err(|e| e.to_string())?;
+    if let Some(path) = created {
+        eprintln!("created a new database at {path}");
+    }
     Ok(store)
 }
 
@@ -103,8 +108,9 @@ pub async fn open(db: &DbArgs) -> Result<Store, String> {
 pub async fn open_existing(db: &DbArgs) -> Result<Store, String> {
     if let Some(path) = crate::store::missing_sqlite_file(&db.database_url) {
         return Err(format!(
-            "no database at {path}: pass --database-url (or set EUCORA_DATABASE_URL) to the \
-             server's database"
+            "no database at {}: pass --database-url (or set EUCORA_DATABASE_URL) to the \
+             server's database",
+            crate::store::absolute(path)
         ));
     }
     open(db).await

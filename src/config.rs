@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use uuid::Uuid;
 
+mod deployments;
 mod evidence;
+pub use deployments::{CreateArgs, DeploymentsCommand};
 pub use evidence::{EvidenceCommand, EvidenceSource, ExportArgs, HeadArgs};
 
 #[derive(Debug, Parser)]
@@ -23,8 +25,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
     /// Migrate the database, then serve the HTTP API until SIGTERM or Ctrl-C.
+    ///
+    /// Example: eucora serve --policy docs/demo-policy.toml --listen 127.0.0.1:8000
     Serve(ServeArgs),
     /// Apply the database migrations and exit.
+    ///
+    /// Example: eucora migrate --database-url postgres://eucora@db.example/eucora
     Migrate(DbArgs),
     /// Manage principals' bearer tokens.
     #[command(subcommand)]
@@ -44,13 +50,19 @@ pub enum CliCommand {
     #[command(subcommand)]
     Evidence(EvidenceCommand),
     /// Print one deployment intent's history.
+    ///
+    /// Example: eucora events 0b5c5d8e-4f8a-4c1e-9d2b-6f3a1e7c9a40 --json
     Events(EventsArgs),
     /// Rebuild every projection from position 0, verify the stream against its Merkle log, and print
     /// a digest of the rebuilt domain metrics. Exits non-zero naming the first bad position.
+    ///
+    /// Example: eucora replay --metrics-out replayed.prom
     Replay(ReplayArgs),
     /// Drive seeded, realistic traffic through a running server's API (intents, CAB decisions,
     /// rollout reports, promotions, rollbacks), so dashboards and alerts have data to show.
     /// Acts with the tokens given, or creates its own principals in the server's database.
+    ///
+    /// Example: eucora demo --url http://127.0.0.1:8000 --duration 60s
     Demo(DemoArgs),
     /// Work with deployment intents on a running server (`--server`, `--token`): list, show,
     /// create, decide, report, promote and roll back. Exit status: 0 done, 3 refused by the
@@ -64,6 +76,8 @@ pub enum CliCommand {
     /// Run a connector simulator that speaks the connector protocol (docs/connectors.md): a
     /// device population per ring converging over time, with configurable latency, failures,
     /// 429s, outages and drift, counting side effects per idempotency key.
+    ///
+    /// Example: eucora connector-sim --listen 127.0.0.1:9100 --devices 500 --failure-rate 0.05
     ConnectorSim(ConnectorSimArgs),
 }
 
@@ -172,6 +186,8 @@ pub struct PolicyArgs {
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Every policy activated, oldest first: digest, when, by whom, from where, which it replaced.
+    ///
+    /// Example: eucora policy --server http://127.0.0.1:8000 --token "$AUDREY" history
     History,
     /// One policy's record and its whole text.
     ///
@@ -189,152 +205,6 @@ pub enum PolicyCommand {
         /// The later policy's digest (or a unique prefix).
         to: String,
     },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum DeploymentsCommand {
-    /// List intents in creation order, with the API's filters.
-    List {
-        #[command(flatten)]
-        client: ClientArgs,
-        /// Only intents in this state (awaiting_cab, approved, deployed, completed, rejected,
-        /// rolled_back).
-        #[arg(long)]
-        status: Option<String>,
-        /// Only intents whose current ring is this one.
-        #[arg(long)]
-        ring: Option<String>,
-        #[arg(long)]
-        app_name: Option<String>,
-        /// Only emergency changes awaiting retrospective approval: pending or overdue.
-        #[arg(long)]
-        retro_approval: Option<String>,
-        /// Only the intent with this external change reference (such as CHG0031337).
-        #[arg(long, value_name = "REF")]
-        change_ref: Option<String>,
-        /// Page size, 1 to 500.
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
-        /// Start after this cursor (printed after a full page).
-        #[arg(long)]
-        cursor: Option<String>,
-    },
-    /// Show one intent as it now stands.
-    Get {
-        #[command(flatten)]
-        client: ClientArgs,
-        id: String,
-    },
-    /// One intent's history: who did what, of record, and what each event says.
-    History {
-        #[command(flatten)]
-        client: ClientArgs,
-        id: String,
-        /// Only events up to this RFC 3339 time, and the state as it stood then.
-        #[arg(long)]
-        as_of: Option<String>,
-    },
-    /// Request a deployment intent, from flags or a JSON file (`--file`, `-` for stdin).
-    Create(CreateArgs),
-    /// Approve an intent awaiting CAB, or an emergency change retrospectively.
-    Approve {
-        #[command(flatten)]
-        client: ClientArgs,
-        id: String,
-        #[arg(long)]
-        comment: Option<String>,
-    },
-    /// Reject an intent awaiting CAB, or an emergency change retrospectively.
-    Reject {
-        #[command(flatten)]
-        client: ClientArgs,
-        id: String,
-        #[arg(long)]
-        reason: String,
-    },
-    /// Report cumulative rollout results for the intent's current ring.
-    Report {
-        #[command(flatten)]
-        client: ClientArgs,
-        id: String,
-        #[arg(long)]
-        ring: String,
-        #[arg(long)]
-        target_devices: u64,
-        #[arg(long)]
-        succeeded: u64,
-        #[arg(long)]
-        failed: u64,
-        #[arg(long, default_value_t = 0)]
-        incidents: u64,
-    },
-    /// Promote to the next ring; every gate's verdict is printed, and a blocked promotion exits 3.
-    Promote {
-        #[command(flatten)]
-        client: ClientArgs,
-        id: String,
-    },
-    /// Roll an intent back.
-    Rollback {
-        #[command(flatten)]
-        client: ClientArgs,
-        id: String,
-        #[arg(long)]
-        reason: String,
-    },
-}
-
-#[derive(Debug, Args)]
-pub struct CreateArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
-    /// The whole request as JSON (the body of POST /api/v1/deployments, docs/api.md); `-` reads standard input. Flags given
-    /// beside it override its fields.
-    #[arg(long)]
-    pub file: Option<PathBuf>,
-    #[arg(long)]
-    pub app_name: Option<String>,
-    #[arg(long)]
-    pub version: Option<String>,
-    /// intune, jamf, sccm, landscape or ansible.
-    #[arg(long)]
-    pub connector_type: Option<String>,
-    #[arg(long)]
-    pub start_ring: Option<String>,
-    #[arg(long)]
-    pub target_ring: Option<String>,
-    /// standard, normal or emergency.
-    #[arg(long)]
-    pub change_type: Option<String>,
-    /// online, intermittent or air_gapped.
-    #[arg(long)]
-    pub site_class: Option<String>,
-    #[arg(long)]
-    pub privileged_tooling: bool,
-    #[arg(long)]
-    pub critical_infrastructure: bool,
-    #[arg(long)]
-    pub rollback_validated: bool,
-    #[arg(long)]
-    pub artifact_sha256: Option<String>,
-    #[arg(long)]
-    pub justification: Option<String>,
-    /// When the change was committed to source control (RFC 3339, such as
-    /// 2026-11-30T09:00:00Z): where its lead time starts.
-    #[arg(long, value_name = "TIME")]
-    pub source_committed_at: Option<String>,
-    /// The change's reference in another system (a ServiceNow CHG number, a Jira key): 1 to 64
-    /// printable characters.
-    #[arg(long, value_name = "REF")]
-    pub change_ref: Option<String>,
-    /// The package's size in bytes, 0 to 10,000,000,000,000: what delivering it costs.
-    #[arg(long, value_name = "BYTES")]
-    pub artifact_bytes: Option<u64>,
-    /// A risk factor, `NAME=VALUE` with VALUE from 0 to 1 (privilege_impact, supply_chain_trust,
-    /// exploitability, data_access, sbom_vulnerability, operational_complexity, history);
-    /// repeat for each. Factors not given are 0.
-    #[arg(long = "risk-factor", value_name = "NAME=VALUE")]
-    pub risk_factors: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -499,6 +369,8 @@ pub struct ServeArgs {
 pub enum KeyCommand {
     /// Write a new Ed25519 signing key to a file (0600, never overwritten) and print its verifier
     /// key (`<name>+<id>+<key>`), which auditors use to check checkpoints and evidence.
+    ///
+    /// Example: eucora key generate --out /etc/eucora/signing.key --name eucora.example/log
     Generate {
         /// Where to write the key; the file must not exist.
         #[arg(long)]
@@ -513,6 +385,8 @@ pub enum KeyCommand {
 pub enum SloCommand {
     /// Print `prometheus/rules/slo.yml` for the policy: the SLOs' recording rules and
     /// multi-window, multi-burn-rate alerts.
+    ///
+    /// Example: eucora slo rules --policy docs/demo-policy.toml > prometheus/rules/slo.yml
     Rules {
         /// The policy file the server runs with (default: the built-in policy, docs/rules.md).
         #[arg(long, env = "EUCORA_POLICY")]
@@ -520,6 +394,8 @@ pub enum SloCommand {
     },
     /// Print `prometheus/tests/slo_test.yml` for the policy: each alert's promtool tests just
     /// inside and just outside each threshold.
+    ///
+    /// Example: eucora slo tests > prometheus/tests/slo_test.yml && promtool test rules prometheus/tests/slo_test.yml
     Tests {
         #[arg(long, env = "EUCORA_POLICY")]
         policy: Option<PathBuf>,
@@ -530,6 +406,8 @@ pub enum SloCommand {
 pub enum ForecastCommand {
     /// Print `prometheus/rules/forecast.yml` for the policy: the predictive alerts and the series
     /// they record.
+    ///
+    /// Example: eucora forecast rules --policy docs/demo-policy.toml > prometheus/rules/forecast.yml
     Rules {
         /// The policy file the server runs with (default: the built-in policy, docs/rules.md).
         #[arg(long, env = "EUCORA_POLICY")]
@@ -537,6 +415,8 @@ pub enum ForecastCommand {
     },
     /// Print `prometheus/tests/forecast_test.yml` for the policy: each alert's promtool tests
     /// just inside and just outside its threshold.
+    ///
+    /// Example: eucora forecast tests > prometheus/tests/forecast_test.yml
     Tests {
         /// The policy file the server runs with (default: the built-in policy, docs/rules.md).
         #[arg(long, env = "EUCORA_POLICY")]
@@ -555,12 +435,20 @@ fn interval(text: &str) -> Result<std::time::Duration, String> {
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create a principal and print its bearer token, alone, on stdout. Only its hash is stored.
+    ///
+    /// Example: eucora token create --subject carol --role cab_approver --expires-in 30d
     Create(TokenCreateArgs),
     /// List principals: id, subject, role, state (active, expired, revoked), created, expires.
+    ///
+    /// Example: eucora token list --json
     List(TokenListArgs),
     /// Revoke a principal: its token stops working on every server at once.
+    ///
+    /// Example: eucora token revoke 0190f5c2-0000-7000-8000-000000000001 --by ops-lead
     Revoke(TokenIdArgs),
     /// Give a principal a new token (printed alone on stdout); the old one stops working at once.
+    ///
+    /// Example: eucora token rotate 0190f5c2-0000-7000-8000-000000000001 --expires-in 90d
     Rotate(TokenRotateArgs),
 }
 
@@ -568,6 +456,11 @@ pub enum TokenCommand {
 pub struct TokenCreateArgs {
     #[command(flatten)]
     pub db: DbArgs,
+    /// Create the database if it does not exist yet (a new installation's first token, before
+    /// `eucora serve` ran). Without it, a database that does not exist is refused, so that a
+    /// token is never made against a database the server does not use.
+    #[arg(long)]
+    pub init: bool,
     /// Who the principal is (a person or a connector), as recorded on its events.
     #[arg(long)]
     pub subject: String,

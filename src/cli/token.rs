@@ -37,7 +37,13 @@ pub async fn run(command: TokenCommand) -> Result<(), Failure> {
                 }
                 reason => reason,
             };
-            let store = open(&args.db).await?;
+            let store = if args.init {
+                open(&args.db).await?
+            } else {
+                open_existing(&args.db).await.map_err(|e| {
+                    format!("{e}; a new installation's first token: `eucora token create --init`")
+                })?
+            };
             let held = conflicting_roles(&store, subject, role, change.at)
                 .await
                 .map_err(|e| e.to_string())?;

@@ -13,6 +13,8 @@ pub enum EvidenceCommand {
     /// Write the evidence bundle (a .tar.gz) of a period or of one deployment intent: the
     /// events exactly as stored, the signed checkpoint, the proofs, the controls, the population
     /// and a signed manifest (docs/evidence.md).
+    ///
+    /// Example: eucora evidence export --from 2026-10-01T00:00:00Z --to 2027-01-01T00:00:00Z --out q4.tar.gz
     Export(ExportArgs),
     /// Write a deployment intent's head under the latest signed checkpoint, with its proof in the
     /// checkpoint's intent-heads index, or, for an id that is no intent, the proof that there is
@@ -23,6 +25,8 @@ pub enum EvidenceCommand {
     /// Verify a bundle offline, with no database: the manifest's signature and every file's
     /// hash, the checkpoint's signature, the proofs, contiguity, and every control recomputed.
     /// Exits 0 only when all hold; otherwise names the first failure and exits 1.
+    ///
+    /// Example: eucora evidence verify q4.tar.gz --key verifier.txt
     Verify {
         /// The bundle (.tar.gz).
         file: PathBuf,

@@ -11,17 +11,39 @@ crate::on_both_backends!(
 
 async fn token_create_prints_only_the_token_and_stores_only_its_hash(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let (ok, out, _) = eucora(&[
-        "token",
-        "create",
-        "--database-url",
-        &db.url,
-        "--subject",
-        "ops",
-        "--role",
-        "deployer",
-    ]);
-    assert!(ok);
+    let create = |init: bool| {
+        let mut args = vec![
+            "token",
+            "create",
+            "--database-url",
+            &db.url,
+            "--subject",
+            "ops",
+            "--role",
+            "deployer",
+        ];
+        if init {
+            args.push("--init");
+        }
+        eucora(&args)
+    };
+    if backend == Backend::Sqlite {
+        // A database that does not exist is not made by accident, and the refusal says where
+        // it looked.
+        let (ok, out, err) = create(false);
+        let path = db.dir().join("eucora.db");
+        assert!(!ok && out.is_empty(), "{out}");
+        assert!(
+            err.contains(&format!("no database at {}", path.display())) && err.contains("--init"),
+            "{err}"
+        );
+        assert!(!path.exists());
+    }
+    let (ok, out, err) = create(true);
+    assert!(ok, "{err}");
+    if backend == Backend::Sqlite {
+        assert!(err.contains("created a new database at /"), "{err}");
+    }
     let token = out.trim_end_matches('\n');
     assert!(
         !token.contains('\n') && token.starts_with("eucora_") && token.len() > 40,
@@ -253,10 +275,14 @@ fn commands_that_read_a_store_refuse_one_that_does_not_exist() {
         vec!["events", "--deployment", id.as_str()],
         vec!["replay"],
         vec!["demo", "--duration", "1"],
+        // A token made by accident against a database no server uses.
+        vec!["token", "create", "--subject", "ops", "--role", "deployer"],
     ] {
         let (code, out, err) = eucora_with(Some(&dir), &args, "");
         assert_eq!(code, 1, "{args:?}: {out}{err}");
-        assert!(err.contains("no database at eucora.db"), "{args:?}: {err}");
+        // The relative default, resolved against the folder the command ran in.
+        let tried = format!("no database at {}", dir.join("eucora.db").display());
+        assert!(err.contains(&tried), "{args:?}: {err}");
     }
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
     let _ = std::fs::remove_dir_all(&dir);
@@ -573,4 +599,68 @@ async fn create_reads_a_json_file_or_standard_input(backend: Backend) {
     );
     assert_eq!(code, 1);
     assert!(err.contains("is not valid JSON"), "{err}");
+}
+
+/// `--help` describes every option of every command, and shows an example of each command that
+/// does something (issue: "Most CLI options have no description").
+#[test]
+fn every_command_explains_each_option_and_shows_an_example() {
+    fn walk(path: &mut Vec<String>, gaps: &mut Vec<String>) {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        let (ok, help, err) = eucora(&args);
+        assert!(ok, "{args:?}: {err}");
+        let section = |name: &str| -> Vec<String> {
+            help.split(name)
+                .nth(1)
+                .map(|rest| {
+                    rest.lines()
+                        .skip(1)
+                        .take_while(|l| l.is_empty() || l.starts_with(' '))
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let commands: Vec<String> = section("Commands:")
+            .iter()
+            .filter_map(|l| {
+                l.strip_prefix("  ")?
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_string)
+            })
+            .filter(|c| c != "help")
+            .collect();
+        if !commands.is_empty() {
+            for c in commands {
+                path.push(c);
+                walk(path, gaps);
+                path.pop();
+            }
+            return;
+        }
+        let name = path.join(" ");
+        if !help.contains("Example: eucora ") {
+            gaps.push(format!("{name}: no example"));
+        }
+        let options = section("Options:");
+        for (i, line) in options.iter().enumerate() {
+            let trimmed = line.trim_start();
+            if !trimmed.starts_with('-') || trimmed.starts_with("-h, --help") {
+                continue;
+            }
+            // The description follows on the same line after a gap, or on the next line.
+            let same_line = trimmed.contains("  ");
+            let next_line = options
+                .get(i + 1)
+                .is_some_and(|n| !n.trim().is_empty() && !n.trim_start().starts_with('-'));
+            if !same_line && !next_line {
+                gaps.push(format!("{name}: {trimmed} has no description"));
+            }
+        }
+    }
+    let mut gaps = Vec::new();
+    walk(&mut Vec::new(), &mut gaps);
+    assert!(gaps.is_empty(), "{gaps:#?}");
 }
