@@ -51,7 +51,7 @@ pub enum CliCommand {
     Evidence(EvidenceCommand),
     /// Print one deployment intent's history.
     ///
-    /// Example: eucora events 0b5c5d8e-4f8a-4c1e-9d2b-6f3a1e7c9a40 --json
+    /// Example: eucora events --deployment 0b5c5d8e-4f8a-4c1e-9d2b-6f3a1e7c9a40 --json
     Events(EventsArgs),
     /// Rebuild every projection from position 0, verify the stream against its Merkle log, and print
     /// a digest of the rebuilt domain metrics. Exits non-zero naming the first bad position.

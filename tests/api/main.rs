@@ -15,6 +15,7 @@ mod contract;
 mod cost;
 mod crash;
 mod dispatch;
+mod docs;
 mod evidence;
 mod forecast;
 mod fresh;
