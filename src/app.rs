@@ -227,7 +227,7 @@ impl Application {
             None => Default::default(),
         };
         let created =
-            crate::store::missing_sqlite_file(&args.db.database_url).map(crate::store::absolute);
+            crate::store::missing_sqlite_file(&args.db.database_url).map(crate::domain::absolute);
         let store = Store::connect(&args.db.database_url, args.db.db_pool_size).await?;
         store.migrate().await?;
         if let Some(path) = created {

@@ -92,7 +92,7 @@ pub fn say(line: std::fmt::Arguments) -> Result<(), Failure> {
 /// Opens the store, creating it if need be (`migrate`, `token create --init`), and says so on
 /// standard error when it created one.
 pub async fn open(db: &DbArgs) -> Result<Store, String> {
-    let created = crate::store::missing_sqlite_file(&db.database_url).map(crate::store::absolute);
+    let created = crate::store::missing_sqlite_file(&db.database_url).map(crate::domain::absolute);
     let store = Store::connect(&db.database_url, db.db_pool_size)
         .await
         .map_err(|e| format!("cannot open {}: {e}", redact(&db.database_url)))?;
@@ -110,7 +110,7 @@ pub async fn open_existing(db: &DbArgs) -> Result<Store, String> {
         return Err(format!(
             "no database at {}: pass --database-url (or set EUCORA_DATABASE_URL) to the \
              server's database",
-            crate::store::absolute(path)
+            crate::domain::absolute(path)
         ));
     }
     open(db).await

@@ -13,6 +13,14 @@ use chrono::{DateTime, Utc};
 use eucora_projections::event::{Ring, Status};
 use uuid::Uuid;
 
+/// A path as an absolute one, resolved against the current folder: what a message about a file
+/// names, so that whoever reads it knows which file was meant wherever the command ran.
+pub fn absolute(path: impl AsRef<std::path::Path>) -> String {
+    let path = path.as_ref();
+    std::path::absolute(path)
+        .map_or_else(|_| path.display().to_string(), |p| p.display().to_string())
+}
+
 pub use command::{
     Action, Command, CreateIntent, DispatchRecord, DriftRecord, PushedReport, RolloutInput,
     StatusRejection,

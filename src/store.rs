@@ -183,11 +183,6 @@ pub fn sqlite_file(url: &str) -> Option<&str> {
     (!path.is_empty() && !path.starts_with(":memory:")).then_some(path)
 }
 
-/// A path as an absolute one, resolved against the current folder, for messages.
-pub fn absolute(path: &str) -> String {
-    std::path::absolute(path).map_or_else(|_| path.to_string(), |p| p.display().to_string())
-}
-
 /// The file a SQLite `url` names, when it does not exist: commands that read an existing store
 /// refuse it rather than leave a new, empty database behind.
 pub fn missing_sqlite_file(url: &str) -> Option<&str> {

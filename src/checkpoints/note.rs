@@ -55,7 +55,7 @@ impl SigningKey {
         }
         let (skey, vkey) = signed_note::generate_key(&mut rand::rngs::OsRng, name);
         let write = |source| KeyError::Write {
-            path: path.display().to_string(),
+            path: crate::domain::absolute(path),
             source,
         };
         let mut options = std::fs::OpenOptions::new();
@@ -66,7 +66,7 @@ impl SigningKey {
         std::io::Write::write_all(&mut file, format!("{skey}\n").as_bytes()).map_err(write)?;
         file.sync_all().map_err(write)?;
         let signer = StandardSigner::new(&skey).map_err(|_| KeyError::Format {
-            path: path.display().to_string(),
+            path: crate::domain::absolute(path),
         })?;
         Ok(SigningKey {
             signer,
@@ -77,11 +77,11 @@ impl SigningKey {
     /// Reads a key file written by [`SigningKey::create`].
     pub fn load(path: &Path) -> Result<SigningKey, KeyError> {
         let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-            path: path.display().to_string(),
+            path: crate::domain::absolute(path),
             source,
         })?;
         let format = || KeyError::Format {
-            path: path.display().to_string(),
+            path: crate::domain::absolute(path),
         };
         let skey = text.trim();
         let signer = StandardSigner::new(skey).map_err(|_| format())?;

@@ -96,8 +96,8 @@ pub fn carry_over(database_url: &str, dir: &Path) -> Result<Option<PathBuf>, Str
     if dir.join(LATEST).exists() || !old.exists() {
         return Ok(None);
     }
-    let note =
-        std::fs::read_to_string(&old).map_err(|e| format!("cannot read {}: {e}", old.display()))?;
+    let note = std::fs::read_to_string(&old)
+        .map_err(|e| format!("cannot read {}: {e}", crate::domain::absolute(&old)))?;
     write_private(dir, LATEST, &note)?;
     Ok(Some(old))
 }

@@ -65,7 +65,7 @@ pub async fn replay(args: ReplayArgs) -> Result<(), Failure> {
     bar.finish_and_clear();
     if let Some(path) = &args.metrics_out {
         std::fs::write(path, &report.metrics)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            .map_err(|e| format!("cannot write {}: {e}", crate::domain::absolute(path)))?;
     }
     say(format_args!(
         "replayed {} events: {} verified against the log, {} newly logged; {} signed checkpoints \

@@ -122,7 +122,7 @@ impl Client {
             .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
         if let Err(e) = std::io::Write::write_all(&mut file, &bytes) {
             let _ = std::fs::remove_file(out);
-            return Err(format!("cannot write {}: {e}", out.display()).into());
+            return Err(format!("cannot write {}: {e}", crate::domain::absolute(out)).into());
         }
         Ok(bytes.len() as u64)
     }
@@ -588,7 +588,7 @@ fn create_body(args: &CreateArgs) -> Result<Value, Failure> {
                 text
             } else {
                 std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                    .map_err(|e| format!("cannot read {}: {e}", crate::domain::absolute(path)))?
             };
             match serde_json::from_str(&text) {
                 Ok(Value::Object(map)) => map,

@@ -37,7 +37,8 @@ pub async fn export(args: ExportArgs) -> Result<(), Failure> {
         .previous_checkpoint
         .as_deref()
         .map(|p| {
-            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+            std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read {}: {e}", crate::domain::absolute(p)))
         })
         .transpose()?;
     if let Some(server) = &args.source.server {
@@ -137,7 +138,7 @@ pub async fn head(args: HeadArgs) -> Result<(), Failure> {
             .open(&args.out)
             .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
         std::io::Write::write_all(&mut file, &text)
-            .map_err(|e| format!("cannot write {}: {e}", args.out.display()))?;
+            .map_err(|e| format!("cannot write {}: {e}", crate::domain::absolute(&args.out)))?;
     }
     say(format_args!(
         "wrote {}: the head of {id} under the latest signed checkpoint, or the proof it has none; \
@@ -191,11 +192,12 @@ async fn fetch(
 /// optionally an earlier checkpoint.
 pub fn verify(file: &Path, key: &Path, previous_checkpoint: Option<&Path>) -> Result<(), Failure> {
     let read = |path: &Path| {
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", crate::domain::absolute(path)))
     };
     let verifier = read(key)?;
     let previous = previous_checkpoint.map(read).transpose()?;
-    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", file.display());
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", crate::domain::absolute(file));
     let mut bundle = std::fs::File::open(file).map_err(cannot)?;
     // A lookup of `eucora evidence head` is JSON (small); a bundle is gzip.
     let mut first = [0u8; 1];
@@ -265,14 +267,14 @@ fn verify_head(file: &Path, bytes: &[u8], verifier: &str) -> Result<(), Failure>
 
 /// Reads a bundle, verified first when a key file is given; says on stderr when it was not.
 fn read(file: &Path, key: Option<&Path>) -> Result<(Bundle, Claims), Failure> {
-    let bundle =
-        std::fs::File::open(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let bundle = std::fs::File::open(file)
+        .map_err(|e| format!("cannot read {}: {e}", crate::domain::absolute(file)))?;
     let bundle = read_bundle(std::io::BufReader::new(bundle))
         .map_err(|e| format!("{} is not an evidence bundle: {e}", file.display()))?;
     match key {
         Some(key) => {
             let verifier = std::fs::read_to_string(key)
-                .map_err(|e| format!("cannot read {}: {e}", key.display()))?;
+                .map_err(|e| format!("cannot read {}: {e}", crate::domain::absolute(key)))?;
             verify_read(&bundle, verifier.trim(), None)
                 .map_err(|e| format!("{} does not verify: {e}", file.display()))?;
         }
@@ -356,7 +358,7 @@ pub fn sample(
                 .open(path)
                 .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
             std::io::Write::write_all(&mut file, paper.as_bytes())
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                .map_err(|e| format!("cannot write {}: {e}", crate::domain::absolute(path)))?;
             for change in &drawn {
                 say(format_args!("{}", change.id))?;
             }

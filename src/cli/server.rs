@@ -52,7 +52,7 @@ pub async fn connector_sim(args: ConnectorSimArgs) -> Result<(), Failure> {
             None => None,
             Some(file) => Some(
                 std::fs::read_to_string(file)
-                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?
+                    .map_err(|e| format!("cannot read {}: {e}", crate::domain::absolute(file)))?
                     .trim()
                     .to_string(),
             )

@@ -138,8 +138,12 @@ mod defaults {
 /// Reads the `--connectors` file: one table per connector type (`[intune]`, `[jamf]`, `[sccm]`,
 /// `[landscape]`, `[ansible]`). Errors name the table and the key, never a credential.
 pub fn load(path: &std::path::Path) -> Result<BTreeMap<ConnectorType, Settings>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the connectors file {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "cannot read the connectors file {}: {e}",
+            crate::domain::absolute(path)
+        )
+    })?;
     parse(&text, &|name| std::env::var(name).ok()).map_err(|e| format!("{}: {e}", path.display()))
 }
 

@@ -274,7 +274,7 @@ impl Policy {
     /// Reads a policy file, applying it over the defaults.
     pub fn load(path: &str) -> Result<Policy, PolicyError> {
         let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-            path: path.to_string(),
+            path: super::absolute(path),
             source,
         })?;
         Policy::from_toml(&text)

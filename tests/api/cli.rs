@@ -289,6 +289,24 @@ fn commands_that_read_a_store_refuse_one_that_does_not_exist() {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
+/// A file named by a relative path is looked for in the folder the command runs in, and a
+/// missing one is named by its absolute path.
+#[test]
+fn a_missing_file_is_named_by_its_absolute_path() {
+    let dir = std::env::temp_dir().join(format!("eucora-paths-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (args, file) in [
+        (vec!["serve", "--policy", "docs/demo-policy.toml"], "docs/demo-policy.toml"),
+        (vec!["evidence", "verify", "q4.tar.gz", "--key", "verifier.txt"], "verifier.txt"),
+    ] {
+        let (code, _, err) = eucora_with(Some(&dir), &args, "");
+        assert_eq!(code, 1, "{args:?}: {err}");
+        let named = dir.join(file).display().to_string();
+        assert!(err.contains(&named), "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn an_address_in_use_is_said_in_one_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
