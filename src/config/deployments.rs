@@ -4,7 +4,39 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
+use eucora_projections::event::{Ring, Status};
+
 use super::ClientArgs;
+
+/// The one of `names` that `given` spells, in any case, or an error in our words that lists
+/// them: what the command line checks before it sends anything.
+fn one_of(what: &str, names: &[&str], given: &str) -> Result<String, String> {
+    names
+        .iter()
+        .find(|n| n.eq_ignore_ascii_case(given.trim()))
+        .map(|n| n.to_string())
+        .ok_or_else(|| format!("{what} must be one of {} (got `{given}`)", names.join(", ")))
+}
+
+fn ring(given: &str) -> Result<String, String> {
+    one_of("ring", &Ring::ALL.map(Ring::as_str), given)
+}
+
+fn status(given: &str) -> Result<String, String> {
+    one_of("status", &Status::ALL.map(Status::as_str), given)
+}
+
+fn change_type(given: &str) -> Result<String, String> {
+    one_of("change type", &["standard", "normal", "emergency"], given)
+}
+
+fn site_class(given: &str) -> Result<String, String> {
+    one_of(
+        "site class",
+        &["online", "intermittent", "air_gapped"],
+        given,
+    )
+}
 
 #[derive(Debug, Subcommand)]
 pub enum DeploymentsCommand {
@@ -15,11 +47,11 @@ pub enum DeploymentsCommand {
         #[command(flatten)]
         client: ClientArgs,
         /// Only intents in this state (awaiting_cab, approved, deployed, completed, rejected,
-        /// rolled_back).
-        #[arg(long)]
+        /// rolled_back; any case).
+        #[arg(long, value_parser = status)]
         status: Option<String>,
-        /// Only intents whose current ring is this one.
-        #[arg(long)]
+        /// Only intents whose current ring is this one (any case).
+        #[arg(long, value_parser = ring)]
         ring: Option<String>,
         /// Only intents of this application.
         #[arg(long)]
@@ -90,8 +122,8 @@ pub enum DeploymentsCommand {
         client: ClientArgs,
         id: String,
         /// The ring the results are for: the intent's current ring (LAB, CANARY, PILOT,
-        /// DEPARTMENT or GLOBAL).
-        #[arg(long)]
+        /// DEPARTMENT or GLOBAL; any case).
+        #[arg(long, value_parser = ring)]
         ring: String,
         /// Devices the ring's assignment targets.
         #[arg(long)]
@@ -144,17 +176,17 @@ pub struct CreateArgs {
     /// intune, jamf, sccm, landscape or ansible.
     #[arg(long)]
     pub connector_type: Option<String>,
-    /// The ring it starts in (default LAB): LAB, CANARY, PILOT, DEPARTMENT or GLOBAL.
-    #[arg(long)]
+    /// The ring it starts in (default LAB): LAB, CANARY, PILOT, DEPARTMENT or GLOBAL (any case).
+    #[arg(long, value_parser = ring)]
     pub start_ring: Option<String>,
-    /// The last ring it is meant to reach.
-    #[arg(long)]
+    /// The last ring it is meant to reach (any case).
+    #[arg(long, value_parser = ring)]
     pub target_ring: Option<String>,
-    /// standard, normal or emergency.
-    #[arg(long)]
+    /// standard, normal or emergency (any case).
+    #[arg(long, value_parser = change_type)]
     pub change_type: Option<String>,
-    /// online, intermittent or air_gapped.
-    #[arg(long)]
+    /// online, intermittent or air_gapped (any case).
+    #[arg(long, value_parser = site_class)]
     pub site_class: Option<String>,
     /// The package runs with administrative privileges: the CAB must decide (docs/rules.md).
     #[arg(long)]
