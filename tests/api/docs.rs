@@ -160,3 +160,56 @@ fn every_command_the_docs_show_is_one_the_command_line_knows() {
         .collect();
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// The create body docs/api.md shows is one the API takes, as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_create_body_the_api_docs_show_is_accepted() {
+    let api = std::fs::read_to_string(format!("{ROOT}/docs/api.md")).unwrap();
+    let (_, after) = api.split_once("### The create body").expect("the section");
+    let example = after
+        .split_once("```json\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .expect("a JSON block")
+        .0;
+    let body: serde_json::Value = serde_json::from_str(example).expect("the example is JSON");
+    let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite).await;
+    let crew = crate::helpers::Crew::new(&app);
+    let created = app.create(&crew.requester, body.clone()).await;
+    assert_eq!(created.status, 201, "{created:#?}");
+    for field in ["app_name", "version", "target_ring", "change_ref"] {
+        assert_eq!(created.body[field], body[field], "{field}");
+    }
+}
+
+/// Every relative link in the README and the docs names a file in the repository: the docs
+/// stand alone.
+#[test]
+fn every_link_in_the_docs_is_to_a_file_in_the_repository() {
+    let root = std::path::Path::new(ROOT).canonicalize().unwrap();
+    let mut files = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            files.push(path);
+        }
+    }
+    let mut broken = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (_, rest) in text.match_indices("](").map(|(i, _)| text.split_at(i + 2)) {
+            let Some(target) = rest.split(')').next() else {
+                continue;
+            };
+            let target = target.split('#').next().unwrap_or_default();
+            if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            let resolved = file.parent().unwrap().join(target);
+            match resolved.canonicalize() {
+                Ok(path) if path.starts_with(&root) => {}
+                _ => broken.push(format!("{}: {target}", file.display())),
+            }
+        }
+    }
+    assert!(broken.is_empty(), "{broken:#?}");
+}
