@@ -587,23 +587,14 @@ async fn create_reads_a_json_file_or_standard_input(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let crew = Crew::new(&app);
     let body = intent_body("Notepad++", 0.2, "PILOT").to_string();
-    let (code, out, err) = eucora_with(
-        None,
-        &[
-            "deployments",
-            "create",
-            "--file",
-            "-",
-            "--version",
-            "8.7",
-            "--json",
-            "--server",
-            &app.base,
-            "--token",
-            &crew.requester,
-        ],
-        &body,
-    );
+    // `deployments create --file -` with these flags, reading `stdin`.
+    let create = |flags: &[&str], stdin: &str| {
+        let mut args = vec!["deployments", "create", "--file", "-"];
+        args.extend_from_slice(flags);
+        args.extend(["--server", &app.base, "--token", &crew.requester]);
+        eucora_with(None, &args, stdin)
+    };
+    let (code, out, err) = create(&["--version", "8.7", "--json"], &body);
     assert_eq!(code, 0, "{err}");
     let created: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
@@ -614,27 +605,16 @@ async fn create_reads_a_json_file_or_standard_input(backend: Backend) {
     assert_eq!(created["status"], "approved");
     // Rings, change types and site classes in any case: unambiguous, so the command line sends
     // the names the API takes.
-    let (code, out, err) = eucora_with(
-        None,
-        &[
-            "deployments",
-            "create",
-            "--file",
-            "-",
-            "--target-ring",
-            "canary",
-            "--change-type",
-            "NORMAL",
-            "--site-class",
-            "Air_Gapped",
-            "--json",
-            "--server",
-            &app.base,
-            "--token",
-            &crew.requester,
-        ],
-        &body,
-    );
+    let flags = [
+        "--target-ring",
+        "canary",
+        "--change-type",
+        "NORMAL",
+        "--site-class",
+        "Air_Gapped",
+        "--json",
+    ];
+    let (code, out, err) = create(&flags, &body);
     assert_eq!(code, 0, "{err}");
     let created: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
@@ -647,42 +627,14 @@ async fn create_reads_a_json_file_or_standard_input(backend: Backend) {
     );
     // A name that is none of them is refused in our words before anything is sent.
     let before = app.intent_event_count().await;
-    let (code, out, err) = eucora_with(
-        None,
-        &[
-            "deployments",
-            "create",
-            "--file",
-            "-",
-            "--target-ring",
-            "canry",
-            "--server",
-            &app.base,
-            "--token",
-            &crew.requester,
-        ],
-        &body,
-    );
+    let (code, out, err) = create(&["--target-ring", "canry"], &body);
     assert_eq!(code, 2, "{out}{err}");
     assert!(
         err.contains("ring must be one of LAB, CANARY, PILOT, DEPARTMENT, GLOBAL (got `canry`)"),
         "{err}"
     );
     assert_eq!(app.intent_event_count().await, before);
-    let (code, _, err) = eucora_with(
-        None,
-        &[
-            "deployments",
-            "create",
-            "--file",
-            "-",
-            "--server",
-            &app.base,
-            "--token",
-            &crew.requester,
-        ],
-        "{not json",
-    );
+    let (code, _, err) = create(&[], "{not json");
     assert_eq!(code, 1);
     assert!(err.contains("is not valid JSON"), "{err}");
 }
