@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use eucora_projections::event::Role;
-use harness::{create_body, drive, start, token, Cell};
+use harness::{create_body, drive, env_or, scratch_dir, start, token, Cell};
 
 const CLIENTS: usize = 16;
 
@@ -39,7 +39,6 @@ async fn cell(
     path: &'static str,
     fresh: bool,
     seconds: f64,
-    errors: Arc<std::sync::Mutex<Vec<String>>>,
 ) -> Cell {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(128)
@@ -47,29 +46,24 @@ async fn cell(
         .unwrap();
     let base = base.to_string();
     drive(CLIENTS, seconds, move |_| {
-        let (client, base, tokens, errors) =
-            (client.clone(), base.clone(), tokens.clone(), errors.clone());
+        let (client, base, tokens) = (client.clone(), base.clone(), tokens.clone());
         async move {
-            let fail = |what: String| {
-                errors.lock().unwrap().push(what.clone());
-                what
-            };
             let created = client
                 .post(format!("{base}/api/v1/deployments"))
                 .bearer_auth(&tokens.0)
                 .json(&create_body())
                 .send()
                 .await
-                .map_err(|e| fail(format!("create: {e}")))?;
+                .map_err(|e| format!("create: {e}"))?;
             if created.status() != 201 {
-                return Err(fail(format!("create: {}", created.status())));
+                return Err(format!("create: {}", created.status()));
             }
             let index = created
                 .headers()
                 .get("eucora-index")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
-                .ok_or_else(|| fail("create: no EUCORA-Index".into()))?;
+                .ok_or("create: no EUCORA-Index")?;
             let _ = created.bytes().await;
             let from = Instant::now();
             let sep = if path.ends_with('?') { "" } else { "&" };
@@ -83,11 +77,11 @@ async fn cell(
                 .bearer_auth(&tokens.1)
                 .send()
                 .await
-                .map_err(|e| fail(format!("read: {e}")))?;
+                .map_err(|e| format!("read: {e}"))?;
             let status = read.status();
             let _ = read.bytes().await;
             if status != 200 {
-                return Err(fail(format!("read: {status}")));
+                return Err(format!("read: {status}"));
             }
             Ok(vec![from.elapsed()])
         }
@@ -103,18 +97,16 @@ async fn bench(name: &str, url: &str, seconds: f64) {
     ));
     let base = server.target.base.clone();
     for (read, path) in READS {
-        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (mut fresh, mut plain) = (Vec::new(), Vec::new());
+        let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
         for _ in 0..2 {
-            let mut f = cell(&base, tokens.clone(), path, true, seconds, errors.clone()).await;
-            let mut p = cell(&base, tokens.clone(), path, false, seconds, errors.clone()).await;
+            let mut f = cell(&base, tokens.clone(), path, true, seconds).await;
+            let mut p = cell(&base, tokens.clone(), path, false, seconds).await;
             fresh.push((f.pct(0.5), f.pct(0.99), f.rate()));
             plain.push((p.pct(0.5), p.pct(0.99)));
-        }
-        let errors = std::mem::take(&mut *errors.lock().unwrap());
-        let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
-        for e in &errors {
-            *kinds.entry(e.clone()).or_default() += 1;
+            for (what, n) in f.failures.into_iter().chain(p.failures) {
+                *kinds.entry(what).or_default() += n;
+            }
         }
         let spread = |v: &[f64]| {
             let (lo, hi) = v
@@ -151,12 +143,8 @@ async fn bench(name: &str, url: &str, seconds: f64) {
 
 #[tokio::main]
 async fn main() {
-    let seconds: f64 = std::env::var("EUCORA_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
-    let dir = std::env::temp_dir().join(format!("eucora-fresh-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let seconds: f64 = env_or("EUCORA_BENCH_SECONDS", 3.0);
+    let dir = scratch_dir("eucora-fresh");
     println!("create, then read with ?min_index= its EUCORA-Index (visible) or without (plain read); {CLIENTS} clients, {seconds} s per cell, two rounds alternating; ms, the spread of the two rounds");
     println!("| backend | read | visible p50 | visible p99 | plain p50 | plain p99 | visible ÷ plain p99 | loops/s | errors |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|---|");

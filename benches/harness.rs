@@ -14,6 +14,21 @@ use eucora::store::Store;
 use eucora_projections::event::Role;
 use serde_json::json;
 
+/// The number in environment variable `name`, else `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A new, empty folder of this run's own under the system's temporary one.
+pub fn scratch_dir(prefix: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 pub struct Cell {
     pub ops: usize,
     pub elapsed: Duration,
@@ -206,10 +221,7 @@ pub async fn start(url: &str, merkle_log: bool, connectors: Option<std::path::Pa
             database_url: url.to_string(),
             // Three servers run at once on PostgreSQL's 100 connections, beside the reference's 8
             // and the benchmark's own (3 × 28 + 8 reached the limit).
-            db_pool_size: std::env::var("EUCORA_BENCH_POOL")
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(24),
+            db_pool_size: env_or("EUCORA_BENCH_POOL", 24),
         },
         listen: "127.0.0.1:0".into(),
         policy: None,

@@ -41,7 +41,10 @@ use std::time::{Duration, Instant};
 use eucora::store::Store;
 use serde_json::json;
 
-use harness::{connectors_file, create_body, drive, simulator, start, timed, tokens, Cell, Target};
+use harness::{
+    connectors_file, create_body, drive, env_or, scratch_dir, simulator, start, timed, tokens,
+    Cell, Target,
+};
 
 /// Every 20 ms, the size of the latest signed checkpoint (one indexed row: cheap beside the load).
 fn sample_signed(
@@ -242,12 +245,8 @@ async fn bench_backend(
 
 #[tokio::main]
 async fn main() {
-    let seconds: f64 = std::env::var("EUCORA_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4.0);
-    let dir = std::env::temp_dir().join(format!("eucora-bench-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let seconds: f64 = env_or("EUCORA_BENCH_SECONDS", 4.0);
+    let dir = scratch_dir("eucora-bench");
     println!("create → approve → deploy over HTTP, with the Merkle log and signed checkpoints (the default) and without, vs raw single-row INSERT; {seconds} s per cell");
     println!("| backend  | clients | commands/s | p50 ms | p99 ms | without log: commands/s | p99 ms | with ÷ without | INSERTs/s | with ÷ raw | dispatching: commands/s | dispatching ÷ with | errors | checkpoint lag p50 ms | p99 ms | never signed |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -284,10 +283,7 @@ async fn main() {
         let _ = std::fs::remove_dir_all(&dir);
         return;
     }
-    let actions: usize = std::env::var("EUCORA_BENCH_ACTIONS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000);
+    let actions: usize = env_or("EUCORA_BENCH_ACTIONS", 10_000);
     println!();
     println!("{actions} actions through the outbox to a simulator failing 5 % of calls (503), at the default backoff (2 s to 60 s)");
     println!("| backend | actions | settled | lost | duplicated effects | calls | retried actions | commit → first call p50 ms | p99 ms | created in s | drained in s |");

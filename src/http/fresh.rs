@@ -45,17 +45,23 @@ pub async fn wait_for(
     let Some(index) = index else {
         return Ok(());
     };
-    if !state.store.has_position(index).await? {
-        return Err(ApiError::NotFound(format!(
-            "no event has index {index}: give the EUCORA-Index of a command's answer"
-        )));
-    }
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut progress = state.runner.progress();
+    let mut known = false;
     loop {
         let at = state.runner.checkpoint(projection).unwrap_or_default();
         if state.store.read_past(at, index).await? {
             return Ok(());
+        }
+        // Asked only when the projection is not past it already, so the usual read asks nothing
+        // more than whether it is.
+        if !known {
+            if !state.store.has_position(index).await? {
+                return Err(ApiError::NotFound(format!(
+                    "no event has index {index}: give the EUCORA-Index of a command's answer"
+                )));
+            }
+            known = true;
         }
         match tokio::time::timeout_at(deadline, progress.changed()).await {
             Ok(Ok(())) => {}

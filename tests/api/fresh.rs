@@ -155,24 +155,17 @@ async fn a_read_given_a_commands_index_reflects_that_command(backend: Backend) {
     let key = [("idempotency-key", "fresh-1")];
     let body = serde_json::json!({"reason": "not today"});
     let path = format!("/api/v1/deployments/{id}/rollback");
-    let first = app
-        .send(
+    let send = || {
+        app.send(
             reqwest::Method::POST,
             &path,
             Some(&crew.deployer),
             &key,
             Some(body.to_string()),
         )
-        .await;
-    let again = app
-        .send(
-            reqwest::Method::POST,
-            &path,
-            Some(&crew.deployer),
-            &key,
-            Some(body.to_string()),
-        )
-        .await;
+    };
+    let first = send().await;
+    let again = send().await;
     assert_eq!(first.status, 200, "{:?}", first.body);
     assert_eq!(again.headers["idempotent-replayed"], "true");
     assert_eq!(first.headers["eucora-index"], again.headers["eucora-index"]);
