@@ -46,6 +46,11 @@ impl IntentHeads {
         Ok(heads.heads)
     }
 
+    /// The heads over the leaves taken.
+    pub fn heads(&self) -> &Heads {
+        &self.heads
+    }
+
     /// Takes the leaves up to `size` it has not taken yet.
     pub async fn advance(&mut self, store: &Store, size: u64) -> Result<&Heads, StoreError> {
         use cqrs_es::Aggregate;
@@ -557,6 +562,8 @@ impl Checkpointer {
         self.status
             .checkpoint_size
             .fetch_max(size, Ordering::AcqRel);
+        // Its evidence reads the heads from here rather than from the whole stream again.
+        self.log.keep_signed_heads(heads.heads().clone());
         Ok(true)
     }
 }

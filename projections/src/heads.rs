@@ -81,6 +81,8 @@ pub struct Heads {
     heads: BTreeMap<Uuid, (u64, u64)>,
     /// Log leaves taken so far.
     leaves: u64,
+    /// The index's tree over the heads as they are, made when first asked for.
+    tree: std::sync::OnceLock<merkle::Levels>,
 }
 
 impl Heads {
@@ -90,6 +92,7 @@ impl Heads {
             let head = self.heads.entry(id).or_insert((0, 0));
             head.0 += 1;
             head.1 = self.leaves;
+            self.tree = std::sync::OnceLock::new();
         }
         self.leaves += 1;
     }
@@ -99,34 +102,41 @@ impl Heads {
         self.leaves
     }
 
-    fn leaf_hashes(&self) -> Vec<Hash> {
-        self.heads
-            .iter()
-            .map(|(&intent_id, &(events, last_index))| {
-                Head {
-                    intent_id,
-                    events,
-                    last_index,
-                }
-                .leaf_hash()
-            })
-            .collect()
+    fn tree(&self) -> &merkle::Levels {
+        self.tree.get_or_init(|| {
+            merkle::Levels::of(
+                self.heads
+                    .iter()
+                    .map(|(&intent_id, &(events, last_index))| {
+                        Head {
+                            intent_id,
+                            events,
+                            last_index,
+                        }
+                        .leaf_hash()
+                    })
+                    .collect(),
+            )
+        })
     }
 
     pub fn root(&self) -> IndexRoot {
+        let tree = self.tree();
+        let root = merkle::root(tree, tree.size());
         IndexRoot {
             count: self.heads.len() as u64,
-            root: merkle::root_of(&self.leaf_hashes()),
+            root: root.unwrap_or_else(|never| match never {}),
         }
     }
 
-    /// The head of `id` with its proof, or the neighbours that show it has none.
+    /// The head of `id` with its proof, or the neighbours that show it has none: its cost
+    /// grows with the log of the number of intents once the index's tree is made.
     pub fn lookup(&self, id: Uuid) -> Lookup {
-        let leaves = self.leaf_hashes();
-        let size = leaves.len() as u64;
+        let tree = self.tree();
+        let size = tree.size();
         let placed = |position: usize| {
             let (&intent_id, &(events, last_index)) = self.heads.iter().nth(position)?;
-            let hashes = merkle::inclusion_proof(leaves.as_slice(), position as u64, size).ok()?;
+            let hashes = merkle::inclusion_proof(tree, position as u64, size).ok()?;
             Some(Placed {
                 head: Head {
                     intent_id,
@@ -148,7 +158,6 @@ impl Heads {
     }
 }
 
-/// Checks that `placed` is in the index `index`.
 pub fn verify_placed(placed: &Placed, index: &IndexRoot) -> Result<(), ProofError> {
     merkle::verify_inclusion(
         placed.position,

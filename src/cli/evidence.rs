@@ -127,7 +127,7 @@ pub async fn head(args: HeadArgs) -> Result<(), Failure> {
             .await?;
     } else {
         let (store, key) = local(&args.source).await?;
-        let found = crate::evidence::lookup(&store, &key, id)
+        let found = crate::evidence::lookup(&store, &Default::default(), &key, id)
             .await
             .map_err(|e| e.to_string())?;
         let mut text = serde_json::to_vec_pretty(&found).map_err(|e| e.to_string())?;

@@ -18,16 +18,16 @@ use uuid::Uuid;
 use super::controls::rfc3339;
 use super::format::{
     b64, pae, Boundaries, BoundaryEvent, ConsistencyProof, EventRecord, EvidenceError, Format,
-    InclusionProof, Previous, ProofFile, RangeProof, Scope, FILES, MANIFEST, PAYLOAD_TYPE,
+    InclusionProof, Line, Previous, ProofFile, RangeProof, Scope, FILES, MANIFEST, PAYLOAD_TYPE,
     STATEMENT_TYPE,
 };
 use super::heads::{heads_under, HeadProof};
 use super::population::Population;
 use super::report::{report_html, Summary};
 use crate::checkpoints::{open_checkpoint, SigningKey};
-use crate::projection::log::{with_tiles, LogTree, LogView};
+use crate::projection::log::{leaves_of, with_tiles, LogTree, LogView};
 use crate::projection::{Event, ProjectionError, RunError, StreamReader};
-use crate::store::{Columns, Store};
+use crate::store::{Columns, Store, StreamRow};
 
 /// Rows read per batch while exporting.
 const BATCH: i64 = 5000;
@@ -88,8 +88,8 @@ impl EventsSpool {
         })
     }
 
-    fn line(&mut self, record: &EventRecord) -> Result<(), EvidenceError> {
-        serde_json::to_writer(&mut self.batch, record)
+    fn line(&mut self, line: &Line) -> Result<(), EvidenceError> {
+        serde_json::to_writer(&mut self.batch, line)
             .map_err(|e| EvidenceError::Export(e.to_string()))?;
         self.batch.push(b'\n');
         if self.batch.len() >= SPOOL_BATCH {
@@ -209,8 +209,12 @@ pub async fn export(
         ))
     })?;
     let size = checkpoint.size;
-    // A store shorter than what was signed would be waited on for ever: refused at once.
-    let held = store.event_count().await?.max(0) as u64;
+    // A store shorter than what was signed would keep a period's reading of the stream waiting
+    // for ever: refused at once. (A deployment's reads only its own events and the tiles.)
+    let held = match scope {
+        Scope::Period { .. } => store.event_count().await?.max(0) as u64,
+        Scope::Deployment(_) => size,
+    };
     if held < size {
         return Err(EvidenceError::Export(format!(
             "integrity check failed: the store holds {held} events, fewer than the {size} the \
@@ -242,7 +246,7 @@ pub async fn export(
     // One deployment's head under the checkpoint: its events' count and last leaf, proved in the
     // index the checkpoint commits to (an intent with none is told apart below).
     let head = match scope {
-        Scope::Deployment(id) => match heads_under(store, &checkpoint).await?.lookup(*id) {
+        Scope::Deployment(id) => match heads_under(store, log, &checkpoint).await?.lookup(*id) {
             Lookup::Present(placed) => Some(HeadProof::of(&placed)),
             Lookup::Absent { .. } => None,
         },
@@ -253,33 +257,50 @@ pub async fn export(
     // contiguous range of leaves) and, before them, the earlier events of every intent with an
     // event in the period or open at its start, so each change is judged on its whole history.
     let wanted = match scope {
-        Scope::Deployment(id) => Selection::Deployment(id.to_string()),
+        Scope::Deployment(id) => Selection::Deployment(*id),
         Scope::Period { from, to } => {
             Selection::Period(find_period(store, size, *from, *to).await?)
         }
     };
 
-    // The events, read again in leaf order up to the selection's end and spooled.
+    // The events, in leaf order, spooled.
     let mut events = EventsSpool::new()?;
     let mut population = Population::default();
     let mut chosen: Vec<u64> = Vec::new();
-    let mut index = 0u64;
     // A period's range ends at the first event after its start stamped at or after its end (read
     // here, as its boundary), or at the checkpoint's size.
     let (mut before, mut after) = (None, None);
     let mut range_end = size;
-    // Read and decoded ahead on other tasks, compressed on another thread: the stages overlap.
-    let mut stream = StreamReader::from_start(store.clone(), size, BATCH, Columns::Stored);
-    'read: while index < size {
-        let Some(batch) = stream.next().await else {
-            break;
-        };
-        let batch = batch.map_err(run_error)?;
-        for Event { row, event, .. } in batch.iter() {
-            let stream = row.stream()?;
-            let take = match &wanted {
-                Selection::Deployment(id) => &stream.aggregate_id == id,
-                Selection::Period(p) => {
+    // An event of the bundle, at leaf `index`: its line spooled, its leaf and event kept.
+    let mut take = |index: u64, row: &StreamRow, event: Option<StreamEvent>| {
+        let line = Line::of_row(index, row, true)?;
+        chosen.push(index);
+        population.add(index, &line.aggregate_id, line.sequence, event);
+        events.line(&line)
+    };
+    match &wanted {
+        Selection::Deployment(id) => {
+            // One deployment: its own events, placed in the log through its tiles; nothing else
+            // is read, so its cost does not grow with the log.
+            let rows = store.intent_stored(*id).await?;
+            let positions: Vec<i64> = rows.iter().map(|r| r.position).collect();
+            let leaves = leaves_of(store, size, &positions).await?;
+            for (row, leaf) in rows.iter().zip(leaves) {
+                let Some(leaf) = leaf else { break };
+                take(leaf, row, row.decode().ok())?;
+            }
+        }
+        Selection::Period(p) => {
+            // Read and decoded ahead on other tasks, compressed on another thread: the stages
+            // overlap.
+            let mut stream = StreamReader::from_start(store.clone(), size, BATCH, Columns::Stored);
+            let mut index = 0u64;
+            'read: while index < size {
+                let Some(batch) = stream.next().await else {
+                    break;
+                };
+                let batch = batch.map_err(run_error)?;
+                for Event { row, event, .. } in batch.iter() {
                     let at = event.as_ref().map(StreamEvent::occurred_at).ok();
                     if index > p.start && at.is_some_and(|t| t >= p.to) {
                         after = Some(EventRecord::of(index, row)?);
@@ -289,23 +310,14 @@ pub async fn export(
                     if index + 1 == p.start {
                         before = Some(EventRecord::of(index, row)?);
                     }
-                    index >= p.start || p.intents.contains(&stream.aggregate_id)
+                    if index >= p.start || p.intents.contains(&row.stream()?.aggregate_id) {
+                        take(index, row, event.as_ref().ok().cloned())?;
+                    }
+                    index += 1;
+                    if index >= size {
+                        break;
+                    }
                 }
-            };
-            if take {
-                let record = EventRecord::of(index, row)?;
-                chosen.push(index);
-                population.add(
-                    index,
-                    &record.aggregate_id,
-                    record.sequence,
-                    event.as_ref().ok().cloned(),
-                );
-                events.line(&record)?;
-            }
-            index += 1;
-            if index >= size {
-                break;
             }
         }
     }
@@ -508,7 +520,7 @@ fn verify_md(verifier_key: &str) -> String {
 /// What an export takes from the stream.
 enum Selection {
     /// Every event of this intent.
-    Deployment(String),
+    Deployment(Uuid),
     Period(PeriodSelection),
 }
 

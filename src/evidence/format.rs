@@ -6,6 +6,8 @@ use chrono::{DateTime, Timelike, Utc};
 use eucora_projections::integrity::{leaf_hash, StoredRow};
 use eucora_projections::merkle::Hash;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
 use uuid::Uuid;
 
 /// The bundle's files, in the order they are written; the manifest comes last.
@@ -41,12 +43,15 @@ pub enum Format {
     V2,
     /// As v2, and `changes.csv` ends with each change's `cost_currency` and `cost_total`.
     V3,
+    /// As v3, and `events.jsonl` holds each stored JSON text (payload, metadata) as the JSON
+    /// value it is, byte for byte, instead of as an escaped string ([`Stored`]).
+    V4,
 }
 
 impl Format {
     /// The format this release writes.
-    pub const CURRENT: Format = Format::V3;
-    const ALL: [Format; 3] = [Format::V1, Format::V2, Format::V3];
+    pub const CURRENT: Format = Format::V4;
+    const ALL: [Format; 4] = [Format::V1, Format::V2, Format::V3, Format::V4];
 
     /// The statement's `predicateType`.
     pub fn predicate_type(self) -> &'static str {
@@ -54,6 +59,7 @@ impl Format {
             Format::V1 => "https://eucora.dev/evidence/v1",
             Format::V2 => "https://eucora.dev/evidence/v2",
             Format::V3 => "https://eucora.dev/evidence/v3",
+            Format::V4 => "https://eucora.dev/evidence/v4",
         }
     }
 
@@ -66,13 +72,18 @@ impl Format {
     pub fn files(self) -> &'static [&'static str] {
         match self {
             Format::V1 => &FILES_V1,
-            Format::V2 | Format::V3 => &FILES,
+            Format::V2 | Format::V3 | Format::V4 => &FILES,
         }
     }
 
     /// Its controls are recomputed: it records the time they were judged at (`as_of`).
     pub fn judged(self) -> bool {
         self >= Format::V2
+    }
+
+    /// Its `events.jsonl` may embed stored JSON texts as values.
+    pub fn embeds(self) -> bool {
+        self >= Format::V4
     }
 }
 
@@ -110,18 +121,161 @@ impl EventRecord {
         index: u64,
         row: &crate::store::StreamRow,
     ) -> Result<EventRecord, EvidenceError> {
+        Ok(Line::of_row(index, row, false)?.record())
+    }
+
+    /// The record a line of `events.jsonl` holds, in any format.
+    pub fn from_line(line: &str) -> Result<EventRecord, serde_json::Error> {
+        serde_json::from_str::<Line>(line).map(|l| l.record())
+    }
+
+    /// Its line, the stored texts as strings.
+    fn line(&self) -> Line<'_> {
+        Line {
+            index: self.index,
+            position: self.position,
+            aggregate_type: Cow::Borrowed(&self.aggregate_type),
+            aggregate_id: Cow::Borrowed(&self.aggregate_id),
+            sequence: self.sequence,
+            event_type: Cow::Borrowed(&self.event_type),
+            event_version: Cow::Borrowed(&self.event_version),
+            payload: Stored::Text(Cow::Borrowed(&self.payload)),
+            metadata: Stored::Text(Cow::Borrowed(&self.metadata)),
+        }
+    }
+
+    pub fn leaf(&self) -> Hash {
+        self.line().leaf()
+    }
+}
+
+/// A stored JSON text (an event's payload or metadata) as a line of `events.jsonl` holds it: from
+/// evidence/v4, the JSON value itself when the text is a JSON object or array on one line, so the
+/// value's bytes in the line are the stored bytes exactly; otherwise (and in earlier formats) a
+/// JSON string whose content is the text.
+#[derive(Debug, Clone)]
+pub enum Stored<'a> {
+    Value(&'a RawValue),
+    Text(Cow<'a, str>),
+}
+
+impl<'a> Stored<'a> {
+    /// `text` as evidence/v4 writes it: embedded when that keeps its bytes.
+    pub fn of(text: &'a str) -> Stored<'a> {
+        let embeddable = matches!(text.as_bytes().first(), Some(b'{' | b'['))
+            && !text.bytes().any(|b| b == b'\n' || b == b'\r');
+        match embeddable.then(|| serde_json::from_str::<&RawValue>(text)) {
+            // The whole text is the one value (no whitespace around it).
+            Some(Ok(raw)) if raw.get().len() == text.len() => Stored::Value(raw),
+            _ => Stored::Text(Cow::Borrowed(text)),
+        }
+    }
+
+    /// The stored text.
+    pub fn text(&self) -> &str {
+        match self {
+            Stored::Value(raw) => raw.get(),
+            Stored::Text(text) => text,
+        }
+    }
+
+    /// Whether it is embedded as a value.
+    pub fn embedded(&self) -> bool {
+        matches!(self, Stored::Value(_))
+    }
+}
+
+impl Serialize for Stored<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Stored::Value(raw) => raw.serialize(serializer),
+            Stored::Text(text) => text.serialize(serializer),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Stored<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let raw = <&'a RawValue>::deserialize(deserializer)?;
+        match raw.get().as_bytes().first() {
+            Some(b'"') => serde_json::from_str::<Cow<'a, str>>(raw.get())
+                .map(Stored::Text)
+                .map_err(D::Error::custom),
+            Some(b'{' | b'[') => Ok(Stored::Value(raw)),
+            _ => Err(D::Error::custom(
+                "a stored JSON text is a JSON object, an array or a string",
+            )),
+        }
+    }
+}
+
+/// One line of `events.jsonl`, borrowed from the line (written by the export, read by the
+/// verifier): the stored row's columns and its place in the log.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Line<'a> {
+    pub index: u64,
+    pub position: i64,
+    #[serde(borrow)]
+    pub aggregate_type: Cow<'a, str>,
+    #[serde(borrow)]
+    pub aggregate_id: Cow<'a, str>,
+    pub sequence: i64,
+    #[serde(borrow)]
+    pub event_type: Cow<'a, str>,
+    #[serde(borrow)]
+    pub event_version: Cow<'a, str>,
+    #[serde(borrow)]
+    pub payload: Stored<'a>,
+    #[serde(borrow)]
+    pub metadata: Stored<'a>,
+}
+
+impl<'a> Line<'a> {
+    /// The line of the row read at leaf `index` (with every column), its stored texts embedded
+    /// as values when `embed` and they can be.
+    pub(super) fn of_row(
+        index: u64,
+        row: &'a crate::store::StreamRow,
+        embed: bool,
+    ) -> Result<Line<'a>, EvidenceError> {
         let stored = row.row()?;
-        Ok(EventRecord {
+        let text = |t: &'a str| match embed {
+            true => Stored::of(t),
+            false => Stored::Text(Cow::Borrowed(t)),
+        };
+        Ok(Line {
             index,
             position: row.position,
-            aggregate_type: stored.aggregate_type.to_string(),
-            aggregate_id: stored.aggregate_id.to_string(),
+            aggregate_type: Cow::Borrowed(stored.aggregate_type),
+            aggregate_id: Cow::Borrowed(stored.aggregate_id),
             sequence: stored.sequence,
-            event_type: row.event_type.clone(),
-            event_version: row.event_version.clone(),
-            payload: row.payload.clone(),
-            metadata: stored.metadata.to_string(),
+            event_type: Cow::Borrowed(&row.event_type),
+            event_version: Cow::Borrowed(&row.event_version),
+            payload: text(&row.payload),
+            metadata: text(stored.metadata),
         })
+    }
+
+    /// The owned record of the same row.
+    pub fn record(&self) -> EventRecord {
+        EventRecord {
+            index: self.index,
+            position: self.position,
+            aggregate_type: self.aggregate_type.to_string(),
+            aggregate_id: self.aggregate_id.to_string(),
+            sequence: self.sequence,
+            event_type: self.event_type.to_string(),
+            event_version: self.event_version.to_string(),
+            payload: self.payload.text().to_string(),
+            metadata: self.metadata.text().to_string(),
+        }
+    }
+
+    /// Whether it embeds a stored text as a value (which only evidence/v4 on does).
+    pub fn embeds(&self) -> bool {
+        self.payload.embedded() || self.metadata.embedded()
     }
 
     pub fn leaf(&self) -> Hash {
@@ -132,8 +286,8 @@ impl EventRecord {
             sequence: self.sequence,
             event_type: &self.event_type,
             event_version: &self.event_version,
-            payload: &self.payload,
-            metadata: &self.metadata,
+            payload: self.payload.text(),
+            metadata: self.metadata.text(),
         })
     }
 }
@@ -263,4 +417,40 @@ pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     .into_bytes();
     out.extend_from_slice(payload);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A text is embedded only when the line's value bytes are the stored bytes; either way the
+    /// line gives back the stored text exactly.
+    #[test]
+    fn a_stored_text_is_embedded_only_when_its_bytes_survive() {
+        let cases = [
+            (r#"{"a":1,"b":"x\"y"}"#, true),
+            (r#"[1,2,{"c":null}]"#, true),
+            (r#"{"a": 1, "b": [2, 3]}"#, true),
+            ("{\"a\":\n1}", false),
+            (r#"{"a":1} "#, false),
+            (r#" {"a":1}"#, false),
+            (r#""just a string""#, false),
+            ("42", false),
+            ("{not json", false),
+            ("", false),
+        ];
+        for (text, embedded) in cases {
+            let stored = Stored::of(text);
+            assert_eq!(stored.embedded(), embedded, "{text:?}");
+            let line = serde_json::to_string(&stored).unwrap();
+            assert!(!line.contains('\n'), "{line:?}");
+            let back: Stored = serde_json::from_str(&line).unwrap();
+            assert_eq!(back.text(), text, "{line}");
+            assert_eq!(back.embedded(), embedded, "{line}");
+        }
+        let why = serde_json::from_str::<Stored>("17")
+            .unwrap_err()
+            .to_string();
+        assert!(why.contains("a JSON object, an array or a string"), "{why}");
+    }
 }

@@ -8,7 +8,10 @@ use uuid::Uuid;
 
 use super::format::{b64, unb64_hash, EvidenceError};
 use super::read::{refuse, Refused};
+use std::sync::Arc;
+
 use crate::checkpoints::{open_checkpoint, Checkpoint, IntentHeads, SigningKey};
+use crate::projection::log::LogView;
 use crate::store::Store;
 
 /// A head and its inclusion proof in the checkpoint's intent-heads index, as bundles and
@@ -106,8 +109,9 @@ pub struct LookupVerified {
 /// checked against the index it commits to.
 pub(super) async fn signed_heads(
     store: &Store,
+    log: &LogView,
     key: &SigningKey,
-) -> Result<(String, Checkpoint, Heads), EvidenceError> {
+) -> Result<(String, Checkpoint, Arc<Heads>), EvidenceError> {
     let latest = store.latest_checkpoint().await?.ok_or_else(|| {
         EvidenceError::NotYetSigned(
             "no checkpoint has been signed yet: the first is due within the checkpoint interval"
@@ -119,15 +123,18 @@ pub(super) async fn signed_heads(
             "the latest checkpoint does not verify with this key: {e}"
         ))
     })?;
-    let heads = heads_under(store, &checkpoint).await?;
+    let heads = heads_under(store, log, &checkpoint).await?;
     Ok((latest.note, checkpoint, heads))
 }
 
-/// The intent heads at `checkpoint`'s size, equal to the index it commits to.
+/// The intent heads at `checkpoint`'s size, equal to the index it commits to: those the server
+/// kept when it signed it, or (another process's checkpoint, the command line) read from the
+/// stream.
 pub(super) async fn heads_under(
     store: &Store,
+    log: &LogView,
     checkpoint: &Checkpoint,
-) -> Result<Heads, EvidenceError> {
+) -> Result<Arc<Heads>, EvidenceError> {
     let Some(index) = checkpoint.heads else {
         return Err(EvidenceError::NotYetSigned(
             "the latest checkpoint was signed by an earlier release and commits to no \
@@ -135,7 +142,10 @@ pub(super) async fn heads_under(
                 .into(),
         ));
     };
-    let heads = IntentHeads::of(store, checkpoint.size).await?;
+    let heads = match log.signed_heads(checkpoint.size) {
+        Some(kept) => kept,
+        None => Arc::new(IntentHeads::of(store, checkpoint.size).await?),
+    };
     if heads.root() != index {
         return Err(EvidenceError::Export(format!(
             "the intent heads read from the log do not match the index the checkpoint of tree \
@@ -149,10 +159,11 @@ pub(super) async fn heads_under(
 /// The head of intent `id` under the latest signed checkpoint, or the proof it has none.
 pub async fn lookup(
     store: &Store,
+    log: &LogView,
     key: &SigningKey,
     id: Uuid,
 ) -> Result<HeadLookup, EvidenceError> {
-    let (note, _, heads) = signed_heads(store, key).await?;
+    let (note, _, heads) = signed_heads(store, log, key).await?;
     let mut found = HeadLookup {
         intent_id: id,
         checkpoint: note,

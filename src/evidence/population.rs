@@ -34,6 +34,11 @@ impl Population {
         self.intents.len()
     }
 
+    /// How many events it holds.
+    pub fn event_count(&self) -> usize {
+        self.indices.len()
+    }
+
     /// Each intent's `changes.csv` row (its fields in `COLUMNS` order), by id.
     pub fn rows(&self) -> &BTreeMap<String, Vec<String>> {
         self.rows.get_or_init(|| {

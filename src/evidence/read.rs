@@ -12,7 +12,7 @@ use eucora_projections::merkle::Hash;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::format::{EventRecord, Format, MANIFEST, PAYLOAD_TYPE, STATEMENT_TYPE};
+use super::format::{Format, Line, MANIFEST, PAYLOAD_TYPE, STATEMENT_TYPE};
 use super::population::Population;
 
 /// Why a bundle did not verify: the first failure, in our words.
@@ -32,6 +32,9 @@ pub struct Bundle {
     pub(super) leaves: Vec<Hash>,
     pub(super) indices: Vec<u64>,
     pub(super) population: Population,
+    /// The leaf index of the first event whose line embeds a stored text as a JSON value (which
+    /// only evidence/v4 on writes).
+    pub(super) first_embedded: Option<u64>,
 }
 
 /// Reads a bundle once, on two cores: one thread gunzips the archive and hashes the files, this
@@ -39,9 +42,12 @@ pub struct Bundle {
 /// one hash per event and the bundle's decoded events. Nothing is checked but that it reads.
 pub fn read_bundle(bundle: impl Read + Send) -> Result<Bundle, Refused> {
     let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    // Blocks parsed go back to the reader to be filled again: fresh memory costs more than
+    // the parsing.
+    let (spare, spares) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
     let (archive, events) = std::thread::scope(|scope| {
-        let reader = scope.spawn(move || read_archive(bundle, sender));
-        let events = parse_events(receiver);
+        let reader = scope.spawn(move || read_archive(bundle, sender, spares));
+        let events = parse_events(receiver, spare);
         let archive = reader
             .join()
             .unwrap_or_else(|_| Err(refuse("the archive reader panicked")));
@@ -59,6 +65,7 @@ pub fn read_bundle(bundle: impl Read + Send) -> Result<Bundle, Refused> {
         leaves: events.leaves,
         indices: events.indices,
         population: events.population,
+        first_embedded: events.first_embedded,
     })
 }
 
@@ -150,6 +157,7 @@ const VERIFY_BLOCK: usize = 1 << 20;
 fn read_archive(
     bundle: impl Read,
     events: std::sync::mpsc::SyncSender<Vec<u8>>,
+    spares: std::sync::mpsc::Receiver<Vec<u8>>,
 ) -> Result<Archive, Refused> {
     // A bundle is several gzip members, one after the other (docs/evidence.md).
     let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(bundle));
@@ -173,7 +181,9 @@ fn read_archive(
             let mut hasher = Sha256::new();
             let mut carry: Vec<u8> = Vec::new();
             loop {
-                let mut block = std::mem::take(&mut carry);
+                let mut block = spares.try_recv().unwrap_or_default();
+                block.clear();
+                block.append(&mut carry);
                 let held = block.len();
                 block.resize(held + VERIFY_BLOCK, 0);
                 let n = read_full(&mut entry, &mut block[held..])
@@ -196,7 +206,10 @@ fn read_archive(
             }
             events_digest = Some(hex::encode(hasher.finalize()));
         } else {
-            let mut data = Vec::new();
+            // Sized from the header at once (REPORT.html is hundreds of megabytes at a
+            // million events), within reason for a header that lies.
+            let size = entry.header().size().unwrap_or(0).min(1 << 30);
+            let mut data = Vec::with_capacity(size as usize);
             entry
                 .read_to_end(&mut data)
                 .map_err(|e| refuse(format!("{name} is damaged: {e}")))?;
@@ -229,12 +242,15 @@ struct ParsedEvents {
     leaves: Vec<Hash>,
     indices: Vec<u64>,
     population: Population,
+    /// The leaf index of the first event whose line embeds a stored text as a JSON value.
+    first_embedded: Option<u64>,
 }
 
 /// One line of `events.jsonl`, parsed, hashed and decoded on a worker.
 struct ParsedLine {
     index: u64,
     leaf: Hash,
+    embeds: bool,
     aggregate_id: String,
     sequence: i64,
     event: Option<StreamEvent>,
@@ -246,29 +262,30 @@ type ParsedBlock = Result<Vec<ParsedLine>, (u64, String)>;
 
 fn parse_block(block: &[u8]) -> ParsedBlock {
     let lines = block.strip_suffix(b"\n").unwrap_or(block);
-    lines
-        .split(|b| *b == b'\n')
-        .enumerate()
-        .map(|(n, line)| {
-            let record: EventRecord =
-                serde_json::from_slice(line).map_err(|e| (n as u64 + 1, e.to_string()))?;
-            Ok(ParsedLine {
-                index: record.index,
-                leaf: record.leaf(),
-                event: decode_stream(&record.event_type, &record.event_version, &record.payload)
-                    .ok(),
-                aggregate_id: record.aggregate_id,
-                sequence: record.sequence,
-            })
-        })
-        .collect()
+    // Sized at once: a vector grown line by line spends more time on fresh memory than parsing.
+    let mut parsed = Vec::with_capacity(lines.iter().filter(|b| **b == b'\n').count() + 1);
+    for (n, line) in lines.split(|b| *b == b'\n').enumerate() {
+        let line: Line = serde_json::from_slice(line).map_err(|e| (n as u64 + 1, e.to_string()))?;
+        parsed.push(ParsedLine {
+            index: line.index,
+            leaf: line.leaf(),
+            embeds: line.embeds(),
+            event: decode_stream(&line.event_type, &line.event_version, line.payload.text()).ok(),
+            aggregate_id: line.aggregate_id.into_owned(),
+            sequence: line.sequence,
+        });
+    }
+    Ok(parsed)
 }
 
 /// Parses the blocks of `events.jsonl` as they arrive, on every core: workers parse, hash and
 /// decode whole blocks, and this thread folds them into the population in the file's order. On
 /// a line that is not an event record it stops (closing `blocks`, which stops the reader) and
 /// names the line.
-fn parse_events(blocks: std::sync::mpsc::Receiver<Vec<u8>>) -> Result<ParsedEvents, Refused> {
+fn parse_events(
+    blocks: std::sync::mpsc::Receiver<Vec<u8>>,
+    spare: std::sync::mpsc::SyncSender<Vec<u8>>,
+) -> Result<ParsedEvents, Refused> {
     let workers = std::thread::available_parallelism().map_or(2, usize::from);
     let blocks = std::sync::Mutex::new(Some(blocks.into_iter().enumerate()));
     let (sender, parsed_blocks) =
@@ -277,10 +294,11 @@ fn parse_events(blocks: std::sync::mpsc::Receiver<Vec<u8>>) -> Result<ParsedEven
         leaves: Vec::new(),
         indices: Vec::new(),
         population: Population::default(),
+        first_embedded: None,
     };
     std::thread::scope(|scope| {
         for _ in 0..workers {
-            let (blocks, sender) = (&blocks, sender.clone());
+            let (blocks, sender, spare) = (&blocks, sender.clone(), spare.clone());
             scope.spawn(move || loop {
                 // The lock is held only to take the next block.
                 let next = blocks
@@ -290,6 +308,8 @@ fn parse_events(blocks: std::sync::mpsc::Receiver<Vec<u8>>) -> Result<ParsedEven
                 if sender.send((n, parse_block(&block))).is_err() {
                     return;
                 }
+                // Not kept when the reader has enough.
+                let _ = spare.try_send(block);
             });
         }
         drop(sender);
@@ -308,6 +328,9 @@ fn parse_events(blocks: std::sync::mpsc::Receiver<Vec<u8>>) -> Result<ParsedEven
                     })?;
                     lines += block.len() as u64;
                     for line in block {
+                        if line.embeds && parsed.first_embedded.is_none() {
+                            parsed.first_embedded = Some(line.index);
+                        }
                         parsed.leaves.push(line.leaf);
                         parsed.indices.push(line.index);
                         parsed.population.add(
@@ -334,6 +357,7 @@ fn parse_events(blocks: std::sync::mpsc::Receiver<Vec<u8>>) -> Result<ParsedEven
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::evidence::format::EventRecord;
 
     /// Lines parsed on several workers keep the file's order, and a bad line is named by its
     /// number in the whole file, whichever block it was in.
@@ -361,7 +385,7 @@ mod tests {
                 sender.send(b).unwrap();
             }
             drop(sender);
-            parse_events(receiver)
+            parse_events(receiver, std::sync::mpsc::sync_channel(1).0)
         };
         let blocks: Vec<Vec<u8>> = (0..40u64)
             .map(|b| (b * 5..b * 5 + 5).flat_map(line).collect())

@@ -238,7 +238,9 @@ fn escape(text: &str) -> std::borrow::Cow<'_, str> {
 /// `REPORT.html`: the summary, then one section per change.
 pub fn report_html(summary: &Summary, population: &Population, controls: &ControlsFile) -> String {
     let rows = population.rows();
-    let mut out = String::from(
+    // About 300 bytes an event: sized at once, as growing it by copies costs more than writing.
+    let mut out = String::with_capacity(8192 + population.event_count() * 320);
+    out.push_str(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <title>EUCORA evidence</title>\n<style>\n\
          body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem;color:#111}\n\

@@ -52,6 +52,7 @@ pub fn verify_read(
         leaves,
         indices,
         population,
+        first_embedded,
     } = bundle;
 
     // 1. The manifest: signed by the key, naming every file with its hash, and nothing else.
@@ -122,6 +123,15 @@ pub fn verify_read(
     }
     if subjects.len() != expected.len() {
         return Err(refuse("the manifest lists files the bundle does not have"));
+    }
+
+    // A line embeds stored texts as values only from evidence/v4 on.
+    if let (Some(index), false) = (first_embedded, claims.format.embeds()) {
+        return Err(refuse(format!(
+            "the event at leaf {index} holds its payload or metadata as a JSON value, which a \
+             bundle of {} does not",
+            claims.format.predicate_type()
+        )));
     }
 
     // 2. The checkpoint, signed by the key.
@@ -267,22 +277,11 @@ pub fn verify_read(
             .map_err(|e| refuse(format!("the log does not extend your earlier checkpoint (tree size {}): {e}; its history was rewritten", earlier.size)))?;
     }
 
-    // 5. The controls and the population, recomputed from the events.
+    // 5. The controls and the population, recomputed from the events; the report on a core of
+    // its own meanwhile (it is the largest file after the events).
     let controls = match as_of {
         Some(as_of) => {
             let controls = population.controls(as_of);
-            let claimed: ControlsFile = serde_json::from_slice(&files["controls.json"])
-                .map_err(|e| refuse(format!("controls.json is not controls: {e}")))?;
-            if claimed != controls {
-                return Err(refuse(
-                    "controls.json does not match the controls recomputed from the events",
-                ));
-            }
-            if files["changes.csv"] != population.changes_csv(claims.format).into_bytes() {
-                return Err(refuse(
-                    "changes.csv does not match the population recomputed from the events",
-                ));
-            }
             let summary = Summary::new(
                 &claims.scope,
                 Some(as_of),
@@ -290,7 +289,29 @@ pub fn verify_read(
                 population,
                 &controls,
             );
-            if files["REPORT.html"] != report_html(&summary, population, &controls).into_bytes() {
+            let (checked, report_matches) = std::thread::scope(|scope| {
+                let report = scope.spawn(|| {
+                    files["REPORT.html"] == report_html(&summary, population, &controls).as_bytes()
+                });
+                let checked = (|| {
+                    let claimed: ControlsFile = serde_json::from_slice(&files["controls.json"])
+                        .map_err(|e| refuse(format!("controls.json is not controls: {e}")))?;
+                    if claimed != controls {
+                        return Err(refuse(
+                            "controls.json does not match the controls recomputed from the events",
+                        ));
+                    }
+                    if files["changes.csv"] != population.changes_csv(claims.format).as_bytes() {
+                        return Err(refuse(
+                            "changes.csv does not match the population recomputed from the events",
+                        ));
+                    }
+                    Ok(())
+                })();
+                (checked, report.join().unwrap_or(false))
+            });
+            checked?;
+            if !report_matches {
                 return Err(refuse(
                     "REPORT.html does not match the report recomputed from the events",
                 ));

@@ -194,5 +194,7 @@ async fn head(
         .signing_key
         .clone()
         .ok_or_else(|| ApiError::NotConfigured(NO_SIGNING_KEY.into()))?;
-    Ok(axum::Json(lookup(&state.store, &key, id).await?))
+    Ok(axum::Json(
+        lookup(&state.store, &state.log, &key, id).await?,
+    ))
 }

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
+use eucora_projections::heads::Heads;
 use eucora_projections::integrity::leaf_hash;
 use eucora_projections::merkle::{self, Hash, Subtrees};
 
@@ -187,10 +188,113 @@ pub async fn with_tiles<T>(
     }
 }
 
+/// The leaf indices, in the tree of the log's first `size` leaves, of the events at `positions`
+/// (one intent's, which the log holds in this order), found in the log's tiles by the global
+/// stream's order ([`Store::order_keys`]): from where the one before was, a galloping search over
+/// the tiles, so what is read grows with the log of the distance between them, never with the
+/// log's size. `None` for an event not among those leaves, and for every one after it.
+pub async fn leaves_of(
+    store: &Store,
+    size: u64,
+    positions: &[i64],
+) -> Result<Vec<Option<u64>>, StoreError> {
+    let last_tile = size.div_ceil(TILE) as i64 - 1;
+    let mut tiles: HashMap<i64, LogTile> = HashMap::new();
+    let mut keys = store.order_keys(positions).await?;
+    let mut found = Vec::with_capacity(positions.len());
+    let mut from = 0i64;
+    for &position in positions {
+        let Some(&target) = keys.get(&position) else {
+            return Err(StoreError::Corrupt {
+                position,
+                reason: "an event read a moment ago is no longer stored".into(),
+            });
+        };
+        // The first tile from `from` whose last leaf (under `size`) sorts at or after the event.
+        let mut below = from - 1;
+        let mut step = 1;
+        let mut above = loop {
+            let probe = (below + step).min(last_tile);
+            if probe < 0
+                || tile_last_key(store, &mut tiles, &mut keys, probe, size).await? >= target
+            {
+                break probe;
+            }
+            if probe == last_tile {
+                break last_tile + 1;
+            }
+            below = probe;
+            step *= 2;
+        };
+        while above - below > 1 {
+            let mid = below + (above - below) / 2;
+            if tile_last_key(store, &mut tiles, &mut keys, mid, size).await? >= target {
+                above = mid;
+            } else {
+                below = mid;
+            }
+        }
+        let leaf = match tiles.get(&above) {
+            Some(tile) => tile
+                .positions
+                .iter()
+                .position(|p| *p == position)
+                .map(|i| above as u64 * TILE + i as u64)
+                .filter(|leaf| *leaf < size),
+            None => None,
+        };
+        let Some(leaf) = leaf else {
+            found.resize(positions.len(), None);
+            break;
+        };
+        found.push(Some(leaf));
+        from = above;
+    }
+    Ok(found)
+}
+
+/// The order key of the last of tile `tile`'s leaves under `size`, the tile and the key read
+/// once into `tiles` and `keys`.
+async fn tile_last_key(
+    store: &Store,
+    tiles: &mut HashMap<i64, LogTile>,
+    keys: &mut HashMap<i64, (i64, i64)>,
+    tile: i64,
+    size: u64,
+) -> Result<(i64, i64), StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        position: 0,
+        reason,
+    };
+    let read = match tiles.entry(tile) {
+        std::collections::hash_map::Entry::Occupied(held) => held.into_mut(),
+        std::collections::hash_map::Entry::Vacant(place) => {
+            let read = store.log_tiles(tile, tile).await?.into_iter().next();
+            place.insert(read.ok_or_else(|| corrupt(format!("log tile {tile} is missing")))?)
+        }
+    };
+    let held = size.saturating_sub(tile as u64 * TILE).min(TILE) as usize;
+    let last = read
+        .positions
+        .get(held.wrapping_sub(1))
+        .copied()
+        .ok_or_else(|| corrupt(format!("log tile {tile} holds fewer leaves than the tree")))?;
+    if !keys.contains_key(&last) {
+        keys.extend(store.order_keys(&[last]).await?);
+    }
+    keys.get(&last).copied().ok_or_else(|| StoreError::Corrupt {
+        position: last,
+        reason: format!(
+            "the event at leaf {} of the log is not stored",
+            tile as u64 * TILE + held as u64 - 1
+        ),
+    })
+}
+
 /// The log's tree as the rest of the service reads it (checkpoints, proofs), updated after each
-/// batch the projection stores.
+/// batch the projection stores; and the intent heads at the last checkpoint this process signed.
 #[derive(Clone, Default)]
-pub struct LogView(Arc<RwLock<LogTree>>);
+pub struct LogView(Arc<RwLock<LogTree>>, Arc<RwLock<Option<Arc<Heads>>>>);
 
 impl LogView {
     pub fn tree(&self) -> LogTree {
@@ -199,6 +303,17 @@ impl LogView {
 
     pub fn size(&self) -> u64 {
         self.0.read().unwrap_or_else(|e| e.into_inner()).size()
+    }
+
+    /// Keeps the intent heads of a checkpoint just signed, for its evidence to read.
+    pub fn keep_signed_heads(&self, heads: Heads) {
+        *self.1.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(heads));
+    }
+
+    /// The intent heads kept over the log's first `size` leaves, if these are the ones kept.
+    pub fn signed_heads(&self, size: u64) -> Option<Arc<Heads>> {
+        let kept = self.1.read().unwrap_or_else(|e| e.into_inner());
+        kept.as_ref().filter(|h| h.leaves() == size).cloned()
     }
 
     fn set(&self, tree: &LogTree) {

@@ -1,7 +1,12 @@
 //! The global stream: every committed event once, in an order that never changes once read.
 
+use std::collections::HashMap;
+
 use eucora_projections::decode::{decode_stream, DecodeError, StreamEvent};
 use eucora_projections::integrity::StoredRow;
+use uuid::Uuid;
+
+use crate::domain::DeploymentIntent;
 
 use super::{Checkpoint, Db, Store, StoreError};
 
@@ -263,6 +268,70 @@ impl Store {
                 .await?
             }
         })
+    }
+
+    /// Each event's place in the global stream's order (see [`Store::read_global`]), as a key
+    /// that sorts as the stream does: SQLite's is its position; PostgreSQL's its writing
+    /// transaction, then its position. Positions no event holds are left out.
+    pub async fn order_keys(
+        &self,
+        positions: &[i64],
+    ) -> Result<HashMap<i64, (i64, i64)>, StoreError> {
+        Ok(match &self.db {
+            Db::Sqlite { .. } => positions.iter().map(|&p| (p, (0, p))).collect(),
+            Db::Postgres(pool) => sqlx::query_as::<_, (i64, i64)>(
+                "SELECT position, xact_id::text::bigint FROM events WHERE position = ANY($1)",
+            )
+            .bind(positions)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|(position, xact)| (position, (xact, position)))
+            .collect(),
+        })
+    }
+
+    /// One intent's events as stored (every column), in order.
+    pub async fn intent_stored(&self, id: Uuid) -> Result<Vec<StreamRow>, StoreError> {
+        let sql = "SELECT position, event_type, event_version, CAST(payload AS TEXT), \
+                          aggregate_id, sequence, aggregate_type, CAST(metadata AS TEXT)
+                     FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence";
+        type Row = (i64, String, String, String, String, i64, String, String);
+        let rows: Vec<Row> = on_reader!(&self.db, pool => {
+            sqlx::query_as(sql)
+                .bind(<DeploymentIntent as cqrs_es::Aggregate>::TYPE)
+                .bind(id.to_string())
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(
+                |(
+                    position,
+                    event_type,
+                    event_version,
+                    payload,
+                    aggregate_id,
+                    sequence,
+                    aggregate_type,
+                    metadata,
+                )| {
+                    StreamRow {
+                        position,
+                        event_type,
+                        event_version,
+                        payload,
+                        stream: Some(StreamColumns {
+                            aggregate_type,
+                            aggregate_id,
+                            sequence,
+                        }),
+                        stored: Some(StoredColumns { metadata }),
+                    }
+                },
+            )
+            .collect())
     }
 
     /// Whether an event with this global position exists.

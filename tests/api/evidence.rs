@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use eucora::checkpoints::SigningKey;
-use eucora::evidence::{pae, verify, FILES, MANIFEST};
+use eucora::evidence::{pae, verify, EventRecord, FILES, MANIFEST};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -22,6 +22,7 @@ crate::on_both_backends!(
     an_auditor_fetches_over_the_api_and_checks_against_a_checkpoint_they_kept,
     a_deployment_bundle_proves_it_holds_every_event_and_an_unknown_id_is_proved_absent,
     a_periods_bundle_shows_the_policy_in_force_and_every_refused_command,
+    a_deployment_whose_events_lie_tiles_apart_exports_from_its_own_events,
 );
 
 /// A server on the embedded default (SQLite: a key beside the file) or with a key made by
@@ -346,7 +347,17 @@ async fn a_period_bundle_verifies_and_every_tampering_is_refused_with_its_own_re
         .lines()
         .map(|l| format!("{}\r\n", l.rsplitn(3, ',').nth(2).unwrap()))
         .collect();
-    let old = with("changes.csv", without_cost.into_bytes());
+    // Before evidence/v4, events.jsonl held the stored texts as strings.
+    let as_strings = |lines: &[String]| -> Vec<u8> {
+        let records = lines.iter().map(|l| EventRecord::from_line(l).unwrap());
+        joined(
+            &records
+                .map(|r| serde_json::to_string(&r).unwrap())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let mut old = with("changes.csv", without_cost.into_bytes());
+    old.insert("events.jsonl".into(), as_strings(&events));
     let v2 = repack_with(old.clone(), Some(&key), |s| {
         s["predicateType"] = json!("https://eucora.dev/evidence/v2");
         s["predicate"]["events"] = json!(events.len());
@@ -355,13 +366,43 @@ async fn a_period_bundle_verifies_and_every_tampering_is_refused_with_its_own_re
     let why = refused(old, true);
     assert!(why.contains("changes.csv does not match"), "{why}");
 
+    // evidence/v4 holds each payload and metadata as the JSON value stored, not as a string.
+    let first: Value = serde_json::from_str(&events[0]).unwrap();
+    assert!(
+        first["payload"].is_object() && first["metadata"].is_object(),
+        "{first}"
+    );
+    // A bundle of the release before (evidence/v3: the texts as strings) still verifies, with
+    // the same controls; v4's lines under v3's predicate are refused.
+    let as_v3 = |events: Vec<u8>| {
+        repack_with(with("events.jsonl", events), Some(&key), |s| {
+            s["predicateType"] = json!("https://eucora.dev/evidence/v3");
+        })
+    };
+    let v3 = verify(&as_v3(as_strings(&events))[..], &verifier, None).expect("v3 verifies");
+    let v4 = verify(&repack(files.clone(), Some(&key))[..], &verifier, None).unwrap();
+    assert_eq!((v3.events, &v3.controls), (v4.events, &v4.controls));
+    let why = verify(&as_v3(files["events.jsonl"].clone())[..], &verifier, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        why.contains("holds its payload or metadata as a JSON value"),
+        "{why}"
+    );
+    // The value's bytes are the stored bytes: a payload re-spaced no longer verifies.
+    let mut spaced = events.clone();
+    spaced[0] = spaced[0].replacen("\"payload\":{\"", "\"payload\":{ \"", 1);
+    assert_ne!(spaced[0], events[0]);
+    let why = refused(with("events.jsonl", joined(&spaced)), true);
+    assert!(why.contains("an event was edited"), "{why}");
+
     // One event line edited: its leaf no longer matches the signed tree.
     let mut edited = events.clone();
     let at = events
         .iter()
-        .position(|l| l.contains("\\\"ops-bot\\\""))
+        .position(|l| l.contains("\"ops-bot\""))
         .unwrap();
-    edited[at] = edited[at].replacen("\\\"ops-bot\\\"", "\\\"mallory\\\"", 1);
+    edited[at] = edited[at].replacen("\"ops-bot\"", "\"mallory\"", 1);
     assert_ne!(edited[at], events[at]);
     let why = refused(with("events.jsonl", joined(&edited)), true);
     assert!(why.contains("an event was edited"), "{why}");
@@ -398,9 +439,9 @@ async fn a_period_bundle_verifies_and_every_tampering_is_refused_with_its_own_re
     // The period's last event dropped, the range shortened and its proof recomputed under the
     // genuine checkpoint: the range no longer reaches the checkpoint's end, and the event after
     // it is missing, or, when shown, stamped inside the period.
-    let records: Vec<eucora::evidence::EventRecord> = events
+    let records: Vec<EventRecord> = events
         .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| EventRecord::from_line(l).unwrap())
         .collect();
     let leaves: Vec<[u8; 32]> = records.iter().map(|r| r.leaf()).collect();
     let size = leaves.len() as u64;
@@ -1382,4 +1423,55 @@ async fn a_periods_bundle_shows_the_policy_in_force_and_every_refused_command(ba
         .unwrap_err()
         .to_string();
     assert!(why.contains("controls.json does not match"), "{why}");
+}
+
+/// A deployment's bundle is made from its own events, placed in the log through its tiles: one
+/// whose events lie several tiles of 256 leaves apart, among concurrent commands (which, on
+/// PostgreSQL, commit out of position order), still verifies, proofs and head included.
+async fn a_deployment_whose_events_lie_tiles_apart_exports_from_its_own_events(backend: Backend) {
+    let (app, _, verifier) = server(backend).await;
+    let crew = Crew::new(&app);
+    let burst = |round: usize| {
+        let (app, crew) = (&app, &crew);
+        async move {
+            for chunk in 0..20 {
+                futures_util::future::join_all((0..16).map(|i| {
+                    let name = format!("Filler {round}-{chunk}-{i}");
+                    app.create(&crew.requester, intent_body(&name, 0.2, "LAB"))
+                }))
+                .await;
+            }
+        }
+    };
+    let id = app
+        .create(&crew.requester, intent_body("Firefox", 0.8, "CANARY"))
+        .await
+        .id();
+    burst(0).await;
+    app.approve(&crew.approver, &id).await;
+    burst(1).await;
+    app.deploy(&crew.deployer, &id, "LAB", 10, 10).await;
+    burst(2).await;
+    signed_through(&app, &crew.auditor).await;
+
+    let bundle = fetch(
+        &app,
+        &format!("/api/v1/deployments/{id}/evidence"),
+        &crew.auditor,
+    )
+    .await;
+    let verified = verify(&bundle[..], &verifier, None).expect("the bundle verifies");
+    let files = unpack(&bundle);
+    let leaves: Vec<u64> = lines(&files["events.jsonl"])
+        .iter()
+        .map(|l| EventRecord::from_line(l).unwrap().index)
+        .collect();
+    assert_eq!(verified.events, leaves.len() as u64);
+    let proof: Value = serde_json::from_slice(&files["proof.json"]).unwrap();
+    assert_eq!(proof["head"]["events"], leaves.len());
+    assert!(leaves.len() >= 3, "{leaves:?}");
+    assert!(
+        leaves[leaves.len() - 1] - leaves[0] > 2 * 256,
+        "the intent's events span several tiles: {leaves:?}"
+    );
 }
