@@ -12,7 +12,12 @@
 //!
 //! First the metrics scrape with 1,000 apps × 5 rings: render time and size against copying the
 //! same text, and the series each family renders against its budget (`EUCORA_BENCH_ONLY=scrape`
-//! for this part alone).
+//! for this part alone). `EUCORA_BENCH_ONLY=evidence` seeds and logs the events, then measures
+//! only the evidence: a period's export and its verification (against the same bundle as
+//! evidence/v3 wrote it, alternating), and one deployment's export against reading its events;
+//! `EUCORA_BENCH_KEEP_BUNDLE=PATH` keeps the period's bundle there (and its verifier key beside
+//! it, `PATH.verifier`) and the SQLite database, for profiling `eucora evidence verify` and
+//! `eucora evidence export`.
 //!
 //! `cargo bench --bench replay` (PostgreSQL from `EUCORA_BENCH_DATABASE_URL`, else
 //! `EUCORA_TEST_DATABASE_URL`).
@@ -128,6 +133,11 @@ async fn serve_rss(url: &str) -> (u64, Duration) {
     (rss, caught_up)
 }
 
+/// Whether `EUCORA_BENCH_ONLY` asks for this part alone.
+fn only(part: &str) -> bool {
+    std::env::var("EUCORA_BENCH_ONLY").as_deref() == Ok(part)
+}
+
 async fn bench_backend(name: &str, url: &str, n: u64) {
     let store = Store::connect(url, 8).await.expect("connect");
     store.migrate().await.expect("migrate");
@@ -171,6 +181,10 @@ async fn bench_backend(name: &str, url: &str, n: u64) {
         "eucora replay, first (logs, rebuilds read model)",
         (took, cpu),
     );
+    if only("evidence") {
+        bench_evidence(name, url, &store, written, reference, &row).await;
+        return;
+    }
     let (second, took, cpu) = timed_cpu(eucora::replay::replay(&store, 200, |_| {})).await;
     let second = second.expect("second replay");
     assert_eq!((second.events, second.verified), (written, written));
@@ -247,6 +261,14 @@ async fn bench_evidence(
     // overhead included).
     let bytes: i64 = if url.starts_with("postgres") {
         let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let events: i64 = sqlx::query_scalar("SELECT pg_total_relation_size('events')")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        println!(
+            "| {name:<8} | events table on disk, indexes included: {:.0} bytes per event |",
+            events as f64 / written as f64
+        );
         sqlx::query_scalar("SELECT pg_total_relation_size('log_tiles')")
             .fetch_one(&pool)
             .await
@@ -300,10 +322,11 @@ async fn bench_evidence(
     };
     let key = eucora::checkpoints::SigningKey::create(&key_path, "bench").unwrap();
     let root = tree.root();
-    let heads = eucora::checkpoints::IntentHeads::of(store, written)
+    // The intent heads as the server keeps them when it signs (a deployment's export reads them).
+    let signed_heads = eucora::checkpoints::IntentHeads::of(store, written)
         .await
-        .unwrap()
-        .root();
+        .unwrap();
+    let heads = signed_heads.root();
     store
         .keep_checkpoint(&eucora::store::StoredCheckpoint {
             tree_size: written as i64,
@@ -314,6 +337,7 @@ async fn bench_evidence(
         .unwrap();
     let log = LogView::default();
     log.replace(tree);
+    log.keep_signed_heads(signed_heads);
     let bundle = dir.join("bundle.tar.gz");
     let scope = eucora::evidence::Scope::Period {
         from: Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).unwrap(),
@@ -332,16 +356,98 @@ async fn bench_evidence(
         reference.as_secs_f64() / took.as_secs_f64(),
         std::fs::metadata(&bundle).unwrap().len() as f64 / 1e6
     );
-    // Offline verification, against sha256sum over the same files.
-    let started = Instant::now();
-    let verified = eucora::evidence::verify(
-        std::io::BufReader::new(std::fs::File::open(&bundle).unwrap()),
-        key.verifier_key(),
-        None,
-    )
-    .unwrap();
-    let verifying = started.elapsed();
-    assert_eq!(verified.events, written);
+    // One deployment's bundle, from the middle of the stream, against reading that intent's
+    // events alone (best of three each).
+    let sql = "SELECT aggregate_id FROM events WHERE aggregate_type = 'deployment' \
+               ORDER BY position LIMIT 1 OFFSET $1";
+    let middle: String = if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        sqlx::query_scalar(sql)
+            .bind(written as i64 / 2)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        sqlx::query_scalar(sql)
+            .bind(written as i64 / 2)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let id = Uuid::parse_str(&middle).unwrap();
+    let (mut own, mut alone) = (Duration::MAX, Duration::MAX);
+    let mut its_events = 0;
+    for _ in 0..3 {
+        let started = Instant::now();
+        its_events = store.intent_events(id).await.unwrap().len();
+        own = own.min(started.elapsed());
+        let started = Instant::now();
+        let exported = eucora::evidence::export(
+            store,
+            &log,
+            &key,
+            &eucora::evidence::Scope::Deployment(id),
+            None,
+            std::io::sink(),
+        )
+        .await
+        .unwrap();
+        alone = alone.min(started.elapsed());
+        assert_eq!(exported.events as usize, its_events);
+    }
+    println!(
+        "| {name:<8} | one deployment's evidence export ({its_events} events) at {written} events: {:.2} ms; reading its events alone {:.2} ms: {:.1}x it |",
+        alone.as_secs_f64() * 1000.0,
+        own.as_secs_f64() * 1000.0,
+        alone.as_secs_f64() / own.as_secs_f64()
+    );
+    // Offline verification, against sha256sum over the same files, and against the same bundle
+    // as the release before wrote it (evidence/v3: payload and metadata as escaped strings),
+    // alternating, two rounds.
+    let v3 = dir.join("bundle-v3.tar.gz");
+    let v3_bytes = as_v3(&bundle, &v3, &key);
+    let verify_file = |path: &std::path::Path| {
+        let started = Instant::now();
+        let verified = eucora::evidence::verify(
+            std::io::BufReader::new(std::fs::File::open(path).unwrap()),
+            key.verifier_key(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(verified.events, written);
+        started.elapsed()
+    };
+    let (mut v4_took, mut v3_took) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        v3_took.push(verify_file(&v3));
+        v4_took.push(verify_file(&bundle));
+    }
+    let rate = |took: &[Duration]| {
+        let mut r: Vec<f64> = took
+            .iter()
+            .map(|t| written as f64 / t.as_secs_f64())
+            .collect();
+        r.sort_by(f64::total_cmp);
+        format!("{:.0}–{:.0}", r[0], r[r.len() - 1])
+    };
+    let events_bytes = |path: &std::path::Path| {
+        let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(
+            std::fs::File::open(path).unwrap(),
+        ));
+        let entry = archive.entries().unwrap().next().unwrap().unwrap();
+        entry.header().size().unwrap()
+    };
+    println!(
+        "| {name:<8} | evidence verify, events/s: v4 {} (target ≥ 300,000), the same bundle as v3 {}; events.jsonl v4 {:.0} MB, v3 {:.0} MB; bundle v4 {:.0} MB, v3 {:.0} MB |",
+        rate(&v4_took),
+        rate(&v3_took),
+        events_bytes(&bundle) as f64 / 1e6,
+        events_bytes(&v3) as f64 / 1e6,
+        std::fs::metadata(&bundle).unwrap().len() as f64 / 1e6,
+        v3_bytes as f64 / 1e6,
+    );
+    let verifying = *v4_took.iter().min().unwrap();
     let files = dir.join("files");
     std::fs::create_dir_all(&files).unwrap();
     let untar = std::process::Command::new("tar")
@@ -369,7 +475,94 @@ async fn bench_evidence(
         summing.as_secs_f64(),
         verifying.as_secs_f64() / summing.as_secs_f64()
     );
+    if let Ok(keep) = std::env::var("EUCORA_BENCH_KEEP_BUNDLE") {
+        std::fs::copy(&bundle, &keep).unwrap();
+        std::fs::write(format!("{keep}.verifier"), key.verifier_key()).unwrap();
+    }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Writes `bundle` again as the release before wrote it (evidence/v3: every payload and metadata
+/// an escaped string), re-signed with `key`; its size.
+fn as_v3(
+    bundle: &std::path::Path,
+    out: &std::path::Path,
+    key: &eucora::checkpoints::SigningKey,
+) -> u64 {
+    use base64::Engine;
+    use std::io::{Read, Write};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(
+        std::fs::File::open(bundle).unwrap(),
+    ));
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        if name == "events.jsonl" {
+            let mut lines = Vec::with_capacity(data.len() * 3 / 2);
+            for line in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let record =
+                    eucora::evidence::EventRecord::from_line(std::str::from_utf8(line).unwrap())
+                        .unwrap();
+                serde_json::to_writer(&mut lines, &record).unwrap();
+                lines.push(b'\n');
+            }
+            data = lines;
+        }
+        files.push((name, data));
+    }
+    let digest = |data: &[u8]| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(data))
+    };
+    let (_, manifest) = files
+        .iter()
+        .find(|(n, _)| n == eucora::evidence::MANIFEST)
+        .unwrap();
+    let envelope: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+    let mut statement: serde_json::Value =
+        serde_json::from_slice(&b64.decode(envelope["payload"].as_str().unwrap()).unwrap())
+            .unwrap();
+    statement["predicateType"] = "https://eucora.dev/evidence/v3".into();
+    statement["subject"] = files
+        .iter()
+        .filter(|(n, _)| n != eucora::evidence::MANIFEST)
+        .map(|(n, d)| serde_json::json!({"name": n, "digest": {"sha256": digest(d)}}))
+        .collect();
+    let payload = serde_json::to_vec(&statement).unwrap();
+    let sig = key
+        .sign(&eucora::evidence::pae(
+            "application/vnd.in-toto+json",
+            &payload,
+        ))
+        .unwrap();
+    let envelope = serde_json::json!({
+        "payloadType": "application/vnd.in-toto+json",
+        "payload": b64.encode(&payload),
+        "signatures": [{"keyid": key.verifier_key(), "sig": b64.encode(sig)}],
+    });
+    for (name, data) in &mut files {
+        if name == eucora::evidence::MANIFEST {
+            *data = serde_json::to_vec(&envelope).unwrap();
+        }
+    }
+    let file = std::fs::File::create(out).unwrap();
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        file,
+        flate2::Compression::fast(),
+    ));
+    for (name, data) in &files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, name, &data[..]).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap().flush().unwrap();
+    std::fs::metadata(out).unwrap().len()
 }
 
 /// 1,000 apps, each with an intent in every ring, rendered as a scrape would.
@@ -491,8 +684,10 @@ async fn main() {
         .unwrap_or(1_000_000);
     println!("| backend  | what | seconds | events/s | vs raw scan | CPU s, this process | CPU s, PostgreSQL |");
     println!("|---|---|---:|---:|---:|---:|---:|");
-    bench_scrape();
-    if std::env::var("EUCORA_BENCH_ONLY").as_deref() == Ok("scrape") {
+    if !only("evidence") {
+        bench_scrape();
+    }
+    if only("scrape") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("eucora-replay-bench-{}", Uuid::new_v4().simple()));
@@ -503,7 +698,13 @@ async fn main() {
         n,
     )
     .await;
-    let _ = std::fs::remove_dir_all(&dir);
+    match std::env::var("EUCORA_BENCH_KEEP_BUNDLE") {
+        // Kept for profiling `eucora evidence export` against it.
+        Ok(_) => println!("(the SQLite database is kept in {})", dir.display()),
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
     match scratch::Scratch::create().await {
         Some(db) => {
             bench_backend("postgres", &db.url, n).await;
