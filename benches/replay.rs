@@ -17,7 +17,8 @@
 //! evidence/v3 wrote it, alternating), and one deployment's export against reading its events;
 //! `EUCORA_BENCH_KEEP_BUNDLE=PATH` keeps the period's bundle there (and its verifier key beside
 //! it, `PATH.verifier`) and the SQLite database, for profiling `eucora evidence verify` and
-//! `eucora evidence export`.
+//! `eucora evidence export`. `EUCORA_BENCH_ONLY=scale` (PostgreSQL only) measures what grows with
+//! the log: a late period's export, one deployment's export, and `eucora serve` ready on it.
 //!
 //! `cargo bench --bench replay` (PostgreSQL from `EUCORA_BENCH_DATABASE_URL`, else
 //! `EUCORA_TEST_DATABASE_URL`).
@@ -38,6 +39,7 @@ use cqrs_es::persist::QueryReplay;
 use cqrs_es::{EventEnvelope, Query};
 use eucora::domain::intent::IntentEvent;
 use eucora::domain::DeploymentIntent;
+use eucora::projection::log::{LogTree, LogView};
 use eucora::store::Store;
 use eucora_projections::event::*;
 use eucora_projections::metrics::Metrics;
@@ -185,6 +187,10 @@ async fn bench_backend(name: &str, url: &str, n: u64) {
         bench_evidence(name, url, &store, written, reference, &row).await;
         return;
     }
+    if only("scale") {
+        bench_scale(name, url, &store, written).await;
+        return;
+    }
     let (second, took, cpu) = timed_cpu(eucora::replay::replay(&store, 200, |_| {})).await;
     let second = second.expect("second replay");
     assert_eq!((second.events, second.verified), (written, written));
@@ -249,7 +255,7 @@ async fn bench_evidence(
     reference: Duration,
     row: &impl Fn(&str, (Duration, Cpu)),
 ) {
-    use eucora::projection::log::{with_tiles, LogTree, LogView};
+    use eucora::projection::log::with_tiles;
     use eucora_projections::merkle;
     let tree = LogTree::from_parts(
         store.log_subtrees().await.unwrap(),
@@ -320,24 +326,7 @@ async fn bench_evidence(
         Some(db) if !url.starts_with("postgres") => std::path::PathBuf::from(format!("{db}.key")),
         _ => dir.join("key"),
     };
-    let key = eucora::checkpoints::SigningKey::create(&key_path, "bench").unwrap();
-    let root = tree.root();
-    // The intent heads as the server keeps them when it signs (a deployment's export reads them).
-    let signed_heads = eucora::checkpoints::IntentHeads::of(store, written)
-        .await
-        .unwrap();
-    let heads = signed_heads.root();
-    store
-        .keep_checkpoint(&eucora::store::StoredCheckpoint {
-            tree_size: written as i64,
-            root,
-            note: key.sign_checkpoint(written, &root, &heads).unwrap(),
-        })
-        .await
-        .unwrap();
-    let log = LogView::default();
-    log.replace(tree);
-    log.keep_signed_heads(signed_heads);
+    let (key, log) = sign_all(store, tree, &key_path, written).await;
     let bundle = dir.join("bundle.tar.gz");
     let scope = eucora::evidence::Scope::Period {
         from: Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).unwrap(),
@@ -480,6 +469,121 @@ async fn bench_evidence(
         std::fs::write(format!("{keep}.verifier"), key.verifier_key()).unwrap();
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Signs a checkpoint over the whole log (`tree`, of `written` leaves) with a new key at
+/// `key_path`, as the server would, and returns the key and the log's view with the intent heads
+/// it signed kept in it (as the server keeps them for a deployment's export).
+async fn sign_all(
+    store: &Store,
+    tree: LogTree,
+    key_path: &std::path::Path,
+    written: u64,
+) -> (eucora::checkpoints::SigningKey, LogView) {
+    let key = eucora::checkpoints::SigningKey::create(key_path, "bench").unwrap();
+    let heads = eucora::checkpoints::IntentHeads::of(store, written)
+        .await
+        .unwrap();
+    let root = tree.root();
+    store
+        .keep_checkpoint(&eucora::store::StoredCheckpoint {
+            tree_size: written as i64,
+            root,
+            note: key.sign_checkpoint(written, &root, &heads.root()).unwrap(),
+        })
+        .await
+        .unwrap();
+    let log = LogView::default();
+    log.replace(tree);
+    log.keep_signed_heads(heads);
+    (key, log)
+}
+
+/// What a large store costs where it grows with the log: a late period's export (the stream read
+/// from its start to find the period), one deployment's export, and `eucora serve` ready on it
+/// with its memory (`EUCORA_BENCH_ONLY=scale`, PostgreSQL only; the scrape's cost is the estate's,
+/// measured apart).
+async fn bench_scale(name: &str, url: &str, store: &Store, written: u64) {
+    let tree = LogTree::from_parts(
+        store.log_subtrees().await.unwrap(),
+        store.last_log_tile().await.unwrap(),
+    )
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("eucora-scale-bench-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key, log) = sign_all(store, tree, &dir.join("key"), written).await;
+    // The period from the event nine tenths of the way along the stream to its end: a late period
+    // holding a tenth of the events (the generator's clock runs days per intent, so a calendar
+    // quarter of it holds a handful).
+    let late = store
+        .read_global(None, 1, eucora::store::Columns::Events)
+        .await
+        .unwrap();
+    let mut after = late.last().map(|r| r.position);
+    let mut from = None;
+    while from.is_none() {
+        let rows = store
+            .read_global(after, 100_000, eucora::store::Columns::Events)
+            .await
+            .unwrap();
+        after = rows.last().map(|r| r.position);
+        if let Some(row) = rows.iter().find(|r| r.position as u64 >= written * 9 / 10) {
+            from = Some(row.decode().unwrap().occurred_at());
+        }
+    }
+    let from = from.unwrap();
+    let to = chrono::DateTime::<Utc>::MAX_UTC;
+    let started = Instant::now();
+    let summary = eucora::evidence::export(
+        store,
+        &log,
+        &key,
+        &eucora::evidence::Scope::Period { from, to },
+        None,
+        std::io::BufWriter::new(std::fs::File::create(dir.join("quarter.tar.gz")).unwrap()),
+    )
+    .await
+    .unwrap();
+    println!(
+        "| {name:<8} | a late period's export at {written} events (from {from}, to the end): {} events of {} intents in {:.1} s |",
+        summary.events,
+        summary.intents,
+        started.elapsed().as_secs_f64()
+    );
+    let sql = "SELECT aggregate_id FROM events WHERE aggregate_type = 'deployment' \
+               ORDER BY position LIMIT 1 OFFSET $1";
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let id: String = sqlx::query_scalar(sql)
+        .bind(written as i64 / 2)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let mut alone = Duration::MAX;
+    for _ in 0..3 {
+        let started = Instant::now();
+        eucora::evidence::export(
+            store,
+            &log,
+            &key,
+            &eucora::evidence::Scope::Deployment(Uuid::parse_str(&id).unwrap()),
+            None,
+            std::io::sink(),
+        )
+        .await
+        .unwrap();
+        alone = alone.min(started.elapsed());
+    }
+    println!(
+        "| {name:<8} | one deployment's export at {written} events: {:.2} ms |",
+        alone.as_secs_f64() * 1000.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let (rss, caught_up) = serve_rss(url).await;
+    println!(
+        "| {name:<8} | eucora serve ready in {:.1} s; RSS {:.0} MB (target < 300 MB) |",
+        caught_up.as_secs_f64(),
+        rss as f64 / 1024.0
+    );
 }
 
 /// Writes `bundle` again as the release before wrote it (evidence/v3: every payload and metadata
@@ -684,7 +788,7 @@ async fn main() {
         .unwrap_or(1_000_000);
     println!("| backend  | what | seconds | events/s | vs raw scan | CPU s, this process | CPU s, PostgreSQL |");
     println!("|---|---|---:|---:|---:|---:|---:|");
-    if !only("evidence") {
+    if !only("evidence") && !only("scale") {
         bench_scrape();
     }
     if only("scrape") {
@@ -692,12 +796,14 @@ async fn main() {
     }
     let dir = std::env::temp_dir().join(format!("eucora-replay-bench-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    bench_backend(
-        "sqlite",
-        &format!("sqlite://{}", dir.join("bench.db").display()),
-        n,
-    )
-    .await;
+    if !only("scale") {
+        bench_backend(
+            "sqlite",
+            &format!("sqlite://{}", dir.join("bench.db").display()),
+            n,
+        )
+        .await;
+    }
     match std::env::var("EUCORA_BENCH_KEEP_BUNDLE") {
         // Kept for profiling `eucora evidence export` against it.
         Ok(_) => println!("(the SQLite database is kept in {})", dir.display()),

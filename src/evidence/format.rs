@@ -1,13 +1,14 @@
 //! The bundle's format: its file names, an event record as `events.jsonl` holds it, the proof
 //! file, the DSSE envelope's constants and pre-authentication encoding, and what a bundle covers.
 
+use std::borrow::Cow;
+
 use base64::Engine;
 use chrono::{DateTime, Timelike, Utc};
 use eucora_projections::integrity::{leaf_hash, StoredRow};
 use eucora_projections::merkle::Hash;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use std::borrow::Cow;
 use uuid::Uuid;
 
 /// The bundle's files, in the order they are written; the manifest comes last.

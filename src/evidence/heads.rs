@@ -2,14 +2,14 @@
 //! what lets a deployment's bundle show it holds every event of its intent, and what answers
 //! "no such change" verifiably (`GET /api/v1/evidence/heads/{id}`, `eucora evidence head`).
 
+use std::sync::Arc;
+
 use eucora_projections::heads::{verify_absent, verify_placed, Head, Heads, Lookup, Placed};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::format::{b64, unb64_hash, EvidenceError};
 use super::read::{refuse, Refused};
-use std::sync::Arc;
-
 use crate::checkpoints::{open_checkpoint, Checkpoint, IntentHeads, SigningKey};
 use crate::projection::log::LogView;
 use crate::store::Store;
