@@ -347,44 +347,16 @@ async fn bench_evidence(
     );
     // One deployment's bundle, from the middle of the stream, against reading that intent's
     // events alone (best of three each).
-    let sql = "SELECT aggregate_id FROM events WHERE aggregate_type = 'deployment' \
-               ORDER BY position LIMIT 1 OFFSET $1";
-    let middle: String = if url.starts_with("postgres") {
-        let pool = sqlx::PgPool::connect(url).await.unwrap();
-        sqlx::query_scalar(sql)
-            .bind(written as i64 / 2)
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-    } else {
-        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
-        sqlx::query_scalar(sql)
-            .bind(written as i64 / 2)
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-    };
-    let id = Uuid::parse_str(&middle).unwrap();
-    let (mut own, mut alone) = (Duration::MAX, Duration::MAX);
+    let id = middle_intent(url, written).await;
+    let mut own = Duration::MAX;
     let mut its_events = 0;
     for _ in 0..3 {
         let started = Instant::now();
         its_events = store.intent_events(id).await.unwrap().len();
         own = own.min(started.elapsed());
-        let started = Instant::now();
-        let exported = eucora::evidence::export(
-            store,
-            &log,
-            &key,
-            &eucora::evidence::Scope::Deployment(id),
-            None,
-            std::io::sink(),
-        )
-        .await
-        .unwrap();
-        alone = alone.min(started.elapsed());
-        assert_eq!(exported.events as usize, its_events);
     }
+    let (alone, exported) = deployment_export(store, &log, &key, id).await;
+    assert_eq!(exported as usize, its_events);
     println!(
         "| {name:<8} | one deployment's evidence export ({its_events} events) at {written} events: {:.2} ms; reading its events alone {:.2} ms: {:.1}x it |",
         alone.as_secs_f64() * 1000.0,
@@ -471,6 +443,54 @@ async fn bench_evidence(
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The deployment intent of the event halfway along the stream.
+async fn middle_intent(url: &str, written: u64) -> Uuid {
+    let sql = "SELECT aggregate_id FROM events WHERE aggregate_type = 'deployment' \
+               ORDER BY position LIMIT 1 OFFSET $1";
+    let middle: String = if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        sqlx::query_scalar(sql)
+            .bind(written as i64 / 2)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        sqlx::query_scalar(sql)
+            .bind(written as i64 / 2)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    Uuid::parse_str(&middle).unwrap()
+}
+
+/// One deployment's evidence export, best of three, and how many events it held.
+async fn deployment_export(
+    store: &Store,
+    log: &LogView,
+    key: &eucora::checkpoints::SigningKey,
+    id: Uuid,
+) -> (Duration, u64) {
+    let (mut best, mut events) = (Duration::MAX, 0);
+    for _ in 0..3 {
+        let started = Instant::now();
+        events = eucora::evidence::export(
+            store,
+            log,
+            key,
+            &eucora::evidence::Scope::Deployment(id),
+            None,
+            std::io::sink(),
+        )
+        .await
+        .unwrap()
+        .events;
+        best = best.min(started.elapsed());
+    }
+    (best, events)
+}
+
 /// Signs a checkpoint over the whole log (`tree`, of `written` leaves) with a new key at
 /// `key_path`, as the server would, and returns the key and the log's view with the intent heads
 /// it signed kept in it (as the server keeps them for a deployment's export).
@@ -550,29 +570,8 @@ async fn bench_scale(name: &str, url: &str, store: &Store, written: u64) {
         summary.intents,
         started.elapsed().as_secs_f64()
     );
-    let sql = "SELECT aggregate_id FROM events WHERE aggregate_type = 'deployment' \
-               ORDER BY position LIMIT 1 OFFSET $1";
-    let pool = sqlx::PgPool::connect(url).await.unwrap();
-    let id: String = sqlx::query_scalar(sql)
-        .bind(written as i64 / 2)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let mut alone = Duration::MAX;
-    for _ in 0..3 {
-        let started = Instant::now();
-        eucora::evidence::export(
-            store,
-            &log,
-            &key,
-            &eucora::evidence::Scope::Deployment(Uuid::parse_str(&id).unwrap()),
-            None,
-            std::io::sink(),
-        )
-        .await
-        .unwrap();
-        alone = alone.min(started.elapsed());
-    }
+    let id = middle_intent(url, written).await;
+    let (alone, _) = deployment_export(store, &log, &key, id).await;
     println!(
         "| {name:<8} | one deployment's export at {written} events: {:.2} ms |",
         alone.as_secs_f64() * 1000.0

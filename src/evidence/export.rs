@@ -211,16 +211,15 @@ pub async fn export(
     let size = checkpoint.size;
     // A store shorter than what was signed would keep a period's reading of the stream waiting
     // for ever: refused at once. (A deployment's reads only its own events and the tiles.)
-    let held = match scope {
-        Scope::Period { .. } => store.event_count().await?.max(0) as u64,
-        Scope::Deployment(_) => size,
-    };
-    if held < size {
-        return Err(EvidenceError::Export(format!(
-            "integrity check failed: the store holds {held} events, fewer than the {size} the \
-             latest signed checkpoint covers: events were deleted (docs/runbook.md, \
-             IntegrityCheckFailed)"
-        )));
+    if let Scope::Period { .. } = scope {
+        let held = store.event_count().await?.max(0) as u64;
+        if held < size {
+            return Err(EvidenceError::Export(format!(
+                "integrity check failed: the store holds {held} events, fewer than the {size} \
+                 the latest signed checkpoint covers: events were deleted (docs/runbook.md, \
+                 IntegrityCheckFailed)"
+            )));
+        }
     }
     let tree = log.tree();
     if tree.size() < size {
