@@ -12,6 +12,7 @@
 //! | `rollback` | `DeploymentRolledBack` | `per_rollback` |
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -53,6 +54,11 @@ pub enum Component {
 }
 
 impl Component {
+    /// The component's number, in [`Component::ALL`]'s order.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub const ALL: [Component; 6] = [
         Component::DeviceInstalls,
         Component::Delivery,
@@ -87,17 +93,82 @@ impl Component {
 }
 
 /// One intent's cost so far, and what it needs to charge its next event.
+///
+/// The metrics fold keeps one for every intent in memory, so it is compact: what it charged is
+/// kept in arrays by ring and component, in one allocation made at its first charge (an intent
+/// without rates never makes it). It is stored, in the intent read model's rows, in the shape of
+/// [`StoredMeter`], which has not changed since costs were first recorded.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(from = "StoredMeter", into = "StoredMeter")]
 pub struct CostMeter {
-    /// `None` for an intent requested before costs were recorded: it has no cost.
-    pub rates: Option<CostRates>,
+    /// `None` for an intent requested before costs were recorded: it has no cost. Shared by the
+    /// meters of intents requested under the same rates (see [`CostMeter::share_rates`]).
+    rates: Option<Arc<CostRates>>,
     artifact_bytes: Option<u64>,
     requested_at: Option<DateTime<Utc>>,
-    /// Installed devices and incidents charged so far, per ring.
+    cab_charged: bool,
+    /// `None` until something is charged.
+    ledger: Option<Box<Ledger>>,
+}
+
+/// What a meter charged, by [`Ring::index`] and [`Component::index`].
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Ledger {
+    /// Installed devices and incidents charged so far, from the ring's first report on.
+    charged: [Option<(u64, u64)>; Ring::ALL.len()],
+    /// The cost so far. Only positive amounts are ever added, so 0 is "nothing charged".
+    amounts: [[f64; Component::ALL.len()]; Ring::ALL.len()],
+}
+
+/// A [`CostMeter`] as the intent read model stores it.
+#[derive(Serialize, Deserialize)]
+struct StoredMeter {
+    rates: Option<CostRates>,
+    artifact_bytes: Option<u64>,
+    requested_at: Option<DateTime<Utc>>,
     charged: BTreeMap<Ring, (u64, u64)>,
     cab_charged: bool,
-    /// The cost so far, by ring and component.
-    pub by_ring: BTreeMap<Ring, BTreeMap<Component, f64>>,
+    by_ring: BTreeMap<Ring, BTreeMap<Component, f64>>,
+}
+
+impl From<StoredMeter> for CostMeter {
+    fn from(s: StoredMeter) -> CostMeter {
+        let mut ledger = Ledger::default();
+        for (ring, charged) in s.charged {
+            ledger.charged[ring.index()] = Some(charged);
+        }
+        for (ring, components) in s.by_ring {
+            for (component, amount) in components.into_iter().filter(|(_, a)| *a > 0.0) {
+                ledger.amounts[ring.index()][component.index()] = amount;
+            }
+        }
+        CostMeter {
+            rates: s.rates.map(Arc::new),
+            artifact_bytes: s.artifact_bytes,
+            requested_at: s.requested_at,
+            cab_charged: s.cab_charged,
+            ledger: (ledger != Ledger::default()).then(|| Box::new(ledger)),
+        }
+    }
+}
+
+impl From<CostMeter> for StoredMeter {
+    fn from(m: CostMeter) -> StoredMeter {
+        let charged = m.ledger.as_ref().map_or_else(BTreeMap::new, |l| {
+            Ring::ALL
+                .into_iter()
+                .filter_map(|r| Some((r, l.charged[r.index()]?)))
+                .collect()
+        });
+        StoredMeter {
+            by_ring: m.by_ring(),
+            rates: m.rates.map(Arc::unwrap_or_clone),
+            artifact_bytes: m.artifact_bytes,
+            requested_at: m.requested_at,
+            charged,
+            cab_charged: m.cab_charged,
+        }
+    }
 }
 
 impl CostMeter {
@@ -112,7 +183,7 @@ impl CostMeter {
     /// and adds it to the meter.
     pub fn charge(&mut self, event: &DeploymentEvent) -> Vec<(Ring, Component, f64)> {
         if let DeploymentEvent::DeploymentCreated(e) = event {
-            self.rates = e.cost_rates.as_deref().cloned();
+            self.rates = e.cost_rates.as_deref().cloned().map(Arc::new);
             self.artifact_bytes = e.artifact_bytes;
             self.requested_at = Some(e.meta.occurred_at);
             return Vec::new();
@@ -146,7 +217,8 @@ impl CostMeter {
             }
             DeploymentEvent::DeploymentRejected(e) => cab_review(e.ring, &mut self.cab_charged),
             DeploymentEvent::DeploymentDeployed(e) => {
-                let (installed, incidents) = self.charged.entry(e.ring).or_default();
+                let ledger = self.ledger.get_or_insert_with(Box::default);
+                let (installed, incidents) = ledger.charged[e.ring.index()].get_or_insert((0, 0));
                 let new_installs = e.succeeded.saturating_sub(*installed);
                 let new_incidents = e.incidents.saturating_sub(*incidents);
                 *installed = (*installed).max(e.succeeded);
@@ -186,15 +258,45 @@ impl CostMeter {
             _ => {}
         }
         out.retain(|(_, _, amount)| *amount > 0.0);
-        for (ring, component, amount) in &out {
-            *self
-                .by_ring
-                .entry(*ring)
-                .or_default()
-                .entry(*component)
-                .or_default() += amount;
+        if !out.is_empty() {
+            let ledger = self.ledger.get_or_insert_with(Box::default);
+            for (ring, component, amount) in &out {
+                ledger.amounts[ring.index()][component.index()] += amount;
+            }
         }
         out
+    }
+
+    /// Shares its rates with `kept` when they are the same, else keeps its own there: intents
+    /// requested under one policy have the same rates, so a fold keeping many meters (one for
+    /// each intent) keeps them once.
+    pub fn share_rates(&mut self, kept: &mut Option<Arc<CostRates>>) {
+        match (&self.rates, kept.as_ref()) {
+            (Some(mine), Some(theirs)) if mine == theirs => self.rates = Some(theirs.clone()),
+            (Some(mine), _) => *kept = Some(mine.clone()),
+            (None, _) => {}
+        }
+    }
+
+    /// Every amount charged so far, by ring, then component, in their orders.
+    fn amounts(&self) -> impl Iterator<Item = (Ring, Component, f64)> + '_ {
+        self.ledger.iter().flat_map(|l| {
+            Ring::ALL.into_iter().flat_map(move |r| {
+                Component::ALL.into_iter().filter_map(move |c| {
+                    let amount = l.amounts[r.index()][c.index()];
+                    (amount > 0.0).then_some((r, c, amount))
+                })
+            })
+        })
+    }
+
+    /// The cost so far, by ring and component.
+    pub fn by_ring(&self) -> BTreeMap<Ring, BTreeMap<Component, f64>> {
+        let mut by_ring: BTreeMap<Ring, BTreeMap<Component, f64>> = BTreeMap::new();
+        for (ring, component, amount) in self.amounts() {
+            by_ring.entry(ring).or_default().insert(component, amount);
+        }
+        by_ring
     }
 
     /// The currency of the cost, when it has one.
@@ -205,10 +307,8 @@ impl CostMeter {
     /// The cost by component, every ring together.
     pub fn components(&self) -> BTreeMap<Component, f64> {
         let mut all = BTreeMap::new();
-        for components in self.by_ring.values() {
-            for (component, amount) in components {
-                *all.entry(*component).or_default() += amount;
-            }
+        for (_, component, amount) in self.amounts() {
+            *all.entry(component).or_default() += amount;
         }
         all
     }
@@ -236,6 +336,49 @@ mod tests {
     use super::*;
     use crate::event::{ConnectorAction, ConnectorType, Dispatched, Status};
     use crate::fixtures::Script;
+
+    /// Rows of the intent read model hold meters as JSON: one written before the meter was made
+    /// compact reads back with the same cost and is written again unchanged, and a meter reads
+    /// back as it was.
+    #[test]
+    fn a_meter_is_stored_in_the_shape_rows_were_written_in() {
+        let rates = serde_json::to_value(CostRates::default()).unwrap();
+        let stored = serde_json::json!({
+            "rates": rates,
+            "artifact_bytes": 2_000_000_000u64,
+            "requested_at": "2026-01-01T00:00:00Z",
+            "charged": { "LAB": [10, 1], "CANARY": [0, 0] },
+            "cab_charged": true,
+            "by_ring": {
+                "LAB": { "device_installs": 20.0, "incidents": 150.0, "cab_review": 240.0 },
+                "CANARY": { "connector_calls": 0.5 }
+            }
+        });
+        let meter: CostMeter = serde_json::from_value(stored.clone()).unwrap();
+        assert_eq!(meter.total(), 410.5);
+        assert_eq!(
+            meter.by_ring()[&Ring::Lab]
+                .keys()
+                .copied()
+                .collect::<Vec<_>>(),
+            [
+                Component::DeviceInstalls,
+                Component::Incidents,
+                Component::CabReview
+            ]
+        );
+        assert_eq!(serde_json::to_value(&meter).unwrap(), stored);
+        let mut s = Script::new(9);
+        let mut created = s.created("7-Zip", true);
+        if let DeploymentEvent::DeploymentCreated(c) = &mut created {
+            c.cost_rates = Some(Box::default());
+        }
+        let mut charged = CostMeter::opened(&created);
+        charged.charge(&s.deployed(2.0, Ring::Lab, 0, false));
+        let text = serde_json::to_string(&charged).unwrap();
+        assert!(text.contains(r#""charged":{"LAB":[0,0]}"#), "{text}");
+        assert_eq!(serde_json::from_str::<CostMeter>(&text).unwrap(), charged);
+    }
 
     /// docs/observability.md's worked example, event by event.
     #[test]

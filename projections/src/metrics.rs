@@ -163,6 +163,9 @@ pub struct Metrics {
     unrecovered: HashMap<(Arc<str>, Ring), DateTime<Utc>>,
     /// Apps' own names, shared by their intents.
     names: HashMap<String, Arc<str>>,
+    /// The cost rates the latest intent was requested under, shared by the intents requested
+    /// under the same ones.
+    rates: Option<Arc<crate::cost::CostRates>>,
     events: BTreeMap<&'static str, u64>,
     position: i64,
 }
@@ -207,6 +210,7 @@ impl Metrics {
             rework: HashMap::new(),
             unrecovered: HashMap::new(),
             names: HashMap::new(),
+            rates: None,
             events: EVENT_TYPES.iter().map(|t| (*t, 0)).collect(),
             position: 0,
         }
@@ -308,7 +312,11 @@ impl Metrics {
                         currency: currency_label(
                             e.cost_rates.as_ref().map(|r| r.currency.as_str()),
                         ),
-                        cost: CostMeter::opened(event),
+                        cost: {
+                            let mut meter = CostMeter::opened(event);
+                            meter.share_rates(&mut self.rates);
+                            meter
+                        },
                         forecast: Forecaster::default(),
                     },
                 );

@@ -179,12 +179,12 @@ impl From<&IntentState> for IntentResponse {
                     .collect(),
                 by_ring: s
                     .cost
-                    .by_ring
-                    .iter()
+                    .by_ring()
+                    .into_iter()
                     .map(|(ring, components)| {
                         let components = components
-                            .iter()
-                            .map(|(c, amount)| (c.as_str().to_string(), *amount))
+                            .into_iter()
+                            .map(|(c, amount)| (c.as_str().to_string(), amount))
                             .collect();
                         (ring.as_str().to_string(), components)
                     })
