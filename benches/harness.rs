@@ -277,3 +277,226 @@ pub fn create_body() -> serde_json::Value {
             "data_access": 0.8, "sbom_vulnerability": 0.8, "operational_complexity": 0.8, "history": 0.8 }
     })
 }
+
+/// The commands of one cell; `acks` gets the time each was acknowledged.
+pub async fn commands(
+    server: &Target,
+    clients: usize,
+    seconds: f64,
+    acks: Arc<std::sync::Mutex<Vec<Instant>>>,
+) -> Cell {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(128)
+        .build()
+        .unwrap();
+    let create_body = create_body();
+    let (base, tokens) = (server.base.clone(), server.tokens.clone());
+    drive(clients, seconds, move |_| {
+        let (client, base, body, tokens, acks) = (
+            client.clone(),
+            base.clone(),
+            create_body.clone(),
+            tokens.clone(),
+            acks.clone(),
+        );
+        async move {
+            let (r, a, d) = (&tokens.0, &tokens.1, &tokens.2);
+            let acked = || acks.lock().unwrap().push(Instant::now());
+            let (t1, created) =
+                timed(&client, format!("{base}/api/v1/deployments"), r, body, 201).await?;
+            acked();
+            let id = created["id"].as_str().ok_or("no id")?.to_string();
+            let (t2, _) = timed(
+                &client,
+                format!("{base}/api/v1/deployments/{id}/approve"),
+                a,
+                json!({}),
+                200,
+            )
+            .await?;
+            acked();
+            let report =
+                json!({ "ring": "LAB", "target_devices": 10, "succeeded": 10, "failed": 0 });
+            let (t3, _) = timed(
+                &client,
+                format!("{base}/api/v1/deployments/{id}/deploy"),
+                d,
+                report,
+                200,
+            )
+            .await?;
+            acked();
+            Ok(vec![t1, t2, t3])
+        }
+    })
+    .await
+}
+
+/// `eucora serve` as a process of its own: the binary `bin` (this build's, or another
+/// version's), on `url`, with `env`. The database is migrated and the three tokens created
+/// through that binary's own `migrate` and `token create`, so an older version runs on its own
+/// schema. Killed when dropped.
+pub struct Process {
+    pub target: Target,
+    child: std::process::Child,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `bin` with `args` on the database at `url`; its standard output, trimmed.
+fn run_cli(bin: &std::path::Path, url: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(bin)
+        .args(args)
+        .env("EUCORA_DATABASE_URL", url)
+        // Who makes the access change, as `token create` records it.
+        .env("USER", "load-benchmark")
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed: {}",
+        bin.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Starts `bin serve` on `url` with `env`, once `bin` has migrated it and created the tokens.
+pub fn serve_process(bin: &std::path::Path, url: &str, env: &[(&str, &str)]) -> Process {
+    use std::io::BufRead;
+    run_cli(bin, url, &["migrate"]);
+    let token = |subject, role| {
+        run_cli(
+            bin,
+            url,
+            &["token", "create", "--subject", subject, "--role", role],
+        )
+    };
+    let tokens = Arc::new((
+        token("req", "requester"),
+        token("cab", "cab_approver"),
+        token("ops", "deployer"),
+    ));
+    let mut child = std::process::Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("EUCORA_DATABASE_URL", url)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start eucora serve");
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let base = stdout
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("eucora listening on ").map(str::to_string))
+        .expect("eucora serve did not say where it listens");
+    Process {
+        target: Target { base, tokens },
+        child,
+    }
+}
+
+/// One cell of [`take_turns`]: commands/s, p50 and p99 in ms, what its errors were, and the
+/// CPU it took per command, in microseconds: the server process's, the load generator's (this
+/// process) and the rest of the machine's (the database, on PostgreSQL).
+pub struct Turn {
+    pub rate: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub failures: std::collections::BTreeMap<String, usize>,
+    pub cpu: Cpu,
+}
+
+/// CPU time per command, in microseconds, by where it was spent.
+#[derive(Clone, Copy, Default)]
+pub struct Cpu {
+    pub server: f64,
+    pub client: f64,
+    pub rest: f64,
+}
+
+/// CPU clock ticks (user and system) the process `pid` (`self` for this one) used so far; Linux's
+/// `/proc`, 0 elsewhere. A tick is 1/100 s: Linux's USER_HZ on every architecture it exports.
+pub fn ticks(pid: &str) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat[stat.rfind(')').map_or(0, |i| i + 2)..]
+        .split(' ')
+        .collect();
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    field(11).unwrap_or(0) + field(12).unwrap_or(0)
+}
+
+/// CPU seconds used so far: by the process `pid` (`self` for this one), and by the whole
+/// machine (every core's busy time, from `/proc/stat`).
+fn cpu_seconds(pid: &str) -> (f64, f64) {
+    let machine = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|stat| {
+            let ticks: Vec<f64> = stat
+                .lines()
+                .next()?
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|t| t.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal: busy is all but idle and iowait.
+            Some(ticks.iter().take(8).sum::<f64>() - ticks.get(3)? - ticks.get(4)?)
+        })
+        .unwrap_or(0.0);
+    (ticks(pid) as f64 / 100.0, machine / 100.0)
+}
+
+/// The servers take turns for `rounds` rounds, each running create → approve → deploy at
+/// `clients` for `seconds`, after a one-second warm-up each; every server's turns, in order.
+/// Alternating spreads the machine's drift over all of them alike.
+pub async fn take_turns(
+    servers: &[&Process],
+    clients: usize,
+    seconds: f64,
+    rounds: usize,
+) -> Vec<Vec<Turn>> {
+    for server in servers {
+        commands(&server.target, clients, 1.0, Arc::default()).await;
+    }
+    let mut turns: Vec<Vec<Turn>> = servers.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        for (server, turns) in servers.iter().zip(turns.iter_mut()) {
+            let pid = server.child.id().to_string();
+            let ((server0, machine0), (client0, _)) = (cpu_seconds(&pid), cpu_seconds("self"));
+            let mut cell = commands(&server.target, clients, seconds, Arc::default()).await;
+            let ((server1, machine1), (client1, _)) = (cpu_seconds(&pid), cpu_seconds("self"));
+            let ops = cell.ops.max(1) as f64;
+            let per_command = |s: f64| s * 1e6 / ops;
+            let (server, client) = (server1 - server0, client1 - client0);
+            turns.push(Turn {
+                rate: cell.rate(),
+                p50: cell.pct(0.5),
+                p99: cell.pct(0.99),
+                failures: std::mem::take(&mut cell.failures),
+                cpu: Cpu {
+                    server: per_command(server),
+                    client: per_command(client),
+                    rest: per_command((machine1 - machine0 - server - client).max(0.0)),
+                },
+            });
+        }
+    }
+    turns
+}
+
+/// The median of `xs` (the upper one of an even count).
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
+}

@@ -42,8 +42,8 @@ use eucora::store::Store;
 use serde_json::json;
 
 use harness::{
-    connectors_file, create_body, drive, env_or, scratch_dir, simulator, start, timed, tokens,
-    Cell, Target,
+    commands, connectors_file, create_body, drive, env_or, median, scratch_dir, serve_process,
+    simulator, start, take_turns, timed, Turn,
 };
 
 /// Every 20 ms, the size of the latest signed checkpoint (one indexed row: cheap beside the load).
@@ -88,60 +88,6 @@ fn lag(base: i64, acks: &[Instant], samples: &[(Instant, i64)]) -> (f64, f64, us
             .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
     };
     (pct(0.5), pct(0.99), unsigned)
-}
-
-/// The commands of one cell; `acks` gets the time each was acknowledged.
-async fn commands(
-    server: &Target,
-    clients: usize,
-    seconds: f64,
-    acks: Arc<std::sync::Mutex<Vec<Instant>>>,
-) -> Cell {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(128)
-        .build()
-        .unwrap();
-    let create_body = create_body();
-    let (base, tokens) = (server.base.clone(), server.tokens.clone());
-    drive(clients, seconds, move |_| {
-        let (client, base, body, tokens, acks) = (
-            client.clone(),
-            base.clone(),
-            create_body.clone(),
-            tokens.clone(),
-            acks.clone(),
-        );
-        async move {
-            let (r, a, d) = (&tokens.0, &tokens.1, &tokens.2);
-            let acked = || acks.lock().unwrap().push(Instant::now());
-            let (t1, created) =
-                timed(&client, format!("{base}/api/v1/deployments"), r, body, 201).await?;
-            acked();
-            let id = created["id"].as_str().ok_or("no id")?.to_string();
-            let (t2, _) = timed(
-                &client,
-                format!("{base}/api/v1/deployments/{id}/approve"),
-                a,
-                json!({}),
-                200,
-            )
-            .await?;
-            acked();
-            let report =
-                json!({ "ring": "LAB", "target_devices": 10, "succeeded": 10, "failed": 0 });
-            let (t3, _) = timed(
-                &client,
-                format!("{base}/api/v1/deployments/{id}/deploy"),
-                d,
-                report,
-                200,
-            )
-            .await?;
-            acked();
-            Ok(vec![t1, t2, t3])
-        }
-    })
-    .await
 }
 
 /// The client counts of the load cells: `EUCORA_BENCH_CLIENTS` (say `16` or `1,16`), else 1, 16
@@ -327,39 +273,6 @@ async fn durability(full_url: &str, normal_url: &str, seconds: f64) {
     }
 }
 
-/// `eucora serve` as a process of its own (this build's binary) on `url`, with `env`: the tracing
-/// subscriber is process-wide, so servers exporting spans differently cannot share this process.
-struct Process {
-    target: Target,
-    child: std::process::Child,
-}
-
-async fn spawn_server(url: &str, env: &[(&str, &str)]) -> Process {
-    use std::io::BufRead;
-    let store = Store::connect(url, 2).await.expect("connect");
-    store.migrate().await.expect("migrate");
-    let tokens = tokens(&store).await;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eucora"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", url])
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start eucora serve");
-    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let base = stdout
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("eucora listening on ").map(str::to_string))
-        .expect("eucora serve did not say where it listens");
-    Process {
-        target: Target { base, tokens },
-        child,
-    }
-}
-
 /// What an unreachable or slow collector costs a request: the same server (as a process of its
 /// own) exporting nowhere (`OTEL_EXPORTER_OTLP_ENDPOINT` unset), to a collector that answers, to
 /// a port nothing listens on (refused), and to one that accepts connections and never answers
@@ -393,50 +306,39 @@ async fn traces(dir: &std::path::Path, seconds: f64) {
         ("collector refusing", Some(refused.as_str())),
         ("collector silent", Some(silent.as_str())),
     ];
-    let mut servers = Vec::new();
-    for (n, (_, endpoint)) in cases.iter().enumerate() {
-        let mut env = vec![("OTEL_BSP_SCHEDULE_DELAY", "200")];
-        env.extend(endpoint.map(|e| ("OTEL_EXPORTER_OTLP_ENDPOINT", e)));
-        servers.push(spawn_server(&url(&format!("traces-{n}.db")), &env).await);
-    }
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_eucora"));
+    let servers: Vec<_> = cases
+        .iter()
+        .enumerate()
+        .map(|(n, (_, endpoint))| {
+            let mut env = vec![("OTEL_BSP_SCHEDULE_DELAY", "200")];
+            env.extend(endpoint.map(|e| ("OTEL_EXPORTER_OTLP_ENDPOINT", e)));
+            serve_process(bin, &url(&format!("traces-{n}.db")), &env)
+        })
+        .collect();
     println!();
     const ROUNDS: usize = 3;
     println!("Traces: create → approve → deploy on `eucora serve` processes (SQLite at synchronous = NORMAL) exporting spans nowhere, to a collector that answers, to a refused port, and to a collector that never answers; {seconds} s per cell, the servers taking turns for {ROUNDS} rounds after a warm-up; the median round");
     println!("| clients | exporter | commands/s | p50 ms | p99 ms | ÷ no exporter | errors |");
     println!("|---:|---|---:|---:|---:|---:|---:|");
-    for server in &servers {
-        commands(&server.target, 16, 1.0, Arc::default()).await;
-    }
-    let median = |mut xs: Vec<f64>| {
-        xs.sort_by(f64::total_cmp);
-        xs[xs.len() / 2]
-    };
+    let servers: Vec<_> = servers.iter().collect();
     for clients in [16usize, 64] {
-        // (commands/s, p50, p99, errors) of each round, per server.
-        let mut rounds = vec![Vec::new(); servers.len()];
-        for _ in 0..ROUNDS {
-            for (server, cells) in servers.iter().zip(rounds.iter_mut()) {
-                let mut cell = commands(&server.target, clients, seconds, Arc::default()).await;
-                cells.push((cell.rate(), cell.pct(0.5), cell.pct(0.99), cell.errors));
-            }
-        }
-        let rate =
-            |cells: &Vec<(f64, f64, f64, usize)>| median(cells.iter().map(|c| c.0).collect());
+        let rounds = take_turns(&servers, clients, seconds, ROUNDS).await;
+        let rate = |turns: &Vec<Turn>| median(turns.iter().map(|t| t.rate).collect());
         let reference = rate(&rounds[0]);
-        for ((name, _), cells) in cases.iter().zip(&rounds) {
+        for ((name, _), turns) in cases.iter().zip(&rounds) {
             println!(
                 "| {clients:>3} | {name} | {:>9.0} | {:>6.2} | {:>6.2} | {:>5.2}x | {} |",
-                rate(cells),
-                median(cells.iter().map(|c| c.1).collect()),
-                median(cells.iter().map(|c| c.2).collect()),
-                rate(cells) / reference,
-                cells.iter().map(|c| c.3).sum::<usize>(),
+                rate(turns),
+                median(turns.iter().map(|t| t.p50).collect()),
+                median(turns.iter().map(|t| t.p99).collect()),
+                rate(turns) / reference,
+                turns
+                    .iter()
+                    .flat_map(|t| t.failures.values())
+                    .sum::<usize>(),
             );
         }
-    }
-    for mut server in servers {
-        let _ = server.child.kill();
-        let _ = server.child.wait();
     }
 }
 

@@ -27,6 +27,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod harness;
 mod scratch;
 mod seed;
 
@@ -43,6 +44,7 @@ use eucora::projection::log::{LogTree, LogView};
 use eucora::store::Store;
 use eucora_projections::event::*;
 use eucora_projections::metrics::Metrics;
+use harness::ticks;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use seed::{seed, Generator, APPS};
@@ -80,19 +82,6 @@ async fn timed_cpu<T>(f: impl std::future::Future<Output = T>) -> (T, Duration, 
         database: postgres_ticks().saturating_sub(before.1) as f64 / 100.0,
     };
     (out, took, cpu)
-}
-
-/// User and system CPU time of `/proc/{pid}`, in clock ticks (1/100 s on Linux).
-fn ticks(pid: &str) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat[stat.rfind(')').map_or(0, |i| i + 2)..]
-        .split(' ')
-        .collect();
-    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
-    field(11).unwrap_or(0) + field(12).unwrap_or(0)
 }
 
 /// CPU ticks of every running PostgreSQL server process (a backend that exits meanwhile takes
