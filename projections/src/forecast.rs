@@ -117,6 +117,12 @@ impl Forecaster {
         self.forecast = None;
     }
 
+    /// Whether the rollout ended (completed, rolled back, rejected): for good, as nothing that
+    /// follows an end makes it forecast again.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
     /// The forecast of a rollout not ended (completed, rolled back, rejected), once its ring
     /// has a report.
     pub fn current(&self) -> Option<&Forecast> {

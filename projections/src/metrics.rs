@@ -17,7 +17,6 @@ use crate::decode::StreamEvent;
 use crate::event::{
     ApprovalBasis, ChangeType, ConnectorType, DeploymentEvent, Gate, Ring, SiteClass, Status,
 };
-use crate::forecast::Forecaster;
 
 /// Buckets for durations: a minute to two weeks (rollouts last hours to days).
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -107,8 +106,10 @@ struct Intent {
     /// What it cost so far, and the `currency` label it is counted under.
     cost: CostMeter,
     currency: &'static str,
-    /// When its rollout is expected to be compliant.
-    forecast: Forecaster,
+    /// When its rollout is expected to be compliant; `None` once the rollout has ended, as an
+    /// ended forecaster forecasts nothing more whatever comes (so the many ended intents keep
+    /// nothing of it).
+    forecast: Option<Box<crate::forecast::Forecaster>>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -260,7 +261,12 @@ impl Metrics {
         let meta = event.meta();
         let (id, at) = (meta.deployment_id, meta.occurred_at);
         if let Some(intent) = self.intents.get_mut(&id) {
-            intent.forecast.fold(event);
+            if let Some(forecast) = intent.forecast.as_mut() {
+                forecast.fold(event);
+                if forecast.ended() {
+                    intent.forecast = None;
+                }
+            }
             for (ring, component, amount) in intent.cost.charge(event) {
                 *self
                     .cost
@@ -317,7 +323,7 @@ impl Metrics {
                             meter.share_rates(&mut self.rates);
                             meter
                         },
-                        forecast: Forecaster::default(),
+                        forecast: Some(Box::default()),
                     },
                 );
                 self.risk

@@ -217,7 +217,7 @@ impl Metrics {
             if let Some(overdue) = intent.retro_awaiting {
                 awaiting[usize::from(overdue)] += 1;
             }
-            if let Some(ring) = intent.forecast.missing() {
+            if let Some(ring) = intent.forecast.as_ref().and_then(|f| f.missing()) {
                 *missing.entry(ring).or_default() += 1;
             }
         }
