@@ -2,6 +2,14 @@
 
 use sqlx::Connection;
 
+/// The PostgreSQL the benchmarks use: `EUCORA_BENCH_DATABASE_URL`, else
+/// `EUCORA_TEST_DATABASE_URL`; `None` when neither is set.
+pub fn admin_url() -> Option<String> {
+    std::env::var("EUCORA_BENCH_DATABASE_URL")
+        .or_else(|_| std::env::var("EUCORA_TEST_DATABASE_URL"))
+        .ok()
+}
+
 /// A database created under `EUCORA_BENCH_DATABASE_URL` (else `EUCORA_TEST_DATABASE_URL`),
 /// dropped by [`Scratch::drop_database`].
 pub struct Scratch {
@@ -13,9 +21,7 @@ pub struct Scratch {
 impl Scratch {
     /// `None` when no PostgreSQL is configured.
     pub async fn create() -> Option<Scratch> {
-        let admin_url = std::env::var("EUCORA_BENCH_DATABASE_URL")
-            .or_else(|_| std::env::var("EUCORA_TEST_DATABASE_URL"))
-            .ok()?;
+        let admin_url = admin_url()?;
         let name = format!("eucora_bench_{}", uuid::Uuid::new_v4().simple());
         let mut admin = sqlx::PgConnection::connect(&admin_url)
             .await

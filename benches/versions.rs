@@ -80,9 +80,7 @@ async fn db_counts(admin: &mut sqlx::PgConnection, url: &str) -> [f64; 5] {
 /// have reported, and the server's projections have caught up with the cell's commands).
 async fn db_account(servers: &[(String, Process, String)], seconds: f64) {
     use sqlx::Connection;
-    let admin_url = std::env::var("EUCORA_BENCH_DATABASE_URL")
-        .or_else(|_| std::env::var("EUCORA_TEST_DATABASE_URL"))
-        .expect("PostgreSQL");
+    let admin_url = scratch::admin_url().expect("PostgreSQL");
     let mut admin = sqlx::PgConnection::connect(&admin_url)
         .await
         .expect("connect");

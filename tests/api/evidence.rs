@@ -108,6 +108,11 @@ async fn fetch(app: &TestApp, path: &str, token: &str) -> Vec<u8> {
     reply.bytes().await.unwrap().to_vec()
 }
 
+/// One deployment's evidence bundle, as `token` downloads it.
+async fn deployment_bundle(app: &TestApp, id: &str, token: &str) -> Vec<u8> {
+    fetch(app, &format!("/api/v1/deployments/{id}/evidence"), token).await
+}
+
 fn unpack(bundle: &[u8]) -> BTreeMap<String, Vec<u8>> {
     let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(bundle));
     archive
@@ -498,12 +503,7 @@ async fn a_period_bundle_verifies_and_every_tampering_is_refused_with_its_own_re
     // The manifest swapped for another bundle's (one deployment's).
     let other_id = traffic(&app, &crew).await;
     signed_through(&app, &crew.auditor).await;
-    let other_bundle = fetch(
-        &app,
-        &format!("/api/v1/deployments/{other_id}/evidence"),
-        &crew.auditor,
-    )
-    .await;
+    let other_bundle = deployment_bundle(&app, &other_id, &crew.auditor).await;
     verify(&other_bundle[..], &verifier, None).unwrap();
     let why = refused(
         with(MANIFEST, unpack(&other_bundle)[MANIFEST].clone()),
@@ -1171,12 +1171,7 @@ async fn a_deployment_bundle_proves_it_holds_every_event_and_an_unknown_id_is_pr
     let id = traffic(&app, &crew).await;
     signed_through(&app, &crew.auditor).await;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let bundle = fetch(
-        &app,
-        &format!("/api/v1/deployments/{id}/evidence"),
-        &crew.auditor,
-    )
-    .await;
+    let bundle = deployment_bundle(&app, &id, &crew.auditor).await;
     verify(&bundle[..], &verifier, None).unwrap();
     let files = unpack(&bundle);
     let note = String::from_utf8(files["checkpoint"].clone()).unwrap();
@@ -1454,12 +1449,7 @@ async fn a_deployment_whose_events_lie_tiles_apart_exports_from_its_own_events(b
     burst(2).await;
     signed_through(&app, &crew.auditor).await;
 
-    let bundle = fetch(
-        &app,
-        &format!("/api/v1/deployments/{id}/evidence"),
-        &crew.auditor,
-    )
-    .await;
+    let bundle = deployment_bundle(&app, &id, &crew.auditor).await;
     let verified = verify(&bundle[..], &verifier, None).expect("the bundle verifies");
     let files = unpack(&bundle);
     let leaves: Vec<u64> = lines(&files["events.jsonl"])
