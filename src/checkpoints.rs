@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use eucora_projections::heads::Heads;
+use eucora_projections::heads::{HeadIndex, Heads};
 use eucora_projections::merkle;
 
 use crate::projection::log::{with_tiles, LogView};
@@ -39,20 +39,13 @@ pub struct IntentHeads {
 }
 
 impl IntentHeads {
-    /// The heads over the log's first `size` leaves.
-    pub async fn of(store: &Store, size: u64) -> Result<Heads, StoreError> {
-        let mut heads = IntentHeads::default();
-        heads.advance(store, size).await?;
-        Ok(heads.heads)
+    /// The index of the heads over the log's first `size` leaves.
+    pub async fn of(store: &Store, size: u64) -> Result<Arc<HeadIndex>, StoreError> {
+        IntentHeads::default().index(store, size).await
     }
 
-    /// The heads over the leaves taken.
-    pub fn heads(&self) -> &Heads {
-        &self.heads
-    }
-
-    /// Takes the leaves up to `size` it has not taken yet.
-    pub async fn advance(&mut self, store: &Store, size: u64) -> Result<&Heads, StoreError> {
+    /// Takes the leaves up to `size` it has not taken yet, and makes their index.
+    pub async fn index(&mut self, store: &Store, size: u64) -> Result<Arc<HeadIndex>, StoreError> {
         use cqrs_es::Aggregate;
         const BATCH: i64 = 5000;
         let intent = <crate::domain::intent::DeploymentIntent as Aggregate>::TYPE;
@@ -83,7 +76,7 @@ impl IntentHeads {
                 self.heads.push(id);
             }
         }
-        Ok(&self.heads)
+        Ok(self.heads.index())
     }
 }
 
@@ -514,14 +507,10 @@ impl Checkpointer {
                 .await?;
         }
         let root = tree.root();
-        let index = heads
-            .advance(&self.store, size)
-            .await
-            .map_err(transient)?
-            .root();
+        let index = heads.index(&self.store, size).await.map_err(transient)?;
         let note = plan
             .key
-            .sign_checkpoint(size, &root, &index)
+            .sign_checkpoint(size, &root, &index.root())
             .map_err(Failure::Transient)?;
         // Outside the database first: a checkpoint is served (from the database) only once the
         // copy an insider cannot rewrite holds it. The other order left a window in which a
@@ -563,7 +552,7 @@ impl Checkpointer {
             .checkpoint_size
             .fetch_max(size, Ordering::AcqRel);
         // Its evidence reads the heads from here rather than from the whole stream again.
-        self.log.keep_signed_heads(heads.heads().clone());
+        self.log.keep_signed_heads(index);
         Ok(true)
     }
 }

@@ -92,32 +92,37 @@ impl Component {
     }
 }
 
-/// One intent's cost so far, and what it needs to charge its next event.
+/// What charges an intent's next event: the rates recorded on its creation, and the counts
+/// (which only grow) already charged in each ring.
 ///
-/// The metrics fold keeps one for every intent in memory, so it is compact: what it charged is
-/// kept in arrays by ring and component, in one allocation made at its first charge (an intent
-/// without rates never makes it). It is stored, in the intent read model's rows, in the shape of
-/// [`StoredMeter`], which has not changed since costs were first recorded.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(from = "StoredMeter", into = "StoredMeter")]
-pub struct CostMeter {
+/// The metrics fold keeps one for every intent in memory, inline and without an allocation of
+/// its own (the rates are shared, [`Tariff::share_rates`]); it needs what each event adds, not
+/// what was charged before, which a [`CostMeter`] keeps besides.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Tariff {
     /// `None` for an intent requested before costs were recorded: it has no cost. Shared by the
-    /// meters of intents requested under the same rates (see [`CostMeter::share_rates`]).
+    /// tariffs of intents requested under the same rates.
     rates: Option<Arc<CostRates>>,
     artifact_bytes: Option<u64>,
     requested_at: Option<DateTime<Utc>>,
     cab_charged: bool,
-    /// `None` until something is charged.
-    ledger: Option<Box<Ledger>>,
+    /// The rings a report was charged in, a bit each by [`Ring::index`].
+    reported: u8,
+    /// Installed devices and incidents charged so far, by ring, from its first report on.
+    charged: [(u64, u64); Ring::ALL.len()],
 }
 
-/// What a meter charged, by [`Ring::index`] and [`Component::index`].
-#[derive(Debug, Clone, PartialEq, Default)]
-struct Ledger {
-    /// Installed devices and incidents charged so far, from the ring's first report on.
-    charged: [Option<(u64, u64)>; Ring::ALL.len()],
-    /// The cost so far. Only positive amounts are ever added, so 0 is "nothing charged".
-    amounts: [[f64; Component::ALL.len()]; Ring::ALL.len()],
+/// One intent's cost so far: its [`Tariff`], and every amount charged, by ring and component.
+///
+/// It is stored, in the intent read model's rows, in the shape of [`StoredMeter`], which has not
+/// changed since costs were first recorded.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(from = "StoredMeter", into = "StoredMeter")]
+pub struct CostMeter {
+    tariff: Tariff,
+    /// By [`Ring::index`] and [`Component::index`]; `None` until something is charged. Only
+    /// positive amounts are ever added, so 0 is "nothing charged".
+    amounts: Option<Box<[[f64; Component::ALL.len()]; Ring::ALL.len()]>>,
 }
 
 /// A [`CostMeter`] as the intent read model stores it.
@@ -133,54 +138,62 @@ struct StoredMeter {
 
 impl From<StoredMeter> for CostMeter {
     fn from(s: StoredMeter) -> CostMeter {
-        let mut ledger = Ledger::default();
-        for (ring, charged) in s.charged {
-            ledger.charged[ring.index()] = Some(charged);
-        }
-        for (ring, components) in s.by_ring {
-            for (component, amount) in components.into_iter().filter(|(_, a)| *a > 0.0) {
-                ledger.amounts[ring.index()][component.index()] = amount;
-            }
-        }
-        CostMeter {
+        let mut tariff = Tariff {
             rates: s.rates.map(Arc::new),
             artifact_bytes: s.artifact_bytes,
             requested_at: s.requested_at,
             cab_charged: s.cab_charged,
-            ledger: (ledger != Ledger::default()).then(|| Box::new(ledger)),
+            ..Tariff::default()
+        };
+        for (ring, charged) in s.charged {
+            tariff.reported |= 1 << ring.index();
+            tariff.charged[ring.index()] = charged;
+        }
+        let mut amounts = [[0.0; Component::ALL.len()]; Ring::ALL.len()];
+        for (ring, components) in s.by_ring {
+            for (component, amount) in components.into_iter().filter(|(_, a)| *a > 0.0) {
+                amounts[ring.index()][component.index()] = amount;
+            }
+        }
+        CostMeter {
+            tariff,
+            amounts: amounts
+                .iter()
+                .flatten()
+                .any(|a| *a > 0.0)
+                .then(|| Box::new(amounts)),
         }
     }
 }
 
 impl From<CostMeter> for StoredMeter {
     fn from(m: CostMeter) -> StoredMeter {
-        let charged = m.ledger.as_ref().map_or_else(BTreeMap::new, |l| {
-            Ring::ALL
-                .into_iter()
-                .filter_map(|r| Some((r, l.charged[r.index()]?)))
-                .collect()
-        });
+        let t = &m.tariff;
+        let charged = Ring::ALL
+            .into_iter()
+            .filter(|r| t.reported & (1 << r.index()) != 0)
+            .map(|r| (r, t.charged[r.index()]))
+            .collect();
         StoredMeter {
             by_ring: m.by_ring(),
-            rates: m.rates.map(Arc::unwrap_or_clone),
-            artifact_bytes: m.artifact_bytes,
-            requested_at: m.requested_at,
             charged,
-            cab_charged: m.cab_charged,
+            rates: m.tariff.rates.map(Arc::unwrap_or_clone),
+            artifact_bytes: m.tariff.artifact_bytes,
+            requested_at: m.tariff.requested_at,
+            cab_charged: m.tariff.cab_charged,
         }
     }
 }
 
-impl CostMeter {
-    /// The meter of the intent `created` (its `DeploymentCreated`) requests.
-    pub fn opened(created: &DeploymentEvent) -> CostMeter {
-        let mut meter = CostMeter::default();
-        meter.charge(created);
-        meter
+impl Tariff {
+    /// The tariff of the intent `created` (its `DeploymentCreated`) requests.
+    pub fn opened(created: &DeploymentEvent) -> Tariff {
+        let mut tariff = Tariff::default();
+        tariff.charge(created);
+        tariff
     }
 
-    /// Charges `event`: returns what it adds, by ring and component (nothing for a zero amount),
-    /// and adds it to the meter.
+    /// Charges `event`: returns what it adds, by ring and component (nothing for a zero amount).
     pub fn charge(&mut self, event: &DeploymentEvent) -> Vec<(Ring, Component, f64)> {
         if let DeploymentEvent::DeploymentCreated(e) = event {
             self.rates = e.cost_rates.as_deref().cloned().map(Arc::new);
@@ -217,8 +230,8 @@ impl CostMeter {
             }
             DeploymentEvent::DeploymentRejected(e) => cab_review(e.ring, &mut self.cab_charged),
             DeploymentEvent::DeploymentDeployed(e) => {
-                let ledger = self.ledger.get_or_insert_with(Box::default);
-                let (installed, incidents) = ledger.charged[e.ring.index()].get_or_insert((0, 0));
+                self.reported |= 1 << e.ring.index();
+                let (installed, incidents) = &mut self.charged[e.ring.index()];
                 let new_installs = e.succeeded.saturating_sub(*installed);
                 let new_incidents = e.incidents.saturating_sub(*incidents);
                 *installed = (*installed).max(e.succeeded);
@@ -258,17 +271,11 @@ impl CostMeter {
             _ => {}
         }
         out.retain(|(_, _, amount)| *amount > 0.0);
-        if !out.is_empty() {
-            let ledger = self.ledger.get_or_insert_with(Box::default);
-            for (ring, component, amount) in &out {
-                ledger.amounts[ring.index()][component.index()] += amount;
-            }
-        }
         out
     }
 
     /// Shares its rates with `kept` when they are the same, else keeps its own there: intents
-    /// requested under one policy have the same rates, so a fold keeping many meters (one for
+    /// requested under one policy have the same rates, so a fold keeping many tariffs (one for
     /// each intent) keeps them once.
     pub fn share_rates(&mut self, kept: &mut Option<Arc<CostRates>>) {
         match (&self.rates, kept.as_ref()) {
@@ -278,12 +285,40 @@ impl CostMeter {
         }
     }
 
+    /// The currency of the cost, when it has one.
+    pub fn currency(&self) -> Option<&str> {
+        self.rates.as_ref().map(|r| r.currency.as_str())
+    }
+}
+
+impl CostMeter {
+    /// The meter of the intent `created` (its `DeploymentCreated`) requests.
+    pub fn opened(created: &DeploymentEvent) -> CostMeter {
+        CostMeter {
+            tariff: Tariff::opened(created),
+            amounts: None,
+        }
+    }
+
+    /// Charges `event`: returns what it adds, by ring and component (nothing for a zero amount),
+    /// and adds it to the meter.
+    pub fn charge(&mut self, event: &DeploymentEvent) -> Vec<(Ring, Component, f64)> {
+        let out = self.tariff.charge(event);
+        if !out.is_empty() {
+            let amounts = self.amounts.get_or_insert_with(Box::default);
+            for (ring, component, amount) in &out {
+                amounts[ring.index()][component.index()] += amount;
+            }
+        }
+        out
+    }
+
     /// Every amount charged so far, by ring, then component, in their orders.
     fn amounts(&self) -> impl Iterator<Item = (Ring, Component, f64)> + '_ {
-        self.ledger.iter().flat_map(|l| {
+        self.amounts.iter().flat_map(|a| {
             Ring::ALL.into_iter().flat_map(move |r| {
                 Component::ALL.into_iter().filter_map(move |c| {
-                    let amount = l.amounts[r.index()][c.index()];
+                    let amount = a[r.index()][c.index()];
                     (amount > 0.0).then_some((r, c, amount))
                 })
             })
@@ -301,7 +336,7 @@ impl CostMeter {
 
     /// The currency of the cost, when it has one.
     pub fn currency(&self) -> Option<&str> {
-        self.rates.as_ref().map(|r| r.currency.as_str())
+        self.tariff.currency()
     }
 
     /// The cost by component, every ring together.

@@ -17,7 +17,9 @@
 //! heads on either side of where it would sort are adjacent leaves of the index (or it would sort
 //! before the first or after the last, or the index is empty).
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use uuid::Uuid;
 
@@ -75,24 +77,42 @@ pub enum Lookup {
     },
 }
 
-/// The heads of every intent over a prefix of the log, built leaf by leaf in log order.
-#[derive(Debug, Clone, Default)]
+/// The heads of every intent over a prefix of the log, built leaf by leaf in log order: the index
+/// made last (shared with whoever keeps it: the server keeps the one it signed) and the heads
+/// that changed since. [`Heads::index`] merges the two into the next index, so the heads are
+/// held once, sorted, and only what changed between two checkpoints twice.
+#[derive(Debug, Clone)]
 pub struct Heads {
-    heads: BTreeMap<Uuid, (u64, u64)>,
+    base: Arc<HeadIndex>,
+    changed: BTreeMap<Uuid, (u64, u64)>,
     /// Log leaves taken so far.
     leaves: u64,
-    /// The index's tree over the heads as they are, made when first asked for.
-    tree: std::sync::OnceLock<merkle::Levels>,
+}
+
+impl Default for Heads {
+    fn default() -> Heads {
+        Heads {
+            base: Arc::new(HeadIndex::of(Vec::new(), 0)),
+            changed: BTreeMap::new(),
+            leaves: 0,
+        }
+    }
 }
 
 impl Heads {
     /// Takes the next log leaf: an event of `intent`, or (`None`) of another kind of stream.
     pub fn push(&mut self, intent: Option<Uuid>) {
         if let Some(id) = intent {
-            let head = self.heads.entry(id).or_insert((0, 0));
+            let head = match self.changed.entry(id) {
+                Entry::Occupied(head) => head.into_mut(),
+                Entry::Vacant(head) => head.insert(
+                    self.base
+                        .get(id)
+                        .map_or((0, 0), |h| (h.events, h.last_index)),
+                ),
+            };
             head.0 += 1;
             head.1 = self.leaves;
-            self.tree = std::sync::OnceLock::new();
         }
         self.leaves += 1;
     }
@@ -102,59 +122,125 @@ impl Heads {
         self.leaves
     }
 
-    fn tree(&self) -> &merkle::Levels {
-        self.tree.get_or_init(|| {
-            merkle::Levels::of(
-                self.heads
-                    .iter()
-                    .map(|(&intent_id, &(events, last_index))| {
-                        Head {
-                            intent_id,
-                            events,
-                            last_index,
-                        }
-                        .leaf_hash()
-                    })
-                    .collect(),
-            )
-        })
+    /// The index over the heads as they are now (the heads of the last one and those changed
+    /// since, merged in id order), kept as the base of the next.
+    pub fn index(&mut self) -> Arc<HeadIndex> {
+        if self.changed.is_empty() && self.base.leaves == self.leaves {
+            return self.base.clone();
+        }
+        let mut heads = Vec::with_capacity(self.base.heads.len() + self.changed.len());
+        let mut before = self.base.heads.iter().peekable();
+        for (&intent_id, &(events, last_index)) in &self.changed {
+            while let Some(head) = before.next_if(|h| h.intent_id < intent_id) {
+                heads.push(*head);
+            }
+            before.next_if(|h| h.intent_id == intent_id);
+            heads.push(Head {
+                intent_id,
+                events,
+                last_index,
+            });
+        }
+        heads.extend(before);
+        self.changed.clear();
+        self.base = Arc::new(HeadIndex::of(heads, self.leaves));
+        self.base.clone()
+    }
+}
+
+/// The index at one tree size, frozen: the heads sorted by id, and the tree's subtrees of
+/// [`HeadIndex::CHUNK`] heads and above. A subtree below that height is hashed again from its
+/// heads when a proof needs it (at most `CHUNK` leaf hashes), so the index keeps about 36 bytes
+/// an intent rather than the 96 its whole tree would take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadIndex {
+    heads: Vec<Head>,
+    leaves: u64,
+    /// `upper[0]` holds the hash of every complete chunk of heads, and each level above the
+    /// hashes of pairs of the one below.
+    upper: merkle::Levels,
+    root: IndexRoot,
+}
+
+impl HeadIndex {
+    /// The height of the lowest subtrees kept: 16 heads.
+    const HEIGHT: u32 = 4;
+    pub const CHUNK: usize = 1 << Self::HEIGHT;
+
+    fn of(heads: Vec<Head>, leaves: u64) -> HeadIndex {
+        let chunks = heads
+            .chunks_exact(Self::CHUNK)
+            .map(|chunk| merkle::root_of(&chunk.iter().map(Head::leaf_hash).collect::<Vec<_>>()))
+            .collect();
+        let mut index = HeadIndex {
+            heads,
+            leaves,
+            upper: merkle::Levels::of(chunks),
+            root: IndexRoot {
+                count: 0,
+                root: merkle::empty_root(),
+            },
+        };
+        let root = merkle::root(&index, index.heads.len() as u64);
+        index.root = IndexRoot {
+            count: index.heads.len() as u64,
+            root: root.unwrap_or_else(|never| match never {}),
+        };
+        index
+    }
+
+    /// How many log leaves its heads were taken over.
+    pub fn leaves(&self) -> u64 {
+        self.leaves
+    }
+
+    /// The head of `id`, if it has one.
+    pub fn get(&self, id: Uuid) -> Option<&Head> {
+        let position = self.heads.partition_point(|h| h.intent_id < id);
+        self.heads.get(position).filter(|h| h.intent_id == id)
     }
 
     pub fn root(&self) -> IndexRoot {
-        let tree = self.tree();
-        let root = merkle::root(tree, tree.size());
-        IndexRoot {
-            count: self.heads.len() as u64,
-            root: root.unwrap_or_else(|never| match never {}),
-        }
+        self.root
     }
 
-    /// The head of `id` with its proof, or the neighbours that show it has none: its cost
-    /// grows with the log of the number of intents once the index's tree is made.
+    /// The head of `id` with its proof, or the neighbours that show it has none: a binary search
+    /// and one proof's hashes (a few dozen leaf hashes below the chunks kept).
     pub fn lookup(&self, id: Uuid) -> Lookup {
-        let tree = self.tree();
-        let size = tree.size();
+        let size = self.heads.len() as u64;
         let placed = |position: usize| {
-            let (&intent_id, &(events, last_index)) = self.heads.iter().nth(position)?;
-            let hashes = merkle::inclusion_proof(tree, position as u64, size).ok()?;
+            let head = *self.heads.get(position)?;
+            let hashes = merkle::inclusion_proof(self, position as u64, size).ok()?;
             Some(Placed {
-                head: Head {
-                    intent_id,
-                    events,
-                    last_index,
-                },
+                head,
                 position: position as u64,
                 hashes,
             })
         };
-        let below = self.heads.range(..id).count();
-        match placed(below) {
+        let position = self.heads.partition_point(|h| h.intent_id < id);
+        match placed(position) {
             Some(found) if found.head.intent_id == id => Lookup::Present(found),
             above => Lookup::Absent {
-                below: below.checked_sub(1).and_then(placed),
+                below: position.checked_sub(1).and_then(placed),
                 above,
             },
         }
+    }
+}
+
+impl merkle::Subtrees for HeadIndex {
+    type Error = std::convert::Infallible;
+    fn subtree(&self, height: u32, index: u64) -> Result<Hash, Self::Error> {
+        if height >= Self::HEIGHT {
+            return self.upper.subtree(height - Self::HEIGHT, index);
+        }
+        // Only complete subtrees are asked for (`merkle::range_hash`): these heads exist.
+        let start = (index << height) as usize;
+        let leaves: Vec<Hash> = self.heads[start..start + (1 << height)]
+            .iter()
+            .map(Head::leaf_hash)
+            .collect();
+        Ok(merkle::root_of(&leaves))
     }
 }
 
@@ -207,12 +293,12 @@ mod tests {
         Uuid::from_bytes([n; 16])
     }
 
-    fn heads(stream: &[Option<u8>]) -> Heads {
+    fn heads(stream: &[Option<u8>]) -> Arc<HeadIndex> {
         let mut heads = Heads::default();
         for s in stream {
             heads.push(s.map(id));
         }
-        heads
+        heads.index()
     }
 
     #[test]
@@ -289,5 +375,80 @@ mod tests {
             }
         );
         verify_absent(id(1), None, None, &root).unwrap();
+    }
+
+    /// The index keeps only its chunks' subtrees and above: its root and every proof are still
+    /// those of the whole tree over the heads, at sizes on and around the chunk's.
+    #[test]
+    fn the_index_proves_what_its_whole_tree_would() {
+        for n in (0..=70).chain([255, 256, 257, 1000]) {
+            let mut heads = Heads::default();
+            for i in 0..n {
+                heads.push(Some(Uuid::from_u128(i as u128 * 7919)));
+            }
+            let index = heads.index();
+            let leaves: Vec<Hash> = index.heads.iter().map(Head::leaf_hash).collect();
+            assert_eq!(index.root().root, merkle::root_of(&leaves), "{n} heads");
+            assert_eq!(index.root().count, n as u64);
+            for (position, head) in index.heads.iter().enumerate() {
+                let Lookup::Present(placed) = index.lookup(head.intent_id) else {
+                    panic!("head {position} of {n} is in the index");
+                };
+                assert_eq!(placed.position, position as u64);
+                let whole = merkle::inclusion_proof(&leaves[..], position as u64, n as u64);
+                assert_eq!(
+                    Ok(placed.hashes.clone()),
+                    whole.map_err(|_| ()),
+                    "{position} of {n}"
+                );
+                verify_placed(&placed, &index.root()).unwrap();
+            }
+        }
+    }
+
+    /// An index made from the last one and the heads changed since is the one made from the
+    /// whole stream at once, wherever the stream was cut into checkpoints.
+    #[test]
+    fn each_index_merges_the_last_with_what_changed_since() {
+        // Leaves of 60 intents and of other streams, in a scrambled order.
+        let stream: Vec<Option<Uuid>> = (0u64..500)
+            .map(|i| {
+                let n = i.wrapping_mul(2_654_435_761) % 67;
+                (n < 60).then(|| Uuid::from_u128(u128::from(n) << 64 | 9))
+            })
+            .collect();
+        let mut whole = Heads::default();
+        stream.iter().for_each(|id| whole.push(*id));
+        let whole = whole.index();
+        for cuts in [
+            vec![],
+            vec![1],
+            vec![250],
+            vec![3, 4, 100, 101, 499],
+            vec![0, 17, 480],
+        ] {
+            let mut heads = Heads::default();
+            let mut indices = Vec::new();
+            for (leaf, id) in stream.iter().enumerate() {
+                if cuts.contains(&leaf) {
+                    indices.push((leaf, heads.index()));
+                }
+                heads.push(*id);
+            }
+            assert_eq!(heads.index(), whole, "cut at {cuts:?}");
+            // Each is the index of the stream up to its cut, left as it was made.
+            for (leaf, index) in indices {
+                let mut prefix = Heads::default();
+                stream[..leaf].iter().for_each(|id| prefix.push(*id));
+                assert_eq!(index, prefix.index(), "cut at {leaf}");
+            }
+        }
+        // No change since: the same index, not another.
+        let mut heads = Heads::default();
+        stream.iter().for_each(|id| heads.push(*id));
+        let first = heads.index();
+        assert!(Arc::ptr_eq(&first, &heads.index()));
+        heads.push(None);
+        assert_eq!(heads.index().leaves(), first.leaves() + 1);
     }
 }

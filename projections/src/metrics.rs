@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 mod render;
 
-use crate::cost::{Component, CostMeter, CURRENCIES};
+use crate::cost::{Component, Tariff, CURRENCIES};
 use crate::decode::StreamEvent;
 use crate::event::{
     ApprovalBasis, ChangeType, ConnectorType, DeploymentEvent, Gate, Ring, SiteClass, Status,
@@ -86,10 +86,9 @@ impl Histogram {
 /// What the fold remembers of each intent.
 #[derive(Debug, Clone, PartialEq)]
 struct Intent {
-    /// The `app_name` label: the app's name, or `other` past the label limit.
-    app: Arc<str>,
-    /// The app's own name, whatever its label: failures and recoveries are the same app's.
-    name: Arc<str>,
+    /// The app's number in [`Apps`]: its own name (failures and recoveries are the same app's)
+    /// and its `app_name` label.
+    app: u32,
     /// Where lead time starts: the change's commit (`source_committed_at`), else its creation.
     lead_from: DateTime<Utc>,
     requires_cab: bool,
@@ -103,13 +102,128 @@ struct Intent {
     retro_awaiting: Option<bool>,
     /// A rollout result was reported in some ring.
     deployed: bool,
-    /// What it cost so far, and the `currency` label it is counted under.
-    cost: CostMeter,
-    currency: &'static str,
+    /// What charges its next event, the `currency` label it is counted under, and what it cost
+    /// so far: the sum of what each event added, in the order they were charged.
+    cost: Tariff,
+    total_cost: f64,
+    /// The `currency` label's number in [`CURRENCIES`] (past its end: `XXX`).
+    currency: u8,
     /// When its rollout is expected to be compliant; `None` once the rollout has ended, as an
     /// ended forecaster forecasts nothing more whatever comes (so the many ended intents keep
     /// nothing of it).
     forecast: Option<Box<crate::forecast::Forecaster>>,
+}
+
+/// What an intent counts in the gauges over every intent (`deployments_in_state`,
+/// `emergency_changes_awaiting_retro_approval`, `deployment_rollouts_forecast_to_miss`): kept up
+/// to date as each event is folded, so a scrape does not visit every intent ever requested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counted {
+    state: (Status, Ring),
+    /// An emergency change awaiting retrospective approval: `Some(overdue)`.
+    awaiting: Option<bool>,
+    /// The ring of an open rollout forecast to miss its deadline.
+    missing: Option<Ring>,
+}
+
+impl Intent {
+    fn counted(&self) -> Counted {
+        Counted {
+            state: (self.status, self.ring),
+            awaiting: self.retro_awaiting,
+            missing: self.forecast.as_ref().and_then(|f| f.missing()),
+        }
+    }
+}
+
+/// The gauges over every intent, as [`Counted`] by each.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Gauges {
+    in_state: HashMap<(Status, Ring), u64>,
+    /// By overdue: not yet, overdue.
+    awaiting: [u64; 2],
+    /// By [`Ring::index`].
+    missing: [u64; Ring::ALL.len()],
+}
+
+impl Gauges {
+    fn add(&mut self, c: Counted) {
+        *self.in_state.entry(c.state).or_default() += 1;
+        if let Some(overdue) = c.awaiting {
+            self.awaiting[usize::from(overdue)] += 1;
+        }
+        if let Some(ring) = c.missing {
+            self.missing[ring.index()] += 1;
+        }
+    }
+
+    /// Takes back what [`Gauges::add`] added for `c`.
+    fn remove(&mut self, c: Counted) {
+        if let Some(n) = self.in_state.get_mut(&c.state) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(overdue) = c.awaiting {
+            let n = &mut self.awaiting[usize::from(overdue)];
+            *n = n.saturating_sub(1);
+        }
+        if let Some(ring) = c.missing {
+            let n = &mut self.missing[ring.index()];
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// Every intent's state, numbered in the order requested. A `HashMap<Uuid, Intent>` holds a slot
+/// the size of an intent for up to twice as many intents as there are (its table grows by
+/// doubling); here the table holds numbers (20 bytes a slot), and the intents lie in blocks of
+/// [`Intents::BLOCK`] that never move, only the last one not full.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Intents {
+    numbers: HashMap<Uuid, u32>,
+    blocks: Vec<Vec<Intent>>,
+}
+
+impl Intents {
+    const BLOCK: usize = 4096;
+
+    fn get(&self, id: &Uuid) -> Option<&Intent> {
+        let n = *self.numbers.get(id)? as usize;
+        self.blocks.get(n / Self::BLOCK)?.get(n % Self::BLOCK)
+    }
+
+    fn get_mut(&mut self, id: &Uuid) -> Option<&mut Intent> {
+        let n = *self.numbers.get(id)? as usize;
+        self.blocks
+            .get_mut(n / Self::BLOCK)?
+            .get_mut(n % Self::BLOCK)
+    }
+
+    fn contains_key(&self, id: &Uuid) -> bool {
+        self.numbers.contains_key(id)
+    }
+
+    /// Keeps a new intent (an id already kept is left as it is, as are intents past the four
+    /// billionth, which no memory holds).
+    fn insert(&mut self, id: Uuid, intent: Intent) {
+        let Ok(n) = u32::try_from(self.numbers.len()) else {
+            return;
+        };
+        if self.contains_key(&id) {
+            return;
+        }
+        if (n as usize).is_multiple_of(Self::BLOCK) {
+            self.blocks.push(Vec::with_capacity(Self::BLOCK));
+        }
+        if let Some(block) = self.blocks.last_mut() {
+            block.push(intent);
+            self.numbers.insert(id, n);
+        }
+    }
+
+    #[cfg(test)]
+    fn values(&self) -> impl Iterator<Item = &Intent> {
+        self.blocks.iter().flatten()
+    }
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -120,11 +234,9 @@ type Labels = Vec<(&'static str, String)>;
 /// entry; [`Metrics::render`] turns the keys into labels and sorts the series by them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Metrics {
-    app_label_limit: usize,
-    /// Apps that keep their own `app_name` label, by name.
-    labelled_apps: HashMap<String, Arc<str>>,
-    other_app: Arc<str>,
-    intents: HashMap<Uuid, Intent>,
+    apps: Apps,
+    intents: Intents,
+    gauges: Gauges,
     /// (status, ring, app_name, requires_cab)
     deployments: HashMap<(&'static str, Ring, Arc<str>, bool), u64>,
     /// (ring, status)
@@ -162,8 +274,6 @@ pub struct Metrics {
     /// The first unrecovered failure of each app (its own name) in each ring, until a version of
     /// the app is compliant there again.
     unrecovered: HashMap<(Arc<str>, Ring), DateTime<Utc>>,
-    /// Apps' own names, shared by their intents.
-    names: HashMap<String, Arc<str>>,
     /// The cost rates the latest intent was requested under, shared by the intents requested
     /// under the same ones.
     rates: Option<Arc<crate::cost::CostRates>>,
@@ -171,11 +281,62 @@ pub struct Metrics {
     position: i64,
 }
 
-/// The `currency` label: the ISO 4217 code (checked when the policy was read), `XXX` (ISO's "no
-/// currency") for anything else.
-fn currency_label(code: Option<&str>) -> &'static str {
-    code.and_then(|c| CURRENCIES.iter().find(|k| **k == c).copied())
+// Every code has a number below `u8::MAX`, which stands for none.
+const _: () = assert!(CURRENCIES.len() < u8::MAX as usize);
+
+/// The `currency` label's number: the ISO 4217 code's place in [`CURRENCIES`] (checked when
+/// the policy was read), past its end for anything else.
+fn currency_number(code: Option<&str>) -> u8 {
+    code.and_then(|c| CURRENCIES.iter().position(|k| *k == c))
+        .and_then(|n| u8::try_from(n).ok())
+        .unwrap_or(u8::MAX)
+}
+
+/// The `currency` label of a [`currency_number`]: `XXX` (ISO's "no currency") past the codes.
+fn currency_label(number: u8) -> &'static str {
+    CURRENCIES
+        .get(usize::from(number))
+        .copied()
         .unwrap_or("XXX")
+}
+
+/// The apps seen, numbered in the order they first appear.
+#[derive(Debug, Clone, PartialEq)]
+struct Apps {
+    /// How many apps keep their own `app_name` label: the first to appear; later ones are
+    /// counted as `other`.
+    label_limit: usize,
+    /// Apps' own names, by number.
+    names: Vec<Arc<str>>,
+    numbers: HashMap<String, u32>,
+    other: Arc<str>,
+}
+
+impl Apps {
+    /// The app's number, given it at its first appearance.
+    fn number(&mut self, app: &str) -> u32 {
+        if let Some(&number) = self.numbers.get(app) {
+            return number;
+        }
+        let number = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        self.names.push(Arc::from(app));
+        self.numbers.insert(app.to_string(), number);
+        number
+    }
+
+    /// The app's own name.
+    fn name(&self, number: u32) -> Arc<str> {
+        self.names[number as usize].clone()
+    }
+
+    /// Its `app_name` label: its name, or `other` past the label limit.
+    fn label(&self, number: u32) -> Arc<str> {
+        if (number as usize) < self.label_limit {
+            self.name(number)
+        } else {
+            self.other.clone()
+        }
+    }
 }
 
 fn seconds(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
@@ -187,10 +348,14 @@ impl Metrics {
     /// the stream keep it, later ones are counted as `other`.
     pub fn new(app_label_limit: usize) -> Self {
         Metrics {
-            app_label_limit,
-            labelled_apps: HashMap::new(),
-            other_app: Arc::from(OTHER_APP),
-            intents: HashMap::new(),
+            apps: Apps {
+                label_limit: app_label_limit,
+                names: Vec::new(),
+                numbers: HashMap::new(),
+                other: Arc::from(OTHER_APP),
+            },
+            intents: Intents::default(),
+            gauges: Gauges::default(),
             deployments: HashMap::new(),
             duration: HashMap::new(),
             time_to_compliance: HashMap::new(),
@@ -210,7 +375,6 @@ impl Metrics {
             change_failures: HashMap::new(),
             rework: HashMap::new(),
             unrecovered: HashMap::new(),
-            names: HashMap::new(),
             rates: None,
             events: EVENT_TYPES.iter().map(|t| (*t, 0)).collect(),
             position: 0,
@@ -222,23 +386,16 @@ impl Metrics {
         self.position
     }
 
-    fn app_label(&mut self, app: &str) -> Arc<str> {
-        if let Some(label) = self.labelled_apps.get(app) {
-            return label.clone();
-        }
-        if self.labelled_apps.len() < self.app_label_limit {
-            let label: Arc<str> = Arc::from(app);
-            self.labelled_apps.insert(app.to_string(), label.clone());
-            return label;
-        }
-        self.other_app.clone()
-    }
-
     fn count_status(&mut self, id: Uuid, status: &'static str, ring: Ring) {
         let Some(intent) = self.intents.get(&id) else {
             return;
         };
-        let key = (status, ring, intent.app.clone(), intent.requires_cab);
+        let key = (
+            status,
+            ring,
+            self.apps.label(intent.app),
+            intent.requires_cab,
+        );
         *self.deployments.entry(key).or_default() += 1;
     }
 
@@ -256,6 +413,21 @@ impl Metrics {
 
     /// Folds one deployment intent's event at its global position.
     pub fn apply(&mut self, position: i64, event: &DeploymentEvent) {
+        let id = event.meta().deployment_id;
+        let before = self.intents.get(&id).map(Intent::counted);
+        self.fold(position, event);
+        let after = self.intents.get(&id).map(Intent::counted);
+        if before != after {
+            if let Some(before) = before {
+                self.gauges.remove(before);
+            }
+            if let Some(after) = after {
+                self.gauges.add(after);
+            }
+        }
+    }
+
+    fn fold(&mut self, position: i64, event: &DeploymentEvent) {
         self.position = position;
         *self.events.entry(event.type_name()).or_default() += 1;
         let meta = event.meta();
@@ -268,9 +440,15 @@ impl Metrics {
                 }
             }
             for (ring, component, amount) in intent.cost.charge(event) {
+                intent.total_cost += amount;
                 *self
                     .cost
-                    .entry((intent.app.clone(), intent.currency, ring, component))
+                    .entry((
+                        self.apps.label(intent.app),
+                        currency_label(intent.currency),
+                        ring,
+                        component,
+                    ))
                     .or_default() += amount;
             }
         }
@@ -279,15 +457,8 @@ impl Metrics {
                 if self.intents.contains_key(&id) {
                     return;
                 }
-                let app = self.app_label(&e.app_name);
-                let name = match self.names.get(e.app_name.as_str()) {
-                    Some(name) => name.clone(),
-                    None => {
-                        let name: Arc<str> = Arc::from(e.app_name.as_str());
-                        self.names.insert(e.app_name.clone(), name.clone());
-                        name
-                    }
-                };
+                let app = self.apps.number(&e.app_name);
+                let name = self.apps.name(app);
                 // Rework: an emergency change for an app whose failure in some ring is not yet
                 // recovered, counted in the ring of its latest such failure.
                 if e.change_type == ChangeType::Emergency {
@@ -296,14 +467,13 @@ impl Metrics {
                         .filter_map(|r| Some((*self.unrecovered.get(&(name.clone(), r))?, r)))
                         .max();
                     if let Some((_, ring)) = latest {
-                        *self.rework.entry((app.clone(), ring)).or_default() += 1;
+                        *self.rework.entry((self.apps.label(app), ring)).or_default() += 1;
                     }
                 }
                 self.intents.insert(
                     id,
                     Intent {
                         app,
-                        name,
                         // A commit a little ahead of this clock (another system's) counts as now.
                         lead_from: e.source_committed_at.map_or(at, |c| c.min(at)),
                         requires_cab: e.risk.requires_cab,
@@ -315,14 +485,15 @@ impl Metrics {
                         ring_compliant: false,
                         retro_awaiting: None,
                         deployed: false,
-                        currency: currency_label(
+                        currency: currency_number(
                             e.cost_rates.as_ref().map(|r| r.currency.as_str()),
                         ),
                         cost: {
-                            let mut meter = CostMeter::opened(event);
-                            meter.share_rates(&mut self.rates);
-                            meter
+                            let mut tariff = Tariff::opened(event);
+                            tariff.share_rates(&mut self.rates);
+                            tariff
                         },
+                        total_cost: 0.0,
                         forecast: Some(Box::default()),
                     },
                 );
@@ -404,11 +575,14 @@ impl Metrics {
                         .observe(lead);
                     let (sum, count) = self
                         .app_lead_time
-                        .entry((intent.app.clone(), e.ring))
+                        .entry((self.apps.label(intent.app), e.ring))
                         .or_default();
                     *sum += lead;
                     *count += 1;
-                    if let Some(failed) = self.unrecovered.remove(&(intent.name.clone(), e.ring)) {
+                    if let Some(failed) = self
+                        .unrecovered
+                        .remove(&(self.apps.name(intent.app), e.ring))
+                    {
                         self.recovery_time
                             .entry(e.ring)
                             .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
@@ -460,9 +634,9 @@ impl Metrics {
                     intent.status = Status::Completed;
                     if intent.cost.currency().is_some() {
                         self.cost_per_intent
-                            .entry(intent.currency)
+                            .entry(currency_label(intent.currency))
                             .or_insert_with(|| Histogram::new(COST_BUCKETS))
-                            .observe(intent.cost.total());
+                            .observe(intent.total_cost);
                     }
                 }
             }
@@ -493,10 +667,10 @@ impl Metrics {
                 *self.rollbacks.entry(e.ring).or_default() += 1;
                 *self
                     .change_failures
-                    .entry((intent.app.clone(), e.ring))
+                    .entry((self.apps.label(intent.app), e.ring))
                     .or_default() += 1;
                 self.unrecovered
-                    .entry((intent.name.clone(), e.ring))
+                    .entry((self.apps.name(intent.app), e.ring))
                     .or_insert(at);
                 if let Some(entered) = entered {
                     self.duration
@@ -829,6 +1003,70 @@ mod tests {
             &text,
             "emergency_changes_awaiting_retro_approval{overdue=\"false\"} 0",
         );
+    }
+
+    /// The gauges over every intent are kept as events are folded: after every event of a mixed
+    /// stream (rollouts, a failure and its recovery, emergency changes, a rollout forecast to
+    /// miss its deadline that then catches up), they are what counting every intent gives.
+    #[test]
+    fn the_gauges_kept_are_those_a_count_of_every_intent_gives() {
+        let mut late = Script::new(40);
+        let mut report = |hours: f64, succeeded: u64| {
+            let mut e = late.deployed(hours, Ring::Lab, 0, succeeded >= 95);
+            if let DeploymentEvent::DeploymentDeployed(d) = &mut e {
+                d.target_devices = 100;
+                d.succeeded = succeeded;
+                d.success_rate = succeeded as f64 / 100.0;
+                d.compliance_threshold = 0.95;
+            }
+            e
+        };
+        let slow = [report(2.0, 20), report(3.0, 30), report(3.5, 96)];
+        let mut late = Script::new(40);
+        let mut slow_rollout = vec![
+            late.created("slow", false),
+            late.approved(0.0, B::Policy, "policy:auto"),
+        ];
+        for mut e in slow {
+            if let DeploymentEvent::DeploymentDeployed(d) = &mut e {
+                d.compliance_due_at = Some(late.at(4.0));
+            }
+            slow_rollout.push(e);
+        }
+        let (mut a, mut b) = (Script::new(50), Script::new(51));
+        let provisional = B::EmergencyProvisional;
+        let emergencies = vec![
+            a.created("a", true),
+            a.approved(0.0, provisional, "policy:emergency_change"),
+            b.created("b", true),
+            b.approved(0.0, provisional, "policy:emergency_change"),
+            a.emergency_deployed(1.0, 48.0),
+            a.retro_overdue(49.5, 49.0),
+            b.approved(2.0, B::CabRetrospective, "carol"),
+            a.retro_rejected(50.0),
+        ];
+        // Interleaved, as a stream of many intents is.
+        let streams = [
+            completed_rollout(),
+            failure_and_recovery(),
+            emergencies,
+            slow_rollout,
+        ];
+        let longest = streams.iter().map(Vec::len).max().unwrap_or(0);
+        let mut m = Metrics::new(10);
+        let mut seen = (false, false);
+        for i in 0..longest {
+            for event in streams.iter().filter_map(|s| s.get(i)) {
+                m.apply(1, event);
+                let mut counted = Gauges::default();
+                m.intents.values().for_each(|i| counted.add(i.counted()));
+                m.gauges.in_state.retain(|_, n| *n > 0);
+                assert_eq!(m.gauges, counted, "after {}", event.type_name());
+                seen.0 |= counted.missing.iter().any(|n| *n > 0);
+                seen.1 |= counted.awaiting.iter().any(|n| *n > 0);
+            }
+        }
+        assert_eq!(seen, (true, true), "a rollout missed, and a change awaited");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use eucora_projections::heads::{verify_absent, verify_placed, Head, Heads, Lookup, Placed};
+use eucora_projections::heads::{verify_absent, verify_placed, Head, HeadIndex, Lookup, Placed};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -111,7 +111,7 @@ pub(super) async fn signed_heads(
     store: &Store,
     log: &LogView,
     key: &SigningKey,
-) -> Result<(String, Checkpoint, Arc<Heads>), EvidenceError> {
+) -> Result<(String, Checkpoint, Arc<HeadIndex>), EvidenceError> {
     let latest = store.latest_checkpoint().await?.ok_or_else(|| {
         EvidenceError::NotYetSigned(
             "no checkpoint has been signed yet: the first is due within the checkpoint interval"
@@ -134,7 +134,7 @@ pub(super) async fn heads_under(
     store: &Store,
     log: &LogView,
     checkpoint: &Checkpoint,
-) -> Result<Arc<Heads>, EvidenceError> {
+) -> Result<Arc<HeadIndex>, EvidenceError> {
     let Some(index) = checkpoint.heads else {
         return Err(EvidenceError::NotYetSigned(
             "the latest checkpoint was signed by an earlier release and commits to no \
@@ -144,7 +144,7 @@ pub(super) async fn heads_under(
     };
     let heads = match log.signed_heads(checkpoint.size) {
         Some(kept) => kept,
-        None => Arc::new(IntentHeads::of(store, checkpoint.size).await?),
+        None => IntentHeads::of(store, checkpoint.size).await?,
     };
     if heads.root() != index {
         return Err(EvidenceError::Export(format!(

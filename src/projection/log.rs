@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use eucora_projections::heads::Heads;
+use eucora_projections::heads::HeadIndex;
 use eucora_projections::integrity::leaf_hash;
 use eucora_projections::merkle::{self, Hash, Subtrees};
 
@@ -294,7 +294,7 @@ async fn tile_last_key(
 /// The log's tree as the rest of the service reads it (checkpoints, proofs), updated after each
 /// batch the projection stores; and the intent heads at the last checkpoint this process signed.
 #[derive(Clone, Default)]
-pub struct LogView(Arc<RwLock<LogTree>>, Arc<RwLock<Option<Arc<Heads>>>>);
+pub struct LogView(Arc<RwLock<LogTree>>, Arc<RwLock<Option<Arc<HeadIndex>>>>);
 
 impl LogView {
     pub fn tree(&self) -> LogTree {
@@ -305,13 +305,13 @@ impl LogView {
         self.0.read().unwrap_or_else(|e| e.into_inner()).size()
     }
 
-    /// Keeps the intent heads of a checkpoint just signed, for its evidence to read.
-    pub fn keep_signed_heads(&self, heads: Heads) {
-        *self.1.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(heads));
+    /// Keeps the intent-heads index of a checkpoint just signed, for its evidence to read.
+    pub fn keep_signed_heads(&self, heads: Arc<HeadIndex>) {
+        *self.1.write().unwrap_or_else(|e| e.into_inner()) = Some(heads);
     }
 
     /// The intent heads kept over the log's first `size` leaves, if these are the ones kept.
-    pub fn signed_heads(&self, size: u64) -> Option<Arc<Heads>> {
+    pub fn signed_heads(&self, size: u64) -> Option<Arc<HeadIndex>> {
         let kept = self.1.read().unwrap_or_else(|e| e.into_inner());
         kept.as_ref().filter(|h| h.leaves() == size).cloned()
     }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::Arc;
 
-use super::{Histogram, Labels, Metrics};
+use super::{Gauges, Histogram, Labels, Metrics};
 use crate::event::{ConnectorType, Ring, Status};
 
 impl Metrics {
@@ -208,19 +208,12 @@ impl Metrics {
             "Intents currently in each state, per current ring.",
             "gauge",
         );
-        // The gauges over every intent, counted in one pass.
-        let mut in_state: BTreeMap<(Status, Ring), u64> = BTreeMap::new();
-        let mut awaiting = [0u64; 2];
-        let mut missing: BTreeMap<Ring, u64> = BTreeMap::new();
-        for intent in self.intents.values() {
-            *in_state.entry((intent.status, intent.ring)).or_default() += 1;
-            if let Some(overdue) = intent.retro_awaiting {
-                awaiting[usize::from(overdue)] += 1;
-            }
-            if let Some(ring) = intent.forecast.as_ref().and_then(|f| f.missing()) {
-                *missing.entry(ring).or_default() += 1;
-            }
-        }
+        // The gauges over every intent, kept as the stream was folded.
+        let Gauges {
+            in_state,
+            awaiting,
+            missing,
+        } = &self.gauges;
         for status in Status::ALL {
             for ring in Ring::ALL {
                 let n = in_state.get(&(status, ring)).copied().unwrap_or(0);
@@ -264,7 +257,7 @@ impl Metrics {
                 "deployment_rollouts_forecast_to_miss",
                 &[("ring", ring.as_str().to_string())],
                 None,
-                &missing.get(&ring).copied().unwrap_or(0).to_string(),
+                &missing[ring.index()].to_string(),
             );
         }
         header(
