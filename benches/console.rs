@@ -97,7 +97,7 @@ async fn bench(name: &str, url: &str, intents: u64, state: &std::path::Path) {
         "--by",
         "bench",
     ]);
-    let (mut child, base, caught_up) = scratch::serve_ready(url, state).await;
+    let (mut child, base, caught_up) = scratch::serve_ready(url, state, &[]).await;
     eprintln!(
         "{name}: serve caught up in {:.1} s",
         caught_up.as_secs_f64()

@@ -18,7 +18,8 @@
 //! `EUCORA_BENCH_KEEP_BUNDLE=PATH` keeps the period's bundle there (and its verifier key beside
 //! it, `PATH.verifier`) and the SQLite database, for profiling `eucora evidence verify` and
 //! `eucora evidence export`. `EUCORA_BENCH_ONLY=scale` (PostgreSQL only) measures what grows with
-//! the log: a late period's export, one deployment's export, and `eucora serve` ready on it.
+//! the log: a late period's export, one deployment's export, and `eucora serve` on it with the
+//! same signing key (ready, then signed past the log: its memory then, and its scrape).
 //!
 //! `cargo bench --bench replay` (PostgreSQL from `EUCORA_BENCH_DATABASE_URL`, else
 //! `EUCORA_TEST_DATABASE_URL`).
@@ -113,15 +114,50 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Starts the release `eucora serve` on the database, waits until ready, returns its RSS.
-async fn serve_rss(url: &str) -> (u64, Duration) {
+/// Starts the release `eucora serve` on the database and waits until ready; with a signing key,
+/// also until it has signed a checkpoint over more than the `signed` leaves (holding the intent
+/// heads, as a server with a key does). Its RSS then, after five scrapes, how long it took to be
+/// ready, and the median scrape over HTTP.
+async fn serve_rss(url: &str, key: Option<(&std::path::Path, u64)>) -> (u64, Duration, Duration) {
     let state = std::env::temp_dir().join(format!("eucora-replay-state-{}", Uuid::new_v4()));
-    let (mut child, _, caught_up) = scratch::serve_ready(url, &state).await;
+    let env: Vec<_> = key
+        .iter()
+        .map(|(path, _)| ("EUCORA_SIGNING_KEY_FILE", *path))
+        .collect();
+    let (mut child, base, caught_up) = scratch::serve_ready(url, &state, &env).await;
+    let client = reqwest::Client::new();
+    let scrape = || async {
+        match client.get(format!("{base}/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    };
+    if let Some((_, signed)) = key {
+        let signed_past = |text: &str| {
+            text.lines().any(|l| {
+                l.starts_with("eucora_checkpoint_tree_size")
+                    && l.split_whitespace()
+                        .last()
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .is_some_and(|n| n > signed)
+            })
+        };
+        while !signed_past(&scrape().await) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let mut scrapes: Vec<Duration> = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        scrape().await;
+        scrapes.push(started.elapsed());
+    }
+    scrapes.sort();
     let rss = rss_kib(child.id());
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&state);
-    (rss, caught_up)
+    (rss, caught_up, scrapes[2])
 }
 
 /// Whether `EUCORA_BENCH_ONLY` asks for this part alone.
@@ -225,7 +261,7 @@ async fn bench_backend(name: &str, url: &str, n: u64) {
         );
     }
     bench_evidence(name, url, &store, written, reference, &row).await;
-    let (rss, caught_up) = serve_rss(url).await;
+    let (rss, caught_up, _) = serve_rss(url, None).await;
     println!(
         "| {name:<8} | eucora serve caught up in {:.1} s; RSS {:.0} MB (target < 300 MB) |",
         caught_up.as_secs_f64(),
@@ -565,13 +601,17 @@ async fn bench_scale(name: &str, url: &str, store: &Store, written: u64) {
         "| {name:<8} | one deployment's export at {written} events: {:.2} ms |",
         alone.as_secs_f64() * 1000.0
     );
-    let _ = std::fs::remove_dir_all(&dir);
-    let (rss, caught_up) = serve_rss(url).await;
+    // The server last, as one with a signing key runs: it records the policy in force (the log
+    // grows past the checkpoint signed above) and signs, so it holds every intent's head and
+    // the index of its checkpoint.
+    let (rss, caught_up, scrape) = serve_rss(url, Some((&dir.join("key"), written))).await;
     println!(
-        "| {name:<8} | eucora serve ready in {:.1} s; RSS {:.0} MB (target < 300 MB) |",
+        "| {name:<8} | eucora serve ready in {:.1} s; once it signed the log, RSS {:.0} MB (target < 300 MB); GET /metrics median of 5: {:.1} ms |",
         caught_up.as_secs_f64(),
-        rss as f64 / 1024.0
+        rss as f64 / 1024.0,
+        scrape.as_secs_f64() * 1000.0
     );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Writes `bundle` again as the release before wrote it (evidence/v3: every payload and metadata

@@ -11,7 +11,7 @@ pub fn admin_url() -> Option<String> {
 }
 
 /// A database created under `EUCORA_BENCH_DATABASE_URL` (else `EUCORA_TEST_DATABASE_URL`),
-/// dropped by [`Scratch::drop_database`].
+/// dropped by [`Scratch::drop_database`] unless `EUCORA_BENCH_KEEP_DATABASE` is set.
 pub struct Scratch {
     pub url: String,
     admin: sqlx::PgConnection,
@@ -35,7 +35,12 @@ impl Scratch {
         Some(Scratch { url, admin, name })
     }
 
+    /// Drops it, unless `EUCORA_BENCH_KEEP_DATABASE` is set (to run a server on it after).
     pub async fn drop_database(mut self) {
+        if std::env::var_os("EUCORA_BENCH_KEEP_DATABASE").is_some() {
+            println!("(the PostgreSQL database is kept: {})", self.url);
+            return;
+        }
         let sql = format!("DROP DATABASE {} WITH (FORCE)", self.name);
         let _ = sqlx::query(&sql).execute(&mut self.admin).await;
     }
@@ -178,17 +183,19 @@ impl Reference {
 }
 
 /// The release `eucora serve` on `url`, its state directory (where it keeps checkpoints) in
-/// `state`, once it answers ready: the child, its base URL, and how long it took to catch up after
-/// it said where it listens.
+/// `state`, with the environment `env` besides, once it answers ready: the child, its base URL,
+/// and how long it took to catch up after it said where it listens.
 #[allow(dead_code)] // each bench uses some of these
 pub async fn serve_ready(
     url: &str,
     state: &std::path::Path,
+    env: &[(&str, &std::path::Path)],
 ) -> (std::process::Child, String, std::time::Duration) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eucora"))
         .args(["serve", "--listen", "127.0.0.1:0", "--database-url", url])
         .env("XDG_STATE_HOME", state)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
