@@ -142,8 +142,18 @@ impl Heads {
             });
         }
         heads.extend(before);
+        // The chunks wholly before the first head changed are as they were.
+        let first = self
+            .changed
+            .keys()
+            .next()
+            .map_or(self.base.heads.len(), |id| {
+                self.base.heads.partition_point(|h| h.intent_id < *id)
+            });
+        let kept = &self.base.upper.leaves()[..first / HeadIndex::CHUNK];
+        let index = HeadIndex::reusing(heads, self.leaves, kept);
         self.changed.clear();
-        self.base = Arc::new(HeadIndex::of(heads, self.leaves));
+        self.base = Arc::new(index);
         self.base.clone()
     }
 }
@@ -168,9 +178,25 @@ impl HeadIndex {
     pub const CHUNK: usize = 1 << Self::HEIGHT;
 
     fn of(heads: Vec<Head>, leaves: u64) -> HeadIndex {
-        let chunks = heads
-            .chunks_exact(Self::CHUNK)
-            .map(|chunk| merkle::root_of(&chunk.iter().map(Head::leaf_hash).collect::<Vec<_>>()))
+        HeadIndex::reusing(heads, leaves, &[])
+    }
+
+    /// The index over `heads` whose first chunks' hashes are `kept` (those chunks unchanged
+    /// since an index made before): only the chunks after them are hashed. Intent ids are
+    /// UUIDv7, ordered by their creation, so the heads that change between two checkpoints are
+    /// mostly the last ones, and a signing hashes a few chunks rather than every head.
+    fn reusing(heads: Vec<Head>, leaves: u64, kept: &[Hash]) -> HeadIndex {
+        let kept = &kept[..kept.len().min(heads.len() / Self::CHUNK)];
+        let chunks = kept
+            .iter()
+            .copied()
+            .chain(
+                heads[kept.len() * Self::CHUNK..]
+                    .chunks_exact(Self::CHUNK)
+                    .map(|chunk| {
+                        merkle::root_of(&chunk.iter().map(Head::leaf_hash).collect::<Vec<_>>())
+                    }),
+            )
             .collect();
         let mut index = HeadIndex {
             heads,
@@ -450,5 +476,31 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &heads.index()));
         heads.push(None);
         assert_eq!(heads.index().leaves(), first.leaves() + 1);
+    }
+
+    /// As intents come (ids in the order of their creation, UUIDv7, each intent's events soon
+    /// after it), most of an index's chunks lie before the heads that change, and are kept from
+    /// the index before: every index made at a checkpoint is still the one made from scratch.
+    #[test]
+    fn an_index_keeps_the_chunks_before_the_first_head_changed() {
+        let stream: Vec<Option<Uuid>> = (0u128..400)
+            .map(|leaf| {
+                let intent = (leaf / 3).saturating_sub(2 * u128::from(leaf % 3 == 2));
+                (leaf % 11 != 0).then_some(Uuid::from_u128((intent + 1) << 80))
+            })
+            .collect();
+        let mut heads = Heads::default();
+        for (leaf, id) in stream.iter().enumerate() {
+            if leaf % 7 == 0 {
+                let mut prefix = Heads::default();
+                stream[..leaf].iter().for_each(|id| prefix.push(*id));
+                assert_eq!(heads.index(), prefix.index(), "cut at {leaf}");
+            }
+            heads.push(*id);
+        }
+        let mut whole = Heads::default();
+        stream.iter().for_each(|id| whole.push(*id));
+        assert_eq!(heads.index(), whole.index());
+        assert!(whole.index().root().count > 100, "chunks enough to keep");
     }
 }

@@ -96,6 +96,11 @@ impl Levels {
     pub fn size(&self) -> u64 {
         self.0.first().map_or(0, |l| l.len() as u64)
     }
+
+    /// The leaf hashes.
+    pub fn leaves(&self) -> &[Hash] {
+        self.0.first().map_or(&[], Vec::as_slice)
+    }
 }
 
 impl Subtrees for Levels {
