@@ -87,19 +87,28 @@ pub struct Heads {
     changed: BTreeMap<Uuid, (u64, u64)>,
     /// Log leaves taken so far.
     leaves: u64,
+    /// How many heads may change before they are merged into a new index as the leaves come:
+    /// taking a long stream (a server's first signing reads the whole log) then holds at most
+    /// this many in the map, about 64 bytes each, beside the index, not every intent's.
+    merge_past: usize,
 }
 
 impl Default for Heads {
     fn default() -> Heads {
-        Heads {
-            base: Arc::new(HeadIndex::of(Vec::new(), 0)),
-            changed: BTreeMap::new(),
-            leaves: 0,
-        }
+        Heads::merging_past(1 << 16)
     }
 }
 
 impl Heads {
+    fn merging_past(merge_past: usize) -> Heads {
+        Heads {
+            base: Arc::new(HeadIndex::of(Vec::new(), 0)),
+            changed: BTreeMap::new(),
+            leaves: 0,
+            merge_past,
+        }
+    }
+
     /// Takes the next log leaf: an event of `intent`, or (`None`) of another kind of stream.
     pub fn push(&mut self, intent: Option<Uuid>) {
         if let Some(id) = intent {
@@ -115,6 +124,9 @@ impl Heads {
             head.1 = self.leaves;
         }
         self.leaves += 1;
+        if self.changed.len() >= self.merge_past {
+            self.index();
+        }
     }
 
     /// How many log leaves were taken.
@@ -489,6 +501,13 @@ mod tests {
                 (leaf % 11 != 0).then_some(Uuid::from_u128((intent + 1) << 80))
             })
             .collect();
+        // Merged as the leaves come, too.
+        let mut merged = Heads::merging_past(5);
+        stream.iter().for_each(|id| merged.push(*id));
+        let mut whole = Heads::default();
+        stream.iter().for_each(|id| whole.push(*id));
+        assert!(merged.changed.len() < 5, "merged as they came");
+        assert_eq!(merged.index(), whole.index());
         let mut heads = Heads::default();
         for (leaf, id) in stream.iter().enumerate() {
             if leaf % 7 == 0 {
@@ -498,8 +517,6 @@ mod tests {
             }
             heads.push(*id);
         }
-        let mut whole = Heads::default();
-        stream.iter().for_each(|id| whole.push(*id));
         assert_eq!(heads.index(), whole.index());
         assert!(whole.index().root().count > 100, "chunks enough to keep");
     }
