@@ -477,9 +477,16 @@ async fn a_drift_appears_as_an_event_and_a_metric(backend: Backend) {
     })
     .await;
     let drift = &of_type(&events, "DeploymentDriftDetected")[0];
+    // Expected: what the last rollout report said. It may have been made while the simulator's
+    // installs were still converging (the ring completes at its threshold), so it is read from
+    // the events, not assumed to be all ten; the simulator has converged to ten since, less the
+    // three lost.
+    let reports = of_type(&events, "DeploymentDeployed");
+    let last_report = &reports.last().expect("a rollout report")["succeeded"];
+    assert!(last_report.as_u64().is_some_and(|n| n > 7), "{last_report}");
     assert_eq!(
         (&drift["expected_installed"], &drift["reported_installed"]),
-        (&json!(10), &json!(7))
+        (last_report, &json!(7))
     );
     metrics_with(
         &app,
