@@ -368,7 +368,6 @@ fn run_cli(bin: &std::path::Path, url: &str, args: &[&str]) -> String {
 
 /// Starts `bin serve` on `url` with `env`, once `bin` has migrated it and created the tokens.
 pub fn serve_process(bin: &std::path::Path, url: &str, env: &[(&str, &str)]) -> Process {
-    use std::io::BufRead;
     run_cli(bin, url, &["migrate"]);
     let token = |subject, role| {
         run_cli(
@@ -382,22 +381,14 @@ pub fn serve_process(bin: &std::path::Path, url: &str, env: &[(&str, &str)]) -> 
         token("cab", "cab_approver"),
         token("ops", "deployer"),
     ));
-    let mut child = std::process::Command::new(bin)
+    let mut command = std::process::Command::new(bin);
+    command
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("EUCORA_DATABASE_URL", url)
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start eucora serve");
-    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let base = stdout
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("eucora listening on ").map(str::to_string))
-        .expect("eucora serve did not say where it listens");
+        .envs(env.iter().copied());
+    let (child, base) = crate::scratch::listening(command);
     Process {
         target: Target { base, tokens },
         child,

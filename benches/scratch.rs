@@ -191,29 +191,12 @@ pub async fn serve_ready(
     state: &std::path::Path,
     env: &[(&str, &std::path::Path)],
 ) -> (std::process::Child, String, std::time::Duration) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eucora"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_eucora"));
+    command
         .args(["serve", "--listen", "127.0.0.1:0", "--database-url", url])
         .env("XDG_STATE_HOME", state)
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("serve");
-    // The verifier key line may come first; then the address.
-    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("serve's stdout"));
-    let mut line = String::new();
-    while !line.starts_with("eucora listening on ") {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "serve said no address"
-        );
-    }
-    let base = line
-        .trim()
-        .trim_start_matches("eucora listening on ")
-        .to_string();
+        .envs(env.iter().copied());
+    let (child, base) = listening(command);
     let client = reqwest::Client::new();
     let start = std::time::Instant::now();
     loop {
@@ -225,4 +208,26 @@ pub async fn serve_ready(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     (child, base, start.elapsed())
+}
+
+/// Starts `command`, an `eucora serve`, and reads its output until it says where it listens (the
+/// verifier key's line may come first): the child and its base URL.
+#[allow(dead_code)] // each bench uses some of these
+pub fn listening(mut command: std::process::Command) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start eucora serve");
+    let stdout = std::io::BufReader::new(child.stdout.take().expect("serve's stdout"));
+    let base = stdout
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("eucora listening on ")
+                .map(|b| b.trim().to_string())
+        })
+        .expect("eucora serve did not say where it listens");
+    (child, base)
 }

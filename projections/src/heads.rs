@@ -159,9 +159,7 @@ impl Heads {
             .changed
             .keys()
             .next()
-            .map_or(self.base.heads.len(), |id| {
-                self.base.heads.partition_point(|h| h.intent_id < *id)
-            });
+            .map_or(self.base.heads.len(), |id| self.base.position(*id));
         let kept = &self.base.upper.leaves()[..first / HeadIndex::CHUNK];
         let index = HeadIndex::reusing(heads, self.leaves, kept);
         self.changed.clear();
@@ -232,10 +230,16 @@ impl HeadIndex {
         self.leaves
     }
 
+    /// Where `id`'s head is, or would be, in id order.
+    fn position(&self, id: Uuid) -> usize {
+        self.heads.partition_point(|h| h.intent_id < id)
+    }
+
     /// The head of `id`, if it has one.
     pub fn get(&self, id: Uuid) -> Option<&Head> {
-        let position = self.heads.partition_point(|h| h.intent_id < id);
-        self.heads.get(position).filter(|h| h.intent_id == id)
+        self.heads
+            .get(self.position(id))
+            .filter(|h| h.intent_id == id)
     }
 
     pub fn root(&self) -> IndexRoot {
@@ -255,7 +259,7 @@ impl HeadIndex {
                 hashes,
             })
         };
-        let position = self.heads.partition_point(|h| h.intent_id < id);
+        let position = self.position(id);
         match placed(position) {
             Some(found) if found.head.intent_id == id => Lookup::Present(found),
             above => Lookup::Absent {
