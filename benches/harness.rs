@@ -210,6 +210,17 @@ pub async fn tokens(store: &Store) -> Arc<(String, String, String)> {
 }
 
 pub async fn start(url: &str, merkle_log: bool, connectors: Option<std::path::PathBuf>) -> Server {
+    let max_lag = duration(eucora::config::DEFAULT_DISPATCH_MAX_LAG);
+    start_with(url, merkle_log, connectors, max_lag).await
+}
+
+/// [`start`] with commands held while the dispatcher is more than `dispatch_max_lag` behind.
+pub async fn start_with(
+    url: &str,
+    merkle_log: bool,
+    connectors: Option<std::path::PathBuf>,
+    dispatch_max_lag: Duration,
+) -> Server {
     let store = Store::connect(url, 8).await.expect("connect");
     store.migrate().await.expect("migrate");
     let tokens = tokens(&store).await;
@@ -244,13 +255,10 @@ pub async fn start(url: &str, merkle_log: bool, connectors: Option<std::path::Pa
         }),
         checkpoint_dir: merkle_log.then(|| key_dir.join("checkpoints")),
         checkpoint_witness: None,
-        checkpoint_interval: eucora::domain::policy::duration(
-            eucora::config::DEFAULT_CHECKPOINT_INTERVAL,
-        )
-        .and_then(|d| d.to_std().ok())
-        .unwrap(),
+        checkpoint_interval: duration(eucora::config::DEFAULT_CHECKPOINT_INTERVAL),
         checkpoint_events: 1000,
         connectors,
+        dispatch_max_lag,
         merkle_log,
     };
     let app = Application::build(&args, Arc::new(SystemClock))
@@ -268,6 +276,13 @@ pub async fn start(url: &str, merkle_log: bool, connectors: Option<std::path::Pa
         task,
         key_dir,
     }
+}
+
+/// A duration written as the server's options are (`500ms`).
+pub fn duration(text: &str) -> Duration {
+    eucora::domain::policy::duration(text)
+        .and_then(|d| d.to_std().ok())
+        .expect("a duration")
 }
 
 pub fn create_body() -> serde_json::Value {

@@ -19,7 +19,8 @@
 //!
 //! Then the outbox on its own: `EUCORA_BENCH_ACTIONS` (10,000) intents approved at creation,
 //! each owing one publish, against a simulator failing 5 % of calls: none lost, none done twice,
-//! and the time from an action's commit to its first call.
+//! and the time from an action's commit to its first call; with the creates held while the
+//! dispatcher is behind (the default), and never held.
 //!
 //! `cargo bench --bench load` (PostgreSQL from `EUCORA_BENCH_DATABASE_URL`, else
 //! `EUCORA_TEST_DATABASE_URL`; `EUCORA_BENCH_SECONDS` per cell, default 4;
@@ -42,8 +43,8 @@ use eucora::store::Store;
 use serde_json::json;
 
 use harness::{
-    commands, connectors_file, create_body, drive, env_or, median, scratch_dir, serve_process,
-    simulator, start, take_turns, timed, Turn,
+    commands, connectors_file, create_body, drive, duration, env_or, median, scratch_dir,
+    serve_process, simulator, start, start_with, take_turns, timed, Turn,
 };
 
 /// Every 20 ms, the size of the latest signed checkpoint (one indexed row: cheap beside the load).
@@ -232,12 +233,24 @@ async fn main() {
     let actions: usize = env_or("EUCORA_BENCH_ACTIONS", 10_000);
     println!();
     println!("{actions} actions through the outbox to a simulator failing 5 % of calls (503), at the default backoff (2 s to 60 s)");
-    println!("| backend | actions | settled | lost | duplicated effects | calls | retried actions | commit → first call p50 ms | p99 ms | created in s | drained in s |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    outbox_backend("sqlite", &sqlite("outbox.db"), &dir, actions).await;
-    if let Some(db) = scratch::Scratch::create().await {
-        outbox_backend("postgres", &db.url, &dir, actions).await;
-        db.drop_database().await;
+    println!("Each backend twice, alternating: commands held while the dispatcher is more than the default");
+    println!("--dispatch-max-lag behind, and never held (a lag of an hour allowed).");
+    println!("| backend | held past | actions | settled | lost | duplicated effects | calls | retried actions | commit → first call p50 ms | p99 ms | created in s | drained in s |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let default = eucora::config::DEFAULT_DISPATCH_MAX_LAG;
+    let lags = [
+        (default, duration(default)),
+        ("never", Duration::from_secs(3600)),
+    ];
+    for (label, lag) in lags {
+        let url = sqlite(&format!("outbox-{label}.db"));
+        outbox_backend(("sqlite", label), &url, &dir, actions, lag).await;
+    }
+    for (label, lag) in lags {
+        if let Some(db) = scratch::Scratch::create().await {
+            outbox_backend(("postgres", label), &db.url, &dir, actions, lag).await;
+            db.drop_database().await;
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -344,7 +357,13 @@ async fn traces(dir: &std::path::Path, seconds: f64) {
 
 /// `actions` intents approved by policy at creation, each owing one publish: every action must
 /// be settled, have one side effect on the simulator and one `ConnectorDispatched` event.
-async fn outbox_backend(name: &str, url: &str, dir: &std::path::Path, actions: usize) {
+async fn outbox_backend(
+    (name, held): (&str, &str),
+    url: &str,
+    dir: &std::path::Path,
+    actions: usize,
+    dispatch_max_lag: Duration,
+) {
     let sim = simulator(eucora::connector::sim::Faults {
         failure_rate: 0.05,
         ..Default::default()
@@ -356,12 +375,8 @@ async fn outbox_backend(name: &str, url: &str, dir: &std::path::Path, actions: u
     if let Ok(n) = std::env::var("EUCORA_BENCH_IN_FLIGHT") {
         quiet.push_str(&format!("max_in_flight = {n}\n"));
     }
-    let server = start(
-        url,
-        true,
-        Some(connectors_file(dir, "intune", &sim, &quiet)),
-    )
-    .await;
+    let connectors = Some(connectors_file(dir, "intune", &sim, &quiet));
+    let server = start_with(url, true, connectors, dispatch_max_lag).await;
     let started = Instant::now();
     let client = reqwest::Client::new();
     let body = json!({
@@ -473,7 +488,7 @@ async fn outbox_backend(name: &str, url: &str, dir: &std::path::Path, actions: u
         .unwrap_or(0);
     assert_eq!(events, actions, "one ConnectorDispatched per action");
     println!(
-        "| {name} | {actions} | {settled} | {lost} | {duplicated} | {calls} | {retried} | {} | {} | {:.1} | {:.1} |",
+        "| {name} | {held} | {actions} | {settled} | {lost} | {duplicated} | {calls} | {retried} | {} | {} | {:.1} | {:.1} |",
         pct(0.5),
         pct(0.99),
         created.as_secs_f64(),

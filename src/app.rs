@@ -295,8 +295,13 @@ impl Application {
             .waking(runner.status());
         let commands = Arc::new(commands);
         let instance: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
-        let dispatcher = match wake {
-            Some(wake) => {
+        let admission = wake.is_some().then(|| {
+            Arc::new(crate::connector::admission::Admission::new(
+                args.dispatch_max_lag,
+            ))
+        });
+        let dispatcher = match (wake, &admission) {
+            (Some(wake), Some(admission)) => {
                 let dispatcher = crate::connector::dispatch::Dispatcher::new(
                     store.clone(),
                     commands.clone(),
@@ -304,12 +309,13 @@ impl Application {
                     Some(telemetry.connector_metrics()),
                     instance.to_string(),
                     wake,
+                    admission.clone(),
                 )
                 .map_err(StartError::Connectors)?;
                 telemetry.observe_dispatch(dispatcher.status());
                 Some(Arc::new(dispatcher))
             }
-            None => None,
+            _ => None,
         };
         let deadlines = (store.clone(), commands.clone(), clock);
         let state = AppState {
@@ -331,6 +337,7 @@ impl Application {
             dispatch: dispatcher
                 .as_ref()
                 .map(|d| d.status() as Arc<dyn crate::telemetry::DispatchGauges>),
+            admission,
             console: Arc::new(crate::http::ConsoleSettings {
                 session_idle: chrono::Duration::from_std(args.session_idle)
                     .unwrap_or(chrono::Duration::minutes(30)),

@@ -273,6 +273,9 @@ pub use crate::telemetry::LogFormat;
 /// about 1.25 times this.
 pub const DEFAULT_CHECKPOINT_INTERVAL: &str = "500ms";
 
+/// `--dispatch-max-lag`'s default.
+pub const DEFAULT_DISPATCH_MAX_LAG: &str = "250ms";
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -351,6 +354,10 @@ pub struct ServeArgs {
     /// failure, and its answer is kept in the checkpoint directory.
     #[arg(long, env = "EUCORA_CHECKPOINT_WITNESS", value_name = "URL")]
     pub checkpoint_witness: Option<String>,
+    /// With connectors: how far behind its commit the dispatcher may take an action before
+    /// creates, approvals, promotions and rollbacks are held (each at most 2 s) for it to catch up.
+    #[arg(long, env = "EUCORA_DISPATCH_MAX_LAG", default_value = DEFAULT_DISPATCH_MAX_LAG, value_parser = interval)]
+    pub dispatch_max_lag: std::time::Duration,
     /// Sign a checkpoint at least this often while the log grows.
     #[arg(long, env = "EUCORA_CHECKPOINT_INTERVAL", default_value = DEFAULT_CHECKPOINT_INTERVAL, value_parser = interval)]
     pub checkpoint_interval: std::time::Duration,

@@ -14,6 +14,7 @@
 //! [`sim`] is a connector that speaks it (`eucora connector-sim`), with a device population per
 //! ring and the faults a real one shows.
 
+pub mod admission;
 pub mod client;
 pub mod dispatch;
 pub mod settings;

@@ -97,6 +97,8 @@ pub struct AppState {
     pub console: Arc<ConsoleSettings>,
     /// The connectors' health, when any is configured.
     pub dispatch: Option<Arc<dyn crate::telemetry::DispatchGauges>>,
+    /// Holds commands that may queue a connector action while the dispatcher is behind.
+    pub admission: Option<Arc<crate::connector::admission::Admission>>,
 }
 
 /// How the web console keeps its sessions.

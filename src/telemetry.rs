@@ -244,6 +244,8 @@ pub struct Telemetry {
     append_duration: Histogram<f64>,
     auth_failures: opentelemetry::metrics::Counter<u64>,
     refusals: opentelemetry::metrics::Counter<u64>,
+    held: opentelemetry::metrics::Counter<u64>,
+    held_seconds: opentelemetry::metrics::Counter<f64>,
     backend: &'static str,
     meter: opentelemetry::metrics::Meter,
 }
@@ -283,6 +285,16 @@ impl Telemetry {
         for reason in REFUSAL_REASONS {
             refusals.add(0, &[KeyValue::new("reason", reason)]);
         }
+        // Exported from the first command held (docs/connectors.md, "Admission").
+        let held = meter
+            .u64_counter("connector.admission.held")
+            .with_description("Commands held while the connector dispatcher was behind.")
+            .build();
+        let held_seconds = meter
+            .f64_counter("connector.admission.held")
+            .with_unit("s")
+            .with_description("Time commands were held while the connector dispatcher was behind.")
+            .build();
         let auth_failures = meter
             .u64_counter("eucora.authentication.failures")
             .with_description(
@@ -349,6 +361,8 @@ impl Telemetry {
             append_duration,
             auth_failures,
             refusals,
+            held,
+            held_seconds,
             backend: backend.as_str(),
             meter,
         })
@@ -494,6 +508,12 @@ impl Telemetry {
     /// Counts a refused command (`reason` one of [`REFUSAL_REASONS`]).
     pub fn record_refusal(&self, reason: &'static str) {
         self.refusals.add(1, &[KeyValue::new("reason", reason)]);
+    }
+
+    /// Counts a command held for `held` while the dispatcher caught up.
+    pub fn record_held(&self, held: Duration) {
+        self.held.add(1, &[]);
+        self.held_seconds.add(held.as_secs_f64(), &[]);
     }
 
     /// Records one append: `outcome` is `ok`, `conflict` or `error`.

@@ -34,6 +34,7 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::admission::Admission;
 use super::client::{CallError, Connector, Settings};
 use super::{idempotency_key, Assignment};
 use crate::domain::intent::DISPATCHER;
@@ -206,10 +207,13 @@ pub struct Dispatcher {
     metrics: Option<Arc<crate::telemetry::ConnectorMetrics>>,
     /// Assignments a connector answered 404 for, by assignment id: read again with backoff.
     absent: Mutex<HashMap<String, ingest::Absent>>,
+    /// How far behind each claim shows this dispatcher to be, for the commands it holds.
+    admission: Arc<Admission>,
 }
 
 impl Dispatcher {
-    /// A dispatcher for `connectors`, woken by `wake` (the [`Outbox`]'s waker).
+    /// A dispatcher for `connectors`, woken by `wake` (the [`Outbox`]'s waker), telling
+    /// `admission` how far behind it is.
     pub fn new(
         store: Store,
         commands: Arc<Commands>,
@@ -217,6 +221,7 @@ impl Dispatcher {
         metrics: Option<Arc<crate::telemetry::ConnectorMetrics>>,
         owner: String,
         wake: Arc<Notify>,
+        admission: Arc<Admission>,
     ) -> Result<Dispatcher, String> {
         let mut built = BTreeMap::new();
         for (kind, settings) in connectors {
@@ -245,6 +250,7 @@ impl Dispatcher {
             lease: longest * 2 + Duration::from_secs(5),
             metrics,
             absent: Mutex::default(),
+            admission,
         })
     }
 
@@ -315,6 +321,7 @@ impl Dispatcher {
                 let until = now + self.lease.as_millis() as i64;
                 match self.store.claim_outbox(&self.owner, now, until, room).await {
                     Ok(claimed) => {
+                        self.admission.claimed(&claimed, room, now);
                         for action in claimed {
                             let me = self.clone();
                             let span = dispatch_span(&action.entry);

@@ -45,6 +45,14 @@ pub enum Action {
 }
 
 impl Action {
+    /// Whether it may clear an intent for a ring or roll it back, and so queue a connector action.
+    pub fn may_queue_connector_action(&self) -> bool {
+        matches!(
+            self,
+            Action::Create(_) | Action::Approve { .. } | Action::Promote | Action::Rollback { .. }
+        )
+    }
+
     /// Who may ask for it over the API and the console (an admin may ask for anything; the
     /// server's own jobs send the rest).
     pub fn roles(&self) -> &'static [Role] {

@@ -29,6 +29,8 @@ pub struct Claimed {
     pub entry: OutboxEntry,
     /// Calls already made for it, by any server.
     pub attempts: u32,
+    /// Claimed now for the first time (not to be tried again, nor after a lease expired).
+    pub first_claim: bool,
 }
 
 /// How a dispatch ended.
@@ -74,6 +76,7 @@ type ClaimColumns = (
     i64,
     i64,
     Option<String>,
+    Option<i64>,
 );
 
 impl Store {
@@ -144,7 +147,7 @@ impl Store {
                                               AND p.seq < o.seq AND p.state = 'pending')
                          ORDER BY o.seq LIMIT $4 LOCK)
                 RETURNING seq, idempotency_key, deployment_id, ring, action, correlation_id, committed_ms,
-                          attempts, traceparent";
+                          attempts, traceparent, first_call_ms";
         let rows: Vec<ClaimColumns> = match &self.db {
             // One writer: the claim is serialised by the database itself.
             Db::Sqlite { writer, .. } => {
@@ -180,10 +183,13 @@ impl Store {
                     committed_ms,
                     attempts,
                     traceparent,
+                    first_call_ms,
                 )| {
                     Some(Claimed {
                         seq,
                         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                        // Set by this claim: an earlier claim would have set it before now.
+                        first_claim: first_call_ms == Some(now_ms),
                         entry: OutboxEntry {
                             idempotency_key: key,
                             deployment_id: Uuid::parse_str(&deployment_id).ok()?,

@@ -242,6 +242,72 @@ async fn a_rollback_is_remediated_once(backend: Backend) {
     );
 }
 
+/// With the dispatcher allowed almost no lag, creates are held while it catches up: the hold is
+/// counted on the process metrics, every create still succeeds, and every action is sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_are_held_while_the_dispatcher_is_behind_and_all_are_sent_once() {
+    // Slow answers: a claim that shows the dispatcher behind stands until its next claim.
+    let sim = Sim::start(SimConfig {
+        converge: Duration::from_secs(1),
+        faults: eucora::connector::sim::Faults {
+            latency_ms: 100,
+            ..Default::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let db = Arc::new(TestDb::new(Backend::Sqlite).await);
+    let mut flags = connectors(&db, &sim, "");
+    flags.extend(["--dispatch-max-lag".to_string(), "1ms".to_string()]);
+    let app = serve(db, &flags).await;
+    let crew = Crew::new(&app);
+    // A create right after the dispatcher took the one before it (at least a millisecond after
+    // its commit) waits for the dispatcher's next claim. How soon the dispatcher claims is the
+    // runner's pace, so a few tries may pass before one lands in that window.
+    let mut ids = Vec::new();
+    let held = loop {
+        let create = app.create(
+            &crew.requester,
+            intent_body(&format!("app-{}", ids.len()), 0.2, "LAB"),
+        );
+        ids.push(create.await.id());
+        let text = app
+            .send(reqwest::Method::GET, "/metrics", None, &[], None)
+            .await;
+        let text = text.body.as_str().unwrap_or_default().to_string();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.starts_with("connector_admission_held_total"))
+        {
+            break (line.to_string(), text);
+        }
+        assert!(
+            ids.len() < 40,
+            "no create was held in {} tries:\n{text}",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    };
+    let (count, text) = held;
+    // Each create is held once at most.
+    let count: u64 = count.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(
+        count >= 1 && count <= ids.len() as u64,
+        "{count} of {}",
+        ids.len()
+    );
+    let seconds = text
+        .lines()
+        .find_map(|l| l.strip_prefix("connector_admission_held_seconds_total "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no held seconds: {text}"));
+    assert!(
+        seconds > 0.0 && seconds <= 2.0 * ids.len() as f64,
+        "{seconds}"
+    );
+    each_published_once(&app, &sim, &crew.auditor, &ids, false).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_refusal_is_recorded_once_and_not_retried() {
     let (sim, app, crew) = started(Backend::Sqlite, "").await;

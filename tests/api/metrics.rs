@@ -185,6 +185,7 @@ async fn metrics_answer_503_until_the_projection_has_caught_up(backend: Backend)
         instance: Arc::from("test"),
         store,
         dispatch: None,
+        admission: None,
         console: Arc::new(eucora::http::ConsoleSettings {
             session_idle: chrono::Duration::minutes(30),
             secure_cookie: false,
