@@ -142,6 +142,9 @@ mod tests {
         // Behind and not catching up: held for MAX_HOLD, then run all the same.
         admission.claimed(&[claim(0, true)], 64, 5_000);
         let waited = admission.admit().await;
-        assert!(waited >= MAX_HOLD && waited < MAX_HOLD * 2, "held {waited:?}");
+        assert!(
+            waited >= MAX_HOLD && waited < MAX_HOLD * 2,
+            "held {waited:?}"
+        );
     }
 }

@@ -755,18 +755,25 @@ async fn a_period_judges_changes_carried_over_into_it_on_their_whole_history(bac
         .id();
     app.reject(&crew.approver, &closed, "CAB: no business case")
         .await;
+    // Closed before the period, with a connector's finding recorded in it.
+    let drifted = app
+        .create(&crew.requester, intent_body("Teams", 0.8, "CANARY"))
+        .await
+        .id();
+    app.reject(&crew.approver, &drifted, "CAB: duplicate").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let from = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     app.deploy(&crew.deployer, &approved, "LAB", 10, 10).await;
+    record_drift(&app, &drifted).await;
     signed_through(&app, &crew.auditor).await;
 
     let path = format!("/api/v1/evidence?from={from}&to=2099-01-01T00:00:00Z");
     let bundle = fetch(&app, &path, &crew.auditor).await;
     let verified = verify(&bundle[..], &verifier, None).unwrap();
     assert_eq!(
-        verified.intents, 2,
-        "the open one and the one deployed in the period"
+        verified.intents, 3,
+        "the open one, the one deployed in the period, and the one with drift in it"
     );
     let files = unpack(&bundle);
     let rows = csv_rows(&files["changes.csv"]);
@@ -795,6 +802,16 @@ async fn a_period_judges_changes_carried_over_into_it_on_their_whole_history(bac
         !report.contains("<script") && !report.contains("src=") && !report.contains("href=\"http")
     );
     assert!(!waiting_row["requested_at"].is_empty() && !waiting_row["requester"].is_empty());
+    // An event in the period that is not its intent's first brings the intent's whole history,
+    // though it was closed before the period.
+    let drifted_row = row(&drifted).expect("an event in the period");
+    assert_eq!(
+        (
+            drifted_row["app_name"].as_str(),
+            drifted_row["cab_decision"].as_str()
+        ),
+        ("Teams", "rejected")
+    );
     let approved_row = row(&approved).unwrap();
     assert_eq!(approved_row["cab_decision"], "approved");
     assert_eq!(approved_row["cab_decided_by"], "carol");
@@ -846,6 +863,34 @@ async fn a_period_judges_changes_carried_over_into_it_on_their_whole_history(bac
         .unwrap_err()
         .to_string();
     assert!(why.contains("inclusion proof"), "{why}");
+}
+
+/// Records drift on intent `id`, as the server's reconciler does: through the command path, on
+/// the server's store.
+async fn record_drift(app: &TestApp, id: &str) {
+    use eucora::domain::{Action, Command, DomainServices, DriftRecord, Policy, SystemClock};
+    use eucora_projections::event::{Actor, ConnectorType, Ring, Role};
+    let store = app.db.store().await;
+    let services = DomainServices::new(Arc::new(SystemClock), Policy::default());
+    let commands = eucora::write::Commands::new(&store, services);
+    let command = Command {
+        actor: Actor {
+            subject: eucora::domain::intent::DISPATCHER.into(),
+            role: Role::System,
+        },
+        correlation_id: "drift-test".into(),
+        expected_version: None,
+        action: Action::RecordDrift(DriftRecord {
+            connector_type: ConnectorType::Intune,
+            ring: Ring::Canary,
+            expected_installed: 10,
+            reported_installed: Some(3),
+        }),
+    };
+    commands
+        .execute(uuid::Uuid::parse_str(id).unwrap(), command)
+        .await
+        .unwrap();
 }
 
 /// An emergency change whose retrospective review is missing once its window (8 s under this
