@@ -24,6 +24,7 @@ mod export;
 mod format;
 mod governance;
 mod heads;
+mod period;
 mod population;
 mod read;
 mod report;

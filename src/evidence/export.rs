@@ -1,14 +1,11 @@
 //! Writing a bundle: the stream read in batches, `events.jsonl` spooled and compressed on its own
 //! thread, the proofs, the signed manifest and the tar.gz around them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::io::{Seek, Write};
 
-use chrono::{DateTime, Utc};
 use eucora_projections::decode::StreamEvent;
-use eucora_projections::governance::{GovernanceEvent, POLICY_AGGREGATE_TYPE, POLICY_STREAM};
 use eucora_projections::heads::Lookup;
-use eucora_projections::intent::IntentState;
 use eucora_projections::merkle;
 use serde::Serialize;
 use serde_json::json;
@@ -22,15 +19,16 @@ use super::format::{
     STATEMENT_TYPE,
 };
 use super::heads::{heads_under, HeadProof};
+use super::period::{earlier_events, find_period, PeriodSelection};
 use super::population::Population;
 use super::report::{report_html, Summary};
 use crate::checkpoints::{open_checkpoint, SigningKey};
 use crate::projection::log::{leaves_of, with_tiles, LogTree, LogView};
 use crate::projection::{Event, ProjectionError, RunError, StreamReader};
-use crate::store::{Checkpoint, Columns, Store, StreamRow};
+use crate::store::{Columns, Store, StreamRow};
 
 /// Rows read per batch while exporting.
-const BATCH: i64 = 5000;
+pub(super) const BATCH: i64 = 5000;
 
 /// `events.jsonl` as the export writes it: lines are batched here, then hashed and
 /// gzip-compressed on a thread of its own into an anonymous temporary file, so the reading of the
@@ -527,20 +525,6 @@ enum Selection {
     Period(PeriodSelection),
 }
 
-/// Where a period's range starts, the period's end, where to read it from, and the streams whose
-/// earlier events come with it.
-struct PeriodSelection {
-    start: u64,
-    to: DateTime<Utc>,
-    /// The checkpoint after the event two before the range: reading from it, the first event is
-    /// the one before the range (its boundary), then the range.
-    resume: Checkpoint,
-    /// The streams with events before the range that come with it, as (aggregate type, id):
-    /// every intent open at its start, every intent with an event in it that is not its first,
-    /// and the policy stream when a policy was activated before it.
-    history: HashSet<(&'static str, String)>,
-}
-
 /// The inclusion proof of leaf `index` in the tree of `size`, as the bundle writes it.
 async fn inclusion(
     store: &Store,
@@ -575,140 +559,9 @@ fn encoded(hashes: &[merkle::Hash]) -> Vec<String> {
     hashes.iter().map(|h| b64(h)).collect()
 }
 
-fn run_error(e: RunError) -> EvidenceError {
+pub(super) fn run_error(e: RunError) -> EvidenceError {
     match e {
         RunError::Projection(ProjectionError::Store(e)) => EvidenceError::Store(e),
         e => EvidenceError::Export(e.to_string()),
     }
-}
-
-/// Whether an intent is still open: awaiting the CAB, deployed and not complete, or an
-/// emergency change still owing its retrospective decision or the rollback it requires.
-fn is_open(state: &IntentState) -> bool {
-    !state.status.is_terminal() || state.retro_approval_pending || state.rollback_required
-}
-
-/// The first pass of a period's export, over the stream up to the checkpoint's size: the range of
-/// leaves stamped in the period (from the first event stamped at or after `from` to the first
-/// stamped at or after `to`), and the streams whose earlier events its population brings: the
-/// intents open when it starts (folded from their events before it), the intents with an event
-/// in it that have earlier ones, and the policy stream when a policy was activated before it.
-async fn find_period(
-    store: &Store,
-    size: u64,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> Result<PeriodSelection, EvidenceError> {
-    let intent_type = <crate::domain::DeploymentIntent as cqrs_es::Aggregate>::TYPE;
-    let mut open: HashMap<String, IntentState> = HashMap::new();
-    let mut history: HashSet<(&'static str, String)> = HashSet::new();
-    // Whether a policy was activated before the range: then the policy stream's events come too,
-    // so the bundle shows the policy in force when the period starts.
-    let mut policy_before = false;
-    let mut start = None;
-    let mut index = 0u64;
-    // The checkpoints after the last two events read before the range.
-    let beginning = Checkpoint {
-        position: 0,
-        ordinal: 0,
-    };
-    let (mut two_back, mut one_back) = (beginning, beginning);
-    // Which stream each event is of, and the event: no metadata, no leaf hash.
-    let mut stream = StreamReader::from_start(store.clone(), size, BATCH, Columns::Streams);
-    'read: while index < size {
-        let Some(batch) = stream.next().await else {
-            break;
-        };
-        let batch = batch.map_err(run_error)?;
-        for read in batch.iter() {
-            let Event { row, event, .. } = read;
-            let at = event.as_ref().map(StreamEvent::occurred_at).ok();
-            if start.is_none() && at.is_some_and(|t| t >= from && t < to) {
-                if index == 0 {
-                    // Nothing before the range: no earlier events to bring.
-                    return Ok(PeriodSelection {
-                        start: 0,
-                        to,
-                        resume: beginning,
-                        history,
-                    });
-                }
-                start = Some(index);
-                // Carried over: every intent open as the period starts, and the policy stream.
-                history.extend(open.drain().map(|(id, _)| (intent_type, id)));
-                if policy_before {
-                    history.insert((POLICY_AGGREGATE_TYPE, POLICY_STREAM.to_string()));
-                }
-            }
-            if start.is_some_and(|s| index > s) && at.is_some_and(|t| t >= to) {
-                break 'read;
-            }
-            match (start, event) {
-                (None, Ok(StreamEvent::Deployment(e))) => {
-                    let id = row.stream()?.aggregate_id.to_string();
-                    let state = IntentState::fold(open.remove(&id), e);
-                    if let Some(state) = state.filter(is_open) {
-                        open.insert(id, state);
-                    }
-                }
-                // An intent's event in the range that is not its first: its earlier ones come
-                // too (sequences count from 1).
-                (Some(_), Ok(StreamEvent::Deployment(_))) => {
-                    let stream = row.stream()?;
-                    if stream.sequence > 1 {
-                        history.insert((intent_type, stream.aggregate_id.clone()));
-                    }
-                }
-                (None, Ok(StreamEvent::Governance(GovernanceEvent::PolicyActivated(_)))) => {
-                    policy_before = true;
-                }
-                _ => {}
-            }
-            if start.is_none() {
-                (two_back, one_back) = (one_back, read.checkpoint());
-            }
-            index += 1;
-            if index >= size {
-                break;
-            }
-        }
-    }
-    let Some(start) = start else {
-        return Err(EvidenceError::NotFound(
-            "no signed event falls in this period".into(),
-        ));
-    };
-    Ok(PeriodSelection {
-        start,
-        to,
-        resume: two_back,
-        history,
-    })
-}
-
-/// The events before a period's range of the streams whose history it brings: each stream read
-/// on its own, and its events placed in the log by its tiles (a galloping search, as a
-/// deployment's are), not by reading the log before the period. In leaf order.
-async fn earlier_events(
-    store: &Store,
-    size: u64,
-    period: &PeriodSelection,
-) -> Result<Vec<(u64, StreamRow)>, EvidenceError> {
-    let mut rows: Vec<StreamRow> = Vec::new();
-    for (aggregate_type, id) in &period.history {
-        rows.extend(store.stream_stored(aggregate_type, id).await?);
-    }
-    // In the log's order, so the search over the tiles only ever moves forward.
-    let keys = store
-        .order_keys(&rows.iter().map(|r| r.position).collect::<Vec<_>>())
-        .await?;
-    rows.sort_by_key(|r| keys.get(&r.position).copied());
-    let positions: Vec<i64> = rows.iter().map(|r| r.position).collect();
-    let leaves = leaves_of(store, size, &positions).await?;
-    Ok(rows
-        .into_iter()
-        .zip(leaves)
-        .filter_map(|(row, leaf)| Some((leaf?, row)))
-        .filter(|(leaf, _)| *leaf < period.start)
-        .collect())
 }
