@@ -553,7 +553,8 @@ async fn sign_all(
 }
 
 /// What a large store costs where it grows with the log: a late period's export (the stream read
-/// from its start to find the period), one deployment's export, and `eucora serve` ready on it
+/// from its start to find the period, then the period), against a raw scan of every event; one
+/// deployment's export, and `eucora serve` ready on it
 /// with its memory (`EUCORA_BENCH_ONLY=scale`, PostgreSQL only; the scrape's cost is the estate's,
 /// measured apart).
 async fn bench_scale(name: &str, url: &str, store: &Store, written: u64) {
@@ -586,6 +587,11 @@ async fn bench_scale(name: &str, url: &str, store: &Store, written: u64) {
     }
     let from = from.unwrap();
     let to = chrono::DateTime::<Utc>::MAX_UTC;
+    // The reference: one ordered scan of every event, every column.
+    let started = Instant::now();
+    let (rows, _) = scratch::Reference::open(url, 1).await.scan_events().await;
+    assert_eq!(rows, written);
+    let scan = started.elapsed();
     let started = Instant::now();
     let summary = eucora::evidence::export(
         store,
@@ -597,11 +603,14 @@ async fn bench_scale(name: &str, url: &str, store: &Store, written: u64) {
     )
     .await
     .unwrap();
+    let late = started.elapsed();
     println!(
-        "| {name:<8} | a late period's export at {written} events (from {from}, to the end): {} events of {} intents in {:.1} s |",
+        "| {name:<8} | a late period's export at {written} events (from {from}, to the end): {} events of {} intents in {:.1} s; the raw ordered scan of every event {:.1} s: {:.2}x |",
         summary.events,
         summary.intents,
-        started.elapsed().as_secs_f64()
+        late.as_secs_f64(),
+        scan.as_secs_f64(),
+        scan.as_secs_f64() / late.as_secs_f64()
     );
     let id = middle_intent(url, written).await;
     let (alone, _) = deployment_export(store, &log, &key, id).await;

@@ -295,13 +295,12 @@ impl Application {
             .waking(runner.status());
         let commands = Arc::new(commands);
         let instance: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
-        let admission = wake.is_some().then(|| {
-            Arc::new(crate::connector::admission::Admission::new(
-                args.dispatch_max_lag,
-            ))
-        });
-        let dispatcher = match (wake, &admission) {
-            (Some(wake), Some(admission)) => {
+        // With connectors: the dispatcher, and the admission it tells how far behind it is.
+        let (dispatcher, admission) = match wake {
+            Some(wake) => {
+                let admission = Arc::new(crate::connector::admission::Admission::new(
+                    args.dispatch_max_lag,
+                ));
                 let dispatcher = crate::connector::dispatch::Dispatcher::new(
                     store.clone(),
                     commands.clone(),
@@ -313,9 +312,9 @@ impl Application {
                 )
                 .map_err(StartError::Connectors)?;
                 telemetry.observe_dispatch(dispatcher.status());
-                Some(Arc::new(dispatcher))
+                (Some(Arc::new(dispatcher)), Some(admission))
             }
-            _ => None,
+            None => (None, None),
         };
         let deadlines = (store.clone(), commands.clone(), clock);
         let state = AppState {

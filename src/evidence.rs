@@ -24,7 +24,6 @@ mod export;
 mod format;
 mod governance;
 mod heads;
-mod period;
 mod population;
 mod read;
 mod report;

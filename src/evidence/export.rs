@@ -1,11 +1,14 @@
 //! Writing a bundle: the stream read in batches, `events.jsonl` spooled and compressed on its own
 //! thread, the proofs, the signed manifest and the tar.gz around them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Seek, Write};
 
+use chrono::{DateTime, Utc};
 use eucora_projections::decode::StreamEvent;
+use eucora_projections::governance::{GovernanceEvent, POLICY_STREAM};
 use eucora_projections::heads::Lookup;
+use eucora_projections::intent::IntentState;
 use eucora_projections::merkle;
 use serde::Serialize;
 use serde_json::json;
@@ -19,7 +22,6 @@ use super::format::{
     STATEMENT_TYPE,
 };
 use super::heads::{heads_under, HeadProof};
-use super::period::{earlier_events, find_period, PeriodSelection};
 use super::population::Population;
 use super::report::{report_html, Summary};
 use crate::checkpoints::{open_checkpoint, SigningKey};
@@ -28,7 +30,7 @@ use crate::projection::{Event, ProjectionError, RunError, StreamReader};
 use crate::store::{Columns, Store, StreamRow};
 
 /// Rows read per batch while exporting.
-pub(super) const BATCH: i64 = 5000;
+const BATCH: i64 = 5000;
 
 /// `events.jsonl` as the export writes it: lines are batched here, then hashed and
 /// gzip-compressed on a thread of its own into an anonymous temporary file, so the reading of the
@@ -288,14 +290,10 @@ pub async fn export(
             }
         }
         Selection::Period(p) => {
-            for (index, row) in earlier_events(store, size, p).await? {
-                take(index, &row, row.decode().ok())?;
-            }
-            // The range, from the event before it: read and decoded ahead on other tasks,
-            // compressed on another thread, so the stages overlap.
-            let mut stream =
-                StreamReader::after(store.clone(), p.resume, size, BATCH, Columns::Stored);
-            let mut index = u64::try_from(p.resume.ordinal).unwrap_or(0);
+            // Read and decoded ahead on other tasks, compressed on another thread: the stages
+            // overlap.
+            let mut stream = StreamReader::from_start(store.clone(), size, BATCH, Columns::Stored);
+            let mut index = 0u64;
             'read: while index < size {
                 let Some(batch) = stream.next().await else {
                     break;
@@ -311,7 +309,7 @@ pub async fn export(
                     if index + 1 == p.start {
                         before = Some(EventRecord::of(index, row)?);
                     }
-                    if index >= p.start {
+                    if index >= p.start || p.intents.contains(&row.stream()?.aggregate_id) {
                         take(index, row, event.as_ref().ok().cloned())?;
                     }
                     index += 1;
@@ -525,6 +523,16 @@ enum Selection {
     Period(PeriodSelection),
 }
 
+/// Where a period's range starts, the period's end, and the intents whose earlier events come
+/// with it.
+struct PeriodSelection {
+    start: u64,
+    to: DateTime<Utc>,
+    /// Every intent with an event in the period, or open at its start, and the policy stream's
+    /// id when a policy was activated before it.
+    intents: HashSet<String>,
+}
+
 /// The inclusion proof of leaf `index` in the tree of `size`, as the bundle writes it.
 async fn inclusion(
     store: &Store,
@@ -559,9 +567,91 @@ fn encoded(hashes: &[merkle::Hash]) -> Vec<String> {
     hashes.iter().map(|h| b64(h)).collect()
 }
 
-pub(super) fn run_error(e: RunError) -> EvidenceError {
+fn run_error(e: RunError) -> EvidenceError {
     match e {
         RunError::Projection(ProjectionError::Store(e)) => EvidenceError::Store(e),
         e => EvidenceError::Export(e.to_string()),
     }
+}
+
+/// Whether an intent is still open: awaiting the CAB, deployed and not complete, or an
+/// emergency change still owing its retrospective decision or the rollback it requires.
+fn is_open(state: &IntentState) -> bool {
+    !state.status.is_terminal() || state.retro_approval_pending || state.rollback_required
+}
+
+/// The first pass of a period's export, over the stream up to the checkpoint's size: the range of
+/// leaves stamped in the period (from the first event stamped at or after `from` to the first
+/// stamped at or after `to`), and the intents of its population: those with an event in the range
+/// and those open when it starts (folded from their events before it), and the policy stream when
+/// a policy was activated before it.
+async fn find_period(
+    store: &Store,
+    size: u64,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<PeriodSelection, EvidenceError> {
+    let mut open: HashMap<String, IntentState> = HashMap::new();
+    let mut intents: HashSet<String> = HashSet::new();
+    // Whether a policy was activated before the range: then the policy stream's events come too,
+    // so the bundle shows the policy in force when the period starts.
+    let mut policy_before = false;
+    let mut start = None;
+    let mut index = 0u64;
+    // Which stream each event is of, and the event: no metadata, no leaf hash.
+    let mut stream = StreamReader::from_start(store.clone(), size, BATCH, Columns::Streams);
+    'read: while index < size {
+        let Some(batch) = stream.next().await else {
+            break;
+        };
+        let batch = batch.map_err(run_error)?;
+        for Event { row, event, .. } in batch.iter() {
+            let at = event.as_ref().map(StreamEvent::occurred_at).ok();
+            if start.is_none() && at.is_some_and(|t| t >= from && t < to) {
+                if index == 0 {
+                    // Nothing before the range: no earlier events to bring.
+                    return Ok(PeriodSelection {
+                        start: 0,
+                        to,
+                        intents: HashSet::new(),
+                    });
+                }
+                start = Some(index);
+                // Carried over: every intent open as the period starts, and the policy stream.
+                intents.extend(open.drain().map(|(id, _)| id));
+                if policy_before {
+                    intents.insert(POLICY_STREAM.to_string());
+                }
+            }
+            if start.is_some_and(|s| index > s) && at.is_some_and(|t| t >= to) {
+                break 'read;
+            }
+            match (start, event) {
+                (None, Ok(StreamEvent::Deployment(e))) => {
+                    let id = row.stream()?.aggregate_id.to_string();
+                    let state = IntentState::fold(open.remove(&id), e);
+                    if let Some(state) = state.filter(is_open) {
+                        open.insert(id, state);
+                    }
+                }
+                (Some(_), Ok(StreamEvent::Deployment(_))) => {
+                    intents.insert(row.stream()?.aggregate_id.to_string());
+                }
+                (None, Ok(StreamEvent::Governance(GovernanceEvent::PolicyActivated(_)))) => {
+                    policy_before = true;
+                }
+                _ => {}
+            }
+            index += 1;
+            if index >= size {
+                break;
+            }
+        }
+    }
+    let Some(start) = start else {
+        return Err(EvidenceError::NotFound(
+            "no signed event falls in this period".into(),
+        ));
+    };
+    Ok(PeriodSelection { start, to, intents })
 }

@@ -48,28 +48,16 @@ impl StreamReader {
     /// Reads `columns` of every event (each with its leaf hash when they are
     /// [`Columns::Stored`]).
     pub fn from_start(store: Store, at_least: u64, batch: i64, columns: Columns) -> StreamReader {
-        let start = Checkpoint {
-            position: 0,
-            ordinal: 0,
-        };
-        StreamReader::after(store, start, at_least, batch, columns)
-    }
-
-    /// [`StreamReader::from_start`] from the event after `from` (the checkpoint of a projection
-    /// that applied the events up to it).
-    pub fn after(
-        store: Store,
-        from: Checkpoint,
-        at_least: u64,
-        batch: i64,
-        columns: Columns,
-    ) -> StreamReader {
         let plan = Plan {
             max_batches: usize::MAX,
             at_least: i64::try_from(at_least).unwrap_or(i64::MAX),
             stop_on_error: true,
         };
-        StreamReader(read_ahead(store, from, plan, batch, columns))
+        let start = Checkpoint {
+            position: 0,
+            ordinal: 0,
+        };
+        StreamReader(read_ahead(store, start, plan, batch, columns))
     }
 
     /// The next batch, in global order; `None` at the end of what was there.

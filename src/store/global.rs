@@ -297,24 +297,14 @@ impl Store {
 
     /// One intent's events as stored (every column), in order.
     pub async fn intent_stored(&self, id: Uuid) -> Result<Vec<StreamRow>, StoreError> {
-        let intent = <DeploymentIntent as cqrs_es::Aggregate>::TYPE;
-        self.stream_stored(intent, &id.to_string()).await
-    }
-
-    /// One stream's events as stored (every column), in order.
-    pub async fn stream_stored(
-        &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
-    ) -> Result<Vec<StreamRow>, StoreError> {
         let sql = "SELECT position, event_type, event_version, CAST(payload AS TEXT), \
                           aggregate_id, sequence, aggregate_type, CAST(metadata AS TEXT)
                      FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence";
         type Row = (i64, String, String, String, String, i64, String, String);
         let rows: Vec<Row> = on_reader!(&self.db, pool => {
             sqlx::query_as(sql)
-                .bind(aggregate_type)
-                .bind(aggregate_id)
+                .bind(<DeploymentIntent as cqrs_es::Aggregate>::TYPE)
+                .bind(id.to_string())
                 .fetch_all(pool)
                 .await?
         });

@@ -38,6 +38,19 @@ async fn sim() -> Sim {
     .await
 }
 
+/// [`sim`] answering every call `latency_ms` late.
+async fn slow_sim(latency_ms: u64) -> Sim {
+    Sim::start(SimConfig {
+        converge: Duration::from_secs(1),
+        faults: eucora::connector::sim::Faults {
+            latency_ms,
+            ..Default::default()
+        },
+        ..SimConfig::default()
+    })
+    .await
+}
+
 /// Writes `text` as the connectors file in the test's directory and returns the serve flags.
 fn connectors_toml(db: &TestDb, text: String) -> Vec<String> {
     let path = db.dir().join("connectors.toml");
@@ -247,15 +260,7 @@ async fn a_rollback_is_remediated_once(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_are_held_while_the_dispatcher_is_behind_and_all_are_sent_once() {
     // Slow answers: a claim that shows the dispatcher behind stands until its next claim.
-    let sim = Sim::start(SimConfig {
-        converge: Duration::from_secs(1),
-        faults: eucora::connector::sim::Faults {
-            latency_ms: 100,
-            ..Default::default()
-        },
-        ..SimConfig::default()
-    })
-    .await;
+    let sim = slow_sim(100).await;
     let db = Arc::new(TestDb::new(Backend::Sqlite).await);
     let mut flags = connectors(&db, &sim, "");
     flags.extend(["--dispatch-max-lag".to_string(), "1ms".to_string()]);
@@ -463,15 +468,7 @@ async fn each_published_once(
 
 async fn kill_9_during_a_burst_leaves_every_action_done_once(backend: Backend) {
     // Slow answers, so the kill lands with calls in flight and actions claimed.
-    let sim = Sim::start(SimConfig {
-        converge: Duration::from_secs(1),
-        faults: eucora::connector::sim::Faults {
-            latency_ms: 400,
-            ..Default::default()
-        },
-        ..SimConfig::default()
-    })
-    .await;
+    let sim = slow_sim(400).await;
     let db = Arc::new(TestDb::new(backend).await);
     let flags = connectors(&db, &sim, "");
     let mut app = serve(db.clone(), &flags).await;
@@ -496,15 +493,7 @@ async fn kill_9_during_a_burst_leaves_every_action_done_once(backend: Backend) {
 }
 
 async fn two_replicas_dispatch_each_action_once(backend: Backend) {
-    let sim = Sim::start(SimConfig {
-        converge: Duration::from_secs(1),
-        faults: eucora::connector::sim::Faults {
-            latency_ms: 20,
-            ..Default::default()
-        },
-        ..SimConfig::default()
-    })
-    .await;
+    let sim = slow_sim(20).await;
     let db = Arc::new(TestDb::new(backend).await);
     let flags = connectors(&db, &sim, "");
     let first = serve(db.clone(), &flags).await;
