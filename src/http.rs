@@ -101,6 +101,19 @@ pub struct AppState {
     pub admission: Option<Arc<crate::connector::admission::Admission>>,
 }
 
+impl AppState {
+    /// Waits before a command that may queue a connector action while the dispatcher is behind
+    /// (docs/connectors.md, "Admission"), and counts the hold: from the API and the console alike.
+    pub async fn admit(&self, action: &crate::domain::Action) {
+        if let (Some(admission), true) = (&self.admission, action.may_queue_connector_action()) {
+            let held = admission.admit().await;
+            if !held.is_zero() {
+                self.telemetry.record_held(held);
+            }
+        }
+    }
+}
+
 /// How the web console keeps its sessions.
 #[derive(Debug, Clone)]
 pub struct ConsoleSettings {

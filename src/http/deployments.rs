@@ -176,12 +176,7 @@ pub(crate) async fn command(
         command: action.name(),
     };
     attempt.require(&state, action.roles()).await?;
-    if let (Some(admission), true) = (&state.admission, action.may_queue_connector_action()) {
-        let held = admission.admit().await;
-        if !held.is_zero() {
-            state.telemetry.record_held(held);
-        }
-    }
+    state.admit(&action).await;
     let command = Command {
         actor: principal.0,
         correlation_id: correlation::current(),

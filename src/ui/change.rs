@@ -516,6 +516,7 @@ pub async fn act(
         )
         .await;
     }
+    state.admit(&action).await;
     let command = Command {
         actor: viewer.actor().clone(),
         correlation_id: crate::http::correlation::current(),
