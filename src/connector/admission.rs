@@ -45,11 +45,6 @@ impl Admission {
         }
     }
 
-    /// How far behind the dispatcher was at its last claim.
-    pub fn behind(&self) -> Duration {
-        Duration::from_millis(u64::try_from(*self.behind_ms.borrow()).unwrap_or(0))
-    }
-
     /// Waits while the dispatcher is more than the allowed lag behind, for at most
     /// [`MAX_HOLD`]; returns how long it waited (zero when it was not behind).
     pub async fn admit(&self) -> Duration {
@@ -125,7 +120,6 @@ mod tests {
 
         // Behind: held until a claim shows it caught up.
         admission.claimed(&[claim(0, true)], 64, 900);
-        assert_eq!(admission.behind(), Duration::from_millis(900));
         let held = tokio::spawn({
             let admission = admission.clone();
             async move { admission.admit().await }

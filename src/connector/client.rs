@@ -639,12 +639,12 @@ mod tests {
         }
     }
 
+    /// When each write reached the server, and of which app.
+    type Seen = Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>;
+
     /// A server that notes when each write reaches it, and of which app.
-    async fn noting_writes() -> (
-        String,
-        Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>,
-    ) {
-        let seen: Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>> = Arc::default();
+    async fn noting_writes() -> (String, Seen) {
+        let seen: Seen = Arc::default();
         let record = seen.clone();
         let app = axum::Router::new().fallback(move |body: String| {
             let record = record.clone();

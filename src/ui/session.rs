@@ -126,11 +126,10 @@ impl FromRequestParts<AppState> for Viewer {
             .authenticate(&session.token_hash, now)
             .await
             .map_err(unavailable)?;
-        // The session is kept (idle ones are cleared): every request it makes, a page's and a
-        // refresh's racing it alike, is told the token no longer works, not that no session
-        // was found. Without a working token it opens nothing.
+        // The session is kept (until it is cleared as idle): every request it makes, a page's
+        // and a refresh's racing it alike, is told the token no longer works, not that no
+        // session was found. Without a working token it opens nothing.
         let Authenticated::Principal { id, actor } = found else {
-            let _ = state.store.end_sessions(None, now - idle).await;
             return Err(to_sign_in("revoked"));
         };
         if let Err(wait) = state.principals.admit(id) {

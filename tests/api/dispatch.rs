@@ -31,11 +31,7 @@ crate::on_both_backends!(
 
 /// A simulator whose devices converge in a second.
 async fn sim() -> Sim {
-    Sim::start(SimConfig {
-        converge: Duration::from_secs(1),
-        ..SimConfig::default()
-    })
-    .await
+    slow_sim(0).await
 }
 
 /// [`sim`] answering every call `latency_ms` late.
