@@ -14,7 +14,7 @@
 //! same text, and the series each family renders against its budget (`EUCORA_BENCH_ONLY=scrape`
 //! for this part alone). `EUCORA_BENCH_ONLY=evidence` seeds and logs the events, then measures
 //! only the evidence: a period's export and its verification (against the same bundle as
-//! evidence/v3 wrote it, alternating), and one deployment's export against reading its events;
+//! evidence/v4 wrote it, alternating), and one deployment's export against reading its events;
 //! `EUCORA_BENCH_KEEP_BUNDLE=PATH` keeps the period's bundle there (and its verifier key beside
 //! it, `PATH.verifier`) and the SQLite database, for profiling `eucora evidence verify` and
 //! `eucora evidence export`. `EUCORA_BENCH_ONLY=scale` (PostgreSQL only) measures what grows with
@@ -32,6 +32,7 @@ mod harness;
 mod scratch;
 mod seed;
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -397,10 +398,10 @@ async fn bench_evidence(
         alone.as_secs_f64() / own.as_secs_f64()
     );
     // Offline verification, against sha256sum over the same files, and against the same bundle
-    // as the release before wrote it (evidence/v3: payload and metadata as escaped strings),
-    // alternating, two rounds.
-    let v3 = dir.join("bundle-v3.tar.gz");
-    let v3_bytes = as_v3(&bundle, &v3, &key);
+    // as the release before wrote it (evidence/v4: every change's trail in REPORT.html,
+    // controls.json pretty-printed), alternating, two rounds.
+    let v4 = dir.join("bundle-v4.tar.gz");
+    let v4_bytes = as_v4(&bundle, &v4, &key);
     let verify_file = |path: &std::path::Path| {
         let started = Instant::now();
         let verified = eucora::evidence::verify(
@@ -412,10 +413,10 @@ async fn bench_evidence(
         assert_eq!(verified.events, written);
         started.elapsed()
     };
-    let (mut v4_took, mut v3_took) = (Vec::new(), Vec::new());
+    let (mut v5_took, mut v4_took) = (Vec::new(), Vec::new());
     for _ in 0..2 {
-        v3_took.push(verify_file(&v3));
-        v4_took.push(verify_file(&bundle));
+        v4_took.push(verify_file(&v4));
+        v5_took.push(verify_file(&bundle));
     }
     let rate = |took: &[Duration]| {
         let mut r: Vec<f64> = took
@@ -425,23 +426,54 @@ async fn bench_evidence(
         r.sort_by(f64::total_cmp);
         format!("{:.0}–{:.0}", r[0], r[r.len() - 1])
     };
-    let events_bytes = |path: &std::path::Path| {
+    let sizes = |path: &std::path::Path| {
         let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(
             std::fs::File::open(path).unwrap(),
         ));
-        let entry = archive.entries().unwrap().next().unwrap().unwrap();
-        entry.header().size().unwrap()
+        let mut sizes = BTreeMap::new();
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
+            sizes.insert(name, entry.header().size().unwrap() as f64 / 1e6);
+        }
+        sizes
     };
+    let (now, before) = (sizes(&bundle), sizes(&v4));
     println!(
-        "| {name:<8} | evidence verify, events/s: v4 {} (target ≥ 300,000), the same bundle as v3 {}; events.jsonl v4 {:.0} MB, v3 {:.0} MB; bundle v4 {:.0} MB, v3 {:.0} MB |",
+        "| {name:<8} | evidence verify, events/s: v5 {} (target ≥ 300,000), the same bundle as v4 {}; REPORT.html v5 {:.1} MB, v4 {:.0} MB; controls.json v5 {:.0} MB, v4 {:.0} MB; bundle v5 {:.0} MB, v4 {:.0} MB |",
+        rate(&v5_took),
         rate(&v4_took),
-        rate(&v3_took),
-        events_bytes(&bundle) as f64 / 1e6,
-        events_bytes(&v3) as f64 / 1e6,
+        now["REPORT.html"],
+        before["REPORT.html"],
+        now["controls.json"],
+        before["controls.json"],
         std::fs::metadata(&bundle).unwrap().len() as f64 / 1e6,
-        v3_bytes as f64 / 1e6,
+        v4_bytes as f64 / 1e6,
     );
-    let verifying = *v4_took.iter().min().unwrap();
+    let verifying = *v5_took.iter().min().unwrap();
+    // The same on the command line an auditor runs (its own process and allocator), alternating.
+    let verifier = dir.join("verifier");
+    std::fs::write(&verifier, key.verifier_key()).unwrap();
+    let cli = |path: &std::path::Path| {
+        let started = Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_eucora"))
+            .args(["evidence", "verify", path.to_str().unwrap(), "--key"])
+            .arg(&verifier)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        started.elapsed()
+    };
+    let (mut v5_cli, mut v4_cli) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        v4_cli.push(cli(&v4));
+        v5_cli.push(cli(&bundle));
+    }
+    println!(
+        "| {name:<8} | eucora evidence verify, events/s: v5 {} (target ≥ 300,000), the same bundle as v4 {} |",
+        rate(&v5_cli),
+        rate(&v4_cli),
+    );
     let files = dir.join("files");
     std::fs::create_dir_all(&files).unwrap();
     let untar = std::process::Command::new("tar")
@@ -631,16 +663,28 @@ async fn bench_scale(name: &str, url: &str, store: &Store, written: u64) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Writes `bundle` again as the release before wrote it (evidence/v3: every payload and metadata
-/// an escaped string), re-signed with `key`; its size.
-fn as_v3(
+/// Writes `bundle` again as the release before wrote it (evidence/v4: every change's trail in
+/// `REPORT.html`, `controls.json` pretty-printed), re-signed with `key`; its size.
+fn as_v4(
     bundle: &std::path::Path,
     out: &std::path::Path,
     key: &eucora::checkpoints::SigningKey,
 ) -> u64 {
     use base64::Engine;
+    use eucora::evidence::Format;
     use std::io::{Read, Write};
     let b64 = base64::engine::general_purpose::STANDARD;
+    let read = eucora::evidence::read_bundle(std::fs::File::open(bundle).unwrap()).unwrap();
+    let claims = read.claims().unwrap();
+    let population = read.population();
+    let controls = population.controls(claims.as_of.unwrap());
+    let summary = eucora::evidence::Summary::new(
+        &claims.scope,
+        claims.as_of,
+        claims.tree_size,
+        population,
+        &controls,
+    );
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(
         std::fs::File::open(bundle).unwrap(),
@@ -650,19 +694,17 @@ fn as_v3(
         let name = entry.path().unwrap().to_string_lossy().into_owned();
         let mut data = Vec::new();
         entry.read_to_end(&mut data).unwrap();
-        if name == "events.jsonl" {
-            let mut lines = Vec::with_capacity(data.len() * 3 / 2);
-            for line in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                let record =
-                    eucora::evidence::EventRecord::from_line(std::str::from_utf8(line).unwrap())
-                        .unwrap();
-                serde_json::to_writer(&mut lines, &record).unwrap();
-                lines.push(b'\n');
+        match name.as_str() {
+            "REPORT.html" => {
+                data = eucora::evidence::report_html(Format::V4, &summary, population, &controls)
+                    .into_bytes()
             }
-            data = lines;
+            "controls.json" => data = controls.json(Format::V4).unwrap(),
+            _ => {}
         }
         files.push((name, data));
     }
+    drop(read);
     let digest = |data: &[u8]| {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(data))
@@ -675,7 +717,7 @@ fn as_v3(
     let mut statement: serde_json::Value =
         serde_json::from_slice(&b64.decode(envelope["payload"].as_str().unwrap()).unwrap())
             .unwrap();
-    statement["predicateType"] = "https://eucora.dev/evidence/v3".into();
+    statement["predicateType"] = "https://eucora.dev/evidence/v4".into();
     statement["subject"] = files
         .iter()
         .filter(|(n, _)| n != eucora::evidence::MANIFEST)
@@ -766,7 +808,7 @@ fn bench_scrape() {
     // Series per family, against the most each may have at this scale: a family that multiplies
     // (a new label, a label with more values) fails the benchmark loudly, before it reaches a
     // scrape.
-    let mut families: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut families: BTreeMap<&str, usize> = Default::default();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let name = line.split(['{', ' ']).next().unwrap_or_default();
         let family = ["_bucket", "_sum", "_count"]

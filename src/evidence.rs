@@ -36,7 +36,7 @@ pub use controls::{
 };
 pub use export::{export, tempfile_in_tmp, ExportSummary};
 pub use format::{
-    pae, ConsistencyProof, EventRecord, EvidenceError, InclusionProof, Previous, ProofFile,
+    pae, ConsistencyProof, EventRecord, EvidenceError, Format, InclusionProof, Previous, ProofFile,
     RangeProof, Scope, FILES, MANIFEST,
 };
 pub use governance::{PolicyInForce, RefusedCommand};

@@ -3,9 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Seek, Write};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use eucora_projections::decode::StreamEvent;
+use eucora_projections::decode::{DecodeError, StreamEvent};
 use eucora_projections::governance::{GovernanceEvent, POLICY_STREAM};
 use eucora_projections::heads::Lookup;
 use eucora_projections::intent::IntentState;
@@ -31,6 +32,9 @@ use crate::store::{Columns, Store, StreamRow};
 
 /// Rows read per batch while exporting.
 const BATCH: i64 = 5000;
+
+/// What a batch's event is left holding once moved into the bundle's population (never read).
+const TAKEN: DecodeError = DecodeError::UnknownType(String::new());
 
 /// `events.jsonl` as the export writes it: lines are batched here, then hashed and
 /// gzip-compressed on a thread of its own into an anonymous temporary file, so the reading of the
@@ -298,9 +302,20 @@ pub async fn export(
                 let Some(batch) = stream.next().await else {
                     break;
                 };
-                let batch = batch.map_err(run_error)?;
-                for Event { row, event, .. } in batch.iter() {
-                    let at = event.as_ref().map(StreamEvent::occurred_at).ok();
+                let mut batch = batch.map_err(run_error)?;
+                // The decoded events moved out of a batch no one else holds, not copied.
+                let decoded: Vec<Option<StreamEvent>> = match Arc::get_mut(&mut batch) {
+                    Some(owned) => owned
+                        .iter_mut()
+                        .map(|e| std::mem::replace(&mut e.event, Err(TAKEN)).ok())
+                        .collect(),
+                    None => batch
+                        .iter()
+                        .map(|e| e.event.as_ref().ok().cloned())
+                        .collect(),
+                };
+                for (Event { row, .. }, event) in batch.iter().zip(decoded) {
+                    let at = event.as_ref().map(StreamEvent::occurred_at);
                     if index > p.start && at.is_some_and(|t| t >= p.to) {
                         after = Some(EventRecord::of(index, row)?);
                         range_end = index;
@@ -310,7 +325,7 @@ pub async fn export(
                         before = Some(EventRecord::of(index, row)?);
                     }
                     if index >= p.start || p.intents.contains(&row.stream()?.aggregate_id) {
-                        take(index, row, event.as_ref().ok().cloned())?;
+                        take(index, row, event)?;
                     }
                     index += 1;
                     if index >= size {
@@ -423,14 +438,19 @@ pub async fn export(
     let files: BTreeMap<&str, Vec<u8>> = [
         ("checkpoint", latest.note.clone().into_bytes()),
         ("proof.json", pretty(&proof)?),
-        ("controls.json", pretty(&controls)?),
+        (
+            "controls.json",
+            controls
+                .json(Format::CURRENT)
+                .map_err(|e| EvidenceError::Export(e.to_string()))?,
+        ),
         (
             "changes.csv",
             population.changes_csv(Format::CURRENT).into_bytes(),
         ),
         (
             "REPORT.html",
-            report_html(&summary, &population, &controls).into_bytes(),
+            report_html(Format::CURRENT, &summary, &population, &controls).into_bytes(),
         ),
         ("VERIFY.md", verify_md(key.verifier_key()).into_bytes()),
     ]

@@ -47,12 +47,16 @@ pub enum Format {
     /// As v3, and `events.jsonl` holds each stored JSON text (payload, metadata) as the JSON
     /// value it is, byte for byte, instead of as an escaped string ([`Stored`]).
     V4,
+    /// As v4, and lean for people and machines alike: `REPORT.html` gives a trail only for the
+    /// changes an auditor must follow up (a control failing or open), and `controls.json` holds
+    /// one intent a line instead of one number a line.
+    V5,
 }
 
 impl Format {
     /// The format this release writes.
-    pub const CURRENT: Format = Format::V4;
-    const ALL: [Format; 4] = [Format::V1, Format::V2, Format::V3, Format::V4];
+    pub const CURRENT: Format = Format::V5;
+    const ALL: [Format; 5] = [Format::V1, Format::V2, Format::V3, Format::V4, Format::V5];
 
     /// The statement's `predicateType`.
     pub fn predicate_type(self) -> &'static str {
@@ -61,6 +65,7 @@ impl Format {
             Format::V2 => "https://eucora.dev/evidence/v2",
             Format::V3 => "https://eucora.dev/evidence/v3",
             Format::V4 => "https://eucora.dev/evidence/v4",
+            Format::V5 => "https://eucora.dev/evidence/v5",
         }
     }
 
@@ -73,7 +78,7 @@ impl Format {
     pub fn files(self) -> &'static [&'static str] {
         match self {
             Format::V1 => &FILES_V1,
-            Format::V2 | Format::V3 | Format::V4 => &FILES,
+            Format::V2 | Format::V3 | Format::V4 | Format::V5 => &FILES,
         }
     }
 
@@ -85,6 +90,12 @@ impl Format {
     /// Its `events.jsonl` may embed stored JSON texts as values.
     pub fn embeds(self) -> bool {
         self >= Format::V4
+    }
+
+    /// Its report and controls are lean (evidence/v5): trails only for the changes to follow up,
+    /// `controls.json` an intent a line.
+    pub fn lean(self) -> bool {
+        self >= Format::V5
     }
 }
 

@@ -1,8 +1,8 @@
 //! What a bundle says, for people: the summary `eucora evidence show` prints, and `REPORT.html`,
 //! the self-contained page a bundle carries (no script, no external resource): the same summary
-//! and one section per change with its trail in words and every control's verdict. Both are
-//! functions of the bundle's own content, so the verifier recomputes `REPORT.html` like the
-//! controls.
+//! and a section with its trail in words and every control's verdict for each change to follow
+//! up (every change before evidence/v5). Both are functions of the bundle's own content, so the
+//! verifier recomputes `REPORT.html` like the controls.
 
 use std::fmt::Write;
 
@@ -11,7 +11,10 @@ use eucora_projections::describe::event_line;
 use serde_json::Value;
 
 use super::changes::column;
-use super::controls::{rfc3339, ControlsFile, CONTROLS, FAIL, NOT_APPLICABLE, OPEN, PASS};
+use super::controls::{
+    rfc3339, ControlsFile, IntentControls, CONTROLS, FAIL, NOT_APPLICABLE, OPEN, PASS,
+};
+use super::format::Format;
 use super::population::Population;
 
 /// The four verdicts, in the order the summary counts them.
@@ -235,11 +238,30 @@ fn escape(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
-/// `REPORT.html`: the summary, then one section per change.
-pub fn report_html(summary: &Summary, population: &Population, controls: &ControlsFile) -> String {
+/// `REPORT.html` as a bundle of `format` holds it: the summary, then a section for each change
+/// to follow up (a control failing or open) from evidence/v5, for every change before it.
+pub fn report_html(
+    format: Format,
+    summary: &Summary,
+    population: &Population,
+    controls: &ControlsFile,
+) -> String {
     let rows = population.rows();
+    let shown = |intent: &IntentControls| {
+        !format.lean()
+            || intent
+                .controls
+                .iter()
+                .any(|v| v.verdict == FAIL || v.verdict == OPEN)
+    };
     // About 300 bytes an event: sized at once, as growing it by copies costs more than writing.
-    let mut out = String::with_capacity(8192 + population.event_count() * 320);
+    let events: usize = population
+        .histories()
+        .zip(&controls.intents)
+        .filter(|(_, intent)| shown(intent))
+        .map(|((_, events), _)| events.len())
+        .sum();
+    let mut out = String::with_capacity(8192 + events * 320);
     out.push_str(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <title>EUCORA evidence</title>\n<style>\n\
@@ -303,8 +325,23 @@ pub fn report_html(summary: &Summary, population: &Population, controls: &Contro
         out.push_str("</table>\n");
     }
     governance_html(&mut out, controls);
-    out.push_str("<h2>Changes</h2>\n");
-    for ((id, events), intent) in population.histories().zip(&controls.intents) {
+    if format.lean() {
+        let rest = controls.intents.iter().filter(|i| !shown(i)).count();
+        let _ = writeln!(
+            out,
+            "<h2>Changes to follow up</h2>\n<p>Each change with a control failing or open, with \
+             its trail. The other {rest} changes pass every control that applies to them: \
+             <code>changes.csv</code> lists every change, <code>eucora evidence sample</code> \
+             prints the trail of any.</p>"
+        );
+    } else {
+        out.push_str("<h2>Changes</h2>\n");
+    }
+    for ((id, events), intent) in population
+        .histories()
+        .zip(&controls.intents)
+        .filter(|(_, intent)| shown(intent))
+    {
         let fact = |name: &str| {
             rows.get(id)
                 .map(|r| escape(column(r, name)).into_owned())

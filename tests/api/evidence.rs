@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use eucora::checkpoints::SigningKey;
-use eucora::evidence::{pae, verify, EventRecord, FILES, MANIFEST};
+use eucora::evidence::{pae, verify, EventRecord, Format, FILES, MANIFEST};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -185,18 +185,21 @@ fn repack_with(
 
 /// What an insider holding the key recomputes after editing a bundle's events: the controls,
 /// the population and the report, from the events left (as the exporter would have written them).
-fn rederive(mut files: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
+fn rederive(files: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
+    rederive_as(files, Format::CURRENT)
+}
+
+/// [`rederive`], as a release writing `format` would have.
+fn rederive_as(mut files: BTreeMap<String, Vec<u8>>, format: Format) -> BTreeMap<String, Vec<u8>> {
     let bundle = eucora::evidence::read_bundle(&repack(files.clone(), None)[..]).unwrap();
     let claims = bundle.claims().unwrap();
     let as_of = claims.as_of.unwrap();
     let population = bundle.population();
     let controls = population.controls(as_of);
-    let mut json = serde_json::to_vec_pretty(&controls).unwrap();
-    json.push(b'\n');
-    files.insert("controls.json".into(), json);
+    files.insert("controls.json".into(), controls.json(format).unwrap());
     files.insert(
         "changes.csv".into(),
-        population.changes_csv(claims.format).into_bytes(),
+        population.changes_csv(format).into_bytes(),
     );
     let summary = eucora::evidence::Summary::new(
         &claims.scope,
@@ -205,7 +208,7 @@ fn rederive(mut files: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
         population,
         &controls,
     );
-    let report = eucora::evidence::report_html(&summary, population, &controls);
+    let report = eucora::evidence::report_html(format, &summary, population, &controls);
     files.insert("REPORT.html".into(), report.into_bytes());
     files
 }
@@ -363,7 +366,10 @@ async fn a_period_bundle_verifies_and_every_tampering_is_refused_with_its_own_re
     };
     let mut old = with("changes.csv", without_cost.into_bytes());
     old.insert("events.jsonl".into(), as_strings(&events));
-    let v2 = repack_with(old.clone(), Some(&key), |s| {
+    // As that release wrote it: the same changes.csv, its report of every change.
+    let v2_files = rederive_as(old.clone(), Format::V2);
+    assert_eq!(v2_files["changes.csv"], old["changes.csv"]);
+    let v2 = repack_with(v2_files, Some(&key), |s| {
         s["predicateType"] = json!("https://eucora.dev/evidence/v2");
         s["predicate"]["events"] = json!(events.len());
     });
@@ -380,13 +386,14 @@ async fn a_period_bundle_verifies_and_every_tampering_is_refused_with_its_own_re
     // A bundle of the release before (evidence/v3: the texts as strings) still verifies, with
     // the same controls; v4's lines under v3's predicate are refused.
     let as_v3 = |events: Vec<u8>| {
-        repack_with(with("events.jsonl", events), Some(&key), |s| {
+        let v3_files = rederive_as(with("events.jsonl", events), Format::V3);
+        repack_with(v3_files, Some(&key), |s| {
             s["predicateType"] = json!("https://eucora.dev/evidence/v3");
         })
     };
     let v3 = verify(&as_v3(as_strings(&events))[..], &verifier, None).expect("v3 verifies");
-    let v4 = verify(&repack(files.clone(), Some(&key))[..], &verifier, None).unwrap();
-    assert_eq!((v3.events, &v3.controls), (v4.events, &v4.controls));
+    let v5 = verify(&repack(files.clone(), Some(&key))[..], &verifier, None).unwrap();
+    assert_eq!((v3.events, &v3.controls), (v5.events, &v5.controls));
     let why = verify(&as_v3(files["events.jsonl"].clone())[..], &verifier, None)
         .unwrap_err()
         .to_string();
@@ -394,6 +401,47 @@ async fn a_period_bundle_verifies_and_every_tampering_is_refused_with_its_own_re
         why.contains("holds its payload or metadata as a JSON value"),
         "{why}"
     );
+    // evidence/v5 is lean: controls.json holds each intent on a line of its own, and the report
+    // gives a trail only for a change with a control failing or open (the emergency change's
+    // review is open, 7-Zip's rollout has not begun), not for Firefox, which passes.
+    let text = String::from_utf8(files["controls.json"].clone()).unwrap();
+    let intent_lines = text
+        .lines()
+        .filter(|l| l.starts_with("{\"deployment_id\":"))
+        .count();
+    assert_eq!(intent_lines, 3, "{text}");
+    let section = |report: &[u8], id: &str| {
+        String::from_utf8_lossy(report).contains(&format!("<section id=\"c-{id}\">"))
+    };
+    let mut passing = 0;
+    for (id, v) in &verdicts {
+        let passes = v.values().all(|v| v == "pass" || v == "not_applicable");
+        passing += usize::from(passes);
+        assert_eq!(section(&files["REPORT.html"], id), !passes, "{id}: {v:?}");
+    }
+    assert!(!section(&files["REPORT.html"], &firefox_id));
+    assert!(
+        String::from_utf8_lossy(&files["REPORT.html"]).contains(&format!(
+            "The other {passing} changes pass every control that applies to them"
+        ))
+    );
+    // A bundle of the release before (evidence/v4: every change's trail in the report,
+    // controls.json pretty-printed) still verifies, with the same controls; v5's report under
+    // v4's predicate is refused.
+    let as_v4 = |files: BTreeMap<String, Vec<u8>>| {
+        repack_with(files, Some(&key), |s| {
+            s["predicateType"] = json!("https://eucora.dev/evidence/v4");
+        })
+    };
+    let v4_files = rederive_as(files.clone(), Format::V4);
+    assert!(section(&v4_files["REPORT.html"], &firefox_id));
+    assert!(v4_files["controls.json"].len() > files["controls.json"].len());
+    let v4 = verify(&as_v4(v4_files)[..], &verifier, None).expect("v4 verifies");
+    assert_eq!(v4.controls, v5.controls);
+    let why = verify(&as_v4(files.clone())[..], &verifier, None)
+        .unwrap_err()
+        .to_string();
+    assert!(why.contains("REPORT.html does not match"), "{why}");
     // The value's bytes are the stored bytes: a payload re-spaced no longer verifies.
     let mut spaced = events.clone();
     spaced[0] = spaced[0].replacen("\"payload\":{\"", "\"payload\":{ \"", 1);
