@@ -510,7 +510,7 @@ impl Runner {
             let after = (from.ordinal > 0).then_some(from.position);
             let rows = self.store.read_global(after, limit, columns).await?;
             let full = rows.len() as i64 == limit;
-            let batch = Arc::new(decode_rows(from.ordinal + 1, rows));
+            let batch = Arc::new(decode_rows(from.ordinal + 1, rows, true));
             if let Some(end) = batch.last().map(Event::checkpoint) {
                 read += batch.len();
                 self.apply_batch(&mut live, &batch, end, plan, &mut failures)
@@ -523,7 +523,7 @@ impl Runner {
             }
             plan.max_batches -= 1;
         }
-        let mut batches = read_ahead(self.store.clone(), from, plan, self.batch, columns);
+        let mut batches = read_ahead(self.store.clone(), from, plan, self.batch, columns, true);
         while let Some(next) = batches.recv().await {
             let batch = match next {
                 Ok(Ahead::Batch(batch)) => batch,

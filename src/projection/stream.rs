@@ -26,14 +26,16 @@ pub(super) struct Plan {
 /// How long a replay waits for committed events that are not yet readable.
 const STALL: Duration = Duration::from_secs(60);
 /// Rows read from the stream, decoded once for every projection; `first` is the ordinal of the
-/// first.
-pub(super) fn decode_rows(first: i64, rows: Vec<StreamRow>) -> Vec<Event> {
+/// first. With `leaves`, each row read with every column is hashed as the Merkle log's leaf.
+pub(super) fn decode_rows(first: i64, rows: Vec<StreamRow>, leaves: bool) -> Vec<Event> {
     rows.into_iter()
         .zip(first..)
         .map(|(row, ordinal)| Event {
             ordinal,
             event: row.decode(),
-            leaf: row.row().ok().map(|stored| leaf_hash(&stored)),
+            leaf: leaves
+                .then(|| row.row().ok().map(|stored| leaf_hash(&stored)))
+                .flatten(),
             row,
         })
         .collect()
@@ -45,8 +47,8 @@ pub(super) fn decode_rows(first: i64, rows: Vec<StreamRow>) -> Vec<Event> {
 pub struct StreamReader(tokio::sync::mpsc::Receiver<Result<Ahead, RunError>>);
 
 impl StreamReader {
-    /// Reads `columns` of every event (each with its leaf hash when they are
-    /// [`Columns::Stored`]).
+    /// Reads `columns` of every event, decoded; not hashed (its reader, the export, hashes
+    /// nothing but the lines it writes).
     pub fn from_start(store: Store, at_least: u64, batch: i64, columns: Columns) -> StreamReader {
         let plan = Plan {
             max_batches: usize::MAX,
@@ -57,7 +59,7 @@ impl StreamReader {
             position: 0,
             ordinal: 0,
         };
-        StreamReader(read_ahead(store, start, plan, batch, columns))
+        StreamReader(read_ahead(store, start, plan, batch, columns, false))
     }
 
     /// The next batch, in global order; `None` at the end of what was there.
@@ -76,14 +78,16 @@ pub(super) enum Ahead {
     More,
 }
 
-/// Reads the stream on one task and decodes it on another, each at most two batches ahead, so
-/// the database, the decoding and the projections all run at once; follows `plan`.
+/// Reads the stream on one task and decodes it (and with `leaves` hashes it) on another, each at
+/// most two batches ahead, so the database, the decoding and the projections all run at once;
+/// follows `plan`.
 pub(super) fn read_ahead(
     store: Store,
     from: Checkpoint,
     plan: Plan,
     batch: i64,
     columns: Columns,
+    leaves: bool,
 ) -> tokio::sync::mpsc::Receiver<Result<Ahead, RunError>> {
     let (raw_tx, mut raw_rx) = tokio::sync::mpsc::channel::<Result<Read, RunError>>(2);
     tokio::spawn(async move {
@@ -149,7 +153,7 @@ pub(super) fn read_ahead(
         while let Some(read) = raw_rx.recv().await {
             let ahead = read.map(|read| match read {
                 Read::More => Ahead::More,
-                Read::Rows(first, rows) => Ahead::Batch(Arc::new(decode_rows(first, rows))),
+                Read::Rows(first, rows) => Ahead::Batch(Arc::new(decode_rows(first, rows, leaves))),
             });
             if tx.send(ahead).await.is_err() {
                 return;
