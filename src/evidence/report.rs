@@ -330,9 +330,9 @@ pub fn report_html(
         let _ = writeln!(
             out,
             "<h2>Changes to follow up</h2>\n<p>Each change with a control failing or open, with \
-             its trail. The other {rest} changes pass every control that applies to them: \
-             <code>changes.csv</code> lists every change, <code>eucora evidence sample</code> \
-             prints the trail of any.</p>"
+             its trail. Changes that pass every control that applies to them, not shown here: \
+             {rest} (<code>changes.csv</code> lists every change, <code>eucora evidence \
+             sample</code> prints the trail of any).</p>"
         );
     } else {
         out.push_str("<h2>Changes</h2>\n");
