@@ -12,9 +12,11 @@
 //!
 //! First the metrics scrape with 1,000 apps × 5 rings: render time and size against copying the
 //! same text, and the series each family renders against its budget (`EUCORA_BENCH_ONLY=scrape`
-//! for this part alone). `EUCORA_BENCH_ONLY=evidence` seeds and logs the events, then measures
-//! only the evidence: a period's export and its verification (against the same bundle as
-//! evidence/v4 wrote it, alternating), and one deployment's export against reading its events;
+//! for this part alone). `EUCORA_BENCH_ONLY=catchup` measures the runner's catch-up alone,
+//! alternating with the raw scan, three rounds. `EUCORA_BENCH_ONLY=evidence` seeds and logs the
+//! events, then measures only the evidence: a period's export and its verification (against the
+//! same bundle as evidence/v4 wrote it, alternating), and one deployment's export against reading
+//! its events;
 //! `EUCORA_BENCH_KEEP_BUNDLE=PATH` keeps the period's bundle there (and its verifier key beside
 //! it, `PATH.verifier`) and the SQLite database, for profiling `eucora evidence verify` and
 //! `eucora evidence export`. `EUCORA_BENCH_ONLY=scale` (PostgreSQL only) measures what grows with
@@ -169,6 +171,28 @@ async fn serve_rss(url: &str, key: Option<(&std::path::Path, u64)>) -> (u64, Dur
     (rss, caught_up, scrapes[2])
 }
 
+/// The projection runner as `eucora serve` runs it at start-up: the persisted projections (log,
+/// intent read model) are at the head, the metrics catch up from position 0 and must render what
+/// the first replay rendered.
+async fn catch_up(store: &Store, written: u64, metrics_then: &str) -> (Duration, Cpu) {
+    let (mut runner, metrics, _log) = eucora::app::serve_runner(store, 200);
+    let status = runner.status();
+    let (_, ours, cpu) = timed_cpu(async {
+        while !status.caught_up() {
+            let step = runner.step().await;
+            assert!(step.failures.is_empty(), "{:?}", step.failures);
+        }
+    })
+    .await;
+    assert_eq!(
+        status.rows_read(),
+        written,
+        "only the metrics read the stream, once"
+    );
+    assert_eq!(metrics.render().as_deref(), Some(metrics_then));
+    (ours, cpu)
+}
+
 /// Whether `EUCORA_BENCH_ONLY` asks for this part alone.
 fn only(part: &str) -> bool {
     std::env::var("EUCORA_BENCH_ONLY").as_deref() == Ok(part)
@@ -183,10 +207,10 @@ async fn bench_backend(name: &str, url: &str, n: u64) {
         took.as_secs_f64()
     );
 
-    let reference = scratch::Reference::open(url, 1).await;
+    let reference_scan = scratch::Reference::open(url, 1).await;
     let mut scan = (Duration::MAX, Cpu::default());
     for _ in 0..2 {
-        let (scanned, took, cpu) = timed_cpu(reference.scan_events()).await;
+        let (scanned, took, cpu) = timed_cpu(reference_scan.scan_events()).await;
         let (rows, _) = scanned;
         assert_eq!(rows, written);
         if took < scan.0 {
@@ -217,6 +241,32 @@ async fn bench_backend(name: &str, url: &str, n: u64) {
         "eucora replay, first (logs, rebuilds read model)",
         (took, cpu),
     );
+    if only("catchup") {
+        // The catch-up alone, alternating with the raw scan, three rounds: each round's ratio.
+        let mut ratios = Vec::new();
+        for round in 1..=3 {
+            let (_, scan, _) = timed_cpu(reference_scan.scan_events()).await;
+            let (ours, cpu) = catch_up(&store, written, &first.metrics).await;
+            ratios.push(scan.as_secs_f64() / ours.as_secs_f64());
+            println!(
+                "| {name:<8} | round {round}: raw scan {:.2} s, runner catch-up {:.2} s ({:.2} s CPU ours, {:.2} s the database's): {:.2}x |",
+                scan.as_secs_f64(),
+                ours.as_secs_f64(),
+                cpu.ours,
+                cpu.database,
+                ratios[ratios.len() - 1]
+            );
+        }
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "| {name:<8} | runner catch-up vs raw scan: {:.2}x–{:.2}x, median {:.2}x (target ≥ {}) |",
+            ratios[0],
+            ratios[2],
+            ratios[1],
+            if name == "postgres" { "0.75x" } else { "1.5x" }
+        );
+        return;
+    }
     if only("evidence") {
         bench_evidence(name, url, &store, written, reference, &row).await;
         return;
@@ -239,23 +289,7 @@ async fn bench_backend(name: &str, url: &str, n: u64) {
     );
     row("eucora replay, again (verifies, rebuilds)", (took, cpu));
 
-    // The projection runner as `eucora serve` runs it at start-up: the persisted projections
-    // (log, intent read model) are at the head, the metrics catch up from position 0.
-    let (mut runner, metrics, _log) = eucora::app::serve_runner(&store, 200);
-    let status = runner.status();
-    let (_, ours, cpu) = timed_cpu(async {
-        while !status.caught_up() {
-            let step = runner.step().await;
-            assert!(step.failures.is_empty(), "{:?}", step.failures);
-        }
-    })
-    .await;
-    assert_eq!(
-        status.rows_read(),
-        written,
-        "only the metrics read the stream, once"
-    );
-    assert_eq!(metrics.render().as_deref(), Some(first.metrics.as_str()));
+    let (ours, cpu) = catch_up(&store, written, &first.metrics).await;
     row("projection runner catch-up (as eucora serve)", (ours, cpu));
     if url.starts_with("postgres") {
         let pool = sqlx::PgPool::connect(url).await.unwrap();
