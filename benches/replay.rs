@@ -710,15 +710,14 @@ fn as_v4(
     let b64 = base64::engine::general_purpose::STANDARD;
     let read = eucora::evidence::read_bundle(std::fs::File::open(bundle).unwrap()).unwrap();
     let claims = read.claims().unwrap();
-    let population = read.population();
-    let controls = population.controls(claims.as_of.unwrap());
-    let summary = eucora::evidence::Summary::new(
+    let mut derived = eucora::evidence::derive(
+        Format::V4,
         &claims.scope,
-        claims.as_of,
+        claims.as_of.unwrap(),
         claims.tree_size,
-        population,
-        &controls,
-    );
+        read.population(),
+    )
+    .unwrap();
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(
         std::fs::File::open(bundle).unwrap(),
@@ -729,11 +728,8 @@ fn as_v4(
         let mut data = Vec::new();
         entry.read_to_end(&mut data).unwrap();
         match name.as_str() {
-            "REPORT.html" => {
-                data = eucora::evidence::report_html(Format::V4, &summary, population, &controls)
-                    .into_bytes()
-            }
-            "controls.json" => data = controls.json(Format::V4).unwrap(),
+            "REPORT.html" => data = std::mem::take(&mut derived.report_html),
+            "controls.json" => data = std::mem::take(&mut derived.controls_json),
             _ => {}
         }
         files.push((name, data));

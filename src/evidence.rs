@@ -43,6 +43,6 @@ pub use governance::{PolicyInForce, RefusedCommand};
 pub use heads::{lookup, verify_lookup, HeadLookup, HeadProof, LookupVerified};
 pub use population::Population;
 pub use read::{read_bundle, Bundle, Claims, Refused};
-pub use report::{report_html, scope_words, Summary};
+pub use report::{derive, scope_words, Derived, Summary};
 pub use sample::{draw, parse_weight, workpaper, Drawn, Plan, ATTRIBUTES};
 pub use verify::{verify, verify_read, Verified};

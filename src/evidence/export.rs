@@ -3,10 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Seek, Write};
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use eucora_projections::decode::{DecodeError, StreamEvent};
+use eucora_projections::decode::StreamEvent;
 use eucora_projections::governance::{GovernanceEvent, POLICY_STREAM};
 use eucora_projections::heads::Lookup;
 use eucora_projections::intent::IntentState;
@@ -24,7 +23,7 @@ use super::format::{
 };
 use super::heads::{heads_under, HeadProof};
 use super::population::Population;
-use super::report::{report_html, Summary};
+use super::report::derive;
 use crate::checkpoints::{open_checkpoint, SigningKey};
 use crate::projection::log::{leaves_of, with_tiles, LogTree, LogView};
 use crate::projection::{Event, ProjectionError, RunError, StreamReader};
@@ -32,9 +31,6 @@ use crate::store::{Columns, Store, StreamRow};
 
 /// Rows read per batch while exporting.
 const BATCH: i64 = 5000;
-
-/// What a batch's event is left holding once moved into the bundle's population (never read).
-const TAKEN: DecodeError = DecodeError::UnknownType(String::new());
 
 /// `events.jsonl` as the export writes it: lines are batched here, then hashed and
 /// gzip-compressed on a thread of its own into an anonymous temporary file, so the reading of the
@@ -302,30 +298,20 @@ pub async fn export(
                 let Some(batch) = stream.next().await else {
                     break;
                 };
-                let mut batch = batch.map_err(run_error)?;
-                // The decoded events moved out of a batch no one else holds, not copied.
-                let decoded: Vec<Option<StreamEvent>> = match Arc::get_mut(&mut batch) {
-                    Some(owned) => owned
-                        .iter_mut()
-                        .map(|e| std::mem::replace(&mut e.event, Err(TAKEN)).ok())
-                        .collect(),
-                    None => batch
-                        .iter()
-                        .map(|e| e.event.as_ref().ok().cloned())
-                        .collect(),
-                };
-                for (Event { row, .. }, event) in batch.iter().zip(decoded) {
+                // Each decoded event moves into the population, not copied.
+                for Event { row, event, .. } in batch.map_err(run_error)? {
+                    let event = event.ok();
                     let at = event.as_ref().map(StreamEvent::occurred_at);
                     if index > p.start && at.is_some_and(|t| t >= p.to) {
-                        after = Some(EventRecord::of(index, row)?);
+                        after = Some(EventRecord::of(index, &row)?);
                         range_end = index;
                         break 'read;
                     }
                     if index + 1 == p.start {
-                        before = Some(EventRecord::of(index, row)?);
+                        before = Some(EventRecord::of(index, &row)?);
                     }
                     if index >= p.start || p.intents.contains(&row.stream()?.aggregate_id) {
-                        take(index, row, event)?;
+                        take(index, &row, event)?;
                     }
                     index += 1;
                     if index >= size {
@@ -427,31 +413,20 @@ pub async fn export(
     let now = chrono::Utc::now();
     let as_of = scope.as_of(now);
     let written = u64::try_from(now.timestamp()).unwrap_or(0);
-    let controls = population.controls(as_of);
-    let failed = controls.failed();
     let scope_json = match scope {
         Scope::Period { from, to } => json!({"from": from, "to": to}),
         Scope::Deployment(id) => json!({"deployment_id": id}),
     };
-    let summary = Summary::new(&scope_json, Some(as_of), size, &population, &controls);
+    let derived = derive(Format::CURRENT, &scope_json, as_of, size, &population)
+        .map_err(|e| EvidenceError::Export(e.to_string()))?;
+    let (failed, intents) = (derived.controls.failed(), derived.controls.intents.len());
     let mut events = events.finish()?;
     let files: BTreeMap<&str, Vec<u8>> = [
         ("checkpoint", latest.note.clone().into_bytes()),
         ("proof.json", pretty(&proof)?),
-        (
-            "controls.json",
-            controls
-                .json(Format::CURRENT)
-                .map_err(|e| EvidenceError::Export(e.to_string()))?,
-        ),
-        (
-            "changes.csv",
-            population.changes_csv(Format::CURRENT).into_bytes(),
-        ),
-        (
-            "REPORT.html",
-            report_html(Format::CURRENT, &summary, &population, &controls).into_bytes(),
-        ),
+        ("controls.json", derived.controls_json),
+        ("changes.csv", derived.changes_csv),
+        ("REPORT.html", derived.report_html),
         ("VERIFY.md", verify_md(key.verifier_key()).into_bytes()),
     ]
     .into_iter()
@@ -506,7 +481,7 @@ pub async fn export(
     tar.into_inner()?.finish()?.flush()?;
     Ok(ExportSummary {
         events: chosen.len() as u64,
-        intents: controls.intents.len() as u64,
+        intents: intents as u64,
         tree_size: size,
         failed_controls: failed,
     })

@@ -238,9 +238,47 @@ fn escape(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// What a bundle's events derive, as a release writing `format` writes it: the controls, and the
+/// three files that are functions of the events. The exporter writes them; the verifier
+/// recomputes and compares them.
+pub struct Derived {
+    pub controls: ControlsFile,
+    pub controls_json: Vec<u8>,
+    pub changes_csv: Vec<u8>,
+    pub report_html: Vec<u8>,
+}
+
+/// [`Derived`] of `population`, judged at `as_of`, under the checkpoint of `tree_size`; the report
+/// is written on a core of its own meanwhile (before evidence/v5 it was the largest of the three).
+pub fn derive(
+    format: Format,
+    scope: &Value,
+    as_of: DateTime<Utc>,
+    tree_size: u64,
+    population: &Population,
+) -> Result<Derived, serde_json::Error> {
+    let controls = population.controls(as_of);
+    let summary = Summary::new(scope, Some(as_of), tree_size, population, &controls);
+    let (report, files) = std::thread::scope(|scope| {
+        let report = scope.spawn(|| report_html(format, &summary, population, &controls));
+        let files = controls
+            .json(format)
+            .map(|json| (json, population.changes_csv(format).into_bytes()));
+        (report.join(), files)
+    });
+    let report = report.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    let (controls_json, changes_csv) = files?;
+    Ok(Derived {
+        controls,
+        controls_json,
+        changes_csv,
+        report_html: report.into_bytes(),
+    })
+}
+
 /// `REPORT.html` as a bundle of `format` holds it: the summary, then a section for each change
 /// to follow up (a control failing or open) from evidence/v5, for every change before it.
-pub fn report_html(
+fn report_html(
     format: Format,
     summary: &Summary,
     population: &Population,

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::controls::ControlsFile;
 use super::format::{pae, unb64_hash, ProofFile, MANIFEST, PAYLOAD_TYPE};
 use super::read::{read_bundle, refuse, Bundle, Claims, Refused};
-use super::report::{report_html, Summary};
+use super::report::derive;
 use crate::checkpoints::{open_checkpoint, Checkpoint};
 
 /// What a verified bundle holds.
@@ -277,53 +277,40 @@ pub fn verify_read(
             .map_err(|e| refuse(format!("the log does not extend your earlier checkpoint (tree size {}): {e}; its history was rewritten", earlier.size)))?;
     }
 
-    // 5. The controls and the population, recomputed from the events; the report on a core of
-    // its own meanwhile (it is the largest file after the events).
+    // 5. The controls, the population and the report, recomputed from the events.
     let controls = match as_of {
         Some(as_of) => {
-            let controls = population.controls(as_of);
-            let summary = Summary::new(
+            let derived = derive(
+                claims.format,
                 &claims.scope,
-                Some(as_of),
+                as_of,
                 checkpoint.size,
                 population,
-                &controls,
-            );
-            let (checked, report_matches) = std::thread::scope(|scope| {
-                let report = scope.spawn(|| {
-                    files["REPORT.html"]
-                        == report_html(claims.format, &summary, population, &controls).as_bytes()
-                });
-                let checked = (|| {
-                    // The bytes the exporter writes, compared at once; otherwise the same
-                    // controls in another layout (an earlier release's) are accepted.
-                    let written = &files["controls.json"];
-                    if controls.json(claims.format).ok().as_ref() != Some(written) {
-                        let claimed: ControlsFile = serde_json::from_slice(written)
-                            .map_err(|e| refuse(format!("controls.json is not controls: {e}")))?;
-                        if claimed != controls {
-                            return Err(refuse(
-                                "controls.json does not match the controls recomputed from the \
-                                 events",
-                            ));
-                        }
-                    }
-                    if files["changes.csv"] != population.changes_csv(claims.format).as_bytes() {
-                        return Err(refuse(
-                            "changes.csv does not match the population recomputed from the events",
-                        ));
-                    }
-                    Ok(())
-                })();
-                (checked, report.join().unwrap_or(false))
-            });
-            checked?;
-            if !report_matches {
+            )
+            .map_err(|e| refuse(format!("the controls could not be written: {e}")))?;
+            // The bytes the exporter writes; otherwise the same controls in another layout (an
+            // earlier release's) are accepted.
+            let written = &files["controls.json"];
+            if *written != derived.controls_json {
+                let claimed: ControlsFile = serde_json::from_slice(written)
+                    .map_err(|e| refuse(format!("controls.json is not controls: {e}")))?;
+                if claimed != derived.controls {
+                    return Err(refuse(
+                        "controls.json does not match the controls recomputed from the events",
+                    ));
+                }
+            }
+            if files["changes.csv"] != derived.changes_csv {
+                return Err(refuse(
+                    "changes.csv does not match the population recomputed from the events",
+                ));
+            }
+            if files["REPORT.html"] != derived.report_html {
                 return Err(refuse(
                     "REPORT.html does not match the report recomputed from the events",
                 ));
             }
-            Some(controls)
+            Some(derived.controls)
         }
         None => None,
     };

@@ -526,7 +526,7 @@ impl Runner {
         let mut batches = read_ahead(self.store.clone(), from, plan, self.batch, columns, true);
         while let Some(next) = batches.recv().await {
             let batch = match next {
-                Ok(Ahead::Batch(batch)) => batch,
+                Ok(Ahead::Batch(batch)) => Arc::new(batch),
                 Ok(Ahead::More) => {
                     more = true;
                     break;

@@ -1,7 +1,6 @@
 //! Reading the global stream ahead of the projections: one task reads, another decodes, each at
 //! most two batches ahead; and [`StreamReader`], the same reading for a reader beside the runner.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eucora_projections::integrity::leaf_hash;
@@ -63,7 +62,7 @@ impl StreamReader {
     }
 
     /// The next batch, in global order; `None` at the end of what was there.
-    pub async fn next(&mut self) -> Option<Result<Arc<Vec<Event>>, RunError>> {
+    pub async fn next(&mut self) -> Option<Result<Vec<Event>, RunError>> {
         match self.0.recv().await? {
             Ok(Ahead::Batch(batch)) => Some(Ok(batch)),
             Ok(Ahead::More) => None,
@@ -74,7 +73,7 @@ impl StreamReader {
 
 /// What the read-ahead task sends: a batch, or word that it stopped at its batch bound.
 pub(super) enum Ahead {
-    Batch(Arc<Vec<Event>>),
+    Batch(Vec<Event>),
     More,
 }
 
@@ -153,7 +152,7 @@ pub(super) fn read_ahead(
         while let Some(read) = raw_rx.recv().await {
             let ahead = read.map(|read| match read {
                 Read::More => Ahead::More,
-                Read::Rows(first, rows) => Ahead::Batch(Arc::new(decode_rows(first, rows, leaves))),
+                Read::Rows(first, rows) => Ahead::Batch(decode_rows(first, rows, leaves)),
             });
             if tx.send(ahead).await.is_err() {
                 return;

@@ -193,23 +193,17 @@ fn rederive(files: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
 fn rederive_as(mut files: BTreeMap<String, Vec<u8>>, format: Format) -> BTreeMap<String, Vec<u8>> {
     let bundle = eucora::evidence::read_bundle(&repack(files.clone(), None)[..]).unwrap();
     let claims = bundle.claims().unwrap();
-    let as_of = claims.as_of.unwrap();
-    let population = bundle.population();
-    let controls = population.controls(as_of);
-    files.insert("controls.json".into(), controls.json(format).unwrap());
-    files.insert(
-        "changes.csv".into(),
-        population.changes_csv(format).into_bytes(),
-    );
-    let summary = eucora::evidence::Summary::new(
+    let derived = eucora::evidence::derive(
+        format,
         &claims.scope,
-        Some(as_of),
+        claims.as_of.unwrap(),
         claims.tree_size,
-        population,
-        &controls,
-    );
-    let report = eucora::evidence::report_html(format, &summary, population, &controls);
-    files.insert("REPORT.html".into(), report.into_bytes());
+        bundle.population(),
+    )
+    .unwrap();
+    files.insert("controls.json".into(), derived.controls_json);
+    files.insert("changes.csv".into(), derived.changes_csv);
+    files.insert("REPORT.html".into(), derived.report_html);
     files
 }
 
