@@ -48,8 +48,8 @@ impl Scratch {
 
 /// The benchmarks' references, on a pool of their own to the database under test, opened as the
 /// store opens it (SQLite: one writer, WAL, at the `synchronous` level the URL asks for, FULL by
-/// default, so the reference commits as durably as the server; PostgreSQL: no ping before each
-/// query). Benchmark-only SQL lives here, not in the service.
+/// default, so the reference commits as durably as the server, and rows read ahead as far as the
+/// store's readers read them; PostgreSQL: no ping before each query). Benchmark-only SQL lives here, not in the service.
 pub enum Reference {
     Sqlite(sqlx::SqlitePool),
     Postgres(sqlx::PgPool),
@@ -78,7 +78,8 @@ impl Reference {
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
             .synchronous(synchronous)
             .busy_timeout(std::time::Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            .row_buffer_size(eucora::store::READER_ROW_BUFFER);
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
@@ -122,6 +123,36 @@ impl Reference {
             }
         }
         (rows, bytes)
+    }
+
+    /// The same scan of only the columns the runner's catch-up reads (position, type, version,
+    /// payload), nothing decoded: what reading alone costs through this driver.
+    pub async fn scan_catch_up_columns(&self) -> u64 {
+        use futures_util::TryStreamExt;
+        type Row = (i64, String, String, String);
+        let mut rows = 0u64;
+        match self {
+            Reference::Sqlite(pool) => {
+                let mut stream = sqlx::query_as::<_, Row>(
+                    "SELECT position, event_type, event_version, payload FROM events ORDER BY position",
+                )
+                .fetch(pool);
+                while stream.try_next().await.expect("scan").is_some() {
+                    rows += 1;
+                }
+            }
+            Reference::Postgres(pool) => {
+                let mut stream = sqlx::query_as::<_, Row>(
+                    "SELECT position, event_type, event_version, payload::text FROM events
+                      ORDER BY xact_id, position",
+                )
+                .fetch(pool);
+                while stream.try_next().await.expect("scan").is_some() {
+                    rows += 1;
+                }
+            }
+        }
+        rows
     }
 
     /// Closes every connection of the reference pool.

@@ -17,6 +17,11 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
+/// How many rows a SQLite reader's connection thread may read ahead of the task taking them
+/// (sqlx's default is 50): the global stream is read a thousand rows at a time, and with the
+/// default the thread and the task woke each other for nearly every row.
+pub const READER_ROW_BUFFER: usize = 1024;
+
 pub use checkpoints::Checkpoint;
 pub use events::{EventRepo, StoredEvent, StreamCache};
 pub use global::{Columns, StoredColumns, StreamColumns, StreamRow};
@@ -262,7 +267,7 @@ impl Store {
                 let reader = SqlitePoolOptions::new()
                     .max_connections(pool_size.clamp(1, 8))
                     .test_before_acquire(false)
-                    .connect_with(options.read_only(true))
+                    .connect_with(options.read_only(true).row_buffer_size(READER_ROW_BUFFER))
                     .await?;
                 Db::Sqlite { writer, reader }
             }

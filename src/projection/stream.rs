@@ -1,7 +1,11 @@
-//! Reading the global stream ahead of the projections: one task reads, another decodes, each at
-//! most two batches ahead; and [`StreamReader`], the same reading for a reader beside the runner.
+//! Reading the global stream ahead of the projections: one task reads, up to QUERY_BATCHES
+//! batches a query, and DECODING tasks decode, at most two batches ahead; and [`StreamReader`],
+//! the same reading for a reader beside the runner.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
 
 use eucora_projections::integrity::leaf_hash;
 
@@ -22,6 +26,10 @@ pub(super) struct Plan {
     pub(super) stop_on_error: bool,
 }
 
+/// How many batches the read-ahead decodes at once.
+const DECODING: usize = 2;
+/// How many batches one query of the read-ahead reads at most.
+const QUERY_BATCHES: usize = 50;
 /// How long a replay waits for committed events that are not yet readable.
 const STALL: Duration = Duration::from_secs(60);
 /// Rows read from the stream, decoded once for every projection; `first` is the ordinal of the
@@ -77,7 +85,7 @@ pub(super) enum Ahead {
     More,
 }
 
-/// Reads the stream on one task and decodes it (and with `leaves` hashes it) on another, each at
+/// Reads the stream on one task and decodes it (and with `leaves` hashes it) on others, each at
 /// most two batches ahead, so the database, the decoding and the projections all run at once;
 /// follows `plan`.
 pub(super) fn read_ahead(
@@ -100,60 +108,105 @@ pub(super) fn read_ahead(
                 let _ = raw_tx.send(Ok(Read::More)).await;
                 return;
             }
-            let limit = batch;
-            let rows = match store.read_global(after, limit, columns).await {
-                Ok(rows) => rows,
+            // One query for up to QUERY_BATCHES batches, each handed on as its last row
+            // arrives: the database sends the next rows while this batch is decoded.
+            let span = (plan.max_batches - batches).min(QUERY_BATCHES);
+            let mut stream = store.global_rows(after, batch * span as i64, columns);
+            let capacity = usize::try_from(batch).unwrap_or(0);
+            let mut rows = Vec::with_capacity(capacity);
+            let mut read_any = false;
+            loop {
+                let next = stream.next().await;
+                let ended = next.is_none();
+                match next {
+                    Some(Ok(row)) => rows.push(row),
+                    Some(Err(e)) => {
+                        let _ = raw_tx.send(Err(e.into())).await;
+                        return;
+                    }
+                    None => {}
+                }
+                if let Some(last) = rows.last().filter(|_| ended || rows.len() as i64 == batch) {
+                    read_any = true;
+                    progressed = Instant::now();
+                    after = Some(last.position);
+                    batches += 1;
+                    let first = ordinal + 1;
+                    ordinal += rows.len() as i64;
+                    let full = std::mem::replace(&mut rows, Vec::with_capacity(capacity));
+                    if raw_tx.send(Ok(Read::Rows(first, full))).await.is_err() {
+                        return;
+                    }
+                }
+                if ended {
+                    break;
+                }
+            }
+            if read_any {
+                continue;
+            }
+            if ordinal >= plan.at_least {
+                return;
+            }
+            // A row written by hand with a transaction id from the future is never
+            // returned: name it rather than wait for it.
+            match store.unreachable_events(1).await {
+                Ok(found) if !found.is_empty() => {
+                    let unreachable = RunError::Unreachable { position: found[0] };
+                    let _ = raw_tx.send(Err(unreachable)).await;
+                    return;
+                }
+                Ok(_) => {}
                 Err(e) => {
                     let _ = raw_tx.send(Err(e.into())).await;
                     return;
                 }
-            };
-            let Some(last) = rows.last() else {
-                if ordinal >= plan.at_least {
-                    return;
-                }
-                // A row written by hand with a transaction id from the future is never
-                // returned: name it rather than wait for it.
-                match store.unreachable_events(1).await {
-                    Ok(found) if !found.is_empty() => {
-                        let unreachable = RunError::Unreachable { position: found[0] };
-                        let _ = raw_tx.send(Err(unreachable)).await;
-                        return;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        let _ = raw_tx.send(Err(e.into())).await;
-                        return;
-                    }
-                }
-                if progressed.elapsed() > STALL {
-                    let stalled = RunError::Stalled {
-                        read: ordinal,
-                        head: plan.at_least,
-                    };
-                    let _ = raw_tx.send(Err(stalled)).await;
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            };
-            progressed = Instant::now();
-            after = Some(last.position);
-            batches += 1;
-            let first = ordinal + 1;
-            ordinal += rows.len() as i64;
-            if raw_tx.send(Ok(Read::Rows(first, rows))).await.is_err() {
+            }
+            if progressed.elapsed() > STALL {
+                let stalled = RunError::Stalled {
+                    read: ordinal,
+                    head: plan.at_least,
+                };
+                let _ = raw_tx.send(Err(stalled)).await;
                 return;
             }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     tokio::spawn(async move {
-        while let Some(read) = raw_rx.recv().await {
-            let ahead = read.map(|read| match read {
-                Read::More => Ahead::More,
-                Read::Rows(first, rows) => Ahead::Batch(decode_rows(first, rows, leaves)),
-            });
+        // DECODING batches are decoded at once, each on a task of its own, and handed on in the
+        // order they were read: decoding is the costliest stage, and one task at it would leave
+        // the second core idle while the database is waited for.
+        let mut decoding: VecDeque<tokio::task::JoinHandle<_>> = VecDeque::new();
+        let mut reading = true;
+        loop {
+            let decoded = tokio::select! {
+                biased;
+                decoded = async { decoding.front_mut().expect("not empty").await },
+                    if !decoding.is_empty() => decoded,
+                read = raw_rx.recv(), if reading && decoding.len() < DECODING => {
+                    match read {
+                        Some(read) => decoding.push_back(tokio::spawn(async move {
+                            read.map(|read| match read {
+                                Read::More => Ahead::More,
+                                Read::Rows(first, rows) => {
+                                    Ahead::Batch(decode_rows(first, rows, leaves))
+                                }
+                            })
+                        })),
+                        None => reading = false,
+                    }
+                    continue;
+                }
+                else => return,
+            };
+            decoding.pop_front();
+            let ahead = match decoded {
+                Ok(ahead) => ahead,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => return,
+            };
             if tx.send(ahead).await.is_err() {
                 return;
             }

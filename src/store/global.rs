@@ -1,6 +1,10 @@
 //! The global stream: every committed event once, in an order that never changes once read.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
 
 use eucora_projections::decode::{decode_stream, DecodeError, StreamEvent};
 use eucora_projections::integrity::StoredRow;
@@ -9,6 +13,52 @@ use uuid::Uuid;
 use crate::domain::DeploymentIntent;
 
 use super::{Checkpoint, Db, Store, StoreError};
+
+/// The statement reading `columns` of the global stream, in its order, from the start or after
+/// a position (`$1`/`?1` the limit, `$2`/`?2` the position); made once for the process, so that
+/// a stream of rows borrows nothing but the pool.
+///
+/// "From the start" is its own statement: an `after = 0 OR …` condition would keep both
+/// databases from using the index range scan, and every batch would sort the table. JSON
+/// columns are read as their stored text.
+fn global_sql(columns: Columns, postgres: bool, after: bool) -> &'static str {
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
+    const EVENTS: &str = "position, event_type, event_version, payload";
+    let all = SQL.get_or_init(|| {
+        let mut all = Vec::new();
+        for columns in [Columns::Events, Columns::Streams, Columns::Stored] {
+            let list = match columns {
+                Columns::Events => EVENTS.to_string(),
+                Columns::Streams => format!("{EVENTS}, aggregate_type, aggregate_id, sequence"),
+                Columns::Stored => {
+                    format!("{EVENTS}, aggregate_id, sequence, aggregate_type, metadata")
+                }
+            };
+            let text = list
+                .replace("payload", "payload::text")
+                .replace("metadata", "metadata::text");
+            all.push(format!(
+                "SELECT {list} FROM events ORDER BY position LIMIT ?1"
+            ));
+            all.push(format!(
+                "SELECT {list} FROM events WHERE position > ?2 ORDER BY position LIMIT ?1"
+            ));
+            for since in [
+                "",
+                "AND (xact_id, position) > ((SELECT xact_id FROM events WHERE position = $2), $2)",
+            ] {
+                all.push(format!(
+                    "SELECT {text} FROM events
+                      WHERE xact_id < pg_snapshot_xmin(pg_current_snapshot()) {since}
+                      ORDER BY xact_id, position
+                      LIMIT $1"
+                ));
+            }
+        }
+        all
+    });
+    &all[columns as usize * 4 + usize::from(postgres) * 2 + usize::from(after)]
+}
 
 /// Which columns of the global stream a reader needs; each level reads those of the one before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -105,7 +155,18 @@ impl Store {
         limit: i64,
         columns: Columns,
     ) -> Result<Vec<StreamRow>, StoreError> {
-        const EVENTS: &str = "position, event_type, event_version, payload";
+        self.global_rows(after, limit, columns).try_collect().await
+    }
+
+    /// The rows [`Store::read_global`] returns, handed out as the database sends them, so that a
+    /// reader works on the first while the database still produces the rest. Holds one
+    /// connection until it ends or is dropped.
+    pub fn global_rows(
+        &self,
+        after: Option<i64>,
+        limit: i64,
+        columns: Columns,
+    ) -> BoxStream<'_, Result<StreamRow, StoreError>> {
         let row = |(position, event_type, event_version, payload): EventColumns, stream, stored| {
             StreamRow {
                 position,
@@ -119,23 +180,17 @@ impl Store {
         // Tuples, not a derived row type: columns are read by index, not looked up by name, on
         // a path that reads millions of rows; and only the columns asked for, as decoding each
         // costs both ends of the connection.
-        Ok(match columns {
+        match columns {
             Columns::Events => self
-                .read_global_columns::<EventColumns>(EVENTS, after, limit)
-                .await?
-                .into_iter()
-                .map(|events| row(events, None, None))
-                .collect(),
+                .global_columns::<EventColumns>(columns, after, limit)
+                .map_ok(move |events| row(events, None, None))
+                .boxed(),
             Columns::Streams => self
-                .read_global_columns::<(i64, String, String, String, String, String, i64)>(
-                    &format!("{EVENTS}, aggregate_type, aggregate_id, sequence"),
-                    after,
-                    limit,
+                .global_columns::<(i64, String, String, String, String, String, i64)>(
+                    columns, after, limit,
                 )
-                .await?
-                .into_iter()
-                .map(
-                    |(p, t, v, payload, aggregate_type, aggregate_id, sequence)| {
+                .map_ok(
+                    move |(p, t, v, payload, aggregate_type, aggregate_id, sequence)| {
                         let stream = StreamColumns {
                             aggregate_type,
                             aggregate_id,
@@ -144,17 +199,13 @@ impl Store {
                         row((p, t, v, payload), Some(stream), None)
                     },
                 )
-                .collect(),
+                .boxed(),
             Columns::Stored => self
-                .read_global_columns::<(i64, String, String, String, String, i64, String, String)>(
-                    &format!("{EVENTS}, aggregate_id, sequence, aggregate_type, metadata"),
-                    after,
-                    limit,
+                .global_columns::<(i64, String, String, String, String, i64, String, String)>(
+                    columns, after, limit,
                 )
-                .await?
-                .into_iter()
-                .map(
-                    |(p, t, v, payload, aggregate_id, sequence, aggregate_type, metadata)| {
+                .map_ok(
+                    move |(p, t, v, payload, aggregate_id, sequence, aggregate_type, metadata)| {
                         let stream = StreamColumns {
                             aggregate_type,
                             aggregate_id,
@@ -164,65 +215,45 @@ impl Store {
                         row((p, t, v, payload), Some(stream), Some(stored))
                     },
                 )
-                .collect(),
-        })
+                .boxed(),
+        }
     }
 
-    /// The global stream's order and paging (see [`Store::read_global`]) over some of the events
-    /// table's columns, named in `columns`; JSON columns are read as their stored text.
-    async fn read_global_columns<R>(
+    /// The global stream's order and paging (see [`Store::read_global`]) over the events
+    /// table's `columns`, as tuples in the order [`global_sql`] selects them.
+    fn global_columns<R>(
         &self,
-        columns: &str,
+        columns: Columns,
         after: Option<i64>,
         limit: i64,
-    ) -> Result<Vec<R>, StoreError>
+    ) -> BoxStream<'_, Result<R, StoreError>>
     where
         R: Send
             + Unpin
+            + 'static
             + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
             + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
     {
-        // "From the start" is its own statement: an `after = 0 OR …` condition would keep both
-        // databases from using the index range scan, and every batch would sort the table.
-        Ok(match (&self.db, after) {
-            (Db::Sqlite { reader, .. }, None) => {
-                let sql = format!("SELECT {columns} FROM events ORDER BY position LIMIT ?1");
-                sqlx::query_as(&sql).bind(limit).fetch_all(reader).await?
-            }
-            (Db::Sqlite { reader, .. }, Some(after)) => {
-                let sql = format!(
-                    "SELECT {columns} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
-                );
-                sqlx::query_as(&sql)
-                    .bind(after)
-                    .bind(limit)
-                    .fetch_all(reader)
-                    .await?
-            }
-            (Db::Postgres(pool), after) => {
-                let columns = columns
-                    .replace("payload", "payload::text")
-                    .replace("metadata", "metadata::text");
-                let since = match after {
-                    None => "",
-                    Some(_) => {
-                        "AND (xact_id, position) > ((SELECT xact_id FROM events WHERE position = $2), $2)"
-                    }
-                };
-                let sql = format!(
-                    "SELECT {columns} FROM events
-                      WHERE xact_id < pg_snapshot_xmin(pg_current_snapshot()) {since}
-                      ORDER BY xact_id, position
-                      LIMIT $1"
-                );
-                let query = sqlx::query_as(&sql).bind(limit);
-                let query = match after {
+        let sql = global_sql(columns, matches!(self.db, Db::Postgres(_)), after.is_some());
+        let rows = match &self.db {
+            Db::Sqlite { reader, .. } => {
+                let query = sqlx::query_as(sql).bind(limit);
+                match after {
                     None => query,
                     Some(after) => query.bind(after),
-                };
-                query.fetch_all(pool).await?
+                }
+                .fetch(reader)
             }
-        })
+            Db::Postgres(pool) => {
+                let query = sqlx::query_as(sql).bind(limit);
+                match after {
+                    None => query,
+                    Some(after) => query.bind(after),
+                }
+                .fetch(pool)
+            }
+        };
+        rows.map_err(StoreError::from).boxed()
     }
 
     /// Whether a reader standing at `checkpoint` has passed the event at `position` in the
