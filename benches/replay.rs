@@ -13,11 +13,11 @@
 //! First the metrics scrape with 1,000 apps × 5 rings: render time and size against copying the
 //! same text, and the series each family renders against its budget (`EUCORA_BENCH_ONLY=scrape`
 //! for this part alone). `EUCORA_BENCH_ONLY=catchup` measures the runner's catch-up alone,
-//! alternating with the raw scan and a scan of only the columns the catch-up reads, three
-//! rounds. `EUCORA_BENCH_ONLY=evidence` seeds and logs the
-//! events, then measures only the evidence: a period's export and its verification (against the
-//! same bundle as evidence/v4 wrote it, alternating), and one deployment's export against reading
-//! its events;
+//! alternating with the raw scan and a scan of only the columns the catch-up reads (on
+//! PostgreSQL also with cqrs-es `QueryReplay`), three rounds. `EUCORA_BENCH_ONLY=evidence`
+//! seeds and logs the events, then measures only the evidence: a period's export and its
+//! verification (against the same bundle as evidence/v4 wrote it, alternating), and one
+//! deployment's export against reading its events;
 //! `EUCORA_BENCH_KEEP_BUNDLE=PATH` keeps the period's bundle there (and its verifier key beside
 //! it, `PATH.verifier`) and the SQLite database, for profiling `eucora evidence verify` and
 //! `eucora evidence export`. `EUCORA_BENCH_ONLY=scale` (PostgreSQL only) measures what grows with
@@ -194,6 +194,16 @@ async fn catch_up(store: &Store, written: u64, metrics_then: &str) -> (Duration,
     (ours, cpu)
 }
 
+/// The same metrics fold through cqrs-es's own `QueryReplay` over postgres-es, every event.
+async fn query_replay(url: &str) -> (Duration, Cpu) {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let query = MetricsQuery(Mutex::new(Metrics::new(200)));
+    let replay = QueryReplay::new(postgres_es::PostgresEventRepository::new(pool), query);
+    let (result, took, cpu) = timed_cpu(replay.replay_all()).await;
+    result.expect("QueryReplay");
+    (took, cpu)
+}
+
 /// Whether `EUCORA_BENCH_ONLY` asks for this part alone.
 fn only(part: &str) -> bool {
     std::env::var("EUCORA_BENCH_ONLY").as_deref() == Ok(part)
@@ -246,7 +256,8 @@ async fn bench_backend(name: &str, url: &str, n: u64) {
         // The catch-up alone, alternating with the raw scan, three rounds: each round's ratio.
         // Between them, a scan of only the columns the catch-up reads, decoding nothing: the
         // most any catch-up through this driver could reach.
-        let mut ratios = Vec::new();
+        // On PostgreSQL each round ends with cqrs-es's `QueryReplay` of the same fold.
+        let (mut ratios, mut faster) = (Vec::new(), Vec::new());
         for round in 1..=3 {
             let (_, scan, scan_cpu) = timed_cpu(reference_scan.scan_events()).await;
             let (read, columns, columns_cpu) =
@@ -268,6 +279,17 @@ async fn bench_backend(name: &str, url: &str, n: u64) {
                 cpu.database,
                 ratios[ratios.len() - 1]
             );
+            if url.starts_with("postgres") {
+                let (theirs, cpu) = query_replay(url).await;
+                faster.push(theirs.as_secs_f64() / ours.as_secs_f64());
+                println!(
+                    "| {name:<8} | round {round}: cqrs-es QueryReplay {:.2} s ({:.2} s, {:.2} s): the runner's catch-up is {:.2}x faster |",
+                    theirs.as_secs_f64(),
+                    cpu.ours,
+                    cpu.database,
+                    faster[faster.len() - 1]
+                );
+            }
         }
         ratios.sort_by(f64::total_cmp);
         println!(
@@ -277,6 +299,12 @@ async fn bench_backend(name: &str, url: &str, n: u64) {
             ratios[1],
             if name == "postgres" { "0.75x" } else { "1.5x" }
         );
+        faster.sort_by(f64::total_cmp);
+        if let [low, median, high] = faster[..] {
+            println!(
+                "| {name:<8} | runner catch-up vs cqrs-es QueryReplay: {low:.2}x–{high:.2}x faster, median {median:.2}x (target ≥ 3x) |"
+            );
+        }
         return;
     }
     if only("evidence") {
@@ -304,11 +332,7 @@ async fn bench_backend(name: &str, url: &str, n: u64) {
     let (ours, cpu) = catch_up(&store, written, &first.metrics).await;
     row("projection runner catch-up (as eucora serve)", (ours, cpu));
     if url.starts_with("postgres") {
-        let pool = sqlx::PgPool::connect(url).await.unwrap();
-        let query = MetricsQuery(Mutex::new(Metrics::new(200)));
-        let replay = QueryReplay::new(postgres_es::PostgresEventRepository::new(pool), query);
-        let (result, took, cpu) = timed_cpu(replay.replay_all()).await;
-        result.expect("QueryReplay");
+        let (took, cpu) = query_replay(url).await;
         row("cqrs-es QueryReplay over postgres-es", (took, cpu));
         println!(
             "| {name:<8} | our runner vs QueryReplay on the same events: {:.2}x faster (target ≥ 3x) |",

@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use crate::store::{Checkpoint, Columns, Store, StoreError};
 
-use super::stream::{decode_rows, read_ahead, Ahead, Plan};
+use super::stream::{decode_rows, read_ahead, Ahead, Plan, QUERY_BATCHES};
 use super::{Event, Projection, ProjectionError, RunError, UNREACHABLE};
 
 /// Events read per batch by `eucora serve`.
@@ -295,6 +295,7 @@ impl Runner {
                 max_batches: LAGGARD_BATCHES,
                 at_least: 0,
                 stop_on_error: false,
+                query_batches: QUERY_BATCHES,
             };
             match self.advance(lane, *from, plan).await {
                 Ok((read, more, failures)) => {
@@ -454,6 +455,7 @@ impl Runner {
             max_batches: usize::MAX,
             at_least: head,
             stop_on_error: true,
+            query_batches: QUERY_BATCHES,
         };
         let progress = &progress;
         let (_, _, failures) = self
