@@ -49,7 +49,8 @@ impl Scratch {
 /// The benchmarks' references, on a pool of their own to the database under test, opened as the
 /// store opens it (SQLite: one writer, WAL, at the `synchronous` level the URL asks for, FULL by
 /// default, so the reference commits as durably as the server, and rows read ahead as far as the
-/// store's readers read them; PostgreSQL: no ping before each query). Benchmark-only SQL lives here, not in the service.
+/// store's readers read them; PostgreSQL: no ping before each query). Benchmark-only SQL lives
+/// here, not in the service.
 pub enum Reference {
     Sqlite(sqlx::SqlitePool),
     Postgres(sqlx::PgPool),

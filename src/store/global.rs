@@ -24,6 +24,7 @@ use super::{Checkpoint, Db, Store, StoreError};
 fn global_sql(columns: Columns, postgres: bool, after: bool) -> &'static str {
     static SQL: OnceLock<Vec<String>> = OnceLock::new();
     const EVENTS: &str = "position, event_type, event_version, payload";
+    // Four statements a column set, in the order the index below reads them.
     let all = SQL.get_or_init(|| {
         let mut all = Vec::new();
         for columns in [Columns::Events, Columns::Streams, Columns::Stored] {

@@ -1,6 +1,7 @@
 //! The projection runner: every registered projection is fed from one read of each batch, a
-//! projection that is behind catches up without holding the others back, and the runner stops
-//! with the shutdown it was given.
+//! projection that is behind catches up without holding the others back, a replay reads every
+//! event once and in order across its read-ahead's queries, and the runner stops with the
+//! shutdown it was given.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -20,6 +21,7 @@ crate::on_both_backends!(
     every_projection_is_fed_from_one_read_of_each_event,
     a_projection_that_is_behind_catches_up_without_holding_the_others_back,
     the_runner_stops_with_its_shutdown,
+    a_replay_reads_every_event_once_in_order_across_its_queries,
 );
 
 /// A projection kept in memory that counts what it applied: all a new consumer of the stream
@@ -38,6 +40,26 @@ impl Projection for Counting {
 
     async fn apply(&mut self, _store: &Store, events: &[Event]) -> Result<(), ProjectionError> {
         self.0.fetch_add(events.len() as i64, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+/// A projection that records the ordinal and position of every event it applied, in order.
+struct Recording(Arc<std::sync::Mutex<Vec<(i64, i64)>>>);
+
+#[async_trait]
+impl Projection for Recording {
+    fn name(&self) -> &'static str {
+        "recording"
+    }
+
+    async fn resume(&mut self, _store: &Store) -> Result<Checkpoint, ProjectionError> {
+        Ok(Checkpoint::default())
+    }
+
+    async fn apply(&mut self, _store: &Store, events: &[Event]) -> Result<(), ProjectionError> {
+        let mut seen = self.0.lock().unwrap();
+        seen.extend(events.iter().map(|e| (e.ordinal, e.row.position)));
         Ok(())
     }
 }
@@ -177,4 +199,30 @@ async fn the_runner_stops_with_its_shutdown(backend: Backend) {
         .await
         .expect("the runner stops within five seconds of its shutdown")
         .unwrap();
+}
+
+async fn a_replay_reads_every_event_once_in_order_across_its_queries(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let count = intents(&store, 60).await;
+    readable(&store, count).await;
+    // One event a batch: the read-ahead's queries (50 batches each) end and start again inside
+    // the stream, and its batches are decoded two at once.
+    assert!(count > 2 * 50, "{count} events span more than two queries");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let end = Runner::new(store.clone(), 1)
+        .register(Recording(seen.clone()))
+        .replay(|_| {})
+        .await
+        .unwrap();
+    assert_eq!(end.ordinal, count);
+    let positions: Vec<i64> = store
+        .read_global(None, count + 1, Columns::Events)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.position)
+        .collect();
+    let expected: Vec<(i64, i64)> = (1..).zip(positions).collect();
+    assert_eq!(*seen.lock().unwrap(), expected);
 }
