@@ -87,6 +87,8 @@ pub struct DispatchRecord {
 pub struct DriftRecord {
     pub connector_type: ConnectorType,
     pub ring: Ring,
+    /// What the reconciler last saw reported; the intent's own last rollout report in the
+    /// ring, when it has one, is what the event records.
     pub expected_installed: u64,
     pub reported_installed: Option<u64>,
 }

@@ -290,12 +290,29 @@ impl DeploymentIntent {
                         drift.ring.as_str()
                     )));
                 }
+                // What was installed is the stream's own last rollout report in the ring: the
+                // reconciler read its figure from a view that may not have applied the latest
+                // report yet. Its figure stands only where the stream has none.
+                let expected = state
+                    .latest_report
+                    .as_ref()
+                    .filter(|_| state.current_ring == drift.ring)
+                    .map_or(drift.expected_installed, |report| report.succeeded);
+                if drift.reported_installed.is_some_and(|n| n >= expected) {
+                    return Err(DomainError::InvalidInput {
+                        field: "reported_installed".into(),
+                        reason: format!(
+                            "no drift: the last rollout report in {} counted {expected} installed",
+                            drift.ring.as_str()
+                        ),
+                    });
+                }
                 out.push(|meta| {
                     DeploymentEvent::DeploymentDriftDetected(DriftDetected {
                         meta,
                         connector_type: drift.connector_type,
                         ring: drift.ring,
-                        expected_installed: drift.expected_installed,
+                        expected_installed: expected,
                         reported_installed: drift.reported_installed,
                     })
                 });

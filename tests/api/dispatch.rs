@@ -528,11 +528,16 @@ async fn a_drift_appears_as_an_event_and_a_metric(backend: Backend) {
     })
     .await;
     let drift = &of_type(&events, "DeploymentDriftDetected")[0];
-    // Expected: what the last rollout report said. It may have been made while the simulator's
-    // installs were still converging (the ring completes at its threshold), so it is read from
-    // the events, not assumed to be all ten; the simulator has converged to ten since, less the
-    // three lost.
-    let reports = of_type(&events, "DeploymentDeployed");
+    // Expected: what the last rollout report before the drift said (the stream's, even when the
+    // reconciler read an older one from a view behind it). It may have been made while the
+    // simulator's installs were still converging (the ring completes at its threshold), so it is
+    // read from the events, not assumed to be all ten; the simulator has converged to ten since,
+    // less the three lost.
+    let before = events
+        .iter()
+        .position(|e| e["event_type"] == "DeploymentDriftDetected")
+        .unwrap();
+    let reports = of_type(&events[..before], "DeploymentDeployed");
     let last_report = &reports.last().expect("a rollout report")["succeeded"];
     assert!(last_report.as_u64().is_some_and(|n| n > 7), "{last_report}");
     assert_eq!(

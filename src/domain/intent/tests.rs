@@ -1540,6 +1540,31 @@ fn the_same_drift_is_recorded_once_and_a_new_one_again() {
 }
 
 #[test]
+fn a_drift_is_measured_against_the_streams_last_report_not_the_reconcilers() {
+    // The reconciler read 8 from a view that had not applied the report of 10 yet.
+    let world = World::deployed_in_lab(1).run(ops(), report(Ring::Lab, 10, 10, 0));
+    let drift = |expected, reported| {
+        Action::RecordDrift(DriftRecord {
+            connector_type: ConnectorType::Intune,
+            ring: Ring::Lab,
+            expected_installed: expected,
+            reported_installed: reported,
+        })
+    };
+    let events = world.when(dispatcher(), drift(8, Some(7))).unwrap();
+    assert!(matches!(
+        &events[..],
+        [DeploymentEvent::DeploymentDriftDetected(d)]
+            if (d.expected_installed, d.reported_installed) == (10, Some(7))
+    ));
+    // As many installed as the last report counted is no drift, whatever the reconciler saw.
+    assert!(matches!(
+        world.when(dispatcher(), drift(12, Some(10))),
+        Err(DomainError::InvalidInput { .. })
+    ));
+}
+
+#[test]
 fn a_rejected_status_is_recorded_once_per_problem_until_a_result_supersedes_it() {
     let world = || World::new().created(low_risk());
     let rejected = |problem: &str| {
