@@ -30,8 +30,13 @@ impl Scratch {
             .execute(&mut admin)
             .await
             .expect("create the scratch database");
-        let base = admin_url.split('?').next().unwrap_or(&admin_url);
-        let url = format!("{}/{name}", &base[..base.rfind('/').unwrap_or(base.len())]);
+        // The scratch database in place of the admin URL's, its parameters (`?sslmode=disable`)
+        // kept.
+        let (base, query) = admin_url.split_at(admin_url.find('?').unwrap_or(admin_url.len()));
+        let url = format!(
+            "{}/{name}{query}",
+            &base[..base.rfind('/').unwrap_or(base.len())]
+        );
         Some(Scratch { url, admin, name })
     }
 

@@ -25,6 +25,7 @@ pub struct EventMeta {
     /// Who sent the command (for a policy approval, the requester whose request triggered it).
     pub actor: Actor,
     /// Set once from the command's injected clock; never read again at replay.
+    #[serde(deserialize_with = "crate::time::utc")]
     pub occurred_at: DateTime<Utc>,
     /// The event type's schema version it was written at.
     pub schema_version: u32,
@@ -64,6 +65,7 @@ pub struct Created {
     pub risk: RiskAssessment,
     /// When the change was committed to source control, if the requester said: where lead time
     /// starts (else at creation).
+    #[serde(default, deserialize_with = "crate::time::utc_opt")]
     pub source_committed_at: Option<DateTime<Utc>>,
     /// The change's reference in another system (a ServiceNow CHG number, a Jira key), if the
     /// requester gave one: 1 to 64 printable characters.
@@ -145,11 +147,13 @@ pub struct Deployed {
     /// When the ring must be compliant by: its entry plus the ring's and site class's
     /// `time_to_compliance` in force when the report was made (`None` on reports recorded before
     /// version 4).
+    #[serde(default, deserialize_with = "crate::time::utc_opt")]
     pub compliance_due_at: Option<DateTime<Utc>>,
     /// This report is the ring's first to reach the threshold.
     pub first_compliant: bool,
     /// On the first deployment of an emergency change awaiting retrospective approval: when that
     /// approval falls due (this report's time plus the policy's window).
+    #[serde(default, deserialize_with = "crate::time::utc_opt")]
     pub retro_approval_due_at: Option<DateTime<Utc>>,
     /// The connector's report sequence, when it pushed this result
     /// (`POST /api/v1/connectors/{name}/results`); `None` for a polled or hand-made report.
@@ -255,6 +259,7 @@ pub struct RetroApprovalOverdue {
     /// Its current ring.
     pub ring: Ring,
     /// The due time that passed without a retrospective CAB decision.
+    #[serde(deserialize_with = "crate::time::utc")]
     pub due_at: DateTime<Utc>,
 }
 

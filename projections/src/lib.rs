@@ -29,6 +29,7 @@ pub mod intent;
 pub mod merkle;
 pub mod metrics;
 pub mod schema;
+pub mod time;
 
 /// Literal events for tests, here and in `eucora`'s (feature `fixtures`).
 #[cfg(any(test, feature = "fixtures"))]
