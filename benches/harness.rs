@@ -432,6 +432,16 @@ pub struct Cpu {
 /// CPU clock ticks (user and system) the process `pid` (`self` for this one) used so far; Linux's
 /// `/proc`, 0 elsewhere. A tick is 1/100 s: Linux's USER_HZ on every architecture it exports.
 pub fn ticks(pid: &str) -> u64 {
+    stat_ticks(pid, 11)
+}
+
+/// CPU clock ticks (user and system) this process's children used, those waited for so far.
+pub fn children_ticks() -> u64 {
+    stat_ticks("self", 13)
+}
+
+/// The sum of the user and system ticks at `field` and the one after it in `/proc/{pid}/stat`.
+fn stat_ticks(pid: &str, field: usize) -> u64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0;
     };
@@ -439,8 +449,8 @@ pub fn ticks(pid: &str) -> u64 {
     let fields: Vec<&str> = stat[stat.rfind(')').map_or(0, |i| i + 2)..]
         .split(' ')
         .collect();
-    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
-    field(11).unwrap_or(0) + field(12).unwrap_or(0)
+    let value = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    value(field).unwrap_or(0) + value(field + 1).unwrap_or(0)
 }
 
 /// CPU seconds used so far: by the process `pid` (`self` for this one), and by the whole
