@@ -103,6 +103,22 @@ pub struct StreamRow {
 }
 
 impl StreamRow {
+    /// A row from its four event columns and whatever else was read.
+    fn of(
+        (position, event_type, event_version, payload): EventColumns,
+        stream: Option<StreamColumns>,
+        stored: Option<StoredColumns>,
+    ) -> StreamRow {
+        StreamRow {
+            position,
+            event_type,
+            event_version,
+            payload,
+            stream,
+            stored,
+        }
+    }
+
     /// The event, through the one decode point (older versions upcast).
     pub fn decode(&self) -> Result<StreamEvent, DecodeError> {
         decode_stream(&self.event_type, &self.event_version, &self.payload)
@@ -268,14 +284,11 @@ fn unfold_chunk(
                 (Some(stream), stored)
             }
         };
-        rows.push(StreamRow {
-            position,
-            event_type,
-            event_version,
-            payload,
+        rows.push(StreamRow::of(
+            (position, event_type, event_version, payload),
             stream,
             stored,
-        });
+        ));
     }
     // Every value was taken: a column with more would have held the separator.
     if split.iter_mut().any(|s| s.next().is_some()) {
@@ -330,16 +343,7 @@ impl Store {
         limit: i64,
         columns: Columns,
     ) -> BoxStream<'_, Result<StreamRow, StoreError>> {
-        let row = |(position, event_type, event_version, payload): EventColumns, stream, stored| {
-            StreamRow {
-                position,
-                event_type,
-                event_version,
-                payload,
-                stream,
-                stored,
-            }
-        };
+        let row = StreamRow::of;
         // Tuples, not a derived row type: columns are read by index, not looked up by name, on
         // a path that reads millions of rows; and only the columns asked for, as decoding each
         // costs both ends of the connection.
