@@ -18,8 +18,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, SqlitePool};
 
 /// How many rows a SQLite reader's connection thread may read ahead of the task taking them
-/// (sqlx's default is 50): the global stream is read a thousand rows at a time, and with the
-/// default the thread and the task woke each other for nearly every row.
+/// (sqlx's default is 50): with the default, the thread and the task woke each other for nearly
+/// every row of a long read (the global stream before it was read in folded chunks; its
+/// row-by-row fallback and the other long reads still are).
 pub const READER_ROW_BUFFER: usize = 1024;
 
 pub use checkpoints::Checkpoint;
