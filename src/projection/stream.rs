@@ -1,6 +1,6 @@
 //! Reading the global stream ahead of the projections: one task reads, up to QUERY_BATCHES
-//! batches a query for the runner, and DECODING tasks decode, at most two batches ahead; and [`StreamReader`],
-//! the same reading for a reader beside the runner.
+//! batches a query for the runner, and DECODING tasks decode, at most two batches ahead; and
+//! [`StreamReader`], the same reading for a reader beside the runner.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

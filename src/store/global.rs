@@ -163,16 +163,16 @@ const CHUNK: i64 = 1000;
 const SEPARATOR: char = '\u{1e}';
 
 /// The columns of the global stream by name, in the order [`unfold_chunk`] reads them: each
-/// column set reads a prefix. Integers are marked.
-const CHUNK_COLUMNS: [(&str, bool); 8] = [
-    ("position", true),
-    ("event_type", false),
-    ("event_version", false),
-    ("payload", false),
-    ("aggregate_type", false),
-    ("aggregate_id", false),
-    ("sequence", true),
-    ("metadata", false),
+/// column set reads a prefix.
+const CHUNK_COLUMNS: [&str; 8] = [
+    "position",
+    "event_type",
+    "event_version",
+    "payload",
+    "aggregate_type",
+    "aggregate_id",
+    "sequence",
+    "metadata",
 ];
 
 fn chunk_width(columns: Columns) -> usize {
@@ -184,32 +184,24 @@ fn chunk_width(columns: Columns) -> usize {
 }
 
 /// SQLite's folded reading of `columns` (`?1` the chunk's size, `?2` the position after which it
-/// starts): how many events, how many of them hold something the folding cannot carry, then
-/// each column's values joined, all in the one order SQLite takes the rows in (an aggregate's
-/// own `ORDER BY` sorts its input again, for each column: that was slower than row by row);
-/// made once for the process.
+/// starts): how many events, then each column's values joined, all in the one order SQLite
+/// takes the rows in (an aggregate's own `ORDER BY` sorts its input again, for each column: that
+/// was slower than row by row); made once for the process. The table is `STRICT` and its
+/// columns `NOT NULL`, so every value joins as the text or integer it is stored as; a value
+/// holding the separator shows as one too many pieces when the chunk is split.
 fn chunk_sql(columns: Columns, after: bool) -> &'static str {
     static SQL: OnceLock<Vec<String>> = OnceLock::new();
     let all = SQL.get_or_init(|| {
         let mut all = Vec::new();
         for columns in [Columns::Events, Columns::Streams, Columns::Stored] {
-            let chosen = &CHUNK_COLUMNS[..chunk_width(columns)];
-            let names: Vec<&str> = chosen.iter().map(|(name, _)| *name).collect();
-            let odd: Vec<String> = chosen
-                .iter()
-                .map(|(name, integer)| match integer {
-                    true => format!("typeof({name}) <> 'integer'"),
-                    false => format!("typeof({name}) <> 'text' OR instr({name}, char(30)) > 0"),
-                })
-                .collect();
+            let names = &CHUNK_COLUMNS[..chunk_width(columns)];
             let joined: Vec<String> = names
                 .iter()
                 .map(|name| format!("group_concat({name}, char(30))"))
                 .collect();
             for since in ["", "WHERE position > ?2"] {
                 all.push(format!(
-                    "SELECT count(*), coalesce(sum({}), 0), {} FROM (SELECT {} FROM events {since} ORDER BY position LIMIT ?1)",
-                    odd.join(" OR "),
+                    "SELECT count(*), {} FROM (SELECT {} FROM events {since} ORDER BY position LIMIT ?1)",
                     joined.join(", "),
                     names.join(", "),
                 ));
@@ -220,25 +212,21 @@ fn chunk_sql(columns: Columns, after: bool) -> &'static str {
     &all[columns as usize * 2 + usize::from(after)]
 }
 
-/// The events of a folded chunk; `None` when it must be read row by row (some value the folding
-/// cannot carry).
+/// The events of a folded chunk; `None` when it must be read row by row (a value holding the
+/// separator).
 fn unfold_chunk(
     folded: &sqlx::sqlite::SqliteRow,
     columns: Columns,
 ) -> Result<Option<Vec<StreamRow>>, StoreError> {
     use sqlx::Row;
     let count: i64 = folded.try_get(0)?;
-    let odd: i64 = folded.try_get(1)?;
     if count == 0 {
         return Ok(Some(Vec::new()));
-    }
-    if odd > 0 {
-        return Ok(None);
     }
     let count = usize::try_from(count).unwrap_or(0);
     let mut values = Vec::with_capacity(chunk_width(columns));
     for i in 0..chunk_width(columns) {
-        let joined: Option<String> = folded.try_get(i + 2)?;
+        let joined: Option<String> = folded.try_get(i + 1)?;
         let Some(joined) = joined else {
             return Ok(None);
         };
@@ -428,9 +416,8 @@ impl Store {
     /// names never carry a raw control character), in one pass, then split and put in position
     /// order. Taking a row through sqlx's SQLite driver cost more than everything SQLite does to
     /// find it: `eucora serve` caught up on a million events in 3.4-3.6 s instead of 4.2-5.0 s
-    /// (docs/benchmarks.md, session 22). A chunk holding anything else (a row written by hand
-    /// with the separator in it, or a value of another type) is read row by row, as it always
-    /// was, errors included.
+    /// (docs/benchmarks.md, session 22). A chunk holding a value with the separator in it (a row
+    /// written by hand) is read row by row, as it always was, errors included.
     fn sqlite_chunks<'a>(
         &'a self,
         reader: &'a sqlx::SqlitePool,
