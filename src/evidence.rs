@@ -46,3 +46,10 @@ pub use read::{read_bundle, Bundle, Claims, Refused};
 pub use report::{derive, scope_words, Derived, Summary};
 pub use sample::{draw, parse_weight, workpaper, Drawn, Plan, ATTRIBUTES};
 pub use verify::{verify, verify_read, Verified};
+
+/// What a scoped thread returned; its panic, if it panicked, goes on in the caller.
+fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}

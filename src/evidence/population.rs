@@ -125,8 +125,9 @@ impl Population {
                 ),
             )
         };
-        // Each half of the intents judged on a core of its own, while the rows are made on a
-        // third thread (they are needed next, and the cores share what is left).
+        // Each half of the intents judged on a core of its own, while the rows and then the
+        // policies are made on a third thread (the rows are needed next, and the cores share
+        // what is left).
         let all: Vec<_> = self.intents.iter().collect();
         let (first, second) = all.split_at(all.len() / 2);
         let judge = |part: &[(&String, &Vec<(u64, DeploymentEvent)>)]| -> Vec<_> {
@@ -134,21 +135,21 @@ impl Population {
                 .map(|(id, events)| intent_controls(id, events, as_of))
                 .collect()
         };
-        let intents = std::thread::scope(|scope| {
-            scope.spawn(|| self.rows());
+        let (intents, policies) = std::thread::scope(|scope| {
+            let policies = scope.spawn(|| {
+                self.rows();
+                super::governance::policies(&self.governance, &self.intents)
+            });
             let later = scope.spawn(|| judge(second));
             let mut intents = judge(first);
-            match later.join() {
-                Ok(more) => intents.extend(more),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-            intents
+            intents.extend(super::joined(later));
+            (intents, super::joined(policies))
         });
         ControlsFile {
             as_of: rfc3339(as_of),
             population_complete,
             intents,
-            policies: super::governance::policies(&self.governance, &self.intents),
+            policies,
             refused_commands: super::governance::refused_commands(&self.governance),
         }
     }

@@ -24,11 +24,12 @@ pub(super) fn refuse(what: impl Into<String>) -> Refused {
     Refused(what.into())
 }
 
-/// A bundle as read, before any check: its files but `events.jsonl`, that file's SHA-256, and
+/// A bundle as read, before any check: its files but `events.jsonl`, every file's SHA-256, and
 /// its events parsed (each one's leaf hash and index, and the population they make).
 pub struct Bundle {
     pub(super) files: BTreeMap<String, Vec<u8>>,
-    pub(super) events_digest: Option<String>,
+    /// Each file's SHA-256 (hex), `events.jsonl` too, taken as it was read.
+    pub(super) digests: BTreeMap<String, String>,
     pub(super) leaves: Vec<Hash>,
     pub(super) indices: Vec<u64>,
     pub(super) population: Population,
@@ -55,13 +56,10 @@ pub fn read_bundle(bundle: impl Read + Send) -> Result<Bundle, Refused> {
     });
     // In the order a single pass meets them: a line that does not parse, before damage after it.
     let events = events?;
-    let Archive {
-        files,
-        events_digest,
-    } = archive?;
+    let Archive { files, digests } = archive?;
     Ok(Bundle {
         files,
-        events_digest,
+        digests,
         leaves: events.leaves,
         indices: events.indices,
         population: events.population,
@@ -143,17 +141,18 @@ impl Bundle {
     }
 }
 
-/// The archive's files but `events.jsonl`, and that one's SHA-256.
+/// The archive's files but `events.jsonl`, and every file's SHA-256.
 struct Archive {
     files: BTreeMap<String, Vec<u8>>,
-    events_digest: Option<String>,
+    digests: BTreeMap<String, String>,
 }
 
 /// Bytes of `events.jsonl` handed to the parsing thread at a time (whole lines).
 const VERIFY_BLOCK: usize = 1 << 20;
 
 /// Reads the archive, keeping every file but `events.jsonl`, which goes to `events` in blocks of
-/// whole lines as it is hashed. A closed `events` (the parser stopped on a bad line) stops it.
+/// whole lines as it is hashed; each file is hashed here, as it is read, while the parsers are
+/// still busy. A closed `events` (the parser stopped on a bad line) stops it.
 fn read_archive(
     bundle: impl Read,
     events: std::sync::mpsc::SyncSender<Vec<u8>>,
@@ -162,7 +161,7 @@ fn read_archive(
     // A bundle is several gzip members, one after the other (docs/evidence.md).
     let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(bundle));
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut events_digest = None;
+    let mut digests: BTreeMap<String, String> = BTreeMap::new();
     let stopped = || refuse("the events could not be read");
     for entry in archive
         .entries()
@@ -174,7 +173,7 @@ fn read_archive(
             .map_err(|e| refuse(format!("the archive is damaged: {e}")))?
             .to_string_lossy()
             .into_owned();
-        if files.contains_key(&name) || (name == "events.jsonl" && events_digest.is_some()) {
+        if digests.contains_key(&name) {
             return Err(refuse(format!("{name} appears twice in the bundle")));
         }
         if name == "events.jsonl" {
@@ -197,14 +196,14 @@ fn read_archive(
                     break;
                 }
                 // Whole lines go now; the part after the last newline waits for the next read.
-                if let Some(last) = block.iter().rposition(|b| *b == b'\n') {
+                if let Some(last) = memchr::memrchr(b'\n', &block) {
                     carry = block.split_off(last + 1);
                     events.send(block).map_err(|_| stopped())?;
                 } else {
                     carry = block;
                 }
             }
-            events_digest = Some(hex::encode(hasher.finalize()));
+            digests.insert(name, hex::encode(hasher.finalize()));
         } else {
             // Sized from the header at once (REPORT.html is hundreds of megabytes at a
             // million events), within reason for a header that lies.
@@ -213,13 +212,11 @@ fn read_archive(
             entry
                 .read_to_end(&mut data)
                 .map_err(|e| refuse(format!("{name} is damaged: {e}")))?;
+            digests.insert(name.clone(), hex::encode(Sha256::digest(&data)));
             files.insert(name, data);
         }
     }
-    Ok(Archive {
-        files,
-        events_digest,
-    })
+    Ok(Archive { files, digests })
 }
 
 /// Reads until `buf` is full or the input ends; how many bytes it read.
@@ -263,8 +260,12 @@ type ParsedBlock = Result<Vec<ParsedLine>, (u64, String)>;
 fn parse_block(block: &[u8]) -> ParsedBlock {
     let lines = block.strip_suffix(b"\n").unwrap_or(block);
     // Sized at once: a vector grown line by line spends more time on fresh memory than parsing.
-    let mut parsed = Vec::with_capacity(lines.iter().filter(|b| **b == b'\n').count() + 1);
-    for (n, line) in lines.split(|b| *b == b'\n').enumerate() {
+    let mut parsed = Vec::with_capacity(memchr::memchr_iter(b'\n', lines).count() + 1);
+    let ends = memchr::memchr_iter(b'\n', lines).chain([lines.len()]);
+    let mut start = 0;
+    for (n, end) in ends.enumerate() {
+        let line = &lines[start..end];
+        start = end + 1;
         let line: Line = serde_json::from_slice(line).map_err(|e| (n as u64 + 1, e.to_string()))?;
         parsed.push(ParsedLine {
             index: line.index,
