@@ -13,7 +13,8 @@
 //! projection over a long history, or one that failed and is retrying) reads its own batches in
 //! the same step, at most [`LAGGARD_BATCHES`] a step, after the leading lane has read everything
 //! new; once it has read to the end of the stream it stands where the leader stands and joins
-//! its lane: it catches up without holding the others back.
+//! its lane: it catches up without holding the others back. Its read-ahead, stopped at the
+//! bound, is kept reading for its next step.
 
 pub mod intent_view;
 pub mod log;

@@ -16,7 +16,8 @@ use super::{Event, RunError};
 /// How a lane reads: where it stops, and what it does with a projection's error.
 #[derive(Clone, Copy)]
 pub(super) struct Plan {
-    /// Read at most this many batches.
+    /// Apply at most this many batches (the read-ahead itself reads on to the end of the stream,
+    /// at most a few batches ahead).
     pub(super) max_batches: usize,
     /// Every event up to this ordinal must be read: an empty page before it is a wait (replay on
     /// PostgreSQL, where a transaction open elsewhere holds later commits back), not the end.
@@ -53,7 +54,7 @@ pub(super) fn decode_rows(first: i64, rows: Vec<StreamRow>, leaves: bool) -> Vec
 /// The global stream from its start, read and decoded ahead as the runner reads it, for a reader
 /// beside the runner (the evidence export): at least the first `at_least` events, then whatever
 /// else is there. Dropping it stops the reading.
-pub struct StreamReader(tokio::sync::mpsc::Receiver<Result<Ahead, RunError>>);
+pub struct StreamReader(Ahead);
 
 impl StreamReader {
     /// Reads `columns` of every event, decoded; not hashed (its reader, the export, hashes
@@ -77,23 +78,17 @@ impl StreamReader {
 
     /// The next batch, in global order; `None` at the end of what was there.
     pub async fn next(&mut self) -> Option<Result<Vec<Event>, RunError>> {
-        match self.0.recv().await? {
-            Ok(Ahead::Batch(batch)) => Some(Ok(batch)),
-            Ok(Ahead::More) => None,
-            Err(e) => Some(Err(e)),
-        }
+        self.0.recv().await
     }
 }
 
-/// What the read-ahead task sends: a batch, or word that it stopped at its batch bound.
-pub(super) enum Ahead {
-    Batch(Vec<Event>),
-    More,
-}
+/// What a read-ahead hands on: each batch, decoded, in global order; it ends at the end of what
+/// was there.
+pub(super) type Ahead = tokio::sync::mpsc::Receiver<Result<Vec<Event>, RunError>>;
 
 /// Reads the stream on one task and decodes it (and with `leaves` hashes it) on others, each at
 /// most two batches ahead, so the database, the decoding and the projections all run at once;
-/// follows `plan`.
+/// follows `plan` to the end of what is there. Dropping the receiver stops it.
 pub(super) fn read_ahead(
     store: Store,
     from: Checkpoint,
@@ -101,22 +96,17 @@ pub(super) fn read_ahead(
     batch: i64,
     columns: Columns,
     leaves: bool,
-) -> tokio::sync::mpsc::Receiver<Result<Ahead, RunError>> {
+) -> Ahead {
     let (raw_tx, mut raw_rx) = tokio::sync::mpsc::channel::<Result<Read, RunError>>(2);
     tokio::spawn(async move {
         // Position 0 (or below) is a position like any other once an event was read there.
         let mut after = (from.ordinal > 0).then_some(from.position);
         let mut ordinal = from.ordinal;
         let mut progressed = Instant::now();
-        let mut batches = 0;
         loop {
-            if batches == plan.max_batches {
-                let _ = raw_tx.send(Ok(Read::More)).await;
-                return;
-            }
             // One query for up to `plan.query_batches` batches, each handed on as its last row
             // arrives: the database sends the next rows while this batch is decoded.
-            let span = (plan.max_batches - batches).min(plan.query_batches.max(1));
+            let span = plan.query_batches.max(1);
             let mut stream = store.global_rows(after, batch * span as i64, columns);
             let capacity = usize::try_from(batch).unwrap_or(0);
             let mut rows = Vec::with_capacity(capacity);
@@ -136,11 +126,10 @@ pub(super) fn read_ahead(
                     read_any = true;
                     progressed = Instant::now();
                     after = Some(last.position);
-                    batches += 1;
                     let first = ordinal + 1;
                     ordinal += rows.len() as i64;
                     let full = std::mem::replace(&mut rows, Vec::with_capacity(capacity));
-                    if raw_tx.send(Ok(Read::Rows(first, full))).await.is_err() {
+                    if raw_tx.send(Ok(Read(first, full))).await.is_err() {
                         return;
                     }
                 }
@@ -194,12 +183,7 @@ pub(super) fn read_ahead(
                 read = raw_rx.recv(), if reading && decoding.len() < DECODING => {
                     match read {
                         Some(read) => decoding.push_back(tokio::spawn(async move {
-                            read.map(|read| match read {
-                                Read::More => Ahead::More,
-                                Read::Rows(first, rows) => {
-                                    Ahead::Batch(decode_rows(first, rows, leaves))
-                                }
-                            })
+                            read.map(|Read(first, rows)| decode_rows(first, rows, leaves))
                         })),
                         None => reading = false,
                     }
@@ -221,9 +205,5 @@ pub(super) fn read_ahead(
     rx
 }
 
-/// What the reading task hands the decoding task: rows with the ordinal of the first, or word
-/// that it stopped at its batch bound.
-enum Read {
-    Rows(i64, Vec<StreamRow>),
-    More,
-}
+/// What the reading task hands the decoding task: rows with the ordinal of the first.
+struct Read(i64, Vec<StreamRow>);

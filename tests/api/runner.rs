@@ -1,7 +1,7 @@
 //! The projection runner: every registered projection is fed from one read of each batch, a
 //! projection that is behind catches up without holding the others back, a replay reads every
-//! event once and in order across its read-ahead's queries, and the runner stops with the
-//! shutdown it was given.
+//! event once and in order across its read-ahead's queries, a lane behind goes on across steps
+//! with the read-ahead it left, and the runner stops with the shutdown it was given.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -22,6 +22,7 @@ crate::on_both_backends!(
     a_projection_that_is_behind_catches_up_without_holding_the_others_back,
     the_runner_stops_with_its_shutdown,
     a_replay_reads_every_event_once_in_order_across_its_queries,
+    a_lane_behind_goes_on_across_steps_reading_each_event_once_and_what_came_meanwhile,
 );
 
 /// A projection kept in memory that counts what it applied: all a new consumer of the stream
@@ -218,6 +219,51 @@ async fn a_replay_reads_every_event_once_in_order_across_its_queries(backend: Ba
     assert_eq!(end.ordinal, count);
     let positions: Vec<i64> = store
         .read_global(None, count + 1, Columns::Events)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.position)
+        .collect();
+    let expected: Vec<(i64, i64)> = (1..).zip(positions).collect();
+    assert_eq!(*seen.lock().unwrap(), expected);
+}
+
+/// A lane behind stops at its bound each step and goes on in the next with the read-ahead it left
+/// running: every event is applied once, in order, none skipped, including those committed
+/// between the steps, after that read-ahead had started.
+async fn a_lane_behind_goes_on_across_steps_reading_each_event_once_and_what_came_meanwhile(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let count = intents(&store, 40).await;
+    readable(&store, count).await;
+    let mut leader = Runner::new(store.clone(), 1).register(IntentView::persisted());
+    leader.catch_up().await.unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut runner = Runner::new(store.clone(), 1)
+        .register(IntentView::persisted())
+        .register(Recording(seen.clone()));
+    let mut steps = 0;
+    loop {
+        let step = runner.step().await;
+        assert!(step.failures.is_empty(), "{:?}", step.failures);
+        steps += 1;
+        if !step.more {
+            break;
+        }
+        assert_eq!(seen.lock().unwrap().len(), steps * LAGGARD_BATCHES);
+        // New events between the steps, after the lane behind started reading ahead.
+        if steps <= 2 {
+            let head = intents(&store, 2).await;
+            readable(&store, head).await;
+        }
+    }
+    assert!(steps >= 4, "{steps} steps");
+    runner.catch_up().await.unwrap();
+    let head = store.event_count().await.unwrap();
+    let positions: Vec<i64> = store
+        .read_global(None, head + 1, Columns::Events)
         .await
         .unwrap()
         .iter()
