@@ -5,6 +5,11 @@
 //! rendering orders every series, so replaying a stream yields the same text byte for byte.
 
 use std::collections::{BTreeMap, HashMap};
+
+/// The fold's maps, keyed by what EUCORA makes itself (rings, statuses, the ids it generates, app
+/// labels bounded by the label limit), hash with foldhash: SipHash, std's default, was a
+/// fiftieth of a catch-up's CPU. The apps seen, keyed by names requesters choose, keep SipHash.
+type Fast<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -139,7 +144,7 @@ impl Intent {
 /// The gauges over every intent, as [`Counted`] by each.
 #[derive(Debug, Clone, PartialEq, Default)]
 struct Gauges {
-    in_state: HashMap<(Status, Ring), u64>,
+    in_state: Fast<(Status, Ring), u64>,
     /// By overdue: not yet, overdue.
     awaiting: [u64; 2],
     /// By [`Ring::index`].
@@ -179,7 +184,7 @@ impl Gauges {
 /// [`Intents::BLOCK`] that never move, only the last one not full.
 #[derive(Debug, Clone, PartialEq, Default)]
 struct Intents {
-    numbers: HashMap<Uuid, u32>,
+    numbers: Fast<Uuid, u32>,
     blocks: Vec<Vec<Intent>>,
 }
 
@@ -235,42 +240,42 @@ pub struct Metrics {
     intents: Intents,
     gauges: Gauges,
     /// (status, ring, app_name, requires_cab)
-    deployments: HashMap<(&'static str, Ring, Arc<str>, bool), u64>,
+    deployments: Fast<(&'static str, Ring, Arc<str>, bool), u64>,
     /// (ring, status)
-    duration: HashMap<(Ring, &'static str), Histogram>,
-    time_to_compliance: HashMap<(Ring, SiteClass), Histogram>,
+    duration: Fast<(Ring, &'static str), Histogram>,
+    time_to_compliance: Fast<(Ring, SiteClass), Histogram>,
     /// decision
-    cab_wait: HashMap<&'static str, Histogram>,
+    cab_wait: Fast<&'static str, Histogram>,
     /// requires_cab
-    risk: HashMap<bool, Histogram>,
+    risk: Fast<bool, Histogram>,
     /// (from_ring, to_ring, passed)
-    promotions: HashMap<(Ring, Ring, bool), u64>,
+    promotions: Fast<(Ring, Ring, bool), u64>,
     /// (ring, gate, passed)
-    gate_evaluations: HashMap<(Ring, Gate, bool), u64>,
+    gate_evaluations: Fast<(Ring, Gate, bool), u64>,
     attempts: BTreeMap<Ring, (u64, u64)>,
-    rollbacks: HashMap<Ring, u64>,
+    rollbacks: Fast<Ring, u64>,
     /// (ring, connector_type)
-    drift: HashMap<(Ring, ConnectorType), u64>,
+    drift: Fast<(Ring, ConnectorType), u64>,
     /// (ring, connector_type)
-    status_rejected: HashMap<(Ring, ConnectorType), u64>,
+    status_rejected: Fast<(Ring, ConnectorType), u64>,
     /// Cost, per (app_name label, currency, ring, component).
-    cost: HashMap<(Arc<str>, &'static str, Ring, Component), f64>,
+    cost: Fast<(Arc<str>, &'static str, Ring, Component), f64>,
     /// Completed changes' whole cost, per currency.
-    cost_per_intent: HashMap<&'static str, Histogram>,
+    cost_per_intent: Fast<&'static str, Histogram>,
     /// Delivery performance, per ring: lead time to compliance in the ring.
-    lead_time: HashMap<Ring, Histogram>,
+    lead_time: Fast<Ring, Histogram>,
     /// The same per (app_name, ring), as a sum and a count only: a histogram per app would
     /// multiply the scrape by its buckets.
-    app_lead_time: HashMap<(Arc<str>, Ring), (f64, u64)>,
+    app_lead_time: Fast<(Arc<str>, Ring), (f64, u64)>,
     /// A failure (rollback) in the ring to the app's next compliant version there, per ring.
-    recovery_time: HashMap<Ring, Histogram>,
+    recovery_time: Fast<Ring, Histogram>,
     /// Rollbacks: changes that failed in the ring.
-    change_failures: HashMap<(Arc<str>, Ring), u64>,
+    change_failures: Fast<(Arc<str>, Ring), u64>,
     /// Emergency changes requested while the app had an unrecovered failure in the ring.
-    rework: HashMap<(Arc<str>, Ring), u64>,
+    rework: Fast<(Arc<str>, Ring), u64>,
     /// The first unrecovered failure of each app (its own name) in each ring, until a version of
     /// the app is compliant there again.
-    unrecovered: HashMap<(Arc<str>, Ring), DateTime<Utc>>,
+    unrecovered: Fast<(Arc<str>, Ring), DateTime<Utc>>,
     /// The cost rates the latest intent was requested under, shared by the intents requested
     /// under the same ones.
     rates: Option<Arc<crate::cost::CostRates>>,
@@ -353,25 +358,25 @@ impl Metrics {
             },
             intents: Intents::default(),
             gauges: Gauges::default(),
-            deployments: HashMap::new(),
-            duration: HashMap::new(),
-            time_to_compliance: HashMap::new(),
-            cab_wait: HashMap::new(),
-            risk: HashMap::new(),
-            promotions: HashMap::new(),
-            gate_evaluations: HashMap::new(),
+            deployments: Fast::default(),
+            duration: Fast::default(),
+            time_to_compliance: Fast::default(),
+            cab_wait: Fast::default(),
+            risk: Fast::default(),
+            promotions: Fast::default(),
+            gate_evaluations: Fast::default(),
             attempts: BTreeMap::new(),
-            rollbacks: HashMap::new(),
-            drift: HashMap::new(),
-            status_rejected: HashMap::new(),
-            cost: HashMap::new(),
-            cost_per_intent: HashMap::new(),
-            lead_time: HashMap::new(),
-            app_lead_time: HashMap::new(),
-            recovery_time: HashMap::new(),
-            change_failures: HashMap::new(),
-            rework: HashMap::new(),
-            unrecovered: HashMap::new(),
+            rollbacks: Fast::default(),
+            drift: Fast::default(),
+            status_rejected: Fast::default(),
+            cost: Fast::default(),
+            cost_per_intent: Fast::default(),
+            lead_time: Fast::default(),
+            app_lead_time: Fast::default(),
+            recovery_time: Fast::default(),
+            change_failures: Fast::default(),
+            rework: Fast::default(),
+            unrecovered: Fast::default(),
             rates: None,
             events: EVENT_TYPES.iter().map(|t| (*t, 0)).collect(),
             position: 0,

@@ -360,7 +360,10 @@ fn sample(
 }
 
 /// A family's series ordered by their labels, which is the order they are rendered in.
-fn sorted<K, T>(series: &HashMap<K, T>, labels: impl Fn(&K) -> Labels) -> BTreeMap<Labels, &T> {
+fn sorted<K, T, S>(
+    series: &HashMap<K, T, S>,
+    labels: impl Fn(&K) -> Labels,
+) -> BTreeMap<Labels, &T> {
     series
         .iter()
         .map(|(key, value)| (labels(key), value))
