@@ -217,15 +217,18 @@ async fn a_replay_reads_every_event_once_in_order_across_its_queries(backend: Ba
         .await
         .unwrap();
     assert_eq!(end.ordinal, count);
-    let positions: Vec<i64> = store
+    let expected = numbered(&store).await;
+    assert_eq!(*seen.lock().unwrap(), expected);
+}
+
+/// Every event of the stream as [`Recording`] records it: its ordinal and position, in order.
+async fn numbered(store: &Store) -> Vec<(i64, i64)> {
+    let count = store.event_count().await.unwrap();
+    let rows = store
         .read_global(None, count + 1, Columns::Events)
         .await
-        .unwrap()
-        .iter()
-        .map(|row| row.position)
-        .collect();
-    let expected: Vec<(i64, i64)> = (1..).zip(positions).collect();
-    assert_eq!(*seen.lock().unwrap(), expected);
+        .unwrap();
+    (1..).zip(rows.iter().map(|row| row.position)).collect()
 }
 
 /// A lane behind stops at its bound each step and goes on in the next with the read-ahead it left
@@ -261,14 +264,6 @@ async fn a_lane_behind_goes_on_across_steps_reading_each_event_once_and_what_cam
     }
     assert!(steps >= 4, "{steps} steps");
     runner.catch_up().await.unwrap();
-    let head = store.event_count().await.unwrap();
-    let positions: Vec<i64> = store
-        .read_global(None, head + 1, Columns::Events)
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.position)
-        .collect();
-    let expected: Vec<(i64, i64)> = (1..).zip(positions).collect();
+    let expected = numbered(&store).await;
     assert_eq!(*seen.lock().unwrap(), expected);
 }
