@@ -6,10 +6,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-/// The fold's maps, keyed by what EUCORA makes itself (rings, statuses, the ids it generates, app
-/// labels bounded by the label limit), hash with foldhash: SipHash, std's default, was a
-/// fiftieth of a catch-up's CPU. The apps seen, keyed by names requesters choose, keep SipHash.
-type Fast<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -22,6 +18,11 @@ use crate::decode::StreamEvent;
 use crate::event::{
     ApprovalBasis, ChangeType, ConnectorType, DeploymentEvent, Gate, Ring, SiteClass, Status,
 };
+
+/// The fold's maps, keyed by what EUCORA makes itself (rings, statuses, the ids it generates, app
+/// labels bounded by the label limit), hash with foldhash: SipHash, std's default, was a
+/// fiftieth of a catch-up's CPU. The apps seen, keyed by names requesters choose, keep SipHash.
+type Fast<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Buckets for durations: a minute to two weeks (rollouts last hours to days).
 pub const DURATION_BUCKETS: &[f64] = &[
