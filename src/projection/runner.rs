@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use crate::store::{Checkpoint, Columns, Store, StoreError};
 
-use super::stream::{decode_rows, read_ahead, Ahead, Plan, QUERY_BATCHES};
+use super::stream::{decode_rows, read_ahead, Kept, Plan, QUERY_BATCHES};
 use super::{Event, Projection, ProjectionError, RunError, UNREACHABLE};
 
 /// Events read per batch by `eucora serve`.
@@ -190,15 +190,6 @@ pub struct Runner {
     kept: Option<Kept>,
 }
 
-/// A lane's read-ahead kept for its next step: the lane, the columns it reads, and the point
-/// of the stream its next batch follows.
-struct Kept {
-    lane: Vec<usize>,
-    columns: Columns,
-    from: Checkpoint,
-    batches: Ahead,
-}
-
 impl Runner {
     /// A runner reading `batch` events at a time.
     pub fn new(store: Store, batch: i64) -> Runner {
@@ -291,7 +282,7 @@ impl Runner {
         let mut lanes: Vec<(Checkpoint, Vec<usize>)> = Vec::new();
         for (i, slot) in self.slots.iter().enumerate() {
             let Some(at) = slot.checkpoint else { continue };
-            match lanes.iter_mut().find(|(from, _)| same_point(*from, at)) {
+            match lanes.iter_mut().find(|(from, _)| from.same_point(at)) {
                 Some((from, members)) => {
                     if at.ordinal > from.ordinal {
                         *from = at;
@@ -306,7 +297,7 @@ impl Runner {
         if let Some(kept) = &self.kept {
             if !lanes
                 .iter()
-                .any(|(from, lane)| *lane == kept.lane && same_point(*from, kept.from))
+                .any(|(from, lane)| *lane == kept.lane && from.same_point(kept.from))
             {
                 self.kept = None;
             }
@@ -343,7 +334,7 @@ impl Runner {
         let level = first.is_some_and(|first| {
             self.slots
                 .iter()
-                .all(|s| s.checkpoint.is_some_and(|c| same_point(c, first)))
+                .all(|s| s.checkpoint.is_some_and(|c| c.same_point(first)))
         });
         let furthest = self
             .slots
@@ -530,7 +521,7 @@ impl Runner {
         // read and decoded meanwhile (a new one would start its query and stages cold: at a
         // million events behind, 50 steps each starting afresh took a tenth longer).
         let mut kept = match &self.kept {
-            Some(k) if k.lane == lane && k.columns == columns && same_point(k.from, from) => {
+            Some(k) if k.lane == lane && k.columns == columns && k.from.same_point(from) => {
                 self.kept.take()
             }
             _ => None,
@@ -700,10 +691,4 @@ fn batch_span(projection: &'static str, batch: &[Event]) -> tracing::Span {
         first_position = batch.first().map(|e| e.row.position),
         last_position = batch.last().map(|e| e.row.position),
     )
-}
-
-/// Whether two checkpoints stand at the same point of the stream: the same position read last,
-/// or both at the start.
-fn same_point(a: Checkpoint, b: Checkpoint) -> bool {
-    (a.ordinal > 0).then_some(a.position) == (b.ordinal > 0).then_some(b.position)
 }

@@ -86,6 +86,15 @@ impl StreamReader {
 /// was there.
 pub(super) type Ahead = tokio::sync::mpsc::Receiver<Result<Vec<Event>, RunError>>;
 
+/// A lane's read-ahead kept for its next step: the lane, the columns it reads, and the point of
+/// the stream its next batch follows.
+pub(super) struct Kept {
+    pub(super) lane: Vec<usize>,
+    pub(super) columns: Columns,
+    pub(super) from: Checkpoint,
+    pub(super) batches: Ahead,
+}
+
 /// Reads the stream on one task and decodes it (and with `leaves` hashes it) on others, each at
 /// most two batches ahead, so the database, the decoding and the projections all run at once;
 /// follows `plan` to the end of what is there. Dropping the receiver stops it.

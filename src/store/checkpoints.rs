@@ -9,6 +9,14 @@ pub struct Checkpoint {
     pub ordinal: i64,
 }
 
+impl Checkpoint {
+    /// Whether two checkpoints stand at the same point of the stream: the same position read
+    /// last, or both at the start.
+    pub fn same_point(self, other: Checkpoint) -> bool {
+        (self.ordinal > 0).then_some(self.position) == (other.ordinal > 0).then_some(other.position)
+    }
+}
+
 impl Store {
     /// The checkpoint of a persisted projection (zero before its first batch).
     pub async fn checkpoint(&self, projection: &str) -> Result<Checkpoint, StoreError> {
