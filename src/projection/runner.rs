@@ -295,10 +295,7 @@ impl Runner {
         lanes.sort_by_key(|(from, _)| std::cmp::Reverse(from.ordinal));
         // A kept read-ahead no lane goes on from any more stops.
         if let Some(kept) = &self.kept {
-            if !lanes
-                .iter()
-                .any(|(from, lane)| *lane == kept.lane && from.same_point(kept.from))
-            {
+            if !lanes.iter().any(|(from, lane)| kept.goes_on(lane, *from)) {
                 self.kept = None;
             }
         }
@@ -521,9 +518,7 @@ impl Runner {
         // read and decoded meanwhile (a new one would start its query and stages cold: at a
         // million events behind, 50 steps each starting afresh took a tenth longer).
         let mut kept = match &self.kept {
-            Some(k) if k.lane == lane && k.columns == columns && k.from.same_point(from) => {
-                self.kept.take()
-            }
+            Some(k) if k.goes_on(lane, from) => self.kept.take(),
             _ => None,
         };
         loop {
@@ -574,7 +569,6 @@ impl Runner {
                 if applied == plan.max_batches {
                     self.kept = Some(Kept {
                         lane: live,
-                        columns,
                         from,
                         batches,
                     });

@@ -86,13 +86,19 @@ impl StreamReader {
 /// was there.
 pub(super) type Ahead = tokio::sync::mpsc::Receiver<Result<Vec<Event>, RunError>>;
 
-/// A lane's read-ahead kept for its next step: the lane, the columns it reads, and the point of
-/// the stream its next batch follows.
+/// A lane's read-ahead kept for its next step: the lane (whose projections decide the columns it
+/// reads), and the point of the stream its next batch follows.
 pub(super) struct Kept {
     pub(super) lane: Vec<usize>,
-    pub(super) columns: Columns,
     pub(super) from: Checkpoint,
     pub(super) batches: Ahead,
+}
+
+impl Kept {
+    /// Whether `lane`, standing at `from`, goes on with it.
+    pub(super) fn goes_on(&self, lane: &[usize], from: Checkpoint) -> bool {
+        self.lane == lane && self.from.same_point(from)
+    }
 }
 
 /// Reads the stream on one task and decodes it (and with `leaves` hashes it) on others, each at

@@ -23,6 +23,7 @@ crate::on_both_backends!(
     the_runner_stops_with_its_shutdown,
     a_replay_reads_every_event_once_in_order_across_its_queries,
     a_lane_behind_goes_on_across_steps_reading_each_event_once_and_what_came_meanwhile,
+    a_lane_stopped_where_its_read_ahead_ended_reads_what_was_committed_after,
 );
 
 /// A projection kept in memory that counts what it applied: all a new consumer of the stream
@@ -266,4 +267,39 @@ async fn a_lane_behind_goes_on_across_steps_reading_each_event_once_and_what_cam
     runner.catch_up().await.unwrap();
     let expected = numbered(&store).await;
     assert_eq!(*seen.lock().unwrap(), expected);
+}
+
+/// A lane whose read-ahead reached the end of the stream just as the lane stopped at its bound
+/// reads, in its next step, what was committed after that read-ahead ended.
+async fn a_lane_stopped_where_its_read_ahead_ended_reads_what_was_committed_after(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let mut count = intents(&store, 40).await;
+    while count % LAGGARD_BATCHES as i64 != 0 {
+        count = intents(&store, 1).await;
+    }
+    readable(&store, count).await;
+    // One projection, one event a batch: each step stops at its bound, the last one exactly at
+    // the end of the stream.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut runner = Runner::new(store.clone(), 1).register(Recording(seen.clone()));
+    while (seen.lock().unwrap().len() as i64) < count {
+        let step = runner.step().await;
+        assert!(step.failures.is_empty(), "{:?}", step.failures);
+        assert!(step.more);
+    }
+    // Its read-ahead finds the end, then more is committed.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let head = intents(&store, 2).await;
+    readable(&store, head).await;
+    let step = runner.step().await;
+    assert!(step.failures.is_empty(), "{:?}", step.failures);
+    let expected = numbered(&store).await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        expected,
+        "read in the very next step"
+    );
 }
