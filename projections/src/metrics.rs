@@ -229,7 +229,8 @@ impl Intents {
     }
 }
 
-type Labels = Vec<(&'static str, String)>;
+/// A series' labels: each name and its value, borrowed from the series' key.
+type Labels<'a> = Vec<(&'static str, &'a str)>;
 
 /// The domain metrics, folded from the stream.
 ///
@@ -1231,6 +1232,53 @@ mod tests {
     fn user_supplied_label_values_are_escaped() {
         let text = fold(10, &[Script::new(1).created("a\"b\\c\nd", true)]);
         has(&text, "deployment_total{status=\"pending\",ring=\"LAB\",app_name=\"a\\\"b\\\\c\\nd\",requires_cab=\"true\"} 1");
+    }
+
+    #[test]
+    fn every_family_renders_its_series_in_the_order_of_their_label_values() {
+        // Apps created out of order, each failing once in a ring, so the per-app families
+        // hold many series.
+        let mut events = Vec::new();
+        for n in 0..40u32 {
+            let app = format!("app-{}", n * 17 % 40);
+            let mut x = Script::new(u128::from(n) + 1);
+            events.push(x.created(&app, n % 3 == 0));
+            events.push(x.rolled_back(1.0, Ring::Lab, Status::Deployed));
+        }
+        let text = fold(100, &events);
+        // Gauges list a fixed set (every ring, every state) in its own order.
+        let gauges: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" gauge"))
+            .collect();
+        let mut families: BTreeMap<&str, Vec<Vec<&str>>> = BTreeMap::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.contains("le="))
+        {
+            let Some((name, rest)) = line.split_once('{') else {
+                continue;
+            };
+            if gauges.contains(&name) {
+                continue;
+            }
+            let labels = rest.split_once('}').map_or("", |(labels, _)| labels);
+            let values = labels
+                .split("\",")
+                .map(|pair| {
+                    pair.split_once("=\"")
+                        .map_or("", |(_, v)| v.trim_end_matches('"'))
+                })
+                .collect();
+            families.entry(name).or_default().push(values);
+        }
+        assert!(families["deployment_change_failures_total"].len() >= 40);
+        for (name, series) in &families {
+            assert!(
+                series.windows(2).all(|w| w[0] < w[1]),
+                "{name}: series out of order: {series:?}"
+            );
+        }
     }
 
     #[test]

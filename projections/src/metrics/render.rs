@@ -1,7 +1,7 @@
 //! Rendering the fold as the Prometheus text exposition format (0.0.4): every family with its
 //! help and type, every series sorted, so the same stream always renders the same bytes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -12,13 +12,13 @@ impl Metrics {
     /// The exposition text (Prometheus text format 0.0.4) of every domain metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let ring = |r: &Ring| r.as_str().to_string();
+        let ring = |r: &Ring| r.as_str();
         let deployments = sorted(&self.deployments, |(status, r, app, cab)| {
             vec![
-                ("status", status.to_string()),
+                ("status", *status),
                 ("ring", ring(r)),
-                ("app_name", app.to_string()),
-                ("requires_cab", cab.to_string()),
+                ("app_name", &**app),
+                ("requires_cab", if *cab { "true" } else { "false" }),
             ]
         });
         counter_family(&mut out, "deployment_total", "Intents entering each status: pending (awaiting CAB), approved, rejected, success (ring compliant), failed (rolled back).", &deployments);
@@ -27,7 +27,7 @@ impl Metrics {
             "deployment_duration_seconds",
             "Ring entry to the ring's outcome (success or failed).",
             &sorted(&self.duration, |(r, status)| {
-                vec![("ring", ring(r)), ("status", status.to_string())]
+                vec![("ring", ring(r)), ("status", *status)]
             }),
         );
         histogram_family(
@@ -35,22 +35,22 @@ impl Metrics {
             "deployment_time_to_compliance_seconds",
             "Ring entry to the first compliant rollout report in that ring.",
             &sorted(&self.time_to_compliance, |(r, site)| {
-                vec![("ring", ring(r)), ("site_class", site.as_str().to_string())]
+                vec![("ring", ring(r)), ("site_class", site.as_str())]
             }),
         );
         histogram_family(
             &mut out,
             "cab_approval_wait_seconds",
             "Creation to the CAB decision.",
-            &sorted(&self.cab_wait, |decision| {
-                vec![("decision", decision.to_string())]
-            }),
+            &sorted(&self.cab_wait, |decision| vec![("decision", *decision)]),
         );
         histogram_family(
             &mut out,
             "risk_score_distribution",
             "Risk score at creation.",
-            &sorted(&self.risk, |cab| vec![("requires_cab", cab.to_string())]),
+            &sorted(&self.risk, |cab| {
+                vec![("requires_cab", if *cab { "true" } else { "false" })]
+            }),
         );
         counter_family(
             &mut out,
@@ -61,7 +61,7 @@ impl Metrics {
                 vec![
                     ("from_ring", ring(from)),
                     ("to_ring", ring(to)),
-                    ("status", verdict.to_string()),
+                    ("status", verdict),
                 ]
             }),
         );
@@ -73,8 +73,8 @@ impl Metrics {
                 let result = if *passed { "passed" } else { "failed" };
                 vec![
                     ("ring", ring(r)),
-                    ("gate", gate.as_str().to_string()),
-                    ("result", result.to_string()),
+                    ("gate", gate.as_str()),
+                    ("result", result),
                 ]
             }),
         );
@@ -90,7 +90,7 @@ impl Metrics {
             sample(
                 &mut out,
                 "promotion_gate_success_rate",
-                &[("ring", ring.as_str().to_string())],
+                &[("ring", ring.as_str())],
                 None,
                 &float(rate),
             );
@@ -102,10 +102,7 @@ impl Metrics {
             &sorted(&self.rollbacks, |r| vec![("ring", ring(r))]),
         );
         let ring_connector = |(r, connector): &(Ring, ConnectorType)| {
-            vec![
-                ("ring", ring(r)),
-                ("connector_type", connector.as_str().to_string()),
-            ]
+            vec![("ring", ring(r)), ("connector_type", connector.as_str())]
         };
         counter_family(
             &mut out,
@@ -128,10 +125,10 @@ impl Metrics {
         );
         let cost = sorted(&self.cost, |(app, currency, r, component)| {
             vec![
-                ("app", app.to_string()),
-                ("currency", currency.to_string()),
+                ("app", &**app),
+                ("currency", *currency),
                 ("ring", ring(r)),
-                ("component", component.as_str().to_string()),
+                ("component", component.as_str()),
             ]
         });
         for (labels, amount) in cost {
@@ -148,12 +145,13 @@ impl Metrics {
             "deployment_cost_per_intent",
             "A completed change's whole cost at its completion, in its currency's units.",
             &sorted(&self.cost_per_intent, |currency| {
-                vec![("currency", currency.to_string())]
+                vec![("currency", *currency)]
             }),
         );
 
-        let app_ring =
-            |(app, r): &(Arc<str>, Ring)| vec![("app_name", app.to_string()), ("ring", ring(r))];
+        fn app_ring((app, r): &(Arc<str>, Ring)) -> Labels<'_> {
+            vec![("app_name", &**app), ("ring", r.as_str())]
+        }
         let by_ring = |r: &Ring| vec![("ring", ring(r))];
         histogram_family(
             &mut out,
@@ -217,10 +215,7 @@ impl Metrics {
         for status in Status::ALL {
             for ring in Ring::ALL {
                 let n = in_state.get(&(status, ring)).copied().unwrap_or(0);
-                let labels = [
-                    ("state", status.as_str().to_string()),
-                    ("ring", ring.as_str().to_string()),
-                ];
+                let labels = [("state", status.as_str()), ("ring", ring.as_str())];
                 sample(
                     &mut out,
                     "deployments_in_state",
@@ -240,7 +235,7 @@ impl Metrics {
             sample(
                 &mut out,
                 "emergency_changes_awaiting_retro_approval",
-                &[("overdue", overdue.to_string())],
+                &[("overdue", overdue)],
                 None,
                 &n.to_string(),
             );
@@ -255,7 +250,7 @@ impl Metrics {
             sample(
                 &mut out,
                 "deployment_rollouts_forecast_to_miss",
-                &[("ring", ring.as_str().to_string())],
+                &[("ring", ring.as_str())],
                 None,
                 &missing[ring.index()].to_string(),
             );
@@ -270,7 +265,7 @@ impl Metrics {
             sample(
                 &mut out,
                 "eucora_events_total",
-                &[("event_type", event_type.to_string())],
+                &[("event_type", *event_type)],
                 None,
                 &n.to_string(),
             );
@@ -284,7 +279,7 @@ impl Metrics {
         sample(
             &mut out,
             "eucora_projection_position",
-            &[("projection", "metrics".to_string())],
+            &[("projection", "metrics")],
             None,
             &self.position.to_string(),
         );
@@ -325,7 +320,7 @@ fn float(v: f64) -> String {
 fn sample(
     out: &mut String,
     name: &str,
-    labels: &[(&str, String)],
+    labels: &[(&str, &str)],
     extra: Option<(&str, &str)>,
     value: &str,
 ) {
@@ -359,30 +354,31 @@ fn sample(
     out.push('\n');
 }
 
-/// A family's series ordered by their labels, which is the order they are rendered in.
-fn sorted<K, T, S>(
-    series: &HashMap<K, T, S>,
-    labels: impl Fn(&K) -> Labels,
-) -> BTreeMap<Labels, &T> {
-    series
+/// A family's series ordered by their labels, which is the order they are rendered in. Label
+/// values borrow the keys' names (no label is built as a string of its own); each series' labels
+/// differ, so the order is one. A family's series carry the same label names in the same order:
+/// only the values are compared.
+fn sorted<'a, K, T, S>(
+    series: &'a HashMap<K, T, S>,
+    labels: impl Fn(&'a K) -> Labels<'a>,
+) -> Vec<(Labels<'a>, &'a T)> {
+    let mut sorted: Vec<_> = series
         .iter()
         .map(|(key, value)| (labels(key), value))
-        .collect()
+        .collect();
+    sorted
+        .sort_unstable_by(|(a, _), (b, _)| a.iter().map(|(_, v)| v).cmp(b.iter().map(|(_, v)| v)));
+    sorted
 }
 
-fn counter_family(out: &mut String, name: &str, help: &str, series: &BTreeMap<Labels, &u64>) {
+fn counter_family(out: &mut String, name: &str, help: &str, series: &[(Labels<'_>, &u64)]) {
     header(out, name, help, "counter");
     for (labels, n) in series {
         sample(out, name, labels, None, &n.to_string());
     }
 }
 
-fn histogram_family(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    series: &BTreeMap<Labels, &Histogram>,
-) {
+fn histogram_family(out: &mut String, name: &str, help: &str, series: &[(Labels<'_>, &Histogram)]) {
     header(out, name, help, "histogram");
     let (bucket, sum, count) = (
         format!("{name}_bucket"),
