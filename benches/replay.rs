@@ -25,7 +25,8 @@
 //! same signing key (ready, then signed past the log: its memory then, and its scrape).
 //!
 //! `cargo bench --bench replay` (PostgreSQL from `EUCORA_BENCH_DATABASE_URL`, else
-//! `EUCORA_TEST_DATABASE_URL`).
+//! `EUCORA_TEST_DATABASE_URL`); `EUCORA_BENCH_BACKEND=sqlite` or `postgres` measures that backend
+//! alone.
 
 /// The allocator `eucora` itself runs with (src/main.rs), so the in-process numbers are its own.
 #[global_allocator]
@@ -202,6 +203,11 @@ async fn query_replay(url: &str) -> (Duration, Cpu) {
     let (result, took, cpu) = timed_cpu(replay.replay_all()).await;
     result.expect("QueryReplay");
     (took, cpu)
+}
+
+/// Whether this backend is measured: both, unless `EUCORA_BENCH_BACKEND` names one.
+fn backend(name: &str) -> bool {
+    std::env::var("EUCORA_BENCH_BACKEND").map_or(true, |only| only == name)
 }
 
 /// Whether `EUCORA_BENCH_ONLY` asks for this part alone.
@@ -957,7 +963,7 @@ async fn main() {
     }
     let dir = std::env::temp_dir().join(format!("eucora-replay-bench-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    if !only("scale") {
+    if !only("scale") && backend("sqlite") {
         bench_backend(
             "sqlite",
             &format!("sqlite://{}", dir.join("bench.db").display()),
@@ -971,6 +977,9 @@ async fn main() {
         Err(_) => {
             let _ = std::fs::remove_dir_all(&dir);
         }
+    }
+    if !backend("postgres") {
+        return;
     }
     match scratch::Scratch::create().await {
         Some(db) => {
