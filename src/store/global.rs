@@ -291,10 +291,10 @@ fn unfold_chunk(
 }
 
 /// One row of [`global_sql`]'s `columns`, by index, as the statement reads them (every JSON
-/// column as its text). Decoded unchecked: the statement fixes each column's type, and sqlx's
-/// check of a column's type against the Rust one cost a twentieth of `eucora serve`'s catch-up on
-/// PostgreSQL. A value of another type (none can be: the columns are typed and `NOT NULL`) still
-/// fails to decode, as an error.
+/// column as its text). Decoded unchecked: the statement and the table fix each column's type
+/// (the tables are typed, SQLite's `STRICT`, every column `NOT NULL`; a NULL would still be an
+/// error), and sqlx's check of a column's type against the Rust one cost a twentieth of `eucora
+/// serve`'s catch-up on PostgreSQL.
 fn stream_row<R>(row: &R, columns: Columns) -> Result<StreamRow, sqlx::Error>
 where
     R: sqlx::Row,
