@@ -5,7 +5,6 @@
 //! rendering orders every series, so replaying a stream yields the same text byte for byte.
 
 use std::collections::{BTreeMap, HashMap};
-
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};

@@ -104,7 +104,8 @@ pub fn changes_csv<'a>(rows: impl Iterator<Item = &'a Vec<String>>, format: Form
     } else {
         COLUMNS_V2
     };
-    // About 400 bytes a row: sized at once, as in `ControlsFile::json`.
+    // About 400 bytes a row: sized at once with room to spare, as in `ControlsFile::json`
+    // (capacity never written is never touched).
     let mut out = String::with_capacity(1024 + rows.size_hint().0 * 640);
     let header: Vec<String> = COLUMNS[..width].iter().map(|c| c.to_string()).collect();
     push_line(&mut out, &header);

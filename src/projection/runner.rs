@@ -542,7 +542,7 @@ impl Runner {
                             after_batch(end);
                             from = end;
                         }
-                        let stop = live.is_empty() || (plan.stop_on_error && !failures.is_empty());
+                        let stop = plan.halts(&live, &failures);
                         if !full || stop || plan.max_batches == 1 {
                             return Ok((read, full && !stop, failures));
                         }
@@ -563,7 +563,7 @@ impl Runner {
                     .await?;
                 after_batch(end);
                 from = end;
-                if live.is_empty() || (plan.stop_on_error && !failures.is_empty()) {
+                if plan.halts(&live, &failures) {
                     return Ok((read, false, failures));
                 }
                 if applied == plan.max_batches {

@@ -29,6 +29,13 @@ pub(super) struct Plan {
     pub(super) query_batches: usize,
 }
 
+impl Plan {
+    /// Whether a lane stops reading: none of its projections is left, or one failed in a replay.
+    pub(super) fn halts<F>(&self, live: &[usize], failures: &[F]) -> bool {
+        live.is_empty() || (self.stop_on_error && !failures.is_empty())
+    }
+}
+
 /// How many batches the read-ahead decodes at once.
 const DECODING: usize = 2;
 /// How many batches one query of the runner's read-ahead reads at most.
