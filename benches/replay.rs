@@ -19,7 +19,7 @@
 //! verification (against the same bundle as evidence/v4 wrote it, alternating), and one
 //! deployment's export against reading its events;
 //! `EUCORA_BENCH_KEEP_BUNDLE=PATH` keeps the period's bundle there (and its verifier key beside
-//! it, `PATH.verifier`) and the SQLite database, for profiling `eucora evidence verify` and
+//! it, `PATH.verifier`, and its signing key, `PATH.key`) and the SQLite database, for profiling `eucora evidence verify` and
 //! `eucora evidence export`. `EUCORA_BENCH_ONLY=scale` (PostgreSQL only) measures what grows with
 //! the log: a late period's export, one deployment's export, and `eucora serve` on it with the
 //! same signing key (ready, then signed past the log: its memory then, and its scrape).
@@ -588,6 +588,9 @@ async fn bench_evidence(
     if let Ok(keep) = std::env::var("EUCORA_BENCH_KEEP_BUNDLE") {
         std::fs::copy(&bundle, &keep).unwrap();
         std::fs::write(format!("{keep}.verifier"), key.verifier_key()).unwrap();
+        // This throwaway database's signing key, for `eucora evidence export` on a kept
+        // PostgreSQL database (SQLite's is beside its file).
+        std::fs::copy(&key_path, format!("{keep}.key")).unwrap();
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
