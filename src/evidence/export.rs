@@ -18,11 +18,11 @@ use uuid::Uuid;
 use super::controls::rfc3339;
 use super::format::{
     b64, pae, Boundaries, BoundaryEvent, ConsistencyProof, EventRecord, EvidenceError, Format,
-    InclusionProof, Line, Previous, ProofFile, RangeProof, Scope, FILES, MANIFEST, PAYLOAD_TYPE,
-    STATEMENT_TYPE,
+    InclusionProof, Line, Previous, ProofFile, RangeProof, Scope, Texts, FILES, MANIFEST,
+    PAYLOAD_TYPE, STATEMENT_TYPE,
 };
 use super::heads::{heads_under, HeadProof};
-use super::population::Population;
+use super::population::Gathering;
 use super::report::derive;
 use crate::checkpoints::{open_checkpoint, SigningKey};
 use crate::projection::log::{leaves_of, with_tiles, LogTree, LogView};
@@ -89,7 +89,7 @@ impl EventsSpool {
     }
 
     fn line(&mut self, line: &Line) -> Result<(), EvidenceError> {
-        serde_json::to_writer(&mut self.batch, line)
+        line.write(&mut self.batch)
             .map_err(|e| EvidenceError::Export(e.to_string()))?;
         self.batch.push(b'\n');
         if self.batch.len() >= SPOOL_BATCH {
@@ -264,7 +264,7 @@ pub async fn export(
 
     // The events, in leaf order, spooled.
     let mut events = EventsSpool::new()?;
-    let mut population = Population::default();
+    let mut gathering = Gathering::default();
     let mut chosen: Vec<u64> = Vec::new();
     // A period's range ends at the first event after its start stamped at or after its end (read
     // here, as its boundary), or at the checkpoint's size.
@@ -272,9 +272,10 @@ pub async fn export(
     let mut range_end = size;
     // An event of the bundle, at leaf `index`: its line spooled, its leaf and event kept.
     let mut take = |index: u64, row: &StreamRow, event: Option<StreamEvent>| {
-        let line = Line::of_row(index, row, true)?;
+        let payload_decoded = event.is_some();
+        let line = Line::of_row(index, row, Texts::Embedded { payload_decoded })?;
         chosen.push(index);
-        population.add(index, &line.aggregate_id, line.sequence, event);
+        gathering.add(index, &line.aggregate_id, line.sequence, event);
         events.line(&line)
     };
     match &wanted {
@@ -321,6 +322,7 @@ pub async fn export(
             }
         }
     }
+    let population = gathering.population();
     if chosen.is_empty() {
         return Err(match scope {
             Scope::Deployment(id) if !store.intent_events(*id).await?.is_empty() => {

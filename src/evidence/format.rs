@@ -133,7 +133,7 @@ impl EventRecord {
         index: u64,
         row: &crate::store::StreamRow,
     ) -> Result<EventRecord, EvidenceError> {
-        Ok(Line::of_row(index, row, false)?.record())
+        Ok(Line::of_row(index, row, Texts::Strings)?.record())
     }
 
     /// The record a line of `events.jsonl` holds, in any format.
@@ -167,26 +167,41 @@ impl EventRecord {
 /// JSON string whose content is the text.
 #[derive(Debug, Clone)]
 pub enum Stored<'a> {
-    Value(&'a RawValue),
+    /// Embedded: the text, one JSON object or array with nothing around it and no line break
+    /// (every constructor checks it).
+    Value(&'a str),
     Text(Cow<'a, str>),
 }
 
 impl<'a> Stored<'a> {
     /// `text` as evidence/v4 writes it: embedded when that keeps its bytes.
     pub fn of(text: &'a str) -> Stored<'a> {
-        let embeddable = matches!(text.as_bytes().first(), Some(b'{' | b'['))
-            && !text.bytes().any(|b| b == b'\n' || b == b'\r');
-        match embeddable.then(|| serde_json::from_str::<&RawValue>(text)) {
+        if !one_line_object_or_array(text) {
+            return Stored::Text(Cow::Borrowed(text));
+        }
+        match serde_json::from_str::<&RawValue>(text) {
             // The whole text is the one value (no whitespace around it).
-            Some(Ok(raw)) if raw.get().len() == text.len() => Stored::Value(raw),
+            Ok(raw) if raw.get().len() == text.len() => Stored::Value(text),
             _ => Stored::Text(Cow::Borrowed(text)),
+        }
+    }
+
+    /// [`Stored::of`] for a payload the event decoding read whole: serde_json parsed the entire
+    /// text as one value (a typed event only decodes from valid JSON with nothing but whitespace
+    /// around it), so it is not parsed a second time; only its ends and line breaks are looked
+    /// at.
+    pub fn of_decoded(text: &'a str) -> Stored<'a> {
+        let closed = matches!(text.as_bytes().last(), Some(b'}' | b']'));
+        match closed && one_line_object_or_array(text) {
+            true => Stored::Value(text),
+            false => Stored::of(text),
         }
     }
 
     /// The stored text.
     pub fn text(&self) -> &str {
         match self {
-            Stored::Value(raw) => raw.get(),
+            Stored::Value(text) => text,
             Stored::Text(text) => text,
         }
     }
@@ -195,15 +210,23 @@ impl<'a> Stored<'a> {
     pub fn embedded(&self) -> bool {
         matches!(self, Stored::Value(_))
     }
-}
 
-impl Serialize for Stored<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+    /// Its JSON in a line: the value's own bytes, or a string.
+    fn write(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         match self {
-            Stored::Value(raw) => raw.serialize(serializer),
-            Stored::Text(text) => text.serialize(serializer),
+            Stored::Value(text) => {
+                out.extend_from_slice(text.as_bytes());
+                Ok(())
+            }
+            Stored::Text(text) => serde_json::to_writer(out, text),
         }
     }
+}
+
+/// Whether `text` opens as a JSON object or array and holds no line break.
+fn one_line_object_or_array(text: &str) -> bool {
+    matches!(text.as_bytes().first(), Some(b'{' | b'['))
+        && memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_none()
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for Stored<'a> {
@@ -214,7 +237,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Stored<'a> {
             Some(b'"') => serde_json::from_str::<Cow<'a, str>>(raw.get())
                 .map(Stored::Text)
                 .map_err(D::Error::custom),
-            Some(b'{' | b'[') => Ok(Stored::Value(raw)),
+            Some(b'{' | b'[') => Ok(Stored::Value(raw.get())),
             _ => Err(D::Error::custom(
                 "a stored JSON text is a JSON object, an array or a string",
             )),
@@ -222,9 +245,25 @@ impl<'de: 'a, 'a> Deserialize<'de> for Stored<'a> {
     }
 }
 
+/// Appends `name` (the text before a member's value) and the value as JSON.
+fn member(out: &mut Vec<u8>, name: &str, value: &impl Serialize) -> serde_json::Result<()> {
+    out.extend_from_slice(name.as_bytes());
+    serde_json::to_writer(out, value)
+}
+
+/// How a line holds a row's stored texts (payload and metadata).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Texts {
+    /// As JSON strings (an event record, as every format before evidence/v4).
+    Strings,
+    /// Embedded as values where that keeps their bytes; `payload_decoded`: the payload decoded
+    /// as an event, so it is known to be JSON already.
+    Embedded { payload_decoded: bool },
+}
+
 /// One line of `events.jsonl`, borrowed from the line (written by the export, read by the
 /// verifier): the stored row's columns and its place in the log.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Line<'a> {
     pub index: u64,
@@ -245,17 +284,26 @@ pub struct Line<'a> {
 }
 
 impl<'a> Line<'a> {
-    /// The line of the row read at leaf `index` (with every column), its stored texts embedded
-    /// as values when `embed` and they can be.
+    /// The line of the row read at leaf `index` (with every column), its stored texts held as
+    /// `texts` says.
     pub(super) fn of_row(
         index: u64,
         row: &'a crate::store::StreamRow,
-        embed: bool,
+        texts: Texts,
     ) -> Result<Line<'a>, EvidenceError> {
         let stored = row.row()?;
-        let text = |t: &'a str| match embed {
-            true => Stored::of(t),
-            false => Stored::Text(Cow::Borrowed(t)),
+        let (payload, metadata) = match texts {
+            Texts::Strings => (
+                Stored::Text(Cow::Borrowed(row.payload.as_str())),
+                Stored::Text(Cow::Borrowed(stored.metadata)),
+            ),
+            Texts::Embedded { payload_decoded } => (
+                match payload_decoded {
+                    true => Stored::of_decoded(&row.payload),
+                    false => Stored::of(&row.payload),
+                },
+                Stored::of(stored.metadata),
+            ),
         };
         Ok(Line {
             index,
@@ -265,9 +313,28 @@ impl<'a> Line<'a> {
             sequence: stored.sequence,
             event_type: Cow::Borrowed(&row.event_type),
             event_version: Cow::Borrowed(&row.event_version),
-            payload: text(&row.payload),
-            metadata: text(stored.metadata),
+            payload,
+            metadata,
         })
+    }
+
+    /// Appends the line's JSON (without its newline): its members in the documented order, each
+    /// stored text as [`Stored`] holds it. Written member by member, since an embedded text is
+    /// copied as it is, not parsed again to be serialized.
+    pub(super) fn write(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        member(out, "{\"index\":", &self.index)?;
+        member(out, ",\"position\":", &self.position)?;
+        member(out, ",\"aggregate_type\":", &self.aggregate_type)?;
+        member(out, ",\"aggregate_id\":", &self.aggregate_id)?;
+        member(out, ",\"sequence\":", &self.sequence)?;
+        member(out, ",\"event_type\":", &self.event_type)?;
+        member(out, ",\"event_version\":", &self.event_version)?;
+        out.extend_from_slice(b",\"payload\":");
+        self.payload.write(out)?;
+        out.extend_from_slice(b",\"metadata\":");
+        self.metadata.write(out)?;
+        out.push(b'}');
+        Ok(())
     }
 
     /// The owned record of the same row.
@@ -435,8 +502,30 @@ pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// A line as the export writes it, with `payload` and `metadata` as given.
+    fn line<'a>(payload: Stored<'a>, metadata: Stored<'a>) -> Line<'a> {
+        Line {
+            index: 7,
+            position: -3,
+            aggregate_type: Cow::Borrowed("deployment"),
+            aggregate_id: Cow::Borrowed("a \"quoted\\ id\u{1}é"),
+            sequence: 2,
+            event_type: Cow::Borrowed("DeploymentCreated"),
+            event_version: Cow::Borrowed("1.0"),
+            payload,
+            metadata,
+        }
+    }
+
+    fn written(line: &Line) -> String {
+        let mut out = Vec::new();
+        line.write(&mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
     /// A text is embedded only when the line's value bytes are the stored bytes; either way the
-    /// line gives back the stored text exactly.
+    /// line gives back the stored text exactly. A payload the event decoding read is judged the
+    /// same without being parsed again.
     #[test]
     fn a_stored_text_is_embedded_only_when_its_bytes_survive() {
         let cases = [
@@ -444,25 +533,57 @@ mod tests {
             (r#"[1,2,{"c":null}]"#, true),
             (r#"{"a": 1, "b": [2, 3]}"#, true),
             ("{\"a\":\n1}", false),
+            ("{\"a\":\r1}", false),
             (r#"{"a":1} "#, false),
+            ("{\"a\":1}\t", false),
             (r#" {"a":1}"#, false),
             (r#""just a string""#, false),
             ("42", false),
             ("{not json", false),
+            (r#"{"a":1}{"b":2}"#, false),
             ("", false),
         ];
         for (text, embedded) in cases {
-            let stored = Stored::of(text);
-            assert_eq!(stored.embedded(), embedded, "{text:?}");
-            let line = serde_json::to_string(&stored).unwrap();
-            assert!(!line.contains('\n'), "{line:?}");
-            let back: Stored = serde_json::from_str(&line).unwrap();
-            assert_eq!(back.text(), text, "{line}");
-            assert_eq!(back.embedded(), embedded, "{line}");
+            let decodes = serde_json::from_str::<serde_json::Value>(text).is_ok();
+            let mut judged = vec![Stored::of(text)];
+            if decodes {
+                judged.push(Stored::of_decoded(text));
+            }
+            for stored in judged {
+                assert_eq!(stored.embedded(), embedded, "{text:?}");
+                let line = written(&self::line(stored, Stored::of("{}")));
+                assert!(!line.contains('\n') && !line.contains('\r'), "{line:?}");
+                let back: Line = serde_json::from_str(&line).unwrap();
+                assert_eq!(back.payload.text(), text, "{line}");
+                assert_eq!(back.payload.embedded(), embedded, "{line}");
+            }
         }
         let why = serde_json::from_str::<Stored>("17")
             .unwrap_err()
             .to_string();
         assert!(why.contains("a JSON object, an array or a string"), "{why}");
+    }
+
+    /// The line's members in the documented order, its strings escaped as JSON, an embedded text
+    /// copied as it is; read back, the same line and the same leaf.
+    #[test]
+    fn a_line_is_written_member_by_member_and_reads_back_the_same() {
+        let original = line(
+            Stored::of(r#"{"b":1,"a":"x\"y"}"#),
+            Stored::Text(Cow::Borrowed("line\nbreak")),
+        );
+        let text = written(&original);
+        assert_eq!(
+            text,
+            concat!(
+                r#"{"index":7,"position":-3,"aggregate_type":"deployment","#,
+                r#""aggregate_id":"a \"quoted\\ id\u0001é","sequence":2,"#,
+                r#""event_type":"DeploymentCreated","event_version":"1.0","#,
+                r#""payload":{"b":1,"a":"x\"y"},"metadata":"line\nbreak"}"#
+            )
+        );
+        let back: Line = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.record(), original.record());
+        assert_eq!(back.leaf(), original.leaf());
     }
 }

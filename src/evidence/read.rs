@@ -13,7 +13,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::format::{Format, Line, MANIFEST, PAYLOAD_TYPE, STATEMENT_TYPE};
-use super::population::Population;
+use super::population::{Gathering, Population};
 
 /// Why a bundle did not verify: the first failure, in our words.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,7 +62,7 @@ pub fn read_bundle(bundle: impl Read + Send) -> Result<Bundle, Refused> {
         digests,
         leaves: events.leaves,
         indices: events.indices,
-        population: events.population,
+        population: events.gathering.population(),
         first_embedded: events.first_embedded,
     })
 }
@@ -238,7 +238,7 @@ fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 struct ParsedEvents {
     leaves: Vec<Hash>,
     indices: Vec<u64>,
-    population: Population,
+    gathering: Gathering,
     /// The leaf index of the first event whose line embeds a stored text as a JSON value.
     first_embedded: Option<u64>,
 }
@@ -294,7 +294,7 @@ fn parse_events(
     let mut parsed = ParsedEvents {
         leaves: Vec::new(),
         indices: Vec::new(),
-        population: Population::default(),
+        gathering: Gathering::default(),
         first_embedded: None,
     };
     std::thread::scope(|scope| {
@@ -334,7 +334,7 @@ fn parse_events(
                         }
                         parsed.leaves.push(line.leaf);
                         parsed.indices.push(line.index);
-                        parsed.population.add(
+                        parsed.gathering.add(
                             line.index,
                             &line.aggregate_id,
                             line.sequence,
