@@ -51,6 +51,9 @@ struct CompressedEvents {
 
 /// Bytes of lines handed to the compressing thread at a time.
 const SPOOL_BATCH: usize = 1 << 20;
+/// A batch's room: the batch and a quarter more, so the line that crosses `SPOOL_BATCH` fits
+/// (growing the vector there copied every batch once more).
+const SPOOL_ROOM: usize = SPOOL_BATCH + SPOOL_BATCH / 4;
 
 impl EventsSpool {
     fn new() -> std::io::Result<EventsSpool> {
@@ -82,7 +85,7 @@ impl EventsSpool {
                 })
             })?;
         Ok(EventsSpool {
-            batch: Vec::with_capacity(SPOOL_BATCH),
+            batch: Vec::with_capacity(SPOOL_ROOM),
             sender: Some(sender),
             worker: Some(worker),
         })
@@ -99,7 +102,7 @@ impl EventsSpool {
     }
 
     fn send(&mut self) -> Result<(), EvidenceError> {
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(SPOOL_BATCH));
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(SPOOL_ROOM));
         let gone = self
             .sender
             .as_ref()
