@@ -47,6 +47,13 @@ pub use report::{derive, scope_words, Derived, Summary};
 pub use sample::{draw, parse_weight, workpaper, Drawn, Plan, ATTRIBUTES};
 pub use verify::{verify, verify_read, Verified};
 
+/// Drops `value` on a thread of its own: a million events' decoded forms take a core a quarter
+/// of a second to free, and nothing need wait for it (a command line that exits next does not
+/// wait at all). Should no thread start, it is dropped here.
+fn free_apart<T: Send + 'static>(value: T) {
+    let _ = std::thread::Builder::new().spawn(move || drop(value));
+}
+
 /// What a scoped thread returned; its panic, if it panicked, goes on in the caller.
 fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
     handle

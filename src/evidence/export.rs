@@ -21,6 +21,7 @@ use super::format::{
     InclusionProof, Line, Previous, ProofFile, RangeProof, Scope, Texts, FILES, MANIFEST,
     PAYLOAD_TYPE, STATEMENT_TYPE,
 };
+use super::free_apart;
 use super::heads::{heads_under, HeadProof};
 use super::population::Gathering;
 use super::report::derive;
@@ -425,6 +426,7 @@ pub async fn export(
     let derived = derive(Format::CURRENT, &scope_json, as_of, size, &population)
         .map_err(|e| EvidenceError::Export(e.to_string()))?;
     let (failed, intents) = (derived.controls.failed(), derived.controls.intents.len());
+    free_apart(population);
     let mut events = events.finish()?;
     let files: BTreeMap<&str, Vec<u8>> = [
         ("checkpoint", latest.note.clone().into_bytes()),
@@ -437,53 +439,67 @@ pub async fn export(
     .into_iter()
     .collect();
 
-    // The manifest: every file's SHA-256, signed.
-    let mut subjects =
-        vec![json!({"name": "events.jsonl", "digest": {"sha256": hex::encode(events.digest)}})];
-    for name in &FILES[1..] {
-        subjects.push(
-            json!({"name": name, "digest": {"sha256": hex::encode(Sha256::digest(&files[name]))}}),
-        );
-    }
-    let statement = json!({
-        "_type": STATEMENT_TYPE,
-        "subject": subjects,
-        "predicateType": Format::CURRENT.predicate_type(),
-        "predicate": {
-            "scope": scope_json,
-            "as_of": rfc3339(as_of),
-            "tree_size": size,
-            "events": chosen.len(),
-            "generated_by": format!("eucora {}", env!("CARGO_PKG_VERSION")),
-        },
-    });
-    let payload =
-        serde_json::to_vec(&statement).map_err(|e| EvidenceError::Export(e.to_string()))?;
-    let signature = key
-        .sign(&pae(PAYLOAD_TYPE, &payload))
-        .map_err(EvidenceError::Export)?;
-    let envelope = json!({
-        "payloadType": PAYLOAD_TYPE,
-        "payload": b64(&payload),
-        "signatures": [{"keyid": key.verifier_key(), "sig": b64(&signature)}],
-    });
-
     // Three gzip members, one after the other (RFC 1952 2.2; every gunzip reads them as one
     // stream): the tar header of events.jsonl, the events compressed as they were read, then the
-    // padding, the other files and the end of the archive.
-    let mut out = out;
-    let mut head = flate2::write::GzEncoder::new(&mut out, flate2::Compression::fast());
-    head.write_all(tar_header("events.jsonl", events.len, written)?.as_bytes())?;
-    head.finish()?;
-    std::io::copy(&mut events.file, &mut out)?;
-    let mut tail = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
-    tail.write_all(&[0u8; 512][..((512 - events.len % 512) % 512) as usize])?;
-    let mut tar = tar::Builder::new(tail);
-    for name in &FILES[1..] {
-        tar_file(&mut tar, name, &files[name], written)?;
-    }
-    tar_file(&mut tar, MANIFEST, &pretty(&envelope)?, written)?;
-    tar.into_inner()?.finish()?.flush()?;
+    // padding, the other files and the end of the archive. The files are hashed for the manifest,
+    // which comes last, on another core while they are compressed.
+    let signed = |digests: Vec<[u8; 32]>| -> Result<Vec<u8>, EvidenceError> {
+        // The manifest: every file's SHA-256, signed.
+        let mut subjects =
+            vec![json!({"name": "events.jsonl", "digest": {"sha256": hex::encode(events.digest)}})];
+        for (name, digest) in FILES[1..].iter().zip(digests) {
+            subjects.push(json!({"name": name, "digest": {"sha256": hex::encode(digest)}}));
+        }
+        let statement = json!({
+            "_type": STATEMENT_TYPE,
+            "subject": subjects,
+            "predicateType": Format::CURRENT.predicate_type(),
+            "predicate": {
+                "scope": scope_json,
+                "as_of": rfc3339(as_of),
+                "tree_size": size,
+                "events": chosen.len(),
+                "generated_by": format!("eucora {}", env!("CARGO_PKG_VERSION")),
+            },
+        });
+        let payload =
+            serde_json::to_vec(&statement).map_err(|e| EvidenceError::Export(e.to_string()))?;
+        let signature = key
+            .sign(&pae(PAYLOAD_TYPE, &payload))
+            .map_err(EvidenceError::Export)?;
+        pretty(&json!({
+            "payloadType": PAYLOAD_TYPE,
+            "payload": b64(&payload),
+            "signatures": [{"keyid": key.verifier_key(), "sig": b64(&signature)}],
+        }))
+    };
+    std::thread::scope(|scope| -> Result<(), EvidenceError> {
+        let digests = scope.spawn(|| {
+            FILES[1..]
+                .iter()
+                .map(|name| Sha256::digest(&files[name]).into())
+                .collect::<Vec<[u8; 32]>>()
+        });
+        let mut out = out;
+        let mut head = flate2::write::GzEncoder::new(&mut out, flate2::Compression::fast());
+        head.write_all(tar_header("events.jsonl", events.len, written)?.as_bytes())?;
+        head.finish()?;
+        std::io::copy(&mut events.file, &mut out)?;
+        let mut tail = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+        tail.write_all(&[0u8; 512][..((512 - events.len % 512) % 512) as usize])?;
+        let mut tar = tar::Builder::new(tail);
+        for name in &FILES[1..] {
+            tar_file(&mut tar, name, &files[name], written)?;
+        }
+        tar_file(
+            &mut tar,
+            MANIFEST,
+            &signed(super::joined(digests))?,
+            written,
+        )?;
+        tar.into_inner()?.finish()?.flush()?;
+        Ok(())
+    })?;
     Ok(ExportSummary {
         events: chosen.len() as u64,
         intents: intents as u64,
