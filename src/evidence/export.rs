@@ -426,7 +426,6 @@ pub async fn export(
     let derived = derive(Format::CURRENT, &scope_json, as_of, size, &population)
         .map_err(|e| EvidenceError::Export(e.to_string()))?;
     let (failed, intents) = (derived.controls.failed(), derived.controls.intents.len());
-    free_apart(population);
     let mut events = events.finish()?;
     let files: BTreeMap<&str, Vec<u8>> = [
         ("checkpoint", latest.note.clone().into_bytes()),
@@ -500,6 +499,9 @@ pub async fn export(
         tar.into_inner()?.finish()?.flush()?;
         Ok(())
     })?;
+    // Freed once the bundle is written: a command line that exits next does not wait for it, and
+    // the writing does not share a core with it.
+    free_apart(population);
     Ok(ExportSummary {
         events: chosen.len() as u64,
         intents: intents as u64,

@@ -107,10 +107,12 @@ impl Population {
     /// Each intent's `changes.csv` row (its fields in `COLUMNS` order), by id.
     pub fn rows(&self) -> &BTreeMap<String, Vec<String>> {
         self.rows.get_or_init(|| {
-            self.intents
-                .iter()
-                .map(|(id, events)| (id.clone(), super::changes::row(id, events)))
-                .collect()
+            let all: Vec<_> = self.intents.iter().collect();
+            super::halves(&all, |(id, events)| {
+                ((*id).clone(), super::changes::row(id, events))
+            })
+            .into_iter()
+            .collect()
         })
     }
 
@@ -160,24 +162,15 @@ impl Population {
                 ),
             )
         };
-        // Each half of the intents judged on a core of its own, while the rows and then the
-        // policies are made on a third thread (the rows are needed next, and the cores share
-        // what is left).
+        // The intents judged and their rows (needed next) made in halves, each on a thread of
+        // its own, the policies on another: the cores share them, so none is left running
+        // alone at the end (the rows and the policies on one thread took as long as the rest).
         let all: Vec<_> = self.intents.iter().collect();
-        let (first, second) = all.split_at(all.len() / 2);
-        let judge = |part: &[(&String, &Vec<(u64, DeploymentEvent)>)]| -> Vec<_> {
-            part.iter()
-                .map(|(id, events)| intent_controls(id, events, as_of))
-                .collect()
-        };
         let (intents, policies) = std::thread::scope(|scope| {
-            let policies = scope.spawn(|| {
-                self.rows();
-                super::governance::policies(&self.governance, &self.intents)
-            });
-            let later = scope.spawn(|| judge(second));
-            let mut intents = judge(first);
-            intents.extend(super::joined(later));
+            scope.spawn(|| self.rows());
+            let policies =
+                scope.spawn(|| super::governance::policies(&self.governance, &self.intents));
+            let intents = super::halves(&all, |(id, events)| intent_controls(id, events, as_of));
             (intents, super::joined(policies))
         });
         ControlsFile {
