@@ -168,7 +168,7 @@ impl EventRecord {
 #[derive(Debug, Clone)]
 pub enum Stored<'a> {
     /// Embedded: the text, one JSON object or array with nothing around it and no line break
-    /// (every constructor checks it).
+    /// (as [`Stored::of`], [`Stored::of_decoded`] and reading a line make it).
     Value(&'a str),
     Text(Cow<'a, str>),
 }
