@@ -19,8 +19,8 @@
 //! verification (against the same bundle as evidence/v4 wrote it, alternating), and one
 //! deployment's export against reading its events;
 //! `EUCORA_BENCH_KEEP_BUNDLE=PATH` keeps the period's bundle there (and its verifier key beside
-//! it, `PATH.verifier`, and its signing key, `PATH.key`) and the SQLite database, for profiling `eucora evidence verify` and
-//! `eucora evidence export`. `EUCORA_BENCH_ONLY=scale` (PostgreSQL only) measures what grows with
+//! it, `PATH.verifier`, and its signing key, `PATH.key`) and the SQLite database, for profiling
+//! `eucora evidence verify` and `eucora evidence export`. `EUCORA_BENCH_ONLY=scale` (PostgreSQL only) measures what grows with
 //! the log: a late period's export, one deployment's export, and `eucora serve` on it with the
 //! same signing key (ready, then signed past the log: its memory then, and its scrape).
 //!

@@ -12,7 +12,7 @@ use super::controls::{intent_controls, rfc3339, verdict, ControlsFile, FAIL, PAS
 use super::format::Format;
 
 /// A bundle's events gathered in leaf order, one map lookup each (a hash map: a B-tree's string
-/// comparisons were most of the fold's time), then sorted once into a [`Population`].
+/// comparisons were most of the fold's time), then moved into a [`Population`]'s B-trees once.
 #[derive(Default)]
 pub struct Gathering {
     streams: HashMap<String, Gathered>,
@@ -53,17 +53,16 @@ impl Gathering {
         }
     }
 
-    /// The population of every event added, its streams in the order of their ids.
+    /// The population of every event added, its streams in the order of their ids (the
+    /// population's B-trees keep it).
     pub(super) fn population(self) -> Population {
-        let mut streams: Vec<(String, Gathered)> = self.streams.into_iter().collect();
-        streams.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut population = Population {
             indices: self.indices,
             undecodable: self.undecodable,
             governance: self.governance,
             ..Population::default()
         };
-        for (id, stream) in streams {
+        for (id, stream) in self.streams {
             if stream.principal {
                 population.principals.insert(id.clone());
             }

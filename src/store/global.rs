@@ -370,28 +370,16 @@ impl Store {
     ) -> BoxStream<'_, Result<StreamRow, StoreError>> {
         // Only the columns asked for, as decoding each costs both ends of the connection.
         let sql = global_sql(columns, matches!(self.db, Db::Postgres(_)), after.is_some());
-        match &self.db {
-            Db::Sqlite { reader, .. } => {
-                let query = sqlx::query(sql).bind(limit);
-                match after {
-                    None => query,
-                    Some(after) => query.bind(after),
-                }
-                .fetch(reader)
-                .map(move |row| stream_row(&row?, columns).map_err(StoreError::from))
-                .boxed()
+        on_reader!(&self.db, pool => {
+            let query = sqlx::query(sql).bind(limit);
+            match after {
+                None => query,
+                Some(after) => query.bind(after),
             }
-            Db::Postgres(pool) => {
-                let query = sqlx::query(sql).bind(limit);
-                match after {
-                    None => query,
-                    Some(after) => query.bind(after),
-                }
-                .fetch(pool)
-                .map(move |row| stream_row(&row?, columns).map_err(StoreError::from))
-                .boxed()
-            }
-        }
+            .fetch(pool)
+            .map(move |row| stream_row(&row?, columns).map_err(StoreError::from))
+            .boxed()
+        })
     }
 
     /// [`Store::global_rows`] on SQLite, [`CHUNK`] events a query folded into one row: each column
