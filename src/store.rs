@@ -112,6 +112,7 @@ macro_rules! on_writer {
 
 mod append;
 mod checkpoints;
+mod copied;
 mod events;
 mod global;
 mod governance;

@@ -14,51 +14,63 @@ use crate::domain::DeploymentIntent;
 
 use super::{Checkpoint, Db, Store, StoreError};
 
-/// The statement reading `columns` of the global stream, in its order, from the start or after
-/// a position (`$1`/`?1` the limit, `$2`/`?2` the position); made once for the process, so that
-/// a stream of rows borrows nothing but the pool.
+/// SQLite's statement reading `columns` of the global stream row by row, in its order, from the
+/// start or after a position (`?1` the limit, `?2` the position); made once for the process, so
+/// that a stream of rows borrows nothing but the pool. (PostgreSQL's is a copy: `copied.rs`.)
 ///
-/// "From the start" is its own statement: an `after = 0 OR …` condition would keep both
-/// databases from using the index range scan, and every batch would sort the table. JSON
-/// columns are read as their stored text.
-fn global_sql(columns: Columns, postgres: bool, after: bool) -> &'static str {
+/// "From the start" is its own statement: an `after = 0 OR …` condition would keep the database
+/// from using the index range scan, and every batch would sort the table.
+fn global_sql(columns: Columns, after: bool) -> &'static str {
     static SQL: OnceLock<Vec<String>> = OnceLock::new();
-    const EVENTS: &str = "position, event_type, event_version, payload";
-    // Four statements a column set, in the order the index below reads them.
     let all = SQL.get_or_init(|| {
         let mut all = Vec::new();
         for columns in [Columns::Events, Columns::Streams, Columns::Stored] {
-            let list = match columns {
-                Columns::Events => EVENTS.to_string(),
-                Columns::Streams => format!("{EVENTS}, aggregate_type, aggregate_id, sequence"),
-                Columns::Stored => {
-                    format!("{EVENTS}, aggregate_id, sequence, aggregate_type, metadata")
-                }
-            };
-            let text = list
-                .replace("payload", "payload::text")
-                .replace("metadata", "metadata::text");
+            let list = column_list(columns, false);
             all.push(format!(
                 "SELECT {list} FROM events ORDER BY position LIMIT ?1"
             ));
             all.push(format!(
                 "SELECT {list} FROM events WHERE position > ?2 ORDER BY position LIMIT ?1"
             ));
-            for since in [
-                "",
-                "AND (xact_id, position) > ((SELECT xact_id FROM events WHERE position = $2), $2)",
-            ] {
-                all.push(format!(
-                    "SELECT {text} FROM events
-                      WHERE xact_id < pg_snapshot_xmin(pg_current_snapshot()) {since}
-                      ORDER BY xact_id, position
-                      LIMIT $1"
-                ));
-            }
         }
         all
     });
-    &all[columns as usize * 4 + usize::from(postgres) * 2 + usize::from(after)]
+    &all[columns as usize * 2 + usize::from(after)]
+}
+
+/// The columns of the global stream by name, in the order every reading reads them: each
+/// column set reads a prefix.
+const STREAM_COLUMNS: [&str; 8] = [
+    "position",
+    "event_type",
+    "event_version",
+    "payload",
+    "aggregate_type",
+    "aggregate_id",
+    "sequence",
+    "metadata",
+];
+
+/// How many of [`STREAM_COLUMNS`] `columns` reads.
+pub(super) fn column_count(columns: Columns) -> usize {
+    match columns {
+        Columns::Events => 4,
+        Columns::Streams => 7,
+        Columns::Stored => 8,
+    }
+}
+
+/// `columns` as a statement lists them; with `as_text`, PostgreSQL's JSON columns as their
+/// stored text.
+pub(super) fn column_list(columns: Columns, as_text: bool) -> String {
+    let names = STREAM_COLUMNS[..column_count(columns)].iter();
+    let listed: Vec<String> = names
+        .map(|&name| match name {
+            "payload" | "metadata" if as_text => format!("{name}::text"),
+            _ => name.to_string(),
+        })
+        .collect();
+    listed.join(", ")
 }
 
 /// Which columns of the global stream a reader needs; each level reads those of the one before.
@@ -162,27 +174,6 @@ const CHUNK: i64 = 1000;
 /// never holds raw (control characters are escaped in its strings).
 const SEPARATOR: char = '\u{1e}';
 
-/// The columns of the global stream by name, in the order [`unfold_chunk`] reads them: each
-/// column set reads a prefix.
-const CHUNK_COLUMNS: [&str; 8] = [
-    "position",
-    "event_type",
-    "event_version",
-    "payload",
-    "aggregate_type",
-    "aggregate_id",
-    "sequence",
-    "metadata",
-];
-
-fn chunk_width(columns: Columns) -> usize {
-    match columns {
-        Columns::Events => 4,
-        Columns::Streams => 7,
-        Columns::Stored => 8,
-    }
-}
-
 /// SQLite's folded reading of `columns` (`?1` the chunk's size, `?2` the position after which it
 /// starts): how many events, then each column's values joined, all in the one order SQLite
 /// takes the rows in (an aggregate's own `ORDER BY` sorts its input again, for each column: that
@@ -194,7 +185,7 @@ fn chunk_sql(columns: Columns, after: bool) -> &'static str {
     let all = SQL.get_or_init(|| {
         let mut all = Vec::new();
         for columns in [Columns::Events, Columns::Streams, Columns::Stored] {
-            let names = &CHUNK_COLUMNS[..chunk_width(columns)];
+            let names = &STREAM_COLUMNS[..column_count(columns)];
             let joined: Vec<String> = names
                 .iter()
                 .map(|name| format!("group_concat({name}, char(30))"))
@@ -224,8 +215,8 @@ fn unfold_chunk(
         return Ok(Some(Vec::new()));
     }
     let count = usize::try_from(count).unwrap_or(0);
-    let mut values = Vec::with_capacity(chunk_width(columns));
-    for i in 0..chunk_width(columns) {
+    let mut values = Vec::with_capacity(column_count(columns));
+    for i in 0..column_count(columns) {
         let joined: Option<String> = folded.try_get(i + 1)?;
         let Some(joined) = joined else {
             return Ok(None);
@@ -290,39 +281,51 @@ fn unfold_chunk(
     Ok(Some(rows))
 }
 
-/// One row of [`global_sql`]'s `columns`, by index, as the statement reads them (every JSON
-/// column as its text). Decoded unchecked: the statement and the table fix each column's type
-/// (the tables are typed, SQLite's `STRICT`, every column `NOT NULL`; a NULL would still be an
-/// error), and sqlx's check of a column's type against the Rust one cost a twentieth of `eucora
-/// serve`'s catch-up on PostgreSQL.
-fn stream_row<R>(row: &R, columns: Columns) -> Result<StreamRow, sqlx::Error>
+/// One row's columns by index, as the global stream's statements list them
+/// ([`STREAM_COLUMNS`]): a row sqlx read, or a row of PostgreSQL's binary copy.
+pub(super) trait Cells {
+    fn text(&self, i: usize) -> Result<String, StoreError>;
+    fn number(&self, i: usize) -> Result<i64, StoreError>;
+}
+
+/// A row sqlx read, every JSON column as its text. Decoded unchecked: the statement and the
+/// table fix each column's type (the tables are typed, SQLite's `STRICT`, every column `NOT
+/// NULL`; a NULL would still be an error), and sqlx's check of a column's type against the Rust
+/// one cost a twentieth of `eucora serve`'s catch-up on PostgreSQL.
+struct Read<'a, R>(&'a R);
+
+impl<R> Cells for Read<'_, R>
 where
     R: sqlx::Row,
     usize: sqlx::ColumnIndex<R>,
     for<'r> i64: sqlx::Decode<'r, R::Database>,
     for<'r> String: sqlx::Decode<'r, R::Database>,
 {
-    let text = |i: usize| row.try_get_unchecked::<String, _>(i);
-    let number = |i: usize| row.try_get_unchecked::<i64, _>(i);
-    let events = (number(0)?, text(1)?, text(2)?, text(3)?);
-    let (stream, stored) = match columns {
-        Columns::Events => (None, None),
-        Columns::Streams => {
-            let stream = StreamColumns {
-                aggregate_type: text(4)?,
-                aggregate_id: text(5)?,
-                sequence: number(6)?,
-            };
-            (Some(stream), None)
-        }
-        Columns::Stored => {
-            let stream = StreamColumns {
-                aggregate_id: text(4)?,
-                sequence: number(5)?,
-                aggregate_type: text(6)?,
-            };
-            (Some(stream), Some(StoredColumns { metadata: text(7)? }))
-        }
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        Ok(self.0.try_get_unchecked::<String, _>(i)?)
+    }
+
+    fn number(&self, i: usize) -> Result<i64, StoreError> {
+        Ok(self.0.try_get_unchecked::<i64, _>(i)?)
+    }
+}
+
+/// One event of the global stream from a row of `columns`.
+pub(super) fn stream_row(row: &impl Cells, columns: Columns) -> Result<StreamRow, StoreError> {
+    let events = (row.number(0)?, row.text(1)?, row.text(2)?, row.text(3)?);
+    let stream = match columns {
+        Columns::Events => None,
+        Columns::Streams | Columns::Stored => Some(StreamColumns {
+            aggregate_type: row.text(4)?,
+            aggregate_id: row.text(5)?,
+            sequence: row.number(6)?,
+        }),
+    };
+    let stored = match columns {
+        Columns::Stored => Some(StoredColumns {
+            metadata: row.text(7)?,
+        }),
+        _ => None,
     };
     Ok(StreamRow::of(events, stream, stored))
 }
@@ -355,31 +358,27 @@ impl Store {
         limit: i64,
         columns: Columns,
     ) -> BoxStream<'_, Result<StreamRow, StoreError>> {
-        if let Db::Sqlite { reader, .. } = &self.db {
-            return self.sqlite_chunks(reader, after, limit, columns);
+        match &self.db {
+            Db::Sqlite { reader, .. } => self.sqlite_chunks(reader, after, limit, columns),
+            Db::Postgres(pool) => super::copied::copy_rows(pool.clone(), after, limit, columns),
         }
-        self.row_by_row(after, limit, columns)
     }
 
-    /// [`Store::global_rows`], one row of the database's for each event.
-    fn row_by_row(
-        &self,
+    /// SQLite's global stream, one row of the database's for each event.
+    fn row_by_row<'a>(
+        reader: &'a sqlx::SqlitePool,
         after: Option<i64>,
         limit: i64,
         columns: Columns,
-    ) -> BoxStream<'_, Result<StreamRow, StoreError>> {
-        // Only the columns asked for, as decoding each costs both ends of the connection.
-        let sql = global_sql(columns, matches!(self.db, Db::Postgres(_)), after.is_some());
-        on_reader!(&self.db, pool => {
-            let query = sqlx::query(sql).bind(limit);
-            match after {
-                None => query,
-                Some(after) => query.bind(after),
-            }
-            .fetch(pool)
-            .map(move |row| stream_row(&row?, columns).map_err(StoreError::from))
-            .boxed()
-        })
+    ) -> BoxStream<'a, Result<StreamRow, StoreError>> {
+        let query = sqlx::query(global_sql(columns, after.is_some())).bind(limit);
+        match after {
+            None => query,
+            Some(after) => query.bind(after),
+        }
+        .fetch(reader)
+        .map(move |row| stream_row(&Read(&row?), columns))
+        .boxed()
     }
 
     /// [`Store::global_rows`] on SQLite, [`CHUNK`] events a query folded into one row: each column
@@ -412,7 +411,11 @@ impl Store {
             .await?;
             let rows = match unfold_chunk(&folded, columns)? {
                 Some(rows) => rows,
-                None => self.row_by_row(after, chunk, columns).try_collect().await?,
+                None => {
+                    Self::row_by_row(reader, after, chunk, columns)
+                        .try_collect()
+                        .await?
+                }
             };
             let Some(last) = rows.last().map(|r| r.position) else {
                 return Ok(None);
@@ -502,7 +505,7 @@ impl Store {
     /// One intent's events as stored (every column), in order.
     pub async fn intent_stored(&self, id: Uuid) -> Result<Vec<StreamRow>, StoreError> {
         let sql = "SELECT position, event_type, event_version, CAST(payload AS TEXT), \
-                          aggregate_id, sequence, aggregate_type, CAST(metadata AS TEXT)
+                          aggregate_type, aggregate_id, sequence, CAST(metadata AS TEXT)
                      FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence";
         // The columns in the order the global stream reads every column (`Columns::Stored`).
         let rows = on_reader!(&self.db, pool => {
@@ -512,7 +515,7 @@ impl Store {
                 .fetch_all(pool)
                 .await?
                 .iter()
-                .map(|row| stream_row(row, Columns::Stored))
+                .map(|row| stream_row(&Read(row), Columns::Stored))
                 .collect::<Result<Vec<_>, _>>()?
         });
         Ok(rows)
