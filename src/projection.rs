@@ -20,6 +20,7 @@ pub mod intent_view;
 pub mod log;
 pub mod metrics;
 mod runner;
+mod status;
 mod stream;
 
 use async_trait::async_trait;
@@ -28,7 +29,8 @@ use eucora_projections::event::DeploymentEvent;
 
 use crate::store::{Checkpoint, Columns, Store, StoreError, StreamRow};
 
-pub use runner::{Runner, RunnerStatus, Step, BATCH, LAGGARD_BATCHES};
+pub use runner::{Runner, Step, BATCH, LAGGARD_BATCHES};
+pub use status::RunnerStatus;
 pub use stream::StreamReader;
 
 /// One event handed to the projections: its row, its place in the global order and the event

@@ -2,16 +2,15 @@
 //! once for a lane and applying it to each of its projections, and the status the rest of the
 //! service sees.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::store::{Checkpoint, Columns, Store, StoreError};
 
+use super::status::{Applied, RunnerStatus};
 use super::stream::{decode_rows, read_ahead, Kept, Plan, QUERY_BATCHES};
 use super::{Event, Projection, ProjectionError, RunError, UNREACHABLE};
 
@@ -34,129 +33,6 @@ const MIN_STEP: Duration = Duration::from_millis(2);
 const BUSY_WAIT: Duration = Duration::from_millis(10);
 /// How often the runner counts the store's events to report each projection's lag.
 const RECOUNT: Duration = Duration::from_secs(5);
-
-/// What the rest of the service sees of the runner: whether it caught up, each projection's
-/// progress, and the wake-up the write side rings after a commit.
-pub struct RunnerStatus {
-    wake: Notify,
-    /// Rows read from the store, all projections together.
-    rows_read: AtomicU64,
-    /// Events in the store when the runner started (i64::MAX until counted).
-    head_at_start: AtomicI64,
-    /// Events in the store when last counted.
-    head: AtomicI64,
-    caught_up: AtomicBool,
-    /// Each projection's progress, in registration order.
-    applied: Mutex<Vec<Applied>>,
-    /// Counts every checkpoint moved, so a reader waiting for one (`?min_index`) wakes.
-    progress: tokio::sync::watch::Sender<u64>,
-    /// Stored rows no projection can read, by position, with why.
-    unreadable: Mutex<std::collections::BTreeMap<i64, String>>,
-}
-
-impl RunnerStatus {
-    fn new() -> Self {
-        RunnerStatus {
-            wake: Notify::new(),
-            rows_read: AtomicU64::new(0),
-            head_at_start: AtomicI64::new(i64::MAX),
-            head: AtomicI64::new(0),
-            caught_up: AtomicBool::new(false),
-            applied: Mutex::new(Vec::new()),
-            progress: tokio::sync::watch::Sender::new(0),
-            unreadable: Mutex::default(),
-        }
-    }
-
-    /// Stored rows that every projection passed over, by position, with why: rows that do not
-    /// decode, and (PostgreSQL) rows whose transaction id no snapshot will ever reach.
-    pub fn unreadable(&self) -> Vec<(i64, String)> {
-        self.unreadable
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(p, why)| (*p, why.clone()))
-            .collect()
-    }
-
-    /// Records an unreadable row, logging it the first time.
-    fn report_unreadable(&self, position: i64, why: String) {
-        let mut known = self.unreadable.lock().unwrap_or_else(|e| e.into_inner());
-        if let std::collections::btree_map::Entry::Vacant(entry) = known.entry(position) {
-            tracing::error!(position, reason = %why, "a stored event cannot be read; every projection passes over it");
-            entry.insert(why);
-        }
-    }
-
-    /// Tells the runner that this process committed events.
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// Whether every projection has read every event the store held at start-up, and to the end
-    /// of what was readable then.
-    pub fn caught_up(&self) -> bool {
-        self.caught_up.load(Ordering::Acquire)
-    }
-
-    /// Rows read from the store so far: once per event for all projections that share a lane.
-    pub fn rows_read(&self) -> u64 {
-        self.rows_read.load(Ordering::Acquire)
-    }
-
-    /// Events stored but not yet applied, per projection, as of the last count.
-    pub fn lag(&self) -> Vec<(&'static str, i64)> {
-        let head = self.head.load(Ordering::Acquire);
-        self.applied()
-            .iter()
-            .map(|a| (a.name, (head - a.at.ordinal).max(0)))
-            .collect()
-    }
-
-    /// How long the newest event each projection applied took from its recorded time (stamped
-    /// as its command was decided, just before the commit) to being applied: commit-to-visible,
-    /// measured live. 0 before a projection applied anything in this process.
-    pub fn lag_seconds(&self) -> Vec<(&'static str, f64)> {
-        self.applied()
-            .iter()
-            .map(|a| (a.name, a.lag_seconds))
-            .collect()
-    }
-
-    /// Where projection `name` stands, if it is registered.
-    pub fn checkpoint(&self, name: &str) -> Option<Checkpoint> {
-        self.applied().iter().find(|a| a.name == name).map(|a| a.at)
-    }
-
-    /// Wakes at every checkpoint moved from now on.
-    pub fn progress(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.progress.subscribe()
-    }
-
-    fn applied(&self) -> std::sync::MutexGuard<'_, Vec<Applied>> {
-        self.applied.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Records that projection `index` stands at `at`; `newest`, the recorded time of the
-    /// newest event it just applied, if it applied any.
-    fn set_applied(&self, index: usize, at: Checkpoint, newest: Option<DateTime<Utc>>) {
-        if let Some(slot) = self.applied().get_mut(index) {
-            slot.at = at;
-            if let Some(newest) = newest {
-                slot.lag_seconds =
-                    ((Utc::now() - newest).num_microseconds().unwrap_or(0) as f64 / 1e6).max(0.0);
-            }
-        }
-        self.progress.send_modify(|n| *n = n.wrapping_add(1));
-    }
-}
-
-/// One projection's progress as the runner reports it.
-struct Applied {
-    name: &'static str,
-    at: Checkpoint,
-    lag_seconds: f64,
-}
 
 struct Slot {
     /// Taken out while a batch is applied on a task of its own.
@@ -228,36 +104,42 @@ impl Runner {
         self.status.clone()
     }
 
-    /// Resumes every projection not yet resumed, and counts the events the stream will return
-    /// (not rows no snapshot reaches) once, beside the steps: unvacuumed, a million took 0.15 s
-    /// to count, before the first read. Until then no step is caught up; a replay (`wait`) waits.
-    async fn resume(&mut self, wait: bool) -> Vec<(&'static str, ProjectionError)> {
-        let mut failures = Vec::new();
-        if self.status.head_at_start.load(Ordering::Acquire) == i64::MAX {
-            let counting = self.counting.take().unwrap_or_else(|| {
-                let store = self.store.clone();
-                tokio::spawn(async move {
-                    let unreachable = store.unreachable_events(10_000).await?;
-                    Ok(store.event_count().await? - unreachable.len() as i64)
-                })
-            });
-            if wait || counting.is_finished() {
-                match counting.await {
-                    Ok(Ok(head)) => {
-                        self.status.head.store(head, Ordering::Release);
-                        self.status.head_at_start.store(head, Ordering::Release);
-                    }
-                    Ok(Err(e)) => failures.push(("runner", e.into())),
-                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                    Err(_) => failures.push((
-                        "runner",
-                        StoreError::Unavailable(sqlx::Error::PoolClosed).into(),
-                    )),
-                }
-            } else {
-                self.counting = Some(counting);
-            }
+    /// Counts the events the stream will return (not rows no snapshot reaches) once, beside the
+    /// steps: unvacuumed, a million took 0.15 s to count, before the first read. Until it is
+    /// known no step is caught up; with `wait` (a replay, a step at the end) it is waited for.
+    async fn count_head(&mut self, wait: bool) -> Option<(&'static str, ProjectionError)> {
+        if self.status.head_at_start.load(Ordering::Acquire) != i64::MAX {
+            return None;
         }
+        let counting = self.counting.take().unwrap_or_else(|| {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                let unreachable = store.unreachable_events(10_000).await?;
+                Ok(store.event_count().await? - unreachable.len() as i64)
+            })
+        });
+        if !(wait || counting.is_finished()) {
+            self.counting = Some(counting);
+            return None;
+        }
+        let head = match counting.await {
+            Ok(counted) => counted,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(StoreError::Unavailable(sqlx::Error::PoolClosed)),
+        };
+        match head {
+            Ok(head) => {
+                self.status.head.store(head, Ordering::Release);
+                self.status.head_at_start.store(head, Ordering::Release);
+                None
+            }
+            Err(e) => Some(("runner", e.into())),
+        }
+    }
+
+    /// Resumes every projection not yet resumed, and starts counting the store's head.
+    async fn resume(&mut self, wait: bool) -> Vec<(&'static str, ProjectionError)> {
+        let mut failures: Vec<_> = self.count_head(wait).await.into_iter().collect();
         for (index, slot) in self.slots.iter_mut().enumerate() {
             if slot.checkpoint.is_some() {
                 continue;
@@ -350,6 +232,10 @@ impl Runner {
             .iter()
             .filter_map(|s| s.checkpoint.map(|c| c.ordinal))
             .max();
+        if level && !step.more && step.failures.is_empty() {
+            // At the end of what is readable: this step may be the one caught up.
+            step.failures.extend(self.count_head(true).await);
+        }
         let head = self.status.head_at_start.load(Ordering::Acquire);
         if level
             && furthest.is_some_and(|ordinal| ordinal >= head)
