@@ -20,9 +20,10 @@
 //! deployment's export against reading its events;
 //! `EUCORA_BENCH_KEEP_BUNDLE=PATH` keeps the period's bundle there (and its verifier key beside
 //! it, `PATH.verifier`, and its signing key, `PATH.key`) and the SQLite database, for profiling
-//! `eucora evidence verify` and `eucora evidence export`. `EUCORA_BENCH_ONLY=scale` (PostgreSQL only) measures what grows with
-//! the log: a late period's export, one deployment's export, and `eucora serve` on it with the
-//! same signing key (ready, then signed past the log: its memory then, and its scrape).
+//! `eucora evidence verify` and `eucora evidence export`. `EUCORA_BENCH_ONLY=scale` (PostgreSQL
+//! only) measures what grows with the log: a late period's export, one deployment's export, and
+//! `eucora serve` on it with the same signing key (ready, then signed past the log: its memory
+//! then, and its scrape).
 //!
 //! `cargo bench --bench replay` (PostgreSQL from `EUCORA_BENCH_DATABASE_URL`, else
 //! `EUCORA_TEST_DATABASE_URL`); `EUCORA_BENCH_BACKEND=sqlite` or `postgres` measures that backend

@@ -292,9 +292,9 @@ pub(super) trait Cells {
 /// table fix each column's type (the tables are typed, SQLite's `STRICT`, every column `NOT
 /// NULL`; a NULL would still be an error), and sqlx's check of a column's type against the Rust
 /// one cost a twentieth of `eucora serve`'s catch-up on PostgreSQL.
-struct Read<'a, R>(&'a R);
+struct SqlxRow<'a, R>(&'a R);
 
-impl<R> Cells for Read<'_, R>
+impl<R> Cells for SqlxRow<'_, R>
 where
     R: sqlx::Row,
     usize: sqlx::ColumnIndex<R>,
@@ -377,7 +377,7 @@ impl Store {
             Some(after) => query.bind(after),
         }
         .fetch(reader)
-        .map(move |row| stream_row(&Read(&row?), columns))
+        .map(move |row| stream_row(&SqlxRow(&row?), columns))
         .boxed()
     }
 
@@ -515,7 +515,7 @@ impl Store {
                 .fetch_all(pool)
                 .await?
                 .iter()
-                .map(|row| stream_row(&Read(row), Columns::Stored))
+                .map(|row| stream_row(&SqlxRow(row), Columns::Stored))
                 .collect::<Result<Vec<_>, _>>()?
         });
         Ok(rows)
