@@ -469,12 +469,13 @@ pub struct StatusRejected {
 }
 
 /// Every event of a deployment intent's stream. A request's event is the largest by far (the
-/// whole risk assessment, the rates its cost is priced with); events are built once and moved
-/// rarely, so its size is not worth a box on every read of the others.
-#[allow(clippy::large_enum_variant)]
+/// whole risk assessment, the rates its cost is priced with), and boxed: a decoded event moves
+/// from the decoding task into a batch, across a channel and into whatever keeps it, and every
+/// move copies the enum's whole size (392 bytes unboxed, 200 boxed), while one event in a dozen
+/// is a request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub enum DeploymentEvent {
-    DeploymentCreated(Created),
+    DeploymentCreated(Box<Created>),
     DeploymentApproved(Approved),
     DeploymentRejected(Rejected),
     DeploymentDeployed(Deployed),

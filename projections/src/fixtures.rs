@@ -46,7 +46,7 @@ impl Script {
 
     /// Created at hour 0 by alice, LAB → CANARY, online; score 70 when it needs CAB, else 20.
     pub fn created(&mut self, app: &str, requires_cab: bool) -> DeploymentEvent {
-        DeploymentEvent::DeploymentCreated(Created {
+        DeploymentEvent::DeploymentCreated(Box::new(Created {
             meta: self.meta(0.0, "alice", Role::Requester),
             app_name: app.into(),
             version: "24.08".into(),
@@ -78,7 +78,7 @@ impl Script {
                     .then(|| "risk score 70 is above the CAB threshold 50".into()),
                 policy_digest: Some(DEFAULT_POLICY_DIGEST.into()),
             },
-        })
+        }))
     }
 
     pub fn approved(

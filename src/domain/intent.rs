@@ -510,7 +510,7 @@ fn create_intent(out: &mut Events, c: &CreateIntent) -> Result<(), DomainError> 
     }
     let cost_rates = Some(Box::new(out.policy().cost.clone()));
     out.push(|meta| {
-        DeploymentEvent::DeploymentCreated(Created {
+        DeploymentEvent::DeploymentCreated(Box::new(Created {
             meta,
             app_name: c.app_name.clone(),
             version: c.version.clone(),
@@ -529,7 +529,7 @@ fn create_intent(out: &mut Events, c: &CreateIntent) -> Result<(), DomainError> 
             change_ref: c.change_ref.clone(),
             artifact_bytes: c.artifact_bytes,
             cost_rates,
-        })
+        }))
     });
     let clearance = match (requires_cab, c.change_type) {
         (false, _) => Some((POLICY_APPROVER, ApprovalBasis::Policy)),
