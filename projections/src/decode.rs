@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::access::AccessEvent;
 use crate::event::DeploymentEvent;
-use crate::governance::{is_governance_type, GovernanceEvent};
+use crate::governance::GovernanceEvent;
 
 /// Why a stored event cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,43 +53,63 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// The version of `event_type` this build writes and reads, or `None` for an unknown type.
-/// Agrees with [`DeploymentEvent::version`] (a test holds them together).
-pub fn current_version(event_type: &str) -> Option<u32> {
+/// The kind of stream an event type is written to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Deployment,
+    Access,
+    Governance,
+}
+
+/// The kind of stream of `event_type` and the version of it this build writes and reads, or
+/// `None` for an unknown type: one match, as every decode looks its type up once.
+fn known(event_type: &str) -> Option<(Kind, u32)> {
+    use Kind::*;
     Some(match event_type {
-        "DeploymentCreated" => 5,
-        "DeploymentApproved" => 1,
-        "DeploymentRejected" => 2,
-        "DeploymentDeployed" => 4,
-        "PromotionGateEvaluated" => 2,
-        "RingPromoted" => 1,
-        "DeploymentCompleted" => 1,
-        "DeploymentRolledBack" => 1,
-        "RetroApprovalOverdue" => 1,
-        "ConnectorDispatched" => 1,
-        "ConnectorDispatchFailed" => 1,
-        "DeploymentDriftDetected" => 1,
-        "ConnectorStatusRejected" => 1,
-        "PrincipalCreated" => 2,
-        "PrincipalTokenRotated" | "PrincipalRevoked" => 1,
-        "PolicyActivated" | "CommandRefused" => 1,
+        "DeploymentCreated" => (Deployment, 5),
+        "DeploymentApproved" => (Deployment, 1),
+        "DeploymentRejected" => (Deployment, 2),
+        "DeploymentDeployed" => (Deployment, 4),
+        "PromotionGateEvaluated" => (Deployment, 2),
+        "RingPromoted" => (Deployment, 1),
+        "DeploymentCompleted" => (Deployment, 1),
+        "DeploymentRolledBack" => (Deployment, 1),
+        "RetroApprovalOverdue" => (Deployment, 1),
+        "ConnectorDispatched" => (Deployment, 1),
+        "ConnectorDispatchFailed" => (Deployment, 1),
+        "DeploymentDriftDetected" => (Deployment, 1),
+        "ConnectorStatusRejected" => (Deployment, 1),
+        "PrincipalCreated" => (Access, 2),
+        "PrincipalTokenRotated" | "PrincipalRevoked" => (Access, 1),
+        "PolicyActivated" | "CommandRefused" => (Governance, 1),
         _ => return None,
     })
 }
 
-/// The stored version string as a number this build can read for `event_type`.
+/// The version of `event_type` this build writes and reads, or `None` for an unknown type.
+/// Agrees with [`DeploymentEvent::version`] (a test holds them together).
+pub fn current_version(event_type: &str) -> Option<u32> {
+    known(event_type).map(|(_, version)| version)
+}
+
+/// The stored version string as a number this build can read for `event_type`, with the type's
+/// current version.
 fn readable_version(event_type: &str, event_version: &str) -> Result<(u32, u32), DecodeError> {
     let current =
         current_version(event_type).ok_or_else(|| DecodeError::UnknownType(event_type.into()))?;
-    let version = event_version
+    Ok((version_of(event_type, event_version, current)?, current))
+}
+
+/// The stored version string as a number from 1 to `current`.
+fn version_of(event_type: &str, event_version: &str, current: u32) -> Result<u32, DecodeError> {
+    event_version
         .parse::<u32>()
         .ok()
         .filter(|v| (1..=current).contains(v))
         .ok_or_else(|| DecodeError::UnknownVersion {
             event_type: event_type.into(),
             version: event_version.into(),
-        })?;
-    Ok((version, current))
+        })
 }
 
 /// An event of the global stream: a deployment intent's, or a principal's.
@@ -131,10 +151,7 @@ impl StreamEvent {
 
 /// Whether `event_type` names an event of a principal's stream.
 pub fn is_access_type(event_type: &str) -> bool {
-    matches!(
-        event_type,
-        "PrincipalCreated" | "PrincipalTokenRotated" | "PrincipalRevoked"
-    )
+    matches!(known(event_type), Some((Kind::Access, _)))
 }
 
 /// Decodes one stored event of any kind of stream.
@@ -143,26 +160,31 @@ pub fn decode_stream(
     event_version: &str,
     payload: &str,
 ) -> Result<StreamEvent, DecodeError> {
-    if is_access_type(event_type) {
-        let event: AccessEvent = decode_as(event_type, event_version, payload)?;
-        check_type(event_type, event.type_name())?;
-        Ok(StreamEvent::Access(event))
-    } else if is_governance_type(event_type) {
-        let event: GovernanceEvent = decode_as(event_type, event_version, payload)?;
-        check_type(event_type, event.type_name())?;
-        Ok(StreamEvent::Governance(event))
-    } else {
-        decode(event_type, event_version, payload).map(StreamEvent::Deployment)
+    let found = known(event_type);
+    match found {
+        Some((Kind::Access, current)) => {
+            let event: AccessEvent = decode_as(event_type, event_version, current, payload)?;
+            check_type(event_type, event.type_name())?;
+            Ok(StreamEvent::Access(event))
+        }
+        Some((Kind::Governance, current)) => {
+            let event: GovernanceEvent = decode_as(event_type, event_version, current, payload)?;
+            check_type(event_type, event.type_name())?;
+            Ok(StreamEvent::Governance(event))
+        }
+        _ => deployment(event_type, event_version, found, payload).map(StreamEvent::Deployment),
     }
 }
 
-/// The stored payload of a type read as `T`, upcast first when older than this build's version.
+/// The stored payload of a type read as `T` (`current` its type's version in this build), upcast
+/// first when older.
 fn decode_as<T: serde::de::DeserializeOwned>(
     event_type: &str,
     event_version: &str,
+    current: u32,
     payload: &str,
 ) -> Result<T, DecodeError> {
-    let (version, current) = readable_version(event_type, event_version)?;
+    let version = version_of(event_type, event_version, current)?;
     let malformed = |e: serde_json::Error| DecodeError::Malformed {
         event_type: event_type.into(),
         reason: e.to_string(),
@@ -194,13 +216,27 @@ pub fn decode(
     event_version: &str,
     payload: &str,
 ) -> Result<DeploymentEvent, DecodeError> {
-    if is_access_type(event_type) || is_governance_type(event_type) {
-        return Err(DecodeError::Malformed {
-            event_type: event_type.into(),
-            reason: "not an event of a deployment intent's stream".into(),
-        });
-    }
-    let event: DeploymentEvent = decode_as(event_type, event_version, payload)?;
+    deployment(event_type, event_version, known(event_type), payload)
+}
+
+/// [`decode`], the type already looked up (`found`, as [`known`] said).
+fn deployment(
+    event_type: &str,
+    event_version: &str,
+    found: Option<(Kind, u32)>,
+    payload: &str,
+) -> Result<DeploymentEvent, DecodeError> {
+    let current = match found {
+        Some((Kind::Deployment, current)) => current,
+        Some((Kind::Access | Kind::Governance, _)) => {
+            return Err(DecodeError::Malformed {
+                event_type: event_type.into(),
+                reason: "not an event of a deployment intent's stream".into(),
+            })
+        }
+        None => return Err(DecodeError::UnknownType(event_type.into())),
+    };
+    let event: DeploymentEvent = decode_as(event_type, event_version, current, payload)?;
     check_type(event_type, event.type_name())?;
     Ok(event)
 }
