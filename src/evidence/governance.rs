@@ -2,7 +2,7 @@
 //! the changes judged under each, and the commands refused. Neither is a control: nothing passes
 //! or fails; each cites its leaves, and the verifier recomputes both from the events.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use eucora_projections::event::DeploymentEvent;
 use eucora_projections::governance::GovernanceEvent;
@@ -49,17 +49,25 @@ pub(super) fn policies(
     governance: &[(u64, GovernanceEvent)],
     intents: &BTreeMap<String, Vec<(u64, DeploymentEvent)>>,
 ) -> Vec<PolicyInForce> {
-    let mut judged: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    // Each digest's changes, in the order of their ids (the intents' own order): an intent's
+    // digests gathered first (almost always one, named by many of its events), then it is added
+    // once to each.
+    let mut judged: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut named: Vec<&str> = Vec::new();
     for (id, events) in intents {
+        named.clear();
         for (_, event) in events {
             let digest = match event {
                 DeploymentEvent::DeploymentCreated(c) => c.risk.policy_digest.as_deref(),
                 DeploymentEvent::PromotionGateEvaluated(g) => g.policy_digest.as_deref(),
                 _ => None,
             };
-            if let Some(digest) = digest {
-                judged.entry(digest).or_default().insert(id);
+            if let Some(digest) = digest.filter(|d| !named.contains(d)) {
+                named.push(digest);
             }
+        }
+        for digest in &named {
+            judged.entry(digest).or_default().push(id);
         }
     }
     let names = |digest: &str| -> Vec<String> {
