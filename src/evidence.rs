@@ -18,6 +18,7 @@
 //! - `manifest.dsse.json`: a DSSE envelope over an in-toto Statement v1 whose subjects are every
 //!   other file with its SHA-256, signed with the log's key.
 
+mod archive;
 mod changes;
 mod controls;
 mod export;
@@ -30,11 +31,12 @@ mod report;
 mod sample;
 mod verify;
 
+pub use archive::tempfile_in_tmp;
 pub use controls::{
     intent_controls, rfc3339, ControlsFile, IntentControls, Verdict, CONTROLS, FAIL,
     NOT_APPLICABLE, OPEN, PASS,
 };
-pub use export::{export, tempfile_in_tmp, ExportSummary};
+pub use export::{export, ExportSummary};
 pub use format::{
     pae, ConsistencyProof, EventRecord, EvidenceError, Format, InclusionProof, Previous, ProofFile,
     RangeProof, Scope, FILES, MANIFEST,

@@ -1,8 +1,8 @@
-//! Writing a bundle: the stream read in batches, `events.jsonl` spooled and compressed on its own
-//! thread, the proofs, the signed manifest and the tar.gz around them.
+//! Writing a bundle: the stream read in batches, the population gathered, the proofs and the
+//! signed manifest; `archive.rs` spools `events.jsonl` and writes the tar.gz around them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{Seek, Write};
+use std::io::Write;
 
 use chrono::{DateTime, Utc};
 use eucora_projections::decode::StreamEvent;
@@ -12,14 +12,14 @@ use eucora_projections::intent::IntentState;
 use eucora_projections::merkle;
 use serde::Serialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::archive::{write_bundle, EventsSpool};
 use super::controls::rfc3339;
 use super::format::{
     b64, pae, Boundaries, BoundaryEvent, ConsistencyProof, EventRecord, EvidenceError, Format,
-    InclusionProof, Line, Previous, ProofFile, RangeProof, Scope, Texts, FILES, MANIFEST,
-    PAYLOAD_TYPE, STATEMENT_TYPE,
+    InclusionProof, Line, Previous, ProofFile, RangeProof, Scope, Texts, FILES, PAYLOAD_TYPE,
+    STATEMENT_TYPE,
 };
 use super::free_apart;
 use super::heads::{heads_under, HeadProof};
@@ -32,151 +32,6 @@ use crate::store::{Columns, Store, StreamRow};
 
 /// Rows read per batch while exporting.
 const BATCH: i64 = 5000;
-
-/// `events.jsonl` as the export writes it: lines are batched here, then hashed and
-/// gzip-compressed on a thread of its own into an anonymous temporary file, so the reading of the
-/// stream and the compression run on two cores. The compressed data becomes a gzip member of its
-/// own in the bundle (docs/evidence.md).
-struct EventsSpool {
-    batch: Vec<u8>,
-    sender: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    worker: Option<std::thread::JoinHandle<std::io::Result<CompressedEvents>>>,
-}
-
-/// What the compressing thread made of `events.jsonl`.
-struct CompressedEvents {
-    file: std::fs::File,
-    digest: [u8; 32],
-    len: u64,
-}
-
-/// Bytes of lines handed to the compressing thread at a time.
-const SPOOL_BATCH: usize = 1 << 20;
-/// A batch's room: the batch and a quarter more, so the line that crosses `SPOOL_BATCH` fits
-/// (growing the vector there copied every batch once more).
-const SPOOL_ROOM: usize = SPOOL_BATCH + SPOOL_BATCH / 4;
-
-impl EventsSpool {
-    fn new() -> std::io::Result<EventsSpool> {
-        let file = tempfile_in_tmp()?;
-        let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-        let worker = std::thread::Builder::new()
-            .name("eucora-evidence-gzip".into())
-            .spawn(move || {
-                let mut hasher = Sha256::new();
-                let mut len = 0u64;
-                let mut gz = flate2::write::GzEncoder::new(
-                    std::io::BufWriter::new(file),
-                    flate2::Compression::fast(),
-                );
-                for batch in receiver {
-                    hasher.update(&batch);
-                    len += batch.len() as u64;
-                    gz.write_all(&batch)?;
-                }
-                let mut file = gz
-                    .finish()?
-                    .into_inner()
-                    .map_err(std::io::IntoInnerError::into_error)?;
-                file.rewind()?;
-                Ok(CompressedEvents {
-                    file,
-                    digest: hasher.finalize().into(),
-                    len,
-                })
-            })?;
-        Ok(EventsSpool {
-            batch: Vec::with_capacity(SPOOL_ROOM),
-            sender: Some(sender),
-            worker: Some(worker),
-        })
-    }
-
-    fn line(&mut self, line: &Line) -> Result<(), EvidenceError> {
-        line.write(&mut self.batch)
-            .map_err(|e| EvidenceError::Export(e.to_string()))?;
-        self.batch.push(b'\n');
-        if self.batch.len() >= SPOOL_BATCH {
-            self.send()?;
-        }
-        Ok(())
-    }
-
-    fn send(&mut self) -> Result<(), EvidenceError> {
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(SPOOL_ROOM));
-        let gone = self
-            .sender
-            .as_ref()
-            .is_none_or(|sender| sender.send(batch).is_err());
-        if gone {
-            // The thread stopped on an error: finishing says which.
-            return Err(self.finish().err().unwrap_or_else(|| {
-                EvidenceError::Export("the compressing thread stopped".into())
-            }));
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self) -> Result<CompressedEvents, EvidenceError> {
-        if !self.batch.is_empty() && self.sender.is_some() {
-            let batch = std::mem::take(&mut self.batch);
-            if let Some(sender) = &self.sender {
-                let _ = sender.send(batch);
-            }
-        }
-        self.sender = None;
-        let worker = self
-            .worker
-            .take()
-            .ok_or_else(|| EvidenceError::Export("the events were already written".into()))?;
-        worker
-            .join()
-            .map_err(|_| EvidenceError::Export("the compressing thread panicked".into()))?
-            .map_err(EvidenceError::Io)
-    }
-}
-
-impl Drop for EventsSpool {
-    fn drop(&mut self) {
-        // An export that stopped early: let the thread end, and wait for it.
-        self.sender = None;
-        if let Some(worker) = self.worker.take() {
-            let _ = worker.join();
-        }
-    }
-}
-
-/// An anonymous temporary file (unlinked at once, so nothing is left behind).
-pub fn tempfile_in_tmp() -> std::io::Result<std::fs::File> {
-    let path = std::env::temp_dir().join(format!("eucora-evidence-{}", Uuid::new_v4().simple()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
-    std::fs::remove_file(&path)?;
-    Ok(file)
-}
-
-/// A file's tar header, dated `mtime` (the export's time, in seconds since 1970).
-fn tar_header(name: &str, len: u64, mtime: u64) -> std::io::Result<tar::Header> {
-    let mut header = tar::Header::new_gnu();
-    header.set_path(name)?;
-    header.set_size(len);
-    header.set_mode(0o644);
-    header.set_mtime(mtime);
-    header.set_cksum();
-    Ok(header)
-}
-
-fn tar_file<W: Write>(
-    tar: &mut tar::Builder<W>,
-    name: &str,
-    data: &[u8],
-    mtime: u64,
-) -> std::io::Result<()> {
-    tar.append(&tar_header(name, data.len() as u64, mtime)?, data)
-}
 
 /// What an export wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -438,14 +293,11 @@ pub async fn export(
     .into_iter()
     .collect();
 
-    // Three gzip members, one after the other (RFC 1952 2.2; every gunzip reads them as one
-    // stream): the tar header of events.jsonl, the events compressed as they were read, then the
-    // padding, the other files and the end of the archive. The files are hashed for the manifest,
-    // which comes last, on another core while they are compressed.
-    let signed = |digests: Vec<[u8; 32]>| -> Result<Vec<u8>, EvidenceError> {
+    let events_digest = events.digest;
+    let signed = |digests: &[[u8; 32]]| -> Result<Vec<u8>, EvidenceError> {
         // The manifest: every file's SHA-256, signed.
         let mut subjects =
-            vec![json!({"name": "events.jsonl", "digest": {"sha256": hex::encode(events.digest)}})];
+            vec![json!({"name": "events.jsonl", "digest": {"sha256": hex::encode(events_digest)}})];
         for (name, digest) in FILES[1..].iter().zip(digests) {
             subjects.push(json!({"name": name, "digest": {"sha256": hex::encode(digest)}}));
         }
@@ -472,33 +324,11 @@ pub async fn export(
             "signatures": [{"keyid": key.verifier_key(), "sig": b64(&signature)}],
         }))
     };
-    std::thread::scope(|scope| -> Result<(), EvidenceError> {
-        let digests = scope.spawn(|| {
-            FILES[1..]
-                .iter()
-                .map(|name| Sha256::digest(&files[name]).into())
-                .collect::<Vec<[u8; 32]>>()
-        });
-        let mut out = out;
-        let mut head = flate2::write::GzEncoder::new(&mut out, flate2::Compression::fast());
-        head.write_all(tar_header("events.jsonl", events.len, written)?.as_bytes())?;
-        head.finish()?;
-        std::io::copy(&mut events.file, &mut out)?;
-        let mut tail = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
-        tail.write_all(&[0u8; 512][..((512 - events.len % 512) % 512) as usize])?;
-        let mut tar = tar::Builder::new(tail);
-        for name in &FILES[1..] {
-            tar_file(&mut tar, name, &files[name], written)?;
-        }
-        tar_file(
-            &mut tar,
-            MANIFEST,
-            &signed(super::joined(digests))?,
-            written,
-        )?;
-        tar.into_inner()?.finish()?.flush()?;
-        Ok(())
-    })?;
+    let listed: Vec<(&str, &[u8])> = FILES[1..]
+        .iter()
+        .map(|name| (*name, files[name].as_slice()))
+        .collect();
+    write_bundle(out, &mut events, &listed, written, signed)?;
     // Freed once the bundle is written: a command line that exits next does not wait for it, and
     // the writing does not share a core with it.
     free_apart(population);

@@ -257,16 +257,33 @@ async fn a_period_bundle_verifies_and_every_tampering_is_refused_with_its_own_re
     assert_eq!(verified.events as i64, app.event_count().await);
     assert_eq!(verified.intents, 3);
     let files = unpack(&bundle);
-    // Every entry is dated when the bundle was written, not 1970.
+    // Every entry is dated when the bundle was written, not 1970, and they come in the
+    // documented order (each compressed apart, two at a time, then joined in order).
     let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(&bundle[..]));
     let now = chrono::Utc::now().timestamp() as u64;
+    let mut names = Vec::new();
     for entry in archive.entries().unwrap() {
-        let mtime = entry.unwrap().header().mtime().unwrap();
+        let entry = entry.unwrap();
+        let mtime = entry.header().mtime().unwrap();
         assert!(
             now.abs_diff(mtime) < 120,
             "an entry dated {mtime}, now is {now}"
         );
+        names.push(entry.path().unwrap().to_string_lossy().into_owned());
     }
+    assert_eq!(
+        names,
+        [
+            "events.jsonl",
+            "checkpoint",
+            "proof.json",
+            "controls.json",
+            "changes.csv",
+            "REPORT.html",
+            "VERIFY.md",
+            "manifest.dsse.json"
+        ]
+    );
     let controls: Value = serde_json::from_slice(&files["controls.json"]).unwrap();
     // Each intent's verdicts, by app: the CAB-approved, promoted, completed Firefox passes every
     // control that applies to it; the emergency change deployed without a retrospective review
