@@ -589,5 +589,24 @@ mod tests {
             decode("DeploymentCreated", "1", "{not json"),
             Err(DecodeError::Malformed { .. })
         ));
+        // A principal's or the policy stream's event is not an intent's, whatever its version.
+        for (event_type, version) in [("PrincipalRevoked", "1"), ("PolicyActivated", "9")] {
+            assert!(matches!(
+                decode(event_type, version, &payload),
+                Err(DecodeError::Malformed { reason, .. })
+                    if reason == "not an event of a deployment intent's stream"
+            ));
+        }
+        // Every kind of stream names an unknown type or version the same way.
+        assert_eq!(
+            decode_stream("PrincipalExploded", "1", &payload),
+            Err(DecodeError::UnknownType("PrincipalExploded".into()))
+        );
+        for event_type in ["DeploymentCreated", "PrincipalCreated", "CommandRefused"] {
+            assert!(matches!(
+                decode_stream(event_type, "7", &payload),
+                Err(DecodeError::UnknownVersion { .. })
+            ));
+        }
     }
 }
