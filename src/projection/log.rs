@@ -372,13 +372,17 @@ impl MerkleLog {
     }
 
     /// Follows what another process stored since this one last looked: the tiles from this
-    /// tree's last one on.
+    /// tree's last one on, when they are a few; further behind (a server starting on a long
+    /// log), the stored subtree heads and the last tile, rather than every leaf read and hashed
+    /// again (a million leaves were 2.5 % of a catch-up's CPU, beside reading their tiles).
     async fn follow(&mut self, store: &Store, last: &LogTile) -> Result<(), StoreError> {
+        /// The most tiles followed leaf by leaf.
+        const FOLLOWED: i64 = 4;
         let stored_size = last.tile as u64 * TILE + last.leaves.len() as u64;
         if stored_size == self.tree.size() {
             return Ok(());
         }
-        if stored_size > self.tree.size() {
+        if stored_size > self.tree.size() && last.tile - self.tree.tail.tile <= FOLLOWED {
             let newer = store.log_tiles(self.tree.tail.tile, last.tile).await?;
             let mut tree = self.tree.clone();
             for tile in newer {

@@ -19,6 +19,7 @@ crate::on_both_backends!(
     reordered_events_are_named_by_replay,
     an_inserted_event_is_named_by_replay,
     the_log_takes_what_it_reads_once_and_replay_verifies_it,
+    a_log_resumed_tiles_behind_holds_the_tree_it_logged,
     replay_rebuilds_the_intent_list_the_runner_builds,
     tampering_past_the_first_batch_is_named_by_replay,
 );
@@ -287,6 +288,69 @@ async fn the_log_takes_what_it_reads_once_and_replay_verifies_it(backend: Backen
         .unwrap();
     assert_eq!(listed.len(), 2);
     assert_eq!(store.checkpoint(INTENTS).await.unwrap().ordinal, all as i64);
+}
+
+/// A server starting on a log many tiles long takes its tree from the stored subtree heads and
+/// the last tile, and one starting on a few tiles follows them leaf by leaf: both hold the tree
+/// the log was built into, event by event.
+async fn a_log_resumed_tiles_behind_holds_the_tree_it_logged(backend: Backend) {
+    use eucora::projection::log::LogView;
+    use eucora::store::TILE;
+    use std::sync::Arc;
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let commands = Arc::new(crate::store_contract::commands(&store));
+    let log = |view: &LogView| {
+        Runner::new(store.clone(), 1000).register(MerkleLog::extending(view.clone()))
+    };
+    let built = LogView::default();
+    let mut logger = log(&built);
+    // A log started on what the logger has logged holds the logger's tree.
+    let started_on = |logger_tree: eucora::projection::log::LogTree| {
+        let log = &log;
+        async move {
+            let view = LogView::default();
+            log(&view).catch_up().await.unwrap();
+            let tree = view.tree();
+            assert_eq!(tree.size(), logger_tree.size());
+            assert_eq!(tree.root(), logger_tree.root(), "at size {}", tree.size());
+            tree.size()
+        }
+    };
+    let mut few = None;
+    // Up to six full tiles and part of a seventh.
+    for round in 0.. {
+        if store.event_count().await.unwrap() as u64 > 6 * TILE + TILE / 2 {
+            break;
+        }
+        let creates: Vec<_> = (0..64)
+            .map(|i| {
+                let commands = commands.clone();
+                tokio::spawn(async move {
+                    let create = crate::store_contract::create(&format!("app{round}-{i}"));
+                    let alice = eucora_projections::event::Role::Requester;
+                    let command = crate::store_contract::cmd("alice", alice, create);
+                    commands
+                        .execute(uuid::Uuid::now_v7(), command)
+                        .await
+                        .unwrap();
+                })
+            })
+            .collect();
+        for create in creates {
+            create.await.unwrap();
+        }
+        while logger.catch_up().await.unwrap() > 0 {}
+        // A few tiles in: followed leaf by leaf.
+        if few.is_none() && built.size() > 2 * TILE {
+            few = Some(started_on(built.tree()).await);
+        }
+    }
+    let size = store.event_count().await.unwrap() as u64;
+    assert_eq!(store.log_size().await.unwrap(), size);
+    assert!(few.is_some_and(|few| few < 4 * TILE), "{few:?}");
+    // Many tiles in: every tile but the last read as its stored head.
+    assert_eq!(started_on(built.tree()).await, size);
 }
 
 async fn replay_rebuilds_the_intent_list_the_runner_builds(backend: Backend) {
