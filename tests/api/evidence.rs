@@ -271,19 +271,11 @@ async fn a_period_bundle_verifies_and_every_tampering_is_refused_with_its_own_re
         );
         names.push(entry.path().unwrap().to_string_lossy().into_owned());
     }
-    assert_eq!(
-        names,
-        [
-            "events.jsonl",
-            "checkpoint",
-            "proof.json",
-            "controls.json",
-            "changes.csv",
-            "REPORT.html",
-            "VERIFY.md",
-            "manifest.dsse.json"
-        ]
-    );
+    let documented: Vec<&str> = eucora::evidence::FILES
+        .into_iter()
+        .chain([eucora::evidence::MANIFEST])
+        .collect();
+    assert_eq!(names, documented);
     let controls: Value = serde_json::from_slice(&files["controls.json"]).unwrap();
     // Each intent's verdicts, by app: the CAB-approved, promoted, completed Firefox passes every
     // control that applies to it; the emergency change deployed without a retrospective review
