@@ -7,7 +7,7 @@ use std::io::{Seek, Write};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::format::{EvidenceError, Line, MANIFEST};
+use super::format::{EvidenceError, Line, FILES, MANIFEST};
 
 /// `events.jsonl` as the export writes it: lines are batched here, then hashed and
 /// gzip-compressed on a thread of its own into an anonymous temporary file, so the reading of the
@@ -22,7 +22,7 @@ pub(super) struct EventsSpool {
 /// What the compressing thread made of `events.jsonl`.
 pub(super) struct CompressedEvents {
     file: std::fs::File,
-    pub(super) digest: [u8; 32],
+    digest: [u8; 32],
     len: u64,
 }
 
@@ -212,20 +212,29 @@ fn entries(files: &[(&str, &[u8])], mtime: u64) -> std::io::Result<Vec<Entry>> {
 /// Writes the bundle to `out`: gzip members one after the other (RFC 1952 2.2; every gunzip
 /// reads them as one stream): the tar header of `events.jsonl`, the events compressed as they were
 /// read, the padding after them, each of `files` in its entry compressed on its own (two at a
-/// time), and the manifest, which `signed` makes from their digests, with the end of the archive.
+/// time), and the manifest, which `signed` makes from every file's name and digest in the
+/// archive's order, with the end of the archive.
 pub(super) fn write_bundle(
     mut out: impl Write,
     events: &mut CompressedEvents,
     files: &[(&str, &[u8])],
     mtime: u64,
-    signed: impl FnOnce(&[[u8; 32]]) -> Result<Vec<u8>, EvidenceError>,
+    signed: impl FnOnce(&[(&str, [u8; 32])]) -> Result<Vec<u8>, EvidenceError>,
 ) -> Result<(), EvidenceError> {
     let entries = entries(files, mtime)?;
-    let digests: Vec<[u8; 32]> = entries.iter().map(|e| e.digest).collect();
+    let digests: Vec<(&str, [u8; 32])> = [(FILES[0], events.digest)]
+        .into_iter()
+        .chain(
+            files
+                .iter()
+                .zip(&entries)
+                .map(|((name, _), e)| (*name, e.digest)),
+        )
+        .collect();
     let manifest = entry(MANIFEST, &signed(&digests)?, mtime, &ZEROS)?;
     member(
         &mut out,
-        tar_header("events.jsonl", events.len, mtime)?.as_bytes(),
+        tar_header(FILES[0], events.len, mtime)?.as_bytes(),
     )?;
     std::io::copy(&mut events.file, &mut out)?;
     member(&mut out, padding(events.len))?;

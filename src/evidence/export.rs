@@ -293,14 +293,12 @@ pub async fn export(
     .into_iter()
     .collect();
 
-    let events_digest = events.digest;
-    let signed = |digests: &[[u8; 32]]| -> Result<Vec<u8>, EvidenceError> {
+    let signed = |digests: &[(&str, [u8; 32])]| -> Result<Vec<u8>, EvidenceError> {
         // The manifest: every file's SHA-256, signed.
-        let mut subjects =
-            vec![json!({"name": "events.jsonl", "digest": {"sha256": hex::encode(events_digest)}})];
-        for (name, digest) in FILES[1..].iter().zip(digests) {
-            subjects.push(json!({"name": name, "digest": {"sha256": hex::encode(digest)}}));
-        }
+        let subjects: Vec<_> = digests
+            .iter()
+            .map(|(name, digest)| json!({"name": name, "digest": {"sha256": hex::encode(digest)}}))
+            .collect();
         let statement = json!({
             "_type": STATEMENT_TYPE,
             "subject": subjects,
