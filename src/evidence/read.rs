@@ -259,14 +259,37 @@ type ParsedBlock = Result<Vec<ParsedLine>, (u64, String)>;
 
 fn parse_block(block: &[u8]) -> ParsedBlock {
     let lines = block.strip_suffix(b"\n").unwrap_or(block);
-    // Sized at once: a vector grown line by line spends more time on fresh memory than parsing.
-    let mut parsed = Vec::with_capacity(memchr::memchr_iter(b'\n', lines).count() + 1);
-    let ends = memchr::memchr_iter(b'\n', lines).chain([lines.len()]);
+    let count = memchr::memchr_iter(b'\n', lines).count() + 1;
     let mut start = 0;
-    for (n, end) in ends.enumerate() {
-        let line = &lines[start..end];
-        start = end + 1;
-        let line: Line = serde_json::from_slice(line).map_err(|e| (n as u64 + 1, e.to_string()))?;
+    let spans = memchr::memchr_iter(b'\n', lines)
+        .chain([lines.len()])
+        .map(move |end| {
+            let span = start..end;
+            start = end + 1;
+            span
+        });
+    // The block is checked for UTF-8 once, so its lines' strings and stored texts are not
+    // checked one by one; a block that is not UTF-8 is parsed line by line from its bytes, which
+    // names the line at fault.
+    match std::str::from_utf8(lines) {
+        Ok(text) => parse_lines(count, spans.map(|s| serde_json::from_str::<Line>(&text[s]))),
+        Err(_) => parse_lines(
+            count,
+            spans.map(|s| serde_json::from_slice::<Line>(&lines[s])),
+        ),
+    }
+}
+
+/// The block's `count` lines as parsed, hashed and decoded, or the first that is not an event
+/// record.
+fn parse_lines<'a>(
+    count: usize,
+    lines: impl Iterator<Item = serde_json::Result<Line<'a>>>,
+) -> ParsedBlock {
+    // Sized at once: a vector grown line by line spends more time on fresh memory than parsing.
+    let mut parsed = Vec::with_capacity(count);
+    for (n, line) in lines.enumerate() {
+        let line = line.map_err(|e| (n as u64 + 1, e.to_string()))?;
         parsed.push(ParsedLine {
             index: line.index,
             leaf: line.leaf(),
@@ -394,8 +417,19 @@ mod tests {
         let parsed = run(blocks.clone()).unwrap();
         assert_eq!(parsed.indices, (0..200).collect::<Vec<u64>>());
         assert_eq!(parsed.leaves.len(), 200);
-        let mut broken = blocks;
+        let mut broken = blocks.clone();
         broken[23] = [line(115), b"{not json\n".to_vec(), line(116)].concat();
+        let refused = run(broken).err().unwrap();
+        assert!(
+            refused
+                .0
+                .starts_with("events.jsonl line 117 is not an event record"),
+            "{refused}"
+        );
+        // A block that is not UTF-8 is read line by line: the line at fault is still named.
+        let mut broken = blocks;
+        let bad = [&line(115)[..30], b"\xff\xfe", &line(115)[30..]].concat();
+        broken[23] = [line(114), bad, line(116)].concat();
         let refused = run(broken).err().unwrap();
         assert!(
             refused
